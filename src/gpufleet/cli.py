@@ -1,0 +1,64 @@
+"""The ``gpufleet`` command. Sub-commands live beside the capability they drive and are imported
+only when used, so ``gpufleet agent`` never loads the server, the database or scikit-learn."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+
+import click
+
+from gpufleet import __version__
+
+# name -> (module, attribute, one-line help shown in `gpufleet --help`)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "server": ("gpufleet.server.cli", "server", "Run the gpufleet server (ingest, API, SSH poller)."),
+    "token": ("gpufleet.server.cli", "token", "Create, list and revoke agent tokens."),
+    "agent": ("gpufleet.agent.cli", "agent", "Collect this machine's GPU and host metrics and push them."),
+    "simulate": ("gpufleet.sched.cli", "simulate", "Replay a job trace through scheduling policies."),
+    "predictor": ("gpufleet.sched.cli", "predictor", "Train and evaluate the job runtime/memory predictor."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[cmd_name]
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Show the one-line help without importing every sub-command's dependencies.
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", "-V", prog_name="gpufleet")
+@click.option(
+    "--log-level",
+    default=lambda: os.environ.get("GPUFLEET_LOG_LEVEL", "info"),
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    show_default="info, or $GPUFLEET_LOG_LEVEL",
+    help="How much to log (to stderr).",
+)
+def cli(log_level: str) -> None:
+    """gpufleet watches a lab's GPU servers: live state, usage warehouse, recommendations,
+    alerts and a job scheduler.
+
+    Start with `gpufleet server` on one machine and `gpufleet agent --server URL --token TOKEN`
+    on each GPU server (create the token with `gpufleet token create NAME`).
+    """
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def main() -> None:
+    cli(prog_name="gpufleet")

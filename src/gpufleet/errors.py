@@ -1,0 +1,24 @@
+"""Errors that carry a hint for the user (shown by the CLI as ``error:`` and ``hint:``)."""
+
+from __future__ import annotations
+
+import click
+
+
+class GpufleetError(click.ClickException):
+    """A user-facing error: what is wrong, and the exact command or setting that fixes it."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+    def show(self, file=None) -> None:  # type: ignore[override]
+        click.echo(f"error: {self.format_message()}", err=True)
+        if self.hint:
+            click.echo(f"hint: {self.hint}", err=True)
+
+
+class ConfigError(GpufleetError):
+    """A config file or environment variable is wrong; the message names the key and the file."""
