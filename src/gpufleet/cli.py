@@ -13,11 +13,27 @@ from gpufleet import __version__
 
 # name -> (module, attribute, one-line help shown in `gpufleet --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "server": ("gpufleet.server.cli", "server", "Run the gpufleet server (ingest, API, SSH poller)."),
+    "server": (
+        "gpufleet.server.cli",
+        "server",
+        "Run the gpufleet server (ingest, API, SSH poller).",
+    ),
     "token": ("gpufleet.server.cli", "token", "Create, list and revoke agent tokens."),
-    "agent": ("gpufleet.agent.cli", "agent", "Collect this machine's GPU and host metrics and push them."),
-    "simulate": ("gpufleet.sched.cli", "simulate", "Replay a job trace through scheduling policies."),
-    "predictor": ("gpufleet.sched.cli", "predictor", "Train and evaluate the job runtime/memory predictor."),
+    "agent": (
+        "gpufleet.agent.cli",
+        "agent",
+        "Collect this machine's GPU and host metrics and push them.",
+    ),
+    "simulate": (
+        "gpufleet.sched.cli",
+        "simulate",
+        "Replay a job trace through scheduling policies.",
+    ),
+    "predictor": (
+        "gpufleet.sched.cli",
+        "predictor",
+        "Train and evaluate the job runtime/memory predictor.",
+    ),
 }
 
 

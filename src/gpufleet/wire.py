@@ -112,7 +112,9 @@ class GpuProcess(_Model):
     gpu_memory_bytes: Bytes | None = None
     container_id: ShortText | None = None
     container_name: ShortText | None = None
-    container_runtime: Literal["docker", "containerd", "podman", "cri-o", "kubepods", "lxc"] | None = None
+    container_runtime: (
+        Literal["docker", "containerd", "podman", "cri-o", "kubepods", "lxc"] | None
+    ) = None
 
 
 class HostFacts(_Model):
@@ -197,7 +199,9 @@ class IngestAck(BaseModel):
     warnings: list[str] = []
 
 
-def gpu_is_free(gpu: Gpu, processes: list[GpuProcess], *, mem_free_bytes: int = 512 * 2**20) -> bool:
+def gpu_is_free(
+    gpu: Gpu, processes: list[GpuProcess], *, mem_free_bytes: int = 512 * 2**20
+) -> bool:
     """A GPU is free when no compute process holds it, it reports no error, and it holds
     (almost) no memory. Used by the host list, the dashboard and the recommender alike."""
     if gpu.error:

@@ -1,0 +1,177 @@
+"""Everything a user configures: one YAML file, plus ``GPUFLEET_*`` environment variables and
+command-line flags (flags win over the environment, the environment over the file).
+
+Errors name the file and the key: ``gpufleet.yaml: ingest.clock_skew_warn_seconds: ...``.
+Every setting is listed, with its meaning, in docs/configuration.md (a test keeps them in step).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gpufleet.errors import ConfigError
+
+DEFAULT_CONFIG_NAME = "gpufleet.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ServerSection(_Section):
+    host: str = Field(
+        "127.0.0.1", description="Address to listen on (127.0.0.1: this machine only)."
+    )
+    port: Annotated[int, Field(ge=1, le=65535)] = Field(8000, description="TCP port to listen on.")
+    data_dir: Path = Field(
+        Path("gpufleet-data"), description="Folder for the embedded store, admin key and state."
+    )
+    database: str | None = Field(
+        None,
+        description="Store URL; default: the DuckDB file gpufleet.duckdb in data_dir.",
+    )
+
+
+class IngestSection(_Section):
+    max_batch_bytes: Annotated[int, Field(ge=1024, le=64 * 2**20)] = Field(
+        8 * 2**20, description="Largest accepted request body (after gzip decoding)."
+    )
+    clock_skew_warn_seconds: Annotated[float, Field(gt=0)] = Field(
+        120.0, description="Flag an agent whose clock differs from the server's by more."
+    )
+    dedupe_window_days: Annotated[float, Field(gt=0)] = Field(
+        7.0, description="How long a batch id is remembered, so a re-sent batch is stored once."
+    )
+    max_queue: Annotated[int, Field(ge=1)] = Field(
+        20000,
+        description="Batches waiting for the writer before ingest answers 503 (back-pressure).",
+    )
+
+
+class RetentionSection(_Section):
+    raw_days: Annotated[float, Field(gt=0)] = Field(30.0, description="Keep raw samples this long.")
+    prune_interval_seconds: Annotated[float, Field(gt=0)] = Field(
+        3600.0, description="How often old raw samples are dropped."
+    )
+
+
+class StatusSection(_Section):
+    stale_after_intervals: Annotated[float, Field(gt=0)] = Field(
+        3.0, description="A host is 'stale' after this many of its intervals without contact."
+    )
+    offline_after_seconds: Annotated[float, Field(gt=0)] = Field(
+        60.0, description="A host is 'offline' after this long without contact (at least 2x stale)."
+    )
+
+
+class SshSection(_Section):
+    hosts: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Agent-less hosts polled over SSH: name, host, port, user, key_file, "
+        "known_hosts, interval_seconds, timeout_seconds.",
+    )
+
+    @field_validator("hosts")
+    @classmethod
+    def _check_hosts(cls, hosts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if not hosts:
+            return hosts
+        from gpufleet.poller.service import SshHostConfig
+
+        names = set()
+        for i, h in enumerate(hosts):
+            try:
+                cfg = SshHostConfig.model_validate(h)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                loc = ".".join(str(p) for p in first["loc"])
+                raise ValueError(f"[{i}].{loc}: {first['msg']}") from None
+            if cfg.name in names:
+                raise ValueError(f"[{i}].name: host {cfg.name!r} is listed twice")
+            names.add(cfg.name)
+        return hosts
+
+
+class Settings(_Section):
+    server: ServerSection = ServerSection()
+    ingest: IngestSection = IngestSection()
+    retention: RetentionSection = RetentionSection()
+    status: StatusSection = StatusSection()
+    ssh: SshSection = SshSection()
+
+    @property
+    def database_url(self) -> str:
+        return self.server.database or str(self.server.data_dir / "gpufleet.duckdb")
+
+
+# Environment variables and the setting each one overrides.
+ENV_VARS = {
+    "GPUFLEET_HOST": ("server", "host"),
+    "GPUFLEET_PORT": ("server", "port"),
+    "GPUFLEET_DATA_DIR": ("server", "data_dir"),
+    "GPUFLEET_DATABASE": ("server", "database"),
+}
+
+
+def _format_error(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting (see docs/configuration.md for the valid keys)"
+        lines.append(f"{source}: {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def load_settings(
+    path: str | Path | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Read the config file (if any), then the environment, then ``overrides`` (CLI flags)."""
+    environ = dict(os.environ if environ is None else environ)
+    data: dict[str, Any] = {}
+    source = "defaults"
+    path = path or environ.get("GPUFLEET_CONFIG")
+    if path:
+        p = Path(path)
+        source = str(p)
+        try:
+            text = p.read_text()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read config file {p}: {exc.strerror}",
+                hint="pass an existing file with --config, or leave it out to use the defaults",
+            ) from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections")
+        data = loaded
+    for var, (section, key) in ENV_VARS.items():
+        if var in environ and environ[var] != "":
+            data.setdefault(section, {})
+            if not isinstance(data[section], dict):
+                break
+            data[section][key] = environ[var]
+    for section, values in (overrides or {}).items():
+        for key, value in values.items():
+            if value is not None:
+                data.setdefault(section, {})[key] = value
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(
+            _format_error(exc, source),
+            hint="fix the setting named above; every setting is described in docs/configuration.md",
+        ) from None

@@ -1,0 +1,1 @@
+"""The gpufleet server: ingest, the HTTP API, live state, and the agent-less SSH poller."""

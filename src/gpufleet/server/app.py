@@ -1,0 +1,114 @@
+"""The FastAPI application: wires settings, store, live state and the routes together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from gpufleet import __version__
+from gpufleet.config import Settings
+from gpufleet.server import admin, api, errors, ingest, metrics
+from gpufleet.server.auth import TokenCache, ensure_admin_key
+from gpufleet.server.context import Context
+from gpufleet.server.live import LiveState
+from gpufleet.store import Store, open_store
+from gpufleet.wire import Batch
+
+log = logging.getLogger(__name__)
+
+
+async def _prune_forever(ctx: Context) -> None:
+    cfg = ctx.settings
+    while True:
+        now = time.time()
+        try:
+            deleted = await asyncio.to_thread(
+                ctx.store.prune,
+                now - cfg.retention.raw_days * 86400,
+                now - cfg.ingest.dedupe_window_days * 86400,
+            )
+            if any(deleted.values()):
+                log.info("retention: deleted %s", deleted)
+        except Exception:
+            log.exception("retention: pruning failed; will try again")
+        await asyncio.sleep(cfg.retention.prune_interval_seconds)
+
+
+async def _start_poller(ctx: Context) -> None:
+    if not ctx.settings.ssh.hosts:
+        return
+    from gpufleet.poller.service import SshHostConfig, SshPoller
+
+    hosts = [SshHostConfig.model_validate(h) for h in ctx.settings.ssh.hosts]
+
+    async def sink(batch: Batch) -> None:
+        await ingest.accept(ctx, batch, "ssh", time.time())
+
+    ctx.poller = SshPoller(hosts, sink)
+    await ctx.poller.start()
+    log.info("agent-less: polling %d host(s) over SSH", len(hosts))
+
+
+def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
+    """Build the app. The store is opened at start-up (unless given) and closed at shutdown."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own_store = store is None
+        st = store or open_store(settings.database_url)
+        live = LiveState(
+            status_cfg={
+                "stale_after_intervals": settings.status.stale_after_intervals,
+                "offline_after_seconds": settings.status.offline_after_seconds,
+            }
+        )
+        live.load(st.hosts())
+        ctx = Context(
+            settings, st, live, TokenCache(st), ensure_admin_key(settings.server.data_dir)
+        )
+        app.state.ctx = ctx
+        pruner = asyncio.create_task(_prune_forever(ctx))
+        await _start_poller(ctx)
+        log.info(
+            "store %s (schema v%d): %d hosts known", settings.database_url,
+            st.schema_version(), len(live.hosts),
+        )  # fmt: skip
+        try:
+            yield
+        finally:
+            pruner.cancel()
+            if ctx.poller is not None:
+                await ctx.poller.stop()
+            if own_store:
+                st.close()
+
+    app = FastAPI(
+        title="gpufleet",
+        version=__version__,
+        description="Live state, ingest and history of a lab's GPU servers.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    for module in (ingest, api, metrics, admin):
+        app.include_router(module.router)
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            batch = Batch.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(batch.pop("$defs", {}))
+            components["Batch"] = batch
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,120 @@
+"""The narrow interface every store backend implements (DuckDB embedded; PostgreSQL later).
+
+Ingest, the API, reports and the UI talk to this interface only, never to a driver.
+"""
+
+from __future__ import annotations
+
+import abc
+import concurrent.futures
+from dataclasses import dataclass
+from typing import Any
+
+from gpufleet.wire import Batch
+
+# Metrics a series can be asked for: name -> (table, column, unit). GPU metrics are per GPU.
+HOST_SERIES = {
+    "cpu_percent": "percent",
+    "load1": "",
+    "load5": "",
+    "load15": "",
+    "memory_used_bytes": "bytes",
+    "memory_available_bytes": "bytes",
+    "swap_used_bytes": "bytes",
+    "disk_used_bytes": "bytes",
+    "net_rx_bytes_per_second": "bytes/s",
+    "net_tx_bytes_per_second": "bytes/s",
+}
+GPU_SERIES = {
+    "utilization_gpu_percent": "percent",
+    "utilization_memory_percent": "percent",
+    "memory_used_bytes": "bytes",
+    "temperature_celsius": "celsius",
+    "power_watts": "watts",
+    "fan_percent": "percent",
+    "sm_clock_hertz": "hertz",
+}
+SERIES_METRICS: dict[str, tuple[str, str, str]] = {
+    **{f"host.{k}": ("host_samples", k, u) for k, u in HOST_SERIES.items()},
+    **{f"gpu.{k}": ("gpu_samples", k, u) for k, u in GPU_SERIES.items()},
+}
+
+
+@dataclass(frozen=True)
+class IngestItem:
+    batch: Batch
+    token_name: str
+    received_at: float
+    clock_skew_seconds: float
+
+
+@dataclass(frozen=True)
+class HostRecord:
+    name: str
+    source: str
+    token_name: str | None
+    first_seen: float
+    last_seen: float
+    last_received: float
+    interval_seconds: float
+    agent_version: str | None
+    clock_skew_seconds: float | None
+    last_sample: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    id: str
+    name: str
+    secret_sha256: str
+    created_at: float
+    revoked_at: float | None
+
+
+@dataclass(frozen=True)
+class SeriesPoints:
+    key: int | None  # GPU index for GPU metrics, None for host metrics
+    points: list[tuple[float, float | None]]
+
+
+class StoreError(RuntimeError):
+    """The store cannot do what was asked (and nothing was changed)."""
+
+
+class Store(abc.ABC):
+    """All writes go through one writer (``submit``/``write``); reads may run on any thread."""
+
+    @abc.abstractmethod
+    def submit(self, item: IngestItem) -> concurrent.futures.Future[bool]:
+        """Queue a batch; the future resolves after commit: True stored, False a duplicate."""
+
+    @abc.abstractmethod
+    def hosts(self) -> list[HostRecord]: ...
+
+    @abc.abstractmethod
+    def series(
+        self, host: str, metric: str, since: float, until: float, max_points: int = 1000
+    ) -> list[SeriesPoints]: ...
+
+    @abc.abstractmethod
+    def create_token(self, token: TokenRecord) -> None: ...
+
+    @abc.abstractmethod
+    def tokens(self) -> list[TokenRecord]: ...
+
+    @abc.abstractmethod
+    def revoke_token(self, name: str, at: float) -> TokenRecord:
+        """Revoke by name; raises StoreError when there is no such live token."""
+
+    @abc.abstractmethod
+    def prune(self, raw_before: float, batches_before: float) -> dict[str, int]:
+        """Drop raw rows older than ``raw_before`` and dedupe keys older than ``batches_before``."""
+
+    @abc.abstractmethod
+    def count(self, table: str) -> int: ...
+
+    @abc.abstractmethod
+    def schema_version(self) -> int: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...

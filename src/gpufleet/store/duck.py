@@ -1,0 +1,342 @@
+"""DuckDB backend: one file, one writer thread with group commits, reads on their own cursors.
+
+Many agents' batches land in one transaction (whatever queued up while the previous commit
+ran), inserted as Arrow tables; every batch is acknowledged only after its commit. A batch id
+seen before (within the dedupe window) is acknowledged as a duplicate and stored nothing.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+
+from gpufleet.store.base import (
+    SERIES_METRICS,
+    HostRecord,
+    IngestItem,
+    SeriesPoints,
+    Store,
+    StoreError,
+    TokenRecord,
+)
+from gpufleet.store.rows import TABLE_COLUMNS, batch_key, flatten
+from gpufleet.store.schema import MIGRATIONS, RAW_TABLES
+
+log = logging.getLogger(__name__)
+
+_ARROW_TYPES = {
+    "VARCHAR": pa.string(),
+    "DOUBLE": pa.float64(),
+    "FLOAT": pa.float32(),
+    "REAL": pa.float32(),
+    "BIGINT": pa.int64(),
+    "INTEGER": pa.int32(),
+    "UTINYINT": pa.uint8(),
+}
+_STOP = object()
+MAX_GROUP = 512  # batches in one transaction
+
+
+class DuckDBStore(Store):
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = duckdb.connect(self.path)
+        except duckdb.IOException as exc:
+            raise StoreError(
+                f"cannot open the store {self.path}: {exc}".replace("\n", " ")
+            ) from exc
+        self._migrate()
+        self._schemas = {
+            table: pa.schema([(c, _ARROW_TYPES[self._column_types(table)[c]]) for c in columns])
+            for table, columns in TABLE_COLUMNS.items()
+        }
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self.commits = 0  # transactions committed by the writer (for /metrics)
+        self.batches_stored = 0
+        self.batches_duplicate = 0
+        self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
+        self._writer.start()
+
+    # -- schema -------------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        con = self._db
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version INTEGER PRIMARY KEY, description VARCHAR, applied_at DOUBLE)"
+        )
+        applied = {r[0] for r in con.execute("SELECT version FROM schema_migrations").fetchall()}
+        for m in MIGRATIONS:
+            if m.version in applied:
+                continue
+            con.execute("BEGIN")
+            try:
+                con.execute(m.sql)
+                con.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                    [m.version, m.description, time.time()],
+                )
+                con.execute("COMMIT")
+            except Exception:
+                con.execute("ROLLBACK")
+                raise
+            log.info("store %s: applied migration %d (%s)", self.path, m.version, m.description)
+
+    def _column_types(self, table: str) -> dict[str, str]:
+        rows = self._db.execute(f"DESCRIBE {table}").fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def schema_version(self) -> int:
+        row = self._read("SELECT max(version) FROM schema_migrations")
+        return int(row[0][0])
+
+    # -- the writer ---------------------------------------------------------------------------
+
+    def submit(self, item: IngestItem) -> concurrent.futures.Future[bool]:
+        fut: concurrent.futures.Future[bool] = concurrent.futures.Future()
+        self._queue.put((item, fut))
+        return fut
+
+    def write(self, fn: Callable[[duckdb.DuckDBPyConnection], Any]) -> Any:
+        """Run ``fn(con)`` on the writer thread in one transaction and return its result."""
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._queue.put((fn, fut))
+        return fut.result()
+
+    def _write_loop(self) -> None:
+        con = self._db.cursor()
+        while True:
+            task = self._queue.get()
+            if task is _STOP:
+                break
+            group = []
+            while True:
+                if task is _STOP:
+                    self._queue.put(_STOP)
+                    break
+                if isinstance(task[0], IngestItem):
+                    group.append(task)
+                    if len(group) >= MAX_GROUP:
+                        break
+                else:
+                    if group:
+                        self._ingest_group(con, group)
+                        group = []
+                    self._run_task(con, *task)
+                try:
+                    task = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if group:
+                self._ingest_group(con, group)
+        con.close()
+
+    def _run_task(self, con, fn, fut) -> None:
+        con.execute("BEGIN")
+        try:
+            result = fn(con)
+            con.execute("COMMIT")
+        except BaseException as exc:
+            con.execute("ROLLBACK")
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+    def _ingest_group(self, con, group) -> None:
+        try:
+            results = self._ingest_txn(con, [item for item, _ in group])
+        except Exception as exc:
+            if len(group) == 1:
+                log.exception("store: batch %s not stored", group[0][0].batch.batch_id)
+                group[0][1].set_exception(StoreError(f"store write failed: {exc}"))
+                return
+            # One bad batch must not sink the others: retry each alone.
+            for one in group:
+                self._ingest_group(con, [one])
+            return
+        for (_, fut), stored in zip(group, results, strict=True):
+            fut.set_result(stored)
+
+    def _ingest_txn(self, con, items: list[IngestItem]) -> list[bool]:
+        keys = [str(batch_key(i.batch.batch_id)) for i in items]
+        con.execute("BEGIN")
+        try:
+            existing = {
+                str(r[0])
+                for r in con.execute(
+                    "SELECT id FROM batches WHERE id IN (SELECT unnest(?::UUID[]))", [keys]
+                ).fetchall()
+            }
+            fresh: list[bool] = []
+            new_items: list[IngestItem] = []
+            for key, item in zip(keys, items, strict=True):
+                is_new = key not in existing
+                fresh.append(is_new)
+                if is_new:
+                    existing.add(key)
+                    new_items.append(item)
+            if new_items:
+                self._insert(con, new_items, keys, fresh)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        self.commits += 1
+        self.batches_stored += len(new_items)
+        self.batches_duplicate += len(items) - len(new_items)
+        return fresh
+
+    def _insert(self, con, items: list[IngestItem], keys: list[str], fresh: list[bool]) -> None:
+        cols = flatten(s for item in items for s in item.batch.samples)
+        for table, columns in cols.items():
+            if not columns["host"]:
+                continue
+            arrow = pa.table(columns, schema=self._schemas[table])
+            con.register("_incoming", arrow)
+            names = ", ".join(TABLE_COLUMNS[table])
+            con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM _incoming")
+            con.unregister("_incoming")
+        new_keys = [k for k, f in zip(keys, fresh, strict=True) if f]
+        con.execute(
+            "INSERT INTO batches SELECT unnest(?::UUID[]), ?, unnest(?::INTEGER[])",
+            [new_keys, items[0].received_at, [len(i.batch.samples) for i in items]],
+        )
+        latest: dict[str, tuple[IngestItem, Any]] = {}
+        for item in items:
+            for s in item.batch.samples:
+                seen = latest.get(s.host)
+                if seen is None or s.ts >= seen[1].ts:
+                    latest[s.host] = (item, s)
+        rows = [
+            (
+                host, item.batch.source, item.token_name, s.ts, s.ts, item.received_at,
+                s.interval_seconds, item.batch.agent_version or s.facts.agent_version or None,
+                item.clock_skew_seconds, s.model_dump_json(),
+            )
+            for host, (item, s) in latest.items()
+        ]  # fmt: skip
+        con.executemany(
+            """
+            INSERT INTO hosts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (name) DO UPDATE SET
+                source = excluded.source,
+                token_name = excluded.token_name,
+                first_seen = least(hosts.first_seen, excluded.first_seen),
+                last_received = greatest(hosts.last_received, excluded.last_received),
+                agent_version = excluded.agent_version,
+                clock_skew_seconds = excluded.clock_skew_seconds,
+                interval_seconds = CASE WHEN excluded.last_seen >= hosts.last_seen
+                    THEN excluded.interval_seconds ELSE hosts.interval_seconds END,
+                last_sample = CASE WHEN excluded.last_seen >= hosts.last_seen
+                    THEN excluded.last_sample ELSE hosts.last_sample END,
+                last_seen = greatest(hosts.last_seen, excluded.last_seen)
+            """,
+            rows,
+        )
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def _read(self, sql: str, params: list | None = None) -> list[tuple]:
+        cur = self._db.cursor()
+        try:
+            return cur.execute(sql, params or []).fetchall()
+        finally:
+            cur.close()
+
+    def hosts(self) -> list[HostRecord]:
+        rows = self._read(
+            "SELECT name, source, token_name, first_seen, last_seen, last_received,"
+            " interval_seconds, agent_version, clock_skew_seconds, last_sample"
+            " FROM hosts ORDER BY name"
+        )
+        return [HostRecord(*r[:9], last_sample=orjson.loads(r[9])) for r in rows]
+
+    def series(
+        self, host: str, metric: str, since: float, until: float, max_points: int = 1000
+    ) -> list[SeriesPoints]:
+        if metric not in SERIES_METRICS:
+            raise StoreError(f"unknown metric {metric!r}")
+        table, column, _ = SERIES_METRICS[metric]
+        key = "gpu_index" if table == "gpu_samples" else "NULL"
+        step = max((until - since) / max(max_points, 1), 0.0)
+        bucket = f"floor(ts / {step!r}) * {step!r}" if step >= 1 else "ts"
+        rows = self._read(
+            f"SELECT {key} AS k, {bucket} AS t, avg({column}) FROM {table}"
+            f" WHERE host = ? AND ts >= ? AND ts <= ? GROUP BY ALL ORDER BY k, t",
+            [host, since, until],
+        )
+        out: dict[Any, list[tuple[float, float | None]]] = {}
+        for k, t, v in rows:
+            out.setdefault(k, []).append((t, v))
+        return [SeriesPoints(k, pts) for k, pts in out.items()]
+
+    def tokens(self) -> list[TokenRecord]:
+        rows = self._read(
+            "SELECT id, name, secret_sha256, created_at, revoked_at FROM agent_tokens ORDER BY name"
+        )
+        return [TokenRecord(*r) for r in rows]
+
+    def count(self, table: str) -> int:
+        if table not in (*RAW_TABLES, "batches", "hosts", "agent_tokens"):
+            raise StoreError(f"unknown table {table!r}")
+        return int(self._read(f"SELECT count(*) FROM {table}")[0][0])
+
+    # -- small writes -------------------------------------------------------------------------
+
+    def create_token(self, token: TokenRecord) -> None:
+        def fn(con):
+            if con.execute("SELECT 1 FROM agent_tokens WHERE name = ?", [token.name]).fetchall():
+                raise StoreError(f"a token named {token.name!r} already exists")
+            con.execute(
+                "INSERT INTO agent_tokens VALUES (?, ?, ?, ?, ?)",
+                [token.id, token.name, token.secret_sha256, token.created_at, token.revoked_at],
+            )
+
+        self.write(fn)
+
+    def revoke_token(self, name: str, at: float) -> TokenRecord:
+        def fn(con):
+            row = con.execute(
+                "SELECT id, name, secret_sha256, created_at, revoked_at FROM agent_tokens"
+                " WHERE name = ?",
+                [name],
+            ).fetchall()
+            if not row:
+                raise StoreError(f"no token named {name!r}")
+            if row[0][4] is not None:
+                raise StoreError(f"token {name!r} is already revoked")
+            con.execute("UPDATE agent_tokens SET revoked_at = ? WHERE name = ?", [at, name])
+            return TokenRecord(*row[0][:4], revoked_at=at)
+
+        return self.write(fn)
+
+    def prune(self, raw_before: float, batches_before: float) -> dict[str, int]:
+        def fn(con):
+            deleted = {}
+            for table in RAW_TABLES:
+                n = con.execute(f"DELETE FROM {table} WHERE ts < ?", [raw_before]).fetchall()
+                deleted[table] = int(n[0][0])
+            n = con.execute("DELETE FROM batches WHERE received_at < ?", [batches_before])
+            deleted["batches"] = int(n.fetchall()[0][0])
+            return deleted
+
+        return self.write(fn)
+
+    def close(self) -> None:
+        if self._writer.is_alive():
+            self._queue.put(_STOP)
+            self._writer.join()
+        self._db.close()

@@ -1,0 +1,126 @@
+"""Versioned schema of the store. Each migration runs once, in order, in its own transaction;
+the applied versions are recorded in ``schema_migrations``. Never edit a released migration:
+add the next one.
+
+Raw tier tables hold one row per sample (host), per GPU, per GPU process, per disk. Timestamps
+are Unix seconds (DOUBLE, UTC); every column name carries its unit.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Migration(NamedTuple):
+    version: int
+    description: str
+    sql: str
+
+
+MIGRATIONS: list[Migration] = [
+    Migration(
+        1,
+        "raw tier, hosts, batches, agent tokens",
+        """
+        CREATE TABLE agent_tokens (
+            id VARCHAR PRIMARY KEY,
+            name VARCHAR NOT NULL UNIQUE,
+            secret_sha256 VARCHAR NOT NULL,
+            created_at DOUBLE NOT NULL,
+            revoked_at DOUBLE
+        );
+        -- One row per accepted batch, for idempotent ingest within the dedupe window.
+        CREATE TABLE batches (
+            id UUID PRIMARY KEY,
+            received_at DOUBLE NOT NULL,
+            samples INTEGER NOT NULL
+        );
+        CREATE TABLE hosts (
+            name VARCHAR PRIMARY KEY,
+            source VARCHAR NOT NULL,
+            token_name VARCHAR,
+            first_seen DOUBLE NOT NULL,
+            last_seen DOUBLE NOT NULL,
+            last_received DOUBLE NOT NULL,
+            interval_seconds DOUBLE NOT NULL,
+            agent_version VARCHAR,
+            clock_skew_seconds DOUBLE,
+            last_sample JSON NOT NULL
+        );
+        CREATE TABLE host_samples (
+            host VARCHAR NOT NULL,
+            ts DOUBLE NOT NULL,
+            interval_seconds REAL NOT NULL,
+            cpu_percent REAL,
+            load1 REAL,
+            load5 REAL,
+            load15 REAL,
+            memory_total_bytes BIGINT,
+            memory_used_bytes BIGINT,
+            memory_available_bytes BIGINT,
+            swap_total_bytes BIGINT,
+            swap_used_bytes BIGINT,
+            disk_total_bytes BIGINT,
+            disk_used_bytes BIGINT,
+            net_rx_bytes_per_second DOUBLE,
+            net_tx_bytes_per_second DOUBLE,
+            uptime_seconds DOUBLE,
+            users INTEGER,
+            gpus INTEGER,
+            errors VARCHAR
+        );
+        CREATE TABLE gpu_samples (
+            host VARCHAR NOT NULL,
+            ts DOUBLE NOT NULL,
+            gpu_index UTINYINT NOT NULL,
+            uuid VARCHAR,
+            name VARCHAR,
+            utilization_gpu_percent REAL,
+            utilization_memory_percent REAL,
+            memory_used_bytes BIGINT,
+            memory_total_bytes BIGINT,
+            temperature_celsius REAL,
+            power_watts REAL,
+            power_limit_watts REAL,
+            fan_percent REAL,
+            sm_clock_hertz DOUBLE,
+            pstate UTINYINT,
+            ecc_uncorrected_volatile BIGINT,
+            xid_events INTEGER NOT NULL,
+            processes INTEGER NOT NULL,
+            error VARCHAR
+        );
+        CREATE TABLE process_samples (
+            host VARCHAR NOT NULL,
+            ts DOUBLE NOT NULL,
+            gpu_index UTINYINT NOT NULL,
+            pid INTEGER NOT NULL,
+            user_name VARCHAR,
+            uid BIGINT,
+            command VARCHAR,
+            started_at DOUBLE,
+            gpu_memory_bytes BIGINT,
+            container_id VARCHAR,
+            container_name VARCHAR
+        );
+        CREATE TABLE disk_samples (
+            host VARCHAR NOT NULL,
+            ts DOUBLE NOT NULL,
+            mount VARCHAR NOT NULL,
+            total_bytes BIGINT NOT NULL,
+            used_bytes BIGINT NOT NULL
+        );
+        CREATE TABLE xid_events (
+            host VARCHAR NOT NULL,
+            ts DOUBLE NOT NULL,
+            gpu_index UTINYINT NOT NULL,
+            xid INTEGER NOT NULL
+        );
+        """,
+    ),
+]
+
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+# Raw-tier tables that retention prunes by ``ts``.
+RAW_TABLES = ("host_samples", "gpu_samples", "process_samples", "disk_samples", "xid_events")
