@@ -1,0 +1,241 @@
+"""The latest Sample in the Prometheus text exposition format (0.0.4), and a tiny server for it.
+
+Names carry base units and the ``gpufleet_`` prefix, the same quantities as the wire schema.
+A metric that is not available (``None``) is left out rather than exported as zero.
+
+    text = render(sample)
+    server = serve_metrics(9835, "127.0.0.1", lambda: latest_sample)   # GET /metrics
+    server.shutdown()
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from gpufleet.wire import Sample
+
+log = logging.getLogger("gpufleet.agent.prom")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+Labels = tuple[tuple[str, str], ...]
+
+# (wire attribute, metric name, help)
+_HOST_GAUGES = (
+    ("cpu_percent", "host_cpu_percent", "CPU time spent busy over the last round."),
+    ("cpu_count", "host_cpus", "Logical CPUs."),
+    ("load1", "host_load1", "Load average over 1 minute."),
+    ("load5", "host_load5", "Load average over 5 minutes."),
+    ("load15", "host_load15", "Load average over 15 minutes."),
+    ("memory_total_bytes", "host_memory_total_bytes", "Physical memory."),
+    ("memory_used_bytes", "host_memory_used_bytes", "Physical memory in use (total - available)."),
+    ("memory_available_bytes", "host_memory_available_bytes", "Memory available to new work."),
+    ("swap_total_bytes", "host_swap_total_bytes", "Swap space."),
+    ("swap_used_bytes", "host_swap_used_bytes", "Swap space in use."),
+    (
+        "net_rx_bytes_per_second",
+        "host_network_receive_bytes_per_second",
+        "Bytes received per second, all physical interfaces.",
+    ),
+    (
+        "net_tx_bytes_per_second",
+        "host_network_transmit_bytes_per_second",
+        "Bytes sent per second, all physical interfaces.",
+    ),
+    ("uptime_seconds", "host_uptime_seconds", "Time since boot."),
+)
+_GPU_GAUGES = (
+    (
+        "utilization_gpu_percent",
+        "gpu_utilization_percent",
+        "Time a kernel ran on the GPU over the last sample period.",
+    ),
+    (
+        "utilization_memory_percent",
+        "gpu_memory_utilization_percent",
+        "Time device memory was read or written over the last sample period.",
+    ),
+    ("memory_used_bytes", "gpu_memory_used_bytes", "GPU memory in use."),
+    ("memory_total_bytes", "gpu_memory_total_bytes", "GPU memory."),
+    ("temperature_celsius", "gpu_temperature_celsius", "GPU core temperature."),
+    ("power_watts", "gpu_power_watts", "Power draw."),
+    ("power_limit_watts", "gpu_power_limit_watts", "Enforced power limit."),
+    ("fan_percent", "gpu_fan_percent", "Fan speed as a share of its maximum."),
+    ("sm_clock_hertz", "gpu_sm_clock_hertz", "Streaming multiprocessor clock."),
+    ("pstate", "gpu_pstate", "Performance state (0 fastest, 15 slowest)."),
+    (
+        "ecc_uncorrected_volatile",
+        "gpu_ecc_uncorrected_volatile_errors",
+        "Uncorrected ECC errors since the driver loaded.",
+    ),
+)
+
+
+class _Family:
+    __slots__ = ("help", "name", "samples", "type")
+
+    def __init__(self, name: str, help_: str, type_: str = "gauge") -> None:
+        self.name = "gpufleet_" + name
+        self.help = help_
+        self.type = type_
+        self.samples: list[tuple[Labels, float]] = []
+
+    def add(self, labels: Labels, value: float | int | None) -> None:
+        if value is not None:
+            self.samples.append((labels, float(value)))
+
+
+def render(sample: Sample | None) -> str:
+    """The Prometheus text exposition of one sample (an empty exposition for ``None``)."""
+    if sample is None:
+        return ""
+    host = (("host", sample.host),)
+    families: list[_Family] = []
+
+    def family(name: str, help_: str, type_: str = "gauge") -> _Family:
+        fam = _Family(name, help_, type_)
+        families.append(fam)
+        return fam
+
+    family("sample_timestamp_seconds", "When the latest sample was collected (Unix time).").add(
+        host, sample.ts
+    )
+    family("collection_errors", "Host-level collection problems in the latest sample.").add(
+        host, len(sample.errors)
+    )
+    facts = sample.facts
+    family("host_info", "Facts about the host; the value is always 1.").add(
+        (
+            *host,
+            ("os", facts.os),
+            ("kernel", facts.kernel),
+            ("cpu_model", facts.cpu_model),
+            ("driver_version", facts.driver_version or ""),
+            ("cuda_version", facts.cuda_version or ""),
+            ("agent_version", facts.agent_version),
+        ),
+        1,
+    )
+    hm = sample.host_metrics
+    for attr, name, help_ in _HOST_GAUGES:
+        family(name, help_).add(host, getattr(hm, attr))
+    family("host_logged_in_users", "Distinct users logged in.").add(host, len(hm.users))
+    disk_total = family("host_disk_total_bytes", "Size of the filesystem mounted there.")
+    disk_used = family("host_disk_used_bytes", "Space used on the filesystem mounted there.")
+    for disk in hm.disks:
+        labels = (*host, ("mount", disk.mount), ("device", disk.device), ("fstype", disk.fstype))
+        disk_total.add(labels, disk.total_bytes)
+        disk_used.add(labels, disk.used_bytes)
+
+    gpu_labels = {
+        gpu.index: (*host, ("gpu", str(gpu.index)), ("uuid", gpu.uuid), ("name", gpu.name))
+        for gpu in sample.gpus
+    }
+    up = family(
+        "gpu_up", "1 when NVML answered for this GPU in the latest sample, 0 when it erred."
+    )
+    for gpu in sample.gpus:
+        up.add(gpu_labels[gpu.index], 0 if gpu.error else 1)
+    for attr, name, help_ in _GPU_GAUGES:
+        fam = family(name, help_)
+        for gpu in sample.gpus:
+            fam.add(gpu_labels[gpu.index], getattr(gpu, attr))
+    xid = family("gpu_xid_events", "XID events reported since the previous sample.")
+    last_xid = family("gpu_last_xid", "Code of the last XID event in the latest sample.")
+    procs = family("gpu_processes", "Processes holding the GPU.")
+    for gpu in sample.gpus:
+        xid.add(gpu_labels[gpu.index], len(gpu.xid_events))
+        if gpu.xid_events:
+            last_xid.add(gpu_labels[gpu.index], gpu.xid_events[-1].xid)
+        procs.add(gpu_labels[gpu.index], sum(p.gpu_index == gpu.index for p in sample.processes))
+    proc_mem = family("gpu_process_memory_bytes", "GPU memory held by one process.")
+    for proc in sample.processes:
+        labels = gpu_labels[proc.gpu_index] + (
+            ("pid", str(proc.pid)),
+            ("user", proc.user if proc.user is not None else _uid(proc.uid)),
+            ("container", proc.container_name or (proc.container_id or "")[:12]),
+        )
+        proc_mem.add(labels, proc.gpu_memory_bytes)
+    return "".join(_format(families))
+
+
+def _uid(uid: int | None) -> str:
+    return "" if uid is None else f"uid:{uid}"
+
+
+def _format(families: Iterable[_Family]) -> Iterable[str]:
+    for fam in families:
+        if not fam.samples:
+            continue
+        yield f"# HELP {fam.name} {_escape_help(fam.help)}\n# TYPE {fam.name} {fam.type}\n"
+        for labels, value in fam.samples:
+            if labels:
+                inner = ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels)
+                yield f"{fam.name}{{{inner}}} {_number(value)}\n"
+            else:
+                yield f"{fam.name} {_number(value)}\n"
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _escape_label(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    if value == int(value) and abs(value) < 2**63:
+        return str(int(value))
+    return repr(value)
+
+
+# -- the HTTP endpoint --------------------------------------------------------------------------
+
+
+def serve_metrics(
+    port: int, host: str = "127.0.0.1", get_sample: Callable[[], Sample | None] = lambda: None
+) -> ThreadingHTTPServer:
+    """Serve ``render(get_sample())`` at ``GET /metrics`` on a daemon thread.
+
+    ``port=0`` picks a free port (``server.server_address[1]``). Stop with ``.shutdown()``.
+    """
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "gpufleet-agent"
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                try:
+                    body = render(get_sample()).encode()
+                except Exception:
+                    log.exception("rendering /metrics failed")
+                    self._send(500, b"error: rendering the latest sample failed\n", "text/plain")
+                    return
+                self._send(200, body, CONTENT_TYPE)
+            elif path == "/":
+                self._send(
+                    200, b'gpufleet agent: see <a href="/metrics">/metrics</a>\n', "text/html"
+                )
+            else:
+                self._send(404, b"not found: try /metrics\n", "text/plain")
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            log.debug("metrics %s - %s", self.address_string(), format % args)
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="gpufleet-metrics", daemon=True)
+    thread.start()
+    return server
