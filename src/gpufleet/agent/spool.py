@@ -113,7 +113,7 @@ class Spool:
         now = self.clock()
         dropped = []
         while len(self._files) > 1:
-            name, (size, mtime) = next(iter(self._files.items()))
+            name, (_size, mtime) = next(iter(self._files.items()))
             if self._bytes <= self.max_bytes and now - mtime <= self.max_age_seconds:
                 break
             (self.dir / name).unlink(missing_ok=True)
