@@ -73,9 +73,9 @@ class Collector:
     def collect(self) -> Sample:
         ts = self._clock()
         errors: list[str] = []
-        host_metrics, host_errors = self._host.collect()
+        host_metrics, host_errors = self._host.collect(ts)
         errors.extend(host_errors)
-        gpu_round = self._gpus.collect()
+        gpu_round = self._gpus.collect(ts)
         errors.extend(gpu_round.errors)
 
         processes: list[GpuProcess] = []

@@ -114,7 +114,8 @@ class GpuCollector:
 
     # -- one round ------------------------------------------------------------------------
 
-    def collect(self) -> GpuRound:
+    def collect(self, now: float | None = None) -> GpuRound:
+        now = self._clock() if now is None else now
         out = GpuRound()
         try:
             devices = self._devices if self._devices is not None else self._open()
@@ -131,7 +132,7 @@ class GpuCollector:
         xids: dict[int, list[XidEvent]] = {}
         hung: str | None = None
         try:
-            xids = self.nvml.run(self._drain_xid, description="reading XID events")
+            xids = self.nvml.run(lambda: self._drain_xid(now), description="reading XID events")
         except NvmlHung as exc:
             hung = str(exc)
         except NvmlCallError as exc:
@@ -152,11 +153,10 @@ class GpuCollector:
             out.errors.append(hung)
         return out
 
-    def _drain_xid(self) -> dict[int, list[XidEvent]]:
+    def _drain_xid(self, now: float) -> dict[int, list[XidEvent]]:
         events: dict[int, list[XidEvent]] = {}
         if self._event_set is None:
             return events
-        now = self._clock()
         for _ in range(MAX_XID_PER_ROUND):
             try:
                 data = self.nvml.query("nvmlEventSetWait", self._event_set, 0)

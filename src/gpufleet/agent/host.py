@@ -111,7 +111,8 @@ class HostCollector:
 
     # -- metrics --------------------------------------------------------------------------
 
-    def collect(self) -> tuple[HostMetrics, list[str]]:
+    def collect(self, now: float | None = None) -> tuple[HostMetrics, list[str]]:
+        now = self._clock() if now is None else now
         errors: list[str] = []
         m: dict[str, Any] = {"cpu_count": self._cpu_count}
         m["cpu_percent"] = self._cpu_percent()
@@ -125,8 +126,8 @@ class HostCollector:
         sw = psutil.swap_memory()
         m["swap_total_bytes"], m["swap_used_bytes"] = sw.total, sw.used
         m["disks"] = self._disks(errors)
-        m["net_rx_bytes_per_second"], m["net_tx_bytes_per_second"] = self._net_rates()
-        m["uptime_seconds"] = max(self._clock() - self._boot_time, 0.0)
+        m["net_rx_bytes_per_second"], m["net_tx_bytes_per_second"] = self._net_rates(now)
+        m["uptime_seconds"] = max(now - self._boot_time, 0.0)
         try:
             m["users"] = sorted({u.name for u in psutil.users() if u.name})[:1024]
         except OSError:
@@ -192,14 +193,13 @@ class HostCollector:
         self._statvfs_pending.pop(mount, None)
         return box[0] if box else None
 
-    def _net_rates(self) -> tuple[float | None, float | None]:
+    def _net_rates(self, now: float) -> tuple[float | None, float | None]:
         rx = tx = 0
         for nic, c in psutil.net_io_counters(pernic=True).items():
             if nic.startswith(SKIP_NIC_PREFIXES):
                 continue
             rx += c.bytes_recv
             tx += c.bytes_sent
-        now = self._clock()
         prev, self._net_prev = self._net_prev, (now, rx, tx)
         if prev is None:
             return None, None
