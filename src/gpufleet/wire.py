@@ -176,7 +176,7 @@ class Batch(_Model):
         for i, sample in enumerate(self.samples):
             if sample.ts > self.sent_at + 5:
                 raise ValueError(
-                    f"samples[{i}].ts ({sample.ts}) is later than sent_at ({self.sent_at}):"
+                    f"samples[{i}].ts: {sample.ts} is later than sent_at ({self.sent_at});"
                     " a sample cannot be collected after its batch was sent"
                 )
         return self

@@ -112,10 +112,13 @@ def default_spool_dir() -> Path:
     "--once", is_flag=True, help="Collect one sample, print it and exit (no server needed)."
 )
 @click.option("--json", "as_json", is_flag=True, help="With --once: print the sample as JSON.")
+@click.option("--fake-gpus", metavar="MODEL:N[,MODEL:N]", hidden=True,
+              help="Simulate GPUs with the fake NVML (demos and tests on machines without GPUs).")
 def agent(
     server: str | None, token: str | None, token_file: str | None, interval: float,
     host_name: str | None, spool_dir: Path | None, spool_max: str, spool_max_age: str,
     metrics_port: int | None, metrics_host: str, timeout: float, once: bool, as_json: bool,
+    fake_gpus: str | None,
 ) -> None:  # fmt: skip
     """Collect this machine's host and GPU metrics (NVML) and GPU processes every INTERVAL
     seconds and push them to a gpufleet server.
@@ -127,8 +130,9 @@ def agent(
     """
     from gpufleet.agent.collect import Collector
 
+    nvml = _fake_nvml(fake_gpus) if fake_gpus else None
     try:
-        collector = Collector(host_name=host_name, interval_seconds=interval)
+        collector = Collector(host_name=host_name, interval_seconds=interval, nvml=nvml)
     except ValueError as exc:
         raise GpufleetError(str(exc), hint="pass --host-name NAME") from None
     if once:
@@ -232,6 +236,19 @@ def run_agent(
     sending.join(timeout + 1)
     sender.close()
     collector.close()
+
+
+def _fake_nvml(spec: str):
+    from gpufleet.agent.fakenvml import FakeNvml
+
+    names: list[str] = []
+    for part in spec.split(","):
+        model, _, count = part.rpartition(":")
+        if not model or not count.isdigit() or not 0 < int(count) <= 64:
+            raise click.BadParameter(f"{part!r}: use MODEL:COUNT, e.g. A100-SXM4-80GB:8",
+                                     param_hint="--fake-gpus")
+        names += [model] * int(count)
+    return FakeNvml.with_models(names)
 
 
 def _agent_id(spool_dir: Path) -> str:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import orjson
@@ -54,8 +55,15 @@ def location(loc: tuple | list) -> str:
 def validation_details(exc: ValidationError | RequestValidationError) -> list[dict[str, Any]]:
     details = []
     for err in exc.errors():
-        loc = [p for p in err.get("loc", ()) if p != "body"]
-        details.append({"loc": location(loc), "msg": err.get("msg", ""), "type": err.get("type")})
+        where = location([p for p in err.get("loc", ()) if p != "body"])
+        msg = err.get("msg", "").removeprefix("Value error, ")
+        # A model-level check names the field it is about ("processes[0].gpu_index: ..."):
+        # fold that into the location so the client sees one precise path.
+        inner = re.match(r"^([A-Za-z_][\w.\[\]]*): (.+)$", msg, re.S)
+        if inner and err.get("type") == "value_error":
+            where = f"{where}.{inner.group(1)}" if where != "(body)" else inner.group(1)
+            msg = inner.group(2)
+        details.append({"loc": where, "msg": msg, "type": err.get("type")})
     return details
 
 

@@ -1,0 +1,173 @@
+"""Shared fixtures: a real gpufleet server process on loopback, sample builders, tokens."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gpufleet.wire import Batch, Disk, Gpu, GpuProcess, HostMetrics, Sample
+
+REQUIRE_SERVICES = os.environ.get("GPUFLEET_REQUIRE_SERVICES") == "1"
+
+
+def need_binary(path: str, what: str) -> str:
+    """The path of a binary a test needs; in CI a missing one fails the test, else it skips."""
+    found = shutil.which(path) or (path if os.path.exists(path) else None)
+    if found:
+        return found
+    message = f"{what} ({path}) is not installed; `make setup` installs it"
+    if REQUIRE_SERVICES:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def gpufleet(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gpufleet", *args],
+        capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=60, **kw,
+    )  # fmt: skip
+
+
+def make_sample(host: str = "gpu01", ts: float | None = None, gpus: int = 8, procs: int = 8) -> Sample:
+    ts = time.time() if ts is None else ts
+    return Sample(
+        host=host,
+        ts=ts,
+        host_metrics=HostMetrics(
+            cpu_percent=42.0, load1=3.2, load5=2.9, load15=2.5,
+            memory_total_bytes=512 * 2**30, memory_used_bytes=100 * 2**30,
+            disks=[Disk(mount="/", total_bytes=2**40, used_bytes=2**39)],
+            net_rx_bytes_per_second=1e6, net_tx_bytes_per_second=2e5, uptime_seconds=1e5,
+            users=["alice", "bob"],
+        ),  # fmt: skip
+        gpus=[
+            Gpu(
+                index=i, uuid=f"GPU-{host}-{i}", name="NVIDIA A100-SXM4-80GB",
+                utilization_gpu_percent=float(10 * i % 100), memory_used_bytes=(i + 1) * 2**30,
+                memory_total_bytes=80 * 2**30, temperature_celsius=50.0 + i, power_watts=250.0,
+                power_limit_watts=400.0, fan_percent=None, sm_clock_hertz=1.41e9, pstate=0,
+                ecc_uncorrected_volatile=0,
+            )  # fmt: skip
+            for i in range(gpus)
+        ],
+        processes=[
+            GpuProcess(pid=1000 + i, gpu_index=i % gpus, user=f"user{i % 3}", uid=1000 + i % 3,
+                       command="python train.py --lr 0.1", started_at=ts - 3600,
+                       gpu_memory_bytes=2**30)  # fmt: skip
+            for i in range(procs if gpus else 0)
+        ],
+    )
+
+
+def make_batch(*samples: Sample, batch_id: str | None = None, sent_at: float | None = None) -> Batch:
+    samples = samples or (make_sample(),)
+    return Batch(
+        batch_id=batch_id or f"test-{uuid.uuid4().hex}",
+        sent_at=sent_at if sent_at is not None else max(s.ts for s in samples),
+        samples=list(samples),
+    )
+
+
+@dataclass
+class ServerProc:
+    data_dir: Path
+    port: int
+    token: str
+    proc: subprocess.Popen | None = None
+    extra_args: tuple[str, ...] = ()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "gpufleet.duckdb"
+
+    def start(self, wait: float = 30.0) -> None:
+        log = open(self.data_dir / "server.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gpufleet", "server", "--data-dir", str(self.data_dir),
+             "--port", str(self.port), *self.extra_args],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.time() + wait
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {(self.data_dir / 'server.log').read_text()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("server did not start in time")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hook runs, as in a power cut of the process."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def post(self, batch: Batch | bytes | str, token: str | None = None, **kw) -> httpx.Response:
+        body = batch.model_dump_json() if isinstance(batch, Batch) else batch
+        headers = {"Content-Type": "application/json"}
+        if token != "":
+            headers["Authorization"] = f"Bearer {token or self.token}"
+        headers.update(kw.pop("headers", {}))
+        return httpx.post(self.url + "/api/v1/ingest", content=body, headers=headers, timeout=30, **kw)
+
+
+def create_token(data_dir: Path, name: str) -> str:
+    r = gpufleet("token", "create", name, "--data-dir", str(data_dir))
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+@pytest.fixture
+def server_factory(tmp_path):
+    made: list[ServerProc] = []
+
+    def make(*extra_args: str, start: bool = True) -> ServerProc:
+        data = tmp_path / f"data{len(made)}"
+        token = create_token(data, "test-agent")
+        srv = ServerProc(data, free_port(), token, extra_args=extra_args)
+        if start:
+            srv.start()
+        made.append(srv)
+        return srv
+
+    yield make
+    for srv in made:
+        srv.stop()
+
+
+@pytest.fixture
+def server(server_factory) -> ServerProc:
+    return server_factory()
