@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from gpufleet.agent.fakenvml import FakeNvml
-from gpufleet.wire import Batch, Sample
+import shutil
 
-from .conftest import BTIME, DOCKER_ID, K8S_ID, PODMAN_ID
+from gpufleet.agent.fakenvml import FakeNvml
+from gpufleet.wire import Batch, GpuProcess, Sample
+
+from .conftest import BTIME, DOCKER_ID, K8S_ID, PODMAN_ID, PROC_ROOT
 
 
 def _validated(sample: Sample) -> Sample:
@@ -104,3 +106,26 @@ def test_bytes_from_old_nvml_bindings_are_decoded(make_collector):
     assert sample.gpus[0].name == "Tesla K80"
     assert sample.gpus[0].uuid.startswith("GPU-")
     assert sample.facts.driver_version == "550.54.15"
+
+
+def test_a_process_is_read_once_per_pid_and_start_time(fake, make_collector, tmp_path):
+    proc = tmp_path / "proc"
+    shutil.copytree(PROC_ROOT, proc)
+    collector = make_collector(fake, proc_root=proc)
+    assert _by_pid(collector.collect())[1111].user == "root"
+
+    # Steady state: the cached description is used (status is not read again)...
+    status = proc / "1111" / "status"
+    status.write_text(status.read_text().replace("Uid:\t0\t0\t0\t0", "Uid:\t65534\t0\t0\t0"))
+    assert _by_pid(collector.collect())[1111].user == "root"
+
+    # ...until the pid is reused by a new process (another start time).
+    stat = proc / "1111" / "stat"
+    stat.write_text(stat.read_text().replace(" 12345600 ", " 12999900 "))
+    again = _by_pid(collector.collect())[1111]
+    assert (again.user, again.uid) == ("nobody", 65534)
+    assert again.started_at == BTIME + 129999.0
+
+
+def _by_pid(sample: Sample) -> dict[int, GpuProcess]:
+    return {p.pid: p for p in sample.processes}

@@ -115,23 +115,43 @@ class HostCollector:
         now = self._clock() if now is None else now
         errors: list[str] = []
         m: dict[str, Any] = {"cpu_count": self._cpu_count}
-        m["cpu_percent"] = self._cpu_percent()
-        try:
+
+        def part(what: str, read: Callable[[], None]) -> None:
+            # One failing source (an odd /proc, a psutil bug) costs its metrics, not the round.
+            try:
+                read()
+            except Exception as exc:
+                errors.append(f"host {what}: {type(exc).__name__}: {exc}"[:1024])
+
+        def cpu() -> None:
+            m["cpu_percent"] = self._cpu_percent()
             m["load1"], m["load5"], m["load15"] = (round(x, 2) for x in os.getloadavg())
-        except OSError:
-            pass
-        vm = psutil.virtual_memory()
-        m["memory_total_bytes"], m["memory_available_bytes"] = vm.total, vm.available
-        m["memory_used_bytes"] = max(vm.total - vm.available, 0)
-        sw = psutil.swap_memory()
-        m["swap_total_bytes"], m["swap_used_bytes"] = sw.total, sw.used
-        m["disks"] = self._disks(errors)
-        m["net_rx_bytes_per_second"], m["net_tx_bytes_per_second"] = self._net_rates(now)
+
+        def memory() -> None:
+            vm = psutil.virtual_memory()
+            m["memory_total_bytes"], m["memory_available_bytes"] = vm.total, vm.available
+            m["memory_used_bytes"] = max(vm.total - vm.available, 0)
+            sw = psutil.swap_memory()
+            m["swap_total_bytes"], m["swap_used_bytes"] = sw.total, sw.used
+
+        def disks() -> None:
+            m["disks"] = self._disks(errors)
+
+        def network() -> None:
+            m["net_rx_bytes_per_second"], m["net_tx_bytes_per_second"] = self._net_rates(now)
+
+        def users() -> None:
+            m["users"] = sorted({u.name[:256] for u in psutil.users() if u.name})[:1024]
+
+        for what, read in (
+            ("cpu", cpu),
+            ("memory", memory),
+            ("disks", disks),
+            ("network", network),
+            ("users", users),
+        ):
+            part(what, read)
         m["uptime_seconds"] = max(now - self._boot_time, 0.0)
-        try:
-            m["users"] = sorted({u.name for u in psutil.users() if u.name})[:1024]
-        except OSError:
-            pass
         return HostMetrics(**m), errors
 
     def _cpu_percent(self) -> float | None:

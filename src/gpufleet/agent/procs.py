@@ -153,6 +153,8 @@ class ProcessAttributor:
         if ref is not None:
             container_id, runtime = ref.id, ref.runtime
             if ref.id not in self._containers:
+                if len(self._containers) >= 4096:  # containers come and go for months
+                    self._containers.clear()
                 self._containers[ref.id] = self._container_name(ref.id, ref.runtime)
             container_name, found_runtime = self._containers[ref.id]
             runtime = found_runtime or runtime
