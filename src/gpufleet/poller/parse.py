@@ -260,6 +260,8 @@ def parse_compute_apps(
     errors: list[str] = []
     unknown: list[str] = []
     for row in _csv_rows(text):
+        if len(row) == 1 and row[0].strip().lower().startswith("no running"):
+            continue  # older drivers print "No running processes found"
         if len(row) != len(QUERY_APPS_FIELDS):
             errors.append(f"nvidia-smi --query-compute-apps: bad line: {', '.join(row)[:200]}")
             continue
