@@ -185,9 +185,14 @@ class Nvml:
             return job()
         with self._lock:
             stuck = self._stuck
-            if stuck is None and self._current is not None:
-                # The previous job overran its deadline and is still running.
-                stuck = self._current
+            current = self._current
+            # Another thread's job may be running: queue behind it unless it overran.
+            if (
+                stuck is None
+                and current is not None
+                and self._clock() - current[1] > self.timeout_seconds
+            ):
+                stuck = current
             if stuck is not None:
                 what, since = stuck
                 raise NvmlHung(
