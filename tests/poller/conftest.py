@@ -68,7 +68,13 @@ def sshd_factory(tmp_path: Path) -> Iterator[Callable[..., Sshd]]:
     _require_sshd()
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(*, smi: bool = True, mode: str = "ok", pids: tuple[int, ...] = ()) -> Sshd:
+    def start(
+        *,
+        smi: bool = True,
+        mode: str = "ok",
+        pids: tuple[int, ...] = (),
+        force_command: str | None = None,
+    ) -> Sshd:
         root = tmp_path / f"sshd{len(procs)}"
         bindir = root / "bin"
         bindir.mkdir(parents=True)
@@ -97,7 +103,7 @@ def sshd_factory(tmp_path: Path) -> Iterator[Callable[..., Sshd]]:
             "KbdInteractiveAuthentication no\n"
             "PubkeyAuthentication yes\n"
             "MaxStartups 100\n"
-            f"SetEnv {env}\n"
+            f"SetEnv {env}\n" + (f"ForceCommand {force_command}\n" if force_command else "")
         )
         log_file = root / "sshd.log"
         with log_file.open("wb") as log:

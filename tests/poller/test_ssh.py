@@ -261,6 +261,25 @@ def test_nvidia_smi_failing(sshd_factory: Factory) -> None:
     assert sample.errors[0].startswith("nvidia-smi failed (exit 9): NVIDIA-SMI has failed")
 
 
+def test_remote_command_failing_is_exit(sshd_factory: Factory) -> None:
+    # what an account with a nologin shell, or a forced command, looks like
+    sshd = sshd_factory(force_command="echo 'This account is currently not available.' >&2; exit 1")
+    sample, status, sink = poll_once(config(sshd))
+    assert sample is None and sink.calls == 0
+    assert status["kind"] == "exit" and status["reachable"] is True
+    assert "exit status 1" in str(status["reason"])
+    assert "This account is currently not available." in str(status["reason"])
+
+
+def test_status_before_first_poll() -> None:
+    cfg = SshHostConfig(name="h", host="gpu1", user="u", key_file="/k")
+    status = SshPoller([cfg], Recorder()).status()["h"]
+    assert status["ok"] is False and status["reason"] == "not polled yet"
+    assert status["last_poll"] is None and status["last_ok"] is None
+    with pytest.raises(ValueError, match="listed twice"):
+        SshPoller([cfg, cfg], Recorder())
+
+
 def test_script_is_posix_sh() -> None:
     # dash is stricter than bash; a syntax error would break every poll
     subprocess.run(["sh", "-n"], input=poll_script(4).encode(), check=True)

@@ -248,7 +248,7 @@ class SshPoller:
                 ok=False,
                 reason=exc.reason,
                 kind=exc.kind,
-                reachable=False,
+                reachable=exc.kind == "exit",  # logged in, but the command failed
                 last_poll=self._clock(),
                 latency_seconds=None,
             )
