@@ -60,7 +60,7 @@ def healthz(request: Request) -> dict[str, Any]:
 @router.get("/api/v1/hosts", tags=["hosts"], summary="Every known host with its status")
 def hosts(request: Request) -> dict[str, Any]:
     ctx = _ctx(request)
-    return {"hosts": ctx.live.summaries(time.time())}
+    return {"hosts": ctx.host_summaries(time.time())}
 
 
 def _host(ctx: Context, name: str):

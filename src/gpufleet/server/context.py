@@ -42,6 +42,10 @@ class Context:
     latency: Histogram = field(default_factory=Histogram)
     poller: Any = None  # gpufleet.poller.service.SshPoller when ssh.hosts is configured
 
+    def host_summaries(self, now: float) -> list[dict[str, Any]]:
+        polls = self.poller.status() if self.poller is not None else None
+        return self.live.summaries(now, polls)
+
     def queue_depth(self) -> int:
         q = getattr(self.store, "_queue", None)
         return q.qsize() if q is not None else 0

@@ -45,7 +45,6 @@ class HostState:
     agent_version: str | None
     clock_skew_seconds: float | None
     sample: Sample
-    poll_error: str | None = None  # agent-less hosts: why the last poll failed
 
     def summary(self, now: float, status_cfg: dict[str, float]) -> dict[str, Any]:
         gpus = self.sample.gpus
@@ -64,7 +63,8 @@ class HostState:
             "free_gpu_count": free,
             "gpu_models": sorted({g.name for g in gpus if g.name}),
             "clock_skew_seconds": self.clock_skew_seconds,
-            "errors": list(self.sample.errors) + ([self.poll_error] if self.poll_error else []),
+            "errors": list(self.sample.errors),
+            "reason": None,  # why the host is not reporting, when known
         }
 
 
@@ -106,7 +106,6 @@ class LiveState:
                 st.source, st.token_name = source, token_name
                 st.agent_version, st.clock_skew_seconds = agent_version, clock_skew_seconds
                 st.first_seen = min(st.first_seen, sample.ts)
-                st.poll_error = None
                 if sample.ts >= st.last_seen:  # a late (spooled) sample never hides a newer one
                     st.last_seen, st.sample = sample.ts, sample
                     st.interval_seconds = sample.interval_seconds
@@ -114,5 +113,26 @@ class LiveState:
             listener(st)
         return st
 
-    def summaries(self, now: float) -> list[dict[str, Any]]:
-        return [self.hosts[n].summary(now, self.status_cfg) for n in sorted(self.hosts)]
+    def summaries(
+        self, now: float, polls: dict[str, dict[str, Any]] | None = None
+    ) -> list[dict[str, Any]]:
+        """Every host's summary. ``polls`` is the SSH poller's status: an agent-less host that
+        cannot be reached is listed (offline) with the reason, even before its first sample."""
+        out = {n: st.summary(now, self.status_cfg) for n, st in self.hosts.items()}
+        for name, poll in (polls or {}).items():
+            reason = None if poll.get("ok") or poll.get("last_poll") is None else poll.get("reason")
+            if name in out:
+                out[name]["reason"] = reason
+            else:
+                out[name] = unseen_summary(name, "ssh", reason or "waiting for the first poll")
+        return [out[n] for n in sorted(out)]
+
+
+def unseen_summary(name: str, source: str, reason: str) -> dict[str, Any]:
+    """A configured host that has never delivered a sample."""
+    return {
+        "name": name, "status": "offline", "last_seen": None, "last_received": None,
+        "seconds_since_contact": None, "source": source, "token_name": None,
+        "agent_version": None, "interval_seconds": None, "gpu_count": 0, "free_gpu_count": 0,
+        "gpu_models": [], "clock_skew_seconds": None, "errors": [], "reason": reason,
+    }  # fmt: skip

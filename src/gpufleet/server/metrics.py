@@ -77,7 +77,7 @@ def render(ctx: Context, now: float) -> str:
     w.family("gpufleet_server_writer_queue", "gauge", "Batches waiting for the store's writer")
     w.value("gpufleet_server_writer_queue", ctx.queue_depth())
 
-    summaries = ctx.live.summaries(now)
+    summaries = ctx.host_summaries(now)
     w.family("gpufleet_host_up", "gauge", "1 when the host is online, 0 when stale or offline")
     for s in summaries:
         w.value(
@@ -97,7 +97,7 @@ def render(ctx: Context, now: float) -> str:
     for s in summaries:
         w.value("gpufleet_host_free_gpus", s["free_gpu_count"], host=s["name"])
 
-    hosts = [ctx.live.hosts[s["name"]] for s in summaries]
+    hosts = [ctx.live.hosts[s["name"]] for s in summaries if s["name"] in ctx.live.hosts]
     for attr, name, help_text in GPU_GAUGES:
         w.family(name, "gauge", help_text)
         for st in hosts:
