@@ -1,0 +1,34 @@
+# The README's commands. Each one sets up what it needs first (scripts/setup.sh).
+.PHONY: setup run test test-fast lint bench clean
+
+PORT ?= 8000
+DATA ?= gpufleet-data
+PYTEST_ARGS ?=
+
+setup:
+	@scripts/setup.sh
+
+## run: the server with a live local agent on the embedded store (http://127.0.0.1:$(PORT))
+run: setup
+	.venv/bin/gpufleet server --data-dir $(DATA) --port $(PORT) --local-agent
+
+## test: the whole suite, slow end-to-end tests included (what CI runs)
+test: setup
+	.venv/bin/ruff check src tests bench
+	.venv/bin/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+
+## test-fast: skip the slow end-to-end tests
+test-fast: setup
+	.venv/bin/python -m pytest -n 2 --dist loadfile -m "not slow" $(PYTEST_ARGS)
+
+lint: setup
+	.venv/bin/ruff check src tests bench
+	.venv/bin/mypy
+
+## bench: print the performance figures (docs/benchmarks.md records them)
+bench: setup
+	.venv/bin/python bench/agent_round.py
+	.venv/bin/python bench/ingest.py
+
+clean:
+	rm -rf .venv .pytest_cache .ruff_cache .mypy_cache
