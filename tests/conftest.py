@@ -45,38 +45,62 @@ def gpufleet(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedP
     )  # fmt: skip
 
 
-def make_sample(host: str = "gpu01", ts: float | None = None, gpus: int = 8, procs: int = 8) -> Sample:
+def make_sample(
+    host: str = "gpu01", ts: float | None = None, gpus: int = 8, procs: int = 8
+) -> Sample:
     ts = time.time() if ts is None else ts
     return Sample(
         host=host,
         ts=ts,
         host_metrics=HostMetrics(
-            cpu_percent=42.0, load1=3.2, load5=2.9, load15=2.5,
-            memory_total_bytes=512 * 2**30, memory_used_bytes=100 * 2**30,
+            cpu_percent=42.0,
+            load1=3.2,
+            load5=2.9,
+            load15=2.5,
+            memory_total_bytes=512 * 2**30,
+            memory_used_bytes=100 * 2**30,
             disks=[Disk(mount="/", total_bytes=2**40, used_bytes=2**39)],
-            net_rx_bytes_per_second=1e6, net_tx_bytes_per_second=2e5, uptime_seconds=1e5,
+            net_rx_bytes_per_second=1e6,
+            net_tx_bytes_per_second=2e5,
+            uptime_seconds=1e5,
             users=["alice", "bob"],
-        ),  # fmt: skip
+        ),
         gpus=[
             Gpu(
-                index=i, uuid=f"GPU-{host}-{i}", name="NVIDIA A100-SXM4-80GB",
-                utilization_gpu_percent=float(10 * i % 100), memory_used_bytes=(i + 1) * 2**30,
-                memory_total_bytes=80 * 2**30, temperature_celsius=50.0 + i, power_watts=250.0,
-                power_limit_watts=400.0, fan_percent=None, sm_clock_hertz=1.41e9, pstate=0,
+                index=i,
+                uuid=f"GPU-{host}-{i}",
+                name="NVIDIA A100-SXM4-80GB",
+                utilization_gpu_percent=float(10 * i % 100),
+                memory_used_bytes=(i + 1) * 2**30,
+                memory_total_bytes=80 * 2**30,
+                temperature_celsius=50.0 + i,
+                power_watts=250.0,
+                power_limit_watts=400.0,
+                fan_percent=None,
+                sm_clock_hertz=1.41e9,
+                pstate=0,
                 ecc_uncorrected_volatile=0,
-            )  # fmt: skip
+            )
             for i in range(gpus)
         ],
         processes=[
-            GpuProcess(pid=1000 + i, gpu_index=i % gpus, user=f"user{i % 3}", uid=1000 + i % 3,
-                       command="python train.py --lr 0.1", started_at=ts - 3600,
-                       gpu_memory_bytes=2**30)  # fmt: skip
+            GpuProcess(
+                pid=1000 + i,
+                gpu_index=i % gpus,
+                user=f"user{i % 3}",
+                uid=1000 + i % 3,
+                command="python train.py --lr 0.1",
+                started_at=ts - 3600,
+                gpu_memory_bytes=2**30,
+            )
             for i in range(procs if gpus else 0)
         ],
     )
 
 
-def make_batch(*samples: Sample, batch_id: str | None = None, sent_at: float | None = None) -> Batch:
+def make_batch(
+    *samples: Sample, batch_id: str | None = None, sent_at: float | None = None
+) -> Batch:
     samples = samples or (make_sample(),)
     return Batch(
         batch_id=batch_id or f"test-{uuid.uuid4().hex}",
@@ -102,12 +126,12 @@ class ServerProc:
         return self.data_dir / "gpufleet.duckdb"
 
     def start(self, wait: float = 30.0) -> None:
-        log = open(self.data_dir / "server.log", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gpufleet", "server", "--data-dir", str(self.data_dir),
-             "--port", str(self.port), *self.extra_args],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        with open(self.data_dir / "server.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gpufleet", "server", "--data-dir", str(self.data_dir),
+                 "--port", str(self.port), *self.extra_args],
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
         deadline = time.time() + wait
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -141,7 +165,9 @@ class ServerProc:
         if token != "":
             headers["Authorization"] = f"Bearer {token or self.token}"
         headers.update(kw.pop("headers", {}))
-        return httpx.post(self.url + "/api/v1/ingest", content=body, headers=headers, timeout=30, **kw)
+        return httpx.post(
+            self.url + "/api/v1/ingest", content=body, headers=headers, timeout=30, **kw
+        )
 
 
 def create_token(data_dir: Path, name: str) -> str:

@@ -33,10 +33,19 @@ def test_defaults_env_and_flags_layer(tmp_path):
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("server:\n  port: 70000\n", "g.yaml: server.port: Input should be less than or equal to 65535"),
+        (
+            "server:\n  port: 70000\n",
+            "g.yaml: server.port: Input should be less than or equal to 65535",
+        ),
         ("server:\n  prot: 80\n", "g.yaml: server.prot: unknown setting"),
-        ("retention:\n  raw_days: -1\n", "g.yaml: retention.raw_days: Input should be greater than 0"),
-        ("ssh:\n  hosts:\n    - {name: a, host: h, user: u}\n", "g.yaml: ssh.hosts: Value error, [0].key_file: Field required"),
+        (
+            "retention:\n  raw_days: -1\n",
+            "g.yaml: retention.raw_days: Input should be greater than 0",
+        ),
+        (
+            "ssh:\n  hosts:\n    - {name: a, host: h, user: u}\n",
+            "g.yaml: ssh.hosts: Value error, [0].key_file: Field required",
+        ),
         ("- just\n- a list\n", "the top level must be a mapping"),
         ("server: [unclosed\n", "not valid YAML"),
     ],
@@ -50,7 +59,7 @@ def test_config_errors_name_the_file_and_key(tmp_path, text, expected):
 
 
 def test_bad_env_var_is_named(tmp_path):
-    with pytest.raises(ConfigError, match="server.port"):
+    with pytest.raises(ConfigError, match=r"server\.port"):
         load_settings(None, environ={"GPUFLEET_PORT": "eighty"})
 
 
@@ -58,7 +67,9 @@ def test_every_setting_is_documented():
     doc = (ROOT / "docs" / "configuration.md").read_text()
     for section_name, section in Settings.model_fields.items():
         for key in section.annotation.model_fields:
-            assert f"`{section_name}.{key}`" in doc, f"{section_name}.{key} is not in docs/configuration.md"
+            assert f"`{section_name}.{key}`" in doc, (
+                f"{section_name}.{key} is not in docs/configuration.md"
+            )
     for var in ENV_VARS:
         assert f"`{var}`" in doc
 
@@ -98,19 +109,30 @@ def test_token_cli_offline(tmp_path):
     assert gpufleet("token", "revoke", "rack1", "--data-dir", data).returncode == 0
     listed = json.loads(gpufleet("token", "list", "--json", "--data-dir", data).stdout)
     assert listed[0]["name"] == "rack1" and listed[0]["revoked_at"]
-    assert token.stdout.strip() not in (tmp_path / "d" / "gpufleet.duckdb").read_bytes().decode(errors="ignore")
+    assert token.stdout.strip() not in (tmp_path / "d" / "gpufleet.duckdb").read_bytes().decode(
+        errors="ignore"
+    )
 
 
 def test_token_cli_talks_to_running_server(server):
     r = gpufleet("token", "create", "while-running", "--data-dir", str(server.data_dir))
     assert r.returncode == 0, r.stderr
-    assert server.post(make_batch(make_sample("tok-host")), token=r.stdout.strip()).status_code == 200
-    assert gpufleet("token", "revoke", "while-running", "--data-dir", str(server.data_dir)).returncode == 0
-    assert server.post(make_batch(make_sample("tok-host")), token=r.stdout.strip()).status_code == 403
+    assert (
+        server.post(make_batch(make_sample("tok-host")), token=r.stdout.strip()).status_code == 200
+    )
+    assert (
+        gpufleet("token", "revoke", "while-running", "--data-dir", str(server.data_dir)).returncode
+        == 0
+    )
+    assert (
+        server.post(make_batch(make_sample("tok-host")), token=r.stdout.strip()).status_code == 403
+    )
 
 
 def test_agent_once_json_prints_a_valid_sample():
-    r = gpufleet("agent", "--once", "--json", "--fake-gpus", "Tesla V100-SXM2-32GB:2", "--host-name", "n1")
+    r = gpufleet(
+        "agent", "--once", "--json", "--fake-gpus", "Tesla V100-SXM2-32GB:2", "--host-name", "n1"
+    )
     assert r.returncode == 0, r.stderr
     sample = Sample.model_validate_json(r.stdout)
     assert sample.host == "n1" and len(sample.gpus) == 2
@@ -120,7 +142,12 @@ def test_agent_once_json_prints_a_valid_sample():
 
 def test_server_metrics_pass_promtool(server):
     promtool = need_binary("promtool", "promtool (Debian package prometheus)")
-    assert server.post(make_batch(make_sample('we"ird\\host'.replace('"', "").replace("\\", "")))).status_code == 200
+    assert (
+        server.post(
+            make_batch(make_sample('we"ird\\host'.replace('"', "").replace("\\", "")))
+        ).status_code
+        == 200
+    )
     text = httpx.get(server.url + "/metrics").text
     r = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -40,7 +40,10 @@ def post(client, batch, **kw):
 
 
 def stored_rows(client) -> dict[str, int]:
-    return {t: client.store.count(t) for t in ("batches", "host_samples", "gpu_samples", "process_samples")}
+    return {
+        t: client.store.count(t)
+        for t in ("batches", "host_samples", "gpu_samples", "process_samples")
+    }
 
 
 def test_batch_is_stored_once_however_often_it_is_sent(api):
@@ -52,12 +55,19 @@ def test_batch_is_stored_once_however_often_it_is_sent(api):
         again = post(api, batch)
         assert again.status_code == 200
         assert again.json()["status"] == "duplicate"
-    assert stored_rows(api) == {"batches": 1, "host_samples": 1, "gpu_samples": 8, "process_samples": 8}
+    assert stored_rows(api) == {
+        "batches": 1,
+        "host_samples": 1,
+        "gpu_samples": 8,
+        "process_samples": 8,
+    }
 
 
 def test_gzip_body_is_accepted(api):
     batch = make_batch(make_sample("gpu02"))
-    r = post(api, gzip.compress(batch.model_dump_json().encode()), headers={"Content-Encoding": "gzip"})
+    r = post(
+        api, gzip.compress(batch.model_dump_json().encode()), headers={"Content-Encoding": "gzip"}
+    )
     assert r.status_code == 200, r.text
     assert api.store.count("host_samples") == 1
 
@@ -65,13 +75,25 @@ def test_gzip_body_is_accepted(api):
 @pytest.mark.parametrize(
     ("mutate", "where"),
     [
-        (lambda b: b["samples"][0]["gpus"][3].update(temperature_celsius=900), "samples[0].gpus[3].temperature_celsius"),
-        (lambda b: b["samples"][0]["gpus"][1].update(utilization_gpu_percent=-5), "samples[0].gpus[1].utilization_gpu_percent"),
+        (
+            lambda b: b["samples"][0]["gpus"][3].update(temperature_celsius=900),
+            "samples[0].gpus[3].temperature_celsius",
+        ),
+        (
+            lambda b: b["samples"][0]["gpus"][1].update(utilization_gpu_percent=-5),
+            "samples[0].gpus[1].utilization_gpu_percent",
+        ),
         (lambda b: b["samples"][0].update(host="bad host/name"), "samples[0].host"),
-        (lambda b: b["samples"][0]["processes"][0].update(gpu_index=42), "samples[0].processes[0].gpu_index"),
+        (
+            lambda b: b["samples"][0]["processes"][0].update(gpu_index=42),
+            "samples[0].processes[0].gpu_index",
+        ),
         (lambda b: b.update(samples=[]), "samples"),
         (lambda b: b.update(batch_id="x"), "batch_id"),
-        (lambda b: b["samples"][0]["host_metrics"].update(surprise=1), "samples[0].host_metrics.surprise"),
+        (
+            lambda b: b["samples"][0]["host_metrics"].update(surprise=1),
+            "samples[0].host_metrics.surprise",
+        ),
         (lambda b: b["samples"][0].update(ts=b["sent_at"] + 3600), "samples[0]"),
     ],
 )
@@ -91,7 +113,10 @@ def test_invalid_batch_is_rejected_whole_with_its_location(api, mutate, where):
 def test_not_json_and_wrong_types_are_4xx(api):
     assert post(api, b"{not json").status_code == 422
     assert post(api, b"[]").status_code == 422
-    assert post(api, b'{"batch_id": "abcdefgh", "sent_at": "yesterday", "samples": [1]}').status_code == 422
+    assert (
+        post(api, b'{"batch_id": "abcdefgh", "sent_at": "yesterday", "samples": [1]}').status_code
+        == 422
+    )
     r = post(api, b"{}", headers={"Content-Type": "text/plain"})
     assert r.status_code == 415
     r = post(api, b"\x1f\x8bgarbage", headers={"Content-Encoding": "gzip"})
@@ -170,7 +195,9 @@ def test_host_detail_and_late_sample_does_not_hide_newer(api):
     detail = api.get("/api/v1/hosts/gpu07").json()
     assert detail["sample"]["host_metrics"]["cpu_percent"] == 77.0
     assert detail["last_seen"] == pytest.approx(now)
-    series = api.get("/api/v1/hosts/gpu07/series", params={"metric": "host.cpu_percent", "since": "-1h"}).json()
+    series = api.get(
+        "/api/v1/hosts/gpu07/series", params={"metric": "host.cpu_percent", "since": "-1h"}
+    ).json()
     values = [v for _, v in series["series"][0]["points"]]
     assert sorted(values) == [11.0, 77.0]
 
@@ -178,8 +205,14 @@ def test_host_detail_and_late_sample_does_not_hide_newer(api):
 def test_gpu_series_per_gpu(api):
     now = time.time()
     for k in range(5):
-        assert post(api, make_batch(make_sample("gpu08", ts=now - 50 + 10 * k, gpus=2))).status_code == 200
-    r = api.get("/api/v1/hosts/gpu08/series", params={"metric": "gpu.temperature_celsius", "since": str(now - 100)})
+        assert (
+            post(api, make_batch(make_sample("gpu08", ts=now - 50 + 10 * k, gpus=2))).status_code
+            == 200
+        )
+    r = api.get(
+        "/api/v1/hosts/gpu08/series",
+        params={"metric": "gpu.temperature_celsius", "since": str(now - 100)},
+    )
     body = r.json()
     assert body["unit"] == "celsius"
     assert [s["gpu"] for s in body["series"]] == [0, 1]
@@ -197,8 +230,12 @@ def test_error_shape_is_the_same_everywhere(api):
     assert post(api, make_batch(make_sample("gpu09"))).status_code == 200
     cases += [
         api.get("/api/v1/hosts/gpu09/series", params={"metric": "gpu.bogus"}),
-        api.get("/api/v1/hosts/gpu09/series", params={"metric": "host.cpu_percent", "since": "soon"}),
-        api.get("/api/v1/hosts/gpu09/series", params={"metric": "host.cpu_percent", "max_points": 0}),
+        api.get(
+            "/api/v1/hosts/gpu09/series", params={"metric": "host.cpu_percent", "since": "soon"}
+        ),
+        api.get(
+            "/api/v1/hosts/gpu09/series", params={"metric": "host.cpu_percent", "max_points": 0}
+        ),
         api.get("/api/v1/admin/tokens"),
     ]
     for r in cases:
@@ -231,11 +268,29 @@ def test_admin_api_creates_and_revokes_tokens(api):
     r = api.post("/api/v1/admin/tokens", json={"name": "rack-7"}, headers=admin)
     assert r.status_code == 201, r.text
     new = r.json()["token"]
-    assert post(api, make_batch(make_sample("rack7")), headers={"Authorization": f"Bearer {new}"}).status_code == 200
-    assert api.post("/api/v1/admin/tokens", json={"name": "rack-7"}, headers=admin).status_code == 409
-    assert api.post("/api/v1/admin/tokens", json={"name": "bad name!"}, headers=admin).status_code == 422
+    assert (
+        post(
+            api, make_batch(make_sample("rack7")), headers={"Authorization": f"Bearer {new}"}
+        ).status_code
+        == 200
+    )
+    assert (
+        api.post("/api/v1/admin/tokens", json={"name": "rack-7"}, headers=admin).status_code == 409
+    )
+    assert (
+        api.post("/api/v1/admin/tokens", json={"name": "bad name!"}, headers=admin).status_code
+        == 422
+    )
     assert api.delete("/api/v1/admin/tokens/rack-7", headers=admin).status_code == 200
-    assert post(api, make_batch(make_sample("rack7")), headers={"Authorization": f"Bearer {new}"}).status_code == 403
+    assert (
+        post(
+            api, make_batch(make_sample("rack7")), headers={"Authorization": f"Bearer {new}"}
+        ).status_code
+        == 403
+    )
     names = [t["name"] for t in api.get("/api/v1/admin/tokens", headers=admin).json()["tokens"]]
     assert "rack-7" in names
-    assert all("secret" not in str(t) for t in api.get("/api/v1/admin/tokens", headers=admin).json()["tokens"])
+    assert all(
+        "secret" not in str(t)
+        for t in api.get("/api/v1/admin/tokens", headers=admin).json()["tokens"]
+    )

@@ -44,7 +44,9 @@ def rows_per_sample(db_path) -> tuple[int, int, dict[str, int]]:
         total, distinct = con.execute(
             "SELECT count(*), count(DISTINCT (host, ts)) FROM host_samples"
         ).fetchone()
-        per_host = dict(con.execute("SELECT host, count(*) FROM host_samples GROUP BY host").fetchall())
+        per_host = dict(
+            con.execute("SELECT host, count(*) FROM host_samples GROUP BY host").fetchall()
+        )
     finally:
         con.close()
     return total, distinct, per_host
@@ -81,7 +83,9 @@ def test_sigkill_under_load_loses_no_acknowledged_batch(server, tmp_path):
             seq = 0
             while producing.is_set():
                 seq += 1
-                batch = make_batch(make_sample(host, gpus=8, procs=8), batch_id=f"{host}-run1-{seq}")
+                batch = make_batch(
+                    make_sample(host, gpus=8, procs=8), batch_id=f"{host}-run1-{seq}"
+                )
                 payload = batch.model_dump_json().encode()
                 payloads[batch.batch_id] = payload
                 spool.put(batch.batch_id, payload)
@@ -141,7 +145,9 @@ def test_agent_killed_mid_spool_loses_and_duplicates_nothing(server_factory, tmp
     agent.wait()
     before_restart = {p.name: p.read_bytes() for p in spool_dir.glob("*.json")}
     agent = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
-    wait_until(lambda: len(list(spool_dir.glob("*.json"))) >= len(before_restart) + 3, 30, "more spooling")
+    wait_until(
+        lambda: len(list(spool_dir.glob("*.json"))) >= len(before_restart) + 3, 30, "more spooling"
+    )
     server.start()
     wait_until(lambda: not list(spool_dir.glob("*.json")), 60, "the agent's spool to drain")
     agent.send_signal(signal.SIGTERM)

@@ -61,7 +61,9 @@ def test_sender_delivers_rejects_and_keeps(tmp_path, server):
     spool = Spool(tmp_path / "spool")
     good = make_batch(make_sample("spool-a"))
     bad = make_batch(make_sample("spool-b"))
-    raw = bad.model_dump_json().replace('"temperature_celsius":50.0', '"temperature_celsius":5000.0')
+    raw = bad.model_dump_json().replace(
+        '"temperature_celsius":50.0', '"temperature_celsius":5000.0'
+    )
     spool.put(good.batch_id, good.model_dump_json().encode())
     spool.put(bad.batch_id, raw.encode())
     wrong = Sender(spool, server.url, "gft_nope_nope")
