@@ -1,0 +1,106 @@
+"""Non-preemptive baselines: FIFO, SJF (oracle runtimes) and FIFO with EASY backfill.
+
+They place like the literature does: memory-unaware (GPU count only), first GPU model in cluster
+order with enough free GPUs. A job that ran out of memory waits again (the simulator excludes GPU
+models too small for it).
+"""
+
+from __future__ import annotations
+
+from gpufleet.sched.policy import Policy, SchedulerContext, allowed_models, first_fit_placement
+from gpufleet.sched.queue import SortedQueue
+from gpufleet.sched.reservation import Reservation, reserve
+from gpufleet.sched.simjob import SimJob
+
+
+class Fifo(Policy):
+    """First come, first placed; the head of the queue blocks everyone behind it."""
+
+    name = "fifo"
+
+    def __init__(self) -> None:
+        self.queue = SortedQueue(lambda j: (j.arrival_seconds,))
+
+    def on_arrival(self, job: SimJob, now_seconds: float) -> None:
+        self.queue.add(job)
+
+    def on_failure(self, job: SimJob, now_seconds: float, reason: str) -> None:
+        self.queue.add(job)
+
+    def schedule(self, ctx: SchedulerContext) -> None:
+        models = ctx.cluster.spec.gpu_models
+        while (job := self.queue.first()) is not None:
+            placement = first_fit_placement(job, ctx.cluster, models)
+            if placement is None:
+                return
+            self.queue.remove(job)
+            ctx.start(job, placement)
+
+
+class ShortestJobFirst(Fifo):
+    """Shortest true runtime first (an oracle: it reads the true V100 runtime); skips jobs that
+    do not fit and places any that do."""
+
+    name = "sjf"
+    scan_limit = 1024
+
+    def __init__(self) -> None:
+        self.queue = SortedQueue(lambda j: (min(j.true_duration_seconds.values()), j.arrival_seconds))
+
+    def schedule(self, ctx: SchedulerContext) -> None:
+        cluster = ctx.cluster
+        models = cluster.spec.gpu_models
+        for job in self.queue.head(self.scan_limit):
+            free = sum(cluster.free_by_model.values())
+            if free == 0:
+                return
+            if job.num_gpus > free:
+                continue
+            placement = first_fit_placement(job, cluster, models)
+            if placement is not None:
+                self.queue.remove(job)
+                ctx.start(job, placement)
+
+
+class EasyBackfill(Fifo):
+    """FIFO; when the head does not fit it gets a reservation at its predicted earliest start,
+    and later jobs start now if they fit and do not delay it (predicted runtimes)."""
+
+    name = "easy"
+    backfill_depth = 512
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reservation: Reservation | None = None
+
+    def schedule(self, ctx: SchedulerContext) -> None:
+        super().schedule(ctx)  # start jobs from the head while they fit
+        head = self.queue.first()
+        self.reservation = None
+        if head is None:
+            return
+        cluster = ctx.cluster
+        now = ctx.now_seconds
+        models = cluster.spec.gpu_models
+        self.reservation = reserve(head, cluster, ctx.running, now, allowed_models(head, models))
+        for job in self.queue.head(self.backfill_depth):
+            if job is head:
+                continue
+            free = sum(cluster.free_by_model.values())
+            if free == 0:
+                return
+            if job.num_gpus > free:
+                continue
+            for model in allowed_models(job, models):
+                placement = cluster.find_whole(job.num_gpus, model)
+                if placement is None:
+                    continue
+                end = now + job.predicted_duration_seconds[model]
+                if self.reservation and self.reservation.blocks(model, placement.host_ids, end):
+                    avoid = self.reservation.host_ids
+                    placement = cluster.find_whole(job.num_gpus, model, avoid_hosts=avoid)
+                    if placement is None:
+                        continue
+                self.queue.remove(job)
+                ctx.start(job, placement)
+                break

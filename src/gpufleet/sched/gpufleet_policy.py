@@ -1,0 +1,203 @@
+"""gpufleet's own policy. The reasoning is in docs/scheduler.md; in short:
+
+1. **Order: shortest predicted job first on each GPU model, with aging.** Each GPU model has its
+   own queue; a job's key there is its predicted runtime *on that model* (plus data transfer)
+   plus ``aging`` x its arrival time. A job that has waited ``w`` seconds ranks as if it were
+   ``aging * w`` seconds shorter, and keys never change while jobs wait (all age at the same rate),
+   so each queue is one sorted list. A freed K80 goes to the job that is shortest *on a K80*: jobs
+   that lose little on old GPUs go there, jobs that lose much wait for a fast one.
+2. **Reservation and backfill.** When the head of a GPU model's queue does not fit, or the oldest
+   job has waited past ``starve_after_seconds`` + ``starve_factor`` x its predicted runtime, that
+   job gets a reservation on the hosts that free up first (predicted runtimes), one per GPU model;
+   other jobs start there only when predicted to end before it.
+3. **Data.** A job's own data host is preferred, and transfer time counts in its key.
+4. **Memory safety and packing.** Only GPU models whose memory holds the predicted need (times
+   ``memory_margin``) are used. A 1-GPU job that finds no free GPU may share a GPU with one running
+   1-GPU job when the claimed memory of both fits and the predicted speed of each stays above
+   ``min_colocation_factor`` of its speed alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from gpufleet.sched.cluster import ClusterSpec, Placement
+from gpufleet.sched.policy import Policy, SchedulerContext, allowed_models
+from gpufleet.sched.queue import SortedQueue
+from gpufleet.sched.reservation import Reservation, reserve
+from gpufleet.sched.simjob import SimJob
+
+ColocationPredictFn = Callable[[str, str, str], float | None]
+
+
+class GpufleetPolicy(Policy):
+    name = "gpufleet"
+    uses_memory = True
+
+    def __init__(self, spec: ClusterSpec, colocation: ColocationPredictFn | None = None, *,
+                 aging: float = 1.0, starve_after_seconds: float = 6 * 3600.0,
+                 starve_factor: float = 4.0, memory_margin: float = 1.10,
+                 min_colocation_factor: float = 0.6, scan_limit: int = 64) -> None:
+        self.spec = spec
+        self.colocation = colocation
+        self.aging = aging
+        self.starve_after_seconds = starve_after_seconds
+        self.starve_factor = starve_factor
+        self.memory_margin = memory_margin
+        self.min_colocation_factor = min_colocation_factor
+        self.scan_limit = scan_limit
+        self.bandwidth = spec.bandwidth_bytes_per_second
+        self.memory_of = {h.gpu_model: h.gpu_memory_bytes for h in spec.hosts}
+        self.hosts_of = {m: {h.host_id for h in spec.hosts if h.gpu_model == m}
+                         for m in spec.gpu_models}
+        self.queues = {m: SortedQueue(self._key_for(m)) for m in spec.gpu_models}
+        self.fifo = SortedQueue(lambda j: (j.arrival_seconds,))
+        self.models_of: dict[int, list[str]] = {}
+        self.reservations: dict[str, Reservation] = {}
+
+    def _key_for(self, model: str) -> Callable[[SimJob], tuple[float]]:
+        def key(job: SimJob) -> tuple[float]:
+            transfer = 0.0 if job.data_host in self.hosts_of[model] else self.transfer_estimate(job)
+            runtime = job.predicted_duration_seconds[model]
+            return (runtime + transfer + self.aging * job.arrival_seconds,)
+        return key
+
+    # -- events -------------------------------------------------------------------------------
+    def on_arrival(self, job: SimJob, now_seconds: float) -> None:
+        self._enqueue(job)
+
+    def on_failure(self, job: SimJob, now_seconds: float, reason: str) -> None:
+        self._enqueue(job)
+
+    def _enqueue(self, job: SimJob) -> None:
+        models = self.usable_models(job)
+        self.models_of[job.job_id] = models
+        for model in models:
+            self.queues[model].add(job)
+        self.fifo.add(job)
+
+    def _start(self, ctx: SchedulerContext, job: SimJob, placement: Placement) -> None:
+        for model in self.models_of.pop(job.job_id):
+            self.queues[model].remove(job)
+        self.fifo.remove(job)
+        ctx.start(job, placement, self.claim(job))
+
+    # -- helpers ------------------------------------------------------------------------------
+    def memory_fits(self, job: SimJob, model: str) -> bool:
+        return job.predicted_gpu_memory_bytes * self.memory_margin <= self.memory_of[model]
+
+    def claim(self, job: SimJob) -> int:
+        return int(job.predicted_gpu_memory_bytes * self.memory_margin)
+
+    def usable_models(self, job: SimJob) -> list[str]:
+        return [m for m in allowed_models(job, self.spec.gpu_models)
+                if self.spec.gpus_of(m) >= job.num_gpus and self.memory_fits(job, m)]
+
+    def transfer_estimate(self, job: SimJob) -> float:
+        return job.data_size_bytes / self.bandwidth if job.data_size_bytes > 0 else 0.0
+
+    def transfer_seconds(self, job: SimJob, placement: Placement) -> float:
+        if job.data_host is not None and placement.host_ids == (job.data_host,):
+            return 0.0
+        return self.transfer_estimate(job)
+
+    def is_starving(self, job: SimJob, now: float) -> bool:
+        waited = now - job.arrival_seconds
+        return waited > self.starve_after_seconds + self.starve_factor * job.best_predicted_seconds()
+
+    # -- the decision -------------------------------------------------------------------------
+    def place_on(self, job: SimJob, model: str, ctx: SchedulerContext) -> Placement | None:
+        """Whole GPUs of one model (data host preferred) that do not delay a reservation."""
+        cluster = ctx.cluster
+        prefer = job.data_host if job.data_host in self.hosts_of[model] else None
+        placement = cluster.find_whole(job.num_gpus, model, prefer_host=prefer)
+        if placement is None:
+            return None
+        res = self.reservations.get(model)
+        if res is None or res.job_id == job.job_id:
+            return placement
+        end = (ctx.now_seconds + self.transfer_seconds(job, placement)
+               + job.predicted_duration_seconds[model])
+        if not res.blocks(model, placement.host_ids, end):
+            return placement
+        return cluster.find_whole(job.num_gpus, model, avoid_hosts=res.host_ids)
+
+    def shared_placement(self, job: SimJob, ctx: SchedulerContext) -> Placement | None:
+        """A GPU held by one 1-GPU job where both fit in memory and both keep enough speed."""
+        if self.colocation is None or job.num_gpus != 1 or job.exclusive:
+            return None
+        cluster = ctx.cluster
+        need = self.claim(job)
+        best: tuple[float, Placement] | None = None
+        for model in self.models_of.get(job.job_id, ()):
+            for h, g in cluster.shared_candidates(model):
+                if cluster.claimed_memory_bytes[h][g] + need > self.memory_of[model]:
+                    continue
+                other = ctx.running.get(cluster.occupants[h][g][0])
+                if other is None or other.num_gpus != 1 or other.exclusive:
+                    continue
+                mine = self.colocation(job.job_type, other.job_type, model)
+                theirs = self.colocation(other.job_type, job.job_type, model)
+                if mine is None or theirs is None or min(mine, theirs) < self.min_colocation_factor:
+                    continue
+                end = ctx.now_seconds + job.predicted_duration_seconds[model] / mine
+                res = self.reservations.get(model)
+                if res is not None and res.blocks(model, (h,), end):
+                    continue
+                if best is None or end < best[0]:
+                    best = (end, Placement(((h, g),), model, shared=True))
+        return best[1] if best else None
+
+    def _reserve(self, job: SimJob, model: str, ctx: SchedulerContext) -> None:
+        if model not in self.reservations:
+            res = reserve(job, ctx.cluster, ctx.running, ctx.now_seconds, [model])
+            if res is not None:
+                self.reservations[model] = res
+
+    def schedule(self, ctx: SchedulerContext) -> None:
+        cluster = ctx.cluster
+        now = ctx.now_seconds
+        self.reservations = {}
+        oldest = self.fifo.first()
+        if oldest is not None and self.is_starving(oldest, now):
+            models = self.models_of.get(oldest.job_id, [])
+            options = [(oldest.predicted_duration_seconds[m], m) for m in models]
+            for _, model in sorted(options):
+                placement = self.place_on(oldest, model, ctx)
+                if placement is not None:
+                    self._start(ctx, oldest, placement)
+                    break
+            else:
+                best = reserve(oldest, cluster, ctx.running, now, models)
+                if best is not None:
+                    self.reservations[best.gpu_model] = best
+        while True:
+            choice: tuple[float, SimJob, Placement] | None = None
+            for model, queue in self.queues.items():
+                free = cluster.free_by_model[model]
+                if free == 0 or not len(queue):
+                    continue
+                for rank, job in enumerate(queue.head(self.scan_limit)):
+                    if job.num_gpus > free:
+                        if rank == 0:
+                            self._reserve(job, model, ctx)
+                        continue
+                    placement = self.place_on(job, model, ctx)
+                    if placement is None:
+                        if rank == 0:
+                            self._reserve(job, model, ctx)
+                        continue
+                    key = self._key_for(model)(job)[0]
+                    if choice is None or key < choice[0]:
+                        choice = (key, job, placement)
+                    break
+            if choice is None:
+                break
+            self._start(ctx, choice[1], choice[2])
+        if self.colocation is not None and len(self.fifo):
+            for model, queue in self.queues.items():
+                for job in queue.head(4):
+                    if job.job_id in self.models_of:
+                        placement = self.shared_placement(job, ctx)
+                        if placement is not None:
+                            self._start(ctx, job, placement)

@@ -1,0 +1,69 @@
+"""The one interface every scheduling policy implements, and the context that drives it.
+
+A policy never does I/O and never reads a clock: the driver (the simulator, or the live scheduler)
+tells it what happened (``on_arrival``, ``on_finish``, ``on_failure``) and then calls
+``schedule(ctx)``; the policy starts and preempts jobs through ``ctx``. ``next_wakeup_seconds``
+asks the driver to call ``schedule`` again at a given time even if nothing happens.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from typing import Protocol
+
+from gpufleet.sched.cluster import ClusterState, Placement
+from gpufleet.sched.simjob import SimJob
+
+
+class SchedulerContext(Protocol):
+    now_seconds: float
+    cluster: ClusterState
+    running: Mapping[int, SimJob]
+
+    def start(self, job: SimJob, placement: Placement, claimed_memory_bytes: int = 0) -> None: ...
+
+    def preempt(self, job: SimJob) -> None: ...
+
+
+class Policy(ABC):
+    name: str = "policy"
+    uses_memory: bool = False  # places memory-safely (checks predicted memory)
+
+    @abstractmethod
+    def on_arrival(self, job: SimJob, now_seconds: float) -> None: ...
+
+    def on_finish(self, job: SimJob, now_seconds: float) -> None:
+        """A running job completed (its GPUs are already released)."""
+
+    @abstractmethod
+    def on_failure(self, job: SimJob, now_seconds: float, reason: str) -> None:
+        """A job failed (``"oom"``) or was preempted and is waiting again."""
+
+    @abstractmethod
+    def schedule(self, ctx: SchedulerContext) -> None: ...
+
+    def next_wakeup_seconds(self, now_seconds: float) -> float | None:
+        return None
+
+
+def allowed_models(job: SimJob, gpu_models: Iterable[str]) -> list[str]:
+    """GPU models a job may be placed on: predicted to run there and not excluded after an OOM."""
+    return [m for m in gpu_models
+            if m not in job.excluded_gpu_models and m in job.predicted_duration_seconds]
+
+
+def first_fit_placement(job: SimJob, cluster: ClusterState, gpu_models: Iterable[str]
+                        ) -> Placement | None:
+    """Memory-unaware placement of the literature baselines: first GPU model (in cluster order)
+    with enough free GPUs."""
+    for model in allowed_models(job, gpu_models):
+        placement = cluster.find_whole(job.num_gpus, model)
+        if placement is not None:
+            return placement
+    return None
+
+
+def fits_anywhere(job: SimJob, cluster: ClusterState) -> bool:
+    return any(cluster.spec.gpus_of(m) >= job.num_gpus
+               for m in allowed_models(job, cluster.spec.gpu_models))

@@ -1,0 +1,305 @@
+"""Event-driven simulator: replays jobs through a policy on a described cluster.
+
+Time only moves forward through a heap of events (arrival, finish, OOM, policy wake-up). After all
+events of one instant are handled, the policy's ``schedule`` runs once. Runtimes, GPU memory and
+co-location slowdowns are the jobs' *true* values; the policy only sees predictions.
+
+Model (see docs/scheduler.md):
+- a job progresses at ``1 / true_duration[model]`` of its work per second, times the co-location
+  factor while it shares its GPU (Gavel's measured pair throughputs);
+- starting pays a data-transfer delay (``data_size / bandwidth`` unless the data is on the host)
+  and, after a preemption, a restart cost; no progress is made during either;
+- a placement whose GPUs' true memory overflows makes the job fail with OOM after
+  ``oom_detect_seconds``; the job then waits again and is never again placed on a GPU model with
+  that little memory (the user's retry asks for a bigger GPU);
+- preemption keeps the progress made (checkpoint) and costs ``restart_cost_seconds`` at restart.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gpufleet.sched.cluster import ClusterSpec, ClusterState, Placement
+from gpufleet.sched.policy import Policy
+from gpufleet.sched.simjob import FINISHED, RUNNING, WAITING, SimJob
+
+_FINISH, _OOM, _ARRIVAL, _WAKEUP = 0, 1, 2, 3
+
+ColocationFn = Callable[[str, str, str], float]
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    restart_cost_seconds: float = 60.0
+    oom_detect_seconds: float = 60.0
+    queue_samples: int = 2000
+
+
+@dataclass
+class JobRecord:
+    job_id: int
+    num_gpus: int
+    arrival_seconds: float
+    first_start_seconds: float | None
+    finish_seconds: float | None
+    run_seconds: float
+    best_alone_seconds: float
+    mean_jobs_in_system: float
+
+
+@dataclass
+class SimResult:
+    policy: str
+    jobs: list[JobRecord]
+    total_gpus: int
+    busy_gpu_seconds: float
+    oom_failures: int
+    preemptions: int
+    unfinished_jobs: int
+    sim_wall_s: float
+    queue_length: list[tuple[float, int]] = field(default_factory=list)
+    memory_overcommits: int = 0  # placements whose claimed memory exceeded a GPU (policy bug)
+
+
+class Simulator:
+    """Drives one policy over one list of jobs. The jobs are mutated; pass fresh copies."""
+
+    def __init__(self, spec: ClusterSpec, jobs: list[SimJob], policy: Policy,
+                 colocation: ColocationFn | None = None, config: SimConfig | None = None,
+                 on_progress: Callable[[int, int], None] | None = None) -> None:
+        self.cluster = ClusterState(spec)
+        self.jobs = {j.job_id: j for j in jobs}
+        self.policy = policy
+        self.colocation = colocation or (lambda a, b, m: 0.5)
+        self.config = config or SimConfig()
+        self.on_progress = on_progress
+        self.now_seconds = 0.0
+        self.running: dict[int, SimJob] = {}
+        self._heap: list[tuple[float, int, int, int, int]] = []
+        self._seq = 0
+        self._wakeups: set[float] = set()
+        self._oom_pending: set[int] = set()
+        self._in_system = 0
+        self._area = 0.0  # integral of jobs in system over time
+        self._busy_area = 0.0  # integral of busy GPUs over time
+        self._last_t = 0.0
+        self._area_at_arrival: dict[int, float] = {}
+        self._mean_in_system: dict[int, float] = {}
+        self.oom_failures = 0
+        self.preemptions = 0
+        self.memory_overcommits = 0
+        self.finished = 0
+        self._waiting_count = 0
+        self._queue_trace: list[tuple[float, int]] = []
+        self._started_in_pass = 0
+
+    # -- the SchedulerContext the policy drives ---------------------------------------------
+    def start(self, job: SimJob, placement: Placement, claimed_memory_bytes: int = 0) -> None:
+        if job.status != WAITING:
+            raise RuntimeError(f"job {job.job_id} started while {job.status}")
+        now = self.now_seconds
+        self.cluster.allocate(job.job_id, placement, claimed_memory_bytes)
+        if claimed_memory_bytes:
+            for h, g in placement.gpus:
+                if self.cluster.claimed_memory_bytes[h][g] > self.cluster.hosts[h].gpu_memory_bytes:
+                    self.memory_overcommits += 1
+        self._started_in_pass += 1
+        self._waiting_count -= 1
+        job.status = RUNNING
+        job.placement = placement
+        job.version += 1
+        job.run_started_seconds = now
+        if job.first_start_seconds is None:
+            job.first_start_seconds = now
+        overhead = self._transfer_seconds(job, placement)
+        if job.restart_pending:
+            overhead += self.config.restart_cost_seconds
+            job.restart_pending = False
+        self.running[job.job_id] = job
+        job.progress_from_seconds = now + overhead
+        job.rate_per_second = 0.0
+        if self._overflows(placement):
+            self._oom_pending.add(job.job_id)
+            self._push(now + overhead + self.config.oom_detect_seconds, _OOM, job.job_id, job.version)
+            return
+        self._set_rate(job)
+        for other in self.cluster.co_holders(job.job_id):
+            self._set_rate(self.running[other])
+
+    def preempt(self, job: SimJob) -> None:
+        if job.status != RUNNING:
+            raise RuntimeError(f"job {job.job_id} preempted while {job.status}")
+        self.preemptions += 1
+        job.preemptions += 1
+        job.restart_pending = True
+        self._stop(job)
+
+    # -- internals ----------------------------------------------------------------------------
+    def _push(self, t: float, kind: int, job_id: int, version: int) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (t, kind, self._seq, job_id, version))
+
+    def _transfer_seconds(self, job: SimJob, placement: Placement) -> float:
+        if job.data_size_bytes <= 0:
+            return 0.0
+        if job.data_host is not None and placement.host_ids == (job.data_host,):
+            return 0.0
+        return job.data_size_bytes / self.cluster.spec.bandwidth_bytes_per_second
+
+    def _overflows(self, placement: Placement) -> bool:
+        for h, g in placement.gpus:
+            used = sum(self.jobs[j].true_gpu_memory_bytes for j in self.cluster.occupants[h][g])
+            if used > self.cluster.hosts[h].gpu_memory_bytes:
+                return True
+        return False
+
+    def _set_rate(self, job: SimJob) -> None:
+        """Recompute a running job's speed (co-location may have changed) and its finish event."""
+        if job.job_id in self._oom_pending:
+            return
+        now = self.now_seconds
+        assert job.placement is not None
+        model = job.placement.gpu_model
+        if job.rate_per_second > 0:
+            job.progress_fraction = job.progress_at(now)
+        job.progress_from_seconds = max(now, job.progress_from_seconds)
+        rate = 1.0 / job.true_duration_seconds[model]
+        for other_id in self.cluster.co_holders(job.job_id):
+            if other_id not in self._oom_pending:
+                rate *= self.colocation(job.job_type, self.jobs[other_id].job_type, model)
+        job.rate_per_second = rate
+        job.version += 1
+        remaining = max(0.0, 1.0 - job.progress_fraction)
+        self._push(job.progress_from_seconds + remaining / rate, _FINISH, job.job_id, job.version)
+
+    def _stop(self, job: SimJob) -> None:
+        """Take a running job off its GPUs (finish, OOM or preemption)."""
+        now = self.now_seconds
+        if job.rate_per_second > 0:
+            job.progress_fraction = min(1.0, job.progress_at(now))
+        held = now - job.run_started_seconds
+        job.run_seconds += held
+        job.attained_gpu_seconds += held * job.num_gpus
+        job.rate_per_second = 0.0
+        job.version += 1
+        others = self.cluster.co_holders(job.job_id)
+        self.cluster.release(job.job_id)
+        del self.running[job.job_id]
+        self._oom_pending.discard(job.job_id)
+        job.placement = None
+        if job.status == RUNNING:
+            job.status = WAITING
+            job.last_wait_from_seconds = now
+            self._waiting_count += 1
+        for other in others:
+            self._set_rate(self.running[other])
+
+    def _advance(self, t: float) -> None:
+        if t < self._last_t:
+            raise RuntimeError(f"time went backwards: {t} < {self._last_t}")
+        dt = t - self._last_t
+        if dt > 0:
+            busy = self.cluster.spec.total_gpus - sum(self.cluster.free_by_model.values())
+            self._area += self._in_system * dt
+            self._busy_area += busy * dt
+        self._last_t = t
+        self.now_seconds = t
+
+    def _handle(self, kind: int, job_id: int, version: int) -> None:
+        job = self.jobs[job_id]
+        now = self.now_seconds
+        if kind == _ARRIVAL:
+            self._in_system += 1
+            self._waiting_count += 1
+            self._area_at_arrival[job_id] = self._area
+            job.last_wait_from_seconds = now
+            self.policy.on_arrival(job, now)
+        elif kind == _FINISH:
+            if version != job.version or job.status != RUNNING:
+                return
+            job.status = FINISHED
+            self._stop(job)
+            job.progress_fraction = 1.0
+            job.finish_seconds = now
+            self.finished += 1
+            self._in_system -= 1
+            jct = now - job.arrival_seconds
+            area = self._area - self._area_at_arrival.pop(job_id)
+            self._mean_in_system[job_id] = area / jct if jct > 0 else 1.0
+            self.policy.on_finish(job, now)
+        elif kind == _OOM:
+            if version != job.version or job.status != RUNNING:
+                return
+            assert job.placement is not None
+            memory = self.cluster.hosts[job.placement.host_ids[0]].gpu_memory_bytes
+            self.oom_failures += 1
+            job.oom_failures += 1
+            job.progress_fraction = 0.0
+            self._stop(job)
+            if job.true_gpu_memory_bytes > memory:  # too big even alone: ask for a bigger GPU
+                for host in self.cluster.hosts:
+                    if host.gpu_memory_bytes <= memory:
+                        job.excluded_gpu_models.add(host.gpu_model)
+            else:  # it overflowed beside another job: run it alone from now on
+                job.exclusive = True
+            self.policy.on_failure(job, now, "oom")
+
+    def run(self) -> SimResult:
+        wall_start = time.perf_counter()
+        for job in sorted(self.jobs.values(), key=lambda j: (j.arrival_seconds, j.job_id)):
+            self._push(job.arrival_seconds, _ARRIVAL, job.job_id, 0)
+        pending_arrivals = len(self.jobs)
+        total = len(self.jobs)
+        handled = 0
+        while self._heap:
+            t = self._heap[0][0]
+            self._advance(t)
+            while self._heap and self._heap[0][0] <= t:
+                _, kind, _, job_id, version = heapq.heappop(self._heap)
+                if kind == _WAKEUP:
+                    self._wakeups.discard(t)
+                    continue
+                if kind == _ARRIVAL:
+                    pending_arrivals -= 1
+                self._handle(kind, job_id, version)
+            self._started_in_pass = 0
+            self.policy.schedule(self)
+            self._record_queue()
+            wake = self.policy.next_wakeup_seconds(self.now_seconds)
+            if (wake is not None and wake > self.now_seconds and math.isfinite(wake)
+                    and wake not in self._wakeups):
+                if self.running or pending_arrivals or self._started_in_pass:
+                    self._wakeups.add(wake)
+                    self._push(wake, _WAKEUP, -1, 0)
+            handled += 1
+            if self.on_progress is not None and handled % 2000 == 0:
+                self.on_progress(self.finished, total)
+        if self.on_progress is not None:
+            self.on_progress(self.finished, total)
+        return self._result(time.perf_counter() - wall_start)
+
+    def _record_queue(self) -> None:
+        if not self._queue_trace or self._queue_trace[-1][1] != self._waiting_count:
+            self._queue_trace.append((self.now_seconds, self._waiting_count))
+
+    def _result(self, wall_s: float) -> SimResult:
+        records = []
+        for job in self.jobs.values():
+            feasible = [d for m, d in job.true_duration_seconds.items()
+                        if self.cluster.spec.gpus_of(m) >= job.num_gpus]
+            records.append(JobRecord(
+                job.job_id, job.num_gpus, job.arrival_seconds, job.first_start_seconds,
+                job.finish_seconds, job.run_seconds, min(feasible, default=math.inf),
+                self._mean_in_system.get(job.job_id, 1.0)))
+        step = max(1, len(self._queue_trace) // self.config.queue_samples)
+        return SimResult(
+            policy=self.policy.name, jobs=records, total_gpus=self.cluster.spec.total_gpus,
+            busy_gpu_seconds=self._busy_area, oom_failures=self.oom_failures,
+            preemptions=self.preemptions,
+            unfinished_jobs=sum(1 for j in self.jobs.values() if j.status != FINISHED),
+            sim_wall_s=wall_s, queue_length=self._queue_trace[::step],
+            memory_overcommits=self.memory_overcommits)
