@@ -69,6 +69,20 @@ class StatusSection(_Section):
     )
 
 
+class WebSection(_Section):
+    require_login: bool = Field(
+        False,
+        description="Require a login to see the dashboard and read API (anything that changes "
+        "state always needs one).",
+    )
+    idle_gpu_minutes: Annotated[float, Field(gt=0)] = Field(
+        30.0, description="A GPU holding memory but under idle_util_percent this long is marked idle."
+    )
+    idle_util_percent: Annotated[float, Field(ge=0, le=100)] = Field(
+        5.0, description="Utilisation below which a GPU counts as idle."
+    )
+
+
 class SshSection(_Section):
     hosts: list[dict[str, Any]] = Field(
         default_factory=list,
@@ -102,6 +116,7 @@ class Settings(_Section):
     ingest: IngestSection = IngestSection()
     retention: RetentionSection = RetentionSection()
     status: StatusSection = StatusSection()
+    web: WebSection = WebSection()
     ssh: SshSection = SshSection()
 
     @property
