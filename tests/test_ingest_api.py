@@ -252,8 +252,8 @@ def test_healthz_metrics_and_openapi(api):
     assert health["status"] == "ok"
     assert health["store"]["schema_version"] >= 1
     text = api.get("/metrics").text
-    assert 'gpufleet_host_up{host="gpu10",status="online",source="agent"} 1.0' in text
-    assert 'gpufleet_server_ingest_batches_total{result="stored"} 1.0' in text
+    assert 'gpufleet_host_up{host="gpu10",status="online",source="agent"} 1\n' in text
+    assert 'gpufleet_server_ingest_batches_total{result="stored"} 1\n' in text
     assert 'gpufleet_gpu_utilization_percent{host="gpu10",gpu="3"' in text
     spec = api.get("/openapi.json").json()
     body = spec["paths"]["/api/v1/ingest"]["post"]["requestBody"]

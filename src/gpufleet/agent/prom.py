@@ -15,13 +15,11 @@ import threading
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from gpufleet.promtext import CONTENT_TYPE, Family, exposition
 from gpufleet.wire import Sample
 
 log = logging.getLogger("gpufleet.agent.prom")
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-Labels = tuple[tuple[str, str], ...]
 
 # (wire attribute, metric name, help)
 _HOST_GAUGES = (
@@ -74,123 +72,92 @@ _GPU_GAUGES = (
 )
 
 
-class _Family:
-    __slots__ = ("help", "name", "samples", "type")
-
-    def __init__(self, name: str, help_: str, type_: str = "gauge") -> None:
-        self.name = "gpufleet_" + name
-        self.help = help_
-        self.type = type_
-        self.samples: list[tuple[Labels, float]] = []
-
-    def add(self, labels: Labels, value: float | int | None) -> None:
-        if value is not None:
-            self.samples.append((labels, float(value)))
-
-
 def render(sample: Sample | None) -> str:
     """The Prometheus text exposition of one sample (an empty exposition for ``None``)."""
-    if sample is None:
-        return ""
-    host = (("host", sample.host),)
-    families: list[_Family] = []
+    return "" if sample is None else exposition(sample_families([sample]))
 
-    def family(name: str, help_: str, type_: str = "gauge") -> _Family:
-        fam = _Family(name, help_, type_)
+
+def sample_families(samples: Iterable[Sample]) -> list[Family]:
+    """Metric families for the latest sample of each host (the agent: one; the server: all)."""
+    families: list[Family] = []
+
+    def family(name: str, help_: str, type_: str = "gauge") -> Family:
+        fam = Family(name, help_, type_)
         families.append(fam)
         return fam
 
-    family("sample_timestamp_seconds", "When the latest sample was collected (Unix time).").add(
-        host, sample.ts
-    )
-    family("collection_errors", "Host-level collection problems in the latest sample.").add(
-        host, len(sample.errors)
-    )
-    facts = sample.facts
-    family("host_info", "Facts about the host; the value is always 1.").add(
-        (
-            *host,
-            ("os", facts.os),
-            ("kernel", facts.kernel),
-            ("cpu_model", facts.cpu_model),
-            ("driver_version", facts.driver_version or ""),
-            ("cuda_version", facts.cuda_version or ""),
-            ("agent_version", facts.agent_version),
-        ),
-        1,
-    )
-    hm = sample.host_metrics
-    for attr, name, help_ in _HOST_GAUGES:
-        family(name, help_).add(host, getattr(hm, attr))
-    family("host_logged_in_users", "Distinct users logged in.").add(host, len(hm.users))
+    ts = family("sample_timestamp_seconds", "When the latest sample was collected (Unix time).")
+    errors = family("collection_errors", "Host-level collection problems in the latest sample.")
+    info = family("host_info", "Facts about the host; the value is always 1.")
+    host_gauges = [(attr, family(name, help_)) for attr, name, help_ in _HOST_GAUGES]
+    users = family("host_logged_in_users", "Distinct users logged in.")
     disk_total = family("host_disk_total_bytes", "Size of the filesystem mounted there.")
     disk_used = family("host_disk_used_bytes", "Space used on the filesystem mounted there.")
-    for disk in hm.disks:
-        labels = (*host, ("mount", disk.mount), ("device", disk.device), ("fstype", disk.fstype))
-        disk_total.add(labels, disk.total_bytes)
-        disk_used.add(labels, disk.used_bytes)
-
-    gpu_labels = {
-        gpu.index: (*host, ("gpu", str(gpu.index)), ("uuid", gpu.uuid), ("name", gpu.name))
-        for gpu in sample.gpus
-    }
     up = family(
         "gpu_up", "1 when NVML answered for this GPU in the latest sample, 0 when it erred."
     )
-    for gpu in sample.gpus:
-        up.add(gpu_labels[gpu.index], 0 if gpu.error else 1)
-    for attr, name, help_ in _GPU_GAUGES:
-        fam = family(name, help_)
-        for gpu in sample.gpus:
-            fam.add(gpu_labels[gpu.index], getattr(gpu, attr))
+    gpu_gauges = [(attr, family(name, help_)) for attr, name, help_ in _GPU_GAUGES]
     xid = family("gpu_xid_events", "XID events reported since the previous sample.")
     last_xid = family("gpu_last_xid", "Code of the last XID event in the latest sample.")
     procs = family("gpu_processes", "Processes holding the GPU.")
-    for gpu in sample.gpus:
-        xid.add(gpu_labels[gpu.index], len(gpu.xid_events))
-        if gpu.xid_events:
-            last_xid.add(gpu_labels[gpu.index], gpu.xid_events[-1].xid)
-        procs.add(gpu_labels[gpu.index], sum(p.gpu_index == gpu.index for p in sample.processes))
     proc_mem = family("gpu_process_memory_bytes", "GPU memory held by one process.")
-    for proc in sample.processes:
-        labels = gpu_labels[proc.gpu_index] + (
-            ("pid", str(proc.pid)),
-            ("user", proc.user if proc.user is not None else _uid(proc.uid)),
-            ("container", proc.container_name or (proc.container_id or "")[:12]),
+
+    for sample in samples:
+        host = (("host", sample.host),)
+        ts.add(host, sample.ts)
+        errors.add(host, len(sample.errors))
+        facts = sample.facts
+        info.add(
+            (
+                *host,
+                ("os", facts.os),
+                ("kernel", facts.kernel),
+                ("cpu_model", facts.cpu_model),
+                ("driver_version", facts.driver_version or ""),
+                ("cuda_version", facts.cuda_version or ""),
+                ("agent_version", facts.agent_version),
+            ),
+            1,
         )
-        proc_mem.add(labels, proc.gpu_memory_bytes)
-    return "".join(_format(families))
+        hm = sample.host_metrics
+        for attr, fam in host_gauges:
+            fam.add(host, getattr(hm, attr))
+        users.add(host, len(hm.users))
+        for disk in hm.disks:
+            labels = (
+                *host,
+                ("mount", disk.mount),
+                ("device", disk.device),
+                ("fstype", disk.fstype),
+            )
+            disk_total.add(labels, disk.total_bytes)
+            disk_used.add(labels, disk.used_bytes)
+
+        gpu_labels = {
+            gpu.index: (*host, ("gpu", str(gpu.index)), ("uuid", gpu.uuid), ("name", gpu.name))
+            for gpu in sample.gpus
+        }
+        for gpu in sample.gpus:
+            labels = gpu_labels[gpu.index]
+            up.add(labels, 0 if gpu.error else 1)
+            for attr, fam in gpu_gauges:
+                fam.add(labels, getattr(gpu, attr))
+            xid.add(labels, len(gpu.xid_events))
+            if gpu.xid_events:
+                last_xid.add(labels, gpu.xid_events[-1].xid)
+            procs.add(labels, sum(p.gpu_index == gpu.index for p in sample.processes))
+        for proc in sample.processes:
+            labels = gpu_labels[proc.gpu_index] + (
+                ("pid", str(proc.pid)),
+                ("user", proc.user if proc.user is not None else _uid(proc.uid)),
+                ("container", proc.container_name or (proc.container_id or "")[:12]),
+            )
+            proc_mem.add(labels, proc.gpu_memory_bytes)
+    return families
 
 
 def _uid(uid: int | None) -> str:
     return "" if uid is None else f"uid:{uid}"
-
-
-def _format(families: Iterable[_Family]) -> Iterable[str]:
-    for fam in families:
-        if not fam.samples:
-            continue
-        yield f"# HELP {fam.name} {_escape_help(fam.help)}\n# TYPE {fam.name} {fam.type}\n"
-        for labels, value in fam.samples:
-            if labels:
-                inner = ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels)
-                yield f"{fam.name}{{{inner}}} {_number(value)}\n"
-            else:
-                yield f"{fam.name} {_number(value)}\n"
-
-
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _escape_label(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _number(value: float) -> str:
-    if value == int(value) and abs(value) < 2**63:
-        return str(int(value))
-    return repr(value)
 
 
 # -- the HTTP endpoint --------------------------------------------------------------------------
