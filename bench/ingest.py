@@ -249,7 +249,8 @@ class CpuMeter:
     def __exit__(self, *exc) -> None:
         self.wall = time.monotonic() - self.wall0
         t = self.proc.cpu_times()
-        self.server = (t.user + t.system - self.server0) / self.wall * 100
+        self.server_seconds = t.user + t.system - self.server0
+        self.server = self.server_seconds / self.wall * 100
         c = resource.getrusage(resource.RUSAGE_CHILDREN)
         self.loadgen = (c.ru_utime + c.ru_stime - self.children0) / self.wall * 100
         self.machine = self.psutil.cpu_percent(None) * (os.cpu_count() or 1)
@@ -548,7 +549,7 @@ def main() -> None:
           f"unique batch_id per request; {args.seconds:.0f} s per phase")  # fmt: skip
     print()
     hdr = (f"{'phase':<46} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>8} {'max ms':>8}"
-           f" {'server':>7} {'loadgen':>7} {'other':>6}")
+           f" {'server':>7} {'loadgen':>7} {'other':>6} {'srv ms/req':>10}")
     print(hdr)
     print("-" * len(hdr))
     conns = f"{args.connections} conns"
@@ -560,11 +561,15 @@ def main() -> None:
     ]
     for label, r, c in rows_out:
         other = max(0.0, c.machine - c.server - c.loadgen)
+        per_req = c.server_seconds * 1000 / max(1, r["rate"] * c.wall)
         print(f"{label:<46} {r['rate']:>7.0f} {ms(r['p50_us']):>7} {ms(r['p95_us']):>7} "
-              f"{ms(r['p99_us']):>8} {ms(r['max_us']):>8} {c.server:>6.0f}% {c.loadgen:>6.0f}% {other:>5.0f}%")
+              f"{ms(r['p99_us']):>8} {ms(r['max_us']):>8} {c.server:>6.0f}% {c.loadgen:>6.0f}% {other:>5.0f}%"
+              f" {per_req:>10.2f}")
     print()
     print(f"CPU in % of one core ({ncpu} cores = {ncpu * 100}%): server process (psutil), load generator"
           " (wrk or the Python open-loop sender), other = the rest of the machine (other processes)")
+    print("srv ms/req = server CPU time per answered request: what one core's worth of server buys,"
+          f" whatever else runs (saturation: {1000 / max(1e-9, cpu_s.server_seconds * 1000 / max(1, sat['rate'] * cpu_s.wall)):.0f} batches/s per core)")
     print(f"ingest at saturation = {sat['rate'] / health['rate']:.2f} x the /healthz rate, "
           f"{sat['rate'] / bare['rate']:.2f} x the bare 404 rate (the HTTP stack's ceiling)")
     ok_rate = fixed["rate"] >= 0.98 * args.rate

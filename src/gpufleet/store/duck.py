@@ -44,7 +44,43 @@ _ARROW_TYPES = {
     "UTINYINT": pa.uint8(),
 }
 _STOP = object()
+
+# The hosts upsert: one row per host of the group, inserted from an Arrow table.
+_HOST_ROW = (
+    "name", "source", "token_name", "first_seen", "last_seen", "last_received",
+    "interval_seconds", "agent_version", "clock_skew_seconds", "last_sample",
+)  # fmt: skip
+_HOST_ROW_SCHEMA = pa.schema(
+    [
+        ("name", pa.string()), ("source", pa.string()), ("token_name", pa.string()),
+        ("first_seen", pa.float64()), ("last_seen", pa.float64()),
+        ("last_received", pa.float64()), ("interval_seconds", pa.float64()),
+        ("agent_version", pa.string()), ("clock_skew_seconds", pa.float64()),
+        ("last_sample", pa.string()),
+    ]
+)  # fmt: skip
+_UPSERT_HOSTS = f"""
+    INSERT INTO hosts ({", ".join(_HOST_ROW)})
+    SELECT {", ".join(_HOST_ROW)} FROM _hosts_in
+    ON CONFLICT (name) DO UPDATE SET
+        source = excluded.source,
+        token_name = excluded.token_name,
+        first_seen = least(hosts.first_seen, excluded.first_seen),
+        last_received = greatest(hosts.last_received, excluded.last_received),
+        agent_version = excluded.agent_version,
+        clock_skew_seconds = excluded.clock_skew_seconds,
+        interval_seconds = CASE WHEN excluded.last_seen >= hosts.last_seen
+            THEN excluded.interval_seconds ELSE hosts.interval_seconds END,
+        last_sample = CASE WHEN excluded.last_seen >= hosts.last_seen
+            THEN excluded.last_sample ELSE hosts.last_sample END,
+        last_seen = greatest(hosts.last_seen, excluded.last_seen)
+"""
 MAX_GROUP = 512  # batches in one transaction
+# Group-commit window: an ingest transaction starts at most this long after the previous one
+# began, gathering what arrives meanwhile. Each transaction has a fixed cost of several ms
+# (DuckDB plans every statement and syncs its WAL), so under load a short wait buys much
+# bigger groups and far less CPU; at most this much latency is added to a batch.
+COMMIT_INTERVAL_SECONDS = 0.02
 
 
 class DuckDBStore(Store):
@@ -61,6 +97,11 @@ class DuckDBStore(Store):
         self._migrate()
         self._schemas = {
             table: pa.schema([(c, _ARROW_TYPES[self._column_types(table)[c]]) for c in columns])
+            for table, columns in TABLE_COLUMNS.items()
+        }
+        # Tables whose columns are exactly TABLE_COLUMNS, in order, take Arrow tables directly.
+        self._same_order = {
+            table: list(self._column_types(table)) == list(columns)
             for table, columns in TABLE_COLUMNS.items()
         }
         self._queue: queue.Queue[Any] = queue.Queue()
@@ -118,14 +159,14 @@ class DuckDBStore(Store):
 
     def _write_loop(self) -> None:
         con = self._db.cursor()
-        while True:
+        next_commit = 0.0  # monotonic time before which the next ingest group keeps gathering
+        stop = False
+        while not stop:
             task = self._queue.get()
-            if task is _STOP:
-                break
             group = []
             while True:
                 if task is _STOP:
-                    self._queue.put(_STOP)
+                    stop = True
                     break
                 if isinstance(task[0], IngestItem):
                     group.append(task)
@@ -136,11 +177,13 @@ class DuckDBStore(Store):
                         self._ingest_group(con, group)
                         group = []
                     self._run_task(con, *task)
+                wait = next_commit - time.monotonic() if group else 0.0
                 try:
-                    task = self._queue.get_nowait()
+                    task = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
             if group:
+                next_commit = time.monotonic() + COMMIT_INTERVAL_SECONDS
                 self._ingest_group(con, group)
         con.close()
 
@@ -172,24 +215,30 @@ class DuckDBStore(Store):
 
     def _ingest_txn(self, con, items: list[IngestItem]) -> list[bool]:
         keys = [str(batch_key(i.batch.batch_id)) for i in items]
+        first: dict[str, int] = {}  # a batch sent twice within one group: the first one counts
+        for n, key in enumerate(keys):
+            first.setdefault(key, n)
+        once = sorted(first.values())
         con.execute("BEGIN")
         try:
-            existing = {
+            # Recording the batch ids is the dedupe: ids already stored (within the dedupe
+            # window) conflict and are not returned.
+            inserted = {
                 str(r[0])
                 for r in con.execute(
-                    "SELECT id FROM batches WHERE id IN (SELECT unnest(?::UUID[]))", [keys]
+                    "INSERT INTO batches SELECT unnest(?::UUID[]), ?, unnest(?::INTEGER[])"
+                    " ON CONFLICT DO NOTHING RETURNING id",
+                    [
+                        [keys[n] for n in once],
+                        items[0].received_at,
+                        [len(items[n].batch.samples) for n in once],
+                    ],
                 ).fetchall()
             }
-            fresh: list[bool] = []
-            new_items: list[IngestItem] = []
-            for key, item in zip(keys, items, strict=True):
-                is_new = key not in existing
-                fresh.append(is_new)
-                if is_new:
-                    existing.add(key)
-                    new_items.append(item)
+            fresh = [key in inserted and first[key] == n for n, key in enumerate(keys)]
+            new_items = [item for item, f in zip(items, fresh, strict=True) if f]
             if new_items:
-                self._insert(con, new_items, keys, fresh)
+                self._insert(con, new_items)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
@@ -199,53 +248,41 @@ class DuckDBStore(Store):
         self.batches_duplicate += len(items) - len(new_items)
         return fresh
 
-    def _insert(self, con, items: list[IngestItem], keys: list[str], fresh: list[bool]) -> None:
+    def _insert(self, con, items: list[IngestItem]) -> None:
         cols = flatten(s for item in items for s in item.batch.samples)
         for table, columns in cols.items():
             if not columns["host"]:
                 continue
             arrow = pa.table(columns, schema=self._schemas[table])
+            if self._same_order[table]:
+                con.from_arrow(arrow).insert_into(table)  # no register/parse round trips
+                continue
             con.register("_incoming", arrow)
             names = ", ".join(TABLE_COLUMNS[table])
             con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM _incoming")
             con.unregister("_incoming")
-        new_keys = [k for k, f in zip(keys, fresh, strict=True) if f]
-        con.execute(
-            "INSERT INTO batches SELECT unnest(?::UUID[]), ?, unnest(?::INTEGER[])",
-            [new_keys, items[0].received_at, [len(i.batch.samples) for i in items]],
-        )
         latest: dict[str, tuple[IngestItem, Any]] = {}
         for item in items:
             for s in item.batch.samples:
                 seen = latest.get(s.host)
                 if seen is None or s.ts >= seen[1].ts:
                     latest[s.host] = (item, s)
-        rows = [
-            (
+        hosts: dict[str, list] = {c: [] for c in _HOST_ROW}
+        for host, (item, s) in latest.items():
+            values = (
                 host, item.batch.source, item.token_name, s.ts, s.ts, item.received_at,
                 s.interval_seconds, item.batch.agent_version or s.facts.agent_version or None,
                 item.clock_skew_seconds, s.model_dump_json(),
-            )
-            for host, (item, s) in latest.items()
-        ]  # fmt: skip
-        con.executemany(
-            """
-            INSERT INTO hosts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            ON CONFLICT (name) DO UPDATE SET
-                source = excluded.source,
-                token_name = excluded.token_name,
-                first_seen = least(hosts.first_seen, excluded.first_seen),
-                last_received = greatest(hosts.last_received, excluded.last_received),
-                agent_version = excluded.agent_version,
-                clock_skew_seconds = excluded.clock_skew_seconds,
-                interval_seconds = CASE WHEN excluded.last_seen >= hosts.last_seen
-                    THEN excluded.interval_seconds ELSE hosts.interval_seconds END,
-                last_sample = CASE WHEN excluded.last_seen >= hosts.last_seen
-                    THEN excluded.last_sample ELSE hosts.last_sample END,
-                last_seen = greatest(hosts.last_seen, excluded.last_seen)
-            """,
-            rows,
-        )
+            )  # fmt: skip
+            for column, value in zip(_HOST_ROW, values, strict=True):
+                hosts[column].append(value)
+        # One statement for the whole group (executemany costs ~1.5 ms a row in DuckDB).
+        # ``latest`` holds each host once, so no key appears twice in the statement.
+        con.register("_hosts_in", pa.table(hosts, schema=_HOST_ROW_SCHEMA))
+        try:
+            con.execute(_UPSERT_HOSTS)
+        finally:
+            con.unregister("_hosts_in")
 
     # -- reads --------------------------------------------------------------------------------
 
