@@ -80,14 +80,23 @@ class GpufleetPolicy(Policy):
         for model in self.models_of.pop(job.job_id):
             self.queues[model].remove(job)
         self.fifo.remove(job)
-        ctx.start(job, placement, self.claim(job))
+        ctx.start(job, placement, self._claim_on(job, placement))
 
     # -- helpers ------------------------------------------------------------------------------
     def memory_fits(self, job: SimJob, model: str) -> bool:
-        return job.predicted_gpu_memory_bytes * self.memory_margin <= self.memory_of[model]
+        """Predicted need times the margin fits; or, where no GPU model has room for the margin,
+        the bare predicted need fits (the job gets a whole GPU there, never shares)."""
+        need = job.predicted_gpu_memory_bytes
+        if need * self.memory_margin <= self.memory_of[model]:
+            return True
+        roomy = any(need * self.memory_margin <= mem for mem in self.memory_of.values())
+        return not roomy and need <= self.memory_of[model]
 
     def claim(self, job: SimJob) -> int:
         return int(job.predicted_gpu_memory_bytes * self.memory_margin)
+
+    def _claim_on(self, job: SimJob, placement: Placement) -> int:
+        return min(self.claim(job), self.memory_of[placement.gpu_model])
 
     def usable_models(self, job: SimJob) -> list[str]:
         return [m for m in allowed_models(job, self.spec.gpu_models)

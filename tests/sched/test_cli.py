@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from gpufleet.sched.cli import predictor, simulate
+from tests.sched.conftest import GAVEL_JSON, PHILLY_CSV
+
+pytestmark = pytest.mark.skipif(not PHILLY_CSV.exists(), reason="shared data not present")
+
+
+def test_simulate_json() -> None:
+    result = CliRunner().invoke(simulate, ["--trace", str(PHILLY_CSV), "--vc", "2869ce",
+                                           "--policies", "fifo,gpufleet", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    keys = {"avg_jct_s", "p50_jct_s", "p99_jct_s", "makespan_s", "avg_queue_s", "p99_queue_s",
+            "gpu_utilization", "ftf_rho", "max_wait_large_s", "oom_failures", "preemptions",
+            "unfinished_jobs", "jobs", "sim_wall_s"}
+    for name in ("fifo", "gpufleet"):
+        assert keys <= set(data["policies"][name])
+    assert data["policies"]["gpufleet"]["oom_failures"] == 0
+    assert data["policies"]["gpufleet"]["unfinished_jobs"] == 0
+
+
+def test_simulate_errors() -> None:
+    result = CliRunner().invoke(simulate, ["--trace", str(PHILLY_CSV), "--policies", "lottery"])
+    assert result.exit_code == 2
+    assert "error: --policies: unknown policy lottery" in result.stderr
+    assert "hint:" in result.stderr
+    result = CliRunner().invoke(simulate, ["--trace", str(PHILLY_CSV), "--vc", "nope"])
+    assert result.exit_code == 2 and "no jobs left" in result.stderr
+
+
+def test_simulate_plots(tmp_path) -> None:
+    result = CliRunner().invoke(simulate, ["--trace", str(PHILLY_CSV), "--vc", "2869ce",
+                                           "--policies", "easy", "--plots", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "jct_cdf.csv").read_text().startswith("policy,jct_s,fraction")
+    assert (tmp_path / "queue_length.svg").read_text().startswith("<svg")
+
+
+def test_convert_and_evaluate(tmp_path) -> None:
+    bench = tmp_path / "bench.csv"
+    result = CliRunner().invoke(predictor, ["convert-gavel", str(GAVEL_JSON), "-o", str(bench)])
+    assert result.exit_code == 0, result.output
+    assert bench.read_text().startswith("gpu_model,model,colocated,step_time_s,gpu_mem_mib")
+    result = CliRunner().invoke(predictor, ["evaluate", "--bench", str(bench), "--holdout",
+                                            "gpu_model", "--methods", "additive", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["holdout"] == "gpu_model" and data["best_method"] == "additive"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("gpu_model,model,colocated,step_time_s\nv100,a,,fast\n")
+    result = CliRunner().invoke(predictor, ["evaluate", "--bench", str(bad)])
+    assert result.exit_code == 2 and "step_time_s: must be a positive number" in result.stderr

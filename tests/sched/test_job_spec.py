@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import pytest
+
+from gpufleet.sched.job import JobSpecError, parse_job
+
+K8S = """
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: train-densenet
+  namespace: vision
+  annotations: {model_name: "densenet121", data_size: "20", epoch: "100"}
+spec:
+  template:
+    spec:
+      containers:
+        - name: train
+          image: pytorch
+          command: ["python", "train.py"]
+          resources: {limits: {nvidia.com/gpu: 2}}
+"""
+
+
+def test_k8s_job_annotations() -> None:
+    spec = parse_job(K8S)
+    assert spec.model_name == "densenet121"
+    assert spec.epochs == 100
+    assert spec.data_size_bytes == 20 * 10**9
+    assert spec.gpus == 2
+    assert spec.command == ("python", "train.py")
+    assert spec.user == "vision"
+
+
+@pytest.mark.parametrize(("replace", "message"), [
+    ('epoch: "100"', 'metadata.annotations.epoch: must be a positive integer, got "abc"'),
+    ('data_size: "20"', 'metadata.annotations.data_size: must be a non-negative number, got "x"'),
+])
+def test_k8s_bad_annotation_names_the_field(replace: str, message: str) -> None:
+    bad = 'epoch: "abc"' if "epoch" in replace else 'data_size: "x"'
+    with pytest.raises(JobSpecError) as err:
+        parse_job(K8S.replace(replace, bad))
+    assert str(err.value) == message
+
+
+def test_k8s_missing_annotation() -> None:
+    with pytest.raises(JobSpecError, match=r"^metadata.annotations.epoch: is required"):
+        parse_job(K8S.replace(', epoch: "100"', ""))
+    with pytest.raises(JobSpecError, match=r"^metadata.annotations.model_name: is required"):
+        parse_job(K8S.replace('model_name: "densenet121", ', ""))
+
+
+def test_k8s_wrong_kind_and_gpu() -> None:
+    with pytest.raises(JobSpecError, match=r"^kind: must be \"Job\""):
+        parse_job(K8S.replace("kind: Job", "kind: Pod"))
+    with pytest.raises(JobSpecError, match=r"nvidia.com/gpu: must be a whole number"):
+        parse_job(K8S.replace("nvidia.com/gpu: 2", "nvidia.com/gpu: 1.5"))
+
+
+def test_plain_spec() -> None:
+    spec = parse_job('{"name": "a", "user": "ann", "gpus": 0.5, "model_name": "ResNet-18",'
+                     ' "gpu_memory": "40GB", "epochs": 3, "data_size_gb": 1.5,'
+                     ' "data_location": "gpu-07", "priority": 2, "deadline": "2024-01-01T00:00"}')
+    assert spec.gpus == 0.5 and spec.gpu_memory_bytes == 40 * 10**9
+    assert spec.data_size_bytes == 1_500_000_000 and spec.priority == 2
+
+
+@pytest.mark.parametrize(("doc", "field"), [
+    ("{user: a, model_name: m, epochs: 1}", "name"),
+    ("{name: a, user: a, model_name: m, epochs: 0}", "epochs"),
+    ("{name: a, user: a, model_name: m}", "epochs"),
+    ("{name: a, user: a, model_name: m, epochs: 1, gpus: -1}", "gpus"),
+    ("{name: a, user: a, model_name: m, epochs: 1, gpu_memory: lots}", "gpu_memory"),
+    ("{name: a, user: a, model_name: m, epochs: 1, colour: red}", "colour"),
+    ("{name: a, user: a, model_name: m, epochs: 1, priority: high}", "priority"),
+])
+def test_plain_errors_name_the_field(doc: str, field: str) -> None:
+    with pytest.raises(JobSpecError) as err:
+        parse_job(doc)
+    assert str(err.value).startswith(f"{field}:")
