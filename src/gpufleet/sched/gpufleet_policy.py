@@ -204,7 +204,7 @@ class GpufleetPolicy(Policy):
                 break
             self._start(ctx, choice[1], choice[2])
         if self.colocation is not None and len(self.fifo):
-            for model, queue in self.queues.items():
+            for queue in self.queues.values():
                 for job in queue.head(4):
                     if job.job_id in self.models_of:
                         placement = self.shared_placement(job, ctx)

@@ -33,7 +33,7 @@ class Policy(ABC):
     @abstractmethod
     def on_arrival(self, job: SimJob, now_seconds: float) -> None: ...
 
-    def on_finish(self, job: SimJob, now_seconds: float) -> None:
+    def on_finish(self, job: SimJob, now_seconds: float) -> None:  # noqa: B027 (optional hook)
         """A running job completed (its GPUs are already released)."""
 
     @abstractmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gpufleet.sched.baselines import EasyBackfill, Fifo, ShortestJobFirst
@@ -53,7 +53,7 @@ class Experiment:
     load: float = 1.0
     seed: int = 0
     runtime_error: float = 0.5
-    config: SimConfig = SimConfig()
+    config: SimConfig = field(default_factory=SimConfig)
 
     def jobs(self, predictor: Any = None) -> list[SimJob]:
         ratio = predictor.runtime_ratio if predictor is not None else None

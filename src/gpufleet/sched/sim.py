@@ -271,10 +271,10 @@ class Simulator:
             self._record_queue()
             wake = self.policy.next_wakeup_seconds(self.now_seconds)
             if (wake is not None and wake > self.now_seconds and math.isfinite(wake)
-                    and wake not in self._wakeups):
-                if self.running or pending_arrivals or self._started_in_pass:
-                    self._wakeups.add(wake)
-                    self._push(wake, _WAKEUP, -1, 0)
+                    and wake not in self._wakeups
+                    and (self.running or pending_arrivals or self._started_in_pass)):
+                self._wakeups.add(wake)
+                self._push(wake, _WAKEUP, -1, 0)
             handled += 1
             if self.on_progress is not None and handled % 2000 == 0:
                 self.on_progress(self.finished, total)
