@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Run the gpufleet server (ingest, API, SSH poller).",
     ),
     "token": ("gpufleet.server.cli", "token", "Create, list and revoke agent tokens."),
+    "user": ("gpufleet.accounts.cli", "user", "Create, list, change and delete web users."),
     "agent": (
         "gpufleet.agent.cli",
         "agent",

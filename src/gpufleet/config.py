@@ -81,6 +81,17 @@ class WebSection(_Section):
     idle_util_percent: Annotated[float, Field(ge=0, le=100)] = Field(
         5.0, description="Utilisation below which a GPU counts as idle."
     )
+    session_max_age_seconds: Annotated[float, Field(ge=60)] = Field(
+        7 * 86400.0,
+        description="How long a login lasts (the signed session cookie expires after this).",
+    )
+    login_max_attempts: Annotated[int, Field(ge=1)] = Field(
+        5, description="Failed logins for one client address and user name before a lockout."
+    )
+    login_lockout_seconds: Annotated[float, Field(gt=0)] = Field(
+        300.0,
+        description="Window in which failed logins count, and how long a lockout lasts.",
+    )
 
 
 class SshSection(_Section):

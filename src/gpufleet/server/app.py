@@ -12,6 +12,8 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from gpufleet import __version__
+from gpufleet.accounts import routes as account_routes
+from gpufleet.accounts import web as account_web
 from gpufleet.config import Settings
 from gpufleet.server import admin, api, errors, ingest, metrics
 from gpufleet.server.auth import TokenCache, ensure_admin_key
@@ -73,6 +75,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             settings, st, live, TokenCache(st), ensure_admin_key(settings.server.data_dir)
         )
         app.state.ctx = ctx
+        app.state.accounts = account_web.Accounts(settings, st)
         pruner = asyncio.create_task(_prune_forever(ctx))
         await _start_poller(ctx)
         log.info(
@@ -95,6 +98,10 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
+    account_web.install(app, settings.web.require_login)
+    app.include_router(account_routes.router)
+    app.include_router(account_routes.api)
+    app.include_router(account_routes.api_me)
     for module in (ingest, api, metrics, admin):
         app.include_router(module.router)
 

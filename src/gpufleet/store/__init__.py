@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gpufleet.store.base import HostRecord, IngestItem, Store, StoreError, TokenRecord
+from gpufleet.store.base import (
+    HostRecord,
+    IngestItem,
+    Store,
+    StoreError,
+    TokenRecord,
+    UserRecord,
+)
 
 
 def open_store(url_or_path: str | Path) -> Store:
@@ -19,4 +26,4 @@ def open_store(url_or_path: str | Path) -> Store:
     return DuckDBStore(text)
 
 
-__all__ = ["HostRecord", "IngestItem", "Store", "StoreError", "TokenRecord", "open_store"]
+__all__ = ["HostRecord", "IngestItem", "Store", "StoreError", "TokenRecord", "UserRecord", "open_store"]

@@ -72,6 +72,15 @@ class TokenRecord:
 
 
 @dataclass(frozen=True)
+class UserRecord:
+    name: str
+    password_hash: str  # a gpufleet.accounts.passwords string, never the password
+    role: str  # viewer | user | admin
+    created_at: float
+    last_login: float | None
+
+
+@dataclass(frozen=True)
 class SeriesPoints:
     key: int | None  # GPU index for GPU metrics, None for host metrics
     points: list[tuple[float, float | None]]
@@ -118,3 +127,27 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
+
+    # -- web accounts (gpufleet.accounts) -------------------------------------------------------
+
+    @abc.abstractmethod
+    def users(self) -> list[UserRecord]: ...
+
+    @abc.abstractmethod
+    def create_user(self, user: UserRecord) -> None:
+        """Raises StoreError when a user of that name exists."""
+
+    @abc.abstractmethod
+    def update_user(
+        self,
+        name: str,
+        *,
+        role: str | None = None,
+        password_hash: str | None = None,
+        last_login: float | None = None,
+    ) -> UserRecord:
+        """Change the given fields; raises StoreError when there is no such user."""
+
+    @abc.abstractmethod
+    def delete_user(self, name: str) -> None:
+        """Raises StoreError when there is no such user."""

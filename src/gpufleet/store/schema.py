@@ -118,6 +118,21 @@ MIGRATIONS: list[Migration] = [
         );
         """,
     ),
+    Migration(
+        2,
+        "web accounts",
+        """
+        -- Web/API users. password_hash is a self-describing KDF string (gpufleet.accounts.passwords);
+        -- sessions live in signed cookies, so there is no sessions table.
+        CREATE TABLE users (
+            name VARCHAR PRIMARY KEY,
+            password_hash VARCHAR NOT NULL,
+            role VARCHAR NOT NULL,
+            created_at DOUBLE NOT NULL,
+            last_login DOUBLE
+        );
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
