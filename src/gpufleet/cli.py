@@ -25,6 +25,16 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "agent",
         "Collect this machine's GPU and host metrics and push them.",
     ),
+    "simulate": (
+        "gpufleet.sched.cli",
+        "simulate",
+        "Replay a job trace through scheduling policies.",
+    ),
+    "predictor": (
+        "gpufleet.sched.cli",
+        "predictor",
+        "Train and evaluate the job runtime/memory predictor.",
+    ),
 }
 
 
