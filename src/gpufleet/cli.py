@@ -25,6 +25,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "agent",
         "Collect this machine's GPU and host metrics and push them.",
     ),
+    "demo": (
+        "gpufleet.demo.cli",
+        "demo",
+        "Start a server, a local agent and a replayed fleet of GPU servers.",
+    ),
     "simulate": (
         "gpufleet.sched.cli",
         "simulate",

@@ -1,0 +1,244 @@
+"""``gpufleet demo``: a server, a real agent for this machine, and a replayed fleet."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import click
+
+from gpufleet.errors import GpufleetError
+
+log = logging.getLogger("gpufleet.demo")
+
+
+@click.command()
+@click.option("--hosts", "n_hosts", type=click.IntRange(1, 5000), default=24, show_default=True,
+              help="Simulated GPU servers in the replayed fleet.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True,
+              help="Port the server listens on.")
+@click.option("--host", "bind", default="127.0.0.1", show_default=True,
+              help="Address the server listens on.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the store and state (default: ./gpufleet-data or "
+              "$GPUFLEET_DATA_DIR).")
+@click.option("--speed", type=click.FloatRange(0.01, 1e6), default=60.0, show_default=True,
+              help="Trace seconds replayed per second (60: an hour of the trace per minute).")
+@click.option("--trace", "trace_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Job trace CSV (default: $GPUFLEET_TRACE, else "
+              "../shared/data/philly_jobs.csv next to the checkout).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Same seed, same fleet, users and placement.")
+@click.option("--interval", type=click.FloatRange(0.5, 3600), default=5.0, show_default=True,
+              help="Seconds between two samples of one simulated host.")
+@click.option("--load", type=click.FloatRange(0.05, 1.0), default=0.6, show_default=True,
+              help="Share of the fleet's GPUs the replayed trace keeps busy on average.")
+@click.option("--local-agent/--no-local-agent", default=True, show_default=True,
+              help="Also run a real agent for this machine.")
+@click.option("--server", "server_url", metavar="URL",
+              help="Only run the fleet, pushing to this running server (with --token).")
+@click.option("--token", envvar="GPUFLEET_TOKEN", metavar="TOKEN",
+              help="With --server: an agent token of that server [$GPUFLEET_TOKEN].")
+def demo(
+    n_hosts: int, port: int, bind: str, data_dir: Path | None, speed: float,
+    trace_path: Path | None, seed: int, interval: float, load: float, local_agent: bool,
+    server_url: str | None, token: str | None,
+) -> None:  # fmt: skip
+    """Start a server, a real agent for this machine and a replayed fleet of GPU servers.
+
+    The fleet's GPU processes are real jobs from the Philly trace (arrivals, durations, GPU
+    counts), placed onto simulated servers of mixed GPU models and time-compressed by
+    --speed; each simulated server pushes through the agent's own collector, spool and sender
+    and is labelled "replay". Ctrl-C stops everything.
+
+    For load tests, --server URL --token TOKEN runs only the fleet (e.g. --hosts 500).
+    """
+    from gpufleet.demo.fleet import build_fleet
+    from gpufleet.demo.trace import load_trace
+
+    started = time.monotonic()
+    # One "not supported" line per simulated host is noise here.
+    logging.getLogger("gpufleet.agent.nvml").setLevel(logging.WARNING)
+    trace = load_trace(trace_path)
+    specs = build_fleet(n_hosts, seed)
+    if server_url:
+        if not token:
+            raise GpufleetError("--server needs an agent token",
+                                hint="gpufleet token create replay, then pass --token")  # fmt: skip
+        _fleet_only(specs, trace, server_url, token, speed=speed, seed=seed,
+                    interval=interval, load=load)  # fmt: skip
+        return
+    _demo(specs, trace, port=port, bind=bind, data_dir=data_dir, speed=speed, seed=seed,
+          interval=interval, load=load, local_agent=local_agent, t0=started)  # fmt: skip
+
+
+def _fleet_only(specs, trace, url: str, token: str, **kw) -> None:
+    from gpufleet.demo.engine import FleetEngine
+
+    spool = Path(tempfile.mkdtemp(prefix="gpufleet-replay-"))
+    try:
+        engine = FleetEngine(specs, trace, url, token, spool_root=spool, **kw)
+    except ValueError as exc:
+        raise GpufleetError(str(exc), hint="e.g. --server http://127.0.0.1:8000") from None
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    engine.start()
+    log.info("replay fleet pushing to %s; Ctrl-C stops it", url)
+    try:
+        stop.wait()
+    finally:
+        log.info("stopping the replay fleet")
+        engine.stop()
+        shutil.rmtree(spool, ignore_errors=True)
+
+
+def _demo(specs, trace, *, port: int, bind: str, data_dir: Path | None, speed: float,
+          seed: int, interval: float, load: float, local_agent: bool, t0: float) -> None:  # fmt: skip
+    import uvicorn
+
+    from gpufleet.config import load_settings
+    from gpufleet.demo.engine import FleetEngine
+    from gpufleet.server.app import create_app
+    from gpufleet.server.cli import SERVER_FILE, _spawn_agent
+    from gpufleet.store import StoreError, open_store
+
+    settings = load_settings(None, overrides={"server": {"data_dir": data_dir, "host": bind,
+                                                         "port": port}})  # fmt: skip
+    data = settings.server.data_dir
+    data.mkdir(parents=True, exist_ok=True)
+    _check_port(settings.server.host, settings.server.port)
+    try:
+        store = open_store(settings.database_url)
+    except StoreError as exc:
+        raise GpufleetError(
+            str(exc), hint=f"is another gpufleet server using {data}? stop it or pass --data-dir"
+        ) from None
+    url = f"http://{_client_host(settings.server.host)}:{settings.server.port}"
+    agent_proc: subprocess.Popen | None = None
+    engine: FleetEngine | None = None
+    try:
+        replay_token = _token(store, "replay")
+        agent_token = _token(store, "local") if local_agent else None
+        spool = data / "replay-spool"  # simulated data: nothing in it is worth keeping
+        shutil.rmtree(spool, ignore_errors=True)
+        engine = FleetEngine(specs, trace, url, replay_token, spool_root=spool, speed=speed,
+                             seed=seed, interval=interval, load=load)  # fmt: skip
+        app = create_app(settings, store=store)
+        config = uvicorn.Config(
+            app, host=settings.server.host, port=settings.server.port, log_level="warning",
+            access_log=False, backlog=4096, timeout_keep_alive=30,
+        )  # fmt: skip
+        lock = threading.Lock()
+
+        def stop_others() -> None:
+            nonlocal agent_proc
+            with lock:
+                log.info("stopping: replay fleet, local agent, server")
+                if engine is not None:
+                    engine.stop()
+                if agent_proc is not None:
+                    _stop_process(agent_proc)
+                    agent_proc = None
+
+        server = _make_server(config, stop_others)
+
+        def when_up() -> None:
+            nonlocal agent_proc
+            while not server.started:
+                if server.should_exit:
+                    return
+                time.sleep(0.05)
+            with lock:
+                if server.should_exit:
+                    return
+                assert engine is not None
+                engine.start()
+                if agent_token is not None:
+                    agent_proc = _spawn_agent(url, agent_token, data / "agent-spool")
+            log.info("gpufleet demo is up in %.1f s: open %s/ (hosts: %s/api/v1/hosts, API "
+                     "docs: %s/docs); Ctrl-C stops it", time.monotonic() - t0, url, url,
+                     url)  # fmt: skip
+
+        threading.Thread(target=when_up, name="demo-start", daemon=True).start()
+        (data / SERVER_FILE).write_text(json.dumps({"url": url, "pid": os.getpid()}))
+        log.info("gpufleet server on %s (data dir %s)", url, data)
+        server.run()
+    finally:
+        if engine is not None:
+            engine.stop()
+        if agent_proc is not None:
+            _stop_process(agent_proc)
+        (data / SERVER_FILE).unlink(missing_ok=True)
+        store.close()
+
+
+def _stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _make_server(config, before_shutdown):
+    import asyncio
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server that stops the fleet and the agent before it stops serving (their
+        last batches are delivered), and does not re-raise the signal after a graceful
+        shutdown: Ctrl-C stops the demo cleanly, with exit status 0."""
+
+        def handle_exit(self, sig, frame) -> None:  # type: ignore[override]
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True
+            else:
+                self.should_exit = True
+
+        async def shutdown(self, sockets=None) -> None:  # type: ignore[override]
+            await asyncio.to_thread(before_shutdown)
+            await super().shutdown(sockets)
+
+    return Server(config)
+
+
+def _token(store, name: str) -> str:
+    """A fresh agent token named ``name`` (an earlier one of that name is revoked)."""
+    from gpufleet.server.auth import new_token
+
+    now = time.time()
+    for t in store.tokens():
+        if t.name == name and t.revoked_at is None:
+            store.revoke_token(name, now)
+    if any(t.name == name for t in store.tokens()):
+        name = f"{name}-{int(now)}"
+    token, record = new_token(name)
+    store.create_token(record)
+    return token
+
+
+def _check_port(host: str, port: int) -> None:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise GpufleetError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                                hint="pass --port with a free port") from None  # fmt: skip
+
+
+def _client_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host

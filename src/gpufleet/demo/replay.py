@@ -1,0 +1,307 @@
+"""Place the trace's jobs onto the simulated hosts, in trace time.
+
+Event-driven and deterministic: arrivals and departures are processed in time order, so the
+state at a trace time depends on the seed, the fleet and the trace only (not on how often
+:meth:`Replay.advance` is called). Each job keeps its trace row's duration and GPU count and
+gets all its GPUs on one host, one job per GPU. Jobs that need more GPUs than any host has are
+skipped; jobs that wait longer than ``max_wait`` for room are dropped (both counted).
+
+The trace was recorded on a cluster of another size, so its arrivals are thinned (or each job
+replayed several times) to reach ``load``: the share of the fleet's GPUs the trace's GPU-time
+would keep busy. Placement is first fit over the job's group's hosts in name order, then the
+other groups' (the first, best-known servers crowd while the last ones idle: the long tail).
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from gpufleet.demo.fleet import (
+    GPU_MODELS,
+    JOB_TYPES,
+    HostSpec,
+    JobType,
+    User,
+    build_users,
+    group_of_cluster,
+)
+from gpufleet.demo.trace import TraceJob
+
+GIB = 2**30
+DAY = 86400.0
+
+
+@dataclass(slots=True)
+class Job:
+    """One replayed trace job (``copy`` > 0 when the trace is replayed several times)."""
+
+    key: str
+    trace: TraceJob
+    group: str
+    user: User
+    kind: JobType
+    seed: int
+    submit: float  # trace time (shifted by the number of wraps around the trace)
+    start: float = 0.0
+    host: int = -1
+    gpus: tuple[int, ...] = ()
+    pids: tuple[int, ...] = ()
+    stalls_at: float | None = None  # fraction of the run after which it stops computing
+    container: tuple[str, str, str] | None = None  # (id, name, runtime)
+
+    @property
+    def end(self) -> float:
+        return self.start + self.trace.duration
+
+
+@dataclass
+class ReplayStats:
+    arrived: int = 0
+    started: int = 0
+    ended: int = 0
+    skipped_too_big: int = 0
+    dropped_waiting: int = 0
+    wraps: int = 0
+
+
+@dataclass
+class _Host:
+    spec: HostSpec
+    free: list[int]
+    jobs: dict[str, Job] = field(default_factory=dict)
+    next_pid: int = 0
+
+
+def default_start(trace: list[TraceJob]) -> float:
+    """A busy Monday about a month into the trace (the trace's first weeks are sparse)."""
+    first, last = trace[0].submit, trace[-1].submit
+    t = min(first + 32 * DAY, (first + last) / 2)
+    day = datetime.fromtimestamp(t, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return day.timestamp() - day.weekday() * DAY
+
+
+class Replay:
+    def __init__(
+        self,
+        hosts: list[HostSpec],
+        trace: list[TraceJob],
+        *,
+        seed: int = 0,
+        start: float | None = None,
+        load: float = 0.6,
+        warmup: float = 3 * DAY,
+        max_wait: float = 6 * 3600.0,
+    ) -> None:
+        if not trace:
+            raise ValueError("the trace holds no jobs")
+        self.specs = hosts
+        self.trace = trace
+        self.seed = seed
+        self.start = default_start(trace) if start is None else start
+        self.max_wait = max_wait
+        self.load = load
+        self.hosts = [
+            _Host(h, [g for g in range(h.gpu_count) if g != h.flaky_gpu],
+                  next_pid=random.Random(f"pid:{seed}:{h.name}").randrange(20_000, 200_000))
+            for h in hosts
+        ]  # fmt: skip
+        self.max_gpus = max(len(h.free) for h in self.hosts)
+        self.users = build_users(seed)
+        self._by_group: dict[str, list[int]] = {}
+        for i, h in enumerate(hosts):
+            self._by_group.setdefault(h.group, []).append(i)
+        self._orders: dict[str, list[int]] = {}
+        self.stats = ReplayStats()
+        self._submits = [j.submit for j in trace]
+        self._span = trace[-1].submit - trace[0].submit + DAY  # a wrap restarts the trace
+        self.capacity = sum(len(h.free) for h in self.hosts)
+        self.free = self.capacity
+        self.multiplicity = self._multiplicity(load, warmup)
+        self.now = self.start - warmup
+        self._next = bisect.bisect_left(self._submits, self.now)
+        self._epoch = 0
+        self._ends: list[tuple[float, int, str]] = []
+        self._seq = 0
+        self.queue: deque[Job] = deque()
+        self.jobs: dict[str, Job] = {}
+        self.advance(self.start)
+        if start is None:  # begin at a lively moment: most GPUs busy, some free
+            for _ in range(7 * 24):
+                if 0.55 <= self.busy_gpus() / max(self.capacity, 1) <= 0.8:
+                    break
+                self.start += 3600.0
+                self.advance(self.start)
+
+    # -- set-up -------------------------------------------------------------------------
+
+    def _multiplicity(self, load: float, warmup: float) -> float:
+        """Copies per trace job that make the window's GPU-time fill ``load`` of the fleet."""
+        t0, t1 = self.start - warmup, self.start + 7 * DAY
+        lo, hi = bisect.bisect_left(self._submits, t0), bisect.bisect_left(self._submits, t1)
+        window = [j for j in self.trace[lo:hi] if j.num_gpus <= self.max_gpus]
+        if not window:
+            window = [j for j in self.trace if j.num_gpus <= self.max_gpus]
+            t0, t1 = self.trace[0].submit, self.trace[-1].submit + DAY
+        busy = sum(j.gpu_time for j in window) / max(t1 - t0, 1.0)
+        return load * self.capacity / busy if busy > 0 else 1.0
+
+    def _make_job(self, tj: TraceJob, copy: int, submit: float) -> Job:
+        rng = random.Random(f"job:{self.seed}:{tj.row}:{copy}:{self._epoch}")
+        group = group_of_cluster(tj.cluster)
+        users = self.users[group]
+        user = rng.choices(users, weights=[u.weight for u in users])[0]
+        kind = rng.choices(JOB_TYPES, weights=[k.weight for k in JOB_TYPES])[0]
+        job = Job(
+            key=f"{tj.row}.{copy}.{self._epoch}", trace=tj, group=group, user=user, kind=kind,
+            seed=rng.getrandbits(32), submit=submit,
+        )  # fmt: skip
+        if not kind.idle and rng.random() < 0.08:
+            job.stalls_at = rng.uniform(0.5, 0.9)  # hung at a barrier, still holding memory
+        r = rng.random()
+        if r < 0.25:
+            cid = f"{rng.getrandbits(256):064x}"
+            job.container = (cid, f"{user.name}-{kind.name}-{cid[:6]}", "docker")
+        elif r < 0.35:
+            cid = f"{rng.getrandbits(256):064x}"
+            job.container = (cid, f"{kind.name}-{tj.row}/{kind.name}", "kubepods")
+        return job
+
+    # -- time ---------------------------------------------------------------------------
+
+    def advance(self, t: float) -> None:
+        """Process every arrival and departure up to trace time ``t``."""
+        while True:
+            arrival = self._arrival_time()
+            end = self._ends[0][0] if self._ends else float("inf")
+            if min(arrival, end) > t:
+                break
+            if end <= arrival:
+                self._finish(heapq.heappop(self._ends)[2], end)
+            else:
+                self._arrive(arrival)
+        self.now = max(self.now, t)
+        self._expire(self.now)
+
+    def _arrival_time(self) -> float:
+        if self._next >= len(self.trace):
+            self._next = 0
+            self._epoch += 1
+            self.stats.wraps += 1
+        return self._submits[self._next] + self._epoch * self._span
+
+    def _arrive(self, when: float) -> None:
+        tj = self.trace[self._next]
+        self._next += 1
+        self.now = when
+        self._expire(when)
+        copies = int(self.multiplicity)
+        frac = self.multiplicity - copies
+        if frac and random.Random(f"copies:{self.seed}:{tj.row}:{self._epoch}").random() < frac:
+            copies += 1
+        for copy in range(copies):
+            self.stats.arrived += 1
+            if tj.num_gpus > self.max_gpus:
+                self.stats.skipped_too_big += 1
+                continue
+            job = self._make_job(tj, copy, when)
+            if not self._place(job, when):
+                self.queue.append(job)
+        if len(self.queue) > 4 * self.capacity:  # hopelessly overloaded: forget the oldest
+            while len(self.queue) > 4 * self.capacity:
+                self.queue.popleft()
+                self.stats.dropped_waiting += 1
+
+    def _finish(self, key: str, when: float) -> None:
+        self.now = when
+        job = self.jobs.pop(key)
+        host = self.hosts[job.host]
+        del host.jobs[key]
+        host.free.extend(job.gpus)
+        host.free.sort()
+        self.free += len(job.gpus)
+        self.stats.ended += 1
+        self._expire(when)
+        # Backfill, oldest first. A waiting job did not fit anywhere when it last tried and
+        # only this host gained room since, so it is the only one to try.
+        if self.queue and host.free:
+            kept: deque[Job] = deque()
+            while self.queue:
+                j = self.queue.popleft()
+                if len(host.free) >= j.trace.num_gpus:
+                    self._put(j, job.host, when)
+                else:
+                    kept.append(j)
+                if not host.free:
+                    kept.extend(self.queue)
+                    self.queue.clear()
+            self.queue = kept
+
+    def _expire(self, now: float) -> None:
+        while self.queue and now - self.queue[0].submit > self.max_wait:
+            self.queue.popleft()
+            self.stats.dropped_waiting += 1
+
+    def _order(self, group: str) -> list[int]:
+        order = self._orders.get(group)
+        if order is None:
+            own = self._by_group.get(group, [])
+            shared = self._by_group.get("shared", []) if group != "shared" else []
+            rest = [i for i in range(len(self.hosts)) if i not in own and i not in shared]
+            order = self._orders[group] = own + shared + rest
+        return order
+
+    def _place(self, job: Job, when: float) -> bool:
+        n = job.trace.num_gpus
+        if n > self.free:
+            return False
+        order = self._order(job.group)
+        rng = random.Random(job.seed)
+        # Most people pick the first server they know with room; some pick any.
+        first = 0 if rng.random() < 0.75 else rng.randrange(len(order))
+        for k in range(len(order)):
+            i = order[(first + k) % len(order)]
+            if len(self.hosts[i].free) >= n:
+                self._put(job, i, when)
+                return True
+        return False
+
+    def _put(self, job: Job, i: int, when: float) -> None:
+        n = job.trace.num_gpus
+        host = self.hosts[i]
+        rng = random.Random(job.seed ^ 0x9D)
+        job.host, job.start = i, when
+        job.gpus = tuple(host.free[:n])
+        del host.free[:n]
+        self.free -= n
+        job.pids = tuple(host.next_pid + k for k in range(n))
+        host.next_pid = host.next_pid + n + rng.randrange(1, 40)
+        if host.next_pid > 4_000_000:
+            host.next_pid = 20_000
+        host.jobs[job.key] = job
+        self.jobs[job.key] = job
+        self._seq += 1
+        heapq.heappush(self._ends, (job.end, self._seq, job.key))
+        self.stats.started += 1
+
+    # -- views --------------------------------------------------------------------------
+
+    def jobs_on(self, host: int) -> list[Job]:
+        return list(self.hosts[host].jobs.values())
+
+    def busy_gpus(self) -> int:
+        return sum(len(j.gpus) for j in self.jobs.values())
+
+    def memory_bytes(self, job: Job) -> int:
+        """GPU memory each of the job's processes holds (stable per job)."""
+        model = GPU_MODELS[self.specs[job.host].shape.gpu]
+        total = model.memory_bytes
+        rng = random.Random(job.seed ^ 0x5EED)
+        if job.kind.memory_gib <= 0:  # TensorFlow takes (almost) the whole GPU
+            return int(total * rng.uniform(0.93, 0.97))
+        want = job.kind.memory_gib * GIB * rng.uniform(0.8, 1.15)
+        return int(min(want, total * rng.uniform(0.86, 0.96)))

@@ -1,0 +1,110 @@
+"""End to end: the fleet engine against a real server, and ``gpufleet demo`` as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from gpufleet.demo.engine import FleetEngine
+from gpufleet.demo.fleet import build_fleet
+from gpufleet.demo.trace import default_trace_path, load_trace
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trace_path():
+    path = default_trace_path()
+    if not path.is_file():
+        pytest.skip(f"the Philly trace is not at {path} (set GPUFLEET_TRACE)")
+    return path
+
+
+def wait_for(check, timeout: float = 20.0, what: str = "condition"):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def test_engine_pushes_through_the_ingest_api(server, trace_path, tmp_path):
+    engine = FleetEngine(build_fleet(3, seed=1), load_trace(trace_path), server.url,
+                         server.token, spool_root=tmp_path / "spool", interval=1.0,
+                         speed=600.0, seed=1)  # fmt: skip
+    engine.start()
+    try:
+
+        def three():
+            hosts = httpx.get(server.url + "/api/v1/hosts", timeout=5).json()["hosts"]
+            return len(hosts) == 3 and hosts
+
+        hosts = wait_for(three, what="3 replay hosts")
+        assert {h["source"] for h in hosts} == {"replay"}
+        assert {h["token_name"] for h in hosts} == {"test-agent"}
+        wait_for(lambda: engine.stats.batches_sent >= 6, what="two rounds")
+    finally:
+        engine.stop()
+    assert engine.stats.send_failures == 0
+    assert all(len(s.spool) == 0 for s in engine.slots)  # everything acknowledged
+
+
+def test_demo_command(tmp_path, trace_path):
+    port = free_port()
+    data = tmp_path / "data"
+    log = open(tmp_path / "demo.log", "wb")  # noqa: SIM115 - closed after the process ends
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpufleet", "demo", "--hosts", "4", "--speed", "600",
+         "--port", str(port), "--data-dir", str(data)],
+        stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "GPUFLEET_TRACE": str(trace_path)},
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def all_hosts():
+            if proc.poll() is not None:
+                raise AssertionError((tmp_path / "demo.log").read_text())
+            hosts = httpx.get(url + "/api/v1/hosts", timeout=5).json()["hosts"]
+            return len(hosts) == 5 and hosts
+
+        hosts = wait_for(all_hosts, timeout=30, what="4 replay hosts and this machine")
+        by_source: dict[str, list[dict]] = {}
+        for h in hosts:
+            by_source.setdefault(h["source"], []).append(h)
+        assert len(by_source["replay"]) == 4 and len(by_source["agent"]) == 1
+        users = set()
+        for h in by_source["replay"]:
+            assert h["gpu_count"] in (4, 8) and h["gpu_models"]
+            sample = httpx.get(f"{url}/api/v1/hosts/{h['name']}", timeout=5).json()["sample"]
+            assert len(sample["gpus"]) == h["gpu_count"]
+            assert sample["host_metrics"]["memory_total_bytes"]
+            for p in sample["processes"]:
+                assert p["user"] and p["command"] and p["gpu_memory_bytes"]
+                users.add(p["user"])
+        assert users, "the replayed jobs show up as processes with users"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            rc = proc.wait(25)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = "killed"
+        log.close()
+    text = (tmp_path / "demo.log").read_text()
+    assert rc == 0, text
+    assert "Traceback" not in text, text
+    assert not (data / "server.json").exists()
