@@ -12,6 +12,11 @@ command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 [ -x /usr/bin/prometheus-node-exporter ] || need+=(prometheus-node-exporter)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
+# web UI: Chromium for the browser tests and benchmark (Playwright drives the system's build and
+# never downloads one); npm fetches the UI's JavaScript dependencies (web-assets/) at build time
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing ${need[*]} (Debian packages)"
@@ -34,4 +39,16 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e '.[dev]'
   touch "$stamp"
+fi
+
+# web UI assets: ECharts from the npm registry, copied into the package (served by the server,
+# no CDN). Built once; again when web-assets/package-lock.json changes.
+vendor=src/gpufleet/web/static/vendor/echarts.min.js
+if [ ! -f "$vendor" ] || [ web-assets/package-lock.json -nt "$vendor" ]; then
+  if command -v npm >/dev/null 2>&1; then
+    echo "setup: building the web UI's assets (npm ci in web-assets/)"
+    (cd web-assets && npm ci --no-audit --no-fund --loglevel=error >/dev/null && sh build.sh)
+  else
+    echo "setup: warning: npm is missing; the host page's charts need it (apt-get install npm)" >&2
+  fi
 fi

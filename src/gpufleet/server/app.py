@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from gpufleet import __version__
+from gpufleet import __version__, web
 from gpufleet.accounts import routes as account_routes
 from gpufleet.accounts import web as account_web
 from gpufleet.config import Settings
-from gpufleet.server import admin, api, errors, ingest, metrics
+from gpufleet.server import admin, api, errors, ingest, metrics, stream
 from gpufleet.server.auth import TokenCache, ensure_admin_key
 from gpufleet.server.context import Context
 from gpufleet.server.live import LiveState
@@ -75,6 +75,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             settings, st, live, TokenCache(st), ensure_admin_key(settings.server.data_dir)
         )
         app.state.ctx = ctx
+        hub = stream.attach(app, ctx)  # web UI: live updates over SSE (gpufleet.server.stream)
         app.state.accounts = account_web.Accounts(settings, st)
         pruner = asyncio.create_task(_prune_forever(ctx))
         await _start_poller(ctx)
@@ -86,6 +87,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             yield
         finally:
             pruner.cancel()
+            hub.stop()
             if ctx.poller is not None:
                 await ctx.poller.stop()
             if own_store:
@@ -104,6 +106,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.include_router(account_routes.api_me)
     for module in (ingest, api, metrics, admin):
         app.include_router(module.router)
+    web.install(app)  # web UI: pages, /api/v1/stream, /api/v1/overview, /static
 
     def openapi() -> dict:
         if app.openapi_schema is None:

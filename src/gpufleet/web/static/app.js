@@ -1,0 +1,95 @@
+// gpufleet: helpers shared by the pages, and the live connection (EventSource with resync).
+"use strict";
+
+const GF = (() => {
+  const NA = "N/A";
+  const GiB = 1024 ** 3;
+
+  function esc(s) {
+    return String(s ?? "").replace(/[&<>"']/g, (c) => (
+      { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+  }
+
+  function bytes(n, digits = 1) {
+    if (n === null || n === undefined) return NA;
+    const units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let i = 0;
+    while (Math.abs(n) >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+    return i === 0 ? `${Math.round(n)} B` : `${n.toFixed(digits)} ${units[i]}`;
+  }
+
+  // Short GPU memory: "12G", "512M".
+  function gShort(n) {
+    if (n === null || n === undefined) return "";
+    if (n >= GiB) return `${(n / GiB).toFixed(n >= 10 * GiB ? 0 : 1)}G`;
+    return `${Math.round(n / 1024 ** 2)}M`;
+  }
+
+  function duration(s) {
+    if (s === null || s === undefined) return NA;
+    s = Math.max(Math.floor(s), 0);
+    if (s < 60) return `${s} s`;
+    if (s < 3600) return `${Math.floor(s / 60)} min`;
+    if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+    return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+  }
+
+  function pct(v, digits = 0) {
+    return v === null || v === undefined ? NA : `${v.toFixed(digits)}%`;
+  }
+
+  function ratio(used, total) {
+    if (used === null || used === undefined || !total) return null;
+    return Math.min(100, Math.max(0, (100 * used) / total));
+  }
+
+  function shortModel(name) {
+    return String(name || "unknown").replace(/^NVIDIA\s+/, "").replace(/^GeForce\s+/, "");
+  }
+
+  // The server's clock, estimated from the "now" of the latest message (agents and server
+  // may disagree with the browser's clock; "last seen" is measured on the server's).
+  let clockOffset = 0;
+  function serverNow() { return Date.now() / 1000 + clockOffset; }
+  function ago(ts) { return ts ? `${duration(serverNow() - ts)} ago` : "never"; }
+
+  // A live connection: EventSource reconnects by itself (the server sends "retry:"); each new
+  // connection starts with a full snapshot, so nothing missed while away stays wrong. A watchdog
+  // reopens a connection that went silent (half-open TCP after a network drop) or was closed.
+  function connect(url, handlers) {
+    const badge = document.getElementById("live");
+    let es = null;
+    let lastData = Date.now();
+    const set = (state, text) => {
+      if (badge) { badge.dataset.state = state; badge.textContent = text; }
+    };
+    function open() {
+      if (es) es.close();
+      set("connecting", "connecting…");
+      es = new EventSource(url);
+      es.onopen = () => { lastData = Date.now(); set("live", "live"); };
+      es.onerror = () => set("down", "reconnecting…");
+      const all = { ping: () => {}, ...handlers };
+      for (const [event, fn] of Object.entries(all)) {
+        es.addEventListener(event, (e) => {
+          lastData = Date.now();
+          set("live", "live");
+          const data = JSON.parse(e.data);
+          if (data && data.now) clockOffset = data.now - Date.now() / 1000;
+          fn(data);
+        });
+      }
+    }
+    setInterval(() => {
+      const closed = es && es.readyState === EventSource.CLOSED;
+      if (closed || Date.now() - lastData > 40000) open();
+    }, 2000);
+    document.addEventListener("visibilitychange", () => {
+      if (!document.hidden && es && es.readyState === EventSource.CLOSED) open();
+    });
+    open();
+    return { reopen: open };
+  }
+
+  return { NA, GiB, esc, bytes, gShort, duration, pct, ratio, shortModel, serverNow, ago, connect };
+})();
