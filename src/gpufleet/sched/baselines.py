@@ -83,24 +83,34 @@ class EasyBackfill(Fifo):
         now = ctx.now_seconds
         models = cluster.spec.gpu_models
         self.reservation = reserve(head, cluster, ctx.running, now, allowed_models(head, models))
+        res = self.reservation
+        reserved = res.host_ids if res is not None else frozenset()
+
+        def largest_free(model: str, skip_reserved: bool) -> int:
+            return max((cluster.free_count[h] for h in cluster.hosts_by_model[model]
+                        if not (skip_reserved and model == res.gpu_model and h in reserved)),
+                       default=0) if res is not None or not skip_reserved else 0
+
+        room = {m: (largest_free(m, False), largest_free(m, True) if res else None) for m in models}
         for job in self.queue.head(self.backfill_depth):
             if job is head:
                 continue
-            free = sum(cluster.free_by_model.values())
-            if free == 0:
+            if not any(r[0] for r in room.values()):
                 return
-            if job.num_gpus > free:
-                continue
             for model in allowed_models(job, models):
-                placement = cluster.find_whole(job.num_gpus, model)
-                if placement is None:
+                any_host, unreserved = room[model]
+                if job.num_gpus <= cluster.host_size(model) and job.num_gpus > any_host:
                     continue
                 end = now + job.predicted_duration_seconds[model]
-                if self.reservation and self.reservation.blocks(model, placement.host_ids, end):
-                    avoid = self.reservation.host_ids
-                    placement = cluster.find_whole(job.num_gpus, model, avoid_hosts=avoid)
-                    if placement is None:
-                        continue
+                may_block = res is not None and res.gpu_model == model and end > res.start_seconds
+                if (may_block and job.num_gpus <= cluster.host_size(model)
+                        and job.num_gpus > (unreserved or 0)):
+                    continue
+                placement = cluster.find_whole(job.num_gpus, model,
+                                               avoid_hosts=reserved if may_block else ())
+                if placement is None:
+                    continue
                 self.queue.remove(job)
                 ctx.start(job, placement)
+                room[model] = (largest_free(model, False), largest_free(model, True) if res else None)
                 break

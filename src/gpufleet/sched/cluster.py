@@ -7,6 +7,7 @@ claimed); it never decides anything. Policies ask it for candidate placements an
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterable
@@ -37,12 +38,12 @@ class Host:
     gpu_memory_bytes: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ClusterSpec:
     hosts: tuple[Host, ...]
     bandwidth_bytes_per_second: float = DEFAULT_BANDWIDTH_BYTES_PER_SECOND
 
-    @property
+    @functools.cached_property
     def gpu_models(self) -> list[str]:
         seen: list[str] = []
         for host in self.hosts:
@@ -51,9 +52,16 @@ class ClusterSpec:
         return seen
 
     def gpus_of(self, gpu_model: str) -> int:
-        return sum(h.num_gpus for h in self.hosts if h.gpu_model == gpu_model)
+        return self._gpus_by_model.get(gpu_model, 0)
 
-    @property
+    @functools.cached_property
+    def _gpus_by_model(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for h in self.hosts:
+            out[h.gpu_model] = out.get(h.gpu_model, 0) + h.num_gpus
+        return out
+
+    @functools.cached_property
     def total_gpus(self) -> int:
         return sum(h.num_gpus for h in self.hosts)
 
@@ -130,13 +138,15 @@ class ClusterState:
                                for m in self.spec.gpu_models}
         self.placements = {}
         self.claims_bytes = {}
+        self._host_size = {m: max(self.spec.hosts[h].num_gpus for h in hosts)
+                           for m, hosts in self.hosts_by_model.items()}
 
     @property
     def hosts(self) -> tuple[Host, ...]:
         return self.spec.hosts
 
     def host_size(self, gpu_model: str) -> int:
-        return max(self.spec.hosts[h].num_gpus for h in self.hosts_by_model[gpu_model])
+        return self._host_size[gpu_model]
 
     def hosts_needed(self, num_gpus: int, gpu_model: str) -> int:
         return max(1, math.ceil(num_gpus / self.host_size(gpu_model)))
@@ -147,9 +157,10 @@ class ClusterState:
         if self.free_by_model.get(gpu_model, 0) < num_gpus:
             return None
         avoid = set(avoid_hosts)
-        candidates = [h for h in self.hosts_by_model[gpu_model] if h not in avoid]
+        candidates = ([h for h in self.hosts_by_model[gpu_model] if h not in avoid] if avoid
+                      else self.hosts_by_model[gpu_model])
         free = self.free_count
-        if num_gpus <= self.host_size(gpu_model):
+        if num_gpus <= self._host_size[gpu_model]:
             best = None
             if prefer_host is not None and prefer_host in candidates and free[prefer_host] >= num_gpus:
                 best = prefer_host

@@ -30,6 +30,17 @@ from gpufleet.sched.simjob import SimJob
 ColocationPredictFn = Callable[[str, str, str], float | None]
 
 
+def _memoize(fn: ColocationPredictFn) -> ColocationPredictFn:
+    cache: dict[tuple[str, str, str], float | None] = {}
+
+    def cached(own: str, other: str, model: str) -> float | None:
+        key = (own, other, model)
+        if key not in cache:
+            cache[key] = fn(own, other, model)
+        return cache[key]
+    return cached
+
+
 class GpufleetPolicy(Policy):
     name = "gpufleet"
     uses_memory = True
@@ -37,15 +48,17 @@ class GpufleetPolicy(Policy):
     def __init__(self, spec: ClusterSpec, colocation: ColocationPredictFn | None = None, *,
                  aging: float = 1.0, starve_after_seconds: float = 6 * 3600.0,
                  starve_factor: float = 4.0, memory_margin: float = 1.10,
-                 min_colocation_factor: float = 0.6, scan_limit: int = 64) -> None:
+                 min_colocation_factor: float = 0.6, scan_limit: int = 64,
+                 pack_depth: int = 4) -> None:
         self.spec = spec
-        self.colocation = colocation
+        self.colocation = _memoize(colocation) if colocation is not None else None
         self.aging = aging
         self.starve_after_seconds = starve_after_seconds
         self.starve_factor = starve_factor
         self.memory_margin = memory_margin
         self.min_colocation_factor = min_colocation_factor
         self.scan_limit = scan_limit
+        self.pack_depth = pack_depth
         self.bandwidth = spec.bandwidth_bytes_per_second
         self.memory_of = {h.gpu_model: h.gpu_memory_bytes for h in spec.hosts}
         self.hosts_of = {m: {h.host_id for h in spec.hosts if h.gpu_model == m}
@@ -131,7 +144,8 @@ class GpufleetPolicy(Policy):
             return placement
         return cluster.find_whole(job.num_gpus, model, avoid_hosts=res.host_ids)
 
-    def shared_placement(self, job: SimJob, ctx: SchedulerContext) -> Placement | None:
+    def shared_placement(self, job: SimJob, ctx: SchedulerContext,
+                         candidates: dict[str, list[tuple[int, int]]]) -> Placement | None:
         """A GPU held by one 1-GPU job where both fit in memory and both keep enough speed."""
         if self.colocation is None or job.num_gpus != 1 or job.exclusive:
             return None
@@ -139,10 +153,13 @@ class GpufleetPolicy(Policy):
         need = self.claim(job)
         best: tuple[float, Placement] | None = None
         for model in self.models_of.get(job.job_id, ()):
-            for h, g in cluster.shared_candidates(model):
-                if cluster.claimed_memory_bytes[h][g] + need > self.memory_of[model]:
+            memory = self.memory_of[model]
+            res = self.reservations.get(model)
+            for h, g in candidates.get(model, ()):
+                holders = cluster.occupants[h][g]
+                if len(holders) != 1 or cluster.claimed_memory_bytes[h][g] + need > memory:
                     continue
-                other = ctx.running.get(cluster.occupants[h][g][0])
+                other = ctx.running.get(holders[0])
                 if other is None or other.num_gpus != 1 or other.exclusive:
                     continue
                 mine = self.colocation(job.job_type, other.job_type, model)
@@ -150,12 +167,27 @@ class GpufleetPolicy(Policy):
                 if mine is None or theirs is None or min(mine, theirs) < self.min_colocation_factor:
                     continue
                 end = ctx.now_seconds + job.predicted_duration_seconds[model] / mine
-                res = self.reservations.get(model)
                 if res is not None and res.blocks(model, (h,), end):
                     continue
                 if best is None or end < best[0]:
                     best = (end, Placement(((h, g),), model, shared=True))
         return best[1] if best else None
+
+    def _best_on(self, model: str, ctx: SchedulerContext
+                 ) -> tuple[float, SimJob, Placement] | None:
+        """The first job in this model's queue that can start there now (reserving for the head
+        when it cannot)."""
+        free = ctx.cluster.free_by_model[model]
+        queue = self.queues[model]
+        if free == 0 or not len(queue):
+            return None
+        for rank, job in enumerate(queue.head(self.scan_limit)):
+            placement = self.place_on(job, model, ctx) if job.num_gpus <= free else None
+            if placement is not None:
+                return (self._key_for(model)(job)[0], job, placement)
+            if rank == 0:
+                self._reserve(job, model, ctx)
+        return None
 
     def _reserve(self, job: SimJob, model: str, ctx: SchedulerContext) -> None:
         if model not in self.reservations:
@@ -180,33 +212,34 @@ class GpufleetPolicy(Policy):
                 best = reserve(oldest, cluster, ctx.running, now, models)
                 if best is not None:
                     self.reservations[best.gpu_model] = best
+        # The best start on each GPU model; after a start only that model (and any model whose
+        # best was the job just started) is looked at again.
+        best: dict[str, tuple[float, SimJob, Placement] | None] = {
+            m: self._best_on(m, ctx) for m in self.queues}
         while True:
-            choice: tuple[float, SimJob, Placement] | None = None
-            for model, queue in self.queues.items():
-                free = cluster.free_by_model[model]
-                if free == 0 or not len(queue):
-                    continue
-                for rank, job in enumerate(queue.head(self.scan_limit)):
-                    if job.num_gpus > free:
-                        if rank == 0:
-                            self._reserve(job, model, ctx)
-                        continue
-                    placement = self.place_on(job, model, ctx)
-                    if placement is None:
-                        if rank == 0:
-                            self._reserve(job, model, ctx)
-                        continue
-                    key = self._key_for(model)(job)[0]
-                    if choice is None or key < choice[0]:
-                        choice = (key, job, placement)
-                    break
-            if choice is None:
+            options = [c for c in best.values() if c is not None]
+            if not options:
                 break
-            self._start(ctx, choice[1], choice[2])
+            _, job, placement = min(options, key=lambda c: c[0])
+            self._start(ctx, job, placement)
+            for model, choice in best.items():
+                if model == placement.gpu_model or (choice is not None and choice[1] is job):
+                    best[model] = self._best_on(model, ctx)
         if self.colocation is not None and len(self.fifo):
-            for queue in self.queues.values():
-                for job in queue.head(4):
-                    if job.job_id in self.models_of:
-                        placement = self.shared_placement(job, ctx)
-                        if placement is not None:
-                            self._start(ctx, job, placement)
+            self._pack(ctx)
+
+    def _pack(self, ctx: SchedulerContext) -> None:
+        """Share GPUs with the first few waiting 1-GPU jobs of each GPU model."""
+        cluster = ctx.cluster
+        candidates = {m: cluster.shared_candidates(m) for m in self.queues}
+        if not any(candidates.values()):
+            return
+        tried: set[int] = set()
+        for queue in self.queues.values():
+            for job in queue.head(self.pack_depth):
+                if job.job_id in tried or job.job_id not in self.models_of:
+                    continue
+                tried.add(job.job_id)
+                placement = self.shared_placement(job, ctx, candidates)
+                if placement is not None:
+                    self._start(ctx, job, placement)

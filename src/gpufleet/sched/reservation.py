@@ -40,6 +40,13 @@ def reserve(job: SimJob, cluster: ClusterState, running: Mapping[int, SimJob], n
     """Earliest (predicted) time and hosts where ``job`` gets its GPUs, over the given models."""
     best: Reservation | None = None
     need = job.num_gpus
+    ends_of: dict[int, float] = {}
+
+    def end_of(job_id: int) -> float:
+        if job_id not in ends_of:
+            ends_of[job_id] = predicted_end(running[job_id], now_seconds)
+        return ends_of[job_id]
+
     for model in gpu_models:
         if cluster.spec.gpus_of(model) < need:
             continue
@@ -50,7 +57,7 @@ def reserve(job: SimJob, cluster: ClusterState, running: Mapping[int, SimJob], n
                 if not holders:
                     ends.append(now_seconds)
                 else:
-                    ends.append(max(predicted_end(running[j], now_seconds) for j in holders))
+                    ends.append(max(end_of(j) for j in holders))
             ends.sort()
             per_host.append((h, ends))
         if need <= cluster.host_size(model):

@@ -3,7 +3,6 @@ Used by ``gpufleet simulate`` and bench/sched_bench.py."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,7 +72,7 @@ class Experiment:
         for name in policy_names:
             policy = make_policy(name, self.spec, predicted_colocation)
             progress = (lambda done, total, n=name: on_progress(n, done, total)) if on_progress else None
-            sim = Simulator(self.spec, copy.deepcopy(jobs), policy, colocation, self.config, progress)
+            sim = Simulator(self.spec, [j.fresh() for j in jobs], policy, colocation, self.config, progress)
             result = sim.run()
             out[name] = (summarize(result), result)
         return out

@@ -50,6 +50,13 @@ class SimJob:
     excluded_gpu_models: set[str] = field(default_factory=set)
     version: int = 0
 
+    def fresh(self) -> SimJob:
+        """A copy in its initial state (what was given, none of what happened)."""
+        return SimJob(self.job_id, self.arrival_seconds, self.num_gpus, self.job_type,
+                      dict(self.true_duration_seconds), self.true_gpu_memory_bytes,
+                      dict(self.predicted_duration_seconds), self.predicted_gpu_memory_bytes,
+                      self.data_size_bytes, self.data_host, self.user, self.synthetic)
+
     def predicted_remaining_seconds(self, gpu_model: str) -> float:
         base = self.predicted_duration_seconds.get(gpu_model, float("inf"))
         return base * (1.0 - self.progress_fraction)

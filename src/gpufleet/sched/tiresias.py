@@ -21,7 +21,7 @@ class Tiresias(Policy):
     name = "tiresias"
     thresholds_gpu_seconds: tuple[float, ...] = (3600.0, 36000.0)
     promote_factor = 8.0
-    scan_limit = 1024
+    scan_limit = 256
 
     def __init__(self) -> None:
         self.levels = [SortedQueue(lambda j: (j.arrival_seconds,))
