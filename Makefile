@@ -8,9 +8,10 @@ PYTEST_ARGS ?=
 setup:
 	@scripts/setup.sh
 
-## run: the server with a live local agent on the embedded store (http://127.0.0.1:$(PORT))
+## run: the demo: server, a live local agent and a replayed fleet of 24 GPU servers
+##      (http://127.0.0.1:$(PORT)); `gpufleet server --local-agent` for this machine only
 run: setup
-	.venv/bin/gpufleet server --data-dir $(DATA) --port $(PORT) --local-agent
+	.venv/bin/gpufleet demo --data-dir $(DATA) --port $(PORT)
 
 ## test: the whole suite, slow end-to-end tests included (what CI runs)
 test: setup
