@@ -73,6 +73,11 @@ def fleet_sample(
         g.temperature_celsius = 35 + g.utilization_gpu_percent * 0.4
         g.power_watts = 60 + g.utilization_gpu_percent * 3
     s.processes = procs
+    hm = s.host_metrics
+    hm.cpu_percent = float((k * 37) % 90 + 5)
+    hm.cpu_count, hm.load1 = 64, round(hm.cpu_percent * 0.64, 1)
+    hm.memory_used_bytes = (60 + (k * 23) % 400) * 2**30
+    hm.disks[0].used_bytes = int(2**40 * ((k * 13) % 80 + 10) / 100)
     s.facts.driver_version, s.facts.cuda_version = "550.54.15", "12.4"
     s.facts.os, s.facts.cpu_model = "Ubuntu 22.04.4 LTS", "AMD EPYC 7763 64-Core Processor"
     s.facts.agent_version = "0.1.0"

@@ -4,6 +4,7 @@ Screenshots of the overview and a host page go to docs/img/ (the README shows th
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -43,10 +44,11 @@ def _util(page, host: str, gpu: int) -> str:
 
 
 def test_overview_lists_hosts_and_a_new_sample_moves_the_right_bar(server, page):
-    _fleet(server, 14, replay=("gpu13", "gpu14"))
+    _fleet(server, 14, replay=("gpu04", "gpu13"))
     _open(page, server.url + "/")
     hosts = page.eval_on_selector_all(".host:not([hidden])", "els => els.map(e => e.dataset.host)")
     assert hosts == [f"gpu{k:02d}" for k in range(1, 15)]
+    assert page.locator('[data-host="gpu04"] .badge.replay').count() == 1
     assert page.locator('[data-host="gpu13"] .badge.replay').count() == 1
     assert page.locator('[data-host="gpu01"] .badge.replay').count() == 0
     assert page.locator('[data-host="gpu02"] [data-gpu="0"].idle').count() == 1
@@ -103,9 +105,17 @@ def test_filters_live_in_the_url_and_survive_reload(server, page):
 
 def test_host_page_draws_its_charts(server, page):
     now = time.time()
-    samples = [fleet_sample("gpu01", i, ts=now - 1800 + 60 * i) for i in range(31)]
-    for i in range(0, 31, 10):
-        assert server.post(make_batch(*samples[i : i + 10])).status_code == 200
+    samples = []
+    for i in range(60):  # the last hour, one sample a minute, smooth made-up load
+        s = fleet_sample("gpu01", 0, ts=now - 3540 + 60 * i)
+        for g in s.gpus[:5]:
+            g.utilization_gpu_percent = round(55 + 40 * math.sin(i / 7 + g.index), 1)
+            g.temperature_celsius = 40 + g.utilization_gpu_percent * 0.4
+            g.power_watts = 80 + g.utilization_gpu_percent * 3
+        s.host_metrics.cpu_percent = round(40 + 25 * math.sin(i / 9), 1)
+        samples.append(s)
+    for i in range(0, 60, 20):
+        assert server.post(make_batch(*samples[i : i + 20])).status_code == 200
     page.goto(server.url + "/hosts/gpu01")
     page.wait_for_selector("body[data-charts='1']", timeout=10_000)
     for chart in ("gpu_util", "gpu_mem", "gpu_temp", "gpu_power", "cpu", "mem", "disk", "net"):
@@ -118,15 +128,15 @@ def test_host_page_draws_its_charts(server, page):
             }""",
             chart,
         )
-        assert n >= 31, (chart, n)
+        assert n >= 60, (chart, n)
     assert page.locator("#procs tbody tr").count() == 5
     assert "python train.py" in page.locator("#procs").inner_text()
     assert "550.54.15" in page.locator(".facts").inner_text()
-    page.click('button[data-range="6h"]')
-    assert "range=6h" in page.url
-    page.wait_for_timeout(500)
+    page.wait_for_timeout(300)
     IMG.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(IMG / "host.png"), full_page=True)
+    page.click('button[data-range="6h"]')
+    page.wait_for_function("() => location.search.includes('range=6h')")
     assert page.goto(server.url + "/hosts/nope").status == 404
 
 

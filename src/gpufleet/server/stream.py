@@ -82,6 +82,8 @@ class StreamHub:
         self.clients: set[Client] = set()
         self.views: dict[str, dict[str, Any]] = {}
         self.messages_sent = 0
+        self.flushes = 0
+        self.busy_seconds = 0.0  # time spent building and encoding updates (the stream's cost)
         self._dirty: set[str] = set()
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -136,7 +138,22 @@ class StreamHub:
         }
 
     # -- clients -----------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        return {
+            "clients": len(self.clients),
+            "flushes": self.flushes,
+            "messages_sent": self.messages_sent,
+            "busy_seconds": round(self.busy_seconds, 6),
+        }
+
     def subscribe(self, host: str | None) -> tuple[Client, bytes]:
+        t0 = time.perf_counter()
+        try:
+            return self._subscribe(host)
+        finally:
+            self.busy_seconds += time.perf_counter() - t0
+
+    def _subscribe(self, host: str | None) -> tuple[Client, bytes]:
         client = Client(host)
         now = time.time()
         self._seq += 1
@@ -157,6 +174,13 @@ class StreamHub:
     # -- the coalescing flush ----------------------------------------------------------------
     def flush(self) -> int:
         """Send the hosts that changed since the last flush; returns how many."""
+        t0 = time.perf_counter()
+        try:
+            return self._flush()
+        finally:
+            self.busy_seconds += time.perf_counter() - t0
+
+    def _flush(self) -> int:
         with self._lock:
             names, self._dirty = self._dirty, set()
         if not names or not self.clients:
@@ -170,6 +194,7 @@ class StreamHub:
                 self.views[name] = view
                 changed.append(view)
         self._seq += 1
+        self.flushes += 1
         message = None
         if any(c.host is None for c in self.clients):
             totals = fleet_totals(self.views.values())
@@ -216,8 +241,10 @@ class StreamHub:
     async def _status_forever(self) -> None:
         while True:
             await asyncio.sleep(self.status_interval_seconds)
+            t0 = time.perf_counter()
             with contextlib.suppress(Exception):
                 self.mark_status_changes(time.time())
+            self.busy_seconds += time.perf_counter() - t0
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -308,3 +335,12 @@ async def stream(
 )
 async def overview(request: Request) -> dict[str, Any]:
     return hub_of(request).overview()
+
+
+@router.get(
+    "/api/v1/stream/stats",
+    tags=["meta"],
+    summary="The live stream's clients, messages and time spent building updates",
+)
+async def stream_stats(request: Request) -> dict[str, Any]:
+    return hub_of(request).stats()

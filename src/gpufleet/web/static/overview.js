@@ -238,6 +238,7 @@
     placeRows(true);
     renderTotals(d.totals);
     refreshCount();
+    if (!document.body.dataset.ready) performance.mark("gpufleet-first-render");
     document.body.dataset.ready = "1";
   }
 
