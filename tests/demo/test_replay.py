@@ -180,3 +180,37 @@ def test_small_trace_exact(tmp_path):
     assert sorted(len(j.gpus) for j in r.jobs.values()) == [2, 4]
     r.advance(t0 + 3600 + 1)
     assert r.stats.skipped_too_big == 1 and not r.jobs and r.stats.ended == 2
+
+
+def test_flaky_gpu_errors_with_xids_then_recovers(trace):
+    fleet = build_fleet(24, seed=0)
+    spec = next(h for h in fleet if h.flaky_gpu is not None)
+    r = Replay(fleet, trace, seed=0)
+    sim = SimHost(spec, seed=0, interval=5.0, now=time.time())
+    g = spec.flaky_gpu
+    base = 240.0 * (int(time.time()) // 240)  # phase 0 of the flaky cycle
+    samples = []
+    try:
+        for phase in (10.0, 198.0, 210.0, 230.0, 250.0):
+            wall = base + phase
+            sim.apply(r, r.jobs_on(spec.index), r.start, wall, lambda t, w=wall: w)
+            samples.append(sim.collect())
+    finally:
+        sim.close()
+    healthy, warned, lost, still, back = (s.gpus[g] for s in samples)
+    assert healthy.error is None and not healthy.xid_events
+    assert [x.xid for x in warned.xid_events] == [79] and warned.error is None
+    assert lost.error and "GPU is lost" in lost.error and still.error
+    assert back.error is None and [x.xid for x in back.xid_events] == [48]
+    assert back.ecc_uncorrected_volatile == 1
+    assert all(s.gpus[(g + 1) % spec.gpu_count].error is None for s in samples)
+
+
+def test_offline_host_schedule():
+    from gpufleet.demo.engine import OFFLINE_FIRST, OFFLINE_FOR, OFFLINE_PERIOD, is_offline
+
+    assert not is_offline(0) and not is_offline(OFFLINE_FIRST - 1)
+    assert is_offline(OFFLINE_FIRST + 1) and is_offline(OFFLINE_FIRST + OFFLINE_FOR - 1)
+    assert not is_offline(OFFLINE_FIRST + OFFLINE_FOR + 1)
+    assert is_offline(OFFLINE_FIRST + OFFLINE_PERIOD + 1)
+    assert OFFLINE_FOR > 60  # long enough for the server to call it offline, not just stale

@@ -41,6 +41,12 @@ OFFLINE_FOR = 100.0
 OFFLINE_FIRST = 90.0  # first outage this long after the start
 
 
+def is_offline(elapsed: float) -> bool:
+    """Whether the offline-prone host is down ``elapsed`` seconds after the fleet started."""
+    age = elapsed - OFFLINE_FIRST
+    return age >= 0 and age % OFFLINE_PERIOD < OFFLINE_FOR
+
+
 @dataclass
 class _Slot:
     sim: SimHost
@@ -187,8 +193,7 @@ class FleetEngine:
         try:
             spec = slot.sim.spec
             if spec.goes_offline:
-                age = wall - self.wall0 - OFFLINE_FIRST
-                down = age >= 0 and age % OFFLINE_PERIOD < OFFLINE_FOR
+                down = is_offline(wall - self.wall0)
                 if down != slot.offline:
                     slot.offline = down
                     log.info("replay: %s %s", spec.name,
@@ -224,7 +229,7 @@ class FleetEngine:
     def _log_progress(self) -> None:
         r = self.replay
         with self._lock:
-            running, busy, queued = len(r.jobs), r.busy_gpus(), len(r.queue)
+            running, busy, queued = len(r.jobs), r.busy_gpus(), r.waiting
             st = r.stats
             log.info(
                 "replay: trace time %s, %d jobs on %d/%d GPUs, %d waiting; %d started, "

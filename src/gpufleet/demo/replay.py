@@ -115,7 +115,8 @@ class Replay:
         self._by_group: dict[str, list[int]] = {}
         for i, h in enumerate(hosts):
             self._by_group.setdefault(h.group, []).append(i)
-        self._orders: dict[str, list[int]] = {}
+        self._orders: dict[str, tuple[list[int], dict[int, int]]] = {}
+        self._open = {i for i, h in enumerate(self.hosts) if h.free}  # hosts with a free GPU
         self.stats = ReplayStats()
         self._submits = [j.submit for j in trace]
         self._span = trace[-1].submit - trace[0].submit + DAY  # a wrap restarts the trace
@@ -127,15 +128,28 @@ class Replay:
         self._epoch = 0
         self._ends: list[tuple[float, int, str]] = []
         self._seq = 0
-        self.queue: deque[Job] = deque()
+        self.queues: dict[int, deque[Job]] = {}  # waiting jobs by GPU count, oldest first
+        self.waiting = 0
         self.jobs: dict[str, Job] = {}
         self.advance(self.start)
-        if start is None:  # begin at a lively moment: most GPUs busy, some free
-            for _ in range(7 * 24):
-                if 0.55 <= self.busy_gpus() / max(self.capacity, 1) <= 0.8:
-                    break
-                self.start += 3600.0
-                self.advance(self.start)
+        if start is None:
+            self.start = self._lively_start(hosts, load, warmup)
+            self.advance(self.start)
+
+    def _lively_start(self, hosts: list[HostSpec], load: float, warmup: float) -> float:
+        """The first half hour within four days where most GPUs are busy, some free, and the
+        next three hours stay so (a demo should not open on a full or an empty fleet)."""
+        probe = Replay(hosts, self.trace, seed=self.seed, start=self.start, load=load,
+                       warmup=warmup, max_wait=self.max_wait)  # fmt: skip
+        step, ahead = 1800.0, 6
+        busy = []
+        for k in range(4 * 48 + ahead):
+            probe.advance(self.start + k * step)
+            busy.append(probe.busy_gpus() / max(probe.capacity, 1))
+        for k in range(4 * 48):
+            if 0.5 <= busy[k] <= 0.8 and max(busy[k : k + ahead + 1]) <= 0.92:
+                return self.start + k * step
+        return self.start
 
     # -- set-up -------------------------------------------------------------------------
 
@@ -210,11 +224,24 @@ class Replay:
                 continue
             job = self._make_job(tj, copy, when)
             if not self._place(job, when):
-                self.queue.append(job)
-        if len(self.queue) > 4 * self.capacity:  # hopelessly overloaded: forget the oldest
-            while len(self.queue) > 4 * self.capacity:
-                self.queue.popleft()
-                self.stats.dropped_waiting += 1
+                self.queues.setdefault(tj.num_gpus, deque()).append(job)
+                self.waiting += 1
+        while self.waiting > 4 * self.capacity:  # hopelessly overloaded: forget the oldest
+            self._oldest_queue().popleft()
+            self.waiting -= 1
+            self.stats.dropped_waiting += 1
+
+    def _oldest_queue(self, most_gpus: int | None = None) -> deque[Job]:
+        """The queue whose head waits longest (among jobs of at most ``most_gpus`` GPUs)."""
+        best: deque[Job] | None = None
+        for n, q in self.queues.items():
+            if (
+                q
+                and (most_gpus is None or n <= most_gpus)
+                and (best is None or (q[0].submit, q[0].key) < (best[0].submit, best[0].key))
+            ):
+                best = q
+        return best if best is not None else deque()
 
     def _finish(self, key: str, when: float) -> None:
         self.now = when
@@ -224,51 +251,62 @@ class Replay:
         host.free.extend(job.gpus)
         host.free.sort()
         self.free += len(job.gpus)
+        self._open.add(job.host)
         self.stats.ended += 1
         self._expire(when)
         # Backfill, oldest first. A waiting job did not fit anywhere when it last tried and
         # only this host gained room since, so it is the only one to try.
-        if self.queue and host.free:
-            kept: deque[Job] = deque()
-            while self.queue:
-                j = self.queue.popleft()
-                if len(host.free) >= j.trace.num_gpus:
-                    self._put(j, job.host, when)
-                else:
-                    kept.append(j)
-                if not host.free:
-                    kept.extend(self.queue)
-                    self.queue.clear()
-            self.queue = kept
+        while self.waiting and host.free:
+            q = self._oldest_queue(len(host.free))
+            if not q:
+                break
+            self._put(q.popleft(), job.host, when)
+            self.waiting -= 1
 
     def _expire(self, now: float) -> None:
-        while self.queue and now - self.queue[0].submit > self.max_wait:
-            self.queue.popleft()
-            self.stats.dropped_waiting += 1
+        for q in self.queues.values():
+            while q and now - q[0].submit > self.max_wait:
+                q.popleft()
+                self.waiting -= 1
+                self.stats.dropped_waiting += 1
 
-    def _order(self, group: str) -> list[int]:
-        order = self._orders.get(group)
-        if order is None:
+    def _order(self, group: str) -> tuple[list[int], dict[int, int]]:
+        """The hosts a job of ``group`` tries, in order, and each host's rank in it."""
+        cached = self._orders.get(group)
+        if cached is None:
             own = self._by_group.get(group, [])
             shared = self._by_group.get("shared", []) if group != "shared" else []
-            rest = [i for i in range(len(self.hosts)) if i not in own and i not in shared]
-            order = self._orders[group] = own + shared + rest
-        return order
+            rest = [i for i in range(len(self.hosts)) if i not in set(own) | set(shared)]
+            order = own + shared + rest
+            cached = self._orders[group] = (order, {h: k for k, h in enumerate(order)})
+        return cached
 
     def _place(self, job: Job, when: float) -> bool:
         n = job.trace.num_gpus
         if n > self.free:
             return False
-        order = self._order(job.group)
+        order, rank = self._order(job.group)
+        size = len(order)
         rng = random.Random(job.seed)
         # Most people pick the first server they know with room; some pick any.
-        first = 0 if rng.random() < 0.75 else rng.randrange(len(order))
-        for k in range(len(order)):
-            i = order[(first + k) % len(order)]
-            if len(self.hosts[i].free) >= n:
-                self._put(job, i, when)
-                return True
-        return False
+        first = 0 if rng.random() < 0.75 else rng.randrange(size)
+        chosen = None
+        if len(self._open) * 8 < size:  # a crowded fleet: look at the hosts with room only
+            distance = size
+            for i in self._open:
+                d = (rank[i] - first) % size
+                if d < distance and len(self.hosts[i].free) >= n:
+                    chosen, distance = i, d
+        else:
+            for k in range(size):
+                i = order[(first + k) % size]
+                if len(self.hosts[i].free) >= n:
+                    chosen = i
+                    break
+        if chosen is None:
+            return False
+        self._put(job, chosen, when)
+        return True
 
     def _put(self, job: Job, i: int, when: float) -> None:
         n = job.trace.num_gpus
@@ -278,6 +316,8 @@ class Replay:
         job.gpus = tuple(host.free[:n])
         del host.free[:n]
         self.free -= n
+        if not host.free:
+            self._open.discard(i)
         job.pids = tuple(host.next_pid + k for k in range(n))
         host.next_pid = host.next_pid + n + rng.randrange(1, 40)
         if host.next_pid > 4_000_000:
