@@ -22,32 +22,82 @@ log = logging.getLogger("gpufleet.demo")
 
 
 @click.command()
-@click.option("--hosts", "n_hosts", type=click.IntRange(1, 5000), default=24, show_default=True,
-              help="Simulated GPU servers in the replayed fleet.")
-@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True,
-              help="Port the server listens on.")
-@click.option("--host", "bind", default="127.0.0.1", show_default=True,
-              help="Address the server listens on.")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for the store and state (default: ./gpufleet-data or "
-              "$GPUFLEET_DATA_DIR).")
-@click.option("--speed", type=click.FloatRange(0.01, 1e6), default=60.0, show_default=True,
-              help="Trace seconds replayed per second (60: an hour of the trace per minute).")
-@click.option("--trace", "trace_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Job trace CSV (default: $GPUFLEET_TRACE, else "
-              "../shared/data/philly_jobs.csv next to the checkout).")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Same seed, same fleet, users and placement.")
-@click.option("--interval", type=click.FloatRange(0.5, 3600), default=5.0, show_default=True,
-              help="Seconds between two samples of one simulated host.")
-@click.option("--load", type=click.FloatRange(0.05, 1.0), default=0.6, show_default=True,
-              help="Share of the fleet's GPUs the replayed trace keeps busy on average.")
-@click.option("--local-agent/--no-local-agent", default=True, show_default=True,
-              help="Also run a real agent for this machine.")
-@click.option("--server", "server_url", metavar="URL",
-              help="Only run the fleet, pushing to this running server (with --token).")
-@click.option("--token", envvar="GPUFLEET_TOKEN", metavar="TOKEN",
-              help="With --server: an agent token of that server [$GPUFLEET_TOKEN].")
+@click.option(
+    "--hosts",
+    "n_hosts",
+    type=click.IntRange(1, 5000),
+    default=24,
+    show_default=True,
+    help="Simulated GPU servers in the replayed fleet.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=8000,
+    show_default=True,
+    help="Port the server listens on.",
+)
+@click.option(
+    "--host", "bind", default="127.0.0.1", show_default=True, help="Address the server listens on."
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the store and state (default: ./gpufleet-data or $GPUFLEET_DATA_DIR).",
+)
+@click.option(
+    "--speed",
+    type=click.FloatRange(0.01, 1e6),
+    default=60.0,
+    show_default=True,
+    help="Trace seconds replayed per second (60: an hour of the trace per minute).",
+)
+@click.option(
+    "--trace",
+    "trace_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Job trace CSV (default: $GPUFLEET_TRACE, else "
+    "../shared/data/philly_jobs.csv next to the checkout).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Same seed, same fleet, users and placement.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.5, 3600),
+    default=5.0,
+    show_default=True,
+    help="Seconds between two samples of one simulated host.",
+)
+@click.option(
+    "--load",
+    type=click.FloatRange(0.05, 1.0),
+    default=0.6,
+    show_default=True,
+    help="Share of the fleet's GPUs the replayed trace keeps busy on average.",
+)
+@click.option(
+    "--local-agent/--no-local-agent",
+    default=True,
+    show_default=True,
+    help="Also run a real agent for this machine.",
+)
+@click.option(
+    "--server",
+    "server_url",
+    metavar="URL",
+    help="Only run the fleet, pushing to this running server (with --token).",
+)
+@click.option(
+    "--token",
+    envvar="GPUFLEET_TOKEN",
+    metavar="TOKEN",
+    help="With --server: an agent token of that server [$GPUFLEET_TOKEN].",
+)
 def demo(
     n_hosts: int, port: int, bind: str, data_dir: Path | None, speed: float,
     trace_path: Path | None, seed: int, interval: float, load: float, local_agent: bool,

@@ -32,7 +32,7 @@ from gpufleet.demo.fleet import HostSpec
 from gpufleet.demo.replay import Replay
 from gpufleet.demo.simhost import SimHost
 from gpufleet.demo.trace import TraceJob
-from gpufleet.wire import Batch
+from gpufleet.wire import Batch, Source
 
 log = logging.getLogger("gpufleet.demo")
 
@@ -84,7 +84,7 @@ class FleetEngine:
         load: float = 0.6,
         workers: int | None = None,
         log_every: float = 30.0,
-        source: str = "replay",
+        source: Source = "replay",
     ) -> None:
         if interval <= 0 or speed <= 0:
             raise ValueError("interval and speed must be positive")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import random
 import uuid as uuidlib
+from dataclasses import dataclass
 from typing import Any
 
 from gpufleet.agent.collect import Collector
@@ -21,6 +22,18 @@ from gpufleet.demo.replay import Job, Replay
 from gpufleet.wire import Disk, HostFacts, HostMetrics, Sample
 
 GIB = 2**30
+NOT_SUPPORTED: int = FakeNvml.NVML_ERROR_NOT_SUPPORTED  # type: ignore[attr-defined]
+GPU_IS_LOST: int = FakeNvml.NVML_ERROR_GPU_IS_LOST  # type: ignore[attr-defined]
+
+
+@dataclass
+class _Disk:
+    mount: str
+    device: str
+    fstype: str
+    total: int
+    used: float
+    local: bool  # jobs write checkpoints here
 
 
 class SimProcs:
@@ -47,12 +60,12 @@ class SimHostSource:
         self.metrics = HostMetrics()
         self.load = [0.5, 0.5, 0.5]
         root = 2 * 10**12 if shape.gpu_count == 8 else 10**12
-        self.disks = {
-            "/": [root, root * rng.uniform(0.25, 0.6), "/dev/nvme0n1p2", "ext4"],
-            "/data": [shape.data_disk_bytes, shape.data_disk_bytes * rng.uniform(0.4, 0.8),
-                      "/dev/md0", "xfs"],
-            "/home": [200 * 10**12, 200 * 10**12 * 0.71, "nas01:/export/home", "nfs4"],
-        }  # fmt: skip
+        self.disks = [
+            _Disk("/", "/dev/nvme0n1p2", "ext4", root, root * rng.uniform(0.25, 0.6), True),
+            _Disk("/data", "/dev/md0", "xfs", shape.data_disk_bytes,
+                  shape.data_disk_bytes * rng.uniform(0.4, 0.8), True),
+            _Disk("/home", "nas01:/export/home", "nfs4", 200 * 10**12, 142 * 10**12, False),
+        ]  # fmt: skip
         self._facts = HostFacts(
             hostname=spec.name, os=shape.os, kernel=shape.kernel, cpu_model=shape.cpu_model,
             cpu_count=shape.cpu_count, memory_total_bytes=shape.memory_bytes,
@@ -82,11 +95,11 @@ class SimHostSource:
         used = int(min(mem, total * 0.97))
         cache = int((total - used) * 0.35)
         swap_used = int(max(0.0, used - total * 0.85)) + 64 * 2**20
-        for disk in self.disks.values():
-            if disk[2].startswith("/dev/md") or disk[2].startswith("/dev/nvme"):
-                disk[1] += writing * dt * rng.uniform(0.5, 1.5)
-                if disk[1] > disk[0] * 0.92:  # someone cleaned up old checkpoints
-                    disk[1] = disk[0] * rng.uniform(0.45, 0.6)
+        for disk in self.disks:
+            if disk.local:
+                disk.used += writing * dt * rng.uniform(0.5, 1.5)
+                if disk.used > disk.total * 0.92:  # someone cleaned up old checkpoints
+                    disk.used = disk.total * rng.uniform(0.45, 0.6)
         users = sorted({j.user.name for j, _ in jobs if j.kind.idle or rng.random() < 0.3})
         self.metrics = HostMetrics(
             cpu_percent=round(100 * cores / shape.cpu_count, 2),
@@ -96,8 +109,8 @@ class SimHostSource:
             memory_total_bytes=total, memory_used_bytes=used,
             memory_available_bytes=max(total - used - cache // 4, 0),
             swap_total_bytes=16 * GIB, swap_used_bytes=min(swap_used, 16 * GIB),
-            disks=[Disk(mount=m, device=d[2], fstype=d[3], total_bytes=int(d[0]),
-                        used_bytes=int(min(d[1], d[0]))) for m, d in self.disks.items()],
+            disks=[Disk(mount=d.mount, device=d.device, fstype=d.fstype, total_bytes=d.total,
+                        used_bytes=int(min(d.used, d.total))) for d in self.disks],
             net_rx_bytes_per_second=round(rx, 1), net_tx_bytes_per_second=round(tx, 1),
             uptime_seconds=max(now - self.boot_time, 0.0),
             users=users,
@@ -142,7 +155,7 @@ class SimHost:
         self.nvml = FakeNvml(gpus, driver_version=driver, cuda_driver_version=cuda,
                              nvml_version=f"{cuda // 1000}.{driver}")  # fmt: skip
         if not model.has_fan:
-            self.nvml.fail(None, "nvmlDeviceGetFanSpeed", FakeNvml.NVML_ERROR_NOT_SUPPORTED)
+            self.nvml.fail(None, "nvmlDeviceGetFanSpeed", NOT_SUPPORTED)
         self.ambient = self.rng.uniform(24, 34)
         self.temps = [self.ambient + 8 + self.rng.uniform(-2, 2) for _ in gpus]
         self.host = SimHostSource(spec, self.rng, now)
@@ -226,7 +239,7 @@ class SimHost:
             self.xid_sent = True
         failing = phase > 205.0
         if failing and not self.gpu_failing:
-            self.nvml.fail(g, "*", FakeNvml.NVML_ERROR_GPU_IS_LOST)
+            self.nvml.fail(g, "*", GPU_IS_LOST)
         elif not failing and self.gpu_failing:
             self.nvml.errors.pop((g, "*"), None)
             self.ecc += 1
