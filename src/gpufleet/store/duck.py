@@ -84,6 +84,10 @@ MAX_GROUP = 512  # batches in one transaction
 # (2.7 ms/batch in groups of 10, 0.67 in groups of 50, see docs/benchmarks.md). At 1,000
 # batches/s this window makes groups of ~50; it adds at most this much to a batch's latency.
 COMMIT_INTERVAL_SECONDS = 0.05
+# The hosts table (each host's newest sample) is derived state, so it is written at most this
+# often, not in every transaction: after a crash it may lag the raw tiers by this much, which
+# the next sample mends; acknowledged samples themselves are never deferred.
+HOSTS_FLUSH_SECONDS = 1.0
 
 
 class DuckDBStore(Store):
@@ -108,6 +112,10 @@ class DuckDBStore(Store):
             for table, columns in TABLE_COLUMNS.items()
         }
         self._queue: queue.Queue[Any] = queue.Queue()
+        # host -> [row values in _HOST_ROW order, with the Sample in place of its JSON];
+        # touched by the writer thread only
+        self._pending_hosts: dict[str, list[Any]] = {}
+        self._hosts_due = 0.0
         self.commits = 0  # transactions committed by the writer (for /metrics)
         self.batches_stored = 0
         self.batches_duplicate = 0
@@ -264,28 +272,46 @@ class DuckDBStore(Store):
             names = ", ".join(TABLE_COLUMNS[table])
             con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM _incoming")
             con.unregister("_incoming")
-        latest: dict[str, tuple[IngestItem, Any]] = {}
         for item in items:
-            for s in item.batch.samples:
-                seen = latest.get(s.host)
-                if seen is None or s.ts >= seen[1].ts:
-                    latest[s.host] = (item, s)
+            for smp in item.batch.samples:
+                self._note_host(item, smp)
+        if self._pending_hosts and time.monotonic() >= self._hosts_due:
+            self._flush_hosts(con)
+
+    def _note_host(self, item: IngestItem, smp: Any) -> None:
+        row = self._pending_hosts.get(smp.host)
+        agent_version = item.batch.agent_version or smp.facts.agent_version or None
+        if row is None:
+            self._pending_hosts[smp.host] = [
+                smp.host, item.batch.source, item.token_name, smp.ts, smp.ts, item.received_at,
+                smp.interval_seconds, agent_version, item.clock_skew_seconds, smp,
+            ]  # fmt: skip
+            return
+        row[1], row[2], row[7], row[8] = (
+            item.batch.source,
+            item.token_name,
+            agent_version,
+            item.clock_skew_seconds,
+        )
+        row[3] = min(row[3], smp.ts)
+        row[5] = max(row[5], item.received_at)
+        if smp.ts >= row[4]:  # a late (spooled) sample never hides a newer one
+            row[4], row[6], row[9] = smp.ts, smp.interval_seconds, smp
+
+    def _flush_hosts(self, con) -> None:
+        """Upsert the hosts seen since the last flush, in one statement."""
         hosts: dict[str, list] = {c: [] for c in _HOST_ROW}
-        for host, (item, s) in latest.items():
-            values = (
-                host, item.batch.source, item.token_name, s.ts, s.ts, item.received_at,
-                s.interval_seconds, item.batch.agent_version or s.facts.agent_version or None,
-                item.clock_skew_seconds, s.model_dump_json(),
-            )  # fmt: skip
-            for column, value in zip(_HOST_ROW, values, strict=True):
+        for row in self._pending_hosts.values():
+            for column, value in zip(_HOST_ROW, row, strict=True):
                 hosts[column].append(value)
-        # One statement for the whole group (executemany costs ~1.5 ms a row in DuckDB).
-        # ``latest`` holds each host once, so no key appears twice in the statement.
+        hosts["last_sample"] = [smp.model_dump_json() for smp in hosts["last_sample"]]
         con.register("_hosts_in", pa.table(hosts, schema=_HOST_ROW_SCHEMA))
         try:
             con.execute(_UPSERT_HOSTS)
         finally:
             con.unregister("_hosts_in")
+        self._pending_hosts.clear()
+        self._hosts_due = time.monotonic() + HOSTS_FLUSH_SECONDS
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -297,6 +323,7 @@ class DuckDBStore(Store):
             cur.close()
 
     def hosts(self) -> list[HostRecord]:
+        self.write(lambda con: self._pending_hosts and self._flush_hosts(con))
         rows = self._read(
             "SELECT name, source, token_name, first_seen, last_seen, last_received,"
             " interval_seconds, agent_version, clock_skew_seconds, last_sample"
@@ -377,6 +404,7 @@ class DuckDBStore(Store):
 
     def close(self) -> None:
         if self._writer.is_alive():
+            self.write(lambda con: self._pending_hosts and self._flush_hosts(con))
             self._queue.put(_STOP)
             self._writer.join()
         self._db.close()
