@@ -44,10 +44,10 @@ def test_tracker_marks_idle_after_the_threshold():
         s.gpus[0].utilization_gpu_percent = 0.0  # held (process) but idle
         s.gpus[1].utilization_gpu_percent = 80.0
         tr.observe(s)
-    assert tr.of_host("h", 2) == {0: T0}
-    view = host_view(_summary(s), s, tr.of_host("h", 2), idle_after_seconds=1800)
+    assert tr.of_host("h") == {0: T0}
+    view = host_view(_summary(s), s, tr.of_host("h"), idle_after_seconds=1800)
     assert [g["idle"] for g in view["gpus"]] == [True, False]
-    view = host_view(_summary(s), s, tr.of_host("h", 2), idle_after_seconds=3600)
+    view = host_view(_summary(s), s, tr.of_host("h"), idle_after_seconds=3600)
     assert [g["idle"] for g in view["gpus"]] == [False, False]
     s2 = make_sample("h", ts=T0 + 3000, gpus=1, procs=0)  # GPU 1 gone; GPU 0 now free
     s2.gpus[0].utilization_gpu_percent, s2.gpus[0].memory_used_bytes = 0.0, 0

@@ -83,7 +83,8 @@ class StreamHub:
         self.views: dict[str, dict[str, Any]] = {}
         self.messages_sent = 0
         self.flushes = 0
-        self.busy_seconds = 0.0  # time spent building and encoding updates (the stream's cost)
+        # CPU time (of the event loop's thread) spent building and encoding updates
+        self.busy_seconds = 0.0
         self._dirty: set[str] = set()
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -95,10 +96,12 @@ class StreamHub:
 
     # -- fed by LiveState (any thread) -------------------------------------------------------
     def on_sample(self, st: HostState) -> None:
+        t0 = time.thread_time()
         with self._lock:
             self.idle.observe(st.sample)
             first = not self._dirty
             self._dirty.add(st.name)
+            self.busy_seconds += time.thread_time() - t0
         if first and self._loop is not None and self._wake is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
 
@@ -115,7 +118,7 @@ class StreamHub:
         st = self.ctx.live.hosts.get(summary["name"])
         sample = st.sample if st is not None else None
         with self._lock:
-            idle = self.idle.of_host(summary["name"], len(sample.gpus) if sample else 0)
+            idle = self.idle.of_host(summary["name"])
         return host_view(summary, sample, idle, idle_after_seconds=self.idle_after_seconds)
 
     def overview(self, now: float | None = None) -> dict[str, Any]:
@@ -147,11 +150,11 @@ class StreamHub:
         }
 
     def subscribe(self, host: str | None) -> tuple[Client, bytes]:
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         try:
             return self._subscribe(host)
         finally:
-            self.busy_seconds += time.perf_counter() - t0
+            self.busy_seconds += time.thread_time() - t0
 
     def _subscribe(self, host: str | None) -> tuple[Client, bytes]:
         client = Client(host)
@@ -174,11 +177,11 @@ class StreamHub:
     # -- the coalescing flush ----------------------------------------------------------------
     def flush(self) -> int:
         """Send the hosts that changed since the last flush; returns how many."""
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         try:
             return self._flush()
         finally:
-            self.busy_seconds += time.perf_counter() - t0
+            self.busy_seconds += time.thread_time() - t0
 
     def _flush(self) -> int:
         with self._lock:
@@ -241,10 +244,10 @@ class StreamHub:
     async def _status_forever(self) -> None:
         while True:
             await asyncio.sleep(self.status_interval_seconds)
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             with contextlib.suppress(Exception):
                 self.mark_status_changes(time.time())
-            self.busy_seconds += time.perf_counter() - t0
+            self.busy_seconds += time.thread_time() - t0
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()

@@ -14,8 +14,6 @@ from typing import Any
 
 from gpufleet.wire import Gpu, GpuProcess, Sample, gpu_is_free
 
-IdleKey = tuple[str, int]  # (host, GPU index)
-
 
 def gpu_held(gpu: Gpu, processes: list[GpuProcess]) -> bool:
     """A GPU is held when something keeps memory on it (the complement of free, errors aside)."""
@@ -46,26 +44,25 @@ class IdleTracker:
 
     def __init__(self, idle_util_percent: float) -> None:
         self.idle_util_percent = idle_util_percent
-        self.since: dict[IdleKey, float] = {}
+        self.since: dict[str, dict[int, float]] = {}  # host -> GPU index -> idle since
 
     def observe(self, sample: Sample) -> None:
-        seen = set()
+        before = self.since.get(sample.host, {})
+        now: dict[int, float] = {}
         for gpu in sample.gpus:
-            key = (sample.host, gpu.index)
-            seen.add(key)
             start = next_idle_since(
-                self.since.get(key), gpu, sample.processes, sample.ts,
+                before.get(gpu.index), gpu, sample.processes, sample.ts,
                 idle_util_percent=self.idle_util_percent,
             )  # fmt: skip
-            if start is None:
-                self.since.pop(key, None)
-            else:
-                self.since[key] = start
-        for key in [k for k in self.since if k[0] == sample.host and k not in seen]:
-            del self.since[key]
+            if start is not None:
+                now[gpu.index] = start
+        if now:
+            self.since[sample.host] = now
+        else:
+            self.since.pop(sample.host, None)
 
-    def of_host(self, host: str, gpu_count: int) -> dict[int, float]:
-        return {i: self.since[(host, i)] for i in range(gpu_count) if (host, i) in self.since}
+    def of_host(self, host: str) -> dict[int, float]:
+        return dict(self.since.get(host, {}))
 
 
 def _user_name(proc: GpuProcess) -> str:
