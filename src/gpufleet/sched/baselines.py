@@ -42,7 +42,7 @@ class ShortestJobFirst(Fifo):
     do not fit and places any that do."""
 
     name = "sjf"
-    scan_limit = 1024
+    scan_limit = 256
 
     def __init__(self) -> None:
         self.queue = SortedQueue(lambda j: (min(j.true_duration_seconds.values()), j.arrival_seconds))
@@ -50,16 +50,17 @@ class ShortestJobFirst(Fifo):
     def schedule(self, ctx: SchedulerContext) -> None:
         cluster = ctx.cluster
         models = cluster.spec.gpu_models
+        room = max(cluster.free_count)
         for job in self.queue.head(self.scan_limit):
-            free = sum(cluster.free_by_model.values())
-            if free == 0:
+            if room == 0:
                 return
-            if job.num_gpus > free:
+            if job.num_gpus > room and job.num_gpus <= 8:
                 continue
             placement = first_fit_placement(job, cluster, models)
             if placement is not None:
                 self.queue.remove(job)
                 ctx.start(job, placement)
+                room = max(cluster.free_count)
 
 
 class EasyBackfill(Fifo):

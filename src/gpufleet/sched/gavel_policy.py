@@ -26,6 +26,7 @@ class GavelMaxMin(Policy):
         self.service: dict[int, float] = {}  # normalised seconds received, up to the last stop
         self.next_round = 0.0
         self._has_waiting = False
+        self._best: dict[int, float] = {}
 
     def on_arrival(self, job: SimJob, now_seconds: float) -> None:
         self.waiting.add(job)
@@ -33,13 +34,16 @@ class GavelMaxMin(Policy):
 
     def on_failure(self, job: SimJob, now_seconds: float, reason: str) -> None:
         self.waiting.add(job)
+        self._best.pop(job.job_id, None)  # its usable GPU models may have changed
 
     def on_finish(self, job: SimJob, now_seconds: float) -> None:
         self.service.pop(job.job_id, None)
+        self._best.pop(job.job_id, None)
 
-    @staticmethod
-    def _norm_speed(job: SimJob, model: str) -> float:
-        best = job.best_predicted_seconds()
+    def _norm_speed(self, job: SimJob, model: str) -> float:
+        best = self._best.get(job.job_id)
+        if best is None:
+            best = self._best[job.job_id] = job.best_predicted_seconds()
         return best / job.predicted_duration_seconds[model]
 
     def _served(self, job: SimJob, now: float) -> float:
@@ -61,8 +65,11 @@ class GavelMaxMin(Policy):
         now = ctx.now_seconds
         cluster = ctx.cluster
         models = cluster.spec.gpu_models
-        window = self.waiting.head(self.window_factor * cluster.spec.total_gpus)
         full_round = now >= self.next_round
+        if not full_round and not any(cluster.free_by_model.values()):
+            self._has_waiting = len(self.waiting) > 0
+            return
+        window = self.waiting.head(self.window_factor * cluster.spec.total_gpus)
         if full_round:
             self.next_round = now + self.round_seconds
             candidates = list(ctx.running.values()) + window

@@ -49,7 +49,8 @@ class GpufleetPolicy(Policy):
                  aging: float = 1.0, starve_after_seconds: float = 6 * 3600.0,
                  starve_factor: float = 4.0, memory_margin: float = 1.10,
                  min_colocation_factor: float = 0.6, scan_limit: int = 64,
-                 pack_depth: int = 4) -> None:
+                 pack_depth: int = 4, preempt_ratio: float = 4.0,
+                 min_run_seconds: float = 1800.0, restart_cost_seconds: float = 60.0) -> None:
         self.spec = spec
         self.colocation = _memoize(colocation) if colocation is not None else None
         self.aging = aging
@@ -59,6 +60,9 @@ class GpufleetPolicy(Policy):
         self.min_colocation_factor = min_colocation_factor
         self.scan_limit = scan_limit
         self.pack_depth = pack_depth
+        self.preempt_ratio = preempt_ratio
+        self.min_run_seconds = min_run_seconds
+        self.restart_cost_seconds = restart_cost_seconds
         self.bandwidth = spec.bandwidth_bytes_per_second
         self.memory_of = {h.gpu_model: h.gpu_memory_bytes for h in spec.hosts}
         self.hosts_of = {m: {h.host_id for h in spec.hosts if h.gpu_model == m}
@@ -71,7 +75,7 @@ class GpufleetPolicy(Policy):
     def _key_for(self, model: str) -> Callable[[SimJob], tuple[float]]:
         def key(job: SimJob) -> tuple[float]:
             transfer = 0.0 if job.data_host in self.hosts_of[model] else self.transfer_estimate(job)
-            runtime = job.predicted_duration_seconds[model]
+            runtime = job.predicted_duration_seconds[model] * (1.0 - job.progress_fraction)
             return (runtime + transfer + self.aging * job.arrival_seconds,)
         return key
 
@@ -227,6 +231,41 @@ class GpufleetPolicy(Policy):
                     best[model] = self._best_on(model, ctx)
         if self.colocation is not None and len(self.fifo):
             self._pack(ctx)
+        if self.preempt_ratio > 0 and len(self.fifo):
+            self._preempt_for_short(ctx)
+
+    def _preempt_for_short(self, ctx: SchedulerContext) -> None:
+        """Shortest remaining predicted time first: a waiting job that is far shorter than a
+        running one (``preempt_ratio`` x, restart cost and data transfer included) takes its
+        GPUs. A job runs at least ``min_run_seconds`` between preemptions, and the job holding
+        a reservation is never displaced by this rule."""
+        now = ctx.now_seconds
+        for model, queue in self.queues.items():
+            head = queue.first()
+            if head is None or head.num_gpus > ctx.cluster.host_size(model):
+                continue
+            res = self.reservations.get(model)
+            held = res.host_ids if res is not None and res.job_id != head.job_id else frozenset()
+            short = head.predicted_duration_seconds[model] * (1.0 - head.progress_fraction)
+            victim, victim_left = None, 0.0
+            for job in ctx.running.values():
+                placement = job.placement
+                if (placement is None or placement.gpu_model != model or placement.shared
+                        or job.num_gpus < head.num_gpus or len(placement.host_ids) != 1
+                        or now - job.run_started_seconds < self.min_run_seconds
+                        or placement.host_ids[0] in held):
+                    continue
+                left = job.predicted_duration_seconds[model] * (1.0 - job.progress_at(now))
+                overhead = self.restart_cost_seconds + self.transfer_estimate(job)
+                if left > self.preempt_ratio * (short + overhead) and left > victim_left:
+                    victim, victim_left = job, left
+            if victim is None:
+                continue
+            ctx.preempt(victim)
+            self._enqueue(victim)
+            placement = self.place_on(head, model, ctx)
+            if placement is not None:
+                self._start(ctx, head, placement)
 
     def _pack(self, ctx: SchedulerContext) -> None:
         """Share GPUs with the first few waiting 1-GPU jobs of each GPU model."""

@@ -21,7 +21,7 @@ class Tiresias(Policy):
     name = "tiresias"
     thresholds_gpu_seconds: tuple[float, ...] = (3600.0, 36000.0)
     promote_factor = 8.0
-    scan_limit = 256
+    scan_limit = 64
 
     def __init__(self) -> None:
         self.levels = [SortedQueue(lambda j: (j.arrival_seconds,))
@@ -29,6 +29,7 @@ class Tiresias(Policy):
         self.level_of: dict[int, int] = {}
         self.offset: dict[int, float] = {}  # attained service forgiven at promotion
         self._running: dict[int, SimJob] | None = None
+        self._crossings: dict[int, tuple[float, int]] = {}
 
     def _level(self, attained: float) -> int:
         level = 0
@@ -63,6 +64,22 @@ class Tiresias(Policy):
         cluster = ctx.cluster
         self._running = ctx.running  # type: ignore[assignment]
         self._promote_starving(now)
+        first_level = next((i for i, q in enumerate(self.levels) if len(q)), None)
+        if first_level is None:
+            return
+        if not any(cluster.free_by_model.values()):
+            # nothing free: only a waiting job that outranks a running one changes anything
+            head = self.levels[first_level].first()
+            assert head is not None
+            outranked = False
+            for job in ctx.running.values():
+                level = self._level(job.attained_now(now) - self.offset.get(job.job_id, 0.0))
+                if level > first_level or (level == first_level
+                                           and job.arrival_seconds > head.arrival_seconds):
+                    outranked = True
+                    break
+            if not outranked:
+                return
         capacity = {m: cluster.spec.gpus_of(m) for m in cluster.spec.gpu_models}
         total = sum(capacity.values())
         by_level: list[list[tuple[float, int, SimJob]]] = [[] for _ in self.levels]
@@ -111,7 +128,14 @@ class Tiresias(Policy):
         """When the next running job crosses a queue threshold (and may lose its GPUs)."""
         if not self._running or not any(len(q) for q in self.levels):
             return None
-        soonest = min(self.crossing_time(j, now_seconds) for j in self._running.values())
+        crossings = self._crossings
+        for job_id in list(crossings):
+            if job_id not in self._running:
+                del crossings[job_id]
+        for job_id, job in self._running.items():
+            if job_id not in crossings or crossings[job_id][1] != job.version:
+                crossings[job_id] = (self.crossing_time(job, now_seconds), job.version)
+        soonest = min((t for t, _ in crossings.values()), default=math.inf)
         return soonest if soonest < math.inf else None
 
     def crossing_time(self, job: SimJob, now_seconds: float) -> float:
