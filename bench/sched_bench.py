@@ -101,7 +101,7 @@ def quality(args: argparse.Namespace, pool: ProcessPoolExecutor, vcs: list[str],
                 entry["jct_vs_fifo"] = jct[g] / jct["fifo"] if "fifo" in jct else None
                 entry["jct_vs_best"] = jct[g] / jct[best] if best else None
                 entry["best_baseline"] = best
-                entry["p99q_vs_easy"] = p99q[g] / p99q["easy"] if "easy" in p99q and p99q["easy"] else None
+                entry["p99q_vs_easy"] = p99q[g] / p99q["easy"] if p99q.get("easy") else None
             summary.append(entry)
             row = [vc, f"{load:g}"] + [f"{jct[p] / 3600:.2f}" for p in args.policies]
             if g in jct:

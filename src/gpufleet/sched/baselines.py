@@ -50,11 +50,12 @@ class ShortestJobFirst(Fifo):
     def schedule(self, ctx: SchedulerContext) -> None:
         cluster = ctx.cluster
         models = cluster.spec.gpu_models
-        room = max(cluster.free_count)
+        room = max(cluster.free_count)  # most free GPUs on one host
+        smallest_host = min(h.num_gpus for h in cluster.hosts)
         for job in self.queue.head(self.scan_limit):
             if room == 0:
                 return
-            if job.num_gpus > room and job.num_gpus <= 8:
+            if room < job.num_gpus <= smallest_host:
                 continue
             placement = first_fit_placement(job, cluster, models)
             if placement is not None:
