@@ -119,9 +119,11 @@
     const free = v.free_gpu_count;
     return `<div class="hname"><div class="line1"><span class="dot st-${v.status}" title="${v.status}"></span>`
       + `<a href="/hosts/${encodeURIComponent(v.name)}">${esc(v.name)}</a>${badge}</div>`
-      + `<span class="sub">${esc(sub)}</span>${why}</div>`
+      + `<span class="sub" title="${esc(sub)}">${esc(sub)}</span>${why}</div>`
       + `<div class="hgpu"><div class="model" title="${esc(v.gpu_models.join(", "))}">${v.gpu_count ? `${v.gpu_count} × ` : ""}${esc(models)}</div>`
-      + (v.gpu_count ? `<div><span class="free${free ? "" : " none"}">${free} free</span> of ${v.gpu_count}</div>` : "")
+      + (v.gpu_count ? (v.status === "offline"
+        ? `<div><span class="free none">down</span> (${v.gpu_count} GPUs)</div>`
+        : `<div><span class="free${free ? "" : " none"}">${free} free</span> of ${v.gpu_count}</div>`) : "")
       + `</div>`
       + `<div class="hres">`
       + mini("CPU", v.cpu_percent, pct(v.cpu_percent))
