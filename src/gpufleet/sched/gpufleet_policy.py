@@ -46,7 +46,7 @@ class GpufleetPolicy(Policy):
     uses_memory = True
 
     def __init__(self, spec: ClusterSpec, colocation: ColocationPredictFn | None = None, *,
-                 aging: float = 1.0, starve_after_seconds: float = 6 * 3600.0,
+                 aging: float = 0.3, starve_after_seconds: float = 6 * 3600.0,
                  starve_factor: float = 4.0, memory_margin: float = 1.10,
                  min_colocation_factor: float = 0.6, scan_limit: int = 64,
                  pack_depth: int = 4, preempt_ratio: float = 4.0,
