@@ -88,10 +88,12 @@ class EasyBackfill(Fifo):
         res = self.reservation
         reserved = res.host_ids if res is not None else frozenset()
 
+        reserved_model = res.gpu_model if res is not None else None
+
         def largest_free(model: str, skip_reserved: bool) -> int:
             return max((cluster.free_count[h] for h in cluster.hosts_by_model[model]
-                        if not (skip_reserved and model == res.gpu_model and h in reserved)),
-                       default=0) if res is not None or not skip_reserved else 0
+                        if not (skip_reserved and model == reserved_model and h in reserved)),
+                       default=0)
 
         room = {m: (largest_free(m, False), largest_free(m, True) if res else None) for m in models}
         for job in self.queue.head(self.backfill_depth):

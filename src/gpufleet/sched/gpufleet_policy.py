@@ -206,25 +206,24 @@ class GpufleetPolicy(Policy):
         oldest = self.fifo.first()
         if oldest is not None and self.is_starving(oldest, now):
             models = self.models_of.get(oldest.job_id, [])
-            options = [(oldest.predicted_duration_seconds[m], m) for m in models]
-            for _, model in sorted(options):
-                placement = self.place_on(oldest, model, ctx)
-                if placement is not None:
-                    self._start(ctx, oldest, placement)
+            for model in sorted(models, key=lambda m: oldest.predicted_duration_seconds[m]):
+                found = self.place_on(oldest, model, ctx)
+                if found is not None:
+                    self._start(ctx, oldest, found)
                     break
             else:
-                best = reserve(oldest, cluster, ctx.running, now, models)
-                if best is not None:
-                    self.reservations[best.gpu_model] = best
+                held = reserve(oldest, cluster, ctx.running, now, models)
+                if held is not None:
+                    self.reservations[held.gpu_model] = held
         # The best start on each GPU model; after a start only that model (and any model whose
         # best was the job just started) is looked at again.
         best: dict[str, tuple[float, SimJob, Placement] | None] = {
             m: self._best_on(m, ctx) for m in self.queues}
         while True:
-            options = [c for c in best.values() if c is not None]
-            if not options:
+            choices = [c for c in best.values() if c is not None]
+            if not choices:
                 break
-            _, job, placement = min(options, key=lambda c: c[0])
+            _, job, placement = min(choices, key=lambda c: c[0])
             self._start(ctx, job, placement)
             for model, choice in best.items():
                 if model == placement.gpu_model or (choice is not None and choice[1] is job):

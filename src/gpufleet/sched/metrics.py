@@ -18,11 +18,12 @@ def _pct(values: np.ndarray, q: float) -> float:
 
 def summarize(result: SimResult) -> dict[str, Any]:
     done = [j for j in result.jobs if j.finish_seconds is not None]
-    jct = np.array([j.finish_seconds - j.arrival_seconds for j in done], dtype=float)  # type: ignore[operator]
-    queue = np.array([max(0.0, j.finish_seconds - j.arrival_seconds - j.run_seconds)  # type: ignore[operator]
-                      for j in done], dtype=float)
+    finish = [float(j.finish_seconds or 0.0) for j in done]
+    jct = np.array([f - j.arrival_seconds for f, j in zip(finish, done, strict=True)], dtype=float)
+    queue = np.array([max(0.0, f - j.arrival_seconds - j.run_seconds)
+                      for f, j in zip(finish, done, strict=True)], dtype=float)
     first_arrival = min((j.arrival_seconds for j in result.jobs), default=0.0)
-    last_finish = max((j.finish_seconds for j in done), default=first_arrival)  # type: ignore[type-var]
+    last_finish = max(finish, default=first_arrival)
     makespan = float(last_finish - first_arrival)
     rho = []
     for j, t in zip(done, jct, strict=True):

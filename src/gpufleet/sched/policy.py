@@ -19,7 +19,9 @@ from gpufleet.sched.simjob import SimJob
 class SchedulerContext(Protocol):
     now_seconds: float
     cluster: ClusterState
-    running: Mapping[int, SimJob]
+
+    @property
+    def running(self) -> Mapping[int, SimJob]: ...
 
     def start(self, job: SimJob, placement: Placement, claimed_memory_bytes: int = 0) -> None: ...
 
