@@ -60,14 +60,17 @@ const GF = (() => {
     const badge = document.getElementById("live");
     let es = null;
     let lastData = Date.now();
+    let lastOpen = 0;
+    let backoff = 1000; // doubles while reopening fails (e.g. 401 after the session expired)
     const set = (state, text) => {
       if (badge) { badge.dataset.state = state; badge.textContent = text; }
     };
     function open() {
       if (es) es.close();
       set("connecting", "connecting…");
+      lastOpen = lastData = Date.now();
       es = new EventSource(url);
-      es.onopen = () => { lastData = Date.now(); set("live", "live"); };
+      es.onopen = () => { lastData = Date.now(); backoff = 1000; set("live", "live"); };
       es.onerror = () => set("down", "reconnecting…");
       const all = { ping: () => {}, ...handlers };
       for (const [event, fn] of Object.entries(all)) {
@@ -82,8 +85,11 @@ const GF = (() => {
     }
     setInterval(() => {
       const closed = es && es.readyState === EventSource.CLOSED;
-      if (closed || Date.now() - lastData > 40000) open();
-    }, 2000);
+      if ((closed && Date.now() - lastOpen > backoff) || Date.now() - lastData > 40000) {
+        if (closed) backoff = Math.min(backoff * 2, 10000);
+        open();
+      }
+    }, 1000);
     document.addEventListener("visibilitychange", () => {
       if (!document.hidden && es && es.readyState === EventSource.CLOSED) open();
     });
