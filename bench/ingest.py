@@ -195,12 +195,12 @@ class Server:
         return r.stdout.strip()
 
     def start(self) -> None:
-        log = open(self.data_dir / "server.log", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gpufleet", "server", "--data-dir", str(self.data_dir),
-             "--host", "127.0.0.1", "--port", str(self.port)],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        with open(self.data_dir / "server.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gpufleet", "server", "--data-dir", str(self.data_dir),
+                 "--host", "127.0.0.1", "--port", str(self.port)],
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
         deadline = time.time() + 60
         while time.time() < deadline:
             if self.proc.poll() is not None:

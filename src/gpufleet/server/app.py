@@ -18,9 +18,10 @@ from gpufleet.config import Settings
 from gpufleet.server import admin, api, errors, ingest, metrics, stream
 from gpufleet.server.auth import TokenCache, ensure_admin_key
 from gpufleet.server.context import Context
+from gpufleet.server.errors import ERROR_SCHEMA
 from gpufleet.server.live import LiveState
 from gpufleet.store import Store, open_store
-from gpufleet.wire import Batch
+from gpufleet.wire import Batch, IngestAck
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,8 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.include_router(account_routes.router)
     app.include_router(account_routes.api)
     app.include_router(account_routes.api_me)
-    for module in (ingest, api, metrics, admin):
+    app.router.routes.append(ingest.ROUTE)
+    for module in (api, metrics, admin):
         app.include_router(module.router)
     web.install(app)  # web UI: pages, /api/v1/stream, /api/v1/overview, /static
 
@@ -117,6 +119,12 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(batch.pop("$defs", {}))
             components["Batch"] = batch
+            components["IngestAck"] = IngestAck.model_json_schema()
+            components["Error"] = ERROR_SCHEMA
+            schema["paths"]["/api/v1/ingest"] = ingest.OPENAPI
+            schema.setdefault("components", {}).setdefault("securitySchemes", {})["agentToken"] = {
+                "type": "http", "scheme": "bearer", "description": "agent token (gft_...)",
+            }  # fmt: skip
             app.openapi_schema = schema
         return app.openapi_schema
 

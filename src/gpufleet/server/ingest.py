@@ -1,6 +1,11 @@
 """``POST /api/v1/ingest``: authenticate, validate, hand to the store's writer, acknowledge
 after commit. Nothing partial is ever stored: a batch is validated whole before it is queued,
-and stored in one transaction."""
+and stored in one transaction.
+
+This is the hot path (every agent, every few seconds), so it is a plain Starlette route: it
+reads and validates its body itself, and FastAPI's per-request dependency machinery (a
+quarter of the CPU per batch, measured) is skipped. Its OpenAPI entry is ``OPENAPI``.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +14,43 @@ import gzip
 import time
 import zlib
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import Response
 from pydantic import ValidationError
+from starlette.routing import Route
 
 from gpufleet.server.context import Context
 from gpufleet.server.errors import ApiError, summarise, validation_details
 from gpufleet.store import IngestItem, StoreError
 from gpufleet.wire import Batch, IngestAck
 
-router = APIRouter()
 
-_BODY_SCHEMA = {
-    "required": True,
-    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Batch"}}},
+def _json(ref: str) -> dict:
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}
+
+
+_ERROR = {"content": _json("Error")}
+OPENAPI = {
+    "post": {
+        "tags": ["ingest"],
+        "summary": "Store one batch of samples (idempotent by batch_id)",
+        "operationId": "ingest",
+        "security": [{"agentToken": []}],
+        "requestBody": {"required": True, "content": _json("Batch")},
+        "responses": {
+            "200": {
+                "description": "stored, or a duplicate of a stored batch",
+                "content": _json("IngestAck"),
+            },
+            "400": {"description": "body is not valid gzip", **_ERROR},
+            "401": {"description": "missing or unknown agent token", **_ERROR},
+            "403": {"description": "revoked agent token", **_ERROR},
+            "413": {"description": "body too large", **_ERROR},
+            "415": {"description": "not JSON, or an unsupported Content-Encoding", **_ERROR},
+            "422": {"description": "the batch is invalid; the message says where", **_ERROR},
+            "503": {"description": "the store is busy or failing; retry later", **_ERROR},
+        },
+    }
 }
 
 
@@ -50,20 +78,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-@router.post(
-    "/api/v1/ingest",
-    response_model=IngestAck,
-    tags=["ingest"],
-    summary="Store one batch of samples (idempotent by batch_id)",
-    openapi_extra={"requestBody": _BODY_SCHEMA},
-    responses={
-        401: {"description": "missing or unknown agent token"},
-        403: {"description": "revoked agent token"},
-        413: {"description": "body too large"},
-        422: {"description": "the batch is invalid; the message says where"},
-        503: {"description": "the store is busy or failing; retry later"},
-    },
-)
 async def ingest(request: Request) -> Response:
     ctx: Context = request.app.state.ctx
     token = ctx.tokens.check(request.headers.get("authorization"))
@@ -120,3 +134,6 @@ async def accept(ctx: Context, batch: Batch, token_name: str, received_at: float
         clock_skew_seconds=round(skew, 3),
         warnings=warnings,
     )
+
+
+ROUTE = Route("/api/v1/ingest", ingest, methods=["POST"], name="ingest")
