@@ -23,6 +23,9 @@
   const PALETTE = ["#2f6fde", "#2f9e6e", "#d9822b", "#c2413a", "#7b4bc4", "#1b9aaa", "#b7791f", "#5b6478",
     "#e05297", "#6a994e", "#386fa4", "#bc6c25"];
   const charts = {};
+  const gib = (v) => (v >= 1024 ? `${+(v / 1024).toFixed(1)} TiB` : `${+v.toFixed(1)} GiB`);
+  const AXIS = { gpu_mem: gib, mem: gib, disk: gib, gpu_util: "{value}%", cpu: "{value}%",
+    gpu_temp: "{value} °C", gpu_power: "{value} W", net: "{value} MB/s" };
 
   function chartFor(id) {
     if (!window.echarts) return null;
@@ -32,12 +35,12 @@
       charts[id].setOption({
         animation: false,
         color: PALETTE,
-        grid: { left: 46, right: 12, top: 24, bottom: 24 },
+        grid: { left: 62, right: 12, top: 24, bottom: 24 },
         legend: { type: "scroll", top: 0, right: 0, itemWidth: 10, itemHeight: 6, itemGap: 6,
           textStyle: { fontSize: 10 }, formatter: (n) => n.replace(/^GPU /, "") },
         tooltip: { trigger: "axis", valueFormatter: (v) => (v === null || v === undefined ? "N/A" : +v.toFixed(2)) },
         xAxis: { type: "time", axisLabel: { fontSize: 10, hideOverlap: true } },
-        yAxis: { type: "value", axisLabel: { fontSize: 10 }, splitLine: { lineStyle: { color: "#eef0f3" } },
+        yAxis: { type: "value", axisLabel: { fontSize: 10, formatter: AXIS[id] }, splitLine: { lineStyle: { color: "#eef0f3" } },
           min: id === "gpu_util" || id === "cpu" ? 0 : undefined, max: id === "gpu_util" || id === "cpu" ? 100 : undefined },
         series: [],
       });
@@ -107,7 +110,7 @@
     push("mem", "used", hm.memory_used_bytes === null ? null : hm.memory_used_bytes / GiB);
     push("net", "receive", hm.net_rx_bytes_per_second === null ? null : hm.net_rx_bytes_per_second / 1e6);
     push("net", "send", hm.net_tx_bytes_per_second === null ? null : hm.net_tx_bytes_per_second / 1e6);
-    for (const id of Object.keys(CHARTS)) if (id !== "disk") draw(id);
+    for (const id of Object.keys(CHARTS)) draw(id);
   }
 
   function renderNow(view, sample) {
