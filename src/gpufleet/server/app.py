@@ -105,7 +105,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.include_router(account_routes.router)
     app.include_router(account_routes.api)
     app.include_router(account_routes.api_me)
-    app.router.routes.append(ingest.ROUTE)
+    app.router.routes.insert(0, ingest.ROUTE)  # the hot path is matched first
     for module in (api, metrics, admin):
         app.include_router(module.router)
     web.install(app)  # web UI: pages, /api/v1/stream, /api/v1/overview, /static
