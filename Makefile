@@ -30,6 +30,8 @@ lint: setup
 bench: setup
 	.venv/bin/python bench/agent_round.py
 	.venv/bin/python bench/ingest.py
+	.venv/bin/python bench/ui.py
+	.venv/bin/python bench/sched_bench.py
 
 clean:
 	rm -rf .venv .pytest_cache .ruff_cache .mypy_cache

@@ -1,10 +1,12 @@
 """The web UI in real headless Chromium against a real server process fed by real ingests.
 
-Screenshots of the overview and a host page go to docs/img/ (the README shows them)."""
+Screenshots of the overview and a host page go to out/screenshots/ (or $GPUFLEET_SCREENSHOT_DIR);
+copy them to docs/img/ to refresh the README's pictures."""
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 
@@ -13,7 +15,10 @@ import pytest
 from tests.conftest import make_batch
 from tests.web.conftest import fleet_sample
 
-IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
+IMG = Path(
+    os.environ.get("GPUFLEET_SCREENSHOT_DIR")
+    or Path(__file__).resolve().parents[2] / "out" / "screenshots"
+)
 MODELS = ["NVIDIA A100-SXM4-80GB", "NVIDIA H100 80GB HBM3", "NVIDIA GeForce RTX 4090"]
 
 
