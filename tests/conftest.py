@@ -197,3 +197,29 @@ def server_factory(tmp_path):
 @pytest.fixture
 def server(server_factory) -> ServerProc:
     return server_factory()
+
+
+# -- the browser: one Chromium per test module ------------------------------------------------
+# Playwright's sync API runs an event loop in this thread while it is started: one instance at
+# a time, stopped at the end of the module, so later tests (asyncio.run) find no running loop.
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """The system's Chromium (Debian package) driven by Playwright; never a downloaded one."""
+    path = need_binary(CHROMIUM, "Chromium (Debian package chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        need_binary("playwright-python-package-missing", "the Python package playwright")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

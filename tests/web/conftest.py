@@ -10,27 +10,6 @@ import time
 import pytest
 
 from gpufleet.wire import GpuProcess, Sample
-from tests.conftest import need_binary
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage",
-]  # fmt: skip
-
-
-@pytest.fixture(scope="session")
-def browser():
-    path = need_binary(CHROMIUM, "Chromium (Debian package chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        need_binary("playwright-python-package-missing", "the Python package playwright")
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture
@@ -46,8 +25,13 @@ def page(browser):
 
 
 def fleet_sample(
-    host: str, k: int, *, ts: float | None = None, model: str = "NVIDIA A100-SXM4-80GB",
-    gpus: int = 8, busy: int = 5,
+    host: str,
+    k: int,
+    *,
+    ts: float | None = None,
+    model: str = "NVIDIA A100-SXM4-80GB",
+    gpus: int = 8,
+    busy: int = 5,
 ) -> Sample:
     """A plausible host: the first ``busy`` GPUs held by users, the rest free."""
     from tests.conftest import make_sample
