@@ -97,6 +97,19 @@ def test_next_cannot_leave_the_site(client):
         assert r.headers["location"] == "/"
 
 
+def test_every_page_shows_who_is_logged_in(client):
+    page = client.get("/").text
+    assert 'id="login-link"' in page and 'id="logout"' not in page
+    token = login(client, "root")  # an admin
+    for path in ("/", "/hosts/nope"):
+        page = client.get(path).text
+        assert "root (admin)" in page and 'href="/admin"' in page
+        assert csrf_of(page) == token  # the log-out form carries this session's token
+    login(client, "vic")  # a viewer sees no admin link
+    page = client.get("/").text
+    assert "vic (viewer)" in page and 'href="/admin"' not in page
+
+
 def test_logout_ends_the_session(client):
     token = login(client, "vic")
     assert client.post("/logout", data={}).status_code == 403  # needs the CSRF token too

@@ -13,6 +13,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from gpufleet import __version__
+from gpufleet.accounts.web import page_context
 from gpufleet.server import api
 from gpufleet.server.errors import ApiError
 from gpufleet.web import STATIC_DIR, TEMPLATE_DIR
@@ -57,6 +58,7 @@ def overview_page(request: Request) -> HTMLResponse:
         request,
         "overview.html",
         {
+            **page_context(request),
             "filters": filters,
             "sorts": SORTS,
             "idle_gpu_minutes": ctx.settings.web.idle_gpu_minutes,
@@ -71,13 +73,17 @@ def host_page(request: Request, name: str) -> HTMLResponse:
         data = api.host(request, name)  # the JSON API's own function: the page cannot drift
     except ApiError as exc:
         return templates.TemplateResponse(
-            request, "not_found.html", {"message": exc.message, "page": "host"}, status_code=404
+            request,
+            "not_found.html",
+            {**page_context(request), "message": exc.message, "page": "host"},
+            status_code=404,
         )
     rng = request.query_params.get("range", "1h")
     return templates.TemplateResponse(
         request,
         "host.html",
         {
+            **page_context(request),
             "host": data,
             "host_json": orjson.dumps(data).decode().replace("</", "<\\/"),
             "sample": data["sample"],
