@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,13 @@ import click
 from gpufleet.accounts.passwords import check_password_policy, hash_password
 from gpufleet.accounts.users import ROLES, new_user, user_view
 from gpufleet.errors import GpufleetError
-from gpufleet.server.cli import _Admin, _settings, config_option, data_dir_option
+from gpufleet.server.local import (
+    LocalAdmin,
+    config_option,
+    data_dir_option,
+    print_rows,
+    settings_from,
+)
 
 role_choice = click.Choice(ROLES)
 
@@ -35,8 +40,8 @@ def _read_password(password_stdin: bool) -> str:
     return password
 
 
-def _open(config_path: str | None, data_dir: Path | None) -> _Admin:
-    return _Admin(_settings(config_path, data_dir=data_dir))
+def _open(config_path: str | None, data_dir: Path | None) -> LocalAdmin:
+    return LocalAdmin(settings_from(config_path, data_dir=data_dir))
 
 
 def _store_error(exc: Exception, hint: str) -> GpufleetError:
@@ -110,14 +115,11 @@ def user_list(config_path: str | None, data_dir: Path | None, as_json: bool) -> 
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("name", "role", "created", "last login")
-    fmt = lambda t: time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else ""  # noqa: E731
-    for r in rows:
-        table.add_row(r["name"], r["role"], fmt(r["created_at"]), fmt(r["last_login"]))
-    Console().print(table)
+    print_rows(
+        ["name", "role", "created", "last login"],
+        [[r["name"], r["role"], r["created_at"], r["last_login"]] for r in rows],
+        time_columns={2, 3},
+    )
 
 
 def _change(config_path, data_dir, name: str, **changes: Any) -> None:

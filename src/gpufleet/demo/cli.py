@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import shutil
 import signal
 import socket
@@ -159,26 +157,26 @@ def _demo(specs, trace, *, port: int, bind: str, data_dir: Path | None, speed: f
     from gpufleet.config import load_settings
     from gpufleet.demo.engine import FleetEngine
     from gpufleet.server.app import create_app
-    from gpufleet.server.cli import SERVER_FILE, _spawn_agent
-    from gpufleet.store import StoreError, open_store
+    from gpufleet.server.local import (
+        fresh_token,
+        open_store_or_explain,
+        server_file,
+        spawn_agent,
+        stop_process,
+    )
 
     settings = load_settings(None, overrides={"server": {"data_dir": data_dir, "host": bind,
                                                          "port": port}})  # fmt: skip
     data = settings.server.data_dir
     data.mkdir(parents=True, exist_ok=True)
     _check_port(settings.server.host, settings.server.port)
-    try:
-        store = open_store(settings.database_url)
-    except StoreError as exc:
-        raise GpufleetError(
-            str(exc), hint=f"is another gpufleet server using {data}? stop it or pass --data-dir"
-        ) from None
+    store = open_store_or_explain(settings)
     url = f"http://{_client_host(settings.server.host)}:{settings.server.port}"
     agent_proc: subprocess.Popen | None = None
     engine: FleetEngine | None = None
     try:
-        replay_token = _token(store, "replay")
-        agent_token = _token(store, "local") if local_agent else None
+        replay_token = fresh_token(store, "replay")
+        agent_token = fresh_token(store, "local") if local_agent else None
         spool = data / "replay-spool"  # simulated data: nothing in it is worth keeping
         shutil.rmtree(spool, ignore_errors=True)
         engine = FleetEngine(specs, trace, url, replay_token, spool_root=spool, speed=speed,
@@ -197,7 +195,7 @@ def _demo(specs, trace, *, port: int, bind: str, data_dir: Path | None, speed: f
                 if engine is not None:
                     engine.stop()
                 if agent_proc is not None:
-                    _stop_process(agent_proc)
+                    stop_process(agent_proc)
                     agent_proc = None
 
         server = _make_server(config, stop_others)
@@ -214,32 +212,21 @@ def _demo(specs, trace, *, port: int, bind: str, data_dir: Path | None, speed: f
                 assert engine is not None
                 engine.start()
                 if agent_token is not None:
-                    agent_proc = _spawn_agent(url, agent_token, data / "agent-spool")
+                    agent_proc = spawn_agent(url, agent_token, data / "agent-spool")
             log.info("gpufleet demo is up in %.1f s: open %s/ (hosts: %s/api/v1/hosts, API "
                      "docs: %s/docs); Ctrl-C stops it", time.monotonic() - t0, url, url,
                      url)  # fmt: skip
 
         threading.Thread(target=when_up, name="demo-start", daemon=True).start()
-        (data / SERVER_FILE).write_text(json.dumps({"url": url, "pid": os.getpid()}))
         log.info("gpufleet server on %s (data dir %s)", url, data)
-        server.run()
+        with server_file(data, url):
+            server.run()
     finally:
         if engine is not None:
             engine.stop()
         if agent_proc is not None:
-            _stop_process(agent_proc)
-        (data / SERVER_FILE).unlink(missing_ok=True)
+            stop_process(agent_proc)
         store.close()
-
-
-def _stop_process(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _make_server(config, before_shutdown):
@@ -263,21 +250,6 @@ def _make_server(config, before_shutdown):
             await super().shutdown(sockets)
 
     return Server(config)
-
-
-def _token(store, name: str) -> str:
-    """A fresh agent token named ``name`` (an earlier one of that name is revoked)."""
-    from gpufleet.server.auth import new_token
-
-    now = time.time()
-    for t in store.tokens():
-        if t.name == name and t.revoked_at is None:
-            store.revoke_token(name, now)
-    if any(t.name == name for t in store.tokens()):
-        name = f"{name}-{int(now)}"
-    token, record = new_token(name)
-    store.create_token(record)
-    return token
 
 
 def _check_port(host: str, port: int) -> None:
