@@ -16,6 +16,7 @@ run: setup
 ## test: the whole suite, slow end-to-end tests included (what CI runs)
 test: setup
 	.venv/bin/ruff check src tests bench
+	.venv/bin/mypy
 	.venv/bin/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 ## test-fast: skip the slow end-to-end tests

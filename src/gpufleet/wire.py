@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-WIRE_VERSION = 1
+WIRE_VERSION: Literal[1] = 1
 
 # Bounds that keep one request small and a typo from poisoning the store.
 MAX_SAMPLES_PER_BATCH = 720  # one hour at 5 s
