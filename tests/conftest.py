@@ -182,6 +182,7 @@ def server_factory(tmp_path):
 
     def make(*extra_args: str, start: bool = True) -> ServerProc:
         data = tmp_path / f"data{len(made)}"
+        data.mkdir(parents=True, exist_ok=True)  # a PostgreSQL store makes no file in it
         token = create_token(data, "test-agent")
         srv = ServerProc(data, free_port(), token, extra_args=extra_args)
         if start:
@@ -223,3 +224,46 @@ def browser():
         b = pw.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+# -- PostgreSQL: the real server on this machine -------------------------------------------------
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "GPUFLEET_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def need_postgres() -> str:
+    """The admin URL of a reachable PostgreSQL ($GPUFLEET_TEST_POSTGRES); in CI an unreachable
+    one fails the test, else it skips."""
+    try:
+        import psycopg
+
+        psycopg.connect(POSTGRES_ADMIN_URL, connect_timeout=3).close()
+    except Exception as exc:  # the driver missing or the server down: same answer
+        message = (
+            f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL} ({type(exc).__name__}: "
+            f"{str(exc).strip()[:200]}); start it or set GPUFLEET_TEST_POSTGRES"
+        )
+        if REQUIRE_SERVICES:
+            pytest.fail(message)
+        pytest.skip(message)
+    return POSTGRES_ADMIN_URL
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh, empty PostgreSQL database for one test (dropped after it)."""
+    import urllib.parse
+
+    import psycopg
+
+    admin_url = need_postgres()
+    name = f"gpufleet_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield urllib.parse.urlsplit(admin_url)._replace(path=f"/{name}").geturl()
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -1,4 +1,5 @@
-"""The DuckDB store through its public interface: migrations, group commits, retention, series."""
+"""The store through its public interface: migrations, group commits, retention, series; each
+test runs on the embedded DuckDB store and on PostgreSQL (skipped when it is not reachable)."""
 
 from __future__ import annotations
 
@@ -13,21 +14,40 @@ from gpufleet.store.schema import SCHEMA_VERSION
 from tests.conftest import make_batch, make_sample
 
 
+@pytest.fixture(params=["duckdb", "postgresql"])
+def store_url(request, tmp_path) -> str:
+    if request.param == "duckdb":
+        return str(tmp_path / "s.duckdb")
+    return request.getfixturevalue("postgres_url")
+
+
+def applied_migrations(url: str) -> int:
+    """Rows in schema_migrations, read with the backend's own driver."""
+    if url.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(url) as con:
+            return con.execute("SELECT count(*) FROM schema_migrations").fetchone()[0]
+    con = duckdb.connect(url, read_only=True)
+    try:
+        return con.execute("SELECT count(*) FROM schema_migrations").fetchone()[0]
+    finally:
+        con.close()
+
+
 def item(batch, received_at=None):
     return IngestItem(batch, "tok", received_at or time.time(), 0.0)
 
 
-def test_schema_is_created_once_and_versioned(tmp_path):
-    path = tmp_path / "s.duckdb"
-    store = open_store(path)
+def test_schema_is_created_once_and_versioned(store_url):
+    store = open_store(store_url)
     assert store.schema_version() == SCHEMA_VERSION
     store.close()
-    again = open_store(f"duckdb://{path}")  # reopening applies nothing twice
+    again_url = store_url if "://" in store_url else f"duckdb://{store_url}"
+    again = open_store(again_url)  # reopening applies nothing twice
     assert again.schema_version() == SCHEMA_VERSION
     again.close()
-    con = duckdb.connect(str(path), read_only=True)
-    assert con.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == SCHEMA_VERSION
-    con.close()
+    assert applied_migrations(store_url) == SCHEMA_VERSION
 
 
 def test_second_writer_gets_a_clear_error(tmp_path):
@@ -44,8 +64,8 @@ def test_second_writer_gets_a_clear_error(tmp_path):
         store.close()
 
 
-def test_group_commit_dedupes_within_and_across_groups(tmp_path):
-    store = open_store(tmp_path / "s.duckdb")
+def test_group_commit_dedupes_within_and_across_groups(store_url):
+    store = open_store(store_url)
     b1, b2 = make_batch(make_sample("a")), make_batch(make_sample("b"))
     futures = [store.submit(item(b)) for b in (b1, b2, b1, b1)]
     assert [f.result() for f in futures] == [True, True, False, False]
@@ -56,8 +76,8 @@ def test_group_commit_dedupes_within_and_across_groups(tmp_path):
     store.close()
 
 
-def test_hosts_keep_newest_sample_and_earliest_first_seen(tmp_path):
-    store = open_store(tmp_path / "s.duckdb")
+def test_hosts_keep_newest_sample_and_earliest_first_seen(store_url):
+    store = open_store(store_url)
     now = time.time()
     store.submit(item(make_batch(make_sample("h", ts=now)))).result()
     late = make_batch(make_sample("h", ts=now - 3600, gpus=2), sent_at=now)
@@ -69,8 +89,8 @@ def test_hosts_keep_newest_sample_and_earliest_first_seen(tmp_path):
     store.close()
 
 
-def test_prune_drops_old_raw_rows_and_old_dedupe_keys(tmp_path):
-    store = open_store(tmp_path / "s.duckdb")
+def test_prune_drops_old_raw_rows_and_old_dedupe_keys(store_url):
+    store = open_store(store_url)
     now = time.time()
     old = make_batch(make_sample("h", ts=now - 40 * 86400), sent_at=now)
     new = make_batch(make_sample("h", ts=now))
@@ -83,8 +103,8 @@ def test_prune_drops_old_raw_rows_and_old_dedupe_keys(tmp_path):
     store.close()
 
 
-def test_series_downsamples_to_max_points(tmp_path):
-    store = open_store(tmp_path / "s.duckdb")
+def test_series_downsamples_to_max_points(store_url):
+    store = open_store(store_url)
     now = time.time()
     futs = [store.submit(item(make_batch(make_sample("h", ts=now - 1000 + i, gpus=1))))
             for i in range(1000)]  # fmt: skip
@@ -99,10 +119,10 @@ def test_series_downsamples_to_max_points(tmp_path):
     store.close()
 
 
-def test_tokens_and_revocation(tmp_path):
+def test_tokens_and_revocation(store_url):
     from gpufleet.server.auth import new_token
 
-    store = open_store(tmp_path / "s.duckdb")
+    store = open_store(store_url)
     _, rec = new_token("rack")
     store.create_token(rec)
     with pytest.raises(StoreError, match="already exists"):

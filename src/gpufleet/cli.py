@@ -20,6 +20,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "token": ("gpufleet.server.cli", "token", "Create, list and revoke agent tokens."),
     "user": ("gpufleet.accounts.cli", "user", "Create, list, change and delete web users."),
+    "migrate-store": (
+        "gpufleet.store.cli",
+        "migrate_store",
+        "Copy an embedded (DuckDB) store into PostgreSQL without loss.",
+    ),
     "agent": (
         "gpufleet.agent.cli",
         "agent",

@@ -1,0 +1,525 @@
+"""PostgreSQL backend: the ``Store`` interface for several server processes sharing one database.
+
+Same semantics as the embedded DuckDB store (``duck.py``): one writer thread per process with
+group commits (whatever queued up while the previous commit ran lands in one transaction, raw
+rows through ``COPY``), every batch acknowledged only after its commit, idempotent by batch key
+(``INSERT ... ON CONFLICT DO NOTHING RETURNING`` on ``batches``, which also settles races
+between processes), nothing partial stored. Reads run on a small pool of autocommit
+connections. Raw tables are partitioned by day on ``ts`` (``pg_schema``): the writer creates
+partitions ahead and on demand for late data, retention drops whole partitions.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+from psycopg.pq import TransactionStatus
+
+from gpufleet.store import pg_schema
+from gpufleet.store.base import (
+    SERIES_METRICS,
+    HostRecord,
+    IngestItem,
+    SeriesPoints,
+    Store,
+    StoreError,
+    TokenRecord,
+    UserRecord,
+)
+from gpufleet.store.rows import TABLE_COLUMNS, batch_key, flatten
+from gpufleet.store.schema import RAW_TABLES
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+MAX_GROUP = 512  # batches in one transaction
+# Group-commit window, as in duck.py: a transaction starts at most this long after the
+# previous one began, gathering what arrives meanwhile.
+COMMIT_INTERVAL_SECONDS = 0.05
+# The hosts table (each host's newest sample) is derived state, written at most this often.
+HOSTS_FLUSH_SECONDS = 1.0
+PARTITIONS_AHEAD_DAYS = 2  # daily partitions made before their day starts
+READ_CONNECTIONS = 8
+
+_HOST_ROW = (
+    "name", "source", "token_name", "first_seen", "last_seen", "last_received",
+    "interval_seconds", "agent_version", "clock_skew_seconds", "last_sample",
+)  # fmt: skip
+_UPSERT_HOSTS = f"""
+    INSERT INTO hosts ({", ".join(_HOST_ROW)})
+    SELECT n, s, tn, fs, ls, lr, iv, av, cs, smp::json
+    FROM unnest(%s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[], %s::float8[],
+                %s::float8[], %s::text[], %s::float8[], %s::text[])
+        AS t(n, s, tn, fs, ls, lr, iv, av, cs, smp)
+    ON CONFLICT (name) DO UPDATE SET
+        source = excluded.source,
+        token_name = excluded.token_name,
+        first_seen = least(hosts.first_seen, excluded.first_seen),
+        last_received = greatest(hosts.last_received, excluded.last_received),
+        agent_version = excluded.agent_version,
+        clock_skew_seconds = excluded.clock_skew_seconds,
+        interval_seconds = CASE WHEN excluded.last_seen >= hosts.last_seen
+            THEN excluded.interval_seconds ELSE hosts.interval_seconds END,
+        last_sample = CASE WHEN excluded.last_seen >= hosts.last_seen
+            THEN excluded.last_sample ELSE hosts.last_sample END,
+        last_seen = greatest(hosts.last_seen, excluded.last_seen)
+"""
+_INSERT_BATCHES = """
+    INSERT INTO batches (id, received_at, samples)
+    SELECT k, %s, n FROM unnest(%s::uuid[], %s::integer[]) AS t(k, n)
+    ON CONFLICT DO NOTHING RETURNING id
+"""
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+def connect(url: str, **kw: Any) -> psycopg.Connection:
+    try:
+        return psycopg.connect(url, autocommit=True, connect_timeout=10, **kw)
+    except psycopg.Error as exc:
+        raise StoreError(
+            f"cannot connect to PostgreSQL at {redact(url)}: {exc}".strip().replace("\n", " ")
+        ) from exc
+
+
+class _Pool:
+    """At most ``size`` autocommit connections for reads; broken ones are replaced."""
+
+    def __init__(self, url: str, size: int) -> None:
+        self._url = url
+        self._idle: list[psycopg.Connection] = []
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(size)
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        with self._slots:
+            with self._lock:
+                con = self._idle.pop() if self._idle else None
+            if con is None or con.closed or con.broken:
+                con = connect(self._url)
+            try:
+                yield con
+            finally:
+                if con.broken or con.info.transaction_status != TransactionStatus.IDLE:
+                    con.close()
+                else:
+                    with self._lock:
+                        self._idle.append(con)
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for con in idle:
+            con.close()
+
+
+class PostgresStore(Store):
+    def __init__(self, url: str, read_connections: int = READ_CONNECTIONS) -> None:
+        self.url = url
+        self.path = redact(url)  # what logs and errors show
+        self._con = connect(url)  # the writer's; used by the writer thread once it starts
+        self._migrate()
+        self._parts = self._load_partitions(self._con)
+        self._pool = _Pool(url, read_connections)
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._pending_hosts: dict[str, list[Any]] = {}  # as in duck.py; writer thread only
+        self._hosts_due = 0.0
+        self.commits = 0
+        self.batches_stored = 0
+        self.batches_duplicate = 0
+        self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
+        self._writer.start()
+
+    # -- schema -------------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        con = self._con
+        con.execute("SELECT pg_advisory_lock(%s)", [pg_schema.LOCK_MIGRATE])
+        try:
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations"
+                " (version integer PRIMARY KEY, description text, applied_at double precision)"
+            )
+            applied = {r[0] for r in con.execute("SELECT version FROM schema_migrations")}
+            for m in pg_schema.migrations():
+                if m.version in applied:
+                    continue
+                with con.transaction():
+                    con.execute(m.sql)
+                    con.execute(
+                        "INSERT INTO schema_migrations VALUES (%s, %s, %s)",
+                        [m.version, m.description, time.time()],
+                    )
+                log.info("store %s: applied migration %d (%s)", self.path, m.version, m.description)
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot migrate the store {self.path}: {exc}") from exc
+        finally:
+            if not con.broken:
+                con.execute("SELECT pg_advisory_unlock(%s)", [pg_schema.LOCK_MIGRATE])
+
+    def schema_version(self) -> int:
+        return int(self._read("SELECT max(version) FROM schema_migrations")[0][0])
+
+    # -- partitions ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _load_partitions(con: psycopg.Connection) -> set[tuple[str, int]]:
+        rows = con.execute(pg_schema.LIST_PARTITIONS, [list(RAW_TABLES)]).fetchall()
+        return {p for (name,) in rows if (p := pg_schema.parse_partition(name)) is not None}
+
+    def _ensure_partitions(self, con: psycopg.Connection, days: set[int]) -> None:
+        """Create the daily partitions of every raw table for ``days`` and the days ahead, in
+        their own transaction (an empty partition left behind is harmless)."""
+        today = pg_schema.day_of(time.time())
+        days = days | set(range(today, today + PARTITIONS_AHEAD_DAYS + 1))
+        missing = sorted((t, d) for d in days for t in RAW_TABLES if (t, d) not in self._parts)
+        if not missing:
+            return
+        with con.transaction():
+            con.execute("SELECT pg_advisory_xact_lock(%s)", [pg_schema.LOCK_PARTITIONS])
+            for table, day in missing:
+                con.execute(pg_schema.partition_ddl(table, day))
+        self._parts.update(missing)
+
+    # -- the writer ---------------------------------------------------------------------------
+
+    def submit(self, item: IngestItem) -> concurrent.futures.Future[bool]:
+        fut: concurrent.futures.Future[bool] = concurrent.futures.Future()
+        self._queue.put((item, fut))
+        return fut
+
+    def write(self, fn: Callable[[psycopg.Cursor], Any]) -> Any:
+        """Run ``fn(cursor)`` on the writer thread in one transaction and return its result."""
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._queue.put((fn, fut))
+        return fut.result()
+
+    def _write_loop(self) -> None:
+        next_commit = 0.0
+        stop = False
+        while not stop:
+            task = self._queue.get()
+            group = []
+            while True:
+                if task is _STOP:
+                    stop = True
+                    break
+                if isinstance(task[0], IngestItem):
+                    group.append(task)
+                    if len(group) >= MAX_GROUP:
+                        break
+                else:
+                    if group:
+                        self._ingest_group(group)
+                        group = []
+                    self._run_task(*task)
+                wait = next_commit - time.monotonic() if group else 0.0
+                try:
+                    task = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if group:
+                next_commit = time.monotonic() + COMMIT_INTERVAL_SECONDS
+                self._ingest_group(group)
+            if self._pending_hosts and time.monotonic() >= self._hosts_due:
+                self._run_task(lambda cur: None, concurrent.futures.Future())
+        self._con.close()
+
+    def _writer_con(self) -> psycopg.Connection:
+        """The writer's connection, reconnected after the server went away."""
+        if self._con.closed or self._con.broken:
+            self._con.close()
+            self._con = connect(self.url)
+            self._parts = self._load_partitions(self._con)
+        return self._con
+
+    def _run_task(self, fn, fut) -> None:
+        try:
+            con = self._writer_con()
+            with con.transaction(), con.cursor() as cur:
+                result = fn(cur)
+                if self._pending_hosts:
+                    self._flush_hosts(cur)
+        except BaseException as exc:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+    def _ingest_group(self, group) -> None:
+        try:
+            results = self._ingest_txn([item for item, _ in group])
+        except Exception as exc:
+            with contextlib.suppress(Exception):  # another process may have dropped some
+                self._parts = self._load_partitions(self._writer_con())
+            if len(group) == 1:
+                log.exception("store: batch %s not stored", group[0][0].batch.batch_id)
+                group[0][1].set_exception(StoreError(f"store write failed: {exc}"))
+                return
+            for one in group:  # one bad batch must not sink the others: retry each alone
+                self._ingest_group([one])
+            return
+        for (item, fut), stored in zip(group, results, strict=True):
+            if stored:  # noted after the commit, so the hosts table never shows a lost sample
+                for smp in item.batch.samples:
+                    self._note_host(item, smp)
+            fut.set_result(stored)
+
+    def _ingest_txn(self, items: list[IngestItem]) -> list[bool]:
+        con = self._writer_con()
+        keys = [batch_key(i.batch.batch_id) for i in items]
+        first: dict[Any, int] = {}  # a batch sent twice within one group: the first one counts
+        for n, key in enumerate(keys):
+            first.setdefault(key, n)
+        once = sorted(first.values())
+        days = {
+            pg_schema.day_of(ts)
+            for i in items
+            for s in i.batch.samples
+            for ts in (s.ts, *(ev.ts for g in s.gpus for ev in g.xid_events))
+        }
+        self._ensure_partitions(con, days)
+        with con.transaction(), con.cursor() as cur:
+            inserted = set(
+                r[0]
+                for r in cur.execute(
+                    _INSERT_BATCHES,
+                    [
+                        items[0].received_at,
+                        [keys[n] for n in once],
+                        [len(items[n].batch.samples) for n in once],
+                    ],
+                ).fetchall()
+            )
+            fresh = [key in inserted and first[key] == n for n, key in enumerate(keys)]
+            new_items = [item for item, f in zip(items, fresh, strict=True) if f]
+            if new_items:
+                self._copy_rows(cur, new_items)
+        self.commits += 1
+        self.batches_stored += len(new_items)
+        self.batches_duplicate += len(items) - len(new_items)
+        return fresh
+
+    @staticmethod
+    def _copy_rows(cur: psycopg.Cursor, items: list[IngestItem]) -> None:
+        cols = flatten(s for item in items for s in item.batch.samples)
+        for table, columns in cols.items():
+            if not columns["host"]:
+                continue
+            names = TABLE_COLUMNS[table]
+            with cur.copy(f"COPY {table} ({', '.join(names)}) FROM STDIN") as copy:
+                for row in zip(*(columns[c] for c in names), strict=True):
+                    copy.write_row(row)
+
+    def _note_host(self, item: IngestItem, smp: Any) -> None:
+        row = self._pending_hosts.get(smp.host)
+        agent_version = item.batch.agent_version or smp.facts.agent_version or None
+        if row is None:
+            self._pending_hosts[smp.host] = [
+                smp.host, item.batch.source, item.token_name, smp.ts, smp.ts, item.received_at,
+                smp.interval_seconds, agent_version, item.clock_skew_seconds, smp,
+            ]  # fmt: skip
+            return
+        row[1], row[2], row[7], row[8] = (
+            item.batch.source,
+            item.token_name,
+            agent_version,
+            item.clock_skew_seconds,
+        )
+        row[3] = min(row[3], smp.ts)
+        row[5] = max(row[5], item.received_at)
+        if smp.ts >= row[4]:  # a late (spooled) sample never hides a newer one
+            row[4], row[6], row[9] = smp.ts, smp.interval_seconds, smp
+
+    def _flush_hosts(self, cur: psycopg.Cursor) -> None:
+        """Upsert the hosts seen since the last flush, in one statement."""
+        rows = list(self._pending_hosts.values())
+        columns = [list(c) for c in zip(*rows, strict=True)]
+        columns[-1] = [smp.model_dump_json() for smp in columns[-1]]
+        cur.execute(_UPSERT_HOSTS, columns)
+        self._pending_hosts.clear()
+        self._hosts_due = time.monotonic() + HOSTS_FLUSH_SECONDS
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def _read(self, sql: str, params: list | None = None) -> list[tuple]:
+        try:
+            with self._pool.connection() as con:
+                return con.execute(sql, params).fetchall()
+        except psycopg.OperationalError as exc:
+            raise StoreError(f"store {self.path}: {exc}") from exc
+
+    def hosts(self) -> list[HostRecord]:
+        self.write(lambda cur: None)  # flushes the pending hosts
+        rows = self._read(f"SELECT {', '.join(_HOST_ROW)} FROM hosts ORDER BY name")
+        return [HostRecord(*r[:9], last_sample=r[9]) for r in rows]
+
+    def series(
+        self, host: str, metric: str, since: float, until: float, max_points: int = 1000
+    ) -> list[SeriesPoints]:
+        if metric not in SERIES_METRICS:
+            raise StoreError(f"unknown metric {metric!r}")
+        table, column, _ = SERIES_METRICS[metric]
+        key = "gpu_index" if table == "gpu_samples" else "NULL::smallint"
+        step = max((until - since) / max(max_points, 1), 0.0)
+        bucket = f"floor(ts / {step!r}) * {step!r}" if step >= 1 else "ts"
+        rows = self._read(
+            f"SELECT {key} AS k, {bucket} AS t, avg({column})::float8 FROM {table}"
+            f" WHERE host = %s AND ts >= %s AND ts <= %s GROUP BY 1, 2 ORDER BY 1, 2",
+            [host, since, until],
+        )
+        out: dict[Any, list[tuple[float, float | None]]] = {}
+        for k, t, v in rows:
+            out.setdefault(k, []).append((t, v))
+        return [SeriesPoints(k, pts) for k, pts in out.items()]
+
+    def tokens(self) -> list[TokenRecord]:
+        rows = self._read(
+            "SELECT id, name, secret_sha256, created_at, revoked_at FROM agent_tokens ORDER BY name"
+        )
+        return [TokenRecord(*r) for r in rows]
+
+    def count(self, table: str) -> int:
+        if table not in (*RAW_TABLES, "batches", "hosts", "agent_tokens"):
+            raise StoreError(f"unknown table {table!r}")
+        return int(self._read(f"SELECT count(*) FROM {table}")[0][0])
+
+    def partitions(self) -> list[tuple[str, int]]:
+        """(raw table, UTC day number) of every raw-tier partition, in order."""
+        with self._pool.connection() as con:
+            return sorted(self._load_partitions(con))
+
+    # -- small writes -------------------------------------------------------------------------
+
+    def create_token(self, token: TokenRecord) -> None:
+        def fn(cur):
+            if cur.execute("SELECT 1 FROM agent_tokens WHERE name = %s", [token.name]).fetchall():
+                raise StoreError(f"a token named {token.name!r} already exists")
+            cur.execute(
+                "INSERT INTO agent_tokens VALUES (%s, %s, %s, %s, %s)",
+                [token.id, token.name, token.secret_sha256, token.created_at, token.revoked_at],
+            )
+
+        self.write(fn)
+
+    def revoke_token(self, name: str, at: float) -> TokenRecord:
+        def fn(cur):
+            row = cur.execute(
+                "SELECT id, name, secret_sha256, created_at, revoked_at FROM agent_tokens"
+                " WHERE name = %s FOR UPDATE",
+                [name],
+            ).fetchall()
+            if not row:
+                raise StoreError(f"no token named {name!r}")
+            if row[0][4] is not None:
+                raise StoreError(f"token {name!r} is already revoked")
+            cur.execute("UPDATE agent_tokens SET revoked_at = %s WHERE name = %s", [at, name])
+            return TokenRecord(*row[0][:4], revoked_at=at)
+
+        return self.write(fn)
+
+    def prune(self, raw_before: float, batches_before: float) -> dict[str, int]:
+        # On an hour boundary, as the embedded store's retention (no warehouse here yet).
+        cutoff = (raw_before // 3600) * 3600
+
+        def fn(cur):
+            deleted = {}
+            for table in RAW_TABLES:
+                n = 0
+                whole = sorted(
+                    (t, d) for t, d in self._load_partitions(cur.connection)
+                    if t == table and (d + 1) * pg_schema.DAY_SECONDS <= cutoff
+                )  # fmt: skip
+                for part in whole:  # whole days: drop the partition, no row-by-row delete
+                    name = pg_schema.partition_name(*part)
+                    n += cur.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
+                    cur.execute(f"DROP TABLE {name}")
+                    self._parts.discard(part)
+                n += cur.execute(f"DELETE FROM {table} WHERE ts < %s", [cutoff]).rowcount
+                deleted[table] = n
+            cur.execute("DELETE FROM batches WHERE received_at < %s", [batches_before])
+            deleted["batches"] = cur.rowcount
+            return deleted
+
+        return self.write(fn)
+
+    def close(self) -> None:
+        if self._writer.is_alive():
+            with contextlib.suppress(Exception):
+                self.write(lambda cur: None)  # flushes the pending hosts
+            self._queue.put(_STOP)
+            self._writer.join()
+        self._pool.close()
+
+    # -- web accounts -------------------------------------------------------------------------
+
+    _USER_COLUMNS = "name, password_hash, role, created_at, last_login"
+
+    def users(self) -> list[UserRecord]:
+        rows = self._read(f"SELECT {self._USER_COLUMNS} FROM users ORDER BY name")
+        return [UserRecord(*r) for r in rows]
+
+    def create_user(self, user: UserRecord) -> None:
+        def fn(cur):
+            cur.execute(
+                "INSERT INTO users VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                [user.name, user.password_hash, user.role, user.created_at, user.last_login],
+            )
+            if cur.rowcount == 0:
+                raise StoreError(f"a user named {user.name!r} already exists")
+
+        self.write(fn)
+
+    def update_user(
+        self,
+        name: str,
+        *,
+        role: str | None = None,
+        password_hash: str | None = None,
+        last_login: float | None = None,
+    ) -> UserRecord:
+        changes = {"role": role, "password_hash": password_hash, "last_login": last_login}
+        changes = {k: v for k, v in changes.items() if v is not None}
+
+        def fn(cur):
+            if changes:
+                sets = ", ".join(f"{k} = %s" for k in changes)
+                cur.execute(f"UPDATE users SET {sets} WHERE name = %s", [*changes.values(), name])
+            row = cur.execute(
+                f"SELECT {self._USER_COLUMNS} FROM users WHERE name = %s", [name]
+            ).fetchall()
+            if not row:
+                raise StoreError(f"no user named {name!r}")
+            return UserRecord(*row[0])
+
+        return self.write(fn)
+
+    def delete_user(self, name: str) -> None:
+        def fn(cur):
+            if cur.execute("DELETE FROM users WHERE name = %s", [name]).rowcount == 0:
+                raise StoreError(f"no user named {name!r}")
+
+        self.write(fn)
+
+    # -- usage warehouse: not on PostgreSQL yet -----------------------------------------------
+
+    def _no_warehouse(self, *args: Any, **kwargs: Any) -> Any:
+        raise StoreError(
+            "the usage warehouse (rollups, reports) is not supported on PostgreSQL yet;"
+            " use the embedded store for reports"
+        )
+
+    rollup = prune_tiers = report_facts = _no_warehouse  # type: ignore[assignment]
+    warehouse_state = user_mapping = set_user_mapping = _no_warehouse  # type: ignore[assignment]
