@@ -45,6 +45,16 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "predictor",
         "Train and evaluate the job runtime/memory predictor.",
     ),
+    "report": (
+        "gpufleet.reports.cli",
+        "report",
+        "Usage report (GPU-hours, utilisation, energy, idle) by period and user/host/GPU.",
+    ),
+    "rollup": (
+        "gpufleet.reports.cli",
+        "rollup",
+        "Roll raw samples up into the warehouse tiers (backfill; the server does it itself).",
+    ),
 }
 
 

@@ -122,6 +122,44 @@ class SshSection(_Section):
         return hosts
 
 
+class WarehouseSection(_Section):
+    timezone: str = Field(
+        "UTC",
+        description="IANA time zone of the lab (e.g. Asia/Shanghai): report days start at its "
+        "local midnight.",
+    )
+    busy_util_percent: Annotated[float, Field(ge=0, lt=100)] = Field(
+        5.0, description="A GPU counts as busy while its utilisation is above this (percent)."
+    )
+    retention_minute_days: Annotated[float, Field(gt=0)] = Field(
+        14.0, description="Keep the minute tier this long."
+    )
+    retention_hour_days: Annotated[float, Field(gt=0)] = Field(
+        400.0, description="Keep the hour tier this long (the day tier is kept forever)."
+    )
+    rollup_interval_seconds: Annotated[float, Field(gt=0)] = Field(
+        300.0, description="How often the server rolls completed hours up into the tiers."
+    )
+    late_window_hours: Annotated[float, Field(ge=0)] = Field(
+        72.0,
+        description="Raw samples are kept at least this long, so late (spooled) samples can "
+        "still be rolled up with the rest of their hour.",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, name: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {name!r}; use an IANA name such as Asia/Shanghai or UTC"
+            ) from None
+        return name
+
+
 class Settings(_Section):
     server: ServerSection = ServerSection()
     ingest: IngestSection = IngestSection()
@@ -129,6 +167,7 @@ class Settings(_Section):
     status: StatusSection = StatusSection()
     web: WebSection = WebSection()
     ssh: SshSection = SshSection()
+    warehouse: WarehouseSection = WarehouseSection()
 
     @property
     def database_url(self) -> str:

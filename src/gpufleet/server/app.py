@@ -15,6 +15,7 @@ from gpufleet import __version__, web
 from gpufleet.accounts import routes as account_routes
 from gpufleet.accounts import web as account_web
 from gpufleet.config import Settings
+from gpufleet.reports import api as report_api
 from gpufleet.server import admin, api, errors, ingest, metrics, stream
 from gpufleet.server.auth import TokenCache, ensure_admin_key
 from gpufleet.server.context import Context
@@ -33,7 +34,8 @@ async def _prune_forever(ctx: Context) -> None:
         try:
             deleted = await asyncio.to_thread(
                 ctx.store.prune,
-                now - cfg.retention.raw_days * 86400,
+                # never inside the late window: late samples are rolled up with their hour
+                now - max(cfg.retention.raw_days * 86400, cfg.warehouse.late_window_hours * 3600),
                 now - cfg.ingest.dedupe_window_days * 86400,
             )
             if any(deleted.values()):
@@ -79,6 +81,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         hub = stream.attach(app, ctx)  # web UI: live updates over SSE (gpufleet.server.stream)
         app.state.accounts = account_web.Accounts(settings, st)
         pruner = asyncio.create_task(_prune_forever(ctx))
+        roller = asyncio.create_task(report_api.rollup_forever(ctx))  # usage warehouse
         await _start_poller(ctx)
         log.info(
             "store %s (schema v%d): %d hosts known", settings.database_url,
@@ -88,6 +91,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             yield
         finally:
             pruner.cancel()
+            roller.cancel()
             hub.stop()
             if ctx.poller is not None:
                 await ctx.poller.stop()
@@ -108,6 +112,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.router.routes.insert(0, ingest.ROUTE)  # the hot path is matched first
     for module in (api, metrics, admin):
         app.include_router(module.router)
+    app.include_router(report_api.router)
     web.install(app)  # web UI: pages, /api/v1/stream, /api/v1/overview, /static
 
     def openapi() -> dict:

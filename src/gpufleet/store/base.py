@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import abc
 import concurrent.futures
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,3 +152,49 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def delete_user(self, name: str) -> None:
         """Raises StoreError when there is no such user."""
+
+    # -- usage warehouse (gpufleet.reports; docs/warehouse.md) ------------------------------------
+    # Not abstract: a backend without a warehouse says so with a StoreError.
+
+    def rollup(
+        self,
+        *,
+        now: float,
+        tz: str,
+        busy_util_percent: float,
+        from_ts: float | None = None,
+        to_ts: float | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Roll raw samples up into the tiers: without a range, every completed hour since the
+        watermark plus the hours late samples touched; with one, those hours (a backfill).
+        Idempotent. ``progress(done_hours, total_hours)`` is called after each chunk."""
+        raise StoreError("this store has no usage warehouse")
+
+    def prune_tiers(self, minute_before: float, hour_before: float) -> dict[str, int]:
+        """Drop minute and hour tier rows older than the given times (the day tier stays)."""
+        raise StoreError("this store has no usage warehouse")
+
+    def report_facts(
+        self,
+        *,
+        tier: str,
+        by: str,
+        buckets: list[tuple[int, str]],
+        busy_util_percent: float = 0.0,
+    ) -> list[dict[str, Any]]:
+        """Additive fact rows (period_start, key, facts...) for a report. tier 'day': buckets
+        are local day starts; 'hour' and 'raw': UTC hour starts; each mapped to a period label."""
+        raise StoreError("this store has no usage warehouse")
+
+    def warehouse_state(self) -> dict[str, str]:
+        """Rollup state: watermark_ts, raw_kept_from_ts, day_tz (as text)."""
+        raise StoreError("this store has no usage warehouse")
+
+    def user_mapping(self) -> list[tuple[str, str | None, str | None]]:
+        """(Unix user, person, group) for every mapped user."""
+        raise StoreError("this store has no usage warehouse")
+
+    def set_user_mapping(self, user_name: str, person: str | None, group_name: str | None) -> None:
+        """Map a Unix user to a person and a group (both None: forget the mapping)."""
+        raise StoreError("this store has no usage warehouse")

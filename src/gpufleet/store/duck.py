@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import math
 import queue
 import threading
 import time
@@ -20,6 +21,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
+from gpufleet.store import warehouse
 from gpufleet.store.base import (
     SERIES_METRICS,
     HostRecord,
@@ -275,6 +277,7 @@ class DuckDBStore(Store):
         for item in items:
             for smp in item.batch.samples:
                 self._note_host(item, smp)
+        self._warehouse_note_late(con, items)
         if self._pending_hosts and time.monotonic() >= self._hosts_due:
             self._flush_hosts(con)
 
@@ -393,8 +396,9 @@ class DuckDBStore(Store):
     def prune(self, raw_before: float, batches_before: float) -> dict[str, int]:
         def fn(con):
             deleted = {}
+            raw_before_safe = warehouse.safe_raw_cutoff(con, raw_before)
             for table in RAW_TABLES:
-                n = con.execute(f"DELETE FROM {table} WHERE ts < ?", [raw_before]).fetchall()
+                n = con.execute(f"DELETE FROM {table} WHERE ts < ?", [raw_before_safe]).fetchall()
                 deleted[table] = int(n[0][0])
             n = con.execute("DELETE FROM batches WHERE received_at < ?", [batches_before])
             deleted["batches"] = int(n.fetchall()[0][0])
@@ -459,3 +463,145 @@ class DuckDBStore(Store):
             con.execute("DELETE FROM users WHERE name = ?", [name])
 
         self.write(fn)
+
+    # -- usage warehouse (gpufleet.store.warehouse) ---------------------------------------------
+
+    ROLLUP_CHUNK_HOURS = 24  # hours per writer transaction in a rollup
+
+    def _warehouse_note_late(self, con, items: list[IngestItem]) -> None:
+        """Mark the hours of samples older than the rollup watermark for a re-rollup (runs in
+        the ingest transaction; no SQL unless a sample is late)."""
+        wm = getattr(self, "_wh_watermark", None)
+        if wm is None:
+            row = con.execute(
+                "SELECT value FROM rollup_state WHERE key = 'watermark_ts'"
+            ).fetchone()
+            wm = self._wh_watermark = float(row[0]) if row else float("-inf")
+        late = {int(s.ts // 3600) * 3600 for i in items for s in i.batch.samples if s.ts < wm}
+        if late:
+            warehouse.mark_dirty(con, sorted(late))
+
+    def rollup(
+        self,
+        *,
+        now: float,
+        tz: str,
+        busy_util_percent: float,
+        from_ts: float | None = None,
+        to_ts: float | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, Any]:
+        from gpufleet.reports.calendar import day_range, hours_to_days, zone
+
+        tzinfo = zone(tz)
+        started = time.perf_counter()
+        current = int(now // 3600) * 3600  # hours before this one are complete
+        backfill = from_ts is not None or to_ts is not None
+
+        def plan(con) -> tuple[list[tuple[int, int]], int | None, int]:
+            state = warehouse.get_state(con)
+            rebuilt = 0
+            if state.get("day_tz") != tz:  # the day tier follows the configured time zone
+                lo, hi = warehouse.hour_span(con)
+                if lo is not None:
+                    hours = list(range(lo, hi + 1, 3600))
+                    days = sorted(set(hours_to_days(hours, tzinfo).values()))
+                    warehouse.rollup_days(con, [day_range(d, tzinfo) for d in days])
+                    rebuilt = len(days)
+                warehouse.set_state(con, "day_tz", tz)
+            kept = float(state.get("raw_kept_from_ts", "-inf"))
+            raw_lo, raw_hi = warehouse.raw_span(con)
+            if raw_lo is None:
+                return [], None, rebuilt
+            first_raw = int(raw_lo // 3600) * 3600
+            if kept > -math.inf:  # raw before this was pruned
+                first_raw = max(first_raw, math.ceil(kept / 3600) * 3600)
+            if backfill:
+                a = int((from_ts if from_ts is not None else raw_lo) // 3600) * 3600
+                b = math.ceil((to_ts if to_ts is not None else raw_hi + 1) / 3600) * 3600
+                a = max(a, first_raw)
+                return ([(a, b)] if b > a else []), None, rebuilt
+            wm = int(float(state["watermark_ts"])) if "watermark_ts" in state else first_raw
+            dirty = [h for h in warehouse.dirty_hours(con) if h < wm]
+            gone = [h for h in dirty if h < first_raw]
+            if gone:  # raw already pruned: nothing exact to roll up from
+                log.warning("rollup: %d late hour(s) older than the raw tier ignored", len(gone))
+                con.execute("DELETE FROM rollup_dirty WHERE hour_ts < ?", [first_raw])
+            ranges: list[tuple[int, int]] = []
+            for h in (h for h in dirty if h >= first_raw):
+                if ranges and ranges[-1][1] == h:
+                    ranges[-1] = (ranges[-1][0], h + 3600)
+                else:
+                    ranges.append((h, h + 3600))
+            end = min(current, math.ceil((raw_hi + 1) / 3600) * 3600)  # nothing after the raw
+            if end > wm:
+                ranges.append((wm, end))
+            return ranges, wm, rebuilt
+
+        ranges, wm, rebuilt = self.write(plan)
+        chunks = []
+        for a, b in ranges:
+            step = self.ROLLUP_CHUNK_HOURS * 3600
+            cut = a
+            while cut < b:
+                end = min(b, (cut // step + 1) * step)
+                chunks.append((cut, end))
+                cut = end
+        total = sum((b - a) // 3600 for a, b in chunks)
+        done = 0
+        days_done: set[int] = set()
+        for a, b in chunks:
+
+            def run(con, a=a, b=b) -> set[int]:
+                warehouse.rollup_hours(con, a, b, busy_util_percent)
+                days = set(hours_to_days(list(range(a, b, 3600)), tzinfo).values())
+                warehouse.rollup_days(con, [day_range(d, tzinfo) for d in sorted(days)])
+                warehouse.clear_dirty(con, a, b)
+                if wm is not None and b > wm:
+                    new_wm = min(b, current)
+                    warehouse.set_state(con, "watermark_ts", str(new_wm))
+                    self._wh_watermark = float(new_wm)
+                return days
+
+            days_done |= self.write(run)
+            done += (b - a) // 3600
+            if progress is not None:
+                progress(done, total)
+        return {
+            "hours": total,
+            "days": len(days_done),
+            "days_rebuilt_for_time_zone": rebuilt,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+
+    def prune_tiers(self, minute_before: float, hour_before: float) -> dict[str, int]:
+        return self.write(lambda con: warehouse.prune_tiers(con, minute_before, hour_before))
+
+    def report_facts(
+        self,
+        *,
+        tier: str,
+        by: str,
+        buckets: list[tuple[int, str]],
+        busy_util_percent: float = 0.0,
+    ) -> list[dict[str, Any]]:
+        cur = self._db.cursor()
+        try:
+            if tier == "raw":
+                return warehouse.raw_facts(cur, by, buckets, busy_util_percent)
+            if tier not in ("hour", "day"):
+                raise StoreError(f"unknown tier {tier!r}")
+            return warehouse.tier_facts(cur, tier, by, buckets)
+        finally:
+            cur.close()
+
+    def warehouse_state(self) -> dict[str, str]:
+        return dict(self._read("SELECT key, value FROM rollup_state"))
+
+    def user_mapping(self) -> list[tuple[str, str | None, str | None]]:
+        return [tuple(r) for r in self._read(
+            "SELECT user_name, person, group_name FROM user_mapping ORDER BY user_name"
+        )]  # fmt: skip
+
+    def set_user_mapping(self, user_name: str, person: str | None, group_name: str | None) -> None:
+        self.write(lambda con: warehouse.set_user_mapping(con, user_name, person, group_name))

@@ -133,9 +133,88 @@ MIGRATIONS: list[Migration] = [
         );
         """,
     ),
+    Migration(
+        3,
+        "warehouse: minute/hour/day facts per GPU and per user, user mapping, rollup state",
+        # Tiers hold additive facts only, so any coarser bucket is an exact sum (maxima merge
+        # with max). bucket_ts: the bucket's start in Unix seconds; minute and hour buckets are
+        # UTC-aligned, day buckets start at local midnight in the time zone recorded in
+        # rollup_state ('day_tz'). util_hist_NN: seconds with utilisation in [5*NN, 5*NN+5)
+        # percent (100 % in the last bucket), for percentiles within 5 points.
+        "".join(
+            f"""
+        CREATE TABLE gpu_{tier} (
+            host VARCHAR NOT NULL,
+            gpu_index UTINYINT NOT NULL,
+            bucket_ts BIGINT NOT NULL,
+            gpu_uuid VARCHAR,
+            gpu_model VARCHAR,
+            samples BIGINT NOT NULL,
+            sample_seconds DOUBLE NOT NULL,
+            util_seconds DOUBLE NOT NULL,
+            util_percent_seconds DOUBLE NOT NULL,
+            busy_seconds DOUBLE NOT NULL,
+            held_seconds DOUBLE NOT NULL,
+            idle_held_seconds DOUBLE NOT NULL,
+            memory_byte_seconds DOUBLE NOT NULL,
+            energy_joules DOUBLE NOT NULL,
+            util_max_percent REAL,
+            memory_max_bytes BIGINT,
+            power_max_watts REAL,
+            {", ".join(f"util_hist_{i:02d} DOUBLE NOT NULL" for i in range(20))}
+        );"""
+            for tier in ("minute", "hour", "day")
+        )
+        + "".join(
+            f"""
+        -- A GPU's facts shared among the users holding it at each sample (equal shares), so
+        -- per-user GPU-hours add up to the fleet's; memory is the user's own processes'.
+        CREATE TABLE user_{tier} (
+            user_name VARCHAR NOT NULL,
+            host VARCHAR NOT NULL,
+            gpu_index UTINYINT NOT NULL,
+            bucket_ts BIGINT NOT NULL,
+            held_seconds DOUBLE NOT NULL,
+            util_seconds DOUBLE NOT NULL,
+            util_percent_seconds DOUBLE NOT NULL,
+            busy_seconds DOUBLE NOT NULL,
+            idle_held_seconds DOUBLE NOT NULL,
+            memory_byte_seconds DOUBLE NOT NULL,
+            energy_joules DOUBLE NOT NULL,
+            {", ".join(f"util_hist_{i:02d} DOUBLE NOT NULL" for i in range(20))}
+        );
+        -- Most GPUs a user held at once (summed over hosts, per minute) within the bucket.
+        CREATE TABLE user_peak_{tier} (
+            user_name VARCHAR NOT NULL,
+            bucket_ts BIGINT NOT NULL,
+            peak_gpus INTEGER NOT NULL
+        );"""
+            for tier in ("hour", "day")
+        )
+        + """
+        -- Unix user -> person and group; editable by an admin. Unknown users report as themselves.
+        CREATE TABLE user_mapping (
+            user_name VARCHAR PRIMARY KEY,
+            person VARCHAR,
+            group_name VARCHAR
+        );
+        -- Hours (UTC start, Unix s) whose raw samples changed after they were rolled up.
+        CREATE TABLE rollup_dirty (hour_ts BIGINT PRIMARY KEY);
+        -- watermark_ts: hours before it are rolled up (unless dirty); raw_kept_from_ts: raw
+        -- samples before it were pruned; day_tz: the time zone of the day tier.
+        CREATE TABLE rollup_state (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 # Raw-tier tables that retention prunes by ``ts``.
 RAW_TABLES = ("host_samples", "gpu_samples", "process_samples", "disk_samples", "xid_events")
+# Warehouse tiers (facts per GPU and per user): gpufleet.store.warehouse.
+TIER_TABLES = tuple(
+    f"{kind}_{tier}"
+    for kind in ("gpu", "user", "user_peak")
+    for tier in ("minute", "hour", "day")
+    if not (kind != "gpu" and tier == "minute")
+)
