@@ -1,4 +1,5 @@
-"""The ingest API and the read API, in-process (the app and a real DuckDB file)."""
+"""The ingest API and the read API, in-process (the app and a real store: a DuckDB file, and a
+PostgreSQL database when the server is reachable)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,12 @@ from gpufleet.store import open_store
 from tests.conftest import make_batch, make_sample
 
 
-@pytest.fixture
-def api(tmp_path):
-    settings = load_settings(None, overrides={"server": {"data_dir": tmp_path}}, environ={})
+@pytest.fixture(params=["duckdb", "postgresql"])
+def api(request, tmp_path):
+    server = {"data_dir": tmp_path}
+    if request.param == "postgresql":
+        server["database"] = request.getfixturevalue("postgres_url")
+    settings = load_settings(None, overrides={"server": server}, environ={})
     store = open_store(settings.database_url)
     token, record = new_token("agents")
     store.create_token(record)

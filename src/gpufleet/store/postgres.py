@@ -262,6 +262,13 @@ class PostgresStore(Store):
         try:
             results = self._ingest_txn([item for item, _ in group])
         except Exception as exc:
+            if isinstance(exc, StoreError | psycopg.OperationalError) or self._con.broken:
+                # The database is unreachable: every batch fails now (agents keep it spooled
+                # and retry), rather than one connection attempt per batch.
+                log.error("store: %d batch(es) not stored: %s", len(group), exc)
+                for _, fut in group:
+                    fut.set_exception(StoreError(f"store write failed: {exc}"))
+                return
             with contextlib.suppress(Exception):  # another process may have dropped some
                 self._parts = self._load_partitions(self._writer_con())
             if len(group) == 1:
