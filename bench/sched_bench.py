@@ -12,6 +12,8 @@ Sections:
   avg JCT <= 0.5x FIFO and <= 0.9x the best non-oracle baseline, p99 queue <= EASY's, zero OOM,
   zero unfinished).
 - heldout: the same on VCs not used while designing the policy (103959, 0e4a51, ed69ec).
+- predictor: pair-held-out MAPE of the neighbour step-time predictor with the shipped weights, and
+  nested (weights chosen per held-out pair by an inner leave-one-pair-out that never sees it).
 """
 
 from __future__ import annotations
@@ -119,11 +121,32 @@ def quality(args: argparse.Namespace, pool: ProcessPoolExecutor, vcs: list[str],
     return summary
 
 
+def predictor_section() -> dict[str, Any]:
+    from gpufleet.sched.bench_table import BenchRow
+    from gpufleet.sched.evaluate import alone_error, nested_pair_error
+    from gpufleet.sched.gavel import load_gavel, to_bench_rows
+
+    rows = [BenchRow(r["gpu_model"], r["model"], tuple(filter(None, r["colocated"].split("|"))),
+                     float(r["step_time_s"]), float(r["gpu_mem_mib"]) if r["gpu_mem_mib"] else None)
+            for r in to_bench_rows(load_gavel(DATA / "gavel_throughputs.json"), with_synthetic_memory=True)]
+    shipped = alone_error(rows, "pair", "neighbors")
+    nested = nested_pair_error(rows)
+    top = list(nested["chosen"].items())[:3]
+    _table("predictor: step time, each (model, GPU model) pair held out (target MAPE < 15%)",
+           ["evaluation", "pairs", "MAPE %"],
+           [["shipped weights (chosen by LOO on all pairs)", str(shipped["held_out"]),
+             f"{shipped['mape_pct']:.1f}"],
+            ["nested: weights chosen without the held-out pair", str(nested["held_out"]),
+             f"{nested['mape_pct']:.1f}"]])
+    print(f"inner choices ({', '.join(nested['grid_columns'])}): {top}")
+    return {"shipped": shipped, "nested": nested}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trace", type=Path, default=DATA / "philly_jobs.csv")
     parser.add_argument("--cluster", default="v100:32,p100:32,k80:32")
-    parser.add_argument("--section", choices=["all", "speed", "quality", "heldout"], default="all")
+    parser.add_argument("--section", choices=["all", "speed", "quality", "heldout", "predictor"], default="all")
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--vcs", default="6214e9,11cb48,2869ce")
     parser.add_argument("--heldout-vcs", default="103959,0e4a51,ed69ec")
@@ -146,6 +169,8 @@ def main() -> None:
             out["quality"] = quality(args, pool, args.vcs.split(","), "quality")
         if args.section in ("all", "heldout"):
             out["heldout"] = quality(args, pool, args.heldout_vcs.split(","), "held-out VCs")
+    if args.section in ("all", "predictor"):
+        out["predictor"] = predictor_section()
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))

@@ -128,3 +128,19 @@ def test_invariants_every_policy(policy_name, rows) -> None:
         results.append(summary)
     assert results[0] == results[1], "same input, same result"
     assert all(math.isfinite(v) for v in results[0].values())
+
+
+def test_aging_follows_queue_pressure() -> None:
+    spec = parse_cluster("v100:4x4")
+    policy = GpufleetPolicy(spec, None, aging=0.3, busy_aging=0.1, busy_queue_per_gpu=1.0)
+    jobs = [make_job(i, float(i), 1000.0 + 10 * i, gpus=1) for i in range(40)]
+    seen = []
+    original = policy._follow_pressure
+
+    def spy() -> None:
+        original()
+        seen.append(policy.aging)
+    policy._follow_pressure = spy  # type: ignore[method-assign]
+    _, result = run("gpufleet", spec, jobs, policy)
+    assert result.unfinished_jobs == 0
+    assert 0.1 in seen and seen[-1] == 0.3  # busy while > 4 jobs wait, calm again at the end

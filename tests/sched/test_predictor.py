@@ -55,3 +55,17 @@ def test_unknown_model_says_so_and_learns() -> None:
     before = predictor.step_time("a", "v100").value
     predictor.observe("a", "v100", 2.0)
     assert before < predictor.step_time("a", "v100").value < 2.0
+
+
+def test_nested_pair_error_never_sees_the_held_out_pair(gavel_rows) -> None:
+    from gpufleet.sched.evaluate import nested_pair_error
+
+    subset = [r for r in gavel_rows if not r.colocated and r.model.startswith(("ResNet", "A3C"))]
+    one = {"k": (3.0,), "w_family": (1.0,), "w_batch": (0.2,), "w_scale": (0.3,), "soft": (0.02,)}
+    # a one-point grid reduces to plain leave-one-pair-out with those weights
+    fixed = nested_pair_error(subset, one)
+    assert fixed["held_out"] > 10 and list(fixed["chosen"].values()) == [fixed["held_out"]]
+    grid = dict(one, k=(1.0, 3.0))
+    nested = nested_pair_error(subset, grid)
+    assert nested["held_out"] == fixed["held_out"]
+    assert sum(nested["chosen"].values()) == nested["held_out"]

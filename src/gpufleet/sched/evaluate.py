@@ -146,3 +146,127 @@ def evaluate(rows: list[BenchRow], holdout: str, methods: tuple[str, ...] = METH
     best = min(methods, key=lambda m: out["methods"][m]["step_time"]["mape_pct"])
     out["best_method"] = best
     return out
+
+
+# -- honest hyper-parameters for the neighbour method: nested leave-one-pair-out ---------------
+NEIGHBOR_GRID: dict[str, tuple[float, ...]] = {
+    "k": (2.0, 3.0, 4.0, 5.0, 8.0),
+    "w_family": (0.5, 1.0, 2.0),
+    "w_batch": (0.1, 0.2, 0.4),
+    "w_scale": (0.15, 0.3, 0.6),
+    "soft": (0.02, 0.1),
+}
+
+
+def _grid(grid: dict[str, tuple[float, ...]]) -> np.ndarray:
+    mesh = np.meshgrid(*grid.values(), indexing="ij")
+    return np.stack([m.ravel() for m in mesh], axis=1)  # columns: k, w_family, w_batch, w_scale, soft
+
+
+def _candidates(observed: dict[tuple[str, str], float], model: str, gpu: str
+                ) -> dict[str, tuple[float, float, float, float, float]]:
+    """Per neighbour model: (shape distance, family differs, log2 batch gap, GPU count differs,
+    log-time estimate) -- exactly the terms of ``Predictor._neighbors_log_time``."""
+    mine = {g: y for (m, g), y in observed.items() if m == model and g != gpu}
+    out: dict[str, tuple[float, float, float, float, float]] = {}
+    if not mine:
+        return out
+    family, batch, scale = model_features(model)
+    others = {m for (m, g) in observed if g == gpu and m != model}
+    for other in others:
+        common = [g for g in mine if (other, g) in observed]
+        if not common:
+            continue
+        f2, b2, s2 = model_features(other)
+        ref = common[0]
+        shape = [abs((mine[g] - mine[ref]) - (observed[(other, g)] - observed[(other, ref)]))
+                 for g in common[1:]]
+        estimate = float(np.mean([mine[g] + observed[(other, gpu)] - observed[(other, g)]
+                                  for g in common]))
+        out[other] = (float(np.mean(shape)) if shape else 0.5, float(f2 != family),
+                      abs(math.log2(max(batch, 1)) - math.log2(max(b2, 1))), float(s2 != scale),
+                      estimate)
+    return out
+
+
+Cands = dict[str, tuple[float, float, float, float, float]]
+
+
+def _grid_predictions(cands: list[Cands], grid: np.ndarray) -> np.ndarray:
+    """Log-time prediction of every problem (rows of ``cands``) under every grid point: [G, P]."""
+    width = max((len(c) for c in cands), default=0)
+    n = len(cands)
+    feats = np.full((n, max(width, 1), 5), np.nan)
+    for i, c in enumerate(cands):
+        if c:
+            feats[i, : len(c)] = np.array(list(c.values()))
+    valid = ~np.isnan(feats[:, :, 0])
+    out = np.full((len(grid), n), np.nan)
+    for gi, (k, wf, wb, ws, soft) in enumerate(grid):
+        dist = feats[:, :, 0] + wf * feats[:, :, 1] + wb * feats[:, :, 2] + ws * feats[:, :, 3]
+        dist = np.where(valid, dist, np.inf)
+        order = np.argsort(dist, axis=1, kind="stable")[:, : int(k)]
+        d = np.take_along_axis(dist, order, axis=1)
+        e = np.take_along_axis(feats[:, :, 4], order, axis=1)
+        w = np.where(np.isfinite(d), 1.0 / (soft + np.where(np.isfinite(d), d, 0.0)) ** 2, 0.0)
+        total = w.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[gi] = np.where(total > 0, (w * np.nan_to_num(e)).sum(axis=1) / total, np.nan)
+    return out
+
+
+def nested_pair_error(rows: list[BenchRow], grid: dict[str, tuple[float, ...]] | None = None
+                      ) -> dict[str, Any]:
+    """Pair-held-out MAPE of the neighbour method with its hyper-parameters chosen, for each held-out
+    pair, by an inner leave-one-pair-out over the *other* pairs only (the held-out pair is never
+    seen while choosing). Returns the MAPE and how often each choice was made."""
+    alone = _alone(rows)
+    logs: dict[tuple[str, str], list[float]] = {}
+    truth: dict[tuple[str, str], list[float]] = {}
+    for r in alone:
+        logs.setdefault((r.model, r.gpu_model), []).append(math.log(r.step_time_s))
+        truth.setdefault((r.model, r.gpu_model), []).append(r.step_time_s)
+    observed = {key: float(np.mean(v)) for key, v in logs.items()}
+    points = _grid(grid or NEIGHBOR_GRID)
+
+    def eligible(obs: dict[tuple[str, str], float], key: tuple[str, str]) -> bool:
+        return (any(m == key[0] and g != key[1] for m, g in obs)
+                and any(g == key[1] and m != key[0] for m, g in obs))
+
+    targets = [key for key in observed if eligible(observed, key)]
+    base = {key: _candidates({k: v for k, v in observed.items() if k != key}, *key) for key in targets}
+    pairs: list[tuple[float, float]] = []
+    chosen: dict[str, int] = {}
+    for outer in targets:
+        train = {k: v for k, v in observed.items() if k != outer}
+        inner_keys = [u for u in targets if u != outer and eligible(train, u)]
+        cands: list[Cands] = []
+        for u in inner_keys:
+            if u[0] == outer[0]:  # the held-out pair was one of u's own GPU models
+                cands.append(_candidates({k: v for k, v in train.items() if k != u}, *u))
+                continue
+            c = dict(base[u])
+            if outer[0] in c:  # the held-out pair belonged to this neighbour: recompute it
+                del c[outer[0]]
+                sub = {k: v for k, v in train.items() if k != u}
+                again = _candidates({k: v for k, v in sub.items()
+                                     if k[0] in (u[0], outer[0])}, *u)
+                if outer[0] in again:
+                    c[outer[0]] = again[outer[0]]
+            cands.append(c)
+        inner = _grid_predictions(cands, points)
+        actual = np.array([observed[u] for u in inner_keys])
+        with np.errstate(invalid="ignore"):
+            err = np.nanmean(np.abs(np.exp(inner - actual) - 1.0), axis=1)
+        best = int(np.nanargmin(err))
+        label = ",".join(f"{v:g}" for v in points[best])
+        chosen[label] = chosen.get(label, 0) + 1
+        log_t = _grid_predictions([base[outer]], points[best: best + 1])[0, 0]
+        if not math.isfinite(log_t):
+            pred = Predictor([r for r in alone if (r.model, r.gpu_model) != outer]).step_time(*outer).value
+        else:
+            pred = math.exp(log_t)
+        pairs += [(pred, t) for t in truth[outer]]
+    return {"mape_pct": _mape(pairs), "held_out": len(pairs),
+            "chosen": dict(sorted(chosen.items(), key=lambda kv: -kv[1])),
+            "grid_columns": list((grid or NEIGHBOR_GRID).keys())}

@@ -50,7 +50,9 @@ class GpufleetPolicy(Policy):
                  starve_factor: float = 4.0, memory_margin: float = 1.10,
                  min_colocation_factor: float = 0.6, scan_limit: int = 64,
                  pack_depth: int = 4, preempt_ratio: float = 4.0,
-                 min_run_seconds: float = 1800.0, restart_cost_seconds: float = 60.0) -> None:
+                 min_run_seconds: float = 1800.0, restart_cost_seconds: float = 60.0,
+                 starve_scan: int = 1, busy_aging: float = 0.1,
+                 busy_queue_per_gpu: float = 4.0) -> None:
         self.spec = spec
         self.colocation = _memoize(colocation) if colocation is not None else None
         self.aging = aging
@@ -63,6 +65,10 @@ class GpufleetPolicy(Policy):
         self.preempt_ratio = preempt_ratio
         self.min_run_seconds = min_run_seconds
         self.restart_cost_seconds = restart_cost_seconds
+        self.starve_scan = starve_scan
+        self.calm_aging = aging
+        self.busy_aging = busy_aging
+        self.busy_queue = busy_queue_per_gpu * spec.total_gpus
         self.bandwidth = spec.bandwidth_bytes_per_second
         self.memory_of = {h.gpu_model: h.gpu_memory_bytes for h in spec.hosts}
         self.hosts_of = {m: {h.host_id for h in spec.hosts if h.gpu_model == m}
@@ -203,8 +209,14 @@ class GpufleetPolicy(Policy):
         cluster = ctx.cluster
         now = ctx.now_seconds
         self.reservations = {}
-        oldest = self.fifo.first()
-        if oldest is not None and self.is_starving(oldest, now):
+        self._follow_pressure()
+        # Starving jobs, oldest first: each starts now or holds the GPUs that free up first
+        # (one reservation per GPU model); a later one may not delay an earlier one's.
+        for oldest in self.fifo.head(self.starve_scan):
+            if now - oldest.arrival_seconds <= self.starve_after_seconds:
+                break
+            if not self.is_starving(oldest, now):
+                continue
             models = self.models_of.get(oldest.job_id, [])
             for model in sorted(models, key=lambda m: oldest.predicted_duration_seconds[m]):
                 found = self.place_on(oldest, model, ctx)
@@ -212,7 +224,8 @@ class GpufleetPolicy(Policy):
                     self._start(ctx, oldest, found)
                     break
             else:
-                held = reserve(oldest, cluster, ctx.running, now, models)
+                free_models = [m for m in models if m not in self.reservations]
+                held = reserve(oldest, cluster, ctx.running, now, free_models)
                 if held is not None:
                     self.reservations[held.gpu_model] = held
         # The best start on each GPU model; after a start only that model (and any model whose
@@ -232,6 +245,25 @@ class GpufleetPolicy(Policy):
             self._pack(ctx)
         if self.preempt_ratio > 0 and len(self.fifo):
             self._preempt_for_short(ctx)
+
+    def _follow_pressure(self) -> None:
+        """Aging follows queue pressure: ``busy_aging`` while more than ``busy_queue`` jobs wait
+        (``busy_queue_per_gpu`` x GPUs), back to the calm ``aging`` below half that. Waits are long
+        there, and a fixed aging would turn the order into FIFO; the starving-job rule keeps the
+        tail. A switch re-sorts the queues (rare: hysteresis of 2x)."""
+        waiting = len(self.fifo)
+        if self.aging != self.busy_aging and waiting > self.busy_queue:
+            new = self.busy_aging
+        elif self.aging != self.calm_aging and waiting < self.busy_queue / 2:
+            new = self.calm_aging
+        else:
+            return
+        self.aging = new
+        for model, queue in self.queues.items():
+            fresh = SortedQueue(self._key_for(model))
+            for job in queue:
+                fresh.add(job)
+            self.queues[model] = fresh
 
     def _preempt_for_short(self, ctx: SchedulerContext) -> None:
         """Shortest remaining predicted time first: a waiting job that is far shorter than a
