@@ -275,3 +275,27 @@ def test_server_runs_on_postgresql_end_to_end(server_factory, postgres_url, monk
     assert [h.name for h in store.hosts()] == ["e2e"]
     assert store.count("gpu_samples") == 8
     store.close()
+
+
+def test_writer_reconnects_after_its_connection_is_lost(postgres_url):
+    store = open_store(postgres_url)
+    assert store.submit(item(make_batch(make_sample("h")))).result() is True
+    assert store.count("host_samples") == 1  # a pooled read connection, dropped below
+    dbname = postgres_url.rsplit("/", 1)[1]
+    with psycopg.connect(postgres_url, autocommit=True) as con:  # a database restart, in effect
+        con.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            [dbname],
+        )
+    lost = make_batch(make_sample("h"))
+    try:  # the writer reconnects first, or fails this batch (not acknowledged: agents retry)
+        stored = store.submit(item(lost)).result(timeout=30)
+    except StoreError as exc:
+        assert "store write failed" in str(exc)
+        stored = store.submit(item(lost)).result(timeout=30)
+    assert stored is True
+    assert store.submit(item(lost)).result(timeout=30) is False
+    assert store.count("host_samples") == 2
+    assert [h.name for h in store.hosts()] == ["h"]  # reads: the pool replaced its connection
+    store.close()

@@ -362,11 +362,14 @@ class PostgresStore(Store):
     # -- reads --------------------------------------------------------------------------------
 
     def _read(self, sql: str, params: list | None = None) -> list[tuple]:
-        try:
-            with self._pool.connection() as con:
-                return con.execute(sql, params).fetchall()
-        except psycopg.OperationalError as exc:
-            raise StoreError(f"store {self.path}: {exc}") from exc
+        for attempt in (1, 2):  # a pooled connection the server dropped is replaced, once
+            try:
+                with self._pool.connection() as con:
+                    return con.execute(sql, params).fetchall()
+            except psycopg.OperationalError as exc:
+                if attempt == 2 or not con.broken:
+                    raise StoreError(f"store {self.path}: {exc}") from exc
+        raise AssertionError("unreachable")
 
     def hosts(self) -> list[HostRecord]:
         self.write(lambda cur: None)  # flushes the pending hosts
