@@ -156,3 +156,13 @@ def test_server_metrics_pass_promtool(server):
     r = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert re.search(r'gpufleet_host_free_gpus\{host="weirdhost"\} 0', text)
+
+
+def test_store_url_password_never_shown():
+    from gpufleet.config import redact_url
+
+    s = load_settings(
+        None, overrides={"server": {"database": "postgresql://gf:s3cret@db:5432/x"}}, environ={}
+    )
+    assert s.database_url_redacted == "postgresql://gf:***@db:5432/x"
+    assert redact_url("/var/lib/gpufleet/gpufleet.duckdb") == "/var/lib/gpufleet/gpufleet.duckdb"

@@ -8,6 +8,7 @@ Every setting is listed, with its meaning, in docs/configuration.md (a test keep
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -172,6 +173,16 @@ class Settings(_Section):
     @property
     def database_url(self) -> str:
         return self.server.database or str(self.server.data_dir / "gpufleet.duckdb")
+
+    @property
+    def database_url_redacted(self) -> str:
+        """The store URL without its password, for /healthz and logs."""
+        return redact_url(self.database_url)
+
+
+def redact_url(url: str) -> str:
+    """``postgresql://u:secret@h/db`` -> ``postgresql://u:***@h/db``."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 # Environment variables and the setting each one overrides.

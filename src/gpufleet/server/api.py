@@ -51,7 +51,10 @@ def healthz(request: Request) -> dict[str, Any]:
         "status": "ok",
         "version": __version__,
         "uptime_seconds": round(time.time() - ctx.started_at, 3),
-        "store": {"url": ctx.settings.database_url, "schema_version": ctx.store.schema_version()},
+        "store": {
+            "url": ctx.settings.database_url_redacted,
+            "schema_version": ctx.store.schema_version(),
+        },
         "writer_queue": ctx.queue_depth(),
         "hosts": len(ctx.live.hosts),
     }

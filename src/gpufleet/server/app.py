@@ -84,7 +84,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         roller = asyncio.create_task(report_api.rollup_forever(ctx))  # usage warehouse
         await _start_poller(ctx)
         log.info(
-            "store %s (schema v%d): %d hosts known", settings.database_url,
+            "store %s (schema v%d): %d hosts known", settings.database_url_redacted,
             st.schema_version(), len(live.hosts),
         )  # fmt: skip
         try:

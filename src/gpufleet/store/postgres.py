@@ -15,7 +15,6 @@ import concurrent.futures
 import contextlib
 import logging
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ from typing import Any
 import psycopg
 from psycopg.pq import TransactionStatus
 
+from gpufleet.config import redact_url
 from gpufleet.store import pg_schema
 from gpufleet.store.base import (
     SERIES_METRICS,
@@ -80,9 +80,7 @@ _INSERT_BATCHES = """
 """
 
 
-def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+redact = redact_url  # the URL without its password, for messages and logs
 
 
 def connect(url: str, **kw: Any) -> psycopg.Connection:
