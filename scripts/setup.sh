@@ -28,6 +28,19 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
+# PostgreSQL (the PostgreSQL backend's tests use the local server on 127.0.0.1:5432, trust
+# auth): start the local cluster when it is installed but stopped.
+if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432; then
+  version=$(ls /etc/postgresql 2>/dev/null | head -n 1)
+  if [ "$(id -u)" = 0 ] && [ -n "$version" ] && command -v pg_ctlcluster >/dev/null 2>&1; then
+    echo "setup: starting PostgreSQL $version"
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+  else
+    echo "setup: warning: PostgreSQL is not running on 127.0.0.1:5432; its tests will skip" \
+         "(or fail in CI)" >&2
+  fi
+fi
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
