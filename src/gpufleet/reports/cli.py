@@ -164,7 +164,7 @@ def _table(data: dict) -> None:
         t.add_row(*[str(r[k]) if d is None else _num(r.get(k), d) for _, k, d in cols])
     tot = data["totals"]
     t.add_section()
-    t.add_row("total", "", *[_num(tot.get(k), d) for _, k, d in cols[2:]])
+    t.add_row("total", "", *[_num(tot.get(k), d or 0) for _, k, d in cols[2:]])
     console = Console()
     console.print(t)
     lt = data["long_tail"]
