@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from gpufleet.reports.calendar import PERIODS
 from gpufleet.reports.core import BY
 from gpufleet.reports.service import ReportError, compute_report, parse_date, to_csv
+from gpufleet.store import StoreError
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -66,6 +67,7 @@ def reports(
 async def rollup_forever(ctx: Any) -> None:
     """The server's incremental rollup: completed hours and late samples, then tier retention."""
     cfg = ctx.settings.warehouse
+    unsupported_said = False
     while True:
         now = time.time()
         try:
@@ -79,6 +81,10 @@ async def rollup_forever(ctx: Any) -> None:
                 now - cfg.retention_minute_days * 86400,
                 now - cfg.retention_hour_days * 86400,
             )
+        except StoreError as exc:  # e.g. the warehouse is not on this backend yet: say it once
+            if not unsupported_said:
+                log.warning("rollup: %s; reports stay empty on this store", exc)
+                unsupported_said = True
         except Exception:
             log.exception("rollup failed; will try again")
         await asyncio.sleep(cfg.rollup_interval_seconds)
