@@ -36,7 +36,7 @@ def test_bench_errors_name_the_column() -> None:
 def test_held_out_pair_error(gavel_rows) -> None:
     result = alone_error(gavel_rows, "pair", "neighbors")
     assert result["held_out"] > 200
-    assert result["mape_pct"] < 16.0  # measured 15.2 %; target 15 % (docs/scheduler.md)
+    assert result["mape_pct"] < 15.0  # 14.0 % (nested, honest: 14.1 %); target 15 % (docs/scheduler.md)
 
 
 def test_colocation_error(gavel_rows) -> None:
