@@ -15,21 +15,7 @@ import click
 from gpufleet.errors import GpufleetError
 from gpufleet.reports.calendar import PERIODS
 from gpufleet.reports.core import BY
-
-config_option = click.option(
-    "--config", "-c", "config_path", type=click.Path(dir_okay=False),
-    help="YAML config file (default: $GPUFLEET_CONFIG, else built-in defaults).",
-)  # fmt: skip
-data_dir_option = click.option(
-    "--data-dir", type=click.Path(file_okay=False, path_type=Path),
-    help="Folder of the store (default: ./gpufleet-data or $GPUFLEET_DATA_DIR).",
-)  # fmt: skip
-
-
-def _settings(config_path: str | None, data_dir: Path | None):
-    from gpufleet.config import load_settings
-
-    return load_settings(config_path, overrides={"server": {"data_dir": data_dir}})
+from gpufleet.server.local import config_option, data_dir_option, settings_from
 
 
 def _open_local(settings) -> Any:
@@ -88,7 +74,7 @@ def report(
     if server:
         data = _fetch(server, period, by, first, last, tier)
     else:
-        settings = _settings(config_path, data_dir)
+        settings = settings_from(config_path, data_dir=data_dir)
         store = _open_local(settings)
         try:
             data = compute_report(
@@ -221,7 +207,7 @@ def rollup(
     samples touched (what the server does every warehouse.rollup_interval_seconds). With
     them: recompute that range (a backfill). Idempotent: re-running gives the same tiers.
     """
-    settings = _settings(config_path, data_dir)
+    settings = settings_from(config_path, data_dir=data_dir)
     wh = settings.warehouse
     store = _open_local(settings)
     try:
