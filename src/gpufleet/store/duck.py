@@ -23,10 +23,8 @@ import pyarrow as pa
 
 from gpufleet.store import warehouse
 from gpufleet.store.base import (
-    SERIES_METRICS,
     HostRecord,
     IngestItem,
-    SeriesPoints,
     Store,
     StoreError,
     TokenRecord,
@@ -34,6 +32,7 @@ from gpufleet.store.base import (
 )
 from gpufleet.store.rows import TABLE_COLUMNS, batch_key, flatten
 from gpufleet.store.schema import MIGRATIONS, RAW_TABLES
+from gpufleet.store.sqlreads import SqlReads
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +91,7 @@ COMMIT_INTERVAL_SECONDS = 0.05
 HOSTS_FLUSH_SECONDS = 1.0
 
 
-class DuckDBStore(Store):
+class DuckDBStore(SqlReads, Store):
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         if self.path != ":memory:":
@@ -333,36 +332,6 @@ class DuckDBStore(Store):
             " FROM hosts ORDER BY name"
         )
         return [HostRecord(*r[:9], last_sample=orjson.loads(r[9])) for r in rows]
-
-    def series(
-        self, host: str, metric: str, since: float, until: float, max_points: int = 1000
-    ) -> list[SeriesPoints]:
-        if metric not in SERIES_METRICS:
-            raise StoreError(f"unknown metric {metric!r}")
-        table, column, _ = SERIES_METRICS[metric]
-        key = "gpu_index" if table == "gpu_samples" else "NULL"
-        step = max((until - since) / max(max_points, 1), 0.0)
-        bucket = f"floor(ts / {step!r}) * {step!r}" if step >= 1 else "ts"
-        rows = self._read(
-            f"SELECT {key} AS k, {bucket} AS t, avg({column}) FROM {table}"
-            f" WHERE host = ? AND ts >= ? AND ts <= ? GROUP BY ALL ORDER BY k, t",
-            [host, since, until],
-        )
-        out: dict[Any, list[tuple[float, float | None]]] = {}
-        for k, t, v in rows:
-            out.setdefault(k, []).append((t, v))
-        return [SeriesPoints(k, pts) for k, pts in out.items()]
-
-    def tokens(self) -> list[TokenRecord]:
-        rows = self._read(
-            "SELECT id, name, secret_sha256, created_at, revoked_at FROM agent_tokens ORDER BY name"
-        )
-        return [TokenRecord(*r) for r in rows]
-
-    def count(self, table: str) -> int:
-        if table not in (*RAW_TABLES, "batches", "hosts", "agent_tokens"):
-            raise StoreError(f"unknown table {table!r}")
-        return int(self._read(f"SELECT count(*) FROM {table}")[0][0])
 
     # -- small writes -------------------------------------------------------------------------
 

@@ -26,10 +26,8 @@ from psycopg.pq import TransactionStatus
 from gpufleet.config import redact_url
 from gpufleet.store import pg_schema
 from gpufleet.store.base import (
-    SERIES_METRICS,
     HostRecord,
     IngestItem,
-    SeriesPoints,
     Store,
     StoreError,
     TokenRecord,
@@ -37,6 +35,7 @@ from gpufleet.store.base import (
 )
 from gpufleet.store.rows import TABLE_COLUMNS, batch_key, flatten
 from gpufleet.store.schema import RAW_TABLES
+from gpufleet.store.sqlreads import SqlReads
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +123,9 @@ class _Pool:
             con.close()
 
 
-class PostgresStore(Store):
+class PostgresStore(SqlReads, Store):
+    PARAM, NULL_KEY, FLOAT = "%s", "NULL::smallint", "::float8"
+
     def __init__(self, url: str, read_connections: int = READ_CONNECTIONS) -> None:
         self.url = url
         self.path = redact(url)  # what logs and errors show
@@ -373,36 +374,6 @@ class PostgresStore(Store):
         self.write(lambda cur: None)  # flushes the pending hosts
         rows = self._read(f"SELECT {', '.join(_HOST_ROW)} FROM hosts ORDER BY name")
         return [HostRecord(*r[:9], last_sample=r[9]) for r in rows]
-
-    def series(
-        self, host: str, metric: str, since: float, until: float, max_points: int = 1000
-    ) -> list[SeriesPoints]:
-        if metric not in SERIES_METRICS:
-            raise StoreError(f"unknown metric {metric!r}")
-        table, column, _ = SERIES_METRICS[metric]
-        key = "gpu_index" if table == "gpu_samples" else "NULL::smallint"
-        step = max((until - since) / max(max_points, 1), 0.0)
-        bucket = f"floor(ts / {step!r}) * {step!r}" if step >= 1 else "ts"
-        rows = self._read(
-            f"SELECT {key} AS k, {bucket} AS t, avg({column})::float8 FROM {table}"
-            f" WHERE host = %s AND ts >= %s AND ts <= %s GROUP BY 1, 2 ORDER BY 1, 2",
-            [host, since, until],
-        )
-        out: dict[Any, list[tuple[float, float | None]]] = {}
-        for k, t, v in rows:
-            out.setdefault(k, []).append((t, v))
-        return [SeriesPoints(k, pts) for k, pts in out.items()]
-
-    def tokens(self) -> list[TokenRecord]:
-        rows = self._read(
-            "SELECT id, name, secret_sha256, created_at, revoked_at FROM agent_tokens ORDER BY name"
-        )
-        return [TokenRecord(*r) for r in rows]
-
-    def count(self, table: str) -> int:
-        if table not in (*RAW_TABLES, "batches", "hosts", "agent_tokens"):
-            raise StoreError(f"unknown table {table!r}")
-        return int(self._read(f"SELECT count(*) FROM {table}")[0][0])
 
     def partitions(self) -> list[tuple[str, int]]:
         """(raw table, UTC day number) of every raw-tier partition, in order."""
