@@ -47,5 +47,4 @@ class Context:
         return self.live.summaries(now, polls)
 
     def queue_depth(self) -> int:
-        q = getattr(self.store, "_queue", None)
-        return q.qsize() if q is not None else 0
+        return self.store.queue_depth()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import abc
 import concurrent.futures
+import queue
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -97,6 +98,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def submit(self, item: IngestItem) -> concurrent.futures.Future[bool]:
         """Queue a batch; the future resolves after commit: True stored, False a duplicate."""
+
+    _queue: queue.Queue  # the writer's work queue; every backend has one writer thread
+
+    def queue_depth(self) -> int:
+        """Writes waiting for the writer (ingest answers 503 past ``ingest.max_queue``)."""
+        return self._queue.qsize()
 
     @abc.abstractmethod
     def hosts(self) -> list[HostRecord]: ...
