@@ -27,7 +27,6 @@ from gpufleet.store.base import (
     IngestItem,
     Store,
     StoreError,
-    TokenRecord,
     UserRecord,
 )
 from gpufleet.store.rows import TABLE_COLUMNS, batch_key, flatten
@@ -334,33 +333,6 @@ class DuckDBStore(SqlReads, Store):
         return [HostRecord(*r[:9], last_sample=orjson.loads(r[9])) for r in rows]
 
     # -- small writes -------------------------------------------------------------------------
-
-    def create_token(self, token: TokenRecord) -> None:
-        def fn(con):
-            if con.execute("SELECT 1 FROM agent_tokens WHERE name = ?", [token.name]).fetchall():
-                raise StoreError(f"a token named {token.name!r} already exists")
-            con.execute(
-                "INSERT INTO agent_tokens VALUES (?, ?, ?, ?, ?)",
-                [token.id, token.name, token.secret_sha256, token.created_at, token.revoked_at],
-            )
-
-        self.write(fn)
-
-    def revoke_token(self, name: str, at: float) -> TokenRecord:
-        def fn(con):
-            row = con.execute(
-                "SELECT id, name, secret_sha256, created_at, revoked_at FROM agent_tokens"
-                " WHERE name = ?",
-                [name],
-            ).fetchall()
-            if not row:
-                raise StoreError(f"no token named {name!r}")
-            if row[0][4] is not None:
-                raise StoreError(f"token {name!r} is already revoked")
-            con.execute("UPDATE agent_tokens SET revoked_at = ? WHERE name = ?", [at, name])
-            return TokenRecord(*row[0][:4], revoked_at=at)
-
-        return self.write(fn)
 
     def prune(self, raw_before: float, batches_before: float) -> dict[str, int]:
         def fn(con):

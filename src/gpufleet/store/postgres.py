@@ -30,7 +30,6 @@ from gpufleet.store.base import (
     IngestItem,
     Store,
     StoreError,
-    TokenRecord,
     UserRecord,
 )
 from gpufleet.store.rows import TABLE_COLUMNS, batch_key, flatten
@@ -124,7 +123,7 @@ class _Pool:
 
 
 class PostgresStore(SqlReads, Store):
-    PARAM, NULL_KEY, FLOAT = "%s", "NULL::smallint", "::float8"
+    PARAM, NULL_KEY, FLOAT, LOCK = "%s", "NULL::smallint", "::float8", " FOR UPDATE"
 
     def __init__(self, url: str, read_connections: int = READ_CONNECTIONS) -> None:
         self.url = url
@@ -381,33 +380,6 @@ class PostgresStore(SqlReads, Store):
             return sorted(self._load_partitions(con))
 
     # -- small writes -------------------------------------------------------------------------
-
-    def create_token(self, token: TokenRecord) -> None:
-        def fn(cur):
-            if cur.execute("SELECT 1 FROM agent_tokens WHERE name = %s", [token.name]).fetchall():
-                raise StoreError(f"a token named {token.name!r} already exists")
-            cur.execute(
-                "INSERT INTO agent_tokens VALUES (%s, %s, %s, %s, %s)",
-                [token.id, token.name, token.secret_sha256, token.created_at, token.revoked_at],
-            )
-
-        self.write(fn)
-
-    def revoke_token(self, name: str, at: float) -> TokenRecord:
-        def fn(cur):
-            row = cur.execute(
-                "SELECT id, name, secret_sha256, created_at, revoked_at FROM agent_tokens"
-                " WHERE name = %s FOR UPDATE",
-                [name],
-            ).fetchall()
-            if not row:
-                raise StoreError(f"no token named {name!r}")
-            if row[0][4] is not None:
-                raise StoreError(f"token {name!r} is already revoked")
-            cur.execute("UPDATE agent_tokens SET revoked_at = %s WHERE name = %s", [at, name])
-            return TokenRecord(*row[0][:4], revoked_at=at)
-
-        return self.write(fn)
 
     def prune(self, raw_before: float, batches_before: float) -> dict[str, int]:
         # On an hour boundary, as the embedded store's retention (no warehouse here yet).

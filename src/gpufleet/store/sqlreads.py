@@ -1,4 +1,5 @@
-"""Reads that are the same SQL on every backend but for the parameter placeholder and a cast."""
+"""SQL that is the same on every backend but for the parameter placeholder, a cast and a lock
+clause: the read API's queries and the small token writes."""
 
 from __future__ import annotations
 
@@ -14,8 +15,12 @@ class SqlReads:
     PARAM = "?"  # the driver's placeholder
     NULL_KEY = "NULL"  # a typed NULL where the dialect needs one
     FLOAT = ""  # cast of an aggregate to a float, where the dialect needs one
+    LOCK = ""  # row lock for read-then-update (several server processes on one database)
 
     def _read(self, sql: str, params: list | None = None) -> list[tuple]:
+        raise NotImplementedError
+
+    def write(self, fn: Any) -> Any:
         raise NotImplementedError
 
     def series(
@@ -48,3 +53,34 @@ class SqlReads:
         if table not in (*RAW_TABLES, "batches", "hosts", "agent_tokens"):
             raise StoreError(f"unknown table {table!r}")
         return int(self._read(f"SELECT count(*) FROM {table}")[0][0])
+
+    def create_token(self, token: TokenRecord) -> None:
+        p = self.PARAM
+
+        def fn(con):
+            if con.execute(f"SELECT 1 FROM agent_tokens WHERE name = {p}", [token.name]).fetchall():
+                raise StoreError(f"a token named {token.name!r} already exists")
+            con.execute(
+                f"INSERT INTO agent_tokens VALUES ({p}, {p}, {p}, {p}, {p})",
+                [token.id, token.name, token.secret_sha256, token.created_at, token.revoked_at],
+            )
+
+        self.write(fn)
+
+    def revoke_token(self, name: str, at: float) -> TokenRecord:
+        p = self.PARAM
+
+        def fn(con):
+            row = con.execute(
+                "SELECT id, name, secret_sha256, created_at, revoked_at FROM agent_tokens"
+                f" WHERE name = {p}{self.LOCK}",
+                [name],
+            ).fetchall()
+            if not row:
+                raise StoreError(f"no token named {name!r}")
+            if row[0][4] is not None:
+                raise StoreError(f"token {name!r} is already revoked")
+            con.execute(f"UPDATE agent_tokens SET revoked_at = {p} WHERE name = {p}", [at, name])
+            return TokenRecord(*row[0][:4], revoked_at=at)
+
+        return self.write(fn)
