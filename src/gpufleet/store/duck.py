@@ -356,12 +356,6 @@ class DuckDBStore(SqlReads, Store):
 
     # -- web accounts -------------------------------------------------------------------------
 
-    _USER_COLUMNS = "name, password_hash, role, created_at, last_login"
-
-    def users(self) -> list[UserRecord]:
-        rows = self._read(f"SELECT {self._USER_COLUMNS} FROM users ORDER BY name")
-        return [UserRecord(*r) for r in rows]
-
     def create_user(self, user: UserRecord) -> None:
         def fn(con):
             if con.execute("SELECT 1 FROM users WHERE name = ?", [user.name]).fetchall():
@@ -372,30 +366,6 @@ class DuckDBStore(SqlReads, Store):
             )
 
         self.write(fn)
-
-    def update_user(
-        self,
-        name: str,
-        *,
-        role: str | None = None,
-        password_hash: str | None = None,
-        last_login: float | None = None,
-    ) -> UserRecord:
-        changes = {"role": role, "password_hash": password_hash, "last_login": last_login}
-        changes = {k: v for k, v in changes.items() if v is not None}
-
-        def fn(con):
-            if changes:
-                sets = ", ".join(f"{k} = ?" for k in changes)
-                con.execute(f"UPDATE users SET {sets} WHERE name = ?", [*changes.values(), name])
-            row = con.execute(
-                f"SELECT {self._USER_COLUMNS} FROM users WHERE name = ?", [name]
-            ).fetchall()
-            if not row:
-                raise StoreError(f"no user named {name!r}")
-            return UserRecord(*row[0])
-
-        return self.write(fn)
 
     def delete_user(self, name: str) -> None:
         def fn(con):

@@ -1,11 +1,11 @@
 """SQL that is the same on every backend but for the parameter placeholder, a cast and a lock
-clause: the read API's queries and the small token writes."""
+clause: the read API's queries, users, and the small token writes."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from gpufleet.store.base import SERIES_METRICS, SeriesPoints, StoreError, TokenRecord
+from gpufleet.store.base import SERIES_METRICS, SeriesPoints, StoreError, TokenRecord, UserRecord
 from gpufleet.store.schema import RAW_TABLES
 
 
@@ -82,5 +82,36 @@ class SqlReads:
                 raise StoreError(f"token {name!r} is already revoked")
             con.execute(f"UPDATE agent_tokens SET revoked_at = {p} WHERE name = {p}", [at, name])
             return TokenRecord(*row[0][:4], revoked_at=at)
+
+        return self.write(fn)
+
+    _USER_COLUMNS = "name, password_hash, role, created_at, last_login"
+
+    def users(self) -> list[UserRecord]:
+        rows = self._read(f"SELECT {self._USER_COLUMNS} FROM users ORDER BY name")
+        return [UserRecord(*r) for r in rows]
+
+    def update_user(
+        self,
+        name: str,
+        *,
+        role: str | None = None,
+        password_hash: str | None = None,
+        last_login: float | None = None,
+    ) -> UserRecord:
+        changes = {"role": role, "password_hash": password_hash, "last_login": last_login}
+        changes = {k: v for k, v in changes.items() if v is not None}
+        p = self.PARAM
+
+        def fn(con):
+            if changes:
+                sets = ", ".join(f"{k} = {p}" for k in changes)
+                con.execute(f"UPDATE users SET {sets} WHERE name = {p}", [*changes.values(), name])
+            row = con.execute(
+                f"SELECT {self._USER_COLUMNS} FROM users WHERE name = {p}", [name]
+            ).fetchall()
+            if not row:
+                raise StoreError(f"no user named {name!r}")
+            return UserRecord(*row[0])
 
         return self.write(fn)
