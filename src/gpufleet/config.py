@@ -161,6 +161,58 @@ class WarehouseSection(_Section):
         return name
 
 
+class MailSection(_Section):
+    smtp_host: str | None = Field(
+        None,
+        description="SMTP server for the scheduled e-mail reports; unset: no e-mail is sent "
+        "(subscriptions are still kept).",
+    )
+    smtp_port: Annotated[int, Field(ge=1, le=65535)] = Field(
+        587, description="SMTP port (587 submission with STARTTLS, 25 plain, 465 with ssl)."
+    )
+    starttls: bool = Field(True, description="Upgrade the SMTP connection with STARTTLS.")
+    ssl: bool = Field(
+        False,
+        description="Connect with TLS from the start (SMTPS, port 465; starttls is then moot).",
+    )
+    username: str | None = Field(None, description="SMTP login user name (unset: no login).")
+    password_env: str = Field(
+        "GPUFLEET_SMTP_PASSWORD",
+        description="Environment variable holding the SMTP password (never in the file).",
+    )
+    from_address: str = Field(
+        "gpufleet@localhost", description="Sender address of the e-mailed reports."
+    )
+    public_url: str | None = Field(
+        None,
+        description="The server's address as readers reach it (e.g. https://gpufleet.lab), for "
+        "links in the e-mails.",
+    )
+    check_interval_seconds: Annotated[float, Field(gt=0)] = Field(
+        300.0, description="How often the server checks for reports that are due."
+    )
+    wait_for_rollup_hours: Annotated[float, Field(ge=0)] = Field(
+        6.0,
+        description="A period's report waits for the rollup to pass the period's end, but no "
+        "longer than this after it (hosts that stopped reporting hold the rollup back).",
+    )
+    timeout_seconds: Annotated[float, Field(gt=0)] = Field(
+        30.0, description="SMTP connection timeout."
+    )
+
+    @field_validator("smtp_host", "username", "public_url")
+    @classmethod
+    def _blank_is_unset(cls, v: str | None) -> str | None:
+        return v.strip() or None if isinstance(v, str) else v
+
+    @field_validator("from_address")
+    @classmethod
+    def _check_from(cls, v: str) -> str:
+        if not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", v):
+            raise ValueError(f"{v!r} is not an e-mail address (name@host)")
+        return v
+
+
 class Settings(_Section):
     server: ServerSection = ServerSection()
     ingest: IngestSection = IngestSection()
@@ -169,6 +221,7 @@ class Settings(_Section):
     web: WebSection = WebSection()
     ssh: SshSection = SshSection()
     warehouse: WarehouseSection = WarehouseSection()
+    mail: MailSection = MailSection()
 
     @property
     def database_url(self) -> str:

@@ -13,7 +13,14 @@ from fastapi.responses import Response
 
 from gpufleet.reports.calendar import PERIODS
 from gpufleet.reports.core import BY
-from gpufleet.reports.service import ReportError, compute_report, parse_date, to_csv
+from gpufleet.reports.service import (
+    ReportError,
+    compute_report,
+    parse_date,
+    parse_keys,
+    report_options,
+    to_csv,
+)
 from gpufleet.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -42,6 +49,9 @@ def reports(
         Literal["auto", "day", "hour", "raw"],
         Query(description="auto: the day tier; raw: straight from raw samples (slow, checks)"),
     ] = "auto",
+    key: Annotated[
+        str | None, Query(description="only these keys, comma-separated (e.g. key=alice,bob)")
+    ] = None,
 ) -> Any:
     from gpufleet.server.errors import ApiError
 
@@ -51,7 +61,7 @@ def reports(
         report = compute_report(
             ctx.store, period=period, by=by, first=parse_date(from_, "from"),
             last=parse_date(to, "to"), tz=wh.timezone, tier=tier,
-            busy_util_percent=wh.busy_util_percent,
+            busy_util_percent=wh.busy_util_percent, keys=parse_keys(key),
         )  # fmt: skip
     except ReportError as exc:
         raise ApiError(400, exc.code, str(exc)) from None
@@ -62,6 +72,15 @@ def reports(
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )  # fmt: skip
     return report
+
+
+@router.get(
+    "/api/v1/reports/options",
+    tags=["reports"],
+    summary="What a report can be asked for: periods, groupings (by), formats, time zone",
+)
+def options(request: Request) -> dict[str, Any]:
+    return report_options(request.app.state.ctx.settings.warehouse.timezone)
 
 
 async def rollup_forever(ctx: Any) -> None:

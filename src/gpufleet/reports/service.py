@@ -4,6 +4,7 @@ Shared by the API route, the CLI and (later) the web page and the e-mailed repor
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -44,8 +45,10 @@ def compute_report(
     tier: str = "auto",
     busy_util_percent: float = 5.0,
     today: date | None = None,
+    keys: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """The report for local days ``first``..``last`` (both included) in ``tz``."""
+    """The report for local days ``first``..``last`` (both included) in ``tz``; ``keys``:
+    only these keys' rows (and totals over them), e.g. one person's Unix users."""
     if period not in cal.PERIODS:
         raise ReportError(
             "invalid_period", f"period {period!r}: use one of {', '.join(cal.PERIODS)}"
@@ -100,6 +103,9 @@ def compute_report(
                 host_buckets += [(h, "range") for h in range(a, b, 3600)]
     t0 = time.perf_counter()
     rows = store.report_facts(tier=use, by=by, buckets=buckets, busy_util_percent=busy_util_percent)
+    if keys is not None:
+        wanted = set(keys)
+        rows = [r for r in rows if str(r["key"]) in wanted]
     hosts = store.report_facts(
         tier=use, by="host", buckets=host_buckets, busy_util_percent=busy_util_percent
     )
@@ -122,6 +128,29 @@ def compute_report(
         period=period, by=by, periods=periods, previous=previous, fact_rows=rows,
         host_facts=hosts, meta=meta,
     )  # fmt: skip
+
+
+def parse_keys(text: str | None) -> list[str] | None:
+    """``key=a,b``: the keys a report is restricted to (None: all)."""
+    if text is None:
+        return None
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    if not keys or len(keys) > 1000 or any(len(k) > 256 for k in keys):
+        raise ReportError("invalid_key", f"key={text[:80]!r}: give 1 to 1000 comma-separated keys")
+    return keys
+
+
+def report_options(tz: str) -> dict[str, Any]:
+    """What a report can be asked for (the web page builds its choices from this)."""
+    from gpufleet.reports.core import COLUMNS
+
+    return {
+        "periods": list(cal.PERIODS),
+        "by": list(BY),
+        "formats": ["json", "csv"],
+        "timezone": tz,
+        "columns": list(COLUMNS),
+    }
 
 
 def to_csv(report: dict[str, Any]) -> str:

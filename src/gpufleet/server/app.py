@@ -16,6 +16,8 @@ from gpufleet.accounts import routes as account_routes
 from gpufleet.accounts import web as account_web
 from gpufleet.config import Settings
 from gpufleet.reports import api as report_api
+from gpufleet.reports import mail as report_mail
+from gpufleet.reports import web as report_web
 from gpufleet.server import admin, api, errors, ingest, metrics, stream
 from gpufleet.server.auth import TokenCache, ensure_admin_key
 from gpufleet.server.context import Context
@@ -82,6 +84,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         app.state.accounts = account_web.Accounts(settings, st)
         pruner = asyncio.create_task(_prune_forever(ctx))
         roller = asyncio.create_task(report_api.rollup_forever(ctx))  # usage warehouse
+        mailer = report_mail.attach(app, ctx)  # scheduled e-mail reports
         await _start_poller(ctx)
         log.info(
             "store %s (schema v%d): %d hosts known", settings.database_url_redacted,
@@ -92,6 +95,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         finally:
             pruner.cancel()
             roller.cancel()
+            mailer.cancel()
             hub.stop()
             if ctx.poller is not None:
                 await ctx.poller.stop()
@@ -113,6 +117,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     for module in (api, metrics, admin):
         app.include_router(module.router)
     app.include_router(report_api.router)
+    report_web.install(app)  # /reports, /me/usage, /admin/reports, report subscriptions API
     web.install(app)  # web UI: pages, /api/v1/stream, /api/v1/overview, /static
 
     def openapi() -> dict:
