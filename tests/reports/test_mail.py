@@ -280,3 +280,27 @@ def test_mail_settings_are_validated():
         load_settings(overrides={"mail": {"from_address": "nobody"}}, environ={})
     with pytest.raises(ConfigError, match=r"mail\.smtp_port"):
         load_settings(overrides={"mail": {"smtp_port": 0}}, environ={})
+
+
+def test_cli_send_to_mails_one_report(data_dir, tmp_path, smtp):
+    cfg = tmp_path / "gpufleet.yaml"
+    cfg.write_text(
+        f"mail:\n  smtp_host: 127.0.0.1\n  smtp_port: {smtp.port}\n  starttls: false\n"
+        "  from_address: gpufleet@lab.example\n"
+    )
+    args = ["report", "--data-dir", str(data_dir), "--config", str(cfg), "--by", "host"]
+    r = gpufleet(*args, "--period", "custom", "--from", "2024-02-26", "--to", "2024-02-29",
+                 "--send-to", "pi@lab.example")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "to pi@lab.example" in r.stdout
+    ((rcpt, msg),) = smtp.messages
+    assert rcpt == ["pi@lab.example"] and msg["From"] == "gpufleet@lab.example"
+    (att,) = list(msg.iter_attachments())
+    assert att.get_filename() == "gpufleet-custom-by-host-2024-02-26-2024-02-29.csv"
+    assert len(parts(msg)["image/png"]) == 3
+    r = gpufleet(*args, "--send-to", "not an address")
+    assert r.returncode != 0 and "--send-to: email" in r.stderr
+    r = gpufleet(*args, "--period", "week", "--send-to", "pi@lab.example",
+                 env={"GPUFLEET_CONFIG": ""}, cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr  # the latest complete week (empty: 2024's data)
+    assert len(smtp.messages) == 2

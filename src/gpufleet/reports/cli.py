@@ -54,11 +54,16 @@ def _open_local(settings) -> Any:
 @click.option(
     "--tier", type=click.Choice(["auto", "day", "hour", "raw"]), default="auto", hidden=True
 )
+@click.option(
+    "--send-to", metavar="ADDR",
+    help="E-mail the report (HTML with charts, CSV attached; the mail settings' SMTP server) "
+    "instead of printing it; without --from/--to: the latest complete period.",
+)  # fmt: skip
 @config_option
 @data_dir_option
 def report(
     period: str, by: str, first: str | None, last: str | None, fmt: str, server: str | None,
-    tier: str, config_path: str | None, data_dir: Path | None,
+    tier: str, send_to: str | None, config_path: str | None, data_dir: Path | None,
 ) -> None:  # fmt: skip
     """Usage report: GPU-hours held and busy, average and p95 utilisation, memory GB-hours,
     energy, held-but-idle hours, availability and the fleet's long tail, per period.
@@ -71,6 +76,16 @@ def report(
     """
     from gpufleet.reports.service import ReportError, compute_report, parse_date, to_csv
 
+    if send_to:  # a one-off e-mail (docs/reports.md)
+        from gpufleet.reports.mail import send_from_cli
+
+        settings = settings_from(config_path, data_dir=data_dir)
+        sent = send_from_cli(
+            send_to, settings, period=period, by=by, first=first, last=last, server=server,
+            fetch_remote=_fetch, open_local=_open_local,
+        )  # fmt: skip
+        click.echo(sent)
+        return
     if server:
         data = _fetch(server, period, by, first, last, tier)
     else:

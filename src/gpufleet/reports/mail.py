@@ -443,6 +443,64 @@ def smtp_send(settings: Settings, msg: EmailMessage) -> None:
         smtp.send_message(msg)
 
 
+def send_from_cli(
+    to: str,
+    settings: Settings,
+    *,
+    period: str,
+    by: str,
+    first: str | None,
+    last: str | None,
+    server: str | None,
+    fetch_remote: Callable[..., dict[str, Any]],
+    open_local: Callable[[Settings], Store],
+) -> str:
+    """``gpufleet report --send-to ADDR``: one report by e-mail, from the local store or a
+    server's API; without dates, the latest complete ``period``."""
+    from gpufleet.errors import GpufleetError
+    from gpufleet.reports.service import ReportError, parse_date
+
+    try:
+        check_subscription(to, "weekly", by)
+        d_first, d_last = parse_date(first, "--from"), parse_date(last, "--to")
+    except (SubscriptionError, ReportError) as exc:
+        raise GpufleetError(f"--send-to: {exc}", hint="see `gpufleet report --help`") from None
+    if d_first is None or d_last is None:
+        if period == "custom":
+            raise GpufleetError("a custom period needs --from and --to")
+        p_first, p_last, _ = last_complete_period(period, time.time(), settings.warehouse.timezone)
+        d_first, d_last = d_first or p_first, d_last or p_last
+    store = None
+    fetch: Fetch
+    if server:
+        url = server
+
+        def fetch(p: str, b: str, a: date, z: date) -> dict[str, Any]:
+            return fetch_remote(url, p, b, a.isoformat(), z.isoformat(), "auto")
+
+    else:
+        store = open_local(settings)
+        fetch = local_fetch(settings, store)
+    cfg = settings.mail
+    try:
+        msg = build_message(
+            fetch, to=to, period=period, by=by, first=d_first, last=d_last,
+            from_address=cfg.from_address, public_url=cfg.public_url,
+        )  # fmt: skip
+        smtp_send(settings, msg)
+    except ReportError as exc:
+        raise GpufleetError(str(exc), hint="see `gpufleet report --help`") from None
+    except (OSError, smtplib.SMTPException, RuntimeError) as exc:
+        raise GpufleetError(
+            f"the report was not sent: {exc}",
+            hint="check the mail settings (mail.smtp_host, smtp_port, ...: docs/reports.md)",
+        ) from None
+    finally:
+        if store is not None:
+            store.close()
+    return f"sent the {period} report by {by} ({d_first} to {d_last}) to {to}"
+
+
 # -- the schedule ----------------------------------------------------------------------------
 
 
