@@ -10,6 +10,7 @@ import email.policy
 import io
 import re
 import threading
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -20,7 +21,7 @@ from gpufleet.config import load_settings
 from gpufleet.reports.mail import ReportMailer, SubscriptionStore, last_complete_period
 from gpufleet.server.app import create_app
 from gpufleet.store import open_store
-from tests.conftest import free_port, gpufleet
+from tests.conftest import ServerProc, free_port, gpufleet
 from tests.reports.brute import generate
 from tests.reports.test_warehouse import ingest
 
@@ -304,3 +305,31 @@ def test_cli_send_to_mails_one_report(data_dir, tmp_path, smtp):
                  env={"GPUFLEET_CONFIG": ""}, cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr  # the latest complete week (empty: 2024's data)
     assert len(smtp.messages) == 2
+
+
+@pytest.mark.slow
+def test_the_server_sends_due_reports_itself_once_across_restarts(tmp_path, smtp):
+    """A real server process: its own task sends the latest complete week to an old
+    subscription, and a restarted server does not send it again."""
+    data = tmp_path / "srv"
+    data.mkdir()
+    SubscriptionStore(data / "report-subscriptions.json").add(
+        "pi@lab.example", "weekly", "fleet", now=0.0
+    )
+    cfg = tmp_path / "gpufleet.yaml"
+    cfg.write_text(
+        f"mail:\n  smtp_host: 127.0.0.1\n  smtp_port: {smtp.port}\n  starttls: false\n"
+        "  check_interval_seconds: 0.2\n  wait_for_rollup_hours: 0\n"
+    )
+    srv = ServerProc(data, free_port(), token="", extra_args=("--config", str(cfg)))
+    srv.start()
+    try:
+        assert smtp.arrived.wait(30), (data / "server.log").read_text()
+        srv.stop()
+        assert len(smtp.messages) == 1
+        assert "weekly report: GPU usage by fleet" in smtp.messages[0][1]["Subject"]
+        srv.start()
+        time.sleep(2)  # ten checks
+        assert len(smtp.messages) == 1
+    finally:
+        srv.stop()
