@@ -227,6 +227,14 @@
     const url = apiUrl(c);
     document.getElementById("dl-csv").href = apiUrl(c, { format: "csv" });
     document.getElementById("dl-json").href = url;
+    // the heat-map's call: at once when the range is known, else after the report names it
+    const gridOf = (from, to) => {
+      const hp = heatPeriod({ from, to });
+      return getJson(`/api/v1/reports?${new URLSearchParams({ period: hp, by: "host", from, to })}`)
+        .then((grid) => [grid, hp]);
+    };
+    const early = mode === "fleet" && c.from && c.to ? gridOf(c.from, c.to) : null;
+    if (early) early.catch(() => {}); // reported below, where it is awaited
     try {
       const rep = await getJson(url);
       if (mine !== seq) return;
@@ -238,8 +246,7 @@
       drawTable(rep);
       if (mode === "fleet") {
         drawLongTail(rep);
-        const hp = heatPeriod(rep);
-        const grid = await getJson(`/api/v1/reports?${new URLSearchParams({ period: hp, by: "host", from: rep.from, to: rep.to })}`);
+        const [grid, hp] = await (early || gridOf(rep.from, rep.to));
         if (mine !== seq) return;
         drawHeatmap(grid, hp);
       }
