@@ -50,6 +50,16 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "report",
         "Usage report (GPU-hours, utilisation, energy, idle) by period and user/host/GPU.",
     ),
+    "recommend": (
+        "gpufleet.recommend.cli",
+        "recommend",
+        "Where to run a job now: ranked GPUs with reasons (or when something frees up).",
+    ),
+    "evaluate-recommender": (
+        "gpufleet.recommend.cli",
+        "evaluate_recommender",
+        "Score the recommender against simple rules on the replayed Philly trace.",
+    ),
     "rollup": (
         "gpufleet.reports.cli",
         "rollup",

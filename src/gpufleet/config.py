@@ -213,6 +213,21 @@ class MailSection(_Section):
         return v
 
 
+class RecommendSection(_Section):
+    history_days: Annotated[float, Field(gt=0, le=400)] = Field(
+        28.0, description="Days of the warehouse's hour tier the recommender learns from."
+    )
+    history_refresh_seconds: Annotated[float, Field(ge=5)] = Field(
+        300.0, description="How often the recommender's history features are rebuilt."
+    )
+    snapshot_seconds: Annotated[float, Field(ge=0, le=60)] = Field(
+        1.0, description="Answers within this many seconds share one snapshot of live state."
+    )
+    copy_gbit_per_second: Annotated[float, Field(gt=0)] = Field(
+        1.0, description="Effective bandwidth for copying a data set between hosts (Gbit/s)."
+    )
+
+
 class Settings(_Section):
     server: ServerSection = ServerSection()
     ingest: IngestSection = IngestSection()
@@ -222,6 +237,7 @@ class Settings(_Section):
     ssh: SshSection = SshSection()
     warehouse: WarehouseSection = WarehouseSection()
     mail: MailSection = MailSection()
+    recommend: RecommendSection = RecommendSection()
 
     @property
     def database_url(self) -> str:

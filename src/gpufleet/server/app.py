@@ -15,6 +15,8 @@ from gpufleet import __version__, web
 from gpufleet.accounts import routes as account_routes
 from gpufleet.accounts import web as account_web
 from gpufleet.config import Settings
+from gpufleet.recommend import api as recommend_api
+from gpufleet.recommend import service as recommend_service
 from gpufleet.reports import api as report_api
 from gpufleet.reports import mail as report_mail
 from gpufleet.reports import web as report_web
@@ -84,6 +86,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         app.state.accounts = account_web.Accounts(settings, st)
         pruner = asyncio.create_task(_prune_forever(ctx))
         roller = asyncio.create_task(report_api.rollup_forever(ctx))  # usage warehouse
+        recommender = asyncio.create_task(recommend_service.refresh_forever(app))  # history
         mailer = report_mail.attach(app, ctx)  # scheduled e-mail reports
         await _start_poller(ctx)
         log.info(
@@ -95,6 +98,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         finally:
             pruner.cancel()
             roller.cancel()
+            recommender.cancel()
             mailer.cancel()
             hub.stop()
             if ctx.poller is not None:
@@ -117,6 +121,8 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     for module in (api, metrics, admin):
         app.include_router(module.router)
     app.include_router(report_api.router)
+    app.include_router(recommend_api.router)
+    app.include_router(recommend_api.pages)  # /recommend
     report_web.install(app)  # /reports, /me/usage, /admin/reports, report subscriptions API
     web.install(app)  # web UI: pages, /api/v1/stream, /api/v1/overview, /static
 

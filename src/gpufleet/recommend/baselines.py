@@ -1,0 +1,97 @@
+"""The simple rules the recommender is measured against (what people do without it). Each
+picks one host among the feasible ones and, like someone reading ``nvidia-smi``, the lowest
+free GPU indices there.
+
+- ``most_free``: the host with the most free GPUs that fit now;
+- ``least_loaded``: the host with the smallest share of its GPUs held now;
+- ``random_feasible``: any host that fits, uniformly (seeded);
+- ``most_popular``: the host people use most (its share of held GPU-hours in the history):
+  habit.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from gpufleet.recommend.fleet import FleetSnap, HostSnap
+from gpufleet.recommend.history import FleetHistory
+from gpufleet.recommend.rank import Answer, Choice, disk_ok, recommend, usable
+from gpufleet.recommend.request import RecommendRequest
+
+Recommender = Callable[[RecommendRequest, FleetSnap, FleetHistory], Choice | None]
+
+
+def _feasible(req: RecommendRequest, fleet: FleetSnap) -> list[tuple[HostSnap, list[int]]]:
+    out = []
+    for h in fleet.hosts:
+        if not h.online or not disk_ok(req, h):
+            continue
+        free = sorted(g.index for g in h.gpus if usable(req, g))
+        if len(free) >= req.gpus:
+            out.append((h, free))
+    return out
+
+
+def _choice(host: HostSnap, gpus: list[int], why: str) -> Choice:
+    return Choice(host.name, tuple(gpus), 0.0, 0.0, (why,))
+
+
+def most_free(req: RecommendRequest, fleet: FleetSnap, history: FleetHistory) -> Choice | None:
+    feas = _feasible(req, fleet)
+    if not feas:
+        return None
+    h, free = min(feas, key=lambda hf: (-len(hf[1]), hf[0].name))
+    return _choice(h, free[: req.gpus], f"{len(free)} GPUs free")
+
+
+def least_loaded(req: RecommendRequest, fleet: FleetSnap, history: FleetHistory) -> Choice | None:
+    feas = _feasible(req, fleet)
+    if not feas:
+        return None
+
+    def load(hf: tuple[HostSnap, list[int]]) -> tuple[float, float, str]:
+        h = hf[0]
+        held = sum(1 for g in h.gpus if g.state != "free") / max(1, len(h.gpus))
+        util = sum(g.util_percent or 0 for g in h.gpus) / max(1, len(h.gpus))
+        return (held, util, h.name)
+
+    h, free = min(feas, key=load)
+    return _choice(h, free[: req.gpus], "least loaded now")
+
+
+def most_popular(req: RecommendRequest, fleet: FleetSnap, history: FleetHistory) -> Choice | None:
+    feas = _feasible(req, fleet)
+    if not feas:
+        return None
+    h, free = min(feas, key=lambda hf: (-history.host(hf[0].name).held_share, hf[0].name))
+    return _choice(h, free[: req.gpus], "the most used host")
+
+
+class RandomFeasible:
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = random.Random(seed)
+
+    def __call__(
+        self, req: RecommendRequest, fleet: FleetSnap, history: FleetHistory
+    ) -> Choice | None:
+        feas = _feasible(req, fleet)
+        if not feas:
+            return None
+        h, free = feas[self.rng.randrange(len(feas))]
+        return _choice(h, sorted(self.rng.sample(free, req.gpus)), "random")
+
+
+def gpufleet_top(req: RecommendRequest, fleet: FleetSnap, history: FleetHistory) -> Choice | None:
+    ans: Answer = recommend(req, fleet, history, reasons=False)
+    return ans.choices[0] if ans.choices else None
+
+
+def all_recommenders(seed: int = 0) -> dict[str, Recommender]:
+    return {
+        "gpufleet": gpufleet_top,
+        "most free GPUs now": most_free,
+        "least loaded now": least_loaded,
+        "random feasible": RandomFeasible(seed),
+        "most popular host": most_popular,
+    }

@@ -1,0 +1,66 @@
+"""A snapshot of the fleet as the recommender sees it: plain frozen data, no I/O.
+
+The server builds one from its live state (``gpufleet.recommend.service.snapshot_from_live``);
+the evaluation harness builds one from its simulated fleet; tests build them by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+GIB = 2**30
+
+GpuStateName = Literal["free", "taken", "reserved", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSnap:
+    index: int
+    name: str  # GPU model as NVML reports it
+    memory_total_bytes: int | None
+    state: GpuStateName
+    memory_used_bytes: int | None = None
+    util_percent: float | None = None
+    temperature_celsius: float | None = None
+    held_since: float | None = None  # the oldest process on it started then (taken GPUs)
+    users: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HostSnap:
+    name: str
+    gpus: tuple[GpuSnap, ...]
+    status: str = "online"  # online | stale | offline (gpufleet.server.live.host_status)
+    load1: float | None = None
+    cpu_count: int | None = None
+    disk_free_bytes: int | None = None  # the largest data mount's free space
+    alerts: tuple[str, ...] = ()  # open problems on the host (collection errors, ...)
+
+    @property
+    def online(self) -> bool:
+        return self.status == "online"
+
+    def free_count(self) -> int:
+        return sum(1 for g in self.gpus if g.state == "free")
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSnap:
+    now: float
+    hosts: tuple[HostSnap, ...]
+
+    def host_names(self) -> set[str]:
+        return {h.name for h in self.hosts}
+
+    def gpu_names(self) -> set[str]:
+        return {g.name for h in self.hosts for g in h.gpus if g.name}
+
+    def largest_gpu_bytes(self) -> int:
+        return max((g.memory_total_bytes or 0 for h in self.hosts for g in h.gpus), default=0)
+
+    def most_gpus_on_a_host(self) -> int:
+        return max((len(h.gpus) for h in self.hosts), default=0)
+
+    def total_gpus(self) -> int:
+        return sum(len(h.gpus) for h in self.hosts)

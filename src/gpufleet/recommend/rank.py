@@ -1,0 +1,485 @@
+"""Rank where a request should run now. Pure: a request, a fleet snapshot and history features
+in; ranked choices with reasons (or an estimate of when something frees up) out.
+
+Score of a set of GPUs on one host (higher is better)::
+
+    p_free x speed^w_speed x exp(-copy_hours / hours) x spread x health
+
+- ``p_free``: P(none of the chosen GPUs is taken during the requested hours) from the host's
+  take rate by hour of week over exactly that window, the GPU's own factor and how crowded the
+  host is now against its usual (gpufleet.recommend.history);
+- ``speed``: throughput of the GPU model for the model type, relative to a V100;
+- ``copy_hours``: time to copy the data there (0 where it already is);
+- ``spread``: ``1 / (1 + w_spread x (popularity - 1))`` for hosts busier than the fleet's
+  average: steer work away from the crowded servers;
+- ``health``: hot GPUs, a busy CPU, open problems lower it.
+
+Only feasible sets are considered: free GPUs (never taken, reserved or erroring) with enough
+memory, of an accepted model, on online hosts; several hosts only when the request allows it.
+Ties go to the host name, then the lower GPU index: the same state always gives the same answer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from gpufleet.recommend.fleet import GIB, FleetSnap, GpuSnap, HostSnap
+from gpufleet.recommend.history import (
+    WEEK_HOURS,
+    FleetHistory,
+    HostHistory,
+    residual_hold_hours,
+)
+from gpufleet.recommend.request import RecommendRequest, gpu_model_matches
+from gpufleet.recommend.speeds import gpu_class, relative_speed
+
+DATA_GB = 10**9
+
+
+@dataclass(frozen=True)
+class Weights:
+    speed: float = 0.3
+    spread: float = 0.6
+    crowd: float = 1.0  # how much "fuller than usual now" raises the take rate
+    copy_gbit_per_second: float = 1.0  # effective copy bandwidth between hosts
+    hot_celsius: float = 85.0
+
+
+@dataclass(frozen=True)
+class Choice:
+    host: str
+    gpus: tuple[int, ...]
+    score: float
+    p_free: float
+    reasons: tuple[str, ...]
+    parts: tuple[tuple[str, tuple[int, ...]], ...] = ()  # several hosts: (host, gpus) each
+
+    @property
+    def command(self) -> str:
+        if self.parts:
+            return " ; ".join(_command(h, g) for h, g in self.parts)
+        return _command(self.host, self.gpus)
+
+    def as_json(self) -> dict:
+        out = {
+            "host": self.host,
+            "gpus": list(self.gpus),
+            "score": round(self.score, 4),
+            "p_free_for_duration": round(self.p_free, 4),
+            "reasons": list(self.reasons),
+            "command": self.command,
+            "ssh": self.command,
+        }
+        if self.parts:
+            out["hosts"] = [{"host": h, "gpus": list(g)} for h, g in self.parts]
+        return out
+
+
+def _command(host: str, gpus: tuple[int, ...]) -> str:
+    return f"CUDA_VISIBLE_DEVICES={','.join(map(str, gpus))} ssh {host}"
+
+
+@dataclass(frozen=True)
+class Eta:
+    host: str
+    gpus: tuple[int, ...]
+    at: float
+    in_hours: float
+    reason: str
+
+    def as_json(self) -> dict:
+        return {
+            "host": self.host, "gpus": list(self.gpus), "at": round(self.at, 1),
+            "at_iso": datetime.fromtimestamp(self.at, UTC).isoformat(timespec="minutes"),
+            "in_hours": round(self.in_hours, 2), "reason": self.reason,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Answer:
+    choices: tuple[Choice, ...]
+    eta: Eta | None = None
+    note: str | None = None  # why nothing fits now
+    considered_hosts: int = 0
+
+    def as_json(self) -> dict:
+        return {
+            "recommendations": [c.as_json() for c in self.choices],
+            "eta": self.eta.as_json() if self.eta else None,
+            "note": self.note,
+            "considered_hosts": self.considered_hosts,
+        }
+
+
+@dataclass
+class _HostEval:
+    host: HostSnap
+    hist: HostHistory
+    gpus: list[tuple[float, GpuSnap]] = field(default_factory=list)  # (p_free, gpu), best first
+    factor: float = 1.0  # speed x copy x spread x health
+    notes: list[str] = field(default_factory=list)
+
+
+def model_ok(req: RecommendRequest, gpu: GpuSnap) -> bool:
+    return not req.gpu_models or any(gpu_model_matches(p, gpu.name) for p in req.gpu_models)
+
+
+def memory_ok(req: RecommendRequest, gpu: GpuSnap) -> bool:
+    total = gpu.memory_total_bytes
+    if total is None or total < req.gpu_mem_bytes:
+        return False
+    return (gpu.memory_used_bytes or 0) + req.gpu_mem_bytes <= total
+
+
+def usable(req: RecommendRequest, gpu: GpuSnap) -> bool:
+    """Free, of an accepted model, with the memory: the only GPUs ever recommended."""
+    return gpu.state == "free" and model_ok(req, gpu) and memory_ok(req, gpu)
+
+
+def disk_ok(req: RecommendRequest, host: HostSnap) -> bool:
+    if req.data_gb <= 0 or req.data_host == host.name or host.disk_free_bytes is None:
+        return True
+    return host.disk_free_bytes >= req.data_gb * DATA_GB
+
+
+def copy_hours(req: RecommendRequest, host: str, w: Weights) -> float:
+    if req.data_gb <= 0 or req.data_host is None or req.data_host == host:
+        return 0.0
+    return req.data_gb * 8 / w.copy_gbit_per_second / 3600
+
+
+def _evaluate_host(
+    req: RecommendRequest, host: HostSnap, history: FleetHistory, now: float, w: Weights
+) -> _HostEval | None:
+    if not host.online or not disk_ok(req, host):
+        return None
+    cands = [g for g in host.gpus if usable(req, g)]
+    if not cands:
+        return None
+    hist = history.host(host.name)
+    base = hist.window_hazard(now, req.hours)
+    n = len(host.gpus)
+    taken_now = sum(1 for g in host.gpus if g.state != "free") / n if n else 0.0
+    crowd = (1 + w.crowd * taken_now) / (1 + w.crowd * hist.held_share)
+    scored = []
+    for g in cands:
+        lam = base * crowd * hist.gpu_factor.get(g.index, 1.0)
+        scored.append((math.exp(-lam), g))
+    scored.sort(key=lambda pg: (-pg[0], pg[1].index))
+    ev = _HostEval(host, hist, scored)
+    speed = relative_speed(cands[0].name, req.family)
+    copy_h = copy_hours(req, host.name, w)
+    spread = 1.0 / (1.0 + w.spread * max(0.0, hist.popularity - 1.0))
+    health = 1.0
+    if host.alerts:
+        health *= 0.5
+    if host.load1 is not None and host.cpu_count and host.load1 / host.cpu_count > 1.0:
+        health *= 0.85
+    ev.factor = speed**w.speed * math.exp(-copy_h / max(req.hours, 0.25)) * spread * health
+    return ev
+
+
+def _pick(ev: _HostEval, k: int, w: Weights) -> tuple[list[GpuSnap], float, float]:
+    chosen = ev.gpus[:k]
+    p = math.prod(pg[0] for pg in chosen)
+    gpus = sorted((pg[1] for pg in chosen), key=lambda g: g.index)
+    hot = any((g.temperature_celsius or 0) >= w.hot_celsius for g in gpus)
+    return gpus, p, p * ev.factor * (0.8 if hot else 1.0)
+
+
+class FleetIndex:
+    """The fleet and its history as arrays, built once per snapshot and shared by every
+    request asked of that snapshot (the ranking itself is then a few vector operations)."""
+
+    def __init__(self, fleet: FleetSnap, history: FleetHistory) -> None:
+        self.fleet, self.history = fleet, history
+        hosts = fleet.hosts
+        self.hists = [history.host(h.name) for h in hosts]
+        names: dict[str, int] = {}
+        gh, gidx, gfree, gtot, gused, gname, gtemp, gfac = [], [], [], [], [], [], [], []
+        for hi, h in enumerate(hosts):
+            fac = self.hists[hi].gpu_factor
+            for g in h.gpus:
+                gh.append(hi)
+                gidx.append(g.index)
+                gfree.append(g.state == "free")
+                gtot.append(-1.0 if g.memory_total_bytes is None else float(g.memory_total_bytes))
+                gused.append(float(g.memory_used_bytes or 0))
+                gname.append(names.setdefault(g.name, len(names)))
+                gtemp.append(g.temperature_celsius or 0.0)
+                gfac.append(fac.get(g.index, 1.0))
+        self.names = list(names)
+        self.g_host = np.asarray(gh, dtype=np.int64)
+        self.g_index = np.asarray(gidx, dtype=np.int64)
+        self.g_free = np.asarray(gfree, dtype=bool)
+        self.g_total = np.asarray(gtot)
+        self.g_used = np.asarray(gused)
+        self.g_name = np.asarray(gname, dtype=np.int64)
+        self.g_temp = np.asarray(gtemp)
+        self.g_factor = np.asarray(gfac)
+        n = len(hosts)
+        self.h_online = np.asarray([h.online for h in hosts], dtype=bool)
+        self.h_disk = np.asarray([np.inf if h.disk_free_bytes is None else h.disk_free_bytes
+                                  for h in hosts], dtype=float)  # fmt: skip
+        self.h_names = [h.name for h in hosts]
+        self.h_pos = {name: i for i, name in enumerate(self.h_names)}
+        sizes = np.bincount(self.g_host, minlength=n) if n else np.zeros(0)
+        taken = np.bincount(self.g_host, weights=~self.g_free, minlength=n) if n else sizes
+        self.h_taken = np.where(sizes > 0, taken / np.maximum(sizes, 1), 0.0)
+        self.h_share = np.asarray([hh.held_share for hh in self.hists])
+        self.h_pop = np.asarray([hh.popularity for hh in self.hists])
+        health = []
+        for h in hosts:
+            x = 0.5 if h.alerts else 1.0
+            if h.load1 is not None and h.cpu_count and h.load1 / h.cpu_count > 1.0:
+                x *= 0.85
+            health.append(x)
+        self.h_health = np.asarray(health)
+        self.h_cum = np.stack([hh.cum for hh in self.hists]) if n else np.zeros((0, 169))
+
+    def window_hazard(self, start_ts: float, hours: float) -> np.ndarray:
+        """Every host's integrated take rate over [start, start + hours] (vector form of
+        ``history.window_sum``)."""
+        cum = self.h_cum
+        week = cum[:, WEEK_HOURS]
+        pos = (start_ts / 3600 + 72) % WEEK_HOURS
+        full, rest = divmod(hours, WEEK_HOURS)
+
+        def at(x: float) -> np.ndarray:
+            wraps, x = divmod(x, WEEK_HOURS)
+            k, frac = divmod(x, 1.0)
+            ki = int(k)
+            return wraps * week + cum[:, ki] + frac * (cum[:, ki + 1] - cum[:, ki])
+
+        return full * week + at(pos + rest) - at(pos)
+
+
+def recommend(
+    req: RecommendRequest,
+    fleet: FleetSnap,
+    history: FleetHistory,
+    *,
+    weights: Weights | None = None,
+    tz: str = "UTC",
+    reasons: bool = True,
+    index: FleetIndex | None = None,
+) -> Answer:
+    """Rank feasible GPU sets for ``req``. Pass ``index`` (a FleetIndex of this fleet and
+    history) when several requests are asked of one snapshot."""
+    w = weights or Weights()
+    ix = index if index is not None and index.fleet is fleet else FleetIndex(fleet, history)
+    now, k = fleet.now, req.gpus
+    n_hosts = len(fleet.hosts)
+    choices: list[Choice] = []
+    if n_hosts and ix.g_host.size:
+        name_ok = np.asarray([_name_ok(req, name) for name in ix.names], dtype=bool)
+        need = float(req.gpu_mem_bytes)
+        host_ok = ix.h_online.copy()
+        if req.data_gb > 0:
+            room = ix.h_disk >= req.data_gb * DATA_GB
+            if req.data_host is not None and req.data_host in ix.h_pos:
+                room[ix.h_pos[req.data_host]] = True
+            host_ok &= room
+        cand = (ix.g_free & name_ok[ix.g_name] & (ix.g_total >= need)
+                & (ix.g_used + need <= ix.g_total) & host_ok[ix.g_host])  # fmt: skip
+        counts = np.bincount(ix.g_host[cand], minlength=n_hosts)
+        if (counts >= k).any():
+            crowd = (1 + w.crowd * ix.h_taken) / (1 + w.crowd * ix.h_share)
+            lam_host = ix.window_hazard(now, req.hours) * crowd
+            ci = np.flatnonzero(cand & (counts >= k)[ix.g_host])
+            lam = lam_host[ix.g_host[ci]] * ix.g_factor[ci]
+            order = np.lexsort((ix.g_index[ci], lam, ix.g_host[ci]))
+            ci, lam = ci[order], lam[order]
+            hosts_c = ix.g_host[ci]
+            first = np.searchsorted(hosts_c, hosts_c, side="left")
+            pick = (np.arange(ci.size) - first) < k
+            sel, sel_lam = ci[pick], lam[pick]
+            sel_host = ix.g_host[sel]
+            p_set = np.exp(-np.bincount(sel_host, weights=sel_lam, minlength=n_hosts))
+            hot = np.bincount(sel_host, weights=ix.g_temp[sel] >= w.hot_celsius,
+                              minlength=n_hosts) > 0  # fmt: skip
+            speed_of = np.asarray([relative_speed(nm, req.family) for nm in ix.names])
+            speed = np.ones(n_hosts)
+            speed[sel_host] = speed_of[ix.g_name[sel]]
+            copy = np.zeros(n_hosts)
+            if req.data_gb > 0 and req.data_host is not None:
+                copy[:] = copy_hours(req, "", w)
+                if req.data_host in ix.h_pos:
+                    copy[ix.h_pos[req.data_host]] = 0.0
+            spread = 1.0 / (1.0 + w.spread * np.maximum(0.0, ix.h_pop - 1.0))
+            score = (p_set * speed**w.speed * np.exp(-copy / max(req.hours, 0.25)) * spread
+                     * ix.h_health * np.where(hot, 0.8, 1.0))  # fmt: skip
+            feas = np.flatnonzero(counts >= k)
+            names = np.asarray(ix.h_names, dtype=object)[feas]
+            top = feas[np.lexsort((names, -score[feas]))][: req.limit]
+            for hi in top:
+                mine = sel[sel_host == hi]
+                gsnaps = {g.index: g for g in fleet.hosts[hi].gpus}
+                gpus = [gsnaps[int(i)] for i in sorted(ix.g_index[mine])]
+                p = float(p_set[hi])
+                why: tuple[str, ...] = ()
+                if reasons:
+                    ev = _HostEval(fleet.hosts[hi], ix.hists[hi])
+                    why = _reasons(req, ev, gpus, p, history, now, w, tz)
+                choices.append(Choice(ix.h_names[hi], tuple(g.index for g in gpus),
+                                      float(score[hi]), p, why))  # fmt: skip
+    if not choices and req.multi_host:
+        evals = [e for h in fleet.hosts
+                 if (e := _evaluate_host(req, h, history, now, w)) is not None]  # fmt: skip
+        multi = _multi_host(req, evals, w)
+        if multi is not None:
+            choices = [multi]
+    if choices:
+        return Answer(tuple(choices), considered_hosts=n_hosts)
+    eta = estimate_eta(req, fleet, history)
+    note = (
+        f"no online host has {k} free GPU{'s' if k > 1 else ''} with {req.gpu_mem_gb:g} GB"
+        + (f" of model {', '.join(req.gpu_models)}" if req.gpu_models else "")
+        + " right now"
+    )
+    return Answer((), eta, note, n_hosts)
+
+
+def _name_ok(req: RecommendRequest, name: str) -> bool:
+    return not req.gpu_models or any(gpu_model_matches(p, name) for p in req.gpu_models)
+
+
+def _multi_host(req: RecommendRequest, evals: list[_HostEval], w: Weights) -> Choice | None:
+    """Greedy: the best-scoring hosts first, as many of their GPUs as still needed."""
+    order = sorted(evals, key=lambda e: (-_pick(e, len(e.gpus), w)[2] ** (1 / len(e.gpus)),
+                                         e.host.name))  # fmt: skip
+    need, parts, p_all, score_all = req.gpus, [], 1.0, 1.0
+    for ev in order:
+        if need <= 0:
+            break
+        take = min(need, len(ev.gpus))
+        gpus, p, score = _pick(ev, take, w)
+        parts.append((ev.host.name, tuple(g.index for g in gpus)))
+        p_all *= p
+        score_all *= score ** (take / req.gpus)
+        need -= take
+    if need > 0:
+        return None
+    reasons = (
+        f"no single host has {req.gpus} free GPUs that fit; spread over {len(parts)} hosts",
+        f"{round(100 * p_all)}% chance none of them is taken in the next {_hours(req.hours)}",
+    )
+    return Choice(parts[0][0], parts[0][1], score_all, p_all, reasons, tuple(parts))
+
+
+def _hours(h: float) -> str:
+    return f"{h:g} h" if h >= 1 else f"{round(h * 60)} min"
+
+
+_PARTS = ((0, "night"), (6, "morning"), (12, "afternoon"), (18, "evening"))
+
+
+def _when(ts: float, tz: str) -> str:
+    dt = datetime.fromtimestamp(ts, UTC).astimezone(ZoneInfo(tz))
+    part = [name for start, name in _PARTS if dt.hour >= start][-1]
+    return f"{dt.strftime('%A')} {part}s"
+
+
+def _reasons(
+    req: RecommendRequest,
+    ev: _HostEval,
+    gpus: list[GpuSnap],
+    p: float,
+    history: FleetHistory,
+    now: float,
+    w: Weights,
+    tz: str,
+) -> tuple[str, ...]:
+    host, hist = ev.host, ev.hist
+    n, free = len(host.gpus), host.free_count()
+    out = [
+        f"{free} of {n} GPUs free now; GPU{'s' if len(gpus) > 1 else ''} "
+        f"{', '.join(str(g.index) for g in gpus)} ({_model_label(gpus[0])},"
+        f" {(gpus[0].memory_total_bytes or 0) / GIB:.0f} GB)",
+        f"{round(100 * p)}% chance none of them is taken in the next {_hours(req.hours)}"
+        f" (from {hist.hours_known} h of history)"
+        if hist.hours_known
+        else f"{round(100 * p)}% chance they stay free for {_hours(req.hours)}"
+        " (no history for this host yet: the fleet's usual rate)",
+    ]
+    prof = hist.busy_profile
+    if hist.hours_known >= 48 and not np.all(np.isnan(prof)):
+        span = int(min(max(req.hours, 1), 168))
+        hw = [(int(now // 3600) + 72 + i) % 168 for i in range(span)]
+        window = np.nanmean(prof[hw]) if not np.all(np.isnan(prof[hw])) else np.nan
+        usual = np.nanmean(prof)
+        if not np.isnan(window) and window < 0.8 * usual:
+            out.append(f"this host is usually quiet on {_when(now, tz)}")
+        elif not np.isnan(window) and window > 1.2 * usual and window > 0.3:
+            out.append(f"this host is usually busier than now on {_when(now, tz)}")
+    if hist.hours_known:
+        if hist.popularity <= 0.8:
+            out.append(f"less used than most hosts ({hist.popularity:.1f}x the fleet's average)")
+        elif hist.popularity >= 1.25:
+            out.append(f"a crowded host ({hist.popularity:.1f}x the fleet's average use)")
+    if req.family is not None:
+        s = relative_speed(gpus[0].name, req.family)
+        cls = gpu_class(gpus[0].name)
+        if cls != "v100" and abs(s - 1) >= 0.05:
+            rel = f"{s:.1f}x faster" if s > 1 else f"{s:.2f}x the speed"
+            out.append(f"{rel} for {req.family} than a V100")
+    if req.data_gb > 0 and req.data_host is not None:
+        if req.data_host == host.name:
+            out.append(f"the data ({req.data_gb:g} GB) is already here")
+        else:
+            ch = copy_hours(req, host.name, w)
+            out.append(f"copying {req.data_gb:g} GB from {req.data_host} takes ~{_hours(ch)}")
+    hot = [g.index for g in gpus if (g.temperature_celsius or 0) >= w.hot_celsius]
+    if hot:
+        out.append(f"GPU {', '.join(map(str, hot))} running hot (>= {w.hot_celsius:.0f} °C)")
+    if host.load1 is not None and host.cpu_count and host.load1 / host.cpu_count > 1.0:
+        out.append(f"CPU busy (load {host.load1:.0f} on {host.cpu_count} cores)")
+    for a in host.alerts[:2]:
+        out.append(f"open problem: {a}")
+    return tuple(out)
+
+
+def _model_label(g: GpuSnap) -> str:
+    return g.name.removeprefix("NVIDIA ").removeprefix("Tesla ") or "GPU"
+
+
+def estimate_eta(req: RecommendRequest, fleet: FleetSnap, history: FleetHistory) -> Eta | None:
+    """When and where a fitting set most likely frees up: each held GPU's remaining time from
+    how long its job has run and how long jobs on that host ran before."""
+    now, k = fleet.now, req.gpus
+    best: tuple[float, str, Eta] | None = None
+    for host in fleet.hosts:
+        if not host.online:
+            continue
+        hist = history.host(host.name)
+        waits: list[tuple[float, int, str]] = []
+        for g in host.gpus:
+            if not (model_ok(req, g) and g.memory_total_bytes
+                    and g.memory_total_bytes >= req.gpu_mem_bytes):  # fmt: skip
+                continue
+            if g.state == "free" and memory_ok(req, g):
+                waits.append((0.0, g.index, "free now"))
+            elif g.state == "taken":
+                age = max(0.0, (now - g.held_since) / 3600) if g.held_since else 0.0
+                rest = residual_hold_hours(hist.held_runs_hours, age, history.fleet_runs_hours)
+                waits.append((rest, g.index, f"held for {age:.1f} h"))
+        if len(waits) < k:
+            continue
+        waits.sort()
+        ready = waits[k - 1][0]
+        gpus = tuple(sorted(i for _, i, _ in waits[:k]))
+        held = [why for t, _, why in waits[:k] if t > 0]
+        reason = (
+            f"GPU{'s' if k > 1 else ''} {', '.join(map(str, gpus))} on {host.name}: "
+            + ("; ".join(sorted(set(held))[:3]) or "free")
+            + f"; likely free in ~{ready:.1f} h, judging by how long jobs there ran before"
+        )
+        eta = Eta(host.name, gpus, now + ready * 3600, ready, reason)
+        if best is None or (ready, host.name) < (best[0], best[1]):
+            best = (ready, host.name, eta)
+    return best[2] if best else None

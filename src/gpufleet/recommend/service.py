@@ -1,0 +1,167 @@
+"""The recommender inside the server: a snapshot of live state, history features from the
+warehouse (cached, refreshed in the background), and answers. The only I/O of the package
+besides the CLI: the core (gpufleet.recommend.rank) gets plain data."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from gpufleet.recommend.fleet import FleetSnap, GpuSnap, HostSnap
+from gpufleet.recommend.history import FleetHistory, HourlyHeld, build_history
+from gpufleet.recommend.rank import FleetIndex, Weights, recommend
+from gpufleet.recommend.request import RecommendRequest, request_from_any
+from gpufleet.server.live import LiveState, host_status
+from gpufleet.store import Store, StoreError
+from gpufleet.wire import Sample, gpu_is_free
+
+log = logging.getLogger(__name__)
+
+
+def snapshot_from_live(
+    live: LiveState, now: float, reserved: set[tuple[str, int]] | None = None
+) -> FleetSnap:
+    """Every known host as the recommender sees it (status from the same ``host_status`` as
+    the dashboard; a GPU is free by the same ``gpu_is_free``)."""
+    hosts = []
+    for name in sorted(live.hosts):
+        st = live.hosts[name]
+        status = host_status(st.last_received, st.interval_seconds, now, **live.status_cfg)
+        hosts.append(host_snap(st.sample, status, reserved or set()))
+    return FleetSnap(now, tuple(hosts))
+
+
+def host_snap(s: Sample, status: str, reserved: set[tuple[str, int]]) -> HostSnap:
+    gpus = []
+    for g in s.gpus:
+        procs = [p for p in s.processes if p.gpu_index == g.index]
+        if g.error:
+            state = "error"
+        elif gpu_is_free(g, s.processes):
+            state = "reserved" if (s.host, g.index) in reserved else "free"
+        else:
+            state = "taken"
+        starts = [p.started_at for p in procs if p.started_at is not None]
+        gpus.append(GpuSnap(
+            g.index, g.name, g.memory_total_bytes, state,  # type: ignore[arg-type]
+            memory_used_bytes=g.memory_used_bytes, util_percent=g.utilization_gpu_percent,
+            temperature_celsius=g.temperature_celsius, held_since=min(starts) if starts else None,
+            users=tuple(sorted({p.user for p in procs if p.user})),
+        ))  # fmt: skip
+    hm = s.host_metrics
+    disks = [d.total_bytes - d.used_bytes for d in hm.disks if d.total_bytes > 0]
+    return HostSnap(
+        s.host, tuple(gpus), status, hm.load1, hm.cpu_count or s.facts.cpu_count,
+        max(disks) if disks else None, tuple(s.errors),
+    )  # fmt: skip
+
+
+def load_history(store: Store, now: float, days: float) -> FleetHistory:
+    """Hourly held share per GPU over the last ``days`` (completed hours) from the hour tier,
+    through the store's report interface; an empty history where the store has no warehouse."""
+    end = int(now // 3600) * 3600
+    start = end - int(days * 24) * 3600
+    buckets = [(t, str(t)) for t in range(start, end, 3600)]
+    rows = store.report_facts(tier="hour", by="gpu", buckets=buckets)
+    keys: dict[tuple[str, int], int] = {}
+    cells: list[tuple[int, int, float]] = []
+    for r in rows:
+        host, _, idx = str(r["key"]).rpartition(":")
+        if not host or not idx.isdigit():
+            continue
+        secs = float(r.get("sample_seconds") or 0.0)
+        if secs <= 0:
+            continue
+        row = keys.setdefault((host, int(idx)), len(keys))
+        col = (int(r["period_start"]) - start) // 3600
+        cells.append((row, col, min(1.0, float(r.get("held_seconds") or 0.0) / secs)))
+    held = np.full((len(keys), len(buckets)), np.nan)
+    for row, col, frac in cells:
+        if 0 <= col < len(buckets):
+            held[row, col] = frac
+    order = sorted(keys, key=lambda k: k)
+    held = held[[keys[k] for k in order]] if order else held
+    return build_history(HourlyHeld(start, order, held), built_at=now)
+
+
+class RecommendService:
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        cfg = ctx.settings.recommend
+        self.days = cfg.history_days
+        self.snapshot_seconds = cfg.snapshot_seconds
+        self.weights = Weights(copy_gbit_per_second=cfg.copy_gbit_per_second)
+        self.tz = ctx.settings.warehouse.timezone
+        self.history: FleetHistory | None = None
+        self.history_error: str | None = None
+        self._snap: tuple[float, FleetSnap, FleetIndex] | None = None
+        self._lock = threading.Lock()
+
+    def refresh_history(self, now: float | None = None) -> FleetHistory:
+        now = time.time() if now is None else now
+        try:
+            hist = load_history(self.ctx.store, now, self.days)
+            self.history_error = None
+        except StoreError as exc:
+            if self.history_error is None:
+                log.warning("recommend: no history (%s); using the fleet's defaults", exc)
+            self.history_error = str(exc)
+            hist = FleetHistory(built_at=now)
+        with self._lock:
+            self.history = hist
+            self._snap = None
+        return hist
+
+    def current(self, now: float) -> tuple[FleetSnap, FleetIndex]:
+        hist = self.history or self.refresh_history(now)
+        with self._lock:
+            cached = self._snap
+            if cached is not None and 0 <= now - cached[0] <= self.snapshot_seconds:
+                return cached[1], cached[2]
+        snap = snapshot_from_live(self.ctx.live, now)
+        index = FleetIndex(snap, hist)
+        with self._lock:
+            self._snap = (now, snap, index)
+        return snap, index
+
+    def parse(
+        self, body: Any, now: float | None = None
+    ) -> tuple[RecommendRequest, FleetSnap, FleetIndex]:
+        snap, index = self.current(time.time() if now is None else now)
+        return request_from_any(body, snap), snap, index
+
+    def answer(self, req: RecommendRequest, snap: FleetSnap, index: FleetIndex) -> dict[str, Any]:
+        t = time.perf_counter()
+        ans = recommend(req, snap, index.history, weights=self.weights, tz=self.tz, index=index)
+        out = ans.as_json()
+        out["request"] = req.model_dump()
+        out["history_hours"] = index.history.hours_known
+        out["answered_in_ms"] = round((time.perf_counter() - t) * 1000, 2)
+        return out
+
+
+async def refresh_forever(app: Any) -> None:
+    """Rebuild the history features every ``recommend.history_refresh_seconds``."""
+    while True:
+        ctx = getattr(app.state, "ctx", None)
+        if ctx is not None:
+            try:
+                await asyncio.to_thread(service_of(app).refresh_history)
+            except Exception:
+                log.exception("recommend: history refresh failed; will try again")
+            await asyncio.sleep(ctx.settings.recommend.history_refresh_seconds)
+        else:
+            await asyncio.sleep(1.0)
+
+
+def service_of(app: Any) -> RecommendService:
+    svc = getattr(app.state, "recommend", None)
+    if svc is None or svc.ctx is not app.state.ctx:
+        svc = RecommendService(app.state.ctx)
+        app.state.recommend = svc
+    return svc

@@ -1,0 +1,219 @@
+"""The pure core: request validation, feasibility over generated fleets, stable answers, ETA."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from gpufleet.recommend.fleet import GIB, FleetSnap, GpuSnap, HostSnap
+from gpufleet.recommend.history import FleetHistory, HourlyHeld, build_history
+from gpufleet.recommend.rank import recommend
+from gpufleet.recommend.request import RecommendRequest, request_from_any
+from gpufleet.server.errors import validation_details
+
+NOW = 1_795_000_000.0
+MODELS = [("NVIDIA A100-SXM4-80GB", 80), ("Tesla V100-SXM2-32GB", 32), ("Tesla T4", 15)]
+
+
+def host(name: str, model: int = 0, n: int = 8, taken: tuple[int, ...] = (), **kw) -> HostSnap:
+    gname, mem = MODELS[model]
+    gpus = tuple(
+        GpuSnap(i, gname, mem * GIB, "taken" if i in taken else "free",
+                held_since=NOW - 3600 if i in taken else None)
+        for i in range(n)
+    )  # fmt: skip
+    return HostSnap(name, gpus, **kw)
+
+
+def fleet(*hosts: HostSnap) -> FleetSnap:
+    return FleetSnap(NOW, tuple(hosts))
+
+
+def errors_of(body: dict, f: FleetSnap) -> list[dict]:
+    with pytest.raises(ValidationError) as exc:
+        request_from_any(body, f)
+    return validation_details(exc.value)
+
+
+BASE = {"gpus": 2, "gpu_mem_gb": 40, "hours": 6}
+
+
+@pytest.mark.parametrize(
+    "change, loc, words",
+    [
+        ({"gpus": 0}, "gpus", "greater than or equal to 1"),
+        ({"gpus": "two"}, "gpus", "valid integer"),
+        ({"gpu_mem_gb": 0}, "gpu_mem_gb", "greater than 0"),
+        ({"gpu_mem_gb": -5}, "gpu_mem_gb", "greater than 0"),
+        ({"gpu_mem_gb": 200}, "gpu_mem_gb", "more than the largest GPU in the fleet (80 GB)"),
+        ({"hours": 0}, "hours", "greater than 0"),
+        ({"hours": float("nan")}, "hours", "finite"),
+        ({"gpu_models": ["H100"]}, "gpu_models[0]", "no GPU in the fleet is a 'H100'"),
+        ({"gpu_models": ["A100", "K80"]}, "gpu_models[1]", "no GPU in the fleet is a 'K80'"),
+        ({"model": "llama-9000"}, "model", "unknown model type"),
+        ({"data_gb": -1}, "data_gb", "greater than or equal to 0"),
+        ({"data_gb": 10, "data_host": "nowhere"}, "data_host", "no host named 'nowhere'"),
+        ({"gpus": 9}, "gpus", "can never fit: at most 8 such GPUs on any one host"),
+        ({"gpus": 2, "gpu_models": ["V100"]}, "gpu_mem_gb", "largest matching GPU"),
+        ({"colour": "red"}, "colour", "Extra inputs are not permitted"),
+    ],
+)
+def test_invalid_requests_name_the_field(change: dict, loc: str, words: str) -> None:
+    f = fleet(host("a100-1"), host("v100-1", model=1))
+    details = errors_of({**BASE, **change}, f)
+    assert details[0]["loc"] == loc, details
+    assert words in details[0]["msg"], details
+
+
+def test_multi_host_allows_more_than_one_host_holds() -> None:
+    f = fleet(host("a", n=4), host("b", n=4))
+    assert "multi_host" in errors_of({**BASE, "gpus": 6}, f)[0]["msg"]
+    req = request_from_any({**BASE, "gpus": 6, "multi_host": True}, f)
+    ans = recommend(req, f, FleetHistory())
+    (c,) = ans.choices
+    assert sum(len(g) for _, g in c.parts) == 6
+    assert {h for h, _ in c.parts} == {"a", "b"}
+    assert c.command.count("ssh") == 2
+
+
+def test_model_names_and_gpu_models_are_forgiving() -> None:
+    f = fleet(host("a100-1"), host("v100-1", model=1))
+    r = request_from_any(
+        {**BASE, "gpu_mem_gb": 16, "gpu_models": ["v100"], "model": "ResNet-50"}, f
+    )
+    ans = recommend(r, f, FleetHistory())
+    assert [c.host for c in ans.choices] == ["v100-1"]
+
+
+def random_fleet(rng: random.Random) -> FleetSnap:
+    hosts = []
+    for i in range(rng.randint(1, 12)):
+        model = rng.randrange(len(MODELS))
+        gname, mem = MODELS[model]
+        gpus = []
+        for g in range(rng.choice([1, 2, 4, 8])):
+            state = rng.choice(["free", "free", "free", "taken", "reserved", "error"])
+            used = rng.choice([None, 0, 2 * GIB, mem * GIB // 2])
+            gpus.append(GpuSnap(g, gname, rng.choice([mem * GIB, mem * GIB, None]), state,
+                                memory_used_bytes=used,
+                                held_since=NOW - rng.uniform(0, 1e5) if state == "taken" else None))  # fmt: skip
+        status = rng.choice(["online", "online", "online", "stale", "offline"])
+        hosts.append(HostSnap(f"h{i:02d}", tuple(gpus), status))
+    return FleetSnap(NOW, tuple(hosts))
+
+
+def random_history(f: FleetSnap, rng: random.Random) -> FleetHistory:
+    keys = [(h.name, g.index) for h in f.hosts for g in h.gpus]
+    held = np.array([[rng.choice([0.0, 0.0, 1.0, 0.5, np.nan]) for _ in range(200)] for _ in keys])
+    return build_history(
+        HourlyHeld(int(NOW // 3600) * 3600 - 200 * 3600, keys, held.reshape(len(keys), 200))
+    )
+
+
+def test_never_recommends_a_taken_reserved_offline_or_small_gpu() -> None:
+    rng = random.Random(7)
+    checked = 0
+    for _ in range(300):
+        f = random_fleet(rng)
+        hist = random_history(f, rng)
+        body = {
+            "gpus": rng.choice([1, 1, 2, 3, 4, 8]),
+            "gpu_mem_gb": rng.choice([4, 14, 16, 30, 40, 79]),
+            "hours": rng.choice([0.5, 3, 24, 200]),
+            "multi_host": rng.random() < 0.3,
+            "limit": 50,
+        }
+        try:
+            req = request_from_any(body, f)
+        except ValidationError:
+            continue
+        ans = recommend(req, f, hist)
+        by_name = {h.name: h for h in f.hosts}
+        for c in ans.choices:
+            parts = c.parts or ((c.host, c.gpus),)
+            assert sum(len(g) for _, g in parts) == req.gpus
+            for hname, gpus in parts:
+                h = by_name[hname]
+                assert h.status == "online"
+                assert len(set(gpus)) == len(gpus)
+                for i in gpus:
+                    g = next(x for x in h.gpus if x.index == i)
+                    assert g.state == "free", (hname, g)
+                    assert g.memory_total_bytes is not None
+                    assert g.memory_total_bytes >= req.gpu_mem_bytes
+                    assert (g.memory_used_bytes or 0) + req.gpu_mem_bytes <= g.memory_total_bytes
+                    checked += 1
+            assert 0.0 <= c.p_free <= 1.0
+            if not req.multi_host:
+                assert not c.parts
+        if not ans.choices:
+            assert ans.note
+    assert checked > 200
+
+
+def test_same_state_same_answer_and_ties_go_to_the_name() -> None:
+    f = fleet(*(host(f"node-{i}", taken=(0,)) for i in (3, 1, 2)))
+    req = request_from_any({**BASE, "limit": 3}, f)
+    first = recommend(req, f, FleetHistory()).as_json()
+    for _ in range(5):
+        assert recommend(req, f, FleetHistory()).as_json() == first
+    assert [r["host"] for r in first["recommendations"]] == ["node-1", "node-2", "node-3"]
+    # the same snapshot rebuilt in another host order gives the same answer
+    g = FleetSnap(NOW, tuple(reversed(f.hosts)))
+    assert recommend(req, g, FleetHistory()).as_json() == first
+
+
+def test_history_steers_to_quiet_hosts_and_explains() -> None:
+    f = fleet(host("busy-1", taken=(0, 1, 2, 3)), host("quiet-1", taken=(0, 1, 2, 3)))
+    keys = [(h.name, g.index) for h in f.hosts for g in h.gpus]
+    hours = 24 * 21
+    rng = np.random.default_rng(1)
+    held = np.zeros((len(keys), hours))
+    for i, (name, _) in enumerate(keys):
+        # busy-1's GPUs are taken again within hours of being freed; quiet-1's rarely are
+        p = 0.5 if name == "busy-1" else 0.02
+        held[i] = (rng.random(hours) < p).astype(float)
+    hist = build_history(HourlyHeld(int(NOW // 3600) * 3600 - hours * 3600, keys, held))
+    req = request_from_any({**BASE, "gpu_mem_gb": 10, "model": "resnet50"}, f)
+    ans = recommend(req, f, hist)
+    assert [c.host for c in ans.choices] == ["quiet-1", "busy-1"]
+    best = ans.choices[0]
+    assert best.p_free > ans.choices[1].p_free
+    text = " ".join(best.reasons)
+    assert "4 of 8 GPUs free now" in text
+    assert "chance none of them is taken in the next 6 h" in text
+    assert "less used than most hosts" in text
+    assert "2.0x faster for ResNet-50 than a V100" in text
+    assert best.command == f"CUDA_VISIBLE_DEVICES={','.join(map(str, best.gpus))} ssh quiet-1"
+    assert "crowded host" in " ".join(ans.choices[1].reasons)
+
+
+def test_data_location_and_eta_when_nothing_fits() -> None:
+    f = fleet(host("a", n=4), host("b", n=4))
+    req = request_from_any({**BASE, "gpu_mem_gb": 10, "data_gb": 500, "data_host": "b"}, f)
+    ans = recommend(req, f, FleetHistory())
+    assert ans.choices[0].host == "b"
+    assert "already here" in " ".join(ans.choices[0].reasons)
+    assert "copying 500 GB from b" in " ".join(ans.choices[1].reasons)
+
+    full = fleet(host("a", n=4, taken=(0, 1, 2, 3)), host("b", n=4, taken=(0, 1, 2)),
+                 host("c", n=4, status="offline"))  # fmt: skip
+    req = request_from_any({**BASE, "gpu_mem_gb": 10}, full)
+    ans = recommend(req, full, FleetHistory())
+    assert ans.choices == ()
+    assert "no online host has 2 free GPUs" in (ans.note or "")
+    # nothing known: a job is expected to run about as long again as it has (1 h here)
+    assert ans.eta is not None and ans.eta.host == "a" and ans.eta.gpus == (0, 1)
+    assert ans.eta.in_hours == pytest.approx(1.0)
+    assert "likely free in ~1.0 h" in ans.eta.reason
+    assert ans.as_json()["eta"]["at"] > NOW
+
+
+def test_request_model_alone_checks_sizes() -> None:
+    with pytest.raises(ValidationError):
+        RecommendRequest(gpus=1, gpu_mem_gb=0, hours=1)
+    r = RecommendRequest(gpus=1, gpu_mem_gb=40, hours=1)
+    assert r.gpu_mem_bytes == 40 * GIB
