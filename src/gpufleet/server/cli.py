@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import time
 from pathlib import Path
 
@@ -24,6 +25,10 @@ from gpufleet.server.local import (
 )
 
 log = logging.getLogger("gpufleet.server")
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(0)  # a requested stop, done in order: a success (for systemd too)
 
 
 @click.command()
@@ -62,6 +67,11 @@ def server(
         agent_proc = spawn_agent(url, fresh_token(store, "local"), data / "agent-spool")
     app = create_app(settings, store=store)
     log.info("gpufleet server on %s (data dir %s); API docs at %s/docs", url, data, url)
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT and then raises the signal again with
+    # the handler it found: make that an orderly exit, so the `finally` below closes the
+    # store (it moves the ingest log into the database) and stops the local agent.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_on_signal)
     try:
         with server_file(data, url):
             uvicorn.run(
@@ -72,6 +82,7 @@ def server(
         if agent_proc is not None:
             stop_process(agent_proc)
         store.close()
+        log.info("gpufleet server stopped; store closed")
 
 
 # -- tokens ------------------------------------------------------------------------------------

@@ -98,19 +98,22 @@ async def ingest(request: Request) -> Response:
         raise ApiError(
             503, "busy", "the store is behind; retry later", headers={"Retry-After": "5"}
         )
-    ack = await accept(ctx, batch, token.name, received_at)
+    ack = await accept(ctx, batch, token.name, received_at, raw=body)
     return Response(ack.model_dump_json(), media_type="application/json")
 
 
-async def accept(ctx: Context, batch: Batch, token_name: str, received_at: float) -> IngestAck:
-    """Store a validated batch (from an agent or the SSH poller) and update live state."""
+async def accept(
+    ctx: Context, batch: Batch, token_name: str, received_at: float, raw: bytes | None = None
+) -> IngestAck:
+    """Store a validated batch (from an agent or the SSH poller) and update live state.
+    ``raw``: the batch's JSON as received, if any (the store may keep it as is)."""
     skew = received_at - batch.sent_at
     warnings = []
     if abs(skew) > ctx.settings.ingest.clock_skew_warn_seconds:
         warnings.append(
             f"clock skew: the agent's clock is {-skew:+.1f} s off the server's; fix NTP on the host"
         )
-    item = IngestItem(batch, token_name, received_at, skew)
+    item = IngestItem(batch, token_name, received_at, skew, raw)
     try:
         stored = await asyncio.wrap_future(ctx.store.submit(item))
     except StoreError as exc:

@@ -48,6 +48,7 @@ class IngestItem:
     token_name: str
     received_at: float
     clock_skew_seconds: float
+    raw: bytes | None = None  # the batch's JSON as received, when there is one (saves a dump)
 
 
 @dataclass(frozen=True)

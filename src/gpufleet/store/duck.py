@@ -1,8 +1,11 @@
-"""DuckDB backend: one file, one writer thread with group commits, reads on their own cursors.
+"""DuckDB backend: one file, one writer thread, reads on their own cursors.
 
-Many agents' batches land in one transaction (whatever queued up while the previous commit
-ran), inserted as Arrow tables; every batch is acknowledged only after its commit. A batch id
-seen before (within the dedupe window) is acknowledged as a duplicate and stored nothing.
+The writer takes agents' batches in groups (whatever queued up meanwhile), appends each group
+to the ingest log and fsyncs it, and only then acknowledges it (gpufleet.store.ingestlog);
+about once a second it moves what the log holds into the database in one transaction,
+inserted as Arrow tables. A batch id seen before (within the dedupe window) is acknowledged
+as a duplicate and stored nothing. Reads first let the writer apply the log, so a read sees
+every acknowledged batch.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -21,7 +25,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from gpufleet.store import warehouse
+from gpufleet.store import ingestlog, warehouse
 from gpufleet.store.base import (
     HostRecord,
     IngestItem,
@@ -76,7 +80,10 @@ _UPSERT_HOSTS = f"""
             THEN excluded.last_sample ELSE hosts.last_sample END,
         last_seen = greatest(hosts.last_seen, excluded.last_seen)
 """
-MAX_GROUP = 512  # batches in one transaction
+MAX_GROUP = 512  # batches in one ingest-log append
+LOG_WINDOW_SECONDS = 0.01  # a group gathers for at most this long before its fsync
+APPLY_INTERVAL_SECONDS = 1.0  # the ingest log is moved into the database this often...
+APPLY_MAX_BATCHES = 5000  # ...or once it holds this many batches
 # Group-commit window: an ingest transaction starts at most this long after the previous one
 # began, gathering what arrives meanwhile. Each transaction has a fixed cost (DuckDB plans
 # every statement, syncs its WAL, checkpoints now and then): measured ~25 ms of CPU on a busy
@@ -112,6 +119,21 @@ class DuckDBStore(SqlReads, Store):
             for table, columns in TABLE_COLUMNS.items()
         }
         self._queue: queue.Queue[Any] = queue.Queue()
+        # Acknowledged batches not yet in the database (see gpufleet.store.ingestlog): staged
+        # (writer thread), then handed to the applier thread in one piece, whose keys stay in
+        # _applying_keys until they are committed. _log is None for an in-memory store.
+        self._staged: list[IngestItem] = []
+        self._staged_keys: set[str] = set()
+        self._applying_keys: set[str] = set()
+        self._apply_due = 0.0
+        self._apply_idle = threading.Event()
+        self._apply_idle.set()
+        self._apply_queue: queue.Queue[Any] = queue.Queue()
+        self._log = (
+            ingestlog.IngestLog(Path(self.path + ".ingest-log"))
+            if self.path != ":memory:"
+            else None
+        )
         # host -> [row values in _HOST_ROW order, with the Sample in place of its JSON];
         # touched by the writer thread only
         self._pending_hosts: dict[str, list[Any]] = {}
@@ -119,8 +141,12 @@ class DuckDBStore(SqlReads, Store):
         self.commits = 0  # transactions committed by the writer (for /metrics)
         self.batches_stored = 0
         self.batches_duplicate = 0
+        self._replay_log()
         self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
         self._writer.start()
+        self._applier = threading.Thread(target=self._apply_loop, name="store-apply", daemon=True)
+        if self._log is not None:
+            self._applier.start()
 
     # -- schema -------------------------------------------------------------------------------
 
@@ -157,6 +183,25 @@ class DuckDBStore(SqlReads, Store):
 
     # -- the writer ---------------------------------------------------------------------------
 
+    def _replay_log(self) -> None:
+        """Move into the database what the ingest log kept from the previous run."""
+        if self._log is None or not self._log.leftovers:
+            return
+        items = [it for path in self._log.leftovers for it in ingestlog.read_records(path)]
+        con = self._db.cursor()
+        try:
+            for start in range(0, len(items), APPLY_MAX_BATCHES):
+                self._ingest_txn(con, items[start : start + APPLY_MAX_BATCHES])
+            if self._pending_hosts:
+                self._flush_hosts(con)
+        finally:
+            con.close()
+        self._log.drop_leftovers()
+        log.info(
+            "store %s: moved %d batch(es) left in the ingest log into the database",
+            self.path, len(items),
+        )  # fmt: skip
+
     def submit(self, item: IngestItem) -> concurrent.futures.Future[bool]:
         fut: concurrent.futures.Future[bool] = concurrent.futures.Future()
         self._queue.put((item, fut))
@@ -173,7 +218,14 @@ class DuckDBStore(SqlReads, Store):
         next_commit = 0.0  # monotonic time before which the next ingest group keeps gathering
         stop = False
         while not stop:
-            task = self._queue.get()
+            if self._staged:
+                try:
+                    task = self._queue.get(timeout=max(0.01, self._apply_due - time.monotonic()))
+                except queue.Empty:
+                    self._hand_off()
+                    continue
+            else:
+                task = self._queue.get()
             group = []
             while True:
                 if task is _STOP:
@@ -187,6 +239,7 @@ class DuckDBStore(SqlReads, Store):
                     if group:
                         self._ingest_group(con, group)
                         group = []
+                    self._apply_all()  # a task sees every acknowledged batch
                     self._run_task(con, *task)
                 wait = next_commit - time.monotonic() if group else 0.0
                 try:
@@ -194,9 +247,22 @@ class DuckDBStore(SqlReads, Store):
                 except queue.Empty:
                     break
             if group:
-                next_commit = time.monotonic() + COMMIT_INTERVAL_SECONDS
+                next_commit = time.monotonic() + self._window
                 self._ingest_group(con, group)
+            if self._staged and (
+                time.monotonic() >= self._apply_due or len(self._staged) >= APPLY_MAX_BATCHES
+            ):
+                self._hand_off()
+        self._apply_all()
+        if self._log is not None:
+            self._apply_queue.put(None)
+            self._applier.join()
+            self._log.close()
         con.close()
+
+    @property
+    def _window(self) -> float:
+        return COMMIT_INTERVAL_SECONDS if self._log is None else LOG_WINDOW_SECONDS
 
     def _run_task(self, con, fn, fut) -> None:
         con.execute("BEGIN")
@@ -210,6 +276,9 @@ class DuckDBStore(SqlReads, Store):
             fut.set_result(result)
 
     def _ingest_group(self, con, group) -> None:
+        if self._log is not None:
+            self._log_group(con, group)
+            return
         try:
             results = self._ingest_txn(con, [item for item, _ in group])
         except Exception as exc:
@@ -224,6 +293,115 @@ class DuckDBStore(SqlReads, Store):
         for (_, fut), stored in zip(group, results, strict=True):
             fut.set_result(stored)
 
+    def _log_group(self, con, group) -> None:
+        """Acknowledge a group once it is in the ingest log (fsync'd); the database follows."""
+        items = [item for item, _ in group]
+        keys = [str(batch_key(i.batch.batch_id)) for i in items]
+        try:
+            applying = self._applying_keys  # read before the query: see _apply_loop
+            unseen = [
+                k for k in dict.fromkeys(keys) if k not in self._staged_keys and k not in applying
+            ]
+            stored = {
+                str(r[0])
+                for r in con.execute(
+                    "SELECT id FROM batches WHERE id IN (SELECT unnest(?::UUID[]))", [unseen]
+                ).fetchall()
+            } if unseen else set()  # fmt: skip
+            fresh, seen = [], set()
+            for key in keys:  # a batch twice in one group: the first one counts
+                fresh.append(
+                    key not in self._staged_keys
+                    and key not in applying
+                    and key not in stored
+                    and key not in seen
+                )
+                seen.add(key)
+            new_items = [item for item, f in zip(items, fresh, strict=True) if f]
+            assert self._log is not None
+            if new_items:
+                self._log.append([ingestlog.encode(item) for item in new_items])
+        except Exception as exc:
+            log.exception(
+                "store: ingest log append failed; %d batch(es) not acknowledged", len(items)
+            )
+            for _, fut in group:
+                fut.set_exception(StoreError(f"store write failed: {exc}"))
+            return
+        if not self._staged:
+            self._apply_due = time.monotonic() + APPLY_INTERVAL_SECONDS
+        self._staged.extend(new_items)
+        self._staged_keys.update(k for k, f in zip(keys, fresh, strict=True) if f)
+        self.batches_duplicate += len(items) - len(new_items)
+        for (_, fut), f in zip(group, fresh, strict=True):
+            fut.set_result(f)
+
+    def _hand_off(self) -> None:
+        """Give the staged batches to the applier thread, unless it is still busy (then they
+        go with the next hand-off); new ones are logged to a fresh file meanwhile."""
+        if not self._staged or not self._apply_idle.is_set():
+            return
+        assert self._log is not None
+        path = self._log.rotate()
+        self._applying_keys = self._staged_keys
+        self._apply_idle.clear()
+        self._apply_queue.put((self._staged, path))
+        self._staged, self._staged_keys = [], set()
+
+    def _apply_all(self) -> None:
+        """Wait until every acknowledged batch is in the database (writer thread)."""
+        if self._log is None:
+            return
+        self._apply_idle.wait()
+        self._hand_off()
+        self._apply_idle.wait()
+
+    def _apply_loop(self) -> None:
+        """The applier thread: moves handed-off batches into the database, one transaction
+        each time, then deletes the log file that held them. A failure keeps them (logged,
+        retried); the writer keeps acknowledging into the log meanwhile."""
+        con = self._db.cursor()
+        while (job := self._apply_queue.get()) is not None:
+            items, path = job
+            failures = 0
+            while True:
+                try:
+                    self._ingest_txn(con, items)
+                    break
+                except Exception:
+                    if failures == 0:
+                        log.exception(
+                            "store: moving %d batch(es) into the database failed", len(items)
+                        )
+                    if self._apply_one_by_one(con, items):
+                        break
+                    failures += 1
+                    time.sleep(min(30.0, 0.5 * 2**failures))  # a store problem: retry
+            if path is not None:
+                path.unlink(missing_ok=True)
+            self._applying_keys = set()
+            self._apply_idle.set()
+        con.close()
+
+    def _apply_one_by_one(self, con, items: list[IngestItem]) -> bool:
+        """After a failed apply: each batch in its own transaction. The ones that still fail
+        are kept aside in a file next to the log (an error says where); True if any went in."""
+        failed = []
+        for item in items:
+            try:
+                self._ingest_txn(con, [item])
+            except Exception:
+                failed.append(item)
+        if len(failed) == len(items):
+            return False
+        assert self._log is not None
+        aside = self._log.folder / f"failed-{int(time.time())}.records"
+        with open(aside, "ab") as f:
+            f.write(b"".join(ingestlog.encode(item) for item in failed))
+            os.fsync(f.fileno())
+        log.error("store: %d batch(es) could not be stored; kept in %s", len(failed), aside)
+        return True
+
     def _ingest_txn(self, con, items: list[IngestItem]) -> list[bool]:
         keys = [str(batch_key(i.batch.batch_id)) for i in items]
         first: dict[str, int] = {}  # a batch sent twice within one group: the first one counts
@@ -237,11 +415,11 @@ class DuckDBStore(SqlReads, Store):
             inserted = {
                 str(r[0])
                 for r in con.execute(
-                    "INSERT INTO batches SELECT unnest(?::UUID[]), ?, unnest(?::INTEGER[])"
-                    " ON CONFLICT DO NOTHING RETURNING id",
+                    "INSERT INTO batches SELECT unnest(?::UUID[]), unnest(?::DOUBLE[]),"
+                    " unnest(?::INTEGER[]) ON CONFLICT DO NOTHING RETURNING id",
                     [
                         [keys[n] for n in once],
-                        items[0].received_at,
+                        [items[n].received_at for n in once],
                         [len(items[n].batch.samples) for n in once],
                     ],
                 ).fetchall()
@@ -316,7 +494,14 @@ class DuckDBStore(SqlReads, Store):
 
     # -- reads --------------------------------------------------------------------------------
 
+    def _sync(self) -> None:
+        """Let the writer move the ingest log into the database before a read."""
+        busy = self._staged or not self._apply_idle.is_set()
+        if busy and threading.current_thread() is not self._writer:
+            self.write(lambda con: None)
+
     def _read(self, sql: str, params: list | None = None) -> list[tuple]:
+        self._sync()
         cur = self._db.cursor()
         try:
             return cur.execute(sql, params or []).fetchall()

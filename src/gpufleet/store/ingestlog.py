@@ -1,0 +1,130 @@
+"""The embedded store's ingest log: acknowledged batches that are not yet in the database.
+
+Why: a DuckDB transaction has a fixed cost of tens of milliseconds (statement planning for
+the five raw tables, the write-ahead log, checkpoints), so committing every group of batches
+to the database before acknowledging it made the store writer the bottleneck of ingest. Now
+the writer appends each group's request bodies to this log and fsyncs it (one small
+sequential write), acknowledges the group, and moves what the log holds into the database in
+one transaction about once a second. An acknowledged batch is always on disk: in this log
+until its transaction commits, in the database after; the log is emptied only after that
+commit. At start-up, whatever a crash left in the log is moved into the database first (the
+batch ids make that idempotent, so a batch both committed and still in the log is stored
+once).
+
+File format: ``<generation>.log`` files in the log folder, each a run of records ``<u32 length>
+<u32 crc32> payload``, the payload being ``<JSON of token name, received_at, clock skew>\\n<the
+batch as JSON>``. A torn last record (a crash mid-write, never acknowledged) fails its CRC and
+is dropped; an unreadable record elsewhere is kept aside in ``*.unreadable`` for a human.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+
+from gpufleet.store.base import IngestItem
+from gpufleet.wire import Batch
+
+log = logging.getLogger("gpufleet.store.ingestlog")
+
+_HEAD = struct.Struct("<II")
+
+
+def encode(item: IngestItem) -> bytes:
+    meta = orjson.dumps([item.token_name, item.received_at, item.clock_skew_seconds])
+    body = item.raw if item.raw is not None else item.batch.model_dump_json().encode()
+    payload = meta + b"\n" + body
+    return _HEAD.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def decode(payload: bytes) -> IngestItem:
+    meta, _, body = payload.partition(b"\n")
+    token_name, received_at, skew = orjson.loads(meta)
+    return IngestItem(Batch.model_validate_json(body), token_name, received_at, skew, body)
+
+
+class IngestLog:
+    """Append-only and fsync'd; owned by the store's writer thread."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.leftovers = sorted(folder.glob("*.log"))  # what a previous run did not apply
+        last = max((int(p.stem) for p in self.leftovers if p.stem.isdigit()), default=0)
+        self._generation = last
+        self._file = self._open_next()
+        self.records = 0  # in the current file
+
+    def _open_next(self):
+        self._generation += 1
+        path = self.folder / f"{self._generation:012d}.log"
+        f = open(path, "ab", buffering=0)  # noqa: SIM115 - kept open for appends
+        _fsync_dir(self.folder)
+        return f
+
+    def append(self, records: list[bytes]) -> None:
+        """Write records and make them durable (raises OSError: then nothing is acknowledged)."""
+        self._file.write(b"".join(records))
+        os.fsync(self._file.fileno())
+        self.records += len(records)
+
+    def rotate(self) -> Path | None:
+        """Start a new file for what comes next; the old one (None if it was empty) is deleted
+        by the caller once its batches are committed to the database."""
+        if self.records == 0:
+            return None
+        old = Path(self._file.name)
+        self._file.close()
+        self._file = self._open_next()
+        self.records = 0
+        return old
+
+    def drop_leftovers(self) -> None:
+        for path in self.leftovers:
+            path.unlink(missing_ok=True)
+        self.leftovers = []
+
+    def close(self) -> None:
+        path = Path(self._file.name)
+        self._file.close()
+        if self.records == 0:
+            path.unlink(missing_ok=True)
+
+
+def read_records(path: Path) -> Iterator[IngestItem]:
+    """The items in one log file, in order; a torn tail is dropped, a bad record set aside."""
+    data = path.read_bytes()
+    at = 0
+    while at + _HEAD.size <= len(data):
+        size, crc = _HEAD.unpack_from(data, at)
+        payload = data[at + _HEAD.size : at + _HEAD.size + size]
+        if len(payload) < size or zlib.crc32(payload) != crc:
+            log.warning(
+                "ingest log %s: dropped a torn record at byte %d (written during a crash, "
+                "never acknowledged)", path, at,
+            )  # fmt: skip
+            return
+        at += _HEAD.size + size
+        try:
+            yield decode(payload)
+        except ValueError as exc:
+            aside = path.with_suffix(".unreadable")
+            with open(aside, "ab") as f:
+                f.write(_HEAD.pack(size, crc) + payload)
+            log.error("ingest log %s: a record does not parse (%s); kept in %s", path, exc, aside)
+    if at < len(data):
+        log.warning("ingest log %s: dropped %d bytes of a torn record", path, len(data) - at)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
