@@ -1,4 +1,6 @@
-"""Warehouse benchmark: a year for 100 hosts x 8 GPUs at a 5 s interval on the embedded store.
+"""Warehouse benchmark: a year for 100 hosts x 8 GPUs at a 5 s interval, on the embedded store
+(default) or on PostgreSQL (``--backend postgresql``: a fresh database on the local server,
+dropped afterwards; ``--pg-admin`` names the server).
 
 How the year is made: the last ``--raw-days`` days (default 1) as raw samples at 5 s, written
 straight into the raw tables with SQL, then rolled up through the real rollup path (timed:
@@ -9,22 +11,29 @@ the raw days from raw samples versus from the tiers. Store size per host-year co
 tiers only (raw is pruned after ``retention.raw_days``).
 
     .venv/bin/python bench/warehouse.py [--hosts 100] [--gpus 8] [--raw-days 1]
+        [--backend duckdb|postgresql]
+
+The generated data follow the same recipe on both backends (the pseudo-random functions
+differ: DuckDB's hash(), PostgreSQL's hashint8()).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import time
+import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from gpufleet.reports import calendar as cal
 from gpufleet.reports.facts import HIST_COLUMNS
 from gpufleet.reports.service import compute_report
-from gpufleet.store import open_store
+from gpufleet.store import open_store, pg_schema
 from gpufleet.store import warehouse as wh
+from gpufleet.store.schema import RAW_TABLES
 
 TZ = "Asia/Shanghai"
 USERS = 30
@@ -90,6 +99,104 @@ def gen_hour_tiers(con, hosts: int, gpus: int, h0: int, h1: int) -> None:
     )
 
 
+def _pg_hash(*parts: str) -> str:
+    """A pseudo-random non-negative bigint of integer SQL expressions (PostgreSQL)."""
+    expr = f"({parts[0]})::bigint"
+    for p in parts[1:]:
+        expr = f"mod(({expr}) * 1000003 + ({p})::bigint, 1000000007)"
+    return f"abs(hashint8({expr}))"
+
+
+def pg_gen_raw(cur, hosts: int, gpus: int, t0: int, t1: int, step: int = 5) -> int:
+    """``gen_raw`` on PostgreSQL (daily partitions made first)."""
+    n = (t1 - t0) // step
+    for table in RAW_TABLES:
+        for day in range(t0 // 86400, (t1 - 1) // 86400 + 1):
+            cur.execute(pg_schema.partition_ddl(table, day))
+    node = "'node' || lpad(h::text, 3, '0')"
+    cur.execute(
+        f"""INSERT INTO host_samples (host, ts, interval_seconds, gpus)
+        SELECT {node}, {t0} + i * {step}, {step}, {gpus}
+        FROM generate_series(0, {hosts - 1}) h, generate_series(0, {n - 1}) i"""
+    )
+    cur.execute(
+        f"""INSERT INTO gpu_samples (host, ts, gpu_index, uuid, name, utilization_gpu_percent,
+            memory_used_bytes, memory_total_bytes, power_watts, xid_events, processes)
+        SELECT {node}, {t0} + i * {step}, g,
+            'GPU-' || h || '-' || g, CASE WHEN mod(h, 3) = 0 THEN 'H100' ELSE 'A100' END,
+            CASE WHEN held THEN mod({_pg_hash("h", "g", "i / 720")}, 101)::real ELSE 0 END,
+            CASE WHEN held THEN 40000000000 ELSE 0 END, 80000000000,
+            CASE WHEN held THEN 300.0 ELSE 60.0 END, 0, held::integer
+        FROM (SELECT h, g, i, mod({_pg_hash("h * 8 + g", "i / 2160")}, 100) < 30 + mod(h, 60)
+                AS held
+              FROM generate_series(0, {hosts - 1}) h, generate_series(0, {gpus - 1}) g,
+                   generate_series(0, {n - 1}) i) x"""
+    )
+    cur.execute(
+        f"""INSERT INTO process_samples (host, ts, gpu_index, pid, user_name, gpu_memory_bytes)
+        SELECT host, ts, gpu_index, 1000 + gpu_index,
+            'user' || mod({_pg_hash("hashtext(host)", "gpu_index", "floor(ts / 10800)::bigint")},
+                          {USERS}),
+            40000000000
+        FROM gpu_samples WHERE processes > 0 AND ts >= {t0} AND ts < {t1}"""
+    )
+    return n * hosts * gpus
+
+
+def pg_gen_hour_tiers(cur, hosts: int, gpus: int, h0: int, h1: int) -> None:
+    """``gen_hour_tiers`` on PostgreSQL."""
+    hist = ", ".join(
+        f"CASE WHEN least(u::int / 5, 19) = {i} THEN held ELSE 0 END"
+        for i in range(len(HIST_COLUMNS))
+    )
+    held = f"mod({_pg_hash('h * 8 + g', 'k / 3')}, 100) < 30 + mod(h, 60)"
+    cur.execute(
+        f"""INSERT INTO gpu_hour
+        SELECT 'node' || lpad(h::text, 3, '0'), g, {h0} + k * 3600,
+            'GPU-' || h || '-' || g, CASE WHEN mod(h, 3) = 0 THEN 'H100' ELSE 'A100' END,
+            720, 3600, 3600, u * held, busy, held, held - busy, 40e9 * held,
+            300.0 * held + 60.0 * (3600 - held), {hist}, u, 40000000000, 300.0
+        FROM (SELECT h, g, k, mod({_pg_hash("h", "g", "k / 3")}, 101)::float8 AS u,
+                 CASE WHEN {held} THEN 3600.0 ELSE 0 END AS held,
+                 CASE WHEN {held} AND mod({_pg_hash("h", "g", "k / 3")}, 101) > 5
+                      THEN 3600.0 ELSE 0 END AS busy
+              FROM generate_series(0, {hosts - 1}) h, generate_series(0, {gpus - 1}) g,
+                   generate_series(0, {(h1 - h0) // 3600 - 1}) k) x"""
+    )
+    cur.execute(
+        f"""INSERT INTO user_hour
+        SELECT 'user' || mod({_pg_hash("hashtext(host)", "gpu_index", "bucket_ts / 10800")},
+                             {USERS}),
+            host, gpu_index, bucket_ts, held_seconds,
+            util_seconds * (held_seconds > 0)::int, util_percent_seconds, busy_seconds,
+            idle_held_seconds, memory_byte_seconds, energy_joules * (held_seconds > 0)::int,
+            {", ".join(HIST_COLUMNS)}
+        FROM gpu_hour WHERE held_seconds > 0 AND bucket_ts >= {h0} AND bucket_ts < {h1}"""
+    )
+    cur.execute(
+        f"""INSERT INTO user_peak_hour
+        SELECT user_name, bucket_ts, count(*) FROM user_hour
+        WHERE bucket_ts >= {h0} AND bucket_ts < {h1} GROUP BY 1, 2"""
+    )
+
+
+@contextlib.contextmanager
+def pg_database(admin_url: str):
+    """A fresh PostgreSQL database, dropped afterwards."""
+    import urllib.parse
+
+    import psycopg
+
+    name = f"gpufleet_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield urllib.parse.urlsplit(admin_url)._replace(path=f"/{name}").geturl()
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 def timed(fn, runs: int = 3) -> float:
     times = []
     for _ in range(runs):
@@ -106,28 +213,51 @@ def main() -> None:
     ap.add_argument("--raw-days", type=int, default=1)
     ap.add_argument("--days", type=int, default=365)
     ap.add_argument("--dir", type=Path, default=None)
+    ap.add_argument("--backend", choices=("duckdb", "postgresql"), default="duckdb")
+    ap.add_argument(
+        "--pg-admin",
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        help="PostgreSQL server for --backend postgresql (a database is made and dropped)",
+    )
     args = ap.parse_args()
+    if args.backend == "postgresql":
+        with pg_database(args.pg_admin) as url:
+            run(args, url)
+    else:
+        folder = args.dir or Path(tempfile.mkdtemp(prefix="gpufleet-wh-"))
+        run(args, str(folder / "bench.duckdb"))
+
+
+def run(args: argparse.Namespace, url: str) -> None:
+    pg = url.startswith("postgresql://")
     tz = cal.zone(TZ)
     last_day = date(2024, 12, 31)
     first_day = last_day - timedelta(args.days - 1)
     raw_first = last_day - timedelta(args.raw_days - 1)
     t_first, t_raw = cal.day_start_ts(first_day, tz), cal.day_start_ts(raw_first, tz)
     t_end = cal.day_start_ts(last_day + timedelta(1), tz)
-    folder = args.dir or Path(tempfile.mkdtemp(prefix="gpufleet-wh-"))
-    path = folder / "bench.duckdb"
-    store = open_store(path)
-    print(f"store {path}; {args.hosts} hosts x {args.gpus} GPUs; {args.days} days ({TZ})")
+    store = open_store(url)
+    d = wh.POSTGRES if pg else wh.DUCKDB
+    print(f"store {store.path}; {args.hosts} hosts x {args.gpus} GPUs; {args.days} days ({TZ})")
 
     t = time.perf_counter()
-    store.write(lambda con: gen_hour_tiers(con, args.hosts, args.gpus, t_first, t_raw))
+    gen_tiers = pg_gen_hour_tiers if pg else gen_hour_tiers
+    store.write(lambda con: gen_tiers(con, args.hosts, args.gpus, t_first, t_raw))
     hours = list(range(t_first, t_raw, 3600))
     days = sorted(set(cal.hours_to_days(hours, tz).values()))
-    store.write(lambda con: wh.rollup_days(con, [cal.day_range(d, tz) for d in days]))
-    store.write(lambda con: wh.set_state(con, "day_tz", TZ))
+    for i in range(0, len(days), 31):  # a month per transaction
+        ranges = [cal.day_range(day, tz) for day in days[i : i + 31]]
+        store.write(lambda con, ranges=ranges: wh.rollup_days(con, ranges, d))
+    store.write(lambda con: wh.set_state(con, "day_tz", TZ, d))
+    if pg:
+        store.write(lambda con: con.execute("ANALYZE"))
     print(f"generated {args.days - args.raw_days} days of tiers in {time.perf_counter() - t:.1f} s")
 
     t = time.perf_counter()
-    n = store.write(lambda con: gen_raw(con, args.hosts, args.gpus, t_raw, t_end))
+    gen = pg_gen_raw if pg else gen_raw
+    n = store.write(lambda con: gen(con, args.hosts, args.gpus, t_raw, t_end))
+    if pg:
+        store.write(lambda con: con.execute("ANALYZE"))
     print(
         f"generated {n / 1e6:.1f} M raw GPU samples ({args.raw_days} day(s)) in {time.perf_counter() - t:.1f} s"
     )
@@ -152,7 +282,7 @@ def main() -> None:
         ("daily report by GPU for a month", rep("day", "gpu", month0, last_day)),
         ("yearly report by host, monthly rows", rep("month", "host", first_day, last_day)),
     ]
-    print("\nreport (embedded store, median of 3)             ms   rows")
+    print(f"\nreport ({args.backend}, median of 3)                  ms   rows")
     for name, fn in cases:
         rows = len(fn()["rows"])
         print(f"  {name:<44} {timed(fn) * 1000:7.1f}  {rows}")
@@ -166,18 +296,27 @@ def main() -> None:
     store.prune(raw_before=t_end + 86400 * 365, batches_before=0)  # tiers only
     store.write(lambda con: con.execute("DELETE FROM gpu_minute"))
     store.close()
-    import duckdb
+    if pg:
+        import psycopg
 
-    con = duckdb.connect(str(path))
-    con.execute("CHECKPOINT")
-    con.close()
-    size = path.stat().st_size
+        with psycopg.connect(url, autocommit=True) as con:
+            con.execute("VACUUM FULL")
+            size = con.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+        what = "database"
+    else:
+        import duckdb
+
+        con = duckdb.connect(url)
+        con.execute("CHECKPOINT")
+        con.close()
+        size = Path(url).stat().st_size
+        what = "file"
     print(
-        f"store size (hour + day tiers, no raw/minute): {size / 2**20:.0f} MiB for "
+        f"store size ({what}; hour + day tiers, no raw/minute): {size / 2**20:.0f} MiB for "
         f"{args.hosts} hosts x {args.days / 365:.2f} years = "
         f"{size / args.hosts / (args.days / 365) / 2**20:.2f} MiB per host-year"
     )
-    print(f"(at {datetime.now(UTC):%Y-%m-%d}; delete {folder} when done)")
+    print(f"(at {datetime.now(UTC):%Y-%m-%d}; {'dropped' if pg else 'delete'} {url} when done)")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """Every report figure equals a brute-force computation from the raw samples: exact for sums
 and hours, p95 within the histogram's 5 points; month and year ends in Asia/Shanghai; late
-samples; idempotent rollups; retention that waits for the rollup."""
+samples; idempotent rollups; retention that waits for the rollup. Each on the embedded store
+and on PostgreSQL, and both backends give the same answers."""
 
 from __future__ import annotations
 
 import time
+import urllib.parse
+import uuid
 from datetime import UTC, date, datetime
 
 import pytest
@@ -14,7 +17,7 @@ from gpufleet.reports.service import compute_report
 from gpufleet.store import IngestItem, open_store
 from gpufleet.store.schema import TIER_TABLES
 from gpufleet.wire import Gpu, GpuProcess, Sample
-from tests.conftest import make_batch
+from tests.conftest import make_batch, need_postgres
 from tests.reports.brute import brute_report, generate
 
 START = datetime(2023, 12, 30, tzinfo=UTC).timestamp()
@@ -42,18 +45,70 @@ def samples():
     return generate(START, END, seed=7)
 
 
-@pytest.fixture(scope="module", params=["Asia/Shanghai", "UTC"])
-def warehouse(request, samples, tmp_path_factory):
-    tz = request.param
-    store = open_store(tmp_path_factory.mktemp("wh") / "s.duckdb")
+@pytest.fixture(scope="module")
+def fresh_pg():
+    """Makes empty PostgreSQL databases for this module's warehouses (dropped after it)."""
+    import psycopg
+
+    made: list[str] = []
+
+    def make() -> str:
+        admin_url = need_postgres()
+        name = f"gpufleet_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f"CREATE DATABASE {name}")
+        made.append(name)
+        return urllib.parse.urlsplit(admin_url)._replace(path=f"/{name}").geturl()
+
+    yield make
+    if made:
+        with psycopg.connect(need_postgres(), autocommit=True) as admin:
+            for name in made:
+                admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["duckdb", "postgresql"])
+def store_url(request, tmp_path) -> str:
+    if request.param == "duckdb":
+        return str(tmp_path / "s.duckdb")
+    return request.getfixturevalue("postgres_url")
+
+
+def build_warehouse(url, samples, tz):
+    store = open_store(url)
     ingest(store, [s for s in samples if not is_late(s)])
     store.rollup(now=NOW, tz=tz, busy_util_percent=BUSY)
     ingest(store, [s for s in samples if is_late(s)])  # late: marks its hours dirty
     assert store.rollup(now=NOW, tz=tz, busy_util_percent=BUSY)["hours"] == 5
     store.set_user_mapping("alice", "Alice A.", "vision")
     store.set_user_mapping("bob", "Bob B.", "vision")
+    return store
+
+
+WAREHOUSES = [("duckdb", "Asia/Shanghai"), ("duckdb", "UTC"), ("postgresql", "Asia/Shanghai")]
+
+
+@pytest.fixture(scope="module", params=WAREHOUSES, ids=["-".join(w) for w in WAREHOUSES])
+def warehouse(request, samples, tmp_path_factory):
+    backend, tz = request.param
+    if backend == "duckdb":
+        url = str(tmp_path_factory.mktemp("wh") / "s.duckdb")
+    else:
+        url = request.getfixturevalue("fresh_pg")()
+    store = build_warehouse(url, samples, tz)
     yield store, tz
     store.close()
+
+
+_BRUTE: dict = {}
+
+
+def brute(samples, **kw):
+    """brute_report, once per arguments for the module (each backend compares with it)."""
+    key = tuple(sorted(kw.items()))
+    if key not in _BRUTE:
+        _BRUTE[key] = brute_report(samples, **kw)
+    return _BRUTE[key]
 
 
 def check(report, brute):
@@ -79,8 +134,7 @@ def test_report_equals_brute_force(warehouse, samples, period, by):
         store, period=period, by=by, first=FIRST, last=LAST, tz=tz, busy_util_percent=BUSY
     )
     assert report["tier"] == "day"
-    brute = brute_report(samples, period=period, by=by, first=FIRST, last=LAST, tz=tz, busy=BUSY)
-    check(report, brute)
+    check(report, brute(samples, period=period, by=by, first=FIRST, last=LAST, tz=tz, busy=BUSY))
 
 
 @pytest.mark.parametrize("by", ["host", "user"])
@@ -123,13 +177,7 @@ def test_groups_follow_the_user_mapping(warehouse, samples):
 
 
 def snapshot(store):
-    cur = store._db.cursor()
-    try:
-        return {
-            t: sorted(cur.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in TIER_TABLES
-        }
-    finally:
-        cur.close()
+    return {t: sorted(store._read(f"SELECT * FROM {t}"), key=repr) for t in TIER_TABLES}
 
 
 def test_rollup_is_idempotent(warehouse):
@@ -141,8 +189,8 @@ def test_rollup_is_idempotent(warehouse):
     assert snapshot(store) == before
 
 
-def test_hours_fall_in_the_right_local_day_at_month_and_year_end(tmp_path):
-    store = open_store(tmp_path / "s.duckdb")
+def test_hours_fall_in_the_right_local_day_at_month_and_year_end(store_url):
+    store = open_store(store_url)
     year_end = datetime(2023, 12, 31, 16, tzinfo=UTC).timestamp()  # Shanghai midnight
 
     def one(ts, util):
@@ -175,8 +223,8 @@ def test_hours_fall_in_the_right_local_day_at_month_and_year_end(tmp_path):
     store.close()
 
 
-def test_retention_keeps_raw_until_rolled_up(tmp_path, samples):
-    store = open_store(tmp_path / "s.duckdb")
+def test_retention_keeps_raw_until_rolled_up(store_url, samples):
+    store = open_store(store_url)
     ingest(store, samples[:2000])
     store.rollup(now=START + 6 * 3600 + 60, tz="UTC", busy_util_percent=BUSY)
     wm = float(store.warehouse_state()["watermark_ts"])
@@ -194,9 +242,9 @@ def test_retention_keeps_raw_until_rolled_up(tmp_path, samples):
     store.close()
 
 
-def test_rollup_cost_is_bounded(tmp_path, samples):
+def test_rollup_cost_is_bounded(store_url, samples):
     """The server's periodic rollup touches only completed hours since the watermark."""
-    store = open_store(tmp_path / "s.duckdb")
+    store = open_store(store_url)
     ingest(store, samples)
     t = time.perf_counter()
     first = store.rollup(now=NOW, tz="UTC", busy_util_percent=BUSY)
@@ -207,3 +255,49 @@ def test_rollup_cost_is_bounded(tmp_path, samples):
     assert again["hours"] == 1
     assert time.perf_counter() - t < 30
     store.close()
+
+
+def assert_same(a, b, where):
+    """Equal, floats to 1e-9 (the backends sum in different orders)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            assert_same(a[k], b[k], (*where, k))
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), where
+        for x, y in zip(a, b, strict=True):
+            assert_same(x, y, where)
+    elif isinstance(a, float) and isinstance(b, float):
+        assert b == pytest.approx(a, rel=1e-9, abs=1e-9), where
+    else:
+        assert a == b, where
+
+
+def test_embedded_and_postgresql_give_the_same_answers(samples, tmp_path, fresh_pg):
+    """The same samples, late ones included, in both backends: every report row the same."""
+    tz = "Asia/Shanghai"
+    stores = {
+        "duckdb": build_warehouse(str(tmp_path / "s.duckdb"), samples, tz),
+        "postgresql": build_warehouse(fresh_pg(), samples, tz),
+    }
+    try:
+        for period, by in (("day", "gpu"), ("week", "user"), ("month", "person"),
+                           ("custom", "group"), ("year", "gpu_model")):  # fmt: skip
+            a, b = (
+                compute_report(
+                    s, period=period, by=by, first=FIRST, last=LAST, tz=tz, busy_util_percent=BUSY
+                )
+                for s in stores.values()
+            )
+            assert a["rows"], (period, by)
+            assert_same(a["rows"], b["rows"], (period, by))
+            assert_same(a["totals"], b["totals"], (period, by))
+            assert_same(a["long_tail"], b["long_tail"], (period, by))
+        counts = {
+            name: {t: len(store._read(f"SELECT 1 FROM {t}")) for t in TIER_TABLES}
+            for name, store in stores.items()
+        }
+        assert counts["duckdb"] == counts["postgresql"]
+    finally:
+        for store in stores.values():
+            store.close()

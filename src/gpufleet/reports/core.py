@@ -5,24 +5,29 @@ change and the fleet's long-tail measures. Pure: plain data in, plain data out.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from gpufleet.reports.facts import (
     GPU_MAX_FACTS,
     GPU_SUM_FACTS,
+    HIST_COLUMNS,
+    HIST_WIDTH_PERCENT,
     MEASURES,
     P95_ERROR_BOUND_PERCENT,
     USER_MAX_FACTS,
     USER_SUM_FACTS,
     measures,
-    merge,
 )
 
 # What a report can be grouped by, and whether the rows come from per-user facts.
 GPU_KEYS = ("fleet", "host", "gpu_model", "gpu")
 USER_KEYS = ("user", "group", "person")
 BY = GPU_KEYS + USER_KEYS
+P95_QUANTILE = 0.95
 TAIL_SHARE = 0.2  # "the busiest 20% of hosts", "the least-used 20%"
 DIGITS = 9
 
@@ -107,13 +112,106 @@ def _change(cur: Mapping[str, Any], prev: Mapping[str, Any] | None) -> dict[str,
     }
 
 
+def _measure_columns(m: np.ndarray, names: Sequence[str], *, user: bool) -> dict[str, Any]:
+    """The report measures of many merged fact rows at once (one row of ``m`` each; columns
+    in ``names`` order, NaN for a missing maximum): the vectorised ``facts.measures``."""
+    col = {n: m[:, i] for i, n in enumerate(names)}
+    n = m.shape[0]
+    none = np.full(n, np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        us = col["util_seconds"]
+        avg = np.where(us != 0, np.round(col["util_percent_seconds"] / us, 6), np.nan)
+        hist = m[:, [names.index(c) for c in HIST_COLUMNS]]
+        cum = np.cumsum(hist, axis=1)
+        total = cum[:, -1] if n else np.zeros(0)
+        target = P95_QUANTILE * total
+        hit = (hist > 0) & (cum >= target[:, None])
+        idx = np.argmax(hit, axis=1)
+        rows = np.arange(n)
+        w = hist[rows, idx]
+        frac = (target - (cum[rows, idx] - w)) / w
+        p95 = np.round((idx + frac) * HIST_WIDTH_PERCENT, 6)
+        p95 = np.where(hit.any(axis=1), p95, 100.0)
+        p95 = np.where(total > 0, p95, np.nan)
+    return {
+        "gpu_hours": col["held_seconds"] / 3600,
+        "busy_gpu_hours": col["busy_seconds"] / 3600,
+        "idle_held_hours": col["idle_held_seconds"] / 3600,
+        "avg_util": avg,
+        "p95_util": p95,
+        "max_util": none if user else col["util_max_percent"],
+        "mem_gb_hours": col["memory_byte_seconds"] / 1e9 / 3600,
+        "energy_kwh": col["energy_joules"] / 3.6e6,
+        "availability_hours": none if user else col["sample_seconds"] / 3600,
+        "peak_concurrent_gpus": col["peak_gpus"] if user else none,
+    }
+
+
+def _listed(values: np.ndarray) -> list[Any]:
+    """Rounded Python floats, None for NaN."""
+    r = np.round(values, DIGITS)
+    return [None if v != v else v for v in r.tolist()]
+
+
+# Fact rows in columns: "period_start" and "key" (object arrays) and one float array per fact
+# (NaN for a missing maximum), as the stores return them for reports (no Python object per
+# value); a sequence of dict rows is accepted too.
+FactColumns = Mapping[str, np.ndarray]
+
+
+def fact_columns(
+    rows: Sequence[Mapping[str, Any]] | FactColumns, names: Sequence[str] = ()
+) -> dict[str, np.ndarray]:
+    """Rows (dicts) or columns as columns: period_start, key, and ``names`` (all facts when
+    empty) as floats (a missing fact or None: NaN)."""
+    if isinstance(rows, Mapping):
+        cols = dict(rows)
+        n = len(cols["key"]) if "key" in cols else 0
+        for c in names:
+            if c not in cols:
+                cols[c] = np.full(n, np.nan)
+        return cols
+    names = list(names) or [
+        c for c in (rows[0] if rows else {}) if c not in ("period_start", "key")
+    ]
+    out: dict[str, np.ndarray] = {
+        "period_start": np.array([r["period_start"] for r in rows], dtype=object),
+        "key": np.array([str(r["key"]) for r in rows], dtype=object),
+    }
+    present = [c for c in names if rows and c in rows[0]]
+    if present:
+        getter = operator.itemgetter(*present)
+        try:
+            got = np.array([getter(r) for r in rows], dtype=float)
+        except KeyError:  # rows with different facts
+            got = np.array([[r.get(c) for c in present] for r in rows], dtype=float)
+        got = got.reshape(len(rows), len(present))
+        for i, c in enumerate(present):
+            out[c] = got[:, i]
+    for c in names:
+        if c not in out:
+            out[c] = np.full(len(rows), np.nan)
+    return out
+
+
+def select_keys(
+    rows: Sequence[Mapping[str, Any]] | FactColumns, keys: Sequence[str]
+) -> list[Mapping[str, Any]] | dict[str, np.ndarray]:
+    """Only the fact rows of these keys."""
+    wanted = set(keys)
+    if isinstance(rows, Mapping):
+        mask = np.array([str(k) in wanted for k in rows["key"]], dtype=bool)
+        return {c: v[mask] for c, v in rows.items()}
+    return [r for r in rows if str(r["key"]) in wanted]
+
+
 def build_report(
     *,
     period: str,
     by: str,
     periods: Sequence[str],
     previous: Mapping[str, str],
-    fact_rows: Sequence[Mapping[str, Any]],
+    fact_rows: Sequence[Mapping[str, Any]] | FactColumns,
     host_facts: Sequence[Mapping[str, Any]] = (),
     meta: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -123,29 +221,67 @@ def build_report(
     the label of the period before it (whose rows, if given in ``fact_rows``, only feed the
     change columns); fact_rows: additive facts with ``period_start`` and ``key``, at most one
     row per (period, key) or several to merge; host_facts: one row per host over the range.
+
+    Vectorised with numpy (a daily report by GPU for a month is ~25,000 rows): the figures
+    are those of ``facts.merge`` and ``facts.measures`` row by row.
     """
     sums, maxes = _facts_of(by)
     user = is_user_key(by)
-    grouped: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
-    for r in fact_rows:
-        grouped.setdefault((r["period_start"], str(r["key"])), []).append(r)
-    merged = {k: merge(v, sums, maxes) for k, v in grouped.items()}
-    derived = {k: measures(f, user=user) for k, f in merged.items()}
-    in_range = set(periods)
+    names = [*sums, *maxes]
+    cols = fact_columns(fact_rows, names)
+    index: dict[tuple[str, str], int] = {}
+    group = [
+        index.setdefault((p, str(k)), len(index))
+        for p, k in zip(cols["period_start"].tolist(), cols["key"].tolist(), strict=True)
+    ]
+    raw = np.column_stack([np.asarray(cols[c], dtype=float) for c in names]).reshape(
+        len(group), len(names)
+    )
+    ns = len(sums)
+    raw[:, :ns] = np.nan_to_num(raw[:, :ns], nan=0.0)
+    if len(index) == len(fact_rows):
+        merged = np.empty_like(raw)
+        merged[group] = raw
+    else:
+        merged = np.zeros((len(index), len(names)))
+        merged[:, ns:] = np.nan
+        np.add.at(merged[:, :ns], group, raw[:, :ns])  # type: ignore[index]
+        sub = merged[:, ns:]
+        np.fmax.at(sub, group, raw[:, ns:])
+        merged[:, ns:] = sub
+    derived = _measure_columns(merged, names, user=user)
     order = {p: i for i, p in enumerate(periods)}
-    rows = []
-    for (label, key), m in sorted(
-        derived.items(), key=lambda kv: (order.get(kv[0][0], -1), kv[0][1])
-    ):
-        if label not in in_range:
-            continue
-        prev_label = previous.get(label)
-        prev = derived.get((prev_label, key)) if prev_label is not None else None
-        row: dict[str, Any] = {"period_start": label, "key": key}
-        row.update({k: _round(v) for k, v in m.items()})
-        row.update(_change(m, prev))
-        rows.append(row)
-    total_facts = merge((merged[k] for k in merged if k[0] in in_range), sums, maxes)
+    keys = sorted((k for k in index if k[0] in order), key=lambda k: (order[k[0]], k[1]))
+    sel = np.array([index[k] for k in keys], dtype=np.intp)
+    prev_sel = np.array(
+        [index.get((previous.get(k[0], ""), k[1]), -1) for k in keys], dtype=np.intp
+    )
+    has_prev = prev_sel >= 0
+    cur_h, cur_u = derived["gpu_hours"][sel], derived["avg_util"][sel]
+    prev_h = np.where(has_prev, derived["gpu_hours"][prev_sel], np.nan)
+    prev_u = np.where(has_prev, derived["avg_util"][prev_sel], np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pct = np.where(has_prev & (prev_h != 0), (cur_h - prev_h) / prev_h * 100, np.nan)
+    columns: dict[str, list[Any]] = {
+        "period_start": [k[0] for k in keys],
+        "key": [k[1] for k in keys],
+    }
+    for name in MEASURES:
+        columns[name] = _listed(derived[name][sel])
+    columns["gpu_hours_change_percent"] = _listed(pct)
+    columns["avg_util_change_points"] = _listed(cur_u - prev_u)
+    if user:  # peaks are whole GPUs
+        columns["peak_concurrent_gpus"] = [
+            None if v is None else int(v) for v in columns["peak_concurrent_gpus"]
+        ]
+    out_names = list(columns)
+    rows = [dict(zip(out_names, vals, strict=True)) for vals in zip(*columns.values(), strict=True)]
+    in_range = np.array([k[0] in order for k in index], dtype=bool)
+    total_facts: dict[str, Any] = {c: float(merged[in_range, i].sum()) for i, c in enumerate(sums)}
+    for i, c in enumerate(maxes, start=ns):
+        vals = merged[in_range, i]
+        vals = vals[~np.isnan(vals)]
+        total_facts[c] = float(vals.max()) if vals.size else None
     if user:
         total_facts["peak_gpus"] = None  # users' peaks do not add up to the fleet's
     totals = {k: _round(v) for k, v in measures(total_facts, user=user).items()}

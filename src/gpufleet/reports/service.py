@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from gpufleet.reports import calendar as cal
-from gpufleet.reports.core import BY, build_report
+from gpufleet.reports.core import BY, build_report, select_keys
 from gpufleet.store.base import Store
 
 TIERS = ("auto", "day", "hour", "raw")
@@ -102,10 +102,11 @@ def compute_report(
             if d >= first:
                 host_buckets += [(h, "range") for h in range(a, b, 3600)]
     t0 = time.perf_counter()
-    rows = store.report_facts(tier=use, by=by, buckets=buckets, busy_util_percent=busy_util_percent)
+    # Stores with the warehouse mixin hand the facts over as columns (the fast path).
+    facts = getattr(store, "report_fact_columns", store.report_facts)
+    rows = facts(tier=use, by=by, buckets=buckets, busy_util_percent=busy_util_percent)
     if keys is not None:
-        wanted = set(keys)
-        rows = [r for r in rows if str(r["key"]) in wanted]
+        rows = select_keys(rows, keys)
     hosts = store.report_facts(
         tier=use, by="host", buckets=host_buckets, busy_util_percent=busy_util_percent
     )

@@ -22,6 +22,7 @@ DAY_SECONDS = 86400
 # Key of the advisory locks that serialise migrations and partition DDL across processes.
 LOCK_MIGRATE = 0x67_70_66_6D  # "gpfm"
 LOCK_PARTITIONS = 0x67_70_66_70  # "gpfp"
+LOCK_ROLLUP = 0x67_70_66_72  # "gpfr"
 
 _V1_RAW = """
 CREATE TABLE host_samples (
@@ -163,10 +164,27 @@ def translate(duck_sql: str) -> str:
     return "\n".join(out)
 
 
+# PostgreSQL-only statements run after a version's DDL: the warehouse tiers are read and
+# rewritten by bucket range (DuckDB's zone maps do that without an index).
+PG_AFTER: dict[int, str] = {
+    4: "".join(
+        f"CREATE INDEX {t}_bucket ON {t} (bucket_ts);\n"
+        for t in (
+            "gpu_minute", "gpu_hour", "gpu_day", "user_hour", "user_day", "user_peak_hour",
+            "user_peak_day", "user_total_day",
+        )
+    ),
+}  # fmt: skip
+
+
 def migrations() -> list[Migration]:
     """Every version of ``schema.MIGRATIONS``, with its PostgreSQL DDL."""
     return [
-        Migration(m.version, m.description, PG_SQL.get(m.version) or translate(m.sql))
+        Migration(
+            m.version,
+            m.description,
+            (PG_SQL.get(m.version) or translate(m.sql)) + "\n" + PG_AFTER.get(m.version, ""),
+        )
         for m in MIGRATIONS
     ]
 

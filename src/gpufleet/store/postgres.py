@@ -24,7 +24,7 @@ import psycopg
 from psycopg.pq import TransactionStatus
 
 from gpufleet.config import redact_url
-from gpufleet.store import pg_schema
+from gpufleet.store import pg_schema, warehouse
 from gpufleet.store.base import (
     HostRecord,
     IngestItem,
@@ -122,8 +122,9 @@ class _Pool:
             con.close()
 
 
-class PostgresStore(SqlReads, Store):
+class PostgresStore(warehouse.WarehouseMixin, SqlReads, Store):
     PARAM, NULL_KEY, FLOAT, LOCK = "%s", "NULL::smallint", "::float8", " FOR UPDATE"
+    DIALECT = warehouse.POSTGRES
 
     def __init__(self, url: str, read_connections: int = READ_CONNECTIONS) -> None:
         self.url = url
@@ -312,6 +313,7 @@ class PostgresStore(SqlReads, Store):
             new_items = [item for item, f in zip(items, fresh, strict=True) if f]
             if new_items:
                 self._copy_rows(cur, new_items)
+                self._warehouse_note_late(cur, new_items)
         self.commits += 1
         self.batches_stored += len(new_items)
         self.batches_duplicate += len(items) - len(new_items)
@@ -369,6 +371,17 @@ class PostgresStore(SqlReads, Store):
                     raise StoreError(f"store {self.path}: {exc}") from exc
         raise AssertionError("unreachable")
 
+    def _reader(self, fn: Callable[[Any], Any]) -> Any:
+        """``fn(con)`` on a pooled read connection (the warehouse's reads)."""
+        for attempt in (1, 2):  # a pooled connection the server dropped is replaced, once
+            try:
+                with self._pool.connection() as con:
+                    return fn(con)
+            except psycopg.OperationalError as exc:
+                if attempt == 2 or not con.broken:
+                    raise StoreError(f"store {self.path}: {exc}") from exc
+        raise AssertionError("unreachable")
+
     def hosts(self) -> list[HostRecord]:
         self.write(lambda cur: None)  # flushes the pending hosts
         rows = self._read(f"SELECT {', '.join(_HOST_ROW)} FROM hosts ORDER BY name")
@@ -382,10 +395,9 @@ class PostgresStore(SqlReads, Store):
     # -- small writes -------------------------------------------------------------------------
 
     def prune(self, raw_before: float, batches_before: float) -> dict[str, int]:
-        # On an hour boundary, as the embedded store's retention (no warehouse here yet).
-        cutoff = (raw_before // 3600) * 3600
-
         def fn(cur):
+            # On an hour boundary, never past the rollup watermark or a dirty hour.
+            cutoff = warehouse.safe_raw_cutoff(cur, raw_before, warehouse.POSTGRES)
             deleted = {}
             for table in RAW_TABLES:
                 n = 0
@@ -434,13 +446,25 @@ class PostgresStore(SqlReads, Store):
 
         self.write(fn)
 
-    # -- usage warehouse: not on PostgreSQL yet -----------------------------------------------
+    # -- usage warehouse (gpufleet.store.warehouse.WarehouseMixin) -------------------------------
 
-    def _no_warehouse(self, *args: Any, **kwargs: Any) -> Any:
-        raise StoreError(
-            "the usage warehouse (rollups, reports) is not supported on PostgreSQL yet;"
-            " use the embedded store for reports"
-        )
+    def _rollup_lock(self, con: Any) -> None:
+        """One rollup transaction at a time across server processes; and the watermark row
+        locked, so no ingest transaction decides whether its samples are late while the
+        watermark moves (ingest reads it FOR SHARE, ``_warehouse_note_late``)."""
+        con.execute("SELECT pg_advisory_xact_lock(%s)", [pg_schema.LOCK_ROLLUP])
+        con.execute("SELECT value FROM rollup_state WHERE key = 'watermark_ts' FOR UPDATE")
 
-    rollup = prune_tiers = report_facts = _no_warehouse  # type: ignore[assignment]
-    warehouse_state = user_mapping = set_user_mapping = _no_warehouse  # type: ignore[assignment]
+    def _warehouse_note_late(self, cur: psycopg.Cursor, items: list[IngestItem]) -> None:
+        """Mark the hours of samples older than the rollup watermark for a re-rollup, in the
+        ingest transaction. The watermark is read (and share-locked) every time: another
+        server process may have moved it."""
+        row = cur.execute(
+            "SELECT value FROM rollup_state WHERE key = 'watermark_ts' FOR SHARE"
+        ).fetchone()
+        if row is None:
+            return
+        wm = float(row[0])
+        late = {int(s.ts // 3600) * 3600 for i in items for s in i.batch.samples if s.ts < wm}
+        if late:
+            warehouse.mark_dirty(cur, sorted(late), warehouse.POSTGRES)

@@ -205,6 +205,32 @@ MIGRATIONS: list[Migration] = [
         CREATE TABLE rollup_state (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
         """,
     ),
+    Migration(
+        4,
+        "warehouse: each user's day summed over hosts and GPUs (reports by user/group/person)",
+        # The day tier of user facts summed over hosts and GPUs: a year by user reads ~365 rows
+        # per user instead of one per GPU the user touched each day. Rebuilt with user_day.
+        f"""
+        CREATE TABLE user_total_day (
+            user_name VARCHAR NOT NULL,
+            bucket_ts BIGINT NOT NULL,
+            held_seconds DOUBLE NOT NULL,
+            util_seconds DOUBLE NOT NULL,
+            util_percent_seconds DOUBLE NOT NULL,
+            busy_seconds DOUBLE NOT NULL,
+            idle_held_seconds DOUBLE NOT NULL,
+            memory_byte_seconds DOUBLE NOT NULL,
+            energy_joules DOUBLE NOT NULL,
+            {", ".join(f"util_hist_{i:02d} DOUBLE NOT NULL" for i in range(20))}
+        );
+        INSERT INTO user_total_day
+        SELECT user_name, bucket_ts, sum(held_seconds), sum(util_seconds),
+            sum(util_percent_seconds), sum(busy_seconds), sum(idle_held_seconds),
+            sum(memory_byte_seconds), sum(energy_joules),
+            {", ".join(f"sum(util_hist_{i:02d})" for i in range(20))}
+        FROM user_day GROUP BY user_name, bucket_ts;
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
@@ -212,9 +238,12 @@ SCHEMA_VERSION = MIGRATIONS[-1].version
 # Raw-tier tables that retention prunes by ``ts``.
 RAW_TABLES = ("host_samples", "gpu_samples", "process_samples", "disk_samples", "xid_events")
 # Warehouse tiers (facts per GPU and per user): gpufleet.store.warehouse.
-TIER_TABLES = tuple(
-    f"{kind}_{tier}"
-    for kind in ("gpu", "user", "user_peak")
-    for tier in ("minute", "hour", "day")
-    if not (kind != "gpu" and tier == "minute")
+TIER_TABLES = (
+    *(
+        f"{kind}_{tier}"
+        for kind in ("gpu", "user", "user_peak")
+        for tier in ("minute", "hour", "day")
+        if not (kind != "gpu" and tier == "minute")
+    ),
+    "user_total_day",
 )

@@ -1,18 +1,30 @@
-"""The warehouse on DuckDB: rolling raw samples up into the minute/hour/day tiers, and the
-fact queries reports are computed from. SQL only; what the facts mean is in
+"""The warehouse on both backends: rolling raw samples up into the minute/hour/day tiers, and
+the fact queries reports are computed from. SQL only; what the facts mean is in
 gpufleet.reports.facts, how days and periods fall in gpufleet.reports.calendar.
 
-Every function takes a connection and runs inside the caller's transaction (the store's
-writer for rollups). A rollup of hours [h0, h1) deletes and recomputes those hours from raw
-(minute from raw, hour from minute, user facts from raw), then recomputes each local day the
-hours touch from the hour tier: re-running it gives identical tiers.
+The SQL is written once for DuckDB and PostgreSQL: it keeps to what both dialects share
+(``FILTER``, ``unnest`` of array parameters, ``ON CONFLICT``, positional ``GROUP BY``, casts
+to ``float8``/``bigint``); the placeholder is ``?`` and becomes ``%s`` on PostgreSQL
+(``Dialect.sql``). Every function takes a connection (a DuckDB connection or a psycopg
+cursor) and runs inside the caller's transaction (the store's writer for rollups). A rollup
+of hours [h0, h1) deletes and recomputes those hours from raw (minute from raw, hour from
+minute, user facts and peaks from raw), then recomputes each local day the hours touch from
+the hour tier: re-running it gives identical tiers.
+
+``WarehouseMixin`` is the store side (rollup planning and chunking, retention, report reads,
+the user mapping), shared by both backends.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from gpufleet.reports.facts import (
     GPU_MAX_FACTS,
@@ -22,6 +34,8 @@ from gpufleet.reports.facts import (
     HIST_WIDTH_PERCENT,
     USER_SUM_FACTS,
 )
+
+log = logging.getLogger(__name__)
 
 GPU_TIER_COLUMNS = (
     "host",
@@ -49,6 +63,20 @@ USER_KEY_SQL = {
 }
 
 
+@dataclass(frozen=True)
+class Dialect:
+    name: str
+    param: str  # the driver's placeholder
+
+    def sql(self, text: str) -> str:
+        """Warehouse SQL (written with ``?``) in this dialect."""
+        return text if self.param == "?" else text.replace("?", self.param)
+
+
+DUCKDB = Dialect("duckdb", "?")
+POSTGRES = Dialect("postgres", "%s")
+
+
 def _f(x: float) -> str:
     """A float literal for SQL (thresholds come from validated settings)."""
     if not math.isfinite(x):
@@ -56,37 +84,52 @@ def _f(x: float) -> str:
     return repr(float(x))
 
 
+def _floor_to(expr: str, seconds: int) -> str:
+    """The bucket start (bigint) of a Unix time expression."""
+    return f"CAST(floor({expr} / {seconds}) * {seconds} AS BIGINT)"
+
+
 def raw_gpu_sql(t0: float, t1: float, busy_util_percent: float) -> str:
     """One row per GPU sample in [t0, t1) with its weight ``w`` (the sample's seconds)."""
     lo, hi, thr = _f(t0), _f(t1), _f(busy_util_percent)
     return f"""
         SELECT g.host, g.gpu_index, g.ts, g.uuid, g.name,
-            g.utilization_gpu_percent::DOUBLE AS u,
-            least(floor(g.utilization_gpu_percent / {HIST_WIDTH_PERCENT!r}),
-                  {HIST_BUCKETS - 1})::INTEGER AS hb,
-            g.memory_used_bytes::DOUBLE AS m, g.power_watts::DOUBLE AS p,
+            CAST(g.utilization_gpu_percent AS float8) AS u,
+            CAST(least(floor(CAST(g.utilization_gpu_percent AS float8) / {HIST_WIDTH_PERCENT!r}),
+                  {HIST_BUCKETS - 1}) AS INTEGER) AS hb,
+            CAST(g.memory_used_bytes AS float8) AS m, CAST(g.power_watts AS float8) AS p,
             g.processes > 0 AS held,
             coalesce(g.utilization_gpu_percent > {thr}, false) AS busy,
-            h.interval_seconds::DOUBLE AS w
+            CAST(h.interval_seconds AS float8) AS w
         FROM gpu_samples g JOIN host_samples h ON g.host = h.host AND g.ts = h.ts
         WHERE g.ts >= {lo} AND g.ts < {hi} AND h.ts >= {lo} AND h.ts < {hi}
     """
 
 
-def raw_user_sql(t0: float, t1: float, busy_util_percent: float) -> str:
-    """One row per (user, GPU sample): ``w`` the user's share of the sample's seconds, ``ws``
-    the whole sample's seconds, ``um`` the user's processes' memory on that GPU."""
+def _user_procs_sql(t0: float, t1: float) -> str:
+    """One row per (user, GPU sample) from the processes: the user's memory on the GPU and
+    ``n`` the number of users sharing it at that sample."""
     lo, hi = _f(t0), _f(t1)
     return f"""
-        WITH g AS ({raw_gpu_sql(t0, t1, busy_util_percent)}),
-        pr AS (
+        SELECT pr.*, count(*) OVER (PARTITION BY pr.host, pr.ts, pr.gpu_index) AS n
+        FROM (
             SELECT host, ts, gpu_index, coalesce(user_name, '{UNKNOWN_USER}') AS user_name,
-                sum(coalesce(gpu_memory_bytes, 0))::DOUBLE AS um
-            FROM process_samples WHERE ts >= {lo} AND ts < {hi} GROUP BY ALL
-        )
+                CAST(sum(coalesce(gpu_memory_bytes, 0)) AS float8) AS um
+            FROM process_samples WHERE ts >= {lo} AND ts < {hi} GROUP BY 1, 2, 3, 4
+        ) pr
+    """
+
+
+def raw_user_sql(t0: float, t1: float, busy_util_percent: float) -> str:
+    """One row per (user, GPU sample): ``w`` the user's share of the sample's seconds, ``ws``
+    the whole sample's seconds, ``um`` the user's processes' memory on that GPU, ``n`` the
+    users sharing the GPU."""
+    return f"""
         SELECT pr.user_name, pr.host, pr.gpu_index, pr.ts, pr.um, g.u, g.hb, g.p, g.busy,
-            g.w AS ws, g.w / count(*) OVER (PARTITION BY pr.host, pr.ts, pr.gpu_index) AS w
-        FROM pr JOIN g ON pr.host = g.host AND pr.ts = g.ts AND pr.gpu_index = g.gpu_index
+            pr.n, g.w AS ws, g.w / pr.n AS w
+        FROM ({_user_procs_sql(t0, t1)}) pr
+        JOIN ({raw_gpu_sql(t0, t1, busy_util_percent)}) g
+            ON pr.host = g.host AND pr.ts = g.ts AND pr.gpu_index = g.gpu_index
     """
 
 
@@ -108,7 +151,8 @@ def gpu_fact_aggs() -> str:
         coalesce(sum(m * w), 0) AS memory_byte_seconds,
         coalesce(sum(p * w), 0) AS energy_joules,
         {_hist_aggs()},
-        max(u) AS util_max_percent, max(m)::BIGINT AS memory_max_bytes, max(p) AS power_max_watts
+        max(u) AS util_max_percent, CAST(max(m) AS BIGINT) AS memory_max_bytes,
+        max(p) AS power_max_watts
     """
 
 
@@ -127,57 +171,110 @@ def user_fact_aggs() -> str:
 
 
 def _merge_aggs(sum_facts: Sequence[str], max_facts: Sequence[str] = ()) -> str:
+    """Merged facts; sums as float8 (PostgreSQL sums a bigint into numeric)."""
     return ", ".join(
-        [f"sum({c}) AS {c}" for c in sum_facts] + [f"max({c}) AS {c}" for c in max_facts]
+        [f"CAST(sum({c}) AS float8) AS {c}" for c in sum_facts]
+        + [f"max({c}) AS {c}" for c in max_facts]
     )
 
 
 # -- rollup ------------------------------------------------------------------------------------
 
 
+def _pivot_hist(weight: str) -> str:
+    return ", ".join(
+        f"coalesce(sum({weight}) FILTER (WHERE hb = {i}), 0)" for i in range(len(HIST_COLUMNS))
+    )
+
+
+def minute_rollup_sql(h0: float, h1: float, busy_util_percent: float) -> str:
+    """GPU facts per minute from raw, in GPU_TIER_COLUMNS order. Two aggregations: first by
+    (minute, histogram bucket, held, busy, has a reading), a few sums each; then the facts
+    of each minute from those (far fewer rows than samples). Same sums as
+    ``gpu_fact_aggs`` over the raw rows, added in another order."""
+    return f"""
+        SELECT host, gpu_index, b, max(uuid), max(name),
+            sum(n), sum(sw),
+            coalesce(sum(sw) FILTER (WHERE has_u), 0), coalesce(sum(uw), 0),
+            coalesce(sum(sw) FILTER (WHERE busy), 0), coalesce(sum(sw) FILTER (WHERE held), 0),
+            coalesce(sum(sw) FILTER (WHERE held AND NOT busy), 0),
+            coalesce(sum(mw), 0), coalesce(sum(pw), 0), {_pivot_hist("sw")},
+            max(mu), CAST(max(mm) AS BIGINT), max(mp)
+        FROM (
+            SELECT host, gpu_index, {_floor_to("ts", 60)} AS b, hb, held, busy,
+                u IS NOT NULL AS has_u, max(uuid) AS uuid, max(name) AS name, count(*) AS n,
+                sum(w) AS sw, sum(u * w) AS uw, sum(m * w) AS mw, sum(p * w) AS pw,
+                max(u) AS mu, max(m) AS mm, max(p) AS mp
+            FROM ({raw_gpu_sql(h0, h1, busy_util_percent)}) r GROUP BY 1, 2, 3, 4, 5, 6, 7
+        ) x GROUP BY 1, 2, 3
+    """
+
+
+def user_hour_rollup_sql(h0: float, h1: float, busy_util_percent: float) -> str:
+    """User facts per hour from raw, in USER_TIER_COLUMNS order; two aggregations as in
+    ``minute_rollup_sql`` (the share 1/n of a GPU sample is applied to the first one's
+    sums: n, the users sharing the GPU, is one of its keys)."""
+    return f"""
+        SELECT user_name, host, gpu_index, b,
+            sum(sw / n),
+            coalesce(sum(sw / n) FILTER (WHERE has_u), 0), coalesce(sum(uw / n), 0),
+            coalesce(sum(sw / n) FILTER (WHERE busy), 0),
+            coalesce(sum(sw / n) FILTER (WHERE NOT busy), 0),
+            coalesce(sum(mw), 0), coalesce(sum(pw / n), 0), {_pivot_hist("sw / n")}
+        FROM (
+            SELECT user_name, host, gpu_index, {_floor_to("ts", 3600)} AS b, hb, busy,
+                u IS NOT NULL AS has_u, n,
+                sum(ws) AS sw, sum(u * ws) AS uw, sum(um * ws) AS mw, sum(p * ws) AS pw
+            FROM ({raw_user_sql(h0, h1, busy_util_percent)}) r GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
+        ) x GROUP BY 1, 2, 3, 4
+    """
+
+
 def rollup_hours(con: Any, h0: int, h1: int, busy_util_percent: float) -> None:
-    """Recompute the minute and hour tiers (per GPU, per user, users' peaks) for [h0, h1)."""
-    rng = f"bucket_ts >= {h0} AND bucket_ts < {h1}"
+    """Recompute the minute and hour tiers (per GPU, per user, users' peaks) for [h0, h1).
+
+    Raw is read three times, each a streaming aggregation (nothing large is materialised):
+    GPU facts per minute (the hour tier is then summed from the minute tier), user facts per
+    hour (processes joined to their GPU sample), and users' peaks from the processes alone
+    (a process always names a GPU of its sample, the wire format checks it)."""
+    rng = f"bucket_ts >= {int(h0)} AND bucket_ts < {int(h1)}"
+    lo, hi = _f(h0), _f(h1)
     gpu_cols = ", ".join(GPU_TIER_COLUMNS)
     for table in ("gpu_minute", "gpu_hour", "user_hour", "user_peak_hour"):
         con.execute(f"DELETE FROM {table} WHERE {rng}")
     con.execute(
-        f"""INSERT INTO gpu_minute ({gpu_cols})
-        SELECT host, gpu_index, (floor(ts / 60) * 60)::BIGINT AS bucket_ts,
-            max(uuid), max(name), {gpu_fact_aggs()}
-        FROM ({raw_gpu_sql(h0, h1, busy_util_percent)}) GROUP BY 1, 2, 3"""
+        f"INSERT INTO gpu_minute ({gpu_cols}) {minute_rollup_sql(h0, h1, busy_util_percent)}"
     )
     con.execute(
         f"""INSERT INTO gpu_hour ({gpu_cols})
-        SELECT host, gpu_index, bucket_ts // 3600 * 3600 AS b, max(gpu_uuid), max(gpu_model),
-            {_merge_aggs(GPU_SUM_FACTS, GPU_MAX_FACTS)}
-        FROM gpu_minute WHERE {rng} GROUP BY host, gpu_index, b"""
+        SELECT host, gpu_index, bucket_ts - mod(bucket_ts, 3600) AS b, max(gpu_uuid),
+            max(gpu_model), {_merge_aggs(GPU_SUM_FACTS, GPU_MAX_FACTS)}
+        FROM gpu_minute WHERE {rng} GROUP BY 1, 2, 3"""
     )
     con.execute(
-        f"""INSERT INTO user_hour ({", ".join(USER_TIER_COLUMNS)})
-        SELECT user_name, host, gpu_index, (floor(ts / 3600) * 3600)::BIGINT AS b,
-            {user_fact_aggs()}
-        FROM ({raw_user_sql(h0, h1, busy_util_percent)}) GROUP BY 1, 2, 3, 4"""
+        f"INSERT INTO user_hour ({', '.join(USER_TIER_COLUMNS)}) "
+        f"{user_hour_rollup_sql(h0, h1, busy_util_percent)}"
     )
     # Peak GPUs held at once: per host the most GPUs held in any sample of a minute, summed
     # over hosts, the highest minute of the hour.
     con.execute(
         f"""INSERT INTO user_peak_hour (user_name, bucket_ts, peak_gpus)
         WITH per_ts AS (
-            SELECT user_name, host, ts, count(DISTINCT gpu_index) AS k
-            FROM ({raw_user_sql(h0, h1, busy_util_percent)}) GROUP BY ALL
+            SELECT coalesce(user_name, '{UNKNOWN_USER}') AS user_name, host, ts,
+                count(DISTINCT gpu_index) AS k
+            FROM process_samples WHERE ts >= {lo} AND ts < {hi} GROUP BY 1, 2, 3
         ), per_min AS (
-            SELECT user_name, host, floor(ts / 60)::BIGINT AS minute, max(k) AS k
-            FROM per_ts GROUP BY ALL
+            SELECT user_name, host, {_floor_to("ts", 60)} AS minute_ts, max(k) AS k
+            FROM per_ts GROUP BY 1, 2, 3
         ), users_min AS (
-            SELECT user_name, minute, sum(k) AS k FROM per_min GROUP BY ALL
+            SELECT user_name, minute_ts, sum(k) AS k FROM per_min GROUP BY 1, 2
         )
-        SELECT user_name, minute * 60 // 3600 * 3600 AS b, max(k)::INTEGER
-        FROM users_min GROUP BY user_name, b"""
+        SELECT user_name, minute_ts - mod(minute_ts, 3600) AS b, CAST(max(k) AS INTEGER)
+        FROM users_min GROUP BY 1, 2"""
     )
 
 
-def rollup_days(con: Any, day_ranges: Sequence[tuple[int, int]]) -> None:
+def rollup_days(con: Any, day_ranges: Sequence[tuple[int, int]], d: Dialect = DUCKDB) -> None:
     """Recompute the day tier for local days given as [start ts, next day's start ts)."""
     if not day_ranges:
         return
@@ -187,27 +284,34 @@ def rollup_days(con: Any, day_ranges: Sequence[tuple[int, int]]) -> None:
     days = "(SELECT unnest(?::BIGINT[]) AS day_ts, unnest(?::BIGINT[]) AS end_ts)"
     join = f"JOIN {days} d ON t.bucket_ts >= d.day_ts AND t.bucket_ts < d.end_ts"
     where = f"WHERE t.bucket_ts >= {lo} AND t.bucket_ts < {hi}"
-    for table in ("gpu_day", "user_day", "user_peak_day"):
+    for table in ("gpu_day", "user_day", "user_peak_day", "user_total_day"):
         con.execute(
-            f"DELETE FROM {table} WHERE bucket_ts IN (SELECT unnest(?::BIGINT[]))", [starts]
+            d.sql(f"DELETE FROM {table} WHERE bucket_ts IN (SELECT unnest(?::BIGINT[]))"),
+            [starts],
         )
     con.execute(
-        f"""INSERT INTO gpu_day ({", ".join(GPU_TIER_COLUMNS)})
+        d.sql(f"""INSERT INTO gpu_day ({", ".join(GPU_TIER_COLUMNS)})
         SELECT t.host, t.gpu_index, d.day_ts, max(t.gpu_uuid), max(t.gpu_model),
             {_merge_aggs(GPU_SUM_FACTS, GPU_MAX_FACTS)}
-        FROM gpu_hour t {join} {where} GROUP BY t.host, t.gpu_index, d.day_ts""",
+        FROM gpu_hour t {join} {where} GROUP BY t.host, t.gpu_index, d.day_ts"""),
         [starts, ends],
     )
     con.execute(
-        f"""INSERT INTO user_day ({", ".join(USER_TIER_COLUMNS)})
+        d.sql(f"""INSERT INTO user_day ({", ".join(USER_TIER_COLUMNS)})
         SELECT t.user_name, t.host, t.gpu_index, d.day_ts, {_merge_aggs(USER_SUM_FACTS)}
-        FROM user_hour t {join} {where} GROUP BY t.user_name, t.host, t.gpu_index, d.day_ts""",
+        FROM user_hour t {join} {where} GROUP BY t.user_name, t.host, t.gpu_index, d.day_ts"""),
         [starts, ends],
     )
     con.execute(
-        f"""INSERT INTO user_peak_day (user_name, bucket_ts, peak_gpus)
+        d.sql(f"""INSERT INTO user_total_day (user_name, bucket_ts, {", ".join(USER_SUM_FACTS)})
+        SELECT user_name, bucket_ts, {_merge_aggs(USER_SUM_FACTS)}
+        FROM user_day WHERE bucket_ts IN (SELECT unnest(?::BIGINT[])) GROUP BY 1, 2"""),
+        [starts],
+    )
+    con.execute(
+        d.sql(f"""INSERT INTO user_peak_day (user_name, bucket_ts, peak_gpus)
         SELECT t.user_name, d.day_ts, max(t.peak_gpus)
-        FROM user_peak_hour t {join} {where} GROUP BY t.user_name, d.day_ts""",
+        FROM user_peak_hour t {join} {where} GROUP BY t.user_name, d.day_ts"""),
         [starts, ends],
     )
 
@@ -216,17 +320,22 @@ def get_state(con: Any) -> dict[str, str]:
     return dict(con.execute("SELECT key, value FROM rollup_state").fetchall())
 
 
-def set_state(con: Any, key: str, value: str) -> None:
+def set_state(con: Any, key: str, value: str, d: Dialect = DUCKDB) -> None:
     con.execute(
-        "INSERT INTO rollup_state VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        d.sql(
+            "INSERT INTO rollup_state VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+        ),
         [key, value],
     )
 
 
-def mark_dirty(con: Any, hours: Sequence[int]) -> None:
+def mark_dirty(con: Any, hours: Sequence[int], d: Dialect = DUCKDB) -> None:
     con.execute(
-        "INSERT INTO rollup_dirty SELECT DISTINCT unnest(?::BIGINT[]) ON CONFLICT DO NOTHING",
-        [list(hours)],
+        d.sql(
+            "INSERT INTO rollup_dirty SELECT DISTINCT unnest(?::BIGINT[]) ON CONFLICT DO NOTHING"
+        ),
+        [[int(h) for h in hours]],
     )
 
 
@@ -237,7 +346,7 @@ def dirty_hours(con: Any) -> list[int]:
 
 
 def clear_dirty(con: Any, h0: int, h1: int) -> None:
-    con.execute("DELETE FROM rollup_dirty WHERE hour_ts >= ? AND hour_ts < ?", [h0, h1])
+    con.execute(f"DELETE FROM rollup_dirty WHERE hour_ts >= {int(h0)} AND hour_ts < {int(h1)}")
 
 
 def raw_span(con: Any) -> tuple[float | None, float | None]:
@@ -250,7 +359,7 @@ def hour_span(con: Any) -> tuple[int | None, int | None]:
     return row[0], row[1]
 
 
-def safe_raw_cutoff(con: Any, raw_before: float) -> float:
+def safe_raw_cutoff(con: Any, raw_before: float, d: Dialect = DUCKDB) -> float:
     """The raw cut-off retention may use: never past the rollup watermark or a dirty hour
     (once the warehouse has run), on an hour boundary; recorded as ``raw_kept_from_ts``."""
     state = get_state(con)
@@ -263,8 +372,17 @@ def safe_raw_cutoff(con: Any, raw_before: float) -> float:
     cutoff = math.floor(cutoff / 3600) * 3600
     kept = float(state.get("raw_kept_from_ts", "-inf"))
     if cutoff > kept:
-        set_state(con, "raw_kept_from_ts", repr(float(cutoff)))
+        set_state(con, "raw_kept_from_ts", repr(float(cutoff)), d)
     return cutoff
+
+
+def _delete(con: Any, sql: str) -> int:
+    """Run a DELETE; the number of rows deleted (DuckDB returns it as a row)."""
+    cur = con.execute(sql)
+    rowcount = getattr(cur, "rowcount", -1)
+    if isinstance(rowcount, int) and rowcount >= 0:
+        return rowcount
+    return int(cur.fetchall()[0][0])
 
 
 def prune_tiers(con: Any, minute_before: float, hour_before: float) -> dict[str, int]:
@@ -275,8 +393,7 @@ def prune_tiers(con: Any, minute_before: float, hour_before: float) -> dict[str,
         ("user_hour", hour_before),
         ("user_peak_hour", hour_before),
     ):
-        n = con.execute(f"DELETE FROM {table} WHERE bucket_ts < ?", [before]).fetchall()
-        deleted[table] = int(n[0][0])
+        deleted[table] = _delete(con, f"DELETE FROM {table} WHERE bucket_ts < {_f(before)}")
     return deleted
 
 
@@ -288,11 +405,25 @@ def _calendar(buckets: Sequence[tuple[int, str]]) -> tuple[str, list[Any]]:
     return sql, [[int(b) for b, _ in buckets], [label for _, label in buckets]]
 
 
-def tier_facts(con: Any, tier: str, by: str, buckets: Sequence[tuple[int, str]]) -> list[dict]:
+def tier_facts(
+    con: Any, tier: str, by: str, buckets: Sequence[tuple[int, str]], d: Dialect = DUCKDB
+) -> list[dict]:
     """Fact rows (period_start, key, facts...) summed from the ``tier`` tier ('hour' or 'day')
     over the buckets (bucket start ts -> period label)."""
     if not buckets:
         return []
+    if tier not in ("hour", "day"):
+        raise ValueError(f"unknown tier {tier!r}")
+    sql, params = _tier_sql(tier, by, buckets)
+    rows = _dicts(con.execute(d.sql(sql), params))
+    if by == "user":
+        peak = _peaks(con, tier, buckets, d)
+        for r in rows:
+            r["peak_gpus"] = peak.get((r["period_start"], r["key"]))
+    return rows
+
+
+def _tier_sql(tier: str, by: str, buckets: Sequence[tuple[int, str]]) -> tuple[str, list[Any]]:
     cal, params = _calendar(buckets)
     lo, hi = min(b for b, _ in buckets), max(b for b, _ in buckets)
     if by in GPU_KEY_SQL:
@@ -300,29 +431,38 @@ def tier_facts(con: Any, tier: str, by: str, buckets: Sequence[tuple[int, str]])
                 {_merge_aggs(GPU_SUM_FACTS, GPU_MAX_FACTS)}
             FROM gpu_{tier} t JOIN {cal} c ON t.bucket_ts = c.bucket_ts
             WHERE t.bucket_ts >= {lo} AND t.bucket_ts <= {hi} GROUP BY 1, 2"""
-        return _dicts(con.execute(sql, params))
+        return sql, params
     if by not in USER_KEY_SQL:
         raise ValueError(f"unknown grouping {by!r}")
+    # The day tier has each user's day summed over hosts and GPUs (user_total_day).
+    table = "user_total_day" if tier == "day" else f"user_{tier}"
     sql = f"""SELECT c.period_start, {USER_KEY_SQL[by]} AS key, {_merge_aggs(USER_SUM_FACTS)}
-        FROM user_{tier} t JOIN {cal} c ON t.bucket_ts = c.bucket_ts
+        FROM {table} t JOIN {cal} c ON t.bucket_ts = c.bucket_ts
         LEFT JOIN user_mapping m ON m.user_name = t.user_name
         WHERE t.bucket_ts >= {lo} AND t.bucket_ts <= {hi} GROUP BY 1, 2"""
-    rows = _dicts(con.execute(sql, params))
-    if by == "user":
-        peaks = con.execute(
-            f"""SELECT c.period_start, t.user_name, max(t.peak_gpus)
-            FROM user_peak_{tier} t JOIN {cal} c ON t.bucket_ts = c.bucket_ts
-            WHERE t.bucket_ts >= {lo} AND t.bucket_ts <= {hi} GROUP BY 1, 2""",
-            params,
-        ).fetchall()
-        peak = {(p, u): k for p, u, k in peaks}
-        for r in rows:
-            r["peak_gpus"] = peak.get((r["period_start"], r["key"]))
-    return rows
+    return sql, params
+
+
+def _peaks(
+    con: Any, tier: str, buckets: Sequence[tuple[int, str]], d: Dialect
+) -> dict[tuple[str, str], int]:
+    cal, params = _calendar(buckets)
+    lo, hi = min(b for b, _ in buckets), max(b for b, _ in buckets)
+    peaks = con.execute(
+        d.sql(f"""SELECT c.period_start, t.user_name, max(t.peak_gpus)
+        FROM user_peak_{tier} t JOIN {cal} c ON t.bucket_ts = c.bucket_ts
+        WHERE t.bucket_ts >= {lo} AND t.bucket_ts <= {hi} GROUP BY 1, 2"""),
+        params,
+    ).fetchall()
+    return {(p, u): k for p, u, k in peaks}
 
 
 def raw_facts(
-    con: Any, by: str, hour_buckets: Sequence[tuple[int, str]], busy_util_percent: float
+    con: Any,
+    by: str,
+    hour_buckets: Sequence[tuple[int, str]],
+    busy_util_percent: float,
+    d: Dialect = DUCKDB,
 ) -> list[dict]:
     """The same fact rows straight from the raw samples (no tiers): for checks and benchmarks.
     Users' peaks are not computed here."""
@@ -338,28 +478,265 @@ def raw_facts(
         src, aggs = raw_user_sql(t0, t1, busy_util_percent), user_fact_aggs()
         key, join = USER_KEY_SQL[by], "LEFT JOIN user_mapping m ON m.user_name = t.user_name"
     sql = f"""SELECT c.period_start, {key} AS key, {aggs}
-        FROM ({src}) t JOIN {cal} c ON (floor(t.ts / 3600) * 3600)::BIGINT = c.bucket_ts
+        FROM ({src}) t JOIN {cal} c ON {_floor_to("t.ts", 3600)} = c.bucket_ts
         {join} GROUP BY 1, 2"""
-    return _dicts(con.execute(sql, params))
+    rows = _dicts(con.execute(d.sql(sql), params))
+    for r in rows:  # as the tiers give them: sums as floats
+        if "samples" in r:
+            r["samples"] = float(r["samples"])
+    return rows
+
+
+def _columns(cur: Any) -> dict[str, np.ndarray]:
+    """A result as columns: text columns as object arrays, numbers as floats (NULL: NaN).
+    DuckDB hands its columns over as arrays (no Python object per value)."""
+    if hasattr(cur, "fetchnumpy"):
+        out = {}
+        for name, col in cur.fetchnumpy().items():
+            if col.dtype == object:
+                out[name] = np.ma.getdata(col)
+            else:
+                out[name] = np.ma.filled(np.ma.asarray(col).astype(float), np.nan)
+        return out
+    names = [c[0] for c in cur.description]
+    rows = cur.fetchall()
+    cols = list(zip(*rows, strict=True)) if rows else [() for _ in names]
+    out = {}
+    for name, values in zip(names, cols, strict=True):
+        if name in ("period_start", "key"):
+            out[name] = np.array(values, dtype=object)
+        else:
+            out[name] = np.array(values, dtype=float)
+    return out
+
+
+def tier_fact_columns(
+    con: Any, tier: str, by: str, buckets: Sequence[tuple[int, str]], d: Dialect = DUCKDB
+) -> dict[str, np.ndarray]:
+    """``tier_facts`` as columns (``gpufleet.reports.core.FactColumns``): the fast path."""
+    if not buckets:
+        return {"period_start": np.array([], dtype=object), "key": np.array([], dtype=object)}
+    if tier not in ("hour", "day"):
+        raise ValueError(f"unknown tier {tier!r}")
+    sql, params = _tier_sql(tier, by, buckets)
+    cols = _columns(con.execute(d.sql(sql), params))
+    if by == "user":
+        peak = _peaks(con, tier, buckets, d)
+        cols["peak_gpus"] = np.array(
+            [
+                peak.get((p, k))
+                for p, k in zip(cols["period_start"].tolist(), cols["key"].tolist(), strict=True)
+            ],
+            dtype=float,
+        )
+    return cols
 
 
 def _dicts(cur: Any) -> list[dict]:
-    names = [d[0] for d in cur.description]
+    names = [c[0] for c in cur.description]
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
+# -- user mapping ------------------------------------------------------------------------------
+
+
 def user_mapping(con: Any) -> list[tuple[str, str | None, str | None]]:
-    return con.execute(
+    rows = con.execute(
         "SELECT user_name, person, group_name FROM user_mapping ORDER BY user_name"
     ).fetchall()
+    return [(r[0], r[1], r[2]) for r in rows]
 
 
-def set_user_mapping(con: Any, user_name: str, person: str | None, group_name: str | None) -> None:
+def set_user_mapping(
+    con: Any, user_name: str, person: str | None, group_name: str | None, d: Dialect = DUCKDB
+) -> bool:
+    """Set (or with both None, forget) one user's mapping; whether a mapping existed."""
+    existed = bool(
+        con.execute(d.sql("SELECT 1 FROM user_mapping WHERE user_name = ?"), [user_name]).fetchall()
+    )
     if person is None and group_name is None:
-        con.execute("DELETE FROM user_mapping WHERE user_name = ?", [user_name])
-        return
+        con.execute(d.sql("DELETE FROM user_mapping WHERE user_name = ?"), [user_name])
+        return existed
     con.execute(
-        "INSERT INTO user_mapping VALUES (?, ?, ?) ON CONFLICT (user_name) DO UPDATE SET"
-        " person = excluded.person, group_name = excluded.group_name",
+        d.sql(
+            "INSERT INTO user_mapping VALUES (?, ?, ?) ON CONFLICT (user_name) DO UPDATE SET"
+            " person = excluded.person, group_name = excluded.group_name"
+        ),
         [user_name, person, group_name],
     )
+    return existed
+
+
+# -- the store side, shared by both backends ---------------------------------------------------
+
+
+class WarehouseMixin:
+    """Rollups, tier retention, report reads and the user mapping for a store backend that
+    has ``write(fn)`` (fn(con) in one writer transaction), ``_reader(fn)`` (fn(con) on a read
+    connection) and ``DIALECT``."""
+
+    DIALECT: Dialect = DUCKDB
+    ROLLUP_CHUNK_HOURS = 24  # hours per writer transaction in a rollup
+
+    def write(self, fn: Any) -> Any:
+        raise NotImplementedError
+
+    def _reader(self, fn: Callable[[Any], Any]) -> Any:
+        raise NotImplementedError
+
+    def _rollup_lock(self, con: Any) -> None:
+        """Serialise rollup transactions (several server processes on one database)."""
+
+    def _watermark_changed(self, watermark: float) -> None:
+        """The rollup moved the watermark (a backend caching it for late samples updates)."""
+
+    def rollup(
+        self,
+        *,
+        now: float,
+        tz: str,
+        busy_util_percent: float,
+        from_ts: float | None = None,
+        to_ts: float | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, Any]:
+        from gpufleet.reports.calendar import day_range, hours_to_days, zone
+
+        tzinfo = zone(tz)
+        d = self.DIALECT
+        started = time.perf_counter()
+        current = int(now // 3600) * 3600  # hours before this one are complete
+        backfill = from_ts is not None or to_ts is not None
+
+        def plan(con: Any) -> tuple[list[tuple[int, int]], int | None, int]:
+            self._rollup_lock(con)
+            state = get_state(con)
+            rebuilt = 0
+            if state.get("day_tz") != tz:  # the day tier follows the configured time zone
+                lo, hi = hour_span(con)
+                if lo is not None and hi is not None:
+                    hours = list(range(int(lo), int(hi) + 1, 3600))
+                    days = sorted(set(hours_to_days(hours, tzinfo).values()))
+                    rollup_days(con, [day_range(day, tzinfo) for day in days], d)
+                    rebuilt = len(days)
+                set_state(con, "day_tz", tz, d)
+            kept = float(state.get("raw_kept_from_ts", "-inf"))
+            raw_lo, raw_hi = raw_span(con)
+            if raw_lo is None or raw_hi is None:
+                return [], None, rebuilt
+            first_raw = int(raw_lo // 3600) * 3600
+            if kept > -math.inf:  # raw before this was pruned
+                first_raw = max(first_raw, math.ceil(kept / 3600) * 3600)
+            if backfill:
+                a = int((from_ts if from_ts is not None else raw_lo) // 3600) * 3600
+                b = math.ceil((to_ts if to_ts is not None else raw_hi + 1) / 3600) * 3600
+                a = max(a, first_raw)
+                return ([(a, b)] if b > a else []), None, rebuilt
+            wm = int(float(state["watermark_ts"])) if "watermark_ts" in state else first_raw
+            dirty = [h for h in dirty_hours(con) if h < wm]
+            gone = [h for h in dirty if h < first_raw]
+            if gone:  # raw already pruned: nothing exact to roll up from
+                log.warning("rollup: %d late hour(s) older than the raw tier ignored", len(gone))
+                con.execute(f"DELETE FROM rollup_dirty WHERE hour_ts < {int(first_raw)}")
+            ranges: list[tuple[int, int]] = []
+            for h in (h for h in dirty if h >= first_raw):
+                if ranges and ranges[-1][1] == h:
+                    ranges[-1] = (ranges[-1][0], h + 3600)
+                else:
+                    ranges.append((h, h + 3600))
+            end = min(current, math.ceil((raw_hi + 1) / 3600) * 3600)  # nothing after the raw
+            if end > wm:
+                ranges.append((wm, end))
+            return ranges, wm, rebuilt
+
+        ranges, wm, rebuilt = self.write(plan)
+        chunks = []
+        step = self.ROLLUP_CHUNK_HOURS * 3600
+        for a, b in ranges:
+            cut = a
+            while cut < b:
+                end = min(b, (cut // step + 1) * step)
+                chunks.append((cut, end))
+                cut = end
+        total = sum((b - a) // 3600 for a, b in chunks)
+        done = 0
+        days_done: set[int] = set()
+        for a, b in chunks:
+
+            def run(con: Any, a: int = a, b: int = b) -> tuple[set[int], float | None]:
+                self._rollup_lock(con)
+                rollup_hours(con, a, b, busy_util_percent)
+                days = set(hours_to_days(list(range(a, b, 3600)), tzinfo).values())
+                rollup_days(con, [day_range(day, tzinfo) for day in sorted(days)], d)
+                clear_dirty(con, a, b)
+                new_wm = None
+                if wm is not None and b > wm:
+                    new_wm = float(min(b, current))
+                    set_state(con, "watermark_ts", str(int(new_wm)), d)
+                return days, new_wm
+
+            days, new_wm = self.write(run)
+            if new_wm is not None:
+                self._watermark_changed(new_wm)
+            days_done |= days
+            done += (b - a) // 3600
+            if progress is not None:
+                progress(done, total)
+        return {
+            "hours": total,
+            "days": len(days_done),
+            "days_rebuilt_for_time_zone": rebuilt,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+
+    def prune_tiers(self, minute_before: float, hour_before: float) -> dict[str, int]:
+        return self.write(lambda con: prune_tiers(con, minute_before, hour_before))
+
+    def report_facts(
+        self,
+        *,
+        tier: str,
+        by: str,
+        buckets: list[tuple[int, str]],
+        busy_util_percent: float = 0.0,
+    ) -> list[dict[str, Any]]:
+        from gpufleet.store.base import StoreError
+
+        d = self.DIALECT
+        if tier == "raw":
+            return self._reader(lambda con: raw_facts(con, by, buckets, busy_util_percent, d))
+        if tier not in ("hour", "day"):
+            raise StoreError(f"unknown tier {tier!r}")
+        return self._reader(lambda con: tier_facts(con, tier, by, buckets, d))
+
+    def report_fact_columns(
+        self,
+        *,
+        tier: str,
+        by: str,
+        buckets: list[tuple[int, str]],
+        busy_util_percent: float = 0.0,
+    ) -> Any:
+        """``report_facts`` as columns (``gpufleet.reports.core.FactColumns``) for the
+        ``hour`` and ``day`` tiers; the raw path gives rows."""
+        from gpufleet.store.base import StoreError
+
+        d = self.DIALECT
+        if tier == "raw":
+            return self.report_facts(
+                tier=tier, by=by, buckets=buckets, busy_util_percent=busy_util_percent
+            )
+        if tier not in ("hour", "day"):
+            raise StoreError(f"unknown tier {tier!r}")
+        return self._reader(lambda con: tier_fact_columns(con, tier, by, buckets, d))
+
+    def warehouse_state(self) -> dict[str, str]:
+        return self._reader(get_state)
+
+    def user_mapping(self) -> list[tuple[str, str | None, str | None]]:
+        return self._reader(user_mapping)
+
+    def set_user_mapping(self, user_name: str, person: str | None, group_name: str | None) -> None:
+        """Map a Unix user to a person and a group (both None: forget the mapping)."""
+        d = self.DIALECT
+        self.write(lambda con: set_user_mapping(con, user_name, person, group_name, d))
