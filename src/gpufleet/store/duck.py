@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import math
 import os
 import queue
 import threading
@@ -97,7 +96,7 @@ COMMIT_INTERVAL_SECONDS = 0.05
 HOSTS_FLUSH_SECONDS = 1.0
 
 
-class DuckDBStore(SqlReads, Store):
+class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         if self.path != ":memory:":
@@ -560,9 +559,18 @@ class DuckDBStore(SqlReads, Store):
 
         self.write(fn)
 
-    # -- usage warehouse (gpufleet.store.warehouse) ---------------------------------------------
+    # -- usage warehouse (gpufleet.store.warehouse.WarehouseMixin) -------------------------------
 
-    ROLLUP_CHUNK_HOURS = 24  # hours per writer transaction in a rollup
+    def _reader(self, fn: Callable[[Any], Any]) -> Any:
+        self._sync()
+        cur = self._db.cursor()
+        try:
+            return fn(cur)
+        finally:
+            cur.close()
+
+    def _watermark_changed(self, watermark: float) -> None:
+        self._wh_watermark = watermark
 
     def _warehouse_note_late(self, con, items: list[IngestItem]) -> None:
         """Mark the hours of samples older than the rollup watermark for a re-rollup (runs in
@@ -576,128 +584,3 @@ class DuckDBStore(SqlReads, Store):
         late = {int(s.ts // 3600) * 3600 for i in items for s in i.batch.samples if s.ts < wm}
         if late:
             warehouse.mark_dirty(con, sorted(late))
-
-    def rollup(
-        self,
-        *,
-        now: float,
-        tz: str,
-        busy_util_percent: float,
-        from_ts: float | None = None,
-        to_ts: float | None = None,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> dict[str, Any]:
-        from gpufleet.reports.calendar import day_range, hours_to_days, zone
-
-        tzinfo = zone(tz)
-        started = time.perf_counter()
-        current = int(now // 3600) * 3600  # hours before this one are complete
-        backfill = from_ts is not None or to_ts is not None
-
-        def plan(con) -> tuple[list[tuple[int, int]], int | None, int]:
-            state = warehouse.get_state(con)
-            rebuilt = 0
-            if state.get("day_tz") != tz:  # the day tier follows the configured time zone
-                lo, hi = warehouse.hour_span(con)
-                if lo is not None:
-                    hours = list(range(lo, hi + 1, 3600))
-                    days = sorted(set(hours_to_days(hours, tzinfo).values()))
-                    warehouse.rollup_days(con, [day_range(d, tzinfo) for d in days])
-                    rebuilt = len(days)
-                warehouse.set_state(con, "day_tz", tz)
-            kept = float(state.get("raw_kept_from_ts", "-inf"))
-            raw_lo, raw_hi = warehouse.raw_span(con)
-            if raw_lo is None:
-                return [], None, rebuilt
-            first_raw = int(raw_lo // 3600) * 3600
-            if kept > -math.inf:  # raw before this was pruned
-                first_raw = max(first_raw, math.ceil(kept / 3600) * 3600)
-            if backfill:
-                a = int((from_ts if from_ts is not None else raw_lo) // 3600) * 3600
-                b = math.ceil((to_ts if to_ts is not None else raw_hi + 1) / 3600) * 3600
-                a = max(a, first_raw)
-                return ([(a, b)] if b > a else []), None, rebuilt
-            wm = int(float(state["watermark_ts"])) if "watermark_ts" in state else first_raw
-            dirty = [h for h in warehouse.dirty_hours(con) if h < wm]
-            gone = [h for h in dirty if h < first_raw]
-            if gone:  # raw already pruned: nothing exact to roll up from
-                log.warning("rollup: %d late hour(s) older than the raw tier ignored", len(gone))
-                con.execute("DELETE FROM rollup_dirty WHERE hour_ts < ?", [first_raw])
-            ranges: list[tuple[int, int]] = []
-            for h in (h for h in dirty if h >= first_raw):
-                if ranges and ranges[-1][1] == h:
-                    ranges[-1] = (ranges[-1][0], h + 3600)
-                else:
-                    ranges.append((h, h + 3600))
-            end = min(current, math.ceil((raw_hi + 1) / 3600) * 3600)  # nothing after the raw
-            if end > wm:
-                ranges.append((wm, end))
-            return ranges, wm, rebuilt
-
-        ranges, wm, rebuilt = self.write(plan)
-        chunks = []
-        for a, b in ranges:
-            step = self.ROLLUP_CHUNK_HOURS * 3600
-            cut = a
-            while cut < b:
-                end = min(b, (cut // step + 1) * step)
-                chunks.append((cut, end))
-                cut = end
-        total = sum((b - a) // 3600 for a, b in chunks)
-        done = 0
-        days_done: set[int] = set()
-        for a, b in chunks:
-
-            def run(con, a=a, b=b) -> set[int]:
-                warehouse.rollup_hours(con, a, b, busy_util_percent)
-                days = set(hours_to_days(list(range(a, b, 3600)), tzinfo).values())
-                warehouse.rollup_days(con, [day_range(d, tzinfo) for d in sorted(days)])
-                warehouse.clear_dirty(con, a, b)
-                if wm is not None and b > wm:
-                    new_wm = min(b, current)
-                    warehouse.set_state(con, "watermark_ts", str(new_wm))
-                    self._wh_watermark = float(new_wm)
-                return days
-
-            days_done |= self.write(run)
-            done += (b - a) // 3600
-            if progress is not None:
-                progress(done, total)
-        return {
-            "hours": total,
-            "days": len(days_done),
-            "days_rebuilt_for_time_zone": rebuilt,
-            "seconds": round(time.perf_counter() - started, 3),
-        }
-
-    def prune_tiers(self, minute_before: float, hour_before: float) -> dict[str, int]:
-        return self.write(lambda con: warehouse.prune_tiers(con, minute_before, hour_before))
-
-    def report_facts(
-        self,
-        *,
-        tier: str,
-        by: str,
-        buckets: list[tuple[int, str]],
-        busy_util_percent: float = 0.0,
-    ) -> list[dict[str, Any]]:
-        cur = self._db.cursor()
-        try:
-            if tier == "raw":
-                return warehouse.raw_facts(cur, by, buckets, busy_util_percent)
-            if tier not in ("hour", "day"):
-                raise StoreError(f"unknown tier {tier!r}")
-            return warehouse.tier_facts(cur, tier, by, buckets)
-        finally:
-            cur.close()
-
-    def warehouse_state(self) -> dict[str, str]:
-        return dict(self._read("SELECT key, value FROM rollup_state"))
-
-    def user_mapping(self) -> list[tuple[str, str | None, str | None]]:
-        return [tuple(r) for r in self._read(
-            "SELECT user_name, person, group_name FROM user_mapping ORDER BY user_name"
-        )]  # fmt: skip
-
-    def set_user_mapping(self, user_name: str, person: str | None, group_name: str | None) -> None:
-        self.write(lambda con: warehouse.set_user_mapping(con, user_name, person, group_name))
