@@ -65,6 +65,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "rollup",
         "Roll raw samples up into the warehouse tiers (backfill; the server does it itself).",
     ),
+    "usermap": (
+        "gpufleet.usermap.cli",
+        "usermap",
+        "Map Unix users to people and groups (reports by person and by group).",
+    ),
 }
 
 

@@ -26,6 +26,7 @@ from gpufleet.server.context import Context
 from gpufleet.server.errors import ERROR_SCHEMA
 from gpufleet.server.live import LiveState
 from gpufleet.store import Store, open_store
+from gpufleet.usermap import api as usermap_api
 from gpufleet.wire import Batch, IngestAck
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     for module in (api, metrics, admin):
         app.include_router(module.router)
     app.include_router(report_api.router)
+    app.include_router(usermap_api.router)  # /api/v1/admin/usermap
     app.include_router(recommend_api.router)
     app.include_router(recommend_api.pages)  # /recommend
     report_web.install(app)  # /reports, /me/usage, /admin/reports, report subscriptions API

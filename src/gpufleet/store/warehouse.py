@@ -740,3 +740,21 @@ class WarehouseMixin:
         """Map a Unix user to a person and a group (both None: forget the mapping)."""
         d = self.DIALECT
         self.write(lambda con: set_user_mapping(con, user_name, person, group_name, d))
+
+    def set_user_mappings(
+        self, rows: Sequence[tuple[str, str | None, str | None]], *, replace: bool = False
+    ) -> tuple[int, int]:
+        """Set many mappings in one transaction; ``replace``: also forget every user not in
+        ``rows``. Returns (set, forgotten)."""
+        d = self.DIALECT
+
+        def fn(con: Any) -> tuple[int, int]:
+            keep = {u for u, _, _ in rows}
+            gone = [u for u, _, _ in user_mapping(con) if u not in keep] if replace else []
+            for u in gone:
+                set_user_mapping(con, u, None, None, d)
+            for u, person, group in rows:
+                set_user_mapping(con, u, person, group, d)
+            return len(rows), len(gone)
+
+        return self.write(fn)
