@@ -496,7 +496,7 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
     def _sync(self) -> None:
         """Let the writer move the ingest log into the database before a read."""
         busy = self._staged or not self._apply_idle.is_set()
-        if busy and threading.current_thread() is not self._writer:
+        if busy and threading.current_thread() not in (self._writer, self._applier):
             self.write(lambda con: None)
 
     def _read(self, sql: str, params: list | None = None) -> list[tuple]:
