@@ -199,6 +199,11 @@ class MailSection(_Section):
     timeout_seconds: Annotated[float, Field(gt=0)] = Field(
         30.0, description="SMTP connection timeout."
     )
+    ca_file: Path | None = Field(
+        None,
+        description="PEM file of the CA(s) to trust for the SMTP server's TLS certificate "
+        "(e.g. the lab's own CA); default: the system's.",
+    )
 
     @field_validator("smtp_host", "username", "public_url")
     @classmethod

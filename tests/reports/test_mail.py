@@ -333,3 +333,88 @@ def test_the_server_sends_due_reports_itself_once_across_restarts(tmp_path, smtp
         assert len(smtp.messages) == 1
     finally:
         srv.stop()
+
+
+def self_signed(folder) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 and its key (PEM files), signed by itself."""
+    import ipaddress
+    from datetime import timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gpufleet test SMTP")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    cert_file, key_file = folder / "smtp.crt", folder / "smtp.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_file), str(key_file)
+
+
+def test_starttls_and_login(data_dir, tmp_path, monkeypatch):
+    """The default path: STARTTLS (certificate checked against mail.ca_file), then a login
+    with the password from the environment."""
+    import ssl
+
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult
+
+    cert, key = self_signed(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    logins: list[tuple[bytes, bytes]] = []
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        logins.append((auth_data.login, auth_data.password))
+        return AuthResult(success=auth_data.password == b"s3cret")
+
+    inbox = Inbox()
+    controller = Controller(
+        inbox, hostname="127.0.0.1", port=free_port(), tls_context=tls, require_starttls=True,
+        authenticator=authenticator, auth_require_tls=True,
+    )  # fmt: skip
+    controller.start()
+    try:
+        monkeypatch.setenv("LAB_SMTP_PASSWORD", "s3cret")
+        settings = settings_for(
+            data_dir, tmp_path, controller.port, starttls=True, ca_file=cert,
+            username="gpufleet", password_env="LAB_SMTP_PASSWORD",
+        )  # fmt: skip
+        store = open_store(settings.database_url)
+        try:
+            now = at("2024-02-28T12:00:00")
+            mailer = ReportMailer(settings, store, clock=lambda: now)
+            mailer.subscriptions.add("pi@lab.example", "weekly", "fleet", now)
+            (result,) = mailer.check(at("2024-03-04T09:00:00"))
+            assert result["sent"] is True, result
+            assert logins == [(b"gpufleet", b"s3cret")] and len(inbox.messages) == 1
+            # a certificate the client does not trust: refused, not sent, retried later
+            untrusted = settings_for(data_dir, tmp_path, controller.port, starttls=True)
+            mailer.settings = untrusted
+            mailer.subscriptions.add("dean@lab.example", "weekly", "user", now)
+            (result,) = mailer.check(at("2024-03-04T09:05:00"))
+            assert result["sent"] is False and "CERTIFICATE_VERIFY_FAILED" in result["error"]
+        finally:
+            store.close()
+    finally:
+        controller.stop()

@@ -420,7 +420,7 @@ def smtp_send(settings: Settings, msg: EmailMessage) -> None:
     cfg = settings.mail
     if not cfg.smtp_host:
         raise RuntimeError("mail.smtp_host is not set: e-mail is off (see docs/reports.md)")
-    context = ssl.create_default_context()
+    context = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
     smtp: smtplib.SMTP
     if cfg.ssl:
         smtp = smtplib.SMTP_SSL(
