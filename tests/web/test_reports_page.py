@@ -213,3 +213,19 @@ def test_my_usage_without_a_login_offers_a_picker(server, page):
     wait_ready(page)
     assert "user=bob" in page.url
     assert {r["key"] for r in table(page)} == {"bob"}
+
+
+def test_api_key_and_fields_narrow_the_answer(server):
+    full = api(server, f"period=week&by=user&{RANGE}")
+    some = api(server, f"period=week&by=user&{RANGE}&key=bob&fields=key,gpu_hours,period_start")
+    assert some["columns"] == ["period_start", "key", "gpu_hours"]
+    assert some["rows"] == [
+        {"period_start": r["period_start"], "key": "bob", "gpu_hours": r["gpu_hours"]}
+        for r in full["rows"] if r["key"] == "bob"
+    ]  # fmt: skip
+    text = api(server, f"period=week&by=user&{RANGE}&fields=key,gpu_hours", "csv")
+    assert text.splitlines()[0] == "key,gpu_hours"
+    for query, code in (("fields=key,planet", "invalid_fields"), ("key=,", "invalid_key")):
+        r = httpx.get(f"{server.url}/api/v1/reports?{query}")
+        assert r.status_code == 400 and r.json()["error"]["code"] == code, r.text
+        assert "planet" in r.json()["error"]["message"] or code == "invalid_key"

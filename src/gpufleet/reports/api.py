@@ -19,6 +19,7 @@ from gpufleet.reports.service import (
     parse_date,
     parse_keys,
     report_options,
+    select_fields,
     to_csv,
 )
 from gpufleet.store import StoreError
@@ -52,6 +53,10 @@ def reports(
     key: Annotated[
         str | None, Query(description="only these keys, comma-separated (e.g. key=alice,bob)")
     ] = None,
+    fields: Annotated[
+        str | None,
+        Query(description="only these row columns, comma-separated (e.g. key,gpu_hours)"),
+    ] = None,
 ) -> Any:
     from gpufleet.server.errors import ApiError
 
@@ -63,6 +68,8 @@ def reports(
             last=parse_date(to, "to"), tz=wh.timezone, tier=tier,
             busy_util_percent=wh.busy_util_percent, keys=parse_keys(key),
         )  # fmt: skip
+        if fields is not None:
+            report = select_fields(report, fields)
     except ReportError as exc:
         raise ApiError(400, exc.code, str(exc)) from None
     if format == "csv":

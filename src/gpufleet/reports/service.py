@@ -141,6 +141,23 @@ def parse_keys(text: str | None) -> list[str] | None:
     return keys
 
 
+def select_fields(report: dict[str, Any], text: str) -> dict[str, Any]:
+    """``fields=a,b``: the report with only these row columns (a smaller answer, e.g. for a
+    chart); ``columns`` (and so the CSV) follow."""
+    cols = report["columns"]
+    wanted = [f.strip() for f in text.split(",") if f.strip()]
+    unknown = [f for f in wanted if f not in cols]
+    if not wanted or unknown:
+        raise ReportError(
+            "invalid_fields",
+            f"fields={text[:80]!r}: use columns of {', '.join(cols)}"
+            + (f" (not {', '.join(unknown[:5])})" if unknown else ""),
+        )
+    keep = [c for c in cols if c in wanted]
+    rows = [{c: r.get(c) for c in keep} for r in report["rows"]]
+    return {**report, "columns": keep, "rows": rows}
+
+
 def report_options(tz: str) -> dict[str, Any]:
     """What a report can be asked for (the web page builds its choices from this)."""
     from gpufleet.reports.core import COLUMNS

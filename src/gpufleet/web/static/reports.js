@@ -230,7 +230,8 @@
     // the heat-map's call: at once when the range is known, else after the report names it
     const gridOf = (from, to) => {
       const hp = heatPeriod({ from, to });
-      return getJson(`/api/v1/reports?${new URLSearchParams({ period: hp, by: "host", from, to })}`)
+      const fields = "period_start,key,avg_util,gpu_hours"; // what the heat-map draws
+      return getJson(`/api/v1/reports?${new URLSearchParams({ period: hp, by: "host", from, to, fields })}`)
         .then((grid) => [grid, hp]);
     };
     const early = mode === "fleet" && c.from && c.to ? gridOf(c.from, c.to) : null;
