@@ -9,7 +9,6 @@ quarter of the CPU per batch, measured) is skipped. Its OpenAPI entry is ``OPENA
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import time
 import zlib
@@ -115,7 +114,7 @@ async def accept(
         )
     item = IngestItem(batch, token_name, received_at, skew, raw)
     try:
-        stored = await asyncio.wrap_future(ctx.store.submit(item))
+        stored = await ctx.store.ingest(item)
     except StoreError as exc:
         raise ApiError(503, "store_failed", str(exc), headers={"Retry-After": "5"}) from None
     ctx.counters["stored" if stored else "duplicate"] += 1

@@ -6,6 +6,7 @@ Ingest, the API, reports and the UI talk to this interface only, never to a driv
 from __future__ import annotations
 
 import abc
+import asyncio
 import concurrent.futures
 import queue
 from collections.abc import Callable
@@ -99,6 +100,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def submit(self, item: IngestItem) -> concurrent.futures.Future[bool]:
         """Queue a batch; the future resolves after commit: True stored, False a duplicate."""
+
+    async def ingest(self, item: IngestItem) -> bool:
+        """``submit`` for a caller on an event loop: True stored, False a duplicate."""
+        return await asyncio.wrap_future(self.submit(item))
 
     _queue: queue.Queue  # the writer's work queue; every backend has one writer thread
 

@@ -10,7 +10,9 @@ every acknowledged batch.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import queue
@@ -48,6 +50,42 @@ _ARROW_TYPES = {
     "UTINYINT": pa.uint8(),
 }
 _STOP = object()
+
+
+class _Async:
+    """An event loop's future waiting on the writer (see ``DuckDBStore.ingest``)."""
+
+    __slots__ = ("future", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future) -> None:
+        self.loop, self.future = loop, future
+
+
+def _settle(outcomes: list[tuple[Any, Any, BaseException | None]]) -> None:
+    """Resolve waiters (thread-safe futures, or :class:`_Async`) with a value or an error;
+    the event-loop ones in one call per loop."""
+    per_loop: dict[asyncio.AbstractEventLoop, list] = {}
+    for waiter, value, error in outcomes:
+        if isinstance(waiter, _Async):
+            per_loop.setdefault(waiter.loop, []).append((waiter.future, value, error))
+        elif error is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(value)
+    for loop, items in per_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(_settle_in_loop, items)
+
+
+def _settle_in_loop(items: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
+    for future, value, error in items:
+        if future.done():  # cancelled: the client went away
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+
 
 # The hosts upsert: one row per host of the group, inserted from an Arrow table.
 _HOST_ROW = (
@@ -93,7 +131,7 @@ COMMIT_INTERVAL_SECONDS = 0.05
 # The hosts table (each host's newest sample) is derived state, so it is written at most this
 # often, not in every transaction: after a crash it may lag the raw tiers by this much, which
 # the next sample mends; acknowledged samples themselves are never deferred.
-HOSTS_FLUSH_SECONDS = 1.0
+HOSTS_FLUSH_SECONDS = 5.0
 
 
 class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
@@ -206,6 +244,14 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
         self._queue.put((item, fut))
         return fut
 
+    async def ingest(self, item: IngestItem) -> bool:
+        # The writer settles a whole group's waiters with one wake-up of the event loop,
+        # instead of a thread-safe future and a call into the loop per batch.
+        loop = asyncio.get_running_loop()
+        waiter = _Async(loop, loop.create_future())
+        self._queue.put((item, waiter))
+        return await waiter.future
+
     def write(self, fn: Callable[[duckdb.DuckDBPyConnection], Any]) -> Any:
         """Run ``fn(con)`` on the writer thread in one transaction and return its result."""
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
@@ -283,14 +329,13 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
         except Exception as exc:
             if len(group) == 1:
                 log.exception("store: batch %s not stored", group[0][0].batch.batch_id)
-                group[0][1].set_exception(StoreError(f"store write failed: {exc}"))
+                _settle([(group[0][1], None, StoreError(f"store write failed: {exc}"))])
                 return
             # One bad batch must not sink the others: retry each alone.
             for one in group:
                 self._ingest_group(con, [one])
             return
-        for (_, fut), stored in zip(group, results, strict=True):
-            fut.set_result(stored)
+        _settle([(fut, stored, None) for (_, fut), stored in zip(group, results, strict=True)])
 
     def _log_group(self, con, group) -> None:
         """Acknowledge a group once it is in the ingest log (fsync'd); the database follows."""
@@ -324,16 +369,15 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
             log.exception(
                 "store: ingest log append failed; %d batch(es) not acknowledged", len(items)
             )
-            for _, fut in group:
-                fut.set_exception(StoreError(f"store write failed: {exc}"))
+            failure = StoreError(f"store write failed: {exc}")
+            _settle([(fut, None, failure) for _, fut in group])
             return
         if not self._staged:
             self._apply_due = time.monotonic() + APPLY_INTERVAL_SECONDS
         self._staged.extend(new_items)
         self._staged_keys.update(k for k, f in zip(keys, fresh, strict=True) if f)
         self.batches_duplicate += len(items) - len(new_items)
-        for (_, fut), f in zip(group, fresh, strict=True):
-            fut.set_result(f)
+        _settle([(fut, f, None) for (_, fut), f in zip(group, fresh, strict=True)])
 
     def _hand_off(self) -> None:
         """Give the staged batches to the applier thread, unless it is still busy (then they
