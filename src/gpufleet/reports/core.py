@@ -229,33 +229,41 @@ def build_report(
     user = is_user_key(by)
     names = [*sums, *maxes]
     cols = fact_columns(fact_rows, names)
-    index: dict[tuple[str, str], int] = {}
-    group = [
-        index.setdefault((p, str(k)), len(index))
-        for p, k in zip(cols["period_start"].tolist(), cols["key"].tolist(), strict=True)
-    ]
+    # (period, key) codes: labels and keys sorted (ISO dates sort by time), so the merged rows
+    # come out in the answer's order
+    labels, pcode = np.unique(np.asarray(cols["period_start"], dtype=str), return_inverse=True)
+    keyset, kcode = np.unique(np.asarray(cols["key"], dtype=str), return_inverse=True)
+    nk = max(len(keyset), 1)
+    gids, group = np.unique(pcode.astype(np.int64) * nk + kcode, return_inverse=True)
     raw = np.column_stack([np.asarray(cols[c], dtype=float) for c in names]).reshape(
         len(group), len(names)
     )
     ns = len(sums)
     raw[:, :ns] = np.nan_to_num(raw[:, :ns], nan=0.0)
-    if len(index) == len(fact_rows):
+    if len(gids) == len(group):
         merged = np.empty_like(raw)
         merged[group] = raw
     else:
-        merged = np.zeros((len(index), len(names)))
+        merged = np.zeros((len(gids), len(names)))
         merged[:, ns:] = np.nan
-        np.add.at(merged[:, :ns], group, raw[:, :ns])  # type: ignore[index]
+        sub = merged[:, :ns]
+        np.add.at(sub, group, raw[:, :ns])
+        merged[:, :ns] = sub
         sub = merged[:, ns:]
         np.fmax.at(sub, group, raw[:, ns:])
         merged[:, ns:] = sub
     derived = _measure_columns(merged, names, user=user)
-    order = {p: i for i, p in enumerate(periods)}
-    keys = sorted((k for k in index if k[0] in order), key=lambda k: (order[k[0]], k[1]))
-    sel = np.array([index[k] for k in keys], dtype=np.intp)
-    prev_sel = np.array(
-        [index.get((previous.get(k[0], ""), k[1]), -1) for k in keys], dtype=np.intp
+    row_label = gids // nk
+    in_range = np.isin(labels, np.asarray(list(periods), dtype=str))[row_label]
+    sel = np.nonzero(in_range)[0]
+    label_code = {lab: i for i, lab in enumerate(labels.tolist())}
+    prev_code = np.array(
+        [label_code.get(previous.get(lab, ""), -1) for lab in labels.tolist()], dtype=np.int64
     )
+    prev_gid = prev_code[row_label[sel]] * nk + gids[sel] % nk
+    pos = np.minimum(np.searchsorted(gids, prev_gid), max(len(gids) - 1, 0))
+    found = (prev_code[row_label[sel]] >= 0) & (gids[pos] == prev_gid) if len(gids) else pos > 0
+    prev_sel = np.where(found, pos, -1)
     has_prev = prev_sel >= 0
     cur_h, cur_u = derived["gpu_hours"][sel], derived["avg_util"][sel]
     prev_h = np.where(has_prev, derived["gpu_hours"][prev_sel], np.nan)
@@ -263,8 +271,8 @@ def build_report(
     with np.errstate(divide="ignore", invalid="ignore"):
         pct = np.where(has_prev & (prev_h != 0), (cur_h - prev_h) / prev_h * 100, np.nan)
     columns: dict[str, list[Any]] = {
-        "period_start": [k[0] for k in keys],
-        "key": [k[1] for k in keys],
+        "period_start": labels[row_label[sel]].tolist(),
+        "key": keyset[gids[sel] % nk].tolist(),
     }
     for name in MEASURES:
         columns[name] = _listed(derived[name][sel])
@@ -276,7 +284,6 @@ def build_report(
         ]
     out_names = list(columns)
     rows = [dict(zip(out_names, vals, strict=True)) for vals in zip(*columns.values(), strict=True)]
-    in_range = np.array([k[0] in order for k in index], dtype=bool)
     total_facts: dict[str, Any] = {c: float(merged[in_range, i].sum()) for i, c in enumerate(sums)}
     for i, c in enumerate(maxes, start=ns):
         vals = merged[in_range, i]
