@@ -36,7 +36,7 @@ def make_policy(name: str, spec: ClusterSpec,
 
     factories: dict[str, Callable[[], Policy]] = {
         "fifo": Fifo, "sjf": ShortestJobFirst, "easy": EasyBackfill, "tiresias": Tiresias,
-        "gavel": GavelMaxMin,
+        "gavel": lambda: GavelMaxMin(spec),
         "gpufleet": lambda: GpufleetPolicy(spec, predict_colocation),
     }
     if name not in factories:
