@@ -123,6 +123,29 @@ class SshSection(_Section):
         return hosts
 
 
+class HostsSection(_Section):
+    groups: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Host groups for reports (by=host_group): group name -> host name patterns "
+        "(shell-style: *, ?, [a-c]), e.g. {vision: ['gpu-v*'], nlp: ['dgx-0[1-4]']}. A host "
+        "is in the first group (in file order) with a matching pattern; other hosts are "
+        "reported as '(ungrouped)'. Agents' and SSH hosts' names alike.",
+    )
+
+    @field_validator("groups")
+    @classmethod
+    def _check_groups(cls, groups: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, patterns in groups.items():
+            if not name.strip() or len(name) > 128 or not name.isprintable():
+                raise ValueError(f"{name[:80]!r}: a group name is 1 to 128 printable characters")
+            if not patterns:
+                raise ValueError(f"{name}: give at least one host name pattern")
+            for i, p in enumerate(patterns):
+                if not p.strip() or len(p) > 256 or not p.isprintable():
+                    raise ValueError(f"{name}[{i}]: a pattern is 1 to 256 printable characters")
+        return groups
+
+
 class WarehouseSection(_Section):
     timezone: str = Field(
         "UTC",
@@ -241,6 +264,7 @@ class Settings(_Section):
     web: WebSection = WebSection()
     ssh: SshSection = SshSection()
     warehouse: WarehouseSection = WarehouseSection()
+    hosts: HostsSection = HostsSection()
     mail: MailSection = MailSection()
     recommend: RecommendSection = RecommendSection()
 

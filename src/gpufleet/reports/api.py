@@ -67,6 +67,7 @@ def reports(
             ctx.store, period=period, by=by, first=parse_date(from_, "from"),
             last=parse_date(to, "to"), tz=wh.timezone, tier=tier,
             busy_util_percent=wh.busy_util_percent, keys=parse_keys(key),
+            host_groups=ctx.settings.hosts.groups,
         )  # fmt: skip
         if fields is not None:
             report = select_fields(report, fields)

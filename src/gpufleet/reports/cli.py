@@ -96,6 +96,7 @@ def report(
                 store, period=period, by=by, first=parse_date(first, "--from"),
                 last=parse_date(last, "--to"), tz=settings.warehouse.timezone, tier=tier,
                 busy_util_percent=settings.warehouse.busy_util_percent,
+                host_groups=settings.hosts.groups,
             )  # fmt: skip
         except ReportError as exc:
             raise GpufleetError(str(exc), hint="see `gpufleet report --help`") from None

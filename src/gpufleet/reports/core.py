@@ -4,6 +4,7 @@ change and the fleet's long-tail measures. Pure: plain data in, plain data out.
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import operator
 from collections.abc import Mapping, Sequence
@@ -24,7 +25,7 @@ from gpufleet.reports.facts import (
 )
 
 # What a report can be grouped by, and whether the rows come from per-user facts.
-GPU_KEYS = ("fleet", "host", "gpu_model", "gpu")
+GPU_KEYS = ("fleet", "host_group", "host", "gpu_model", "gpu")
 USER_KEYS = ("user", "group", "person")
 BY = GPU_KEYS + USER_KEYS
 P95_QUANTILE = 0.95
@@ -192,6 +193,37 @@ def fact_columns(
         if c not in out:
             out[c] = np.full(len(rows), np.nan)
     return out
+
+
+UNGROUPED = "(ungrouped)"
+
+
+def host_group_of(host: str, groups: Mapping[str, Sequence[str]]) -> str:
+    """The first group (in order) with a pattern matching the host name, else UNGROUPED."""
+    for name, patterns in groups.items():
+        if any(fnmatch.fnmatchcase(host, p) for p in patterns):
+            return name
+    return UNGROUPED
+
+
+def regroup_hosts(
+    rows: Sequence[Mapping[str, Any]] | FactColumns, groups: Mapping[str, Sequence[str]]
+) -> list[Mapping[str, Any]] | dict[str, np.ndarray]:
+    """Fact rows keyed by host, keyed by host group instead (several rows per group:
+    ``build_report`` merges them)."""
+    cache: dict[str, str] = {}
+
+    def of(host: Any) -> str:
+        h = str(host)
+        if h not in cache:
+            cache[h] = host_group_of(h, groups)
+        return cache[h]
+
+    if isinstance(rows, Mapping):
+        out = dict(rows)
+        out["key"] = np.array([of(k) for k in rows["key"]], dtype=object)
+        return out
+    return [{**r, "key": of(r["key"])} for r in rows]
 
 
 def select_keys(

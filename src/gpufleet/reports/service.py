@@ -4,12 +4,12 @@ Shared by the API route, the CLI and (later) the web page and the e-mailed repor
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from gpufleet.reports import calendar as cal
-from gpufleet.reports.core import BY, build_report, select_keys
+from gpufleet.reports.core import BY, build_report, regroup_hosts, select_keys
 from gpufleet.store.base import Store
 
 TIERS = ("auto", "day", "hour", "raw")
@@ -46,9 +46,12 @@ def compute_report(
     busy_util_percent: float = 5.0,
     today: date | None = None,
     keys: Sequence[str] | None = None,
+    host_groups: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """The report for local days ``first``..``last`` (both included) in ``tz``; ``keys``:
-    only these keys' rows (and totals over them), e.g. one person's Unix users."""
+    only these keys' rows (and totals over them), e.g. one person's Unix users;
+    ``host_groups``: group -> host name patterns (the ``hosts.groups`` setting), for
+    ``by=host_group``."""
     if period not in cal.PERIODS:
         raise ReportError(
             "invalid_period", f"period {period!r}: use one of {', '.join(cal.PERIODS)}"
@@ -104,7 +107,12 @@ def compute_report(
     t0 = time.perf_counter()
     # Stores with the warehouse mixin hand the facts over as columns (the fast path).
     facts = getattr(store, "report_fact_columns", store.report_facts)
-    rows = facts(tier=use, by=by, buckets=buckets, busy_util_percent=busy_util_percent)
+    rows = facts(
+        tier=use, by="host" if by == "host_group" else by, buckets=buckets,
+        busy_util_percent=busy_util_percent,
+    )  # fmt: skip
+    if by == "host_group":  # hosts' rows, relabelled with their group (hosts.groups)
+        rows = regroup_hosts(rows, host_groups or {})
     if keys is not None:
         rows = select_keys(rows, keys)
     hosts = store.report_facts(

@@ -128,6 +128,7 @@ class ClusterState:
     hosts_by_model: dict[str, list[int]] = field(init=False)
     placements: dict[int, Placement] = field(init=False)
     claims_bytes: dict[int, int] = field(init=False)
+    shared_gpus: int = field(init=False)  # GPUs held by more than one job
 
     def __post_init__(self) -> None:
         self.occupants = [[[] for _ in range(h.num_gpus)] for h in self.spec.hosts]
@@ -138,6 +139,7 @@ class ClusterState:
                                for m in self.spec.gpu_models}
         self.placements = {}
         self.claims_bytes = {}
+        self.shared_gpus = 0
         self._host_size = {m: max(self.spec.hosts[h].num_gpus for h in hosts)
                            for m, hosts in self.hosts_by_model.items()}
 
@@ -207,6 +209,8 @@ class ClusterState:
             if not self.occupants[h][g]:
                 self.free_count[h] -= 1
                 self.free_by_model[placement.gpu_model] -= 1
+            elif len(self.occupants[h][g]) == 1:
+                self.shared_gpus += 1
             self.occupants[h][g].append(job_id)
             self.claimed_memory_bytes[h][g] += claimed_memory_bytes
         self.placements[job_id] = placement
@@ -217,6 +221,8 @@ class ClusterState:
         claimed = self.claims_bytes.pop(job_id, 0)
         for h, g in placement.gpus:
             self.occupants[h][g].remove(job_id)
+            if len(self.occupants[h][g]) == 1:
+                self.shared_gpus -= 1
             self.claimed_memory_bytes[h][g] -= claimed
             if not self.occupants[h][g]:
                 self.free_count[h] += 1
@@ -226,6 +232,8 @@ class ClusterState:
     def co_holders(self, job_id: int) -> set[int]:
         """Other jobs sharing a GPU with this one."""
         out: set[int] = set()
+        if not self.shared_gpus:
+            return out
         for h, g in self.placements[job_id].gpus:
             out.update(j for j in self.occupants[h][g] if j != job_id)
         return out

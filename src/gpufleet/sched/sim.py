@@ -122,7 +122,7 @@ class Simulator:
         self.running[job.job_id] = job
         job.progress_from_seconds = now + overhead
         job.rate_per_second = 0.0
-        if self._overflows(placement):
+        if self._overflows(job, placement):
             self._oom_pending.add(job.job_id)
             self._push(now + overhead + self.config.oom_detect_seconds, _OOM, job.job_id, job.version)
             return
@@ -150,7 +150,11 @@ class Simulator:
             return 0.0
         return job.data_size_bytes / self.cluster.spec.bandwidth_bytes_per_second
 
-    def _overflows(self, placement: Placement) -> bool:
+    def _overflows(self, job: SimJob, placement: Placement) -> bool:
+        hosts = self.cluster.hosts
+        if not self.cluster.shared_gpus:  # the job is alone on each of its GPUs
+            return any(job.true_gpu_memory_bytes > hosts[h].gpu_memory_bytes
+                       for h in placement.host_ids)
         for h, g in placement.gpus:
             used = sum(self.jobs[j].true_gpu_memory_bytes for j in self.cluster.occupants[h][g])
             if used > self.cluster.hosts[h].gpu_memory_bytes:
