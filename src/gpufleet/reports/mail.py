@@ -272,7 +272,9 @@ def chart_heatmap(grid: dict[str, Any]) -> bytes:
     for r in rows:
         if r["avg_util"] is not None:
             data[hi[r["key"]]][li[r["period_start"]]] = r["avg_util"]
-    fig = _figure(7.2, max(1.6, 0.9 + 0.18 * len(hosts)))
+    many = len(hosts) > 40
+    height = max(1.6, 0.9 + (0.11 if many else 0.18) * len(hosts))
+    fig = _figure(7.2, height)
     ax = fig.add_subplot()
     if hosts and labels:
         im = ax.imshow(data, aspect="auto", cmap="Blues", vmin=0, vmax=100,
@@ -280,8 +282,11 @@ def chart_heatmap(grid: dict[str, Any]) -> bytes:
         ax.set_yticks(range(len(hosts)), hosts)
         step = max(1, len(labels) // 12)
         ax.set_xticks(range(0, len(labels), step), [lab[5:] for lab in labels][::step])
-        fig.colorbar(im, ax=ax, label="avg util %", shrink=0.9)
-    ax.tick_params(labelsize=7)
+        length = min(height * 0.8, 3.0)  # inches: a slim bar, whatever the host count
+        bar = fig.colorbar(im, ax=ax, shrink=length / height, aspect=length / 0.12, pad=0.02)
+        bar.set_label("avg util %", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
+    ax.tick_params(labelsize=5 if many else 7)
     ax.set_title("Utilisation, host × " + grid["period"], fontsize=10, loc="left")
     return _png(fig)
 
