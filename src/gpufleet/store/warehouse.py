@@ -213,8 +213,41 @@ def minute_rollup_sql(h0: float, h1: float, busy_util_percent: float) -> str:
 def user_hour_rollup_sql(h0: float, h1: float, busy_util_percent: float) -> str:
     """User facts per hour from raw, in USER_TIER_COLUMNS order; two aggregations as in
     ``minute_rollup_sql`` (the share 1/n of a GPU sample is applied to the first one's
-    sums: n, the users sharing the GPU, is one of its keys)."""
+    sums: n, the users sharing the GPU, is one of its keys).
+
+    Most GPU samples have one user: the processes are first summed per GPU sample with the
+    least and greatest user name, and where those are equal the sample joins its GPU row
+    once as that user's (n = 1). Only the samples several users share go through the
+    per-user rows and the count of users sharing (``raw_user_sql``, restricted to them)."""
+    lo, hi = _f(h0), _f(h1)
+    g = raw_gpu_sql(h0, h1, busy_util_percent)
+    keys = "p.host = g.host AND p.ts = g.ts AND p.gpu_index = g.gpu_index"
+    first = f"""
+        SELECT {{user}} AS user_name, g.host, g.gpu_index, {_floor_to("g.ts", 3600)} AS b, g.hb,
+            g.busy, g.u IS NOT NULL AS has_u, {{n}} AS n, sum(g.w) AS sw, sum(g.u * g.w) AS uw,
+            sum({{mem}} * g.w) AS mw, sum(g.p * g.w) AS pw
+        FROM {{src}} JOIN ({g}) g ON {keys}
+        GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
+    """
+    shared = """(
+        SELECT pr.*, count(*) OVER (PARTITION BY pr.host, pr.ts, pr.gpu_index) AS n
+        FROM (
+            SELECT q.host, q.ts, q.gpu_index, q.user_name, CAST(sum(q.mem) AS float8) AS um
+            FROM procs q JOIN per_gpu s
+                ON s.host = q.host AND s.ts = q.ts AND s.gpu_index = q.gpu_index
+            WHERE s.u1 <> s.u2 GROUP BY 1, 2, 3, 4
+        ) pr
+    ) p"""
     return f"""
+        WITH procs AS (
+            SELECT host, ts, gpu_index, coalesce(user_name, '{UNKNOWN_USER}') AS user_name,
+                coalesce(gpu_memory_bytes, 0) AS mem
+            FROM process_samples WHERE ts >= {lo} AND ts < {hi}
+        ), per_gpu AS (
+            SELECT host, ts, gpu_index, min(user_name) AS u1, max(user_name) AS u2,
+                CAST(sum(mem) AS float8) AS mem
+            FROM procs GROUP BY 1, 2, 3
+        )
         SELECT user_name, host, gpu_index, b,
             sum(sw / n),
             coalesce(sum(sw / n) FILTER (WHERE has_u), 0), coalesce(sum(uw / n), 0),
@@ -222,10 +255,9 @@ def user_hour_rollup_sql(h0: float, h1: float, busy_util_percent: float) -> str:
             coalesce(sum(sw / n) FILTER (WHERE NOT busy), 0),
             coalesce(sum(mw), 0), coalesce(sum(pw / n), 0), {_pivot_hist("sw / n")}
         FROM (
-            SELECT user_name, host, gpu_index, {_floor_to("ts", 3600)} AS b, hb, busy,
-                u IS NOT NULL AS has_u, n,
-                sum(ws) AS sw, sum(u * ws) AS uw, sum(um * ws) AS mw, sum(p * ws) AS pw
-            FROM ({raw_user_sql(h0, h1, busy_util_percent)}) r GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
+            {first.format(user="p.u1", n="1", mem="p.mem", src="(SELECT * FROM per_gpu WHERE u1 = u2) p")}
+            UNION ALL
+            {first.format(user="p.user_name", n="p.n", mem="p.um", src=shared)}
         ) x GROUP BY 1, 2, 3, 4
     """
 
