@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from gpufleet.recommend.fleet import FleetSnap, HostSnap
 from gpufleet.recommend.history import FleetHistory
-from gpufleet.recommend.rank import Answer, Choice, disk_ok, recommend, usable
+from gpufleet.recommend.rank import Answer, Choice, Weights, disk_ok, recommend, usable
 from gpufleet.recommend.request import RecommendRequest
 
 Recommender = Callable[[RecommendRequest, FleetSnap, FleetHistory], Choice | None]
@@ -82,14 +82,22 @@ class RandomFeasible:
         return _choice(h, sorted(self.rng.sample(free, req.gpus)), "random")
 
 
-def gpufleet_top(req: RecommendRequest, fleet: FleetSnap, history: FleetHistory) -> Choice | None:
-    ans: Answer = recommend(req, fleet, history, reasons=False)
-    return ans.choices[0] if ans.choices else None
+class GpufleetTop:
+    """gpufleet's best answer (the ranking without the reasons' text)."""
+
+    def __init__(self, weights: Weights | None = None) -> None:
+        self.weights = weights
+
+    def __call__(
+        self, req: RecommendRequest, fleet: FleetSnap, history: FleetHistory
+    ) -> Choice | None:
+        ans: Answer = recommend(req, fleet, history, weights=self.weights, reasons=False)
+        return ans.choices[0] if ans.choices else None
 
 
-def all_recommenders(seed: int = 0) -> dict[str, Recommender]:
+def all_recommenders(seed: int = 0, weights: Weights | None = None) -> dict[str, Recommender]:
     return {
-        "gpufleet": gpufleet_top,
+        "gpufleet": GpufleetTop(weights),
         "most free GPUs now": most_free,
         "least loaded now": least_loaded,
         "random feasible": RandomFeasible(seed),

@@ -20,11 +20,12 @@ import math
 import random
 import statistics
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from gpufleet.demo.trace import TraceJob
-from gpufleet.recommend.baselines import all_recommenders
+from gpufleet.recommend.baselines import Recommender, all_recommenders
 from gpufleet.recommend.fleet import FleetSnap, HostSnap
 from gpufleet.recommend.history import FleetHistory
 from gpufleet.recommend.rank import Choice, FleetIndex, Weights, copy_hours, recommend
@@ -96,7 +97,14 @@ def _start_time(
     return tau
 
 
-def evaluate(trace: list[TraceJob], cfg: Config, *, progress: Any = None) -> dict[str, Any]:
+def evaluate(
+    trace: list[TraceJob],
+    cfg: Config,
+    *,
+    progress: Any = None,
+    recommenders: dict[str, Recommender] | None = None,
+    follow: bool = True,
+) -> dict[str, Any]:
     say = progress or (lambda msg: None)
     t_start = _parse_day(cfg.start)
     eval_from = t_start + cfg.warmup_days * 86400
@@ -105,7 +113,7 @@ def evaluate(trace: list[TraceJob], cfg: Config, *, progress: Any = None) -> dic
     base_jobs = sim_jobs(trace, hosts, t_start, end, cfg.request_every, cfg.seed, cfg.load)
     n_requests = sum(1 for j in base_jobs if j.request is not None and j.submit >= eval_from)
     every = max(1, n_requests // max(1, cfg.shadow_samples))
-    recs = all_recommenders(cfg.seed)
+    recs = recommenders or all_recommenders(cfg.seed)
     wall0 = time.perf_counter()
 
     # 1. shadow replay --------------------------------------------------------------------------
@@ -147,16 +155,19 @@ def evaluate(trace: list[TraceJob], cfg: Config, *, progress: Any = None) -> dic
             "wait_mean_minutes": statistics.fmean(waits) if waits else None,
             "wait_p90_minutes": _quantile(waits, 0.9),
         })  # fmt: skip
-    unanswered = sum(1 for _, _, a in samples if a["gpufleet"] is None)
+    first = next(iter(recs))
+    unanswered = sum(1 for _, _, a in samples if a[first] is None)
 
     # 2. follow replays ------------------------------------------------------------------------
-    for name, rec in recs.items():
+    for name, rec in recs.items() if follow else ():
         t1 = time.perf_counter()
         res = run(hosts, _fresh(base_jobs), t_start, end, eval_from, chooser=rec, seed=cfg.seed)
         per_host = [float(x) for x in res.lab.gpu_hours_per_host]
+        per_gpu = [x / h.gpu_count for x, h in zip(per_host, hosts, strict=True)]
         waits = [x / 60 for x in res.request_waits]
         rows[name].update({
             "gini": gini(per_host),
+            "gini_util": gini(per_gpu),
             "busiest_20pct_share": busiest_share(per_host),
             "follow_wait_mean_minutes": statistics.fmean(waits) if waits else None,
         })  # fmt: skip
@@ -170,24 +181,24 @@ def evaluate(trace: list[TraceJob], cfg: Config, *, progress: Any = None) -> dic
         rng = random.Random(cfg.seed)
         picks = [reqs[rng.randrange(len(reqs))] for _ in range(cfg.latency_requests)]
         index = FleetIndex(big, big_hist)
+        gpufleet = next(iter(recs))
+
+        def cached(r: RecommendRequest) -> Any:  # what the API does: ranking and reasons
+            return recommend(r, big, big_hist, index=index).as_json()
+
+        def cold(r: RecommendRequest) -> Any:  # a fleet index built for this answer
+            return recommend(r, big, big_hist).as_json()
+
         for name, rec in recs.items():
-            times, cold = [], []
-            for r in picks:
-                a = time.perf_counter()
-                if name == "gpufleet":  # what the API does: ranking and reasons, cached index
-                    recommend(r, big, big_hist, index=index).as_json()
-                else:
-                    rec(r, big, big_hist)
-                times.append((time.perf_counter() - a) * 1000)
-            rows[name]["latency_p50_ms"] = _quantile(times, 0.5)
-            rows[name]["latency_p99_ms"] = _quantile(times, 0.99)
-            if name == "gpufleet":
-                for r in picks[:200]:
-                    a = time.perf_counter()
-                    recommend(r, big, big_hist).as_json()  # the index built for this answer
-                    cold.append((time.perf_counter() - a) * 1000)
-                rows[name]["latency_cold_p50_ms"] = _quantile(cold, 0.5)
-                rows[name]["latency_cold_p99_ms"] = _quantile(cold, 0.99)
+            fn: Callable[[RecommendRequest], Any] = (
+                cached if name == gpufleet else _bind(rec, big, big_hist)
+            )
+            fn(picks[0])  # warm-up
+            wall, cpu = _timed(fn, picks)
+            rows[name].update(_stats("latency", wall) | _stats("latency_cpu", cpu))
+            if name == gpufleet:  # a fleet index built for every answer (state just changed)
+                wall, cpu = _timed(cold, picks[:200])
+                rows[name].update(_stats("latency_cold", wall) | _stats("latency_cold_cpu", cpu))
     gpus = sum(h.gpu_count for h in hosts)
     busy = sum(float(x) for x in shadow.lab.gpu_hours_per_host) / (cfg.eval_days * 24 * gpus)
     return {
@@ -201,6 +212,31 @@ def evaluate(trace: list[TraceJob], cfg: Config, *, progress: Any = None) -> dic
         "wall_seconds": time.perf_counter() - wall0,
         "rows": list(rows.values()),
     }
+
+
+def _bind(
+    rec: Recommender, fleet: FleetSnap, hist: FleetHistory
+) -> Callable[[RecommendRequest], Any]:
+    def fn(r: RecommendRequest) -> Any:
+        return rec(r, fleet, hist)
+
+    return fn
+
+
+def _timed(fn: Any, picks: list[RecommendRequest]) -> tuple[list[float], list[float]]:
+    """Wall and this thread's CPU milliseconds per answer (CPU time leaves out the time the
+    process waited for a core on a shared machine)."""
+    wall, cpu = [], []
+    for r in picks:
+        a, c = time.perf_counter(), time.thread_time()
+        fn(r)
+        cpu.append((time.thread_time() - c) * 1000)
+        wall.append((time.perf_counter() - a) * 1000)
+    return wall, cpu
+
+
+def _stats(prefix: str, xs: list[float]) -> dict[str, float | None]:
+    return {f"{prefix}_p50_ms": _quantile(xs, 0.5), f"{prefix}_p99_ms": _quantile(xs, 0.99)}
 
 
 def _fresh(jobs: list[SimJob]) -> list[SimJob]:
@@ -245,8 +281,10 @@ COLUMNS = (
     ("wait p90 (min)", "wait_p90_minutes", "{:.1f}"),
     ("Gini per-host GPU-h", "gini", "{:.3f}"),
     ("busiest 20% share", "busiest_20pct_share", "{:.1%}"),
+    ("Gini per-host util", "gini_util", "{:.3f}"),
     ("p50 ms", "latency_p50_ms", "{:.2f}"),
     ("p99 ms", "latency_p99_ms", "{:.2f}"),
+    ("p99 CPU ms", "latency_cpu_p99_ms", "{:.2f}"),
 )
 
 

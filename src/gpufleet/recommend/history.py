@@ -64,6 +64,9 @@ class HostHistory:
     held_share: float  # over the history
     held_runs_hours: np.ndarray  # sorted
     hours_known: int
+    # takes per hour on the whole host, by hour of week (cumulative, 169): how often someone
+    # arrives and takes GPUs there, whatever number of GPUs is free
+    arrivals_cum: np.ndarray = field(default_factory=lambda: np.zeros(WEEK_HOURS + 1))
 
     def window_hazard(self, start_ts: float, hours: float) -> float:
         """Integrated take rate of this host's GPUs over [start, start + hours]."""
@@ -185,9 +188,13 @@ def build_history(data: HourlyHeld, *, built_at: float = 0.0) -> FleetHistory:
             profile = np.where(cnt_w > 0, held_w / np.maximum(cnt_w, 1), np.nan)
         share = float(h[r][hv].mean()) if hv.any() else fleet_held
         pop = share / fleet_held if fleet_held > 0 else 1.0
+        seen = hv.any(axis=0)
+        hours_w = np.bincount(how, weights=seen.astype(float), minlength=WEEK_HOURS)
+        host_arr = (ev.sum() + SHRINK_HOST * fleet_rate * 2.0) / (seen.sum() + SHRINK_HOST)
+        arr_w = (ev_w + SHRINK_HOUR * host_arr) / (hours_w + SHRINK_HOUR)
         out.hosts[host] = HostHistory(
             hazard, _cumsum(hazard), factors, profile, pop, share, runs_of[host],
-            int(hv.any(axis=0).sum()),
+            int(seen.sum()), _cumsum(arr_w),
         )  # fmt: skip
     return out
 
@@ -201,3 +208,22 @@ def residual_hold_hours(runs: np.ndarray, age_hours: float, fallback: np.ndarray
         if longer.size >= 5:
             return float(np.median(longer) - age_hours)
     return max(1.0, age_hours)
+
+
+def residual_hold_many(runs: np.ndarray, ages: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """``residual_hold_hours`` for many ages at once (``runs`` and ``fallback`` sorted)."""
+    ages = np.asarray(ages, dtype=float)
+    out = np.maximum(1.0, ages)
+    todo = np.ones(ages.shape, dtype=bool)
+    for pool in (runs, fallback):
+        if pool.size == 0 or not todo.any():
+            continue
+        start = np.searchsorted(pool, ages, side="right")
+        n = pool.size - start
+        ok = todo & (n >= 5)
+        if ok.any():
+            lo = pool[np.minimum(start + (n - 1) // 2, pool.size - 1)]
+            hi = pool[np.minimum(start + n // 2, pool.size - 1)]
+            out = np.where(ok, (lo + hi) / 2 - ages, out)
+            todo &= ~ok
+    return out

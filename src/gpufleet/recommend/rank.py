@@ -5,13 +5,18 @@ Score of a set of GPUs on one host (higher is better)::
 
     p_free x speed^w_speed x exp(-copy_hours / hours) x spread x health
 
-- ``p_free``: P(none of the chosen GPUs is taken during the requested hours) from the host's
-  take rate by hour of week over exactly that window, the GPU's own factor and how crowded the
-  host is now against its usual (gpufleet.recommend.history);
+- ``p_free``: P(none of the chosen GPUs is taken during the requested hours). People take the
+  free GPUs of a host in a habitual order (GPU 0 first: no ``CUDA_VISIBLE_DEVICES``); the
+  history learns that order per GPU (``gpu_factor``) and the host's takes per hour by hour of
+  week. The chosen GPUs are the host's last in that order, so they stay free while the host
+  sees no more takes than it has *spare* free GPUs: ``p_free = P(N <= free - k)`` with
+  ``N ~ Poisson(takes expected on that host over exactly that window)`` (``Weights.buffer``;
+  without it, each GPU's own take rate, adjusted for how crowded the host is now);
 - ``speed``: throughput of the GPU model for the model type, relative to a V100;
 - ``copy_hours``: time to copy the data there (0 where it already is);
-- ``spread``: ``1 / (1 + w_spread x (popularity - 1))`` for hosts busier than the fleet's
-  average: steer work away from the crowded servers;
+- ``spread``: ``(1 - w_load x share of the host's GPUs taken now) / (1 + w_spread x
+  (popularity - 1))`` (popularity: the host's held share over the fleet's, from history):
+  steer work away from the crowded servers;
 - ``health``: hot GPUs, a busy CPU, open problems lower it.
 
 Only feasible sets are considered: free GPUs (never taken, reserved or erroring) with enough
@@ -33,7 +38,7 @@ from gpufleet.recommend.history import (
     WEEK_HOURS,
     FleetHistory,
     HostHistory,
-    residual_hold_hours,
+    residual_hold_many,
 )
 from gpufleet.recommend.request import RecommendRequest, gpu_model_matches
 from gpufleet.recommend.speeds import gpu_class, relative_speed
@@ -43,11 +48,16 @@ DATA_GB = 10**9
 
 @dataclass(frozen=True)
 class Weights:
-    speed: float = 0.3
+    speed: float = 0.15
     spread: float = 0.6
+    load: float = 0.5  # prefer hosts with a smaller share of their GPUs taken now
+    tail: float = 0.0  # also pull work to less-used hosts: x popularity^-tail below 1
     crowd: float = 1.0  # how much "fuller than usual now" raises the take rate
     copy_gbit_per_second: float = 1.0  # effective copy bandwidth between hosts
     hot_celsius: float = 85.0
+    # True: P(the host sees fewer takes in the window than it has spare free GPUs), your GPUs
+    # being the ones taken last; False: each chosen GPU's own take rate (no buffer)
+    buffer: bool = True
 
 
 @dataclass(frozen=True)
@@ -241,11 +251,16 @@ class FleetIndex:
             health.append(x)
         self.h_health = np.asarray(health)
         self.h_cum = np.stack([hh.cum for hh in self.hists]) if n else np.zeros((0, 169))
+        self.h_arr = np.stack([hh.arrivals_cum for hh in self.hists]) if n else self.h_cum
+        free = np.bincount(self.g_host, weights=self.g_free, minlength=n) if n else sizes
+        self.h_free = np.asarray(free, dtype=float)
 
-    def window_hazard(self, start_ts: float, hours: float) -> np.ndarray:
+    def window_hazard(
+        self, start_ts: float, hours: float, cum: np.ndarray | None = None
+    ) -> np.ndarray:
         """Every host's integrated take rate over [start, start + hours] (vector form of
         ``history.window_sum``)."""
-        cum = self.h_cum
+        cum = self.h_cum if cum is None else cum
         week = cum[:, WEEK_HOURS]
         pos = (start_ts / 3600 + 72) % WEEK_HOURS
         full, rest = divmod(hours, WEEK_HOURS)
@@ -300,7 +315,11 @@ def recommend(
             pick = (np.arange(ci.size) - first) < k
             sel, sel_lam = ci[pick], lam[pick]
             sel_host = ix.g_host[sel]
-            p_set = np.exp(-np.bincount(sel_host, weights=sel_lam, minlength=n_hosts))
+            if w.buffer:
+                mu = ix.window_hazard(now, req.hours, ix.h_arr)
+                p_set = poisson_cdf(ix.h_free - k, mu)
+            else:
+                p_set = np.exp(-np.bincount(sel_host, weights=sel_lam, minlength=n_hosts))
             hot = np.bincount(sel_host, weights=ix.g_temp[sel] >= w.hot_celsius,
                               minlength=n_hosts) > 0  # fmt: skip
             speed_of = np.asarray([relative_speed(nm, req.family) for nm in ix.names])
@@ -312,6 +331,9 @@ def recommend(
                 if req.data_host in ix.h_pos:
                     copy[ix.h_pos[req.data_host]] = 0.0
             spread = 1.0 / (1.0 + w.spread * np.maximum(0.0, ix.h_pop - 1.0))
+            spread = spread * (1.0 - w.load * ix.h_taken)
+            if w.tail:
+                spread = spread * np.minimum(1.0, np.maximum(ix.h_pop, 0.05)) ** -w.tail
             score = (p_set * speed**w.speed * np.exp(-copy / max(req.hours, 0.25)) * spread
                      * ix.h_health * np.where(hot, 0.8, 1.0))  # fmt: skip
             feas = np.flatnonzero(counts >= k)
@@ -343,6 +365,19 @@ def recommend(
         + " right now"
     )
     return Answer((), eta, note, n_hosts)
+
+
+def poisson_cdf(m: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """P(N <= m) for N ~ Poisson(mu), element-wise (m < 0 gives 0)."""
+    m = np.asarray(m, dtype=float)
+    mu = np.maximum(np.asarray(mu, dtype=float), 0.0)
+    term = np.exp(-mu)
+    total = np.where(m >= 0, term, 0.0)
+    top = int(max(0.0, float(m.max()))) if m.size else 0
+    for i in range(1, top + 1):
+        term = term * mu / i
+        total = total + np.where(m >= i, term, 0.0)
+    return np.minimum(total, 1.0)
 
 
 def _name_ok(req: RecommendRequest, name: str) -> bool:
@@ -454,32 +489,38 @@ def estimate_eta(req: RecommendRequest, fleet: FleetSnap, history: FleetHistory)
     now, k = fleet.now, req.gpus
     best: tuple[float, str, Eta] | None = None
     for host in fleet.hosts:
-        if not host.online:
+        if not host.online or len(host.gpus) < k:
             continue
-        hist = history.host(host.name)
-        waits: list[tuple[float, int, str]] = []
+        free: list[int] = []
+        held: list[GpuSnap] = []
         for g in host.gpus:
             if not (model_ok(req, g) and g.memory_total_bytes
                     and g.memory_total_bytes >= req.gpu_mem_bytes):  # fmt: skip
                 continue
             if g.state == "free" and memory_ok(req, g):
-                waits.append((0.0, g.index, "free now"))
+                free.append(g.index)
             elif g.state == "taken":
-                age = max(0.0, (now - g.held_since) / 3600) if g.held_since else 0.0
-                rest = residual_hold_hours(hist.held_runs_hours, age, history.fleet_runs_hours)
-                waits.append((rest, g.index, f"held for {age:.1f} h"))
-        if len(waits) < k:
+                held.append(g)
+        if len(free) + len(held) < k:
             continue
+        hist = history.host(host.name)
+        ages = np.asarray([max(0.0, (now - g.held_since) / 3600) if g.held_since else 0.0
+                           for g in held])  # fmt: skip
+        rest = residual_hold_many(hist.held_runs_hours, ages, history.fleet_runs_hours)
+        waits = [(0.0, i, "") for i in free] + [
+            (float(r), g.index, f"held for {a:.1f} h")
+            for r, g, a in zip(rest, held, ages, strict=True)
+        ]
         waits.sort()
         ready = waits[k - 1][0]
+        if best is not None and (ready, host.name) >= (best[0], best[1]):
+            continue
         gpus = tuple(sorted(i for _, i, _ in waits[:k]))
-        held = [why for t, _, why in waits[:k] if t > 0]
+        why = sorted({w for t, _, w in waits[:k] if t > 0})
         reason = (
             f"GPU{'s' if k > 1 else ''} {', '.join(map(str, gpus))} on {host.name}: "
-            + ("; ".join(sorted(set(held))[:3]) or "free")
+            + ("; ".join(why[:3]) or "free")
             + f"; likely free in ~{ready:.1f} h, judging by how long jobs there ran before"
         )
-        eta = Eta(host.name, gpus, now + ready * 3600, ready, reason)
-        if best is None or (ready, host.name) < (best[0], best[1]):
-            best = (ready, host.name, eta)
+        best = (ready, host.name, Eta(host.name, gpus, now + ready * 3600, ready, reason))
     return best[2] if best else None
