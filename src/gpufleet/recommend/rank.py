@@ -51,7 +51,6 @@ class Weights:
     speed: float = 0.15
     spread: float = 0.6
     load: float = 0.5  # prefer hosts with a smaller share of their GPUs taken now
-    tail: float = 0.0  # also pull work to less-used hosts: x popularity^-tail below 1
     crowd: float = 1.0  # how much "fuller than usual now" raises the take rate
     copy_gbit_per_second: float = 1.0  # effective copy bandwidth between hosts
     hot_celsius: float = 85.0
@@ -332,8 +331,6 @@ def recommend(
                     copy[ix.h_pos[req.data_host]] = 0.0
             spread = 1.0 / (1.0 + w.spread * np.maximum(0.0, ix.h_pop - 1.0))
             spread = spread * (1.0 - w.load * ix.h_taken)
-            if w.tail:
-                spread = spread * np.minimum(1.0, np.maximum(ix.h_pop, 0.05)) ** -w.tail
             score = (p_set * speed**w.speed * np.exp(-copy / max(req.hours, 0.25)) * spread
                      * ix.h_health * np.where(hot, 0.8, 1.0))  # fmt: skip
             feas = np.flatnonzero(counts >= k)
