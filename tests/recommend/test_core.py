@@ -196,6 +196,7 @@ def test_data_location_and_eta_when_nothing_fits() -> None:
     req = request_from_any({**BASE, "gpu_mem_gb": 10, "data_gb": 500, "data_host": "b"}, f)
     ans = recommend(req, f, FleetHistory())
     assert ans.choices[0].host == "b"
+    assert 0.0 < ans.choices[0].p_free < 1.0  # no history: the fleet's default rate, not "never"
     assert "already here" in " ".join(ans.choices[0].reasons)
     assert "copying 500 GB from b" in " ".join(ans.choices[1].reasons)
 

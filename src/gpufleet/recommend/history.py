@@ -92,7 +92,12 @@ class FleetHistory:
 
 def flat_host(rate: float, runs: np.ndarray) -> HostHistory:
     hazard = np.full(WEEK_HOURS, rate)
-    return HostHistory(hazard, _cumsum(hazard), {}, np.full(WEEK_HOURS, np.nan), 1.0, 0.0, runs, 0)
+    # a host with no history: the fleet's take rate per free GPU-hour, and (an assumption)
+    # two GPUs' worth of it as the host's takes per hour
+    return HostHistory(
+        hazard, _cumsum(hazard), {}, np.full(WEEK_HOURS, np.nan), 1.0, 0.0, runs, 0,
+        _cumsum(hazard * 2.0),
+    )  # fmt: skip
 
 
 def _cumsum(hazard: np.ndarray) -> np.ndarray:
