@@ -144,3 +144,25 @@ def test_aging_follows_queue_pressure() -> None:
     _, result = run("gpufleet", spec, jobs, policy)
     assert result.unfinished_jobs == 0
     assert 0.1 in seen and seen[-1] == 0.3  # busy while > 4 jobs wait, calm again at the end
+
+
+def _long_job_behind_a_stream():
+    # one GPU; a long job arrives while a short one runs, then a stream of short jobs keeps the
+    # queue full: shortest-first alone would leave the long job waiting for the whole stream
+    jobs = [make_job(0, 0.0, 1000.0), make_job(1, 1.0, 100_000.0)]
+    jobs += [make_job(2 + i, 10.0 + 400 * i, 500.0) for i in range(150)]
+    return jobs
+
+
+def test_a_job_starves_once_it_waited_longer_than_a_fifo_would_make_it() -> None:
+    spec = parse_cluster("v100:1x1")
+    # its fair wait: the 999 s left of job 0 (a FIFO starts it then), so it starves after
+    # 6 h + 999 s and gets the GPU when the short job then running ends
+    policy = GpufleetPolicy(spec, None, preempt_ratio=0.0)
+    sim, result = run("gpufleet", spec, _long_job_behind_a_stream(), policy)
+    assert 6 * 3600 + 999 < sim.jobs[1].first_start_seconds < 6 * 3600 + 999 + 500 + 1
+    assert result.unfinished_jobs == 0
+    # bounded by its runtime alone (6 h + 4 x 100,000 s) it waits for the whole stream
+    policy = GpufleetPolicy(spec, None, preempt_ratio=0.0, fifo_factor=0.0)
+    sim, _ = run("gpufleet", spec, _long_job_behind_a_stream(), policy)
+    assert sim.jobs[1].first_start_seconds > 60_000

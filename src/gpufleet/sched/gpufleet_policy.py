@@ -7,9 +7,11 @@
    so each queue is one sorted list. A freed K80 goes to the job that is shortest *on a K80*: jobs
    that lose little on old GPUs go there, jobs that lose much wait for a fast one.
 2. **Reservation and backfill.** When the head of a GPU model's queue does not fit, or the oldest
-   job has waited past ``starve_after_seconds`` + ``starve_factor`` x its predicted runtime, that
-   job gets a reservation on the hosts that free up first (predicted runtimes), one per GPU model;
-   other jobs start there only when predicted to end before it.
+   job is starving -- it has waited past ``starve_after_seconds`` + the smaller of
+   ``starve_factor`` x its predicted runtime and ``fifo_factor`` x the wait a FIFO of this cluster
+   would have given it (a fluid estimate made at its arrival) -- that job gets a reservation on the
+   hosts that free up first (predicted runtimes), one per GPU model; other jobs start there only
+   when predicted to end before it.
 3. **Data.** A job's own data host is preferred, and transfer time counts in its key.
 4. **Memory safety and packing.** Only GPU models whose memory holds the predicted need (times
    ``memory_margin``) are used. A 1-GPU job that finds no free GPU may share a GPU with one running
@@ -46,13 +48,13 @@ class GpufleetPolicy(Policy):
     uses_memory = True
 
     def __init__(self, spec: ClusterSpec, colocation: ColocationPredictFn | None = None, *,
-                 aging: float = 0.3, starve_after_seconds: float = 6 * 3600.0,
+                 aging: float = 0.5, starve_after_seconds: float = 6 * 3600.0,
                  starve_factor: float = 4.0, memory_margin: float = 1.10,
                  min_colocation_factor: float = 0.6, scan_limit: int = 64,
                  pack_depth: int = 4, preempt_ratio: float = 4.0,
                  min_run_seconds: float = 1800.0, restart_cost_seconds: float = 60.0,
                  starve_scan: int = 1, busy_aging: float = 0.1,
-                 busy_queue_per_gpu: float = 4.0) -> None:
+                 busy_queue_per_gpu: float = 4.0, fifo_factor: float = 1.0) -> None:
         self.spec = spec
         self.colocation = _memoize(colocation) if colocation is not None else None
         self.aging = aging
@@ -66,6 +68,10 @@ class GpufleetPolicy(Policy):
         self.min_run_seconds = min_run_seconds
         self.restart_cost_seconds = restart_cost_seconds
         self.starve_scan = starve_scan
+        self.fifo_factor = fifo_factor
+        self.starve_at: dict[int, float] = {}  # when each job starts starving (fixed at arrival)
+        self._fifo_backlog_seconds = 0.0  # the fluid FIFO's work left, as of _fifo_at
+        self._fifo_at = 0.0
         self.calm_aging = aging
         self.busy_aging = busy_aging
         self.busy_queue = busy_queue_per_gpu * spec.total_gpus
@@ -87,7 +93,27 @@ class GpufleetPolicy(Policy):
 
     # -- events -------------------------------------------------------------------------------
     def on_arrival(self, job: SimJob, now_seconds: float) -> None:
+        best = job.best_predicted_seconds()
+        patience = self.starve_factor * best
+        if self.fifo_factor > 0:
+            patience = min(patience, self.fifo_factor * self._fifo_wait(job, now_seconds))
+        self.starve_at[job.job_id] = job.arrival_seconds + self.starve_after_seconds + patience
         self._enqueue(job)
+
+    def _fifo_wait(self, job: SimJob, now: float) -> float:
+        """How long a FIFO would make this job wait, in a fluid model of the cluster: the work
+        that arrived before it (GPUs x predicted runtime on its best GPU model), drained at the
+        cluster's whole speed for each job (every GPU, at that job's speed on its model). Then the
+        job's own work joins the backlog."""
+        self._fifo_backlog_seconds = max(0.0, self._fifo_backlog_seconds - (now - self._fifo_at))
+        self._fifo_at = now
+        wait = self._fifo_backlog_seconds
+        best = job.best_predicted_seconds()
+        rate = sum(self.spec.gpus_of(m) * best / job.predicted_duration_seconds[m]
+                   for m in self.usable_models(job))
+        if rate > 0:
+            self._fifo_backlog_seconds += job.num_gpus * best / rate
+        return wait
 
     def on_failure(self, job: SimJob, now_seconds: float, reason: str) -> None:
         self._enqueue(job)
@@ -134,8 +160,9 @@ class GpufleetPolicy(Policy):
         return self.transfer_estimate(job)
 
     def is_starving(self, job: SimJob, now: float) -> bool:
-        waited = now - job.arrival_seconds
-        return waited > self.starve_after_seconds + self.starve_factor * job.best_predicted_seconds()
+        """Waited past ``starve_after_seconds`` + the smaller of ``starve_factor`` x its predicted
+        runtime and ``fifo_factor`` x what a FIFO would have made it wait (``_fifo_wait``)."""
+        return now > self.starve_at[job.job_id]
 
     # -- the decision -------------------------------------------------------------------------
     def place_on(self, job: SimJob, model: str, ctx: SchedulerContext) -> Placement | None:
