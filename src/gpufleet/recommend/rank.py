@@ -513,11 +513,14 @@ def estimate_eta(req: RecommendRequest, fleet: FleetSnap, history: FleetHistory)
         if best is not None and (ready, host.name) >= (best[0], best[1]):
             continue
         gpus = tuple(sorted(i for _, i, _ in waits[:k]))
-        why = sorted({w for t, _, w in waits[:k] if t > 0})
+        now_free = sorted(i for t, i, _ in waits[:k] if t == 0)
+        busy = sorted((i, w) for t, i, w in waits[:k] if t > 0)
+        parts = [f"GPU {i} {w}" for i, w in busy[:3]] + (["..."] if len(busy) > 3 else [])
+        if now_free:
+            parts.append(f"GPU {', '.join(map(str, now_free))} free now")
         reason = (
-            f"GPU{'s' if k > 1 else ''} {', '.join(map(str, gpus))} on {host.name}: "
-            + ("; ".join(why[:3]) or "free")
+            f"on {host.name}: " + "; ".join(parts)
             + f"; likely free in ~{ready:.1f} h, judging by how long jobs there ran before"
-        )
+        )  # fmt: skip
         best = (ready, host.name, Eta(host.name, gpus, now + ready * 3600, ready, reason))
     return best[2] if best else None
