@@ -95,6 +95,8 @@ def test_api_errors_name_the_field(fed) -> None:
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
     r = httpx.post(fed.url + URL, json=[1, 2], timeout=10)
     assert r.status_code == 422 and r.json()["error"]["details"][0]["loc"] == "(body)"
+    spec = httpx.get(fed.url + "/openapi.json", timeout=10).json()
+    assert "post" in spec["paths"][URL]
 
 
 def test_cli_against_the_server_and_wait(fed) -> None:
