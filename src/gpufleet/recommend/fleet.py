@@ -6,7 +6,9 @@ the evaluation harness builds one from its simulated fleet; tests build them by 
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 GIB = 2**30
@@ -45,16 +47,22 @@ class HostSnap:
         return sum(1 for g in self.gpus if g.state == "free")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class FleetSnap:
     now: float
     hosts: tuple[HostSnap, ...]
 
     def host_names(self) -> set[str]:
-        return {h.name for h in self.hosts}
+        return set(self.shapes)
 
     def gpu_names(self) -> set[str]:
-        return {g.name for h in self.hosts for g in h.gpus if g.name}
+        return {name for kinds in self.shapes.values() for name, _ in kinds if name}
+
+    @cached_property
+    def shapes(self) -> dict[str, Counter[tuple[str, int | None]]]:
+        """Per host, how many GPUs of each (model, total memory): what request validation
+        needs, computed once per snapshot."""
+        return {h.name: Counter((g.name, g.memory_total_bytes) for g in h.gpus) for h in self.hosts}
 
     def largest_gpu_bytes(self) -> int:
         return max((g.memory_total_bytes or 0 for h in self.hosts for g in h.gpus), default=0)

@@ -97,18 +97,21 @@ def check_against_fleet(req: RecommendRequest, fleet: FleetSnap) -> None:
                 f"gpu_models[{i}]: no GPU in the fleet is a {pattern!r};"
                 f" the fleet has: {', '.join(names) or 'none'}"
             )
-    pool = [g for h in fleet.hosts for g in h.gpus if _model_ok(req, g.name)]
-    largest = max((g.memory_total_bytes or 0 for g in pool), default=0)
+    shapes = fleet.shapes
+    largest = max(
+        (mem or 0 for kinds in shapes.values() for (name, mem) in kinds if _model_ok(req, name)),
+        default=0,
+    )
     if req.gpu_mem_bytes > largest:
         raise ValueError(
             f"gpu_mem_gb: {req.gpu_mem_gb:g} GB is more than the largest"
             f"{' matching' if req.gpu_models else ''} GPU in the fleet ({largest / GIB:.0f} GB)"
         )
-    if req.data_host is not None and req.data_host not in fleet.host_names():
+    if req.data_host is not None and req.data_host not in shapes:
         raise ValueError(f"data_host: no host named {req.data_host!r} in the fleet")
     big_enough = [
-        sum(1 for g in h.gpus if _model_ok(req, g.name) and _fits(req, g.memory_total_bytes))
-        for h in fleet.hosts
+        sum(c for (name, mem), c in kinds.items() if _model_ok(req, name) and _fits(req, mem))
+        for kinds in shapes.values()
     ]
     room = sum(big_enough) if req.multi_host else max(big_enough, default=0)
     if req.gpus > room:

@@ -18,31 +18,45 @@ from gpufleet.recommend.rank import FleetIndex, Weights, recommend
 from gpufleet.recommend.request import RecommendRequest, request_from_any
 from gpufleet.server.live import LiveState, host_status
 from gpufleet.store import Store, StoreError
-from gpufleet.wire import Sample, gpu_is_free
+from gpufleet.wire import GpuProcess, Sample, gpu_is_free
 
 log = logging.getLogger(__name__)
 
 
 def snapshot_from_live(
-    live: LiveState, now: float, reserved: set[tuple[str, int]] | None = None
+    live: LiveState,
+    now: float,
+    reserved: set[tuple[str, int]] | None = None,
+    cache: dict[str, tuple[Any, str, HostSnap]] | None = None,
 ) -> FleetSnap:
     """Every known host as the recommender sees it (status from the same ``host_status`` as
-    the dashboard; a GPU is free by the same ``gpu_is_free``)."""
+    the dashboard; a GPU is free by the same ``gpu_is_free``). ``cache`` keeps each host's
+    snapshot while its latest sample and status stay the same."""
     hosts = []
     for name in sorted(live.hosts):
         st = live.hosts[name]
         status = host_status(st.last_received, st.interval_seconds, now, **live.status_cfg)
-        hosts.append(host_snap(st.sample, status, reserved or set()))
+        hit = cache.get(name) if cache is not None and not reserved else None
+        if hit is not None and hit[0] is st.sample and hit[1] == status:
+            hosts.append(hit[2])
+            continue
+        snap = host_snap(st.sample, status, reserved or set())
+        if cache is not None and not reserved:
+            cache[name] = (st.sample, status, snap)
+        hosts.append(snap)
     return FleetSnap(now, tuple(hosts))
 
 
 def host_snap(s: Sample, status: str, reserved: set[tuple[str, int]]) -> HostSnap:
     gpus = []
+    by_gpu: dict[int, list[GpuProcess]] = {}
+    for p in s.processes:
+        by_gpu.setdefault(p.gpu_index, []).append(p)
     for g in s.gpus:
-        procs = [p for p in s.processes if p.gpu_index == g.index]
+        procs = by_gpu.get(g.index, [])
         if g.error:
             state = "error"
-        elif gpu_is_free(g, s.processes):
+        elif gpu_is_free(g, procs):
             state = "reserved" if (s.host, g.index) in reserved else "free"
         else:
             state = "taken"
@@ -100,6 +114,7 @@ class RecommendService:
         self.history: FleetHistory | None = None
         self.history_error: str | None = None
         self._snap: tuple[float, FleetSnap, FleetIndex] | None = None
+        self._hosts: dict[str, tuple[Any, str, HostSnap]] = {}
         self._lock = threading.Lock()
 
     def refresh_history(self, now: float | None = None) -> FleetHistory:
@@ -123,7 +138,7 @@ class RecommendService:
             cached = self._snap
             if cached is not None and 0 <= now - cached[0] <= self.snapshot_seconds:
                 return cached[1], cached[2]
-        snap = snapshot_from_live(self.ctx.live, now)
+        snap = snapshot_from_live(self.ctx.live, now, cache=self._hosts)
         index = FleetIndex(snap, hist)
         with self._lock:
             self._snap = (now, snap, index)
