@@ -109,3 +109,18 @@ def test_block_list_keeps_sorted_order() -> None:
                 assert blocks.count_upto(probe) == k + 1
     with pytest.raises(ValueError):
         blocks.remove((-1.0, -1))
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    held=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3)), max_size=24),
+    need=st.integers(1, 24),
+)
+def test_can_place_agrees_with_find_whole(held, need) -> None:
+    from gpufleet.sched.cluster import ClusterState, Placement
+
+    spec = parse_cluster("v100:24x4")
+    cluster = ClusterState(spec)
+    for i, gpu in enumerate(set(held)):
+        cluster.allocate(i, Placement((gpu,), "v100"))
+    assert cluster.can_place(need, "v100") == (cluster.find_whole(need, "v100") is not None)

@@ -184,6 +184,17 @@ class ClusterState:
             return None
         return Placement(tuple(chosen), gpu_model)
 
+    def can_place(self, num_gpus: int, gpu_model: str) -> bool:
+        """Whether ``find_whole(num_gpus, gpu_model)`` would find GPUs (without building them)."""
+        if self.free_by_model.get(gpu_model, 0) < num_gpus:
+            return False
+        free = self.free_count
+        hosts = self.hosts_by_model[gpu_model]
+        if num_gpus <= self._host_size[gpu_model]:
+            return any(free[h] >= num_gpus for h in hosts)
+        most = sorted((free[h] for h in hosts), reverse=True)
+        return sum(most[: self.hosts_needed(num_gpus, gpu_model)]) >= num_gpus
+
     def _free_gpus_on(self, host_id: int, count: int) -> tuple[tuple[int, int], ...]:
         out: list[tuple[int, int]] = []
         for index, holders in enumerate(self.occupants[host_id]):

@@ -246,7 +246,7 @@ class GavelMaxMin(Policy):
             count = len(entries) if cutoff is None else entries.count_upto(cutoff)
             picked.extend(e[2] for e in entries.head(count))
             could_start = could_start or any(
-                cluster.find_whole(need, self._models[m]) is not None for m in usable
+                cluster.can_place(need, self._models[m]) for m in usable
             )
         if not could_start:
             return None
