@@ -1,15 +1,93 @@
 """The recommender's evaluation (docs/recommender.md): the same as `gpufleet evaluate-recommender`.
 
-.venv/bin/python bench/recommend_bench.py            # ~2-4 min on one core
-.venv/bin/python bench/recommend_bench.py --quick    # seconds, a small fleet
-.venv/bin/python bench/recommend_bench.py --json
+    .venv/bin/python bench/recommend_bench.py            # ~2-4 min on one core
+    .venv/bin/python bench/recommend_bench.py --quick    # seconds, a small fleet
+    .venv/bin/python bench/recommend_bench.py --json
+    .venv/bin/python bench/recommend_bench.py --http     # POST /api/v1/recommendations, 1,000 hosts
+
+``--http`` starts a real ``gpufleet server`` (temp data dir), ingests one sample from each of
+1,000 8-GPU hosts (0-8 GPUs held each) and times answers over HTTP: several within one
+snapshot, then one per fresh snapshot (1.1 s apart, no new samples in between).
 """
 
 from __future__ import annotations
 
+import statistics
+import subprocess
 import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
 
 from gpufleet.recommend.cli import evaluate_recommender
+from gpufleet.wire import Batch, Gpu, GpuProcess, HostMetrics, Sample
+
+GIB = 2**30
+
+
+def _sample(i: int, now: float) -> Sample:
+    busy = i % 9
+    gpus = [Gpu(index=g, name="NVIDIA A100-SXM4-80GB", memory_total_bytes=80 * GIB,
+                memory_used_bytes=30 * GIB if g < busy else 0, utilization_gpu_percent=90.0
+                if g < busy else 0.0, temperature_celsius=50.0) for g in range(8)]  # fmt: skip
+    procs = [GpuProcess(pid=1000 + g, gpu_index=g, user="u", command="python train.py",
+                        started_at=now - 3600) for g in range(busy)]  # fmt: skip
+    return Sample(host=f"host-{i:04d}", ts=now, gpus=gpus, processes=procs,
+                  host_metrics=HostMetrics(load1=4.0, cpu_count=64))  # fmt: skip
+
+
+def http_bench(hosts: int = 1000) -> None:
+    data = Path(tempfile.mkdtemp(prefix="gpufleet-rec-bench-"))
+    gf = [sys.executable, "-m", "gpufleet"]
+    token = subprocess.run([*gf, "token", "create", "bench", "--data-dir", str(data)],
+                           capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    port = 18000 + uuid.uuid4().int % 2000
+    url = f"http://127.0.0.1:{port}"
+    log = open(data / "server.log", "wb")  # noqa: SIM115
+    srv = subprocess.Popen([*gf, "server", "--data-dir", str(data), "--port", str(port)],
+                           stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        now = time.time()
+        for a in range(0, hosts, 250):
+            batch = Batch(batch_id=f"bench-{uuid.uuid4().hex}", sent_at=now,
+                          samples=[_sample(i, now) for i in range(a, min(hosts, a + 250))])  # fmt: skip
+            r = httpx.post(url + "/api/v1/ingest", content=batch.model_dump_json(), timeout=60,
+                           headers={"Authorization": f"Bearer {token}",
+                                    "Content-Type": "application/json"})  # fmt: skip
+            r.raise_for_status()
+        time.sleep(2)
+        bodies = [{"gpus": g, "gpu_mem_gb": m, "hours": h, "model": "resnet50"}
+                  for g, m, h in [(1, 16, 1), (2, 40, 6), (4, 60, 12), (8, 70, 24), (1, 8, 0.5)]]  # fmt: skip
+        with httpx.Client(timeout=30) as c:
+            c.post(url + "/api/v1/recommendations", json=bodies[0]).raise_for_status()
+            for label, pause, n in (("same snapshot", 0.0, 50), ("fresh snapshot", 1.1, 15)):
+                wall, inner = [], []
+                for k in range(n):
+                    time.sleep(pause)
+                    t = time.perf_counter()
+                    r = c.post(url + "/api/v1/recommendations", json=bodies[k % len(bodies)])
+                    wall.append((time.perf_counter() - t) * 1000)
+                    r.raise_for_status()
+                    inner.append(r.json()["answered_in_ms"])
+                print(f"{hosts} hosts, {label}: HTTP p50 {statistics.median(wall):.1f} ms, "
+                      f"max {max(wall):.1f} ms; ranking p50 {statistics.median(inner):.2f} ms")  # fmt: skip
+    finally:
+        srv.terminate()
+        srv.wait(20)
+        log.close()
+
 
 if __name__ == "__main__":
-    evaluate_recommender.main(sys.argv[1:], prog_name="recommend_bench.py")
+    if "--http" in sys.argv[1:]:
+        http_bench()
+    else:
+        evaluate_recommender.main(sys.argv[1:], prog_name="recommend_bench.py")
