@@ -29,7 +29,14 @@ GPU_KEYS = ("fleet", "host_group", "host", "gpu_model", "gpu")
 USER_KEYS = ("user", "group", "person")
 BY = GPU_KEYS + USER_KEYS
 P95_QUANTILE = 0.95
-TAIL_SHARE = 0.2  # "the busiest 20% of hosts", "the least-used 20%"
+TAIL_SHARE = 0.2
+# The per-host facts ``long_tail`` reads (a store may fetch only these).
+LONG_TAIL_FACTS = (
+    "held_seconds",
+    "sample_seconds",
+    "util_seconds",
+    "util_percent_seconds",
+)  # "the busiest 20% of hosts", "the least-used 20%"
 DIGITS = 9
 
 COLUMNS = (

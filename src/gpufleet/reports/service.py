@@ -9,7 +9,13 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from gpufleet.reports import calendar as cal
-from gpufleet.reports.core import BY, build_report, regroup_hosts, select_keys
+from gpufleet.reports.core import (
+    BY,
+    LONG_TAIL_FACTS,
+    build_report,
+    regroup_hosts,
+    select_keys,
+)
 from gpufleet.store.base import Store
 
 TIERS = ("auto", "day", "hour", "raw")
@@ -115,9 +121,18 @@ def compute_report(
         rows = regroup_hosts(rows, host_groups or {})
     if keys is not None:
         rows = select_keys(rows, keys)
-    hosts = store.report_facts(
-        tier=use, by="host", buckets=host_buckets, busy_util_percent=busy_util_percent
-    )
+    if use != "raw" and hasattr(store, "report_fact_columns"):  # only what the long tail needs
+        host_cols = store.report_fact_columns(
+            tier=use, by="host", buckets=host_buckets, facts=LONG_TAIL_FACTS
+        )
+        hosts: list[dict[str, Any]] = [
+            dict(zip(host_cols, vals, strict=True))
+            for vals in zip(*(v.tolist() for v in host_cols.values()), strict=True)
+        ]
+    else:
+        hosts = store.report_facts(
+            tier=use, by="host", buckets=host_buckets, busy_util_percent=busy_util_percent
+        )
     query_ms = (time.perf_counter() - t0) * 1000
     state = store.warehouse_state()
     wm = state.get("watermark_ts")

@@ -455,12 +455,19 @@ def tier_facts(
     return rows
 
 
-def _tier_sql(tier: str, by: str, buckets: Sequence[tuple[int, str]]) -> tuple[str, list[Any]]:
+def _tier_sql(
+    tier: str, by: str, buckets: Sequence[tuple[int, str]], facts: Sequence[str] | None = None
+) -> tuple[str, list[Any]]:
     cal, params = _calendar(buckets)
     lo, hi = min(b for b, _ in buckets), max(b for b, _ in buckets)
     if by in GPU_KEY_SQL:
-        sql = f"""SELECT c.period_start, {GPU_KEY_SQL[by]} AS key,
-                {_merge_aggs(GPU_SUM_FACTS, GPU_MAX_FACTS)}
+        aggs = (
+            _merge_aggs(GPU_SUM_FACTS, GPU_MAX_FACTS)
+            if facts is None
+            else _merge_aggs([c for c in GPU_SUM_FACTS if c in facts],
+                             [c for c in GPU_MAX_FACTS if c in facts])
+        )  # fmt: skip
+        sql = f"""SELECT c.period_start, {GPU_KEY_SQL[by]} AS key, {aggs}
             FROM gpu_{tier} t JOIN {cal} c ON t.bucket_ts = c.bucket_ts
             WHERE t.bucket_ts >= {lo} AND t.bucket_ts <= {hi} GROUP BY 1, 2"""
         return sql, params
@@ -543,14 +550,20 @@ def _columns(cur: Any) -> dict[str, np.ndarray]:
 
 
 def tier_fact_columns(
-    con: Any, tier: str, by: str, buckets: Sequence[tuple[int, str]], d: Dialect = DUCKDB
+    con: Any,
+    tier: str,
+    by: str,
+    buckets: Sequence[tuple[int, str]],
+    d: Dialect = DUCKDB,
+    facts: Sequence[str] | None = None,
 ) -> dict[str, np.ndarray]:
-    """``tier_facts`` as columns (``gpufleet.reports.core.FactColumns``): the fast path."""
+    """``tier_facts`` as columns (``gpufleet.reports.core.FactColumns``): the fast path.
+    ``facts``: only these GPU facts (e.g. what the long tail needs)."""
     if not buckets:
         return {"period_start": np.array([], dtype=object), "key": np.array([], dtype=object)}
     if tier not in ("hour", "day"):
         raise ValueError(f"unknown tier {tier!r}")
-    sql, params = _tier_sql(tier, by, buckets)
+    sql, params = _tier_sql(tier, by, buckets, facts)
     cols = _columns(con.execute(d.sql(sql), params))
     if by == "user":
         peak = _peaks(con, tier, buckets, d)
@@ -748,9 +761,11 @@ class WarehouseMixin:
         by: str,
         buckets: list[tuple[int, str]],
         busy_util_percent: float = 0.0,
+        facts: Sequence[str] | None = None,
     ) -> Any:
         """``report_facts`` as columns (``gpufleet.reports.core.FactColumns``) for the
-        ``hour`` and ``day`` tiers; the raw path gives rows."""
+        ``hour`` and ``day`` tiers; the raw path gives rows. ``facts``: only these (GPU
+        groupings; the tiers only)."""
         from gpufleet.store.base import StoreError
 
         d = self.DIALECT
@@ -760,7 +775,7 @@ class WarehouseMixin:
             )
         if tier not in ("hour", "day"):
             raise StoreError(f"unknown tier {tier!r}")
-        return self._reader(lambda con: tier_fact_columns(con, tier, by, buckets, d))
+        return self._reader(lambda con: tier_fact_columns(con, tier, by, buckets, d, facts))
 
     def warehouse_state(self) -> dict[str, str]:
         return self._reader(get_state)
