@@ -29,14 +29,9 @@ GPU_KEYS = ("fleet", "host_group", "host", "gpu_model", "gpu")
 USER_KEYS = ("user", "group", "person")
 BY = GPU_KEYS + USER_KEYS
 P95_QUANTILE = 0.95
-TAIL_SHARE = 0.2
+TAIL_SHARE = 0.2  # "the busiest 20% of hosts", "the least-used 20%"
 # The per-host facts ``long_tail`` reads (a store may fetch only these).
-LONG_TAIL_FACTS = (
-    "held_seconds",
-    "sample_seconds",
-    "util_seconds",
-    "util_percent_seconds",
-)  # "the busiest 20% of hosts", "the least-used 20%"
+LONG_TAIL_FACTS = ("held_seconds", "sample_seconds", "util_seconds", "util_percent_seconds")
 DIGITS = 9
 
 COLUMNS = (
