@@ -112,10 +112,10 @@ class Placement:
     gpus: tuple[tuple[int, int], ...]
     gpu_model: str
     shared: bool = False
+    host_ids: tuple[int, ...] = field(init=False, repr=False, compare=False)  # sorted, distinct
 
-    @property
-    def host_ids(self) -> tuple[int, ...]:
-        return tuple(sorted({h for h, _ in self.gpus}))
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "host_ids", tuple(sorted({h for h, _ in self.gpus})))
 
 
 @dataclass
