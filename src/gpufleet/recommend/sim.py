@@ -9,7 +9,7 @@ ones (first in name order in each group) are chosen far more often (weight ``1/r
 server, it takes the lowest free GPU indices (what ``nvidia-smi`` users do). A job that finds no
 room waits in a queue until one does.
 
-Every request is also recorded at the GPU-hour level exactly as the warehouse's hour tier holds
+Every job is also recorded at the GPU-hour level exactly as the warehouse's hour tier holds
 it, and the recommenders only ever see the hours before "now" and the live state of "now".
 """
 
