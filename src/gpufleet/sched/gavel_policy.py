@@ -169,32 +169,29 @@ class GavelMaxMin(Policy):
                 e[2] for e in self._waiting.head(self.window_factor * cluster.spec.total_gpus)
             ]
             running = list(ctx.running.values())
-            slots = np.array([self._slot_of[j.job_id] for j in running] + window, dtype=np.intp)
             n_run = len(running)
+            run_slots: list[int] = []
+            current: list[int] = []  # each running job's GPU model
+            held: list[float] = []
+            leased: list[bool] = []
+            for j in running:
+                run_slots.append(self._slot_of[j.job_id])
+                current.append(self._model_index[j.placement.gpu_model])  # type: ignore[union-attr]
+                held.append(j.run_started_seconds)
+                leased.append(j.progress_from_seconds + self.round_seconds > now)
+            slots = np.array(run_slots + window, dtype=np.intp)
             served = self._service[slots]
             if n_run:
-                model_of = np.array(
-                    [
-                        self._model_index[j.placement.gpu_model]  # type: ignore[union-attr]
-                        for j in running
-                    ],
-                    dtype=np.intp,
-                )
-                held = np.array([j.run_started_seconds for j in running])
                 served[:n_run] = (
-                    served[:n_run] + (now - held) * self._speed[slots[:n_run], model_of]
+                    served[:n_run]
+                    + (now - np.array(held))
+                    * self._speed[slots[:n_run], np.array(current, dtype=np.intp)]
                 )
             # leased jobs (still within their first round of progress) go first
             later = np.ones(len(slots), dtype=bool)
-            later[:n_run] = np.array(
-                [j.progress_from_seconds + self.round_seconds <= now for j in running], dtype=bool
-            )
+            later[:n_run] = ~np.array(leased, dtype=bool)
             order = self._rank(slots, now, served, later)
             capacity = [cluster.spec.gpus_of(m) for m in self._models]
-            current = [
-                self._model_index[j.placement.gpu_model]  # type: ignore[union-attr]
-                for j in running
-            ]
         else:
             fitting = self._between_rounds(cluster, free)
             if fitting is None:
@@ -208,11 +205,9 @@ class GavelMaxMin(Policy):
         chosen = self._choose(slots, order, capacity, current, n_run)
         if full_round:
             keep = {self._jobs[slots[p]].job_id for p, m in chosen if p < n_run and current[p] == m}
-            for job in running:
+            for job, lease in zip(running, leased, strict=True):
                 # a job keeps its lease for at least one round of real progress
-                if job.progress_from_seconds + self.round_seconds > now:
-                    continue
-                if job.job_id not in keep:
+                if not lease and job.job_id not in keep:
                     self._preempt(ctx, job)
         for p, m in chosen:
             job = self._jobs[slots[p]]
