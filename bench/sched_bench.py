@@ -42,9 +42,16 @@ def _run(task: tuple[str, list[str] | None, float, int, list[str], str]) -> dict
 
     trace_path, vcs, load, seed, policies, cluster = task
     gavel = load_gavel(DATA / "gavel_throughputs.json")
-    rows = [BenchRow(r["gpu_model"], r["model"], tuple(filter(None, r["colocated"].split("|"))),
-                     float(r["step_time_s"]), float(r["gpu_mem_mib"]) if r["gpu_mem_mib"] else None)
-            for r in to_bench_rows(gavel, with_synthetic_memory=True)]
+    rows = [
+        BenchRow(
+            r["gpu_model"],
+            r["model"],
+            tuple(filter(None, r["colocated"].split("|"))),
+            float(r["step_time_s"]),
+            float(r["gpu_mem_mib"]) if r["gpu_mem_mib"] else None,
+        )
+        for r in to_bench_rows(gavel, with_synthetic_memory=True)
+    ]
     trace = read_philly(trace_path, vcs)
     experiment = Experiment(trace, parse_cluster(cluster), gavel, load=load, seed=seed)
     predictor = Predictor(rows)
@@ -73,19 +80,36 @@ def speed(args: argparse.Namespace, pool: ProcessPoolExecutor) -> dict[str, Any]
         for name, m in result["policies"].items():
             out[name] = m
             ok = "yes" if m["sim_wall_s"] < 60 else "NO"
-            rows.append([name, str(m["jobs"]), f"{m['sim_wall_s']:.1f}", f"{m['jobs_per_second']:.0f}",
-                         ok, str(m["unfinished_jobs"]), f"{m['cpu_s']:.1f}"])
+            rows.append(
+                [
+                    name,
+                    str(m["jobs"]),
+                    f"{m['sim_wall_s']:.1f}",
+                    f"{m['jobs_per_second']:.0f}",
+                    ok,
+                    str(m["unfinished_jobs"]),
+                    f"{m['cpu_s']:.1f}",
+                ]
+            )
     # wall s: the simulation alone; cpu s: this process's CPU time for the policy, building the
     # jobs included (steadier than wall time when other work shares the cores)
-    _table(f"speed: whole trace, cluster {args.cluster}, load 1.0 (target < 60 s per policy)",
-           ["policy", "jobs", "wall s", "jobs/s", "<60s", "unfinished", "cpu s"], rows)
+    _table(
+        f"speed: whole trace, cluster {args.cluster}, load 1.0 (target < 60 s per policy)",
+        ["policy", "jobs", "wall s", "jobs/s", "<60s", "unfinished", "cpu s"],
+        rows,
+    )
     return out
 
 
-def quality(args: argparse.Namespace, pool: ProcessPoolExecutor, vcs: list[str], label: str
-            ) -> list[dict[str, Any]]:
-    tasks = [(str(args.trace), [vc], load, seed, args.policies, args.cluster)
-             for vc in vcs for load in args.loads for seed in range(args.seeds)]
+def quality(
+    args: argparse.Namespace, pool: ProcessPoolExecutor, vcs: list[str], label: str
+) -> list[dict[str, Any]]:
+    tasks = [
+        (str(args.trace), [vc], load, seed, args.policies, args.cluster)
+        for vc in vcs
+        for load in args.loads
+        for seed in range(args.seeds)
+    ]
     results = list(pool.map(_run, tasks))
     summary = []
     rows = []
@@ -101,10 +125,18 @@ def quality(args: argparse.Namespace, pool: ProcessPoolExecutor, vcs: list[str],
             baselines = [p for p in NON_ORACLE if p in jct]
             best = min(baselines, key=lambda p: jct[p]) if baselines else None
             g = "gpufleet"
-            entry = {"vc": vc, "load": load, "avg_jct_s": jct, "p99_queue_s": p99q,
-                     "oom": {p: sum(r["policies"][p]["oom_failures"] for r in runs) for p in args.policies},
-                     "unfinished": {p: sum(r["policies"][p]["unfinished_jobs"] for r in runs)
-                                    for p in args.policies}}
+            entry = {
+                "vc": vc,
+                "load": load,
+                "avg_jct_s": jct,
+                "p99_queue_s": p99q,
+                "oom": {
+                    p: sum(r["policies"][p]["oom_failures"] for r in runs) for p in args.policies
+                },
+                "unfinished": {
+                    p: sum(r["policies"][p]["unfinished_jobs"] for r in runs) for p in args.policies
+                },
+            }
             if g in jct:
                 entry["jct_vs_fifo"] = jct[g] / jct["fifo"] if "fifo" in jct else None
                 entry["jct_vs_best"] = jct[g] / jct[best] if best else None
@@ -113,12 +145,14 @@ def quality(args: argparse.Namespace, pool: ProcessPoolExecutor, vcs: list[str],
             summary.append(entry)
             row = [vc, f"{load:g}"] + [f"{jct[p] / 3600:.2f}" for p in args.policies]
             if g in jct:
-                row += [f"{entry['jct_vs_fifo']:.2f}" if entry.get("jct_vs_fifo") else "-",
-                        f"{entry['jct_vs_best']:.2f} ({best})" if entry.get("jct_vs_best") else "-",
-                        f"{p99q[g] / 3600:.1f}/{p99q.get('easy', 0) / 3600:.1f}",
-                        f"{entry['p99q_vs_easy']:.2f}" if entry.get("p99q_vs_easy") else "-",
-                        f"{entry['oom'][g]}/{entry['oom'].get('fifo', '-')}",
-                        str(entry["unfinished"][g])]
+                row += [
+                    f"{entry['jct_vs_fifo']:.2f}" if entry.get("jct_vs_fifo") else "-",
+                    f"{entry['jct_vs_best']:.2f} ({best})" if entry.get("jct_vs_best") else "-",
+                    f"{p99q[g] / 3600:.1f}/{p99q.get('easy', 0) / 3600:.1f}",
+                    f"{entry['p99q_vs_easy']:.2f}" if entry.get("p99q_vs_easy") else "-",
+                    f"{entry['oom'][g]}/{entry['oom'].get('fifo', '-')}",
+                    str(entry["unfinished"][g]),
+                ]
             rows.append(row)
     header = ["vc", "load"] + [f"{p} JCT h" for p in args.policies]
     if "gpufleet" in args.policies:
@@ -132,27 +166,50 @@ def predictor_section() -> dict[str, Any]:
     from gpufleet.sched.evaluate import alone_error, nested_pair_error
     from gpufleet.sched.gavel import load_gavel, to_bench_rows
 
-    rows = [BenchRow(r["gpu_model"], r["model"], tuple(filter(None, r["colocated"].split("|"))),
-                     float(r["step_time_s"]), float(r["gpu_mem_mib"]) if r["gpu_mem_mib"] else None)
-            for r in to_bench_rows(load_gavel(DATA / "gavel_throughputs.json"), with_synthetic_memory=True)]
+    rows = [
+        BenchRow(
+            r["gpu_model"],
+            r["model"],
+            tuple(filter(None, r["colocated"].split("|"))),
+            float(r["step_time_s"]),
+            float(r["gpu_mem_mib"]) if r["gpu_mem_mib"] else None,
+        )
+        for r in to_bench_rows(
+            load_gavel(DATA / "gavel_throughputs.json"), with_synthetic_memory=True
+        )
+    ]
     shipped = alone_error(rows, "pair", "neighbors")
     nested = nested_pair_error(rows)
     top = list(nested["chosen"].items())[:3]
-    _table("predictor: step time, each (model, GPU model) pair held out (target MAPE < 15%)",
-           ["evaluation", "pairs", "MAPE %"],
-           [["shipped weights (chosen by LOO on all pairs)", str(shipped["held_out"]),
-             f"{shipped['mape_pct']:.1f}"],
-            ["nested: weights chosen without the held-out pair", str(nested["held_out"]),
-             f"{nested['mape_pct']:.1f}"]])
+    _table(
+        "predictor: step time, each (model, GPU model) pair held out (target MAPE < 15%)",
+        ["evaluation", "pairs", "MAPE %"],
+        [
+            [
+                "shipped weights (chosen by LOO on all pairs)",
+                str(shipped["held_out"]),
+                f"{shipped['mape_pct']:.1f}",
+            ],
+            [
+                "nested: weights chosen without the held-out pair",
+                str(nested["held_out"]),
+                f"{nested['mape_pct']:.1f}",
+            ],
+        ],
+    )
     print(f"inner choices ({', '.join(nested['grid_columns'])}): {top}")
     return {"shipped": shipped, "nested": nested}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--trace", type=Path, default=DATA / "philly_jobs.csv")
     parser.add_argument("--cluster", default="v100:32,p100:32,k80:32")
-    parser.add_argument("--section", choices=["all", "speed", "quality", "heldout", "predictor"], default="all")
+    parser.add_argument(
+        "--section", choices=["all", "speed", "quality", "heldout", "predictor"], default="all"
+    )
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--vcs", default="6214e9,11cb48,2869ce")
     parser.add_argument("--heldout-vcs", default="103959,0e4a51,ed69ec")

@@ -14,13 +14,24 @@ PHILLY_CSV = DATA / "philly_jobs.csv"
 GIB = 2**30
 
 
-def make_job(job_id: int, arrival: float, duration: float, gpus: int = 1, *,
-             memory_gib: float = 4.0, predicted: float | None = None,
-             models: tuple[str, ...] = ("v100",), job_type: str = "ResNet-18 (batch size 32)",
-             predicted_memory_gib: float | None = None) -> SimJob:
+def make_job(
+    job_id: int,
+    arrival: float,
+    duration: float,
+    gpus: int = 1,
+    *,
+    memory_gib: float = 4.0,
+    predicted: float | None = None,
+    models: tuple[str, ...] = ("v100",),
+    job_type: str = "ResNet-18 (batch size 32)",
+    predicted_memory_gib: float | None = None,
+) -> SimJob:
     guess = duration if predicted is None else predicted
     return SimJob(
-        job_id=job_id, arrival_seconds=arrival, num_gpus=gpus, job_type=job_type,
+        job_id=job_id,
+        arrival_seconds=arrival,
+        num_gpus=gpus,
+        job_type=job_type,
         true_duration_seconds={m: duration for m in models},
         true_gpu_memory_bytes=int(memory_gib * GIB),
         predicted_duration_seconds={m: guess for m in models},
@@ -38,4 +49,5 @@ def gavel_table():
     if not GAVEL_JSON.exists():
         pytest.skip("shared Gavel data not present")
     from gpufleet.sched.gavel import load_gavel
+
     return load_gavel(GAVEL_JSON)

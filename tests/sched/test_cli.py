@@ -12,13 +12,28 @@ pytestmark = pytest.mark.skipif(not PHILLY_CSV.exists(), reason="shared data not
 
 
 def test_simulate_json() -> None:
-    result = CliRunner().invoke(simulate, ["--trace", str(PHILLY_CSV), "--vc", "2869ce",
-                                           "--policies", "fifo,gpufleet", "--json"])
+    result = CliRunner().invoke(
+        simulate,
+        ["--trace", str(PHILLY_CSV), "--vc", "2869ce", "--policies", "fifo,gpufleet", "--json"],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    keys = {"avg_jct_s", "p50_jct_s", "p99_jct_s", "makespan_s", "avg_queue_s", "p99_queue_s",
-            "gpu_utilization", "ftf_rho", "max_wait_large_s", "oom_failures", "preemptions",
-            "unfinished_jobs", "jobs", "sim_wall_s"}
+    keys = {
+        "avg_jct_s",
+        "p50_jct_s",
+        "p99_jct_s",
+        "makespan_s",
+        "avg_queue_s",
+        "p99_queue_s",
+        "gpu_utilization",
+        "ftf_rho",
+        "max_wait_large_s",
+        "oom_failures",
+        "preemptions",
+        "unfinished_jobs",
+        "jobs",
+        "sim_wall_s",
+    }
     for name in ("fifo", "gpufleet"):
         assert keys <= set(data["policies"][name])
     assert data["policies"]["gpufleet"]["oom_failures"] == 0
@@ -35,8 +50,20 @@ def test_simulate_errors() -> None:
 
 
 def test_simulate_plots(tmp_path) -> None:
-    result = CliRunner().invoke(simulate, ["--trace", str(PHILLY_CSV), "--vc", "2869ce",
-                                           "--policies", "easy", "--plots", str(tmp_path), "--json"])
+    result = CliRunner().invoke(
+        simulate,
+        [
+            "--trace",
+            str(PHILLY_CSV),
+            "--vc",
+            "2869ce",
+            "--policies",
+            "easy",
+            "--plots",
+            str(tmp_path),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "jct_cdf.csv").read_text().startswith("policy,jct_s,fraction")
     assert (tmp_path / "queue_length.svg").read_text().startswith("<svg")
@@ -47,8 +74,19 @@ def test_convert_and_evaluate(tmp_path) -> None:
     result = CliRunner().invoke(predictor, ["convert-gavel", str(GAVEL_JSON), "-o", str(bench)])
     assert result.exit_code == 0, result.output
     assert bench.read_text().startswith("gpu_model,model,colocated,step_time_s,gpu_mem_mib")
-    result = CliRunner().invoke(predictor, ["evaluate", "--bench", str(bench), "--holdout",
-                                            "gpu_model", "--methods", "additive", "--json"])
+    result = CliRunner().invoke(
+        predictor,
+        [
+            "evaluate",
+            "--bench",
+            str(bench),
+            "--holdout",
+            "gpu_model",
+            "--methods",
+            "additive",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["holdout"] == "gpu_model" and data["best_method"] == "additive"

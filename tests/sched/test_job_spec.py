@@ -32,10 +32,16 @@ def test_k8s_job_annotations() -> None:
     assert spec.user == "vision"
 
 
-@pytest.mark.parametrize(("replace", "message"), [
-    ('epoch: "100"', 'metadata.annotations.epoch: must be a positive integer, got "abc"'),
-    ('data_size: "20"', 'metadata.annotations.data_size: must be a non-negative number, got "x"'),
-])
+@pytest.mark.parametrize(
+    ("replace", "message"),
+    [
+        ('epoch: "100"', 'metadata.annotations.epoch: must be a positive integer, got "abc"'),
+        (
+            'data_size: "20"',
+            'metadata.annotations.data_size: must be a non-negative number, got "x"',
+        ),
+    ],
+)
 def test_k8s_bad_annotation_names_the_field(replace: str, message: str) -> None:
     bad = 'epoch: "abc"' if "epoch" in replace else 'data_size: "x"'
     with pytest.raises(JobSpecError) as err:
@@ -58,22 +64,27 @@ def test_k8s_wrong_kind_and_gpu() -> None:
 
 
 def test_plain_spec() -> None:
-    spec = parse_job('{"name": "a", "user": "ann", "gpus": 0.5, "model_name": "ResNet-18",'
-                     ' "gpu_memory": "40GB", "epochs": 3, "data_size_gb": 1.5,'
-                     ' "data_location": "gpu-07", "priority": 2, "deadline": "2024-01-01T00:00"}')
+    spec = parse_job(
+        '{"name": "a", "user": "ann", "gpus": 0.5, "model_name": "ResNet-18",'
+        ' "gpu_memory": "40GB", "epochs": 3, "data_size_gb": 1.5,'
+        ' "data_location": "gpu-07", "priority": 2, "deadline": "2024-01-01T00:00"}'
+    )
     assert spec.gpus == 0.5 and spec.gpu_memory_bytes == 40 * 10**9
     assert spec.data_size_bytes == 1_500_000_000 and spec.priority == 2
 
 
-@pytest.mark.parametrize(("doc", "field"), [
-    ("{user: a, model_name: m, epochs: 1}", "name"),
-    ("{name: a, user: a, model_name: m, epochs: 0}", "epochs"),
-    ("{name: a, user: a, model_name: m}", "epochs"),
-    ("{name: a, user: a, model_name: m, epochs: 1, gpus: -1}", "gpus"),
-    ("{name: a, user: a, model_name: m, epochs: 1, gpu_memory: lots}", "gpu_memory"),
-    ("{name: a, user: a, model_name: m, epochs: 1, colour: red}", "colour"),
-    ("{name: a, user: a, model_name: m, epochs: 1, priority: high}", "priority"),
-])
+@pytest.mark.parametrize(
+    ("doc", "field"),
+    [
+        ("{user: a, model_name: m, epochs: 1}", "name"),
+        ("{name: a, user: a, model_name: m, epochs: 0}", "epochs"),
+        ("{name: a, user: a, model_name: m}", "epochs"),
+        ("{name: a, user: a, model_name: m, epochs: 1, gpus: -1}", "gpus"),
+        ("{name: a, user: a, model_name: m, epochs: 1, gpu_memory: lots}", "gpu_memory"),
+        ("{name: a, user: a, model_name: m, epochs: 1, colour: red}", "colour"),
+        ("{name: a, user: a, model_name: m, epochs: 1, priority: high}", "priority"),
+    ],
+)
 def test_plain_errors_name_the_field(doc: str, field: str) -> None:
     with pytest.raises(JobSpecError) as err:
         parse_job(doc)

@@ -26,14 +26,20 @@ def run(policy_name, spec, jobs, policy=None):
 def test_backfill_starts_the_small_job_now() -> None:
     spec = parse_cluster("v100:4x4")
     for name in ("easy", "gpufleet"):
-        jobs = [make_job(0, 0.0, 100.0, gpus=3), make_job(1, 1.0, 500.0, gpus=4),
-                make_job(2, 2.0, 10.0, gpus=1)]
+        jobs = [
+            make_job(0, 0.0, 100.0, gpus=3),
+            make_job(1, 1.0, 500.0, gpus=4),
+            make_job(2, 2.0, 10.0, gpus=1),
+        ]
         sim, result = run(name, spec, jobs)
         assert sim.jobs[2].first_start_seconds == 2.0, name
         assert sim.jobs[1].first_start_seconds == 100.0, name  # the big job is not delayed
         assert result.unfinished_jobs == 0
-    jobs = [make_job(0, 0.0, 100.0, gpus=3), make_job(1, 1.0, 500.0, gpus=4),
-            make_job(2, 2.0, 10.0, gpus=1)]
+    jobs = [
+        make_job(0, 0.0, 100.0, gpus=3),
+        make_job(1, 1.0, 500.0, gpus=4),
+        make_job(2, 2.0, 10.0, gpus=1),
+    ]
     sim, _ = run("fifo", spec, jobs)
     assert sim.jobs[2].first_start_seconds >= 600.0  # FIFO: stuck behind the big job
 
@@ -95,8 +101,12 @@ class RecordingSimulator(Simulator):
 
 
 job_strategy = st.tuples(
-    st.floats(0, 5000), st.floats(1, 3000), st.sampled_from([1, 1, 1, 2, 4, 8]),
-    st.floats(1, 30), st.floats(0.5, 2.0))
+    st.floats(0, 5000),
+    st.floats(1, 3000),
+    st.sampled_from([1, 1, 1, 2, 4, 8]),
+    st.floats(1, 30),
+    st.floats(0.5, 2.0),
+)
 
 
 @pytest.mark.parametrize("policy_name", POLICY_NAMES)
@@ -106,8 +116,10 @@ def test_invariants_every_policy(policy_name, rows) -> None:
     spec = parse_cluster("v100:8x4,k80:8x4")
 
     def jobs():
-        return [make_job(i, a, d, g, memory_gib=m, predicted=d * e, models=("v100", "k80"))
-                for i, (a, d, g, m, e) in enumerate(rows)]
+        return [
+            make_job(i, a, d, g, memory_gib=m, predicted=d * e, models=("v100", "k80"))
+            for i, (a, d, g, m, e) in enumerate(rows)
+        ]
 
     results = []
     for _ in range(2):
@@ -140,6 +152,7 @@ def test_aging_follows_queue_pressure() -> None:
     def spy() -> None:
         original()
         seen.append(policy.aging)
+
     policy._follow_pressure = spy  # type: ignore[method-assign]
     _, result = run("gpufleet", spec, jobs, policy)
     assert result.unfinished_jobs == 0

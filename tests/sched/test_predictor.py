@@ -20,8 +20,11 @@ def gavel_rows(gavel_table):
 
 def test_converter_round_trip(gavel_table, gavel_rows) -> None:
     assert len(gavel_rows) > 2000
-    v100 = [r for r in gavel_rows if r.gpu_model == "v100" and r.model == "ResNet-50 (batch size 64)"
-            and not r.colocated]
+    v100 = [
+        r
+        for r in gavel_rows
+        if r.gpu_model == "v100" and r.model == "ResNet-50 (batch size 64)" and not r.colocated
+    ]
     assert v100 and math.isclose(v100[0].step_time_s, 1 / 4.394774823323071, rel_tol=1e-5)
     assert any(r.colocated for r in gavel_rows)
 
@@ -36,7 +39,9 @@ def test_bench_errors_name_the_column() -> None:
 def test_held_out_pair_error(gavel_rows) -> None:
     result = alone_error(gavel_rows, "pair", "neighbors")
     assert result["held_out"] > 200
-    assert result["mape_pct"] < 15.0  # 14.0 % (nested, honest: 14.1 %); target 15 % (docs/scheduler.md)
+    assert (
+        result["mape_pct"] < 15.0
+    )  # 14.0 % (nested, honest: 14.1 %); target 15 % (docs/scheduler.md)
 
 
 def test_colocation_error(gavel_rows) -> None:
@@ -44,8 +49,11 @@ def test_colocation_error(gavel_rows) -> None:
 
 
 def test_unknown_model_says_so_and_learns() -> None:
-    rows = [BenchRow("v100", "a", (), 1.0), BenchRow("k80", "a", (), 4.0),
-            BenchRow("v100", "b", (), 2.0)]
+    rows = [
+        BenchRow("v100", "a", (), 1.0),
+        BenchRow("k80", "a", (), 4.0),
+        BenchRow("v100", "b", (), 2.0),
+    ]
     predictor = Predictor(rows)
     assert math.isclose(predictor.step_time("b", "k80").value, 8.0, rel_tol=1e-6)
     unknown = predictor.step_time("zzz", "v100")

@@ -10,8 +10,10 @@ from tests.sched.conftest import PHILLY_CSV
 
 
 def _trace() -> list[TraceJob]:
-    return [TraceJob(1000.0 + 300 * i, 600.0 + 50 * (i % 7), [1, 1, 2, 4, 8][i % 5], "x")
-            for i in range(40)]
+    return [
+        TraceJob(1000.0 + 300 * i, 600.0 + 50 * (i % 7), [1, 1, 2, 4, 8][i % 5], "x")
+        for i in range(40)
+    ]
 
 
 def test_same_seed_same_jobs_and_result(gavel_table) -> None:
@@ -19,14 +21,23 @@ def test_same_seed_same_jobs_and_result(gavel_table) -> None:
     a = build_jobs(_trace(), spec, gavel_table, seed=3)
     b = build_jobs(_trace(), spec, gavel_table, seed=3)
     c = build_jobs(_trace(), spec, gavel_table, seed=4)
-    assert [(j.job_type, j.true_gpu_memory_bytes) for j in a] == \
-        [(j.job_type, j.true_gpu_memory_bytes) for j in b]
+    assert [(j.job_type, j.true_gpu_memory_bytes) for j in a] == [
+        (j.job_type, j.true_gpu_memory_bytes) for j in b
+    ]
     assert [j.job_type for j in a] != [j.job_type for j in c]
     runs = []
     for _ in range(2):
         out = Experiment(_trace(), spec, gavel_table, seed=3).run(["gpufleet", "tiresias"])
-        runs.append({n: {k: v for k, v in summarize(r).items() if "wall" not in k and "per_second" not in k}
-                     for n, (_, r) in out.items()})
+        runs.append(
+            {
+                n: {
+                    k: v
+                    for k, v in summarize(r).items()
+                    if "wall" not in k and "per_second" not in k
+                }
+                for n, (_, r) in out.items()
+            }
+        )
     assert runs[0] == runs[1]
 
 

@@ -45,7 +45,9 @@ class ShortestJobFirst(Fifo):
     scan_limit = 256
 
     def __init__(self) -> None:
-        self.queue = SortedQueue(lambda j: (min(j.true_duration_seconds.values()), j.arrival_seconds))
+        self.queue = SortedQueue(
+            lambda j: (min(j.true_duration_seconds.values()), j.arrival_seconds)
+        )
 
     def schedule(self, ctx: SchedulerContext) -> None:
         cluster = ctx.cluster
@@ -91,9 +93,14 @@ class EasyBackfill(Fifo):
         reserved_model = res.gpu_model if res is not None else None
 
         def largest_free(model: str, skip_reserved: bool) -> int:
-            return max((cluster.free_count[h] for h in cluster.hosts_by_model[model]
-                        if not (skip_reserved and model == reserved_model and h in reserved)),
-                       default=0)
+            return max(
+                (
+                    cluster.free_count[h]
+                    for h in cluster.hosts_by_model[model]
+                    if not (skip_reserved and model == reserved_model and h in reserved)
+                ),
+                default=0,
+            )
 
         room = {m: (largest_free(m, False), largest_free(m, True) if res else None) for m in models}
         for job in self.queue.head(self.backfill_depth):
@@ -107,14 +114,21 @@ class EasyBackfill(Fifo):
                     continue
                 end = now + job.predicted_duration_seconds[model]
                 may_block = res is not None and res.gpu_model == model and end > res.start_seconds
-                if (may_block and job.num_gpus <= cluster.host_size(model)
-                        and job.num_gpus > (unreserved or 0)):
+                if (
+                    may_block
+                    and job.num_gpus <= cluster.host_size(model)
+                    and job.num_gpus > (unreserved or 0)
+                ):
                     continue
-                placement = cluster.find_whole(job.num_gpus, model,
-                                               avoid_hosts=reserved if may_block else ())
+                placement = cluster.find_whole(
+                    job.num_gpus, model, avoid_hosts=reserved if may_block else ()
+                )
                 if placement is None:
                     continue
                 self.queue.remove(job)
                 ctx.start(job, placement)
-                room[model] = (largest_free(model, False), largest_free(model, True) if res else None)
+                room[model] = (
+                    largest_free(model, False),
+                    largest_free(model, True) if res else None,
+                )
                 break

@@ -32,8 +32,9 @@ def parse_bench_csv(text: str, source: str = "<bench>") -> list[BenchRow]:
     reader = csv.DictReader(io.StringIO(text))
     missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
     if missing:
-        raise BenchTableError(f"{source}: missing column(s) {', '.join(missing)}; "
-                              f"expected {','.join(COLUMNS)}")
+        raise BenchTableError(
+            f"{source}: missing column(s) {', '.join(missing)}; expected {','.join(COLUMNS)}"
+        )
     rows: list[BenchRow] = []
     for line, raw in enumerate(reader, start=2):
         gpu_model = (raw["gpu_model"] or "").strip().lower()
@@ -45,19 +46,24 @@ def parse_bench_csv(text: str, source: str = "<bench>") -> list[BenchRow]:
         try:
             step = float(raw["step_time_s"])
         except (TypeError, ValueError):
-            raise BenchTableError(f"{source}:{line}: step_time_s: must be a positive number, "
-                                  f"got {raw['step_time_s']!r}") from None
+            raise BenchTableError(
+                f"{source}:{line}: step_time_s: must be a positive number, "
+                f"got {raw['step_time_s']!r}"
+            ) from None
         if not (step > 0 and math.isfinite(step)):
-            raise BenchTableError(f"{source}:{line}: step_time_s: must be a positive number, "
-                                  f"got {raw['step_time_s']!r}")
+            raise BenchTableError(
+                f"{source}:{line}: step_time_s: must be a positive number, "
+                f"got {raw['step_time_s']!r}"
+            )
         mem_text = (raw.get("gpu_mem_mib") or "").strip()
         mem = None
         if mem_text:
             try:
                 mem = float(mem_text)
             except ValueError:
-                raise BenchTableError(f"{source}:{line}: gpu_mem_mib: must be a number, "
-                                      f"got {mem_text!r}") from None
+                raise BenchTableError(
+                    f"{source}:{line}: gpu_mem_mib: must be a number, got {mem_text!r}"
+                ) from None
         colocated = tuple(p.strip() for p in (raw["colocated"] or "").split("|") if p.strip())
         rows.append(BenchRow(gpu_model, model, colocated, step, mem))
     return rows

@@ -22,8 +22,9 @@ def _gavel_path(explicit: str | None, trace: str | None) -> Path:
     guess = Path(trace).with_name("gavel_throughputs.json") if trace else None
     if guess and guess.exists():
         return guess
-    raise GpufleetError("no Gavel throughput table found",
-                        hint="pass --gavel ../shared/data/gavel_throughputs.json")
+    raise GpufleetError(
+        "no Gavel throughput table found", hint="pass --gavel ../shared/data/gavel_throughputs.json"
+    )
 
 
 def _date(value: str | None, option: str) -> datetime | None:
@@ -32,42 +33,95 @@ def _date(value: str | None, option: str) -> datetime | None:
     try:
         return datetime.fromisoformat(value).replace(tzinfo=UTC)
     except ValueError:
-        raise GpufleetError(f"{option}: not a date: {value!r}", hint=f"{option} 2017-10-01") from None
+        raise GpufleetError(
+            f"{option}: not a date: {value!r}", hint=f"{option} 2017-10-01"
+        ) from None
 
 
 def _progress(enabled: bool):  # type: ignore[no-untyped-def]
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=Console(stderr=True), disable=not enabled,
-                    transient=True)
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+        transient=True,
+    )
 
 
 @click.command("simulate")
-@click.option("--trace", "trace_path", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Job trace CSV (timestamp,duration,num_gpus,gpu_time,cluster).")
+@click.option(
+    "--trace",
+    "trace_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Job trace CSV (timestamp,duration,num_gpus,gpu_time,cluster).",
+)
 @click.option("--vc", "vcs", multiple=True, help="Virtual cluster(s) to keep (repeatable).")
-@click.option("--cluster", "cluster_text", default="v100:32,p100:32,k80:32", show_default=True,
-              help="GPU models and counts; MODEL:COUNT[xPER_HOST][@MEMg].")
+@click.option(
+    "--cluster",
+    "cluster_text",
+    default="v100:32,p100:32,k80:32",
+    show_default=True,
+    help="GPU models and counts; MODEL:COUNT[xPER_HOST][@MEMg].",
+)
 @click.option("--policies", default=DEFAULT_POLICIES, show_default=True)
-@click.option("--load", type=float, default=1.0, show_default=True,
-              help="Offered load: arrivals are time-scaled so work / capacity equals this.")
+@click.option(
+    "--load",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Offered load: arrivals are time-scaled so work / capacity equals this.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--start", help="Keep jobs submitted at or after this date (UTC).")
 @click.option("--end", help="Keep jobs submitted before this date (UTC).")
-@click.option("--runtime-error", type=float, default=0.5, show_default=True,
-              help="Sigma of the log-normal error of the runtime the scheduler is told.")
-@click.option("--bandwidth-gbps", type=float, default=1.0, show_default=True,
-              help="Network bandwidth between a job's data and a host, Gbit/s.")
-@click.option("--gavel", "gavel_path", type=click.Path(exists=True, dir_okay=False),
-              help="gavel_throughputs.json (default: beside the trace).")
-@click.option("--plots", "plots_dir", type=click.Path(file_okay=False),
-              help="Write JCT CDF and queue length per policy here (CSV and SVG).")
+@click.option(
+    "--runtime-error",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="Sigma of the log-normal error of the runtime the scheduler is told.",
+)
+@click.option(
+    "--bandwidth-gbps",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Network bandwidth between a job's data and a host, Gbit/s.",
+)
+@click.option(
+    "--gavel",
+    "gavel_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="gavel_throughputs.json (default: beside the trace).",
+)
+@click.option(
+    "--plots",
+    "plots_dir",
+    type=click.Path(file_okay=False),
+    help="Write JCT CDF and queue length per policy here (CSV and SVG).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
-def simulate(trace_path: str, vcs: tuple[str, ...], cluster_text: str, policies: str, load: float,
-             seed: int, start: str | None, end: str | None, runtime_error: float,
-             bandwidth_gbps: float, gavel_path: str | None, plots_dir: str | None,
-             as_json: bool) -> None:
+def simulate(
+    trace_path: str,
+    vcs: tuple[str, ...],
+    cluster_text: str,
+    policies: str,
+    load: float,
+    seed: int,
+    start: str | None,
+    end: str | None,
+    runtime_error: float,
+    bandwidth_gbps: float,
+    gavel_path: str | None,
+    plots_dir: str | None,
+    as_json: bool,
+) -> None:
     """Replay a job trace through scheduling policies on a described cluster."""
     from gpufleet.sched.bench_table import BenchRow
     from gpufleet.sched.cluster import parse_cluster
@@ -79,8 +133,10 @@ def simulate(trace_path: str, vcs: tuple[str, ...], cluster_text: str, policies:
     names = [p.strip() for p in policies.split(",") if p.strip()]
     unknown = [p for p in names if p not in POLICY_NAMES]
     if unknown or not names:
-        raise GpufleetError(f"--policies: unknown policy {', '.join(unknown) or '(none)'}",
-                            hint=f"--policies {','.join(POLICY_NAMES)}")
+        raise GpufleetError(
+            f"--policies: unknown policy {', '.join(unknown) or '(none)'}",
+            hint=f"--policies {','.join(POLICY_NAMES)}",
+        )
     if load <= 0:
         raise GpufleetError("--load: must be positive", hint="--load 1.0")
     try:
@@ -90,30 +146,50 @@ def simulate(trace_path: str, vcs: tuple[str, ...], cluster_text: str, policies:
     gavel = load_gavel(_gavel_path(gavel_path, trace_path))
     missing = [m for m in spec.gpu_models if m not in gavel.gpu_models()]
     if missing:
-        raise GpufleetError(f"--cluster: no throughput data for GPU model(s) {', '.join(missing)}",
-                            hint=f"use GPU models from the table: {','.join(gavel.gpu_models())}")
+        raise GpufleetError(
+            f"--cluster: no throughput data for GPU model(s) {', '.join(missing)}",
+            hint=f"use GPU models from the table: {','.join(gavel.gpu_models())}",
+        )
     try:
         trace = read_philly(trace_path, vcs or None, _date(start, "--start"), _date(end, "--end"))
     except ValueError as exc:
         raise GpufleetError(str(exc), hint="check the trace file") from None
     if not trace:
-        raise GpufleetError("no jobs left after filtering by --vc/--start/--end",
-                            hint=f"gpufleet simulate --trace {trace_path} --vc 6214e9")
-    rows = [BenchRow(r["gpu_model"], r["model"], tuple(filter(None, r["colocated"].split("|"))),
-                     float(r["step_time_s"]), float(r["gpu_mem_mib"]) if r["gpu_mem_mib"] else None)
-            for r in to_bench_rows(gavel, with_synthetic_memory=True)]
+        raise GpufleetError(
+            "no jobs left after filtering by --vc/--start/--end",
+            hint=f"gpufleet simulate --trace {trace_path} --vc 6214e9",
+        )
+    rows = [
+        BenchRow(
+            r["gpu_model"],
+            r["model"],
+            tuple(filter(None, r["colocated"].split("|"))),
+            float(r["step_time_s"]),
+            float(r["gpu_mem_mib"]) if r["gpu_mem_mib"] else None,
+        )
+        for r in to_bench_rows(gavel, with_synthetic_memory=True)
+    ]
     predictor = Predictor(rows)
     experiment = Experiment(trace, spec, gavel, load=load, seed=seed, runtime_error=runtime_error)
     show = sys.stderr.isatty()
     with _progress(show) as bar:
         tasks = {n: bar.add_task(n, total=len(trace)) for n in names}
-        results = experiment.run(names, predictor,
-                                 lambda n, done, total: bar.update(tasks[n], completed=done))
-    summary = {"trace": trace_path, "vcs": list(vcs), "cluster": spec.describe(), "load": load,
-               "seed": seed, "jobs": len(trace), "synthetic": ["job_type", "gpu_memory", "data"],
-               "policies": {n: m for n, (m, _) in results.items()}}
+        results = experiment.run(
+            names, predictor, lambda n, done, total: bar.update(tasks[n], completed=done)
+        )
+    summary = {
+        "trace": trace_path,
+        "vcs": list(vcs),
+        "cluster": spec.describe(),
+        "load": load,
+        "seed": seed,
+        "jobs": len(trace),
+        "synthetic": ["job_type", "gpu_memory", "data"],
+        "policies": {n: m for n, (m, _) in results.items()},
+    }
     if plots_dir:
         from gpufleet.sched.plots import write_plots
+
         summary["plots"] = write_plots(Path(plots_dir), {n: r for n, (_, r) in results.items()})
     if as_json:
         click.echo(json.dumps(summary, indent=2))
@@ -125,19 +201,34 @@ def _print_table(summary: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{summary['jobs']} jobs, cluster {summary['cluster']}, load {summary['load']}")
-    columns = [("avg JCT h", "avg_jct_s", 3600), ("p99 JCT h", "p99_jct_s", 3600),
-               ("avg queue h", "avg_queue_s", 3600), ("p99 queue h", "p99_queue_s", 3600),
-               ("makespan h", "makespan_s", 3600), ("util", "gpu_utilization", 1),
-               ("FTF rho", "ftf_rho", 1), ("max wait 8+ GPU h", "max_wait_large_s", 3600),
-               ("OOM", "oom_failures", 1), ("preempt", "preemptions", 1),
-               ("unfinished", "unfinished_jobs", 1), ("wall s", "sim_wall_s", 1)]
+    table = Table(
+        title=f"{summary['jobs']} jobs, cluster {summary['cluster']}, load {summary['load']}"
+    )
+    columns = [
+        ("avg JCT h", "avg_jct_s", 3600),
+        ("p99 JCT h", "p99_jct_s", 3600),
+        ("avg queue h", "avg_queue_s", 3600),
+        ("p99 queue h", "p99_queue_s", 3600),
+        ("makespan h", "makespan_s", 3600),
+        ("util", "gpu_utilization", 1),
+        ("FTF rho", "ftf_rho", 1),
+        ("max wait 8+ GPU h", "max_wait_large_s", 3600),
+        ("OOM", "oom_failures", 1),
+        ("preempt", "preemptions", 1),
+        ("unfinished", "unfinished_jobs", 1),
+        ("wall s", "sim_wall_s", 1),
+    ]
     table.add_column("policy")
     for title, _, _ in columns:
         table.add_column(title, justify="right")
     for name, m in summary["policies"].items():
-        table.add_row(name, *[f"{m[key] / div:.2f}" if isinstance(m[key], float) else str(m[key])
-                              for _, key, div in columns])
+        table.add_row(
+            name,
+            *[
+                f"{m[key] / div:.2f}" if isinstance(m[key], float) else str(m[key])
+                for _, key, div in columns
+            ],
+        )
     Console().print(table)
 
 
@@ -147,10 +238,19 @@ def predictor() -> None:
 
 
 @predictor.command("evaluate")
-@click.option("--bench", "bench_path", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Benchmark CSV: gpu_model,model,colocated,step_time_s[,gpu_mem_mib].")
-@click.option("--holdout", type=click.Choice(["pair", "model", "gpu_model"]), default="pair",
-              show_default=True)
+@click.option(
+    "--bench",
+    "bench_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Benchmark CSV: gpu_model,model,colocated,step_time_s[,gpu_mem_mib].",
+)
+@click.option(
+    "--holdout",
+    type=click.Choice(["pair", "model", "gpu_model"]),
+    default="pair",
+    show_default=True,
+)
 @click.option("--methods", default="neighbors,additive,lowrank,forest", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def evaluate_cmd(bench_path: str, holdout: str, methods: str, as_json: bool) -> None:
@@ -161,32 +261,45 @@ def evaluate_cmd(bench_path: str, holdout: str, methods: str, as_json: bool) -> 
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
     bad = [m for m in chosen if m not in METHODS]
     if bad or not chosen:
-        raise GpufleetError(f"--methods: unknown method {', '.join(bad) or '(none)'}",
-                            hint=f"--methods {','.join(METHODS)}")
+        raise GpufleetError(
+            f"--methods: unknown method {', '.join(bad) or '(none)'}",
+            hint=f"--methods {','.join(METHODS)}",
+        )
     try:
         rows = read_bench(bench_path)
     except BenchTableError as exc:
-        raise GpufleetError(str(exc), hint="gpufleet predictor convert-gavel gavel_throughputs.json "
-                                           "-o bench.csv writes a valid table") from None
+        raise GpufleetError(
+            str(exc),
+            hint="gpufleet predictor convert-gavel gavel_throughputs.json "
+            "-o bench.csv writes a valid table",
+        ) from None
     with _progress(sys.stderr.isatty()) as bar:
         task = bar.add_task("evaluating", total=len(chosen))
-        result = evaluate(rows, holdout, chosen, on_step=lambda m: bar.update(task, advance=1,
-                                                                                description=m))
+        result = evaluate(
+            rows, holdout, chosen, on_step=lambda m: bar.update(task, advance=1, description=m)
+        )
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
     click.echo(f"holdout: {holdout}")
     for method, r in result["methods"].items():
-        click.echo(f"  {method:10s} step time MAPE {r['step_time']['mape_pct']:6.2f}%  "
-                   f"co-location slowdown MAPE {r['colocation_slowdown']['mape_pct']:6.2f}%")
+        click.echo(
+            f"  {method:10s} step time MAPE {r['step_time']['mape_pct']:6.2f}%  "
+            f"co-location slowdown MAPE {r['colocation_slowdown']['mape_pct']:6.2f}%"
+        )
     click.echo(f"best: {result['best_method']}")
 
 
 @predictor.command("convert-gavel")
 @click.argument("gavel_json", type=click.Path(exists=True, dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write here (default stdout).")
-@click.option("--synthetic-memory", is_flag=True,
-              help="Fill gpu_mem_mib from gpufleet's stated synthetic profile (Gavel has none).")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), help="Write here (default stdout)."
+)
+@click.option(
+    "--synthetic-memory",
+    is_flag=True,
+    help="Fill gpu_mem_mib from gpufleet's stated synthetic profile (Gavel has none).",
+)
 def convert_gavel(gavel_json: str, output: str | None, synthetic_memory: bool) -> None:
     """Convert gavel_throughputs.json into the benchmark table."""
     from gpufleet.sched.bench_table import write_bench
@@ -195,8 +308,10 @@ def convert_gavel(gavel_json: str, output: str | None, synthetic_memory: bool) -
     try:
         rows = to_bench_rows(load_gavel(gavel_json), with_synthetic_memory=synthetic_memory)
     except (ValueError, KeyError, SyntaxError) as exc:
-        raise GpufleetError(f"{gavel_json}: not a Gavel throughput table: {exc}",
-                            hint="use ../shared/data/gavel_throughputs.json") from None
+        raise GpufleetError(
+            f"{gavel_json}: not a Gavel throughput table: {exc}",
+            hint="use ../shared/data/gavel_throughputs.json",
+        ) from None
     buf = io.StringIO()
     write_bench(rows, buf)
     if output:

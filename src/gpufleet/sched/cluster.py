@@ -72,11 +72,14 @@ class ClusterSpec:
         return ",".join(f"{m}:{self.gpus_of(m)}" for m in self.gpu_models)
 
 
-_PART_RE = re.compile(r"^(?P<model>[a-z0-9_-]+):(?P<count>\d+)(x(?P<per_host>\d+))?(@(?P<mem>\d+)g)?$")
+_PART_RE = re.compile(
+    r"^(?P<model>[a-z0-9_-]+):(?P<count>\d+)(x(?P<per_host>\d+))?(@(?P<mem>\d+)g)?$"
+)
 
 
-def parse_cluster(text: str, bandwidth_bytes_per_second: float = DEFAULT_BANDWIDTH_BYTES_PER_SECOND
-                  ) -> ClusterSpec:
+def parse_cluster(
+    text: str, bandwidth_bytes_per_second: float = DEFAULT_BANDWIDTH_BYTES_PER_SECOND
+) -> ClusterSpec:
     """``"v100:32,p100:32,k80:32"``; ``v100:32x4`` sets 4 GPUs per host, ``@40g`` the GPU memory.
 
     Raises ValueError naming the bad part.
@@ -85,7 +88,9 @@ def parse_cluster(text: str, bandwidth_bytes_per_second: float = DEFAULT_BANDWID
     for part in [p.strip().lower() for p in text.split(",") if p.strip()]:
         match = _PART_RE.match(part)
         if not match:
-            raise ValueError(f"cluster: cannot read {part!r}; expected MODEL:COUNT[xPER_HOST][@MEMg]")
+            raise ValueError(
+                f"cluster: cannot read {part!r}; expected MODEL:COUNT[xPER_HOST][@MEMg]"
+            )
         model, count = match["model"], int(match["count"])
         per_host = int(match["per_host"] or DEFAULT_GPUS_PER_HOST)
         if count <= 0 or per_host <= 0:
@@ -98,8 +103,11 @@ def parse_cluster(text: str, bandwidth_bytes_per_second: float = DEFAULT_BANDWID
             raise ValueError(f"cluster: {part!r}: unknown GPU memory for {model!r}; add @MEMg")
         for start in range(0, count, per_host):
             index = sum(1 for h in hosts if h.gpu_model == model)
-            hosts.append(Host(len(hosts), f"{model}-{index:02d}", model, min(per_host, count - start),
-                              memory))
+            hosts.append(
+                Host(
+                    len(hosts), f"{model}-{index:02d}", model, min(per_host, count - start), memory
+                )
+            )
     if not hosts:
         raise ValueError("cluster: no GPUs described")
     return ClusterSpec(tuple(hosts), bandwidth_bytes_per_second)
@@ -135,13 +143,17 @@ class ClusterState:
         self.claimed_memory_bytes = [[0] * h.num_gpus for h in self.spec.hosts]
         self.free_count = [h.num_gpus for h in self.spec.hosts]
         self.free_by_model = {m: self.spec.gpus_of(m) for m in self.spec.gpu_models}
-        self.hosts_by_model = {m: [h.host_id for h in self.spec.hosts if h.gpu_model == m]
-                               for m in self.spec.gpu_models}
+        self.hosts_by_model = {
+            m: [h.host_id for h in self.spec.hosts if h.gpu_model == m]
+            for m in self.spec.gpu_models
+        }
         self.placements = {}
         self.claims_bytes = {}
         self.shared_gpus = 0
-        self._host_size = {m: max(self.spec.hosts[h].num_gpus for h in hosts)
-                           for m, hosts in self.hosts_by_model.items()}
+        self._host_size = {
+            m: max(self.spec.hosts[h].num_gpus for h in hosts)
+            for m, hosts in self.hosts_by_model.items()
+        }
 
     @property
     def hosts(self) -> tuple[Host, ...]:
@@ -153,18 +165,30 @@ class ClusterState:
     def hosts_needed(self, num_gpus: int, gpu_model: str) -> int:
         return max(1, math.ceil(num_gpus / self.host_size(gpu_model)))
 
-    def find_whole(self, num_gpus: int, gpu_model: str, prefer_host: int | None = None,
-                   avoid_hosts: Iterable[int] = ()) -> Placement | None:
+    def find_whole(
+        self,
+        num_gpus: int,
+        gpu_model: str,
+        prefer_host: int | None = None,
+        avoid_hosts: Iterable[int] = (),
+    ) -> Placement | None:
         """Whole free GPUs for a job on as few hosts as possible (one host when it fits on one)."""
         if self.free_by_model.get(gpu_model, 0) < num_gpus:
             return None
         avoid = set(avoid_hosts)
-        candidates = ([h for h in self.hosts_by_model[gpu_model] if h not in avoid] if avoid
-                      else self.hosts_by_model[gpu_model])
+        candidates = (
+            [h for h in self.hosts_by_model[gpu_model] if h not in avoid]
+            if avoid
+            else self.hosts_by_model[gpu_model]
+        )
         free = self.free_count
         if num_gpus <= self._host_size[gpu_model]:
             best = None
-            if prefer_host is not None and prefer_host in candidates and free[prefer_host] >= num_gpus:
+            if (
+                prefer_host is not None
+                and prefer_host in candidates
+                and free[prefer_host] >= num_gpus
+            ):
                 best = prefer_host
             else:
                 for h in candidates:  # best fit: the host with the fewest free GPUs that suffice

@@ -42,9 +42,16 @@ def _forest_predict(train: list[BenchRow], test: list[BenchRow], seed: int = 0) 
     def features(r: BenchRow) -> list[float]:
         family, batch, scale = model_features(r.model)
         effect = base._model_effect(r.model)[0]
-        return ([float(family == f) for f in families] + [float(r.gpu_model == g) for g in gpus]
-                + [math.log2(max(batch, 1)), float(scale), math.log(GPU_TFLOPS.get(r.gpu_model, 10.0)),
-                   effect if effect is not None else 0.0])
+        return (
+            [float(family == f) for f in families]
+            + [float(r.gpu_model == g) for g in gpus]
+            + [
+                math.log2(max(batch, 1)),
+                float(scale),
+                math.log(GPU_TFLOPS.get(r.gpu_model, 10.0)),
+                effect if effect is not None else 0.0,
+            ]
+        )
 
     x = np.array([features(r) for r in train])
     y = np.array([math.log(r.step_time_s) for r in train])
@@ -56,8 +63,11 @@ def _forest_predict(train: list[BenchRow], test: list[BenchRow], seed: int = 0) 
 def _predict(method: str, train: list[BenchRow], test: list[BenchRow]) -> list[float]:
     if method == "forest":
         return _forest_predict(train, test)
-    predictor = Predictor(train, rank=1 if method == "lowrank" else 0,
-                          method="neighbors" if method == "neighbors" else "additive")
+    predictor = Predictor(
+        train,
+        rank=1 if method == "lowrank" else 0,
+        method="neighbors" if method == "neighbors" else "additive",
+    )
     return [predictor.step_time(r.model, r.gpu_model).value for r in test]
 
 
@@ -72,14 +82,27 @@ def alone_error(rows: list[BenchRow], holdout: str, method: str) -> dict[str, An
     if holdout == "pair":
         for r in alone:
             rest = [x for x in alone if x is not r]
-            if (any(x.model == r.model for x in rest) and any(x.gpu_model == r.gpu_model for x in rest)):
-                folds.append(([x for x in rest if not (x.model == r.model and x.gpu_model == r.gpu_model)], [r]))
+            if any(x.model == r.model for x in rest) and any(
+                x.gpu_model == r.gpu_model for x in rest
+            ):
+                folds.append(
+                    (
+                        [
+                            x
+                            for x in rest
+                            if not (x.model == r.model and x.gpu_model == r.gpu_model)
+                        ],
+                        [r],
+                    )
+                )
     elif holdout == "model":
         for m in sorted({r.model for r in alone}):
             folds.append(([x for x in alone if x.model != m], [x for x in alone if x.model == m]))
     elif holdout == "gpu_model":
         for g in sorted({r.gpu_model for r in alone}):
-            folds.append(([x for x in alone if x.gpu_model != g], [x for x in alone if x.gpu_model == g]))
+            folds.append(
+                ([x for x in alone if x.gpu_model != g], [x for x in alone if x.gpu_model == g])
+            )
     else:
         raise ValueError(f"holdout must be one of {', '.join(HOLDOUTS)}")
     pairs: list[tuple[float, float]] = []
@@ -89,8 +112,9 @@ def alone_error(rows: list[BenchRow], holdout: str, method: str) -> dict[str, An
     return {"mape_pct": _mape(pairs), "held_out": len(pairs), "predicted": covered}
 
 
-def colocation_error(rows: list[BenchRow], method: str, folds: int = 10, seed: int = 0
-                     ) -> dict[str, Any]:
+def colocation_error(
+    rows: list[BenchRow], method: str, folds: int = 10, seed: int = 0
+) -> dict[str, Any]:
     """10-fold error of the predicted slowdown (shared step time / alone step time)."""
     alone = {(r.model, r.gpu_model): r.step_time_s for r in _alone(rows)}
     shared = [r for r in rows if len(r.colocated) == 1 and (r.model, r.gpu_model) in alone]
@@ -111,8 +135,9 @@ def colocation_error(rows: list[BenchRow], method: str, folds: int = 10, seed: i
     return {"mape_pct": _mape(pairs), "held_out": len(pairs)}
 
 
-def _forest_colocation(train: list[BenchRow], test: list[BenchRow],
-                       alone: dict[tuple[str, str], float]) -> list[float]:
+def _forest_colocation(
+    train: list[BenchRow], test: list[BenchRow], alone: dict[tuple[str, str], float]
+) -> list[float]:
     from sklearn.ensemble import RandomForestRegressor
 
     base = Predictor(train)
@@ -122,9 +147,15 @@ def _forest_colocation(train: list[BenchRow], test: list[BenchRow],
         additive = base.slowdown(own, other, r.gpu_model)
         f1, b1, _ = model_features(own)
         f2, b2, _ = model_features(other)
-        return [math.log(additive.value) if additive.known else 0.0,
-                math.log2(max(b1, 1)), math.log2(max(b2, 1)), float(hash(f1) % 97), float(hash(f2) % 97),
-                math.log(alone.get((own, r.gpu_model), 1.0)), math.log(alone.get((other, r.gpu_model), 1.0))]
+        return [
+            math.log(additive.value) if additive.known else 0.0,
+            math.log2(max(b1, 1)),
+            math.log2(max(b2, 1)),
+            float(hash(f1) % 97),
+            float(hash(f2) % 97),
+            math.log(alone.get((own, r.gpu_model), 1.0)),
+            math.log(alone.get((other, r.gpu_model), 1.0)),
+        ]
 
     shared_train = [r for r in train if r.colocated]
     x = np.array([features(r) for r in shared_train])
@@ -133,8 +164,12 @@ def _forest_colocation(train: list[BenchRow], test: list[BenchRow],
     return [float(math.exp(p)) for p in forest.predict(np.array([features(r) for r in test]))]
 
 
-def evaluate(rows: list[BenchRow], holdout: str, methods: tuple[str, ...] = METHODS,
-             on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
+def evaluate(
+    rows: list[BenchRow],
+    holdout: str,
+    methods: tuple[str, ...] = METHODS,
+    on_step: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     out: dict[str, Any] = {"holdout": holdout, "methods": {}}
     for method in methods:
         if on_step:
@@ -160,11 +195,14 @@ NEIGHBOR_GRID: dict[str, tuple[float, ...]] = {
 
 def _grid(grid: dict[str, tuple[float, ...]]) -> np.ndarray:
     mesh = np.meshgrid(*grid.values(), indexing="ij")
-    return np.stack([m.ravel() for m in mesh], axis=1)  # columns: k, w_family, w_batch, w_scale, soft
+    return np.stack(
+        [m.ravel() for m in mesh], axis=1
+    )  # columns: k, w_family, w_batch, w_scale, soft
 
 
-def _candidates(observed: dict[tuple[str, str], float], model: str, gpu: str
-                ) -> dict[str, tuple[float, float, float, float, float]]:
+def _candidates(
+    observed: dict[tuple[str, str], float], model: str, gpu: str
+) -> dict[str, tuple[float, float, float, float, float]]:
     """Per neighbour model: (shape distance, family differs, log2 batch gap, GPU count differs,
     log-time estimate) -- exactly the terms of ``Predictor._neighbors_log_time``."""
     mine = {g: y for (m, g), y in observed.items() if m == model and g != gpu}
@@ -179,13 +217,20 @@ def _candidates(observed: dict[tuple[str, str], float], model: str, gpu: str
             continue
         f2, b2, s2 = model_features(other)
         ref = common[0]
-        shape = [abs((mine[g] - mine[ref]) - (observed[(other, g)] - observed[(other, ref)]))
-                 for g in common[1:]]
-        estimate = float(np.mean([mine[g] + observed[(other, gpu)] - observed[(other, g)]
-                                  for g in common]))
-        out[other] = (float(np.mean(shape)) if shape else 0.5, float(f2 != family),
-                      abs(math.log2(max(batch, 1)) - math.log2(max(b2, 1))), float(s2 != scale),
-                      estimate)
+        shape = [
+            abs((mine[g] - mine[ref]) - (observed[(other, g)] - observed[(other, ref)]))
+            for g in common[1:]
+        ]
+        estimate = float(
+            np.mean([mine[g] + observed[(other, gpu)] - observed[(other, g)] for g in common])
+        )
+        out[other] = (
+            float(np.mean(shape)) if shape else 0.5,
+            float(f2 != family),
+            abs(math.log2(max(batch, 1)) - math.log2(max(b2, 1))),
+            float(s2 != scale),
+            estimate,
+        )
     return out
 
 
@@ -215,8 +260,9 @@ def _grid_predictions(cands: list[Cands], grid: np.ndarray) -> np.ndarray:
     return out
 
 
-def nested_pair_error(rows: list[BenchRow], grid: dict[str, tuple[float, ...]] | None = None
-                      ) -> dict[str, Any]:
+def nested_pair_error(
+    rows: list[BenchRow], grid: dict[str, tuple[float, ...]] | None = None
+) -> dict[str, Any]:
     """Pair-held-out MAPE of the neighbour method with its hyper-parameters chosen, for each held-out
     pair, by an inner leave-one-pair-out over the *other* pairs only (the held-out pair is never
     seen while choosing). Returns the MAPE and how often each choice was made."""
@@ -230,11 +276,14 @@ def nested_pair_error(rows: list[BenchRow], grid: dict[str, tuple[float, ...]] |
     points = _grid(grid or NEIGHBOR_GRID)
 
     def eligible(obs: dict[tuple[str, str], float], key: tuple[str, str]) -> bool:
-        return (any(m == key[0] and g != key[1] for m, g in obs)
-                and any(g == key[1] and m != key[0] for m, g in obs))
+        return any(m == key[0] and g != key[1] for m, g in obs) and any(
+            g == key[1] and m != key[0] for m, g in obs
+        )
 
     targets = [key for key in observed if eligible(observed, key)]
-    base = {key: _candidates({k: v for k, v in observed.items() if k != key}, *key) for key in targets}
+    base = {
+        key: _candidates({k: v for k, v in observed.items() if k != key}, *key) for key in targets
+    }
     pairs: list[tuple[float, float]] = []
     chosen: dict[str, int] = {}
     for outer in targets:
@@ -249,8 +298,7 @@ def nested_pair_error(rows: list[BenchRow], grid: dict[str, tuple[float, ...]] |
             if outer[0] in c:  # the held-out pair belonged to this neighbour: recompute it
                 del c[outer[0]]
                 sub = {k: v for k, v in train.items() if k != u}
-                again = _candidates({k: v for k, v in sub.items()
-                                     if k[0] in (u[0], outer[0])}, *u)
+                again = _candidates({k: v for k, v in sub.items() if k[0] in (u[0], outer[0])}, *u)
                 if outer[0] in again:
                     c[outer[0]] = again[outer[0]]
             cands.append(c)
@@ -261,12 +309,19 @@ def nested_pair_error(rows: list[BenchRow], grid: dict[str, tuple[float, ...]] |
         best = int(np.nanargmin(err))
         label = ",".join(f"{v:g}" for v in points[best])
         chosen[label] = chosen.get(label, 0) + 1
-        log_t = _grid_predictions([base[outer]], points[best: best + 1])[0, 0]
+        log_t = _grid_predictions([base[outer]], points[best : best + 1])[0, 0]
         if not math.isfinite(log_t):
-            pred = Predictor([r for r in alone if (r.model, r.gpu_model) != outer]).step_time(*outer).value
+            pred = (
+                Predictor([r for r in alone if (r.model, r.gpu_model) != outer])
+                .step_time(*outer)
+                .value
+            )
         else:
             pred = math.exp(log_t)
         pairs += [(pred, t) for t in truth[outer]]
-    return {"mape_pct": _mape(pairs), "held_out": len(pairs),
-            "chosen": dict(sorted(chosen.items(), key=lambda kv: -kv[1])),
-            "grid_columns": list((grid or NEIGHBOR_GRID).keys())}
+    return {
+        "mape_pct": _mape(pairs),
+        "held_out": len(pairs),
+        "chosen": dict(sorted(chosen.items(), key=lambda kv: -kv[1])),
+        "grid_columns": list((grid or NEIGHBOR_GRID).keys()),
+    }

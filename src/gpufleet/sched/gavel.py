@@ -29,8 +29,11 @@ class GavelTable:
     def job_types(self, scale: int) -> list[str]:
         """Job types measured at this GPU count on every Gavel GPU model (v100 at least)."""
         return sorted(
-            {t for (g, t, s), tput in self.alone_steps_per_second.items()
-             if s == scale and g == "v100" and tput > 0}
+            {
+                t
+                for (g, t, s), tput in self.alone_steps_per_second.items()
+                if s == scale and g == "v100" and tput > 0
+            }
         )
 
     def gpu_models(self) -> list[str]:
@@ -71,7 +74,9 @@ def load_gavel(path: str | Path) -> GavelTable:
                     continue
                 other_type, other_scale = _parse_key(other_key)
                 if other_scale == 1 and float(pair[0]) > 0:
-                    table.paired_steps_per_second[(gpu_model, job_type, other_type)] = float(pair[0])
+                    table.paired_steps_per_second[(gpu_model, job_type, other_type)] = float(
+                        pair[0]
+                    )
     return table
 
 
@@ -104,7 +109,9 @@ def split_job_type(job_type: str) -> tuple[str, int]:
 
 def synthetic_memory_bytes(job_type: str) -> int:
     """Per-GPU memory of a job type under gpufleet's stated synthetic profile (Gavel has none)."""
-    family, batch = split_job_type(job_type.removesuffix(" x2").removesuffix(" x4").removesuffix(" x8"))
+    family, batch = split_job_type(
+        job_type.removesuffix(" x2").removesuffix(" x4").removesuffix(" x8")
+    )
     fixed, per_sample = _FAMILY_MEMORY_GIB.get(family, (4.0, 0.0))
     return int((fixed + per_sample * batch) * 2**30)
 
@@ -119,9 +126,23 @@ def to_bench_rows(table: GavelTable, with_synthetic_memory: bool = False) -> lis
         mem = ""
         if with_synthetic_memory:
             mem = str(synthetic_memory_bytes(job_type) // 2**20)
-        rows.append({"gpu_model": gpu_model, "model": model, "colocated": "",
-                     "step_time_s": f"{1.0 / tput:.6g}", "gpu_mem_mib": mem})
+        rows.append(
+            {
+                "gpu_model": gpu_model,
+                "model": model,
+                "colocated": "",
+                "step_time_s": f"{1.0 / tput:.6g}",
+                "gpu_mem_mib": mem,
+            }
+        )
     for (gpu_model, job_type, other), tput in sorted(table.paired_steps_per_second.items()):
-        rows.append({"gpu_model": gpu_model, "model": job_type, "colocated": other,
-                     "step_time_s": f"{1.0 / tput:.6g}", "gpu_mem_mib": ""})
+        rows.append(
+            {
+                "gpu_model": gpu_model,
+                "model": job_type,
+                "colocated": other,
+                "step_time_s": f"{1.0 / tput:.6g}",
+                "gpu_mem_mib": "",
+            }
+        )
     return rows

@@ -40,6 +40,7 @@ def _memoize(fn: ColocationPredictFn) -> ColocationPredictFn:
         if key not in cache:
             cache[key] = fn(own, other, model)
         return cache[key]
+
     return cached
 
 
@@ -47,14 +48,26 @@ class GpufleetPolicy(Policy):
     name = "gpufleet"
     uses_memory = True
 
-    def __init__(self, spec: ClusterSpec, colocation: ColocationPredictFn | None = None, *,
-                 aging: float = 0.5, starve_after_seconds: float = 6 * 3600.0,
-                 starve_factor: float = 4.0, memory_margin: float = 1.10,
-                 min_colocation_factor: float = 0.6, scan_limit: int = 64,
-                 pack_depth: int = 4, preempt_ratio: float = 4.0,
-                 min_run_seconds: float = 1800.0, restart_cost_seconds: float = 60.0,
-                 starve_scan: int = 1, busy_aging: float = 0.1,
-                 busy_queue_per_gpu: float = 4.0, fifo_factor: float = 1.0) -> None:
+    def __init__(
+        self,
+        spec: ClusterSpec,
+        colocation: ColocationPredictFn | None = None,
+        *,
+        aging: float = 0.5,
+        starve_after_seconds: float = 6 * 3600.0,
+        starve_factor: float = 4.0,
+        memory_margin: float = 1.10,
+        min_colocation_factor: float = 0.6,
+        scan_limit: int = 64,
+        pack_depth: int = 4,
+        preempt_ratio: float = 4.0,
+        min_run_seconds: float = 1800.0,
+        restart_cost_seconds: float = 60.0,
+        starve_scan: int = 1,
+        busy_aging: float = 0.1,
+        busy_queue_per_gpu: float = 4.0,
+        fifo_factor: float = 1.0,
+    ) -> None:
         self.spec = spec
         self.colocation = _memoize(colocation) if colocation is not None else None
         self.aging = aging
@@ -77,8 +90,9 @@ class GpufleetPolicy(Policy):
         self.busy_queue = busy_queue_per_gpu * spec.total_gpus
         self.bandwidth = spec.bandwidth_bytes_per_second
         self.memory_of = {h.gpu_model: h.gpu_memory_bytes for h in spec.hosts}
-        self.hosts_of = {m: {h.host_id for h in spec.hosts if h.gpu_model == m}
-                         for m in spec.gpu_models}
+        self.hosts_of = {
+            m: {h.host_id for h in spec.hosts if h.gpu_model == m} for m in spec.gpu_models
+        }
         self.queues = {m: SortedQueue(self._key_for(m)) for m in spec.gpu_models}
         self.fifo = SortedQueue(lambda j: (j.arrival_seconds,))
         self.models_of: dict[int, list[str]] = {}
@@ -89,6 +103,7 @@ class GpufleetPolicy(Policy):
             transfer = 0.0 if job.data_host in self.hosts_of[model] else self.transfer_estimate(job)
             runtime = job.predicted_duration_seconds[model] * (1.0 - job.progress_fraction)
             return (runtime + transfer + self.aging * job.arrival_seconds,)
+
         return key
 
     # -- events -------------------------------------------------------------------------------
@@ -109,8 +124,10 @@ class GpufleetPolicy(Policy):
         self._fifo_at = now
         wait = self._fifo_backlog_seconds
         best = job.best_predicted_seconds()
-        rate = sum(self.spec.gpus_of(m) * best / job.predicted_duration_seconds[m]
-                   for m in self.usable_models(job))
+        rate = sum(
+            self.spec.gpus_of(m) * best / job.predicted_duration_seconds[m]
+            for m in self.usable_models(job)
+        )
         if rate > 0:
             self._fifo_backlog_seconds += job.num_gpus * best / rate
         return wait
@@ -148,8 +165,11 @@ class GpufleetPolicy(Policy):
         return min(self.claim(job), self.memory_of[placement.gpu_model])
 
     def usable_models(self, job: SimJob) -> list[str]:
-        return [m for m in allowed_models(job, self.spec.gpu_models)
-                if self.spec.gpus_of(m) >= job.num_gpus and self.memory_fits(job, m)]
+        return [
+            m
+            for m in allowed_models(job, self.spec.gpu_models)
+            if self.spec.gpus_of(m) >= job.num_gpus and self.memory_fits(job, m)
+        ]
 
     def transfer_estimate(self, job: SimJob) -> float:
         return job.data_size_bytes / self.bandwidth if job.data_size_bytes > 0 else 0.0
@@ -175,14 +195,18 @@ class GpufleetPolicy(Policy):
         res = self.reservations.get(model)
         if res is None or res.job_id == job.job_id:
             return placement
-        end = (ctx.now_seconds + self.transfer_seconds(job, placement)
-               + job.predicted_duration_seconds[model])
+        end = (
+            ctx.now_seconds
+            + self.transfer_seconds(job, placement)
+            + job.predicted_duration_seconds[model]
+        )
         if not res.blocks(model, placement.host_ids, end):
             return placement
         return cluster.find_whole(job.num_gpus, model, avoid_hosts=res.host_ids)
 
-    def shared_placement(self, job: SimJob, ctx: SchedulerContext,
-                         candidates: dict[str, list[tuple[int, int]]]) -> Placement | None:
+    def shared_placement(
+        self, job: SimJob, ctx: SchedulerContext, candidates: dict[str, list[tuple[int, int]]]
+    ) -> Placement | None:
         """A GPU held by one 1-GPU job where both fit in memory and both keep enough speed."""
         if self.colocation is None or job.num_gpus != 1 or job.exclusive:
             return None
@@ -210,8 +234,7 @@ class GpufleetPolicy(Policy):
                     best = (end, Placement(((h, g),), model, shared=True))
         return best[1] if best else None
 
-    def _best_on(self, model: str, ctx: SchedulerContext
-                 ) -> tuple[float, SimJob, Placement] | None:
+    def _best_on(self, model: str, ctx: SchedulerContext) -> tuple[float, SimJob, Placement] | None:
         """The first job in this model's queue that can start there now (reserving for the head
         when it cannot)."""
         free = ctx.cluster.free_by_model[model]
@@ -258,7 +281,8 @@ class GpufleetPolicy(Policy):
         # The best start on each GPU model; after a start only that model (and any model whose
         # best was the job just started) is looked at again.
         best: dict[str, tuple[float, SimJob, Placement] | None] = {
-            m: self._best_on(m, ctx) for m in self.queues}
+            m: self._best_on(m, ctx) for m in self.queues
+        }
         while True:
             choices = [c for c in best.values() if c is not None]
             if not choices:
@@ -308,10 +332,15 @@ class GpufleetPolicy(Policy):
             victim, victim_left = None, 0.0
             for job in ctx.running.values():
                 placement = job.placement
-                if (placement is None or placement.gpu_model != model or placement.shared
-                        or job.num_gpus < head.num_gpus or len(placement.host_ids) != 1
-                        or now - job.run_started_seconds < self.min_run_seconds
-                        or placement.host_ids[0] in held):
+                if (
+                    placement is None
+                    or placement.gpu_model != model
+                    or placement.shared
+                    or job.num_gpus < head.num_gpus
+                    or len(placement.host_ids) != 1
+                    or now - job.run_started_seconds < self.min_run_seconds
+                    or placement.host_ids[0] in held
+                ):
                     continue
                 left = job.predicted_duration_seconds[model] * (1.0 - job.progress_at(now))
                 overhead = self.restart_cost_seconds + self.transfer_estimate(job)

@@ -16,9 +16,26 @@ import yaml
 
 GB = 10**9
 _MEMORY_RE = re.compile(r"^\s*(?P<num>\d+(\.\d+)?)\s*(?P<unit>[kmgt]i?b?|b)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": GB, "gb": GB,
-          "t": 10**12, "tb": 10**12, "ki": 2**10, "kib": 2**10, "mi": 2**20, "mib": 2**20,
-          "gi": 2**30, "gib": 2**30, "ti": 2**40, "tib": 2**40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": GB,
+    "gb": GB,
+    "t": 10**12,
+    "tb": 10**12,
+    "ki": 2**10,
+    "kib": 2**10,
+    "mi": 2**20,
+    "mib": 2**20,
+    "gi": 2**30,
+    "gib": 2**30,
+    "ti": 2**40,
+    "tib": 2**40,
+}
 
 
 class JobSpecError(ValueError):
@@ -42,7 +59,11 @@ class JobSpec:
 
 
 def _fail(path: str, what: str, value: Any) -> JobSpecError:
-    shown = json.dumps(value) if isinstance(value, str | int | float | bool) or value is None else repr(value)
+    shown = (
+        json.dumps(value)
+        if isinstance(value, str | int | float | bool) or value is None
+        else repr(value)
+    )
     return JobSpecError(f"{path}: {what}, got {shown}")
 
 
@@ -93,7 +114,9 @@ def parse_memory(value: Any, path: str) -> int:
 def _gpus(value: Any, path: str) -> float:
     gpus = _nonneg_float(value, path)
     if gpus <= 0 or (gpus > 1 and gpus != int(gpus)):
-        raise _fail(path, "must be a whole number of GPUs, or a fraction of one (0 < gpus < 1)", value)
+        raise _fail(
+            path, "must be a whole number of GPUs, or a fraction of one (0 < gpus < 1)", value
+        )
     return gpus
 
 
@@ -102,8 +125,20 @@ def parse_plain(data: dict[str, Any]) -> JobSpec:
     data_location, command, priority, deadline}``."""
     if not isinstance(data, dict):
         raise JobSpecError(f"spec: must be a mapping, got {type(data).__name__}")
-    known = {"name", "user", "gpus", "model_name", "gpu_memory", "epochs", "steps", "data_size_gb",
-             "data_location", "command", "priority", "deadline"}
+    known = {
+        "name",
+        "user",
+        "gpus",
+        "model_name",
+        "gpu_memory",
+        "epochs",
+        "steps",
+        "data_size_gb",
+        "data_location",
+        "command",
+        "priority",
+        "deadline",
+    }
     for key in data:
         if key not in known:
             raise JobSpecError(f"{key}: unknown field; expected one of {', '.join(sorted(known))}")
@@ -124,12 +159,17 @@ def parse_plain(data: dict[str, Any]) -> JobSpec:
         user=_text(data.get("user"), "user") or "",
         gpus=_gpus(data.get("gpus", 1), "gpus"),
         model_name=_text(data.get("model_name"), "model_name") or "",
-        gpu_memory_bytes=(parse_memory(data["gpu_memory"], "gpu_memory")
-                          if data.get("gpu_memory") is not None else None),
-        epochs=epochs, steps=steps,
+        gpu_memory_bytes=(
+            parse_memory(data["gpu_memory"], "gpu_memory")
+            if data.get("gpu_memory") is not None
+            else None
+        ),
+        epochs=epochs,
+        steps=steps,
         data_size_bytes=int(_nonneg_float(data.get("data_size_gb", 0), "data_size_gb") * GB),
         data_location=_text(data.get("data_location"), "data_location", required=False),
-        command=tuple(command), priority=priority,
+        command=tuple(command),
+        priority=priority,
         deadline=_text(data.get("deadline"), "deadline", required=False),
     )
 
@@ -156,24 +196,36 @@ def parse_k8s_job(doc: dict[str, Any]) -> JobSpec:
     if "epoch" not in notes:
         raise JobSpecError(f"{prefix}.epoch: is required")
     epochs = _positive_int(notes["epoch"], f"{prefix}.epoch")
-    containers = (((doc.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers")
+    containers = (((doc.get("spec") or {}).get("template") or {}).get("spec") or {}).get(
+        "containers"
+    )
     if not isinstance(containers, list) or not containers or not isinstance(containers[0], dict):
         raise JobSpecError("spec.template.spec.containers: must list at least one container")
     first = containers[0]
-    limits = ((first.get("resources") or {}).get("limits") or {})
+    limits = (first.get("resources") or {}).get("limits") or {}
     path = "spec.template.spec.containers[0].resources.limits.nvidia.com/gpu"
     gpus = _gpus(limits.get("nvidia.com/gpu", 1), path)
     memory = notes.get("gpu_memory")
     return JobSpec(
         name=_text(meta.get("name"), "metadata.name") or "",
-        user=_text(notes.get("user") or (meta.get("labels") or {}).get("user"),
-                   f"{prefix}.user", required=False) or meta.get("namespace", "default"),
-        gpus=gpus, model_name=model,
-        gpu_memory_bytes=parse_memory(memory, f"{prefix}.gpu_memory") if memory is not None else None,
-        epochs=epochs, data_size_bytes=int(data_gb * GB),
+        user=_text(
+            notes.get("user") or (meta.get("labels") or {}).get("user"),
+            f"{prefix}.user",
+            required=False,
+        )
+        or meta.get("namespace", "default"),
+        gpus=gpus,
+        model_name=model,
+        gpu_memory_bytes=parse_memory(memory, f"{prefix}.gpu_memory")
+        if memory is not None
+        else None,
+        epochs=epochs,
+        data_size_bytes=int(data_gb * GB),
         data_location=_text(notes.get("data_location"), f"{prefix}.data_location", required=False),
         command=tuple(str(c) for c in (first.get("command") or []) + (first.get("args") or [])),
-        priority=_positive_int(notes["priority"], f"{prefix}.priority") if "priority" in notes else 0,
+        priority=_positive_int(notes["priority"], f"{prefix}.priority")
+        if "priority" in notes
+        else 0,
         deadline=_text(notes.get("deadline"), f"{prefix}.deadline", required=False),
     )
 

@@ -51,12 +51,16 @@ class Policy(ABC):
 
 def allowed_models(job: SimJob, gpu_models: Iterable[str]) -> list[str]:
     """GPU models a job may be placed on: predicted to run there and not excluded after an OOM."""
-    return [m for m in gpu_models
-            if m not in job.excluded_gpu_models and m in job.predicted_duration_seconds]
+    return [
+        m
+        for m in gpu_models
+        if m not in job.excluded_gpu_models and m in job.predicted_duration_seconds
+    ]
 
 
-def first_fit_placement(job: SimJob, cluster: ClusterState, gpu_models: Iterable[str]
-                        ) -> Placement | None:
+def first_fit_placement(
+    job: SimJob, cluster: ClusterState, gpu_models: Iterable[str]
+) -> Placement | None:
     """Memory-unaware placement of the literature baselines: first GPU model (in cluster order)
     with enough free GPUs."""
     for model in allowed_models(job, gpu_models):
@@ -67,5 +71,7 @@ def first_fit_placement(job: SimJob, cluster: ClusterState, gpu_models: Iterable
 
 
 def fits_anywhere(job: SimJob, cluster: ClusterState) -> bool:
-    return any(cluster.spec.gpus_of(m) >= job.num_gpus
-               for m in allowed_models(job, cluster.spec.gpu_models))
+    return any(
+        cluster.spec.gpus_of(m) >= job.num_gpus
+        for m in allowed_models(job, cluster.spec.gpu_models)
+    )

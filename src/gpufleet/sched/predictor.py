@@ -31,9 +31,14 @@ GPU_TFLOPS = {"k80": 4.37, "p100": 9.3, "v100": 15.7, "t4": 8.1, "a100": 19.5, "
 NEIGHBOR_WEIGHTS = (2.0, 0.4, 0.6, 0.02)
 
 
-def fit_additive(entries: list[tuple[int, int, float]], n_rows: int, n_cols: int,
-                 rank: int = 0, reg: float = 0.1, iterations: int = 30
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def fit_additive(
+    entries: list[tuple[int, int, float]],
+    n_rows: int,
+    n_cols: int,
+    rank: int = 0,
+    reg: float = 0.1,
+    iterations: int = 30,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Fit ``y[i, j] = a[i] + b[j] + u[i] . v[j]`` to observed entries (rank 0: no interaction)."""
     a = np.zeros(n_rows)
     b = np.zeros(n_cols)
@@ -75,8 +80,9 @@ class Prediction:
 class Predictor:
     """Predicts seconds per step, GPU memory and co-location slowdown; learns online."""
 
-    def __init__(self, rows: Iterable[BenchRow], rank: int = 0, method: str = "neighbors",
-                 neighbors: int = 4) -> None:
+    def __init__(
+        self, rows: Iterable[BenchRow], rank: int = 0, method: str = "neighbors", neighbors: int = 4
+    ) -> None:
         self.rank = rank
         self.method = method
         self.neighbors = neighbors
@@ -96,8 +102,9 @@ class Predictor:
             samples[(mi[r.model], gi[r.gpu_model])].append(math.log(r.step_time_s))
         entries = [(i, j, float(np.mean(v))) for (i, j), v in samples.items()]
         self.observed = {(self.models[i], self.gpus[j]): y for i, j, y in entries}
-        self.a, self.b, self.u, self.v = fit_additive(entries, len(self.models), len(self.gpus),
-                                                      self.rank)
+        self.a, self.b, self.u, self.v = fit_additive(
+            entries, len(self.models), len(self.gpus), self.rank
+        )
         memory: dict[str, list[float]] = defaultdict(list)
         for r in self.rows:
             if r.gpu_mem_mib is not None and not r.colocated:
@@ -115,19 +122,27 @@ class Predictor:
             other = sorted({x for _, x, _ in items})
             oi = {m: i for i, m in enumerate(own)}
             xi = {m: i for i, m in enumerate(other)}
-            a, b, _, _ = fit_additive([(oi[o], xi[x], s) for o, x, s in items], len(own), len(other))
+            a, b, _, _ = fit_additive(
+                [(oi[o], xi[x], s) for o, x, s in items], len(own), len(other)
+            )
             mean = float(np.mean([s for _, _, s in items]))
-            self.colo[gpu] = ({m: float(a[oi[m]]) for m in own},
-                              {m: float(b[xi[m]]) for m in other}, mean)
+            self.colo[gpu] = (
+                {m: float(a[oi[m]]) for m in own},
+                {m: float(b[xi[m]]) for m in other},
+                mean,
+            )
 
     # -- predictions --------------------------------------------------------------------------
     def _model_effect(self, model: str) -> tuple[float | None, str]:
         if model in self.models:
             return float(self.a[self.models.index(model)]), "table"
         family, batch, scale = model_features(model)
-        kin = [(abs(math.log2(max(b, 1)) - math.log2(max(batch, 1))), self.a[i])
-               for i, m in enumerate(self.models)
-               for f, b, s in [model_features(m)] if f == family and s == scale]
+        kin = [
+            (abs(math.log2(max(b, 1)) - math.log2(max(batch, 1))), self.a[i])
+            for i, m in enumerate(self.models)
+            for f, b, s in [model_features(m)]
+            if f == family and s == scale
+        ]
         if not kin:
             return None, f"unknown: model {model!r} was never benchmarked"
         nearest = min(d for d, _ in kin)
@@ -139,8 +154,10 @@ class Predictor:
         known = [g for g in self.gpus if g in GPU_TFLOPS]
         if gpu_model not in GPU_TFLOPS or not known:
             return None, f"unknown: GPU model {gpu_model!r} was never benchmarked"
-        est = [self.b[self.gpus.index(g)] + math.log(GPU_TFLOPS[g] / GPU_TFLOPS[gpu_model])
-               for g in known]
+        est = [
+            self.b[self.gpus.index(g)] + math.log(GPU_TFLOPS[g] / GPU_TFLOPS[gpu_model])
+            for g in known
+        ]
         return float(np.mean(est)), "tflops"
 
     def _neighbors_log_time(self, model: str, gpu_model: str) -> float | None:
@@ -160,14 +177,28 @@ class Predictor:
                 continue
             f2, b2, s2 = model_features(other)
             ref = common[0]
-            shape = [abs((mine[g] - mine[ref]) - (self.observed[(other, g)] - self.observed[(other, ref)]))
-                     for g in common[1:]]
+            shape = [
+                abs(
+                    (mine[g] - mine[ref])
+                    - (self.observed[(other, g)] - self.observed[(other, ref)])
+                )
+                for g in common[1:]
+            ]
             w_family, w_batch, w_scale, _ = NEIGHBOR_WEIGHTS
-            distance = (float(np.mean(shape)) if shape else 0.5) + w_family * (f2 != family) \
-                + w_batch * abs(math.log2(max(batch, 1)) - math.log2(max(b2, 1))) \
+            distance = (
+                (float(np.mean(shape)) if shape else 0.5)
+                + w_family * (f2 != family)
+                + w_batch * abs(math.log2(max(batch, 1)) - math.log2(max(b2, 1)))
                 + w_scale * (s2 != scale)
-            estimate = float(np.mean([mine[g] + self.observed[(other, gpu_model)] - self.observed[(other, g)]
-                                      for g in common]))
+            )
+            estimate = float(
+                np.mean(
+                    [
+                        mine[g] + self.observed[(other, gpu_model)] - self.observed[(other, g)]
+                        for g in common
+                    ]
+                )
+            )
             scored.append((distance, estimate))
         if not scored:
             return None
@@ -180,7 +211,9 @@ class Predictor:
         """Seconds per step of ``model`` alone on one ``gpu_model`` (its GPU count in the name)."""
         correction = self.corrections.get((model, gpu_model), 0.0)
         if (model, gpu_model) in self.observed:
-            return Prediction(math.exp(self.observed[(model, gpu_model)] + correction), True, "measured")
+            return Prediction(
+                math.exp(self.observed[(model, gpu_model)] + correction), True, "measured"
+            )
         if self.method == "neighbors":
             log_t = self._neighbors_log_time(model, gpu_model)
             if log_t is not None:
@@ -189,8 +222,12 @@ class Predictor:
         b, rule_b = self._gpu_effect(gpu_model)
         if a is None or b is None:
             rule = rule_a if a is None else rule_b
-            return Prediction(math.nan, False, rule + "; rule: run it with the GPU to itself first "
-                              "and learn from the observed runtime")
+            return Prediction(
+                math.nan,
+                False,
+                rule + "; rule: run it with the GPU to itself first "
+                "and learn from the observed runtime",
+            )
         log_t = a + b
         if self.rank and rule_a == "table" and rule_b == "table":
             log_t += float(self.u[self.models.index(model)] @ self.v[self.gpus.index(gpu_model)])

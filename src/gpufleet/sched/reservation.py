@@ -29,14 +29,21 @@ def predicted_end(job: SimJob, now_seconds: float) -> float:
     """Predicted end of a running job: now plus its predicted remaining time on its GPU model."""
     assert job.placement is not None
     model = job.placement.gpu_model
-    remaining = job.predicted_duration_seconds.get(model, math.inf) * (1.0 - job.progress_at(now_seconds))
+    remaining = job.predicted_duration_seconds.get(model, math.inf) * (
+        1.0 - job.progress_at(now_seconds)
+    )
     start = max(now_seconds, job.progress_from_seconds)
     # A job past its prediction is assumed to end soon (in 10% of its prediction).
     return start + max(remaining, 0.1 * job.predicted_duration_seconds.get(model, 0.0))
 
 
-def reserve(job: SimJob, cluster: ClusterState, running: Mapping[int, SimJob], now_seconds: float,
-            gpu_models: Iterable[str]) -> Reservation | None:
+def reserve(
+    job: SimJob,
+    cluster: ClusterState,
+    running: Mapping[int, SimJob],
+    now_seconds: float,
+    gpu_models: Iterable[str],
+) -> Reservation | None:
     """Earliest (predicted) time and hosts where ``job`` gets its GPUs, over the given models."""
     best: Reservation | None = None
     need = job.num_gpus

@@ -24,18 +24,24 @@ ORACLE_POLICIES = ("sjf",)
 
 def truth_colocation(gavel: GavelTable) -> Callable[[str, str, str], float]:
     """True speed kept while sharing a GPU: Gavel's measured pair, 0.5 where it has none."""
+
     def factor(own: str, other: str, model: str) -> float:
         value = gavel.colocation_factor(model, own, other)
         return value if value is not None else 0.5
+
     return factor
 
 
-def make_policy(name: str, spec: ClusterSpec,
-                predict_colocation: Callable[[str, str, str], float | None] | None) -> Policy:
+def make_policy(
+    name: str, spec: ClusterSpec, predict_colocation: Callable[[str, str, str], float | None] | None
+) -> Policy:
     from gpufleet.sched.tiresias import Tiresias
 
     factories: dict[str, Callable[[], Policy]] = {
-        "fifo": Fifo, "sjf": ShortestJobFirst, "easy": EasyBackfill, "tiresias": Tiresias,
+        "fifo": Fifo,
+        "sjf": ShortestJobFirst,
+        "easy": EasyBackfill,
+        "tiresias": Tiresias,
         "gavel": lambda: GavelMaxMin(spec),
         "gpufleet": lambda: GpufleetPolicy(spec, predict_colocation),
     }
@@ -57,22 +63,39 @@ class Experiment:
     def jobs(self, predictor: Any = None) -> list[SimJob]:
         ratio = predictor.runtime_ratio if predictor is not None else None
         memory = predictor.memory_bytes if predictor is not None else None
-        return build_jobs(self.trace, self.spec, self.gavel, load=self.load, seed=self.seed,
-                          runtime_error=self.runtime_error, predicted_ratio=ratio,
-                          predicted_memory=memory)
+        return build_jobs(
+            self.trace,
+            self.spec,
+            self.gavel,
+            load=self.load,
+            seed=self.seed,
+            runtime_error=self.runtime_error,
+            predicted_ratio=ratio,
+            predicted_memory=memory,
+        )
 
-    def run(self, policy_names: list[str], predictor: Any = None,
-            on_progress: Callable[[str, int, int], None] | None = None
-            ) -> dict[str, tuple[dict[str, Any], SimResult]]:
+    def run(
+        self,
+        policy_names: list[str],
+        predictor: Any = None,
+        on_progress: Callable[[str, int, int], None] | None = None,
+    ) -> dict[str, tuple[dict[str, Any], SimResult]]:
         jobs = self.jobs(predictor)
         colocation = truth_colocation(self.gavel)
-        predicted_colocation = (predictor.colocation_factor if predictor is not None
-                                else lambda a, b, m: self.gavel.colocation_factor(m, a, b))
+        predicted_colocation = (
+            predictor.colocation_factor
+            if predictor is not None
+            else lambda a, b, m: self.gavel.colocation_factor(m, a, b)
+        )
         out = {}
         for name in policy_names:
             policy = make_policy(name, self.spec, predicted_colocation)
-            progress = (lambda done, total, n=name: on_progress(n, done, total)) if on_progress else None
-            sim = Simulator(self.spec, [j.fresh() for j in jobs], policy, colocation, self.config, progress)
+            progress = (
+                (lambda done, total, n=name: on_progress(n, done, total)) if on_progress else None
+            )
+            sim = Simulator(
+                self.spec, [j.fresh() for j in jobs], policy, colocation, self.config, progress
+            )
             result = sim.run()
             out[name] = (summarize(result), result)
         return out

@@ -68,9 +68,15 @@ class SimResult:
 class Simulator:
     """Drives one policy over one list of jobs. The jobs are mutated; pass fresh copies."""
 
-    def __init__(self, spec: ClusterSpec, jobs: list[SimJob], policy: Policy,
-                 colocation: ColocationFn | None = None, config: SimConfig | None = None,
-                 on_progress: Callable[[int, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        spec: ClusterSpec,
+        jobs: list[SimJob],
+        policy: Policy,
+        colocation: ColocationFn | None = None,
+        config: SimConfig | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> None:
         self.cluster = ClusterState(spec)
         self.jobs = {j.job_id: j for j in jobs}
         self.policy = policy
@@ -124,7 +130,9 @@ class Simulator:
         job.rate_per_second = 0.0
         if self._overflows(job, placement):
             self._oom_pending.add(job.job_id)
-            self._push(now + overhead + self.config.oom_detect_seconds, _OOM, job.job_id, job.version)
+            self._push(
+                now + overhead + self.config.oom_detect_seconds, _OOM, job.job_id, job.version
+            )
             return
         self._set_rate(job)
         for other in self.cluster.co_holders(job.job_id):
@@ -153,8 +161,9 @@ class Simulator:
     def _overflows(self, job: SimJob, placement: Placement) -> bool:
         hosts = self.cluster.hosts
         if not self.cluster.shared_gpus:  # the job is alone on each of its GPUs
-            return any(job.true_gpu_memory_bytes > hosts[h].gpu_memory_bytes
-                       for h in placement.host_ids)
+            return any(
+                job.true_gpu_memory_bytes > hosts[h].gpu_memory_bytes for h in placement.host_ids
+            )
         for h, g in placement.gpus:
             used = sum(self.jobs[j].true_gpu_memory_bytes for j in self.cluster.occupants[h][g])
             if used > self.cluster.hosts[h].gpu_memory_bytes:
@@ -274,9 +283,13 @@ class Simulator:
             self.policy.schedule(self)
             self._record_queue()
             wake = self.policy.next_wakeup_seconds(self.now_seconds)
-            if (wake is not None and wake > self.now_seconds and math.isfinite(wake)
-                    and wake not in self._wakeups
-                    and (self.running or pending_arrivals or self._started_in_pass)):
+            if (
+                wake is not None
+                and wake > self.now_seconds
+                and math.isfinite(wake)
+                and wake not in self._wakeups
+                and (self.running or pending_arrivals or self._started_in_pass)
+            ):
                 self._wakeups.add(wake)
                 self._push(wake, _WAKEUP, -1, 0)
             handled += 1
@@ -293,17 +306,33 @@ class Simulator:
     def _result(self, wall_s: float) -> SimResult:
         records = []
         for job in self.jobs.values():
-            feasible = [d for m, d in job.true_duration_seconds.items()
-                        if self.cluster.spec.gpus_of(m) >= job.num_gpus]
-            records.append(JobRecord(
-                job.job_id, job.num_gpus, job.arrival_seconds, job.first_start_seconds,
-                job.finish_seconds, job.run_seconds, min(feasible, default=math.inf),
-                self._mean_in_system.get(job.job_id, 1.0)))
+            feasible = [
+                d
+                for m, d in job.true_duration_seconds.items()
+                if self.cluster.spec.gpus_of(m) >= job.num_gpus
+            ]
+            records.append(
+                JobRecord(
+                    job.job_id,
+                    job.num_gpus,
+                    job.arrival_seconds,
+                    job.first_start_seconds,
+                    job.finish_seconds,
+                    job.run_seconds,
+                    min(feasible, default=math.inf),
+                    self._mean_in_system.get(job.job_id, 1.0),
+                )
+            )
         step = max(1, len(self._queue_trace) // self.config.queue_samples)
         return SimResult(
-            policy=self.policy.name, jobs=records, total_gpus=self.cluster.spec.total_gpus,
-            busy_gpu_seconds=self._busy_area, oom_failures=self.oom_failures,
+            policy=self.policy.name,
+            jobs=records,
+            total_gpus=self.cluster.spec.total_gpus,
+            busy_gpu_seconds=self._busy_area,
+            oom_failures=self.oom_failures,
             preemptions=self.preemptions,
             unfinished_jobs=sum(1 for j in self.jobs.values() if j.status != FINISHED),
-            sim_wall_s=wall_s, queue_length=self._queue_trace[::step],
-            memory_overcommits=self.memory_overcommits)
+            sim_wall_s=wall_s,
+            queue_length=self._queue_trace[::step],
+            memory_overcommits=self.memory_overcommits,
+        )

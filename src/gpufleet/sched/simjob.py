@@ -52,27 +52,45 @@ class SimJob:
 
     def fresh(self) -> SimJob:
         """A copy in its initial state (what was given, none of what happened)."""
-        return SimJob(self.job_id, self.arrival_seconds, self.num_gpus, self.job_type,
-                      dict(self.true_duration_seconds), self.true_gpu_memory_bytes,
-                      dict(self.predicted_duration_seconds), self.predicted_gpu_memory_bytes,
-                      self.data_size_bytes, self.data_host, self.user, self.synthetic)
+        return SimJob(
+            self.job_id,
+            self.arrival_seconds,
+            self.num_gpus,
+            self.job_type,
+            dict(self.true_duration_seconds),
+            self.true_gpu_memory_bytes,
+            dict(self.predicted_duration_seconds),
+            self.predicted_gpu_memory_bytes,
+            self.data_size_bytes,
+            self.data_host,
+            self.user,
+            self.synthetic,
+        )
 
     def predicted_remaining_seconds(self, gpu_model: str) -> float:
         base = self.predicted_duration_seconds.get(gpu_model, float("inf"))
         return base * (1.0 - self.progress_fraction)
 
     def best_predicted_seconds(self) -> float:
-        values = [v for m, v in self.predicted_duration_seconds.items()
-                  if m not in self.excluded_gpu_models]
+        values = [
+            v
+            for m, v in self.predicted_duration_seconds.items()
+            if m not in self.excluded_gpu_models
+        ]
         return min(values) if values else float("inf")
 
     def attained_now(self, now_seconds: float) -> float:
         """GPU-seconds of service including the current run."""
         if self.status == RUNNING:
-            return self.attained_gpu_seconds + (now_seconds - self.run_started_seconds) * self.num_gpus
+            return (
+                self.attained_gpu_seconds + (now_seconds - self.run_started_seconds) * self.num_gpus
+            )
         return self.attained_gpu_seconds
 
     def progress_at(self, now_seconds: float) -> float:
         if self.status != RUNNING:
             return self.progress_fraction
-        return self.progress_fraction + max(0.0, now_seconds - self.progress_from_seconds) * self.rate_per_second
+        return (
+            self.progress_fraction
+            + max(0.0, now_seconds - self.progress_from_seconds) * self.rate_per_second
+        )

@@ -24,8 +24,10 @@ class Tiresias(Policy):
     scan_limit = 64
 
     def __init__(self) -> None:
-        self.levels = [SortedQueue(lambda j: (j.arrival_seconds,))
-                       for _ in range(len(self.thresholds_gpu_seconds) + 1)]
+        self.levels = [
+            SortedQueue(lambda j: (j.arrival_seconds,))
+            for _ in range(len(self.thresholds_gpu_seconds) + 1)
+        ]
         self.level_of: dict[int, int] = {}
         self.offset: dict[int, float] = {}  # attained service forgiven at promotion
         self._running: dict[int, SimJob] | None = None
@@ -74,8 +76,9 @@ class Tiresias(Policy):
             outranked = False
             for job in ctx.running.values():
                 level = self._level(job.attained_now(now) - self.offset.get(job.job_id, 0.0))
-                if level > first_level or (level == first_level
-                                           and job.arrival_seconds > head.arrival_seconds):
+                if level > first_level or (
+                    level == first_level and job.arrival_seconds > head.arrival_seconds
+                ):
                     outranked = True
                     break
             if not outranked:
@@ -90,8 +93,9 @@ class Tiresias(Policy):
         admit: list[tuple[SimJob, str]] = []
         for level, queue in enumerate(self.levels):
             waiting = ((j.arrival_seconds, j.job_id, j) for j in queue.head(self.scan_limit))
-            for _, _, job in heapq.merge(sorted(by_level[level], key=lambda e: e[:2]), waiting,
-                                         key=lambda e: e[:2]):
+            for _, _, job in heapq.merge(
+                sorted(by_level[level], key=lambda e: e[:2]), waiting, key=lambda e: e[:2]
+            ):
                 if total <= 0:
                     break
                 if job.placement is not None:

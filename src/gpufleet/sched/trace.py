@@ -38,8 +38,12 @@ class TraceJob:
     vc: str
 
 
-def read_philly(path: str | Path, vcs: Iterable[str] | None = None,
-                start: datetime | None = None, end: datetime | None = None) -> list[TraceJob]:
+def read_philly(
+    path: str | Path,
+    vcs: Iterable[str] | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> list[TraceJob]:
     """Rows of ``philly_jobs.csv`` (timestamp,duration,num_gpus,gpu_time,cluster), sorted by time."""
     wanted = set(vcs) if vcs else None
     out: list[TraceJob] = []
@@ -91,9 +95,17 @@ RatioFn = Callable[[str, int, str], float | None]  # (job type, scale, gpu model
 MemoryFn = Callable[[str, int], int | None]
 
 
-def build_jobs(trace: list[TraceJob], spec: ClusterSpec, gavel: GavelTable, *, load: float = 1.0,
-               seed: int = 0, runtime_error: float = 0.5, predicted_ratio: RatioFn | None = None,
-               predicted_memory: MemoryFn | None = None) -> list[SimJob]:
+def build_jobs(
+    trace: list[TraceJob],
+    spec: ClusterSpec,
+    gavel: GavelTable,
+    *,
+    load: float = 1.0,
+    seed: int = 0,
+    runtime_error: float = 0.5,
+    predicted_ratio: RatioFn | None = None,
+    predicted_memory: MemoryFn | None = None,
+) -> list[SimJob]:
     """Simulation jobs from trace rows; arrivals are time-scaled so the offered load is ``load``."""
     if load <= 0:
         raise ValueError("load must be positive")
@@ -119,12 +131,19 @@ def build_jobs(trace: list[TraceJob], spec: ClusterSpec, gavel: GavelTable, *, l
         predicted_mem = predicted_memory(job_type, scale) if predicted_memory else None
         data_size = int(min(2000 * GB, 20 * GB * math.exp(rng.gauss(0.0, 1.0))))
         data_host = rng.randrange(len(spec.hosts)) if rng.random() < 0.7 else None
-        jobs.append(SimJob(
-            job_id=index, arrival_seconds=(row.submit_seconds - base) * stretch,
-            num_gpus=row.num_gpus, job_type=bench_model_name(job_type, 1),
-            true_duration_seconds=true_duration, true_gpu_memory_bytes=memory,
-            predicted_duration_seconds=predicted,
-            predicted_gpu_memory_bytes=predicted_mem if predicted_mem else profile,
-            data_size_bytes=data_size, data_host=data_host, user=f"{row.vc}/u{index % 97}",
-        ))
+        jobs.append(
+            SimJob(
+                job_id=index,
+                arrival_seconds=(row.submit_seconds - base) * stretch,
+                num_gpus=row.num_gpus,
+                job_type=bench_model_name(job_type, 1),
+                true_duration_seconds=true_duration,
+                true_gpu_memory_bytes=memory,
+                predicted_duration_seconds=predicted,
+                predicted_gpu_memory_bytes=predicted_mem if predicted_mem else profile,
+                data_size_bytes=data_size,
+                data_host=data_host,
+                user=f"{row.vc}/u{index % 97}",
+            )
+        )
     return jobs
