@@ -418,3 +418,21 @@ def test_starttls_and_login(data_dir, tmp_path, monkeypatch):
             store.close()
     finally:
         controller.stop()
+
+
+def test_mailed_reports_use_the_configured_host_groups(data_dir, tmp_path):
+    from gpufleet.reports.mail import local_fetch
+
+    first, last = (datetime.fromtimestamp(t, UTC).date() for t in (START, END))
+    settings = settings_for(data_dir, tmp_path, None)
+    store = open_store(data_dir / "gpufleet.duckdb")
+    try:
+        by_host = local_fetch(settings, store)("month", "host", first, last)["rows"]
+        hosts = sorted({r["key"] for r in by_host})
+        groups = settings.hosts.model_copy(update={"groups": {"first": [hosts[0]]}})
+        grouped = settings.model_copy(update={"hosts": groups})
+        rows = local_fetch(grouped, store)("month", "host_group", first, last)["rows"]
+    finally:
+        store.close()
+    assert len(hosts) == 2
+    assert {r["key"] for r in rows} == {"first", "(ungrouped)"}

@@ -332,7 +332,7 @@ def local_fetch(settings: Settings, store: Store) -> Fetch:
     def fetch(period: str, by: str, first: date, last: date) -> dict[str, Any]:
         return compute_report(
             store, period=period, by=by, first=first, last=last, tz=wh.timezone,
-            busy_util_percent=wh.busy_util_percent,
+            busy_util_percent=wh.busy_util_percent, host_groups=settings.hosts.groups,
         )  # fmt: skip
 
     return fetch
