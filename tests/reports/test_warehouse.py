@@ -301,3 +301,43 @@ def test_embedded_and_postgresql_give_the_same_answers(samples, tmp_path, fresh_
     finally:
         for store in stores.values():
             store.close()
+
+
+def test_samples_without_a_reading_stay_out_of_the_histogram_and_shares_add_up(store_url):
+    """A GPU sample without a utilisation reading adds to no histogram bucket (p95 comes
+    from the readings alone); one GPU held by a known and an unknown user, then by one user
+    with two processes: each user's GPU-hours and memory as the raw samples say."""
+    store = open_store(store_url)
+    t0 = datetime(2024, 3, 4, tzinfo=UTC).timestamp()
+
+    def one(i, util, procs):
+        return Sample(
+            host="h", ts=t0 + 60 * i, interval_seconds=60.0,
+            gpus=[Gpu(index=0, name="X", utilization_gpu_percent=util, power_watts=100.0)],
+            processes=[
+                GpuProcess(pid=10 + k, gpu_index=0, user=u, gpu_memory_bytes=m)
+                for k, (u, m) in enumerate(procs)
+            ],
+        )  # fmt: skip
+
+    samples = [one(i, None, [("a", 10**9)]) for i in range(30)]  # no readings, a alone
+    samples += [one(30 + i, 10.0, [("a", 10**9), (None, 3 * 10**9)]) for i in range(10)]
+    samples += [one(40 + i, 12.0, [("b", 10**9), ("b", 10**9)]) for i in range(10)]
+    ingest(store, samples)
+    store.rollup(now=t0 + 86400, tz="UTC", busy_util_percent=BUSY)
+    day = date(2024, 3, 4)
+    fleet = compute_report(store, period="day", by="fleet", first=day, last=day, tz="UTC")
+    (row,) = fleet["rows"]
+    assert row["p95_util"] is not None and row["p95_util"] < 15.0  # not in the 95-100 bucket
+    assert row["gpu_hours"] == pytest.approx(50 / 60)
+    users = compute_report(store, period="day", by="user", first=day, last=day, tz="UTC")
+    got = {r["key"]: [r["gpu_hours"], r["mem_gb_hours"]] for r in users["rows"]}
+    expect = {
+        "a": [35 / 60, 40 / 60],  # 30 minutes alone + half of 10; its own 1 GB
+        "(unknown)": [5 / 60, 30 / 60],
+        "b": [10 / 60, 20 / 60],  # one user, two processes of 1 GB
+    }
+    assert set(got) == set(expect)
+    for user, values in expect.items():
+        assert got[user] == pytest.approx(values), user
+    store.close()

@@ -95,10 +95,11 @@ def raw_gpu_sql(t0: float, t1: float, busy_util_percent: float) -> str:
     return f"""
         SELECT g.host, g.gpu_index, g.ts, g.uuid, g.name,
             CAST(g.utilization_gpu_percent AS float8) AS u,
-            CAST(least(floor(CAST(g.utilization_gpu_percent AS float8) / {HIST_WIDTH_PERCENT!r}),
-                  {HIST_BUCKETS - 1}) AS INTEGER) AS hb,
+            CASE WHEN g.utilization_gpu_percent IS NOT NULL THEN CAST(least(
+                floor(CAST(g.utilization_gpu_percent AS float8) / {HIST_WIDTH_PERCENT!r}),
+                {HIST_BUCKETS - 1}) AS INTEGER) END AS hb,
             CAST(g.memory_used_bytes AS float8) AS m, CAST(g.power_watts AS float8) AS p,
-            g.processes > 0 AS held,
+            g.processes > 0 AS held, g.processes AS np,
             coalesce(g.utilization_gpu_percent > {thr}, false) AS busy,
             CAST(h.interval_seconds AS float8) AS w
         FROM gpu_samples g JOIN host_samples h ON g.host = h.host AND g.ts = h.ts
@@ -187,106 +188,189 @@ def _pivot_hist(weight: str) -> str:
     )
 
 
-def minute_rollup_sql(h0: float, h1: float, busy_util_percent: float) -> str:
-    """GPU facts per minute from raw, in GPU_TIER_COLUMNS order. Two aggregations: first by
-    (minute, histogram bucket, held, busy, has a reading), a few sums each; then the facts
-    of each minute from those (far fewer rows than samples). Same sums as
-    ``gpu_fact_aggs`` over the raw rows, added in another order."""
+PRE_TABLE = "wh_rollup_pre"  # scratch tables of one rollup (temporary, dropped at its end)
+MULTI_TABLE = "wh_rollup_multi"
+NO_HB = HIST_BUCKETS  # the histogram bucket code of a sample without a utilisation reading
+
+
+def _procs_sql(lo: str, hi: str) -> str:
+    return f"""SELECT host, ts, gpu_index, coalesce(user_name, '{UNKNOWN_USER}') AS user_name,
+            coalesce(gpu_memory_bytes, 0) AS mem
+        FROM process_samples WHERE ts >= {lo} AND ts < {hi}"""
+
+
+def _multi_sql(lo: str, hi: str) -> str:
+    """GPU samples with several processes (``processes`` counts a sample's process rows on
+    that GPU: rows.py writes both from the same list)."""
+    return f"""SELECT host, ts, gpu_index FROM gpu_samples
+        WHERE ts >= {lo} AND ts < {hi} AND processes > 1"""
+
+
+def multi_owner_sql(h0: float, h1: float) -> str:
+    """GPU samples with several processes: their number ``k``, least and greatest user, and
+    memory (few rows: only these samples' processes are grouped)."""
+    lo, hi = _f(h0), _f(h1)
+    return f"""
+        SELECT q.host, q.ts, q.gpu_index, count(*) AS k, min(q.user_name) AS u1,
+            max(q.user_name) AS u2, CAST(sum(q.mem) AS float8) AS mem
+        FROM ({_procs_sql(lo, hi)}) q
+        WHERE (q.host, q.ts, q.gpu_index) IN ({_multi_sql(lo, hi)})
+        GROUP BY 1, 2, 3
+    """
+
+
+def pre_rollup_sql(h0: float, h1: float, busy_util_percent: float, multi: str = MULTI_TABLE) -> str:
+    """The one pass over raw: each GPU sample joined to its host sample (the seconds) and to
+    its owner, aggregated per (host, GPU, minute, code, owner) with a few sums; ``code``
+    packs the histogram bucket (``NO_HB`` without a reading), held, busy and shared (several
+    users) into one integer. The owner of a GPU sample with one process is that process's
+    row's user (no grouping of the process rows: a sample with ``processes = 1`` matches
+    exactly one row); with several processes, ``multi_owner_sql`` (``multi``) tells one user
+    (the owner) from several (shared, no owner; their per-user facts are computed apart,
+    ``shared_user_rows_sql``). ``umw``: the owner's processes' memory x seconds."""
+    lo, hi = _f(h0), _f(h1)
+    keys = "o.host = g.host AND o.ts = g.ts AND o.gpu_index = g.gpu_index"
+    return f"""
+        SELECT g.host, g.gpu_index, {_floor_to("g.ts", 60)} AS b,
+            coalesce(g.hb, {NO_HB}) * 8 + CAST(g.held AS INTEGER) * 4
+                + CAST(g.busy AS INTEGER) * 2 + CAST(coalesce(o.u1 <> o.u2, false) AS INTEGER)
+                AS code,
+            CASE WHEN o.u1 = o.u2 THEN o.u1 END AS usr,
+            max(g.uuid) AS uuid, max(g.name) AS name,
+            count(*) AS n, sum(g.w) AS sw, sum(g.u * g.w) AS uw, sum(g.m * g.w) AS mw,
+            sum(g.p * g.w) AS pw, sum(o.mem * g.w) AS umw, max(g.u) AS mu, max(g.m) AS mm,
+            max(g.p) AS mp
+        FROM ({raw_gpu_sql(h0, h1, busy_util_percent)}) g
+        LEFT JOIN (
+            SELECT host, ts, gpu_index, 1 AS k, user_name AS u1, user_name AS u2,
+                CAST(mem AS float8) AS mem
+            FROM ({_procs_sql(lo, hi)}) q
+            UNION ALL
+            SELECT host, ts, gpu_index, k, u1, u2, mem FROM {multi}
+        ) o ON {keys} AND o.k = g.np
+        GROUP BY 1, 2, 3, 4, 5
+    """
+
+
+# The flags packed in the pre-aggregated rows' ``code``.
+_HB, _HELD, _BUSY, _SHARED = "floor(code / 8.0)", "code % 8 >= 4", "code % 4 >= 2", "code % 2 = 1"
+_HAS_U = f"code < {NO_HB * 8}"
+
+
+def _pivot_code(weight: str) -> str:
+    return ", ".join(
+        f"coalesce(sum({weight}) FILTER (WHERE code >= {8 * i} AND code < {8 * i + 8}), 0)"
+        for i in range(len(HIST_COLUMNS))
+    )
+
+
+def minute_rollup_sql(pre: str = PRE_TABLE) -> str:
+    """GPU facts per minute, in GPU_TIER_COLUMNS order, from the pre-aggregated rows
+    (``pre_rollup_sql``): the same sums as ``gpu_fact_aggs`` over the raw rows, added in
+    another order."""
     return f"""
         SELECT host, gpu_index, b, max(uuid), max(name),
             sum(n), sum(sw),
-            coalesce(sum(sw) FILTER (WHERE has_u), 0), coalesce(sum(uw), 0),
-            coalesce(sum(sw) FILTER (WHERE busy), 0), coalesce(sum(sw) FILTER (WHERE held), 0),
-            coalesce(sum(sw) FILTER (WHERE held AND NOT busy), 0),
-            coalesce(sum(mw), 0), coalesce(sum(pw), 0), {_pivot_hist("sw")},
+            coalesce(sum(sw) FILTER (WHERE {_HAS_U}), 0), coalesce(sum(uw), 0),
+            coalesce(sum(sw) FILTER (WHERE {_BUSY}), 0),
+            coalesce(sum(sw) FILTER (WHERE {_HELD}), 0),
+            coalesce(sum(sw) FILTER (WHERE {_HELD} AND NOT ({_BUSY})), 0),
+            coalesce(sum(mw), 0), coalesce(sum(pw), 0), {_pivot_code("sw")},
             max(mu), CAST(max(mm) AS BIGINT), max(mp)
-        FROM (
-            SELECT host, gpu_index, {_floor_to("ts", 60)} AS b, hb, held, busy,
-                u IS NOT NULL AS has_u, max(uuid) AS uuid, max(name) AS name, count(*) AS n,
-                sum(w) AS sw, sum(u * w) AS uw, sum(m * w) AS mw, sum(p * w) AS pw,
-                max(u) AS mu, max(m) AS mm, max(p) AS mp
-            FROM ({raw_gpu_sql(h0, h1, busy_util_percent)}) r GROUP BY 1, 2, 3, 4, 5, 6, 7
-        ) x GROUP BY 1, 2, 3
+        FROM {pre} GROUP BY 1, 2, 3
     """
 
 
-def user_hour_rollup_sql(h0: float, h1: float, busy_util_percent: float) -> str:
-    """User facts per hour from raw, in USER_TIER_COLUMNS order; two aggregations as in
-    ``minute_rollup_sql`` (the share 1/n of a GPU sample is applied to the first one's
-    sums: n, the users sharing the GPU, is one of its keys).
-
-    Most GPU samples have one user: the processes are first summed per GPU sample with the
-    least and greatest user name, and where those are equal the sample joins its GPU row
-    once as that user's (n = 1). Only the samples several users share go through the
-    per-user rows and the count of users sharing (``raw_user_sql``, restricted to them)."""
+def shared_user_rows_sql(h0: float, h1: float, busy_util_percent: float) -> str:
+    """Per-user rows of the GPU samples several users share (``n`` users, each with an equal
+    share), summed per (user, host, GPU, hour, histogram bucket, busy, has a reading, n)."""
     lo, hi = _f(h0), _f(h1)
-    g = raw_gpu_sql(h0, h1, busy_util_percent)
-    keys = "p.host = g.host AND p.ts = g.ts AND p.gpu_index = g.gpu_index"
-    first = f"""
-        SELECT {{user}} AS user_name, g.host, g.gpu_index, {_floor_to("g.ts", 3600)} AS b, g.hb,
-            g.busy, g.u IS NOT NULL AS has_u, {{n}} AS n, sum(g.w) AS sw, sum(g.u * g.w) AS uw,
-            sum({{mem}} * g.w) AS mw, sum(g.p * g.w) AS pw
-        FROM {{src}} JOIN ({g}) g ON {keys}
+    return f"""
+        WITH procs AS ({_procs_sql(lo, hi)}), pu AS (
+            SELECT q.host, q.ts, q.gpu_index, q.user_name, CAST(sum(q.mem) AS float8) AS um
+            FROM procs q JOIN ({_multi_sql(lo, hi)}) s
+                ON s.host = q.host AND s.ts = q.ts AND s.gpu_index = q.gpu_index
+            GROUP BY 1, 2, 3, 4
+        ), p AS (
+            SELECT pu.*, count(*) OVER (PARTITION BY pu.host, pu.ts, pu.gpu_index) AS n FROM pu
+        )
+        SELECT p.user_name, g.host, g.gpu_index, {_floor_to("g.ts", 3600)} AS b, g.hb, g.busy,
+            g.u IS NOT NULL AS has_u, p.n, sum(g.w) AS sw, sum(g.u * g.w) AS uw,
+            sum(p.um * g.w) AS mw, sum(g.p * g.w) AS pw
+        FROM p JOIN ({raw_gpu_sql(h0, h1, busy_util_percent)}) g
+            ON p.host = g.host AND p.ts = g.ts AND p.gpu_index = g.gpu_index
+        WHERE p.n > 1
         GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
     """
-    shared = """(
-        SELECT pr.*, count(*) OVER (PARTITION BY pr.host, pr.ts, pr.gpu_index) AS n
-        FROM (
-            SELECT q.host, q.ts, q.gpu_index, q.user_name, CAST(sum(q.mem) AS float8) AS um
-            FROM procs q JOIN per_gpu s
-                ON s.host = q.host AND s.ts = q.ts AND s.gpu_index = q.gpu_index
-            WHERE s.u1 <> s.u2 GROUP BY 1, 2, 3, 4
-        ) pr
-    ) p"""
+
+
+def user_hour_rollup_sql(
+    h0: float, h1: float, busy_util_percent: float, shared: bool, pre: str = PRE_TABLE
+) -> str:
+    """User facts per hour, in USER_TIER_COLUMNS order. Samples with one user (n = 1) come
+    from the pre-aggregated rows; with ``shared`` (some sample in the range has several
+    users), those samples' per-user rows are added (``shared_user_rows_sql``). Then the 20
+    histogram columns and the filtered sums are pivoted out, the share 1/n applied."""
+    single = f"""
+        SELECT usr AS user_name, host, gpu_index, b - mod(b, 3600) AS b,
+            CAST({_HB} AS INTEGER) AS hb, {_BUSY} AS busy, {_HAS_U} AS has_u,
+            1 AS n, sum(sw) AS sw, sum(uw) AS uw, sum(umw) AS mw, sum(pw) AS pw
+        FROM {pre} WHERE usr IS NOT NULL GROUP BY 1, 2, 3, 4, 5, 6, 7, 8"""
+    rows = single
+    if shared:
+        rows += f" UNION ALL SELECT * FROM ({shared_user_rows_sql(h0, h1, busy_util_percent)}) s"
     return f"""
-        WITH procs AS (
-            SELECT host, ts, gpu_index, coalesce(user_name, '{UNKNOWN_USER}') AS user_name,
-                coalesce(gpu_memory_bytes, 0) AS mem
-            FROM process_samples WHERE ts >= {lo} AND ts < {hi}
-        ), per_gpu AS (
-            SELECT host, ts, gpu_index, min(user_name) AS u1, max(user_name) AS u2,
-                CAST(sum(mem) AS float8) AS mem
-            FROM procs GROUP BY 1, 2, 3
-        )
         SELECT user_name, host, gpu_index, b,
             sum(sw / n),
             coalesce(sum(sw / n) FILTER (WHERE has_u), 0), coalesce(sum(uw / n), 0),
             coalesce(sum(sw / n) FILTER (WHERE busy), 0),
             coalesce(sum(sw / n) FILTER (WHERE NOT busy), 0),
             coalesce(sum(mw), 0), coalesce(sum(pw / n), 0), {_pivot_hist("sw / n")}
-        FROM (
-            {first.format(user="p.u1", n="1", mem="p.mem", src="(SELECT * FROM per_gpu WHERE u1 = u2) p")}
-            UNION ALL
-            {first.format(user="p.user_name", n="p.n", mem="p.um", src=shared)}
-        ) x GROUP BY 1, 2, 3, 4
+        FROM ({rows}) x GROUP BY 1, 2, 3, 4
     """
 
 
-def rollup_hours(con: Any, h0: int, h1: int, busy_util_percent: float) -> None:
+def rollup_hours(con: Any, h0: int, h1: int, busy_util_percent: float, d: Dialect = DUCKDB) -> None:
     """Recompute the minute and hour tiers (per GPU, per user, users' peaks) for [h0, h1).
 
-    Raw is read three times, each a streaming aggregation (nothing large is materialised):
-    GPU facts per minute (the hour tier is then summed from the minute tier), user facts per
-    hour (processes joined to their GPU sample), and users' peaks from the processes alone
-    (a process always names a GPU of its sample, the wire format checks it)."""
+    One pass over the GPU samples (joined to their host sample and their owner) into a small
+    scratch table (``pre_rollup_sql``: per GPU-minute a few rows); the GPU facts per minute
+    and the single-user facts per hour are summed from it, the hour tier from the minute
+    tier. Samples several users share (rare) are read again, alone, for their per-user rows.
+    Users' peaks are counted from the process rows alone (a process always names a GPU of
+    its sample, the wire format checks it).
+
+    On PostgreSQL nested-loop joins are off for these statements: freshly written raw
+    partitions often have no statistics yet, and the planner, expecting a handful of rows,
+    would join millions of GPU samples to their owners row by row."""
     rng = f"bucket_ts >= {int(h0)} AND bucket_ts < {int(h1)}"
+    if d is POSTGRES:
+        nestloop = con.execute("SELECT current_setting('enable_nestloop')").fetchone()[0]
+        con.execute("SELECT set_config('enable_nestloop', 'off', true)")
     lo, hi = _f(h0), _f(h1)
     gpu_cols = ", ".join(GPU_TIER_COLUMNS)
     for table in ("gpu_minute", "gpu_hour", "user_hour", "user_peak_hour"):
         con.execute(f"DELETE FROM {table} WHERE {rng}")
+    for table in (PRE_TABLE, MULTI_TABLE):
+        con.execute(f"DROP TABLE IF EXISTS {table}")
+    con.execute(f"CREATE TEMPORARY TABLE {MULTI_TABLE} AS {multi_owner_sql(h0, h1)}")
     con.execute(
-        f"INSERT INTO gpu_minute ({gpu_cols}) {minute_rollup_sql(h0, h1, busy_util_percent)}"
+        f"CREATE TEMPORARY TABLE {PRE_TABLE} AS {pre_rollup_sql(h0, h1, busy_util_percent)}"
     )
+    con.execute(f"INSERT INTO gpu_minute ({gpu_cols}) {minute_rollup_sql()}")
     con.execute(
         f"""INSERT INTO gpu_hour ({gpu_cols})
         SELECT host, gpu_index, bucket_ts - mod(bucket_ts, 3600) AS b, max(gpu_uuid),
             max(gpu_model), {_merge_aggs(GPU_SUM_FACTS, GPU_MAX_FACTS)}
         FROM gpu_minute WHERE {rng} GROUP BY 1, 2, 3"""
     )
+    shared = con.execute(f"SELECT count(*) FROM {MULTI_TABLE} WHERE u1 <> u2").fetchone()[0] > 0
     con.execute(
         f"INSERT INTO user_hour ({', '.join(USER_TIER_COLUMNS)}) "
-        f"{user_hour_rollup_sql(h0, h1, busy_util_percent)}"
+        f"{user_hour_rollup_sql(h0, h1, busy_util_percent, shared)}"
     )
+    for table in (PRE_TABLE, MULTI_TABLE):
+        con.execute(f"DROP TABLE {table}")
     # Peak GPUs held at once: per host the most GPUs held in any sample of a minute, summed
     # over hosts, the highest minute of the hour.
     con.execute(
@@ -304,6 +388,8 @@ def rollup_hours(con: Any, h0: int, h1: int, busy_util_percent: float) -> None:
         SELECT user_name, minute_ts - mod(minute_ts, 3600) AS b, CAST(max(k) AS INTEGER)
         FROM users_min GROUP BY 1, 2"""
     )
+    if d is POSTGRES:
+        con.execute(d.sql("SELECT set_config('enable_nestloop', ?, true)"), [nestloop])
 
 
 def rollup_days(con: Any, day_ranges: Sequence[tuple[int, int]], d: Dialect = DUCKDB) -> None:
@@ -710,7 +796,7 @@ class WarehouseMixin:
 
             def run(con: Any, a: int = a, b: int = b) -> tuple[set[int], float | None]:
                 self._rollup_lock(con)
-                rollup_hours(con, a, b, busy_util_percent)
+                rollup_hours(con, a, b, busy_util_percent, d)
                 days = set(hours_to_days(list(range(a, b, 3600)), tzinfo).values())
                 rollup_days(con, [day_range(day, tzinfo) for day in sorted(days)], d)
                 clear_dirty(con, a, b)
