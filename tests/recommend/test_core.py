@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from gpufleet.recommend.fleet import GIB, FleetSnap, GpuSnap, HostSnap
 from gpufleet.recommend.history import FleetHistory, HourlyHeld, build_history
-from gpufleet.recommend.rank import recommend
+from gpufleet.recommend.rank import Weights, recommend
 from gpufleet.recommend.request import RecommendRequest, request_from_any
 from gpufleet.server.errors import validation_details
 
@@ -218,3 +218,24 @@ def test_request_model_alone_checks_sizes() -> None:
         RecommendRequest(gpus=1, gpu_mem_gb=0, hours=1)
     r = RecommendRequest(gpus=1, gpu_mem_gb=40, hours=1)
     assert r.gpu_mem_bytes == 40 * GIB
+
+
+def test_among_equally_safe_sets_the_less_used_host_wins() -> None:
+    # two identical hosts, one GPU held on each: equally safe; "a" has served 10 GPU-hours
+    # since the history, "b" one
+    def one_held(name: str, hours: float) -> HostSnap:
+        gpus = tuple(
+            GpuSnap(i, MODELS[0][0], 80 * GIB, "taken" if i == 0 else "free",
+                    held_since=NOW - hours * 3600 if i == 0 else None)
+            for i in range(8)
+        )  # fmt: skip
+        return HostSnap(name, gpus)
+
+    f = fleet(one_held("a", 10), one_held("b", 1))
+    req = request_from_any({**BASE, "limit": 2}, f)
+    ans = recommend(req, f, FleetHistory())
+    assert [c.host for c in ans.choices] == ["b", "a"]
+    assert ans.choices[0].score == ans.choices[1].score
+    # by score alone, the tie goes to the name
+    plain = recommend(req, f, FleetHistory(), weights=Weights(band=0.0))
+    assert [c.host for c in plain.choices] == ["a", "b"]

@@ -7,8 +7,9 @@
    data is); if the GPUs were taken meanwhile, when they are all free again.
 2. **Follow replays** (load spread): one replay per recommender in which every request goes
    where that recommender says (asking again every 15 minutes while nothing fits) and
-   everyone else keeps their habit. Spread: Gini of per-host GPU-hours and the share of
-   GPU-hours on the busiest 20% of hosts, over the evaluation weeks.
+   everyone else keeps their habit; ``follow_draws`` replays per recommender, each with its
+   own draw of the habit's random choices. Spread: Gini of per-host GPU-hours and the share of
+   GPU-hours on the busiest 20% of hosts, over the evaluation weeks (mean over the draws).
 3. **Latency**: one answer (with its reasons) on a 1,000-host fleet built from the lab's state,
    p50/p99 over many requests.
 """
@@ -65,6 +66,9 @@ class Config:
     eval_days: float = 35.0
     request_every: int = 5  # every 5th trace job is a request that follows the recommender
     shadow_samples: int = 1500
+    # follow replays per recommender, each with its own draw of the habit (same jobs and
+    # requests): the spread figures are their mean (one draw moves the Gini by ~0.01)
+    follow_draws: int = 3
     latency_hosts: int = 1000
     latency_requests: int = 1000
     seed: int = 0
@@ -72,7 +76,7 @@ class Config:
     @classmethod
     def quick(cls) -> Config:
         return cls(hosts=16, warmup_days=3, eval_days=3, shadow_samples=150,
-                   latency_hosts=200, latency_requests=100)  # fmt: skip
+                   latency_hosts=200, latency_requests=100, follow_draws=1)  # fmt: skip
 
 
 def _hit(
@@ -161,14 +165,21 @@ def evaluate(
     # 2. follow replays ------------------------------------------------------------------------
     for name, rec in recs.items() if follow else ():
         t1 = time.perf_counter()
-        res = run(hosts, _fresh(base_jobs), t_start, end, eval_from, chooser=rec, seed=cfg.seed)
-        per_host = [float(x) for x in res.lab.gpu_hours_per_host]
-        per_gpu = [x / h.gpu_count for x, h in zip(per_host, hosts, strict=True)]
-        waits = [x / 60 for x in res.request_waits]
+        draws: dict[str, list[float]] = {"gini": [], "gini_util": [], "busiest_20pct_share": []}
+        waits = []
+        for d in range(max(1, cfg.follow_draws)):
+            res = run(hosts, _fresh(base_jobs), t_start, end, eval_from, chooser=rec,
+                      seed=cfg.seed + 1000 * d)  # fmt: skip
+            per_host = [float(x) for x in res.lab.gpu_hours_per_host]
+            per_gpu = [x / h.gpu_count for x, h in zip(per_host, hosts, strict=True)]
+            draws["gini"].append(gini(per_host))
+            draws["gini_util"].append(gini(per_gpu))
+            draws["busiest_20pct_share"].append(busiest_share(per_host))
+            waits += [x / 60 for x in res.request_waits]
+        rows[name].update({k: statistics.fmean(v) for k, v in draws.items()})
         rows[name].update({
-            "gini": gini(per_host),
-            "gini_util": gini(per_gpu),
-            "busiest_20pct_share": busiest_share(per_host),
+            "gini_draws": draws["gini"],
+            "busiest_20pct_share_draws": draws["busiest_20pct_share"],
             "follow_wait_mean_minutes": statistics.fmean(waits) if waits else None,
         })  # fmt: skip
         say(f"follow replay {name}: {time.perf_counter() - t1:.1f} s")

@@ -19,9 +19,16 @@ Score of a set of GPUs on one host (higher is better)::
   steer work away from the crowded servers;
 - ``health``: hot GPUs, a busy CPU, open problems lower it.
 
+Order: the hosts whose ``p_free`` is within ``Weights.band`` (0.02) of the best host's come
+first (less those where copying the data costs clearly more than at the best of them,
+``Weights.band_copy``), the one that has served the fewest GPU-hours first (the hour tier's
+window plus the holds since it was built): among about equally safe places, the least used
+host, which is what spreads the lab's load (docs/recommender.md); then the rest by score.
+
 Only feasible sets are considered: free GPUs (never taken, reserved or erroring) with enough
 memory, of an accepted model, on online hosts; several hosts only when the request allows it.
-Ties go to the host name, then the lower GPU index: the same state always gives the same answer.
+Ties go to the score, then the host name, then the lower GPU index: the same state always
+gives the same answer.
 """
 
 from __future__ import annotations
@@ -51,6 +58,13 @@ class Weights:
     speed: float = 0.15
     spread: float = 0.6
     load: float = 0.5  # prefer hosts with a smaller share of their GPUs taken now
+    # hosts whose P(stays free) is within this of the best host's come first, the one that
+    # has served the fewest GPU-hours (history + holds since) first: among about equally safe
+    # places, the least used host (0: by score alone) ...
+    band: float = 0.02
+    # ... unless copying the data there costs more (exp(-copy_hours / hours) lower by this)
+    # than at the best of them
+    band_copy: float = 0.1
     crowd: float = 1.0  # how much "fuller than usual now" raises the take rate
     copy_gbit_per_second: float = 1.0  # effective copy bandwidth between hosts
     hot_celsius: float = 85.0
@@ -211,6 +225,7 @@ class FleetIndex:
         self.hists = [history.host(h.name) for h in hosts]
         names: dict[str, int] = {}
         gh, gidx, gfree, gtot, gused, gname, gtemp, gfac = [], [], [], [], [], [], [], []
+        gsince: list[float] = []
         for hi, h in enumerate(hosts):
             fac = self.hists[hi].gpu_factor
             for g in h.gpus:
@@ -222,6 +237,7 @@ class FleetIndex:
                 gname.append(names.setdefault(g.name, len(names)))
                 gtemp.append(g.temperature_celsius or 0.0)
                 gfac.append(fac.get(g.index, 1.0))
+                gsince.append(fleet.now if g.held_since is None else g.held_since)
         self.names = list(names)
         self.g_host = np.asarray(gh, dtype=np.int64)
         self.g_index = np.asarray(gidx, dtype=np.int64)
@@ -253,6 +269,14 @@ class FleetIndex:
         self.h_arr = np.stack([hh.arrivals_cum for hh in self.hists]) if n else self.h_cum
         free = np.bincount(self.g_host, weights=self.g_free, minlength=n) if n else sizes
         self.h_free = np.asarray(free, dtype=float)
+        # GPU-hours each host served: the history's window, plus the holds since it was built
+        held_for = np.where(
+            self.g_free, 0.0, np.maximum(0.0, fleet.now - np.maximum(gsince, history.built_at))
+        )
+        since = np.bincount(self.g_host, weights=held_for, minlength=n) / 3600 if n else sizes
+        past = [hh.held_share * len(h.gpus) * hh.hours_known
+                for hh, h in zip(self.hists, hosts, strict=True)]  # fmt: skip
+        self.h_gpu_hours = np.asarray(past, dtype=float) + since
 
     def window_hazard(
         self, start_ts: float, hours: float, cum: np.ndarray | None = None
@@ -335,7 +359,16 @@ def recommend(
                      * ix.h_health * np.where(hot, 0.8, 1.0))  # fmt: skip
             feas = np.flatnonzero(counts >= k)
             names = np.asarray(ix.h_names, dtype=object)[feas]
-            top = feas[np.lexsort((names, -score[feas]))][: req.limit]
+            if w.band > 0:  # the about equally good hosts first, the least used first
+                fs, fp = score[feas], p_set[feas]
+                near = fp >= fp.max() - w.band
+                # ... where copying the data costs little more than at the best of them
+                fc = np.exp(-copy / max(req.hours, 0.25))[feas]
+                near &= fc >= fc[near].max() - w.band_copy
+                key = np.where(near, ix.h_gpu_hours[feas], 0.0)
+                top = feas[np.lexsort((names, -fs, key, ~near))][: req.limit]
+            else:
+                top = feas[np.lexsort((names, -score[feas]))][: req.limit]
             for hi in top:
                 mine = sel[sel_host == hi]
                 gsnaps = {g.index: g for g in fleet.hosts[hi].gpus}
