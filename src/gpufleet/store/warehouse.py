@@ -330,6 +330,46 @@ def user_hour_rollup_sql(
     """
 
 
+def peak_sql(h0: float, h1: float, pre: str = PRE_TABLE) -> str:
+    """Users' peak GPUs held at once per hour, from the pre-aggregated rows where they answer
+    it: per host the most GPUs a user held in one sample of a minute, summed over hosts, the
+    highest minute of the hour. Where a user held each of their GPUs on a host alone in
+    every sample of the host's minute (``n`` = the host's samples in that minute), the most
+    at once is simply how many GPUs that is. Host-minutes where that fails for some user, or
+    with a shared GPU sample, are counted from their process rows sample by sample."""
+    lo, hi = _f(h0), _f(h1)
+    b_ts = _floor_to("p.ts", 60)
+    return f"""
+        WITH hm AS (
+            SELECT host, {_floor_to("ts", 60)} AS b, count(*) AS hn FROM host_samples
+            WHERE ts >= {lo} AND ts < {hi} GROUP BY 1, 2
+        ), ug AS (
+            SELECT usr, host, gpu_index, b, sum(n) AS n FROM {pre}
+            WHERE usr IS NOT NULL GROUP BY 1, 2, 3, 4
+        ), uh AS (
+            SELECT usr, host, b, count(*) AS k, min(n) AS n FROM ug GROUP BY 1, 2, 3
+        ), slow_hm AS (
+            SELECT uh.host, uh.b FROM uh JOIN hm ON hm.host = uh.host AND hm.b = uh.b
+            WHERE uh.n < hm.hn
+            UNION
+            SELECT host, b FROM {pre} WHERE {_SHARED}
+        ), per_min AS (
+            SELECT usr AS user_name, host, b AS minute_ts, k FROM uh
+            WHERE NOT EXISTS (SELECT 1 FROM slow_hm s WHERE s.host = uh.host AND s.b = uh.b)
+            UNION ALL
+            SELECT user_name, host, minute_ts, max(k) FROM (
+                SELECT coalesce(p.user_name, '{UNKNOWN_USER}') AS user_name, p.host, p.ts,
+                    {b_ts} AS minute_ts, count(DISTINCT p.gpu_index) AS k
+                FROM process_samples p JOIN slow_hm s ON s.host = p.host AND s.b = {b_ts}
+                WHERE p.ts >= {lo} AND p.ts < {hi} GROUP BY 1, 2, 3, 4
+            ) x GROUP BY 1, 2, 3
+        ), users_min AS (
+            SELECT user_name, minute_ts, sum(k) AS k FROM per_min GROUP BY 1, 2
+        )
+        SELECT user_name, minute_ts - mod(minute_ts, 3600) AS b, CAST(max(k) AS INTEGER)
+        FROM users_min GROUP BY 1, 2"""
+
+
 def rollup_hours(con: Any, h0: int, h1: int, busy_util_percent: float, d: Dialect = DUCKDB) -> None:
     """Recompute the minute and hour tiers (per GPU, per user, users' peaks) for [h0, h1).
 
@@ -347,7 +387,6 @@ def rollup_hours(con: Any, h0: int, h1: int, busy_util_percent: float, d: Dialec
     if d is POSTGRES:
         nestloop = con.execute("SELECT current_setting('enable_nestloop')").fetchone()[0]
         con.execute("SELECT set_config('enable_nestloop', 'off', true)")
-    lo, hi = _f(h0), _f(h1)
     gpu_cols = ", ".join(GPU_TIER_COLUMNS)
     for table in ("gpu_minute", "gpu_hour", "user_hour", "user_peak_hour"):
         con.execute(f"DELETE FROM {table} WHERE {rng}")
@@ -369,25 +408,9 @@ def rollup_hours(con: Any, h0: int, h1: int, busy_util_percent: float, d: Dialec
         f"INSERT INTO user_hour ({', '.join(USER_TIER_COLUMNS)}) "
         f"{user_hour_rollup_sql(h0, h1, busy_util_percent, shared)}"
     )
+    con.execute(f"INSERT INTO user_peak_hour (user_name, bucket_ts, peak_gpus) {peak_sql(h0, h1)}")
     for table in (PRE_TABLE, MULTI_TABLE):
         con.execute(f"DROP TABLE {table}")
-    # Peak GPUs held at once: per host the most GPUs held in any sample of a minute, summed
-    # over hosts, the highest minute of the hour.
-    con.execute(
-        f"""INSERT INTO user_peak_hour (user_name, bucket_ts, peak_gpus)
-        WITH per_ts AS (
-            SELECT coalesce(user_name, '{UNKNOWN_USER}') AS user_name, host, ts,
-                count(DISTINCT gpu_index) AS k
-            FROM process_samples WHERE ts >= {lo} AND ts < {hi} GROUP BY 1, 2, 3
-        ), per_min AS (
-            SELECT user_name, host, {_floor_to("ts", 60)} AS minute_ts, max(k) AS k
-            FROM per_ts GROUP BY 1, 2, 3
-        ), users_min AS (
-            SELECT user_name, minute_ts, sum(k) AS k FROM per_min GROUP BY 1, 2
-        )
-        SELECT user_name, minute_ts - mod(minute_ts, 3600) AS b, CAST(max(k) AS INTEGER)
-        FROM users_min GROUP BY 1, 2"""
-    )
     if d is POSTGRES:
         con.execute(d.sql("SELECT set_config('enable_nestloop', ?, true)"), [nestloop])
 
