@@ -257,25 +257,24 @@ _HB, _HELD, _BUSY, _SHARED = "floor(code / 8.0)", "code % 8 >= 4", "code % 4 >= 
 _HAS_U = f"code < {NO_HB * 8}"
 
 
-def _pivot_code(weight: str) -> str:
-    return ", ".join(
-        f"coalesce(sum({weight}) FILTER (WHERE code >= {8 * i} AND code < {8 * i + 8}), 0)"
-        for i in range(len(HIST_COLUMNS))
-    )
+def _sum_where(cond: str, weight: str = "sw") -> str:
+    """A filtered sum as a sum of a CASE (0 where the condition fails: the same sum, and
+    faster in DuckDB than ``FILTER`` over many groups)."""
+    return f"sum(CASE WHEN {cond} THEN {weight} ELSE 0 END)"
 
 
 def minute_rollup_sql(pre: str = PRE_TABLE) -> str:
     """GPU facts per minute, in GPU_TIER_COLUMNS order, from the pre-aggregated rows
     (``pre_rollup_sql``): the same sums as ``gpu_fact_aggs`` over the raw rows, added in
     another order."""
+    hist = ", ".join(
+        _sum_where(f"code >= {8 * i} AND code < {8 * i + 8}") for i in range(len(HIST_COLUMNS))
+    )
     return f"""
         SELECT host, gpu_index, b, max(uuid), max(name),
-            sum(n), sum(sw),
-            coalesce(sum(sw) FILTER (WHERE {_HAS_U}), 0), coalesce(sum(uw), 0),
-            coalesce(sum(sw) FILTER (WHERE {_BUSY}), 0),
-            coalesce(sum(sw) FILTER (WHERE {_HELD}), 0),
-            coalesce(sum(sw) FILTER (WHERE {_HELD} AND NOT ({_BUSY})), 0),
-            coalesce(sum(mw), 0), coalesce(sum(pw), 0), {_pivot_code("sw")},
+            sum(n), sum(sw), {_sum_where(_HAS_U)}, coalesce(sum(uw), 0),
+            {_sum_where(_BUSY)}, {_sum_where(_HELD)}, {_sum_where(f"{_HELD} AND NOT ({_BUSY})")},
+            coalesce(sum(mw), 0), coalesce(sum(pw), 0), {hist},
             max(mu), CAST(max(mm) AS BIGINT), max(mp)
         FROM {pre} GROUP BY 1, 2, 3
     """
