@@ -19,11 +19,12 @@ Score of a set of GPUs on one host (higher is better)::
   steer work away from the crowded servers;
 - ``health``: hot GPUs, a busy CPU, open problems lower it.
 
-Order: the hosts whose ``p_free`` is within ``Weights.band`` (0.02) of the best host's come
-first (less those where copying the data costs clearly more than at the best of them,
-``Weights.band_copy``), the one that has served the fewest GPU-hours first (the hour tier's
-window plus the holds since it was built): among about equally safe places, the least used
-host, which is what spreads the lab's load (docs/recommender.md); then the rest by score.
+Order: the hosts whose chance of being taken (``1 - p_free``) is at most ``1 + Weights.band``
+(1.25) times the safest host's come first (less those where copying the data costs clearly
+more than at the best of them, ``Weights.band_copy``), the one that has served the fewest
+GPU-hours first (the hour tier's window plus the holds since it was built): among about
+equally safe places, the least used host, which is what spreads the lab's load
+(docs/recommender.md); then the rest by score.
 
 Only feasible sets are considered: free GPUs (never taken, reserved or erroring) with enough
 memory, of an accepted model, on online hosts; several hosts only when the request allows it.
@@ -58,10 +59,10 @@ class Weights:
     speed: float = 0.15
     spread: float = 0.6
     load: float = 0.5  # prefer hosts with a smaller share of their GPUs taken now
-    # hosts whose P(stays free) is within this of the best host's come first, the one that
-    # has served the fewest GPU-hours (history + holds since) first: among about equally safe
-    # places, the least used host (0: by score alone) ...
-    band: float = 0.02
+    # hosts whose chance of being taken, 1 - P(stays free), is at most (1 + band) x the safest
+    # host's come first, the one that has served the fewest GPU-hours (history + holds since)
+    # first: among about equally safe places, the least used host (0: by score alone) ...
+    band: float = 0.25
     # ... unless copying the data there costs more (exp(-copy_hours / hours) lower by this)
     # than at the best of them
     band_copy: float = 0.1
@@ -359,9 +360,9 @@ def recommend(
                      * ix.h_health * np.where(hot, 0.8, 1.0))  # fmt: skip
             feas = np.flatnonzero(counts >= k)
             names = np.asarray(ix.h_names, dtype=object)[feas]
-            if w.band > 0:  # the about equally good hosts first, the least used first
+            if w.band > 0:  # the about equally safe hosts first, the least used first
                 fs, fp = score[feas], p_set[feas]
-                near = fp >= fp.max() - w.band
+                near = 1.0 - fp <= (1.0 - fp.max()) * (1.0 + w.band) + 1e-12
                 # ... where copying the data costs little more than at the best of them
                 fc = np.exp(-copy / max(req.hours, 0.25))[feas]
                 near &= fc >= fc[near].max() - w.band_copy
