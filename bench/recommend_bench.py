@@ -1,6 +1,6 @@
 """The recommender's evaluation (docs/recommender.md): the same as `gpufleet evaluate-recommender`.
 
-    .venv/bin/python bench/recommend_bench.py            # ~2-4 min on one core
+    .venv/bin/python bench/recommend_bench.py            # ~3-8 min on one core
     .venv/bin/python bench/recommend_bench.py --quick    # seconds, a small fleet
     .venv/bin/python bench/recommend_bench.py --json
     .venv/bin/python bench/recommend_bench.py --http     # POST /api/v1/recommendations, 1,000 hosts
