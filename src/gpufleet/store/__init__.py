@@ -34,4 +34,12 @@ def open_store(url_or_path: str | Path) -> Store:
     return DuckDBStore(text)
 
 
-__all__ = ["HostRecord", "IngestItem", "Store", "StoreError", "TokenRecord", "UserRecord", "open_store"]
+__all__ = [
+    "HostRecord",
+    "IngestItem",
+    "Store",
+    "StoreError",
+    "TokenRecord",
+    "UserRecord",
+    "open_store",
+]
