@@ -33,25 +33,15 @@ NON_ORACLE = ["easy", "tiresias", "gavel"]
 
 
 def _run(task: tuple[str, list[str] | None, float, int, list[str], str]) -> dict[str, Any]:
-    from gpufleet.sched.bench_table import BenchRow
     from gpufleet.sched.cluster import parse_cluster
-    from gpufleet.sched.gavel import load_gavel, to_bench_rows
+    from gpufleet.sched.gavel import bench_rows, load_gavel
     from gpufleet.sched.predictor import Predictor
     from gpufleet.sched.runner import Experiment
     from gpufleet.sched.trace import read_philly
 
     trace_path, vcs, load, seed, policies, cluster = task
     gavel = load_gavel(DATA / "gavel_throughputs.json")
-    rows = [
-        BenchRow(
-            r["gpu_model"],
-            r["model"],
-            tuple(filter(None, r["colocated"].split("|"))),
-            float(r["step_time_s"]),
-            float(r["gpu_mem_mib"]) if r["gpu_mem_mib"] else None,
-        )
-        for r in to_bench_rows(gavel, with_synthetic_memory=True)
-    ]
+    rows = bench_rows(gavel)
     trace = read_philly(trace_path, vcs)
     experiment = Experiment(trace, parse_cluster(cluster), gavel, load=load, seed=seed)
     predictor = Predictor(rows)
@@ -162,22 +152,10 @@ def quality(
 
 
 def predictor_section() -> dict[str, Any]:
-    from gpufleet.sched.bench_table import BenchRow
     from gpufleet.sched.evaluate import alone_error, nested_pair_error
-    from gpufleet.sched.gavel import load_gavel, to_bench_rows
+    from gpufleet.sched.gavel import bench_rows, load_gavel
 
-    rows = [
-        BenchRow(
-            r["gpu_model"],
-            r["model"],
-            tuple(filter(None, r["colocated"].split("|"))),
-            float(r["step_time_s"]),
-            float(r["gpu_mem_mib"]) if r["gpu_mem_mib"] else None,
-        )
-        for r in to_bench_rows(
-            load_gavel(DATA / "gavel_throughputs.json"), with_synthetic_memory=True
-        )
-    ]
+    rows = bench_rows(load_gavel(DATA / "gavel_throughputs.json"))
     shipped = alone_error(rows, "pair", "neighbors")
     nested = nested_pair_error(rows)
     top = list(nested["chosen"].items())[:3]

@@ -123,9 +123,8 @@ def simulate(
     as_json: bool,
 ) -> None:
     """Replay a job trace through scheduling policies on a described cluster."""
-    from gpufleet.sched.bench_table import BenchRow
     from gpufleet.sched.cluster import parse_cluster
-    from gpufleet.sched.gavel import load_gavel, to_bench_rows
+    from gpufleet.sched.gavel import bench_rows, load_gavel
     from gpufleet.sched.predictor import Predictor
     from gpufleet.sched.runner import POLICY_NAMES, Experiment
     from gpufleet.sched.trace import read_philly
@@ -159,16 +158,7 @@ def simulate(
             "no jobs left after filtering by --vc/--start/--end",
             hint=f"gpufleet simulate --trace {trace_path} --vc 6214e9",
         )
-    rows = [
-        BenchRow(
-            r["gpu_model"],
-            r["model"],
-            tuple(filter(None, r["colocated"].split("|"))),
-            float(r["step_time_s"]),
-            float(r["gpu_mem_mib"]) if r["gpu_mem_mib"] else None,
-        )
-        for r in to_bench_rows(gavel, with_synthetic_memory=True)
-    ]
+    rows = bench_rows(gavel)
     predictor = Predictor(rows)
     experiment = Experiment(trace, spec, gavel, load=load, seed=seed, runtime_error=runtime_error)
     show = sys.stderr.isatty()

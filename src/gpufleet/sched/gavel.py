@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gpufleet.sched.bench_table import BenchRow
+
 GAVEL_GPU_MODELS = ("k80", "p100", "v100")
 GAVEL_SCALES = (1, 2, 4, 8)
 
@@ -114,6 +116,20 @@ def synthetic_memory_bytes(job_type: str) -> int:
     )
     fixed, per_sample = _FAMILY_MEMORY_GIB.get(family, (4.0, 0.0))
     return int((fixed + per_sample * batch) * 2**30)
+
+
+def bench_rows(table: GavelTable, with_synthetic_memory: bool = True) -> list[BenchRow]:
+    """``to_bench_rows`` as the predictor's rows (what the simulator and the bench train on)."""
+    return [
+        BenchRow(
+            r["gpu_model"],
+            r["model"],
+            tuple(filter(None, r["colocated"].split("|"))),
+            float(r["step_time_s"]),
+            float(r["gpu_mem_mib"]) if r["gpu_mem_mib"] else None,
+        )
+        for r in to_bench_rows(table, with_synthetic_memory=with_synthetic_memory)
+    ]
 
 
 def to_bench_rows(table: GavelTable, with_synthetic_memory: bool = False) -> list[dict[str, str]]:
