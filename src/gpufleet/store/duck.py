@@ -34,7 +34,7 @@ from gpufleet.store.base import (
     StoreError,
     UserRecord,
 )
-from gpufleet.store.rows import TABLE_COLUMNS, batch_key, flatten
+from gpufleet.store.rows import TABLE_COLUMNS, batch_key, flatten, note_host
 from gpufleet.store.schema import MIGRATIONS, RAW_TABLES
 from gpufleet.store.sqlreads import SqlReads
 
@@ -495,30 +495,10 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
             con.unregister("_incoming")
         for item in items:
             for smp in item.batch.samples:
-                self._note_host(item, smp)
+                note_host(self._pending_hosts, item, smp)
         self._warehouse_note_late(con, items)
         if self._pending_hosts and time.monotonic() >= self._hosts_due:
             self._flush_hosts(con)
-
-    def _note_host(self, item: IngestItem, smp: Any) -> None:
-        row = self._pending_hosts.get(smp.host)
-        agent_version = item.batch.agent_version or smp.facts.agent_version or None
-        if row is None:
-            self._pending_hosts[smp.host] = [
-                smp.host, item.batch.source, item.token_name, smp.ts, smp.ts, item.received_at,
-                smp.interval_seconds, agent_version, item.clock_skew_seconds, smp,
-            ]  # fmt: skip
-            return
-        row[1], row[2], row[7], row[8] = (
-            item.batch.source,
-            item.token_name,
-            agent_version,
-            item.clock_skew_seconds,
-        )
-        row[3] = min(row[3], smp.ts)
-        row[5] = max(row[5], item.received_at)
-        if smp.ts >= row[4]:  # a late (spooled) sample never hides a newer one
-            row[4], row[6], row[9] = smp.ts, smp.interval_seconds, smp
 
     def _flush_hosts(self, con) -> None:
         """Upsert the hosts seen since the last flush, in one statement."""

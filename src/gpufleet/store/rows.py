@@ -6,6 +6,7 @@ import hashlib
 import uuid
 from collections.abc import Iterable
 
+from gpufleet.store.base import IngestItem
 from gpufleet.wire import Sample
 
 HOST_COLUMNS = (
@@ -93,3 +94,26 @@ def flatten(samples: Iterable[Sample]) -> dict[str, dict[str, list]]:
                 ):
                     x[column].append(value)
     return cols
+
+
+def note_host(pending: dict[str, list], item: IngestItem, smp: Sample) -> None:
+    """Fold one stored sample into ``pending`` (host -> its ``hosts`` row, the newest Sample in
+    the last place): what a backend's writer upserts into ``hosts`` at its next flush."""
+    row = pending.get(smp.host)
+    agent_version = item.batch.agent_version or smp.facts.agent_version or None
+    if row is None:
+        pending[smp.host] = [
+            smp.host, item.batch.source, item.token_name, smp.ts, smp.ts, item.received_at,
+            smp.interval_seconds, agent_version, item.clock_skew_seconds, smp,
+        ]  # fmt: skip
+        return
+    row[1], row[2], row[7], row[8] = (
+        item.batch.source,
+        item.token_name,
+        agent_version,
+        item.clock_skew_seconds,
+    )
+    row[3] = min(row[3], smp.ts)
+    row[5] = max(row[5], item.received_at)
+    if smp.ts >= row[4]:  # a late (spooled) sample never hides a newer one
+        row[4], row[6], row[9] = smp.ts, smp.interval_seconds, smp
