@@ -298,3 +298,33 @@ def test_admin_api_creates_and_revokes_tokens(api):
         "secret" not in str(t)
         for t in api.get("/api/v1/admin/tokens", headers=admin).json()["tokens"]
     )
+
+
+def test_store_failures_answer_503_or_500_in_the_error_shape(api, monkeypatch):
+    """The hot path answers before FastAPI's middleware: its failures must still come back in
+    the API's error shape (503 + Retry-After for a store error, 500 for a bug), and the
+    server goes on serving."""
+    from gpufleet.store import StoreError
+
+    async def store_error(item):
+        raise StoreError("disk full")
+
+    async def bug(item):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(api.store, "ingest", store_error)
+    r = post(api, make_batch(make_sample("gpu01")))
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == "5"
+    assert r.json()["error"] == {
+        "status": 503, "code": "store_failed", "message": "disk full", "details": [],
+    }  # fmt: skip
+    monkeypatch.setattr(api.store, "ingest", bug)
+    r = post(api, make_batch(make_sample("gpu01")))
+    assert r.status_code == 500
+    assert r.json()["error"]["code"] == "internal_error"
+    monkeypatch.undo()
+    r = post(api, make_batch(make_sample("gpu01")))
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "stored"
+    assert api.store.count("batches") == 1

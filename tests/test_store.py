@@ -89,6 +89,35 @@ def test_hosts_keep_newest_sample_and_earliest_first_seen(store_url):
     store.close()
 
 
+def test_held_back_host_samples_are_written_on_read_and_at_close(tmp_path, monkeypatch):
+    """The embedded store writes hosts' small columns often and their full samples seldom
+    (duck.HOST_SAMPLES_FLUSH_SECONDS): whatever was held back is there for a read, and after
+    a clean stop, and a late sample never replaces a newer held-back one."""
+    from gpufleet.store import duck
+
+    monkeypatch.setattr(duck, "HOSTS_FLUSH_SECONDS", 0.0)
+    monkeypatch.setattr(duck, "HOST_SAMPLES_FLUSH_SECONDS", 3600.0)
+    path = tmp_path / "s.duckdb"
+    store = open_store(str(path))
+    now = time.time()
+    for smp in (
+        make_sample("h", ts=now - 10, gpus=8),  # the host's first row: written with it
+        make_sample("h", ts=now, gpus=4),  # newest: held back
+        make_sample("h", ts=now - 3600, gpus=2),  # late
+    ):
+        store.submit(item(make_batch(smp))).result()
+        store.write(lambda con: None)  # let the applier run (and flush the small columns)
+    (h,) = store.hosts()
+    assert (h.last_seen, len(h.last_sample["gpus"])) == (pytest.approx(now), 4)
+    store.submit(item(make_batch(make_sample("h", ts=now + 5, gpus=3)))).result()
+    store.close()
+    store = open_store(str(path))
+    (h,) = store.hosts()
+    assert (h.last_seen, len(h.last_sample["gpus"])) == (pytest.approx(now + 5), 3)
+    assert h.first_seen == pytest.approx(now - 3600)
+    store.close()
+
+
 def test_prune_drops_old_raw_rows_and_old_dedupe_keys(store_url):
     store = open_store(store_url)
     now = time.time()

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -20,7 +21,7 @@ from gpufleet.recommend import service as recommend_service
 from gpufleet.reports import api as report_api
 from gpufleet.reports import mail as report_mail
 from gpufleet.reports import web as report_web
-from gpufleet.server import admin, api, errors, ingest, metrics, stream
+from gpufleet.server import admin, api, errors, gcpolicy, ingest, metrics, stream
 from gpufleet.server.auth import TokenCache, ensure_admin_key
 from gpufleet.server.context import Context
 from gpufleet.server.errors import ERROR_SCHEMA
@@ -30,6 +31,22 @@ from gpufleet.usermap import api as usermap_api
 from gpufleet.wire import Batch, IngestAck
 
 log = logging.getLogger(__name__)
+
+
+class GpufleetAPI(FastAPI):
+    """FastAPI, with ``POST /api/v1/ingest`` answered before the middleware stack and router:
+    the hot path (see ``server/ingest.py``). Everything else goes the usual way."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["path"] == ingest.PATH
+            and scope["method"] == "POST"
+            and hasattr(self.state, "ctx")
+        ):
+            await ingest.serve(self.state.ctx, scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 async def _prune_forever(ctx: Context) -> None:
@@ -85,6 +102,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         app.state.ctx = ctx
         hub = stream.attach(app, ctx)  # web UI: live updates over SSE (gpufleet.server.stream)
         app.state.accounts = account_web.Accounts(settings, st)
+        collector = asyncio.create_task(gcpolicy.run())  # see gcpolicy: no GC stalls
         pruner = asyncio.create_task(_prune_forever(ctx))
         roller = asyncio.create_task(report_api.rollup_forever(ctx))  # usage warehouse
         recommender = asyncio.create_task(recommend_service.refresh_forever(app))  # history
@@ -98,6 +116,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             yield
         finally:
             pruner.cancel()
+            collector.cancel()
             roller.cancel()
             recommender.cancel()
             mailer.cancel()
@@ -107,7 +126,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             if own_store:
                 st.close()
 
-    app = FastAPI(
+    app = GpufleetAPI(
         title="gpufleet",
         version=__version__,
         description="Live state, ingest and history of a lab's GPU servers.",

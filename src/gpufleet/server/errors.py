@@ -52,11 +52,17 @@ class ApiError(Exception):
         self.headers = headers
 
 
+def error_body(status: int, code: str, message: str, details: list | None = None) -> bytes:
+    body = {"error": {"status": status, "code": code, "message": message, "details": details or []}}
+    return orjson.dumps(body)
+
+
 def error_response(
     status: int, code: str, message: str, details: list | None = None, headers: dict | None = None
 ) -> Response:
-    body = {"error": {"status": status, "code": code, "message": message, "details": details or []}}
-    return Response(orjson.dumps(body), status, headers, media_type="application/json")
+    return Response(
+        error_body(status, code, message, details), status, headers, media_type="application/json"
+    )
 
 
 def location(loc: tuple | list) -> str:

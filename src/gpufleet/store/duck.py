@@ -2,9 +2,11 @@
 
 The writer takes agents' batches in groups (whatever queued up meanwhile), appends each group
 to the ingest log and fsyncs it, and only then acknowledges it (gpufleet.store.ingestlog);
-about once a second it moves what the log holds into the database in one transaction,
-inserted as Arrow tables. A batch id seen before (within the dedupe window) is acknowledged
-as a duplicate and stored nothing. Reads first let the writer apply the log, so a read sees
+an applier thread moves what the log holds into the database a few times a second, in one
+transaction each time, inserted as Arrow tables. A batch id seen before (within the dedupe
+window) is acknowledged as a duplicate and stored nothing: the writer knows the ids of the
+last few minutes (gpufleet.store.recent) and asks the database only about older-looking
+batches; the database's primary key makes it exactly once whatever that answers. Reads first let the writer apply the log, so a read sees
 every acknowledged batch.
 """
 
@@ -18,7 +20,8 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,7 @@ from gpufleet.store.base import (
     StoreError,
     UserRecord,
 )
+from gpufleet.store.recent import RECENT_MARGIN_SECONDS, RecentKeys
 from gpufleet.store.rows import TABLE_COLUMNS, batch_key, flatten, note_host
 from gpufleet.store.schema import MIGRATIONS, RAW_TABLES
 from gpufleet.store.sqlreads import SqlReads
@@ -114,12 +118,21 @@ _UPSERT_HOSTS = f"""
         interval_seconds = CASE WHEN excluded.last_seen >= hosts.last_seen
             THEN excluded.interval_seconds ELSE hosts.interval_seconds END,
         last_sample = CASE WHEN excluded.last_seen >= hosts.last_seen
+            AND excluded.last_sample IS NOT NULL
             THEN excluded.last_sample ELSE hosts.last_sample END,
         last_seen = greatest(hosts.last_seen, excluded.last_seen)
 """
+# the newest full samples, written behind the rows above (see HOST_SAMPLES_FLUSH_SECONDS)
+_UPDATE_HOST_SAMPLES = """
+    UPDATE hosts SET last_sample = s.last_sample FROM _samples_in s
+    WHERE hosts.name = s.name AND s.last_seen >= hosts.last_seen
+"""
+_HOST_SAMPLES_SCHEMA = pa.schema(
+    [("name", pa.string()), ("last_seen", pa.float64()), ("last_sample", pa.string())]
+)
 MAX_GROUP = 512  # batches in one ingest-log append
 LOG_WINDOW_SECONDS = 0.01  # a group gathers for at most this long before its fsync
-APPLY_INTERVAL_SECONDS = 1.0  # the ingest log is moved into the database this often...
+APPLY_INTERVAL_SECONDS = 0.25  # the ingest log is moved into the database this often...
 APPLY_MAX_BATCHES = 5000  # ...or once it holds this many batches
 # Group-commit window: an ingest transaction starts at most this long after the previous one
 # began, gathering what arrives meanwhile. Each transaction has a fixed cost (DuckDB plans
@@ -128,10 +141,33 @@ APPLY_MAX_BATCHES = 5000  # ...or once it holds this many batches
 # (2.7 ms/batch in groups of 10, 0.67 in groups of 50, see docs/benchmarks.md). At 1,000
 # batches/s this window makes groups of ~50; it adds at most this much to a batch's latency.
 COMMIT_INTERVAL_SECONDS = 0.05
-# The hosts table (each host's newest sample) is derived state, so it is written at most this
-# often, not in every transaction: after a crash it may lag the raw tiers by this much, which
-# the next sample mends; acknowledged samples themselves are never deferred.
-HOSTS_FLUSH_SECONDS = 5.0
+# The hosts table is derived state (live state after a restart; only ``hosts()`` reads it, and
+# it writes everything first), so it is written behind the raw tiers, a little at each move
+# of the ingest log: a host's row once it has been pending this long, and its newest full
+# sample (``hosts.last_sample``, ~7 KB of JSON) once that has been unsaved this long, oldest
+# first, at most so many per move. At 5,000 hosts, upserting every row and sample every 5 s
+# stalled ingest for ~0.5 s each time (measured); spread out like this, each move writes a
+# few dozen rows. After a crash a host's row may lag its raw samples by this much, until its
+# next sample mends it; acknowledged samples themselves are never deferred.
+HOSTS_FLUSH_SECONDS = 30.0
+HOST_SAMPLES_FLUSH_SECONDS = 60.0
+HOSTS_PER_FLUSH = 1000
+SAMPLES_PER_FLUSH = 250
+
+
+def _due(
+    since: Iterable[tuple[str, float]], cutoff: float, limit: int, everything: bool
+) -> list[str]:
+    """The keys of ``(key, since)`` pairs, oldest first, that are due (since at or before
+    ``cutoff``), at most ``limit`` of them; every key if ``everything``."""
+    if everything:
+        return [key for key, _ in since]
+    out = []
+    for key, t in since:
+        if t > cutoff or len(out) >= limit:
+            break
+        out.append(key)
+    return out
 
 
 class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
@@ -160,8 +196,8 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
         # (writer thread), then handed to the applier thread in one piece, whose keys stay in
         # _applying_keys until they are committed. _log is None for an in-memory store.
         self._staged: list[IngestItem] = []
-        self._staged_keys: set[str] = set()
-        self._applying_keys: set[str] = set()
+        self._staged_keys: set[bytes] = set()
+        self._applying_keys: set[bytes] = set()
         self._apply_due = 0.0
         self._apply_idle = threading.Event()
         self._apply_idle.set()
@@ -174,11 +210,19 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
         # host -> [row values in _HOST_ROW order, with the Sample in place of its JSON];
         # touched by the writer thread only
         self._pending_hosts: dict[str, list[Any]] = {}
-        self._hosts_due = 0.0
+        self._pending_since: dict[str, float] = {}  # host -> when it became pending (FIFO)
+        # host -> [last_seen, Sample, since]: its newest sample, not yet in hosts.last_sample
+        self._unsaved_samples: dict[str, list[Any]] = {}
+        # hosts that have a row (writer and applier threads only)
+        self._known_hosts = {r[0] for r in self._db.execute("SELECT name FROM hosts").fetchall()}
         self.commits = 0  # transactions committed by the writer (for /metrics)
         self.batches_stored = 0
         self.batches_duplicate = 0
         self._replay_log()
+        self._recent = RecentKeys()  # batch keys acknowledged lately (writer thread)
+        since = time.time() - self._recent.window
+        rows = self._db.execute("SELECT id FROM batches WHERE received_at >= ?", [since])
+        self._recent.add(r[0].bytes for r in rows.fetchall())
         self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
         self._writer.start()
         self._applier = threading.Thread(target=self._apply_loop, name="store-apply", daemon=True)
@@ -229,8 +273,7 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
         try:
             for start in range(0, len(items), APPLY_MAX_BATCHES):
                 self._ingest_txn(con, items[start : start + APPLY_MAX_BATCHES])
-            if self._pending_hosts:
-                self._flush_hosts(con)
+            self._flush_all_hosts(con)
         finally:
             con.close()
         self._log.drop_leftovers()
@@ -338,24 +381,36 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
         _settle([(fut, stored, None) for (_, fut), stored in zip(group, results, strict=True)])
 
     def _log_group(self, con, group) -> None:
-        """Acknowledge a group once it is in the ingest log (fsync'd); the database follows."""
+        """Acknowledge a group once it is in the ingest log (fsync'd); the database follows.
+        A batch is a duplicate if its id was acknowledged in the last few minutes (memory,
+        see gpufleet.store.recent) or, only for a batch that looks older than that, if the
+        database has it."""
         items = [item for item, _ in group]
-        keys = [str(batch_key(i.batch.batch_id)) for i in items]
+        keys = [batch_key(i.batch.batch_id).bytes for i in items]
+        now = time.time()
         try:
             applying = self._applying_keys  # read before the query: see _apply_loop
-            unseen = [
-                k for k in dict.fromkeys(keys) if k not in self._staged_keys and k not in applying
+            recent = self._recent
+            old = [
+                k
+                for k, item in zip(keys, items, strict=True)
+                if k not in recent
+                and k not in self._staged_keys
+                and k not in applying
+                and not recent.made_within(item, now, RECENT_MARGIN_SECONDS)
             ]
             stored = {
-                str(r[0])
+                r[0].bytes
                 for r in con.execute(
-                    "SELECT id FROM batches WHERE id IN (SELECT unnest(?::UUID[]))", [unseen]
+                    "SELECT id FROM batches WHERE id IN (SELECT unnest(?::UUID[]))",
+                    [[str(uuid.UUID(bytes=k)) for k in dict.fromkeys(old)]],
                 ).fetchall()
-            } if unseen else set()  # fmt: skip
+            } if old else set()  # fmt: skip
             fresh, seen = [], set()
             for key in keys:  # a batch twice in one group: the first one counts
                 fresh.append(
-                    key not in self._staged_keys
+                    key not in recent
+                    and key not in self._staged_keys
                     and key not in applying
                     and key not in stored
                     and key not in seen
@@ -375,7 +430,9 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
         if not self._staged:
             self._apply_due = time.monotonic() + APPLY_INTERVAL_SECONDS
         self._staged.extend(new_items)
-        self._staged_keys.update(k for k, f in zip(keys, fresh, strict=True) if f)
+        new_keys = [k for k, f in zip(keys, fresh, strict=True) if f]
+        self._staged_keys.update(new_keys)
+        recent.add(new_keys, now)
         self.batches_duplicate += len(items) - len(new_items)
         _settle([(fut, f, None) for (_, fut), f in zip(group, fresh, strict=True)])
 
@@ -493,27 +550,66 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
             names = ", ".join(TABLE_COLUMNS[table])
             con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM _incoming")
             con.unregister("_incoming")
+        now = time.monotonic()
         for item in items:
             for smp in item.batch.samples:
+                if smp.host not in self._pending_hosts:
+                    self._pending_since[smp.host] = now
                 note_host(self._pending_hosts, item, smp)
         self._warehouse_note_late(con, items)
-        if self._pending_hosts and time.monotonic() >= self._hosts_due:
-            self._flush_hosts(con)
+        self._flush_hosts(con)
 
-    def _flush_hosts(self, con) -> None:
-        """Upsert the hosts seen since the last flush, in one statement."""
-        hosts: dict[str, list] = {c: [] for c in _HOST_ROW}
-        for row in self._pending_hosts.values():
-            for column, value in zip(_HOST_ROW, row, strict=True):
-                hosts[column].append(value)
-        hosts["last_sample"] = [smp.model_dump_json() for smp in hosts["last_sample"]]
-        con.register("_hosts_in", pa.table(hosts, schema=_HOST_ROW_SCHEMA))
-        try:
-            con.execute(_UPSERT_HOSTS)
-        finally:
-            con.unregister("_hosts_in")
-        self._pending_hosts.clear()
-        self._hosts_due = time.monotonic() + HOSTS_FLUSH_SECONDS
+    def _flush_hosts(self, con, everything: bool = False) -> None:
+        """Upsert the hosts whose rows are due (see HOSTS_FLUSH_SECONDS), or all pending ones,
+        in one statement; then the due (or all) newest full samples. A host's first row
+        carries its sample (the column is NOT NULL); later ones leave it to the samples."""
+        now = time.monotonic()
+        pending = self._pending_since.items()
+        due = _due(pending, now - HOSTS_FLUSH_SECONDS, HOSTS_PER_FLUSH, everything)
+        if due:
+            hosts: dict[str, list] = {c: [] for c in _HOST_ROW}
+            for name in due:
+                del self._pending_since[name]
+                for column, value in zip(_HOST_ROW, self._pending_hosts.pop(name), strict=True):
+                    hosts[column].append(value)
+            first = [name not in self._known_hosts for name in hosts["name"]]
+            for name, last_seen, smp, new in zip(
+                hosts["name"], hosts["last_seen"], hosts["last_sample"], first, strict=True
+            ):
+                held = self._unsaved_samples.get(name)
+                if new:
+                    continue
+                if held is None:
+                    self._unsaved_samples[name] = [last_seen, smp, now]
+                elif last_seen >= held[0]:
+                    held[0], held[1] = last_seen, smp
+            hosts["last_sample"] = [
+                smp.model_dump_json() if new else None
+                for smp, new in zip(hosts["last_sample"], first, strict=True)
+            ]
+            con.register("_hosts_in", pa.table(hosts, schema=_HOST_ROW_SCHEMA))
+            try:
+                con.execute(_UPSERT_HOSTS)
+            finally:
+                con.unregister("_hosts_in")
+            self._known_hosts.update(hosts["name"])
+        unsaved = ((name, held[2]) for name, held in self._unsaved_samples.items())
+        due = _due(unsaved, now - HOST_SAMPLES_FLUSH_SECONDS, SAMPLES_PER_FLUSH, everything)
+        if due:
+            columns: dict[str, list] = {"name": due, "last_seen": [], "last_sample": []}
+            for name in due:
+                last_seen, smp, _ = self._unsaved_samples.pop(name)
+                columns["last_seen"].append(last_seen)
+                columns["last_sample"].append(smp.model_dump_json())
+            con.register("_samples_in", pa.table(columns, schema=_HOST_SAMPLES_SCHEMA))
+            try:
+                con.execute(_UPDATE_HOST_SAMPLES)
+            finally:
+                con.unregister("_samples_in")
+
+    def _flush_all_hosts(self, con) -> None:
+        if self._pending_hosts or self._unsaved_samples:
+            self._flush_hosts(con, everything=True)
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -532,7 +628,7 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
             cur.close()
 
     def hosts(self) -> list[HostRecord]:
-        self.write(lambda con: self._pending_hosts and self._flush_hosts(con))
+        self.write(self._flush_all_hosts)
         rows = self._read(
             "SELECT name, source, token_name, first_seen, last_seen, last_received,"
             " interval_seconds, agent_version, clock_skew_seconds, last_sample"
@@ -557,7 +653,7 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
 
     def close(self) -> None:
         if self._writer.is_alive():
-            self.write(lambda con: self._pending_hosts and self._flush_hosts(con))
+            self.write(self._flush_all_hosts)
             self._queue.put(_STOP)
             self._writer.join()
         self._db.close()

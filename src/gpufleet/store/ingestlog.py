@@ -5,7 +5,7 @@ the five raw tables, the write-ahead log, checkpoints), so committing every grou
 to the database before acknowledging it made the store writer the bottleneck of ingest. Now
 the writer appends each group's request bodies to this log and fsyncs it (one small
 sequential write), acknowledges the group, and moves what the log holds into the database in
-one transaction about once a second. An acknowledged batch is always on disk: in this log
+one transaction a few times a second. An acknowledged batch is always on disk: in this log
 until its transaction commits, in the database after; the log is emptied only after that
 commit. At start-up, whatever a crash left in the log is moved into the database first (the
 batch ids make that idempotent, so a batch both committed and still in the log is stored
