@@ -94,3 +94,34 @@ def test_duplicates_are_caught_before_and_after_the_move_into_the_database(tmp_p
     finally:
         store.close()
     assert rows(db) == (2, 2)
+
+
+def test_a_long_store_task_does_not_hold_up_acknowledgements(tmp_path):
+    """Store tasks (a rollup, a read's sync) run behind the ingest log, on the applier: while
+    one runs, batches are still acknowledged (they are in the log), and a read afterwards
+    sees them all."""
+    import threading
+
+    store = open_store(str(tmp_path / "s.duckdb"))
+    started, finished = threading.Event(), threading.Event()
+
+    def slow(con):
+        started.set()
+        time.sleep(3)
+        finished.set()
+        return "done"
+
+    result = []
+    task = threading.Thread(target=lambda: result.append(store.write(slow)))
+    task.start()
+    assert started.wait(10)
+    futures = [
+        store.submit(IngestItem(make_batch(make_sample(f"h{i}")), "t", time.time(), 0.0))
+        for i in range(20)
+    ]
+    assert all(f.result(timeout=10) for f in futures)
+    assert not finished.is_set()  # acknowledged while the task was still running
+    task.join()
+    assert result == ["done"]
+    assert store.count("host_samples") == 20
+    store.close()

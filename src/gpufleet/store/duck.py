@@ -193,11 +193,9 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
         }
         self._queue: queue.Queue[Any] = queue.Queue()
         # Acknowledged batches not yet in the database (see gpufleet.store.ingestlog): staged
-        # (writer thread), then handed to the applier thread in one piece, whose keys stay in
-        # _applying_keys until they are committed. _log is None for an in-memory store.
+        # (writer thread), then handed to the applier thread, whose queue also carries the
+        # store's tasks (writes, reads' syncs) in order. _log is None for an in-memory store.
         self._staged: list[IngestItem] = []
-        self._staged_keys: set[bytes] = set()
-        self._applying_keys: set[bytes] = set()
         self._apply_due = 0.0
         self._apply_idle = threading.Event()
         self._apply_idle.set()
@@ -327,8 +325,7 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
                     if group:
                         self._ingest_group(con, group)
                         group = []
-                    self._apply_all()  # a task sees every acknowledged batch
-                    self._run_task(con, *task)
+                    self._run_or_forward(con, task)
                 wait = next_commit - time.monotonic() if group else 0.0
                 try:
                     task = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
@@ -341,8 +338,8 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
                 time.monotonic() >= self._apply_due or len(self._staged) >= APPLY_MAX_BATCHES
             ):
                 self._hand_off()
-        self._apply_all()
         if self._log is not None:
+            self._hand_off(force=True)
             self._apply_queue.put(None)
             self._applier.join()
             self._log.close()
@@ -389,15 +386,11 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
         keys = [batch_key(i.batch.batch_id).bytes for i in items]
         now = time.time()
         try:
-            applying = self._applying_keys  # read before the query: see _apply_loop
-            recent = self._recent
+            recent = self._recent  # every key logged in the last minutes, staged ones too
             old = [
                 k
                 for k, item in zip(keys, items, strict=True)
-                if k not in recent
-                and k not in self._staged_keys
-                and k not in applying
-                and not recent.made_within(item, now, RECENT_MARGIN_SECONDS)
+                if k not in recent and not recent.made_within(item, now, RECENT_MARGIN_SECONDS)
             ]
             stored = {
                 r[0].bytes
@@ -408,13 +401,7 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
             } if old else set()  # fmt: skip
             fresh, seen = [], set()
             for key in keys:  # a batch twice in one group: the first one counts
-                fresh.append(
-                    key not in recent
-                    and key not in self._staged_keys
-                    and key not in applying
-                    and key not in stored
-                    and key not in seen
-                )
+                fresh.append(key not in recent and key not in stored and key not in seen)
                 seen.add(key)
             new_items = [item for item, f in zip(items, fresh, strict=True) if f]
             assert self._log is not None
@@ -431,37 +418,44 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
             self._apply_due = time.monotonic() + APPLY_INTERVAL_SECONDS
         self._staged.extend(new_items)
         new_keys = [k for k, f in zip(keys, fresh, strict=True) if f]
-        self._staged_keys.update(new_keys)
         recent.add(new_keys, now)
         self.batches_duplicate += len(items) - len(new_items)
         _settle([(fut, f, None) for (_, fut), f in zip(group, fresh, strict=True)])
 
-    def _hand_off(self) -> None:
-        """Give the staged batches to the applier thread, unless it is still busy (then they
-        go with the next hand-off); new ones are logged to a fresh file meanwhile."""
-        if not self._staged or not self._apply_idle.is_set():
+    def _hand_off(self, force: bool = False) -> None:
+        """Give the staged batches to the applier thread. Unless ``force``d, only when it is
+        idle (otherwise they go with a later, bigger hand-off); new ones are logged to a fresh
+        file meanwhile. Never waits: the writer goes on acknowledging."""
+        if not self._staged or not (force or self._apply_idle.is_set()):
             return
         assert self._log is not None
         path = self._log.rotate()
-        self._applying_keys = self._staged_keys
         self._apply_idle.clear()
         self._apply_queue.put((self._staged, path))
-        self._staged, self._staged_keys = [], set()
+        self._staged = []
 
-    def _apply_all(self) -> None:
-        """Wait until every acknowledged batch is in the database (writer thread)."""
+    def _run_or_forward(self, con, task) -> None:
+        """A store task (a write, or a read's sync): with an ingest log it runs on the applier
+        thread, after every batch acknowledged so far is in the database; the writer goes on
+        acknowledging ingest meanwhile, however long the task (a rollup) takes."""
         if self._log is None:
+            self._run_task(con, *task)
             return
-        self._apply_idle.wait()
-        self._hand_off()
-        self._apply_idle.wait()
+        self._hand_off(force=True)
+        self._apply_queue.put(task)
 
     def _apply_loop(self) -> None:
         """The applier thread: moves handed-off batches into the database, one transaction
-        each time, then deletes the log file that held them. A failure keeps them (logged,
-        retried); the writer keeps acknowledging into the log meanwhile."""
+        each time, then deletes the log file that held them; and runs the store's tasks in
+        their turn. A failure keeps the batches (logged, retried); the writer keeps
+        acknowledging into the log meanwhile."""
         con = self._db.cursor()
         while (job := self._apply_queue.get()) is not None:
+            if callable(job[0]):  # a task: every batch handed off before it is in
+                self._run_task(con, *job)
+                if self._apply_queue.empty():
+                    self._apply_idle.set()
+                continue
             items, path = job
             failures = 0
             while True:
@@ -479,8 +473,8 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
                     time.sleep(min(30.0, 0.5 * 2**failures))  # a store problem: retry
             if path is not None:
                 path.unlink(missing_ok=True)
-            self._applying_keys = set()
-            self._apply_idle.set()
+            if self._apply_queue.empty():
+                self._apply_idle.set()
         con.close()
 
     def _apply_one_by_one(self, con, items: list[IngestItem]) -> bool:
