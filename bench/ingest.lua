@@ -4,9 +4,9 @@
 --   wrk -t1 -cC -dS -s bench/ingest.lua URL -- get /healthz
 --
 -- The Python side pre-compresses one body prefix per host (the whole JSON batch up to its
--- last members) as a raw deflate stream ending on a byte boundary (Z_SYNC_FLUSH), and gives
--- its CRC-32 and length. Per request this script appends the unique tail
--- `,"sent_at":T,"batch_id":"ID"}` as a final *stored* deflate block and writes the gzip
+-- sample's time, `..."ts":`) as a raw deflate stream ending on a byte boundary (Z_SYNC_FLUSH),
+-- and gives its CRC-32 and length. Per request this script appends the unique tail
+-- `T}],"sent_at":T,"batch_id":"ID"}` (T: now) as a final *stored* deflate block and writes the gzip
 -- trailer, updating the CRC over the ~70 tail bytes only. So every body is valid gzip, is as
 -- small as the agent's, and costs wrk a string concatenation, not a compression.
 --
@@ -95,7 +95,8 @@ function request()
   end
   seq = seq + 1
   local k = seq % nbodies + 1
-  local tail = string.format(',"sent_at":%d,"batch_id":"%s-t%d-%d"}', os.time(), runid, tid, seq)
+  local now = os.time()
+  local tail = string.format('%d}],"sent_at":%d,"batch_id":"%s-t%d-%d"}', now, now, runid, tid, seq)
   local body = GZIP_HEADER .. prefixes[k] .. "\1" .. le16(#tail) .. le16(0xFFFF - #tail) .. tail
     .. le32(crc_update(crcs[k], tail)) .. le32(sizes[k] + #tail)
   return wrk.format("POST", path, headers, body)

@@ -9,8 +9,9 @@ What it does, in one run:
 2. Builds realistic batches: one sample each, 8 GPUs with every metric, host metrics with
    2-3 disks, 8 GPU processes with user/command/container, facts; ~5 KB of JSON, gzip'd as
    the agent sends it (level 5). One body prefix per host for ``--hosts`` hosts (5,000).
-   Every request gets its own ``batch_id`` (and ``sent_at``) appended as a stored deflate
-   block, so the load generator never compresses anything (see bench/ingest.lua).
+   Every request gets its own ``batch_id``, ``sent_at`` and sample time (now, as an agent's
+   would be) appended as a stored deflate block, so the load generator never compresses
+   anything (see bench/ingest.lua).
 3. Phases, all against the same server:
    - warm-up: a few seconds of ingest (not reported);
    - baseline: ``GET /healthz`` with wrk, closed loop, same connections: the HTTP stack's
@@ -142,15 +143,19 @@ def make_batch_dict(host: str, ts: float, rng: random.Random) -> dict:
 
 
 def make_prefixes(hosts: int, ts: float, seed: int = 1) -> list[tuple[bytes, int, int]]:
-    """Per host: (raw deflate of the JSON up to its last members, CRC-32, raw length).
+    """Per host: (raw deflate of the JSON up to its sample's time, CRC-32, raw length).
 
-    The JSON ends with ``"samples":[...]``; the per-request tail
-    ``,"sent_at":T,"batch_id":"ID"}`` completes it (see bench/ingest.lua)."""
+    The JSON ends with ``"samples":[{..., "ts":``; the per-request tail
+    ``T}],"sent_at":T,"batch_id":"ID"}`` completes it with the current time (see
+    bench/ingest.lua), so samples are as fresh as an agent's however long the run."""
     rng = random.Random(seed)
     out = []
     for n in range(hosts):
-        text = json.dumps(make_batch_dict(f"node{n:05d}", ts, rng), separators=(",", ":"))
-        raw = text[:-1].encode()  # without the closing brace
+        batch = make_batch_dict(f"node{n:05d}", ts, rng)
+        del batch["samples"][0]["ts"]
+        text = json.dumps(batch, separators=(",", ":"))
+        assert text.endswith("}]}")
+        raw = (text[:-3] + ',"ts":').encode()
         comp = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -15)
         deflated = comp.compress(raw) + comp.flush(zlib.Z_SYNC_FLUSH)
         out.append((deflated, zlib.crc32(raw), len(raw)))
@@ -277,10 +282,12 @@ def run_wrk(url: str, seconds: float, connections: int, script_args: list[str]) 
 def run_open_loop(args, server: Server, token: str, blob: Path, index: Path, runid: str) -> dict:
     cmd = [
         sys.executable, __file__, "--_open-loop", server.url, token, str(blob), str(index), runid,
-        "--rate", str(args.rate), "--seconds", str(args.seconds),
+        "--rate", str(args.rate), "--seconds", str(args.open_loop_seconds or args.seconds),
         "--max-connections", str(args.max_connections),
     ]  # fmt: skip
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.seconds + 120)
+    r = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=(args.open_loop_seconds or args.seconds) + 120
+    )
     if r.returncode != 0:
         raise SystemExit(f"open-loop generator failed:\n{r.stdout}\n{r.stderr}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -367,7 +374,8 @@ async def _open_loop(url, token, blob, index, runid, rate, seconds, max_conns) -
         idle.append(c)
 
     async def one(i: int, scheduled: float) -> None:
-        tail = f',"sent_at":{time.time():.3f},"batch_id":"{runid}-o-{i}"}}'.encode()
+        now = time.time()
+        tail = f'{now:.3f}}}],"sent_at":{now:.3f},"batch_id":"{runid}-o-{i}"}}'.encode()
         body = gzip_body(prefixes[i % len(prefixes)], tail)
         try:
             c = await get_conn()
@@ -419,7 +427,7 @@ async def _open_loop(url, token, blob, index, runid, rate, seconds, max_conns) -
         "offered": total, "offered_rate": total / (send_end - t0), "ok": ok,
         "rate": ok / (end - t0), **counts, "statuses": statuses, "connections": opened,
         "unfinished": len(tasks), "p50_us": pct(50), "p95_us": pct(95), "p99_us": pct(99),
-        "late_p99_us": pct(99, late), "service_p99_us": pct(99, service),
+        "late_p99_us": pct(99, late), "service_p99_us": pct(99, service), "p999_us": pct(99.9),
         "max_us": latencies[-1] * 1e6, "duration_us": (end - t0) * 1e6,
     }  # fmt: skip
 
@@ -492,6 +500,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seconds", type=float, default=20, help="length of each measured phase")
     p.add_argument("--rate", type=float, default=TARGET_RATE, help="offered rate of the fixed-rate phase")
+    p.add_argument("--open-loop-seconds", type=float,
+                   help="length of the fixed-rate phase (default: --seconds); e.g. 700 to take in "
+                   "the server's ten-minute collector sweep (gpufleet.server.gcpolicy)")  # fmt: skip
     p.add_argument("--connections", type=int, default=64, help="wrk connections (closed loop)")
     p.add_argument("--max-connections", type=int, default=256, help="open-loop connection cap")
     p.add_argument("--hosts", type=int, default=5000, help="distinct hosts in the load")
@@ -510,9 +521,9 @@ def main() -> None:
         prefixes = make_prefixes(args.hosts, time.time() - 1)
         t_gen = time.perf_counter() - t_gen
         raw_sizes = [size + 60 for _, _, size in prefixes]
-        gz_sizes = [len(gzip_body(pf, b',"sent_at":1700000000,"batch_id":"bench1700000000-t1-123456"}')) for pf in prefixes]  # fmt: skip
+        gz_sizes = [len(gzip_body(pf, b'1700000000}],"sent_at":1700000000,"batch_id":"bench1700000000-t1-123456"}')) for pf in prefixes]  # fmt: skip
         # the construction must give what the server's decoder accepts
-        sample_body = gzip_body(prefixes[0], b',"sent_at":1700000000,"batch_id":"x1234567"}')
+        sample_body = gzip_body(prefixes[0], b'1700000000}],"sent_at":1700000000,"batch_id":"x1234567"}')
         json.loads(gzip.decompress(sample_body))
         blob, index = write_prefixes(prefixes, tmp)
         server.start()
@@ -603,8 +614,9 @@ def main() -> None:
           f"achieved {fixed['rate']:.0f}/s ({fixed['rate'] / TARGET_RATE:.2f} x), p99 {ms(fixed['p99_us'])} ms "
           f"({fixed['p99_us'] / 1000 / TARGET_P99_MS:.2f} x the bound) -> "
           f"{'MET' if ok_rate and ok_p99 and args.rate >= TARGET_RATE else 'NOT MET'}")  # fmt: skip
-    print(f"open loop, p99 of its parts: the generator's own delay before writing a request "
-          f"{ms(fixed['late_p99_us'])} ms, written -> answered {ms(fixed['service_p99_us'])} ms")
+    print(f"open loop: p99.9 {ms(fixed['p999_us'])} ms; p99 of its parts: the generator's own "
+          f"delay before writing a request {ms(fixed['late_p99_us'])} ms, written -> answered "
+          f"{ms(fixed['service_p99_us'])} ms")
     print(f"stored: {metrics.get('stored', 0):.0f} batches (/metrics), rows: {rows}")
     for text, ok, detail in checks:
         print(f"  [{'ok' if ok else 'FAIL'}] {text}: {detail}")

@@ -15,7 +15,7 @@ class Node:
 
 def test_survivors_are_frozen_and_the_collector_is_left_as_it_was():
     async def main() -> tuple[int, int]:
-        task = asyncio.create_task(gcpolicy.run(freeze_seconds=0.01, sweep_seconds=3600))
+        task = asyncio.create_task(gcpolicy.run(freeze_seconds=0.01))
         await asyncio.sleep(0.05)
         keep = [Node() for _ in range(1000)]  # survivors made after the start-up sweep
         await asyncio.sleep(0.05)
@@ -42,3 +42,13 @@ def test_a_sweep_reclaims_cycles_that_became_garbage_after_being_frozen():
         assert seconds >= 0
     finally:
         gc.unfreeze()
+
+
+def test_a_sweep_is_due_when_the_frozen_heap_grew_or_after_a_long_while():
+    due = gcpolicy.sweep_due
+    minimum, maximum = gcpolicy.SWEEP_MIN_SECONDS, gcpolicy.SWEEP_MAX_SECONDS
+    assert not due(frozen=1_000_000, baseline=1_000_000, since_sweep=minimum * 10)
+    assert not due(frozen=2_000_000, baseline=1_000_000, since_sweep=minimum / 2)
+    assert due(frozen=2_000_000, baseline=1_000_000, since_sweep=minimum)
+    assert due(frozen=1_000_000, baseline=1_000_000, since_sweep=maximum)
+    assert not due(frozen=12_000, baseline=100, since_sweep=minimum)  # a small heap: no hurry
