@@ -14,9 +14,12 @@ class Node:
 
 
 def test_survivors_are_frozen_and_the_collector_is_left_as_it_was():
+    before = gc.get_threshold()
+
     async def main() -> tuple[int, int]:
         task = asyncio.create_task(gcpolicy.run(freeze_seconds=0.01))
         await asyncio.sleep(0.05)
+        assert gc.get_threshold()[0] == gcpolicy.YOUNG_THRESHOLD
         keep = [Node() for _ in range(1000)]  # survivors made after the start-up sweep
         await asyncio.sleep(0.05)
         frozen = gc.get_freeze_count()
@@ -28,6 +31,7 @@ def test_survivors_are_frozen_and_the_collector_is_left_as_it_was():
     frozen, after = asyncio.run(main())
     assert frozen >= 1000
     assert after == 0
+    assert gc.get_threshold() == before
 
 
 def test_a_sweep_reclaims_cycles_that_became_garbage_after_being_frozen():

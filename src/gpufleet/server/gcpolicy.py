@@ -19,6 +19,12 @@ permanent generation is unfrozen and collected in full (a *sweep*): one pause of
 at 1,000 batches/s found 79 objects), so a sweep runs only when the frozen heap has grown by a
 quarter since the last one (something accumulates: new hosts, or garbage), at most every
 ``SWEEP_MIN_SECONDS``, and at least every ``SWEEP_MAX_SECONDS`` whatever happens.
+
+Young objects are collected after ``YOUNG_THRESHOLD`` net allocations instead of CPython's 700:
+at 1,000 batches/s (~300 tracked objects each) the default ran the youngest collection hundreds
+of times a second over the in-flight requests' objects. Measured side by side (bench/ingest.py,
+alternating): 9-13% less server CPU per batch and 11-13% more batches/s at saturation; the p99
+at 1,000/s offered did not change.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ FREEZE_SECONDS = 1.0
 SWEEP_MIN_SECONDS = 600.0
 SWEEP_MAX_SECONDS = 86400.0
 SWEEP_GROWTH = 1.25  # the frozen heap, as a multiple of its size after the last sweep
+YOUNG_THRESHOLD = 20_000  # generation-0 threshold while the policy runs (CPython's: 700)
 
 
 def sweep() -> tuple[int, float]:
@@ -56,6 +63,8 @@ def sweep_due(frozen: int, baseline: int, since_sweep: float) -> bool:
 
 async def run(freeze_seconds: float = FREEZE_SECONDS) -> None:
     """Apply the policy until cancelled; on the way out, the collector is left as it was."""
+    thresholds = gc.get_threshold()
+    gc.set_threshold(YOUNG_THRESHOLD, *thresholds[1:])
     collected, took = sweep()
     log.debug("gc: start-up sweep collected %d objects in %.0f ms", collected, took * 1000)
     baseline, last = gc.get_freeze_count(), time.monotonic()
@@ -73,3 +82,4 @@ async def run(freeze_seconds: float = FREEZE_SECONDS) -> None:
                 )  # fmt: skip
     finally:
         gc.unfreeze()
+        gc.set_threshold(*thresholds)
