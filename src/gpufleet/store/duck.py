@@ -3,11 +3,12 @@
 The writer takes agents' batches in groups (whatever queued up meanwhile), appends each group
 to the ingest log and fsyncs it, and only then acknowledges it (gpufleet.store.ingestlog);
 an applier thread moves what the log holds into the database a few times a second, in one
-transaction each time, inserted as Arrow tables. A batch id seen before (within the dedupe
-window) is acknowledged as a duplicate and stored nothing: the writer knows the ids of the
-last few minutes (gpufleet.store.recent) and asks the database only about older-looking
-batches; the database's primary key makes it exactly once whatever that answers. Reads first let the writer apply the log, so a read sees
-every acknowledged batch.
+transaction each time, inserted as Arrow tables, and runs the store's other tasks in their
+turn. A batch id seen before (within the dedupe window) is acknowledged as a duplicate and
+stored nothing: the writer knows the ids of the last few minutes (gpufleet.store.recent) and
+asks the database only about older-looking batches; the database's primary key makes it
+exactly once whatever that answers. Reads first wait for the applier, so a read sees every
+acknowledged batch.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,16 @@ HOSTS_PER_FLUSH = 1000
 SAMPLES_PER_FLUSH = 250
 
 
+@contextlib.contextmanager
+def _registered(con, name: str, table: pa.Table) -> Iterator[None]:
+    """``table`` visible to SQL as ``name`` on ``con`` for the block."""
+    con.register(name, table)
+    try:
+        yield
+    finally:
+        con.unregister(name)
+
+
 def _due(
     since: Iterable[tuple[str, float]], cutoff: float, limit: int, everything: bool
 ) -> list[str]:
@@ -205,13 +216,13 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
             if self.path != ":memory:"
             else None
         )
-        # host -> [row values in _HOST_ROW order, with the Sample in place of its JSON];
-        # touched by the writer thread only
+        # host -> [row values in _HOST_ROW order, with the Sample in place of its JSON]; these
+        # four are touched by the thread that inserts raw rows only (the applier; the writer
+        # for an in-memory store)
         self._pending_hosts: dict[str, list[Any]] = {}
         self._pending_since: dict[str, float] = {}  # host -> when it became pending (FIFO)
         # host -> [last_seen, Sample, since]: its newest sample, not yet in hosts.last_sample
         self._unsaved_samples: dict[str, list[Any]] = {}
-        # hosts that have a row (writer and applier threads only)
         self._known_hosts = {r[0] for r in self._db.execute("SELECT name FROM hosts").fetchall()}
         self.commits = 0  # transactions committed by the writer (for /metrics)
         self.batches_stored = 0
@@ -540,10 +551,9 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
             if self._same_order[table]:
                 con.from_arrow(arrow).insert_into(table)  # no register/parse round trips
                 continue
-            con.register("_incoming", arrow)
             names = ", ".join(TABLE_COLUMNS[table])
-            con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM _incoming")
-            con.unregister("_incoming")
+            with _registered(con, "_incoming", arrow):
+                con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM _incoming")
         now = time.monotonic()
         for item in items:
             for smp in item.batch.samples:
@@ -570,9 +580,9 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
             for name, last_seen, smp, new in zip(
                 hosts["name"], hosts["last_seen"], hosts["last_sample"], first, strict=True
             ):
-                held = self._unsaved_samples.get(name)
                 if new:
                     continue
+                held = self._unsaved_samples.get(name)
                 if held is None:
                     self._unsaved_samples[name] = [last_seen, smp, now]
                 elif last_seen >= held[0]:
@@ -581,11 +591,8 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
                 smp.model_dump_json() if new else None
                 for smp, new in zip(hosts["last_sample"], first, strict=True)
             ]
-            con.register("_hosts_in", pa.table(hosts, schema=_HOST_ROW_SCHEMA))
-            try:
+            with _registered(con, "_hosts_in", pa.table(hosts, schema=_HOST_ROW_SCHEMA)):
                 con.execute(_UPSERT_HOSTS)
-            finally:
-                con.unregister("_hosts_in")
             self._known_hosts.update(hosts["name"])
         unsaved = ((name, held[2]) for name, held in self._unsaved_samples.items())
         due = _due(unsaved, now - HOST_SAMPLES_FLUSH_SECONDS, SAMPLES_PER_FLUSH, everything)
@@ -595,11 +602,8 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
                 last_seen, smp, _ = self._unsaved_samples.pop(name)
                 columns["last_seen"].append(last_seen)
                 columns["last_sample"].append(smp.model_dump_json())
-            con.register("_samples_in", pa.table(columns, schema=_HOST_SAMPLES_SCHEMA))
-            try:
+            with _registered(con, "_samples_in", pa.table(columns, schema=_HOST_SAMPLES_SCHEMA)):
                 con.execute(_UPDATE_HOST_SAMPLES)
-            finally:
-                con.unregister("_samples_in")
 
     def _flush_all_hosts(self, con) -> None:
         if self._pending_hosts or self._unsaved_samples:
@@ -608,7 +612,7 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
     # -- reads --------------------------------------------------------------------------------
 
     def _sync(self) -> None:
-        """Let the writer move the ingest log into the database before a read."""
+        """Wait, before a read, until the applier has moved the ingest log into the database."""
         busy = self._staged or not self._apply_idle.is_set()
         if busy and threading.current_thread() not in (self._writer, self._applier):
             self.write(lambda con: None)
