@@ -77,16 +77,18 @@ async def _read_body(headers: dict[bytes, bytes], receive: Any, limit: int) -> b
         raise ApiError(
             413, "too_large", f"request body is {declared.decode()} bytes; the limit is {limit}"
         )
-    body = b""
-    more = True
+    chunks, size, more = [], 0, True
     while more:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise _ClientGone
-        body += message.get("body", b"")
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
         more = message.get("more_body", False)
-        if len(body) > limit:
+        if size > limit:
             raise ApiError(413, "too_large", f"request body exceeds the limit of {limit} bytes")
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     encoding = headers.get(b"content-encoding", b"identity").decode("latin-1").strip().lower()
     if encoding == "gzip":
         try:
