@@ -186,8 +186,9 @@ def write_prefixes(prefixes, folder: Path) -> tuple[Path, Path]:
 
 
 class Server:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, workers: int | None = None) -> None:
         self.data_dir = data_dir
+        self.workers = workers
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -203,7 +204,8 @@ class Server:
         with open(self.data_dir / "server.log", "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gpufleet", "server", "--data-dir", str(self.data_dir),
-                 "--host", "127.0.0.1", "--port", str(self.port)],
+                 "--host", "127.0.0.1", "--port", str(self.port),
+                 *(["--ingest-workers", str(self.workers)] if self.workers is not None else [])],
                 stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         deadline = time.time() + 60
@@ -242,9 +244,19 @@ class CpuMeter:
         self.proc = psutil.Process(pid)
         self.psutil = psutil
 
+    def _server_cpu(self) -> dict[int, float]:
+        """CPU seconds of the server and its ingest workers, by pid."""
+        out = {}
+        for proc in [self.proc, *self.proc.children()]:
+            try:
+                t = proc.cpu_times()
+            except self.psutil.Error:
+                continue
+            out[proc.pid] = t.user + t.system
+        return out
+
     def __enter__(self) -> CpuMeter:
-        t = self.proc.cpu_times()
-        self.server0 = t.user + t.system
+        self.server0 = self._server_cpu()
         c = resource.getrusage(resource.RUSAGE_CHILDREN)
         self.children0 = c.ru_utime + c.ru_stime
         self.psutil.cpu_percent(None)
@@ -253,8 +265,8 @@ class CpuMeter:
 
     def __exit__(self, *exc) -> None:
         self.wall = time.monotonic() - self.wall0
-        t = self.proc.cpu_times()
-        self.server_seconds = t.user + t.system - self.server0
+        now = self._server_cpu()
+        self.server_seconds = sum(t - self.server0.get(pid, 0.0) for pid, t in now.items())
         self.server = self.server_seconds / self.wall * 100
         c = resource.getrusage(resource.RUSAGE_CHILDREN)
         self.loadgen = (c.ru_utime + c.ru_stime - self.children0) / self.wall * 100
@@ -508,13 +520,15 @@ def main() -> None:
     p.add_argument("--hosts", type=int, default=5000, help="distinct hosts in the load")
     p.add_argument("--warmup", type=float, default=5, help="seconds of ingest before measuring")
     p.add_argument("--keep", action="store_true", help="keep the temp data dir")
+    p.add_argument("--ingest-workers", type=int,
+                   help="the server's --ingest-workers (default: its own, ingest.workers: auto)")
     args = p.parse_args()
     if not os.path.exists(WRK):
         raise SystemExit("wrk is not installed (apt-get install wrk)")
 
     tmp = Path(tempfile.mkdtemp(prefix="gpufleet-bench-ingest-"))
     runid = f"bench{int(time.time())}"
-    server = Server(tmp / "data")
+    server = Server(tmp / "data", args.ingest_workers)
     try:
         token = server.cli("token", "create", "bench")
         t_gen = time.perf_counter()
@@ -601,7 +615,7 @@ def main() -> None:
               f"{ms(r['p99_us']):>8} {ms(r['max_us']):>8} {c.server:>6.0f}% {c.loadgen:>6.0f}% {other:>5.0f}%"
               f" {per_req:>10.2f}")
     print()
-    print(f"CPU in % of one core ({ncpu} cores = {ncpu * 100}%): server process (psutil), load generator"
+    print(f"CPU in % of one core ({ncpu} cores = {ncpu * 100}%): server process and its ingest workers (psutil), load generator"
           " (wrk or the Python open-loop sender), other = the rest of the machine (other processes)")
     print("srv ms/req = server CPU time per answered request: what one core's worth of server buys,"
           f" whatever else runs (saturation: {1000 / max(1e-9, cpu_s.server_seconds * 1000 / max(1, sat['rate'] * cpu_s.wall)):.0f} batches/s per core)")

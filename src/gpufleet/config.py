@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -52,6 +52,18 @@ class IngestSection(_Section):
         20000,
         description="Batches waiting for the writer before ingest answers 503 (back-pressure).",
     )
+    workers: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = Field(
+        "auto",
+        description="Ingest worker processes that take agents' connections, each on its own "
+        "core (0: the server answers ingest itself; auto: one per core but one, up to 4).",
+    )
+
+    def worker_count(self, cpus: int | None = None) -> int:
+        """The ingest workers to run: ``auto`` is one per core but one (the server's), up to 4."""
+        if self.workers != "auto":
+            return self.workers
+        cpus = cpus or os.cpu_count() or 1
+        return max(0, min(4, cpus - 1))
 
 
 class RetentionSection(_Section):
@@ -289,6 +301,7 @@ ENV_VARS = {
     "GPUFLEET_PORT": ("server", "port"),
     "GPUFLEET_DATA_DIR": ("server", "data_dir"),
     "GPUFLEET_DATABASE": ("server", "database"),
+    "GPUFLEET_INGEST_WORKERS": ("ingest", "workers"),
 }
 
 

@@ -82,8 +82,13 @@ async def _start_poller(ctx: Context) -> None:
     log.info("agent-less: polling %d host(s) over SSH", len(hosts))
 
 
-def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
-    """Build the app. The store is opened at start-up (unless given) and closed at shutdown."""
+def create_app(
+    settings: Settings, store: Store | None = None, ingest_workers: int = 0, log_level: str = "INFO"
+) -> FastAPI:
+    """Build the app. The store is opened at start-up (unless given) and closed at shutdown.
+    ``ingest_workers``: worker processes to start for agents' connections; they only get any
+    when uvicorn serves the app with ``workers.pool.protocol_class(app)`` (``gpufleet
+    server`` does)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -108,6 +113,15 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         recommender = asyncio.create_task(recommend_service.refresh_forever(app))  # history
         mailer = report_mail.attach(app, ctx)  # scheduled e-mail reports
         await _start_poller(ctx)
+        pool = None
+        if ingest_workers > 0:
+            from gpufleet.server.workers.pool import WorkerPool
+
+            pool = WorkerPool(
+                ctx, ingest_workers, settings.server.data_dir / "ingest-workers", log_level
+            )
+            await pool.start()
+            app.state.ingest_workers = pool
         log.info(
             "store %s (schema v%d): %d hosts known", settings.database_url_redacted,
             st.schema_version(), len(live.hosts),
@@ -115,6 +129,9 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         try:
             yield
         finally:
+            if pool is not None:
+                app.state.ingest_workers = None
+                await pool.stop()
             pruner.cancel()
             collector.cancel()
             roller.cancel()

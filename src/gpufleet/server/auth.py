@@ -13,6 +13,7 @@ import hmac
 import os
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from gpufleet.server.errors import ApiError
@@ -37,11 +38,26 @@ def new_token(name: str) -> tuple[str, TokenRecord]:
 class TokenCache:
     """Token records by id, loaded from the store and kept in step by the admin API."""
 
-    def __init__(self, store: Store) -> None:
-        self._by_id = {t.id: t for t in store.tokens()}
+    def __init__(self, store: Store | None) -> None:
+        self._by_id = {t.id: t for t in store.tokens()} if store is not None else {}
+        self.listeners: list[Callable[[], None]] = []  # called after each change
+
+    @classmethod
+    def of(cls, records: list[TokenRecord]) -> TokenCache:
+        cache = cls(None)
+        cache.replace(records)
+        return cache
+
+    def records(self) -> list[TokenRecord]:
+        return list(self._by_id.values())
+
+    def replace(self, records: list[TokenRecord]) -> None:
+        self._by_id = {t.id: t for t in records}
 
     def put(self, record: TokenRecord) -> None:
         self._by_id[record.id] = record
+        for listener in self.listeners:
+            listener()
 
     def check(self, authorization: str | None) -> TokenRecord:
         """The token record for a ``Bearer`` header; 401 when missing/wrong, 403 when revoked."""

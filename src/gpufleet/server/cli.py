@@ -38,12 +38,17 @@ def _exit_on_signal(signum: int, frame: object) -> None:
 @click.option("--port", type=click.IntRange(1, 65535), help="Port to listen on.  [default: 8000]")
 @click.option("--database", help="Store URL (default: DuckDB file in the data dir).")
 @click.option(
+    "--ingest-workers", type=click.IntRange(0, 64),
+    help="Worker processes that answer agents' ingest, each on its own core; 0: the server "
+    "answers it itself.  [default: ingest.workers, auto: one per core but one, up to 4]",
+)  # fmt: skip
+@click.option(
     "--local-agent/--no-local-agent", default=False,
     help="Also run an agent for this machine, pushing to this server (a token 'local' is made).",
 )  # fmt: skip
 def server(
     config_path: str | None, data_dir: Path | None, host: str | None, port: int | None,
-    database: str | None, local_agent: bool,
+    database: str | None, ingest_workers: int | None, local_agent: bool,
 ) -> None:  # fmt: skip
     """Run the gpufleet server: ingest API, live state, history, /metrics, and the agent-less
     SSH poller for the hosts in the config's ``ssh.hosts``.
@@ -54,10 +59,13 @@ def server(
     import uvicorn
 
     from gpufleet.server.app import create_app
+    from gpufleet.server.workers.pool import protocol_class
 
     settings = settings_from(
         config_path, data_dir=data_dir, host=host, port=port, database=database
     )
+    if ingest_workers is not None:
+        settings.ingest.workers = ingest_workers
     data = settings.server.data_dir
     data.mkdir(parents=True, exist_ok=True)
     store = open_store_or_explain(settings)
@@ -65,7 +73,9 @@ def server(
     agent_proc = None
     if local_agent:
         agent_proc = spawn_agent(url, fresh_token(store, "local"), data / "agent-spool")
-    app = create_app(settings, store=store)
+    workers = settings.ingest.worker_count()
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+    app = create_app(settings, store=store, ingest_workers=workers, log_level=level)
     log.info("gpufleet server on %s (data dir %s); API docs at %s/docs", url, data, url)
     # uvicorn shuts down gracefully on SIGTERM/SIGINT and then raises the signal again with
     # the handler it found: make that an orderly exit, so the `finally` below closes the
@@ -77,6 +87,7 @@ def server(
             uvicorn.run(
                 app, host=settings.server.host, port=settings.server.port, log_level="warning",
                 access_log=False, backlog=4096, timeout_keep_alive=30,
+                http=protocol_class(app) if workers else "auto",
             )  # fmt: skip
     finally:
         if agent_proc is not None:

@@ -179,16 +179,8 @@ async def accept(
         raise ApiError(503, "store_failed", str(exc), headers={"Retry-After": "5"}) from None
     ctx.counters["stored" if stored else "duplicate"] += 1
     ctx.latency.observe(time.time() - received_at)
-    if stored:
-        for sample in batch.samples:
-            ctx.live.update(
-                sample,
-                source=batch.source,
-                token_name=token_name,
-                received_at=received_at,
-                agent_version=batch.agent_version or sample.facts.agent_version or None,
-                clock_skew_seconds=skew,
-            )
+    if stored and ctx.live is not None:  # an ingest worker has none: the server tails its log
+        publish(ctx, batch, token_name, received_at, skew)
     return IngestAck(
         batch_id=batch.batch_id,
         status="stored" if stored else "duplicate",
@@ -196,6 +188,21 @@ async def accept(
         clock_skew_seconds=round(skew, 3),
         warnings=warnings,
     )
+
+
+def publish(
+    ctx: Context, batch: Batch, token_name: str, received_at: float, skew: float
+) -> None:
+    """Live state (the dashboard, /api/v1/hosts) learns a stored batch's samples."""
+    for sample in batch.samples:
+        ctx.live.update(
+            sample,
+            source=batch.source,
+            token_name=token_name,
+            received_at=received_at,
+            agent_version=batch.agent_version or sample.facts.agent_version or None,
+            clock_skew_seconds=skew,
+        )
 
 
 ROUTE = Route(PATH, _Endpoint(), methods=["POST"], name="ingest")

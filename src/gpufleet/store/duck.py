@@ -13,7 +13,6 @@ acknowledged batch.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import logging
@@ -42,6 +41,7 @@ from gpufleet.store.recent import RECENT_MARGIN_SECONDS, RecentKeys
 from gpufleet.store.rows import TABLE_COLUMNS, batch_key, flatten, note_host
 from gpufleet.store.schema import MIGRATIONS, RAW_TABLES
 from gpufleet.store.sqlreads import SqlReads
+from gpufleet.store.waiters import Waiter, settle
 
 log = logging.getLogger(__name__)
 
@@ -55,41 +55,6 @@ _ARROW_TYPES = {
     "UTINYINT": pa.uint8(),
 }
 _STOP = object()
-
-
-class _Async:
-    """An event loop's future waiting on the writer (see ``DuckDBStore.ingest``)."""
-
-    __slots__ = ("future", "loop")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future) -> None:
-        self.loop, self.future = loop, future
-
-
-def _settle(outcomes: list[tuple[Any, Any, BaseException | None]]) -> None:
-    """Resolve waiters (thread-safe futures, or :class:`_Async`) with a value or an error;
-    the event-loop ones in one call per loop."""
-    per_loop: dict[asyncio.AbstractEventLoop, list] = {}
-    for waiter, value, error in outcomes:
-        if isinstance(waiter, _Async):
-            per_loop.setdefault(waiter.loop, []).append((waiter.future, value, error))
-        elif error is not None:
-            waiter.set_exception(error)
-        else:
-            waiter.set_result(value)
-    for loop, items in per_loop.items():
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-            loop.call_soon_threadsafe(_settle_in_loop, items)
-
-
-def _settle_in_loop(items: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
-    for future, value, error in items:
-        if future.done():  # cancelled: the client went away
-            continue
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(value)
 
 
 # The hosts upsert: one row per host of the group, inserted from an Arrow table.
@@ -299,8 +264,7 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
     async def ingest(self, item: IngestItem) -> bool:
         # The writer settles a whole group's waiters with one wake-up of the event loop,
         # instead of a thread-safe future and a call into the loop per batch.
-        loop = asyncio.get_running_loop()
-        waiter = _Async(loop, loop.create_future())
+        waiter = Waiter.here()
         self._queue.put((item, waiter))
         return await waiter.future
 
@@ -380,13 +344,13 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
         except Exception as exc:
             if len(group) == 1:
                 log.exception("store: batch %s not stored", group[0][0].batch.batch_id)
-                _settle([(group[0][1], None, StoreError(f"store write failed: {exc}"))])
+                settle([(group[0][1], None, StoreError(f"store write failed: {exc}"))])
                 return
             # One bad batch must not sink the others: retry each alone.
             for one in group:
                 self._ingest_group(con, [one])
             return
-        _settle([(fut, stored, None) for (_, fut), stored in zip(group, results, strict=True)])
+        settle([(fut, stored, None) for (_, fut), stored in zip(group, results, strict=True)])
 
     def _log_group(self, con, group) -> None:
         """Acknowledge a group once it is in the ingest log (fsync'd); the database follows.
@@ -423,7 +387,7 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
                 "store: ingest log append failed; %d batch(es) not acknowledged", len(items)
             )
             failure = StoreError(f"store write failed: {exc}")
-            _settle([(fut, None, failure) for _, fut in group])
+            settle([(fut, None, failure) for _, fut in group])
             return
         if not self._staged:
             self._apply_due = time.monotonic() + APPLY_INTERVAL_SECONDS
@@ -431,7 +395,7 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
         new_keys = [k for k, f in zip(keys, fresh, strict=True) if f]
         recent.add(new_keys, now)
         self.batches_duplicate += len(items) - len(new_items)
-        _settle([(fut, f, None) for (_, fut), f in zip(group, fresh, strict=True)])
+        settle([(fut, f, None) for (_, fut), f in zip(group, fresh, strict=True)])
 
     def _hand_off(self, force: bool = False) -> None:
         """Give the staged batches to the applier thread. Unless ``force``d, only when it is

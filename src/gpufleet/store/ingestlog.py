@@ -23,7 +23,6 @@ import logging
 import os
 import struct
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -85,6 +84,13 @@ class IngestLog:
         self.records = 0
         return old
 
+    def restart(self) -> None:
+        """Go on in a new file after a failed append: the old one may end in a torn record,
+        and a reader stops at the first one."""
+        self._file.close()
+        self._file = self._open_next()
+        self.records = 0
+
     def drop_leftovers(self) -> None:
         for path in self.leftovers:
             path.unlink(missing_ok=True)
@@ -97,29 +103,47 @@ class IngestLog:
             path.unlink(missing_ok=True)
 
 
-def read_records(path: Path) -> Iterator[IngestItem]:
-    """The items in one log file, in order; a torn tail is dropped, a bad record set aside."""
-    data = path.read_bytes()
-    at = 0
+def complete_records(data: bytes, start: int = 0) -> tuple[list[bytes], int]:
+    """The payloads of the whole, intact records in ``data`` from ``start`` on, and the offset
+    just past the last of them. For a log another process is still appending to, what
+    follows that offset is a record being written; in a finished log, a torn one."""
+    payloads, at = [], start
     while at + _HEAD.size <= len(data):
         size, crc = _HEAD.unpack_from(data, at)
-        payload = data[at + _HEAD.size : at + _HEAD.size + size]
-        if len(payload) < size or zlib.crc32(payload) != crc:
-            log.warning(
-                "ingest log %s: dropped a torn record at byte %d (written during a crash, "
-                "never acknowledged)", path, at,
-            )  # fmt: skip
-            return
-        at += _HEAD.size + size
+        end = at + _HEAD.size + size
+        if end > len(data) or zlib.crc32(data[at + _HEAD.size : end]) != crc:
+            break
+        payloads.append(data[at + _HEAD.size : end])
+        at = end
+    return payloads, at
+
+
+def decode_records(path: Path, payloads: list[bytes]) -> list[IngestItem]:
+    """Decoded records of ``path``; one that does not parse is kept aside in
+    ``*.unreadable`` for a human (an error says so) and the rest go on."""
+    items = []
+    for payload in payloads:
         try:
-            yield decode(payload)
+            items.append(decode(payload))
         except ValueError as exc:
             aside = path.with_suffix(".unreadable")
             with open(aside, "ab") as f:
-                f.write(_HEAD.pack(size, crc) + payload)
+                f.write(_HEAD.pack(len(payload), zlib.crc32(payload)) + payload)
             log.error("ingest log %s: a record does not parse (%s); kept in %s", path, exc, aside)
+    return items
+
+
+def read_records(path: Path) -> list[IngestItem]:
+    """The items in one finished log file, in order; a torn tail is dropped (it was being
+    written during a crash, so never acknowledged), a bad record set aside."""
+    data = path.read_bytes()
+    payloads, at = complete_records(data)
     if at < len(data):
-        log.warning("ingest log %s: dropped %d bytes of a torn record", path, len(data) - at)
+        log.warning(
+            "ingest log %s: dropped a torn record at byte %d (%d bytes; written during a "
+            "crash, never acknowledged)", path, at, len(data) - at,
+        )  # fmt: skip
+    return decode_records(path, payloads)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -1,0 +1,128 @@
+"""An ingest worker's store: each batch appended to the worker's own ingest log, fsync'd, and
+only then acknowledged; the server moves the log into its store (``pool.Tailer``).
+
+The log is the embedded store's format (gpufleet.store.ingestlog), one folder per worker
+slot. A new file is started every ``ROTATE_SECONDS`` while batches come, so the server can
+delete what it has moved. A batch id acknowledged by this worker in the last few minutes is
+acknowledged again as a duplicate and not logged; a copy sent through another worker is
+logged by both and stored once (the store's primary key), its second acknowledgement then
+saying "stored".
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from gpufleet.store import IngestItem, StoreError, ingestlog
+from gpufleet.store.recent import RecentKeys
+from gpufleet.store.rows import batch_key
+from gpufleet.store.waiters import Waiter, settle
+
+log = logging.getLogger(__name__)
+
+MAX_GROUP = 512  # batches in one append
+LOG_WINDOW_SECONDS = 0.005  # a group gathers for at most this long before its fsync
+ROTATE_SECONDS = 1.0
+_STOP = object()
+
+
+def lock_folder(folder: Path, wait: float = 30.0) -> int:
+    """Hold ``folder/lock`` (an open descriptor; closing it lets go): the worker writing to
+    ``folder`` holds it for its life, so a successor, or the server moving what is left,
+    waits for a predecessor to be gone. Raises ``TimeoutError`` after ``wait`` seconds."""
+    fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise TimeoutError(f"{folder}/lock is still held by another process") from None
+            time.sleep(0.05)
+
+
+class LogWriter:
+    """``ingest(item)`` -> True (logged) or False (a duplicate); one writer thread."""
+
+    def __init__(self, folder: Path) -> None:
+        self._log = ingestlog.IngestLog(folder)  # its leftovers are the server's to move
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._recent = RecentKeys()
+        self._thread = threading.Thread(target=self._run, name="worker-log", daemon=True)
+        self._thread.start()
+
+    async def ingest(self, item: IngestItem) -> bool:
+        waiter = Waiter.here()
+        self._queue.put((item, waiter))
+        return await waiter.future
+
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    def close(self) -> None:
+        """Log what is queued, close the log (a file with nothing in it is removed)."""
+        self._queue.put(_STOP)
+        self._thread.join()
+
+    def _run(self) -> None:
+        opened = time.monotonic()
+        stop = False
+        while not stop:
+            try:
+                task = self._queue.get(timeout=ROTATE_SECONDS)
+            except queue.Empty:
+                task = None
+            group = []
+            deadline = time.monotonic() + LOG_WINDOW_SECONDS
+            while task is not None:
+                if task is _STOP:
+                    stop = True
+                    break
+                group.append(task)
+                wait = deadline - time.monotonic()
+                if len(group) >= MAX_GROUP:
+                    break
+                try:
+                    task = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    task = None
+            if group:
+                self._append(group)
+            if self._log.records and time.monotonic() - opened >= ROTATE_SECONDS:
+                self._log.rotate()  # the server deletes the old file once it has moved it
+                opened = time.monotonic()
+        self._log.close()
+
+    def _append(self, group: list[tuple[IngestItem, Waiter]]) -> None:
+        now = time.time()
+        fresh, seen = [], set()
+        for item, _ in group:
+            key = batch_key(item.batch.batch_id).bytes
+            fresh.append(key not in self._recent and key not in seen)
+            seen.add(key)
+        try:
+            records = [
+                ingestlog.encode(item) for (item, _), f in zip(group, fresh, strict=True) if f
+            ]
+            if records:
+                self._log.append(records)
+        except Exception as exc:
+            log.exception("ingest log append failed; %d batch(es) not acknowledged", len(group))
+            failure = StoreError(f"ingest log write failed: {exc}")
+            settle([(waiter, None, failure) for _, waiter in group])
+            try:
+                self._log.restart()
+            except OSError:
+                log.exception("cannot start a new ingest log file")
+            return
+        self._recent.add(seen, now)
+        settle([(waiter, f, None) for (_, waiter), f in zip(group, fresh, strict=True)])

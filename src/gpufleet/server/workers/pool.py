@@ -1,0 +1,357 @@
+"""The server's side of the ingest workers: start and supervise them, hand them agents'
+connections, move their logs into the store.
+
+Handing over: the server's HTTP protocol (``protocol_class``) looks at the first bytes of
+each new connection. One that starts with ``POST /api/v1/ingest`` goes, socket and the bytes
+already read, to a worker (round robin among those up); everything else, and every
+connection while no worker is up, is served by the server as before. An agent keeps its
+connection open, so this happens once per agent, not once per batch.
+
+Moving: a ``Tailer`` per worker folder reads the records a worker has fsync'd (complete ones
+only; the last file may be mid-write), submits them to the store like any batch (the store's
+own dedupe and log make that exactly-once and durable), publishes them to live state, and
+deletes a file once the worker has moved on to a newer one and everything in it is stored.
+At start-up, whatever a previous run's workers left is moved first, each folder's lock held
+so no old worker can still be writing there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from gpufleet.server import ingest
+from gpufleet.server.context import Context
+from gpufleet.server.workers import channel
+from gpufleet.server.workers.logwriter import lock_folder
+from gpufleet.server.workers.worker import SETTINGS_ENV
+from gpufleet.store import IngestItem, ingestlog
+
+log = logging.getLogger("gpufleet.server.workers")
+
+INGEST_REQUEST = (b"POST /api/v1/ingest ", b"POST /api/v1/ingest?")
+TAIL_SECONDS = 0.1  # how often the workers' logs are read (live state lags by this much)
+SUPERVISE_SECONDS = 0.5
+RESTART_SECONDS = 1.0
+STOP_SECONDS = 20.0
+TOKEN_SYNC_SECONDS = 3.0
+
+
+@dataclass
+class _Worker:
+    slot: int
+    folder: Path
+    proc: subprocess.Popen | None = None
+    channel: channel.Channel | None = None
+    up: bool = False
+    restarts: int = 0
+    token_waits: dict[int, asyncio.Future] = field(default_factory=dict)
+
+
+class Tailer:
+    """Moves one worker folder's log into the store (see the module's doc)."""
+
+    def __init__(self, ctx: Context, folder: Path) -> None:
+        self.ctx, self.folder = ctx, folder
+        self.offsets: dict[Path, int] = {}
+        self.moved = 0
+
+    async def move(self, final: bool = False) -> int:
+        """One pass; ``final`` when no worker writes here any more. Raises if the store
+        fails (nothing is lost: the records stay, the next pass tries again)."""
+        files = sorted(self.folder.glob("*.log"))
+        moved = 0
+        for n, path in enumerate(files):
+            finished = final or n < len(files) - 1  # the worker opens a new file last
+            offset = self.offsets.get(path, 0)
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+            payloads, used = ingestlog.complete_records(data)
+            items = ingestlog.decode_records(path, payloads)
+            if items:
+                await self._store(items)
+                moved += len(items)
+            self.offsets[path] = offset + used
+            if not finished:
+                break
+            if used < len(data):
+                log.warning(
+                    "ingest worker log %s: dropped a torn record at byte %d (written when its "
+                    "worker died, never acknowledged)", path, offset + used,
+                )  # fmt: skip
+            path.unlink()
+            del self.offsets[path]
+        self.moved += moved
+        return moved
+
+    async def _store(self, items: list[IngestItem]) -> None:
+        ctx = self.ctx
+        results = await asyncio.gather(
+            *(ctx.store.ingest(item) for item in items), return_exceptions=True
+        )
+        for item, stored in zip(items, results, strict=True):
+            if isinstance(stored, BaseException):
+                raise stored
+            if stored:
+                ingest.publish(
+                    ctx, item.batch, item.token_name, item.received_at, item.clock_skew_seconds
+                )
+
+
+class WorkerPool:
+    def __init__(self, ctx: Context, count: int, root: Path, log_level: str = "INFO") -> None:
+        self.ctx, self.count, self.root, self.log_level = ctx, count, root, log_level
+        self.workers = [_Worker(slot, root / str(slot)) for slot in range(count)]
+        self.tailers = [Tailer(ctx, w.folder) for w in self.workers]
+        self.handed_over = 0
+        self._next = 0
+        self._seq = 0
+        self._stopping = False
+        self._tasks: list[asyncio.Task] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # -- life ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.root.mkdir(parents=True, exist_ok=True)
+        await self._move_leftovers()
+        for w in self.workers:
+            w.folder.mkdir(parents=True, exist_ok=True)
+            self._spawn(w)
+        self.ctx.tokens.listeners.append(self._tokens_changed)
+        self._tasks = [
+            asyncio.create_task(self._tail_forever()),
+            asyncio.create_task(self._supervise_forever()),
+        ]
+        log.info("ingest: %d worker process(es) take agents' connections", self.count)
+
+    async def _move_leftovers(self) -> None:
+        """Move what a previous run's workers logged (any slot, even one no longer
+        configured), each folder locked so no old worker is still writing there."""
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            if not any(folder.glob("*.log")):
+                continue
+            fd = await asyncio.to_thread(lock_folder, folder)
+            try:
+                moved = await Tailer(self.ctx, folder).move(final=True)
+            finally:
+                os.close(fd)
+            log.info("ingest: moved %d batch(es) a previous run's worker left in %s", moved, folder)
+
+    async def stop(self) -> None:
+        """Stop the workers (they finish what is in flight), then move the rest of their logs."""
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for w in self.workers:
+            w.up = False
+            if w.channel is not None:
+                w.channel.send(channel.STOP)
+        deadline = time.monotonic() + STOP_SECONDS
+        for w in self.workers:
+            if w.proc is None:
+                continue
+            while w.proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if w.proc.poll() is None:
+                log.warning("ingest worker %d did not stop in time; killing it", w.slot)
+                w.proc.kill()
+                await asyncio.to_thread(w.proc.wait)
+            await asyncio.sleep(0)  # its last frames (counters)
+            if w.channel is not None:
+                w.channel.close()
+        for tailer in self.tailers:
+            try:
+                await tailer.move(final=True)
+            except Exception:
+                log.exception(
+                    "ingest: moving %s failed; it is moved at the next start", tailer.folder
+                )
+
+    def _spawn(self, w: _Worker) -> None:
+        assert self.loop is not None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = {**os.environ, SETTINGS_ENV: self.ctx.settings.ingest.model_dump_json()}
+        w.proc = subprocess.Popen(
+            [sys.executable, "-m", "gpufleet.server.workers.worker", str(w.slot), str(w.folder),
+             str(theirs.fileno()), self.log_level],
+            pass_fds=[theirs.fileno()], env=env,
+        )  # fmt: skip
+        theirs.close()
+        w.up = False
+        w.channel = channel.Channel(
+            ours, self.loop, functools.partial(self._on_frame, w), functools.partial(self._lost, w)
+        )
+        w.channel.send(channel.TOKENS, self._tokens_payload())  # before any connection
+
+    async def _supervise_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SUPERVISE_SECONDS)
+            for w in self.workers:
+                if w.proc is None or w.proc.poll() is None or self._stopping:
+                    continue
+                w.up = False
+                if w.channel is not None:
+                    w.channel.close()
+                w.restarts += 1
+                log.warning(
+                    "ingest worker %d (pid %d) exited with status %s; the server takes its "
+                    "agents until it is restarted", w.slot, w.proc.pid, w.proc.returncode,
+                )  # fmt: skip
+                await asyncio.sleep(RESTART_SECONDS)
+                if not self._stopping:
+                    self._spawn(w)
+
+    async def _tail_forever(self) -> None:
+        failures = 0
+        while True:
+            try:
+                for tailer in self.tailers:
+                    await tailer.move()
+                failures = 0
+            except Exception:
+                failures += 1
+                if failures == 1:
+                    log.exception(
+                        "ingest: moving the workers' logs into the store failed; retrying"
+                    )
+            await asyncio.sleep(TAIL_SECONDS if failures == 0 else min(30.0, 0.5 * 2**failures))
+
+    # -- frames --------------------------------------------------------------------------
+
+    def _on_frame(self, w: _Worker, kind: int, payload: bytes, fd: int | None) -> None:
+        if kind == channel.HELLO:
+            w.up = not self._stopping
+            log.info("ingest worker %d is up (pid %s)", w.slot, orjson.loads(payload)["pid"])
+        elif kind == channel.STATS:
+            self._merge_stats(orjson.loads(payload))
+        elif kind == channel.TOKENS_OK:
+            waiter = w.token_waits.pop(orjson.loads(payload)["seq"], None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        elif kind == channel.BYE:
+            w.up = False
+        if fd is not None:  # workers never send descriptors
+            os.close(fd)
+
+    def _lost(self, w: _Worker) -> None:
+        w.up = False
+        for waiter in w.token_waits.values():
+            if not waiter.done():
+                waiter.set_result(None)
+        w.token_waits.clear()
+
+    def _merge_stats(self, stats: dict[str, Any]) -> None:
+        self.ctx.counters.update(Counter(stats["counters"]))
+        latency = self.ctx.latency
+        for i, count in enumerate(stats["latency"]):
+            latency.counts[i] += count
+        latency.total += stats["total"]
+        latency.n += stats["n"]
+
+    # -- tokens --------------------------------------------------------------------------
+
+    def _tokens_payload(self) -> bytes:
+        self._seq += 1
+        tokens = [asdict(t) for t in self.ctx.tokens.records()]
+        return orjson.dumps({"seq": self._seq, "tokens": tokens})
+
+    def _tokens_changed(self) -> None:
+        """A token was made or revoked: every worker knows before this returns (when called
+        off the event loop, as the admin API's handlers are), so a revoked token is refused
+        everywhere from then on."""
+        assert self.loop is not None
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            self.loop.create_task(self._sync_tokens())
+            return
+        future = asyncio.run_coroutine_threadsafe(self._sync_tokens(), self.loop)
+        try:
+            future.result(timeout=TOKEN_SYNC_SECONDS + 1)
+        except Exception:
+            log.warning("ingest: a worker did not confirm the new token list in time")
+
+    async def _sync_tokens(self) -> None:
+        payload = self._tokens_payload()
+        seq = self._seq
+        waits = []
+        for w in self.workers:
+            if w.channel is None or w.channel.closed:
+                continue
+            w.channel.send(channel.TOKENS, payload)
+            waiter = asyncio.get_running_loop().create_future()
+            w.token_waits[seq] = waiter
+            waits.append(waiter)
+        if waits:
+            await asyncio.wait(waits, timeout=TOKEN_SYNC_SECONDS)
+
+    # -- connections ---------------------------------------------------------------------
+
+    def hand_over(self, transport: Any, data: bytes) -> bool:
+        """Give a new connection (its first bytes ``data``) to a worker; False if none took it."""
+        up = [w for w in self.workers if w.up and w.channel is not None]
+        if not up:
+            return False
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        for _ in range(len(up)):
+            w = up[self._next % len(up)]
+            self._next += 1
+            assert w.channel is not None
+            if w.channel.send_conn(sock.fileno(), data):
+                self.handed_over += 1
+                return True
+        return False
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "configured": self.count,
+            "up": sum(w.up for w in self.workers),
+            "restarts": sum(w.restarts for w in self.workers),
+            "connections_handed_over": self.handed_over,
+        }
+
+
+def protocol_class(app: Any) -> type:
+    """uvicorn's HTTP protocol, handing agents' ingest connections to ``app.state.ingest_workers``
+    (a started :class:`WorkerPool`) when there is one."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class HandsOverIngest(HttpToolsProtocol):
+        _first = True
+
+        def data_received(self, data: bytes) -> None:
+            if self._first:
+                self._first = False
+                pool = getattr(app.state, "ingest_workers", None)
+                if (
+                    pool is not None
+                    and data.startswith(INGEST_REQUEST)
+                    and pool.hand_over(self.transport, data)
+                ):
+                    self.transport.close()
+                    return
+            super().data_received(data)
+
+    return HandsOverIngest
+
+
+__all__ = ["WorkerPool", "protocol_class"]
