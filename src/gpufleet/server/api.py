@@ -57,7 +57,16 @@ def healthz(request: Request) -> dict[str, Any]:
         },
         "writer_queue": ctx.queue_depth(),
         "hosts": len(ctx.live.hosts),
+        "ingest_workers": _workers(ctx),
     }
+
+
+def _workers(ctx: Context) -> dict[str, Any]:
+    """The ingest workers (gpufleet.server.workers): configured, up, restarts, connections."""
+    pool = ctx.ingest_workers
+    if pool is None:
+        return {"configured": 0, "up": 0, "restarts": 0, "connections_handed_over": 0}
+    return pool.status()
 
 
 @router.get("/api/v1/hosts", tags=["hosts"], summary="Every known host with its status")

@@ -113,15 +113,16 @@ def create_app(
         recommender = asyncio.create_task(recommend_service.refresh_forever(app))  # history
         mailer = report_mail.attach(app, ctx)  # scheduled e-mail reports
         await _start_poller(ctx)
+        from gpufleet.server.workers.pool import WorkerPool, move_leftovers
+
+        workers_dir = settings.server.data_dir / "ingest-workers"
         pool = None
         if ingest_workers > 0:
-            from gpufleet.server.workers.pool import WorkerPool
-
-            pool = WorkerPool(
-                ctx, ingest_workers, settings.server.data_dir / "ingest-workers", log_level
-            )
+            pool = WorkerPool(ctx, ingest_workers, workers_dir, log_level)
             await pool.start()
-            app.state.ingest_workers = pool
+            app.state.ingest_workers = ctx.ingest_workers = pool
+        else:  # what workers of an earlier run acknowledged, before anything is served
+            await move_leftovers(ctx, workers_dir)
         log.info(
             "store %s (schema v%d): %d hosts known", settings.database_url_redacted,
             st.schema_version(), len(live.hosts),
@@ -130,7 +131,7 @@ def create_app(
             yield
         finally:
             if pool is not None:
-                app.state.ingest_workers = None
+                app.state.ingest_workers = ctx.ingest_workers = None
                 await pool.stop()
             pruner.cancel()
             collector.cancel()

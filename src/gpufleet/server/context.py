@@ -41,6 +41,7 @@ class Context:
     counters: Counter = field(default_factory=Counter)
     latency: Histogram = field(default_factory=Histogram)
     poller: Any = None  # gpufleet.poller.service.SshPoller when ssh.hosts is configured
+    ingest_workers: Any = None  # gpufleet.server.workers.pool.WorkerPool when started
 
     def host_summaries(self, now: float) -> list[dict[str, Any]]:
         polls = self.poller.status() if self.poller is not None else None

@@ -42,6 +42,9 @@ class RecentKeys:
     def __len__(self) -> int:
         return sum(len(keys) for _, keys in self._buckets)
 
+    def keys(self) -> list[bytes]:
+        return [key for _, keys in self._buckets for key in keys]
+
     def add(self, keys: Iterable[bytes], now: float | None = None) -> None:
         now = time.time() if now is None else now
         while self._buckets and self._buckets[0][0] + self.bucket < now - self.window:

@@ -3,6 +3,7 @@ clause: the read API's queries, users, and the small token writes."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from gpufleet.store.base import SERIES_METRICS, SeriesPoints, StoreError, TokenRecord, UserRecord
@@ -48,6 +49,14 @@ class SqlReads:
             "SELECT id, name, secret_sha256, created_at, revoked_at FROM agent_tokens ORDER BY name"
         )
         return [TokenRecord(*r) for r in rows]
+
+    def batch_keys_since(self, since: float) -> list[bytes]:
+        """The keys (16 bytes) of the batches received since ``since``: what an ingest
+        worker needs to know to answer a re-sent batch "duplicate"."""
+        rows = self._read(f"SELECT id FROM batches WHERE received_at >= {self.PARAM}", [since])
+        return [
+            r[0].bytes if isinstance(r[0], uuid.UUID) else uuid.UUID(str(r[0])).bytes for r in rows
+        ]
 
     def count(self, table: str) -> int:
         if table not in (*RAW_TABLES, "batches", "hosts", "agent_tokens"):

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
-HELLO, CONN, TOKENS, TOKENS_OK, STATS, STOP, BYE = range(1, 8)
+HELLO, CONN, TOKENS, TOKENS_OK, STATS, STOP, BYE, LOGGED, KEYS = range(1, 10)
 _HEAD = struct.Struct("<BI")
 _MAX_FDS = 64  # descriptors one recvmsg can take
 _READ = 1 << 20

@@ -6,7 +6,11 @@ slot. A new file is started every ``ROTATE_SECONDS`` while batches come, so the 
 delete what it has moved. A batch id acknowledged by this worker in the last few minutes is
 acknowledged again as a duplicate and not logged; a copy sent through another worker is
 logged by both and stored once (the store's primary key), its second acknowledgement then
-saying "stored".
+saying "stored". The server tells every worker the ids of the batches it stored lately
+(``remember``), so a batch re-sent through another worker, or after a restart, is answered
+"duplicate" too, unless it comes within the few milliseconds before the server has moved
+the first copy. A batch older than that memory (a spool drained after days) is logged and
+the store's primary key keeps it once.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +36,7 @@ MAX_GROUP = 512  # batches in one append
 LOG_WINDOW_SECONDS = 0.005  # a group gathers for at most this long before its fsync
 ROTATE_SECONDS = 1.0
 _STOP = object()
+_KEYS = object()
 
 
 def lock_folder(folder: Path, wait: float = 30.0) -> int:
@@ -53,7 +59,8 @@ def lock_folder(folder: Path, wait: float = 30.0) -> int:
 class LogWriter:
     """``ingest(item)`` -> True (logged) or False (a duplicate); one writer thread."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, on_logged: Callable[[], None] | None = None) -> None:
+        self._on_logged = on_logged  # called (on the writer thread) after each append
         self._log = ingestlog.IngestLog(folder)  # its leftovers are the server's to move
         self._queue: queue.Queue[Any] = queue.Queue()
         self._recent = RecentKeys()
@@ -64,6 +71,10 @@ class LogWriter:
         waiter = Waiter.here()
         self._queue.put((item, waiter))
         return await waiter.future
+
+    def remember(self, keys: list[bytes]) -> None:
+        """Batch keys the server has stored: a re-sent copy is a duplicate."""
+        self._queue.put((_KEYS, keys))
 
     def queue_depth(self) -> int:
         return self._queue.qsize()
@@ -87,7 +98,10 @@ class LogWriter:
                 if task is _STOP:
                     stop = True
                     break
-                group.append(task)
+                if task[0] is _KEYS:
+                    self._recent.add(task[1])
+                else:
+                    group.append(task)
                 wait = deadline - time.monotonic()
                 if len(group) >= MAX_GROUP:
                     break
@@ -115,6 +129,8 @@ class LogWriter:
             ]
             if records:
                 self._log.append(records)
+                if self._on_logged is not None:
+                    self._on_logged()
         except Exception as exc:
             log.exception("ingest log append failed; %d batch(es) not acknowledged", len(group))
             failure = StoreError(f"ingest log write failed: {exc}")

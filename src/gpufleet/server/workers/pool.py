@@ -18,6 +18,7 @@ so no old worker can still be writing there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,11 +40,17 @@ from gpufleet.server.workers import channel
 from gpufleet.server.workers.logwriter import lock_folder
 from gpufleet.server.workers.worker import SETTINGS_ENV
 from gpufleet.store import IngestItem, ingestlog
+from gpufleet.store.recent import RecentKeys
+from gpufleet.store.rows import batch_key
 
 log = logging.getLogger("gpufleet.server.workers")
 
 INGEST_REQUEST = (b"POST /api/v1/ingest ", b"POST /api/v1/ingest?")
-TAIL_SECONDS = 0.1  # how often the workers' logs are read (live state lags by this much)
+# The workers' logs are read when a worker says it logged something, at most every
+# TAIL_GAP_SECONDS (so a pass takes what a busy worker logged meanwhile), and at least every
+# TAIL_SECONDS. Live state and the store lag acknowledgements by about that gap.
+TAIL_GAP_SECONDS = 0.02
+TAIL_SECONDS = 1.0
 SUPERVISE_SECONDS = 0.5
 RESTART_SECONDS = 1.0
 STOP_SECONDS = 20.0
@@ -63,8 +71,11 @@ class _Worker:
 class Tailer:
     """Moves one worker folder's log into the store (see the module's doc)."""
 
-    def __init__(self, ctx: Context, folder: Path) -> None:
+    def __init__(
+        self, ctx: Context, folder: Path, on_moved: Callable[[list[bytes]], None] | None = None
+    ) -> None:
         self.ctx, self.folder = ctx, folder
+        self.on_moved = on_moved  # called with the keys of each pass's batches
         self.offsets: dict[Path, int] = {}
         self.moved = 0
 
@@ -102,25 +113,51 @@ class Tailer:
         results = await asyncio.gather(
             *(ctx.store.ingest(item) for item in items), return_exceptions=True
         )
-        for item, stored in zip(items, results, strict=True):
+        for stored in results:
             if isinstance(stored, BaseException):
                 raise stored
+        if self.on_moved is not None:
+            self.on_moved([batch_key(item.batch.batch_id).bytes for item in items])
+        for item, stored in zip(items, results, strict=True):
             if stored:
                 ingest.publish(
                     ctx, item.batch, item.token_name, item.received_at, item.clock_skew_seconds
                 )
 
 
+async def move_leftovers(
+    ctx: Context, root: Path, on_moved: Callable[[list[bytes]], None] | None = None
+) -> int:
+    """Move what a previous run's workers logged under ``root`` (any slot, also when this run
+    starts none), each folder locked so no old worker is still writing there."""
+    total = 0
+    if not root.is_dir():
+        return total
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if not any(folder.glob("*.log")):
+            continue
+        fd = await asyncio.to_thread(lock_folder, folder)
+        try:
+            moved = await Tailer(ctx, folder, on_moved).move(final=True)
+        finally:
+            os.close(fd)
+        total += moved
+        log.info("ingest: moved %d batch(es) a previous run's worker left in %s", moved, folder)
+    return total
+
+
 class WorkerPool:
     def __init__(self, ctx: Context, count: int, root: Path, log_level: str = "INFO") -> None:
         self.ctx, self.count, self.root, self.log_level = ctx, count, root, log_level
         self.workers = [_Worker(slot, root / str(slot)) for slot in range(count)]
-        self.tailers = [Tailer(ctx, w.folder) for w in self.workers]
+        self.tailers = [Tailer(ctx, w.folder, self._moved) for w in self.workers]
+        self.recent = RecentKeys()  # batches stored lately, which every worker is told
         self.handed_over = 0
         self._next = 0
         self._seq = 0
         self._stopping = False
         self._tasks: list[asyncio.Task] = []
+        self._wake = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
 
     # -- life ----------------------------------------------------------------------------
@@ -128,7 +165,9 @@ class WorkerPool:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.root.mkdir(parents=True, exist_ok=True)
-        await self._move_leftovers()
+        await move_leftovers(self.ctx, self.root, self._moved)
+        since = time.time() - self.recent.window
+        self.recent.add(await asyncio.to_thread(self.ctx.store.batch_keys_since, since))
         for w in self.workers:
             w.folder.mkdir(parents=True, exist_ok=True)
             self._spawn(w)
@@ -138,19 +177,6 @@ class WorkerPool:
             asyncio.create_task(self._supervise_forever()),
         ]
         log.info("ingest: %d worker process(es) take agents' connections", self.count)
-
-    async def _move_leftovers(self) -> None:
-        """Move what a previous run's workers logged (any slot, even one no longer
-        configured), each folder locked so no old worker is still writing there."""
-        for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            if not any(folder.glob("*.log")):
-                continue
-            fd = await asyncio.to_thread(lock_folder, folder)
-            try:
-                moved = await Tailer(self.ctx, folder).move(final=True)
-            finally:
-                os.close(fd)
-            log.info("ingest: moved %d batch(es) a previous run's worker left in %s", moved, folder)
 
     async def stop(self) -> None:
         """Stop the workers (they finish what is in flight), then move the rest of their logs."""
@@ -181,6 +207,8 @@ class WorkerPool:
                 log.exception(
                     "ingest: moving %s failed; it is moved at the next start", tailer.folder
                 )
+        moved = sum(t.moved for t in self.tailers)
+        log.info("ingest: workers stopped; %d batch(es) came through them", moved)
 
     def _spawn(self, w: _Worker) -> None:
         assert self.loop is not None
@@ -197,6 +225,7 @@ class WorkerPool:
             ours, self.loop, functools.partial(self._on_frame, w), functools.partial(self._lost, w)
         )
         w.channel.send(channel.TOKENS, self._tokens_payload())  # before any connection
+        w.channel.send(channel.KEYS, b"".join(self.recent.keys()))
 
     async def _supervise_forever(self) -> None:
         while True:
@@ -229,12 +258,27 @@ class WorkerPool:
                     log.exception(
                         "ingest: moving the workers' logs into the store failed; retrying"
                     )
-            await asyncio.sleep(TAIL_SECONDS if failures == 0 else min(30.0, 0.5 * 2**failures))
+            if failures:
+                await asyncio.sleep(min(30.0, 0.5 * 2**failures))
+                continue
+            await asyncio.sleep(TAIL_GAP_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), TAIL_SECONDS)
+            self._wake.clear()
+
+    def _moved(self, keys: list[bytes]) -> None:
+        self.recent.add(keys)
+        payload = b"".join(keys)
+        for w in self.workers:
+            if w.channel is not None:
+                w.channel.send(channel.KEYS, payload)
 
     # -- frames --------------------------------------------------------------------------
 
     def _on_frame(self, w: _Worker, kind: int, payload: bytes, fd: int | None) -> None:
-        if kind == channel.HELLO:
+        if kind == channel.LOGGED:
+            self._wake.set()
+        elif kind == channel.HELLO:
             w.up = not self._stopping
             log.info("ingest worker %d is up (pid %s)", w.slot, orjson.loads(payload)["pid"])
         elif kind == channel.STATS:
@@ -354,4 +398,4 @@ def protocol_class(app: Any) -> type:
     return HandsOverIngest
 
 
-__all__ = ["WorkerPool", "protocol_class"]
+__all__ = ["WorkerPool", "move_leftovers", "protocol_class"]

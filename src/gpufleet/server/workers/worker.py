@@ -87,7 +87,9 @@ class Worker:
         from uvicorn.server import ServerState
 
         self.slot, self.folder = slot, folder
-        self.ctx = WorkerContext(settings, LogWriter(folder), TokenCache.of([]))
+        self.loop = asyncio.get_running_loop()
+        self._told = False  # a LOGGED frame is on its way
+        self.ctx = WorkerContext(settings, LogWriter(folder, self._logged), TokenCache.of([]))
         self.config = uvicorn.Config(
             make_app(self.ctx), lifespan="off", http="httptools", proxy_headers=False,
             access_log=False, log_level="warning", timeout_keep_alive=30,
@@ -95,11 +97,21 @@ class Worker:
         self.config.load()
         self.state = ServerState()
         self.protocol_class = HttpToolsProtocol
-        self.loop = asyncio.get_running_loop()
         self.stopping = asyncio.Event()
         self.sent = (Counter(), [0] * len(self.ctx.latency.counts), 0.0, 0)
         sock = socket.socket(fileno=channel_fd)
         self.channel = channel.Channel(sock, self.loop, self.on_frame, self.stopping.set)
+
+    def _logged(self) -> None:
+        """(writer thread) New records are in the log: tell the server, which moves them into
+        the store at once rather than at its next poll; one frame per loop turn at most."""
+        if not self._told:
+            self._told = True
+            self.loop.call_soon_threadsafe(self._tell)
+
+    def _tell(self) -> None:
+        self._told = False
+        self.channel.send(channel.LOGGED)
 
     def on_frame(self, kind: int, payload: bytes, fd: int | None) -> None:
         if kind == channel.CONN and fd is not None:
@@ -111,6 +123,8 @@ class Worker:
             data = orjson.loads(payload)
             self.ctx.tokens.replace([TokenRecord(**t) for t in data["tokens"]])
             self.channel.send(channel.TOKENS_OK, orjson.dumps({"seq": data["seq"]}))
+        elif kind == channel.KEYS:
+            self.ctx.store.remember([payload[i : i + 16] for i in range(0, len(payload), 16)])
         elif kind == channel.STOP:
             self.stopping.set()
 
