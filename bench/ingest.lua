@@ -61,7 +61,7 @@ local seq = 0
 
 function init(args)
   mode = args[1]
-  ok, stored, duplicate, failed = 0, 0, 0, 0
+  ok, stored, duplicate, failed, busy = 0, 0, 0, 0, 0
   statuses = ""
   if mode == "get" then
     path = args[2]
@@ -112,6 +112,8 @@ function response(status, hdrs, body)
         duplicate = duplicate + 1
       end
     end
+  elseif status == 503 then
+    busy = busy + 1  -- back-pressure: the store is behind (a real agent retries later)
   else
     failed = failed + 1
     if #statuses < 200 then statuses = statuses .. status .. " " end
@@ -119,20 +121,21 @@ function response(status, hdrs, body)
 end
 
 function done(summary, latency, requests)
-  local o, s, d, f, st = 0, 0, 0, 0, ""
+  local o, s, d, f, b, st = 0, 0, 0, 0, 0, ""
   for _, t in ipairs(threads) do
     o = o + t:get("ok")
     s = s + t:get("stored")
     d = d + t:get("duplicate")
     f = f + t:get("failed")
+    b = b + t:get("busy")
     st = st .. t:get("statuses")
   end
   local e = summary.errors
   io.write(string.format(
     'BENCHJSON {"duration_us":%d,"requests":%d,"ok":%d,"stored":%d,"duplicate":%d,'
-      .. '"failed":%d,"statuses":"%s","socket_errors":%d,"timeouts":%d,'
+      .. '"failed":%d,"busy":%d,"statuses":"%s","socket_errors":%d,"timeouts":%d,'
       .. '"p50_us":%d,"p90_us":%d,"p95_us":%d,"p99_us":%d,"max_us":%d,"mean_us":%d}\n',
-    summary.duration, summary.requests, o, s, d, f, st,
+    summary.duration, summary.requests, o, s, d, f, b, st,
     e.connect + e.read + e.write, e.timeout,
     latency:percentile(50), latency:percentile(90), latency:percentile(95),
     latency:percentile(99), latency.max, latency.mean))

@@ -287,6 +287,7 @@ def run_wrk(url: str, seconds: float, connections: int, script_args: list[str]) 
             out = json.loads(line.removeprefix("BENCHJSON "))
             answered = out["ok"] + out["failed"] if script_args[0] == "get" else out["ok"]
             out["rate"] = answered / (out["duration_us"] / 1e6)
+            out["answered"] = answered
             return out
     raise SystemExit(f"wrk failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
 
@@ -488,6 +489,20 @@ def settled_counters(server: Server, limit: float = 120) -> dict[str, float]:
         time.sleep(2)
 
 
+def drain(server: Server, limit: float = 600) -> float:
+    """Seconds until the server holds nothing it acknowledged but has not stored: its writer's
+    queue and its ingest workers' backlog both 0 (``/healthz``). Ingest workers acknowledge
+    once a batch is in their own log, so a closed loop can outrun the store for a while; the
+    rate that counts is the one the store keeps up with."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < limit:
+        h = json.loads(server.get("/healthz"))
+        if h["writer_queue"] == 0 and h["ingest_workers"]["backlog"] == 0:
+            return time.perf_counter() - t0
+        time.sleep(0.1)
+    raise SystemExit(f"the server did not catch up within {limit:.0f} s")
+
+
 def count_rows(db: Path) -> dict[str, int]:
     import duckdb
 
@@ -546,6 +561,7 @@ def main() -> None:
         print(f"server {server.url}, {args.hosts} hosts, bodies built in {t_gen:.1f} s; measuring...",
               file=sys.stderr)  # fmt: skip
         warm = run_wrk(server.url, args.warmup, args.connections, [*ingest_args, runid + "w"])
+        drain(server)
         base_s = min(args.seconds, 10)
         with CpuMeter(server.proc.pid) as cpu_0:
             bare = run_wrk(server.url, base_s, args.connections, ["get", "/no-such-page"])
@@ -553,6 +569,9 @@ def main() -> None:
             health = run_wrk(server.url, base_s, args.connections, ["get", "/healthz"])
         with CpuMeter(server.proc.pid) as cpu_s:
             sat = run_wrk(server.url, args.seconds, args.connections, [*ingest_args, runid + "s"])
+            # the store catching up is part of the saturation phase's cost (with workers)
+            sat_drain = drain(server)
+        sustained = sat["stored"] / (sat["duration_us"] / 1e6 + sat_drain)
         with CpuMeter(server.proc.pid) as cpu_r:
             fixed = run_open_loop(args, server, token, blob, index, runid)
         metrics = settled_counters(server)
@@ -610,7 +629,7 @@ def main() -> None:
     ]
     for label, r, c in rows_out:
         other = max(0.0, c.machine - c.server - c.loadgen)
-        per_req = c.server_seconds * 1000 / max(1, r["rate"] * c.wall)
+        per_req = c.server_seconds * 1000 / max(1, r.get("answered", r["rate"] * c.wall))
         print(f"{label:<46} {r['rate']:>7.0f} {ms(r['p50_us']):>7} {ms(r['p95_us']):>7} "
               f"{ms(r['p99_us']):>8} {ms(r['max_us']):>8} {c.server:>6.0f}% {c.loadgen:>6.0f}% {other:>5.0f}%"
               f" {per_req:>10.2f}")
@@ -618,13 +637,16 @@ def main() -> None:
     print(f"CPU in % of one core ({ncpu} cores = {ncpu * 100}%): server process and its ingest workers (psutil), load generator"
           " (wrk or the Python open-loop sender), other = the rest of the machine (other processes)")
     print("srv ms/req = server CPU time per answered request: what one core's worth of server buys,"
-          f" whatever else runs (saturation: {1000 / max(1e-9, cpu_s.server_seconds * 1000 / max(1, sat['rate'] * cpu_s.wall)):.0f} batches/s per core)")
-    print(f"ingest at saturation = {sat['rate'] / health['rate']:.2f} x the /healthz rate, "
-          f"{sat['rate'] / bare['rate']:.2f} x the bare 404 rate (the HTTP stack's ceiling)")
+          f" whatever else runs (saturation: {sat['answered'] / max(1e-9, cpu_s.server_seconds):.0f} batches/s per core)")
+    print(f"saturation: acknowledged {sat['rate']:.0f}/s; the store caught up {sat_drain:.1f} s after the "
+          f"phase (server CPU and srv ms/req include that): sustained, acknowledged and stored, {sustained:.0f}/s; "
+          f"{sat.get('busy', 0)} answers 503 (back-pressure: ingest.max_queue reached)")
+    print(f"ingest at saturation (sustained) = {sustained / health['rate']:.2f} x the /healthz rate, "
+          f"{sustained / bare['rate']:.2f} x the bare 404 rate (the HTTP stack's ceiling)")
     ok_rate = fixed["rate"] >= 0.98 * args.rate
     ok_p99 = fixed["p99_us"] / 1000 < TARGET_P99_MS
     print(f"target {TARGET_RATE:.0f} batches/s with p99 < {TARGET_P99_MS:.0f} ms: "
-          f"saturation {sat['rate'] / TARGET_RATE:.2f} x the target rate; at {args.rate:.0f}/s offered: "
+          f"saturation (sustained) {sustained / TARGET_RATE:.2f} x the target rate; at {args.rate:.0f}/s offered: "
           f"achieved {fixed['rate']:.0f}/s ({fixed['rate'] / TARGET_RATE:.2f} x), p99 {ms(fixed['p99_us'])} ms "
           f"({fixed['p99_us'] / 1000 / TARGET_P99_MS:.2f} x the bound) -> "
           f"{'MET' if ok_rate and ok_p99 and args.rate >= TARGET_RATE else 'NOT MET'}")  # fmt: skip

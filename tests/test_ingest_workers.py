@@ -23,7 +23,7 @@ from gpufleet.config import IngestSection, Settings
 from gpufleet.server.auth import TokenCache
 from gpufleet.server.context import Context
 from gpufleet.server.live import LiveState
-from gpufleet.server.workers import channel
+from gpufleet.server.workers import channel, logwriter
 from gpufleet.server.workers.logwriter import LogWriter
 from gpufleet.server.workers.pool import Tailer
 from gpufleet.store import IngestItem, ingestlog
@@ -122,6 +122,25 @@ def test_log_writer_logs_acknowledges_and_knows_duplicates(tmp_path):
     asyncio.run(main())
     items = [it for p in sorted(tmp_path.glob("*.log")) for it in ingestlog.read_records(p)]
     assert [it.batch.batch_id for it in items] == ["batch-0001"]
+
+
+def test_log_writer_counts_what_the_server_has_not_moved(tmp_path, monkeypatch):
+    monkeypatch.setattr(logwriter, "ROTATE_SECONDS", 0.05)
+
+    async def main():
+        writer = LogWriter(tmp_path)
+        for i in range(5):
+            assert await writer.ingest(item(batch_id=f"batch-{i:04d}"))
+        assert writer.queue_depth() == 5  # back-pressure counts them (ingest.max_queue)
+        await asyncio.sleep(0.3)
+        assert writer.queue_depth() == 5  # rotated, but nobody moved them
+        for path in sorted(tmp_path.glob("*.log"))[:-1]:  # the server moves finished files
+            path.unlink()
+        await asyncio.sleep(0.3)
+        assert writer.queue_depth() == 0
+        writer.close()
+
+    asyncio.run(main())
 
 
 @pytest.fixture
@@ -231,6 +250,9 @@ def test_batches_through_workers_are_stored_once_and_live(served):
             t := httpx.get(served.url + "/metrics").text) and t, 5, "the workers' counters",
     )  # fmt: skip
     assert "gpufleet_server_ingest_workers_up 2" in metrics
+    # the workers' backlog (acknowledged, not stored yet) drains once the server moved it
+    wait_until(lambda: health(served)["ingest_workers"]["backlog"] == 0, 5, "backlog drained")
+    assert "gpufleet_server_ingest_workers_backlog 0" in httpx.get(served.url + "/metrics").text
     served.stop()
     assert stored_ids(served) == keys(ids)  # each once, nothing else
     assert not list((served.data_dir / "ingest-workers").glob("*/*.log"))
@@ -267,6 +289,24 @@ def test_other_requests_on_a_worker_connection_are_sent_back(served):
         post(client, served, make_batch(make_sample("again")))
         r = client.get("/api/v1/hosts")  # on the handed-over connection: redirected, then served
         assert r.status_code == 200 and "hosts" in r.json()
+
+
+def test_the_servers_background_threads_yield_to_the_workers(served):
+    pid = served.proc.pid
+
+    def nices() -> dict[int, int]:
+        return {
+            int(t): os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir(f"/proc/{pid}/task")
+        }
+
+    base = os.getpriority(os.PRIO_PROCESS, pid)  # the event loop's thread id is the pid
+    lowered = wait_until(
+        lambda: (n := nices()) and all(v == base + 10 for t, v in n.items() if t != pid) and n,
+        10, "the background threads' priority",
+    )  # fmt: skip
+    assert lowered[pid] == base and len(lowered) > 3  # the writer, the applier, DuckDB's...
+    for worker in worker_pids(served):
+        assert os.getpriority(os.PRIO_PROCESS, worker) == base  # spawned by the event loop
 
 
 def test_a_revoked_token_is_refused_by_every_worker_at_once(served):
@@ -314,6 +354,23 @@ def test_a_killed_worker_is_replaced_and_loses_nothing_acknowledged(served):
     push(10)
     served.stop()
     assert stored_ids(served) == keys(acked) and len(acked) == 30
+
+
+def test_a_batch_the_server_stored_itself_is_a_duplicate_through_a_worker(server_factory):
+    srv = server_factory("--ingest-workers", "1")
+    wait_until(lambda: health(srv)["ingest_workers"]["up"] == 1, 30, "the worker up")
+    os.kill(worker_pids(srv)[0], signal.SIGKILL)
+    wait_until(lambda: health(srv)["ingest_workers"]["up"] == 0, 10, "the worker seen gone")
+    batch = make_batch(make_sample("kept"))
+    handed = health(srv)["ingest_workers"]["connections_handed_over"]
+    with httpx.Client(base_url=srv.url, timeout=10) as client:  # no worker: the server keeps it
+        assert post(client, srv, batch).json()["status"] == "stored"
+    wait_until(lambda: health(srv)["ingest_workers"]["up"] == 1, 30, "the worker replaced")
+    with httpx.Client(base_url=srv.url, timeout=10) as client:  # handed to the new worker
+        assert post(client, srv, batch).json()["status"] == "duplicate"
+    assert health(srv)["ingest_workers"]["connections_handed_over"] == handed + 1
+    srv.stop()
+    assert stored_ids(srv) == keys([batch.batch_id])
 
 
 @pytest.mark.slow

@@ -62,10 +62,13 @@ def healthz(request: Request) -> dict[str, Any]:
 
 
 def _workers(ctx: Context) -> dict[str, Any]:
-    """The ingest workers (gpufleet.server.workers): configured, up, restarts, connections."""
+    """The ingest workers (gpufleet.server.workers): configured, up, restarts, connections,
+    backlog (batches they acknowledged that are not in the store yet)."""
     pool = ctx.ingest_workers
     if pool is None:
-        return {"configured": 0, "up": 0, "restarts": 0, "connections_handed_over": 0}
+        return {
+            "configured": 0, "up": 0, "restarts": 0, "connections_handed_over": 0, "backlog": 0
+        }  # fmt: skip
     return pool.status()
 
 

@@ -181,6 +181,8 @@ async def accept(
     ctx.latency.observe(time.time() - received_at)
     if stored and ctx.live is not None:  # an ingest worker has none: the server tails its log
         publish(ctx, batch, token_name, received_at, skew)
+    if stored and ctx.ingest_workers is not None:  # so a re-send through a worker is a duplicate
+        ctx.ingest_workers.stored_here(batch.batch_id)
     return IngestAck(
         batch_id=batch.batch_id,
         status="stored" if stored else "duplicate",

@@ -47,6 +47,11 @@ def server_families(ctx: Context, now: float) -> list[Family]:
     pool = ctx.ingest_workers
     workers = Family("server_ingest_workers_up", "Ingest worker processes taking connections.")
     workers.add((), pool.status()["up"] if pool is not None else 0)
+    backlog = Family(
+        "server_ingest_workers_backlog",
+        "Batches the ingest workers acknowledged that are not in the store yet.",
+    )
+    backlog.add((), pool.status()["backlog"] if pool is not None else 0)
 
     up = Family("host_up", "1 when the host is online, 0 when stale or offline.")
     contact = Family("host_seconds_since_contact", "Seconds since the host last reported.")
@@ -64,7 +69,7 @@ def server_families(ctx: Context, now: float) -> list[Family]:
         for g in sample.gpus:
             gpu_free.add((("host", sample.host), ("gpu", str(g.index))),
                          gpu_is_free(g, sample.processes))  # fmt: skip
-    return [info, batches, latency, queue, workers, up, contact, gpus, free, gpu_free,
+    return [info, batches, latency, queue, workers, backlog, up, contact, gpus, free, gpu_free,
             *sample_families(samples)]  # fmt: skip
 
 

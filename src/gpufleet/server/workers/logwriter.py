@@ -64,6 +64,10 @@ class LogWriter:
         self._log = ingestlog.IngestLog(folder)  # its leftovers are the server's to move
         self._queue: queue.Queue[Any] = queue.Queue()
         self._recent = RecentKeys()
+        # rotated files the server has not moved (deleted) yet, with their record counts:
+        # with the current file's, the back-pressure figure (``queue_depth``)
+        self._unmoved_files: dict[Path, int] = {}
+        self._unmoved = 0
         self._thread = threading.Thread(target=self._run, name="worker-log", daemon=True)
         self._thread.start()
 
@@ -77,7 +81,10 @@ class LogWriter:
         self._queue.put((_KEYS, keys))
 
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        """Batches acknowledged or waiting here that are not in the store yet (ingest answers
+        503 past ``ingest.max_queue``, as the server does for its own writer): a server that
+        falls behind slows its workers' agents down instead of filling the disk."""
+        return self._queue.qsize() + self._unmoved + self._log.records
 
     def close(self) -> None:
         """Log what is queued, close the log (a file with nothing in it is removed)."""
@@ -111,9 +118,14 @@ class LogWriter:
                     task = None
             if group:
                 self._append(group)
-            if self._log.records and time.monotonic() - opened >= ROTATE_SECONDS:
-                self._log.rotate()  # the server deletes the old file once it has moved it
+            if time.monotonic() - opened >= ROTATE_SECONDS:
+                records = self._log.records
+                old = self._log.rotate()  # the server deletes it once it has moved it
+                if old is not None:
+                    self._unmoved_files[old] = records
                 opened = time.monotonic()
+                self._unmoved_files = {p: n for p, n in self._unmoved_files.items() if p.exists()}
+                self._unmoved = sum(self._unmoved_files.values())
         self._log.close()
 
     def _append(self, group: list[tuple[IngestItem, Waiter]]) -> None:

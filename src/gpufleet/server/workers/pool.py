@@ -25,6 +25,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -55,6 +56,7 @@ SUPERVISE_SECONDS = 0.5
 RESTART_SECONDS = 1.0
 STOP_SECONDS = 20.0
 TOKEN_SYNC_SECONDS = 3.0
+NICE = 10  # how much lower the server's background threads run than its workers
 
 
 @dataclass
@@ -65,6 +67,7 @@ class _Worker:
     channel: channel.Channel | None = None
     up: bool = False
     restarts: int = 0
+    backlog: int = 0  # acknowledged batches not in the store yet, as it last said (STATS)
     token_waits: dict[int, asyncio.Future] = field(default_factory=dict)
 
 
@@ -158,6 +161,8 @@ class WorkerPool:
         self._stopping = False
         self._tasks: list[asyncio.Task] = []
         self._wake = asyncio.Event()
+        self._reniced: set[int] = set()  # thread ids given a lower priority
+        self._here: list[bytes] = []  # keys of batches the server stored itself, to tell
         self.loop: asyncio.AbstractEventLoop | None = None
 
     # -- life ----------------------------------------------------------------------------
@@ -227,8 +232,27 @@ class WorkerPool:
         w.channel.send(channel.TOKENS, self._tokens_payload())  # before any connection
         w.channel.send(channel.KEYS, b"".join(self.recent.keys()))
 
+    def _yield_to_workers(self) -> None:
+        """Run the server's threads but the event loop's (the store's writer and applier,
+        DuckDB's, the thread pool's) at a lower CPU priority than the workers: moving data
+        into the database may lag by seconds, an acknowledgement should not wait for it."""
+        loop_thread = threading.get_native_id()
+        try:
+            threads = [int(t) for t in os.listdir("/proc/self/task")]
+        except OSError:  # not Linux: no per-thread priorities
+            return
+        for tid in threads:
+            if tid == loop_thread or tid in self._reniced:
+                continue
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + NICE)
+            except OSError:
+                continue
+            self._reniced.add(tid)
+
     async def _supervise_forever(self) -> None:
         while True:
+            self._yield_to_workers()
             await asyncio.sleep(SUPERVISE_SECONDS)
             for w in self.workers:
                 if w.proc is None or w.proc.poll() is None or self._stopping:
@@ -273,6 +297,18 @@ class WorkerPool:
             if w.channel is not None:
                 w.channel.send(channel.KEYS, payload)
 
+    def stored_here(self, batch_id: str) -> None:
+        """The server stored a batch itself (a connection it kept: one made before the
+        workers were up, or while one was down): the workers learn its key, in one frame per
+        turn of the event loop, so a re-send through them is answered "duplicate"."""
+        self._here.append(batch_key(batch_id).bytes)
+        if len(self._here) == 1 and self.loop is not None:
+            self.loop.call_soon(self._send_here)
+
+    def _send_here(self) -> None:
+        keys, self._here = self._here, []
+        self._moved(keys)
+
     # -- frames --------------------------------------------------------------------------
 
     def _on_frame(self, w: _Worker, kind: int, payload: bytes, fd: int | None) -> None:
@@ -282,7 +318,9 @@ class WorkerPool:
             w.up = not self._stopping
             log.info("ingest worker %d is up (pid %s)", w.slot, orjson.loads(payload)["pid"])
         elif kind == channel.STATS:
-            self._merge_stats(orjson.loads(payload))
+            stats = orjson.loads(payload)
+            w.backlog = stats.get("backlog", w.backlog)
+            self._merge_stats(stats)
         elif kind == channel.TOKENS_OK:
             waiter = w.token_waits.pop(orjson.loads(payload)["seq"], None)
             if waiter is not None and not waiter.done():
@@ -371,6 +409,7 @@ class WorkerPool:
             "up": sum(w.up for w in self.workers),
             "restarts": sum(w.restarts for w in self.workers),
             "connections_handed_over": self.handed_over,
+            "backlog": sum(w.backlog for w in self.workers if w.up),
         }
 
 

@@ -55,6 +55,7 @@ class WorkerContext:
     counters: Counter = field(default_factory=Counter)
     latency: Histogram = field(default_factory=Histogram)
     live: Any = None
+    ingest_workers: Any = None  # a worker runs none
 
     def queue_depth(self) -> int:
         return self.store.queue_depth()
@@ -99,6 +100,7 @@ class Worker:
         self.protocol_class = HttpToolsProtocol
         self.stopping = asyncio.Event()
         self.sent = (Counter(), [0] * len(self.ctx.latency.counts), 0.0, 0)
+        self.backlog = 0
         sock = socket.socket(fileno=channel_fd)
         self.channel = channel.Channel(sock, self.loop, self.on_frame, self.stopping.set)
 
@@ -158,10 +160,12 @@ class Worker:
             "latency": [c - s for c, s in zip(lat.counts, counts, strict=True)],
             "total": lat.total - total,
             "n": lat.n - n,
+            "backlog": self.ctx.queue_depth(),
         }
-        if delta["n"] or delta["counters"]:
+        if delta["n"] or delta["counters"] or delta["backlog"] != self.backlog:
             self.channel.send(channel.STATS, orjson.dumps(delta))
         self.sent = (Counter(self.ctx.counters), list(lat.counts), lat.total, lat.n)
+        self.backlog = delta["backlog"]
 
     async def run(self) -> None:
         self.channel.send(channel.HELLO, orjson.dumps({"slot": self.slot, "pid": os.getpid()}))
