@@ -3,6 +3,7 @@ test runs on the embedded DuckDB store and on PostgreSQL (skipped when it is not
 
 from __future__ import annotations
 
+import threading
 import time
 
 import duckdb
@@ -130,6 +131,35 @@ def test_prune_drops_old_raw_rows_and_old_dedupe_keys(store_url):
     assert deleted["batches"] == 1
     assert store.count("host_samples") == 1 and store.count("batches") == 1
     store.close()
+
+
+def test_writes_racing_a_close_finish_or_are_refused_never_hang(store_url):
+    """A rollup or prune still running on a thread when the server stops used to queue its
+    write behind the writer's stop and wait forever (and with it the server's shutdown)."""
+    store = open_store(store_url)
+    outcomes: list[str] = []
+    go = threading.Event()
+
+    def keep_writing() -> None:
+        go.set()
+        while True:
+            try:
+                store.prune(raw_before=0.0, batches_before=0.0)
+            except StoreError as e:
+                outcomes.append(str(e))
+                return
+
+    threads = [threading.Thread(target=keep_writing, daemon=True) for _ in range(3)]
+    for t in threads:
+        t.start()
+    go.wait()
+    store.close()
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads), "a write waits for a writer that has stopped"
+    assert outcomes == ["the store is closed (the server is stopping)"] * 3
+    with pytest.raises(StoreError, match="closed"):
+        store.submit(item(make_batch(make_sample("h")))).result(timeout=5)
 
 
 def test_series_downsamples_to_max_points(store_url):

@@ -133,11 +133,12 @@ def create_app(
             if pool is not None:
                 app.state.ingest_workers = ctx.ingest_workers = None
                 await pool.stop()
-            pruner.cancel()
-            collector.cancel()
-            roller.cancel()
-            recommender.cancel()
-            mailer.cancel()
+            background = (pruner, collector, roller, recommender, mailer)
+            for task in background:
+                task.cancel()
+            # A cancelled task's store call may still run on its thread; it finishes before
+            # the store closes below or is refused (StoreError), never left waiting.
+            await asyncio.gather(*background, return_exceptions=True)
             hub.stop()
             if ctx.poller is not None:
                 await ctx.poller.stop()

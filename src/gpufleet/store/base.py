@@ -94,6 +94,29 @@ class StoreError(RuntimeError):
     """The store cannot do what was asked (and nothing was changed)."""
 
 
+STOP: Any = object()  # the last item a writer's queue takes: the writer finishes and exits
+
+
+class WriterQueue(queue.Queue):
+    """A writer thread's work queue that refuses work once ``STOP`` is in it.
+
+    Without this, a write queued after the stop (a rollup or prune still running on a thread
+    when the server shuts down) waits forever for a writer that has exited, and so does
+    whatever joins that thread. Putting ``STOP`` closes the queue in the same step, under the
+    queue's own lock, so every put lands before the stop (and is done) or raises."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = False
+
+    def _put(self, item: Any) -> None:  # called by put() under the queue's lock
+        if self.closed:
+            raise StoreError("the store is closed (the server is stopping)")
+        if item is STOP:
+            self.closed = True
+        super()._put(item)
+
+
 class Store(abc.ABC):
     """All writes go through one writer (``submit``/``write``); reads may run on any thread."""
 
@@ -105,7 +128,7 @@ class Store(abc.ABC):
         """``submit`` for a caller on an event loop: True stored, False a duplicate."""
         return await asyncio.wrap_future(self.submit(item))
 
-    _queue: queue.Queue  # the writer's work queue; every backend has one writer thread
+    _queue: WriterQueue  # the writer's work queue; every backend has one writer thread
 
     def queue_depth(self) -> int:
         """Writes waiting for the writer (ingest answers 503 past ``ingest.max_queue``)."""

@@ -31,11 +31,13 @@ import pyarrow as pa
 
 from gpufleet.store import ingestlog, warehouse
 from gpufleet.store.base import (
+    STOP,
     HostRecord,
     IngestItem,
     Store,
     StoreError,
     UserRecord,
+    WriterQueue,
 )
 from gpufleet.store.recent import RECENT_MARGIN_SECONDS, RecentKeys
 from gpufleet.store.rows import TABLE_COLUMNS, batch_key, flatten, note_host
@@ -54,7 +56,6 @@ _ARROW_TYPES = {
     "INTEGER": pa.int32(),
     "UTINYINT": pa.uint8(),
 }
-_STOP = object()
 
 
 # The hosts upsert: one row per host of the group, inserted from an Arrow table.
@@ -167,7 +168,7 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
             table: list(self._column_types(table)) == list(columns)
             for table, columns in TABLE_COLUMNS.items()
         }
-        self._queue: queue.Queue[Any] = queue.Queue()
+        self._queue = WriterQueue()
         # Acknowledged batches not yet in the database (see gpufleet.store.ingestlog): staged
         # (writer thread), then handed to the applier thread, whose queue also carries the
         # store's tasks (writes, reads' syncs) in order. _log is None for an in-memory store.
@@ -289,7 +290,7 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
                 task = self._queue.get()
             group = []
             while True:
-                if task is _STOP:
+                if task is STOP:
                     stop = True
                     break
                 if isinstance(task[0], IngestItem):
@@ -616,7 +617,7 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
     def close(self) -> None:
         if self._writer.is_alive():
             self.write(self._flush_all_hosts)
-            self._queue.put(_STOP)
+            self._queue.put(STOP)
             self._writer.join()
         self._db.close()
 

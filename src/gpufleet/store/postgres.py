@@ -26,11 +26,13 @@ from psycopg.pq import TransactionStatus
 from gpufleet.config import redact_url
 from gpufleet.store import pg_schema, warehouse
 from gpufleet.store.base import (
+    STOP,
     HostRecord,
     IngestItem,
     Store,
     StoreError,
     UserRecord,
+    WriterQueue,
 )
 from gpufleet.store.rows import TABLE_COLUMNS, batch_key, flatten, note_host
 from gpufleet.store.schema import RAW_TABLES
@@ -38,7 +40,6 @@ from gpufleet.store.sqlreads import SqlReads
 
 log = logging.getLogger(__name__)
 
-_STOP = object()
 MAX_GROUP = 512  # batches in one transaction
 # Group-commit window, as in duck.py: a transaction starts at most this long after the
 # previous one began, gathering what arrives meanwhile.
@@ -133,7 +134,7 @@ class PostgresStore(warehouse.WarehouseMixin, SqlReads, Store):
         self._migrate()
         self._parts = self._load_partitions(self._con)
         self._pool = _Pool(url, read_connections)
-        self._queue: queue.Queue[Any] = queue.Queue()
+        self._queue = WriterQueue()
         self._pending_hosts: dict[str, list[Any]] = {}  # as in duck.py; writer thread only
         self._hosts_due = 0.0
         self.commits = 0
@@ -213,7 +214,7 @@ class PostgresStore(warehouse.WarehouseMixin, SqlReads, Store):
             task = self._queue.get()
             group = []
             while True:
-                if task is _STOP:
+                if task is STOP:
                     stop = True
                     break
                 if isinstance(task[0], IngestItem):
@@ -402,7 +403,7 @@ class PostgresStore(warehouse.WarehouseMixin, SqlReads, Store):
         if self._writer.is_alive():
             with contextlib.suppress(Exception):
                 self.write(lambda cur: None)  # flushes the pending hosts
-            self._queue.put(_STOP)
+            self._queue.put(STOP)
             self._writer.join()
         self._pool.close()
 
