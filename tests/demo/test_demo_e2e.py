@@ -70,7 +70,7 @@ def test_demo_command(tmp_path, trace_path):
         [sys.executable, "-m", "gpufleet", "demo", "--hosts", "4", "--speed", "600",
          "--port", str(port), "--data-dir", str(data)],
         stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "GPUFLEET_TRACE": str(trace_path)},
+        env={**os.environ, "GPUFLEET_TRACE": str(trace_path), "GPUFLEET_INGEST_WORKERS": "1"},
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
@@ -96,6 +96,9 @@ def test_demo_command(tmp_path, trace_path):
                 assert p["user"] and p["command"] and p["gpu_memory_bytes"]
                 users.add(p["user"])
         assert users, "the replayed jobs show up as processes with users"
+        workers = httpx.get(url + "/healthz", timeout=5).json()["ingest_workers"]
+        assert workers["configured"] == workers["up"] == 1, workers
+        assert workers["connections_handed_over"] >= 1, "the agents' pushes go through a worker"
     finally:
         proc.send_signal(signal.SIGINT)
         try:

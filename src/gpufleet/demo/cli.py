@@ -164,6 +164,7 @@ def _demo(specs, trace, *, port: int, bind: str, data_dir: Path | None, speed: f
         spawn_agent,
         stop_process,
     )
+    from gpufleet.server.workers.pool import protocol_class
 
     settings = load_settings(None, overrides={"server": {"data_dir": data_dir, "host": bind,
                                                          "port": port}})  # fmt: skip
@@ -181,10 +182,13 @@ def _demo(specs, trace, *, port: int, bind: str, data_dir: Path | None, speed: f
         shutil.rmtree(spool, ignore_errors=True)
         engine = FleetEngine(specs, trace, url, replay_token, spool_root=spool, speed=speed,
                              seed=seed, interval=interval, load=load)  # fmt: skip
-        app = create_app(settings, store=store)
+        workers = settings.ingest.worker_count()  # as `gpufleet server` runs: ingest workers
+        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+        app = create_app(settings, store=store, ingest_workers=workers, log_level=level)
         config = uvicorn.Config(
             app, host=settings.server.host, port=settings.server.port, log_level="warning",
             access_log=False, backlog=4096, timeout_keep_alive=30,
+            http=protocol_class(app) if workers else "auto",
         )  # fmt: skip
         lock = threading.Lock()
 
