@@ -262,11 +262,16 @@ def test_migrate_store_round_trip_duckdb_to_postgresql(tmp_path, postgres_url):
 
 def test_server_runs_on_postgresql_end_to_end(server_factory, postgres_url, monkeypatch):
     monkeypatch.setenv("GPUFLEET_DATABASE", postgres_url)  # `token create` and `server` use it
-    server = server_factory()
+    server = server_factory("--ingest-workers", "1")  # agents' batches go through a worker
+    wait_until(
+        lambda: httpx.get(server.url + "/healthz").json()["ingest_workers"]["up"] == 1, 30,
+        "the worker up",
+    )  # fmt: skip
     batch = make_batch(make_sample("e2e"))
     assert server.post(batch).json()["status"] == "stored"
     assert server.post(batch).json()["status"] == "duplicate"
     health = httpx.get(server.url + "/healthz").json()
+    assert health["ingest_workers"]["connections_handed_over"] >= 1
     assert health["store"]["schema_version"] == MIGRATIONS[-1].version
     assert health["store"]["url"].startswith("postgresql://")
     server.stop()
