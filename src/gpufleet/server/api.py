@@ -57,19 +57,8 @@ def healthz(request: Request) -> dict[str, Any]:
         },
         "writer_queue": ctx.queue_depth(),
         "hosts": len(ctx.live.hosts),
-        "ingest_workers": _workers(ctx),
+        "ingest_workers": ctx.ingest_workers_status(),
     }
-
-
-def _workers(ctx: Context) -> dict[str, Any]:
-    """The ingest workers (gpufleet.server.workers): configured, up, restarts, connections,
-    backlog (batches they acknowledged that are not in the store yet)."""
-    pool = ctx.ingest_workers
-    if pool is None:
-        return {
-            "configured": 0, "up": 0, "restarts": 0, "connections_handed_over": 0, "backlog": 0
-        }  # fmt: skip
-    return pool.status()
 
 
 @router.get("/api/v1/hosts", tags=["hosts"], summary="Every known host with its status")

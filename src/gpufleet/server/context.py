@@ -49,3 +49,13 @@ class Context:
 
     def queue_depth(self) -> int:
         return self.store.queue_depth()
+
+    def ingest_workers_status(self) -> dict[str, Any]:
+        """The ingest workers (gpufleet.server.workers): configured, up, restarts, connections
+        handed over, backlog (batches they acknowledged that are not in the store yet)."""
+        if self.ingest_workers is None:
+            return {
+                "configured": 0, "up": 0, "restarts": 0, "connections_handed_over": 0,
+                "backlog": 0,
+            }  # fmt: skip
+        return self.ingest_workers.status()

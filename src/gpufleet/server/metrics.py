@@ -44,14 +44,14 @@ def server_families(ctx: Context, now: float) -> list[Family]:
     )  # fmt: skip
     queue = Family("server_writer_queue", "Batches waiting for the store's writer.")
     queue.add((), ctx.queue_depth())
-    pool = ctx.ingest_workers
+    pool = ctx.ingest_workers_status()
     workers = Family("server_ingest_workers_up", "Ingest worker processes taking connections.")
-    workers.add((), pool.status()["up"] if pool is not None else 0)
+    workers.add((), pool["up"])
     backlog = Family(
         "server_ingest_workers_backlog",
         "Batches the ingest workers acknowledged that are not in the store yet.",
     )
-    backlog.add((), pool.status()["backlog"] if pool is not None else 0)
+    backlog.add((), pool["backlog"])
 
     up = Family("host_up", "1 when the host is online, 0 when stale or offline.")
     contact = Family("host_seconds_since_contact", "Seconds since the host last reported.")
