@@ -40,7 +40,15 @@ from gpufleet.store.base import (
     WriterQueue,
 )
 from gpufleet.store.recent import RECENT_MARGIN_SECONDS, RecentKeys
-from gpufleet.store.rows import TABLE_COLUMNS, batch_key, flatten, note_host
+from gpufleet.store.rows import (
+    TABLE_COLUMNS,
+    SampleKey,
+    batch_key,
+    flatten,
+    key_ranges,
+    note_host,
+    unique_samples,
+)
 from gpufleet.store.schema import MIGRATIONS, RAW_TABLES
 from gpufleet.store.sqlreads import SqlReads
 from gpufleet.store.waiters import Waiter, settle
@@ -130,6 +138,25 @@ def _registered(con, name: str, table: pa.Table) -> Iterator[None]:
         yield
     finally:
         con.unregister(name)
+
+
+def _stored_sample_keys(con, keys: list[SampleKey]) -> set[SampleKey]:
+    """Which of ``keys`` (host, sample time) ``host_samples`` already holds. Each run of
+    nearby times is looked up within its time range, which DuckDB's zone maps narrow to the
+    few row groups written then (no index: one would slow every insert)."""
+    found: set[SampleKey] = set()
+    for lo, hi, members in key_ranges(keys):
+        wanted = pa.table({"host": [k[0] for k in members], "ts": [k[1] for k in members]})
+        with _registered(con, "_sample_keys", wanted):
+            found.update(
+                con.execute(
+                    "SELECT h.host, h.ts FROM host_samples h"
+                    " JOIN _sample_keys k ON h.host = k.host AND h.ts = k.ts"
+                    " WHERE h.ts BETWEEN ? AND ?",
+                    [lo, hi],
+                ).fetchall()
+            )
+    return found
 
 
 def _due(
@@ -508,7 +535,7 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
         return fresh
 
     def _insert(self, con, items: list[IngestItem]) -> None:
-        cols = flatten(s for item in items for s in item.batch.samples)
+        cols = flatten(unique_samples(items, lambda keys: _stored_sample_keys(con, keys)))
         for table, columns in cols.items():
             if not columns["host"]:
                 continue

@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from gpufleet.store.schema import MIGRATIONS, RAW_TABLES, Migration
+from gpufleet.store.schema import MIGRATIONS, RAW_TABLES, Migration, dedupe_raw_sql
 
 DAY_SECONDS = 86400
 # Key of the advisory locks that serialise migrations and partition DDL across processes.
@@ -137,6 +137,9 @@ PG_SQL: dict[int, str] = {
         last_login double precision
     );
     """,
+    # Raw tables are partitioned: a row is (partition, ctid). Copies of one sample share ts,
+    # so they are in one partition.
+    5: dedupe_raw_sql("tableoid, ctid", "(floor(ts / 3600) * 3600)::bigint"),
 }
 
 # DuckDB type -> PostgreSQL type, for migrations without their own PostgreSQL DDL.

@@ -34,7 +34,15 @@ from gpufleet.store.base import (
     UserRecord,
     WriterQueue,
 )
-from gpufleet.store.rows import TABLE_COLUMNS, batch_key, flatten, note_host
+from gpufleet.store.rows import (
+    TABLE_COLUMNS,
+    SampleKey,
+    batch_key,
+    flatten,
+    key_ranges,
+    note_host,
+    unique_samples,
+)
 from gpufleet.store.schema import RAW_TABLES
 from gpufleet.store.sqlreads import SqlReads
 
@@ -80,6 +88,21 @@ _INSERT_BATCHES = """
 
 
 redact = redact_url  # the URL without its password, for messages and logs
+
+
+def _stored_sample_keys(cur: psycopg.Cursor, keys: list[SampleKey]) -> set[SampleKey]:
+    """Which of ``keys`` (host, sample time) ``host_samples`` already holds: an index lookup
+    (host, ts) within each run's time range, so only that day's partitions are searched."""
+    found: set[SampleKey] = set()
+    for lo, hi, members in key_ranges(keys):
+        rows = cur.execute(
+            "SELECT h.host, h.ts FROM host_samples h"
+            " JOIN unnest(%s::text[], %s::double precision[]) AS k(host, ts)"
+            " ON h.host = k.host AND h.ts = k.ts WHERE h.ts BETWEEN %s AND %s",
+            [[k[0] for k in members], [k[1] for k in members], lo, hi],
+        ).fetchall()
+        found.update((r[0], r[1]) for r in rows)
+    return found
 
 
 def connect(url: str, **kw: Any) -> psycopg.Connection:
@@ -322,7 +345,7 @@ class PostgresStore(warehouse.WarehouseMixin, SqlReads, Store):
 
     @staticmethod
     def _copy_rows(cur: psycopg.Cursor, items: list[IngestItem]) -> None:
-        cols = flatten(s for item in items for s in item.batch.samples)
+        cols = flatten(unique_samples(items, lambda keys: _stored_sample_keys(cur, keys)))
         for table, columns in cols.items():
             if not columns["host"]:
                 continue

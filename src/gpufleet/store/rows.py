@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from gpufleet.store.base import IngestItem
 from gpufleet.wire import Sample
@@ -41,6 +41,48 @@ TABLE_COLUMNS = {
 def batch_key(batch_id: str) -> uuid.UUID:
     """A fixed-size key for a batch id (128-bit hash), cheap to index and compare."""
     return uuid.UUID(bytes=hashlib.blake2b(batch_id.encode(), digest_size=16).digest())
+
+
+# A raw sample's identity: (host, sample time). Raw tiers hold one sample per key.
+SampleKey = tuple[str, float]
+# Split the sample times of one write into ranges wherever they are this far apart, so that
+# a drained spool's old samples do not widen the range the existing-key lookup scans.
+KEY_RANGE_GAP_SECONDS = 3600.0
+
+
+def unique_samples(
+    items: Iterable[IngestItem], stored: Callable[[list[SampleKey]], set[SampleKey]]
+) -> list[Sample]:
+    """The samples of ``items`` to write: one per (host, sample time). The first copy wins:
+    one already stored (``stored`` says which of the keys the database has), else the first
+    in ``items`` order. A sample re-sent under a new batch id is so stored once, and every
+    tier and report counts it once (the rule both backends use)."""
+    samples = [s for item in items for s in item.batch.samples]
+    keys = [(s.host, s.ts) for s in samples]
+    seen = stored(keys) if keys else set()
+    if not seen and len(set(keys)) == len(keys):
+        return samples
+    out = []
+    for smp, key in zip(samples, keys, strict=True):
+        if key not in seen:
+            seen.add(key)
+            out.append(smp)
+    return out
+
+
+def key_ranges(keys: Sequence[SampleKey]) -> list[tuple[float, float, list[SampleKey]]]:
+    """The keys grouped into (lowest ts, highest ts, keys) runs of nearby sample times, for
+    a lookup that scans only the stored samples in each run's time range."""
+    ordered = sorted(keys, key=lambda k: k[1])
+    runs: list[tuple[float, float, list[SampleKey]]] = []
+    for key in ordered:
+        if runs and key[1] - runs[-1][1] <= KEY_RANGE_GAP_SECONDS:
+            lo, _, members = runs[-1]
+            members.append(key)
+            runs[-1] = (lo, key[1], members)
+        else:
+            runs.append((key[1], key[1], [key]))
+    return runs
 
 
 def flatten(samples: Iterable[Sample]) -> dict[str, dict[str, list]]:

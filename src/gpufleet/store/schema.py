@@ -233,6 +233,45 @@ MIGRATIONS: list[Migration] = [
     ),
 ]
 
+# The columns that identify a raw row: a sample is (host, ts); its rows are one per GPU,
+# process, disk and XID event. Used by migration 5 (one copy of each) and its tests.
+RAW_KEYS = {
+    "host_samples": ("host", "ts"),
+    "gpu_samples": ("host", "ts", "gpu_index"),
+    "process_samples": ("host", "ts", "gpu_index", "pid"),
+    "disk_samples": ("host", "ts", "mount"),
+    "xid_events": ("host", "ts", "gpu_index", "xid"),
+}
+
+
+def dedupe_raw_sql(row_id: str, hour_of_ts: str) -> str:
+    """Migration 5's SQL: before it, a sample re-sent under a new batch id was stored (and
+    rolled up) twice. Its hours are marked for a new rollup, then each raw table keeps the
+    first copy (lowest ``row_id``: the engine's physical row id columns, comma-separated) of
+    every key. ``hour_of_ts``: the SQL of an hour's start."""
+    sql = (
+        "INSERT INTO rollup_dirty SELECT DISTINCT " + hour_of_ts + " FROM"
+        " (SELECT ts FROM host_samples GROUP BY host, ts HAVING count(*) > 1) AS d"
+        " ON CONFLICT DO NOTHING;\n"
+    )
+    for table, key in RAW_KEYS.items():
+        cols = ", ".join(key)
+        sql += (
+            f"DELETE FROM {table} WHERE ({row_id}) IN (SELECT {row_id} FROM"
+            f" (SELECT {row_id}, row_number() OVER (PARTITION BY {cols} ORDER BY {row_id}) AS n"
+            f" FROM {table}) AS d WHERE n > 1);\n"
+        )
+    return sql
+
+
+MIGRATIONS.append(
+    Migration(
+        5,
+        "raw tier: one copy of each sample (host, ts)",
+        dedupe_raw_sql("rowid", "CAST(floor(ts / 3600) * 3600 AS BIGINT)"),
+    )
+)
+
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 # Raw-tier tables that retention prunes by ``ts``.
