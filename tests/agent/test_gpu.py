@@ -73,10 +73,7 @@ def test_a_hung_call_does_not_block_the_round(fake, make_collector):
     collector.collect()
     fake.hang("nvmlDeviceGetPowerUsage", index=1)
     try:
-        started = time.monotonic()
-        sample = collector.collect()
-        elapsed = time.monotonic() - started
-        assert elapsed < 1.5, f"the round took {elapsed:.2f} s"
+        sample = collector.collect()  # returns although the call is still hung:
         assert fake.hung.is_set()
         assert sample.gpus[0].error is None
         assert "hung" in (sample.gpus[1].error or "")
@@ -85,9 +82,9 @@ def test_a_hung_call_does_not_block_the_round(fake, make_collector):
         assert all("hung" in (g.error or "") for g in sample.gpus[2:])
         assert any("NVML is hung" in e for e in sample.errors)
         # the next round does not wait another timeout per GPU
-        started = time.monotonic()
+        calls = sum(fake.calls.values())
         sample = collector.collect()
-        assert time.monotonic() - started < 0.3
+        assert sum(fake.calls.values()) == calls  # no NVML call made (none to wait for)
         assert all("hung" in (g.error or "") for g in sample.gpus)
     finally:
         fake.release()

@@ -14,7 +14,7 @@ import pytest
 from gpufleet.demo.engine import FleetEngine
 from gpufleet.demo.fleet import build_fleet
 from gpufleet.demo.trace import default_trace_path, load_trace
-from tests.conftest import free_port
+from tests.conftest import free_port, need_file
 
 pytestmark = pytest.mark.slow
 
@@ -22,8 +22,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def trace_path():
     path = default_trace_path()
-    if not path.is_file():
-        pytest.skip(f"the Philly trace is not at {path} (set GPUFLEET_TRACE)")
+    need_file(path, "the Philly trace")
     return path
 
 

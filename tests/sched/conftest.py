@@ -6,6 +6,7 @@ import pytest
 
 from gpufleet.sched.cluster import parse_cluster
 from gpufleet.sched.simjob import SimJob
+from tests.conftest import need_file
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 GAVEL_JSON = DATA / "gavel_throughputs.json"
@@ -46,8 +47,7 @@ def small_cluster():
 
 @pytest.fixture(scope="session")
 def gavel_table():
-    if not GAVEL_JSON.exists():
-        pytest.skip("shared Gavel data not present")
+    need_file(GAVEL_JSON, "the shared Gavel throughput table")
     from gpufleet.sched.gavel import load_gavel
 
     return load_gavel(GAVEL_JSON)

@@ -14,6 +14,7 @@ from gpufleet.sched.queue import BlockList
 from gpufleet.sched.runner import Experiment
 from gpufleet.sched.sim import Simulator
 from gpufleet.sched.trace import read_philly
+from tests.conftest import need_file
 from tests.sched.conftest import GAVEL_JSON, PHILLY_CSV, make_job
 from tests.sched.gavel_reference import GavelReference
 
@@ -70,8 +71,8 @@ def test_same_decisions_as_the_reference(rows) -> None:
 
 @pytest.mark.slow
 def test_same_decisions_on_a_philly_virtual_cluster() -> None:
-    if not PHILLY_CSV.exists() or not GAVEL_JSON.exists():
-        pytest.skip("shared Philly trace or Gavel table not present")
+    need_file(PHILLY_CSV, "the shared Philly trace")
+    need_file(GAVEL_JSON, "the shared Gavel throughput table")
     spec = parse_cluster("v100:16,p100:16,k80:16")
     experiment = Experiment(
         read_philly(PHILLY_CSV, ["ed69ec"]), spec, load_gavel(GAVEL_JSON), load=1.5, seed=1

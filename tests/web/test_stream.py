@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 
@@ -103,8 +104,8 @@ def test_server_stops_promptly_with_open_streams(server):
     ev = Events(server.url + "/api/v1/stream")
     try:
         ev.wait(lambda e, d: e == "snapshot")
-        t0 = time.time()
         server.stop()  # SIGTERM: uvicorn waits for open responses; the stream must end
-        assert time.time() - t0 < 5
+        # it exited by itself (a stuck stream would have it killed after stop()'s deadline)
+        assert server.proc.returncode in (0, -signal.SIGTERM), server.proc.returncode
     finally:
         ev.close()
