@@ -16,64 +16,9 @@ from typing import Any
 
 import psutil
 
+from gpufleet.hostfilter import NETWORK_FSTYPES, is_real_mount, is_virtual_interface
 from gpufleet.wire import MAX_DISKS_PER_HOST, Disk, HostFacts, HostMetrics
 
-# Filesystems that hold no user data (psutil's all=False already drops most "nodev" ones).
-PSEUDO_FSTYPES = frozenset(
-    [
-        "autofs",
-        "binfmt_misc",
-        "bpf",
-        "cgroup",
-        "cgroup2",
-        "configfs",
-        "debugfs",
-        "devpts",
-        "devtmpfs",
-        "efivarfs",
-        "fusectl",
-        "hugetlbfs",
-        "mqueue",
-        "nsfs",
-        "overlay",
-        "aufs",
-        "proc",
-        "pstore",
-        "ramfs",
-        "rpc_pipefs",
-        "securityfs",
-        "selinuxfs",
-        "squashfs",
-        "sysfs",
-        "tmpfs",
-        "tracefs",
-        "iso9660",
-        "udf",
-        "fuse.lxcfs",
-        "fuse.snapfuse",
-        "fuse.gvfsd-fuse",
-        "fuse.portal",
-        "nullfs",
-    ]
-)
-# Mount points below these hold container layers, snaps and kubelet volumes, not host disks.
-SKIP_MOUNT_PREFIXES = (
-    "/snap/",
-    "/var/lib/docker/",
-    "/var/lib/containers/",
-    "/var/lib/kubelet/",
-    "/run/containerd/",
-    "/var/snap/",
-    "/proc/",
-    "/sys/",
-    "/dev/",
-    "/run/",
-)
-NETWORK_FSTYPES = frozenset(
-    ["nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "lustre", "gpfs", "beegfs", "9p"]
-)
-# Interfaces that would count the same bytes twice (loopback, container veths and bridges).
-SKIP_NIC_PREFIXES = ("lo", "veth", "docker", "br-", "cni", "flannel", "cali", "virbr", "vxlan")
 STATVFS_TIMEOUT_SECONDS = 1.0
 
 
@@ -83,13 +28,8 @@ def select_disks(partitions: Iterable[Any]) -> list[Any]:
     or btrfs subvolume seen twice keeps its shortest mount point)."""
     chosen: dict[str, Any] = {}
     for part in partitions:
-        fstype = part.fstype or ""
         mount = part.mountpoint
-        if fstype in PSEUDO_FSTYPES:
-            continue
-        if any((mount + "/").startswith(p) for p in SKIP_MOUNT_PREFIXES):
-            continue
-        if not part.device or part.device in ("none", "overlay", "tmpfs"):
+        if not is_real_mount(part.device or "", mount, part.fstype or ""):
             continue
         key = part.device
         current = chosen.get(key)
@@ -216,7 +156,7 @@ class HostCollector:
     def _net_rates(self, now: float) -> tuple[float | None, float | None]:
         rx = tx = 0
         for nic, c in psutil.net_io_counters(pernic=True).items():
-            if nic.startswith(SKIP_NIC_PREFIXES):
+            if is_virtual_interface(nic):
                 continue
             rx += c.bytes_recv
             tx += c.bytes_sent

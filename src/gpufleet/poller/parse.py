@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gpufleet.containers import container_from_cgroup
+from gpufleet.hostfilter import is_real_mount, is_virtual_interface
 from gpufleet.wire import Disk, Gpu, GpuProcess, HostFacts, HostMetrics, Sample
 
 SECTION_MARK = "@@gpufleet@@ "
@@ -60,23 +61,6 @@ MAX_ERRORS = 64
 # Exit statuses of `timeout` (GNU: 124, after -k: 137; BusyBox: 143) meaning "killed for hanging".
 TIMEOUT_EXIT_CODES = frozenset({124, 137, 143})
 
-# Pseudo and layered filesystems that are not "real mounts" (df -x already drops most of them;
-# this also covers the plain `df -P` fallback).
-PSEUDO_FSTYPES = frozenset(
-    {
-        "tmpfs", "devtmpfs", "overlay", "squashfs", "proc", "sysfs", "cgroup", "cgroup2",
-        "devpts", "mqueue", "hugetlbfs", "debugfs", "tracefs", "securityfs", "pstore",
-        "bpf", "configfs", "fusectl", "autofs", "nsfs", "efivarfs", "ramfs", "binfmt_misc",
-        "rpc_pipefs", "nfsd", "fuse.lxcfs", "fuse.snapfuse", "shm", "none",
-    }
-)  # fmt: skip
-
-# Network interfaces left out of the host's rx/tx rates: loopback, and virtual devices whose
-# traffic is also counted on a physical interface (containers, bridges, tunnels).
-VIRTUAL_NET_PREFIXES = (
-    "lo", "veth", "docker", "br-", "virbr", "cni", "flannel", "cali", "vxlan", "tunl",
-    "kube-", "lxcbr", "lxdbr", "podman",
-)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -380,10 +364,6 @@ def parse_net_dev(text: str) -> dict[str, tuple[int, int]]:
     return out
 
 
-def is_virtual_interface(name: str) -> bool:
-    return name.startswith(VIRTUAL_NET_PREFIXES)
-
-
 def net_rates(
     previous: Mapping[str, tuple[int, int]] | None,
     current: Mapping[str, tuple[int, int]] | None,
@@ -442,7 +422,7 @@ def parse_df(text: str) -> list[Disk]:
         mount = " ".join(parts[first + 4 :])
         if not (total.isdigit() and used.isdigit()) or not mount.startswith("/"):
             continue
-        if fstype in PSEUDO_FSTYPES or (not has_type and device in PSEUDO_FSTYPES):
+        if not is_real_mount(device, mount, fstype):
             continue
         if int(total) == 0:
             continue
