@@ -37,7 +37,7 @@ def test_spool_bounds_drop_oldest_with_a_warning(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         for i in range(12):
             spool.put(f"size-batch-{i:03d}", b"x" * 100)
-    assert spool.bytes <= 1000
+    assert spool.size_bytes <= 1000
     assert len(spool) == 10
     assert spool.oldest()[0].name.endswith("size-batch-002.json")
     assert "dropped the 1 oldest" in caplog.text

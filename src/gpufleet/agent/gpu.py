@@ -8,6 +8,7 @@ host-level error string, never an exception.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -141,7 +142,7 @@ class GpuCollector:
         for dev in devices:
             try:
                 gpu, procs = self.nvml.run(
-                    lambda dev=dev: self._read(dev), description=f"reading GPU {dev.index}"
+                    functools.partial(self._read, dev), description=f"reading GPU {dev.index}"
                 )
             except NvmlHung as exc:
                 hung = hung or str(exc)

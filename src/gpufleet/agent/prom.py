@@ -123,6 +123,7 @@ def sample_families(samples: Iterable[Sample]) -> list[Family]:
         for attr, fam in host_gauges:
             fam.add(host, getattr(hm, attr))
         users.add(host, len(hm.users))
+        labels: tuple[tuple[str, str], ...]
         for disk in hm.disks:
             labels = (
                 *host,

@@ -73,7 +73,7 @@ class Sender:
                 if self.url.scheme == "https"
                 else http.client.HTTPConnection
             )
-            self._conn = cls(self.url.hostname, self.url.port, timeout=self.timeout)
+            self._conn = cls(self.url.hostname or "", self.url.port, timeout=self.timeout)
         return self._conn
 
     def post(self, payload: bytes) -> tuple[int, bytes]:

@@ -54,7 +54,7 @@ class Spool:
         return len(self._files)
 
     @property
-    def bytes(self) -> int:
+    def size_bytes(self) -> int:
         return self._bytes
 
     def put(self, batch_id: str, payload: bytes) -> Path:

@@ -18,12 +18,15 @@ import gzip
 import logging
 import time
 import zlib
-from typing import Any
+from collections import Counter
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 from starlette.routing import Route
 
-from gpufleet.server.context import Context
+from gpufleet.config import Settings
+from gpufleet.server.auth import TokenCache
+from gpufleet.server.context import Histogram
 from gpufleet.server.errors import ApiError, error_body, summarise, validation_details
 from gpufleet.store import IngestItem, StoreError
 from gpufleet.wire import Batch, IngestAck
@@ -31,6 +34,33 @@ from gpufleet.wire import Batch, IngestAck
 log = logging.getLogger(__name__)
 
 PATH = "/api/v1/ingest"
+
+
+class IngestSink(Protocol):
+    """Where an accepted batch goes: the store's writer, or an ingest worker's log."""
+
+    async def ingest(self, item: IngestItem) -> bool: ...
+
+
+class IngestContext(Protocol):
+    """What ingest needs: the server's Context, or an ingest worker's (which has no live
+    state and no workers of its own: the server tails the worker's log)."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def store(self) -> IngestSink: ...
+    @property
+    def tokens(self) -> TokenCache: ...
+    @property
+    def counters(self) -> Counter: ...
+    @property
+    def latency(self) -> Histogram: ...
+    @property
+    def live(self) -> Any: ...
+    @property
+    def ingest_workers(self) -> Any: ...
+    def queue_depth(self) -> int: ...
 
 
 def _json(ref: str) -> dict:
@@ -104,7 +134,7 @@ async def _read_body(headers: dict[bytes, bytes], receive: Any, limit: int) -> b
     return body
 
 
-async def _ingest(ctx: Context, scope: dict[str, Any], receive: Any) -> bytes:
+async def _ingest(ctx: IngestContext, scope: dict[str, Any], receive: Any) -> bytes:
     headers = _headers(scope)
     auth = headers.get(b"authorization")
     token = ctx.tokens.check(auth.decode("latin-1") if auth is not None else None)
@@ -130,7 +160,7 @@ async def _ingest(ctx: Context, scope: dict[str, Any], receive: Any) -> bytes:
     return ack.model_dump_json().encode()
 
 
-async def serve(ctx: Context, scope: dict[str, Any], receive: Any, send: Any) -> None:
+async def serve(ctx: IngestContext, scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Answer one ``POST /api/v1/ingest`` (an ASGI HTTP scope)."""
     extra: dict[str, str] = {}
     try:
@@ -162,7 +192,7 @@ class _Endpoint:
 
 
 async def accept(
-    ctx: Context, batch: Batch, token_name: str, received_at: float, raw: bytes | None = None
+    ctx: IngestContext, batch: Batch, token_name: str, received_at: float, raw: bytes | None = None
 ) -> IngestAck:
     """Store a validated batch (from an agent or the SSH poller) and update live state.
     ``raw``: the batch's JSON as received, if any (the store may keep it as is)."""
@@ -193,7 +223,7 @@ async def accept(
 
 
 def publish(
-    ctx: Context, batch: Batch, token_name: str, received_at: float, skew: float
+    ctx: IngestContext, batch: Batch, token_name: str, received_at: float, skew: float
 ) -> None:
     """Live state (the dashboard, /api/v1/hosts) learns a stored batch's samples."""
     for sample in batch.samples:

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,7 @@ class LocalAdmin:
     def call(self, method: str, path: str, **kw: Any) -> Any:
         import httpx
 
+        assert self.url is not None, "call() needs a running server (see .url)"
         try:
             r = httpx.request(
                 method,
@@ -156,7 +158,7 @@ class LocalAdmin:
 
 
 def print_rows(
-    headers: list[str], rows: list[list[Any]], time_columns: set[int] = frozenset()
+    headers: list[str], rows: list[list[Any]], time_columns: AbstractSet[int] = frozenset()
 ) -> None:
     """A tidy terminal table; Unix times in ``time_columns`` shown as local dates."""
     from rich.console import Console

@@ -9,7 +9,7 @@ import abc
 import asyncio
 import concurrent.futures
 import queue
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +64,11 @@ class HostRecord:
     agent_version: str | None
     clock_skew_seconds: float | None
     last_sample: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any], last_sample: dict[str, Any]) -> HostRecord:
+        """From the ``hosts`` table's first nine columns (in field order) and the sample."""
+        return cls(*row[:9], last_sample=last_sample)  # type: ignore[misc]
 
 
 @dataclass(frozen=True)
@@ -155,6 +160,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def prune(self, raw_before: float, batches_before: float) -> dict[str, int]:
         """Drop raw rows older than ``raw_before`` and dedupe keys older than ``batches_before``."""
+
+    @abc.abstractmethod
+    def batch_keys_since(self, since: float) -> list[bytes]:
+        """The keys (16 bytes) of the batches received since ``since`` (ingest workers'
+        dedupe memory at start-up)."""
 
     @abc.abstractmethod
     def count(self, table: str) -> int: ...

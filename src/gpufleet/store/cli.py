@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from gpufleet.errors import GpufleetError
@@ -34,7 +36,7 @@ def migrate_store(source: str, target: str) -> None:
             hint="e.g. --to postgresql://USER@HOST/DBNAME",
         )
     bar = click.progressbar(
-        length=1, label="copying", show_pos=True, file=click.get_text_stream("stderr")
+        length=1, label="copying", show_pos=True, file=sys.stderr
     )
     shown = 0
 

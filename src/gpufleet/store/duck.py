@@ -166,7 +166,7 @@ def _due(
     ``cutoff``), at most ``limit`` of them; every key if ``everything``."""
     if everything:
         return [key for key, _ in since]
-    out = []
+    out: list[str] = []
     for key, t in since:
         if t > cutoff or len(out) >= limit:
             break
@@ -179,6 +179,8 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._cursor_lock = threading.Lock()
+        self._closed = False
         try:
             self._db = duckdb.connect(self.path)
         except duckdb.IOException as exc:
@@ -609,9 +611,17 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
         if busy and threading.current_thread() not in (self._writer, self._applier):
             self.write(lambda con: None)
 
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        """A read cursor. DuckDB 2 refuses (rather than waits) a call on a connection that is
+        busy in another thread, so making cursors and closing the store take turns."""
+        with self._cursor_lock:
+            if self._closed:
+                raise StoreError(f"the store {self.path} is closed")
+            return self._db.cursor()
+
     def _read(self, sql: str, params: list | None = None) -> list[tuple]:
         self._sync()
-        cur = self._db.cursor()
+        cur = self._cursor()
         try:
             return cur.execute(sql, params or []).fetchall()
         finally:
@@ -624,7 +634,7 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
             " interval_seconds, agent_version, clock_skew_seconds, last_sample"
             " FROM hosts ORDER BY name"
         )
-        return [HostRecord(*r[:9], last_sample=orjson.loads(r[9])) for r in rows]
+        return [HostRecord.from_row(r, orjson.loads(r[9])) for r in rows]
 
     # -- small writes -------------------------------------------------------------------------
 
@@ -646,7 +656,9 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
             self.write(self._flush_all_hosts)
             self._queue.put(STOP)
             self._writer.join()
-        self._db.close()
+        with self._cursor_lock:
+            self._closed = True
+            self._db.close()
 
     # -- web accounts -------------------------------------------------------------------------
 
@@ -673,7 +685,7 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
 
     def _reader(self, fn: Callable[[Any], Any]) -> Any:
         self._sync()
-        cur = self._db.cursor()
+        cur = self._cursor()
         try:
             return fn(cur)
         finally:

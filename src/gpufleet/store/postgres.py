@@ -389,7 +389,7 @@ class PostgresStore(warehouse.WarehouseMixin, SqlReads, Store):
     def hosts(self) -> list[HostRecord]:
         self.write(lambda cur: None)  # flushes the pending hosts
         rows = self._read(f"SELECT {', '.join(_HOST_ROW)} FROM hosts ORDER BY name")
-        return [HostRecord(*r[:9], last_sample=r[9]) for r in rows]
+        return [HostRecord.from_row(r, r[9]) for r in rows]
 
     def partitions(self) -> list[tuple[str, int]]:
         """(raw table, UTC day number) of every raw-tier partition, in order."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from gpufleet.store.base import IngestItem
 from gpufleet.wire import Sample
@@ -94,7 +95,7 @@ def flatten(samples: Iterable[Sample]) -> dict[str, dict[str, list]]:
     for s in samples:
         m = s.host_metrics
         disks = m.disks
-        values = (
+        values: tuple[Any, ...] = (
             s.host, s.ts, s.interval_seconds, m.cpu_percent, m.load1, m.load5, m.load15,
             m.memory_total_bytes, m.memory_used_bytes, m.memory_available_bytes,
             m.swap_total_bytes, m.swap_used_bytes,
@@ -103,6 +104,7 @@ def flatten(samples: Iterable[Sample]) -> dict[str, dict[str, list]]:
             m.net_rx_bytes_per_second, m.net_tx_bytes_per_second, m.uptime_seconds,
             len(m.users), len(s.gpus), "\n".join(s.errors) or None,
         )  # fmt: skip
+        value: Any
         for column, value in zip(HOST_COLUMNS, values, strict=True):
             h[column].append(value)
         for dk in disks:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import psycopg
@@ -26,6 +27,13 @@ CHUNK_ROWS = 20_000
 
 class TargetNotEmpty(StoreError):
     """The PostgreSQL database already holds gpufleet data."""
+
+
+def _scalar(con: Any, sql: str) -> Any:
+    """The one value a query answers (a count, an EXISTS)."""
+    row = con.execute(sql).fetchone()
+    assert row is not None, sql
+    return row[0]
 
 
 def duckdb_path(source: str) -> Path:
@@ -76,9 +84,9 @@ def copy_to_postgres(
         tables = [t for t in FIRST if t in target and t in src_tables]
         tables += sorted(t for t in target if t in src_tables and t not in tables)
         for t in tables:
-            if con.execute(f"SELECT EXISTS (SELECT 1 FROM {t})").fetchone()[0]:
+            if _scalar(con, f"SELECT EXISTS (SELECT 1 FROM {t})"):
                 raise TargetNotEmpty(f"the target {redact(target_url)} is not empty ({t} has rows)")
-        counts = {t: src.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
+        counts = {t: _scalar(src, f"SELECT count(*) FROM {t}") for t in tables}
         total = sum(counts.values())
 
         days: set[int] = set()
@@ -105,7 +113,7 @@ def copy_to_postgres(
                         if progress is not None:
                             progress(t, done, total)
             for t in tables:  # verified before the commit: a mismatch leaves nothing behind
-                got = cur.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                got = _scalar(cur, f"SELECT count(*) FROM {t}")
                 if got != counts[t]:
                     raise StoreError(f"{t}: copied {got} rows of {counts[t]}; nothing was kept")
         return counts

@@ -99,7 +99,13 @@ class Worker:
         self.state = ServerState()
         self.protocol_class = HttpToolsProtocol
         self.stopping = asyncio.Event()
-        self.sent = (Counter(), [0] * len(self.ctx.latency.counts), 0.0, 0)
+        # what was last reported: counters, latency bucket counts, latency total, count
+        self.sent: tuple[Counter[str], list[int], float, int] = (
+            Counter(),
+            [0] * len(self.ctx.latency.counts),
+            0.0,
+            0,
+        )
         self.backlog = 0
         sock = socket.socket(fileno=channel_fd)
         self.channel = channel.Channel(sock, self.loop, self.on_frame, self.stopping.set)
@@ -155,17 +161,19 @@ class Worker:
     def send_stats(self) -> None:
         counters, counts, total, n = self.sent
         lat = self.ctx.latency
-        delta = {
-            "counters": dict(self.ctx.counters - counters),
-            "latency": [c - s for c, s in zip(lat.counts, counts, strict=True)],
-            "total": lat.total - total,
-            "n": lat.n - n,
-            "backlog": self.ctx.queue_depth(),
-        }
-        if delta["n"] or delta["counters"] or delta["backlog"] != self.backlog:
+        grown = self.ctx.counters - counters
+        backlog = self.ctx.queue_depth()
+        if lat.n - n or grown or backlog != self.backlog:
+            delta = {
+                "counters": dict(grown),
+                "latency": [c - s for c, s in zip(lat.counts, counts, strict=True)],
+                "total": lat.total - total,
+                "n": lat.n - n,
+                "backlog": backlog,
+            }
             self.channel.send(channel.STATS, orjson.dumps(delta))
         self.sent = (Counter(self.ctx.counters), list(lat.counts), lat.total, lat.n)
-        self.backlog = delta["backlog"]
+        self.backlog = backlog
 
     async def run(self) -> None:
         self.channel.send(channel.HELLO, orjson.dumps({"slot": self.slot, "pid": os.getpid()}))
