@@ -35,9 +35,7 @@ def migrate_store(source: str, target: str) -> None:
             f"--to must be a PostgreSQL URL, not {target!r}",
             hint="e.g. --to postgresql://USER@HOST/DBNAME",
         )
-    bar = click.progressbar(
-        length=1, label="copying", show_pos=True, file=sys.stderr
-    )
+    bar = click.progressbar(length=1, label="copying", show_pos=True, file=sys.stderr)
     shown = 0
 
     def progress(table: str, done: int, total: int) -> None:
