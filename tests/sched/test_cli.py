@@ -36,8 +36,9 @@ def test_simulate_json() -> None:
     }
     for name in ("fifo", "gpufleet"):
         assert keys <= set(data["policies"][name])
-    assert data["policies"]["gpufleet"]["oom_failures"] == 0
+    assert data["cost_model"].startswith("realistic")
     assert data["policies"]["gpufleet"]["unfinished_jobs"] == 0
+    assert data["policies"]["gpufleet"]["refused_jobs"] == 0
 
 
 def test_simulate_errors() -> None:
