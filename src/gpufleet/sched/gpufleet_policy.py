@@ -34,6 +34,7 @@ import numpy as np
 
 from gpufleet.sched.cluster import ClusterSpec, Placement
 from gpufleet.sched.policy import Policy, RuntimeEstimator, SchedulerContext, allowed_models
+from gpufleet.sched.queue import SortedQueue
 from gpufleet.sched.simjob import SimJob
 
 
@@ -81,15 +82,19 @@ class GpufleetPolicy(Policy):
         realistic: bool = True,
         min_samples: int = 20,
         window: int = 4000,
-        grid_points: int = 64,
+        grid_points: int = 128,
         preempt_margin: float = 1.5,
         starve_after_seconds: float = 24 * 3600.0,
         starve_factor: float = 4.0,
         predictor_ties: bool = False,
         scan_limit: int = 512,
         monotone: bool = True,
+        sticky: bool = True,
+        min_quantum: float = 60.0,
     ) -> None:
+        self.min_quantum = min_quantum
         self.monotone = monotone
+        self.sticky = sticky
         self.spec = spec
         self.estimator = estimator
         self.realistic = realistic
@@ -108,18 +113,43 @@ class GpufleetPolicy(Policy):
         self._grid_list: list[float] = [0.0]
         self._index_list: list[float] = [0.0]
         self.waiting: dict[int, SimJob] = {}
+        # waiting jobs by rank (their attained service does not change while they wait, so
+        # their index changes only when the table is rebuilt), and by when they began waiting
+        self.ranked = SortedQueue(self._wait_key)
+        self.by_wait = SortedQueue(lambda j: (j.last_wait_from_seconds,))
+        self.starve_scan = 16
         self.last_hosts: dict[int, int] = {}
         self.memory_of = {h.gpu_model: h.gpu_memory_bytes for h in spec.hosts}
         self._tie: dict[int, float] = {}
         self._next_wakeup = math.inf
 
     # -- what it learns ---------------------------------------------------------------------
+    def _wait_key(self, job: SimJob) -> tuple[float, float, float]:
+        return (
+            -self.gittins(job.attained_gpu_seconds),
+            self._tie.get(job.job_id, 0.0),
+            job.arrival_seconds,
+        )
+
+    def _add_waiting(self, job: SimJob) -> None:
+        self.waiting[job.job_id] = job
+        self.ranked.add(job)
+        self.by_wait.add(job)
+
+    def _remove_waiting(self, job: SimJob) -> None:
+        del self.waiting[job.job_id]
+        self.ranked.remove(job)
+        self.by_wait.remove(job)
+
     def _rebuild(self) -> None:
         recent = np.array(self.samples[-self.window :])
         self.grid, self.index = gittins_table(recent, self.grid_points, monotone=self.monotone)
         self._grid_list = self.grid.tolist()
         self._index_list = self.index.tolist()
         self._built_at = len(self.samples)
+        self.ranked = SortedQueue(self._wait_key)
+        for job in self.waiting.values():
+            self.ranked.add(job)
 
     def gittins(self, attained: float) -> float:
         """The job's Gittins index (LAS before enough jobs have finished)."""
@@ -137,12 +167,12 @@ class GpufleetPolicy(Policy):
 
     # -- events -------------------------------------------------------------------------------
     def on_arrival(self, job: SimJob, now_seconds: float) -> None:
-        self.waiting[job.job_id] = job
         if self.predictor_ties and self.estimator is not None:
             self._tie[job.job_id] = self.estimator.predict_seconds(job) * job.num_gpus
+        self._add_waiting(job)
 
     def on_failure(self, job: SimJob, now_seconds: float, reason: str) -> None:
-        self.waiting[job.job_id] = job
+        self._add_waiting(job)
 
     def on_finish(self, job: SimJob, now_seconds: float) -> None:
         self.samples.append(job.attained_gpu_seconds)
@@ -168,13 +198,16 @@ class GpufleetPolicy(Policy):
         waited = now - job.last_wait_from_seconds
         return waited > self.starve_after_seconds + self.starve_factor * job.held_now(now)
 
-    def _key(self, job: SimJob, now: float, running: bool) -> tuple[float, float, float, float]:
+    def _key(
+        self, job: SimJob, now: float, running: bool
+    ) -> tuple[float, float, float, float, float]:
         index = self.gittins(job.attained_now(now))
         if running:
             index *= self.preempt_margin
         starving = 0.0 if (not running and self.starving(job, now)) else 1.0
         tie = self._tie.get(job.job_id, 0.0)
-        return (starving, -index, tie, job.arrival_seconds + job.job_id * 1e-9)
+        sticky = 0.0 if (running and self.sticky) else 1.0
+        return (starving, -index, sticky, tie, job.arrival_seconds + job.job_id * 1e-9)
 
     def _place(self, job: SimJob, model: str, ctx: SchedulerContext) -> Placement | None:
         cluster = ctx.cluster
@@ -192,17 +225,24 @@ class GpufleetPolicy(Policy):
             self._plan_wakeup(ctx)
             return
         ranked = [(self._key(j, now, True), j) for j in ctx.running.values()]
-        ranked += [(self._key(j, now, False), j) for j in self.waiting.values()]
+        seen: set[int] = set()
+        for job in self.by_wait.head(self.starve_scan):
+            if self.starving(job, now):
+                ranked.append((self._key(job, now, False), job))
+                seen.add(job.job_id)
+        ranked += [
+            (self._key(j, now, False), j)
+            for j in self.ranked.head(self.scan_limit)
+            if j.job_id not in seen
+        ]
         ranked.sort(key=lambda e: e[0])
         capacity = {m: cluster.spec.gpus_of(m) for m in cluster.spec.gpu_models}
         left = sum(capacity.values())
         keep: set[int] = set()
         admit: list[tuple[SimJob, str]] = []
-        scanned = 0
         for _, job in ranked:
-            if left <= 0 or scanned >= self.scan_limit + len(ctx.running):
+            if left <= 0:
                 break
-            scanned += 1
             if job.placement is not None:
                 model = job.placement.gpu_model
                 if capacity[model] >= job.num_gpus:
@@ -220,7 +260,7 @@ class GpufleetPolicy(Policy):
         if admit:
             for job in [j for j in ctx.running.values() if j.job_id not in keep]:
                 ctx.preempt(job)
-                self.waiting[job.job_id] = job
+                self._add_waiting(job)
         for job, model in admit:
             placement = self._place(job, model, ctx)
             if placement is None:
@@ -230,7 +270,7 @@ class GpufleetPolicy(Policy):
                         break
             if placement is None:
                 continue
-            del self.waiting[job.job_id]
+            self._remove_waiting(job)
             self.last_hosts[job.job_id] = placement.host_ids[0]
             ctx.start(job, placement)
         self._plan_wakeup(ctx)
