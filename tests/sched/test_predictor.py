@@ -110,3 +110,25 @@ def test_online_runtime_predictor_learns_from_finished_jobs_only() -> None:
     assert out["online"]["spearman"] > 0.7
     assert out["online"]["median_ape_pct"] < out["vc"]["median_ape_pct"]
     assert out["vc"]["spearman"] < 0.5  # the VC median cannot tell them apart
+
+
+def test_evaluate_never_names_a_method_that_predicted_nothing() -> None:
+    from gpufleet.sched.evaluate import evaluate
+
+    rows = [
+        BenchRow("v100", "Foo (batch size 32)", (), 0.1),
+        BenchRow("k80", "Foo (batch size 32)", (), 0.4),
+        BenchRow("v100", "Bar (batch size 64)", (), 0.2),
+        BenchRow("k80", "Bar (batch size 64)", (), 0.6),
+        BenchRow("p100", "Bar (batch size 64)", (), 0.3),
+    ]
+    # each model held out in turn: its family was never measured, nothing can be predicted
+    out = evaluate(rows, "model", ("additive",))
+    step = out["methods"]["additive"]["step_time"]
+    assert step["held_out"] == 5 and step["predicted"] == 0
+    assert out["best_method"] is None and out["beats_baseline"] is None
+    # each (model, GPU model) pair held out: predicted, and compared with the per-model mean
+    out = evaluate(rows, "pair", ("additive",))
+    assert out["best_method"] == "additive"
+    assert out["methods"]["model-mean"]["step_time"]["predicted"] > 0
+    assert isinstance(out["beats_baseline"], bool)

@@ -297,11 +297,24 @@ def evaluate_cmd(bench_path: str, holdout: str, methods: str, as_json: bool) -> 
         return
     click.echo(f"holdout: {holdout}")
     for method, r in result["methods"].items():
-        click.echo(
-            f"  {method:10s} step time MAPE {r['step_time']['mape_pct']:6.2f}%  "
-            f"co-location slowdown MAPE {r['colocation_slowdown']['mape_pct']:6.2f}%"
+        step = r["step_time"]
+        missed = step["held_out"] - step["predicted"]
+        mape = f"{step['mape_pct']:6.2f}%" if step["predicted"] else "   n/a "
+        colo = r.get("colocation_slowdown")
+        colo_text = (
+            f"  co-location slowdown MAPE {colo['mape_pct']:6.2f}%" if colo else "  (baseline)"
         )
-    click.echo(f"best: {result['best_method']}")
+        click.echo(
+            f"  {method:10s} step time MAPE {mape} on {step['predicted']}/{step['held_out']} "
+            f"held-out rows ({missed} not predicted){colo_text}"
+        )
+    best = result["best_method"]
+    click.echo(f"best: {best or 'none (no method predicted any held-out row)'}")
+    beats = result["beats_baseline"]
+    if beats is None:
+        click.echo("vs the per-model mean: not comparable (it predicts nothing in this mode)")
+    else:
+        click.echo(f"beats the per-model mean: {'yes' if beats else 'NO'}")
 
 
 @predictor.command("convert-gavel")
