@@ -91,7 +91,9 @@ class GpufleetPolicy(Policy):
         monotone: bool = True,
         sticky: bool = True,
         min_quantum: float = 60.0,
+        gpu_time: bool = True,
     ) -> None:
+        self.gpu_time = gpu_time
         self.min_quantum = min_quantum
         self.monotone = monotone
         self.sticky = sticky
@@ -124,9 +126,13 @@ class GpufleetPolicy(Policy):
         self._next_wakeup = math.inf
 
     # -- what it learns ---------------------------------------------------------------------
+    def _service(self, job: SimJob, now: float) -> float:
+        """Attained service: GPU-seconds (``gpu_time``, as 2D-LAS) or seconds held."""
+        return job.attained_now(now) if self.gpu_time else job.held_now(now)
+
     def _wait_key(self, job: SimJob) -> tuple[float, float, float]:
         return (
-            -self.gittins(job.attained_gpu_seconds),
+            -self.gittins(self._service(job, job.last_wait_from_seconds)),
             self._tie.get(job.job_id, 0.0),
             job.arrival_seconds,
         )
@@ -175,7 +181,7 @@ class GpufleetPolicy(Policy):
         self._add_waiting(job)
 
     def on_finish(self, job: SimJob, now_seconds: float) -> None:
-        self.samples.append(job.attained_gpu_seconds)
+        self.samples.append(self._service(job, now_seconds))
         self._tie.pop(job.job_id, None)
         self.last_hosts.pop(job.job_id, None)
         if self.estimator is not None:
@@ -201,7 +207,7 @@ class GpufleetPolicy(Policy):
     def _key(
         self, job: SimJob, now: float, running: bool
     ) -> tuple[float, float, float, float, float]:
-        index = self.gittins(job.attained_now(now))
+        index = self.gittins(self._service(job, now))
         if running:
             index *= self.preempt_margin
         starving = 0.0 if (not running and self.starving(job, now)) else 1.0
@@ -281,10 +287,11 @@ class GpufleetPolicy(Policy):
         soonest = math.inf
         if self.waiting:
             for job in ctx.running.values():
-                attained = job.attained_now(now)
+                attained = self._service(job, now)
                 crossing = self._next_crossing(attained)
                 if math.isfinite(crossing):
-                    soonest = min(soonest, now + (crossing - attained) / job.num_gpus)
+                    rate = job.num_gpus if self.gpu_time else 1.0
+                    soonest = min(soonest, now + (crossing - attained) / rate)
         self._next_wakeup = soonest
 
     def next_wakeup_seconds(self, now_seconds: float) -> float | None:
