@@ -34,8 +34,9 @@ class SchedulerContext(Protocol):
 
 class PolicyContext:
     """The only object a policy is given at ``schedule``: the clock, the cluster's occupancy, the
-    running jobs (their views) and the two actions. It holds no reference to the simulator's
-    records (the actions are closures), so a policy cannot reach the truth through it."""
+    running jobs (their views) and the two actions. No attribute of it, or of a view, holds the
+    simulator's truth (kept in a private, name-mangled mapping of the simulator), so no public
+    attribute path reaches it; only deliberate introspection of private members could."""
 
     __slots__ = ("_preempt", "_running", "_start", "cluster", "now_seconds")
 

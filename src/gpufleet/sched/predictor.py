@@ -348,8 +348,11 @@ class VcMedianPredictor:
         self._by_vc: dict[str, list[float]] = {}
 
     def predict_seconds(self, job: SimJobLike) -> float:
-        values = self._by_vc.get(job.vc)
-        return float(np.median(values)) if values else self.default_seconds
+        values = self._by_vc.get(job.vc)  # kept sorted
+        if not values:
+            return self.default_seconds
+        mid = len(values) // 2
+        return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
     def observe(self, job: SimJobLike, seconds: float) -> None:
         bisect.insort(self._by_vc.setdefault(job.vc, []), seconds)
