@@ -45,8 +45,12 @@ class GavelReference(Policy):
     def _norm_speed(self, job: SimJob, model: str) -> float:
         best = self._best.get(job.job_id)
         if best is None:
-            best = self._best[job.job_id] = job.best_predicted_seconds()
-        return best / job.predicted_duration_seconds[model]
+            best = self._best[job.job_id] = min(
+                job.runtime_ratio_by_model[m]
+                for m in job.runtime_ratio_by_model
+                if m not in job.excluded_gpu_models
+            )
+        return best / job.runtime_ratio_by_model[model]
 
     def _served(self, job: SimJob, now: float) -> float:
         served = self.service.get(job.job_id, 0.0)
@@ -82,7 +86,7 @@ class GavelReference(Policy):
         if full_round:  # leased jobs (still within their first round of progress) go first
             candidates.sort(
                 key=lambda j: (
-                    j.placement is None or j.progress_from_seconds + self.round_seconds <= now,
+                    j.placement is None or j.computing_since_seconds + self.round_seconds <= now,
                     self._priority(j, now),
                 )
             )
@@ -110,7 +114,7 @@ class GavelReference(Policy):
             }
             for job in list(ctx.running.values()):
                 # a job keeps its lease for at least one round of real progress
-                if job.progress_from_seconds + self.round_seconds > now:
+                if job.computing_since_seconds + self.round_seconds > now:
                     continue
                 if job.job_id not in keep:
                     self._preempt(ctx, job)

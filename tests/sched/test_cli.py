@@ -36,8 +36,9 @@ def test_simulate_json() -> None:
     }
     for name in ("fifo", "gpufleet"):
         assert keys <= set(data["policies"][name])
-    assert data["policies"]["gpufleet"]["oom_failures"] == 0
+    assert data["cost_model"].startswith("realistic")
     assert data["policies"]["gpufleet"]["unfinished_jobs"] == 0
+    assert data["policies"]["gpufleet"]["refused_jobs"] == 0
 
 
 def test_simulate_errors() -> None:
@@ -90,6 +91,13 @@ def test_convert_and_evaluate(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["holdout"] == "gpu_model" and data["best_method"] == "additive"
+    assert "model-mean" in data["methods"] and data["beats_baseline"] in (True, False, None)
+    result = CliRunner().invoke(
+        predictor,
+        ["evaluate", "--bench", str(bench), "--holdout", "model", "--methods", "additive"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "not predicted" in result.output and "per-model mean" in result.output
     bad = tmp_path / "bad.csv"
     bad.write_text("gpu_model,model,colocated,step_time_s\nv100,a,,fast\n")
     result = CliRunner().invoke(predictor, ["evaluate", "--bench", str(bad)])

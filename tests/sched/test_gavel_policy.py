@@ -52,18 +52,10 @@ def test_same_decisions_as_the_reference(rows) -> None:
     def jobs():
         out = []
         for i, (arrival, duration, gpus, memory, error, k80) in enumerate(rows):
-            job = make_job(
-                i,
-                arrival,
-                duration,
-                gpus,
-                memory_gib=memory,
-                predicted=duration * error,
-                models=("v100", "k80"),
-            )
-            job.true_duration_seconds["k80"] = duration / k80
-            job.predicted_duration_seconds["k80"] = duration * error / k80
-            out.append(job)
+            item = make_job(i, arrival, duration, gpus, memory_gib=memory, models=("v100", "k80"))
+            item.truth.duration_seconds["k80"] = duration / k80
+            item.job.runtime_ratio_by_model["k80"] = (1.0 / k80) * (error if error != 1.0 else 1)
+            out.append(item)
         return out
 
     assert _history(GavelMaxMin(spec), spec, jobs()) == _history(GavelReference(), spec, jobs())

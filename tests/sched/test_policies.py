@@ -1,4 +1,5 @@
-"""Hand-made traces with known answers, and property tests of the invariants for every policy."""
+"""Hand-made traces with known answers, the information boundary, and property tests of the
+invariants for every policy."""
 
 from __future__ import annotations
 
@@ -8,85 +9,279 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gpufleet.sched.baselines import EasyBackfill
 from gpufleet.sched.cluster import ClusterState, Placement, parse_cluster
-from gpufleet.sched.gpufleet_policy import GpufleetPolicy
+from gpufleet.sched.gpufleet_policy import GpufleetPolicy, gittins_table
 from gpufleet.sched.metrics import summarize
+from gpufleet.sched.policy import Policy, SchedulerContext
+from gpufleet.sched.reservation import reserve
 from gpufleet.sched.runner import POLICY_NAMES, make_policy
-from gpufleet.sched.sim import Simulator
+from gpufleet.sched.sim import SimConfig, Simulator
+from gpufleet.sched.simjob import SimJob
 from tests.sched.conftest import make_job
 
-
-def run(policy_name, spec, jobs, policy=None):
-    policy = policy or make_policy(policy_name, spec, lambda a, b, m: 0.8)
-    sim = Simulator(spec, jobs, policy, lambda a, b, m: 0.8)
-    result = sim.run()
-    return sim, result
+REALISTIC = SimConfig()
+REFERENCE = SimConfig(cost_model="reference")
 
 
-def test_backfill_starts_the_small_job_now() -> None:
+class KnownRuntimes:
+    """A runtime estimator that is told each job's runtime: the users' estimates of a test."""
+
+    def __init__(self, seconds: dict[int, float]) -> None:
+        self.seconds = seconds
+
+    def predict_seconds(self, job: SimJob) -> float:
+        return self.seconds[job.job_id]
+
+    def observe(self, job: SimJob, seconds: float) -> None:
+        pass
+
+
+def run(policy_name, spec, items, policy=None, config=REALISTIC):
+    policy = policy or make_policy(policy_name, spec, config, items)
+    sim = Simulator(spec, items, policy, lambda a, b, m: 0.8, config)
+    return sim, sim.run()
+
+
+# -- the information boundary --------------------------------------------------------------------
+class Snooper(Policy):
+    """A policy that tries every way it has to read the truth."""
+
+    name = "snooper"
+
+    def __init__(self) -> None:
+        self.found: list[str] = []
+        self.queue: list[SimJob] = []
+
+    def on_arrival(self, job: SimJob, now_seconds: float) -> None:
+        for name in (
+            "true_duration_seconds",
+            "truth",
+            "duration_seconds",
+            "progress_fraction",
+            "true_gpu_memory_bytes",
+            "gpu_memory_bytes_true",
+        ):
+            if hasattr(job, name):
+                self.found.append(f"job.{name}")
+        with pytest.raises(AttributeError):
+            job.true_duration_seconds = {"v100": 1.0}  # type: ignore[attr-defined]
+        self.queue.append(job)
+
+    def on_failure(self, job: SimJob, now_seconds: float, reason: str) -> None:
+        self.queue.append(job)
+
+    def schedule(self, ctx: SchedulerContext) -> None:
+        for name in ("jobs", "truth", "_truth", "simulator", "sim", "policy", "__dict__"):
+            if hasattr(ctx, name):
+                self.found.append(f"ctx.{name}")
+        for job in ctx.running.values():
+            if job.reported_progress is not None:
+                self.found.append("progress of a job that does not report it")
+        while self.queue:
+            placement = ctx.cluster.find_whole(self.queue[0].num_gpus, "v100")
+            if placement is None:
+                return
+            ctx.start(self.queue.pop(0), placement)
+
+
+def test_a_policy_cannot_reach_the_truth() -> None:
     spec = parse_cluster("v100:4x4")
-    for name in ("easy", "gpufleet"):
-        jobs = [
-            make_job(0, 0.0, 100.0, gpus=3),
-            make_job(1, 1.0, 500.0, gpus=4),
-            make_job(2, 2.0, 10.0, gpus=1),
-        ]
-        sim, result = run(name, spec, jobs)
-        assert sim.jobs[2].first_start_seconds == 2.0, name
-        assert sim.jobs[1].first_start_seconds == 100.0, name  # the big job is not delayed
-        assert result.unfinished_jobs == 0
-    jobs = [
-        make_job(0, 0.0, 100.0, gpus=3),
-        make_job(1, 1.0, 500.0, gpus=4),
-        make_job(2, 2.0, 10.0, gpus=1),
-    ]
-    sim, _ = run("fifo", spec, jobs)
-    assert sim.jobs[2].first_start_seconds >= 600.0  # FIFO: stuck behind the big job
-
-
-def _starvation_trace():
-    jobs = [make_job(0, 0.0, 500.0, gpus=1), make_job(1, 1.0, 1000.0, gpus=4)]
-    jobs += [make_job(2 + i, 10.0 + 50 * i, 600.0, gpus=1) for i in range(60)]
-    return jobs
-
-
-def test_reservation_holds_gpus_for_the_starving_big_job() -> None:
-    spec = parse_cluster("v100:4x4")
-    policy = GpufleetPolicy(spec, None, starve_after_seconds=0.0, starve_factor=0.0)
-    sim, result = run("gpufleet", spec, _starvation_trace(), policy)
-    assert sim.jobs[1].first_start_seconds == 500.0
+    snooper = Snooper()
+    _, result = run("", spec, [make_job(i, 10.0 * i, 100.0 + i) for i in range(6)], snooper)
     assert result.unfinished_jobs == 0
-    # without a reservation (oracle SJF) the big job waits for the whole stream of small ones
-    sim, _ = run("sjf", spec, _starvation_trace())
-    assert sim.jobs[1].first_start_seconds > 2000.0
+    assert snooper.found == []
 
 
-def test_gpufleet_never_ooms_where_fifo_does() -> None:
-    spec = parse_cluster("k80:4x4,v100:4x4")
-    jobs = [make_job(i, float(i), 100.0, memory_gib=20.0, models=("k80", "v100")) for i in range(6)]
-    sim, result = run("fifo", spec, jobs)
-    assert result.oom_failures > 0 and result.unfinished_jobs == 0
-    jobs = [make_job(i, float(i), 100.0, memory_gib=20.0, models=("k80", "v100")) for i in range(6)]
-    sim, result = run("gpufleet", spec, jobs)
-    assert result.oom_failures == 0 and sim.memory_overcommits == 0
-
-
-def test_gpufleet_packs_small_jobs_when_memory_fits() -> None:
+def test_progress_is_seen_only_where_the_job_reports_it() -> None:
     spec = parse_cluster("v100:1x1")
-    jobs = [make_job(0, 0.0, 1000.0, memory_gib=8.0), make_job(1, 1.0, 100.0, memory_gib=8.0)]
-    sim, result = run("gpufleet", spec, jobs)
-    assert sim.jobs[1].first_start_seconds == 1.0  # shared the GPU
-    assert result.oom_failures == 0
-    jobs = [make_job(0, 0.0, 1000.0, memory_gib=20.0), make_job(1, 1.0, 100.0, memory_gib=20.0)]
-    sim, result = run("gpufleet", spec, jobs)
-    assert sim.jobs[1].first_start_seconds == 1000.0  # 2 x 22 GiB claimed > 32 GiB: no sharing
-    assert result.oom_failures == 0
+    seen: list[float | None] = []
+
+    class Watcher(Snooper):
+        def schedule(self, ctx: SchedulerContext) -> None:
+            super().schedule(ctx)
+            seen.extend(j.reported_progress for j in ctx.running.values())
+
+        def next_wakeup_seconds(self, now_seconds: float) -> float | None:
+            return now_seconds + 50.0
+
+    item = make_job(0, 0.0, 200.0)
+    item.job.reports_progress = True
+    run("", spec, [item], Watcher())
+    assert seen and seen[0] == 0.0 and any(p is not None and 0.2 < p < 0.3 for p in seen)
+    seen.clear()
+    run("", spec, [make_job(0, 0.0, 200.0)], Watcher())
+    assert seen and all(p is None for p in seen)
 
 
+# -- cost models ---------------------------------------------------------------------------------
+def test_reference_model_counts_gpus_and_preempts_for_free() -> None:
+    # two hosts of 4 with 2 GPUs busy on each: a 4-GPU job fits only when GPUs are counted
+    spec = parse_cluster("v100:8x4")
+    items = [
+        make_job(0, 0.0, 1000.0, 2),
+        make_job(1, 0.0, 1000.0, 2),
+        make_job(2, 0.0, 1000.0, 2),
+        make_job(3, 1.0, 100.0, 2),
+    ]
+    sim, _ = run("fifo", spec, [i.fresh() for i in items], config=REFERENCE)
+    assert sim.jobs[3].first_start_seconds == 1.0
+    items = [make_job(0, 0.0, 1000.0, 3), make_job(1, 1.0, 100.0, 4)]
+    sim, _ = run("fifo", spec, [i.fresh() for i in items], config=REFERENCE)
+    assert sim.jobs[1].first_start_seconds == 1.0  # 5 GPUs free of 8, no host boundary
+    sim, _ = run("fifo", spec, [i.fresh() for i in items], config=REALISTIC)
+    assert sim.jobs[1].first_start_seconds == 1.0  # the second host is free
+    items = [make_job(0, 0.0, 1000.0, 3), make_job(1, 0.0, 1000.0, 3), make_job(2, 1.0, 100.0, 2)]
+    sim, _ = run("fifo", spec, [i.fresh() for i in items], config=REFERENCE)
+    assert sim.jobs[2].first_start_seconds == 1.0  # 1 + 1 free GPUs count as 2
+    sim, _ = run("fifo", spec, [i.fresh() for i in items], config=REALISTIC)
+    assert sim.jobs[2].first_start_seconds == 1000.0  # on whole hosts it waits
+
+
+def test_data_is_copied_once_per_host() -> None:
+    spec = parse_cluster("v100:1x1", bandwidth_bytes_per_second=1e9)
+
+    class PreemptOnce(Snooper):
+        done = False
+
+        def schedule(self, ctx: SchedulerContext) -> None:
+            if ctx.now_seconds >= 500 and not self.done and ctx.running:
+                self.done = True
+                job = next(iter(ctx.running.values()))
+                ctx.preempt(job)
+                self.queue.append(job)  # and restarted at once, on the same host
+            super().schedule(ctx)
+
+        def next_wakeup_seconds(self, now_seconds: float) -> float | None:
+            return 500.0 if now_seconds < 500 else None
+
+    item = make_job(0, 0.0, 1000.0)
+    item.job.data_size_bytes = 100 * 10**9  # 100 s to copy
+    sim, _ = run("", spec, [item], PreemptOnce(), REALISTIC)
+    # 100 s copy, 400 s of work, preempted at 500, restart (60 s), no second copy, 600 s left
+    assert sim.jobs[0].finish_seconds == pytest.approx(500 + 60 + 600)
+    sim, _ = run("", spec, [item.fresh()], PreemptOnce(), REFERENCE)
+    assert sim.jobs[0].finish_seconds == pytest.approx(1000.0)  # free preemption, no copy
+
+
+# -- refusals --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("policy_name", POLICY_NAMES)
+def test_a_job_that_can_never_fit_is_refused_and_blocks_nobody(policy_name) -> None:
+    spec = parse_cluster("v100:32x8")
+    items = [make_job(0, 0.0, 100.0, 128)] + [make_job(i, 1.0 + i, 50.0) for i in range(1, 5)]
+    sim, result = run(policy_name, spec, items)
+    assert "128 GPUs" in result.refused[0] and "32" in result.refused[0]
+    assert result.unfinished_jobs == 0
+    assert all(sim.jobs[i].finish_seconds is not None for i in range(1, 5))
+    summary = summarize(result)
+    assert summary["refused_jobs"] == 1 and summary["jobs"] == 4
+
+
+def test_a_job_too_big_for_every_gpu_is_refused_after_its_oom() -> None:
+    spec = parse_cluster("k80:4x4")
+    sim, result = run(
+        "fifo",
+        spec,
+        [
+            make_job(0, 0.0, 100.0, memory_gib=40, models=("k80",)),
+            make_job(1, 1.0, 100.0, models=("k80",)),
+        ],
+    )
+    assert "memory" in result.refused[0] and result.oom_failures == 1
+    assert sim.jobs[1].finish_seconds is not None and result.unfinished_jobs == 0
+
+
+# -- EASY -----------------------------------------------------------------------------------------
+def test_easy_backfills_a_short_job_without_delaying_the_head() -> None:
+    spec = parse_cluster("v100:4x4")
+    items = [
+        make_job(0, 0.0, 100.0, 3),
+        make_job(1, 1.0, 500.0, 4),
+        make_job(2, 2.0, 10.0, 1),
+        make_job(3, 3.0, 200.0, 1),
+    ]
+    runtimes = {0: 100.0, 1: 500.0, 2: 10.0, 3: 200.0}
+    sim, _ = run("", spec, items, EasyBackfill(KnownRuntimes(runtimes)))
+    assert sim.jobs[2].first_start_seconds == 2.0  # ends before the head's reserved start
+    assert sim.jobs[1].first_start_seconds == 100.0  # the head is not delayed
+    assert sim.jobs[3].first_start_seconds >= 600.0  # would delay the head: waits
+
+
+def test_reservation_of_a_multi_host_job_is_where_it_can_start() -> None:
+    # 4 hosts x 4 GPUs; an 8-GPU job needs 2 whole hosts. Hosts 0 and 1 each keep one GPU until
+    # t=20000; hosts 2 and 3 are free at t=9000. Counting GPUs anywhere would reserve t=5000 on
+    # {0, 1, 2}, where it cannot start.
+    spec = parse_cluster("v100:16x4")
+    cluster = ClusterState(spec)
+    running: dict[int, SimJob] = {}
+    ends: dict[int, float] = {}
+
+    def hold(job_id: int, gpus: list[tuple[int, int]], end: float) -> None:
+        job = make_job(job_id, 0.0, end, len(gpus)).job
+        job.placement = Placement(tuple(gpus), "v100")
+        job.status = "running"
+        cluster.allocate(job_id, job.placement)
+        running[job_id] = job
+        ends[job_id] = end
+
+    hold(1, [(0, 0), (0, 1), (0, 2)], 5000.0)
+    hold(2, [(0, 3)], 20000.0)
+    hold(3, [(1, 0), (1, 1), (1, 2)], 5000.0)
+    hold(4, [(1, 3)], 20000.0)
+    hold(5, [(2, 0), (2, 1)], 9000.0)
+    hold(6, [(2, 2), (2, 3)], 5000.0)
+    hold(7, [(3, 0), (3, 1), (3, 2), (3, 3)], 9000.0)
+    waiting = make_job(99, 0.0, 100.0, 8).job
+    ends[99] = 100.0
+    res = reserve(waiting, cluster, running, 0.0, ["v100"], KnownRuntimes(ends))
+    assert res is not None
+    assert (res.start_seconds, set(res.host_ids)) == (9000.0, {2, 3})
+    small = make_job(98, 0.0, 100.0, 4).job
+    res = reserve(small, cluster, running, 0.0, ["v100"], KnownRuntimes(ends))
+    assert res is not None and res.start_seconds == 9000.0 and len(res.host_ids) == 1
+
+
+# -- gpufleet --------------------------------------------------------------------------------------
+def test_gittins_index_of_a_known_distribution() -> None:
+    # half the jobs take 100 GPU-s, half 10,000: a new job is worth serving first (it may be
+    # short); one that has had 100 and is still running is long: lowest index
+    samples = [100.0] * 50 + [10_000.0] * 50
+    grid, index = gittins_table(samples, grid_points=8, min_quantum=1.0)
+    at = {float(a): float(i) for a, i in zip(grid, index, strict=True)}
+    assert at[0.0] == pytest.approx(0.5 / (0.5 * 100 + 0.5 * 100), rel=1e-6)
+    assert at[100.0] == pytest.approx(1 / 9900, rel=1e-6)
+    assert at[10_000.0] == 0.0
+
+
+def test_gpufleet_learns_to_serve_new_jobs_first() -> None:
+    # one GPU; 40 short jobs teach it the sizes; a long job then gives way to new short jobs
+    spec = parse_cluster("v100:1x1")
+    items = [make_job(i, 100.0 * i, 50.0) for i in range(40)]
+    items += [make_job(40, 4000.0, 5000.0), make_job(41, 4100.0, 50.0)]
+    sim, result = run("gpufleet", spec, items, config=REFERENCE)
+    assert sim.jobs[41].first_start_seconds == 4100.0  # preempted the long job
+    assert result.unfinished_jobs == 0
+
+
+def test_a_big_job_is_not_starved_by_a_stream_of_small_ones() -> None:
+    spec = parse_cluster("v100:4x4")
+    items = [make_job(i, 100.0 * i, 50.0) for i in range(30)]  # they teach it: jobs are short
+    items.append(make_job(30, 3000.0, 1000.0, 4))
+    # a stream that keeps at least one GPU busy at every moment
+    items += [make_job(31 + i, 3001.0 + 30.0 * i, 60.0) for i in range(3000)]
+    policy = GpufleetPolicy(spec, None, realistic=False, starve_after_seconds=3600.0)
+    sim, _ = run("", spec, items, policy, REFERENCE)
+    first = sim.jobs[30].first_start_seconds
+    assert first is not None and first <= 3000.0 + 3600.0 + 60.0
+
+
+# -- invariants of every policy ----------------------------------------------------------------
 class RecordingSimulator(Simulator):
     """Checks, at every start, that the placement is sane."""
 
-    def start(self, job, placement: Placement, claimed_memory_bytes: int = 0) -> None:
+    times: list[float]
+
+    def _start(self, job, placement: Placement, claimed_memory_bytes: int = 0) -> None:
         cluster: ClusterState = self.cluster
         assert job.job_id not in cluster.placements, "job placed twice"
         hosts = placement.host_ids
@@ -94,10 +289,8 @@ class RecordingSimulator(Simulator):
         assert len(placement.gpus) == job.num_gpus
         assert len(set(placement.gpus)) == job.num_gpus
         assert all(cluster.hosts[h].gpu_model == placement.gpu_model for h in hosts)
-        super().start(job, placement, claimed_memory_bytes)
+        super()._start(job, placement, claimed_memory_bytes)
         self.times.append(self.now_seconds)
-
-    times: list[float]
 
 
 job_strategy = st.tuples(
@@ -105,26 +298,27 @@ job_strategy = st.tuples(
     st.floats(1, 3000),
     st.sampled_from([1, 1, 1, 2, 4, 8]),
     st.floats(1, 30),
-    st.floats(0.5, 2.0),
 )
 
 
+@pytest.mark.parametrize("config", [REALISTIC, REFERENCE], ids=["realistic", "reference"])
 @pytest.mark.parametrize("policy_name", POLICY_NAMES)
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=st.lists(job_strategy, min_size=1, max_size=25))
-def test_invariants_every_policy(policy_name, rows) -> None:
+def test_invariants_every_policy(policy_name, config, rows) -> None:
     spec = parse_cluster("v100:8x4,k80:8x4")
 
     def jobs():
         return [
-            make_job(i, a, d, g, memory_gib=m, predicted=d * e, models=("v100", "k80"))
-            for i, (a, d, g, m, e) in enumerate(rows)
+            make_job(i, a, d, g, memory_gib=m, models=("v100", "k80"))
+            for i, (a, d, g, m) in enumerate(rows)
         ]
 
     results = []
     for _ in range(2):
-        policy = make_policy(policy_name, spec, lambda a, b, m: 0.8)
-        sim = RecordingSimulator(spec, jobs(), policy, lambda a, b, m: 0.8)
+        items = jobs()
+        policy = make_policy(policy_name, spec, config, items)
+        sim = RecordingSimulator(spec, items, policy, lambda a, b, m: 0.8, config)
         sim.times = []
         result = sim.run()
         assert result.unfinished_jobs == 0, "every job finishes on a big-enough cluster"
@@ -132,50 +326,11 @@ def test_invariants_every_policy(policy_name, rows) -> None:
         for job in sim.jobs.values():
             assert job.finish_seconds is not None and job.finish_seconds >= job.arrival_seconds
             assert job.first_start_seconds >= job.arrival_seconds
-        if policy_name == "gpufleet":
-            assert sim.memory_overcommits == 0 and result.oom_failures == 0
+        if config.reference:
+            assert result.oom_failures == 0
         summary = summarize(result)
         summary.pop("sim_wall_s")
         summary.pop("jobs_per_second")
         results.append(summary)
     assert results[0] == results[1], "same input, same result"
-    assert all(math.isfinite(v) for v in results[0].values())
-
-
-def test_aging_follows_queue_pressure() -> None:
-    spec = parse_cluster("v100:4x4")
-    policy = GpufleetPolicy(spec, None, aging=0.3, busy_aging=0.1, busy_queue_per_gpu=1.0)
-    jobs = [make_job(i, float(i), 1000.0 + 10 * i, gpus=1) for i in range(40)]
-    seen = []
-    original = policy._follow_pressure
-
-    def spy() -> None:
-        original()
-        seen.append(policy.aging)
-
-    policy._follow_pressure = spy  # type: ignore[method-assign]
-    _, result = run("gpufleet", spec, jobs, policy)
-    assert result.unfinished_jobs == 0
-    assert 0.1 in seen and seen[-1] == 0.3  # busy while > 4 jobs wait, calm again at the end
-
-
-def _long_job_behind_a_stream():
-    # one GPU; a long job arrives while a short one runs, then a stream of short jobs keeps the
-    # queue full: shortest-first alone would leave the long job waiting for the whole stream
-    jobs = [make_job(0, 0.0, 1000.0), make_job(1, 1.0, 100_000.0)]
-    jobs += [make_job(2 + i, 10.0 + 400 * i, 500.0) for i in range(150)]
-    return jobs
-
-
-def test_a_job_starves_once_it_waited_longer_than_a_fifo_would_make_it() -> None:
-    spec = parse_cluster("v100:1x1")
-    # its fair wait: the 999 s left of job 0 (a FIFO starts it then), so it starves after
-    # 6 h + 999 s and gets the GPU when the short job then running ends
-    policy = GpufleetPolicy(spec, None, preempt_ratio=0.0)
-    sim, result = run("gpufleet", spec, _long_job_behind_a_stream(), policy)
-    assert 6 * 3600 + 999 < sim.jobs[1].first_start_seconds < 6 * 3600 + 999 + 500 + 1
-    assert result.unfinished_jobs == 0
-    # bounded by its runtime alone (6 h + 4 x 100,000 s) it waits for the whole stream
-    policy = GpufleetPolicy(spec, None, preempt_ratio=0.0, fifo_factor=0.0)
-    sim, _ = run("gpufleet", spec, _long_job_behind_a_stream(), policy)
-    assert sim.jobs[1].first_start_seconds > 60_000
+    assert all(math.isfinite(v) for v in results[0].values() if isinstance(v, float))

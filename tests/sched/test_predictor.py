@@ -77,3 +77,58 @@ def test_nested_pair_error_never_sees_the_held_out_pair(gavel_rows) -> None:
     nested = nested_pair_error(subset, grid)
     assert nested["held_out"] == fixed["held_out"]
     assert sum(nested["chosen"].values()) == nested["held_out"]
+
+
+def test_online_runtime_predictor_learns_from_finished_jobs_only() -> None:
+    from gpufleet.sched.predictor import (
+        LastSameShapePredictor,
+        OnlineRuntimePredictor,
+        VcMedianPredictor,
+        evaluate_online,
+    )
+    from tests.sched.conftest import make_job
+
+    predictor = OnlineRuntimePredictor(default_seconds=1000.0)
+    alice = make_job(0, 0.0, 1.0, user="alice").job
+    bob8 = make_job(1, 0.0, 1.0, gpus=8, user="bob").job
+    assert predictor.predict_seconds(alice) == pytest.approx(1000.0)  # knows nothing yet
+    for _ in range(30):
+        predictor.observe(alice, 60.0)
+        predictor.observe(bob8, 36_000.0)
+    assert predictor.predict_seconds(alice) < 200.0
+    assert predictor.predict_seconds(bob8) > 15_000.0
+    # each job is predicted before it finishes: jobs whose length follows their user are learnt
+    rows = []
+    for i in range(400):
+        user = "short" if i % 2 else "long"
+        duration = 100.0 if user == "short" else 1_000.0
+        rows.append((i * 50.0, duration, make_job(i, 0.0, duration, user=user).job))
+    out = evaluate_online(
+        rows,
+        {"online": OnlineRuntimePredictor, "vc": VcMedianPredictor, "last": LastSameShapePredictor},
+    )
+    assert out["online"]["spearman"] > 0.7
+    assert out["online"]["median_ape_pct"] < out["vc"]["median_ape_pct"]
+    assert out["vc"]["spearman"] < 0.5  # the VC median cannot tell them apart
+
+
+def test_evaluate_never_names_a_method_that_predicted_nothing() -> None:
+    from gpufleet.sched.evaluate import evaluate
+
+    rows = [
+        BenchRow("v100", "Foo (batch size 32)", (), 0.1),
+        BenchRow("k80", "Foo (batch size 32)", (), 0.4),
+        BenchRow("v100", "Bar (batch size 64)", (), 0.2),
+        BenchRow("k80", "Bar (batch size 64)", (), 0.6),
+        BenchRow("p100", "Bar (batch size 64)", (), 0.3),
+    ]
+    # each model held out in turn: its family was never measured, nothing can be predicted
+    out = evaluate(rows, "model", ("additive",))
+    step = out["methods"]["additive"]["step_time"]
+    assert step["held_out"] == 5 and step["predicted"] == 0
+    assert out["best_method"] is None and out["beats_baseline"] is None
+    # each (model, GPU model) pair held out: predicted, and compared with the per-model mean
+    out = evaluate(rows, "pair", ("additive",))
+    assert out["best_method"] == "additive"
+    assert out["methods"]["model-mean"]["step_time"]["predicted"] > 0
+    assert isinstance(out["beats_baseline"], bool)

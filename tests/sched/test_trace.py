@@ -21,10 +21,10 @@ def test_same_seed_same_jobs_and_result(gavel_table) -> None:
     a = build_jobs(_trace(), spec, gavel_table, seed=3)
     b = build_jobs(_trace(), spec, gavel_table, seed=3)
     c = build_jobs(_trace(), spec, gavel_table, seed=4)
-    assert [(j.job_type, j.true_gpu_memory_bytes) for j in a] == [
-        (j.job_type, j.true_gpu_memory_bytes) for j in b
+    assert [(j.job.job_type, j.truth.gpu_memory_bytes) for j in a] == [
+        (j.job.job_type, j.truth.gpu_memory_bytes) for j in b
     ]
-    assert [j.job_type for j in a] != [j.job_type for j in c]
+    assert [j.job.job_type for j in a] != [j.job.job_type for j in c]
     runs = []
     for _ in range(2):
         out = Experiment(_trace(), spec, gavel_table, seed=3).run(["gpufleet", "tiresias"])
@@ -45,7 +45,7 @@ def test_load_scaling(gavel_table) -> None:
     spec = parse_cluster("v100:8,p100:8,k80:8")
     natural = natural_load(_trace(), spec, gavel_table)
     jobs = build_jobs(_trace(), spec, gavel_table, load=2 * natural)
-    assert jobs[-1].arrival_seconds == pytest.approx(300 * 39 / 2)
+    assert jobs[-1].job.arrival_seconds == pytest.approx(300 * 39 / 2)
 
 
 @pytest.mark.skipif(not PHILLY_CSV.exists(), reason="shared data not present")

@@ -1,15 +1,28 @@
-"""Non-preemptive baselines: FIFO, SJF (oracle runtimes) and FIFO with EASY backfill.
+"""Non-preemptive baselines: FIFO, FIFO with EASY backfill, and the oracle SJF study.
 
 They place like the literature does: memory-unaware (GPU count only), first GPU model in cluster
 order with enough free GPUs. A job that ran out of memory waits again (the simulator excludes GPU
 models too small for it).
+
+``sjf`` is an **oracle**: the runner hands it the true runtimes (``sjf-noisy``: the true runtimes
+times log-normal noise). It is a study of what perfect (or noisy-perfect) knowledge would give,
+never a baseline a claim is made against. EASY uses the online runtime predictor (the same one
+the gpufleet policy is given), as a real EASY would use the users' estimates.
 """
 
 from __future__ import annotations
 
-from gpufleet.sched.policy import Policy, SchedulerContext, allowed_models, first_fit_placement
+from collections.abc import Mapping
+
+from gpufleet.sched.policy import (
+    Policy,
+    RuntimeEstimator,
+    SchedulerContext,
+    allowed_models,
+    first_fit_placement,
+)
 from gpufleet.sched.queue import SortedQueue
-from gpufleet.sched.reservation import Reservation, reserve
+from gpufleet.sched.reservation import Reservation, predicted_remaining, reserve
 from gpufleet.sched.simjob import SimJob
 
 
@@ -38,16 +51,17 @@ class Fifo(Policy):
 
 
 class ShortestJobFirst(Fifo):
-    """Shortest true runtime first (an oracle: it reads the true V100 runtime); skips jobs that
-    do not fit and places any that do."""
+    """ORACLE study: shortest runtime first, the runtimes handed to it by the runner (true, or
+    true x noise for the noisy-oracle study); skips jobs that do not fit and places any that do.
+    """
 
     name = "sjf"
+    oracle = True
     scan_limit = 256
 
-    def __init__(self) -> None:
-        self.queue = SortedQueue(
-            lambda j: (min(j.true_duration_seconds.values()), j.arrival_seconds)
-        )
+    def __init__(self, oracle_seconds: Mapping[int, float], name: str = "sjf") -> None:
+        self.name = name
+        self.queue = SortedQueue(lambda j: (oracle_seconds[j.job_id], j.arrival_seconds))
 
     def schedule(self, ctx: SchedulerContext) -> None:
         cluster = ctx.cluster
@@ -73,9 +87,13 @@ class EasyBackfill(Fifo):
     name = "easy"
     backfill_depth = 512
 
-    def __init__(self) -> None:
+    def __init__(self, estimator: RuntimeEstimator) -> None:
         super().__init__()
+        self.estimator = estimator
         self.reservation: Reservation | None = None
+
+    def on_finish(self, job: SimJob, now_seconds: float) -> None:
+        self.estimator.observe(job, job.work_seconds)
 
     def schedule(self, ctx: SchedulerContext) -> None:
         super().schedule(ctx)  # start jobs from the head while they fit
@@ -86,7 +104,9 @@ class EasyBackfill(Fifo):
         cluster = ctx.cluster
         now = ctx.now_seconds
         models = cluster.spec.gpu_models
-        self.reservation = reserve(head, cluster, ctx.running, now, allowed_models(head, models))
+        self.reservation = reserve(
+            head, cluster, ctx.running, now, allowed_models(head, models), self.estimator
+        )
         res = self.reservation
         reserved = res.host_ids if res is not None else frozenset()
 
@@ -112,7 +132,7 @@ class EasyBackfill(Fifo):
                 any_host, unreserved = room[model]
                 if job.num_gpus <= cluster.host_size(model) and job.num_gpus > any_host:
                     continue
-                end = now + job.predicted_duration_seconds[model]
+                end = now + predicted_remaining(job, model, now, self.estimator)
                 may_block = res is not None and res.gpu_model == model and end > res.start_seconds
                 if (
                     may_block

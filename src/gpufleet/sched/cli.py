@@ -13,7 +13,7 @@ import click
 
 from gpufleet.errors import GpufleetError
 
-DEFAULT_POLICIES = "fifo,sjf,easy,tiresias,gavel,gpufleet"
+DEFAULT_POLICIES = "fifo,easy,tiresias,gavel,gpufleet,sjf"
 
 
 def _gavel_path(explicit: str | None, trace: str | None) -> Path:
@@ -85,7 +85,17 @@ def _progress(enabled: bool):  # type: ignore[no-untyped-def]
     type=float,
     default=0.5,
     show_default=True,
-    help="Sigma of the log-normal error of the runtime the scheduler is told.",
+    help="Sigma of the log-normal noise of the sjf-noisy oracle study (no other policy is told "
+    "runtimes: they learn them from finished jobs).",
+)
+@click.option(
+    "--cost-model",
+    type=click.Choice(["realistic", "reference"]),
+    default="realistic",
+    show_default=True,
+    help="realistic: whole hosts, restart cost, data copied once per host, OOM; reference: GPUs "
+    "counted per GPU model, free preemption, no transfer (as published simulators). The same "
+    "model for every policy of the run.",
 )
 @click.option(
     "--bandwidth-gbps",
@@ -119,14 +129,21 @@ def simulate(
     runtime_error: float,
     bandwidth_gbps: float,
     gavel_path: str | None,
+    cost_model: str,
     plots_dir: str | None,
     as_json: bool,
 ) -> None:
-    """Replay a job trace through scheduling policies on a described cluster."""
+    """Replay a job trace through scheduling policies on a described cluster.
+
+    Policies see only what a scheduler knows (spec, attained service, cluster state); runtimes
+    are learnt online from finished jobs. sjf and sjf-noisy are oracle studies (they are handed
+    the true runtimes), never baselines. Jobs that can never fit are refused and counted apart.
+    """
     from gpufleet.sched.cluster import parse_cluster
     from gpufleet.sched.gavel import bench_rows, load_gavel
     from gpufleet.sched.predictor import Predictor
     from gpufleet.sched.runner import POLICY_NAMES, Experiment
+    from gpufleet.sched.sim import SimConfig
     from gpufleet.sched.trace import read_philly
 
     names = [p.strip() for p in policies.split(",") if p.strip()]
@@ -160,7 +177,10 @@ def simulate(
         )
     rows = bench_rows(gavel)
     predictor = Predictor(rows)
-    experiment = Experiment(trace, spec, gavel, load=load, seed=seed, runtime_error=runtime_error)
+    config = SimConfig(cost_model=cost_model)
+    experiment = Experiment(
+        trace, spec, gavel, load=load, seed=seed, runtime_error=runtime_error, config=config
+    )
     show = sys.stderr.isatty()
     with _progress(show) as bar:
         tasks = {n: bar.add_task(n, total=len(trace)) for n in names}
@@ -171,6 +191,7 @@ def simulate(
         "trace": trace_path,
         "vcs": list(vcs),
         "cluster": spec.describe(),
+        "cost_model": config.describe(),
         "load": load,
         "seed": seed,
         "jobs": len(trace),
@@ -192,7 +213,9 @@ def _print_table(summary: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(
-        title=f"{summary['jobs']} jobs, cluster {summary['cluster']}, load {summary['load']}"
+        title=f"{summary['jobs']} jobs, cluster {summary['cluster']}, load {summary['load']}\n"
+        f"cost model: {summary['cost_model']}",
+        caption="oracle*: a study that is handed the true runtimes, not a baseline",
     )
     columns = [
         ("avg JCT h", "avg_jct_s", 3600),
@@ -206,6 +229,7 @@ def _print_table(summary: dict[str, Any]) -> None:
         ("OOM", "oom_failures", 1),
         ("preempt", "preemptions", 1),
         ("unfinished", "unfinished_jobs", 1),
+        ("refused", "refused_jobs", 1),
         ("wall s", "sim_wall_s", 1),
     ]
     table.add_column("policy")
@@ -213,7 +237,7 @@ def _print_table(summary: dict[str, Any]) -> None:
         table.add_column(title, justify="right")
     for name, m in summary["policies"].items():
         table.add_row(
-            name,
+            f"{name} (oracle*)" if m.get("oracle") else name,
             *[
                 f"{m[key] / div:.2f}" if isinstance(m[key], float) else str(m[key])
                 for _, key, div in columns
@@ -273,11 +297,24 @@ def evaluate_cmd(bench_path: str, holdout: str, methods: str, as_json: bool) -> 
         return
     click.echo(f"holdout: {holdout}")
     for method, r in result["methods"].items():
-        click.echo(
-            f"  {method:10s} step time MAPE {r['step_time']['mape_pct']:6.2f}%  "
-            f"co-location slowdown MAPE {r['colocation_slowdown']['mape_pct']:6.2f}%"
+        step = r["step_time"]
+        missed = step["held_out"] - step["predicted"]
+        mape = f"{step['mape_pct']:6.2f}%" if step["predicted"] else "   n/a "
+        colo = r.get("colocation_slowdown")
+        colo_text = (
+            f"  co-location slowdown MAPE {colo['mape_pct']:6.2f}%" if colo else "  (baseline)"
         )
-    click.echo(f"best: {result['best_method']}")
+        click.echo(
+            f"  {method:10s} step time MAPE {mape} on {step['predicted']}/{step['held_out']} "
+            f"held-out rows ({missed} not predicted){colo_text}"
+        )
+    best = result["best_method"]
+    click.echo(f"best: {best or 'none (no method predicted any held-out row)'}")
+    beats = result["beats_baseline"]
+    if beats is None:
+        click.echo("vs the per-model mean: not comparable (it predicts nothing in this mode)")
+    else:
+        click.echo(f"beats the per-model mean: {'yes' if beats else 'NO'}")
 
 
 @predictor.command("convert-gavel")

@@ -25,6 +25,7 @@ from gpufleet.sched.bench_table import BenchRow, model_features
 from gpufleet.sched.predictor import GPU_TFLOPS, Predictor
 
 METHODS = ("neighbors", "additive", "lowrank", "forest")
+BASELINE_METHOD = "model-mean"  # the per-model mean step time, the bar to beat
 HOLDOUTS = ("pair", "model", "gpu_model")
 
 
@@ -60,9 +61,20 @@ def _forest_predict(train: list[BenchRow], test: list[BenchRow], seed: int = 0) 
     return [float(math.exp(p)) for p in forest.predict(np.array([features(r) for r in test]))]
 
 
+def _model_mean(train: list[BenchRow], test: list[BenchRow]) -> list[float]:
+    """Baseline: the model's geometric-mean step time over the GPU models it was measured on
+    (NaN -- not predicted -- when the model was never measured)."""
+    logs: dict[str, list[float]] = {}
+    for r in train:
+        logs.setdefault(r.model, []).append(math.log(r.step_time_s))
+    return [float(math.exp(np.mean(logs[r.model]))) if r.model in logs else math.nan for r in test]
+
+
 def _predict(method: str, train: list[BenchRow], test: list[BenchRow]) -> list[float]:
     if method == "forest":
         return _forest_predict(train, test)
+    if method == BASELINE_METHOD:
+        return _model_mean(train, test)
     predictor = Predictor(
         train,
         rank=1 if method == "lowrank" else 0,
@@ -174,12 +186,29 @@ def evaluate(
     for method in methods:
         if on_step:
             on_step(method)
-        out["methods"][method] = {
-            "step_time": alone_error(rows, holdout, method),
-            "colocation_slowdown": colocation_error(rows, method),
-        }
-    best = min(methods, key=lambda m: out["methods"][m]["step_time"]["mape_pct"])
+        out["methods"][method] = {"step_time": alone_error(rows, holdout, method)}
+        if method != BASELINE_METHOD:
+            out["methods"][method]["colocation_slowdown"] = colocation_error(rows, method)
+    out["methods"].setdefault(
+        BASELINE_METHOD, {"step_time": alone_error(rows, holdout, BASELINE_METHOD)}
+    )
+    # a method that predicted nothing (or whose error is not a number) is never "best"
+    scored = [
+        m
+        for m in methods
+        if m != BASELINE_METHOD
+        and out["methods"][m]["step_time"]["predicted"] > 0
+        and math.isfinite(out["methods"][m]["step_time"]["mape_pct"])
+    ]
+    best = min(scored, key=lambda m: out["methods"][m]["step_time"]["mape_pct"], default=None)
     out["best_method"] = best
+    base = out["methods"][BASELINE_METHOD]["step_time"]
+    if best is None:
+        out["beats_baseline"] = None
+    elif base["predicted"] == 0 or not math.isfinite(base["mape_pct"]):
+        out["beats_baseline"] = None  # the baseline predicts nothing in this holdout mode
+    else:
+        out["beats_baseline"] = out["methods"][best]["step_time"]["mape_pct"] < base["mape_pct"]
     return out
 
 

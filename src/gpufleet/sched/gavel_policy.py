@@ -78,7 +78,7 @@ class GavelMaxMin(Policy):
     def _describe(self, slot: int, job: SimJob) -> None:
         """(Re)write what a job brings to the ranking: its usable GPU models and speeds there."""
         usable = allowed_models(job, self._models)
-        best = job.best_predicted_seconds()
+        best = min((job.runtime_ratio_by_model[m] for m in usable), default=1.0)
         row_use = self._usable[slot]
         row_speed = self._speed[slot]
         row_use[:] = False
@@ -86,7 +86,7 @@ class GavelMaxMin(Policy):
         for m in usable:
             i = self._model_index[m]
             row_use[i] = True
-            row_speed[i] = best / job.predicted_duration_seconds[m]
+            row_speed[i] = best / job.runtime_ratio_by_model[m]
         self._prefer[slot] = sorted(
             (self._model_index[m] for m in usable), key=lambda i: (-row_speed[i], i)
         )
@@ -178,7 +178,7 @@ class GavelMaxMin(Policy):
                 run_slots.append(self._slot_of[j.job_id])
                 current.append(self._model_index[j.placement.gpu_model])  # type: ignore[union-attr]
                 held.append(j.run_started_seconds)
-                leased.append(j.progress_from_seconds + self.round_seconds > now)
+                leased.append(j.computing_since_seconds + self.round_seconds > now)
             slots = np.array(run_slots + window, dtype=np.intp)
             served = self._service[slots]
             if n_run:

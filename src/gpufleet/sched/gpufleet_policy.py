@@ -1,47 +1,73 @@
-"""gpufleet's own policy. The reasoning is in docs/scheduler.md; in short:
+"""gpufleet's own policy: a Gittins index over attained service, learnt online. The reasoning is in
+docs/scheduler.md; in short:
 
-1. **Order: shortest predicted job first on each GPU model, with aging.** Each GPU model has its
-   own queue; a job's key there is its predicted runtime *on that model* (plus data transfer)
-   plus ``aging`` x its arrival time. A job that has waited ``w`` seconds ranks as if it were
-   ``aging * w`` seconds shorter, and keys never change while jobs wait (all age at the same rate),
-   so each queue is one sorted list. A freed K80 goes to the job that is shortest *on a K80*: jobs
-   that lose little on old GPUs go there, jobs that lose much wait for a fast one.
-2. **Reservation and backfill.** When the head of a GPU model's queue does not fit, or the oldest
-   job is starving -- it has waited past ``starve_after_seconds`` + the smaller of
-   ``starve_factor`` x its predicted runtime and ``fifo_factor`` x the wait a FIFO of this cluster
-   would have given it (a fluid estimate made at its arrival) -- that job gets a reservation on the
-   hosts that free up first (predicted runtimes), one per GPU model; other jobs start there only
-   when predicted to end before it.
-3. **Data.** A job's own data host is preferred, and transfer time counts in its key.
-4. **Memory safety and packing.** Only GPU models whose memory holds the predicted need (times
-   ``memory_margin``) are used. A 1-GPU job that finds no free GPU may share a GPU with one running
-   1-GPU job when the claimed memory of both fits and the predicted speed of each stays above
-   ``min_colocation_factor`` of its speed alone.
+1. **What it knows.** Only what a scheduler knows: each job's GPU count, its attained service
+   (GPU-seconds held so far), what it observed of the jobs that have finished, and, optionally,
+   the online runtime predictor's guess. No runtime is read from the trace.
+2. **Order: the Gittins index of attained service** (Gittins 1989; Tiresias's own ``gittins``
+   variant). From the attained service of the jobs that have *finished* (a sample of the job-size
+   distribution, the latest ``window`` of them), the index of a job that has had ``a`` GPU-seconds
+   is ``max_D P(S - a <= D | S > a) / E[min(S - a, D) | S > a]``: the best rate at which serving it
+   a little longer finishes jobs. Higher index first, ties in arrival order (or, with
+   ``predictor_ties``, shortest predicted runtime first). Until ``min_samples`` jobs have
+   finished, least attained service first (LAS), which is where the Gittins index of a
+   distribution with a decreasing hazard rate lands anyway. The table is kept on a grid of
+   attained-service values (sample quantiles) and rebuilt as finished jobs accumulate.
+3. **Preemptive passes** like 2D-LAS: at each event the jobs are walked in index order and the
+   GPUs go to those that fit (a job that does not fit is skipped); a running job that lost its
+   place is preempted (its progress kept). Under the realistic cost model a running job keeps its
+   GPUs unless the waiting job's index beats its index by ``preempt_margin`` (a restart and maybe
+   a data copy is paid), and a job is placed on its data host or the hosts it last ran on when it
+   can be.
+4. **No starvation.** A job that has waited longer than ``starve_after_seconds`` plus
+   ``starve_factor`` x its time held so far (since arrival or since it last ran) ranks before every
+   job that is not starving (oldest first), so a big job behind a stream of small ones gets its
+   GPUs in bounded time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import bisect
+import math
+
+import numpy as np
 
 from gpufleet.sched.cluster import ClusterSpec, Placement
-from gpufleet.sched.policy import Policy, SchedulerContext, allowed_models
+from gpufleet.sched.policy import Policy, RuntimeEstimator, SchedulerContext, allowed_models
 from gpufleet.sched.queue import SortedQueue
-from gpufleet.sched.reservation import Reservation, reserve
 from gpufleet.sched.simjob import SimJob
 
-ColocationPredictFn = Callable[[str, str, str], float | None]
 
+def gittins_table(
+    samples: np.ndarray, grid_points: int = 64, min_quantum: float = 60.0, monotone: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Grid of attained service values (0 and sample quantiles) and the Gittins index at each.
 
-def _memoize(fn: ColocationPredictFn) -> ColocationPredictFn:
-    cache: dict[tuple[str, str, str], float | None] = {}
-
-    def cached(own: str, other: str, model: str) -> float | None:
-        key = (own, other, model)
-        if key not in cache:
-            cache[key] = fn(own, other, model)
-        return cache[key]
-
-    return cached
+    ``index[i]`` is for attained service in ``[grid[i], grid[i+1])``. A job is served at least
+    until the next grid point (decisions are only revisited there), so the quanta ``D`` considered
+    are at least that step (and ``min_quantum``); past the largest sample the index is 0 (nothing
+    is known beyond it)."""
+    x = np.sort(np.asarray(samples, dtype=float))
+    qs = np.quantile(x, np.linspace(0.0, 1.0, grid_points)) if x.size else np.zeros(1)
+    grid = np.unique(np.concatenate(([0.0], qs)))
+    index = np.zeros(grid.size)
+    for i, a in enumerate(grid):
+        rest = x[x > a] - a
+        n = rest.size
+        if n == 0:
+            continue
+        step = max(min_quantum, (grid[i + 1] - a) if i + 1 < grid.size else 0.0)
+        total = np.cumsum(rest)
+        k = np.arange(1, n + 1, dtype=float)
+        spent = total + (n - k) * rest
+        ok = rest >= step
+        best = float(np.max(k[ok] / spent[ok])) if ok.any() else 0.0
+        c = int(np.searchsorted(rest, step, side="right"))  # done within one step
+        first = (float(total[c - 1]) if c else 0.0) + (n - c) * step
+        index[i] = max(best, c / first if first > 0 else 0.0)
+    if monotone:
+        index = np.minimum.accumulate(index)
+    return grid, index
 
 
 class GpufleetPolicy(Policy):
@@ -51,321 +77,222 @@ class GpufleetPolicy(Policy):
     def __init__(
         self,
         spec: ClusterSpec,
-        colocation: ColocationPredictFn | None = None,
+        estimator: RuntimeEstimator | None = None,
         *,
-        aging: float = 0.5,
-        starve_after_seconds: float = 6 * 3600.0,
+        realistic: bool = True,
+        min_samples: int = 20,
+        window: int = 4000,
+        grid_points: int = 128,
+        preempt_margin: float = 1.5,
+        starve_after_seconds: float = 24 * 3600.0,
         starve_factor: float = 4.0,
-        memory_margin: float = 1.10,
-        min_colocation_factor: float = 0.6,
-        scan_limit: int = 64,
-        pack_depth: int = 4,
-        preempt_ratio: float = 4.0,
-        min_run_seconds: float = 1800.0,
-        restart_cost_seconds: float = 60.0,
-        starve_scan: int = 1,
-        busy_aging: float = 0.1,
-        busy_queue_per_gpu: float = 4.0,
-        fifo_factor: float = 1.0,
+        predictor_ties: bool = False,
+        scan_limit: int = 512,
+        monotone: bool = True,
+        sticky: bool = True,
+        min_quantum: float = 60.0,
+        gpu_time: bool = True,
     ) -> None:
+        self.gpu_time = gpu_time
+        self.min_quantum = min_quantum
+        self.monotone = monotone
+        self.sticky = sticky
         self.spec = spec
-        self.colocation = _memoize(colocation) if colocation is not None else None
-        self.aging = aging
+        self.estimator = estimator
+        self.realistic = realistic
+        self.min_samples = min_samples
+        self.window = window
+        self.grid_points = grid_points
+        self.preempt_margin = preempt_margin if realistic else 1.0
         self.starve_after_seconds = starve_after_seconds
         self.starve_factor = starve_factor
-        self.memory_margin = memory_margin
-        self.min_colocation_factor = min_colocation_factor
+        self.predictor_ties = predictor_ties and estimator is not None
         self.scan_limit = scan_limit
-        self.pack_depth = pack_depth
-        self.preempt_ratio = preempt_ratio
-        self.min_run_seconds = min_run_seconds
-        self.restart_cost_seconds = restart_cost_seconds
-        self.starve_scan = starve_scan
-        self.fifo_factor = fifo_factor
-        self.starve_at: dict[int, float] = {}  # when each job starts starving (fixed at arrival)
-        self._fifo_backlog_seconds = 0.0  # the fluid FIFO's work left, as of _fifo_at
-        self._fifo_at = 0.0
-        self.calm_aging = aging
-        self.busy_aging = busy_aging
-        self.busy_queue = busy_queue_per_gpu * spec.total_gpus
-        self.bandwidth = spec.bandwidth_bytes_per_second
+        self.samples: list[float] = []
+        self._built_at = 0
+        self.grid = np.zeros(1)
+        self.index = np.zeros(1)
+        self._grid_list: list[float] = [0.0]
+        self._index_list: list[float] = [0.0]
+        self.waiting: dict[int, SimJob] = {}
+        # waiting jobs by rank (their attained service does not change while they wait, so
+        # their index changes only when the table is rebuilt), and by when they began waiting
+        self.ranked = SortedQueue(self._wait_key)
+        self.by_wait = SortedQueue(lambda j: (j.last_wait_from_seconds,))
+        self.starve_scan = 16
+        self.last_hosts: dict[int, int] = {}
         self.memory_of = {h.gpu_model: h.gpu_memory_bytes for h in spec.hosts}
-        self.hosts_of = {
-            m: {h.host_id for h in spec.hosts if h.gpu_model == m} for m in spec.gpu_models
-        }
-        self.queues = {m: SortedQueue(self._key_for(m)) for m in spec.gpu_models}
-        self.fifo = SortedQueue(lambda j: (j.arrival_seconds,))
-        self.models_of: dict[int, list[str]] = {}
-        self.reservations: dict[str, Reservation] = {}
+        self._tie: dict[int, float] = {}
+        self._next_wakeup = math.inf
 
-    def _key_for(self, model: str) -> Callable[[SimJob], tuple[float]]:
-        def key(job: SimJob) -> tuple[float]:
-            transfer = 0.0 if job.data_host in self.hosts_of[model] else self.transfer_estimate(job)
-            runtime = job.predicted_duration_seconds[model] * (1.0 - job.progress_fraction)
-            return (runtime + transfer + self.aging * job.arrival_seconds,)
+    # -- what it learns ---------------------------------------------------------------------
+    def _service(self, job: SimJob, now: float) -> float:
+        """Attained service: GPU-seconds (``gpu_time``, as 2D-LAS) or seconds held."""
+        return job.attained_now(now) if self.gpu_time else job.held_now(now)
 
-        return key
+    def _wait_key(self, job: SimJob) -> tuple[float, float, float]:
+        return (
+            -self.gittins(self._service(job, job.last_wait_from_seconds)),
+            self._tie.get(job.job_id, 0.0),
+            job.arrival_seconds,
+        )
+
+    def _add_waiting(self, job: SimJob) -> None:
+        self.waiting[job.job_id] = job
+        self.ranked.add(job)
+        self.by_wait.add(job)
+
+    def _remove_waiting(self, job: SimJob) -> None:
+        del self.waiting[job.job_id]
+        self.ranked.remove(job)
+        self.by_wait.remove(job)
+
+    def _rebuild(self) -> None:
+        recent = np.array(self.samples[-self.window :])
+        self.grid, self.index = gittins_table(recent, self.grid_points, monotone=self.monotone)
+        self._grid_list = self.grid.tolist()
+        self._index_list = self.index.tolist()
+        self._built_at = len(self.samples)
+        self.ranked = SortedQueue(self._wait_key)
+        for job in self.waiting.values():
+            self.ranked.add(job)
+
+    def gittins(self, attained: float) -> float:
+        """The job's Gittins index (LAS before enough jobs have finished)."""
+        if len(self.samples) < self.min_samples:
+            return 1.0 / (1.0 + attained)
+        i = bisect.bisect_right(self._grid_list, attained) - 1
+        return self._index_list[max(i, 0)]
+
+    def _next_crossing(self, attained: float) -> float:
+        """Attained service at which the job's index next changes (inf: never)."""
+        if len(self.samples) < self.min_samples:
+            return math.inf  # LAS: the order between running jobs does not change
+        i = bisect.bisect_right(self._grid_list, attained)
+        return self._grid_list[i] if i < len(self._grid_list) else math.inf
 
     # -- events -------------------------------------------------------------------------------
     def on_arrival(self, job: SimJob, now_seconds: float) -> None:
-        best = job.best_predicted_seconds()
-        patience = self.starve_factor * best
-        if self.fifo_factor > 0:
-            patience = min(patience, self.fifo_factor * self._fifo_wait(job, now_seconds))
-        self.starve_at[job.job_id] = job.arrival_seconds + self.starve_after_seconds + patience
-        self._enqueue(job)
-
-    def _fifo_wait(self, job: SimJob, now: float) -> float:
-        """How long a FIFO would make this job wait, in a fluid model of the cluster: the work
-        that arrived before it (GPUs x predicted runtime on its best GPU model), drained at the
-        cluster's whole speed for each job (every GPU, at that job's speed on its model). Then the
-        job's own work joins the backlog."""
-        self._fifo_backlog_seconds = max(0.0, self._fifo_backlog_seconds - (now - self._fifo_at))
-        self._fifo_at = now
-        wait = self._fifo_backlog_seconds
-        best = job.best_predicted_seconds()
-        rate = sum(
-            self.spec.gpus_of(m) * best / job.predicted_duration_seconds[m]
-            for m in self.usable_models(job)
-        )
-        if rate > 0:
-            self._fifo_backlog_seconds += job.num_gpus * best / rate
-        return wait
+        if self.predictor_ties and self.estimator is not None:
+            self._tie[job.job_id] = self.estimator.predict_seconds(job) * job.num_gpus
+        self._add_waiting(job)
 
     def on_failure(self, job: SimJob, now_seconds: float, reason: str) -> None:
-        self._enqueue(job)
+        self._add_waiting(job)
 
-    def _enqueue(self, job: SimJob) -> None:
-        models = self.usable_models(job)
-        self.models_of[job.job_id] = models
-        for model in models:
-            self.queues[model].add(job)
-        self.fifo.add(job)
-
-    def _start(self, ctx: SchedulerContext, job: SimJob, placement: Placement) -> None:
-        for model in self.models_of.pop(job.job_id):
-            self.queues[model].remove(job)
-        self.fifo.remove(job)
-        ctx.start(job, placement, self._claim_on(job, placement))
+    def on_finish(self, job: SimJob, now_seconds: float) -> None:
+        self.samples.append(self._service(job, now_seconds))
+        self._tie.pop(job.job_id, None)
+        self.last_hosts.pop(job.job_id, None)
+        if self.estimator is not None:
+            self.estimator.observe(job, job.work_seconds)
+        n = len(self.samples)
+        if n >= self.min_samples and (n - self._built_at >= max(20, self._built_at // 10)):
+            self._rebuild()
 
     # -- helpers ------------------------------------------------------------------------------
-    def memory_fits(self, job: SimJob, model: str) -> bool:
-        """Predicted need times the margin fits; or, where no GPU model has room for the margin,
-        the bare predicted need fits (the job gets a whole GPU there, never shares)."""
-        need = job.predicted_gpu_memory_bytes
-        if need * self.memory_margin <= self.memory_of[model]:
-            return True
-        roomy = any(need * self.memory_margin <= mem for mem in self.memory_of.values())
-        return not roomy and need <= self.memory_of[model]
-
-    def claim(self, job: SimJob) -> int:
-        return int(job.predicted_gpu_memory_bytes * self.memory_margin)
-
-    def _claim_on(self, job: SimJob, placement: Placement) -> int:
-        return min(self.claim(job), self.memory_of[placement.gpu_model])
-
     def usable_models(self, job: SimJob) -> list[str]:
+        memory = job.known_gpu_memory_bytes()
         return [
             m
             for m in allowed_models(job, self.spec.gpu_models)
-            if self.spec.gpus_of(m) >= job.num_gpus and self.memory_fits(job, m)
+            if self.spec.gpus_of(m) >= job.num_gpus
+            and (memory is None or memory <= self.memory_of[m])
         ]
 
-    def transfer_estimate(self, job: SimJob) -> float:
-        return job.data_size_bytes / self.bandwidth if job.data_size_bytes > 0 else 0.0
+    def starving(self, job: SimJob, now: float) -> bool:
+        waited = now - job.last_wait_from_seconds
+        return waited > self.starve_after_seconds + self.starve_factor * job.held_now(now)
 
-    def transfer_seconds(self, job: SimJob, placement: Placement) -> float:
-        if job.data_host is not None and placement.host_ids == (job.data_host,):
-            return 0.0
-        return self.transfer_estimate(job)
+    def _key(
+        self, job: SimJob, now: float, running: bool
+    ) -> tuple[float, float, float, float, float]:
+        index = self.gittins(self._service(job, now))
+        if running:
+            index *= self.preempt_margin
+        starving = 0.0 if (not running and self.starving(job, now)) else 1.0
+        tie = self._tie.get(job.job_id, 0.0)
+        sticky = 0.0 if (running and self.sticky) else 1.0
+        return (starving, -index, sticky, tie, job.arrival_seconds + job.job_id * 1e-9)
 
-    def is_starving(self, job: SimJob, now: float) -> bool:
-        """Waited past ``starve_after_seconds`` + the smaller of ``starve_factor`` x its predicted
-        runtime and ``fifo_factor`` x what a FIFO would have made it wait (``_fifo_wait``)."""
-        return now > self.starve_at[job.job_id]
+    def _place(self, job: SimJob, model: str, ctx: SchedulerContext) -> Placement | None:
+        cluster = ctx.cluster
+        hosts = cluster.hosts_by_model[model]
+        prefer = self.last_hosts.get(job.job_id, job.data_host)
+        if prefer is not None and prefer not in hosts:
+            prefer = None
+        return cluster.find_whole(job.num_gpus, model, prefer_host=prefer)
 
     # -- the decision -------------------------------------------------------------------------
-    def place_on(self, job: SimJob, model: str, ctx: SchedulerContext) -> Placement | None:
-        """Whole GPUs of one model (data host preferred) that do not delay a reservation."""
-        cluster = ctx.cluster
-        prefer = job.data_host if job.data_host in self.hosts_of[model] else None
-        placement = cluster.find_whole(job.num_gpus, model, prefer_host=prefer)
-        if placement is None:
-            return None
-        res = self.reservations.get(model)
-        if res is None or res.job_id == job.job_id:
-            return placement
-        end = (
-            ctx.now_seconds
-            + self.transfer_seconds(job, placement)
-            + job.predicted_duration_seconds[model]
-        )
-        if not res.blocks(model, placement.host_ids, end):
-            return placement
-        return cluster.find_whole(job.num_gpus, model, avoid_hosts=res.host_ids)
-
-    def shared_placement(
-        self, job: SimJob, ctx: SchedulerContext, candidates: dict[str, list[tuple[int, int]]]
-    ) -> Placement | None:
-        """A GPU held by one 1-GPU job where both fit in memory and both keep enough speed."""
-        if self.colocation is None or job.num_gpus != 1 or job.exclusive:
-            return None
-        cluster = ctx.cluster
-        need = self.claim(job)
-        best: tuple[float, Placement] | None = None
-        for model in self.models_of.get(job.job_id, ()):
-            memory = self.memory_of[model]
-            res = self.reservations.get(model)
-            for h, g in candidates.get(model, ()):
-                holders = cluster.occupants[h][g]
-                if len(holders) != 1 or cluster.claimed_memory_bytes[h][g] + need > memory:
-                    continue
-                other = ctx.running.get(holders[0])
-                if other is None or other.num_gpus != 1 or other.exclusive:
-                    continue
-                mine = self.colocation(job.job_type, other.job_type, model)
-                theirs = self.colocation(other.job_type, job.job_type, model)
-                if mine is None or theirs is None or min(mine, theirs) < self.min_colocation_factor:
-                    continue
-                end = ctx.now_seconds + job.predicted_duration_seconds[model] / mine
-                if res is not None and res.blocks(model, (h,), end):
-                    continue
-                if best is None or end < best[0]:
-                    best = (end, Placement(((h, g),), model, shared=True))
-        return best[1] if best else None
-
-    def _best_on(self, model: str, ctx: SchedulerContext) -> tuple[float, SimJob, Placement] | None:
-        """The first job in this model's queue that can start there now (reserving for the head
-        when it cannot)."""
-        free = ctx.cluster.free_by_model[model]
-        queue = self.queues[model]
-        if free == 0 or not len(queue):
-            return None
-        for rank, job in enumerate(queue.head(self.scan_limit)):
-            placement = self.place_on(job, model, ctx) if job.num_gpus <= free else None
-            if placement is not None:
-                return (self._key_for(model)(job)[0], job, placement)
-            if rank == 0:
-                self._reserve(job, model, ctx)
-        return None
-
-    def _reserve(self, job: SimJob, model: str, ctx: SchedulerContext) -> None:
-        if model not in self.reservations:
-            res = reserve(job, ctx.cluster, ctx.running, ctx.now_seconds, [model])
-            if res is not None:
-                self.reservations[model] = res
-
     def schedule(self, ctx: SchedulerContext) -> None:
+        now = ctx.now_seconds
         cluster = ctx.cluster
-        now = ctx.now_seconds
-        self.reservations = {}
-        self._follow_pressure()
-        # Starving jobs, oldest first: each starts now or holds the GPUs that free up first
-        # (one reservation per GPU model); a later one may not delay an earlier one's.
-        for oldest in self.fifo.head(self.starve_scan):
-            if now - oldest.arrival_seconds <= self.starve_after_seconds:
-                break
-            if not self.is_starving(oldest, now):
-                continue
-            models = self.models_of.get(oldest.job_id, [])
-            for model in sorted(models, key=lambda m: oldest.predicted_duration_seconds[m]):
-                found = self.place_on(oldest, model, ctx)
-                if found is not None:
-                    self._start(ctx, oldest, found)
-                    break
-            else:
-                free_models = [m for m in models if m not in self.reservations]
-                held = reserve(oldest, cluster, ctx.running, now, free_models)
-                if held is not None:
-                    self.reservations[held.gpu_model] = held
-        # The best start on each GPU model; after a start only that model (and any model whose
-        # best was the job just started) is looked at again.
-        best: dict[str, tuple[float, SimJob, Placement] | None] = {
-            m: self._best_on(m, ctx) for m in self.queues
-        }
-        while True:
-            choices = [c for c in best.values() if c is not None]
-            if not choices:
-                break
-            _, job, placement = min(choices, key=lambda c: c[0])
-            self._start(ctx, job, placement)
-            for model, choice in best.items():
-                if model == placement.gpu_model or (choice is not None and choice[1] is job):
-                    best[model] = self._best_on(model, ctx)
-        if self.colocation is not None and len(self.fifo):
-            self._pack(ctx)
-        if self.preempt_ratio > 0 and len(self.fifo):
-            self._preempt_for_short(ctx)
-
-    def _follow_pressure(self) -> None:
-        """Aging follows queue pressure: ``busy_aging`` while more than ``busy_queue`` jobs wait
-        (``busy_queue_per_gpu`` x GPUs), back to the calm ``aging`` below half that. Waits are long
-        there, and a fixed aging would turn the order into FIFO; the starving-job rule keeps the
-        tail. A switch re-sorts the queues (rare: hysteresis of 2x)."""
-        waiting = len(self.fifo)
-        if self.aging != self.busy_aging and waiting > self.busy_queue:
-            new = self.busy_aging
-        elif self.aging != self.calm_aging and waiting < self.busy_queue / 2:
-            new = self.calm_aging
-        else:
+        if not self.waiting:
+            self._plan_wakeup(ctx)
             return
-        self.aging = new
-        for model, queue in self.queues.items():
-            fresh = SortedQueue(self._key_for(model))
-            for job in queue:
-                fresh.add(job)
-            self.queues[model] = fresh
-
-    def _preempt_for_short(self, ctx: SchedulerContext) -> None:
-        """Shortest remaining predicted time first: a waiting job that is far shorter than a
-        running one (``preempt_ratio`` x, restart cost and data transfer included) takes its
-        GPUs. A job runs at least ``min_run_seconds`` between preemptions, and the job holding
-        a reservation is never displaced by this rule."""
-        now = ctx.now_seconds
-        for model, queue in self.queues.items():
-            head = queue.first()
-            if head is None or head.num_gpus > ctx.cluster.host_size(model):
+        ranked = [(self._key(j, now, True), j) for j in ctx.running.values()]
+        seen: set[int] = set()
+        for job in self.by_wait.head(self.starve_scan):
+            if self.starving(job, now):
+                ranked.append((self._key(job, now, False), job))
+                seen.add(job.job_id)
+        ranked += [
+            (self._key(j, now, False), j)
+            for j in self.ranked.head(self.scan_limit)
+            if j.job_id not in seen
+        ]
+        ranked.sort(key=lambda e: e[0])
+        capacity = {m: cluster.spec.gpus_of(m) for m in cluster.spec.gpu_models}
+        left = sum(capacity.values())
+        keep: set[int] = set()
+        admit: list[tuple[SimJob, str]] = []
+        for _, job in ranked:
+            if left <= 0:
+                break
+            if job.placement is not None:
+                model = job.placement.gpu_model
+                if capacity[model] >= job.num_gpus:
+                    capacity[model] -= job.num_gpus
+                    left -= job.num_gpus
+                    keep.add(job.job_id)
                 continue
-            res = self.reservations.get(model)
-            held = res.host_ids if res is not None and res.job_id != head.job_id else frozenset()
-            short = head.predicted_duration_seconds[model] * (1.0 - head.progress_fraction)
-            victim, victim_left = None, 0.0
+            models = [m for m in self.usable_models(job) if capacity[m] >= job.num_gpus]
+            if not models:
+                continue
+            model = min(models, key=lambda m: job.runtime_ratio_by_model[m])
+            capacity[model] -= job.num_gpus
+            left -= job.num_gpus
+            admit.append((job, model))
+        if admit:
+            for job in [j for j in ctx.running.values() if j.job_id not in keep]:
+                ctx.preempt(job)
+                self._add_waiting(job)
+        for job, model in admit:
+            placement = self._place(job, model, ctx)
+            if placement is None:
+                for other in self.usable_models(job):
+                    placement = self._place(job, other, ctx)
+                    if placement is not None:
+                        break
+            if placement is None:
+                continue
+            self._remove_waiting(job)
+            self.last_hosts[job.job_id] = placement.host_ids[0]
+            ctx.start(job, placement)
+        self._plan_wakeup(ctx)
+
+    def _plan_wakeup(self, ctx: SchedulerContext) -> None:
+        """Next time a running job's index changes (it may then lose its GPUs)."""
+        now = ctx.now_seconds
+        soonest = math.inf
+        if self.waiting:
             for job in ctx.running.values():
-                placement = job.placement
-                if (
-                    placement is None
-                    or placement.gpu_model != model
-                    or placement.shared
-                    or job.num_gpus < head.num_gpus
-                    or len(placement.host_ids) != 1
-                    or now - job.run_started_seconds < self.min_run_seconds
-                    or placement.host_ids[0] in held
-                ):
-                    continue
-                left = job.predicted_duration_seconds[model] * (1.0 - job.progress_at(now))
-                overhead = self.restart_cost_seconds + self.transfer_estimate(job)
-                if left > self.preempt_ratio * (short + overhead) and left > victim_left:
-                    victim, victim_left = job, left
-            if victim is None:
-                continue
-            ctx.preempt(victim)
-            self._enqueue(victim)
-            placement = self.place_on(head, model, ctx)
-            if placement is not None:
-                self._start(ctx, head, placement)
+                attained = self._service(job, now)
+                crossing = self._next_crossing(attained)
+                if math.isfinite(crossing):
+                    rate = job.num_gpus if self.gpu_time else 1.0
+                    soonest = min(soonest, now + (crossing - attained) / rate)
+        self._next_wakeup = soonest
 
-    def _pack(self, ctx: SchedulerContext) -> None:
-        """Share GPUs with the first few waiting 1-GPU jobs of each GPU model."""
-        cluster = ctx.cluster
-        candidates = {m: cluster.shared_candidates(m) for m in self.queues}
-        if not any(candidates.values()):
-            return
-        tried: set[int] = set()
-        for queue in self.queues.values():
-            for job in queue.head(self.pack_depth):
-                if job.job_id in tried or job.job_id not in self.models_of:
-                    continue
-                tried.add(job.job_id)
-                placement = self.shared_placement(job, ctx, candidates)
-                if placement is not None:
-                    self._start(ctx, job, placement)
+    def next_wakeup_seconds(self, now_seconds: float) -> float | None:
+        return self._next_wakeup if math.isfinite(self._next_wakeup) else None

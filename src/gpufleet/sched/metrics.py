@@ -20,6 +20,8 @@ def summarize(result: SimResult) -> dict[str, Any]:
     done = [j for j in result.jobs if j.finish_seconds is not None]
     finish = [float(j.finish_seconds or 0.0) for j in done]
     jct = np.array([f - j.arrival_seconds for f, j in zip(finish, done, strict=True)], dtype=float)
+    run = np.array([j.best_alone_seconds for j in done], dtype=float)
+    run = np.where(np.isfinite(run), run, 0.0)
     queue = np.array(
         [
             max(0.0, f - j.arrival_seconds - j.run_seconds)
@@ -48,6 +50,7 @@ def summarize(result: SimResult) -> dict[str, Any]:
         "p99_jct_s": _pct(jct, 99),
         "makespan_s": makespan,
         "avg_queue_s": float(queue.mean()) if queue.size else 0.0,
+        "avg_wait_s": float((jct - run).mean()) if jct.size else 0.0,
         "p99_queue_s": _pct(queue, 99),
         "gpu_utilization": (
             result.busy_gpu_seconds / (result.total_gpus * makespan) if makespan > 0 else 0.0
@@ -58,6 +61,8 @@ def summarize(result: SimResult) -> dict[str, Any]:
         "oom_failures": result.oom_failures,
         "preemptions": result.preemptions,
         "unfinished_jobs": result.unfinished_jobs,
+        "refused_jobs": len(result.refused),
+        "cost_model": result.cost_model,
         "jobs": len(result.jobs),
         "sim_wall_s": result.sim_wall_s,
         "jobs_per_second": len(result.jobs) / result.sim_wall_s if result.sim_wall_s > 0 else 0.0,

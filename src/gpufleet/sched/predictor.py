@@ -12,10 +12,13 @@ itself first and learn from what is observed (``observe``).
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -278,3 +281,140 @@ class Predictor:
     def colocation_factor(self, job_type: str, other_type: str, gpu_model: str) -> float | None:
         pred = self.slowdown(job_type, other_type, gpu_model)
         return 1.0 / pred.value if pred.known else None
+
+
+# -- job runtime, learnt online from finished jobs ------------------------------------------------
+
+
+class OnlineRuntimePredictor:
+    """Predicts a job's runtime (on the reference GPU model) from what is known at submission,
+    learning only from jobs that have finished (``observe``, called as each one finishes).
+
+    In log space, a shrinkage estimate down a hierarchy of groups the job belongs to: everything,
+    its VC, its VC x GPU count, its user, its user x GPU count. Each level's mean of the recent
+    log runtimes (the last ``window``) is pulled towards the level above by ``prior_weight``
+    pseudo-observations, so a group seen once moves the estimate a little and a group seen often
+    decides it. With nothing finished yet it says ``default_seconds``. (Philly has no users or
+    models, so there the VC x GPU count level is what it has.)"""
+
+    def __init__(
+        self, window: int = 50, prior_weight: float = 3.0, default_seconds: float = 3600.0
+    ) -> None:
+        self.window = window
+        self.prior_weight = prior_weight
+        self.default_log = math.log(default_seconds)
+        self._recent: dict[tuple[str, ...], list[float]] = {}
+        self._sums: dict[tuple[str, ...], float] = {}
+        self.observed = 0
+
+    @staticmethod
+    def _levels(job: SimJobLike) -> list[tuple[str, ...]]:
+        gpus = str(job.num_gpus)
+        levels: list[tuple[str, ...]] = [("all",), ("vc", job.vc), ("vcg", job.vc, gpus)]
+        if job.user:
+            levels += [("user", job.user), ("userg", job.user, gpus)]
+        return levels
+
+    def predict_log(self, job: SimJobLike) -> float:
+        estimate = self.default_log
+        for key in self._levels(job):
+            values = self._recent.get(key)
+            if not values:
+                continue
+            n = len(values)
+            mean = self._sums[key] / n
+            estimate = (n * mean + self.prior_weight * estimate) / (n + self.prior_weight)
+        return estimate
+
+    def predict_seconds(self, job: SimJobLike) -> float:
+        return math.exp(self.predict_log(job))
+
+    def observe(self, job: SimJobLike, seconds: float) -> None:
+        value = math.log(max(seconds, 1.0))
+        self.observed += 1
+        for key in self._levels(job):
+            values = self._recent.setdefault(key, [])
+            values.append(value)
+            self._sums[key] = self._sums.get(key, 0.0) + value
+            if len(values) > self.window:
+                self._sums[key] -= values.pop(0)
+
+
+class VcMedianPredictor:
+    """Trivial baseline: the median runtime of the VC's finished jobs so far."""
+
+    def __init__(self, default_seconds: float = 3600.0) -> None:
+        self.default_seconds = default_seconds
+        self._by_vc: dict[str, list[float]] = {}
+
+    def predict_seconds(self, job: SimJobLike) -> float:
+        values = self._by_vc.get(job.vc)  # kept sorted
+        if not values:
+            return self.default_seconds
+        mid = len(values) // 2
+        return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+    def observe(self, job: SimJobLike, seconds: float) -> None:
+        bisect.insort(self._by_vc.setdefault(job.vc, []), seconds)
+
+
+class LastSameShapePredictor:
+    """Trivial baseline: the runtime of the last finished job of the same shape (user and GPU
+    count where the trace has users, else VC and GPU count)."""
+
+    def __init__(self, default_seconds: float = 3600.0) -> None:
+        self.default_seconds = default_seconds
+        self._last: dict[tuple[str, int], float] = {}
+
+    def predict_seconds(self, job: SimJobLike) -> float:
+        return self._last.get(
+            (job.user, job.num_gpus), self._last.get((job.vc, job.num_gpus), self.default_seconds)
+        )
+
+    def observe(self, job: SimJobLike, seconds: float) -> None:
+        self._last[(job.user, job.num_gpus)] = seconds
+        self._last[(job.vc, job.num_gpus)] = seconds
+
+
+class SimJobLike(Protocol):
+    num_gpus: int
+    vc: str
+    user: str
+
+
+def evaluate_online(
+    rows: Iterable[tuple[float, float, SimJobLike]],
+    predictors: dict[str, Callable[[], Any]],
+) -> dict[str, dict[str, float]]:
+    """Replays ``(submit_seconds, duration_seconds, job)`` in submission order: each job is
+    predicted at its submission from the jobs finished by then (a job is taken to finish at
+    submit + duration, the earliest it could: what a scheduler would know at best), then
+    observed when it finishes. Per predictor: MAPE (%), median APE (%) and Spearman's rank
+    correlation with the truth over all jobs."""
+    from scipy.stats import spearmanr
+
+    ordered = sorted(rows, key=lambda r: r[0])
+    out: dict[str, dict[str, float]] = {}
+    for name, factory in predictors.items():
+        predictor = factory()
+        finishing: list[tuple[float, int]] = []
+        guesses: list[float] = []
+        truths: list[float] = []
+        for index, (submit, duration, job) in enumerate(ordered):
+            while finishing and finishing[0][0] <= submit:
+                _, done = heapq.heappop(finishing)
+                predictor.observe(ordered[done][2], ordered[done][1])
+            guesses.append(predictor.predict_seconds(job))
+            truths.append(duration)
+            heapq.heappush(finishing, (submit + duration, index))
+        truth = np.maximum(np.array(truths), 1.0)
+        guess = np.array(guesses)
+        ape = np.abs(guess - truth) / truth * 100
+        rho = spearmanr(guess, truth).statistic if len(truth) > 2 else math.nan
+        out[name] = {
+            "jobs": float(len(truth)),
+            "mape_pct": float(ape.mean()),
+            "median_ape_pct": float(np.median(ape)),
+            "spearman": float(rho) if np.isfinite(rho) else 0.0,
+        }
+    return out

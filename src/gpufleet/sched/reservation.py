@@ -1,5 +1,11 @@
-"""When could a waiting job start? The shadow time and the GPUs to hold for it (EASY backfill,
-and gpufleet's reservations for starving jobs). Uses *predicted* remaining runtimes."""
+"""When could a waiting job start? The shadow time and the hosts to hold for it (EASY backfill,
+and gpufleet's reservations). Uses *predicted* remaining runtimes (a ``RuntimeEstimator``).
+
+A job that needs ``k`` hosts (``ClusterState.hosts_needed``) can start at the first time ``t`` at
+which some ``k`` hosts of one GPU model together have enough GPUs free -- exactly the hosts
+``find_whole`` would then pick -- not when enough GPUs are free anywhere: a reservation on GPUs
+scattered over more hosts than the job may span would hold GPUs it can never use.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from gpufleet.sched.cluster import ClusterState
+from gpufleet.sched.policy import RuntimeEstimator
 from gpufleet.sched.simjob import SimJob
 
 
@@ -25,16 +32,26 @@ class Reservation:
         return not self.host_ids.isdisjoint(host_ids)
 
 
-def predicted_end(job: SimJob, now_seconds: float) -> float:
-    """Predicted end of a running job: now plus its predicted remaining time on its GPU model."""
+def predicted_remaining(
+    job: SimJob, model: str, now_seconds: float, estimator: RuntimeEstimator
+) -> float:
+    """Predicted seconds left on ``model``: the prediction less the work observed so far; a job
+    past its prediction is assumed to need another 10% of it."""
+    ratio = job.runtime_ratio_by_model.get(model, math.inf)
+    total = estimator.predict_seconds(job)
+    done = job.work_seconds
+    if job.placement is not None and now_seconds > job.computing_since_seconds:
+        done += (now_seconds - job.computing_since_seconds) / job.runtime_ratio_by_model.get(
+            job.placement.gpu_model, 1.0
+        )
+    return max(total - done, 0.1 * total) * ratio
+
+
+def predicted_end(job: SimJob, now_seconds: float, estimator: RuntimeEstimator) -> float:
+    """Predicted end of a running job on its GPU model."""
     assert job.placement is not None
-    model = job.placement.gpu_model
-    remaining = job.predicted_duration_seconds.get(model, math.inf) * (
-        1.0 - job.progress_at(now_seconds)
-    )
-    start = max(now_seconds, job.progress_from_seconds)
-    # A job past its prediction is assumed to end soon (in 10% of its prediction).
-    return start + max(remaining, 0.1 * job.predicted_duration_seconds.get(model, 0.0))
+    start = max(now_seconds, job.computing_since_seconds)
+    return start + predicted_remaining(job, job.placement.gpu_model, now_seconds, estimator)
 
 
 def reserve(
@@ -43,6 +60,7 @@ def reserve(
     running: Mapping[int, SimJob],
     now_seconds: float,
     gpu_models: Iterable[str],
+    estimator: RuntimeEstimator,
 ) -> Reservation | None:
     """Earliest (predicted) time and hosts where ``job`` gets its GPUs, over the given models."""
     best: Reservation | None = None
@@ -51,33 +69,27 @@ def reserve(
 
     def end_of(job_id: int) -> float:
         if job_id not in ends_of:
-            ends_of[job_id] = predicted_end(running[job_id], now_seconds)
+            ends_of[job_id] = predicted_end(running[job_id], now_seconds, estimator)
         return ends_of[job_id]
 
     for model in gpu_models:
         if cluster.spec.gpus_of(model) < need:
             continue
+        spans = cluster.hosts_needed(need, model)
         per_host: list[tuple[int, list[float]]] = []
         for h in cluster.hosts_by_model[model]:
-            ends = []
-            for holders in cluster.occupants[h]:
-                if not holders:
-                    ends.append(now_seconds)
-                else:
-                    ends.append(max(end_of(j) for j in holders))
-            ends.sort()
+            ends = sorted(
+                now_seconds if not holders else max(end_of(j) for j in holders)
+                for holders in cluster.occupants[h]
+            )
             per_host.append((h, ends))
-        if need <= cluster.host_size(model):
-            options = [(ends[need - 1], h) for h, ends in per_host if len(ends) >= need]
-            if not options:
-                continue
-            t, h = min(options)
-            candidate = Reservation(job.job_id, t, model, frozenset([h]))
-        else:
-            pool = sorted((t, h) for h, ends in per_host for t in ends)
-            t = pool[need - 1][0]
-            hosts = frozenset(h for tt, h in pool[:need])
-            candidate = Reservation(job.job_id, t, model, hosts)
-        if best is None or candidate.start_seconds < best.start_seconds:
-            best = candidate
+        for t in sorted({e for _, ends in per_host for e in ends}):
+            if best is not None and t >= best.start_seconds:
+                break
+            free_at = sorted(
+                ((sum(1 for e in ends if e <= t), h) for h, ends in per_host), reverse=True
+            )[:spans]
+            if sum(count for count, _ in free_at) >= need:
+                best = Reservation(job.job_id, t, model, frozenset(h for _, h in free_at))
+                break
     return best

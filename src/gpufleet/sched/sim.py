@@ -2,17 +2,26 @@
 
 Time only moves forward through a heap of events (arrival, finish, OOM, policy wake-up). After all
 events of one instant are handled, the policy's ``schedule`` runs once. Runtimes, GPU memory and
-co-location slowdowns are the jobs' *true* values; the policy only sees predictions.
+co-location slowdowns are the jobs' *true* values (``JobTruth``), which the simulator keeps in a
+private mapping; the policy sees only the jobs' views (``SimJob``) through a ``PolicyContext``.
 
-Model (see docs/scheduler.md):
-- a job progresses at ``1 / true_duration[model]`` of its work per second, times the co-location
-  factor while it shares its GPU (Gavel's measured pair throughputs);
-- starting pays a data-transfer delay (``data_size / bandwidth`` unless the data is on the host)
-  and, after a preemption, a restart cost; no progress is made during either;
-- a placement whose GPUs' true memory overflows makes the job fail with OOM after
-  ``oom_detect_seconds``; the job then waits again and is never again placed on a GPU model with
-  that little memory (the user's retry asks for a bigger GPU);
-- preemption keeps the progress made (checkpoint) and costs ``restart_cost_seconds`` at restart.
+Two cost models, one switch (``SimConfig.cost_model``), the same for every policy of a comparison
+and printed with its results:
+
+- ``reference``: what published simulators (Tiresias's, Gavel's) assume. GPUs are counted: each
+  GPU model is one pool, node boundaries play no part; preemption is free (a job resumes with its
+  progress, no restart cost); no data transfer; GPU memory is not modelled (no OOM).
+- ``realistic``: whole hosts (a job spans as few hosts as it must); a restart after a preemption
+  costs ``restart_cost_seconds``; the job's data is copied to each host of its placement that does
+  not hold it yet (``data_size / bandwidth``, paid once per host: the copy stays there); a
+  placement whose true GPU memory overflows fails with OOM after ``oom_detect_seconds``, and the
+  job is then never again placed on a GPU model with that little memory.
+
+Both: a job progresses at ``1 / true_duration[model]`` of its work per second, times the
+co-location factor while it shares its GPU; preemption keeps the progress made (checkpoint).
+A job that can never run on the cluster (more GPUs than any usable GPU model has, or more memory
+than any GPU holds) is refused at submission, or at the OOM that proves it, with the reason; it
+is counted apart and never handed to (or kept by) the policy.
 """
 
 from __future__ import annotations
@@ -23,20 +32,51 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gpufleet.sched.cluster import ClusterSpec, ClusterState, Placement
-from gpufleet.sched.policy import Policy
-from gpufleet.sched.simjob import FINISHED, RUNNING, WAITING, SimJob
+from gpufleet.sched.cluster import ClusterSpec, ClusterState, Host, Placement
+from gpufleet.sched.policy import Policy, PolicyContext
+from gpufleet.sched.simjob import FINISHED, RUNNING, WAITING, JobTruth, SimInput, SimJob
 
 _FINISH, _OOM, _ARRIVAL, _WAKEUP = 0, 1, 2, 3
 
 ColocationFn = Callable[[str, str, str], float]
 
+COST_MODELS = ("reference", "realistic")
+REFUSED = "refused"
+
 
 @dataclass(frozen=True)
 class SimConfig:
+    cost_model: str = "realistic"
     restart_cost_seconds: float = 60.0
     oom_detect_seconds: float = 60.0
     queue_samples: int = 2000
+
+    def __post_init__(self) -> None:
+        if self.cost_model not in COST_MODELS:
+            raise ValueError(
+                f"cost model: {self.cost_model!r} is not one of {', '.join(COST_MODELS)}"
+            )
+
+    @property
+    def reference(self) -> bool:
+        return self.cost_model == "reference"
+
+    def describe(self) -> str:
+        if self.reference:
+            return "reference (GPUs counted per GPU model, free preemption, no data transfer)"
+        return (
+            f"realistic (whole hosts, restart {self.restart_cost_seconds:g} s, data copied once "
+            f"per host, OOM detected after {self.oom_detect_seconds:g} s)"
+        )
+
+
+def pooled(spec: ClusterSpec) -> ClusterSpec:
+    """The reference model's cluster: one pool (one host) per GPU model, same GPUs."""
+    hosts: list[Host] = []
+    for model in spec.gpu_models:
+        memory = max(h.gpu_memory_bytes for h in spec.hosts if h.gpu_model == model)
+        hosts.append(Host(len(hosts), f"{model}-pool", model, spec.gpus_of(model), memory))
+    return ClusterSpec(tuple(hosts), spec.bandwidth_bytes_per_second)
 
 
 @dataclass
@@ -63,25 +103,30 @@ class SimResult:
     sim_wall_s: float
     queue_length: list[tuple[float, int]] = field(default_factory=list)
     memory_overcommits: int = 0  # placements whose claimed memory exceeded a GPU (policy bug)
+    refused: dict[int, str] = field(default_factory=dict)  # job id -> why it can never run
+    cost_model: str = "realistic"
 
 
 class Simulator:
-    """Drives one policy over one list of jobs. The jobs are mutated; pass fresh copies."""
+    """Drives one policy over one list of jobs. The inputs are mutated; pass fresh copies."""
 
     def __init__(
         self,
         spec: ClusterSpec,
-        jobs: list[SimJob],
+        jobs: list[SimInput],
         policy: Policy,
         colocation: ColocationFn | None = None,
         config: SimConfig | None = None,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> None:
-        self.cluster = ClusterState(spec)
-        self.jobs = {j.job_id: j for j in jobs}
+        self.config = config or SimConfig()
+        self.spec = pooled(spec) if self.config.reference else spec
+        self.cluster = ClusterState(self.spec)
+        self.jobs: dict[int, SimJob] = {i.job.job_id: i.job for i in jobs}
+        self.__truth: dict[int, JobTruth] = {i.job.job_id: i.truth for i in jobs}
+        self.__data_on: dict[int, set[int]] = {}
         self.policy = policy
         self.colocation = colocation or (lambda a, b, m: 0.5)
-        self.config = config or SimConfig()
         self.on_progress = on_progress
         self.now_seconds = 0.0
         self.running: dict[int, SimJob] = {}
@@ -95,18 +140,27 @@ class Simulator:
         self._last_t = 0.0
         self._area_at_arrival: dict[int, float] = {}
         self._mean_in_system: dict[int, float] = {}
+        self._reporting: set[int] = set()
         self.oom_failures = 0
         self.preemptions = 0
         self.memory_overcommits = 0
         self.finished = 0
+        self.refused: dict[int, str] = {}
         self._waiting_count = 0
         self._queue_trace: list[tuple[float, int]] = []
         self._started_in_pass = 0
+        self.context = PolicyContext(
+            self.cluster,
+            self.running,
+            self._start,
+            self._preempt,
+        )
 
-    # -- the SchedulerContext the policy drives ---------------------------------------------
-    def start(self, job: SimJob, placement: Placement, claimed_memory_bytes: int = 0) -> None:
+    # -- the two actions a policy has ---------------------------------------------------------
+    def _start(self, job: SimJob, placement: Placement, claimed_memory_bytes: int = 0) -> None:
         if job.status != WAITING:
             raise RuntimeError(f"job {job.job_id} started while {job.status}")
+        truth = self.__truth[job.job_id]
         now = self.now_seconds
         self.cluster.allocate(job.job_id, placement, claimed_memory_bytes)
         if claimed_memory_bytes:
@@ -121,14 +175,22 @@ class Simulator:
         job.run_started_seconds = now
         if job.first_start_seconds is None:
             job.first_start_seconds = now
-        overhead = self._transfer_seconds(job, placement)
-        if job.restart_pending:
-            overhead += self.config.restart_cost_seconds
-            job.restart_pending = False
+        overhead = 0.0
+        if not self.config.reference:
+            overhead = self._transfer_seconds(job, placement)
+            if job.restart_pending:
+                overhead += self.config.restart_cost_seconds
+        job.restart_pending = False
         self.running[job.job_id] = job
-        job.progress_from_seconds = now + overhead
-        job.rate_per_second = 0.0
-        if self._overflows(job, placement):
+        truth.progress_from_seconds = now + overhead
+        truth.rate_per_second = 0.0
+        job.computing_since_seconds = now + overhead
+        if not self.config.reference:
+            job.measured_gpu_memory_bytes = truth.gpu_memory_bytes
+        if job.reports_progress:
+            self._reporting.add(job.job_id)
+            job.reported_progress = truth.progress_fraction
+        if not self.config.reference and self._overflows(job, placement):
             self._oom_pending.add(job.job_id)
             self._push(
                 now + overhead + self.config.oom_detect_seconds, _OOM, job.job_id, job.version
@@ -138,7 +200,7 @@ class Simulator:
         for other in self.cluster.co_holders(job.job_id):
             self._set_rate(self.running[other])
 
-    def preempt(self, job: SimJob) -> None:
+    def _preempt(self, job: SimJob) -> None:
         if job.status != RUNNING:
             raise RuntimeError(f"job {job.job_id} preempted while {job.status}")
         self.preemptions += 1
@@ -152,20 +214,29 @@ class Simulator:
         heapq.heappush(self._heap, (t, kind, self._seq, job_id, version))
 
     def _transfer_seconds(self, job: SimJob, placement: Placement) -> float:
+        """The data is copied to every host of the placement that lacks it (in parallel, so the
+        time of one copy); each copy stays on its host."""
         if job.data_size_bytes <= 0:
             return 0.0
-        if job.data_host is not None and placement.host_ids == (job.data_host,):
+        have = self.__data_on.get(job.job_id)
+        if have is None:
+            have = self.__data_on[job.job_id] = (
+                {job.data_host} if job.data_host is not None else set()
+            )
+        lacking = [h for h in placement.host_ids if h not in have]
+        if not lacking:
             return 0.0
+        have.update(lacking)
         return job.data_size_bytes / self.cluster.spec.bandwidth_bytes_per_second
 
     def _overflows(self, job: SimJob, placement: Placement) -> bool:
         hosts = self.cluster.hosts
+        truth = self.__truth
         if not self.cluster.shared_gpus:  # the job is alone on each of its GPUs
-            return any(
-                job.true_gpu_memory_bytes > hosts[h].gpu_memory_bytes for h in placement.host_ids
-            )
+            need = truth[job.job_id].gpu_memory_bytes
+            return any(need > hosts[h].gpu_memory_bytes for h in placement.host_ids)
         for h, g in placement.gpus:
-            used = sum(self.jobs[j].true_gpu_memory_bytes for j in self.cluster.occupants[h][g])
+            used = sum(truth[j].gpu_memory_bytes for j in self.cluster.occupants[h][g])
             if used > self.cluster.hosts[h].gpu_memory_bytes:
                 return True
         return False
@@ -174,40 +245,51 @@ class Simulator:
         """Recompute a running job's speed (co-location may have changed) and its finish event."""
         if job.job_id in self._oom_pending:
             return
+        truth = self.__truth[job.job_id]
         now = self.now_seconds
         assert job.placement is not None
         model = job.placement.gpu_model
-        if job.rate_per_second > 0:
-            job.progress_fraction = job.progress_at(now)
-        job.progress_from_seconds = max(now, job.progress_from_seconds)
-        rate = 1.0 / job.true_duration_seconds[model]
+        if truth.rate_per_second > 0:
+            truth.progress_fraction = truth.progress_at(now)
+        truth.progress_from_seconds = max(now, truth.progress_from_seconds)
+        rate = 1.0 / truth.duration_seconds[model]
         for other_id in self.cluster.co_holders(job.job_id):
             if other_id not in self._oom_pending:
                 rate *= self.colocation(job.job_type, self.jobs[other_id].job_type, model)
-        job.rate_per_second = rate
+        truth.rate_per_second = rate
         job.version += 1
-        remaining = max(0.0, 1.0 - job.progress_fraction)
-        self._push(job.progress_from_seconds + remaining / rate, _FINISH, job.job_id, job.version)
+        remaining = max(0.0, 1.0 - truth.progress_fraction)
+        end = truth.progress_from_seconds + remaining / rate
+        if abs(end - round(end)) < 1e-6:  # whole-second traces stay whole (no float drift)
+            end = float(round(end))
+        self._push(end, _FINISH, job.job_id, job.version)
 
     def _stop(self, job: SimJob) -> None:
         """Take a running job off its GPUs (finish, OOM or preemption)."""
+        truth = self.__truth[job.job_id]
         now = self.now_seconds
-        if job.rate_per_second > 0:
-            job.progress_fraction = min(1.0, job.progress_at(now))
+        if truth.rate_per_second > 0:
+            truth.progress_fraction = min(1.0, truth.progress_at(now))
         held = now - job.run_started_seconds
         job.run_seconds += held
         job.attained_gpu_seconds += held * job.num_gpus
-        job.rate_per_second = 0.0
+        assert job.placement is not None
+        computed = max(0.0, now - job.computing_since_seconds)
+        job.work_seconds += computed / job.runtime_ratio_by_model.get(job.placement.gpu_model, 1.0)
+        truth.rate_per_second = 0.0
         job.version += 1
         others = self.cluster.co_holders(job.job_id)
         self.cluster.release(job.job_id)
         del self.running[job.job_id]
         self._oom_pending.discard(job.job_id)
+        self._reporting.discard(job.job_id)
         job.placement = None
         if job.status == RUNNING:
             job.status = WAITING
             job.last_wait_from_seconds = now
             self._waiting_count += 1
+        if job.reports_progress:
+            job.reported_progress = truth.progress_fraction
         for other in others:
             self._set_rate(self.running[other])
 
@@ -221,6 +303,33 @@ class Simulator:
             self._busy_area += busy * dt
         self._last_t = t
         self.now_seconds = t
+        self.context.now_seconds = t
+
+    def refusal(self, job: SimJob) -> str | None:
+        """Why a job can never run on this cluster, or None."""
+        models = [m for m in self.spec.gpu_models if m in job.runtime_ratio_by_model]
+        if not models:
+            return "no GPU model of the cluster can run it"
+        most = max(self.spec.gpus_of(m) for m in models)
+        if job.num_gpus > most:
+            return (
+                f"asks for {job.num_gpus} GPUs; the largest usable GPU pool has {most} "
+                f"({self.spec.describe()})"
+            )
+        if not self.config.reference and job.gpu_memory_bytes is not None:
+            room = max(h.gpu_memory_bytes for h in self.spec.hosts if h.gpu_model in models)
+            if job.gpu_memory_bytes > room:
+                return (
+                    f"asks for {job.gpu_memory_bytes / 2**30:.1f} GiB per GPU; the largest GPU "
+                    f"holds {room / 2**30:.1f} GiB"
+                )
+        return None
+
+    def _refuse(self, job: SimJob, reason: str) -> None:
+        self.refused[job.job_id] = reason
+        job.status = REFUSED
+        self._in_system -= 1
+        self._waiting_count -= 1
 
     def _handle(self, kind: int, job_id: int, version: int) -> None:
         job = self.jobs[job_id]
@@ -228,15 +337,21 @@ class Simulator:
         if kind == _ARRIVAL:
             self._in_system += 1
             self._waiting_count += 1
-            self._area_at_arrival[job_id] = self._area
             job.last_wait_from_seconds = now
+            reason = self.refusal(job)
+            if reason is not None:
+                self._refuse(job, reason)
+                return
+            self._area_at_arrival[job_id] = self._area
             self.policy.on_arrival(job, now)
         elif kind == _FINISH:
             if version != job.version or job.status != RUNNING:
                 return
             job.status = FINISHED
             self._stop(job)
-            job.progress_fraction = 1.0
+            self.__truth[job_id].progress_fraction = 1.0
+            if job.reports_progress:
+                job.reported_progress = 1.0
             job.finish_seconds = now
             self.finished += 1
             self._in_system -= 1
@@ -251,14 +366,19 @@ class Simulator:
             memory = self.cluster.hosts[job.placement.host_ids[0]].gpu_memory_bytes
             self.oom_failures += 1
             job.oom_failures += 1
-            job.progress_fraction = 0.0
+            self.__truth[job_id].progress_fraction = 0.0
+            job.work_seconds = 0.0
             self._stop(job)
-            if job.true_gpu_memory_bytes > memory:  # too big even alone: ask for a bigger GPU
+            if self.__truth[job_id].gpu_memory_bytes > memory:  # too big even alone
                 for host in self.cluster.hosts:
                     if host.gpu_memory_bytes <= memory:
                         job.excluded_gpu_models.add(host.gpu_model)
             else:  # it overflowed beside another job: run it alone from now on
                 job.exclusive = True
+            if not [m for m in job.runtime_ratio_by_model if m not in job.excluded_gpu_models]:
+                self._refuse(job, "ran out of GPU memory on every GPU model of the cluster")
+                self._area_at_arrival.pop(job_id, None)
+                return
             self.policy.on_failure(job, now, "oom")
 
     def run(self) -> SimResult:
@@ -268,6 +388,8 @@ class Simulator:
         pending_arrivals = len(self.jobs)
         total = len(self.jobs)
         handled = 0
+        ctx = self.context
+        truth = self.__truth
         while self._heap:
             t = self._heap[0][0]
             self._advance(t)
@@ -279,8 +401,10 @@ class Simulator:
                 if kind == _ARRIVAL:
                     pending_arrivals -= 1
                 self._handle(kind, job_id, version)
+            for job_id in self._reporting:
+                self.jobs[job_id].reported_progress = truth[job_id].progress_at(t)
             self._started_in_pass = 0
-            self.policy.schedule(self)
+            self.policy.schedule(ctx)
             self._record_queue()
             wake = self.policy.next_wakeup_seconds(self.now_seconds)
             if (
@@ -306,9 +430,11 @@ class Simulator:
     def _result(self, wall_s: float) -> SimResult:
         records = []
         for job in self.jobs.values():
+            if job.job_id in self.refused:
+                continue
             feasible = [
                 d
-                for m, d in job.true_duration_seconds.items()
+                for m, d in self.__truth[job.job_id].duration_seconds.items()
                 if self.cluster.spec.gpus_of(m) >= job.num_gpus
             ]
             records.append(
@@ -331,8 +457,14 @@ class Simulator:
             busy_gpu_seconds=self._busy_area,
             oom_failures=self.oom_failures,
             preemptions=self.preemptions,
-            unfinished_jobs=sum(1 for j in self.jobs.values() if j.status != FINISHED),
+            unfinished_jobs=sum(
+                1
+                for j in self.jobs.values()
+                if j.status != FINISHED and j.job_id not in self.refused
+            ),
             sim_wall_s=wall_s,
             queue_length=self._queue_trace[::step],
             memory_overcommits=self.memory_overcommits,
+            refused=dict(self.refused),
+            cost_model=self.config.cost_model,
         )

@@ -1,150 +1,180 @@
-"""Tiresias 2D-LAS (Gu et al., NSDI'19), as a baseline: preemptive, no runtime knowledge.
+"""Tiresias (Gu et al., NSDI'19) as its authors' simulator runs it: discretised 2D-LAS (``dlas-gpu``,
+attained service in GPU-seconds) or 1D (``dlas``, seconds). Preemptive; no runtime knowledge.
 
-Priority is the job's attained service in GPU-seconds (GPUs x time run), discretised into a few
-queues; within a queue jobs go in arrival order. Whenever something changes, the highest-priority
-jobs that fit get the GPUs and running jobs that lost their place are preempted (progress kept,
-restart cost paid by the simulator). A job that has waited longer than ``promote_factor`` times
-what it has run is promoted to the first queue, Tiresias' guard against starvation.
+The mechanics follow SymbioticLab/Tiresias ``simulator/run_sim.py`` (described in
+``../shared/data/tiresias/README.md``), so that its published figures can be reproduced:
+
+- queues 0..K with limits ``thresholds`` (reference: 3,250 and 7,200 GPU-seconds, 3 queues); a new
+  job joins the tail of queue 0;
+- at every event (arrival, finish, or a running job reaching its queue limit) the running jobs'
+  executed time is brought up to date and a job at or past its queue's limit is demoted to the
+  tail of the next queue (running jobs visited in arrival order);
+- then one pass: all GPUs are freed and the queues are walked from 0 in their order; a job that
+  fits (GPU count) runs, one that does not is skipped (so smaller jobs behind it may start) and
+  is preempted if it was running; after the pass each queue is reordered with its running jobs
+  first and its pending jobs after them (each part in its previous order);
+- the next demotion wake-up of a running job is ``now + ceil((limit - executed_s) / gpus)``
+  under GPU time, a quirk of the reference (``executed_s`` is in seconds, not GPU-seconds:
+  multi-GPU jobs are demoted a little late); ``now + limit - executed_s`` under 1D;
+- no promotion in the reference (``solve_starvation = 0``); ``promote_factor > 0`` turns on the
+  paper's starvation guard: a pending job that has run before and has waited ``promote_factor`` x
+  its executed time since it last ran goes back to the tail of queue 0 with its executed time reset.
+
+Under the realistic cost model the same decisions are placed on whole hosts (the job's GPUs found
+after the preemptions of the pass; a job that finds none waits for the next pass) and every
+preemption costs the simulator's restart.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 
 from gpufleet.sched.policy import Policy, SchedulerContext, allowed_models
-from gpufleet.sched.queue import SortedQueue
 from gpufleet.sched.simjob import SimJob
+
+REFERENCE_THRESHOLDS = (3250.0, 7200.0)
 
 
 class Tiresias(Policy):
     name = "tiresias"
-    thresholds_gpu_seconds: tuple[float, ...] = (3600.0, 36000.0)
-    promote_factor = 8.0
-    scan_limit = 64
 
-    def __init__(self) -> None:
-        self.levels = [
-            SortedQueue(lambda j: (j.arrival_seconds,))
-            for _ in range(len(self.thresholds_gpu_seconds) + 1)
-        ]
-        self.level_of: dict[int, int] = {}
-        self.offset: dict[int, float] = {}  # attained service forgiven at promotion
-        self._running: dict[int, SimJob] | None = None
-        self._crossings: dict[int, tuple[float, int]] = {}
-
-    def _level(self, attained: float) -> int:
-        level = 0
-        for threshold in self.thresholds_gpu_seconds:
-            if attained >= threshold:
-                level += 1
-        return level
-
-    def _enqueue(self, job: SimJob, now_seconds: float) -> None:
-        level = self._level(job.attained_gpu_seconds - self.offset.get(job.job_id, 0.0))
-        self.level_of[job.job_id] = level
-        self.levels[level].add(job)
+    def __init__(
+        self,
+        thresholds: tuple[float, ...] = REFERENCE_THRESHOLDS,
+        *,
+        gpu_time: bool = True,
+        promote_factor: float = 0.0,
+    ) -> None:
+        self.thresholds = tuple(thresholds)
+        self.gpu_time = gpu_time
+        self.promote_factor = promote_factor
+        self.queues: list[list[SimJob]] = [[] for _ in range(len(self.thresholds) + 1)]
+        self.qid: dict[int, int] = {}
+        self.offset: dict[int, float] = {}  # seconds held forgiven at a promotion
+        self.pending_for: dict[int, float] = {}  # seconds pending since it last ran (promotion)
+        self.active: dict[int, SimJob] = {}  # every job in the system, in arrival order
+        self.last_seen = 0.0
+        self.next_jump = math.inf
 
     def on_arrival(self, job: SimJob, now_seconds: float) -> None:
-        self._enqueue(job, now_seconds)
+        self.active[job.job_id] = job
+        self.qid[job.job_id] = 0
+        self.queues[0].append(job)
+
+    def on_finish(self, job: SimJob, now_seconds: float) -> None:
+        self.queues[self.qid.pop(job.job_id)].remove(job)
+        del self.active[job.job_id]
+        self.offset.pop(job.job_id, None)
+        self.pending_for.pop(job.job_id, None)
 
     def on_failure(self, job: SimJob, now_seconds: float, reason: str) -> None:
-        self._enqueue(job, now_seconds)
+        """An OOM: the job stays in its queue, pending (the simulator excludes the GPU model)."""
 
-    def _promote_starving(self, now: float) -> None:
-        for level in self.levels[1:]:
-            for job in level.head(64):
-                waited = now - job.last_wait_from_seconds
-                if waited > self.promote_factor * max(job.run_seconds, 1.0):
-                    level.remove(job)
-                    self.offset[job.job_id] = job.attained_gpu_seconds
-                    self.level_of[job.job_id] = 0
-                    self.levels[0].add(job)
+    def executed(self, job: SimJob, now: float) -> float:
+        """Seconds run since arrival or the last promotion (the reference's ``executed_time``)."""
+        return job.held_now(now) - self.offset.get(job.job_id, 0.0)
+
+    def _service(self, job: SimJob, now: float) -> float:
+        executed = self.executed(job, now)
+        return executed * job.num_gpus if self.gpu_time else executed
+
+    def _update(self, ctx: SchedulerContext) -> None:
+        """Demote running jobs past their queue's limit; promote starving ones (if enabled)."""
+        now = ctx.now_seconds
+        last = len(self.queues) - 1
+        elapsed = now - self.last_seen
+        self.last_seen = now
+        if self.promote_factor > 0:
+            jobs = list(self.active.values())
+        else:
+            jobs = sorted(ctx.running.values(), key=lambda j: (j.arrival_seconds, j.job_id))
+        for job in jobs:
+            q = self.qid[job.job_id]
+            if job.placement is not None:
+                if q < last and self._service(job, now) >= self.thresholds[q]:
+                    self.queues[q].remove(job)
+                    self.queues[q + 1].append(job)
+                    self.qid[job.job_id] = q + 1
+                continue
+            executed = self.executed(job, now)
+            if executed <= 0:
+                continue
+            waited = self.pending_for.get(job.job_id, 0.0) + elapsed
+            self.pending_for[job.job_id] = waited
+            if q > 0 and waited >= executed * self.promote_factor:
+                self.queues[q].remove(job)
+                self.queues[0].append(job)
+                self.qid[job.job_id] = 0
+                self.offset[job.job_id] = job.held_now(now)
+                self.pending_for[job.job_id] = 0.0
 
     def schedule(self, ctx: SchedulerContext) -> None:
-        now = ctx.now_seconds
         cluster = ctx.cluster
-        self._running = ctx.running  # type: ignore[assignment]
-        self._promote_starving(now)
-        first_level = next((i for i, q in enumerate(self.levels) if len(q)), None)
-        if first_level is None:
-            return
-        if not any(cluster.free_by_model.values()):
-            # nothing free: only a waiting job that outranks a running one changes anything
-            head = self.levels[first_level].first()
-            assert head is not None
-            outranked = False
-            for job in ctx.running.values():
-                level = self._level(job.attained_now(now) - self.offset.get(job.job_id, 0.0))
-                if level > first_level or (
-                    level == first_level and job.arrival_seconds > head.arrival_seconds
-                ):
-                    outranked = True
-                    break
-            if not outranked:
-                return
-        capacity = {m: cluster.spec.gpus_of(m) for m in cluster.spec.gpu_models}
-        total = sum(capacity.values())
-        by_level: list[list[tuple[float, int, SimJob]]] = [[] for _ in self.levels]
-        for job in ctx.running.values():
-            attained = job.attained_now(now) - self.offset.get(job.job_id, 0.0)
-            by_level[self._level(attained)].append((job.arrival_seconds, job.job_id, job))
+        self._update(ctx)
+        models = cluster.spec.gpu_models
+        capacity = {m: cluster.spec.gpus_of(m) for m in models}
+        left = sum(capacity.values())
         keep: set[int] = set()
-        admit: list[tuple[SimJob, str]] = []
-        for level, queue in enumerate(self.levels):
-            waiting = ((j.arrival_seconds, j.job_id, j) for j in queue.head(self.scan_limit))
-            for _, _, job in heapq.merge(
-                sorted(by_level[level], key=lambda e: e[:2]), waiting, key=lambda e: e[:2]
-            ):
-                if total <= 0:
+        admit: list[SimJob] = []
+        for queue in self.queues:
+            for job in queue:
+                if left <= 0:
                     break
-                if job.placement is not None:
-                    model = job.placement.gpu_model
+                placement = job.placement
+                if placement is not None:
+                    model = placement.gpu_model
                     if capacity[model] >= job.num_gpus:
                         capacity[model] -= job.num_gpus
-                        total -= job.num_gpus
+                        left -= job.num_gpus
                         keep.add(job.job_id)
                     continue
-                for model in allowed_models(job, cluster.spec.gpu_models):
+                for model in allowed_models(job, models):
                     if capacity[model] >= job.num_gpus:
                         capacity[model] -= job.num_gpus
-                        total -= job.num_gpus
-                        admit.append((job, model))
+                        left -= job.num_gpus
+                        admit.append(job)
                         break
-        if admit:
-            for job in list(ctx.running.values()):
-                if job.job_id not in keep:
-                    ctx.preempt(job)
-                    self._enqueue(job, now)
-        for job, model in admit:
-            placement = cluster.find_whole(job.num_gpus, model)
-            if placement is None:
-                for other in allowed_models(job, cluster.spec.gpu_models):
-                    placement = cluster.find_whole(job.num_gpus, other)
-                    if placement is not None:
-                        break
-            if placement is None:
+        for job in [j for j in ctx.running.values() if j.job_id not in keep]:
+            ctx.preempt(job)
+            self.pending_for[job.job_id] = 0.0
+        for job in admit:
+            placement = None
+            for model in allowed_models(job, models):
+                placement = cluster.find_whole(job.num_gpus, model)
+                if placement is not None:
+                    break
+            if placement is not None:
+                ctx.start(job, placement)
+                self.pending_for[job.job_id] = 0.0
+        for i, queue in enumerate(self.queues):
+            if queue:
+                self.queues[i] = [j for j in queue if j.placement is not None] + [
+                    j for j in queue if j.placement is None
+                ]
+        self.next_jump = self._next_jump(ctx)
+
+    def _next_jump(self, ctx: SchedulerContext) -> float:
+        now = ctx.now_seconds
+        last = len(self.queues) - 1
+        soonest = math.inf
+        for job in ctx.running.values():
+            q = self.qid[job.job_id]
+            if q >= last:
                 continue
-            self.levels[self.level_of.pop(job.job_id)].remove(job)
-            ctx.start(job, placement)
+            executed = self.executed(job, now)
+            if self.gpu_time:  # the reference's quirk: seconds against a GPU-seconds limit
+                jump = now + math.ceil((self.thresholds[q] - executed) / job.num_gpus)
+            else:
+                jump = now + self.thresholds[q] - executed
+            soonest = min(soonest, jump)
+        if self.promote_factor > 0:
+            for job in self.active.values():
+                if job.placement is None and self.qid[job.job_id] > 0:
+                    executed = self.executed(job, now)
+                    wait = executed * self.promote_factor - self.pending_for.get(job.job_id, 0.0)
+                    if executed > 0 and wait > 0:
+                        soonest = min(soonest, now + wait)
+        return soonest
 
     def next_wakeup_seconds(self, now_seconds: float) -> float | None:
-        """When the next running job crosses a queue threshold (and may lose its GPUs)."""
-        if not self._running or not any(len(q) for q in self.levels):
-            return None
-        crossings = self._crossings
-        for job_id in list(crossings):
-            if job_id not in self._running:
-                del crossings[job_id]
-        for job_id, job in self._running.items():
-            if job_id not in crossings or crossings[job_id][1] != job.version:
-                crossings[job_id] = (self.crossing_time(job, now_seconds), job.version)
-        soonest = min((t for t, _ in crossings.values()), default=math.inf)
-        return soonest if soonest < math.inf else None
-
-    def crossing_time(self, job: SimJob, now_seconds: float) -> float:
-        attained = job.attained_now(now_seconds) - self.offset.get(job.job_id, 0.0)
-        for threshold in self.thresholds_gpu_seconds:
-            if attained < threshold:
-                return now_seconds + (threshold - attained) / job.num_gpus
-        return math.inf
+        return self.next_jump if math.isfinite(self.next_jump) else None

@@ -9,8 +9,9 @@ Synthetic attributes (labelled ``synthetic=True`` on every job):
   uniform factor in [0.85, 1.05];
 - dataset: log-normal size, median 20 GB, sigma 1.0, capped at 2 TB; it lives on a uniformly drawn
   host with probability 0.7, otherwise on remote storage;
-- what the scheduler is told: runtime = true V100 runtime x exp(N(0, sigma)) (``runtime_error``)
-  scaled per GPU model by the predictor, memory = the predictor's estimate.
+- what the scheduler is told (``SimJob``): GPUs, VC, user, data, the job type and the
+  predictor's runtime ratios between GPU models; never the runtime or the memory (those are in
+  ``JobTruth``, which only the simulator holds).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from gpufleet.sched.cluster import ClusterSpec
 from gpufleet.sched.gavel import GavelTable, bench_model_name, synthetic_memory_bytes
-from gpufleet.sched.simjob import SimJob
+from gpufleet.sched.simjob import JobTruth, SimInput, SimJob
 
 GB = 10**9
 
@@ -92,7 +93,6 @@ def natural_load(trace: list[TraceJob], spec: ClusterSpec, gavel: GavelTable) ->
 
 
 RatioFn = Callable[[str, int, str], float | None]  # (job type, scale, gpu model) -> time vs V100
-MemoryFn = Callable[[str, int], int | None]
 
 
 def build_jobs(
@@ -102,11 +102,14 @@ def build_jobs(
     *,
     load: float = 1.0,
     seed: int = 0,
-    runtime_error: float = 0.5,
     predicted_ratio: RatioFn | None = None,
-    predicted_memory: MemoryFn | None = None,
-) -> list[SimJob]:
-    """Simulation jobs from trace rows; arrivals are time-scaled so the offered load is ``load``."""
+) -> list[SimInput]:
+    """Simulation jobs from trace rows; arrivals are time-scaled so the offered load is ``load``.
+
+    The policy's view of a job gets its GPU count, VC, user, data and the annotated (synthetic)
+    job type with its runtime ratios between GPU models (the predictor's, from the benchmark
+    table); its GPU memory is unknown (Philly jobs state none). The truth gets the runtimes and
+    the memory."""
     if load <= 0:
         raise ValueError("load must be positive")
     rng = random.Random(seed)
@@ -114,36 +117,67 @@ def build_jobs(
     stretch = natural_load(trace, spec, gavel) / load
     types_by_scale = {s: gavel.job_types(s) for s in (1, 2, 4, 8)}
     fallback_ratio = {m: mean_speed_ratio(gavel, m) for m in spec.gpu_models}
-    jobs: list[SimJob] = []
+    jobs: list[SimInput] = []
     for index, row in enumerate(trace):
         scale = gavel_scale(row.num_gpus)
         job_type = rng.choice(types_by_scale[scale])
         true_duration: dict[str, float] = {}
-        predicted: dict[str, float] = {}
-        noise = math.exp(rng.gauss(0.0, runtime_error)) if runtime_error > 0 else 1.0
+        ratios: dict[str, float] = {}
         for model in spec.gpu_models:
             ratio = gavel.speed_ratio(model, job_type, scale) or fallback_ratio[model]
             true_duration[model] = row.duration_seconds / ratio
             guess = predicted_ratio(job_type, scale, model) if predicted_ratio else 1.0 / ratio
-            predicted[model] = row.duration_seconds * noise * (guess or 1.0 / fallback_ratio[model])
+            ratios[model] = guess or 1.0 / fallback_ratio[model]
         profile = synthetic_memory_bytes(job_type)
         memory = int(profile * rng.uniform(0.85, 1.05))
-        predicted_mem = predicted_memory(job_type, scale) if predicted_memory else None
         data_size = int(min(2000 * GB, 20 * GB * math.exp(rng.gauss(0.0, 1.0))))
         data_host = rng.randrange(len(spec.hosts)) if rng.random() < 0.7 else None
-        jobs.append(
-            SimJob(
-                job_id=index,
-                arrival_seconds=(row.submit_seconds - base) * stretch,
-                num_gpus=row.num_gpus,
-                job_type=bench_model_name(job_type, 1),
-                true_duration_seconds=true_duration,
-                true_gpu_memory_bytes=memory,
-                predicted_duration_seconds=predicted,
-                predicted_gpu_memory_bytes=predicted_mem if predicted_mem else profile,
-                data_size_bytes=data_size,
-                data_host=data_host,
-                user=f"{row.vc}/u{index % 97}",
-            )
+        view = SimJob(
+            job_id=index,
+            arrival_seconds=(row.submit_seconds - base) * stretch,
+            num_gpus=row.num_gpus,
+            job_type=bench_model_name(job_type, 1),
+            runtime_ratio_by_model=ratios,
+            gpu_memory_bytes=None,
+            data_size_bytes=data_size,
+            data_host=data_host,
+            user=f"{row.vc}/u{index % 97}",
+            vc=row.vc,
         )
+        jobs.append(SimInput(view, JobTruth(true_duration, memory)))
+    return jobs
+
+
+def read_tiresias_trace(path: str | Path, gpu_model: str = "v100") -> list[SimInput]:
+    """A trace in Tiresias's simulator format
+    (``job_id,num_gpu,submit_time,iterations,model_name,duration,interval``): each job runs
+    ``duration`` seconds on ``gpu_model``, arrives at ``submit_time``; no memory, no data.
+    Raises ValueError naming the file, line and column of a bad value."""
+    jobs: list[SimInput] = []
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"job_id", "num_gpu", "submit_time", "duration"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+        for line, row in enumerate(reader, start=2):
+            values = {}
+            for column in ("job_id", "num_gpu", "submit_time", "duration"):
+                try:
+                    values[column] = float(row[column])
+                except (TypeError, ValueError):
+                    raise ValueError(
+                        f"{path}:{line}: {column}: must be a number, got {row[column]!r}"
+                    ) from None
+            if values["num_gpu"] < 1 or values["duration"] < 0 or values["submit_time"] < 0:
+                raise ValueError(f"{path}:{line}: num_gpu >= 1, duration and submit_time >= 0")
+            view = SimJob(
+                job_id=len(jobs),
+                arrival_seconds=values["submit_time"],
+                num_gpus=int(values["num_gpu"]),
+                job_type=row.get("model_name") or "",
+                runtime_ratio_by_model={gpu_model: 1.0},
+                vc=Path(path).stem,
+                synthetic=False,
+            )
+            jobs.append(SimInput(view, JobTruth({gpu_model: values["duration"]}, 0)))
     return jobs
