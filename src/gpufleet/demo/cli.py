@@ -54,8 +54,8 @@ log = logging.getLogger("gpufleet.demo")
     "--trace",
     "trace_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Job trace CSV (default: $GPUFLEET_TRACE, else "
-    "../shared/data/philly_jobs.csv next to the checkout).",
+    help="Job trace CSV, plain or .gz (default: $GPUFLEET_TRACE, else the Philly trace "
+    "shipped with gpufleet).",
 )
 @click.option(
     "--seed",
