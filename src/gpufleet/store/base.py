@@ -9,7 +9,7 @@ import abc
 import asyncio
 import concurrent.futures
 import queue
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,6 +206,10 @@ class Store(abc.ABC):
         watermark plus the hours late samples touched; with one, those hours (a backfill).
         Idempotent. ``progress(done_hours, total_hours)`` is called after each chunk."""
         raise StoreError("this store has no usage warehouse")
+
+    def insert_raw(self, columns: Mapping[str, Mapping[str, Any]]) -> int:
+        """Bulk-write raw-tier rows given as columns (a backfill; see DuckDBStore)."""
+        raise StoreError("this store has no bulk path for raw samples")
 
     def prune_tiers(self, minute_before: float, hour_before: float) -> dict[str, int]:
         """Drop minute and hour tier rows older than the given times (the day tier stays)."""

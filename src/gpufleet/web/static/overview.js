@@ -90,7 +90,8 @@
       `GPU ${g.index} · ${g.name || "unknown"}`,
       `utilisation ${pct(util)} · memory ${bytes(g.memory_used_bytes)} / ${bytes(g.memory_total_bytes)}`,
       `${temp || "N/A"} C · ${power || "N/A"}${g.power_limit_watts ? ` of ${Math.round(g.power_limit_watts)}W` : ""}`,
-      g.users.length ? `held by ${g.users.map((u) => `${u.user} (${bytes(u.gpu_memory_bytes)})`).join(", ")}` : "",
+      g.users.length ? `held by ${g.users.map((u) => `${u.user} (${bytes(u.gpu_memory_bytes)})`).join(", ")}`
+        : !g.free && !g.error ? "held: no process seen (driver/context memory, or a process in another container or PID namespace)" : "",
       g.idle ? `held but idle since ${new Date(g.idle_since * 1000).toLocaleTimeString()}` : "",
       g.error ? `error: ${g.error}` : "",
     ].filter(Boolean).join("\n");
