@@ -150,6 +150,8 @@ def create_app(
         version=__version__,
         description="Live state, ingest and history of a lab's GPU servers.",
         lifespan=lifespan,
+        docs_url=None,  # served by gpufleet.web.apidocs from the package (no CDN)
+        redoc_url=None,
     )
     errors.install(app)
     account_web.install(app, settings.web.require_login)
