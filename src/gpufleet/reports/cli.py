@@ -237,9 +237,15 @@ def _table(data: dict, wide: bool = False) -> None:
         )
     console.print(
         f"p95 within {data['p95_error_bound_percent']:g} points; tier {data['tier']}; "
-        f"rolled up until {data.get('rolled_up_until') or '-'}",
+        f"rolled up until {data.get('rolled_up_until') or '-'}; avg util over "
+        f"{data.get('avg_util_over', '-')}",
         style="dim",
     )
+    if data.get("late_hours_waiting"):
+        console.print(
+            f"{data['late_hours_waiting']} hour(s) of late samples wait for the next rollup: "
+            "their periods will still change", style="yellow",
+        )  # fmt: skip
 
 
 def _when(text: str | None, tz: str) -> float | None:

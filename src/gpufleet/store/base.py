@@ -228,7 +228,8 @@ class Store(abc.ABC):
         raise StoreError("this store has no usage warehouse")
 
     def warehouse_state(self) -> dict[str, str]:
-        """Rollup state: watermark_ts, raw_kept_from_ts, day_tz (as text)."""
+        """Rollup state: watermark_ts, raw_kept_from_ts, day_tz, and when late samples wait
+        for the next rollup late_from_ts (the first such hour) and late_hours (as text)."""
         raise StoreError("this store has no usage warehouse")
 
     def user_mapping(self) -> list[tuple[str, str | None, str | None]]:
