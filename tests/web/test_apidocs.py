@@ -42,3 +42,32 @@ def test_pages_without_a_stream_have_no_live_badge(server, browser):
         page.wait_for_selector('#live[data-state="live"]', timeout=30_000)
     finally:
         page.close()
+
+
+PAGES = ["/", "/hosts/gpu01", "/reports", "/me/usage", "/recommend", "/login", "/docs"]
+
+
+def test_phone_width_has_no_horizontal_scroll_and_full_names_on_hover(server, browser):
+    from tests.conftest import make_batch, make_sample
+    from tests.web.test_browser import _fleet
+
+    _fleet(server, 6)
+    long = "speech-v100-rack7-node-with-a-long-name-01"
+    calm = make_sample(long, gpus=0, procs=0)
+    calm.errors = ["NVML: NVML Shared Library Not Found (NVMLError_LibraryNotFound)"]
+    assert server.post(make_batch(calm)).status_code == 200
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    try:
+        for path in PAGES:
+            page.goto(server.url + path)
+            page.wait_for_load_state("networkidle")
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= 390, f"{path} is {width} px wide on a 390 px screen"
+        page.goto(server.url + "/")
+        page.wait_for_selector("body[data-ready='1']", timeout=10_000)
+        link = page.locator(f'[data-host="{long}"] .hname a')
+        assert link.get_attribute("title") == long
+        row = page.locator(f'[data-host="{long}"]')
+        assert row.locator(".calm").count() == 1 and row.locator(".why").count() == 0
+    finally:
+        page.close()
