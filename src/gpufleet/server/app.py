@@ -106,6 +106,7 @@ def create_app(
         )
         app.state.ctx = ctx
         hub = stream.attach(app, ctx)  # web UI: live updates over SSE (gpufleet.server.stream)
+        metrics.attach(app, ctx)  # /metrics: the XID counter follows every sample
         app.state.accounts = account_web.Accounts(settings, st)
         collector = asyncio.create_task(gcpolicy.run())  # see gcpolicy: no GC stalls
         pruner = asyncio.create_task(_prune_forever(ctx))
