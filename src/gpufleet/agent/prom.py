@@ -118,6 +118,9 @@ def sample_families(samples: Iterable[Sample], xids: XidTotals | None = None) ->
     users = family("host_logged_in_users", "Distinct users logged in.")
     disk_total = family("host_disk_total_bytes", "Size of the filesystem mounted there.")
     disk_used = family("host_disk_used_bytes", "Space used on the filesystem mounted there.")
+    gpu_info = family(
+        "gpu_info", "The GPU's UUID and model name; the value is always 1 (join on host, gpu)."
+    )
     up = family(
         "gpu_up", "1 when NVML answered for this GPU in the latest sample, 0 when it erred."
     )
@@ -166,12 +169,12 @@ def sample_families(samples: Iterable[Sample], xids: XidTotals | None = None) ->
             disk_total.add(labels, disk.total_bytes)
             disk_used.add(labels, disk.used_bytes)
 
-        gpu_labels = {
-            gpu.index: (*host, ("gpu", str(gpu.index)), ("uuid", gpu.uuid), ("name", gpu.name))
-            for gpu in sample.gpus
-        }
+        # GPU series carry (host, gpu) only; the UUID and model are on gpu_info, once per GPU
+        # (long labels repeated on every series made the server's /metrics 3x larger).
+        gpu_labels = {gpu.index: (*host, ("gpu", str(gpu.index))) for gpu in sample.gpus}
         for gpu in sample.gpus:
             labels = gpu_labels[gpu.index]
+            gpu_info.add((*labels, ("uuid", gpu.uuid), ("name", gpu.name)), 1)
             up.add(labels, 0 if gpu.error else 1)
             for attr, fam in gpu_gauges:
                 fam.add(labels, getattr(gpu, attr))
