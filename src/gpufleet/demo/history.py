@@ -444,8 +444,11 @@ def write_history(
         progress("history: rolling up into the minute, hour and day tiers")
     clock = time.perf_counter()
 
+    shown = [0]
+
     def rolled(done: int, total: int) -> None:
-        if progress is not None and (done == total or done % (24 * 14) == 0):
+        if progress is not None and (done == total or done >= shown[0] + 24 * 14):
+            shown[0] = done
             progress(f"history: rolled up {done}/{total} hours")
 
     store.rollup(now=end, tz=tz, busy_util_percent=busy_util_percent, progress=rolled)
