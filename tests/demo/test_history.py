@@ -29,9 +29,14 @@ def trace():
 
 def test_history_lines_up_with_the_hour_of_week(trace):
     for wall in (END, END - 3.5 * 86400, END + 12345.0):
-        t0 = trace_start_for(trace, wall)
-        assert (t0 - wall) % WEEK == pytest.approx(0.0, abs=1e-6)
-        assert trace[0].submit <= t0 < trace[0].submit + 2 * WEEK
+        for days in (3, 30, 90):
+            span = days * 86400.0
+            t0 = trace_start_for(trace, wall, span)
+            assert (t0 - wall) % WEEK == pytest.approx(0.0, abs=1e-6)
+            assert trace[0].submit + WEEK <= t0  # not in the sparse first week
+            if days < 60:  # short histories end in the trace's busy last weeks
+                assert t0 + span <= trace[-1].submit
+                assert t0 + span > trace[-1].submit - 3 * WEEK
 
 
 def test_idle_gpus_are_free_and_processes_match_their_gpus(trace):

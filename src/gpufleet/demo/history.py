@@ -79,10 +79,12 @@ def gpu_uuid(seed: int, host: str, index: int) -> str:
     return f"GPU-{uuidlib.uuid5(uuidlib.NAMESPACE_OID, f'{seed}/{host}/{index}')}"
 
 
-def trace_start_for(trace: list[TraceJob], wall_from: float) -> float:
-    """The trace time the history starts at: a week into the trace (its first days are
-    sparse), moved to the same hour of the week as ``wall_from``."""
-    base = trace[0].submit + WEEK
+def trace_start_for(trace: list[TraceJob], wall_from: float, span: float = 0.0) -> float:
+    """The trace time a history of ``span`` seconds starts at: as late as lets it end a week
+    before the trace does (the trace's first weeks are sparse: a short history should not
+    show an empty fleet), but not in the trace's first week; moved to the same hour of the
+    week as ``wall_from``."""
+    base = max(trace[0].submit + WEEK, trace[-1].submit - WEEK - span - WEEK)
     return base + ((wall_from - base) % WEEK)
 
 
@@ -158,7 +160,7 @@ class HistoryWriter:
         self.step = float(step_seconds)
         self.wall0 = math.ceil(wall_from / self.step) * self.step
         self.steps = max(0, math.ceil((wall_to - self.wall0) / self.step))
-        self.trace0 = trace_start_for(trace, self.wall0)
+        self.trace0 = trace_start_for(trace, self.wall0, self.steps * self.step)
         self.replay = Replay(specs, trace, seed=seed, start=self.trace0, load=load)
         # Copies per trace job for ``load`` over the whole span (the live fleet's Replay
         # sizes it on its first week; over months the trace's busy weeks would swamp it).
