@@ -4,14 +4,17 @@
 PORT ?= 8000
 DATA ?= gpufleet-data
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 setup:
 	@scripts/setup.sh
 
 ## run: the demo: server, a live local agent and a replayed fleet of 24 GPU servers
-##      (http://127.0.0.1:$(PORT)); `gpufleet server --local-agent` for this machine only
+##      (http://127.0.0.1:$(PORT)), with 90 days of history on first start;
+##      DEMO_ARGS="--history-days 30" (see gpufleet demo --help); `gpufleet server --local-agent`
+##      for this machine only
 run: setup
-	.venv/bin/gpufleet demo --data-dir $(DATA) --port $(PORT)
+	.venv/bin/gpufleet demo --data-dir $(DATA) --port $(PORT) $(DEMO_ARGS)
 
 ## test: the whole suite, slow end-to-end tests included (what CI runs)
 test: setup

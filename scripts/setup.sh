@@ -54,14 +54,16 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
-# web UI assets: ECharts from the npm registry, copied into the package (served by the server,
-# no CDN). Built once; again when web-assets/package-lock.json changes.
+# web UI assets: ECharts and Swagger UI (the API docs at /docs) from the npm registry, copied
+# into the package (served by the server, no CDN). Built once; again when
+# web-assets/package-lock.json changes.
 vendor=src/gpufleet/web/static/vendor/echarts.min.js
-if [ ! -f "$vendor" ] || [ web-assets/package-lock.json -nt "$vendor" ]; then
+swagger=src/gpufleet/web/static/vendor/swagger-ui-bundle.js
+if [ ! -f "$vendor" ] || [ ! -f "$swagger" ] || [ web-assets/package-lock.json -nt "$vendor" ]; then
   if command -v npm >/dev/null 2>&1; then
     echo "setup: building the web UI's assets (npm ci in web-assets/)"
     (cd web-assets && npm ci --no-audit --no-fund --loglevel=error >/dev/null && sh build.sh)
   else
-    echo "setup: warning: npm is missing; the host page's charts need it (apt-get install npm)" >&2
+    echo "setup: warning: npm is missing; the charts and /docs need it (apt-get install npm)" >&2
   fi
 fi

@@ -156,6 +156,9 @@ def test_server_metrics_pass_promtool(server):
     r = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert re.search(r'gpufleet_host_free_gpus\{host="weirdhost"\} 0', text)
+    assert 'pid="' not in text and "# TYPE gpufleet_gpu_xid_events_total counter" in text
+    head = httpx.head(server.url + "/metrics")
+    assert head.status_code == 200 and head.content == b""
 
 
 def test_store_url_password_never_shown():

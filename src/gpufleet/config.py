@@ -45,6 +45,12 @@ class IngestSection(_Section):
     clock_skew_warn_seconds: Annotated[float, Field(gt=0)] = Field(
         120.0, description="Flag an agent whose clock differs from the server's by more."
     )
+    max_future_seconds: Annotated[float, Field(gt=0)] = Field(
+        86400.0,
+        description="Refuse (422) a batch dated more than this after the server's clock (a "
+        "sample from an agent whose clock is far ahead would sit in the future of every "
+        "report).",
+    )
     dedupe_window_days: Annotated[float, Field(gt=0)] = Field(
         7.0, description="How long a batch id is remembered, so a re-sent batch is stored once."
     )

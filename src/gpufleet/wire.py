@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 
 WIRE_VERSION: Literal[1] = 1
 
@@ -27,17 +27,19 @@ MAX_BATCH_BYTES = 8 * 1024 * 1024
 HOST_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$"
 BATCH_ID_RE = r"^[A-Za-z0-9][A-Za-z0-9._:-]{7,127}$"
 
-NonNegInt = Annotated[int, Field(ge=0, le=2**63 - 1)]
-Bytes = Annotated[int, Field(ge=0, le=2**62)]
-Percent = Annotated[float, Field(ge=0, le=100)]
-Seconds = Annotated[float, Field(ge=0, le=1e10)]
-Timestamp = Annotated[float, Field(ge=946684800, le=4102444800)]  # 2000-01-01 .. 2100-01-01
+NonNegInt = Annotated[int, Strict(), Field(ge=0, le=2**63 - 1)]
+Bytes = Annotated[int, Strict(), Field(ge=0, le=2**62)]
+Percent = Annotated[float, Strict(), Field(ge=0, le=100)]
+Seconds = Annotated[float, Strict(), Field(ge=0, le=1e10)]
+Timestamp = Annotated[float, Strict(), Field(ge=946684800, le=4102444800)]  # 2000-01-01 .. 2100-01-01
 ShortText = Annotated[str, Field(max_length=256)]
 CommandText = Annotated[str, Field(max_length=1024)]
 
 
 class _Model(BaseModel):
-    # NaN and infinities are not numbers a sensor reports: reject them at the door.
+    # NaN and infinities are not numbers a sensor reports: reject them at the door. Numbers
+    # are strict (Strict() on every numeric type above): no `false` or `22.0` for an
+    # integer, no `true` for a number; an integer is a fine number.
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
@@ -51,41 +53,41 @@ class Disk(_Model):
 
 class HostMetrics(_Model):
     cpu_percent: Percent | None = None
-    cpu_count: Annotated[int, Field(ge=1, le=65536)] | None = None
-    load1: Annotated[float, Field(ge=0, le=1e6)] | None = None
-    load5: Annotated[float, Field(ge=0, le=1e6)] | None = None
-    load15: Annotated[float, Field(ge=0, le=1e6)] | None = None
+    cpu_count: Annotated[int, Strict(), Field(ge=1, le=65536)] | None = None
+    load1: Annotated[float, Strict(), Field(ge=0, le=1e6)] | None = None
+    load5: Annotated[float, Strict(), Field(ge=0, le=1e6)] | None = None
+    load15: Annotated[float, Strict(), Field(ge=0, le=1e6)] | None = None
     memory_total_bytes: Bytes | None = None
     memory_used_bytes: Bytes | None = None
     memory_available_bytes: Bytes | None = None
     swap_total_bytes: Bytes | None = None
     swap_used_bytes: Bytes | None = None
     disks: Annotated[list[Disk], Field(max_length=MAX_DISKS_PER_HOST)] = []
-    net_rx_bytes_per_second: Annotated[float, Field(ge=0, le=1e13)] | None = None
-    net_tx_bytes_per_second: Annotated[float, Field(ge=0, le=1e13)] | None = None
+    net_rx_bytes_per_second: Annotated[float, Strict(), Field(ge=0, le=1e13)] | None = None
+    net_tx_bytes_per_second: Annotated[float, Strict(), Field(ge=0, le=1e13)] | None = None
     uptime_seconds: Seconds | None = None
     users: Annotated[list[ShortText], Field(max_length=1024)] = []
 
 
 class XidEvent(_Model):
-    xid: Annotated[int, Field(ge=0, le=1_000_000)]
+    xid: Annotated[int, Strict(), Field(ge=0, le=1_000_000)]
     ts: Timestamp
 
 
 class Gpu(_Model):
-    index: Annotated[int, Field(ge=0, lt=MAX_GPUS_PER_HOST)]
+    index: Annotated[int, Strict(), Field(ge=0, lt=MAX_GPUS_PER_HOST)]
     uuid: ShortText = ""
     name: ShortText = ""
     utilization_gpu_percent: Percent | None = None
     utilization_memory_percent: Percent | None = None
     memory_used_bytes: Bytes | None = None
     memory_total_bytes: Bytes | None = None
-    temperature_celsius: Annotated[float, Field(ge=-50, le=200)] | None = None
-    power_watts: Annotated[float, Field(ge=0, le=10_000)] | None = None
-    power_limit_watts: Annotated[float, Field(ge=0, le=10_000)] | None = None
+    temperature_celsius: Annotated[float, Strict(), Field(ge=-50, le=200)] | None = None
+    power_watts: Annotated[float, Strict(), Field(ge=0, le=10_000)] | None = None
+    power_limit_watts: Annotated[float, Strict(), Field(ge=0, le=10_000)] | None = None
     fan_percent: Percent | None = None
-    sm_clock_hertz: Annotated[float, Field(ge=0, le=1e11)] | None = None
-    pstate: Annotated[int, Field(ge=0, le=32)] | None = None
+    sm_clock_hertz: Annotated[float, Strict(), Field(ge=0, le=1e11)] | None = None
+    pstate: Annotated[int, Strict(), Field(ge=0, le=32)] | None = None
     ecc_uncorrected_volatile: NonNegInt | None = None
     xid_events: Annotated[list[XidEvent], Field(max_length=1024)] = []
     # Set when NVML failed for this GPU: the GPU is reported as erroring, not dropped.
@@ -93,11 +95,11 @@ class Gpu(_Model):
 
 
 class GpuProcess(_Model):
-    pid: Annotated[int, Field(ge=0, le=2**31)]
-    gpu_index: Annotated[int, Field(ge=0, lt=MAX_GPUS_PER_HOST)]
+    pid: Annotated[int, Strict(), Field(ge=0, le=2**31)]
+    gpu_index: Annotated[int, Strict(), Field(ge=0, lt=MAX_GPUS_PER_HOST)]
     gpu_uuid: ShortText = ""
     user: ShortText | None = None
-    uid: Annotated[int, Field(ge=0, le=2**32)] | None = None
+    uid: Annotated[int, Strict(), Field(ge=0, le=2**32)] | None = None
     command: CommandText = ""
     started_at: Timestamp | None = None
     gpu_memory_bytes: Bytes | None = None
@@ -115,7 +117,7 @@ class HostFacts(_Model):
     os: ShortText = ""
     kernel: ShortText = ""
     cpu_model: ShortText = ""
-    cpu_count: Annotated[int, Field(ge=0, le=65536)] | None = None
+    cpu_count: Annotated[int, Strict(), Field(ge=0, le=65536)] | None = None
     memory_total_bytes: Bytes | None = None
     driver_version: ShortText | None = None
     cuda_version: ShortText | None = None
@@ -129,7 +131,7 @@ class Sample(_Model):
 
     host: Annotated[str, Field(pattern=HOST_NAME_RE)]
     ts: Timestamp
-    interval_seconds: Annotated[float, Field(gt=0, le=86400)] = 5.0
+    interval_seconds: Annotated[float, Strict(), Field(gt=0, le=86400)] = 5.0
     host_metrics: HostMetrics = HostMetrics()
     gpus: Annotated[list[Gpu], Field(max_length=MAX_GPUS_PER_HOST)] = []
     processes: Annotated[list[GpuProcess], Field(max_length=MAX_PROCESSES_PER_HOST)] = []
@@ -188,6 +190,33 @@ class IngestAck(BaseModel):
     samples: int
     clock_skew_seconds: float
     warnings: list[str] = []
+
+
+def future_timestamps(batch: Batch, now: float, max_future_seconds: float) -> list[dict]:
+    """Where a batch is dated more than ``max_future_seconds`` after ``now`` (the receiver's
+    clock): ``sent_at``, a sample's ``ts``, an XID event's or a process's time. Each as
+    ``{"loc", "msg", "type"}`` (the API's error details); empty when all is well."""
+    limit = now + max_future_seconds
+    out: list[dict] = []
+
+    def check(loc: str, ts: float | None) -> None:
+        if ts is not None and ts > limit:
+            out.append({
+                "loc": loc, "type": "future_timestamp",
+                "msg": f"{ts:.0f} is {ts - now:,.0f} s after the server's clock (more than "
+                f"the {max_future_seconds:g} s ingest.max_future_seconds allows); fix the "
+                "agent's clock (NTP)",
+            })  # fmt: skip
+
+    check("sent_at", batch.sent_at)
+    for i, smp in enumerate(batch.samples):
+        check(f"samples[{i}].ts", smp.ts)
+        for g, gpu in enumerate(smp.gpus):
+            for k, ev in enumerate(gpu.xid_events):
+                check(f"samples[{i}].gpus[{g}].xid_events[{k}].ts", ev.ts)
+        for k, proc in enumerate(smp.processes):
+            check(f"samples[{i}].processes[{k}].started_at", proc.started_at)
+    return out
 
 
 def gpu_is_free(

@@ -55,9 +55,10 @@ def test_exposition_content(sample):
         line.startswith(("# HELP gpufleet_", "# TYPE gpufleet_", "gpufleet_")) for line in lines
     )
     uuid0 = sample.gpus[0].uuid
+    assert f'gpufleet_gpu_memory_total_bytes{{host="node-01",gpu="0"}} {80 * 2**30}' in lines
     assert (
-        f'gpufleet_gpu_memory_total_bytes{{host="node-01",gpu="0",uuid="{uuid0}",'
-        f'name="NVIDIA A100-SXM4-80GB"}} {80 * 2**30}'
+        f'gpufleet_gpu_info{{host="node-01",gpu="0",uuid="{uuid0}",'
+        f'name="NVIDIA A100-SXM4-80GB"}} 1'
     ) in lines
     assert any(
         line.startswith('gpufleet_gpu_up{host="node-01",gpu="2"') and line.endswith(" 0")
@@ -102,6 +103,60 @@ def test_serve_metrics_over_http(sample):
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/nope", timeout=5)
         assert err.value.code == 404
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_no_pid_label_processes_summed_per_user_and_container(sample):
+    from gpufleet.wire import GpuProcess
+
+    gpu = sample.gpus[0].index
+    base = [p for p in sample.processes if p.gpu_index == gpu]
+    extra = [
+        GpuProcess(pid=900_001 + k, gpu_index=gpu, user="carol", gpu_memory_bytes=2**30)
+        for k in range(3)
+    ]
+    sample.processes = [p for p in sample.processes if p.gpu_index != gpu] + base + extra
+    text = render(sample)
+    assert 'pid="' not in text
+    carol = [line for line in text.splitlines() if 'user="carol"' in line]
+    assert any(
+        line.startswith("gpufleet_gpu_user_memory_bytes{") and line.endswith(f" {3 * 2**30}")
+        for line in carol
+    ), carol
+    assert any(
+        line.startswith("gpufleet_gpu_user_processes{") and line.endswith(" 3") for line in carol
+    ), carol
+
+
+def test_xid_and_ecc_errors_are_counters(fake, make_collector):
+    from gpufleet.agent.prom import XidTotals
+
+    collector = make_collector(fake)
+    xids = XidTotals()
+    for _ in range(3):
+        fake.push_xid(1, 79)
+        smp = collector.collect()
+        xids.observe(smp)
+        xids.observe(smp)  # the same sample twice counts once
+    text = render(smp, xids)
+    assert "# TYPE gpufleet_gpu_xid_events_total counter" in text
+    assert "# TYPE gpufleet_gpu_ecc_uncorrected_volatile_errors_total counter" in text
+    line = next(x for x in text.splitlines()
+                if x.startswith('gpufleet_gpu_xid_events_total{host="node-01",gpu="1"'))  # fmt: skip
+    assert line.endswith(" 3")
+
+
+def test_head_metrics_answers_headers_only(sample):
+    server = serve_metrics(0, "127.0.0.1", lambda: sample)
+    try:
+        port = server.server_address[1]
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", method="HEAD")
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert resp.status == 200
+            assert int(resp.headers["Content-Length"]) == len(render(sample).encode())
+            assert resp.read() == b""
     finally:
         server.shutdown()
         server.server_close()

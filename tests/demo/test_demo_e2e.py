@@ -67,7 +67,7 @@ def test_demo_command(tmp_path, trace_path):
     log = open(tmp_path / "demo.log", "wb")  # noqa: SIM115 - closed after the process ends
     proc = subprocess.Popen(
         [sys.executable, "-m", "gpufleet", "demo", "--hosts", "4", "--speed", "600",
-         "--port", str(port), "--data-dir", str(data)],
+         "--port", str(port), "--data-dir", str(data), "--history-days", "10"],
         stdout=log, stderr=subprocess.STDOUT,
         env={**os.environ, "GPUFLEET_TRACE": str(trace_path), "GPUFLEET_INGEST_WORKERS": "1"},
     )  # fmt: skip
@@ -80,7 +80,12 @@ def test_demo_command(tmp_path, trace_path):
             hosts = httpx.get(url + "/api/v1/hosts", timeout=5).json()["hosts"]
             return len(hosts) == 5 and hosts
 
-        hosts = wait_for(all_hosts, timeout=30, what="4 replay hosts and this machine")
+        hosts = wait_for(all_hosts, timeout=120, what="4 replay hosts and this machine")
+        # the demo arrived with a past: the last week by host has every replay host in it
+        week = httpx.get(url + "/api/v1/reports", params={"period": "week", "by": "host"},
+                         timeout=30).json()  # fmt: skip
+        with_hours = {r["key"] for r in week["rows"] if r["gpu_hours"]}
+        assert len(with_hours) == 4, week["rows"]
         by_source: dict[str, list[dict]] = {}
         for h in hosts:
             by_source.setdefault(h["source"], []).append(h)
@@ -109,4 +114,5 @@ def test_demo_command(tmp_path, trace_path):
     text = (tmp_path / "demo.log").read_text()
     assert rc == 0, text
     assert "Traceback" not in text, text
+    assert "10 days of history for 4 hosts" in text, text
     assert not (data / "server.json").exists()

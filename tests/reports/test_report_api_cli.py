@@ -113,3 +113,31 @@ def test_core_helpers():
     assert tail["busiest_hosts_gpu_hours_share"] == pytest.approx((9 + 8) / 45)
     assert tail["least_used_hosts"] == ["h0", "h1"]
     assert tail["least_used_idle_gpu_hours"] == pytest.approx(10 + 9)
+
+
+@pytest.mark.slow
+def test_cli_report_finds_the_running_server_and_fits_80_columns(data_dir, tmp_path):
+    import shutil
+
+    from tests.conftest import ServerProc, free_port
+
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    srv = ServerProc(data, free_port(), token="")
+    srv.start()
+    try:
+        args = ["report", "--period", "custom", "--by", "host", "--from", "2024-02-27",
+                "--to", "2024-02-28", "--data-dir", str(data)]  # fmt: skip
+        env = {"GPUFLEET_CONFIG": "", "COLUMNS": "80", "GPUFLEET_SERVER": ""}
+        r = gpufleet(*args, env=env)  # the store is the server's: only its API can answer
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert max(len(line) for line in lines) <= 80, r.stdout
+        assert "node1" in r.stdout and "GPU-h held" in r.stdout and "--wide" in r.stdout
+        wide = gpufleet(*args, "--wide", env=env)
+        assert wide.returncode == 0, wide.stderr
+        assert "held vs prev %" in wide.stdout and "energy kWh" in wide.stdout
+        assert "--wide" not in wide.stdout
+        assert "httpx" not in r.stderr  # no log line for a successful call
+    finally:
+        srv.stop()

@@ -185,10 +185,12 @@ def run_agent(
     except ValueError as exc:
         raise GpufleetError(str(exc), hint="e.g. --server http://gpu-master:8000") from None
     latest = {"sample": None}
+    xids = None
     if metrics_port:
-        from gpufleet.agent.prom import serve_metrics
+        from gpufleet.agent.prom import XidTotals, serve_metrics
 
-        serve_metrics(metrics_port, metrics_host, lambda: latest["sample"])
+        xids = XidTotals()  # every collected sample's XID events, for the counter
+        serve_metrics(metrics_port, metrics_host, lambda: latest["sample"], xids)
         log.info("serving Prometheus metrics on http://%s:%d/metrics", metrics_host, metrics_port)
     stop = threading.Event()
 
@@ -218,6 +220,8 @@ def run_agent(
             log.exception("collection round failed")
         else:
             latest["sample"] = sample
+            if xids is not None:
+                xids.observe(sample)
             seq += 1
             batch = Batch(
                 batch_id=f"{run_id}-{seq}", source="agent", agent_version=__version__,

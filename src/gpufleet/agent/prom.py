@@ -64,22 +64,47 @@ _GPU_GAUGES = (
     ("fan_percent", "gpu_fan_percent", "Fan speed as a share of its maximum."),
     ("sm_clock_hertz", "gpu_sm_clock_hertz", "Streaming multiprocessor clock."),
     ("pstate", "gpu_pstate", "Performance state (0 fastest, 15 slowest)."),
-    (
-        "ecc_uncorrected_volatile",
-        "gpu_ecc_uncorrected_volatile_errors",
-        "Uncorrected ECC errors since the driver loaded.",
-    ),
 )
 
 
-def render(sample: Sample | None) -> str:
+class XidTotals:
+    """XID events per GPU counted since this process started: a counter (``rate()`` works;
+    a restart is a counter reset). Each host's sample is counted once (by its time)."""
+
+    def __init__(self) -> None:
+        self.totals: dict[tuple[str, int], int] = {}
+        self._last_ts: dict[str, float] = {}
+
+    def observe(self, sample: Sample | None) -> None:
+        if sample is None or sample.ts <= self._last_ts.get(sample.host, float("-inf")):
+            return
+        self._last_ts[sample.host] = sample.ts
+        for gpu in sample.gpus:
+            key = (sample.host, gpu.index)
+            self.totals[key] = self.totals.get(key, 0) + len(gpu.xid_events)
+
+    def total(self, host: str, gpu: int) -> int:
+        return self.totals.get((host, gpu), 0)
+
+
+def render(sample: Sample | None, xids: XidTotals | None = None) -> str:
     """The Prometheus text exposition of one sample (an empty exposition for ``None``)."""
-    return "" if sample is None else exposition(sample_families([sample]))
+    return "" if sample is None else exposition(sample_families([sample], xids))
 
 
-def sample_families(samples: Iterable[Sample]) -> list[Family]:
-    """Metric families for the latest sample of each host (the agent: one; the server: all)."""
+def sample_families(samples: Iterable[Sample], xids: XidTotals | None = None) -> list[Family]:
+    """Metric families for the latest sample of each host (the agent: one; the server: all).
+
+    Per-process data is summed per GPU, user and container (no ``pid`` label: a label that
+    takes a new value for every job makes a new series each time), so the exposition grows
+    with GPUs and users, not with processes. ``xids``: the XID counter's state (counted
+    from these samples when not given)."""
     families: list[Family] = []
+    samples = list(samples)
+    if xids is None:
+        xids = XidTotals()
+        for sample in samples:
+            xids.observe(sample)
 
     def family(name: str, help_: str, type_: str = "gauge") -> Family:
         fam = Family(name, help_, type_)
@@ -93,14 +118,25 @@ def sample_families(samples: Iterable[Sample]) -> list[Family]:
     users = family("host_logged_in_users", "Distinct users logged in.")
     disk_total = family("host_disk_total_bytes", "Size of the filesystem mounted there.")
     disk_used = family("host_disk_used_bytes", "Space used on the filesystem mounted there.")
+    gpu_info = family(
+        "gpu_info", "The GPU's UUID and model name; the value is always 1 (join on host, gpu)."
+    )
     up = family(
         "gpu_up", "1 when NVML answered for this GPU in the latest sample, 0 when it erred."
     )
     gpu_gauges = [(attr, family(name, help_)) for attr, name, help_ in _GPU_GAUGES]
-    xid = family("gpu_xid_events", "XID events reported since the previous sample.")
+    ecc = family("gpu_ecc_uncorrected_volatile_errors_total",
+                 "Uncorrected ECC errors since the driver loaded (a driver reload resets it).",
+                 "counter")  # fmt: skip
+    xid = family("gpu_xid_events_total",
+                 "XID events (GPU errors the driver reported) counted since the exporter "
+                 "started.", "counter")  # fmt: skip
     last_xid = family("gpu_last_xid", "Code of the last XID event in the latest sample.")
     procs = family("gpu_processes", "Processes holding the GPU.")
-    proc_mem = family("gpu_process_memory_bytes", "GPU memory held by one process.")
+    proc_mem = family(
+        "gpu_user_memory_bytes", "GPU memory held by a user's processes (per container)."
+    )
+    user_procs = family("gpu_user_processes", "Processes of a user (per container) on the GPU.")
 
     for sample in samples:
         host = (("host", sample.host),)
@@ -134,26 +170,33 @@ def sample_families(samples: Iterable[Sample]) -> list[Family]:
             disk_total.add(labels, disk.total_bytes)
             disk_used.add(labels, disk.used_bytes)
 
-        gpu_labels = {
-            gpu.index: (*host, ("gpu", str(gpu.index)), ("uuid", gpu.uuid), ("name", gpu.name))
-            for gpu in sample.gpus
-        }
+        # GPU series carry (host, gpu) only; the UUID and model are on gpu_info, once per GPU
+        # (long labels repeated on every series made the server's /metrics 3x larger).
+        gpu_labels = {gpu.index: (*host, ("gpu", str(gpu.index))) for gpu in sample.gpus}
         for gpu in sample.gpus:
             labels = gpu_labels[gpu.index]
+            gpu_info.add((*labels, ("uuid", gpu.uuid), ("name", gpu.name)), 1)
             up.add(labels, 0 if gpu.error else 1)
             for attr, fam in gpu_gauges:
                 fam.add(labels, getattr(gpu, attr))
-            xid.add(labels, len(gpu.xid_events))
+            ecc.add(labels, gpu.ecc_uncorrected_volatile)
+            xid.add(labels, xids.total(sample.host, gpu.index))
             if gpu.xid_events:
                 last_xid.add(labels, gpu.xid_events[-1].xid)
             procs.add(labels, sum(p.gpu_index == gpu.index for p in sample.processes))
+        held: dict[tuple, list[int | None]] = {}  # (GPU labels + user, container) -> [bytes, n]
         for proc in sample.processes:
             labels = gpu_labels[proc.gpu_index] + (
-                ("pid", str(proc.pid)),
                 ("user", proc.user if proc.user is not None else _uid(proc.uid)),
                 ("container", proc.container_name or (proc.container_id or "")[:12]),
             )
-            proc_mem.add(labels, proc.gpu_memory_bytes)
+            acc = held.setdefault(labels, [None, 0])
+            if proc.gpu_memory_bytes is not None:
+                acc[0] = (acc[0] or 0) + proc.gpu_memory_bytes
+            acc[1] = (acc[1] or 0) + 1
+        for labels, (memory, count) in held.items():
+            proc_mem.add(labels, memory)
+            user_procs.add(labels, count)
     return families
 
 
@@ -165,21 +208,32 @@ def _uid(uid: int | None) -> str:
 
 
 def serve_metrics(
-    port: int, host: str = "127.0.0.1", get_sample: Callable[[], Sample | None] = lambda: None
-) -> ThreadingHTTPServer:
-    """Serve ``render(get_sample())`` at ``GET /metrics`` on a daemon thread.
+    port: int, host: str = "127.0.0.1", get_sample: Callable[[], Sample | None] = lambda: None,
+    xids: XidTotals | None = None,
+) -> ThreadingHTTPServer:  # fmt: skip
+    """Serve ``render(get_sample())`` at ``GET /metrics`` (and ``HEAD``) on a daemon thread.
 
+    ``xids``: the XID counter, fed by the caller with every sample it collects; without it
+    the counter counts the samples this endpoint sees (those between two scrapes are missed).
     ``port=0`` picks a free port (``server.server_address[1]``). Stop with ``.shutdown()``.
     """
+    seen = xids or XidTotals()
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "gpufleet-agent"
+
+        def do_HEAD(self) -> None:
+            self._head_only = True
+            self.do_GET()
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 try:
-                    body = render(get_sample()).encode()
+                    sample = get_sample()
+                    if xids is None:
+                        seen.observe(sample)
+                    body = render(sample, seen).encode()
                 except Exception:
                     log.exception("rendering /metrics failed")
                     self._send(500, b"error: rendering the latest sample failed\n", "text/plain")
@@ -197,7 +251,8 @@ def serve_metrics(
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if not getattr(self, "_head_only", False):
+                self.wfile.write(body)
 
         def log_message(self, format: str, *args: object) -> None:
             log.debug("metrics %s - %s", self.address_string(), format % args)

@@ -38,6 +38,10 @@ class Backoff:
         self.failures = 0
 
 
+# What a keep-alive connection the server closed while idle raises on its next request.
+STALE = (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected)
+
+
 class Sender:
     def __init__(
         self,
@@ -63,6 +67,7 @@ class Sender:
         self.stop_event = threading.Event()
         self._sleep = sleep or self.stop_event.wait
         self._conn: http.client.HTTPConnection | None = None
+        self._used = False  # the connection has carried a request (a stale one may be closed)
         self.sent = 0
         self.last_error: str | None = None
 
@@ -84,15 +89,25 @@ class Sender:
         if self.compress:
             payload = gzip.compress(payload, compresslevel=5)
             headers["Content-Encoding"] = "gzip"
-        conn = self._connection()
-        try:
-            conn.request("POST", self.path, body=payload, headers=headers)
-            resp = conn.getresponse()
-            return resp.status, resp.read()
-        except BaseException:
-            conn.close()
-            self._conn = None
-            raise
+        for attempt in (1, 2):
+            reused = self._conn is not None and self._used
+            conn = self._connection()
+            try:
+                conn.request("POST", self.path, body=payload, headers=headers)
+                resp = conn.getresponse()
+                status, body = resp.status, resp.read()
+            except BaseException as exc:
+                conn.close()
+                self._conn, self._used = None, False
+                if isinstance(exc, STALE) and reused and attempt == 1:
+                    # The server closed this keep-alive connection while it was idle (its
+                    # keep-alive timeout): not an outage, so no warning; send once more on a
+                    # new connection (ingest is idempotent: the batch is stored once anyway).
+                    continue
+                raise
+            self._used = True
+            return status, body
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def send_one(self) -> bool | None:
         """Try the oldest batch. True: delivered/settled; False: failed; None: spool empty."""

@@ -54,8 +54,8 @@ log = logging.getLogger("gpufleet.demo")
     "--trace",
     "trace_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Job trace CSV (default: $GPUFLEET_TRACE, else "
-    "../shared/data/philly_jobs.csv next to the checkout).",
+    help="Job trace CSV, plain or .gz (default: $GPUFLEET_TRACE, else the Philly trace "
+    "shipped with gpufleet).",
 )
 @click.option(
     "--seed",
@@ -79,6 +79,21 @@ log = logging.getLogger("gpufleet.demo")
     help="Share of the fleet's GPUs the replayed trace keeps busy on average.",
 )
 @click.option(
+    "--history-days",
+    type=click.FloatRange(0, 400),
+    default=90.0,
+    show_default=True,
+    help="On first start (an empty data dir), write this many days of the fleet's history "
+    "before going live, so reports and charts have a past (0: none).",
+)
+@click.option(
+    "--history-step",
+    type=click.FloatRange(60, 3600),
+    default=300.0,
+    show_default=True,
+    help="Seconds between two history samples of one simulated host.",
+)
+@click.option(
     "--local-agent/--no-local-agent",
     default=True,
     show_default=True,
@@ -98,8 +113,8 @@ log = logging.getLogger("gpufleet.demo")
 )
 def demo(
     n_hosts: int, port: int, bind: str, data_dir: Path | None, speed: float,
-    trace_path: Path | None, seed: int, interval: float, load: float, local_agent: bool,
-    server_url: str | None, token: str | None,
+    trace_path: Path | None, seed: int, interval: float, load: float, history_days: float,
+    history_step: float, local_agent: bool, server_url: str | None, token: str | None,
 ) -> None:  # fmt: skip
     """Start a server, a real agent for this machine and a replayed fleet of GPU servers.
 
@@ -107,6 +122,12 @@ def demo(
     counts), placed onto simulated servers of mixed GPU models and time-compressed by
     --speed; each simulated server pushes through the agent's own collector, spool and sender
     and is labelled "replay". Ctrl-C stops everything.
+
+    On first start (nothing in the data dir's store yet) it first writes --history-days of
+    the fleet's past (the same trace placement at real speed, a sample every --history-step
+    seconds) through the store's bulk path and rolls it up, so reports, usage pages, week
+    charts and the recommender's history have content from the start; it prints how long
+    that took.
 
     For load tests, --server URL --token TOKEN runs only the fleet (e.g. --hosts 500).
     """
@@ -126,7 +147,8 @@ def demo(
                     interval=interval, load=load)  # fmt: skip
         return
     _demo(specs, trace, port=port, bind=bind, data_dir=data_dir, speed=speed, seed=seed,
-          interval=interval, load=load, local_agent=local_agent, t0=started)  # fmt: skip
+          interval=interval, load=load, local_agent=local_agent, t0=started,
+          history=(history_days, history_step))  # fmt: skip
 
 
 def _fleet_only(specs, trace, url: str, token: str, **kw) -> None:
@@ -151,7 +173,8 @@ def _fleet_only(specs, trace, url: str, token: str, **kw) -> None:
 
 
 def _demo(specs, trace, *, port: int, bind: str, data_dir: Path | None, speed: float,
-          seed: int, interval: float, load: float, local_agent: bool, t0: float) -> None:  # fmt: skip
+          seed: int, interval: float, load: float, local_agent: bool, t0: float,
+          history: tuple[float, float] = (0.0, 300.0)) -> None:  # fmt: skip
     import uvicorn
 
     from gpufleet.config import load_settings
@@ -176,6 +199,8 @@ def _demo(specs, trace, *, port: int, bind: str, data_dir: Path | None, speed: f
     agent_proc: subprocess.Popen | None = None
     engine: FleetEngine | None = None
     try:
+        _write_history(store, settings, specs, trace, days=history[0], step=history[1],
+                       seed=seed, load=load)  # fmt: skip
         replay_token = fresh_token(store, "replay")
         agent_token = fresh_token(store, "local") if local_agent else None
         spool = data / "replay-spool"  # simulated data: nothing in it is worth keeping
@@ -231,6 +256,31 @@ def _demo(specs, trace, *, port: int, bind: str, data_dir: Path | None, speed: f
         if agent_proc is not None:
             stop_process(agent_proc)
         store.close()
+
+
+def _write_history(store, settings, specs, trace, *, days: float, step: float, seed: int,
+                   load: float) -> None:  # fmt: skip
+    """The fleet's past, on first start only (a store with no hosts and no samples)."""
+    from gpufleet.demo.history import write_history
+    from gpufleet.store.base import StoreError
+
+    if days <= 0:
+        return
+    if store.hosts() or store.count("host_samples"):
+        log.info("history: the store already has data; no history written")
+        return
+    log.info("history: writing %g days of the fleet's past (first start; --history-days 0 "
+             "skips it)", days)  # fmt: skip
+    try:
+        report = write_history(
+            store, specs, trace, days=days, end=time.time(), step_seconds=step, seed=seed,
+            load=load, tz=settings.warehouse.timezone,
+            busy_util_percent=settings.warehouse.busy_util_percent, progress=log.info,
+        )  # fmt: skip
+    except StoreError as exc:
+        log.warning("history: not written (%s)", exc)
+        return
+    log.info("history: %s", report.line())
 
 
 def _make_server(config, before_shutdown):

@@ -18,6 +18,7 @@ import bisect
 import heapq
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -131,6 +132,7 @@ class Replay:
         self.queues: dict[int, deque[Job]] = {}  # waiting jobs by GPU count, oldest first
         self.waiting = 0
         self.jobs: dict[str, Job] = {}
+        self.on_start: Callable[[Job], None] | None = None  # told of every job placed
         self.advance(self.start)
         if start is None:
             self.start = self._lively_start(hosts, load, warmup)
@@ -327,6 +329,8 @@ class Replay:
         self._seq += 1
         heapq.heappush(self._ends, (job.end, self._seq, job.key))
         self.stats.started += 1
+        if self.on_start is not None:
+            self.on_start(job)
 
     # -- views --------------------------------------------------------------------------
 

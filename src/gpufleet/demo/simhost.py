@@ -145,11 +145,12 @@ class SimHost:
         model = spec.gpu
         driver, cuda = spec.shape.driver
         gpus = []
+        idle = idle_memory_bytes(self.rng, spec.gpu_count)
         for i in range(spec.gpu_count):
             gpu = FakeGpu.of_model(model.name, i)
             gpu.uuid = f"GPU-{uuidlib.uuid5(uuidlib.NAMESPACE_OID, f'{seed}/{spec.name}/{i}')}"
             gpu.memory_total_bytes = model.memory_bytes
-            gpu.memory_reserved_bytes = int(self.rng.uniform(300, 600) * 2**20)
+            gpu.memory_reserved_bytes = idle[i]
             gpu.power_limit_milliwatts = int(model.power_limit_watts * 1000)
             gpus.append(gpu)
         self.nvml = FakeNvml(gpus, driver_version=driver, cuda_driver_version=cuda,
@@ -254,6 +255,13 @@ class SimHost:
 
     def close(self) -> None:
         self.collector.close()
+
+
+def idle_memory_bytes(rng: random.Random, count: int) -> list[int]:
+    """Memory each of ``count`` GPUs reports with no process on it (driver and persistence
+    context): 2 to 300 MiB, under the 512 MiB a GPU may hold and still count as free
+    (``wire.gpu_is_free``), as on real idle GPUs."""
+    return [int(rng.uniform(2, 300) * 2**20) for _ in range(count)]
 
 
 def _job_util(job: Job, t: float, rng: random.Random) -> float:

@@ -253,7 +253,9 @@ def recommend(gpus: int, gpu_mem: str, hours: float, gpu_model: tuple[str, ...],
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
-    "--trace", type=click.Path(dir_okay=False), help="philly_jobs.csv (default: ../shared/data/)."
+    "--trace",
+    type=click.Path(dir_okay=False),
+    help="philly_jobs.csv (default: the one shipped with gpufleet).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
 def evaluate_recommender(quick: bool, hosts: int | None, days: float | None, seed: int,

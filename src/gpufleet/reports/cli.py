@@ -49,7 +49,12 @@ def _open_local(settings) -> Any:
 )
 @click.option(
     "--server", envvar="GPUFLEET_SERVER", metavar="URL",
-    help="Ask a running server's API (default: read the local store; $GPUFLEET_SERVER).",
+    help="Ask this server's API [$GPUFLEET_SERVER]. Default: the server running on the data "
+    "dir if there is one (found by itself), else read the local store.",
+)  # fmt: skip
+@click.option(
+    "--wide", is_flag=True,
+    help="Every column in the table (default: the ones that fit the terminal, by priority).",
 )  # fmt: skip
 @click.option(
     "--tier", type=click.Choice(["auto", "day", "hour", "raw"]), default="auto", hidden=True
@@ -63,7 +68,7 @@ def _open_local(settings) -> Any:
 @data_dir_option
 def report(
     period: str, by: str, first: str | None, last: str | None, fmt: str, server: str | None,
-    tier: str, send_to: str | None, config_path: str | None, data_dir: Path | None,
+    wide: bool, tier: str, send_to: str | None, config_path: str | None, data_dir: Path | None,
 ) -> None:  # fmt: skip
     """Usage report: GPU-hours held and busy, average and p95 utilisation, memory GB-hours,
     energy, held-but-idle hours, availability and the fleet's long tail, per period.
@@ -75,21 +80,33 @@ def report(
       gpufleet report --period year --by host --from 2024-01-01 --to 2024-12-31 --format csv
     """
     from gpufleet.reports.service import ReportError, compute_report, parse_date, to_csv
+    from gpufleet.server.local import running_server
+
+    key = None
+    settings = None
+    if not server:  # the server running on this data dir, as `token` and `user` find it
+        settings = settings_from(config_path, data_dir=data_dir)
+        found = running_server(settings.server.data_dir)
+        if found is not None:
+            server, key = found
+
+    def fetch(*args: Any) -> dict:
+        return _fetch(*args, key=key)
 
     if send_to:  # a one-off e-mail (docs/reports.md)
         from gpufleet.reports.mail import send_from_cli
 
-        settings = settings_from(config_path, data_dir=data_dir)
+        settings = settings or settings_from(config_path, data_dir=data_dir)
         sent = send_from_cli(
             send_to, settings, period=period, by=by, first=first, last=last, server=server,
-            fetch_remote=_fetch, open_local=_open_local,
+            fetch_remote=fetch, open_local=_open_local,
         )  # fmt: skip
         click.echo(sent)
         return
     if server:
-        data = _fetch(server, period, by, first, last, tier)
+        data = fetch(server, period, by, first, last, tier)
     else:
-        settings = settings_from(config_path, data_dir=data_dir)
+        assert settings is not None
         store = _open_local(settings)
         try:
             data = compute_report(
@@ -107,12 +124,13 @@ def report(
     elif fmt == "csv":
         click.echo(to_csv(data), nl=False)
     else:
-        _table(data)
+        _table(data, wide=wide)
 
 
 def _fetch(
-    server: str, period: str, by: str, first: str | None, last: str | None, tier: str
-) -> dict:
+    server: str, period: str, by: str, first: str | None, last: str | None, tier: str,
+    key: str | None = None,
+) -> dict:  # fmt: skip
     import httpx
 
     params = {"period": period, "by": by, "tier": tier}
@@ -122,7 +140,8 @@ def _fetch(
         params["to"] = last
     url = server.rstrip("/") + "/api/v1/reports"
     try:
-        r = httpx.get(url, params=params, timeout=120)
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        r = httpx.get(url, params=params, headers=headers, timeout=120)
     except httpx.HTTPError as exc:
         raise GpufleetError(
             f"cannot reach {url}: {exc}", hint="is the server running? check --server"
@@ -143,7 +162,36 @@ def _num(v: Any, digits: int = 1) -> str:
     return f"{v:,.{digits}f}"
 
 
-def _table(data: dict) -> None:
+# The table's columns (header, field, digits; None: text), in the order they are shown, and
+# the order they are kept in when the terminal is too narrow for all of them.
+COLUMNS = (
+    ("period", "period_start", None), ("{by}", "key", None),
+    ("GPU-h held", "gpu_hours", 1), ("GPU-h busy", "busy_gpu_hours", 1),
+    ("idle-held h", "idle_held_hours", 1), ("avg util %", "avg_util", 1),
+    ("p95 util %", "p95_util", 0), ("mem GB-h", "mem_gb_hours", 0),
+    ("energy kWh", "energy_kwh", 1), ("avail GPU-h", "availability_hours", 1),
+    ("peak GPUs", "peak_concurrent_gpus", 0), ("held vs prev %", "gpu_hours_change_percent", 0),
+)  # fmt: skip
+PRIORITY = (
+    "key", "period_start", "gpu_hours", "avg_util", "idle_held_hours", "busy_gpu_hours",
+    "p95_util", "peak_concurrent_gpus", "energy_kwh", "mem_gb_hours", "availability_hours",
+    "gpu_hours_change_percent",
+)  # fmt: skip
+
+
+def fit_columns(widths: dict[str, int], room: int) -> list[str]:
+    """The fields that fit in ``room`` characters, taken by PRIORITY (a column costs its
+    width plus 3 for borders and padding), in the table's order."""
+    kept: set[str] = set()
+    used = 1
+    for field in PRIORITY:
+        if field in widths and (used + widths[field] + 3 <= room or len(kept) < 2):
+            kept.add(field)
+            used += widths[field] + 3
+    return [f for _, f, _ in COLUMNS if f in kept]
+
+
+def _table(data: dict, wide: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -151,24 +199,32 @@ def _table(data: dict) -> None:
         f"GPU usage by {data['by']}, per {data['period']}: {data['from']} .. {data['to']}"
         f" ({data['timezone']})"
     )
-    t = Table(title=title, title_justify="left", header_style="bold")
-    cols = [
-        ("period", "period_start", None), (data["by"], "key", None),
-        ("GPU-h held", "gpu_hours", 1), ("GPU-h busy", "busy_gpu_hours", 1),
-        ("idle-held h", "idle_held_hours", 1), ("avg util %", "avg_util", 1),
-        ("p95 util %", "p95_util", 0), ("mem GB-h", "mem_gb_hours", 0),
-        ("energy kWh", "energy_kwh", 1), ("avail GPU-h", "availability_hours", 1),
-        ("peak GPUs", "peak_concurrent_gpus", 0), ("held vs prev %", "gpu_hours_change_percent", 0),
-    ]  # fmt: skip
-    for name, _, digits in cols:
-        t.add_column(name, justify="left" if digits is None else "right", no_wrap=True)
-    for r in data["rows"]:
-        t.add_row(*[str(r[k]) if d is None else _num(r.get(k), d) for _, k, d in cols])
     tot = data["totals"]
-    t.add_section()
-    t.add_row("total", "", *[_num(tot.get(k), d or 0) for _, k, d in cols[2:]])
+    cells: dict[str, list[str]] = {}
+    for _name, k, d in COLUMNS:
+        values = [str(r[k]) if d is None else _num(r.get(k), d) for r in data["rows"]]
+        total = "total" if k == "period_start" else "" if d is None else _num(tot.get(k), d or 0)
+        cells[k] = [*values, total]
+    headers = {k: name.format(by=data["by"]) for name, k, _ in COLUMNS}
+    widths = {k: max(len(headers[k]), *(len(v) for v in cells[k])) for k in cells}
     console = Console()
+    shown = [k for _, k, _ in COLUMNS] if wide else fit_columns(widths, console.width)
+    if wide:
+        console = Console(width=max(console.width, sum(widths.values()) + 3 * len(widths) + 1))
+    t = Table(title=title, title_justify="left", header_style="bold")
+    digits = {k: d for _, k, d in COLUMNS}
+    for k in shown:
+        t.add_column(headers[k], justify="left" if digits[k] is None else "right", no_wrap=True)
+    n = len(data["rows"])
+    for i in range(n):
+        t.add_row(*[cells[k][i] for k in shown])
+    t.add_section()
+    t.add_row(*[cells[k][n] for k in shown])
     console.print(t)
+    left_out = [headers[k] for _, k, _ in COLUMNS if k not in shown]
+    if left_out:
+        console.print(f"not shown (too narrow): {', '.join(left_out)}; --wide for all",
+                      style="dim")  # fmt: skip
     lt = data["long_tail"]
     if lt["hosts"]:
         share = lt["busiest_hosts_gpu_hours_share"]
@@ -181,9 +237,15 @@ def _table(data: dict) -> None:
         )
     console.print(
         f"p95 within {data['p95_error_bound_percent']:g} points; tier {data['tier']}; "
-        f"rolled up until {data.get('rolled_up_until') or '-'}",
+        f"rolled up until {data.get('rolled_up_until') or '-'}; avg util over "
+        f"{data.get('avg_util_over', '-')}",
         style="dim",
     )
+    if data.get("late_hours_waiting"):
+        console.print(
+            f"{data['late_hours_waiting']} hour(s) of late samples wait for the next rollup: "
+            "their periods will still change", style="yellow",
+        )  # fmt: skip
 
 
 def _when(text: str | None, tz: str) -> float | None:
@@ -223,8 +285,18 @@ def rollup(
     samples touched (what the server does every warehouse.rollup_interval_seconds). With
     them: recompute that range (a backfill). Idempotent: re-running gives the same tiers.
     """
+    from gpufleet.server.local import running_server
+
     settings = settings_from(config_path, data_dir=data_dir)
     wh = settings.warehouse
+    found = running_server(settings.server.data_dir)
+    if found is not None:
+        raise GpufleetError(
+            f"the server at {found[0]} owns this store and rolls it up by itself every "
+            f"{wh.rollup_interval_seconds:g} s",
+            hint="to recompute a range (--from/--to), stop the server first, then run "
+            "`gpufleet rollup` again",
+        )
     store = _open_local(settings)
     try:
         kw: dict[str, Any] = {

@@ -529,10 +529,12 @@ class ReportMailer:
 
     def _rolled_up_until(self) -> float | None:
         try:
-            wm = self.store.warehouse_state().get("watermark_ts")
+            state = self.store.warehouse_state()
         except Exception:  # a store without the warehouse: wait for the grace time
             return None
-        return float(wm) if wm is not None else None
+        from gpufleet.reports.service import rolled_up_until
+
+        return rolled_up_until(state)  # late hours still waiting hold a report back
 
     def due(self, now: float | None = None) -> list[tuple[Subscription, date, date]]:
         """The (subscription, first day, last day) reports to send now."""

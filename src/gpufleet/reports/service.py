@@ -19,6 +19,20 @@ from gpufleet.reports.core import (
 from gpufleet.store.base import Store
 
 TIERS = ("auto", "day", "hour", "raw")
+# The days a report can cover: its previous period and the day after its last must exist in
+# the calendar (date.min is 0001-01-01, date.max 9999-12-31).
+FIRST_DAY = date(2, 1, 1)
+LAST_DAY = date(9998, 12, 31)
+# What "avg_util" averages over, by grouping: a user's rows (and their total) weigh the GPU
+# time the user's processes held the GPU; the hardware groupings weigh all sampled GPU time,
+# free GPUs included. So the two totals differ, and each report says which it is.
+USER_GROUPINGS = ("user", "group", "person")
+
+
+def averaged_over(by: str) -> str:
+    if by in USER_GROUPINGS:
+        return "held GPU time (GPU time the users' processes held)"
+    return "all sampled GPU time (free GPUs included)"
 
 
 class ReportError(ValueError):
@@ -73,9 +87,14 @@ def compute_report(
     today = today or datetime.now(zone).date()
     if period == "custom" and (first is None or last is None):
         raise ReportError("invalid_range", "a custom period needs both from and to")
+    _check_days(first, last)
     if first is None or last is None:
-        d_first, d_last = cal.default_range(period, last or today)
+        try:
+            d_first, d_last = cal.default_range(period, last or today)
+        except (ValueError, OverflowError):
+            d_first = d_last = date.min  # the default periods fall off the calendar
         first, last = first or d_first, last or d_last
+    _check_days(first, last)
     if first > last:
         raise ReportError("invalid_range", f"from ({first}) is after to ({last})")
     if (last - first).days > 366 * 20:
@@ -135,23 +154,46 @@ def compute_report(
         )
     query_ms = (time.perf_counter() - t0) * 1000
     state = store.warehouse_state()
-    wm = state.get("watermark_ts")
+    wm = rolled_up_until(state)
+    late = int(state.get("late_hours", 0) or 0)
     meta = {
         "from": first.isoformat(),
         "to": last.isoformat(),
         "timezone": tz,
         "tier": use,
         "rolled_up_until": (
-            datetime.fromtimestamp(float(wm), UTC).isoformat().replace("+00:00", "Z")
+            datetime.fromtimestamp(wm, UTC).isoformat().replace("+00:00", "Z")
             if wm is not None and use != "raw"
             else None
         ),
+        "late_hours_waiting": late if use != "raw" else 0,
+        "avg_util_over": averaged_over(by),
         "query_ms": round(query_ms, 1),
     }
     return build_report(
         period=period, by=by, periods=periods, previous=previous, fact_rows=rows,
         host_facts=hosts, meta=meta,
     )  # fmt: skip
+
+
+def _check_days(*days: date | None) -> None:
+    for day, what in zip(days, ("from", "to"), strict=True):
+        if day is not None and not FIRST_DAY <= day <= LAST_DAY:
+            raise ReportError(
+                "invalid_range",
+                f"{what}={day.isoformat()} is outside the days a report covers "
+                f"({FIRST_DAY.isoformat()} .. {LAST_DAY.isoformat()})",
+            )
+
+
+def rolled_up_until(state: Mapping[str, str]) -> float | None:
+    """The true watermark: the tiers are complete before this time. Hours that late samples
+    touched and the next rollup has not redone yet (``late_from_ts``) move it back."""
+    wm = state.get("watermark_ts")
+    if wm is None:
+        return None
+    late = state.get("late_from_ts")
+    return min(float(wm), float(late)) if late is not None else float(wm)
 
 
 def parse_keys(text: str | None) -> list[str] | None:

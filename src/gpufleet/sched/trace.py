@@ -16,14 +16,14 @@ Synthetic attributes (labelled ``synthetic=True`` on every job):
 
 from __future__ import annotations
 
-import csv
 import math
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
+from gpufleet.philly import read_rows
 from gpufleet.sched.cluster import ClusterSpec
 from gpufleet.sched.gavel import GavelTable, bench_model_name, synthetic_memory_bytes
 from gpufleet.sched.simjob import JobTruth, SimInput, SimJob
@@ -40,31 +40,24 @@ class TraceJob:
 
 
 def read_philly(
-    path: str | Path,
+    path: str | Path | None = None,
     vcs: Iterable[str] | None = None,
     start: datetime | None = None,
     end: datetime | None = None,
 ) -> list[TraceJob]:
-    """Rows of ``philly_jobs.csv`` (timestamp,duration,num_gpus,gpu_time,cluster), sorted by time."""
+    """Rows of a Philly trace (timestamp,duration,num_gpus,gpu_time,cluster; plain or .gz),
+    sorted by time; ``path`` None: the trace shipped with gpufleet (``gpufleet.philly``)."""
     wanted = set(vcs) if vcs else None
+    t0 = start.timestamp() if start else None
+    t1 = end.timestamp() if end else None
     out: list[TraceJob] = []
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = {"timestamp", "duration", "num_gpus", "cluster"} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-        for line, row in enumerate(reader, start=2):
-            if wanted is not None and row["cluster"] not in wanted:
-                continue
-            try:
-                when = datetime.fromisoformat(row["timestamp"]).replace(tzinfo=UTC)
-                duration = float(row["duration"])
-                gpus = int(float(row["num_gpus"]))
-            except ValueError as exc:
-                raise ValueError(f"{path}:{line}: {exc}") from None
-            if (start and when < start) or (end and when >= end) or gpus <= 0:
-                continue
-            out.append(TraceJob(when.timestamp(), max(1.0, duration), gpus, row["cluster"]))
+    for row in read_rows(path):
+        if wanted is not None and row.cluster not in wanted:
+            continue
+        when = row.submit_seconds
+        if (t0 is not None and when < t0) or (t1 is not None and when >= t1) or row.num_gpus <= 0:
+            continue
+        out.append(TraceJob(when, max(1.0, row.duration_seconds), row.num_gpus, row.cluster))
     out.sort(key=lambda j: j.submit_seconds)
     return out
 

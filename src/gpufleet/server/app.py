@@ -106,6 +106,7 @@ def create_app(
         )
         app.state.ctx = ctx
         hub = stream.attach(app, ctx)  # web UI: live updates over SSE (gpufleet.server.stream)
+        metrics.attach(app, ctx)  # /metrics: the XID counter follows every sample
         app.state.accounts = account_web.Accounts(settings, st)
         collector = asyncio.create_task(gcpolicy.run())  # see gcpolicy: no GC stalls
         pruner = asyncio.create_task(_prune_forever(ctx))
@@ -150,6 +151,8 @@ def create_app(
         version=__version__,
         description="Live state, ingest and history of a lab's GPU servers.",
         lifespan=lifespan,
+        docs_url=None,  # served by gpufleet.web.apidocs from the package (no CDN)
+        redoc_url=None,
     )
     errors.install(app)
     account_web.install(app, settings.web.require_login)

@@ -29,7 +29,7 @@ from gpufleet.server.auth import TokenCache
 from gpufleet.server.context import Histogram
 from gpufleet.server.errors import ApiError, error_body, summarise, validation_details
 from gpufleet.store import IngestItem, StoreError
-from gpufleet.wire import Batch, IngestAck
+from gpufleet.wire import Batch, IngestAck, future_timestamps
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,10 @@ async def _ingest(ctx: IngestContext, scope: dict[str, Any], receive: Any) -> by
         ctx.counters["rejected"] += 1
         details = validation_details(exc)
         raise ApiError(422, "invalid_batch", summarise(details), details) from None
+    future = future_timestamps(batch, received_at, ctx.settings.ingest.max_future_seconds)
+    if future:
+        ctx.counters["rejected"] += 1
+        raise ApiError(422, "invalid_batch", summarise(future), future)
     if ctx.queue_depth() >= ctx.settings.ingest.max_queue:
         raise ApiError(
             503, "busy", "the store is behind; retry later", headers={"Retry-After": "5"}

@@ -106,6 +106,18 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
         proc.wait()
 
 
+def running_server(data_dir: Path) -> tuple[str, str] | None:
+    """(URL, admin key) of the server running on ``data_dir`` (its ``server.json`` names a
+    live process), or None: how every CLI command finds it by itself."""
+    try:
+        info = json.loads((data_dir / SERVER_FILE).read_text())
+        os.kill(int(info["pid"]), 0)
+        key = (data_dir / "admin.key").read_text().strip()
+        return str(info["url"]), key
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 class LocalAdmin:
     """Talks to the running server if there is one, else opens the store file itself."""
 
@@ -125,14 +137,8 @@ class LocalAdmin:
                 ) from None  # fmt: skip
 
     def _running_server(self) -> tuple[str | None, str | None]:
-        data = self.settings.server.data_dir
-        try:
-            info = json.loads((data / SERVER_FILE).read_text())
-            os.kill(int(info["pid"]), 0)
-            key = (data / "admin.key").read_text().strip()
-        except (OSError, ValueError, KeyError):
-            return None, None
-        return info["url"], key
+        found = running_server(self.settings.server.data_dir)
+        return found if found is not None else (None, None)
 
     def call(self, method: str, path: str, **kw: Any) -> Any:
         import httpx

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
 from gpufleet import __version__
-from gpufleet.agent.prom import sample_families
+from gpufleet.agent.prom import XidTotals, sample_families
 from gpufleet.promtext import CONTENT_TYPE, Family, exposition
 from gpufleet.server.context import Context, Histogram
 from gpufleet.wire import gpu_is_free
@@ -31,7 +31,16 @@ def _histogram(fam: Family, h: Histogram) -> Family:
     return fam
 
 
-def server_families(ctx: Context, now: float) -> list[Family]:
+def attach(app, ctx: Context) -> XidTotals:
+    """Count every host's newest sample's XID events as they arrive (the live-state
+    listener), for the ``gpu_xid_events_total`` counter."""
+    xids = XidTotals()
+    ctx.live.listeners.append(lambda st: xids.observe(st.sample))
+    app.state.xid_totals = xids
+    return xids
+
+
+def server_families(ctx: Context, now: float, xids: XidTotals | None = None) -> list[Family]:
     info = Family("server_info", "Server version; the value is always 1.")
     info.add((("version", __version__),), 1)
     batches = Family("server_ingest_batches_total", "Ingest requests by result.", "counter")
@@ -70,12 +79,14 @@ def server_families(ctx: Context, now: float) -> list[Family]:
             gpu_free.add((("host", sample.host), ("gpu", str(g.index))),
                          gpu_is_free(g, sample.processes))  # fmt: skip
     return [info, batches, latency, queue, workers, backlog, up, contact, gpus, free, gpu_free,
-            *sample_families(samples)]  # fmt: skip
+            *sample_families(samples, xids)]  # fmt: skip
 
 
-@router.get(
-    "/metrics", tags=["meta"], summary="Prometheus metrics", response_class=PlainTextResponse
-)
+@router.api_route(
+    "/metrics", methods=["GET", "HEAD"], tags=["meta"], summary="Prometheus metrics",
+    response_class=PlainTextResponse,
+)  # fmt: skip
 def metrics(request: Request) -> PlainTextResponse:
-    text = exposition(server_families(request.app.state.ctx, time.time()))
+    xids = getattr(request.app.state, "xid_totals", None)
+    text = exposition(server_families(request.app.state.ctx, time.time(), xids))
     return PlainTextResponse(text, media_type=CONTENT_TYPE)

@@ -9,7 +9,7 @@ import abc
 import asyncio
 import concurrent.futures
 import queue
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,6 +217,10 @@ class Store(abc.ABC):
         Idempotent. ``progress(done_hours, total_hours)`` is called after each chunk."""
         raise StoreError("this store has no usage warehouse")
 
+    def insert_raw(self, columns: Mapping[str, Mapping[str, Any]]) -> int:
+        """Bulk-write raw-tier rows given as columns (a backfill; see DuckDBStore)."""
+        raise StoreError("this store has no bulk path for raw samples")
+
     def prune_tiers(self, minute_before: float, hour_before: float) -> dict[str, int]:
         """Drop minute and hour tier rows older than the given times (the day tier stays)."""
         raise StoreError("this store has no usage warehouse")
@@ -234,7 +238,8 @@ class Store(abc.ABC):
         raise StoreError("this store has no usage warehouse")
 
     def warehouse_state(self) -> dict[str, str]:
-        """Rollup state: watermark_ts, raw_kept_from_ts, day_tz (as text)."""
+        """Rollup state: watermark_ts, raw_kept_from_ts, day_tz, and when late samples wait
+        for the next rollup late_from_ts (the first such hour) and late_hours (as text)."""
         raise StoreError("this store has no usage warehouse")
 
     def user_mapping(self) -> list[tuple[str, str | None, str | None]]:

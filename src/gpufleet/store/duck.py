@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -536,18 +536,31 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
         self.batches_duplicate += len(items) - len(new_items)
         return fresh
 
-    def _insert(self, con, items: list[IngestItem]) -> None:
-        cols = flatten(unique_samples(items, lambda keys: _stored_sample_keys(con, keys)))
+    def insert_raw(self, columns: Mapping[str, Mapping[str, Any]]) -> int:
+        """The bulk path (a backfill): raw-tier rows given as columns named as in
+        ``rows.TABLE_COLUMNS`` (lists, numpy or Arrow arrays), written in one writer transaction
+        by the same code as ingest, without batch ids, dedupe or ``hosts`` rows. Returns the
+        number of rows written; roll them up with ``rollup``."""
+        return self.write(lambda con: self._insert_columns(con, columns))
+
+    def _insert_columns(self, con, cols: Mapping[str, Mapping[str, Any]]) -> int:
+        rows = 0
         for table, columns in cols.items():
-            if not columns["host"]:
+            if not len(columns["host"]):
                 continue
-            arrow = pa.table(columns, schema=self._schemas[table])
+            arrow = pa.table(dict(columns), schema=self._schemas[table])
+            rows += arrow.num_rows
             if self._same_order[table]:
                 con.from_arrow(arrow).insert_into(table)  # no register/parse round trips
                 continue
             names = ", ".join(TABLE_COLUMNS[table])
             with _registered(con, "_incoming", arrow):
                 con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM _incoming")
+        return rows
+
+    def _insert(self, con, items: list[IngestItem]) -> None:
+        samples = unique_samples(items, lambda keys: _stored_sample_keys(con, keys))
+        self._insert_columns(con, flatten(samples))
         now = time.monotonic()
         for item in items:
             for smp in item.batch.samples:

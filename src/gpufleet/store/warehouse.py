@@ -886,7 +886,14 @@ class WarehouseMixin:
         return self._reader(lambda con: tier_fact_columns(con, tier, by, buckets, d, facts))
 
     def warehouse_state(self) -> dict[str, str]:
-        return self._reader(get_state)
+        def read(con: Any) -> dict[str, str]:
+            state = get_state(con)
+            first, hours = con.execute("SELECT min(hour_ts), count(*) FROM rollup_dirty").fetchone()
+            if hours:  # late samples wait for the next rollup
+                state["late_from_ts"], state["late_hours"] = str(int(first)), str(int(hours))
+            return state
+
+        return self._reader(read)
 
     def user_mapping(self) -> list[tuple[str, str | None, str | None]]:
         return self._reader(user_mapping)

@@ -17,8 +17,9 @@ TEMPLATE_DIR = Path(__file__).parent / "templates"
 
 def install(app: FastAPI) -> None:
     from gpufleet.server import stream
-    from gpufleet.web import routes
+    from gpufleet.web import apidocs, routes
 
     app.include_router(stream.router)
     app.include_router(routes.router)
+    app.include_router(apidocs.router)  # /docs from the package, not a CDN
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

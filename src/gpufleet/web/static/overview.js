@@ -90,7 +90,8 @@
       `GPU ${g.index} · ${g.name || "unknown"}`,
       `utilisation ${pct(util)} · memory ${bytes(g.memory_used_bytes)} / ${bytes(g.memory_total_bytes)}`,
       `${temp || "N/A"} C · ${power || "N/A"}${g.power_limit_watts ? ` of ${Math.round(g.power_limit_watts)}W` : ""}`,
-      g.users.length ? `held by ${g.users.map((u) => `${u.user} (${bytes(u.gpu_memory_bytes)})`).join(", ")}` : "",
+      g.users.length ? `held by ${g.users.map((u) => `${u.user} (${bytes(u.gpu_memory_bytes)})`).join(", ")}`
+        : !g.free && !g.error ? "held: no process seen (driver/context memory, or a process in another container or PID namespace)" : "",
       g.idle ? `held but idle since ${new Date(g.idle_since * 1000).toLocaleTimeString()}` : "",
       g.error ? `error: ${g.error}` : "",
     ].filter(Boolean).join("\n");
@@ -111,14 +112,18 @@
       ? `<span class="badge replay" title="simulated host replaying a recorded trace">replay</span>`
       : v.source === "ssh" ? `<span class="badge src" title="agent-less, polled over SSH">ssh</span>` : "";
     const sub = v.status === "online" ? "online" : `${v.status} · last seen ${ago(v.last_received)}`;
+    // A host with no GPU whose only "errors" say there is no NVIDIA driver is fine: say so calmly.
+    const noDriver = !v.gpu_count && v.errors && v.errors.length
+      && v.errors.every((e) => /NVML|nvidia-smi|driver/i.test(e));
     const why = v.reason ? `<span class="why">${esc(v.reason)}</span>`
+      : noDriver ? `<span class="calm" title="${esc(v.errors.join("\n"))}">no NVIDIA GPU or driver: host metrics only</span>`
       : v.errors && v.errors.length ? `<span class="why" title="${esc(v.errors.join("\n"))}">${esc(v.errors[0])}</span>` : "";
     const memUsed = v.memory_used_bytes, memTot = v.memory_total_bytes;
     const load = v.load1 === null ? "N/A" : v.load1.toFixed(1);
     const loadPct = v.load1 !== null && v.cpu_count ? ratio(v.load1, v.cpu_count) : null;
     const free = v.free_gpu_count;
     return `<div class="hname"><div class="line1"><span class="dot st-${v.status}" title="${v.status}"></span>`
-      + `<a href="/hosts/${encodeURIComponent(v.name)}">${esc(v.name)}</a>${badge}</div>`
+      + `<a href="/hosts/${encodeURIComponent(v.name)}" title="${esc(v.name)}">${esc(v.name)}</a>${badge}</div>`
       + `<span class="sub" title="${esc(sub)}">${esc(sub)}</span>${why}</div>`
       + `<div class="hgpu"><div class="model" title="${esc(v.gpu_models.join(", "))}">${v.gpu_count ? `${v.gpu_count} × ` : ""}${esc(models)}</div>`
       + (v.gpu_count ? (v.status === "offline"

@@ -168,7 +168,7 @@
     let html = tile("GPU-hours held", num(t.gpu_hours), "gpu_hours")
       + tile("busy GPU-hours", num(t.busy_gpu_hours), "busy_gpu_hours", "utilisation above the busy threshold")
       + tile("held but idle", `${num(t.idle_held_hours)} h`, "idle_held_hours", "memory held, utilisation under the threshold")
-      + tile("avg utilisation", `${num(t.avg_util)}%`, "avg_util")
+      + tile(`avg utilisation <small>over ${rep.avg_util_over && rep.avg_util_over.startsWith("held") ? "held" : "all"} GPU time</small>`, `${num(t.avg_util)}%`, "avg_util", `averaged over ${rep.avg_util_over || ""}`)
       + tile("p95 utilisation", `${num(t.p95_util, 0)}%`, "p95_util", `within ${rep.p95_error_bound_percent} points`)
       + tile("memory", `${num(t.mem_gb_hours, 0)} GB-h`, "mem_gb_hours")
       + tile("energy", `${num(t.energy_kwh)} kWh`, "energy_kwh");
@@ -241,7 +241,9 @@
       if (mine !== seq) return;
       const range = rep.period === "custom" ? "" : ` per ${rep.period}`;
       meta.innerHTML = `${esc(rep.from)} to ${esc(rep.to)} (${esc(rep.timezone)})${range}, by ${esc(label(rep.by))} · `
-        + `tier ${esc(rep.tier)} · rolled up until ${esc(rep.rolled_up_until || "–")} · ${num(rep.query_ms, 0)} ms`;
+        + `tier ${esc(rep.tier)} · rolled up until ${esc(rep.rolled_up_until || "–")}`
+        + (rep.late_hours_waiting ? ` · <b class="late">${rep.late_hours_waiting} hour(s) of late data wait for the next rollup</b>` : "")
+        + ` · ${num(rep.query_ms, 0)} ms`;
       drawTotals(rep);
       drawStacked(rep);
       drawTable(rep);

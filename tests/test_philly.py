@@ -1,0 +1,59 @@
+"""The Philly trace shipped with the package, and the one reader of it."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+
+from gpufleet.errors import GpufleetError
+from gpufleet.philly import PACKAGED_TRACE, default_trace_path, load_trace, read_rows
+from gpufleet.sched.trace import read_philly
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "philly_jobs.csv"
+
+
+def test_packaged_trace_is_the_default_and_complete(monkeypatch) -> None:
+    monkeypatch.delenv("GPUFLEET_TRACE", raising=False)
+    assert default_trace_path() == PACKAGED_TRACE
+    assert PACKAGED_TRACE.stat().st_size < 3 * 2**20  # "a few MB at most"
+    rows = list(read_rows())
+    assert len(rows) == 62_637  # every job of data/README.md's philly_jobs.csv
+    assert {r.cluster for r in rows} >= {"6214e9", "11cb48", "2869ce"}
+    assert sum(r.cluster == "2869ce" for r in rows) == 422
+    # the simulator's reader reads the same file by default
+    assert len(read_philly(None, ["2869ce"])) == 422
+
+
+def test_packaged_trace_matches_the_shared_csv() -> None:
+    if not SHARED.is_file():
+        pytest.skip(f"{SHARED} is not there (the packaged trace is checked on its own above)")
+    assert list(read_rows(SHARED)) == list(read_rows(PACKAGED_TRACE))
+
+
+def test_plain_and_gzip_read_alike(tmp_path, monkeypatch) -> None:
+    text = (
+        "timestamp,duration,num_gpus,gpu_time,cluster\n"
+        "2017-10-02 10:00:00,3600,2,7200,zz\n"
+        "2017-10-02 09:00:00,0,1,0,zz\n"
+        "2017-10-02 08:00:00,60,1,60,yy\n"
+    )
+    plain, packed = tmp_path / "t.csv", tmp_path / "t.csv.gz"
+    plain.write_text(text)
+    packed.write_bytes(gzip.compress(text.encode()))
+    assert list(read_rows(plain)) == list(read_rows(packed))
+    jobs = load_trace(packed)  # the zero-length job is dropped, the rest sorted by time
+    assert [(j.row, j.cluster) for j in jobs] == [(4, "yy"), (2, "zz")]
+    monkeypatch.setenv("GPUFLEET_TRACE", str(plain))
+    assert default_trace_path() == plain
+
+
+def test_bad_row_names_file_and_line(tmp_path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("timestamp,duration,num_gpus,gpu_time,cluster\n2017-10-02,x,1,1,a\n")
+    with pytest.raises(GpufleetError, match=r"bad\.csv:2"):
+        load_trace(bad)
+    with pytest.raises(GpufleetError, match="missing column"):
+        (tmp_path / "cols.csv").write_text("a,b\n1,2\n")
+        load_trace(tmp_path / "cols.csv")
