@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -111,6 +111,7 @@ class AlertEngine:
         self._user_share: dict[str, dict[str, tuple[int, int]]] = {}  # host -> user -> (held, idle)
         self._free_gpus: dict[str, int] = {}
         self._last_ts: dict[str, float] = {}
+        self._active: dict[tuple[str, Labels], str] = {}  # (rule, series) -> fingerprint
         self.evaluations = 0
 
     def set_rules(self, rules: Iterable[Rule]) -> None:
@@ -118,6 +119,11 @@ class AlertEngine:
         self.by_metric = {}
         for r in self.rules.values():
             self.by_metric.setdefault(r.metric, []).append(r)
+        # per metric: (rule name, windowed?, condition, rule): the hot loop's plain tuples
+        self._plan: dict[str, list[tuple[str, bool, Callable[[float], bool], Rule]]] = {
+            m: [(r.name, r.kind not in ("threshold", "absent"), r.condition(), r) for r in rs]
+            for m, rs in self.by_metric.items()
+        }
         for fp in [fp for fp, a in getattr(self, "alerts", {}).items() if a.rule not in self.rules]:
             self._drop(fp)
 
@@ -214,27 +220,33 @@ class AlertEngine:
         self, key: Labels, values: dict[str, float], now: float,
         extra: dict[str, str] | None = None,
     ) -> None:  # fmt: skip
+        """The hot path: per metric, its rules; labels, fingerprints and text are made only
+        when a rule holds and no alert exists for it yet."""
+        active = self._active
         for metric, raw in values.items():
-            for rule in self.by_metric.get(metric, ()):
-                self.evaluations += 1
-                value = self._value(rule, key, raw, now)
-                labels = dict(key)
-                if extra:
-                    labels.update(extra)
-                labels["rule"] = rule.name
-                labels.update(rule.labels)
-                fp = fingerprint(rule.name, {k: v for k, v in key})
-                if rule.holds(value):
-                    self._condition_true(fp, rule, labels, value, now, dict(key))
-                else:
-                    a = self.alerts.get(fp)
-                    if a is not None:
-                        a.value = value
-                        self._condition_false(a, now)
+            plan = self._plan.get(metric)
+            if plan is None:
+                continue
+            self.evaluations += len(plan)
+            for name, windowed, holds, rule in plan:
+                value = self._value(rule, key, raw, now) if windowed else raw
+                fp = active.get((name, key))
+                if holds(value):
+                    if fp is None:
+                        labels = dict(key)
+                        if extra:
+                            labels.update(extra)
+                        labels["rule"] = name
+                        labels.update(rule.labels)
+                        self._new_alert(rule, key, labels, value, now)
+                    else:
+                        self._condition_true(self.alerts[fp], rule, value, now)
+                elif fp is not None:
+                    a = self.alerts[fp]
+                    a.value = value
+                    self._condition_false(a, now)
 
     def _value(self, rule: Rule, key: Labels, raw: float, now: float) -> float:
-        if rule.kind in ("threshold", "absent"):
-            return raw
         w = self._windows.get((rule.name, key))
         if w is None:
             w = self._windows[(rule.name, key)] = _Window()
@@ -247,28 +259,30 @@ class AlertEngine:
             return change
         return change / (now - first_t) if now > first_t else 0.0
 
-    def _condition_true(
-        self, fp: str, rule: Rule, labels: dict[str, str], value: float, now: float,
-        series: dict[str, str],
-    ) -> None:  # fmt: skip
-        a = self.alerts.get(fp)
-        if a is None:
-            a = Alert(
-                fp, rule.name, labels, rule.severity, "pending", now, value,
-                render(rule.summary, labels, value), render(rule.runbook, labels, value),
-                notify_user=rule.notify_user, series=series,
-            )  # fmt: skip
-            self.alerts[fp] = a
-            if "host" in labels:
-                self._host_alerts.setdefault(labels["host"], set()).add(fp)
-            self._event(a, "pending", now)
+    def _new_alert(
+        self, rule: Rule, key: Labels, labels: dict[str, str], value: float, now: float
+    ) -> None:
+        fp = fingerprint(rule.name, dict(key))
+        a = Alert(
+            fp, rule.name, labels, rule.severity, "pending", now, value,
+            render(rule.summary, labels, value), render(rule.runbook, labels, value),
+            notify_user=rule.notify_user, series=dict(key),
+        )  # fmt: skip
+        self.alerts[fp] = a
+        self._active[(rule.name, key)] = fp
+        if "host" in labels:
+            self._host_alerts.setdefault(labels["host"], set()).add(fp)
+        self._event(a, "pending", now)
+        self._condition_true(a, rule, value, now)
+
+    def _condition_true(self, a: Alert, rule: Rule, value: float, now: float) -> None:
         a.value = value
-        a.summary = render(rule.summary, labels, value)
         if a.state == "firing" and a.clear_since is not None:
             a.clear_since = None
             a.flaps += 1
         if a.state == "pending" and now - a.active_since >= rule.for_seconds:
             a.state, a.fired_at = "firing", now
+            a.summary = render(rule.summary, a.labels, value)  # the value it fired with
             self._event(a, "firing", now)
 
     def _condition_false(self, a: Alert, now: float) -> None:
@@ -287,7 +301,10 @@ class AlertEngine:
 
     def _drop(self, fp: str) -> None:
         a = self.alerts.pop(fp, None)
-        if a is not None and "host" in a.labels:
+        if a is None:
+            return
+        self._active.pop((a.rule, labels_of(**a.series)), None)
+        if "host" in a.labels:
             self._host_alerts.get(a.labels["host"], set()).discard(fp)
 
     def _event(self, a: Alert, what: str, now: float) -> None:
@@ -331,5 +348,6 @@ class AlertEngine:
             if a.rule not in self.rules:
                 continue
             self.alerts[a.fingerprint] = a
+            self._active[(a.rule, labels_of(**a.series))] = a.fingerprint
             if "host" in a.labels:
                 self._host_alerts.setdefault(a.labels["host"], set()).add(a.fingerprint)

@@ -25,6 +25,21 @@ def labels_of(**kw: str | int | None) -> Labels:
     return tuple(sorted((k, str(v)) for k, v in kw.items() if v is not None))
 
 
+_KEYS: dict[tuple[str, str | None, str, object], Labels] = {}
+
+
+def _key(host: str, group: str | None, what: str, value: object) -> Labels:
+    """``labels_of(host=, group=, <what>=value)``, remembered (the same few per host)."""
+    k = (host, group, what, value)
+    got = _KEYS.get(k)
+    if got is None:
+        if len(_KEYS) > 200_000:
+            _KEYS.clear()
+        extra = {} if what == "host" else {what: value}
+        got = _KEYS[k] = labels_of(host=host, group=group, **extra)  # type: ignore[arg-type]
+    return got
+
+
 def sample_series(
     sample: Sample, *, skew_seconds: float | None, group: str | None, th: Thresholds
 ) -> dict[Labels, dict[str, float]]:
@@ -47,10 +62,10 @@ def sample_series(
         h["swap_used_ratio"] = hm.swap_used_bytes / hm.swap_total_bytes
     if skew_seconds is not None:
         h["clock_skew_abs_seconds"] = abs(skew_seconds)
-    out[labels_of(host=host, group=group)] = h
+    out[_key(host, group, "host", host)] = h
     for disk in hm.disks:
         if disk.total_bytes > 0:
-            key = labels_of(host=host, group=group, mount=disk.mount)
+            key = _key(host, group, "mount", disk.mount)
             out[key] = {"disk_used_ratio": disk.used_bytes / disk.total_bytes}
     procs_by_gpu: dict[int, list] = {}
     for p in sample.processes:
@@ -93,7 +108,7 @@ def sample_series(
             m["ghost_memory_bytes"] = ghost
         user = users[0] if len(users) == 1 else (",".join(users) if users else None)
         # the user label is kept only on the held-but-idle series (so the alert names them)
-        out[labels_of(host=host, group=group, gpu=g.index)] = m
+        out[_key(host, group, "gpu", g.index)] = m
         if user is not None and "held_idle" in m:
             hkey = labels_of(host=host, group=group, gpu=g.index, user=user)
             out[hkey] = {"held_idle": m.pop("held_idle")}

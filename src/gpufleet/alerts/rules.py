@@ -24,8 +24,11 @@ reported and skipped, never a reason for the server not to start.
 
 from __future__ import annotations
 
+import functools
+import operator
 import re
 import string
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -167,6 +170,17 @@ class Rule(BaseModel):
 
     def holds(self, value: float) -> bool:
         return _compare(value, self.op, self.threshold)
+
+    def condition(self) -> Callable[[float], bool]:
+        """``holds`` as one fast call (the engine's hot loop)."""
+        return functools.partial(_OPS[self.op], self.threshold)
+
+
+# op(threshold, value): the value is the second argument of the partial
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    ">": operator.lt, ">=": operator.le, "<": operator.gt, "<=": operator.ge,
+    "==": operator.eq, "!=": operator.ne,
+}  # fmt: skip
 
 
 def _compare(value: float, op: str, threshold: float) -> bool:
