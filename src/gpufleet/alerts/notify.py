@@ -93,6 +93,7 @@ class Message:
     resolved: list[Alert]
     severity: str  # the most severe of the firing (or resolved) alerts
     at: float
+    new: list[str] = field(default_factory=list)  # fingerprints announced for the first time
 
     @property
     def title(self) -> str:
@@ -201,7 +202,8 @@ class Dispatcher:
                 continue
             resolved = list(g.resolved.values())
             sev = min((a.severity for a in members or resolved), key=_rank)
-            out.append(Message(dict(g.labels), sorted(members, key=_order), resolved, sev, now))
+            out.append(Message(dict(g.labels), sorted(members, key=_order), resolved, sev, now,
+                               [a.fingerprint for a in new]))  # fmt: skip
             g.sent |= {a.fingerprint for a in members}
             g.resolved.clear()
             g.last_sent = now
