@@ -43,6 +43,7 @@ class Driver:
     silences: list[Silence] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
     hosts: dict[str, HostSeen] = field(default_factory=dict)
+    events: list[dict] = field(default_factory=list)  # every state change, in order
 
     def feed(self, sample: Sample, now: float, skew: float = 0.0) -> None:
         h = self.hosts.setdefault(sample.host, HostSeen(sample.host, now, 5.0))
@@ -51,7 +52,9 @@ class Driver:
 
     def tick(self, now: float) -> list[Message]:
         self.engine.tick(now, list(self.hosts.values()))
-        for e in self.engine.take_events():
+        taken = self.engine.take_events()
+        self.events += taken
+        for e in taken:
             if e["event"] == "resolved":
                 self.dispatcher.resolved(Alert.from_dict(e["alert"]))
         out = self.dispatcher.flush(list(self.engine.alerts.values()), self.silences, now)

@@ -326,3 +326,41 @@ def test_evaluation_is_incremental_per_host(make_host):
     per_sample = engine.evaluations
     engine.observe(h.sample(T0 + 5), now=T0 + 5)
     assert engine.evaluations == 2 * per_sample, "one sample's series only"
+
+
+def test_quality_counts_flaps_acks_and_noise(make_host, make_driver):
+    from gpufleet.alerts.quality import rule_quality
+
+    rules = [r.model_copy(update={"for_seconds": 0.0}) if r.name == "gpu_too_hot" else r
+             for r in builtin_rules()]  # fmt: skip
+    h = make_host()
+    d = make_driver(rules, resolve_hold_seconds=120.0)
+    t = T0
+    for i in range(40):  # flapping heat for 40 minutes
+        _hot(h, i % 2 == 0)
+        t = run(d, h, t, 60, step=30)
+    _ghost(h, True)
+    t = run(d, h, t, 600)
+    d.engine.acknowledge(d.firing("ghost_memory")[0].fingerprint, "bob", t + 300)
+    _hot(h, False)
+    _ghost(h, False)
+    run(d, h, t + 300, 900)
+    events = d.events
+    q = {r["rule"]: r for r in rule_quality(events, t + 2000, days=1)}
+    assert q["gpu_too_hot"]["fired"] == 1 and q["gpu_too_hot"]["flapping"]
+    assert q["gpu_too_hot"]["unacknowledged"] == 1
+    assert q["ghost_memory"]["acknowledged"] == 1
+    assert q["ghost_memory"]["median_minutes_to_ack"] == pytest.approx(
+        (
+            t
+            + 300
+            - next(
+                e["at"]
+                for e in events
+                if e["event"] == "firing" and e["alert"]["rule"] == "ghost_memory"
+            )
+        )
+        / 60,
+        abs=0.1,
+    )
+    assert next(iter(q)) == "gpu_too_hot", "the noisy rule first"

@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from gpufleet.alerts.channels import Channel
 from gpufleet.alerts.notify import Silence
+from gpufleet.alerts.quality import rule_quality
 from gpufleet.alerts.rules import BUILTIN_TUNABLE, RuleError, builtin_rules, parse_rule
 from gpufleet.alerts.service import AlertService
 from gpufleet.server.errors import ApiError
@@ -98,6 +99,19 @@ def alert_history(
 ) -> dict[str, Any]:
     svc = service_of(request)
     return {"events": svc.db.history(since=since, rule=rule, host=host, text=q, limit=limit)}
+
+
+@_get("/alerts/quality", "Per rule: alerts per week, flapping, time to acknowledge")
+def alert_quality(
+    request: Request, days: Annotated[float, Query(gt=0, le=400)] = 28.0
+) -> dict[str, Any]:
+    return quality_json(service_of(request), days)
+
+
+def quality_json(svc: AlertService, days: float) -> dict[str, Any]:
+    now = time.time()
+    events = svc.db.history(since=now - days * 86400, limit=200_000)
+    return {"days": days, "rules": rule_quality(events, now, days)}
 
 
 @_route("POST", "/alerts/{fingerprint}/ack", "Acknowledge an alert (no more repeats)")
@@ -258,6 +272,7 @@ def alerts_page(
             "history": svc.db.history(text=q, limit=100),
             "rules": rules_json(svc),
             "messages": svc.db.messages(20),
+            "quality": quality_json(svc, 28.0),
             "q": q or "",
         },
     )
