@@ -239,10 +239,8 @@ def fifty_rules() -> list:
     return rules + extra
 
 
-def run_cost(n_hosts: int, rounds: int, seed: int) -> dict[str, Any]:
-    from gpufleet.store import IngestItem, open_store
-    from gpufleet.wire import Batch
-
+def _base_samples(seed: int) -> list[Sample]:
+    """50 replayed hosts' samples an hour into the trace (the cost runs reuse them)."""
     specs = [replace(s, flaky_gpu=None, goes_offline=False) for s in build_fleet(50, seed)]
     replay = Replay(specs, load_trace(), seed=seed, load=0.6)
     sims = [SimHost(s, seed=seed, interval=5.0, now=T0) for s in specs]
@@ -252,6 +250,14 @@ def run_cost(n_hosts: int, rounds: int, seed: int) -> dict[str, Any]:
         sim.apply(replay, replay.jobs_on(sim.spec.index), replay.start + 3600, T0,
                   lambda tt: T0)  # fmt: skip
         base.append(sim.collect())
+    return base
+
+
+def run_cost(n_hosts: int, rounds: int, seed: int) -> dict[str, Any]:
+    from gpufleet.store import IngestItem, open_store
+    from gpufleet.wire import Batch
+
+    base = _base_samples(seed)
     bodies = []
     for r in range(rounds):
         for i in range(n_hosts):
@@ -295,6 +301,123 @@ def run_cost(n_hosts: int, rounds: int, seed: int) -> dict[str, Any]:
             "ratio": alert_cpu / ingest_cpu, "evaluations_per_batch": engine.evaluations / n}  # fmt: skip
 
 
+def _server_cpu(bodies: list[bytes], alerts_cfg: dict[str, Any]) -> float:
+    """CPU seconds a real ``gpufleet server`` (and its ingest workers) spends on ``bodies``
+    posted over HTTP, idle time subtracted."""
+    import os
+    import socket
+    import subprocess
+
+    import httpx
+    import psutil
+    import yaml
+
+    def cpu(p: psutil.Process) -> float:
+        total = 0.0
+        for q in [p, *p.children(recursive=True)]:
+            try:
+                t = q.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+        return total
+
+    with tempfile.TemporaryDirectory() as d:
+        cfg = Path(d) / "gpufleet.yaml"
+        cfg.write_text(yaml.safe_dump({"alerts": alerts_cfg}))
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        tok = subprocess.run(
+            [sys.executable, "-m", "gpufleet", "token", "create", "bench", "--data-dir", d],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        env = {**os.environ, "GPUFLEET_LOG_LEVEL": "warning"}
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gpufleet",
+                "server",
+                "--data-dir",
+                d,
+                "--port",
+                str(port),
+                "--config",
+                str(cfg),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            for _ in range(300):
+                try:
+                    if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            time.sleep(3)  # start-up work settles
+            p = psutil.Process(proc.pid)
+            c0, w0 = cpu(p), time.monotonic()
+            time.sleep(5)
+            idle_rate = (cpu(p) - c0) / (time.monotonic() - w0)
+            headers = {
+                "Authorization": f"Bearer {tok.stdout.strip()}",
+                "Content-Type": "application/json",
+            }
+            c0, w0 = cpu(p), time.monotonic()
+            async def post_all() -> None:  # 64 at a time, as many agents would
+                limits = httpx.Limits(max_connections=64)
+                async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60,
+                                             limits=limits) as client:  # fmt: skip
+                    sem = asyncio.Semaphore(64)
+
+                    async def one(body: bytes) -> None:
+                        async with sem:
+                            r = await client.post("/api/v1/ingest", content=body)
+                            r.raise_for_status()
+
+                    await asyncio.gather(*(one(b) for b in bodies))
+
+            asyncio.run(post_all())
+            for _ in range(600):  # the store took every batch
+                if httpx.get(url + "/healthz").json()["writer_queue"] == 0:
+                    break
+                time.sleep(0.1)
+            time.sleep(6)  # an evaluation tick or two after the last batch
+            used = cpu(p) - c0 - idle_rate * (time.monotonic() - w0)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    return used
+
+
+def run_cost_server(n_hosts: int, rounds: int, seed: int) -> dict[str, Any]:
+    """The same batches through real servers: alerts off, then on with 50 rules."""
+    from gpufleet.wire import Batch
+
+    base = _base_samples(seed)
+    now = time.time() - rounds * 5 - 5
+    bodies = []
+    for r in range(rounds):
+        for i in range(n_hosts):
+            s = base[i % len(base)].model_copy(update={"host": f"h{i:04d}", "ts": now + 5 * r})
+            b = Batch(batch_id=f"srv-{r}-{i}-{seed}-{int(now)}", source="replay",
+                      sent_at=now + 5 * r, samples=[s])  # fmt: skip
+            bodies.append(b.model_dump_json().encode())
+    extra = [r.model_dump() for r in fifty_rules() if r.name.startswith("extra_")]
+    off = _server_cpu(bodies, {"enabled": False})
+    on = _server_cpu(bodies, {"enabled": True, "rules": extra})
+    n = len(bodies)
+    return {"batches": n, "server_ms_per_batch_alerts_off": 1000 * off / n,
+            "server_ms_per_batch_alerts_on": 1000 * on / n,
+            "alerts_share": (on - off) / off}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--hosts", type=int, default=100)
@@ -306,6 +429,11 @@ def main() -> None:
     ap.add_argument("--quality-only", action="store_true")
     ap.add_argument("--cost-hosts", type=int, default=1000)
     ap.add_argument("--cost-rounds", type=int, default=10)
+    ap.add_argument(
+        "--server-cost",
+        action="store_true",
+        help="also: real servers' CPU per batch over HTTP, alerts off vs on",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     out: dict[str, Any] = {}
@@ -322,6 +450,9 @@ def main() -> None:
             print(f"cost: seed {seed}", file=sys.stderr)
             costs.append(run_cost(args.cost_hosts, args.cost_rounds, seed))
         out["cost"] = costs
+    if args.server_cost:
+        out["server_cost"] = [run_cost_server(args.cost_hosts, args.cost_rounds, s)
+                              for s in args.seeds]  # fmt: skip
     if args.json:
         print(json.dumps(out, indent=2, default=str))
         return
@@ -364,6 +495,15 @@ def print_tables(out: dict[str, Any]) -> None:
         print("|---|---|---|")
         print(f"| {c['ingest_ms_per_batch']:.3f} | {c['alert_ms_per_batch']:.3f} | "
               f"{100 * c['ratio']:.1f}% |")  # fmt: skip
+    for c in out.get("server_cost", []):
+        print(f"\n## Server CPU per batch over HTTP ({c['batches']} batches; alerts on: 50 "
+              "rules)\n")  # fmt: skip
+        print("| alerts off ms/batch | alerts on ms/batch | alerts' share |")
+        print("|---|---|---|")
+        print(
+            f"| {c['server_ms_per_batch_alerts_off']:.3f} | "
+            f"{c['server_ms_per_batch_alerts_on']:.3f} | {100 * c['alerts_share']:.1f}% |"
+        )
 
 
 if __name__ == "__main__":
