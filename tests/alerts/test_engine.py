@@ -364,3 +364,22 @@ def test_quality_counts_flaps_acks_and_noise(make_host, make_driver):
         abs=0.1,
     )
     assert next(iter(q)) == "gpu_too_hot", "the noisy rule first"
+
+
+def test_hysteresis_keeps_a_hovering_value_one_alert(make_host, make_driver):
+    h, d = make_host(), make_driver()
+    h.nvml.gpus[3].temperature_celsius = 95
+    t = run(d, h, T0, 300)
+    (a,) = d.firing("gpu_too_hot")
+    for i in range(40):  # hovers between the clear limit (85) and the limit (88)
+        h.nvml.gpus[3].temperature_celsius = 86 + (i % 3)
+        t = run(d, h, t, 30)
+    assert d.firing("gpu_too_hot") == [a] and a.clear_since is None
+    h.nvml.gpus[3].temperature_celsius = 80
+    run(d, h, t, 600)
+    assert not d.firing()
+    events = [e["event"] for e in d.events if e["alert"]["rule"] == "gpu_too_hot"]
+    assert events == ["pending", "firing", "resolved"]
+    with pytest.raises(RuleError, match="clear_threshold 90 must be on the clear side"):
+        parse_rule({"name": "x", "scope": "gpu", "metric": "temperature_celsius", "op": ">=",
+                    "threshold": 88, "clear_threshold": 90})  # fmt: skip

@@ -25,7 +25,13 @@ from pydantic import BaseModel, Field, ValidationError
 from gpufleet.alerts.channels import Channel
 from gpufleet.alerts.notify import Silence
 from gpufleet.alerts.quality import rule_quality
-from gpufleet.alerts.rules import BUILTIN_TUNABLE, RuleError, builtin_rules, parse_rule
+from gpufleet.alerts.rules import (
+    BUILTIN_TUNABLE,
+    RuleError,
+    builtin_rules,
+    parse_rule,
+    tuned,
+)
 from gpufleet.alerts.service import AlertService
 from gpufleet.server.errors import ApiError
 
@@ -218,7 +224,7 @@ async def put_rule(
             raise ApiError(422, "invalid_rule", f"{name}: {bad[0]}: a built-in rule's "
                            f"{bad[0]} cannot be changed",
                            [{"loc": f"body.{bad[0]}", "msg": "not tunable"}])  # fmt: skip
-        candidate = {**base[name].model_dump(), **body}
+        candidate = tuned(base[name], body)
     else:
         if body.get("name", name) != name:
             raise ApiError(422, "invalid_rule", "name: must match the path",

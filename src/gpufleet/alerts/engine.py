@@ -119,11 +119,13 @@ class AlertEngine:
         self.by_metric = {}
         for r in self.rules.values():
             self.by_metric.setdefault(r.metric, []).append(r)
-        # per metric: (rule name, windowed?, condition, rule): the hot loop's plain tuples
-        self._plan: dict[str, list[tuple[str, bool, Callable[[float], bool], Rule]]] = {
-            m: [(r.name, r.kind not in ("threshold", "absent"), r.condition(), r) for r in rs]
+        # per metric: (rule, windowed?, condition, not cleared yet, rule): plain tuples
+        Cond = Callable[[float], bool]
+        self._plan: dict[str, list[tuple[str, bool, Cond, Cond | None, Rule]]] = {
+            m: [(r.name, r.kind not in ("threshold", "absent"), r.condition(), r.still_firing(),
+                 r) for r in rs]
             for m, rs in self.by_metric.items()
-        }
+        }  # fmt: skip
         for fp in [fp for fp, a in getattr(self, "alerts", {}).items() if a.rule not in self.rules]:
             self._drop(fp)
 
@@ -228,10 +230,13 @@ class AlertEngine:
             if plan is None:
                 continue
             self.evaluations += len(plan)
-            for name, windowed, holds, rule in plan:
+            for name, windowed, holds, still, rule in plan:
                 value = self._value(rule, key, raw, now) if windowed else raw
                 fp = active.get((name, key))
-                if holds(value):
+                if holds(value) or (
+                    still is not None and fp is not None and still(value)
+                    and self.alerts[fp].state == "firing"
+                ):  # fmt: skip
                     if fp is None:
                         labels = dict(key)
                         if extra:

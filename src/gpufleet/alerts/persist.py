@@ -31,6 +31,10 @@ SCHEMA = [
     CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,
         channel TEXT NOT NULL, title TEXT NOT NULL, ok INTEGER NOT NULL, error TEXT);
     """,
+    # version 2: one row per pending/firing alert, written when it changes (not every tick)
+    """
+    CREATE TABLE IF NOT EXISTS active (fingerprint TEXT PRIMARY KEY, body TEXT NOT NULL);
+    """,
 ]
 
 
@@ -57,23 +61,30 @@ class AlertDB:
 
     # -- state ------------------------------------------------------------------------------
 
-    def save(self, alerts: list[dict[str, Any]], groups: dict[str, Any],
-             events: list[dict[str, Any]]) -> None:  # fmt: skip
-        """The engine's and dispatcher's state and new history, in one transaction."""
+    def save(self, events: list[dict[str, Any]], groups: dict[str, Any] | None) -> None:
+        """New history, the alerts those events changed, and (when given) the dispatcher's
+        groups, in one transaction. Only what changed is written."""
         with self._lock:
             db = self._db
             db.execute("BEGIN")
             try:
-                db.execute("INSERT OR REPLACE INTO state VALUES ('alerts', ?)",
-                           (json.dumps(alerts),))  # fmt: skip
-                db.execute("INSERT OR REPLACE INTO state VALUES ('groups', ?)",
-                           (json.dumps(groups),))  # fmt: skip
+                for e in events:
+                    a = e["alert"]
+                    if e["event"] in ("resolved", "dropped"):
+                        db.execute("DELETE FROM active WHERE fingerprint = ?", (a["fingerprint"],))
+                    else:
+                        db.execute("INSERT OR REPLACE INTO active VALUES (?, ?)",
+                                   (a["fingerprint"], json.dumps(a)))  # fmt: skip
+                if groups is not None:
+                    db.execute("INSERT OR REPLACE INTO state VALUES ('groups', ?)",
+                               (json.dumps(groups),))  # fmt: skip
                 db.executemany(
                     "INSERT INTO history (at, event, fingerprint, rule, host, severity, summary,"
                     " alert) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [(e["at"], e["event"], e["alert"]["fingerprint"], e["alert"]["rule"],
                       e["alert"]["labels"].get("host"), e["alert"]["severity"],
-                      e["alert"]["summary"], json.dumps(e["alert"])) for e in events],
+                      e["alert"]["summary"], json.dumps(e["alert"])) for e in events
+                     if e["event"] != "dropped"],
                 )  # fmt: skip
                 db.execute("COMMIT")
             except BaseException:
@@ -82,7 +93,10 @@ class AlertDB:
 
     def load(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         rows = dict(self._q("SELECT key, value FROM state"))
-        return json.loads(rows.get("alerts", "[]")), json.loads(rows.get("groups", "{}"))
+        active = [json.loads(b) for (b,) in self._q("SELECT body FROM active")]
+        if not active and "alerts" in rows:  # saved by version 1
+            active = json.loads(rows["alerts"])
+        return active, json.loads(rows.get("groups", "{}"))
 
     def history(self, *, since: float = 0.0, rule: str | None = None, host: str | None = None,
                 text: str | None = None, limit: int = 200) -> list[dict[str, Any]]:  # fmt: skip

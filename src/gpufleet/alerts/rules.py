@@ -110,6 +110,11 @@ class Rule(BaseModel):
     kind: Kind = Field("threshold", description="How the metric is turned into a value.")
     op: Op = Field(">", description="Comparison of the value with the threshold.")
     threshold: float = Field(0.0, description="The limit the value is compared with.")
+    clear_threshold: float | None = Field(
+        None,
+        description="Once firing, the alert clears only when the value is past this (e.g. 85 "
+        "for a rule at >= 88): a value hovering at the limit stays one alert.",
+    )
     window_seconds: Annotated[float, Field(gt=0, le=7 * 86400)] = Field(
         300.0, description="Window of rate / increase / sum."
     )
@@ -165,6 +170,16 @@ class Rule(BaseModel):
         scope = METRICS[self.metric][0]
         if scope != self.scope:
             raise ValueError(f"metric {self.metric} is a {scope} metric, not a {self.scope} one")
+        c = self.clear_threshold
+        if c is not None and (
+            (self.op in (">", ">=") and c > self.threshold)
+            or (self.op in ("<", "<=") and c < self.threshold)
+            or self.op in ("==", "!=")
+        ):
+            raise ValueError(
+                f"clear_threshold {c:g} must be on the clear side of threshold "
+                f"{self.threshold:g} (op {self.op})"
+            )
         if self.kind == "absent" and self.metric != "silent_seconds":
             raise ValueError("kind absent watches silent_seconds; set metric: silent_seconds")
 
@@ -174,6 +189,12 @@ class Rule(BaseModel):
     def condition(self) -> Callable[[float], bool]:
         """``holds`` as one fast call (the engine's hot loop)."""
         return functools.partial(_OPS[self.op], self.threshold)
+
+    def still_firing(self) -> Callable[[float], bool] | None:
+        """With a clear_threshold: whether a firing alert's value has not cleared yet."""
+        if self.clear_threshold is None:
+            return None
+        return functools.partial(_OPS[self.op], self.clear_threshold)
 
 
 # op(threshold, value): the value is the second argument of the partial
@@ -258,17 +279,17 @@ def builtin_rules() -> list[Rule]:
            summary="{host} GPU {gpu}: {value} XID events in 10 minutes",
            runbook="dmesg | grep -i xid on {host} says which codes; see NVIDIA's XID table"),
         _b("gpu_too_hot", "temperature_celsius", "gpu", op=">=", threshold=88,
-           for_seconds=120, severity="warning", summary="{host} GPU {gpu} at {value} C",
+           clear_threshold=85, for_seconds=120, severity="warning", summary="{host} GPU {gpu} at {value} C",
            runbook="check fans and airflow of {host}; the GPU throttles past ~90 C"),
         _b("power_at_cap", "power_cap_ratio", "gpu", op=">=", threshold=0.98,
            for_seconds=1800, severity="info",
            summary="{host} GPU {gpu} at its power cap for 30 minutes",
            runbook="the job is power-limited; check the power limit (nvidia-smi -q -d POWER)"),
         _b("disk_almost_full", "disk_used_ratio", "host", op=">=", threshold=0.92,
-           for_seconds=300, severity="warning", summary="{host}: {mount} is {value} full",
+           clear_threshold=0.9, for_seconds=300, severity="warning", summary="{host}: {mount} is {value} full",
            runbook="du -xh --max-depth=2 {mount} | sort -h on {host}; old checkpoints?"),
         _b("memory_pressure", "memory_used_ratio", "host", op=">=", threshold=0.95,
-           for_seconds=300, severity="warning",
+           clear_threshold=0.9, for_seconds=300, severity="warning",
            summary="{host}: {value} of memory in use",
            runbook="ps aux --sort=-rss | head on {host}; data loaders with too many workers?"),
         _b("swapping", "swap_used_ratio", "host", op=">=", threshold=0.5, for_seconds=300,
@@ -289,8 +310,20 @@ def builtin_rules() -> list[Rule]:
     ]  # fmt: skip
 
 
-BUILTIN_TUNABLE = ("threshold", "for_seconds", "window_seconds", "severity", "enabled",
+BUILTIN_TUNABLE = ("threshold", "clear_threshold", "for_seconds", "window_seconds", "severity", "enabled",
                    "labels", "summary", "runbook", "group_by", "op", "notify_user")  # fmt: skip
+
+
+def tuned(rule: Rule, change: dict[str, Any]) -> dict[str, Any]:
+    """A built-in rule's fields with ``change`` applied. A new threshold without a new
+    clear_threshold moves the clear limit with it (same margin)."""
+    out = {**rule.model_dump(), **change}
+    if (
+        "threshold" in change and "clear_threshold" not in change
+        and rule.clear_threshold is not None and isinstance(change["threshold"], int | float)
+    ):  # fmt: skip
+        out["clear_threshold"] = rule.clear_threshold + (change["threshold"] - rule.threshold)
+    return out
 
 
 def assemble_rules(
@@ -312,7 +345,7 @@ def assemble_rules(
                 )
             else:
                 try:
-                    rule = parse_rule({**rule.model_dump(), **change}, "builtin rule")
+                    rule = parse_rule(tuned(rule, change), "builtin rule")
                 except RuleError as exc:
                     errors.append(str(exc))
         rules[rule.name] = rule

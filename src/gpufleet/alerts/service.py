@@ -148,10 +148,11 @@ class AlertService:
                     self.dispatcher.resolved(Alert.from_dict(e["alert"]))
             messages = self.dispatcher.flush(list(self.engine.alerts.values()),
                                              self.silences(now), now)  # fmt: skip
-            alerts, groups = self.engine.snapshot(), self.dispatcher.snapshot()
+            changed_groups = bool(messages) or any(e["event"] == "resolved" for e in events)
+            groups = self.dispatcher.snapshot() if changed_groups else None
+        if events or groups is not None:
+            self.db.save(events, groups)
         self.busy_seconds += time.thread_time() - t0
-        if events or messages:
-            self.db.save(alerts, groups, events)
         return messages
 
     def deliver(self, messages: list[Message]) -> None:
@@ -181,10 +182,7 @@ class AlertService:
             a = self.engine.acknowledge(fp, who, self.clock())
             if a is None:
                 return None
-            events = self.engine.take_events()
-            alerts, groups = self.engine.snapshot(), self.dispatcher.snapshot()
-        self.db.save(alerts, groups, events)
-        return a.to_dict()
+        return a.to_dict()  # the next tick saves it with the other changes
 
     def view(self, now: float) -> dict[str, Any]:
         """What the /alerts page and ``GET /api/v1/alerts`` show."""
