@@ -507,8 +507,9 @@ def print_tables(out: dict[str, Any]) -> None:
         print("| fault | rule expected | faults | right | delay p50 s | delay p95 s | bound s |")
         print("|---|---|---|---|---|---|---|")
         for kind, v in q["by_kind"].items():
+            rule = "none (cut < offline limit)" if v.get("expect_silence") else v["rule"]
             print(
-                f"| {kind} | {v['rule']} | {v['faults']} | {v['caught']} | "
+                f"| {kind} | {rule} | {v['faults']} | {v['caught']} | "
                 f"{v['delay_p50']:.0f} | {v['delay_p95']:.0f} | {v['bound_seconds']:.0f} |"
             )
         print(f"\nrecall {100 * q['recall']:.1f}%; precision {100 * q['precision']:.1f}% "
