@@ -65,6 +65,16 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "rollup",
         "Roll raw samples up into the warehouse tiers (backfill; the server does it itself).",
     ),
+    "alerts": (
+        "gpufleet.alerts.cli",
+        "alerts",
+        "Firing and pending alerts (and --history), with what mutes them.",
+    ),
+    "silence": (
+        "gpufleet.alerts.cli",
+        "silence",
+        "Silence alerts for a while: add, list, expire.",
+    ),
     "usermap": (
         "gpufleet.usermap.cli",
         "usermap",

@@ -274,6 +274,87 @@ class RecommendSection(_Section):
     )
 
 
+class AlertChannelSection(_Section):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] = Field(
+        description="Name of the channel, as shown on pages and in logs (never its URL)."
+    )
+    url: str | None = Field(
+        None,
+        description="Apprise URL (mailtos://, slack://, dingtalk://, feishu://, wecombot://, "
+        "tgram://, json://, ...). It holds secrets: prefer url_env.",
+    )
+    url_env: str | None = Field(None, description="Environment variable holding the Apprise URL.")
+    severities: list[Literal["critical", "warning", "info"]] = Field(
+        ["critical", "warning"], description="Severities this channel is told about."
+    )
+    match: dict[str, str] = Field(
+        default_factory=dict,
+        description="Label -> shell-style pattern every message must match (e.g. group: vision*).",
+    )
+
+    @field_validator("url_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+            raise ValueError(f"{v!r} is not an environment variable name")
+        return v
+
+    def model_post_init(self, _context: Any) -> None:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError(f"channel {self.name!r}: give exactly one of url and url_env")
+
+
+class AlertsSection(_Section):
+    enabled: bool = Field(True, description="Evaluate alert rules (the built-in ones are on).")
+    evaluate_interval_seconds: Annotated[float, Field(gt=0, le=300)] = Field(
+        5.0, description="How often the clock-driven checks run (silence, resolves, sending)."
+    )
+    group_wait_seconds: Annotated[float, Field(ge=0)] = Field(
+        30.0, description="A new message group waits this long for more alerts before it is sent."
+    )
+    group_interval_seconds: Annotated[float, Field(ge=0)] = Field(
+        300.0, description="A group that changed is sent again at most this often."
+    )
+    repeat_interval_seconds: Annotated[float, Field(gt=0)] = Field(
+        4 * 3600.0, description="A group still firing (and not acknowledged) is re-sent this often."
+    )
+    resolve_hold_seconds: Annotated[float, Field(ge=0)] = Field(
+        120.0,
+        description="A firing alert whose condition clears is resolved only after it stayed "
+        "clear this long (a flapping metric is one incident, not many).",
+    )
+    builtin: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Changes to built-in rules: rule name -> {threshold, for_seconds, severity, "
+        "enabled, ...} (see docs/alerts.md).",
+    )
+    rules: list[dict[str, Any]] = Field(
+        default_factory=list, description="Your own rules (see docs/alerts.md for the fields)."
+    )
+    channels: list[AlertChannelSection] = Field(
+        default_factory=list, description="Where alert messages go (Apprise URLs), with routing."
+    )
+    user_notice_url: str | None = Field(
+        None,
+        description="Apprise URL for notices to the Unix user an alert is about (held-but-idle "
+        "GPUs), with {user} in it, e.g. mailto://smtp.lab:25?to={user}@lab.example.",
+    )
+    probe_port: Annotated[int, Field(ge=1, le=65535)] | None = Field(
+        None,
+        description="TCP port probed on a silent agent host to tell 'agent down' (it answers) "
+        "from 'host down' (unset: no probe; silence counts as host down).",
+    )
+    probe_timeout_seconds: Annotated[float, Field(gt=0, le=30)] = Field(
+        2.0, description="Limit of one probe connection."
+    )
+    idle_util_percent: Annotated[float, Field(ge=0, le=100)] = Field(
+        5.0, description="A held GPU under this utilisation counts as idle (gpu_held_idle)."
+    )
+    history_days: Annotated[float, Field(gt=0)] = Field(
+        180.0, description="Keep alert history this long."
+    )
+
+
 class Settings(_Section):
     server: ServerSection = ServerSection()
     ingest: IngestSection = IngestSection()
@@ -285,6 +366,7 @@ class Settings(_Section):
     hosts: HostsSection = HostsSection()
     mail: MailSection = MailSection()
     recommend: RecommendSection = RecommendSection()
+    alerts: AlertsSection = AlertsSection()
 
     @property
     def database_url(self) -> str:

@@ -111,10 +111,19 @@ log = logging.getLogger("gpufleet.demo")
     metavar="TOKEN",
     help="With --server: an agent token of that server [$GPUFLEET_TOKEN].",
 )
+@click.option(
+    "--faults",
+    "faults_path",
+    metavar="FILE|default",
+    help="Inject faults into the replayed hosts (docs/alerts.md): a schedule file (YAML or "
+    "JSON), or 'default' (every kind 5 times, 2 minutes apart, then a rack power-off). What "
+    "was injected, where and when is written to faults-truth.jsonl in the data dir.",
+)
 def demo(
     n_hosts: int, port: int, bind: str, data_dir: Path | None, speed: float,
     trace_path: Path | None, seed: int, interval: float, load: float, history_days: float,
     history_step: float, local_agent: bool, server_url: str | None, token: str | None,
+    faults_path: str | None,
 ) -> None:  # fmt: skip
     """Start a server, a real agent for this machine and a replayed fleet of GPU servers.
 
@@ -139,16 +148,43 @@ def demo(
     logging.getLogger("gpufleet.agent.nvml").setLevel(logging.WARNING)
     trace = load_trace(trace_path)
     specs = build_fleet(n_hosts, seed)
+    faults = _faults(faults_path, specs, seed)
     if server_url:
         if not token:
             raise GpufleetError("--server needs an agent token",
                                 hint="gpufleet token create replay, then pass --token")  # fmt: skip
         _fleet_only(specs, trace, server_url, token, speed=speed, seed=seed,
-                    interval=interval, load=load)  # fmt: skip
+                    interval=interval, load=load, faults=faults)  # fmt: skip
         return
     _demo(specs, trace, port=port, bind=bind, data_dir=data_dir, speed=speed, seed=seed,
           interval=interval, load=load, local_agent=local_agent, t0=started,
-          history=(history_days, history_step))  # fmt: skip
+          history=(history_days, history_step), faults=faults)  # fmt: skip
+
+
+def _faults(path: str | None, specs, seed: int):  # type: ignore[no-untyped-def]
+    """The fault injector for --faults (None without it)."""
+    if path is None:
+        return None
+    from gpufleet.demo.faults import FaultInjector, default_schedule, load_faults
+
+    if path == "default":
+        hosts = [(s.name, s.group, s.gpu_count) for s in specs]
+        schedule = default_schedule(hosts, start_seconds=60, spacing_seconds=120, seed=seed)
+    else:
+        schedule = load_faults(path, {s.name: s.gpu_count for s in specs})
+    log.info("fault injection: %d faults over %.0f min", len(schedule),
+             max(f.end_seconds for f in schedule) / 60 if schedule else 0)  # fmt: skip
+    return FaultInjector(schedule)
+
+
+def _write_truth(data: Path, engine) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    if engine is None or engine.faults is None:
+        return
+    with open(data / "faults-truth.jsonl", "w") as out:
+        for row in engine.faults.truth:
+            out.write(json.dumps(row) + "\n")
 
 
 def _fleet_only(specs, trace, url: str, token: str, **kw) -> None:
@@ -174,7 +210,7 @@ def _fleet_only(specs, trace, url: str, token: str, **kw) -> None:
 
 def _demo(specs, trace, *, port: int, bind: str, data_dir: Path | None, speed: float,
           seed: int, interval: float, load: float, local_agent: bool, t0: float,
-          history: tuple[float, float] = (0.0, 300.0)) -> None:  # fmt: skip
+          history: tuple[float, float] = (0.0, 300.0), faults=None) -> None:  # fmt: skip
     import uvicorn
 
     from gpufleet.config import load_settings
@@ -206,7 +242,7 @@ def _demo(specs, trace, *, port: int, bind: str, data_dir: Path | None, speed: f
         spool = data / "replay-spool"  # simulated data: nothing in it is worth keeping
         shutil.rmtree(spool, ignore_errors=True)
         engine = FleetEngine(specs, trace, url, replay_token, spool_root=spool, speed=speed,
-                             seed=seed, interval=interval, load=load)  # fmt: skip
+                             seed=seed, interval=interval, load=load, faults=faults)  # fmt: skip
         workers = settings.ingest.worker_count()  # as `gpufleet server` runs: ingest workers
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         app = create_app(settings, store=store, ingest_workers=workers, log_level=level)
@@ -253,6 +289,7 @@ def _demo(specs, trace, *, port: int, bind: str, data_dir: Path | None, speed: f
     finally:
         if engine is not None:
             engine.stop()
+            _write_truth(data, engine)
         if agent_proc is not None:
             stop_process(agent_proc)
         store.close()

@@ -28,6 +28,7 @@ from pathlib import Path
 from gpufleet import __version__
 from gpufleet.agent.push import Sender
 from gpufleet.agent.spool import Spool
+from gpufleet.demo.faults import FaultInjector
 from gpufleet.demo.fleet import HostSpec
 from gpufleet.demo.replay import Replay
 from gpufleet.demo.simhost import SimHost
@@ -85,12 +86,14 @@ class FleetEngine:
         workers: int | None = None,
         log_every: float = 30.0,
         source: Source = "replay",
+        faults: FaultInjector | None = None,
     ) -> None:
         if interval <= 0 or speed <= 0:
             raise ValueError("interval and speed must be positive")
         self.interval = interval
         self.speed = speed
         self.source = source
+        self.faults = faults  # fault injection (gpufleet.demo.faults), times from wall0
         self.log_every = log_every
         self.replay = Replay(hosts, trace, seed=seed, start=start, load=load)
         now = time.time()
@@ -200,18 +203,30 @@ class FleetEngine:
                              "goes offline (stops reporting)" if down else "is back")  # fmt: skip
                 if down:
                     return
+            faults, rel = self.faults, wall - self.wall0
+            if faults is not None:
+                faults.begin(slot.sim, rel)
+                if not faults.sends(spec.name, rel):  # powered off, or the agent is dead
+                    return
             with self._lock:
                 jobs = self.replay.jobs_on(spec.index)
                 t = self.trace_time(wall)
             slot.sim.apply(self.replay, jobs, t, wall, self.wall_of)
+            if faults is not None:
+                faults.hold(slot.sim, rel)
             sample = slot.sim.collect()
+            skew = faults.clock_offset(spec.name, rel) if faults is not None else 0.0
+            if skew:
+                sample = sample.model_copy(update={"ts": sample.ts + skew})
             slot.seq += 1
             batch = Batch(
                 batch_id=f"replay-{self._run_id}-{spec.index}-{slot.seq}", source=self.source,
-                agent_version=__version__, sent_at=time.time(), samples=[sample],
+                agent_version=__version__, sent_at=time.time() + skew, samples=[sample],
             )  # fmt: skip
             slot.spool.put(batch.batch_id, batch.model_dump_json().encode())
             self.stats.rounds += 1
+            if faults is not None and not faults.delivers(spec.name, rel):
+                return  # the network is cut: the spool keeps it for later
             while not self._stop.is_set():
                 result = slot.sender.send_one()
                 if result is None:

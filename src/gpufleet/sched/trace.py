@@ -16,6 +16,7 @@ Synthetic attributes (labelled ``synthetic=True`` on every job):
 
 from __future__ import annotations
 
+import csv
 import math
 import random
 from collections.abc import Callable, Iterable

@@ -15,6 +15,8 @@ from fastapi.openapi.utils import get_openapi
 from gpufleet import __version__, web
 from gpufleet.accounts import routes as account_routes
 from gpufleet.accounts import web as account_web
+from gpufleet.alerts import api as alerts_api
+from gpufleet.alerts import service as alerts_service
 from gpufleet.config import Settings
 from gpufleet.recommend import api as recommend_api
 from gpufleet.recommend import service as recommend_service
@@ -82,6 +84,19 @@ async def _start_poller(ctx: Context) -> None:
     log.info("agent-less: polling %d host(s) over SSH", len(hosts))
 
 
+def _start_alerts(app: FastAPI, ctx: Context) -> asyncio.Task[None]:
+    """Alerts hear every host's newest sample from live state and tick on their own task."""
+    if not ctx.settings.alerts.enabled:
+        app.state.alerts = None
+        return asyncio.create_task(asyncio.sleep(0))
+    svc = alerts_service.open_service(ctx.settings)
+    if ctx.poller is not None:
+        svc.poll_status = ctx.poller.status
+    ctx.live.listeners.append(svc.on_host)
+    app.state.alerts = svc
+    return asyncio.create_task(alerts_service.run_forever(svc, ctx))
+
+
 def create_app(
     settings: Settings, store: Store | None = None, ingest_workers: int = 0, log_level: str = "INFO"
 ) -> FastAPI:
@@ -114,6 +129,7 @@ def create_app(
         recommender = asyncio.create_task(recommend_service.refresh_forever(app))  # history
         mailer = report_mail.attach(app, ctx)  # scheduled e-mail reports
         await _start_poller(ctx)
+        alerter = _start_alerts(app, ctx)  # alert rules, life cycle, channels (gpufleet.alerts)
         from gpufleet.server.workers.pool import WorkerPool, move_leftovers
 
         workers_dir = settings.server.data_dir / "ingest-workers"
@@ -134,7 +150,7 @@ def create_app(
             if pool is not None:
                 app.state.ingest_workers = ctx.ingest_workers = None
                 await pool.stop()
-            background = (pruner, collector, roller, recommender, mailer)
+            background = (pruner, collector, roller, recommender, mailer, alerter)
             for task in background:
                 task.cancel()
             # A cancelled task's store call may still run on its thread; it finishes before
@@ -145,6 +161,8 @@ def create_app(
                 await ctx.poller.stop()
             if own_store:
                 st.close()
+            if getattr(app.state, "alerts", None) is not None:
+                app.state.alerts.db.close()
 
     app = GpufleetAPI(
         title="gpufleet",
@@ -166,6 +184,8 @@ def create_app(
     app.include_router(usermap_api.router)  # /api/v1/admin/usermap
     app.include_router(recommend_api.router)
     app.include_router(recommend_api.pages)  # /recommend
+    app.include_router(alerts_api.router)  # /api/v1/alerts, /api/v1/silences, /api/v1/rules
+    app.include_router(alerts_api.pages)  # /alerts
     report_web.install(app)  # /reports, /me/usage, /admin/reports, report subscriptions API
     web.install(app)  # web UI: pages, /api/v1/stream, /api/v1/overview, /static
 

@@ -1,0 +1,555 @@
+"""Alert quality by fault injection, and the cost of rule evaluation (docs/alerts.md).
+
+    nice -n 10 .venv/bin/python bench/alerts.py                   # the full table (~10 min)
+    .venv/bin/python bench/alerts.py --hosts 30 --quiet-hours 2   # a quick look
+    .venv/bin/python bench/alerts.py --cost-only                  # evaluation cost only
+
+**Quality.** A replayed fleet (``gpufleet.demo``: the Philly trace's jobs on simulated hosts,
+read by the agent's own collector over a fake NVML) runs on a simulated clock with the default
+fault schedule (``gpufleet.demo.faults.default_schedule``: every kind 5 times on distinct
+hosts, a rack of 10 hosts losing power at once, a host whose 8 GPUs overheat at once), then a
+stretch with no faults. Samples go to the alert engine as the server hands them over (newest
+per host, in arrival order, spooled ones late after a network cut); the engine and the
+dispatcher run with the built-in rules and default timing. A probe of silent hosts answers as
+the simulated network would (off or cut: no answer; agent killed: answers).
+
+Scored against the injector's truth:
+- recall: faults whose expected rule fired on the right host (and GPU) during the fault;
+- precision: firing alerts explained by an injected fault (same host, expected rule, during
+  the fault or its clearing); the rest are listed by rule: the replay's own load also makes
+  real conditions (a host whose jobs use all its memory), which are reported separately;
+- detection delay: firing time - fault start, p50/p95 per rule, against the rule's ``for``
+  (plus the offline limit for silence) + 2 collection intervals;
+- messages per incident: first pages that mention the incident's alerts.
+
+This is the alert logic closed-loop on the replay, not the transport: no HTTP and no store
+(those are measured by bench/ingest.py). Prometheus + Alertmanager side by side is not here
+yet (see docs/alerts.md).
+
+**Cost.** 50 rules (the 15 built-in + 35 more on the same metrics) on 1,000 hosts' samples:
+alert CPU per batch (observe + the tick's share at a 5 s interval) against the ingest CPU per
+batch of the same batches (JSON validation + the embedded store's writer, in process; HTTP is
+not counted, which makes the ingest side cheaper and the ratio stricter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from gpufleet.alerts.engine import Alert, AlertEngine, EngineConfig, HostSeen
+from gpufleet.alerts.notify import Dispatcher, Timing
+from gpufleet.alerts.rules import builtin_rules, parse_rule
+from gpufleet.demo.faults import EXPECTED, GPU_KINDS, Fault, FaultInjector, default_schedule
+from gpufleet.demo.fleet import build_fleet
+from gpufleet.demo.replay import Replay
+from gpufleet.demo.simhost import SimHost
+from gpufleet.demo.trace import load_trace
+from gpufleet.wire import Sample
+
+T0 = 1_800_000_000.0  # the simulated clock's start (2027-01-15)
+OFFLINE_SECONDS = 60.0
+
+
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
+
+
+def run_quality(n_hosts: int, interval: float, quiet_hours: float, seed: int,
+                spacing: float) -> dict[str, Any]:  # fmt: skip
+    specs = [replace(s, flaky_gpu=None, goes_offline=False) for s in build_fleet(n_hosts, seed)]
+    trace = load_trace()
+    replay = Replay(specs, trace, seed=seed, load=0.6)
+    sims = [SimHost(s, seed=seed, interval=interval, now=T0) for s in specs]
+    faults = default_schedule([(s.name, s.group, s.gpu_count) for s in specs], seed=seed,
+                              spacing_seconds=spacing)  # fmt: skip
+    eight = [s for s in specs if s.gpu_count == 8 and not any(f.host == s.name for f in faults)]
+    eight = eight or [s for s in specs if s.gpu_count == 8]
+    room = faults[-1].at_seconds + 1800
+    faults += [Fault(kind="overheat", host=eight[0].name, gpu=g, at_seconds=room,
+                     duration_seconds=900) for g in range(8)]  # fmt: skip
+    inj = FaultInjector(faults)
+    last_fault = max(f.end_seconds for f in faults)
+    total = last_fault + 1800 + quiet_hours * 3600
+    rules = builtin_rules()
+    engine = AlertEngine(rules, EngineConfig(offline_after_seconds=OFFLINE_SECONDS))
+    engine.config.stale_after_intervals = 3.0
+    disp = Dispatcher(Timing())
+    disp.group_by = {r.name: r.group_by for r in rules}
+    seen = {s.name: HostSeen(s.name, T0, interval, group=s.group) for s in specs}
+    spool: dict[str, list[Sample]] = {s.name: [] for s in specs}
+    fired: list[Alert] = []
+    natural: set[int] = set()  # fired alerts whose condition the replay's own state meets
+    by_name = {sim.spec.name: sim for sim in sims}
+    messages = []
+    rounds = int(total // interval)
+    cpu0 = time.process_time()
+    eval_cpu = 0.0
+    for k in range(1, rounds + 1):
+        rel = k * interval
+        replay.advance(replay.start + rel)
+        for i, sim in enumerate(sims):
+            t_rel = rel + interval * i / len(sims)
+            now = T0 + t_rel
+            name = sim.spec.name
+            inj.begin(sim, t_rel)
+            if not inj.sends(name, t_rel):
+                continue
+            sim.apply(replay, replay.jobs_on(sim.spec.index), replay.start + t_rel, now,
+                      lambda tt: T0 + (tt - replay.start))  # fmt: skip
+            inj.hold(sim, t_rel)
+            sample = sim.collect()
+            skew = inj.clock_offset(name, t_rel)
+            sample = sample.model_copy(update={"ts": now + skew})
+            spool[name].append(sample)
+            if not inj.delivers(name, t_rel):
+                continue
+            c = time.process_time()
+            for s in spool[name]:  # the spool delivers in order, the late ones first
+                engine.observe(s, now=now, skew_seconds=skew, group=sim.spec.group)
+            eval_cpu += time.process_time() - c
+            spool[name].clear()
+            seen[name].last_received = now
+        now = T0 + rel
+        for h in seen.values():
+            h.reachable = inj.reachable(h.name, rel)
+        c = time.process_time()
+        engine.tick(now, seen.values())
+        for e in engine.take_events():
+            a = Alert.from_dict(e["alert"])
+            if e["event"] == "firing":
+                fired.append(a)
+                if _true_in_replay(a, by_name.get(a.labels.get("host", ""))):
+                    natural.add(len(fired) - 1)
+            elif e["event"] == "resolved":
+                disp.resolved(a)
+        messages += disp.flush(list(engine.alerts.values()), [], now)
+        eval_cpu += time.process_time() - c
+        if k % max(1, rounds // 20) == 0:
+            print(f"  {100 * k / rounds:3.0f}% simulated {rel / 3600:5.1f} h, "
+                  f"{len(fired)} fired, {len(messages)} messages", file=sys.stderr)  # fmt: skip
+    cpu = time.process_time() - cpu0
+    return score(faults, inj, fired, messages, rules, interval, natural) | {
+        "hosts": n_hosts, "interval_seconds": interval, "simulated_hours": total / 3600,
+        "quiet_hours": quiet_hours, "faults": len(faults), "seed": seed,
+        "cpu_seconds": cpu, "eval_cpu_seconds": eval_cpu,
+    }  # fmt: skip
+
+
+def _matches(f: Fault, a: Alert) -> bool:
+    if a.rule != EXPECTED[f.kind] or a.labels.get("host") != f.host:
+        return False
+    return not (f.kind in GPU_KINDS and "gpu" in a.labels and a.labels["gpu"] != str(f.gpu))
+
+
+def offline_limit(interval: float) -> float:
+    """When a silent host counts as offline (the server's status rule, server/live.py)."""
+    stale = max(3 * interval, 10.0)
+    return max(OFFLINE_SECONDS, 2 * stale)
+
+
+def bound(kind: str, fors: dict[str, float], interval: float) -> float:
+    """The target: the rule's for + 2 collection intervals; a silence rule's hold is the
+    offline limit (there is no sample to wait for)."""
+    silent = kind in ("power_off", "agent_killed", "network_cut")
+    return fors[EXPECTED[kind]] + 2 * interval + (offline_limit(interval) if silent else 0)
+
+
+def _true_in_replay(a: Alert, sim: Any) -> bool:
+    """Whether the simulated host's own (hidden) state meets the alert's condition now: the
+    replay's load makes some conditions by itself (GPUs at full power run hot)."""
+    if sim is None:
+        return False
+    if a.rule == "gpu_too_hot":
+        return sim.temps[int(a.labels["gpu"])] >= 87.5
+    m = sim.host.metrics
+    if a.rule == "memory_pressure" and m.memory_total_bytes:
+        return 1 - (m.memory_available_bytes or 0) / m.memory_total_bytes >= 0.95
+    if a.rule == "swapping" and m.swap_total_bytes:
+        return (m.swap_used_bytes or 0) / m.swap_total_bytes >= 0.5
+    if a.rule == "gpu_held_idle":
+        g = sim.nvml.gpus[int(a.labels["gpu"])]
+        return bool(g.compute_processes) and g.utilization_gpu_percent < 5
+    return False
+
+
+def score(faults: list[Fault], inj: FaultInjector, fired: list[Alert], messages: list,
+          rules: list, interval: float, natural: set[int]) -> dict[str, Any]:  # fmt: skip
+    fors = {r.name: r.for_seconds for r in rules}
+    windows = {r.name: r.window_seconds for r in rules}
+    by_kind: dict[str, dict[str, Any]] = {}
+    delays: dict[str, list[float]] = {}
+    explained: set[int] = set()
+    for f in faults:
+        start, end = T0 + f.at_seconds, T0 + f.end_seconds
+        rule = EXPECTED[f.kind]
+        grace = bound(f.kind, fors, interval)
+        hits = [a for a in fired if _matches(f, a) and start <= (a.fired_at or 0) <= end + grace]
+        k = by_kind.setdefault(f.kind, {"faults": 0, "caught": 0})
+        k["faults"] += 1
+        if f.kind == "network_cut" and f.duration_seconds <= offline_limit(interval):
+            # shorter than the offline limit: right is no "down" at all (the spool catches up)
+            late = [a for a in fired if a.rule == "host_down" and a.labels.get("host") == f.host
+                    and start <= (a.fired_at or 0) <= end + grace]  # fmt: skip
+            k["caught"] += not late
+            k["expect_silence"] = True
+            continue
+        if hits:
+            k["caught"] += 1
+            delays.setdefault(f.kind, []).append(min(a.fired_at or 0 for a in hits) - start)
+        clear = end + grace + windows[rule] + 600  # increase/sum windows keep firing a while
+        for i, a in enumerate(fired):
+            if _matches(f, a) and start <= (a.fired_at or 0) <= clear:
+                explained.add(i)
+    unexplained: dict[str, int] = {}
+    true_natural: dict[str, int] = {}
+    for i, a in enumerate(fired):
+        if i in explained:
+            continue
+        if i in natural:
+            true_natural[a.rule] = true_natural.get(a.rule, 0) + 1
+        else:
+            unexplained[a.rule] = unexplained.get(a.rule, 0) + 1
+    # incidents: faults of one kind starting at the same time form one incident
+    incidents: dict[tuple[str, float], list[Fault]] = {}
+    for f in faults:
+        incidents.setdefault((f.kind, f.at_seconds), []).append(f)
+    per_incident = []
+    for (kind, at), fs in incidents.items():
+        # first pages: messages in which one of the incident's alerts is announced firing
+        lo = T0 + at
+        hi = T0 + max(f.end_seconds for f in fs) + bound(kind, fors, interval)
+        n = sum(1 for m in messages if lo <= m.at <= hi and any(
+            _matches(f, a) and a.fingerprint in m.new for f in fs for a in m.firing))  # fmt: skip
+        per_incident.append({"kind": kind, "faults": len(fs), "at_h": at / 3600, "messages": n,
+                             "hosts": sorted({f.host for f in fs})[:3]})  # fmt: skip
+    return {
+        "by_kind": {
+            kind: v | {
+                "rule": EXPECTED[kind],
+                "bound_seconds": bound(kind, fors, interval),
+                "delay_p50": _pct(delays.get(kind, []), 0.5),
+                "delay_p95": _pct(delays.get(kind, []), 0.95),
+            } for kind, v in sorted(by_kind.items())
+        },
+        "recall": sum(v["caught"] for v in by_kind.values()) / max(1, len(faults)),
+        "fired": len(fired),
+        "explained": len(explained),
+        "precision": len(explained) / max(1, len(fired)),
+        "unexplained_by_rule": unexplained,
+        "true_in_replay_by_rule": true_natural,
+        "precision_vs_truth": (len(explained) + sum(true_natural.values())) / max(1, len(fired)),
+        "distinct_alerts": len({a.fingerprint for a in fired}),
+        "incidents": per_incident,
+        "messages": len(messages),
+        "truth_events": len(inj.truth),
+    }  # fmt: skip
+
+
+# -- cost ----------------------------------------------------------------------------------------
+
+
+def fifty_rules() -> list:
+    rules = builtin_rules()
+    extra = []
+    gpu = ["temperature_celsius", "power_cap_ratio", "utilization_gpu_percent",
+           "gpu_memory_used_ratio", "memory_used_bytes"]  # fmt: skip
+    host = ["cpu_percent", "load1_per_cpu", "memory_used_ratio", "swap_used_ratio"]
+    i = 0
+    while len(rules) + len(extra) < 50:
+        metric = gpu[i % len(gpu)] if i % 3 else host[i % len(host)]
+        scope = "host" if metric in host else "gpu"
+        kind = ["threshold", "rate", "threshold", "sum"][i % 4]
+        extra.append(parse_rule({"name": f"extra_{i:02d}", "scope": scope, "metric": metric,
+                                 "kind": kind, "op": ">", "threshold": 1e12,
+                                 "for_seconds": 60}))  # fmt: skip
+        i += 1
+    return rules + extra
+
+
+def _base_samples(seed: int) -> list[Sample]:
+    """50 replayed hosts' samples an hour into the trace (the cost runs reuse them)."""
+    specs = [replace(s, flaky_gpu=None, goes_offline=False) for s in build_fleet(50, seed)]
+    replay = Replay(specs, load_trace(), seed=seed, load=0.6)
+    sims = [SimHost(s, seed=seed, interval=5.0, now=T0) for s in specs]
+    replay.advance(replay.start + 3600)
+    base = []
+    for sim in sims:
+        sim.apply(replay, replay.jobs_on(sim.spec.index), replay.start + 3600, T0,
+                  lambda tt: T0)  # fmt: skip
+        base.append(sim.collect())
+    return base
+
+
+def run_cost(n_hosts: int, rounds: int, seed: int) -> dict[str, Any]:
+    from gpufleet.store import IngestItem, open_store
+    from gpufleet.wire import Batch
+
+    base = _base_samples(seed)
+    bodies = []
+    for r in range(rounds):
+        for i in range(n_hosts):
+            s = base[i % len(base)].model_copy(update={"host": f"h{i:04d}", "ts": T0 + 5 * r})
+            b = Batch(batch_id=f"cost-{r}-{i}-{seed}", source="replay", sent_at=T0 + 5 * r,
+                      samples=[s])  # fmt: skip
+            bodies.append(b.model_dump_json().encode())
+    # ingest: validation + the store's writer (all threads of this process)
+    with tempfile.TemporaryDirectory() as d:
+        store = open_store(str(Path(d) / "cost.duckdb"))
+
+        async def ingest_all() -> None:
+            pending = []
+            for body in bodies:
+                batch = Batch.model_validate_json(body)
+                pending.append(store.ingest(IngestItem(batch, "bench", batch.sent_at, 0.0, body)))
+                if len(pending) >= 500:
+                    await asyncio.gather(*pending)
+                    pending = []
+            await asyncio.gather(*pending)
+
+        c0 = time.process_time()
+        asyncio.run(ingest_all())
+        ingest_cpu = time.process_time() - c0
+        store.close()
+    batches = [Batch.model_validate_json(b) for b in bodies]
+    engine = AlertEngine(fifty_rules())
+    seen = {f"h{i:04d}": HostSeen(f"h{i:04d}", T0, 5.0) for i in range(n_hosts)}
+    c0 = time.process_time()
+    for r in range(rounds):
+        for i in range(n_hosts):
+            b = batches[r * n_hosts + i]
+            engine.observe(b.samples[0], now=T0 + 5 * r + 0.1)
+            seen[b.samples[0].host].last_received = T0 + 5 * r + 0.1
+        engine.tick(T0 + 5 * r + 5, seen.values())
+    alert_cpu = time.process_time() - c0
+    n = len(bodies)
+    return {"hosts": n_hosts, "rounds": rounds, "rules": len(engine.rules), "batches": n,
+            "ingest_ms_per_batch": 1000 * ingest_cpu / n,
+            "alert_ms_per_batch": 1000 * alert_cpu / n,
+            "ratio": alert_cpu / ingest_cpu, "evaluations_per_batch": engine.evaluations / n}  # fmt: skip
+
+
+def _server_cpu(bodies: list[bytes], alerts_cfg: dict[str, Any]) -> float:
+    """CPU seconds a real ``gpufleet server`` (and its ingest workers) spends on ``bodies``
+    posted over HTTP, idle time subtracted."""
+    import os
+    import socket
+    import subprocess
+
+    import httpx
+    import psutil
+    import yaml
+
+    def cpu(p: psutil.Process) -> float:
+        total = 0.0
+        for q in [p, *p.children(recursive=True)]:
+            try:
+                t = q.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+        return total
+
+    with tempfile.TemporaryDirectory() as d:
+        cfg = Path(d) / "gpufleet.yaml"
+        cfg.write_text(yaml.safe_dump({"alerts": alerts_cfg}))
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        tok = subprocess.run(
+            [sys.executable, "-m", "gpufleet", "token", "create", "bench", "--data-dir", d],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        env = {**os.environ, "GPUFLEET_LOG_LEVEL": "warning"}
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gpufleet",
+                "server",
+                "--data-dir",
+                d,
+                "--port",
+                str(port),
+                "--config",
+                str(cfg),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            for _ in range(300):
+                try:
+                    if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            time.sleep(3)  # start-up work settles
+            p = psutil.Process(proc.pid)
+            c0, w0 = cpu(p), time.monotonic()
+            time.sleep(5)
+            idle_rate = (cpu(p) - c0) / (time.monotonic() - w0)
+            headers = {
+                "Authorization": f"Bearer {tok.stdout.strip()}",
+                "Content-Type": "application/json",
+            }
+            c0, w0 = cpu(p), time.monotonic()
+
+            async def post_all() -> None:  # 64 at a time, as many agents would
+                limits = httpx.Limits(max_connections=64)
+                async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60,
+                                             limits=limits) as client:  # fmt: skip
+                    sem = asyncio.Semaphore(64)
+
+                    async def one(body: bytes) -> None:
+                        async with sem:
+                            r = await client.post("/api/v1/ingest", content=body)
+                            r.raise_for_status()
+
+                    await asyncio.gather(*(one(b) for b in bodies))
+
+            asyncio.run(post_all())
+            for _ in range(600):  # the store took every batch
+                if httpx.get(url + "/healthz").json()["writer_queue"] == 0:
+                    break
+                time.sleep(0.1)
+            time.sleep(6)  # an evaluation tick or two after the last batch
+            used = cpu(p) - c0 - idle_rate * (time.monotonic() - w0)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    return used
+
+
+def run_cost_server(n_hosts: int, rounds: int, seed: int) -> dict[str, Any]:
+    """The same batches through real servers: alerts off, then on with 50 rules."""
+    from gpufleet.wire import Batch
+
+    base = _base_samples(seed)
+    now = time.time() - rounds * 5 - 5
+    bodies = []
+    for r in range(rounds):
+        for i in range(n_hosts):
+            s = base[i % len(base)].model_copy(update={"host": f"h{i:04d}", "ts": now + 5 * r})
+            b = Batch(batch_id=f"srv-{r}-{i}-{seed}-{int(now)}", source="replay",
+                      sent_at=now + 5 * r, samples=[s])  # fmt: skip
+            bodies.append(b.model_dump_json().encode())
+    extra = [r.model_dump() for r in fifty_rules() if r.name.startswith("extra_")]
+    off = _server_cpu(bodies, {"enabled": False})
+    on = _server_cpu(bodies, {"enabled": True, "rules": extra})
+    n = len(bodies)
+    return {"batches": n, "server_ms_per_batch_alerts_off": 1000 * off / n,
+            "server_ms_per_batch_alerts_on": 1000 * on / n,
+            "alerts_share": (on - off) / off}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--hosts", type=int, default=100)
+    ap.add_argument("--interval", type=float, default=30.0, help="collection interval (s)")
+    ap.add_argument("--quiet-hours", type=float, default=24.0, help="fault-free stretch")
+    ap.add_argument("--spacing", type=float, default=600.0, help="seconds between faults")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--cost-only", action="store_true")
+    ap.add_argument("--quality-only", action="store_true")
+    ap.add_argument("--cost-hosts", type=int, default=1000)
+    ap.add_argument("--cost-rounds", type=int, default=10)
+    ap.add_argument(
+        "--server-cost",
+        action="store_true",
+        help="also: real servers' CPU per batch over HTTP, alerts off vs on",
+    )
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    out: dict[str, Any] = {}
+    if not args.cost_only:
+        out["quality"] = []
+        for seed in args.seeds:
+            print(f"quality: seed {seed}, {args.hosts} hosts, {args.interval:g} s interval",
+                  file=sys.stderr)  # fmt: skip
+            out["quality"].append(run_quality(args.hosts, args.interval, args.quiet_hours,
+                                              seed, args.spacing))  # fmt: skip
+    if not args.quality_only:
+        costs = []
+        for seed in args.seeds:
+            print(f"cost: seed {seed}", file=sys.stderr)
+            costs.append(run_cost(args.cost_hosts, args.cost_rounds, seed))
+        out["cost"] = costs
+    if args.server_cost:
+        out["server_cost"] = [run_cost_server(args.cost_hosts, args.cost_rounds, s)
+                              for s in args.seeds]  # fmt: skip
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+        return
+    print_tables(out)
+
+
+def print_tables(out: dict[str, Any]) -> None:
+    for q in out.get("quality", []):
+        print(f"\n## Alert quality: {q['hosts']} hosts, {q['interval_seconds']:g} s interval, "
+              f"{q['simulated_hours']:.1f} h simulated ({q['quiet_hours']:g} h without "
+              f"faults), {q['faults']} faults, seed {q['seed']}\n")  # fmt: skip
+        print("| fault | rule expected | faults | right | delay p50 s | delay p95 s | bound s |")
+        print("|---|---|---|---|---|---|---|")
+        for kind, v in q["by_kind"].items():
+            rule = "none (cut < offline limit)" if v.get("expect_silence") else v["rule"]
+            print(
+                f"| {kind} | {rule} | {v['faults']} | {v['caught']} | "
+                f"{v['delay_p50']:.0f} | {v['delay_p95']:.0f} | {v['bound_seconds']:.0f} |"
+            )
+        print(f"\nrecall {100 * q['recall']:.1f}%; precision {100 * q['precision']:.1f}% "
+              f"({q['explained']} of {q['fired']} firings, {q['distinct_alerts']} distinct "
+              f"alerts, explained by an injected fault)")  # fmt: skip
+        print(f"not injected but true in the replay's own state: "
+              f"{q['true_in_replay_by_rule'] or 'none'}; precision against the replay's truth "
+              f"{100 * q['precision_vs_truth']:.1f}%; unexplained (false): "
+              f"{q['unexplained_by_rule'] or 'none'}")  # fmt: skip
+        multi = [i for i in q["incidents"] if i["faults"] > 1]
+        single = [i["messages"] for i in q["incidents"] if i["faults"] == 1]
+        for i in multi:
+            print(f"incident: {i['kind']} x{i['faults']} at {i['at_h']:.1f} h -> "
+                  f"{i['messages']} message(s)")  # fmt: skip
+        if single:
+            print(f"single-fault incidents: {len(single)}; messages min {min(single)}, max "
+                  f"{max(single)}, mean {statistics.mean(single):.2f}")  # fmt: skip
+            for i in q["incidents"]:
+                if i["faults"] == 1 and i["messages"] != 1:
+                    print(f"  {i['kind']} on {i['hosts'][0]} at {i['at_h']:.2f} h -> "
+                          f"{i['messages']} message(s)")  # fmt: skip
+        print(f"total messages {q['messages']}; bench CPU {q['cpu_seconds']:.0f} s "
+              f"(alert engine {q['eval_cpu_seconds']:.1f} s)")  # fmt: skip
+    for c in out.get("cost", []):
+        print(f"\n## Evaluation cost: {c['rules']} rules, {c['hosts']} hosts x {c['rounds']} "
+              f"rounds ({c['batches']} batches)\n")  # fmt: skip
+        print("| ingest ms/batch (validate + store) | alerts ms/batch (observe + tick) | ratio |")
+        print("|---|---|---|")
+        print(f"| {c['ingest_ms_per_batch']:.3f} | {c['alert_ms_per_batch']:.3f} | "
+              f"{100 * c['ratio']:.1f}% |")  # fmt: skip
+    for c in out.get("server_cost", []):
+        print(f"\n## Server CPU per batch over HTTP ({c['batches']} batches; alerts on: 50 "
+              "rules)\n")  # fmt: skip
+        print("| alerts off ms/batch | alerts on ms/batch | alerts' share |")
+        print("|---|---|---|")
+        print(
+            f"| {c['server_ms_per_batch_alerts_off']:.3f} | "
+            f"{c['server_ms_per_batch_alerts_on']:.3f} | {100 * c['alerts_share']:.1f}% |"
+        )
+
+
+if __name__ == "__main__":
+    main()

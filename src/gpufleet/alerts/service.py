@@ -1,0 +1,239 @@
+"""The alert service inside the server: feeds the engine, runs the clock-driven checks, keeps
+state in :class:`AlertDB` and sends messages. The only part of alerts that does I/O besides
+the API routes.
+
+Inputs, all already in memory (nothing is read back from the store):
+- each host's newest sample, the moment live state learns it (``on_host``: a live-state
+  listener, so agents' pushes, ingest workers' batches and SSH polls all come this way);
+- the SSH poller's status (why an agent-less host gives no sample);
+- an optional TCP probe of silent agent hosts (agent down vs host down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gpufleet.alerts.channels import channels_from, send, user_targets
+from gpufleet.alerts.engine import AlertEngine, EngineConfig, HostSeen
+from gpufleet.alerts.metrics import Thresholds
+from gpufleet.alerts.notify import Dispatcher, Message, Silence, Timing
+from gpufleet.alerts.persist import AlertDB
+from gpufleet.alerts.rules import Rule, assemble_rules, builtin_rules
+from gpufleet.config import Settings
+
+log = logging.getLogger(__name__)
+
+DB_FILE = "alerts.sqlite3"
+# the SSH poller's failure kinds that mean the machine itself does not answer
+HOST_GONE = ("dns", "refused", "unreachable", "network", "timeout")
+Sender = Callable[[str, str, str], None]  # (url, title, body); raises on failure
+
+
+class AlertService:
+    def __init__(
+        self, settings: Settings, db: AlertDB, *, clock: Callable[[], float] = time.time,
+        sender: Sender = send,
+    ) -> None:  # fmt: skip
+        self.settings = settings
+        cfg = settings.alerts
+        self.db = db
+        self.clock = clock
+        self.sender = sender
+        self.engine = AlertEngine(
+            [],
+            EngineConfig(
+                offline_after_seconds=settings.status.offline_after_seconds,
+                stale_after_intervals=settings.status.stale_after_intervals,
+                resolve_hold_seconds=cfg.resolve_hold_seconds,
+                thresholds=Thresholds(idle_util_percent=cfg.idle_util_percent),
+            ),
+        )
+        self.dispatcher = Dispatcher(
+            Timing(cfg.group_wait_seconds, cfg.group_interval_seconds, cfg.repeat_interval_seconds)
+        )
+        self.rule_errors: list[str] = []
+        self.reload_rules()
+        alerts, groups = db.load()
+        self.engine.restore(alerts)
+        self.dispatcher.restore(groups)
+        self.channels, self.channel_errors = channels_from(cfg.channels)
+        for err in self.rule_errors + self.channel_errors:
+            log.error("alerts: %s (left out; the server runs on)", err)
+        self.reachable: dict[str, bool | None] = {}
+        self.poll_status: Callable[[], dict[str, dict[str, Any]]] = dict
+        self._lock = threading.Lock()
+        self.busy_seconds = 0.0  # CPU time spent evaluating (thread time)
+        self.observed = 0
+
+    # -- rules ----------------------------------------------------------------------------
+
+    def reload_rules(self) -> None:
+        cfg = self.settings.alerts
+        builtin = {r.name for r in builtin_rules()}
+        edits = self.db.rule_edits()
+        overrides = {n: dict(b) for n, b in cfg.builtin.items()}
+        for n, b in edits.items():  # a web edit changes fields on top of the config's
+            if n in builtin:
+                overrides[n] = {**overrides.get(n, {}), **b}
+        custom = {r.get("name"): r for r in cfg.rules if isinstance(r, dict)}
+        custom.update({n: b for n, b in edits.items() if n not in builtin})
+        unnamed = [r for r in cfg.rules if not isinstance(r, dict) or "name" not in r]
+        rules, self.rule_errors = assemble_rules(overrides, list(custom.values()) + unnamed)
+        self.all_rules: list[Rule] = rules
+        self.engine.set_rules(rules)
+        self.dispatcher.group_by = {r.name: r.group_by for r in rules}
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def group_of(self, host: str) -> str | None:
+        for name, patterns in self.settings.hosts.groups.items():
+            if any(fnmatch.fnmatchcase(host, p) for p in patterns):
+                return name
+        return None
+
+    def on_host(self, state: Any) -> None:
+        """Live-state listener: a host's newest sample (``HostState``)."""
+        t0 = time.thread_time()
+        with self._lock:
+            self.engine.observe(
+                state.sample, now=self.clock(), skew_seconds=state.clock_skew_seconds,
+                group=self.group_of(state.name),
+            )  # fmt: skip
+            self.observed += 1
+        self.busy_seconds += time.thread_time() - t0
+
+    async def probe(self, hosts: list[HostSeen]) -> None:
+        """TCP-connect to each silent agent host's probe port (when configured)."""
+        port = self.settings.alerts.probe_port
+        if port is None:
+            return
+        timeout = self.settings.alerts.probe_timeout_seconds
+
+        async def one(name: str) -> None:
+            try:
+                _r, w = await asyncio.wait_for(asyncio.open_connection(name, port), timeout)
+                w.close()
+                self.reachable[name] = True
+            except (OSError, TimeoutError):
+                self.reachable[name] = False
+
+        await asyncio.gather(*(one(h.name) for h in hosts))
+
+    # -- the clock ------------------------------------------------------------------------
+
+    def tick(self, hosts: list[HostSeen]) -> list[Message]:
+        """The clock-driven checks; returns the messages to send (state is saved)."""
+        t0 = time.thread_time()
+        now = self.clock()
+        with self._lock:
+            for name, st in self.poll_status().items():
+                self.engine.observe_poll(name, st, now=now, group=self.group_of(name))
+            for h in hosts:
+                h.group = self.group_of(h.name)
+                if h.reachable is None:
+                    h.reachable = self.reachable.get(h.name)
+            self.engine.tick(now, hosts)
+            events = self.engine.take_events()
+            for e in events:
+                if e["event"] == "resolved":
+                    from gpufleet.alerts.engine import Alert
+
+                    self.dispatcher.resolved(Alert.from_dict(e["alert"]))
+            messages = self.dispatcher.flush(list(self.engine.alerts.values()),
+                                             self.silences(now), now)  # fmt: skip
+            changed_groups = bool(messages) or any(e["event"] == "resolved" for e in events)
+            groups = self.dispatcher.snapshot() if changed_groups else None
+        if events or groups is not None:
+            self.db.save(events, groups)
+        self.busy_seconds += time.thread_time() - t0
+        return messages
+
+    def deliver(self, messages: list[Message]) -> None:
+        """Send messages to the channels that want them (blocking: run in a thread)."""
+        template = self.settings.alerts.user_notice_url
+        for msg in messages:
+            targets: list[tuple[str, str]] = [
+                (c.name, c.url) for c in self.channels if c.wants(msg)
+            ]
+            targets += [(f"user:{u}", url) for u, url in user_targets(msg, template)]
+            for name, url in targets:
+                error = None
+                try:
+                    self.sender(url, msg.title, msg.body())
+                except Exception as exc:  # one channel failing never stops the others
+                    error = f"{type(exc).__name__}: {exc}".replace(url, "***")[:500]
+                    log.warning("alerts: channel %s: %s", name, error)
+                self.db.log_message(msg.at, name, msg.title, error)
+
+    # -- actions --------------------------------------------------------------------------
+
+    def silences(self, now: float) -> list[Silence]:
+        return self.db.silences(now=now)
+
+    def acknowledge(self, fp: str, who: str) -> dict[str, Any] | None:
+        with self._lock:
+            a = self.engine.acknowledge(fp, who, self.clock())
+            if a is None:
+                return None
+        return a.to_dict()  # the next tick saves it with the other changes
+
+    def view(self, now: float) -> dict[str, Any]:
+        """What the /alerts page and ``GET /api/v1/alerts`` show."""
+        with self._lock:
+            alerts = list(self.engine.alerts.values())
+        firing_all = [a for a in alerts if a.state == "firing"]
+        silences = self.silences(now)
+        rows = []
+        for a in sorted(alerts, key=lambda a: (a.state != "firing", a.severity, a.rule)):
+            d = a.to_dict()
+            d["muted"] = self.dispatcher.muted(a, firing_all, silences, now) or None
+            rows.append(d)
+        counts = {"firing": 0, "pending": 0, "silenced": 0, "inhibited": 0}
+        for d in rows:
+            counts[d["state"]] += 1
+            if d["muted"]:
+                counts[d["muted"]] += 1
+        return {"now": now, "counts": counts, "alerts": rows,
+                "rule_errors": self.rule_errors, "channel_errors": self.channel_errors}  # fmt: skip
+
+
+def open_service(settings: Settings, data_dir: Path | None = None) -> AlertService:
+    db = AlertDB((data_dir or settings.server.data_dir) / DB_FILE)
+    return AlertService(settings, db)
+
+
+async def run_forever(service: AlertService, ctx: Any) -> None:
+    """Every ``evaluate_interval_seconds``: probe silent hosts, tick, send (in a thread)."""
+    interval = service.settings.alerts.evaluate_interval_seconds
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            hosts = [
+                HostSeen(st.name, st.last_received, st.interval_seconds)
+                for st in list(ctx.live.hosts.values())
+            ]
+            polled = service.poll_status()
+            for h in hosts:
+                if h.name in polled:  # agent-less: the poller says whether it got in
+                    st = polled[h.name]
+                    if st.get("last_poll") is not None:
+                        h.reachable = bool(st.get("ok")) or st.get("kind") not in HOST_GONE
+            now = service.clock()
+            offline = service.settings.status.offline_after_seconds
+            await service.probe(
+                [h for h in hosts if h.name not in polled and now - h.last_received > offline]
+            )
+            messages = await asyncio.to_thread(service.tick, hosts)
+            if messages:
+                await asyncio.to_thread(service.deliver, messages)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("alerts: evaluation failed; will try again")

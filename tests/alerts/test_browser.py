@@ -1,0 +1,33 @@
+"""The /alerts page in real Chromium: it lists what fires and follows new alerts without a
+reload; the nav links to it."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.alerts.test_server import _config, _post
+from tests.web.conftest import page  # noqa: F401  (Chromium page, fails on JS errors)
+
+pytestmark = pytest.mark.slow
+
+
+def test_alerts_page_follows_new_alerts(tmp_path, server_factory, page):  # noqa: F811
+    srv = server_factory("--config", str(_config(tmp_path, 9)))  # channel to a closed port
+    page.goto(srv.url + "/alerts")
+    assert page.locator("#alert-table").inner_text().count("Nothing is firing") == 1
+    assert page.locator("nav a[href='/alerts']").get_attribute("aria-current") == "page"
+
+    def rows() -> int:
+        _post(srv, hot=True)
+        return page.locator("#alert-table tr[data-state='firing']").count()
+
+    deadline = 60.0
+    import time
+
+    end = time.monotonic() + deadline
+    while rows() < 2 and time.monotonic() < end:
+        page.wait_for_timeout(500)
+    assert rows() == 2, "the two hot GPUs appear without a reload"
+    text = page.locator("#alert-table").inner_text()
+    assert "gpu_too_hot" in text and "dgx-01" in text
+    assert "pa55word" not in page.content()
