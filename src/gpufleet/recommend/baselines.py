@@ -3,6 +3,10 @@ picks one host among the feasible ones and, like someone reading ``nvidia-smi``,
 free GPU indices there.
 
 - ``most_free``: the host with the most free GPUs that fit now;
+- ``most_free_highest``: the same host, but its *highest* free GPU indices (the rule a
+  reviewer wrote against a lowest-index habit: one line, no history);
+- ``best_fit``: the host with the fewest free fitting GPUs that still hold the request (a
+  packer: keeps the emptiest hosts for big jobs);
 - ``least_loaded``: the host with the smallest share of its GPUs held now;
 - ``random_feasible``: any host that fits, uniformly (seeded);
 - ``most_popular``: the host people use most (its share of held GPU-hours in the history):
@@ -43,6 +47,24 @@ def most_free(req: RecommendRequest, fleet: FleetSnap, history: FleetHistory) ->
         return None
     h, free = min(feas, key=lambda hf: (-len(hf[1]), hf[0].name))
     return _choice(h, free[: req.gpus], f"{len(free)} GPUs free")
+
+
+def most_free_highest(
+    req: RecommendRequest, fleet: FleetSnap, history: FleetHistory
+) -> Choice | None:
+    feas = _feasible(req, fleet)
+    if not feas:
+        return None
+    h, free = min(feas, key=lambda hf: (-len(hf[1]), hf[0].name))
+    return _choice(h, free[-req.gpus :], f"{len(free)} GPUs free, the highest indices")
+
+
+def best_fit(req: RecommendRequest, fleet: FleetSnap, history: FleetHistory) -> Choice | None:
+    feas = _feasible(req, fleet)
+    if not feas:
+        return None
+    h, free = min(feas, key=lambda hf: (len(hf[1]), hf[0].name))
+    return _choice(h, free[: req.gpus], "the tightest fit")
 
 
 def least_loaded(req: RecommendRequest, fleet: FleetSnap, history: FleetHistory) -> Choice | None:
@@ -99,7 +121,9 @@ def all_recommenders(seed: int = 0, weights: Weights | None = None) -> dict[str,
     return {
         "gpufleet": GpufleetTop(weights),
         "most free GPUs now": most_free,
+        "most free, highest indices": most_free_highest,
         "least loaded now": least_loaded,
         "random feasible": RandomFeasible(seed),
         "most popular host": most_popular,
+        "best-fit packer": best_fit,
     }

@@ -64,6 +64,18 @@ class FleetSnap:
         needs, computed once per snapshot."""
         return {h.name: Counter((g.name, g.memory_total_bytes) for g in h.gpus) for h in self.hosts}
 
+    @cached_property
+    def floor_used(self) -> dict[tuple[str, int | None], int]:
+        """Per GPU shape, the least memory in use on any such GPU now (driver and context):
+        what a request can never have of that card."""
+        out: dict[tuple[str, int | None], int] = {}
+        for h in self.hosts:
+            for g in h.gpus:
+                key = (g.name, g.memory_total_bytes)
+                used = g.memory_used_bytes or 0
+                out[key] = min(out.get(key, used), used)
+        return out
+
     def largest_gpu_bytes(self) -> int:
         return max((g.memory_total_bytes or 0 for h in self.hosts for g in h.gpus), default=0)
 

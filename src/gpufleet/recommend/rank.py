@@ -46,7 +46,6 @@ from gpufleet.recommend.history import (
     WEEK_HOURS,
     FleetHistory,
     HostHistory,
-    residual_hold_many,
 )
 from gpufleet.recommend.request import RecommendRequest, gpu_model_matches
 from gpufleet.recommend.speeds import gpu_class, relative_speed
@@ -82,6 +81,10 @@ class Choice:
     p_free: float
     reasons: tuple[str, ...]
     parts: tuple[tuple[str, tuple[int, ...]], ...] = ()  # several hosts: (host, gpus) each
+    # why it is at this place in the list: "safe band" (about as safe as the safest answer,
+    # the least used first) or "score"
+    order: str = "score"
+    gpu_hours_served: float | None = None
 
     @property
     def command(self) -> str:
@@ -90,18 +93,22 @@ class Choice:
         return _command(self.host, self.gpus)
 
     def as_json(self) -> dict:
-        out = {
-            "host": self.host,
-            "gpus": list(self.gpus),
+        parts = self.parts or ((self.host, self.gpus),)
+        return {
+            # several hosts: every one of them, at the top level as in ``hosts``
+            "host": ", ".join(h for h, _ in parts),
+            "gpus": list(self.gpus) if not self.parts else [i for _, g in parts for i in g],
+            "hosts": [{"host": h, "gpus": list(g)} for h, g in parts],
             "score": round(self.score, 4),
+            "order": self.order,
+            "gpu_hours_served": None
+            if self.gpu_hours_served is None
+            else round(self.gpu_hours_served, 1),
             "p_free_for_duration": round(self.p_free, 4),
             "reasons": list(self.reasons),
             "command": self.command,
             "ssh": self.command,
         }
-        if self.parts:
-            out["hosts"] = [{"host": h, "gpus": list(g)} for h, g in self.parts]
-        return out
 
 
 def _command(host: str, gpus: tuple[int, ...]) -> str:
@@ -113,14 +120,17 @@ class Eta:
     host: str
     gpus: tuple[int, ...]
     at: float
-    in_hours: float
+    in_hours: float  # the median estimate
     reason: str
+    low_hours: float = 0.0  # an 80% range: the 10th and 90th percentiles of past holds
+    high_hours: float = 0.0
 
     def as_json(self) -> dict:
         return {
             "host": self.host, "gpus": list(self.gpus), "at": round(self.at, 1),
             "at_iso": datetime.fromtimestamp(self.at, UTC).isoformat(timespec="minutes"),
-            "in_hours": round(self.in_hours, 2), "reason": self.reason,
+            "in_hours": round(self.in_hours, 2), "low_hours": round(self.low_hours, 2),
+            "high_hours": round(self.high_hours, 2), "reason": self.reason,
         }  # fmt: skip
 
 
@@ -248,6 +258,9 @@ class FleetIndex:
         self.g_name = np.asarray(gname, dtype=np.int64)
         self.g_temp = np.asarray(gtemp)
         self.g_factor = np.asarray(gfac)
+        self.g_taken = np.asarray([g.state == "taken" for h in hosts for g in h.gpus], dtype=bool)
+        self.g_age = np.maximum(0.0, fleet.now - np.asarray(gsince, dtype=float)) / 3600
+        self._residuals: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         n = len(hosts)
         self.h_online = np.asarray([h.online for h in hosts], dtype=bool)
         self.h_disk = np.asarray([np.inf if h.disk_free_bytes is None else h.disk_free_bytes
@@ -278,6 +291,52 @@ class FleetIndex:
         past = [hh.held_share * len(h.gpus) * hh.hours_known
                 for hh, h in zip(self.hists, hosts, strict=True)]  # fmt: skip
         self.h_gpu_hours = np.asarray(past, dtype=float) + since
+
+    def residuals(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per GPU, the remaining hold time in hours given how long it has been held: the
+        median and the 10th / 90th percentiles of (L - age) over the host's past holds L
+        longer than the age (the fleet's when the host has fewer than 5; with none at all,
+        "about as long again", with the 80% range age/9 .. 9 x age). Vectorised over every GPU
+        at once; computed on first use and kept with the snapshot."""
+        if self._residuals is not None:
+            return self._residuals
+        age = self.g_age
+        none_known = np.maximum(1.0, age)
+        med, lo, hi = none_known.copy(), none_known / 9, none_known * 9
+        todo = np.ones(age.shape, dtype=bool)
+        runs = [hh.held_runs_hours for hh in self.hists]
+        big = float(max([float(r[-1]) for r in runs if r.size] + [float(age.max(initial=0))])) + 1
+        lens = np.asarray([r.size for r in runs], dtype=np.int64)
+        if lens.sum():
+            keys = np.concatenate([i * big + r for i, r in enumerate(runs) if r.size])
+            ends = np.cumsum(lens)
+            host = self.g_host
+            start = np.searchsorted(keys, host * big + age, side="right")
+            cnt = ends[host] - start
+            ok = cnt >= 5
+            for arr, at in ((med, None), (lo, 0.1), (hi, 0.9)):
+                if at is None:
+                    a = keys[np.minimum(start + (cnt - 1) // 2, keys.size - 1)]
+                    b = keys[np.minimum(start + cnt // 2, keys.size - 1)]
+                    val = (a + b) / 2 - host * big - age
+                else:
+                    val = keys[np.minimum(start + ((cnt - 1) * at).astype(np.int64),
+                                          keys.size - 1)] - host * big - age  # fmt: skip
+                arr[ok] = val[ok]
+            todo &= ~ok
+        pool = self.history.fleet_runs_hours
+        if pool.size and todo.any():
+            start = np.searchsorted(pool, age, side="right")
+            cnt = pool.size - start
+            ok = todo & (cnt >= 5)
+            top = pool.size - 1
+            m = (pool[np.minimum(start + (cnt - 1) // 2, top)]
+                 + pool[np.minimum(start + cnt // 2, top)]) / 2 - age  # fmt: skip
+            med[ok] = m[ok]
+            lo[ok] = (pool[np.minimum(start + ((cnt - 1) * 0.1).astype(np.int64), top)] - age)[ok]
+            hi[ok] = (pool[np.minimum(start + ((cnt - 1) * 0.9).astype(np.int64), top)] - age)[ok]
+        self._residuals = (med, np.minimum(lo, med), np.maximum(hi, med))
+        return self._residuals
 
     def window_hazard(
         self, start_ts: float, hours: float, cum: np.ndarray | None = None
@@ -368,8 +427,10 @@ def recommend(
                 near &= fc >= fc[near].max() - w.band_copy
                 key = np.where(near, ix.h_gpu_hours[feas], 0.0)
                 top = feas[np.lexsort((names, -fs, key, ~near))][: req.limit]
+                in_band = {int(h) for h in feas[near]}
             else:
                 top = feas[np.lexsort((names, -score[feas]))][: req.limit]
+                in_band = set()
             for hi in top:
                 mine = sel[sel_host == hi]
                 gsnaps = {g.index: g for g in fleet.hosts[hi].gpus}
@@ -379,8 +440,11 @@ def recommend(
                 if reasons:
                     ev = _HostEval(fleet.hosts[hi], ix.hists[hi])
                     why = _reasons(req, ev, gpus, p, history, now, w, tz)
-                choices.append(Choice(ix.h_names[hi], tuple(g.index for g in gpus),
-                                      float(score[hi]), p, why))  # fmt: skip
+                choices.append(Choice(
+                    ix.h_names[hi], tuple(g.index for g in gpus), float(score[hi]), p, why,
+                    order="safe band" if int(hi) in in_band else "score",
+                    gpu_hours_served=float(ix.h_gpu_hours[hi]),
+                ))  # fmt: skip
     if not choices and req.multi_host:
         evals = [e for h in fleet.hosts
                  if (e := _evaluate_host(req, h, history, now, w)) is not None]  # fmt: skip
@@ -389,13 +453,7 @@ def recommend(
             choices = [multi]
     if choices:
         return Answer(tuple(choices), considered_hosts=n_hosts)
-    eta = estimate_eta(req, fleet, history)
-    note = (
-        f"no online host has {k} free GPU{'s' if k > 1 else ''} with {req.gpu_mem_gb:g} GB"
-        + (f" of model {', '.join(req.gpu_models)}" if req.gpu_models else "")
-        + " right now"
-    )
-    return Answer((), eta, note, n_hosts)
+    return Answer((), estimate_eta(req, ix), nothing_fits_reason(req, ix), n_hosts)
 
 
 def poisson_cdf(m: np.ndarray, mu: np.ndarray) -> np.ndarray:
@@ -433,9 +491,18 @@ def _multi_host(req: RecommendRequest, evals: list[_HostEval], w: Weights) -> Ch
         return None
     reasons = (
         f"no single host has {req.gpus} free GPUs that fit; spread over {len(parts)} hosts",
-        f"{round(100 * p_all)}% chance none of them is taken in the next {_hours(req.hours)}",
+        f"{pct(p_all)} chance none of them is taken in the next {_hours(req.hours)}",
     )
     return Choice(parts[0][0], parts[0][1], score_all, p_all, reasons, tuple(parts))
+
+
+def pct(p: float) -> str:
+    """A chance as people read it: never "100%" or "0%" for what is only likely."""
+    if p >= 0.995:
+        return ">99%"
+    if p < 0.005:
+        return "<1%"
+    return f"{round(100 * p)}%"
 
 
 def _hours(h: float) -> str:
@@ -467,11 +534,11 @@ def _reasons(
         f"{free} of {n} GPUs free now; GPU{'s' if len(gpus) > 1 else ''} "
         f"{', '.join(str(g.index) for g in gpus)} ({_model_label(gpus[0])},"
         f" {(gpus[0].memory_total_bytes or 0) / GIB:.0f} GB)",
-        f"{round(100 * p)}% chance none of them is taken in the next {_hours(req.hours)}"
+        f"{pct(p)} chance none of them is taken in the next {_hours(req.hours)}"
         f" (from {hist.hours_known} h of history)"
         if hist.hours_known
-        else f"{round(100 * p)}% chance they stay free for {_hours(req.hours)}"
-        " (no history for this host yet: the fleet's usual rate)",
+        else f"no history for this host: {pct(p)} chance they stay free for"
+        f" {_hours(req.hours)} at the fleet's usual rate",
     ]
     prof = hist.busy_profile
     if hist.hours_known >= 48 and not np.all(np.isnan(prof)):
@@ -514,47 +581,104 @@ def _model_label(g: GpuSnap) -> str:
     return g.name.removeprefix("NVIDIA ").removeprefix("Tesla ") or "GPU"
 
 
-def estimate_eta(req: RecommendRequest, fleet: FleetSnap, history: FleetHistory) -> Eta | None:
+def _need(req: RecommendRequest, ix: FleetIndex) -> tuple[np.ndarray, np.ndarray]:
+    """Per GPU: of an accepted model with the memory in total; per host: online."""
+    name_ok = np.asarray([_name_ok(req, name) for name in ix.names], dtype=bool)
+    big = (
+        name_ok[ix.g_name] & (ix.g_total >= float(req.gpu_mem_bytes))
+        if ix.g_host.size
+        else np.zeros(0, dtype=bool)
+    )
+    return big, ix.h_online
+
+
+def nothing_fits_reason(req: RecommendRequest, ix: FleetIndex) -> str:
+    """Why no single host fits now, naming the limit that binds: GPU model, GPU memory (per
+    card, or in use now), free GPUs, disk, or hosts offline."""
+    k, n = req.gpus, len(ix.h_names)
+    s = "s" if k > 1 else ""
+    what = f"{k} free GPU{s} with {req.gpu_mem_gb:g} GB" + (
+        f" of model {', '.join(req.gpu_models)}" if req.gpu_models else ""
+    )
+    head = f"no online host has {what} right now"
+    if n == 0 or ix.g_host.size == 0:
+        return head + ": the fleet has no hosts"
+    name_ok = np.asarray([_name_ok(req, name) for name in ix.names], dtype=bool)[ix.g_name]
+    online = ix.h_online[ix.g_host]
+
+    def most(mask: np.ndarray) -> int:
+        return int(np.bincount(ix.g_host[mask], minlength=n).max()) if mask.any() else 0
+
+    if req.gpu_models and not (name_ok & online).any():
+        return head + f" (GPU model: no online host has a {', '.join(req.gpu_models)})"
+    big = name_ok & (ix.g_total >= float(req.gpu_mem_bytes))
+    if most(big & online) < k:
+        if most(big) >= k:
+            return head + f" (hosts offline: only offline hosts have {k} such GPU{s})"
+        return head + (f" (GPU memory: at most {most(big & online)} GPU{s} of"
+                       f" {req.gpu_mem_gb:g} GB or more on one online host)")  # fmt: skip
+    free = big & online & ix.g_free
+    if most(free) < k:
+        return head + f" (GPUs: at most {most(free)} of them free on one host now)"
+    roomy = free & (ix.g_used + float(req.gpu_mem_bytes) <= ix.g_total)
+    if most(roomy) < k:
+        return head + (f" (GPU memory in use: {most(free)} free on one host, but only"
+                       f" {most(roomy)} with {req.gpu_mem_gb:g} GB unused)")  # fmt: skip
+    if req.data_gb > 0:
+        return head + (f" (disk: the hosts with {k} free GPU{s} have less than"
+                       f" {req.data_gb:g} GB of free disk for the data)")  # fmt: skip
+    return head
+
+
+def estimate_eta(req: RecommendRequest, ix: FleetIndex) -> Eta | None:
     """When and where a fitting set most likely frees up: each held GPU's remaining time from
-    how long its job has run and how long jobs on that host ran before."""
-    now, k = fleet.now, req.gpus
-    best: tuple[float, str, Eta] | None = None
-    for host in fleet.hosts:
-        if not host.online or len(host.gpus) < k:
-            continue
-        free: list[int] = []
-        held: list[GpuSnap] = []
-        for g in host.gpus:
-            if not (model_ok(req, g) and g.memory_total_bytes
-                    and g.memory_total_bytes >= req.gpu_mem_bytes):  # fmt: skip
-                continue
-            if g.state == "free" and memory_ok(req, g):
-                free.append(g.index)
-            elif g.state == "taken":
-                held.append(g)
-        if len(free) + len(held) < k:
-            continue
-        hist = history.host(host.name)
-        ages = np.asarray([max(0.0, (now - g.held_since) / 3600) if g.held_since else 0.0
-                           for g in held])  # fmt: skip
-        rest = residual_hold_many(hist.held_runs_hours, ages, history.fleet_runs_hours)
-        waits = [(0.0, i, "") for i in free] + [
-            (float(r), g.index, f"held for {a:.1f} h")
-            for r, g, a in zip(rest, held, ages, strict=True)
-        ]
-        waits.sort()
-        ready = waits[k - 1][0]
-        if best is not None and (ready, host.name) >= (best[0], best[1]):
-            continue
-        gpus = tuple(sorted(i for _, i, _ in waits[:k]))
-        now_free = sorted(i for t, i, _ in waits[:k] if t == 0)
-        busy = sorted((i, w) for t, i, w in waits[:k] if t > 0)
-        parts = [f"GPU {i} {w}" for i, w in busy[:3]] + (["..."] if len(busy) > 3 else [])
-        if now_free:
-            parts.append(f"GPU {', '.join(map(str, now_free))} free now")
-        reason = (
-            f"on {host.name}: " + "; ".join(parts)
-            + f"; likely free in ~{ready:.1f} h, judging by how long jobs there ran before"
-        )  # fmt: skip
-        best = (ready, host.name, Eta(host.name, gpus, now + ready * 3600, ready, reason))
-    return best[2] if best else None
+    how long its job has run and how long holds on that host lasted before (the median, and
+    an 80% range from the 10th and 90th percentiles); the host whose k-th GPU frees first."""
+    k, n = req.gpus, len(ix.h_names)
+    if n == 0 or ix.g_host.size == 0:
+        return None
+    big, online = _need(req, ix)
+    usable_now = big & ix.g_free & (ix.g_used + float(req.gpu_mem_bytes) <= ix.g_total)
+    rest = ix.residuals()
+    held = big & ~ix.g_free & ix.g_taken
+    ok = (usable_now | held) & online[ix.g_host]
+    if not ok.any():
+        return None
+    med = np.where(usable_now, 0.0, rest[0])
+    lo = np.where(usable_now, 0.0, rest[1])
+    hi = np.where(usable_now, 0.0, rest[2])
+    gi = np.flatnonzero(ok)
+    hosts = ix.g_host[gi]
+    counts = np.bincount(hosts, minlength=n)
+    good = counts >= k
+    if not good.any():
+        return None
+    gi = gi[good[hosts]]
+    hosts = ix.g_host[gi]
+    order = np.lexsort((ix.g_index[gi], med[gi], hosts))
+    gi, hosts = gi[order], hosts[order]
+    first = np.searchsorted(hosts, hosts, side="left")
+    kth = gi[(np.arange(gi.size) - first) == k - 1]  # the k-th soonest GPU of each host
+    kth_host = ix.g_host[kth]
+    best_pos = np.lexsort((np.asarray(ix.h_names, dtype=object)[kth_host], med[kth]))[0]
+    h = int(kth_host[best_pos])
+    mine = gi[hosts == h][:k]
+    ready = float(med[kth[best_pos]])
+    low = float(np.sort(lo[mine])[k - 1])
+    high = float(np.sort(hi[mine])[k - 1])
+    gpus = tuple(sorted(int(i) for i in ix.g_index[mine]))
+    busy = [(int(ix.g_index[g]), ix.g_age[g]) for g in mine if not usable_now[g]]
+    busy.sort()
+    parts = [f"GPU {i} held for {a:.1f} h" for i, a in busy[:3]] + (
+        ["..."] if len(busy) > 3 else []
+    )
+    now_free = sorted(int(ix.g_index[g]) for g in mine if usable_now[g])
+    if now_free:
+        parts.append(f"GPU {', '.join(map(str, now_free))} free now")
+    reason = (
+        f"on {ix.h_names[h]}: " + "; ".join(parts)
+        + f"; likely free in ~{ready:.1f} h (80% range {low:.1f}-{high:.1f} h), judging by how"
+        " long holds there lasted before"
+    )  # fmt: skip
+    now = ix.fleet.now
+    return Eta(ix.h_names[h], gpus, now + ready * 3600, ready, reason, low, high)
