@@ -71,6 +71,12 @@ class Weights:
     # True: P(the host sees fewer takes in the window than it has spare free GPUs), your GPUs
     # being the ones taken last; False: each chosen GPU's own take rate (no buffer)
     buffer: bool = True
+    # rank by the chance the set is still free when the requester is ready to start (set-up
+    # plus the data copy to that host) instead of for the whole requested duration: a GPU
+    # that is visibly held is rarely taken from under a running job, the race is before the
+    # start (docs/recommender.md); the stated p_free_for_duration is the same either way
+    start_horizon: bool = False
+    setup_hours: float = 5 / 60
 
 
 @dataclass(frozen=True)
@@ -413,14 +419,21 @@ def recommend(
                 copy[:] = copy_hours(req, "", w)
                 if req.data_host in ix.h_pos:
                     copy[ix.h_pos[req.data_host]] = 0.0
+            p_rank = p_set
+            if w.start_horizon and w.buffer:
+                p_rank = np.empty(n_hosts)
+                for c in np.unique(copy):
+                    at = copy == c
+                    mu_c = ix.window_hazard(now, w.setup_hours + float(c), ix.h_arr)
+                    p_rank[at] = poisson_cdf(ix.h_free - k, mu_c)[at]
             spread = 1.0 / (1.0 + w.spread * np.maximum(0.0, ix.h_pop - 1.0))
             spread = spread * (1.0 - w.load * ix.h_taken)
-            score = (p_set * speed**w.speed * np.exp(-copy / max(req.hours, 0.25)) * spread
+            score = (p_rank * speed**w.speed * np.exp(-copy / max(req.hours, 0.25)) * spread
                      * ix.h_health * np.where(hot, 0.8, 1.0))  # fmt: skip
             feas = np.flatnonzero(counts >= k)
             names = np.asarray(ix.h_names, dtype=object)[feas]
             if w.band > 0:  # the about equally safe hosts first, the least used first
-                fs, fp = score[feas], p_set[feas]
+                fs, fp = score[feas], p_rank[feas]
                 near = 1.0 - fp <= (1.0 - fp.max()) * (1.0 + w.band) + 1e-12
                 # ... where copying the data costs little more than at the best of them
                 fc = np.exp(-copy / max(req.hours, 0.25))[feas]
