@@ -312,7 +312,10 @@ def evaluate_recommender(vcs: tuple[str, ...], loads: tuple[float, ...], habits:
         raise GpufleetError("--vc: none of the training clusters is in this trace",
                             hint=f"name one with --vc; the trace has: {', '.join(known)}")  # fmt: skip
     hs = list(HABITS) if not habits or "every" in habits else list(dict.fromkeys(habits))
-    say = lambda m: click.echo(m, err=True)  # progress on stderr, also with --json
+
+    def say(message: str) -> None:  # progress on stderr, also with --json
+        click.echo(message, err=True)
+
     result = run_grid(jobs, cfg, chosen, list(loads or (1.0,)), hs,
                       list(range(seed, seed + seeds)), calibration=calibration, say=say)  # fmt: skip
     result["config"] = {"hosts": cfg.hosts, "scored_jobs": cfg.scored_jobs,
