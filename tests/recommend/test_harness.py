@@ -138,3 +138,16 @@ def test_real_trace_reads() -> None:
     need_trace()
     jobs = read_trace()
     assert len(jobs) > 60000 and jobs[0].submit <= jobs[-1].submit
+
+
+def test_reliability_table_and_brier() -> None:
+    from gpufleet.recommend.evaluate import reliability
+
+    # stated 90% and right 9 times in 10; stated 10% and right once in 10
+    samples = [(0.9, i < 9, True) for i in range(10)] + [(0.1, i < 1, True) for i in range(10)]
+    r = reliability(samples)
+    assert r["answers"] == 20 and r["base_rate"] == pytest.approx(0.5)
+    rows = {x["decile"]: x for x in r["rows"]}
+    assert rows["0.9-1.0"]["observed"] == pytest.approx(0.9)
+    assert rows["0.1-0.2"]["observed"] == pytest.approx(0.1)
+    assert r["brier"] == pytest.approx(0.09) and r["brier_base_rate"] == pytest.approx(0.25)

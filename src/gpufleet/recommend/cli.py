@@ -131,18 +131,25 @@ def _ask_local(settings: Any, body: dict) -> dict:
 
 
 def _print_answer(data: dict) -> None:
+    from gpufleet.recommend.rank import pct
+
     recs = data.get("recommendations") or []
     if not recs:
         click.echo(f"nothing fits now: {data.get('note') or ''}")
         eta = data.get("eta")
         if eta:
             click.echo(f"most likely soonest: {eta['host']} GPU {','.join(map(str, eta['gpus']))}"
-                       f" in ~{eta['in_hours']} h ({eta['at_iso']})")  # fmt: skip
+                       f" in ~{eta['in_hours']} h (80% range {eta['low_hours']}-"
+                       f"{eta['high_hours']} h; {eta['at_iso']})")  # fmt: skip
             click.echo(f"  {eta['reason']}")
         return
+    click.echo("(order: the places about as safe as the safest first, the least used host"
+               " first; then by score)")  # fmt: skip
     for i, r in enumerate(recs, 1):
-        click.echo(f"{i}. {r['host']}  GPU {','.join(map(str, r['gpus']))}  "
-                   f"score {r['score']:.3f}  {round(100 * r['p_free_for_duration'])}% stays free")  # fmt: skip
+        where = " + ".join(f"{p['host']}  GPU {','.join(map(str, p['gpus']))}" for p in r["hosts"])
+        why = (f"about as safe as the safest, {r['gpu_hours_served'] or 0:.0f} GPU-h served"
+               if r.get("order") == "safe band" else f"score {r['score']:.3f}")  # fmt: skip
+        click.echo(f"{i}. {where}  {pct(r['p_free_for_duration'])} stays free  ({why})")
         for why in r["reasons"]:
             click.echo(f"     - {why}")
         click.echo(f"     {r['command']}")

@@ -12,6 +12,7 @@ from functools import cached_property
 from typing import Literal
 
 GIB = 2**30
+DRIVER_RESERVE_BYTES = GIB  # the most of a card's memory counted as never available
 
 GpuStateName = Literal["free", "taken", "reserved", "error"]
 
@@ -66,13 +67,14 @@ class FleetSnap:
 
     @cached_property
     def floor_used(self) -> dict[tuple[str, int | None], int]:
-        """Per GPU shape, the least memory in use on any such GPU now (driver and context):
-        what a request can never have of that card."""
+        """Per GPU shape, what a request can never have of that card: the least memory in use
+        on any such GPU now (driver and context), counted up to ``DRIVER_RESERVE_BYTES`` (more
+        than that is a job's, which ends)."""
         out: dict[tuple[str, int | None], int] = {}
         for h in self.hosts:
             for g in h.gpus:
                 key = (g.name, g.memory_total_bytes)
-                used = g.memory_used_bytes or 0
+                used = min(g.memory_used_bytes or 0, DRIVER_RESERVE_BYTES)
                 out[key] = min(out.get(key, used), used)
         return out
 

@@ -177,9 +177,11 @@ class Lab:
     _snap: list[HostSnap | None] = field(default_factory=list)
     familiar: list[float] = field(default_factory=list)
     fame: list[float] = field(default_factory=list)
+    free_n: list[int] = field(default_factory=list)  # free GPUs per host
 
     def __post_init__(self) -> None:
         self.owner = [[-1] * h.gpu_count for h in self.hosts]
+        self.free_n = [h.gpu_count for h in self.hosts]
         self.since = [[0.0] * h.gpu_count for h in self.hosts]
         rows = 0
         for h in self.hosts:
@@ -210,11 +212,13 @@ class Lab:
             self.owner[h][g] = job.idx
             self.since[h][g] = now
             self._record(self.row[h] + g, now, now + job.duration)
+        self.free_n[h] -= len(gpus)
         self._snap[h] = None
 
     def release(self, job: SimJob) -> None:
         for g in job.gpu_idx:
             self.owner[job.host][g] = -1
+        self.free_n[job.host] += len(job.gpu_idx)
         self._snap[job.host] = None
 
     def _record(self, r: int, a: float, b: float) -> None:
@@ -257,9 +261,9 @@ class Lab:
     def habit_place(self, job: SimJob, rng: random.Random) -> tuple[int, tuple[int, ...]] | None:
         cands, weights = [], []
         for hi, h in enumerate(self.hosts):
-            free = self.free_gpus(hi)
-            if len(free) < job.gpus:
+            if self.free_n[hi] < job.gpus:
                 continue
+            free = self.free_gpus(hi)
             if job.habit == "random":
                 w = 1.0
             elif job.habit == "popular":
@@ -280,10 +284,9 @@ class Lab:
         return hi, tuple(gpus)
 
     def fits_anywhere(self, req: RecommendRequest) -> bool:
-        need = req.gpu_mem_bytes
+        need, k, free = req.gpu_mem_bytes, req.gpus, self.free_n
         return any(
-            h.shape.gpu_memory_bytes >= need and len(self.free_gpus(hi)) >= req.gpus
-            for hi, h in enumerate(self.hosts)
+            free[hi] >= k and h.shape.gpu_memory_bytes >= need for hi, h in enumerate(self.hosts)
         )
 
 
@@ -373,7 +376,7 @@ def run(hosts: list[LabHost], jobs: list[SimJob], start: float, end: float, eval
         """Freed GPUs go to whoever has waited longest and fits (habit jobs and requesters
         alike, by arrival; a requester asks its recommender at that moment)."""
         while queues or waiting_req:
-            room = max(len(lab.free_gpus(h)) for h in range(len(hosts)))
+            room = max(lab.free_n)
             heads = [(q[0], k) for k, q in queues.items() if k <= room and q]
             for ri, k in waiting_req.items():
                 if k <= room and lab.fits_anywhere(jobs[ri].request):  # type: ignore[arg-type]
