@@ -120,8 +120,9 @@ def summary_text(result: dict[str, Any]) -> str:
         out.append(
             f"latency of one answer with its reasons at {result.get('latency_hosts', 1000)} hosts:"
         )
-        out.append("| path | answers | p50 ms | p99 ms |")
-        out.append("|---|---|---|---|")
+        out.append("| path | answers | p50 ms | p99 ms | CPU p50 ms | CPU p99 ms |")
+        out.append("|---|---|---|---|---|---|")
         for path, r in lat.items():
-            out.append(f"| {path} | {r['answers']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")
+            out.append(f"| {path} | {r['answers']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |"
+                       f" {r['cpu_p50_ms']:.2f} | {r['cpu_p99_ms']:.2f} |")  # fmt: skip
     return "\n".join(out)

@@ -680,6 +680,14 @@ def estimate_eta(req: RecommendRequest, ix: FleetIndex) -> Eta | None:
     low = float(np.sort(lo[mine])[k - 1])
     high = float(np.sort(hi[mine])[k - 1])
     gpus = tuple(sorted(int(i) for i in ix.g_index[mine]))
+    # when anywhere: the soonest of many hosts is sooner than any one host's; the
+    # ETA_HOSTS hosts whose k-th GPU frees soonest (the others barely move it)
+    soon = kth_host[np.argsort(med[kth], kind="stable")[:ETA_HOSTS]]
+    near = gi[np.isin(hosts, soon)]
+    anywhere = _fleet_ready(k, ix.g_host[near], np.where(usable_now[near], 0.0, med[near]),
+                            np.where(usable_now[near], 0.0, hi[near]))  # fmt: skip
+    if anywhere is not None:
+        ready, low, high = anywhere
     busy = [(int(ix.g_index[g]), ix.g_age[g]) for g in mine if not usable_now[g]]
     busy.sort()
     parts = [f"GPU {i} held for {a:.1f} h" for i, a in busy[:3]] + (
@@ -689,9 +697,63 @@ def estimate_eta(req: RecommendRequest, ix: FleetIndex) -> Eta | None:
     if now_free:
         parts.append(f"GPU {', '.join(map(str, now_free))} free now")
     reason = (
-        f"on {ix.h_names[h]}: " + "; ".join(parts)
-        + f"; likely free in ~{ready:.1f} h (80% range {low:.1f}-{high:.1f} h), judging by how"
-        " long holds there lasted before"
+        f"likely free in ~{ready:.1f} h somewhere (80% range {low:.1f}-{high:.1f} h), judging"
+        f" by how long holds lasted before; likeliest on {ix.h_names[h]}: " + "; ".join(parts)
     )  # fmt: skip
     now = ix.fleet.now
     return Eta(ix.h_names[h], gpus, now + ready * 3600, ready, reason, low, high)
+
+
+ETA_HOSTS = 64
+_T_HOURS = np.geomspace(1 / 60, 24 * 90, 36)  # 1 min .. 90 days, steps of ~1.4x
+
+
+def _fleet_ready(
+    k: int, host: np.ndarray, med: np.ndarray, hi: np.ndarray
+) -> tuple[float, float, float] | None:
+    """Median and 80% range of the time until *some* host has ``k`` fitting GPUs free.
+
+    Each held GPU's remaining time is log-logistic with its median and 90th percentile
+    (free GPUs: 0); GPUs are taken as independent (a multi-GPU job frees its GPUs together:
+    a known simplification); per host the chance that at least ``k`` are free by t (a
+    Poisson-binomial), and across hosts the chance that at least one host is ready."""
+    if host.size == 0:
+        return None
+    t = _T_HOURS
+    med = np.maximum(med, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        spread = np.log(np.maximum(hi, med * 1.05) / np.maximum(med, 1e-9))
+        beta = np.where(spread > 0, np.log(9.0) / np.where(spread > 0, spread, 1.0), 10.0)
+    beta = np.clip(beta, 0.3, 10.0)
+    with np.errstate(divide="ignore", over="ignore"):
+        ratio = (t[None, :] / np.maximum(med, 1e-9)[:, None]) ** (-beta[:, None])
+    cdf = np.where(med[:, None] <= 0, 1.0, 1.0 / (1.0 + ratio))  # (gpus, times)
+    hosts, pos = np.unique(host, return_inverse=True)
+    order = np.argsort(pos, kind="stable")
+    pos_s = pos[order]
+    slot = np.arange(pos_s.size) - np.searchsorted(pos_s, pos_s, side="left")
+    probs = np.zeros((hosts.size, int(slot.max()) + 1, t.size))  # padding: never free
+    probs[pos_s, slot] = cdf[order]
+    dist = np.zeros((hosts.size, t.size, k + 1))  # P(c GPUs free by t), c = k: k or more
+    dist[:, :, 0] = 1.0
+    for j in range(probs.shape[1]):  # add each host's j-th GPU, all hosts at once
+        p = probs[:, j, :, None]
+        new = dist * (1 - p)
+        new[:, :, 1:] += dist[:, :, :-1] * p
+        new[:, :, k] += dist[:, :, k] * p[:, :, 0]  # k or more stays k or more
+        dist = new
+    ready_host = dist[:, :, k]  # P(host has k free by t)
+    none_ready = np.exp(np.sum(np.log(np.maximum(1.0 - ready_host, 1e-300)), axis=0))
+    some = 1.0 - none_ready
+
+    def at(q: float) -> float:
+        if some[0] >= q:
+            return 0.0
+        if some[-1] < q:
+            return float(t[-1])
+        i = int(np.argmax(some >= q))
+        a, b = some[i - 1], some[i]
+        f = (q - a) / (b - a) if b > a else 1.0
+        return float(np.exp(np.log(t[i - 1]) + f * (np.log(t[i]) - np.log(t[i - 1]))))
+
+    return at(0.5), at(0.1), at(0.9)
