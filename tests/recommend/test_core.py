@@ -327,3 +327,22 @@ def test_a_multi_host_answer_lists_every_host() -> None:
     (c,) = recommend(req, f, FleetHistory()).as_json()["recommendations"]
     assert {p["host"] for p in c["hosts"]} == {"a", "b"}
     assert "a" in c["host"] and "b" in c["host"] and len(c["gpus"]) == 6
+
+
+def test_remembered_answers_are_not_offered_again_until_they_expire() -> None:
+    from gpufleet.recommend.baselines import GpufleetTop
+    from gpufleet.recommend.rank import FleetIndex
+
+    f = fleet(host("a", n=2), host("b", n=2))
+    req = request_from_any({**BASE, "gpus": 2, "gpu_mem_gb": 10, "hours": 1}, f)
+    top = GpufleetTop(remember_seconds=600)
+    first = top(req, f, FleetHistory())
+    second = top(req, f, FleetHistory())
+    assert first is not None and second is not None and first.host != second.host
+    assert top(req, f, FleetHistory()) is None  # both remembered: nothing to offer
+    later = FleetSnap(NOW + 601, f.hosts)
+    assert top(req, later, FleetHistory()) is not None
+    # the index form the server uses gives the same as the snapshot form
+    ix = FleetIndex(f, FleetHistory()).with_reserved({("a", 0), ("a", 1)})
+    (only,) = recommend(req, f, FleetHistory(), index=ix).choices
+    assert only.host == "b"

@@ -18,9 +18,17 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from gpufleet.recommend.fleet import FleetSnap, HostSnap
+from gpufleet.recommend.fleet import FleetSnap, HostSnap, RecentAnswers, with_reserved
 from gpufleet.recommend.history import FleetHistory
-from gpufleet.recommend.rank import Answer, Choice, Weights, disk_ok, recommend, usable
+from gpufleet.recommend.rank import (
+    Answer,
+    Choice,
+    Weights,
+    copy_hours,
+    disk_ok,
+    recommend,
+    usable,
+)
 from gpufleet.recommend.request import RecommendRequest
 
 Recommender = Callable[[RecommendRequest, FleetSnap, FleetHistory], Choice | None]
@@ -105,21 +113,37 @@ class RandomFeasible:
 
 
 class GpufleetTop:
-    """gpufleet's best answer (the ranking without the reasons' text)."""
+    """gpufleet's best answer (the ranking without the reasons' text). With
+    ``remember_seconds``, it keeps its own answers in mind as the server does
+    (``RecentAnswers``): a set it just gave someone is not offered again until that job had
+    ``remember_seconds`` plus its data copy to start."""
 
-    def __init__(self, weights: Weights | None = None) -> None:
+    def __init__(self, weights: Weights | None = None, remember_seconds: float = 0.0) -> None:
         self.weights = weights
+        self.remember_seconds = remember_seconds
+        self.recent = RecentAnswers()
 
     def __call__(
         self, req: RecommendRequest, fleet: FleetSnap, history: FleetHistory
     ) -> Choice | None:
+        if self.remember_seconds > 0:
+            fleet = with_reserved(fleet, self.recent.active(fleet.now))
         ans: Answer = recommend(req, fleet, history, weights=self.weights, reasons=False)
-        return ans.choices[0] if ans.choices else None
+        if not ans.choices:
+            return None
+        top = ans.choices[0]
+        if self.remember_seconds > 0:
+            copy_s = copy_hours(req, top.host, self.weights or Weights()) * 3600
+            self.recent.add(top.host, top.gpus, fleet.now + self.remember_seconds + copy_s)
+        return top
+
+
+REMEMBER_SECONDS = 900.0  # the server's recommend.remember_answers_seconds default
 
 
 def all_recommenders(seed: int = 0, weights: Weights | None = None) -> dict[str, Recommender]:
     return {
-        "gpufleet": GpufleetTop(weights),
+        "gpufleet": GpufleetTop(weights, REMEMBER_SECONDS),
         "most free GPUs now": most_free,
         "most free, highest indices": most_free_highest,
         "least loaded now": least_loaded,

@@ -34,6 +34,7 @@ gives the same answer.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -297,6 +298,26 @@ class FleetIndex:
         past = [hh.held_share * len(h.gpus) * hh.hours_known
                 for hh, h in zip(self.hists, hosts, strict=True)]  # fmt: skip
         self.h_gpu_hours = np.asarray(past, dtype=float) + since
+
+    def with_reserved(self, reserved: set[tuple[str, int]]) -> FleetIndex:
+        """This index with those free GPUs counted as not free (answers given a moment ago;
+        ``fleet.with_reserved`` for the snapshot form): a shallow copy, arrays shared except
+        the few that change."""
+        if not reserved:
+            return self
+        pos = {(self.h_names[int(h)], int(i)): n
+               for n, (h, i) in enumerate(zip(self.g_host, self.g_index, strict=True))}  # fmt: skip
+        hit = [pos[k] for k in reserved if k in pos]
+        if not hit:
+            return self
+        out = copy.copy(self)
+        out.g_free = self.g_free.copy()
+        out.g_free[hit] = False
+        n = len(self.h_names)
+        sizes = np.bincount(self.g_host, minlength=n)
+        out.h_free = np.bincount(self.g_host, weights=out.g_free, minlength=n).astype(float)
+        out.h_taken = np.where(sizes > 0, 1.0 - out.h_free / np.maximum(sizes, 1), 0.0)
+        return out
 
     def residuals(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per GPU, the remaining hold time in hours given how long it has been held: the
