@@ -120,6 +120,9 @@ def test_evaluate_recommender_quick_prints_the_tables_and_json() -> None:
     for row in sc["per_seed"][0].values():
         assert 0 <= row["hit_rate"] <= 1 and row["requests"] > 10
         assert 0 <= row["gini"] <= 1 and 0 < row["busiest_20pct_share"] <= 1
+    from gpufleet.recommend.evalreport import digest_text
+
+    assert "| 11cb48 | 1 | lowest |" in digest_text([data])
     assert {"fits (cached index)", "nothing fits (index built)", "full fleet (index built)"} <= set(
         data["latency"]
     )

@@ -126,3 +126,43 @@ def summary_text(result: dict[str, Any]) -> str:
             out.append(f"| {path} | {r['answers']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |"
                        f" {r['cpu_p50_ms']:.2f} | {r['cpu_p99_ms']:.2f} |")  # fmt: skip
     return "\n".join(out)
+
+
+def digest_text(results: list[dict[str, Any]]) -> str:
+    """One line per cluster x load x habit from one or more saved ``--json`` results: gpufleet
+    against the best baseline for that habit, and each target met or not."""
+    head = ("| vc | load | habit | gpufleet hit % | best baseline | its hit % | margin points"
+            " [95% CI] | hit if room: gpufleet / best | req wait min: gpufleet / best |"
+            " Gini: gpufleet / lowest baseline | busiest 20 %: gpufleet / lowest baseline |")  # fmt: skip
+    out = [head, "|" + "---|" * 11]
+    for res in results:
+        for sc in res["scenarios"]:
+            t, v = sc["table"], sc["verdict"]
+            g, b = t["gpufleet"], t[v["best_baseline"]]
+            base = [n for n in t if n != "gpufleet"]
+            gini_min = min(t[n]["gini"][0] for n in base)
+            busy_min = min(t[n]["busiest_20pct_share"][0] for n in base)
+            m = v["hit_margin_points"]
+            out.append(
+                f"| {sc['vc']} | {sc['load']:g} | {sc['habit']} | {100 * g['hit_rate'][0]:.1f} |"
+                f" {v['best_baseline']} | {100 * b['hit_rate'][0]:.1f} |"
+                f" {m[0]:+.1f} [{m[1]:+.1f}, {m[2]:+.1f}]{' met' if v['hit_target_met'] else ''} |"
+                f" {100 * g['hit_rate_when_room'][0]:.1f} / {100 * b['hit_rate_when_room'][0]:.1f} |"
+                f" {g['requester_wait_minutes'][0]:.0f} / {b['requester_wait_minutes'][0]:.0f}"
+                f"{' ok' if v['wait_no_worse'] else ''} |"
+                f" {g['gini'][0]:.3f} / {gini_min:.3f}{' ok' if v['lowest_gini'] else ''} |"
+                f" {100 * g['busiest_20pct_share'][0]:.1f} / {100 * busy_min:.1f}"
+                f"{' ok' if v['lowest_busiest'] else ''} |"
+            )  # fmt: skip
+    scs = [sc for r in results for sc in r["scenarios"]]
+    n = len(scs)
+    out.append("")
+    out.append(
+        f"{n} scenarios: hit-rate target (+10 points, interval above 0) met in"
+        f" {sum(s['verdict']['hit_target_met'] for s in scs)}; margin above 0 (interval) in"
+        f" {sum(s['verdict']['hit_margin_points'][1] > 0 for s in scs)}; requester wait no"
+        f" worse in {sum(s['verdict']['wait_no_worse'] for s in scs)}; lowest Gini in"
+        f" {sum(s['verdict']['lowest_gini'] for s in scs)}; lowest busiest-20% in"
+        f" {sum(s['verdict']['lowest_busiest'] for s in scs)}"
+    )
+    return "\n".join(out)
