@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from gpufleet.recommend.baselines import most_free
 from gpufleet.recommend.fleet import FleetSnap, GpuSnap, HostSnap
 from gpufleet.recommend.history import FleetHistory, HourlyHeld, build_history
 from gpufleet.recommend.labfleet import build_lab
@@ -114,6 +115,12 @@ def latency_paths(n_hosts: int = 1000, requests: int = 300, seed: int = 0,
         def cold(r: RecommendRequest, snap: FleetSnap = snap, hist: FleetHistory = hist) -> object:
             return recommend(r, snap, hist).as_json()
 
+        def rule(r: RecommendRequest, snap: FleetSnap = snap, hist: FleetHistory = hist) -> object:
+            return most_free(r, snap, hist)
+
         out[f"{label} (cached index)"] = _time(cached, reqs, clock)
         out[f"{label} (index built)"] = _time(cold, reqs[: max(20, requests // 3)], clock)
+        # side by side, the same fleet and requests: the one-line rule "most free GPUs now"
+        # (a loop over the snapshot, no index, no reasons)
+        out[f"{label}: baseline most free GPUs now"] = _time(rule, reqs, clock)
     return out

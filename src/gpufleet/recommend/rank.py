@@ -331,12 +331,8 @@ class FleetIndex:
         none_known = np.maximum(1.0, age)
         med, lo, hi = none_known.copy(), none_known / 9, none_known * 9
         todo = np.ones(age.shape, dtype=bool)
-        runs = [hh.held_runs_hours for hh in self.hists]
-        big = float(max([float(r[-1]) for r in runs if r.size] + [float(age.max(initial=0))])) + 1
-        lens = np.asarray([r.size for r in runs], dtype=np.int64)
-        if lens.sum():
-            keys = np.concatenate([i * big + r for i, r in enumerate(runs) if r.size])
-            ends = np.cumsum(lens)
+        keys, ends, big = _runs_keys(self.history, self.hists, float(age.max(initial=0)))
+        if keys.size:
             host = self.g_host
             start = np.searchsorted(keys, host * big + age, side="right")
             cnt = ends[host] - start
@@ -726,6 +722,30 @@ def estimate_eta(req: RecommendRequest, ix: FleetIndex) -> Eta | None:
 
 
 ETA_HOSTS = 64
+# the last history (held, so its id cannot be reused), its host order, keys, ends, big
+_RUNS_CACHE: list[tuple[FleetHistory, tuple[int, ...], np.ndarray, np.ndarray, float]] = []
+
+
+def _runs_keys(
+    history: FleetHistory, hists: list[HostHistory], age_max: float
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Every host's past holds in one sorted array (host i's offset by i x big), with each
+    host's end; kept per history and host order (both change every few minutes, not per
+    snapshot)."""
+    sig = tuple(id(hh) for hh in hists)
+    for h, hsig, keys, ends, big in _RUNS_CACHE:
+        if h is history and hsig == sig and big > age_max:
+            return keys, ends, big
+    runs = [hh.held_runs_hours for hh in hists]
+    big = max([float(r[-1]) for r in runs if r.size] + [age_max, 24.0 * 365]) + 1
+    lens = np.asarray([r.size for r in runs], dtype=np.int64)
+    keys = (np.concatenate([i * big + r for i, r in enumerate(runs) if r.size])
+            if lens.sum() else np.zeros(0))  # fmt: skip
+    ends = np.cumsum(lens)
+    _RUNS_CACHE[:] = [(history, sig, keys, ends, big)]  # one at a time: the server's current
+    return keys, ends, big
+
+
 _T_HOURS = np.geomspace(1 / 60, 24 * 90, 36)  # 1 min .. 90 days, steps of ~1.4x
 
 
