@@ -165,4 +165,38 @@ def digest_text(results: list[dict[str, Any]]) -> str:
         f" {sum(s['verdict']['lowest_gini'] for s in scs)}; lowest busiest-20% in"
         f" {sum(s['verdict']['lowest_busiest'] for s in scs)}"
     )
+    # calibration: the deciles of every result pooled (weighted by answers)
+    pooled: dict[str, list[float]] = {}
+    n_ans, brier, brier_base = 0, 0.0, 0.0
+    for res in results:
+        c = res.get("calibration")
+        if not c or not c.get("answers"):
+            continue
+        n_ans += c["answers"]
+        brier += c["brier"] * c["answers"]
+        brier_base += c["brier_base_rate"] * c["answers"]
+        for r in c["rows"]:
+            acc = pooled.setdefault(r["decile"], [0.0, 0.0, 0.0])
+            acc[0] += r["answers"]
+            acc[1] += r["stated"] * r["answers"]
+            acc[2] += r["observed"] * r["answers"]
+    if n_ans:
+        out += ["", f"calibration of p_free_for_duration, pooled ({n_ans} answers; a study:"
+                f" nobody follows the answers): Brier {brier / n_ans:.4f} vs base rate"
+                f" {brier_base / n_ans:.4f} (each result's own base rate)",
+                "| decile | answers | stated % | observed % | error points |", "|---|---|---|---|---|"]  # fmt: skip
+        for dec in sorted(pooled):
+            a, st, ob = pooled[dec]
+            out.append(f"| {dec} | {a:.0f} | {100 * st / a:.1f} | {100 * ob / a:.1f} |"
+                       f" {100 * (ob - st) / a:+.1f} |")  # fmt: skip
+    for res in results:
+        e = res.get("eta") or {}
+        if e.get("estimates"):
+            vcs = sorted({sc["vc"] for sc in res["scenarios"]})
+            loads = sorted({sc["load"] for sc in res["scenarios"]})
+            out.append(f"time to free, vc {', '.join(vcs)} load {', '.join(f'{x:g}' for x in loads)}:"
+                       f" {e['estimates']} estimates, |error| median {e['abs_error_median_hours']:.2f} h,"
+                       f" p90 {e['abs_error_p90_hours']:.2f} h; predicted median"
+                       f" {e['predicted_median_hours']:.2f} h vs actual {e['actual_median_hours']:.2f} h;"
+                       f" inside the 80% range {100 * e['inside_interval']:.0f}%")  # fmt: skip
     return "\n".join(out)
