@@ -137,9 +137,9 @@ def window_jobs(trace: list[TraceJob], vc: str | None, hosts: list[LabHost], loa
                 job.request = make_request(req_rng, j, hosts)
             out.append(job)
         rep += 1
-    out.sort(key=lambda j: j.submit)
-    for i, j in enumerate(out):
-        j.idx = i
+    out.sort(key=lambda sj: sj.submit)
+    for i, sj in enumerate(out):
+        sj.idx = i
     return out
 
 
