@@ -146,6 +146,11 @@ def check_against_fleet(req: RecommendRequest, fleet: FleetSnap) -> None:
         )
 
 
+def model_matches(req: RecommendRequest, gpu_name: str) -> bool:
+    """The GPU model is one the request accepts (any, when it names none)."""
+    return _model_ok(req, gpu_name)
+
+
 def _model_ok(req: RecommendRequest, gpu_name: str) -> bool:
     return not req.gpu_models or any(gpu_model_matches(p, gpu_name) for p in req.gpu_models)
 
