@@ -375,10 +375,13 @@ def run(hosts: list[LabHost], jobs: list[SimJob], start: float, end: float, eval
     def drain(now: float) -> None:
         """Freed GPUs go to whoever has waited longest and fits (habit jobs and requesters
         alike, by arrival; a requester asks its recommender at that moment)."""
+        told_nothing: set[int] = set()  # requesters whose recommender had nothing this time
         while queues or waiting_req:
             room = max(lab.free_n)
             heads = [(q[0], k) for k, q in queues.items() if k <= room and q]
             for ri, k in waiting_req.items():
+                if ri in told_nothing:
+                    continue
                 if k <= room and lab.fits_anywhere(jobs[ri].request):  # type: ignore[arg-type]
                     heads.append((ri, -1))
                     break  # the earliest waiting requester that fits
@@ -387,7 +390,7 @@ def run(hosts: list[LabHost], jobs: list[SimJob], start: float, end: float, eval
             ji, k = min(heads)
             if k < 0:
                 if not ask(jobs[ji], now):
-                    return
+                    told_nothing.add(ji)  # the line goes on without it
                 continue
             found = lab.habit_place(jobs[ji], rng)
             if found is None:
