@@ -1,8 +1,9 @@
 """The recommender's evaluation (docs/recommender.md): the same as `gpufleet evaluate-recommender`.
 
-    .venv/bin/python bench/recommend_bench.py            # ~3-8 min on one core
-    .venv/bin/python bench/recommend_bench.py --quick    # seconds, a small fleet
-    .venv/bin/python bench/recommend_bench.py --json
+    .venv/bin/python bench/recommend_bench.py --vc 11cb48 --load 0.8 --seeds 3   # one cluster
+    .venv/bin/python bench/recommend_bench.py --quick    # seconds, a small lab
+    .venv/bin/python bench/recommend_bench.py --json > out.json
+    .venv/bin/python bench/recommend_bench.py --digest a.json b.json   # one line per scenario
     .venv/bin/python bench/recommend_bench.py --http     # POST /api/v1/recommendations, 1,000 hosts
 
 ``--http`` starts a real ``gpufleet server`` (temp data dir), ingests one sample from each of
@@ -86,8 +87,18 @@ def http_bench(hosts: int = 1000) -> None:
         log.close()
 
 
+def digest(paths: list[str]) -> None:
+    import json
+
+    from gpufleet.recommend.evalreport import digest_text
+
+    print(digest_text([json.loads(Path(p).read_text()) for p in paths]))
+
+
 if __name__ == "__main__":
     if "--http" in sys.argv[1:]:
         http_bench()
+    elif sys.argv[1:2] == ["--digest"]:
+        digest(sys.argv[2:])
     else:
         evaluate_recommender.main(sys.argv[1:], prog_name="recommend_bench.py")

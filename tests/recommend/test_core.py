@@ -206,10 +206,18 @@ def test_data_location_and_eta_when_nothing_fits() -> None:
     ans = recommend(req, full, FleetHistory())
     assert ans.choices == ()
     assert "no online host has 2 free GPUs" in (ans.note or "")
-    # nothing known: a job is expected to run about as long again as it has (1 h here)
+    # nothing known: each job is expected to run about as long again as it has (1 h here,
+    # 80% range 1/9 h .. 9 h); with seven such GPUs on two hosts, some set frees sooner
     assert ans.eta is not None and ans.eta.host == "a" and ans.eta.gpus == (0, 1)
-    assert ans.eta.in_hours == pytest.approx(1.0)
-    assert "likely free in ~1.0 h" in ans.eta.reason
+    assert 0 < ans.eta.low_hours < ans.eta.in_hours < 1.0 and ans.eta.high_hours < 9.0
+    assert f"likely free in ~{ans.eta.in_hours:.1f} h somewhere" in ans.eta.reason
+    assert "likeliest on a: GPU 0 held for 1.0 h" in ans.eta.reason
+    # one GPU held for 1 h, needed alone: the median is that GPU's own, 1 h
+    one = fleet(host("a", n=1, taken=(0,)))
+    req1 = request_from_any({**BASE, "gpus": 1, "gpu_mem_gb": 10}, one)
+    eta1 = recommend(req1, one, FleetHistory()).eta
+    assert eta1 is not None and eta1.in_hours == pytest.approx(1.0, rel=0.05)
+    assert eta1.high_hours == pytest.approx(9.0, rel=0.1)
     assert ans.as_json()["eta"]["at"] > NOW
 
 
@@ -239,3 +247,102 @@ def test_among_equally_safe_sets_the_less_used_host_wins() -> None:
     # by score alone, the tie goes to the name
     plain = recommend(req, f, FleetHistory(), weights=Weights(band=0.0))
     assert [c.host for c in plain.choices] == ["a", "b"]
+
+
+def test_strict_numbers_and_memory_a_card_never_has_free() -> None:
+    f = fleet(host("a100-1"))
+    assert errors_of({**BASE, "gpus": True}, f)[0]["loc"] == "gpus"
+    assert "not true" in errors_of({**BASE, "gpus": True}, f)[0]["msg"]
+    assert errors_of({**BASE, "hours": False}, f)[0]["loc"] == "hours"
+    # the driver holds some memory on every card: 80 GB of an 80 GB card can never be had
+    used = tuple(
+        GpuSnap(i, MODELS[0][0], 80 * GIB, "free", memory_used_bytes=300 * 2**20) for i in range(8)
+    )
+    f = fleet(HostSnap("a100-1", used))
+    (d,) = errors_of({**BASE, "gpu_mem_gb": 80}, f)
+    assert d["loc"] == "gpu_mem_gb" and "can never fit" in d["msg"] and "79.7 GB" in d["msg"]
+    assert request_from_any({**BASE, "gpu_mem_gb": 79}, f).gpu_mem_gb == 79
+
+
+@pytest.mark.parametrize(
+    "hosts, body, words",
+    [
+        ([host("a", taken=(0, 1, 2, 3, 4, 5, 6))], {}, "GPUs: at most 1 of them free"),
+        ([host("a", model=2), host("b", status="offline")], {"gpu_mem_gb": 20}, "hosts offline"),
+        (
+            [host("a"), host("b", model=2, status="offline")],
+            {"gpu_models": ["T4"]},
+            "GPU model: no online host has a T4",
+        ),
+        (
+            [host("a", disk_free_bytes=10**9), host("b", disk_free_bytes=10**9)],
+            {"data_gb": 50, "data_host": "a"},
+            None,
+        ),
+        ([host("a", disk_free_bytes=10**9)], {"data_gb": 50}, "disk: the hosts with 2 free GPUs"),
+    ],
+)
+def test_nothing_fits_names_the_limit(hosts, body, words) -> None:
+    f = fleet(*hosts)
+    req = request_from_any({**BASE, "gpu_mem_gb": 10} | body, f)
+    ans = recommend(req, f, FleetHistory())
+    if words is None:  # the data is on "a": no copy needed there, so it fits
+        assert ans.choices and ans.choices[0].host == "a"
+        return
+    assert ans.choices == ()
+    assert words in (ans.note or ""), ans.note
+
+
+def test_memory_in_use_is_named_and_eta_has_a_range() -> None:
+    half = tuple(
+        GpuSnap(i, MODELS[0][0], 80 * GIB, "free", memory_used_bytes=60 * GIB) for i in range(4)
+    ) + tuple(
+        GpuSnap(i, MODELS[0][0], 80 * GIB, "taken", memory_used_bytes=70 * GIB,
+                held_since=NOW - 2 * 3600)
+        for i in range(4, 8)
+    )  # fmt: skip
+    f = fleet(HostSnap("a", half))
+    req = request_from_any({**BASE, "gpu_mem_gb": 40}, f)
+    ans = recommend(req, f, FleetHistory())
+    assert "GPU memory in use" in (ans.note or "")
+    assert ans.eta is not None and ans.eta.gpus == (4, 5)
+    assert ans.eta.low_hours < ans.eta.in_hours < ans.eta.high_hours
+    assert "80% range" in ans.eta.reason
+    j = ans.as_json()["eta"]
+    assert j["low_hours"] <= j["in_hours"] <= j["high_hours"]
+
+
+def test_no_history_says_so_and_never_promises_certainty() -> None:
+    f = fleet(host("a"), host("b"))
+    ans = recommend(request_from_any({**BASE, "hours": 0.25}, f), f, FleetHistory())
+    for c in ans.choices:
+        assert c.p_free < 1.0
+        text = " ".join(c.reasons)
+        assert "no history for this host" in text and "100%" not in text
+
+
+def test_a_multi_host_answer_lists_every_host() -> None:
+    f = fleet(host("a", n=4), host("b", n=4))
+    req = request_from_any({**BASE, "gpus": 6, "multi_host": True}, f)
+    (c,) = recommend(req, f, FleetHistory()).as_json()["recommendations"]
+    assert {p["host"] for p in c["hosts"]} == {"a", "b"}
+    assert "a" in c["host"] and "b" in c["host"] and len(c["gpus"]) == 6
+
+
+def test_remembered_answers_are_not_offered_again_until_they_expire() -> None:
+    from gpufleet.recommend.baselines import GpufleetTop
+    from gpufleet.recommend.rank import FleetIndex
+
+    f = fleet(host("a", n=2), host("b", n=2))
+    req = request_from_any({**BASE, "gpus": 2, "gpu_mem_gb": 10, "hours": 1}, f)
+    top = GpufleetTop(remember_seconds=600)
+    first = top(req, f, FleetHistory())
+    second = top(req, f, FleetHistory())
+    assert first is not None and second is not None and first.host != second.host
+    assert top(req, f, FleetHistory()) is None  # both remembered: nothing to offer
+    later = FleetSnap(NOW + 601, f.hosts)
+    assert top(req, later, FleetHistory()) is not None
+    # the index form the server uses gives the same as the snapshot form
+    ix = FleetIndex(f, FleetHistory()).with_reserved({("a", 0), ("a", 1)})
+    (only,) = recommend(req, f, FleetHistory(), index=ix).choices
+    assert only.host == "b"

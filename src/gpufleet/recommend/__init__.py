@@ -2,7 +2,8 @@
 
 Pure core: ``request`` (what is asked, validated), ``fleet`` (a snapshot of hosts and GPUs),
 ``history`` (features from the warehouse's hour tier), ``rank`` (feasible sets, scores,
-reasons, the ETA when nothing fits), ``baselines`` (simple rules to compare with) and
-``sim``/``evaluate`` (the replay harness). I/O at the edges: ``service`` (live state and the
+reasons), ``eta`` (when nothing fits: the binding limit, the time to free), ``baselines``
+(simple rules to compare with) and ``trace``/``labfleet``/``lab``/``evaluate``/``evalreport``/
+``latency`` (the closed-loop evaluation). I/O at the edges: ``service`` (live state and the
 store), ``api`` (HTTP and the page), ``cli``.
 """

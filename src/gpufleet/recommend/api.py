@@ -41,8 +41,12 @@ def recommend_json(request: Request, body: Any) -> dict[str, Any]:
         "Body: `gpus` (>= 1), `gpu_mem_gb` (per GPU, 1 GB = 2^30 bytes), `hours`, optional "
         '`gpu_models` (any of, e.g. ["A100"]), `model` (e.g. resnet50, bert, lstm), `data_gb` '
         "and `data_host` (where the data is now), `multi_host` (may span hosts), `limit`. "
-        "Answer: `recommendations` (best first: host, gpus, score, p_free_for_duration, "
-        "reasons, command), and `eta` when nothing fits now. Errors: 422 with the field path."
+        "Numbers must be numbers (`true` is refused). "
+        "Answer: `recommendations` (in the listed order: host, gpus, `hosts` (every host of the "
+        "answer), score, `order` (why it is at its place: 'safe band' or 'score'), "
+        "p_free_for_duration, reasons, command), and when nothing fits now a `note` naming the "
+        "limit and `eta` (median `in_hours` with an 80% range `low_hours`-`high_hours`). "
+        "Errors: 422 with the field path, also for a request that can never fit on this fleet."
     ),
     openapi_extra={
         "requestBody": {

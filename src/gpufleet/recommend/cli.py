@@ -131,18 +131,25 @@ def _ask_local(settings: Any, body: dict) -> dict:
 
 
 def _print_answer(data: dict) -> None:
+    from gpufleet.recommend.rank import pct
+
     recs = data.get("recommendations") or []
     if not recs:
         click.echo(f"nothing fits now: {data.get('note') or ''}")
         eta = data.get("eta")
         if eta:
             click.echo(f"most likely soonest: {eta['host']} GPU {','.join(map(str, eta['gpus']))}"
-                       f" in ~{eta['in_hours']} h ({eta['at_iso']})")  # fmt: skip
+                       f" in ~{eta['in_hours']} h (80% range {eta['low_hours']}-"
+                       f"{eta['high_hours']} h; {eta['at_iso']})")  # fmt: skip
             click.echo(f"  {eta['reason']}")
         return
+    click.echo("(order: the places about as safe as the safest first, the least used host"
+               " first; then by score)")  # fmt: skip
     for i, r in enumerate(recs, 1):
-        click.echo(f"{i}. {r['host']}  GPU {','.join(map(str, r['gpus']))}  "
-                   f"score {r['score']:.3f}  {round(100 * r['p_free_for_duration'])}% stays free")  # fmt: skip
+        where = " + ".join(f"{p['host']}  GPU {','.join(map(str, p['gpus']))}" for p in r["hosts"])
+        why = (f"about as safe as the safest, {r['gpu_hours_served'] or 0:.0f} GPU-h served"
+               if r.get("order") == "safe band" else f"score {r['score']:.3f}")  # fmt: skip
+        click.echo(f"{i}. {where}  {pct(r['p_free_for_duration'])} stays free  ({why})")
         for why in r["reasons"]:
             click.echo(f"     - {why}")
         click.echo(f"     {r['command']}")
@@ -246,55 +253,89 @@ def recommend(gpus: int, gpu_mem: str, hours: float, gpu_model: tuple[str, ...],
 
 
 @click.command("evaluate-recommender")
-@click.option("--quick", is_flag=True, help="A small fleet and a few days (for tests): seconds.")
-@click.option("--hosts", type=click.IntRange(4, 2000), help="Simulated hosts (default 40).")
-@click.option(
-    "--days", type=click.FloatRange(min=1), help="Evaluated days after the warm-up (default 35)."
-)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--trace",
-    type=click.Path(dir_okay=False),
-    help="philly_jobs.csv (default: the one shipped with gpufleet).",
-)
+@click.option("--vc", "vcs", multiple=True, metavar="ID",
+              help="Virtual cluster(s) of the trace to replay (repeat); 'training' = the seven "
+              "large ones of philly_jobs.csv, 'all' = every job together. Default: training.")  # fmt: skip
+@click.option("--load", "loads", type=click.FloatRange(min=0.05, max=5), multiple=True,
+              help="Arrival scaling: offered GPU-time / the lab's GPUs, averaged over the "
+              "cluster's trace (repeat). Default: 1.0.")  # fmt: skip
+@click.option("--habit", "habits", type=click.Choice(["lowest", "highest", "random", "popular",
+              "mixed", "every"]), multiple=True,
+              help="How everyone who does not ask picks hosts and GPUs (repeat; 'every' = all "
+              "five). Default: every.")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True, help="The first seed.")
+@click.option("--seeds", type=click.IntRange(1, 20), default=3, show_default=True,
+              help="Seeds per scenario (the intervals are over seeds).")  # fmt: skip
+@click.option("--trace", type=click.Path(dir_okay=False),
+              help="A trace CSV (timestamp,duration,num_gpus,cluster). Default: "
+              "../shared/data/philly_jobs.csv or $GPUFLEET_TRACE.")  # fmt: skip
+@click.option("--hosts", type=click.IntRange(4, 200), help="Lab hosts (default 16).")
+@click.option("--scored-jobs", type=click.IntRange(50, 100000),
+              help="Jobs in the scored days (default 1200; the days follow from it).")  # fmt: skip
+@click.option("--calibration/--no-calibration", default=True, show_default=True,
+              help="Also measure the calibration of p_free_for_duration (a replay per seed "
+              "where nobody follows the answers).")  # fmt: skip
+@click.option("--latency/--no-latency", default=True, show_default=True,
+              help="Also time answers at 1,000 hosts per path.")  # fmt: skip
+@click.option("--quick", is_flag=True, help="A small lab and few jobs (for tests): seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
-def evaluate_recommender(quick: bool, hosts: int | None, days: float | None, seed: int,
-                         trace: str | None, as_json: bool) -> None:  # fmt: skip
-    """Replay philly_jobs.csv onto a simulated fleet and score the recommender against four
-    simple rules: hit rate, wait, load spread, latency at 1,000 hosts (docs/recommender.md)."""
-    from gpufleet.demo.trace import load_trace
-    from gpufleet.recommend.evaluate import Config, evaluate, table_text
+def evaluate_recommender(vcs: tuple[str, ...], loads: tuple[float, ...], habits: tuple[str, ...],
+                         seed: int, seeds: int, trace: str | None, hosts: int | None,
+                         scored_jobs: int | None, calibration: bool, latency: bool, quick: bool,
+                         as_json: bool) -> None:  # fmt: skip
+    """Closed-loop evaluation: replay a trace's jobs onto a simulated lab where requesters go
+    where each recommender says and hold those GPUs for their real run time, while everyone
+    else follows a habit. Per cluster x load x habit: hit rate with 95% intervals over seeds,
+    waits, load spread, utilisation; then calibration, time-to-free error and latency
+    (docs/recommender.md).
+
+      gpufleet evaluate-recommender --vc 11cb48 --load 0.8 --habit lowest --seeds 3
+    """
+    from gpufleet.recommend.evalreport import run_grid, summary_text
+    from gpufleet.recommend.evaluate import TRAINING_VCS, Config
+    from gpufleet.recommend.evaluate import latency as time_latency
+    from gpufleet.recommend.lab import HABITS
+    from gpufleet.recommend.trace import read_trace
 
     cfg = Config.quick() if quick else Config()
     if hosts is not None:
         cfg.hosts = hosts
-    if days is not None:
-        cfg.eval_days = days
-    cfg.seed = seed
-    jobs = load_trace(trace)
-    say = (lambda m: click.echo(m, err=True)) if not as_json else None
-    result = evaluate(jobs, cfg, progress=say)
+    if scored_jobs is not None:
+        cfg.scored_jobs = scored_jobs
+    jobs = read_trace(trace)
+    known = sorted({j.cluster for j in jobs})
+    chosen: list[str | None] = []
+    for v in vcs or ("training",):
+        if v == "training":
+            chosen += [c for c in TRAINING_VCS if c in known]
+        elif v == "all":
+            chosen.append(None)
+        elif v in known:
+            chosen.append(v)
+        else:
+            raise GpufleetError(f"--vc: no cluster {v!r} in the trace",
+                                hint=f"the trace has: {', '.join(known)}")  # fmt: skip
+    if not chosen:
+        raise GpufleetError("--vc: none of the training clusters is in this trace",
+                            hint=f"name one with --vc; the trace has: {', '.join(known)}")  # fmt: skip
+    hs = list(HABITS) if not habits or "every" in habits else list(dict.fromkeys(habits))
+
+    def say(message: str) -> None:  # progress on stderr, also with --json
+        click.echo(message, err=True)
+
+    result = run_grid(jobs, cfg, chosen, list(loads or (1.0,)), hs,
+                      list(range(seed, seed + seeds)), calibration=calibration, say=say)  # fmt: skip
+    result["config"] = {"hosts": cfg.hosts, "scored_jobs": cfg.scored_jobs,
+                        "request_every": cfg.request_every}  # fmt: skip
+    if latency:
+        n = 200 if quick else 1000
+        say(f"timing answers at {n} hosts ...")
+        result["latency"] = time_latency(n, 100 if quick else 300, seed)
+        result["latency_hosts"] = n
     if as_json:
-        click.echo(json.dumps(result, indent=2))
-        return
-    f = result["fleet"]
-    click.echo(f"fleet: {cfg.hosts} hosts: " + ", ".join(
-        f"{x['hosts']} x {x['gpus_per_host']}x {x['gpu']} ({x['gpu_memory_gb']} GB)" for x in f))  # fmt: skip
-    click.echo(f"trace: {result['jobs']} jobs, {cfg.start} + {cfg.warmup_days:g} d warm-up,"
-               f" {cfg.eval_days:g} d scored; fleet busy {result['shadow_fleet_busy_share']:.0%};"
-               f" {result['requests_scored']} requests scored"
-               f" ({result['requests_nothing_fits']} found nothing free)")  # fmt: skip
-    click.echo(table_text(result))
-    g = result["rows"][0]
-    if g.get("latency_cold_p99_ms") is not None:
-        click.echo(
-            f"latency at {cfg.latency_hosts} hosts, one answer with its reasons: cached fleet "
-            f"index p50 {g['latency_p50_ms']:.2f} ms, p99 {g['latency_p99_ms']:.2f} ms (CPU "
-            f"{g['latency_cpu_p99_ms']:.2f} ms); index built for the answer p50 "
-            f"{g['latency_cold_p50_ms']:.2f} ms, p99 {g['latency_cold_p99_ms']:.2f} ms (CPU "
-            f"{g['latency_cold_cpu_p99_ms']:.2f} ms)"
-        )
-    click.echo(f"({result['wall_seconds']:.0f} s)")
+        click.echo(json.dumps(result, indent=1, default=str))
+    else:
+        click.echo(summary_text(result))
 
 
 def main() -> None:  # pragma: no cover - for python -m

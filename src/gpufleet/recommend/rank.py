@@ -34,6 +34,7 @@ gives the same answer.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,12 +42,12 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from gpufleet.recommend.eta import Eta, estimate_eta, nothing_fits_reason
 from gpufleet.recommend.fleet import GIB, FleetSnap, GpuSnap, HostSnap
 from gpufleet.recommend.history import (
     WEEK_HOURS,
     FleetHistory,
     HostHistory,
-    residual_hold_many,
 )
 from gpufleet.recommend.request import RecommendRequest, gpu_model_matches
 from gpufleet.recommend.speeds import gpu_class, relative_speed
@@ -72,6 +73,12 @@ class Weights:
     # True: P(the host sees fewer takes in the window than it has spare free GPUs), your GPUs
     # being the ones taken last; False: each chosen GPU's own take rate (no buffer)
     buffer: bool = True
+    # rank by the chance the set is still free when the requester is ready to start (set-up
+    # plus the data copy to that host) instead of for the whole requested duration: a GPU
+    # that is visibly held is rarely taken from under a running job, the race is before the
+    # start (docs/recommender.md); the stated p_free_for_duration is the same either way
+    start_horizon: bool = False
+    setup_hours: float = 5 / 60
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,10 @@ class Choice:
     p_free: float
     reasons: tuple[str, ...]
     parts: tuple[tuple[str, tuple[int, ...]], ...] = ()  # several hosts: (host, gpus) each
+    # why it is at this place in the list: "safe band" (about as safe as the safest answer,
+    # the least used first) or "score"
+    order: str = "score"
+    gpu_hours_served: float | None = None
 
     @property
     def command(self) -> str:
@@ -90,38 +101,26 @@ class Choice:
         return _command(self.host, self.gpus)
 
     def as_json(self) -> dict:
-        out = {
-            "host": self.host,
-            "gpus": list(self.gpus),
+        parts = self.parts or ((self.host, self.gpus),)
+        return {
+            # several hosts: every one of them, at the top level as in ``hosts``
+            "host": ", ".join(h for h, _ in parts),
+            "gpus": list(self.gpus) if not self.parts else [i for _, g in parts for i in g],
+            "hosts": [{"host": h, "gpus": list(g)} for h, g in parts],
             "score": round(self.score, 4),
+            "order": self.order,
+            "gpu_hours_served": None
+            if self.gpu_hours_served is None
+            else round(self.gpu_hours_served, 1),
             "p_free_for_duration": round(self.p_free, 4),
             "reasons": list(self.reasons),
             "command": self.command,
             "ssh": self.command,
         }
-        if self.parts:
-            out["hosts"] = [{"host": h, "gpus": list(g)} for h, g in self.parts]
-        return out
 
 
 def _command(host: str, gpus: tuple[int, ...]) -> str:
     return f"CUDA_VISIBLE_DEVICES={','.join(map(str, gpus))} ssh {host}"
-
-
-@dataclass(frozen=True)
-class Eta:
-    host: str
-    gpus: tuple[int, ...]
-    at: float
-    in_hours: float
-    reason: str
-
-    def as_json(self) -> dict:
-        return {
-            "host": self.host, "gpus": list(self.gpus), "at": round(self.at, 1),
-            "at_iso": datetime.fromtimestamp(self.at, UTC).isoformat(timespec="minutes"),
-            "in_hours": round(self.in_hours, 2), "reason": self.reason,
-        }  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -248,6 +247,9 @@ class FleetIndex:
         self.g_name = np.asarray(gname, dtype=np.int64)
         self.g_temp = np.asarray(gtemp)
         self.g_factor = np.asarray(gfac)
+        self.g_taken = np.asarray([g.state == "taken" for h in hosts for g in h.gpus], dtype=bool)
+        self.g_age = np.maximum(0.0, fleet.now - np.asarray(gsince, dtype=float)) / 3600
+        self._residuals: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         n = len(hosts)
         self.h_online = np.asarray([h.online for h in hosts], dtype=bool)
         self.h_disk = np.asarray([np.inf if h.disk_free_bytes is None else h.disk_free_bytes
@@ -278,6 +280,68 @@ class FleetIndex:
         past = [hh.held_share * len(h.gpus) * hh.hours_known
                 for hh, h in zip(self.hists, hosts, strict=True)]  # fmt: skip
         self.h_gpu_hours = np.asarray(past, dtype=float) + since
+
+    def with_reserved(self, reserved: set[tuple[str, int]]) -> FleetIndex:
+        """This index with those free GPUs counted as not free (answers given a moment ago;
+        ``fleet.with_reserved`` for the snapshot form): a shallow copy, arrays shared except
+        the few that change."""
+        if not reserved:
+            return self
+        pos = {(self.h_names[int(h)], int(i)): n
+               for n, (h, i) in enumerate(zip(self.g_host, self.g_index, strict=True))}  # fmt: skip
+        hit = [pos[k] for k in reserved if k in pos]
+        if not hit:
+            return self
+        out = copy.copy(self)
+        out.g_free = self.g_free.copy()
+        out.g_free[hit] = False
+        n = len(self.h_names)
+        sizes = np.bincount(self.g_host, minlength=n)
+        out.h_free = np.bincount(self.g_host, weights=out.g_free, minlength=n).astype(float)
+        out.h_taken = np.where(sizes > 0, 1.0 - out.h_free / np.maximum(sizes, 1), 0.0)
+        return out
+
+    def residuals(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per GPU, the remaining hold time in hours given how long it has been held: the
+        median and the 10th / 90th percentiles of (L - age) over the host's past holds L
+        longer than the age (the fleet's when the host has fewer than 5; with none at all,
+        "about as long again", with the 80% range age/9 .. 9 x age). Vectorised over every GPU
+        at once; computed on first use and kept with the snapshot."""
+        if self._residuals is not None:
+            return self._residuals
+        age = self.g_age
+        none_known = np.maximum(1.0, age)
+        med, lo, hi = none_known.copy(), none_known / 9, none_known * 9
+        todo = np.ones(age.shape, dtype=bool)
+        keys, ends, big = _runs_keys(self.history, self.hists, float(age.max(initial=0)))
+        if keys.size:
+            host = self.g_host
+            start = np.searchsorted(keys, host * big + age, side="right")
+            cnt = ends[host] - start
+            ok = cnt >= 5
+            for arr, at in ((med, None), (lo, 0.1), (hi, 0.9)):
+                if at is None:
+                    a = keys[np.minimum(start + (cnt - 1) // 2, keys.size - 1)]
+                    b = keys[np.minimum(start + cnt // 2, keys.size - 1)]
+                    val = (a + b) / 2 - host * big - age
+                else:
+                    val = keys[np.minimum(start + ((cnt - 1) * at).astype(np.int64),
+                                          keys.size - 1)] - host * big - age  # fmt: skip
+                arr[ok] = val[ok]
+            todo &= ~ok
+        pool = self.history.fleet_runs_hours
+        if pool.size and todo.any():
+            start = np.searchsorted(pool, age, side="right")
+            cnt = pool.size - start
+            ok = todo & (cnt >= 5)
+            top = pool.size - 1
+            m = (pool[np.minimum(start + (cnt - 1) // 2, top)]
+                 + pool[np.minimum(start + cnt // 2, top)]) / 2 - age  # fmt: skip
+            med[ok] = m[ok]
+            lo[ok] = (pool[np.minimum(start + ((cnt - 1) * 0.1).astype(np.int64), top)] - age)[ok]
+            hi[ok] = (pool[np.minimum(start + ((cnt - 1) * 0.9).astype(np.int64), top)] - age)[ok]
+        self._residuals = (med, np.minimum(lo, med), np.maximum(hi, med))
+        return self._residuals
 
     def window_hazard(
         self, start_ts: float, hours: float, cum: np.ndarray | None = None
@@ -354,22 +418,31 @@ def recommend(
                 copy[:] = copy_hours(req, "", w)
                 if req.data_host in ix.h_pos:
                     copy[ix.h_pos[req.data_host]] = 0.0
+            p_rank = p_set
+            if w.start_horizon and w.buffer:
+                p_rank = np.empty(n_hosts)
+                for c in np.unique(copy):
+                    at = copy == c
+                    mu_c = ix.window_hazard(now, w.setup_hours + float(c), ix.h_arr)
+                    p_rank[at] = poisson_cdf(ix.h_free - k, mu_c)[at]
             spread = 1.0 / (1.0 + w.spread * np.maximum(0.0, ix.h_pop - 1.0))
             spread = spread * (1.0 - w.load * ix.h_taken)
-            score = (p_set * speed**w.speed * np.exp(-copy / max(req.hours, 0.25)) * spread
+            score = (p_rank * speed**w.speed * np.exp(-copy / max(req.hours, 0.25)) * spread
                      * ix.h_health * np.where(hot, 0.8, 1.0))  # fmt: skip
             feas = np.flatnonzero(counts >= k)
             names = np.asarray(ix.h_names, dtype=object)[feas]
             if w.band > 0:  # the about equally safe hosts first, the least used first
-                fs, fp = score[feas], p_set[feas]
+                fs, fp = score[feas], p_rank[feas]
                 near = 1.0 - fp <= (1.0 - fp.max()) * (1.0 + w.band) + 1e-12
                 # ... where copying the data costs little more than at the best of them
                 fc = np.exp(-copy / max(req.hours, 0.25))[feas]
                 near &= fc >= fc[near].max() - w.band_copy
                 key = np.where(near, ix.h_gpu_hours[feas], 0.0)
                 top = feas[np.lexsort((names, -fs, key, ~near))][: req.limit]
+                in_band = {int(h) for h in feas[near]}
             else:
                 top = feas[np.lexsort((names, -score[feas]))][: req.limit]
+                in_band = set()
             for hi in top:
                 mine = sel[sel_host == hi]
                 gsnaps = {g.index: g for g in fleet.hosts[hi].gpus}
@@ -379,8 +452,11 @@ def recommend(
                 if reasons:
                     ev = _HostEval(fleet.hosts[hi], ix.hists[hi])
                     why = _reasons(req, ev, gpus, p, history, now, w, tz)
-                choices.append(Choice(ix.h_names[hi], tuple(g.index for g in gpus),
-                                      float(score[hi]), p, why))  # fmt: skip
+                choices.append(Choice(
+                    ix.h_names[hi], tuple(g.index for g in gpus), float(score[hi]), p, why,
+                    order="safe band" if int(hi) in in_band else "score",
+                    gpu_hours_served=float(ix.h_gpu_hours[hi]),
+                ))  # fmt: skip
     if not choices and req.multi_host:
         evals = [e for h in fleet.hosts
                  if (e := _evaluate_host(req, h, history, now, w)) is not None]  # fmt: skip
@@ -389,13 +465,7 @@ def recommend(
             choices = [multi]
     if choices:
         return Answer(tuple(choices), considered_hosts=n_hosts)
-    eta = estimate_eta(req, fleet, history)
-    note = (
-        f"no online host has {k} free GPU{'s' if k > 1 else ''} with {req.gpu_mem_gb:g} GB"
-        + (f" of model {', '.join(req.gpu_models)}" if req.gpu_models else "")
-        + " right now"
-    )
-    return Answer((), eta, note, n_hosts)
+    return Answer((), estimate_eta(req, ix), nothing_fits_reason(req, ix), n_hosts)
 
 
 def poisson_cdf(m: np.ndarray, mu: np.ndarray) -> np.ndarray:
@@ -433,9 +503,18 @@ def _multi_host(req: RecommendRequest, evals: list[_HostEval], w: Weights) -> Ch
         return None
     reasons = (
         f"no single host has {req.gpus} free GPUs that fit; spread over {len(parts)} hosts",
-        f"{round(100 * p_all)}% chance none of them is taken in the next {_hours(req.hours)}",
+        f"{pct(p_all)} chance none of them is taken in the next {_hours(req.hours)}",
     )
     return Choice(parts[0][0], parts[0][1], score_all, p_all, reasons, tuple(parts))
+
+
+def pct(p: float) -> str:
+    """A chance as people read it: never "100%" or "0%" for what is only likely."""
+    if p >= 0.995:
+        return ">99%"
+    if p < 0.005:
+        return "<1%"
+    return f"{round(100 * p)}%"
 
 
 def _hours(h: float) -> str:
@@ -467,11 +546,11 @@ def _reasons(
         f"{free} of {n} GPUs free now; GPU{'s' if len(gpus) > 1 else ''} "
         f"{', '.join(str(g.index) for g in gpus)} ({_model_label(gpus[0])},"
         f" {(gpus[0].memory_total_bytes or 0) / GIB:.0f} GB)",
-        f"{round(100 * p)}% chance none of them is taken in the next {_hours(req.hours)}"
+        f"{pct(p)} chance none of them is taken in the next {_hours(req.hours)}"
         f" (from {hist.hours_known} h of history)"
         if hist.hours_known
-        else f"{round(100 * p)}% chance they stay free for {_hours(req.hours)}"
-        " (no history for this host yet: the fleet's usual rate)",
+        else f"no history for this host: {pct(p)} chance they stay free for"
+        f" {_hours(req.hours)} at the fleet's usual rate",
     ]
     prof = hist.busy_profile
     if hist.hours_known >= 48 and not np.all(np.isnan(prof)):
@@ -514,47 +593,25 @@ def _model_label(g: GpuSnap) -> str:
     return g.name.removeprefix("NVIDIA ").removeprefix("Tesla ") or "GPU"
 
 
-def estimate_eta(req: RecommendRequest, fleet: FleetSnap, history: FleetHistory) -> Eta | None:
-    """When and where a fitting set most likely frees up: each held GPU's remaining time from
-    how long its job has run and how long jobs on that host ran before."""
-    now, k = fleet.now, req.gpus
-    best: tuple[float, str, Eta] | None = None
-    for host in fleet.hosts:
-        if not host.online or len(host.gpus) < k:
-            continue
-        free: list[int] = []
-        held: list[GpuSnap] = []
-        for g in host.gpus:
-            if not (model_ok(req, g) and g.memory_total_bytes
-                    and g.memory_total_bytes >= req.gpu_mem_bytes):  # fmt: skip
-                continue
-            if g.state == "free" and memory_ok(req, g):
-                free.append(g.index)
-            elif g.state == "taken":
-                held.append(g)
-        if len(free) + len(held) < k:
-            continue
-        hist = history.host(host.name)
-        ages = np.asarray([max(0.0, (now - g.held_since) / 3600) if g.held_since else 0.0
-                           for g in held])  # fmt: skip
-        rest = residual_hold_many(hist.held_runs_hours, ages, history.fleet_runs_hours)
-        waits = [(0.0, i, "") for i in free] + [
-            (float(r), g.index, f"held for {a:.1f} h")
-            for r, g, a in zip(rest, held, ages, strict=True)
-        ]
-        waits.sort()
-        ready = waits[k - 1][0]
-        if best is not None and (ready, host.name) >= (best[0], best[1]):
-            continue
-        gpus = tuple(sorted(i for _, i, _ in waits[:k]))
-        now_free = sorted(i for t, i, _ in waits[:k] if t == 0)
-        busy = sorted((i, w) for t, i, w in waits[:k] if t > 0)
-        parts = [f"GPU {i} {w}" for i, w in busy[:3]] + (["..."] if len(busy) > 3 else [])
-        if now_free:
-            parts.append(f"GPU {', '.join(map(str, now_free))} free now")
-        reason = (
-            f"on {host.name}: " + "; ".join(parts)
-            + f"; likely free in ~{ready:.1f} h, judging by how long jobs there ran before"
-        )  # fmt: skip
-        best = (ready, host.name, Eta(host.name, gpus, now + ready * 3600, ready, reason))
-    return best[2] if best else None
+# the last history (held, so its id cannot be reused), its host order, keys, ends, big
+_RUNS_CACHE: list[tuple[FleetHistory, tuple[int, ...], np.ndarray, np.ndarray, float]] = []
+
+
+def _runs_keys(
+    history: FleetHistory, hists: list[HostHistory], age_max: float
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Every host's past holds in one sorted array (host i's offset by i x big), with each
+    host's end; kept per history and host order (both change every few minutes, not per
+    snapshot)."""
+    sig = tuple(id(hh) for hh in hists)
+    for h, hsig, keys, ends, big in _RUNS_CACHE:
+        if h is history and hsig == sig and big > age_max:
+            return keys, ends, big
+    runs = [hh.held_runs_hours for hh in hists]
+    big = max([float(r[-1]) for r in runs if r.size] + [age_max, 24.0 * 365]) + 1
+    lens = np.asarray([r.size for r in runs], dtype=np.int64)
+    keys = (np.concatenate([i * big + r for i, r in enumerate(runs) if r.size])
+            if lens.sum() else np.zeros(0))  # fmt: skip
+    ends = np.cumsum(lens)
+    _RUNS_CACHE[:] = [(history, sig, keys, ends, big)]  # one at a time: the server's current
+    return keys, ends, big

@@ -45,6 +45,13 @@ class RecommendRequest(BaseModel):
     multi_host: Annotated[bool, Field(description="may the GPUs span several hosts")] = False
     limit: Annotated[int, Field(ge=1, le=50, description="how many answers")] = 5
 
+    @field_validator("gpus", "gpu_mem_gb", "hours", "data_gb", "limit", mode="before")
+    @classmethod
+    def _no_bool(cls, v: Any) -> Any:
+        if isinstance(v, bool):  # JSON true is not 1
+            raise ValueError(f"expected a number, not {str(v).lower()}")
+        return v
+
     @field_validator("model")
     @classmethod
     def _known_model(cls, v: str | None) -> str | None:
@@ -107,10 +114,26 @@ def check_against_fleet(req: RecommendRequest, fleet: FleetSnap) -> None:
             f"gpu_mem_gb: {req.gpu_mem_gb:g} GB is more than the largest"
             f"{' matching' if req.gpu_models else ''} GPU in the fleet ({largest / GIB:.0f} GB)"
         )
+    usable = max(
+        (mem - fleet.floor_used.get((name, mem), 0)
+         for kinds in shapes.values() for (name, mem) in kinds
+         if mem and _model_ok(req, name)),
+        default=0,
+    )  # fmt: skip
+    if req.gpu_mem_bytes > usable:
+        raise ValueError(
+            f"gpu_mem_gb: {req.gpu_mem_gb:g} GB can never fit: the most any"
+            f"{' matching' if req.gpu_models else ''} GPU in the fleet has unused is"
+            f" {usable / GIB:.1f} GB (the driver and context always hold some of the card)"
+        )
     if req.data_host is not None and req.data_host not in shapes:
         raise ValueError(f"data_host: no host named {req.data_host!r} in the fleet")
     big_enough = [
-        sum(c for (name, mem), c in kinds.items() if _model_ok(req, name) and _fits(req, mem))
+        sum(
+            c
+            for (name, mem), c in kinds.items()
+            if _model_ok(req, name) and _fits(req, mem, fleet.floor_used.get((name, mem), 0))
+        )
         for kinds in shapes.values()
     ]
     room = sum(big_enough) if req.multi_host else max(big_enough, default=0)
@@ -123,12 +146,17 @@ def check_against_fleet(req: RecommendRequest, fleet: FleetSnap) -> None:
         )
 
 
+def model_matches(req: RecommendRequest, gpu_name: str) -> bool:
+    """The GPU model is one the request accepts (any, when it names none)."""
+    return _model_ok(req, gpu_name)
+
+
 def _model_ok(req: RecommendRequest, gpu_name: str) -> bool:
     return not req.gpu_models or any(gpu_model_matches(p, gpu_name) for p in req.gpu_models)
 
 
-def _fits(req: RecommendRequest, total: int | None) -> bool:
-    return total is not None and total >= req.gpu_mem_bytes
+def _fits(req: RecommendRequest, total: int | None, floor: int = 0) -> bool:
+    return total is not None and total - floor >= req.gpu_mem_bytes
 
 
 def request_from_any(body: Any, fleet: FleetSnap | None) -> RecommendRequest:

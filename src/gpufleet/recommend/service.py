@@ -12,15 +12,19 @@ from typing import Any
 
 import numpy as np
 
-from gpufleet.recommend.fleet import FleetSnap, GpuSnap, HostSnap
+from gpufleet.recommend.fleet import FleetSnap, GpuSnap, HostSnap, RecentAnswers
 from gpufleet.recommend.history import FleetHistory, HourlyHeld, build_history
-from gpufleet.recommend.rank import FleetIndex, Weights, recommend
+from gpufleet.recommend.rank import FleetIndex, Weights, copy_hours, recommend
 from gpufleet.recommend.request import RecommendRequest, request_from_any
 from gpufleet.server.live import LiveState, host_status
 from gpufleet.store import Store, StoreError
 from gpufleet.wire import GpuProcess, Sample, gpu_is_free
 
 log = logging.getLogger(__name__)
+# a set just recommended is not offered to the next asker for this long (plus its data copy),
+# unless the job shows up on it first: without it, everyone asking at once is sent to the
+# same GPUs (docs/recommender.md, "Remembering its answers")
+REMEMBER_ANSWERS_SECONDS = 900.0
 
 
 def snapshot_from_live(
@@ -116,6 +120,7 @@ class RecommendService:
         self._snap: tuple[float, FleetSnap, FleetIndex] | None = None
         self._hosts: dict[str, tuple[Any, str, HostSnap]] = {}
         self._lock = threading.Lock()
+        self.recent = RecentAnswers()
 
     def refresh_history(self, now: float | None = None) -> FleetHistory:
         now = time.time() if now is None else now
@@ -152,7 +157,17 @@ class RecommendService:
 
     def answer(self, req: RecommendRequest, snap: FleetSnap, index: FleetIndex) -> dict[str, Any]:
         t = time.perf_counter()
-        ans = recommend(req, snap, index.history, weights=self.weights, tz=self.tz, index=index)
+        with self._lock:
+            reserved = self.recent.active(snap.now)
+        ix = index.with_reserved(reserved)
+        ans = recommend(req, snap, index.history, weights=self.weights, tz=self.tz, index=ix)
+        if ans.choices and not ans.choices[0].parts:
+            top = ans.choices[0]
+            until = (
+                snap.now + REMEMBER_ANSWERS_SECONDS + copy_hours(req, top.host, self.weights) * 3600
+            )
+            with self._lock:
+                self.recent.add(top.host, top.gpus, until)
         out = ans.as_json()
         out["request"] = req.model_dump()
         out["history_hours"] = index.history.hours_known

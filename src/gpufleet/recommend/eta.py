@@ -1,0 +1,201 @@
+"""When nothing fits now: which limit binds, and when and where a fitting set likely frees up.
+Pure: a request and the fleet's arrays (``rank.FleetIndex``) in, a reason and an ``Eta`` out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from gpufleet.recommend.request import RecommendRequest, model_matches
+
+if TYPE_CHECKING:
+    from gpufleet.recommend.rank import FleetIndex
+
+ETA_HOSTS = 64
+
+
+@dataclass(frozen=True)
+class Eta:
+    host: str
+    gpus: tuple[int, ...]
+    at: float
+    in_hours: float  # the median estimate
+    reason: str
+    low_hours: float = 0.0  # an 80% range: the 10th and 90th percentiles of past holds
+    high_hours: float = 0.0
+
+    def as_json(self) -> dict:
+        return {
+            "host": self.host, "gpus": list(self.gpus), "at": round(self.at, 1),
+            "at_iso": datetime.fromtimestamp(self.at, UTC).isoformat(timespec="minutes"),
+            "in_hours": round(self.in_hours, 2), "low_hours": round(self.low_hours, 2),
+            "high_hours": round(self.high_hours, 2), "reason": self.reason,
+        }  # fmt: skip
+
+
+def _need(req: RecommendRequest, ix: FleetIndex) -> tuple[np.ndarray, np.ndarray]:
+    """Per GPU: of an accepted model with the memory in total; per host: online."""
+    name_ok = np.asarray([model_matches(req, name) for name in ix.names], dtype=bool)
+    big = (
+        name_ok[ix.g_name] & (ix.g_total >= float(req.gpu_mem_bytes))
+        if ix.g_host.size
+        else np.zeros(0, dtype=bool)
+    )
+    return big, ix.h_online
+
+
+def nothing_fits_reason(req: RecommendRequest, ix: FleetIndex) -> str:
+    """Why no single host fits now, naming the limit that binds: GPU model, GPU memory (per
+    card, or in use now), free GPUs, disk, or hosts offline."""
+    k, n = req.gpus, len(ix.h_names)
+    s = "s" if k > 1 else ""
+    what = f"{k} free GPU{s} with {req.gpu_mem_gb:g} GB" + (
+        f" of model {', '.join(req.gpu_models)}" if req.gpu_models else ""
+    )
+    head = f"no online host has {what} right now"
+    if n == 0 or ix.g_host.size == 0:
+        return head + ": the fleet has no hosts"
+    name_ok = np.asarray([model_matches(req, name) for name in ix.names], dtype=bool)[ix.g_name]
+    online = ix.h_online[ix.g_host]
+
+    def most(mask: np.ndarray) -> int:
+        return int(np.bincount(ix.g_host[mask], minlength=n).max()) if mask.any() else 0
+
+    if req.gpu_models and not (name_ok & online).any():
+        return head + f" (GPU model: no online host has a {', '.join(req.gpu_models)})"
+    big = name_ok & (ix.g_total >= float(req.gpu_mem_bytes))
+    if most(big & online) < k:
+        if most(big) >= k:
+            return head + f" (hosts offline: only offline hosts have {k} such GPU{s})"
+        return head + (f" (GPU memory: at most {most(big & online)} GPU{s} of"
+                       f" {req.gpu_mem_gb:g} GB or more on one online host)")  # fmt: skip
+    free = big & online & ix.g_free
+    if most(free) < k:
+        return head + f" (GPUs: at most {most(free)} of them free on one host now)"
+    roomy = free & (ix.g_used + float(req.gpu_mem_bytes) <= ix.g_total)
+    if most(roomy) < k:
+        return head + (f" (GPU memory in use: {most(free)} free on one host, but only"
+                       f" {most(roomy)} with {req.gpu_mem_gb:g} GB unused)")  # fmt: skip
+    if req.data_gb > 0:
+        return head + (f" (disk: the hosts with {k} free GPU{s} have less than"
+                       f" {req.data_gb:g} GB of free disk for the data)")  # fmt: skip
+    return head
+
+
+def estimate_eta(req: RecommendRequest, ix: FleetIndex) -> Eta | None:
+    """When and where a fitting set most likely frees up: each held GPU's remaining time from
+    how long its job has run and how long holds on that host lasted before (the median, and
+    an 80% range from the 10th and 90th percentiles); the host whose k-th GPU frees first."""
+    k, n = req.gpus, len(ix.h_names)
+    if n == 0 or ix.g_host.size == 0:
+        return None
+    big, online = _need(req, ix)
+    usable_now = big & ix.g_free & (ix.g_used + float(req.gpu_mem_bytes) <= ix.g_total)
+    rest = ix.residuals()
+    held = big & ~ix.g_free & ix.g_taken
+    ok = (usable_now | held) & online[ix.g_host]
+    if not ok.any():
+        return None
+    med = np.where(usable_now, 0.0, rest[0])
+    lo = np.where(usable_now, 0.0, rest[1])
+    hi = np.where(usable_now, 0.0, rest[2])
+    gi = np.flatnonzero(ok)
+    hosts = ix.g_host[gi]
+    counts = np.bincount(hosts, minlength=n)
+    good = counts >= k
+    if not good.any():
+        return None
+    gi = gi[good[hosts]]
+    hosts = ix.g_host[gi]
+    order = np.lexsort((ix.g_index[gi], med[gi], hosts))
+    gi, hosts = gi[order], hosts[order]
+    first = np.searchsorted(hosts, hosts, side="left")
+    kth = gi[(np.arange(gi.size) - first) == k - 1]  # the k-th soonest GPU of each host
+    kth_host = ix.g_host[kth]
+    best_pos = np.lexsort((np.asarray(ix.h_names, dtype=object)[kth_host], med[kth]))[0]
+    h = int(kth_host[best_pos])
+    mine = gi[hosts == h][:k]
+    ready = float(med[kth[best_pos]])
+    low = float(np.sort(lo[mine])[k - 1])
+    high = float(np.sort(hi[mine])[k - 1])
+    gpus = tuple(sorted(int(i) for i in ix.g_index[mine]))
+    # when anywhere: the soonest of many hosts is sooner than any one host's; the
+    # ETA_HOSTS hosts whose k-th GPU frees soonest (the others barely move it)
+    soon = kth_host[np.argsort(med[kth], kind="stable")[:ETA_HOSTS]]
+    near = gi[np.isin(hosts, soon)]
+    anywhere = _fleet_ready(k, ix.g_host[near], np.where(usable_now[near], 0.0, med[near]),
+                            np.where(usable_now[near], 0.0, hi[near]))  # fmt: skip
+    if anywhere is not None:
+        ready, low, high = anywhere
+    busy = [(int(ix.g_index[g]), ix.g_age[g]) for g in mine if not usable_now[g]]
+    busy.sort()
+    parts = [f"GPU {i} held for {a:.1f} h" for i, a in busy[:3]] + (
+        ["..."] if len(busy) > 3 else []
+    )
+    now_free = sorted(int(ix.g_index[g]) for g in mine if usable_now[g])
+    if now_free:
+        parts.append(f"GPU {', '.join(map(str, now_free))} free now")
+    reason = (
+        f"likely free in ~{ready:.1f} h somewhere (80% range {low:.1f}-{high:.1f} h), judging"
+        f" by how long holds lasted before; likeliest on {ix.h_names[h]}: " + "; ".join(parts)
+    )  # fmt: skip
+    now = ix.fleet.now
+    return Eta(ix.h_names[h], gpus, now + ready * 3600, ready, reason, low, high)
+
+
+_T_HOURS = np.geomspace(1 / 60, 24 * 90, 36)  # 1 min .. 90 days, steps of ~1.4x
+
+
+def _fleet_ready(
+    k: int, host: np.ndarray, med: np.ndarray, hi: np.ndarray
+) -> tuple[float, float, float] | None:
+    """Median and 80% range of the time until *some* host has ``k`` fitting GPUs free.
+
+    Each held GPU's remaining time is log-logistic with its median and 90th percentile
+    (free GPUs: 0); GPUs are taken as independent (a multi-GPU job frees its GPUs together:
+    a known simplification); per host the chance that at least ``k`` are free by t (a
+    Poisson-binomial), and across hosts the chance that at least one host is ready."""
+    if host.size == 0:
+        return None
+    t = _T_HOURS
+    med = np.maximum(med, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        spread = np.log(np.maximum(hi, med * 1.05) / np.maximum(med, 1e-9))
+        beta = np.where(spread > 0, np.log(9.0) / np.where(spread > 0, spread, 1.0), 10.0)
+    beta = np.clip(beta, 0.3, 10.0)
+    with np.errstate(divide="ignore", over="ignore"):
+        ratio = (t[None, :] / np.maximum(med, 1e-9)[:, None]) ** (-beta[:, None])
+    cdf = np.where(med[:, None] <= 0, 1.0, 1.0 / (1.0 + ratio))  # (gpus, times)
+    hosts, pos = np.unique(host, return_inverse=True)
+    order = np.argsort(pos, kind="stable")
+    pos_s = pos[order]
+    slot = np.arange(pos_s.size) - np.searchsorted(pos_s, pos_s, side="left")
+    probs = np.zeros((hosts.size, int(slot.max()) + 1, t.size))  # padding: never free
+    probs[pos_s, slot] = cdf[order]
+    dist = np.zeros((hosts.size, t.size, k + 1))  # P(c GPUs free by t), c = k: k or more
+    dist[:, :, 0] = 1.0
+    for j in range(probs.shape[1]):  # add each host's j-th GPU, all hosts at once
+        p = probs[:, j, :, None]
+        new = dist * (1 - p)
+        new[:, :, 1:] += dist[:, :, :-1] * p
+        new[:, :, k] += dist[:, :, k] * p[:, :, 0]  # k or more stays k or more
+        dist = new
+    ready_host = dist[:, :, k]  # P(host has k free by t)
+    none_ready = np.exp(np.sum(np.log(np.maximum(1.0 - ready_host, 1e-300)), axis=0))
+    some = 1.0 - none_ready
+
+    def at(q: float) -> float:
+        if some[0] >= q:
+            return 0.0
+        if some[-1] < q:
+            return float(t[-1])
+        i = int(np.argmax(some >= q))
+        a, b = some[i - 1], some[i]
+        f = (q - a) / (b - a) if b > a else 1.0
+        return float(np.exp(np.log(t[i - 1]) + f * (np.log(t[i]) - np.log(t[i - 1]))))
+
+    return at(0.5), at(0.1), at(0.9)
