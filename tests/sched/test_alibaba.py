@@ -127,4 +127,5 @@ def test_generated_trace_has_the_stated_mix() -> None:
     assert all(empty.feasible(r).any() for r in set(requests))
     times = [p.creation_seconds for p in pods]
     assert times == sorted(times)
-    assert generate_trace(num_nodes=400, num_pods=50, seed=1)[1] == pods[:50]
+    assert generate_trace(num_nodes=400, num_pods=6000, seed=1)[1] == pods
+    assert generate_trace(num_nodes=400, num_pods=6000, seed=2)[1] != pods

@@ -110,10 +110,10 @@ def test_inflation_curve_and_plot(tmp_path: Path) -> None:
 def test_replay_follows_creation_and_deletion_times() -> None:
     nodes = [NodeSpec("t4", 64000, 256 * GIB, 1, "T4", 16 * GIB)]
     half = PodRequest(1000, GIB, 1, 500)
-    pods = [(0, 100, half), (10, 50, half), (20, None, half), (60, None, half), (70, None, half)]
+    pods = [(0, 100, half), (10, 50, half), (20, None, half), (60, None, half), (80, None, half)]
     result = run_replay(nodes, pods, make_policy("best-fit"))
-    # 0 and 10 fill the GPU; 20 fails; 10 leaves at 50 so 60 fits; 70 fails (0 leaves at 100)
+    # 0 and 10 fill the GPU; 20 fails; 10 leaves at 50 so 60 fits; 80 fails (0 leaves at 100)
     assert (result.placed_pods, result.failed_pods) == (3, 2)
     assert [share for _, share in result.allocation] == [0.5, 1.0, 0.5, 1.0, 0.5]
-    # 0-10: 0.5, 10-50: 1.0, 50-60: 0.5, 60-100: 1.0
-    assert result.mean_allocation_rate == pytest.approx((5 + 40 + 5 + 40) / 100)
+    # from the first to the last arrival: 0-10: 0.5, 10-50: 1.0, 50-60: 0.5, 60-80: 1.0
+    assert result.mean_allocation_rate == pytest.approx((5 + 40 + 5 + 20) / 80)

@@ -267,9 +267,13 @@ SPEC_CHOICES = (
 
 
 def generate_trace(
-    num_nodes: int = 1000, num_pods: int = 8000, seed: int = 0
+    num_nodes: int = 1000, num_pods: int = 8000, seed: int = 0, load: float = 0.9
 ) -> tuple[list[TraceNode], list[TracePod]]:
     """A synthetic trace in the Alibaba format from the stated mixes above (seeded).
+
+    Pods arrive as a Poisson process whose rate makes the GPU they ask for, times how long they
+    run (log-normal, median 1 h, sigma 1.5, at most 30 days), ``load`` of the cluster's GPU
+    capacity on average.
 
     Every pod fits on at least one node of the empty cluster: a constraint or a GPU count that
     no node kind can meet is redrawn.
@@ -293,15 +297,23 @@ def generate_trace(
             gpus_of[n.gpu_model] = gpus_of.get(n.gpu_model, 0) + n.num_gpus
     biggest = max(max_gpus.values(), default=0)
     kinds = {(n.cpu_milli, n.memory_bytes, n.num_gpus, n.gpu_model) for n in nodes}
-    pods: list[TracePod] = []
-    clock = 0
-    for i in range(num_pods):
+    requests = []
+    for _ in range(num_pods):
         request = _draw_request(rng, biggest, max_gpus, gpus_of)
         while not _fits_empty(request, kinds):
             request = _draw_request(rng, biggest, max_gpus, gpus_of)
-        clock += int(rng.expovariate(1 / 30.0)) + 1
+        requests.append(request)
+    durations = [int(min(30 * 86400, 3600 * rng.lognormvariate(0.0, 1.5))) + 60 for _ in requests]
+    gpu_seconds = sum(
+        r.total_gpu_milli / MILLI * d for r, d in zip(requests, durations, strict=True)
+    )
+    capacity = sum(n.num_gpus for n in nodes) or 1
+    mean_gap = gpu_seconds / max(1, num_pods) / (load * capacity)
+    pods: list[TracePod] = []
+    clock = 0
+    for i, (request, duration) in enumerate(zip(requests, durations, strict=True)):
+        clock += int(rng.expovariate(1 / max(mean_gap, 1e-9)))
         scheduled = clock + rng.randrange(0, 20)
-        duration = int(min(30 * 86400, 3600 * rng.lognormvariate(0.0, 1.5))) + 60
         pods.append(
             TracePod(
                 f"openb-pod-{i:05d}",

@@ -132,12 +132,12 @@ def class_fragmentation(
     memory_free_bytes: np.ndarray,
     model_ids: np.ndarray,
     workload: Workload,
-    count_other_models: bool = True,
+    counted: np.ndarray | None = None,
 ) -> np.ndarray:
     """``F[n, k]`` from per-node aggregates (rows may be hypothetical states). (C, K)
 
-    ``count_other_models=False`` leaves out (0) the nodes whose GPU model class k does not accept
-    instead of counting all their free GPU as fragmented (FGD's definition counts it)."""
+    ``counted`` (C, K), when given, leaves out (0) the pairs it marks False; FGD's definition
+    counts every pair."""
     has_model = model_ids >= 0
     allowed = np.zeros((model_ids.shape[0], workload.weight.shape[0]), dtype=bool)
     if workload.allowed.shape[1]:
@@ -149,9 +149,28 @@ def class_fragmentation(
         & (full_gpus[:, None] >= workload.whole_gpus_needed[None, :])
     )
     out = np.where(usable, below, total_free_milli[:, None])
-    if not count_other_models:
-        out = np.where(allowed, out, 0)
-    return out
+    return out if counted is None else np.where(counted, out, 0)
+
+
+def could_ever_use(
+    model_ids: np.ndarray,
+    num_gpus: np.ndarray,
+    cpu_capacity_milli: np.ndarray,
+    memory_capacity_bytes: np.ndarray,
+    workload: Workload,
+) -> np.ndarray:
+    """(N, K) bool: class k fits node n when the node is empty (its model, GPU count, CPU, memory).
+    A pair marked False is not fragmentation that any placement causes or can undo."""
+    has_model = model_ids >= 0
+    allowed = np.zeros((model_ids.shape[0], workload.weight.shape[0]), dtype=bool)
+    if workload.allowed.shape[1]:
+        allowed[has_model] = workload.allowed[:, model_ids[has_model]].T
+    return (
+        allowed
+        & (num_gpus[:, None] >= workload.num_gpus[None, :])
+        & (cpu_capacity_milli[:, None] >= workload.cpu_milli[None, :])
+        & (memory_capacity_bytes[:, None] >= workload.memory_bytes[None, :])
+    )
 
 
 def fragmentation_rate(fragmented_milli: float, unallocated_milli: float) -> float:

@@ -28,6 +28,7 @@ from gpufleet.sched.frag import (
     below_threshold_sum,
     build_workload,
     class_fragmentation,
+    could_ever_use,
 )
 from gpufleet.sched.gpumodels import default_table, normalise_gpu_name
 
@@ -354,9 +355,11 @@ class FragmentationAware(_Base):
         window: int = 2000,
         refresh: int = 200,
         max_classes: int = 32,
-        count_other_models: bool = True,
+        usable_only: bool = False,
     ) -> None:
-        self.count_other_models = count_other_models
+        self.usable_only = usable_only
+        self.name = "fgd-usable" if usable_only else "fgd"
+        self._counted: np.ndarray | None = None
         self.recent: deque[PodRequest] = deque(maxlen=window)
         self.refresh = refresh
         self.max_classes = max_classes
@@ -390,6 +393,14 @@ class FragmentationAware(_Base):
             self._workload_cluster = id(cluster)
             self._since_refresh = 0
             self._below = below_threshold_sum(cluster.gpu_free_milli, self._workload)
+            if self.usable_only:
+                self._counted = could_ever_use(
+                    cluster.model_ids,
+                    cluster.gpu_exists.sum(axis=1),
+                    cluster.cpu_capacity_milli,
+                    cluster.memory_capacity_bytes,
+                    self._workload,
+                )
             self._below_version = cluster.version.copy()
         assert self._workload is not None and self._below is not None
         assert self._below_version is not None
@@ -432,8 +443,9 @@ class FragmentationAware(_Base):
         cpu = cluster.cpu_free_milli[cand_node]
         mem = cluster.memory_free_bytes[cand_node]
         models = cluster.model_ids[cand_node]
+        counted = None if self._counted is None else self._counted[cand_node]
         before = class_fragmentation(
-            below[cand_node], total, full, cpu, mem, models, workload, self.count_other_models
+            below[cand_node], total, full, cpu, mem, models, workload, counted
         )
         after = class_fragmentation(
             below_after,
@@ -443,7 +455,7 @@ class FragmentationAware(_Base):
             mem - request.memory_bytes,
             models,
             workload,
-            self.count_other_models,
+            counted,
         )
         growth = (after - before) @ workload.weight - workload.cpu_only_weight * gpu_drop
         best = int(np.argmin(growth))
@@ -460,7 +472,7 @@ POLICIES = (
     "gpu-clustering",
     "random-fit",
     "fgd",
-    "fgd-pool",
+    "fgd-usable",
 )
 
 
@@ -478,6 +490,6 @@ def make_policy(name: str, seed: int = 0) -> SharePolicy:
         return RandomFit(seed)
     if name == "fgd":
         return FragmentationAware()
-    if name == "fgd-pool":
-        return FragmentationAware(count_other_models=False)
+    if name == "fgd-usable":
+        return FragmentationAware(usable_only=True)
     raise ValueError(f"unknown share policy {name!r}; choose from {', '.join(POLICIES)}")

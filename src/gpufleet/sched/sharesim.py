@@ -138,7 +138,7 @@ class ReplayResult:
     placed_pods: int = 0
     failed_pods: int = 0
     allocation: list[tuple[float, float]] = field(default_factory=list)  # (seconds, share)
-    # time-weighted mean of the allocated GPU share from the first arrival to the last event
+    # time-weighted mean of the allocated GPU share from the first to the last arrival
     mean_allocation_rate: float = 0.0
     wall_seconds: float = 0.0
 
@@ -176,12 +176,14 @@ def run_replay(
         t, key = heapq.heappop(departures)
         cluster.release(key)
         result.allocation.append((t, cluster.allocated_gpu_milli / capacity))
-    points = result.allocation
-    span = points[-1][0] - points[0][0] if points else 0
-    if span > 0:  # the allocated share is a step function between the recorded events
-        result.mean_allocation_rate = (
-            sum(share * (t1 - t0) for (t0, share), (t1, _) in itertools.pairwise(points)) / span
-        )
+    # the allocated share is a step function between the recorded events; its mean is taken
+    # from the first to the last arrival (the drain after the last arrival is left out)
+    end = pods[order[-1]][0] if order else 0
+    points = [p for p in result.allocation if p[0] <= end]
+    span = end - points[0][0] if points else 0
+    if span > 0:
+        steps = itertools.pairwise([*points, (end, 0.0)])
+        result.mean_allocation_rate = sum(s * (t1 - t0) for (t0, s), (t1, _) in steps) / span
     result.wall_seconds = time.perf_counter() - started
     return result
 
