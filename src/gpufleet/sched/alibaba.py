@@ -267,13 +267,18 @@ SPEC_CHOICES = (
 
 
 def generate_trace(
-    num_nodes: int = 1000, num_pods: int = 8000, seed: int = 0, load: float = 0.9
+    num_nodes: int = 1000,
+    num_pods: int = 8000,
+    seed: int = 0,
+    load: float = 0.9,
+    constrained_share: float = CONSTRAINED_SHARE,
 ) -> tuple[list[TraceNode], list[TracePod]]:
     """A synthetic trace in the Alibaba format from the stated mixes above (seeded).
 
     Pods arrive as a Poisson process whose rate makes the GPU they ask for, times how long they
     run (log-normal, median 1 h, sigma 1.5, at most 30 days), ``load`` of the cluster's GPU
-    capacity on average.
+    capacity on average. ``constrained_share`` of the pods that ask for GPUs accept only some
+    GPU models.
 
     Every pod fits on at least one node of the empty cluster: a constraint or a GPU count that
     no node kind can meet is redrawn.
@@ -299,9 +304,9 @@ def generate_trace(
     kinds = {(n.cpu_milli, n.memory_bytes, n.num_gpus, n.gpu_model) for n in nodes}
     requests = []
     for _ in range(num_pods):
-        request = _draw_request(rng, biggest, max_gpus, gpus_of)
+        request = _draw_request(rng, biggest, max_gpus, gpus_of, constrained_share)
         while not _fits_empty(request, kinds):
-            request = _draw_request(rng, biggest, max_gpus, gpus_of)
+            request = _draw_request(rng, biggest, max_gpus, gpus_of, constrained_share)
         requests.append(request)
     durations = [int(min(30 * 86400, 3600 * rng.lognormvariate(0.0, 1.5))) + 60 for _ in requests]
     gpu_seconds = sum(
@@ -329,7 +334,11 @@ def generate_trace(
 
 
 def _draw_request(
-    rng: random.Random, biggest: int, max_gpus: dict[str, int], gpus_of: dict[str, int]
+    rng: random.Random,
+    biggest: int,
+    max_gpus: dict[str, int],
+    gpus_of: dict[str, int],
+    constrained_share: float,
 ) -> PodRequest:
     num_gpus = rng.choices([k[1] for k in POD_KINDS], [k[0] for k in POD_KINDS])[0]
     if num_gpus > biggest:
@@ -344,7 +353,7 @@ def _draw_request(
     else:
         milli, gpus = MILLI, num_gpus
         cpu = gpus * rng.choice((4000, 6000, 8000, 10000))
-    if gpus and rng.random() < CONSTRAINED_SHARE:
+    if gpus and rng.random() < constrained_share:
         # a constraint is drawn in proportion to the GPUs it accepts (no pool is asked for more
         # than its share of the fleet)
         options = [s for s in SPEC_CHOICES if any(max_gpus.get(m, 0) >= gpus for m in s)]

@@ -108,20 +108,31 @@ def node_fragmentation(
     memory_free_bytes: np.ndarray,
     model_ids: np.ndarray,
     workload: Workload,
-    below: np.ndarray | None = None,
 ) -> np.ndarray:
     """Expected fragmented GPU milli per node for the workload, shape (N,).
 
     ``model_ids`` indexes the columns of ``workload.allowed`` (-1: the node has no GPU).
-    ``below`` may pass a cached ``below_threshold_sum`` of the same state.
     """
-    s = below_threshold_sum(free_milli, workload) if below is None else below
-    total = free_milli.sum(axis=1).astype(np.float64)
-    full = (free_milli == MILLI).sum(axis=1)
+    total = free_milli.sum(axis=1)
     per_class = class_fragmentation(
-        s, total, full, cpu_free_milli, memory_free_bytes, model_ids, workload
+        below_threshold_sum(free_milli, workload),
+        total,
+        (free_milli == MILLI).sum(axis=1),
+        cpu_free_milli,
+        memory_free_bytes,
+        accepted_by(model_ids, workload),
+        workload,
     )
     return per_class @ workload.weight + workload.cpu_only_weight * total
+
+
+def accepted_by(model_ids: np.ndarray, workload: Workload) -> np.ndarray:
+    """(N, K) bool: class k accepts node n's GPU model (False for nodes without GPUs)."""
+    out = np.zeros((model_ids.shape[0], workload.weight.shape[0]), dtype=bool)
+    has_model = model_ids >= 0
+    if workload.allowed.shape[1]:
+        out[has_model] = workload.allowed[:, model_ids[has_model]].T
+    return out
 
 
 def class_fragmentation(
@@ -130,20 +141,16 @@ def class_fragmentation(
     full_gpus: np.ndarray,
     cpu_free_milli: np.ndarray,
     memory_free_bytes: np.ndarray,
-    model_ids: np.ndarray,
+    accepted: np.ndarray,
     workload: Workload,
     counted: np.ndarray | None = None,
 ) -> np.ndarray:
     """``F[n, k]`` from per-node aggregates (rows may be hypothetical states). (C, K)
 
-    ``counted`` (C, K), when given, leaves out (0) the pairs it marks False; FGD's definition
-    counts every pair."""
-    has_model = model_ids >= 0
-    allowed = np.zeros((model_ids.shape[0], workload.weight.shape[0]), dtype=bool)
-    if workload.allowed.shape[1]:
-        allowed[has_model] = workload.allowed[:, model_ids[has_model]].T
+    ``accepted`` is ``accepted_by`` for these rows. ``counted`` (C, K), when given, leaves out
+    (0) the pairs it marks False; FGD's definition counts every pair."""
     usable = (
-        allowed
+        accepted
         & (cpu_free_milli[:, None] >= workload.cpu_milli[None, :])
         & (memory_free_bytes[:, None] >= workload.memory_bytes[None, :])
         & (full_gpus[:, None] >= workload.whole_gpus_needed[None, :])
@@ -153,7 +160,7 @@ def class_fragmentation(
 
 
 def could_ever_use(
-    model_ids: np.ndarray,
+    accepted: np.ndarray,
     num_gpus: np.ndarray,
     cpu_capacity_milli: np.ndarray,
     memory_capacity_bytes: np.ndarray,
@@ -161,12 +168,8 @@ def could_ever_use(
 ) -> np.ndarray:
     """(N, K) bool: class k fits node n when the node is empty (its model, GPU count, CPU, memory).
     A pair marked False is not fragmentation that any placement causes or can undo."""
-    has_model = model_ids >= 0
-    allowed = np.zeros((model_ids.shape[0], workload.weight.shape[0]), dtype=bool)
-    if workload.allowed.shape[1]:
-        allowed[has_model] = workload.allowed[:, model_ids[has_model]].T
     return (
-        allowed
+        accepted
         & (num_gpus[:, None] >= workload.num_gpus[None, :])
         & (cpu_capacity_milli[:, None] >= workload.cpu_milli[None, :])
         & (memory_capacity_bytes[:, None] >= workload.memory_bytes[None, :])

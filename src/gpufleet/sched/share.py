@@ -25,6 +25,7 @@ import numpy as np
 from gpufleet.sched.frag import (
     MILLI,
     Workload,
+    accepted_by,
     below_threshold_sum,
     build_workload,
     class_fragmentation,
@@ -356,9 +357,12 @@ class FragmentationAware(_Base):
         refresh: int = 200,
         max_classes: int = 32,
         usable_only: bool = False,
+        pool_weight: float = 0.0,
+        name: str = "fgd",
     ) -> None:
         self.usable_only = usable_only
-        self.name = "fgd-usable" if usable_only else "fgd"
+        self.pool_weight = pool_weight
+        self.name = name
         self._counted: np.ndarray | None = None
         self.recent: deque[PodRequest] = deque(maxlen=window)
         self.refresh = refresh
@@ -367,6 +371,8 @@ class FragmentationAware(_Base):
         self._workload: Workload | None = None
         self._workload_cluster: int | None = None
         self._below: np.ndarray | None = None
+        self._frag: np.ndarray | None = None
+        self._accepted = np.zeros((0, 0), dtype=bool)
         self._below_version: np.ndarray | None = None
 
     def observe(self, request: PodRequest) -> None:
@@ -374,6 +380,8 @@ class FragmentationAware(_Base):
         self._since_refresh += 1
 
     def _current(self, cluster: ShareCluster) -> tuple[Workload, np.ndarray]:
+        """The workload and, per node, ``below_threshold_sum`` and the fragmentation per class
+        (cached; rows recomputed for the nodes whose free capacity moved)."""
         stale = (
             self._workload is None
             or self._workload_cluster != id(cluster)
@@ -381,7 +389,7 @@ class FragmentationAware(_Base):
         )
         if stale:
             history = self.recent or deque([PodRequest(0, 0)])
-            self._workload = build_workload(
+            workload = build_workload(
                 (
                     (r.cpu_milli, r.memory_bytes, r.num_gpus, r.gpu_milli, r.gpu_spec)
                     for r in history
@@ -390,23 +398,38 @@ class FragmentationAware(_Base):
                 len(cluster.model_names),
                 self.max_classes,
             )
+            self._workload = workload
             self._workload_cluster = id(cluster)
             self._since_refresh = 0
-            self._below = below_threshold_sum(cluster.gpu_free_milli, self._workload)
+            self._accepted = accepted_by(cluster.model_ids, workload)
             if self.usable_only:
                 self._counted = could_ever_use(
-                    cluster.model_ids,
+                    self._accepted,
                     cluster.gpu_exists.sum(axis=1),
                     cluster.cpu_capacity_milli,
                     cluster.memory_capacity_bytes,
-                    self._workload,
+                    workload,
                 )
-            self._below_version = cluster.version.copy()
+            n = len(cluster.nodes)
+            self._below = np.zeros((n, workload.weight.shape[0]), dtype=np.int64)
+            self._frag = np.zeros((n, workload.weight.shape[0]), dtype=np.int64)
+            self._below_version = cluster.version - 1  # every row is out of date
         assert self._workload is not None and self._below is not None
-        assert self._below_version is not None
+        assert self._below_version is not None and self._frag is not None
         moved = np.flatnonzero(cluster.version != self._below_version)
         if moved.size:
-            self._below[moved] = below_threshold_sum(cluster.gpu_free_milli[moved], self._workload)
+            free = cluster.gpu_free_milli[moved]
+            self._below[moved] = below_threshold_sum(free, self._workload)
+            self._frag[moved] = class_fragmentation(
+                self._below[moved],
+                free.sum(axis=1),
+                (free == MILLI).sum(axis=1),
+                cluster.cpu_free_milli[moved],
+                cluster.memory_free_bytes[moved],
+                self._accepted[moved],
+                self._workload,
+                None if self._counted is None else self._counted[moved],
+            )
             self._below_version[moved] = cluster.version[moved]
         return self._workload, self._below
 
@@ -416,6 +439,7 @@ class FragmentationAware(_Base):
         if not nodes.size:
             return None
         workload, below = self._current(cluster)
+        assert self._frag is not None
         free = cluster.gpu_free_milli
         if request.sharing:
             cand_node, cand_gpu = np.nonzero(fit[nodes])
@@ -438,31 +462,45 @@ class FragmentationAware(_Base):
             below_after = below[cand_node]
             full_drop = np.full(nodes.shape, request.num_gpus if request.num_gpus else 0)
             gpu_drop = np.full(nodes.shape, request.total_gpu_milli, dtype=np.int64)
-        total = free[cand_node].sum(axis=1)
-        full = (free[cand_node] == MILLI).sum(axis=1)
-        cpu = cluster.cpu_free_milli[cand_node]
-        mem = cluster.memory_free_bytes[cand_node]
+        cand_free = free[cand_node]
         models = cluster.model_ids[cand_node]
-        counted = None if self._counted is None else self._counted[cand_node]
-        before = class_fragmentation(
-            below[cand_node], total, full, cpu, mem, models, workload, counted
-        )
+        before = self._frag[cand_node]
         after = class_fragmentation(
             below_after,
-            total - gpu_drop,
-            full - full_drop,
-            cpu - request.cpu_milli,
-            mem - request.memory_bytes,
-            models,
+            cand_free.sum(axis=1) - gpu_drop,
+            (cand_free == MILLI).sum(axis=1) - full_drop,
+            cluster.cpu_free_milli[cand_node] - request.cpu_milli,
+            cluster.memory_free_bytes[cand_node] - request.memory_bytes,
+            self._accepted[cand_node],
             workload,
-            counted,
+            None if self._counted is None else self._counted[cand_node],
         )
         growth = (after - before) @ workload.weight - workload.cpu_only_weight * gpu_drop
+        if self.pool_weight and request.num_gpus:
+            growth = (
+                growth + self.pool_weight * gpu_drop * self._pool_cost(cluster, workload)[models]
+            )
         best = int(np.argmin(growth))
         node = int(cand_node[best])
         if request.sharing:
             return SharePlacement(node, (int(cand_gpu[best]),), request.gpu_milli)
         return _gpus_on(cluster, request, fit, node, "first")
+
+    @staticmethod
+    def _pool_cost(cluster: ShareCluster, workload: Workload) -> np.ndarray:
+        """(M,) what one milli-GPU of each model costs the workload: the sum over classes that
+        accept the model of the class's popularity times the free GPU of the cluster over the
+        free GPU the class may use (1 for a class that accepts any model; large for a class
+        whose few accepted GPUs are nearly gone)."""
+        has = cluster.model_ids >= 0
+        free_by_model = np.bincount(
+            cluster.model_ids[has],
+            weights=cluster.gpu_free_milli[has].sum(axis=1),
+            minlength=len(cluster.model_names),
+        )
+        usable = workload.allowed @ free_by_model  # (K,)
+        scarcity = free_by_model.sum() / np.maximum(usable, 1.0)
+        return (workload.weight * scarcity) @ workload.allowed
 
 
 POLICIES = (
@@ -473,6 +511,7 @@ POLICIES = (
     "random-fit",
     "fgd",
     "fgd-usable",
+    "fgd-pool",
 )
 
 
@@ -491,5 +530,7 @@ def make_policy(name: str, seed: int = 0) -> SharePolicy:
     if name == "fgd":
         return FragmentationAware()
     if name == "fgd-usable":
-        return FragmentationAware(usable_only=True)
+        return FragmentationAware(usable_only=True, name=name)
+    if name == "fgd-pool":
+        return FragmentationAware(usable_only=True, pool_weight=1.0, name=name)
     raise ValueError(f"unknown share policy {name!r}; choose from {', '.join(POLICIES)}")
