@@ -200,3 +200,23 @@ def test_every_policy_places_only_what_fits(name: str) -> None:
 def test_unknown_policy_lists_the_known_ones() -> None:
     with pytest.raises(ValueError, match="first-fit"):
         make_policy("worst-fit")
+
+
+def test_fgd_pool_keeps_a_scarce_pool_for_the_pods_that_can_only_run_there() -> None:
+    nodes = [t4_node("t4", gpus=2), NodeSpec("v", 96000, 512 * GIB, 8, "V100M32", 32 * GIB)]
+    seen = [PodRequest(4000, GIB, 1, 1000, ("T4",))] * 3 + [
+        PodRequest(4000, GIB, 1, 1000, ("V100M32",))
+    ] * 7
+    pod = PodRequest(4000, GIB, 1, 1000)
+    chosen = {}
+    for name in ("fgd", "fgd-pool"):
+        policy = make_policy(name)
+        for r in seen:
+            policy.observe(r)
+        placement = policy.choose(ShareCluster(nodes), pod)
+        assert placement is not None
+        chosen[name] = placement.node
+    # FGD's measure calls the T4 node's GPUs fragmented for the V100-only class (70% of pods), so
+    # filling it lowers the measure most; fgd-pool prices the small T4 pool (2 GPUs) for the
+    # T4-only demand (30%) higher than the V100 pool (8 GPUs) for the V100-only demand
+    assert chosen == {"fgd": 0, "fgd-pool": 1}

@@ -60,7 +60,8 @@ def build_workload(
 
     Requests with the same GPU ask (count, share, allowed models) form one class, with the median
     CPU and memory of its members; the ``max_classes`` most frequent classes are kept and their
-    weights renormalised so that all weights (CPU-only included) sum to 1.
+    weights renormalised so that all weights (CPU-only included) sum to 1: a class's weight is its
+    share of the requests (FGD's popularity).
     """
     groups: dict[tuple[int, int, tuple[str, ...]], list[tuple[int, int]]] = {}
     cpu_only = 0

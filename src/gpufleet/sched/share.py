@@ -372,6 +372,8 @@ class FragmentationAware(_Base):
         self._workload_cluster: int | None = None
         self._below: np.ndarray | None = None
         self._frag: np.ndarray | None = None
+        self._spec_allowed: np.ndarray | None = None
+        self._spec_weight: np.ndarray | None = None
         self._accepted = np.zeros((0, 0), dtype=bool)
         self._below_version: np.ndarray | None = None
 
@@ -400,6 +402,7 @@ class FragmentationAware(_Base):
             )
             self._workload = workload
             self._workload_cluster = id(cluster)
+            self._spec_allowed = self._spec_weight = None
             self._since_refresh = 0
             self._accepted = accepted_by(cluster.model_ids, workload)
             if self.usable_only:
@@ -477,30 +480,37 @@ class FragmentationAware(_Base):
         )
         growth = (after - before) @ workload.weight - workload.cpu_only_weight * gpu_drop
         if self.pool_weight and request.num_gpus:
-            growth = (
-                growth + self.pool_weight * gpu_drop * self._pool_cost(cluster, workload)[models]
-            )
+            growth = growth + self.pool_weight * gpu_drop * self._pool_cost(cluster)[models]
         best = int(np.argmin(growth))
         node = int(cand_node[best])
         if request.sharing:
             return SharePlacement(node, (int(cand_gpu[best]),), request.gpu_milli)
         return _gpus_on(cluster, request, fit, node, "first")
 
-    @staticmethod
-    def _pool_cost(cluster: ShareCluster, workload: Workload) -> np.ndarray:
-        """(M,) what one milli-GPU of each model costs the workload: the sum over classes that
-        accept the model of the class's popularity times the free GPU of the cluster over the
-        free GPU the class may use (1 for a class that accepts any model; large for a class
-        whose few accepted GPUs are nearly gone)."""
+    def _pool_cost(self, cluster: ShareCluster) -> np.ndarray:
+        """(M,) what one milli-GPU of each model costs the observed demand: over the accepted-model
+        sets ``s`` seen in the window (any model included), the share ``w_s`` of the GPU asked
+        for with that set, times the cluster's free GPU over the free GPU the set accepts (1 for
+        "any model"; large when a set's few GPUs are nearly gone), summed over the sets that
+        accept the model."""
+        if self._spec_allowed is None or self._spec_weight is None:
+            demand: dict[tuple[str, ...], float] = {}
+            for r in self.recent:
+                if r.num_gpus:
+                    demand[r.gpu_spec] = demand.get(r.gpu_spec, 0.0) + r.total_gpu_milli
+            total = sum(demand.values()) or 1.0
+            specs = list(demand) or [()]
+            self._spec_allowed = np.stack([cluster.allowed_models(s) for s in specs])
+            self._spec_weight = np.array([demand.get(s, 1.0) / total for s in specs])
         has = cluster.model_ids >= 0
         free_by_model = np.bincount(
             cluster.model_ids[has],
             weights=cluster.gpu_free_milli[has].sum(axis=1),
             minlength=len(cluster.model_names),
         )
-        usable = workload.allowed @ free_by_model  # (K,)
+        usable = self._spec_allowed @ free_by_model
         scarcity = free_by_model.sum() / np.maximum(usable, 1.0)
-        return (workload.weight * scarcity) @ workload.allowed
+        return np.asarray((self._spec_weight * scarcity) @ self._spec_allowed)
 
 
 POLICIES = (
