@@ -49,7 +49,9 @@ def test_synthetic_trace_can_be_written_and_replayed(tmp_path: Path) -> None:
             str(tmp_path),
             "--replay",
             "--policies",
-            "best-fit",
+            "best-fit,fgd",
+            "--plots",
+            str(tmp_path / "p"),
             "--json",
         ],
     )
@@ -59,6 +61,9 @@ def test_synthetic_trace_can_be_written_and_replayed(tmp_path: Path) -> None:
     m = data["policies"]["best-fit"]
     assert m["placed_pods"] + m["failed_pods"] == 200
     assert (tmp_path / "pods.csv").read_text().startswith("name,cpu_milli,memory_mib,num_gpu")
+    assert (tmp_path / "p" / "allocation_over_time.png").read_bytes()[:4] == b"\x89PNG"
+    over_time = (tmp_path / "p" / "allocation_over_time.csv").read_text().splitlines()
+    assert over_time[0] == "policy,time_s,allocated_share" and len(over_time) > 200
 
 
 def test_bad_trace_error_names_row_and_column(tmp_path: Path) -> None:

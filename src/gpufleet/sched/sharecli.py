@@ -65,7 +65,13 @@ def simulate_shares(
     )
     from gpufleet.sched.gpumodels import UnknownGpuModelError
     from gpufleet.sched.share import ShareCluster, make_policy
-    from gpufleet.sched.sharesim import inflate, plot_allocation, run_inflation, run_replay
+    from gpufleet.sched.sharesim import (
+        inflate,
+        plot_allocation,
+        plot_allocation_over_time,
+        run_inflation,
+        run_replay,
+    )
 
     names = share_policies(policies)
     if inflate_ratio <= 0:
@@ -117,10 +123,12 @@ def simulate_shares(
     show = sys.stderr.isatty()
     if replay:
         timed = [(p.creation_seconds, p.deletion_seconds, p.request) for p in pods]
+        replays = []
         with progress(show) as bar:
             task = bar.add_task("replay", total=len(names))
             for name in names:
                 replayed = run_replay(specs, timed, make_policy(name, seed))
+                replays.append(replayed)
                 summary["policies"][name] = {
                     "placed_pods": replayed.placed_pods,
                     "failed_pods": replayed.failed_pods,
@@ -128,6 +136,17 @@ def simulate_shares(
                     "wall_s": replayed.wall_seconds,
                 }
                 bar.update(task, advance=1, description=name)
+        if plots_dir:
+            directory = Path(plots_dir)
+            directory.mkdir(parents=True, exist_ok=True)
+            lines = ["policy,time_s,allocated_share"]
+            for rr in replays:
+                lines += [f"{rr.policy},{t},{a:.5f}" for t, a in rr.allocation]
+            (directory / "allocation_over_time.csv").write_text("\n".join(lines) + "\n")
+            summary["plots"] = [
+                str(directory / "allocation_over_time.csv"),
+                plot_allocation_over_time(replays, directory / "allocation_over_time.png"),
+            ]
     else:
         try:
             requests = inflate([p.request for p in pods], capacity, inflate_ratio, seed)

@@ -188,15 +188,36 @@ def run_replay(
     return result
 
 
-def plot_allocation(results: Sequence[InflationResult], path: str | Path) -> str:
-    """PNG: allocated GPU share against arrived workload, one line per policy."""
+def _figure():  # type: ignore[no-untyped-def]
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4.5), dpi=110)
-    ax = fig.add_subplot()
+    return fig, fig.add_subplot()
+
+
+def plot_allocation_over_time(results: Sequence[ReplayResult], path: str | Path) -> str:
+    """PNG: allocated GPU share over time in a replay, one line per policy."""
+    fig, ax = _figure()
+    for r in results:
+        if r.allocation:
+            ts, ys = np.array(r.allocation).T
+            ax.step((ts - ts[0]) / 3600, ys * 100, where="post", label=r.policy, linewidth=1)
+    ax.set_xlabel("hours since the first arrival")
+    ax.set_ylabel("allocated GPUs (% of capacity)")
+    ax.set_title("GPU allocation over time (replay)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(str(path))
+    return str(path)
+
+
+def plot_allocation(results: Sequence[InflationResult], path: str | Path) -> str:
+    """PNG: allocated GPU share against arrived workload, one line per policy."""
+    fig, ax = _figure()
     for r in results:
         if r.curve:
             xs, ys = np.array(r.curve).T
