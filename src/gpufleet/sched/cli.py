@@ -67,7 +67,7 @@ def _progress(enabled: bool):  # type: ignore[no-untyped-def]
     type=click.Path(exists=True, dir_okay=False),
     help="Alibaba GPU-sharing node list (sn,cpu_milli,memory_mib,gpu,model): simulate GPU "
     "shares and constraints on it (policies: first-fit,best-fit,gpu-packing,gpu-clustering,"
-    "random-fit,fgd,fgd-usable).",
+    "random-fit,fgd,fgd-usable,fgd-pool).",
 )
 @click.option(
     "--synthetic",
@@ -108,7 +108,7 @@ def _progress(enabled: bool):  # type: ignore[no-untyped-def]
 @click.option(
     "--policies",
     help=f"Comma-separated policies [default: {DEFAULT_POLICIES}; Alibaba traces: all of "
-    "first-fit,best-fit,gpu-packing,gpu-clustering,random-fit,fgd,fgd-usable].",
+    "first-fit,best-fit,gpu-packing,gpu-clustering,random-fit,fgd,fgd-usable,fgd-pool].",
 )
 @click.option(
     "--load",
@@ -117,7 +117,14 @@ def _progress(enabled: bool):  # type: ignore[no-untyped-def]
     show_default=True,
     help="Offered load: arrivals are time-scaled so work / capacity equals this.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of every random draw (synthetic job attributes; Alibaba: the synthetic trace, "
+    "the pods drawn by --inflate, random-fit).",
+)
 @click.option("--start", help="Keep jobs submitted at or after this date (UTC).")
 @click.option("--end", help="Keep jobs submitted before this date (UTC).")
 @click.option(
@@ -144,7 +151,8 @@ def _progress(enabled: bool):  # type: ignore[no-untyped-def]
     "--plots",
     "plots_dir",
     type=click.Path(file_okay=False),
-    help="Write JCT CDF and queue length per policy here (CSV and SVG).",
+    help="Write JCT CDF and queue length per policy here (CSV and SVG); Alibaba traces: "
+    "allocated GPUs vs arrived workload, or over time with --replay (CSV and PNG).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 def simulate(
@@ -172,7 +180,7 @@ def simulate(
 
     With --nodes (or --synthetic), the trace is an Alibaba GPU-sharing pod list: pods ask for
     shares of a GPU, GPU models and node CPU/memory, and the table compares placement policies by
-    the unallocated and fragmented GPU capacity (see docs/scheduler.md).
+    the unallocated and fragmented GPU capacity (see docs/gpu-sharing.md).
     """
     if nodes_path or synthetic:
         from gpufleet.sched.sharecli import simulate_shares
