@@ -216,18 +216,31 @@ def plot_allocation_over_time(results: Sequence[ReplayResult], path: str | Path)
 
 
 def plot_allocation(results: Sequence[InflationResult], path: str | Path) -> str:
-    """PNG: allocated GPU share against arrived workload, one line per policy."""
-    fig, ax = _figure()
-    for r in results:
-        if r.curve:
-            xs, ys = np.array(r.curve).T
-            ax.plot(xs * 100, ys * 100, label=r.policy, linewidth=1.5)
-    ax.plot([0, 100], [0, 100], color="#bbb", linestyle=":", linewidth=1, label="ideal")
-    ax.set_xlabel("arrived workload (% of cluster GPU capacity)")
-    ax.set_ylabel("allocated GPUs (% of capacity)")
-    ax.set_title("GPU allocation as the workload grows")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    """PNG: allocated GPU share against arrived workload, one line per policy (left: all of it;
+    right: the part past 70% arrived, where the policies part ways)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.5), dpi=100)
+    axes = fig.subplots(1, 2)
+    for ax, zoom in zip(axes, (False, True), strict=True):
+        for r in results:
+            if r.curve:
+                xs, ys = np.array(r.curve).T
+                ax.plot(xs * 100, ys * 100, label=r.policy, linewidth=1.3)
+        ax.plot([0, 100], [0, 100], color="#999", linestyle=":", linewidth=1, label="ideal")
+        ax.set_xlabel("arrived workload (% of cluster GPU capacity)")
+        ax.set_ylabel("allocated GPUs (% of capacity)")
+        ax.grid(alpha=0.3)
+        if zoom:
+            ax.set_xlim(70, max((r.curve[-1][0] * 100 for r in results if r.curve), default=130))
+            ax.set_ylim(70, 100.5)
+            ax.set_title("past 70% arrived")
+            ax.legend(loc="lower right", fontsize=8)
+        else:
+            ax.set_title("GPU allocation as the workload grows")
     fig.tight_layout()
     fig.savefig(str(path))
     return str(path)
