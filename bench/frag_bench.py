@@ -1,15 +1,16 @@
 """GPU-sharing placement benchmark (issue 19): prints the figures as tables.
 
-    nice -n 10 .venv/bin/python bench/frag_bench.py                      # 1,200 nodes, 5 seeds
+    nice -n 10 .venv/bin/python bench/frag_bench.py                      # 1,200 nodes, seeds 1-5
     nice -n 10 .venv/bin/python bench/frag_bench.py --seeds 2 --nodes 400 # quicker
     nice -n 10 .venv/bin/python bench/frag_bench.py --section speed
 
 Sections:
 - quality: for each seed a synthetic Alibaba-format trace (``generate_trace``: heterogeneous
-  nodes, ~40% sharing pods, multi-GPU and CPU-only pods) in two scenarios, "constrained" (a third
-  of the GPU pods accept only some GPU models, the generator's default) and "unconstrained" (no
-  type constraints); FGD's workload inflation (pods drawn from the trace until the GPU they ask
-  for reaches 130% of capacity, none leaves). Per policy, mean and spread (sd, min..max) over
+  nodes, ~40% sharing pods, multi-GPU and CPU-only pods) in three scenarios: "constrained" (a
+  third of the GPU pods accept only some GPU models, the generator's default), "unconstrained"
+  (no type constraints), and "constrained-sorted" (constrained, the node list sorted by GPU model
+  as an inventory lists it instead of the generator's random order); FGD's workload inflation
+  (pods drawn from the trace until the GPU they ask for reaches 130% of capacity, none leaves). Per policy, mean and spread (sd, min..max) over
   seeds of: the arrived workload at the first failure of a pod that fits the empty cluster, the
   unallocated GPU share then, and at 100% arrived the unallocated and fragmented GPU shares and the
   fragmentation rate. Then each FGD-style policy against the best baseline of the same seed
@@ -65,13 +66,17 @@ def _spread(values: list[float | None]) -> str:
     return f"{statistics.mean(xs):.2f} ±{statistics.stdev(xs):.2f} [{min(xs):.2f}..{max(xs):.2f}]"
 
 
-def quality(args: argparse.Namespace, scenario: str, constrained: float) -> dict[str, Any]:
+def quality(
+    args: argparse.Namespace, scenario: str, constrained: float, sort_nodes: bool = False
+) -> dict[str, Any]:
     runs: dict[str, list[InflationResult]] = {p: [] for p in args.policies}
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     for seed in seeds:
         nodes, pods = generate_trace(
             args.nodes, args.pods, seed=seed, constrained_share=constrained
         )
+        if sort_nodes:  # the node list in the order an inventory lists it: by GPU model
+            nodes = sorted(nodes, key=lambda n: (n.gpu_model, n.sn))
         specs = node_specs(nodes)
         capacity = ShareCluster(specs).gpu_capacity_milli
         requests = inflate([p.request for p in pods], capacity, args.inflate, seed=1000 + seed)
@@ -167,15 +172,19 @@ def main() -> None:
     )
     parser.add_argument("--inflate", type=float, default=1.3)
     parser.add_argument("--policies", default=",".join(POLICIES))
-    parser.add_argument("--scenarios", default="constrained,unconstrained")
+    parser.add_argument(
+        "--scenarios",
+        default="constrained,unconstrained,constrained-sorted",
+        help="constrained, unconstrained, constrained-sorted (node list sorted by GPU model)",
+    )
     parser.add_argument("--plot", type=Path, help="write the allocation chart (PNG) here")
     args = parser.parse_args()
     args.policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     started = time.perf_counter()
     if args.section in ("quality", "all"):
-        shares = {"constrained": 1 / 3, "unconstrained": 0.0}
+        shares = {"constrained": 1 / 3, "unconstrained": 0.0, "constrained-sorted": 1 / 3}
         for scenario in args.scenarios.split(","):
-            quality(args, scenario, shares[scenario])
+            quality(args, scenario, shares[scenario], sort_nodes=scenario.endswith("-sorted"))
     if args.section in ("speed", "all"):
         speed(args)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
