@@ -36,6 +36,7 @@ bench: setup
 	.venv/bin/python bench/ingest.py
 	.venv/bin/python bench/ui.py
 	.venv/bin/python bench/sched_bench.py
+	.venv/bin/python bench/frag_bench.py
 	.venv/bin/python bench/recommend_bench.py
 
 clean:

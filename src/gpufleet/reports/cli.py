@@ -90,8 +90,10 @@ def report(
         if found is not None:
             server, key = found
 
-    def fetch(*args: Any) -> dict:
-        return _fetch(*args, key=key)
+    def fetch(
+        server: str, period: str, by: str, first: str | None, last: str | None, tier: str
+    ) -> dict:
+        return _fetch(server, period, by, first, last, tier, key=key)
 
     if send_to:  # a one-off e-mail (docs/reports.md)
         from gpufleet.reports.mail import send_from_cli

@@ -57,9 +57,45 @@ def _progress(enabled: bool):  # type: ignore[no-untyped-def]
 @click.option(
     "--trace",
     "trace_path",
-    required=True,
     type=click.Path(exists=True, dir_okay=False),
-    help="Job trace CSV (timestamp,duration,num_gpus,gpu_time,cluster).",
+    help="Job trace CSV (timestamp,duration,num_gpus,gpu_time,cluster); with --nodes, the "
+    "Alibaba pod list (name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,...).",
+)
+@click.option(
+    "--nodes",
+    "nodes_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Alibaba GPU-sharing node list (sn,cpu_milli,memory_mib,gpu,model): simulate GPU "
+    "shares and constraints on it (policies: first-fit,best-fit,gpu-packing,gpu-clustering,"
+    "random-fit,fgd,fgd-usable,fgd-pool).",
+)
+@click.option(
+    "--synthetic",
+    metavar="NODES:PODS",
+    help="Instead of trace files, a synthetic Alibaba-format trace of this size (seeded by --seed).",
+)
+@click.option(
+    "--write-trace",
+    type=click.Path(file_okay=False),
+    help="With --synthetic: also write nodes.csv and pods.csv here.",
+)
+@click.option(
+    "--inflate",
+    "inflate_ratio",
+    type=float,
+    default=1.3,
+    show_default=True,
+    help="Alibaba traces: draw pods until the GPUs they ask for reach this share of capacity.",
+)
+@click.option(
+    "--replay",
+    is_flag=True,
+    help="Alibaba traces: replay creation/deletion times instead of inflating the workload.",
+)
+@click.option(
+    "--unknown-gpu",
+    metavar="MODEL",
+    help="Treat GPU models missing from sched/gpu_models.csv as this model (e.g. v100).",
 )
 @click.option("--vc", "vcs", multiple=True, help="Virtual cluster(s) to keep (repeatable).")
 @click.option(
@@ -69,7 +105,11 @@ def _progress(enabled: bool):  # type: ignore[no-untyped-def]
     show_default=True,
     help="GPU models and counts; MODEL:COUNT[xPER_HOST][@MEMg].",
 )
-@click.option("--policies", default=DEFAULT_POLICIES, show_default=True)
+@click.option(
+    "--policies",
+    help=f"Comma-separated policies [default: {DEFAULT_POLICIES}; Alibaba traces: all of "
+    "first-fit,best-fit,gpu-packing,gpu-clustering,random-fit,fgd,fgd-usable,fgd-pool].",
+)
 @click.option(
     "--load",
     type=float,
@@ -77,7 +117,14 @@ def _progress(enabled: bool):  # type: ignore[no-untyped-def]
     show_default=True,
     help="Offered load: arrivals are time-scaled so work / capacity equals this.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of every random draw (synthetic job attributes; Alibaba: the synthetic trace, "
+    "the pods drawn by --inflate, random-fit).",
+)
 @click.option("--start", help="Keep jobs submitted at or after this date (UTC).")
 @click.option("--end", help="Keep jobs submitted before this date (UTC).")
 @click.option(
@@ -114,14 +161,21 @@ def _progress(enabled: bool):  # type: ignore[no-untyped-def]
     "--plots",
     "plots_dir",
     type=click.Path(file_okay=False),
-    help="Write JCT CDF and queue length per policy here (CSV and SVG).",
+    help="Write JCT CDF and queue length per policy here (CSV and SVG); Alibaba traces: "
+    "allocated GPUs vs arrived workload, or over time with --replay (CSV and PNG).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 def simulate(
-    trace_path: str,
+    trace_path: str | None,
+    nodes_path: str | None,
+    synthetic: str | None,
+    write_trace: str | None,
+    inflate_ratio: float,
+    replay: bool,
+    unknown_gpu: str | None,
     vcs: tuple[str, ...],
     cluster_text: str,
-    policies: str,
+    policies: str | None,
     load: float,
     seed: int,
     start: str | None,
@@ -138,7 +192,34 @@ def simulate(
     Policies see only what a scheduler knows (spec, attained service, cluster state); runtimes
     are learnt online from finished jobs. sjf and sjf-noisy are oracle studies (they are handed
     the true runtimes), never baselines. Jobs that can never fit are refused and counted apart.
+    With --nodes (or --synthetic), the trace is an Alibaba GPU-sharing pod list: pods ask for
+    shares of a GPU, GPU models and node CPU/memory, and the table compares placement policies by
+    the unallocated and fragmented GPU capacity (see docs/gpu-sharing.md).
     """
+    if nodes_path or synthetic:
+        from gpufleet.sched.sharecli import simulate_shares
+
+        simulate_shares(
+            pods_path=trace_path,
+            nodes_path=nodes_path,
+            synthetic=synthetic,
+            write_trace=write_trace,
+            policies=policies,
+            inflate_ratio=inflate_ratio,
+            replay=replay,
+            seed=seed,
+            unknown_gpu=unknown_gpu,
+            plots_dir=plots_dir,
+            as_json=as_json,
+            progress=_progress,
+        )
+        return
+    if not trace_path:
+        raise GpufleetError(
+            "--trace is required",
+            hint="gpufleet simulate --trace ../shared/data/philly_jobs.csv --vc 6214e9",
+        )
+    policies = policies or DEFAULT_POLICIES
     from gpufleet.sched.cluster import parse_cluster
     from gpufleet.sched.gavel import bench_rows, load_gavel
     from gpufleet.sched.predictor import Predictor
@@ -160,12 +241,7 @@ def simulate(
     except ValueError as exc:
         raise GpufleetError(f"--cluster: {exc}", hint="--cluster v100:32,p100:32,k80:32") from None
     gavel = load_gavel(_gavel_path(gavel_path, trace_path))
-    missing = [m for m in spec.gpu_models if m not in gavel.gpu_models()]
-    if missing:
-        raise GpufleetError(
-            f"--cluster: no throughput data for GPU model(s) {', '.join(missing)}",
-            hint=f"use GPU models from the table: {','.join(gavel.gpu_models())}",
-        )
+    spec = _route_through_model_table(spec, gavel.gpu_models(), unknown_gpu)
     try:
         trace = read_philly(trace_path, vcs or None, _date(start, "--start"), _date(end, "--end"))
     except ValueError as exc:
@@ -206,6 +282,31 @@ def simulate(
         click.echo(json.dumps(summary, indent=2))
     else:
         _print_table(summary)
+
+
+def _route_through_model_table(spec: Any, measured: list[str], fallback: str | None) -> Any:
+    """GPU models Gavel did not measure take their speed from sched/gpu_models.csv; a model not
+    there either is an error naming that file, or becomes ``--unknown-gpu``'s model."""
+    import dataclasses
+
+    from gpufleet.sched.gpumodels import UnknownGpuModelError, default_table
+
+    renamed = {}
+    for model in spec.gpu_models:
+        if model in measured:
+            continue
+        try:
+            renamed[model] = default_table().lookup(model, fallback).name
+        except UnknownGpuModelError as exc:
+            raise GpufleetError(
+                f"--cluster: {exc}", hint="--unknown-gpu v100 treats it as a V100"
+            ) from None
+    if all(old == new for old, new in renamed.items()):
+        return spec
+    hosts = tuple(
+        dataclasses.replace(h, gpu_model=renamed.get(h.gpu_model, h.gpu_model)) for h in spec.hosts
+    )
+    return dataclasses.replace(spec, hosts=hosts)
 
 
 def _print_table(summary: dict[str, Any]) -> None:

@@ -13,6 +13,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from gpufleet.sched.gpumodels import default_table
+
 GIB = 2**30
 
 # Memory of one GPU (one die for the dual-die K80), bytes.
@@ -99,8 +101,13 @@ def parse_cluster(
             memory = int(match["mem"]) * GIB
         elif model in DEFAULT_GPU_MEMORY_BYTES:
             memory = DEFAULT_GPU_MEMORY_BYTES[model]
+        elif (known := default_table().find(model)) is not None:
+            memory = known.memory_bytes
         else:
-            raise ValueError(f"cluster: {part!r}: unknown GPU memory for {model!r}; add @MEMg")
+            raise ValueError(
+                f"cluster: {part!r}: unknown GPU memory for {model!r}; add @MEMg "
+                f"(or a row to {default_table().path})"
+            )
         for start in range(0, count, per_host):
             index = sum(1 for h in hosts if h.gpu_model == model)
             hosts.append(

@@ -70,7 +70,11 @@ def gavel_scale(num_gpus: int) -> int:
 def mean_speed_ratio(gavel: GavelTable, gpu_model: str) -> float:
     ratios = [gavel.speed_ratio(gpu_model, t, 1) for t in gavel.job_types(1)]
     ratios = [r for r in ratios if r > 0]
-    return sum(ratios) / len(ratios) if ratios else 1.0
+    if not ratios:  # a GPU model Gavel did not measure: the model table's figure
+        from gpufleet.sched.gpumodels import default_table
+
+        return default_table().speed(gpu_model)
+    return sum(ratios) / len(ratios)
 
 
 def capacity_v100_equivalent(spec: ClusterSpec, gavel: GavelTable) -> float:
