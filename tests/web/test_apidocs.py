@@ -44,6 +44,11 @@ def test_pages_without_a_stream_have_no_live_badge(server, browser):
         page.close()
 
 
+# the elements whose right edge passes the screen's, to say what overflows
+WIDEST = """[...document.querySelectorAll('body *')]
+  .filter(e => e.getBoundingClientRect().right > 390)
+  .slice(0, 5).map(e => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))"""
+
 PAGES = ["/", "/hosts/gpu01", "/reports", "/me/usage", "/recommend", "/login", "/docs"]
 
 
@@ -62,7 +67,8 @@ def test_phone_width_has_no_horizontal_scroll_and_full_names_on_hover(server, br
             page.goto(server.url + path)
             page.wait_for_load_state("networkidle")
             width = page.evaluate("document.documentElement.scrollWidth")
-            assert width <= 390, f"{path} is {width} px wide on a 390 px screen"
+            wide = page.evaluate(WIDEST) if width > 390 else []
+            assert width <= 390, f"{path} is {width} px wide on a 390 px screen: {wide}"
         page.goto(server.url + "/")
         page.wait_for_selector("body[data-ready='1']", timeout=10_000)
         link = page.locator(f'[data-host="{long}"] .hname a')
