@@ -1,0 +1,361 @@
+"""The Slurm dispatcher: ``sbatch --gres=gpu:N`` on the placed node(s), state from the controller.
+
+- **Launch** writes a small batch script (the ``GPUFLEET_*`` variables and the job's command)
+  under ``log_dir`` and submits it with ``sbatch --parsable --job-name=gpufleet-<job id>
+  --gres=gpu:N --nodelist=... --time=... --output=<log_dir>/gpufleet-<job id>.log --no-requeue``.
+  Slurm picks the device indices on the node and sets ``CUDA_VISIBLE_DEVICES`` itself.
+- **Idempotent by name**: a launch whose job name Slurm already knows (``squeue --name``, then
+  ``sacct --name`` where accounting is on) returns that job's id and submits nothing.
+- **State** comes from the controller: while jobs are watched, one ``squeue --json`` call for all
+  of them per ``poll_interval_seconds`` (never one call per job), woken at once by a launch or
+  a cancel. Slurm has no push channel a client can subscribe to (``strigger`` runs programs on
+  the controller's host), so this one call per interval is the event source; docs say so.
+  A job that aged out of the controller (``MinJobAge``) is looked up in ``sacct``.
+- **Re-attach** finds each job again by its name; **logs** are the tail of the output file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import re
+import shlex
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from gpufleet.queue.dispatch.base import (
+    DispatchError,
+    DispatchEvent,
+    EventChannel,
+    EventKind,
+    Launch,
+)
+from gpufleet.queue.dispatch.oom import looks_like_cuda_oom
+from gpufleet.queue.dispatch.slurm_state import (
+    MAY_NOT_RUN,
+    SlurmJob,
+    from_sacct_line,
+    from_squeue_record,
+    outcome,
+)
+
+log = logging.getLogger(__name__)
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_LOST_AFTER_MISSES = 3  # consecutive polls in which neither squeue nor sacct knows a job
+
+
+@dataclass
+class _Watched:
+    job_id: str
+    handle: str  # the Slurm job id
+    started: bool = False
+    misses: int = 0
+
+
+def batch_script(launch: Launch) -> str:
+    """The script ``sbatch`` runs: GPUFLEET_* and the launch's env, then the command (through
+    bash when it is one string; on every node with ``srun`` when the job spans several)."""
+    env = {
+        "GPUFLEET_JOB_ID": launch.job_id,
+        "GPUFLEET_HOSTS": ",".join(h.host for h in launch.hosts),
+        **launch.env,
+    }
+    for key in env:
+        if not _ENV_NAME.match(key):
+            raise DispatchError(f"launch {launch.job_id}: env: {key!r} is not a variable name")
+    lines = ["#!/bin/bash", f"# gpufleet job {launch.job_id} ({launch.name}, {launch.user})"]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+    if launch.image and not launch.command:
+        raise DispatchError(f"launch {launch.job_id}: Slurm runs a command, not an image")
+    command = launch.command[0] if len(launch.command) == 1 else shlex.join(launch.command)
+    if len(launch.hosts) == 1:
+        lines += ["export GPUFLEET_RANK=0", f"exec /bin/bash -c {shlex.quote(command)}"]
+    else:  # one task per node; its rank is the node's position in the allocation
+        inner = f"export GPUFLEET_RANK=$SLURM_NODEID; exec /bin/bash -c {shlex.quote(command)}"
+        lines.append(
+            "exec srun --ntasks-per-node=1 --kill-on-bad-exit=1 /bin/bash -c "
+            + shlex.quote(inner)
+        )
+    return "\n".join(lines) + "\n"
+
+
+def sbatch_args(launch: Launch, script: Path, log_file: Path, job_name: str) -> list[str]:
+    """``sbatch``'s arguments for a launch (the time limit rounds up to whole minutes, Slurm's
+    unit)."""
+    per_host = {len(h.gpu_indices) for h in launch.hosts}
+    args = [
+        "--parsable", f"--job-name={job_name}", f"--output={log_file}", "--no-requeue",
+        f"--nodes={len(launch.hosts)}", f"--nodelist={','.join(h.host for h in launch.hosts)}",
+    ]  # fmt: skip
+    if len(per_host) == 1:
+        (count,) = per_host
+        if count:
+            args.append(f"--gres=gpu:{count}")
+    else:
+        args.append(f"--gpus={launch.num_gpus}")
+    if launch.time_limit_seconds is not None:
+        args.append(f"--time={max(1, math.ceil(launch.time_limit_seconds / 60))}")
+    if launch.workdir:
+        args.append(f"--chdir={launch.workdir}")
+    return [*args, str(script)]
+
+
+class SlurmDispatcher:
+    """Runs jobs through ``sbatch`` on a Slurm cluster (the commands must be on ``PATH`` or in
+    ``bin_dir``; ``env`` adds variables such as ``SLURM_CONF``). ``log_dir`` holds the batch
+    scripts and output files and must be visible from the compute nodes (a shared file system,
+    or the dispatcher on the single node)."""
+
+    name = "slurm"
+
+    def __init__(
+        self,
+        log_dir: Path,
+        *,
+        partition: str | None = None,
+        account: str | None = None,
+        env: Mapping[str, str] | None = None,
+        bin_dir: Path | None = None,
+        poll_interval_seconds: float = 2.0,
+        name_prefix: str = "gpufleet-",
+        command_timeout_seconds: float = 60.0,
+    ) -> None:
+        self.log_dir = Path(log_dir)
+        self.partition = partition
+        self.account = account
+        self.env = {**os.environ, **(env or {})}
+        self.bin_dir = bin_dir
+        self.poll_interval_seconds = poll_interval_seconds
+        self.name_prefix = name_prefix
+        self.command_timeout_seconds = command_timeout_seconds
+        self._channel = EventChannel()
+        self._watched: dict[str, _Watched] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._accounting = False
+
+    # -- the commands ------------------------------------------------------------------------
+
+    async def _run(self, program: str, *args: str, check: bool = True) -> tuple[int, str, str]:
+        path = str(self.bin_dir / program) if self.bin_dir else program
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                path, *args, env=self.env,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+        except OSError as exc:
+            raise DispatchError(f"slurm: cannot run {program}: {exc}") from None
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), self.command_timeout_seconds)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise DispatchError(
+                f"slurm: {program} did not answer within {self.command_timeout_seconds:.0f} s"
+            ) from None
+        code = proc.returncode or 0
+        stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace").strip()
+        if check and code != 0:
+            raise DispatchError(f"slurm: {program} {' '.join(args[:1])} failed ({code}): {stderr}")
+        return code, stdout, stderr
+
+    async def _squeue_all(self) -> dict[str, SlurmJob]:
+        """Every job the controller still holds, one call (22.05's ``--json`` ignores filters)."""
+        _, out, _ = await self._run("squeue", "--json")
+        try:
+            records = orjson.loads(out).get("jobs") or []
+        except orjson.JSONDecodeError as exc:
+            raise DispatchError(f"slurm: squeue --json printed no JSON: {exc}") from None
+        jobs = (from_squeue_record(r) for r in records)
+        return {j.slurm_id: j for j in jobs if j.name.startswith(self.name_prefix)}
+
+    async def _sacct(self, *selector: str) -> list[SlurmJob]:
+        if not self._accounting:
+            return []
+        code, out, err = await self._run(
+            "sacct", "--noheader", "--parsable2", "--allocations",
+            "--format=JobID,JobName,State,ExitCode", "--starttime=now-30days", *selector,
+            check=False,
+        )  # fmt: skip
+        if code != 0:
+            log.warning("slurm: sacct failed (%s): %s", code, err)
+            return []
+        return [j for j in map(from_sacct_line, out.splitlines()) if j]
+
+    async def _find_by_name(self, job_id: str) -> str | None:
+        """The newest Slurm job named for ``job_id`` (controller first, then accounting)."""
+        name = self.name_prefix + job_id
+        _, out, _ = await self._run(
+            "squeue", "--noheader", "--states=all", f"--name={name}", "--format=%i"
+        )
+        ids = [line.strip() for line in out.splitlines() if line.strip()]
+        if not ids:
+            ids = [j.slurm_id for j in await self._sacct(f"--name={name}") if j.name == name]
+        return max(ids, key=int) if ids else None
+
+    # -- the Dispatcher interface ------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        await self._run("squeue", "--noheader", "--format=%i", "--states=all")  # reachable?
+        code, _, err = await self._run("sacct", "--noheader", "--allocations", check=False)
+        self._accounting = code == 0
+        if not self._accounting:
+            log.info("slurm: no accounting (%s); finished jobs are read from squeue", err)
+        self._task = asyncio.create_task(self._watch(), name="slurm-watch")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    def events(self) -> AsyncIterator[DispatchEvent]:
+        return self._channel.events()
+
+    def log_file(self, job_id: str) -> Path:
+        return self.log_dir / f"{self.name_prefix}{job_id}.log"
+
+    async def launch(self, launch: Launch) -> str:
+        lock = self._locks.setdefault(launch.job_id, asyncio.Lock())
+        async with lock:
+            known = self._watched.get(launch.job_id)
+            if known is not None:
+                return known.handle
+            existing = await self._find_by_name(launch.job_id)
+            if existing is not None:
+                self._watch_job(launch.job_id, existing)
+                return existing
+            name = self.name_prefix + launch.job_id
+            script = self.log_dir / f"{name}.sh"
+            script.write_text(batch_script(launch))
+            args = sbatch_args(launch, script, self.log_file(launch.job_id), name)
+            if self.partition:
+                args.insert(0, f"--partition={self.partition}")
+            if self.account:
+                args.insert(0, f"--account={self.account}")
+            code, out, err = await self._run("sbatch", *args, check=False)
+            if code != 0:
+                raise DispatchError(f"slurm: sbatch for job {launch.job_id} failed: {err}")
+            handle = out.strip().split(";")[0]
+            if not handle.isdigit():
+                raise DispatchError(f"slurm: sbatch printed no job id for {launch.job_id}: {out}")
+            self._watch_job(launch.job_id, handle)
+            return handle
+
+    async def cancel(self, job_id: str, handle: str | None) -> None:
+        handle = handle or (self._watched[job_id].handle if job_id in self._watched else None)
+        handle = handle or await self._find_by_name(job_id)
+        if handle is None:
+            raise DispatchError(f"slurm: cancel {job_id}: no Slurm job named {self.name_prefix}{job_id}")
+        await self._run("scancel", handle)
+        self._watch_job(job_id, handle)
+
+    async def reattach(self, jobs: Sequence[tuple[str, str | None]]) -> None:
+        controller = await self._squeue_all()
+        by_name: dict[str, SlurmJob] = {}
+        for job in sorted(controller.values(), key=lambda j: int(j.slurm_id)):
+            by_name[job.name] = job  # the newest wins
+        for job_id, handle in jobs:
+            name = self.name_prefix + job_id
+            found = controller.get(handle or "")
+            if found is None or found.name != name:
+                found = by_name.get(name)
+            if found is None:
+                matches = [j for j in await self._sacct(f"--name={name}") if j.name == name]
+                found = max(matches, key=lambda j: int(j.slurm_id)) if matches else None
+            if found is None:
+                self._emit(job_id, EventKind.LOST, handle, reason="not known to Slurm")
+                continue
+            watched = _Watched(job_id, found.slurm_id)
+            self._watched[job_id] = watched
+            await self._apply(watched, found)
+        self._wake.set()
+
+    async def logs(self, job_id: str, handle: str | None, tail_bytes: int = 65536) -> str:
+        return await asyncio.to_thread(_tail, self.log_file(job_id), tail_bytes)
+
+    # -- watching ----------------------------------------------------------------------------
+
+    def _watch_job(self, job_id: str, handle: str) -> None:
+        self._watched.setdefault(job_id, _Watched(job_id, handle))
+        self._wake.set()
+
+    def _emit(self, job_id: str, kind: EventKind, handle: str | None, *, at: float | None = None,
+              exit_code: int | None = None, reason: str | None = None) -> None:  # fmt: skip
+        at_seconds = at if at is not None else time.time()
+        self._channel.emit(DispatchEvent(job_id, kind, at_seconds, handle, exit_code, reason))
+
+    async def _watch(self) -> None:
+        while True:
+            if not self._watched:
+                await self._wake.wait()
+            else:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.poll_interval_seconds)
+                except TimeoutError:
+                    pass
+            self._wake.clear()
+            try:
+                await self.poll()
+            except DispatchError as exc:  # the controller is down: try again next interval
+                log.warning("%s", exc)
+                await asyncio.sleep(self.poll_interval_seconds)
+
+    async def poll(self) -> None:
+        """One ``squeue --json`` call; an event for every watched job whose state moved."""
+        if not self._watched:
+            return
+        controller = await self._squeue_all()
+        for watched in list(self._watched.values()):
+            job = controller.get(watched.handle)
+            if job is None:
+                aged = await self._sacct(f"--jobs={watched.handle}")
+                job = aged[0] if aged else None
+            if job is None:
+                watched.misses += 1
+                if watched.misses >= _LOST_AFTER_MISSES:
+                    self._watched.pop(watched.job_id, None)
+                    self._emit(watched.job_id, EventKind.LOST, watched.handle,
+                               reason="Slurm no longer knows the job")  # fmt: skip
+                continue
+            watched.misses = 0
+            await self._apply(watched, job)
+
+    async def _apply(self, watched: _Watched, job: SlurmJob) -> None:
+        ran = job.running or (job.ended and job.start_seconds and job.state not in MAY_NOT_RUN)
+        if ran and not watched.started:
+            watched.started = True
+            self._emit(watched.job_id, EventKind.STARTED, job.slurm_id, at=job.start_seconds)
+        if not job.ended:
+            return
+        self._watched.pop(watched.job_id, None)
+        result = outcome(job)
+        kind, reason = result.kind, result.reason
+        if kind is EventKind.EXITED and result.exit_code:
+            text = await self.logs(watched.job_id, job.slurm_id)
+            if looks_like_cuda_oom(text):
+                kind, reason = EventKind.FAILED, "oom"
+        self._emit(watched.job_id, kind, job.slurm_id, at=job.end_seconds,
+                   exit_code=result.exit_code, reason=reason)  # fmt: skip
+
+
+def _tail(path: Path, tail_bytes: int) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - tail_bytes))
+            return f.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""

@@ -1,0 +1,65 @@
+"""Read a dispatcher's events into a list, and wait for one with a generous deadline (no
+wall-clock assertion: the deadline only stops a test that would otherwise hang)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from gpufleet.queue.dispatch.base import DispatchEvent, EventKind
+
+DEADLINE_SECONDS = 180.0
+
+
+class Recorder:
+    """The one consumer of ``dispatcher.events()``, started by ``async with``."""
+
+    def __init__(self, dispatcher: Any) -> None:
+        self.dispatcher = dispatcher
+        self.events: list[DispatchEvent] = []
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Recorder:
+        self._task = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _read(self) -> None:
+        async for event in self.dispatcher.events():
+            self.events.append(event)
+            self._changed.set()
+
+    def of(self, job_id: str) -> list[DispatchEvent]:
+        return [e for e in self.events if e.job_id == job_id]
+
+    def kinds(self, job_id: str) -> list[EventKind]:
+        return [e.kind for e in self.of(job_id)]
+
+    async def wait_for(
+        self, job_id: str, *kinds: EventKind, deadline: float = DEADLINE_SECONDS
+    ) -> DispatchEvent:
+        """The first event of ``job_id`` whose kind is one of ``kinds``."""
+
+        async def seen() -> DispatchEvent:
+            while True:
+                for event in self.of(job_id):
+                    if event.kind in kinds:
+                        return event
+                self._changed.clear()
+                await self._changed.wait()
+
+        try:
+            return await asyncio.wait_for(seen(), deadline)
+        except TimeoutError:
+            raise AssertionError(
+                f"no {[k.value for k in kinds]} event for {job_id} within {deadline:.0f} s; "
+                f"saw {self.of(job_id)}"
+            ) from None

@@ -1,0 +1,201 @@
+"""The Slurm dispatcher against a real single-node Slurm (slurmctld + slurmd + munged, started by
+``tests/queue/slurm_cluster.py``; GPUs declared by count, none needed)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gpufleet.queue.dispatch.base import DispatchError, Dispatcher, EventKind, HostGpus, Launch
+from gpufleet.queue.dispatch.slurm import SlurmDispatcher, batch_script, sbatch_args
+from tests.queue.recorder import Recorder
+from tests.queue.slurm_cluster import SlurmCluster, slurm_cluster
+
+pytestmark = [pytest.mark.service]
+__all__ = ["slurm_cluster"]  # the module-scoped fixture, imported for pytest
+
+
+def launch_of(cluster: SlurmCluster, job_id: str, command: str, gpus: int = 1, **kw: Any) -> Launch:
+    return Launch(
+        job_id=job_id, name=f"test {job_id}", user="tester",
+        hosts=(HostGpus(cluster.node, tuple(range(gpus))),), command=(command,), **kw,
+    )  # fmt: skip
+
+
+def dispatcher(cluster: SlurmCluster) -> SlurmDispatcher:
+    return SlurmDispatcher(
+        cluster.root / "jobs", env=cluster.env, poll_interval_seconds=0.3
+    )
+
+
+Body = Callable[[SlurmDispatcher, Recorder], Awaitable[None]]
+
+
+def run(cluster: SlurmCluster, body: Body) -> None:
+    async def main() -> None:
+        d = dispatcher(cluster)
+        await d.start()
+        try:
+            async with Recorder(d) as rec:
+                await body(d, rec)
+        finally:
+            await d.close()
+
+    asyncio.run(main())
+
+
+def slurm_jobs_named(cluster: SlurmCluster, name: str) -> list[str]:
+    out = cluster.run("squeue", "--noheader", "--states=all", f"--name={name}", "--format=%i")
+    return out.stdout.split()
+
+
+def test_implements_the_dispatcher_protocol(tmp_path: Path) -> None:
+    assert isinstance(SlurmDispatcher(tmp_path), Dispatcher)
+
+
+def test_sbatch_arguments_carry_gres_nodes_time_and_name(tmp_path: Path) -> None:
+    launch = Launch(
+        job_id="j1", name="n", user="u", command=("python", "train.py"),
+        hosts=(HostGpus("node1", (0, 1)), HostGpus("node2", (2, 3))), time_limit_seconds=61,
+        workdir="/data",
+    )  # fmt: skip
+    args = sbatch_args(launch, tmp_path / "s.sh", tmp_path / "j1.log", "gpufleet-j1")
+    assert "--gres=gpu:2" in args and "--nodes=2" in args
+    assert "--nodelist=node1,node2" in args and "--time=2" in args  # whole minutes, up
+    assert "--job-name=gpufleet-j1" in args and "--chdir=/data" in args
+    assert args[-1] == str(tmp_path / "s.sh")
+    uneven = Launch(job_id="j2", name="n", user="u", command=("x",),
+                    hosts=(HostGpus("a", (0,)), HostGpus("b", (0, 1, 2))))  # fmt: skip
+    assert "--gpus=4" in sbatch_args(uneven, tmp_path / "s", tmp_path / "l", "g")
+    script = batch_script(launch)
+    assert "srun --ntasks-per-node=1" in script and "GPUFLEET_RANK=$SLURM_NODEID" in script
+
+
+def test_a_bad_env_name_is_refused_naming_the_key() -> None:
+    launch = Launch(job_id="j", name="n", user="u", command=("true",),
+                    hosts=(HostGpus("h", (0,)),), env={"BAD-NAME": "1"})  # fmt: skip
+    with pytest.raises(DispatchError, match="BAD-NAME"):
+        batch_script(launch)
+
+
+def test_job_sees_its_gpus_and_exit_codes_arrive(slurm_cluster: SlurmCluster) -> None:
+    async def body(d: SlurmDispatcher, rec: Recorder) -> None:
+        env_job = launch_of(
+            slurm_cluster, "env1",
+            'echo "GPUS=$SLURM_JOB_GPUS CVD=$CUDA_VISIBLE_DEVICES RANK=$GPUFLEET_RANK '
+            'ID=$GPUFLEET_JOB_ID HOSTS=$GPUFLEET_HOSTS MINE=$MY_VAR"', gpus=2,
+            env={"MY_VAR": "it's here"},
+        )  # fmt: skip
+        fail = launch_of(slurm_cluster, "exit3", "echo failing; exit 3")
+        killed = launch_of(slurm_cluster, "killed", "kill -9 $$")
+        handles = [await d.launch(x) for x in (env_job, fail, killed)]
+        assert all(h.isdigit() for h in handles) and len(set(handles)) == 3
+        done = await rec.wait_for("env1", EventKind.EXITED, EventKind.FAILED)
+        assert (done.kind, done.exit_code, done.handle) == (EventKind.EXITED, 0, handles[0])
+        assert rec.kinds("env1") == [EventKind.STARTED, EventKind.EXITED]
+        out = await d.logs("env1", handles[0])
+        assert "CVD=" in out and "RANK=0 ID=env1" in out and "MINE=it's here" in out
+        gpus = out.split("GPUS=")[1].split()[0].split(",")
+        cvd = out.split("CVD=")[1].split()[0].split(",")
+        assert len(gpus) == 2 and len(cvd) == 2, out  # its allocation, as Slurm set it
+        assert f"HOSTS={slurm_cluster.node}" in out
+        failed = await rec.wait_for("exit3", EventKind.EXITED, EventKind.FAILED)
+        assert (failed.kind, failed.exit_code) == (EventKind.EXITED, 3)
+        assert "failing" in await d.logs("exit3", None)
+        signalled = await rec.wait_for("killed", EventKind.EXITED, EventKind.FAILED)
+        assert signalled.exit_code == 128 + 9
+
+    run(slurm_cluster, body)
+
+
+def test_cuda_oom_in_the_log_is_reported_as_oom(slurm_cluster: SlurmCluster) -> None:
+    async def body(d: SlurmDispatcher, rec: Recorder) -> None:
+        text = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+        await d.launch(launch_of(slurm_cluster, "oom1", f"echo '{text}' >&2; exit 1"))
+        event = await rec.wait_for("oom1", EventKind.EXITED, EventKind.FAILED)
+        assert (event.kind, event.reason, event.exit_code) == (EventKind.FAILED, "oom", 1)
+
+    run(slurm_cluster, body)
+
+
+def test_cancel_a_running_and_a_pending_job(slurm_cluster: SlurmCluster) -> None:
+    async def body(d: SlurmDispatcher, rec: Recorder) -> None:
+        handle = await d.launch(launch_of(slurm_cluster, "long1", "sleep 600"))
+        await rec.wait_for("long1", EventKind.STARTED)
+        # more GPUs than the node has: it stays pending until cancelled
+        too_big = launch_of(slurm_cluster, "wait1", "true", gpus=4)
+        blocker = launch_of(slurm_cluster, "block1", "sleep 600", gpus=3)
+        await d.launch(blocker)
+        await rec.wait_for("block1", EventKind.STARTED)
+        await d.launch(too_big)
+        await d.cancel("long1", handle)
+        await d.cancel("wait1", None)  # found by its name
+        await d.cancel("block1", None)
+        for job in ("long1", "wait1", "block1"):
+            event = await rec.wait_for(job, EventKind.CANCELLED, EventKind.EXITED)
+            assert event.kind is EventKind.CANCELLED and event.reason == "cancelled"
+        assert EventKind.STARTED not in rec.kinds("wait1")
+
+    run(slurm_cluster, body)
+
+
+def test_launch_is_idempotent_by_job_name(slurm_cluster: SlurmCluster) -> None:
+    async def body(d: SlurmDispatcher, rec: Recorder) -> None:
+        launch = launch_of(slurm_cluster, "same1", "sleep 600")
+        first, again = await asyncio.gather(d.launch(launch), d.launch(launch))
+        assert first == again
+        # a restarted dispatcher (no memory of it) finds it by name and submits nothing
+        other = dispatcher(slurm_cluster)
+        await other.start()
+        try:
+            assert await other.launch(launch) == first
+        finally:
+            await other.close()
+        assert slurm_jobs_named(slurm_cluster, "gpufleet-same1") == [first]
+        await d.cancel("same1", first)
+        await rec.wait_for("same1", EventKind.CANCELLED)
+
+    run(slurm_cluster, body)
+
+
+def test_reattach_after_a_dispatcher_restart(slurm_cluster: SlurmCluster) -> None:
+    async def before(d: SlurmDispatcher, rec: Recorder) -> None:
+        await d.launch(launch_of(slurm_cluster, "re-run", "sleep 600"))
+        await d.launch(launch_of(slurm_cluster, "re-end", "sleep 1; exit 7"))
+        await rec.wait_for("re-run", EventKind.STARTED)
+        await rec.wait_for("re-end", EventKind.STARTED)
+
+    run(slurm_cluster, before)  # the dispatcher goes away; re-end ends while nobody watches
+    while any(
+        s != "FAILED"
+        for s in slurm_cluster.run("squeue", "-h", "-t", "all", "-n", "gpufleet-re-end", "-o", "%T")
+        .stdout.split()
+    ):
+        asyncio.run(asyncio.sleep(0.2))  # the test's own deadline (pytest-timeout) bounds this
+
+    async def after(d: SlurmDispatcher, rec: Recorder) -> None:
+        await d.reattach([("re-run", None), ("re-end", None), ("never-ran", "999999")])
+        running = await rec.wait_for("re-run", EventKind.STARTED)
+        ended = await rec.wait_for("re-end", EventKind.EXITED)
+        lost = await rec.wait_for("never-ran", EventKind.LOST)
+        assert running.handle and ended.exit_code == 7 and lost.handle == "999999"
+        await d.cancel("re-run", running.handle)  # still watched after reattach
+        await rec.wait_for("re-run", EventKind.CANCELLED)
+
+    run(slurm_cluster, after)
+
+
+@pytest.mark.slow
+def test_time_limit_is_reported_as_such(slurm_cluster: SlurmCluster) -> None:
+    """Slurm counts limits in whole minutes and checks them every ~30 s: this takes 1-2 min."""
+
+    async def body(d: SlurmDispatcher, rec: Recorder) -> None:
+        await d.launch(launch_of(slurm_cluster, "late1", "sleep 600", time_limit_seconds=5))
+        event = await rec.wait_for("late1", EventKind.FAILED, EventKind.EXITED, deadline=240)
+        assert (event.kind, event.reason) == (EventKind.FAILED, "time limit")
+
+    run(slurm_cluster, body)
