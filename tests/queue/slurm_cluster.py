@@ -113,9 +113,13 @@ def _wait(cluster: SlurmCluster, what: str, ready: object) -> None:
             return
         for proc in cluster.procs:
             if proc.poll() is not None:
-                raise RuntimeError(f"{proc.args[0]} exited while waiting for {what}:\n{cluster.logs()}")
+                raise RuntimeError(
+                    f"{proc.args[0]} exited while waiting for {what}:\n{cluster.logs()}"
+                )
         time.sleep(0.2)
-    raise RuntimeError(f"slurm test cluster: no {what} within {START_DEADLINE_SECONDS:.0f} s:\n{cluster.logs()}")
+    raise RuntimeError(
+        f"slurm test cluster: no {what} within {START_DEADLINE_SECONDS:.0f} s:\n{cluster.logs()}"
+    )
 
 
 def start_cluster(root: Path) -> SlurmCluster:

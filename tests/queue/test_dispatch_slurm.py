@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gpufleet.queue.dispatch.base import DispatchError, Dispatcher, EventKind, HostGpus, Launch
+from gpufleet.queue.dispatch.base import Dispatcher, DispatchError, EventKind, HostGpus, Launch
 from gpufleet.queue.dispatch.slurm import SlurmDispatcher, batch_script, sbatch_args
 from tests.queue.recorder import Recorder
 from tests.queue.slurm_cluster import SlurmCluster, slurm_cluster
@@ -27,9 +27,7 @@ def launch_of(cluster: SlurmCluster, job_id: str, command: str, gpus: int = 1, *
 
 
 def dispatcher(cluster: SlurmCluster) -> SlurmDispatcher:
-    return SlurmDispatcher(
-        cluster.root / "jobs", env=cluster.env, poll_interval_seconds=0.3
-    )
+    return SlurmDispatcher(cluster.root / "jobs", env=cluster.env, poll_interval_seconds=0.3)
 
 
 Body = Callable[[SlurmDispatcher, Recorder], Awaitable[None]]
@@ -172,8 +170,9 @@ def test_reattach_after_a_dispatcher_restart(slurm_cluster: SlurmCluster) -> Non
     run(slurm_cluster, before)  # the dispatcher goes away; re-end ends while nobody watches
     while any(
         s != "FAILED"
-        for s in slurm_cluster.run("squeue", "-h", "-t", "all", "-n", "gpufleet-re-end", "-o", "%T")
-        .stdout.split()
+        for s in slurm_cluster.run(
+            "squeue", "-h", "-t", "all", "-n", "gpufleet-re-end", "-o", "%T"
+        ).stdout.split()
     ):
         asyncio.run(asyncio.sleep(0.2))  # the test's own deadline (pytest-timeout) bounds this
 

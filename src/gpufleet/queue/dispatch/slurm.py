@@ -80,8 +80,7 @@ def batch_script(launch: Launch) -> str:
     else:  # one task per node; its rank is the node's position in the allocation
         inner = f"export GPUFLEET_RANK=$SLURM_NODEID; exec /bin/bash -c {shlex.quote(command)}"
         lines.append(
-            "exec srun --ntasks-per-node=1 --kill-on-bad-exit=1 /bin/bash -c "
-            + shlex.quote(inner)
+            "exec srun --ntasks-per-node=1 --kill-on-bad-exit=1 /bin/bash -c " + shlex.quote(inner)
         )
     return "\n".join(lines) + "\n"
 
@@ -258,7 +257,9 @@ class SlurmDispatcher:
         handle = handle or (self._watched[job_id].handle if job_id in self._watched else None)
         handle = handle or await self._find_by_name(job_id)
         if handle is None:
-            raise DispatchError(f"slurm: cancel {job_id}: no Slurm job named {self.name_prefix}{job_id}")
+            raise DispatchError(
+                f"slurm: cancel {job_id}: no Slurm job named {self.name_prefix}{job_id}"
+            )
         await self._run("scancel", handle)
         self._watch_job(job_id, handle)
 
