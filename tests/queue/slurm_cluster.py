@@ -20,7 +20,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,6 +122,25 @@ def _wait(cluster: SlurmCluster, what: str, ready: object) -> None:
     )
 
 
+def _daemon(cluster: SlurmCluster, daemon: str, *args: str) -> subprocess.Popen[bytes]:
+    with (cluster.root / "log" / f"{daemon}.out").open("ab") as out:
+        return subprocess.Popen(
+            [shutil.which(daemon) or daemon, "-D", *args],
+            env={**os.environ, **cluster.env}, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+def restart_controller(cluster: SlurmCluster, while_down: Callable[[], None]) -> None:
+    """Stop slurmctld (SIGTERM: it saves its state), run ``while_down``, start it again from the
+    saved state."""
+    controller = cluster.procs[1]
+    controller.terminate()
+    controller.wait(60)
+    while_down()
+    cluster.procs[1] = _daemon(cluster, "slurmctld")
+    _wait(cluster, "slurmctld again", lambda: cluster.run("scontrol", "ping").returncode == 0)
+
+
 def start_cluster(root: Path) -> SlurmCluster:
     for binary in ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel"):
         need_binary(binary, f"Slurm ({binary}: Debian packages slurm-wlm and munge)")
@@ -133,7 +152,6 @@ def start_cluster(root: Path) -> SlurmCluster:
     key.write_bytes(os.urandom(1024))
     key.chmod(0o400)
     munge.chmod(0o711)
-    env = {**os.environ, **cluster.env}
     logs = root / "log"
     cluster.procs.append(subprocess.Popen(
         [shutil.which("munged") or "munged", "--foreground", "--force", f"--key-file={key}",
@@ -142,13 +160,9 @@ def start_cluster(root: Path) -> SlurmCluster:
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     ))  # fmt: skip
     _wait(cluster, "munge socket", lambda: (munge / "munge.socket").exists())
-    for daemon in ("slurmctld", "slurmd"):
-        out = (logs / f"{daemon}.out").open("wb")
-        argv = [shutil.which(daemon) or daemon, "-D"] + (["-c"] if daemon == "slurmctld" else [])
-        cluster.procs.append(subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT))
-        out.close()
-        if daemon == "slurmctld":
-            _wait(cluster, "slurmctld", lambda: cluster.run("scontrol", "ping").returncode == 0)
+    cluster.procs.append(_daemon(cluster, "slurmctld", "-c"))  # -c: a clean state
+    _wait(cluster, "slurmctld", lambda: cluster.run("scontrol", "ping").returncode == 0)
+    cluster.procs.append(_daemon(cluster, "slurmd"))
 
     def node_idle() -> bool:
         state = cluster.run("sinfo", "--noheader", "--format=%t").stdout.strip()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from gpufleet.queue.dispatch.base import Dispatcher, DispatchError, EventKind, HostGpus, Launch
 from gpufleet.queue.dispatch.slurm import SlurmDispatcher, batch_script, sbatch_args
 from tests.queue.recorder import Recorder
-from tests.queue.slurm_cluster import SlurmCluster, slurm_cluster
+from tests.queue.slurm_cluster import SlurmCluster, restart_controller, slurm_cluster
 
 pytestmark = [pytest.mark.service]
 __all__ = ["slurm_cluster"]  # the module-scoped fixture, imported for pytest
@@ -196,5 +197,43 @@ def test_time_limit_is_reported_as_such(slurm_cluster: SlurmCluster) -> None:
         await d.launch(launch_of(slurm_cluster, "late1", "sleep 600", time_limit_seconds=5))
         event = await rec.wait_for("late1", EventKind.FAILED, EventKind.EXITED, deadline=240)
         assert (event.kind, event.reason) == (EventKind.FAILED, "time limit")
+
+    run(slurm_cluster, body)
+
+
+def test_a_job_ending_while_the_controller_is_down_is_reported_when_it_is_back(
+    slurm_cluster: SlurmCluster,
+) -> None:
+    async def body(d: SlurmDispatcher, rec: Recorder) -> None:
+        await d.launch(launch_of(slurm_cluster, "ctl1", "sleep 2; echo bye; exit 5"))
+        await rec.wait_for("ctl1", EventKind.STARTED)
+        log_file = d.log_file("ctl1")
+
+        def job_ends() -> None:  # the job finishes while nobody can ask the controller
+            deadline = time.monotonic() + 120
+            while "bye" not in log_file.read_text() and time.monotonic() < deadline:
+                time.sleep(0.2)
+
+        await asyncio.to_thread(restart_controller, slurm_cluster, job_ends)
+        event = await rec.wait_for("ctl1", EventKind.EXITED, EventKind.FAILED)
+        assert (event.kind, event.exit_code) == (EventKind.EXITED, 5)
+        assert rec.kinds("ctl1") == [EventKind.STARTED, EventKind.EXITED]
+
+    run(slurm_cluster, body)
+
+
+def test_a_job_slurm_forgot_is_not_submitted_again_and_is_lost(
+    slurm_cluster: SlurmCluster,
+) -> None:
+    """Submitted before (its Slurm id on file) but gone from squeue and no accounting to ask:
+    the launch submits nothing, and the watch reports it LOST."""
+
+    async def body(d: SlurmDispatcher, rec: Recorder) -> None:
+        d.log_dir.mkdir(parents=True, exist_ok=True)
+        d.log_file("old1").with_suffix(".slurm-id").write_text("987654\n")
+        assert await d.launch(launch_of(slurm_cluster, "old1", "true")) == "987654"
+        lost = await rec.wait_for("old1", EventKind.LOST)
+        assert lost.handle == "987654"
+        assert slurm_jobs_named(slurm_cluster, "gpufleet-old1") == []
 
     run(slurm_cluster, body)

@@ -110,6 +110,7 @@ class KubernetesDispatcher:
         self._watches: list[watch.Watch] = []
         self._threads: list[threading.Thread] = []
         self._task: asyncio.Task[None] | None = None
+        self._owns_api = False
 
     # -- the API -----------------------------------------------------------------------------
 
@@ -145,6 +146,7 @@ class KubernetesDispatcher:
     async def start(self) -> None:
         if self._api is None:
             self._api = await asyncio.to_thread(self._connect)
+            self._owns_api = True
         self._batch = client.BatchV1Api(self._api)
         self._core = client.CoreV1Api(self._api)
         await self._acall(
@@ -174,6 +176,8 @@ class KubernetesDispatcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        if self._owns_api and self._api is not None:
+            self._api.close()
 
     def events(self) -> AsyncIterator[DispatchEvent]:
         return self._channel.events()
@@ -316,6 +320,8 @@ class KubernetesDispatcher:
                     await self._on_job(tracked, type_, obj)
             except DispatchError as exc:
                 log.warning("%s", exc)
+            except Exception:  # an object we could not read: say so, keep watching
+                log.exception("kubernetes: event for %s", job_id)
 
     async def _on_pod(self, tracked: _Tracked, type_: str, pod: Obj) -> None:
         tracked.pods[pod["metadata"]["name"]] = pod

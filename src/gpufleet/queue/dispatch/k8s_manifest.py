@@ -9,13 +9,13 @@ placed hosts, pod anti-affinity on ``kubernetes.io/hostname`` so no two share a 
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 
 from kubernetes import client
 
 from gpufleet.queue.dispatch.base import DispatchError, Launch
+from gpufleet.queue.dispatch.names import safe_name, short_hash
 
 JOB_ID_LABEL = "gpufleet.io/job-id"
 USER_LABEL = "gpufleet.io/user"
@@ -26,20 +26,11 @@ HOSTNAME_KEY = "kubernetes.io/hostname"
 COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 
 _NOT_DNS = re.compile(r"[^a-z0-9-]+")
-_NOT_LABEL = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
-def _short_hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def label_value(text: str) -> str:
-    """A valid label value (<= 63 chars of ``[A-Za-z0-9_.-]``, alphanumeric at both ends),
-    unique per input: a hash is appended when anything had to change."""
-    clean = _NOT_LABEL.sub("-", text).strip("-_.")
-    if clean == text and len(clean) <= 63:
-        return clean
-    return f"{clean[:54].rstrip('-_.')}-{_short_hash(text)}".lstrip("-")
+    """A valid label value, unique per input (see :func:`names.safe_name`)."""
+    return safe_name(text, 63)
 
 
 def job_name(job_id: str, prefix: str = "gpufleet-") -> str:
@@ -48,7 +39,7 @@ def job_name(job_id: str, prefix: str = "gpufleet-") -> str:
     name = prefix + clean
     if clean == job_id and len(name) <= 52:  # room for the pods' 5-char suffix + index
         return name
-    return f"{name[:43].rstrip('-')}-{_short_hash(job_id)}"
+    return f"{name[:43].rstrip('-')}-{short_hash(job_id)}"
 
 
 def job_selector(job_id: str) -> str:

@@ -36,6 +36,7 @@ from gpufleet.queue.dispatch.base import (
     EventKind,
     Launch,
 )
+from gpufleet.queue.dispatch.names import safe_name
 from gpufleet.queue.dispatch.oom import looks_like_cuda_oom
 from gpufleet.queue.dispatch.slurm_state import (
     MAY_NOT_RUN,
@@ -191,7 +192,7 @@ class SlurmDispatcher:
 
     async def _find_by_name(self, job_id: str) -> str | None:
         """The newest Slurm job named for ``job_id`` (controller first, then accounting)."""
-        name = self.name_prefix + job_id
+        name = self.job_name(job_id)
         _, out, _ = await self._run(
             "squeue", "--noheader", "--states=all", f"--name={name}", "--format=%i"
         )
@@ -223,8 +224,17 @@ class SlurmDispatcher:
     def events(self) -> AsyncIterator[DispatchEvent]:
         return self._channel.events()
 
+    def job_name(self, job_id: str) -> str:
+        """``gpufleet-<job id>`` (an id that ``--name`` lists could split gets a safe form)."""
+        return self.name_prefix + safe_name(job_id, 200)
+
     def log_file(self, job_id: str) -> Path:
-        return self.log_dir / f"{self.name_prefix}{job_id}.log"
+        return self.log_dir / f"{self.job_name(job_id)}.log"
+
+    def _marker(self, job_id: str) -> Path:
+        """Written once sbatch has answered: the Slurm id, so a job that aged out of the
+        controller (and with no accounting to ask) is never submitted again."""
+        return self.log_dir / f"{self.job_name(job_id)}.slurm-id"
 
     async def launch(self, launch: Launch) -> str:
         lock = self._locks.setdefault(launch.job_id, asyncio.Lock())
@@ -233,10 +243,13 @@ class SlurmDispatcher:
             if known is not None:
                 return known.handle
             existing = await self._find_by_name(launch.job_id)
+            marker = self._marker(launch.job_id)
+            if existing is None and marker.exists():
+                existing = marker.read_text().strip() or None
             if existing is not None:
                 self._watch_job(launch.job_id, existing)
                 return existing
-            name = self.name_prefix + launch.job_id
+            name = self.job_name(launch.job_id)
             script = self.log_dir / f"{name}.sh"
             script.write_text(batch_script(launch))
             args = sbatch_args(launch, script, self.log_file(launch.job_id), name)
@@ -250,6 +263,9 @@ class SlurmDispatcher:
             handle = out.strip().split(";")[0]
             if not handle.isdigit():
                 raise DispatchError(f"slurm: sbatch printed no job id for {launch.job_id}: {out}")
+            tmp = marker.with_suffix(".tmp")
+            tmp.write_text(handle + "\n")
+            tmp.replace(marker)
             self._watch_job(launch.job_id, handle)
             return handle
 
@@ -258,7 +274,7 @@ class SlurmDispatcher:
         handle = handle or await self._find_by_name(job_id)
         if handle is None:
             raise DispatchError(
-                f"slurm: cancel {job_id}: no Slurm job named {self.name_prefix}{job_id}"
+                f"slurm: cancel {job_id}: no Slurm job named {self.job_name(job_id)}"
             )
         await self._run("scancel", handle)
         self._watch_job(job_id, handle)
@@ -269,7 +285,7 @@ class SlurmDispatcher:
         for job in sorted(controller.values(), key=lambda j: int(j.slurm_id)):
             by_name[job.name] = job  # the newest wins
         for job_id, handle in jobs:
-            name = self.name_prefix + job_id
+            name = self.job_name(job_id)
             found = controller.get(handle or "")
             if found is None or found.name != name:
                 found = by_name.get(name)
@@ -312,6 +328,9 @@ class SlurmDispatcher:
                 await self.poll()
             except DispatchError as exc:  # the controller is down: try again next interval
                 log.warning("%s", exc)
+                await asyncio.sleep(self.poll_interval_seconds)
+            except Exception:  # a record we could not read: say so, keep watching
+                log.exception("slurm: poll failed")
                 await asyncio.sleep(self.poll_interval_seconds)
 
     async def poll(self) -> None:
