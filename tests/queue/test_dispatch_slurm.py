@@ -107,6 +107,13 @@ def test_job_sees_its_gpus_and_exit_codes_arrive(slurm_cluster: SlurmCluster) ->
         assert "failing" in await d.logs("exit3", None)
         signalled = await rec.wait_for("killed", EventKind.EXITED, EventKind.FAILED)
         assert signalled.exit_code == 128 + 9
+        # a cancel that comes after the end, and a launch again, change nothing
+        await d.cancel("exit3", None)
+        assert await d.launch(fail) == handles[1]
+        await d.launch(launch_of(slurm_cluster, "after1", "true"))
+        await rec.wait_for("after1", EventKind.EXITED)
+        assert rec.kinds("exit3") == [EventKind.STARTED, EventKind.EXITED]
+        assert slurm_jobs_named(slurm_cluster, "gpufleet-exit3") == [handles[1]]
 
     run(slurm_cluster, body)
 
@@ -138,6 +145,8 @@ def test_cancel_a_running_and_a_pending_job(slurm_cluster: SlurmCluster) -> None
             event = await rec.wait_for(job, EventKind.CANCELLED, EventKind.EXITED)
             assert event.kind is EventKind.CANCELLED and event.reason == "cancelled"
         assert EventKind.STARTED not in rec.kinds("wait1")
+        await d.cancel("never1", None)  # never submitted: nothing to stop
+        assert (await rec.wait_for("never1", EventKind.CANCELLED)).handle is None
 
     run(slurm_cluster, body)
 

@@ -111,6 +111,8 @@ class KubernetesDispatcher:
         self._threads: list[threading.Thread] = []
         self._task: asyncio.Task[None] | None = None
         self._owns_api = False
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._ended: set[str] = set()  # ending reported: a late cancel does nothing
 
     # -- the API -----------------------------------------------------------------------------
 
@@ -183,9 +185,15 @@ class KubernetesDispatcher:
         return self._channel.events()
 
     async def launch(self, launch: Launch) -> str:
+        async with self._locks.setdefault(launch.job_id, asyncio.Lock()):
+            return await self._launch(launch)
+
+    async def _launch(self, launch: Launch) -> str:
         known = self._tracked.get(launch.job_id)
         if known is not None:
             return known.name
+        if launch.job_id in self._ended:
+            return job_name(launch.job_id, self.name_prefix)
         manifest = job_manifest(
             launch, self.namespace, default_image=self.default_image, prefix=self.name_prefix,
             service_account=self.service_account,
@@ -213,6 +221,11 @@ class KubernetesDispatcher:
         return name
 
     async def cancel(self, job_id: str, handle: str | None) -> None:
+        async with self._locks.setdefault(job_id, asyncio.Lock()):  # after an in-flight launch
+            if job_id not in self._ended:
+                await self._cancel(job_id, handle)
+
+    async def _cancel(self, job_id: str, handle: str | None) -> None:
         tracked = self._tracked.get(job_id)
         name = handle or (tracked.name if tracked else job_name(job_id, self.name_prefix))
         if tracked is None:
@@ -362,6 +375,7 @@ class KubernetesDispatcher:
                 reason: str | None = None, at: float | None = None) -> None:  # fmt: skip
         if self._tracked.pop(tracked.job_id, None) is None:
             return  # already reported
+        self._ended.add(tracked.job_id)
         self._emit(tracked.job_id, kind, tracked.name, at=at, exit_code=exit_code, reason=reason)
 
     def _emit(self, job_id: str, kind: EventKind, handle: str | None, *, at: float | None = None,

@@ -49,6 +49,7 @@ from gpufleet.queue.dispatch.slurm_state import (
 log = logging.getLogger(__name__)
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ALREADY_GONE = re.compile(r"already completing or completed|Invalid job id", re.IGNORECASE)
 _LOST_AFTER_MISSES = 3  # consecutive polls in which neither squeue nor sacct knows a job
 
 
@@ -138,6 +139,7 @@ class SlurmDispatcher:
         self._channel = EventChannel()
         self._watched: dict[str, _Watched] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._ended: set[str] = set()  # ending reported: a late cancel does nothing
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._accounting = False
@@ -237,8 +239,7 @@ class SlurmDispatcher:
         return self.log_dir / f"{self.job_name(job_id)}.slurm-id"
 
     async def launch(self, launch: Launch) -> str:
-        lock = self._locks.setdefault(launch.job_id, asyncio.Lock())
-        async with lock:
+        async with self._locks.setdefault(launch.job_id, asyncio.Lock()):
             known = self._watched.get(launch.job_id)
             if known is not None:
                 return known.handle
@@ -270,14 +271,23 @@ class SlurmDispatcher:
             return handle
 
     async def cancel(self, job_id: str, handle: str | None) -> None:
-        handle = handle or (self._watched[job_id].handle if job_id in self._watched else None)
-        handle = handle or await self._find_by_name(job_id)
-        if handle is None:
-            raise DispatchError(
-                f"slurm: cancel {job_id}: no Slurm job named {self.job_name(job_id)}"
-            )
-        await self._run("scancel", handle)
-        self._watch_job(job_id, handle)
+        async with self._locks.setdefault(job_id, asyncio.Lock()):  # after an in-flight launch
+            if job_id in self._ended:
+                return  # its ending is already reported
+            known = self._watched.get(job_id)
+            handle = handle or (known.handle if known else None)
+            handle = handle or await self._find_by_name(job_id)
+            marker = self._marker(job_id)
+            if handle is None and marker.exists():
+                handle = marker.read_text().strip() or None
+            if handle is None:  # never submitted: nothing to stop
+                self._ended.add(job_id)
+                self._emit(job_id, EventKind.CANCELLED, None, reason="cancelled")
+                return
+            code, _, err = await self._run("scancel", handle, check=False)
+            if code != 0 and not _ALREADY_GONE.search(err):
+                raise DispatchError(f"slurm: scancel {handle} (job {job_id}) failed: {err}")
+            self._watch_job(job_id, handle)  # the controller says how it ended
 
     async def reattach(self, jobs: Sequence[tuple[str, str | None]]) -> None:
         controller = await self._squeue_all()
@@ -306,6 +316,8 @@ class SlurmDispatcher:
     # -- watching ----------------------------------------------------------------------------
 
     def _watch_job(self, job_id: str, handle: str) -> None:
+        if job_id in self._ended:
+            return  # reported already; launching it again returns its handle, nothing more
         self._watched.setdefault(job_id, _Watched(job_id, handle))
         self._wake.set()
 
@@ -347,6 +359,7 @@ class SlurmDispatcher:
                 watched.misses += 1
                 if watched.misses >= _LOST_AFTER_MISSES:
                     self._watched.pop(watched.job_id, None)
+                    self._ended.add(watched.job_id)
                     self._emit(watched.job_id, EventKind.LOST, watched.handle,
                                reason="Slurm no longer knows the job")  # fmt: skip
                 continue
@@ -361,6 +374,7 @@ class SlurmDispatcher:
         if not job.ended:
             return
         self._watched.pop(watched.job_id, None)
+        self._ended.add(watched.job_id)
         result = outcome(job)
         kind, reason = result.kind, result.reason
         if kind is EventKind.EXITED and result.exit_code:
