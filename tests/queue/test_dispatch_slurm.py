@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from gpufleet.queue.dispatch.base import Dispatcher, DispatchError, EventKind, HostGpus, Launch
-from gpufleet.queue.dispatch.slurm import SlurmDispatcher, batch_script, sbatch_args
+from gpufleet.queue.dispatch.slurm import SlurmDispatcher
+from gpufleet.queue.dispatch.slurm_script import batch_script, sbatch_args
 from tests.queue.recorder import Recorder
 from tests.queue.slurm_cluster import SlurmCluster, restart_controller, slurm_cluster
 

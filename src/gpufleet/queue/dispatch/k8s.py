@@ -4,9 +4,9 @@ client, completion from a watch on Jobs and Pods with gpufleet's label (event-dr
 - **Launch** creates the Job of :func:`k8s_manifest.job_manifest`; its name is derived from the
   job id, so a second create answers 409 AlreadyExists and the launch returns that Job: no job
   runs twice.
-- **Watches**: two threads (the client is synchronous) run ``list`` then ``watch`` on Jobs and on
-  Pods labelled ``app.kubernetes.io/managed-by=gpufleet`` in the namespace, resuming from the
-  last ``resourceVersion`` (and listing again on 410 Gone). A pod that runs gives ``STARTED``;
+- **Watches** (:mod:`k8s_watch`): two threads (the client is synchronous) run ``list`` then
+  ``watch`` on Jobs and on Pods labelled ``app.kubernetes.io/managed-by=gpufleet`` in the
+  namespace, resuming from the last ``resourceVersion`` (and listing again on 410 Gone). A pod that runs gives ``STARTED``;
   the Job's ``Complete``/``Failed`` condition gives the ending (:mod:`k8s_state`); a Job deleted
   by :meth:`cancel` gives ``CANCELLED``, one deleted by someone else ``LOST``.
 - Responses are read as JSON (``_preload_content=False``), not through the client's strict
@@ -21,13 +21,12 @@ import asyncio
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubernetes import client, config, watch
+from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from gpufleet.queue.dispatch.base import (
@@ -45,6 +44,7 @@ from gpufleet.queue.dispatch.k8s_manifest import (
     job_selector,
 )
 from gpufleet.queue.dispatch.k8s_state import job_ending, pod_started_at, timestamp
+from gpufleet.queue.dispatch.k8s_watch import ResourceWatch, call_json
 from gpufleet.queue.dispatch.oom import looks_like_cuda_oom
 
 log = logging.getLogger(__name__)
@@ -106,9 +106,7 @@ class KubernetesDispatcher:
         self._channel = EventChannel()
         self._tracked: dict[str, _Tracked] = {}
         self._inbox: asyncio.Queue[tuple[str, str, Obj]] = asyncio.Queue()
-        self._stopping = threading.Event()
-        self._watches: list[watch.Watch] = []
-        self._threads: list[threading.Thread] = []
+        self._watches: list[ResourceWatch] = []
         self._task: asyncio.Task[None] | None = None
         self._owns_api = False
         self._locks: dict[str, asyncio.Lock] = {}
@@ -129,11 +127,7 @@ class KubernetesDispatcher:
 
     def _call(self, method: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         """One API call, its JSON body parsed (blocking: run it in a thread)."""
-        response = method(
-            *args, _preload_content=False, _request_timeout=self.request_timeout_seconds, **kw
-        )
-        data = response.data
-        return json.loads(data) if data else {}
+        return call_json(method, *args, timeout=self.request_timeout_seconds, **kw)
 
     async def _acall(self, what: str, method: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         try:
@@ -158,20 +152,19 @@ class KubernetesDispatcher:
         loop = asyncio.get_running_loop()
         for kind, lister in (("jobs", self._batch.list_namespaced_job),
                              ("pods", self._core.list_namespaced_pod)):  # fmt: skip
-            thread = threading.Thread(
-                target=self._watch_forever, args=(loop, kind, lister),
-                name=f"k8s-watch-{kind}", daemon=True,
+            w = ResourceWatch(
+                kind, lister, self.namespace, SELECTOR, loop=loop,
+                deliver=lambda k, t, o: self._inbox.put_nowait((k, t, o)),
+                watch_timeout_seconds=self.watch_timeout_seconds,
+                request_timeout_seconds=self.request_timeout_seconds,
             )  # fmt: skip
-            thread.start()
-            self._threads.append(thread)
+            w.start()
+            self._watches.append(w)
         self._task = asyncio.create_task(self._process(), name="k8s-events")
 
     async def close(self) -> None:
-        self._stopping.set()
         for w in self._watches:
-            w.stop()
-        for thread in self._threads:
-            await asyncio.to_thread(thread.join, self.request_timeout_seconds)
+            await w.stop()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -277,47 +270,6 @@ class KubernetesDispatcher:
         return "".join(texts)[-tail_bytes:]
 
     # -- watching ----------------------------------------------------------------------------
-
-    def _watch_forever(
-        self, loop: asyncio.AbstractEventLoop, kind: str, lister: Callable[..., Any]
-    ) -> None:
-        """List, then watch from that resourceVersion; again after a timeout or 410 Gone."""
-        w = watch.Watch()
-        self._watches.append(w)
-        version: str | None = None
-
-        def post(kind_of_event: str, obj: Obj) -> None:
-            loop.call_soon_threadsafe(self._inbox.put_nowait, (kind, kind_of_event, obj))
-
-        while not self._stopping.is_set():
-            try:
-                if version is None:
-                    listed = self._call(lister, self.namespace, label_selector=SELECTOR)
-                    version = listed["metadata"]["resourceVersion"]
-                    for obj in listed.get("items") or []:
-                        post("ADDED", obj)
-                for event in w.stream(
-                    lister, self.namespace, label_selector=SELECTOR, resource_version=version,
-                    timeout_seconds=self.watch_timeout_seconds, allow_watch_bookmarks=True,
-                    deserialize=False,
-                ):  # fmt: skip
-                    obj = event.get("object") or {}
-                    version = (obj.get("metadata") or {}).get("resourceVersion") or version
-                    if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
-                        post(event["type"], obj)
-                    if self._stopping.is_set():
-                        break
-            except ApiException as exc:
-                if exc.status == 410:  # too old: list again
-                    version = None
-                    continue
-                log.warning("kubernetes: watch %s: %s %s", kind, exc.status, exc.reason)
-                self._stopping.wait(1.0)
-            except Exception as exc:  # the API server went away: retry
-                if self._stopping.is_set():
-                    break
-                log.warning("kubernetes: watch %s: %s: %s", kind, type(exc).__name__, exc)
-                self._stopping.wait(1.0)
 
     async def _process(self) -> None:
         while True:
