@@ -81,6 +81,8 @@ class FakeKubeApi:
         self.forbidden: set[str] = set()  # "create", ...: answer 403 like a missing RBAC rule
         self.logs: dict[str, str] = {}  # pod name -> its log
         self._deleted: set[str] = set()
+        self.compacted_to = 0  # a watch from an older resourceVersion gets 410 Gone
+        self._watch_generation = 0  # bumped to end every open watch (an API server restart)
         self._server: ThreadingHTTPServer | None = None
         self.stopping = False
 
@@ -114,7 +116,15 @@ class FakeKubeApi:
     ) -> Iterator[bytes]:
         deadline = time.monotonic() + timeout
         seen = since
-        while not self.stopping:
+        with self.cond:
+            generation = self._watch_generation
+            if since < self.compacted_to:  # what a real server sends: an ERROR event, 410
+                gone = status_body(
+                    410, "Expired", f"too old resource version: {since} ({self.compacted_to})"
+                )
+                yield json.dumps({"type": "ERROR", "object": gone}).encode() + b"\n"
+                return
+        while not self.stopping and generation == self._watch_generation:
             with self.cond:
                 batch = [
                     (v, t, o) for v, k, t, o in self.events
@@ -336,6 +346,13 @@ class FakeKubeApi:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+    def compact_and_drop_watches(self) -> None:
+        """Compact history to now and end every open watch: the clients must list again."""
+        with self.cond:
+            self.compacted_to = self.version
+            self._watch_generation += 1
+            self.cond.notify_all()
 
     def posted_jobs(self) -> list[dict[str, Any]]:
         return [body for method, path, _, body in self.requests

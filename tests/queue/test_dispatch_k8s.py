@@ -271,6 +271,33 @@ def test_a_job_deleted_by_someone_else_is_lost(kube: tuple[FakeKubeApi, Path]) -
     run(kube, body)
 
 
+def test_the_watch_lists_again_after_410_gone(kube: tuple[FakeKubeApi, Path]) -> None:
+    api, _ = kube
+    api.scenario_of["long-1"] = "running"
+
+    async def body(d: KubernetesDispatcher, rec: Recorder) -> None:
+        handle = await d.launch(launch_of("long-1"))
+        await rec.wait_for("long-1", EventKind.STARTED)
+        lists_before = len(_lists(api))
+        api.compact_and_drop_watches()  # the watch ends; resuming from its version is too old
+
+        async def listed_again() -> None:  # at least the watch that was behind lists again
+            while len(_lists(api)) == lists_before:
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(listed_again(), 120)
+        await d.cancel("long-1", handle)
+        assert (await rec.wait_for("long-1", EventKind.CANCELLED)).handle == handle
+        assert rec.kinds("long-1") == [EventKind.STARTED, EventKind.CANCELLED]  # no repeat
+
+    run(kube, body)
+
+
+def _lists(api: FakeKubeApi) -> list[str]:
+    return [p for m, p, q, _ in api.requests if m == "GET" and "watch" not in q and "log" not in p
+            and "limit" not in q]  # fmt: skip
+
+
 def test_launch_is_idempotent(kube: tuple[FakeKubeApi, Path]) -> None:
     api, _ = kube
     api.scenario_of["same-1"] = "running"
