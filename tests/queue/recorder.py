@@ -4,6 +4,7 @@ wall-clock assertion: the deadline only stops a test that would otherwise hang).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gpufleet.queue.dispatch.base import DispatchEvent, EventKind
@@ -63,3 +64,18 @@ class Recorder:
                 f"no {[k.value for k in kinds]} event for {job_id} within {deadline:.0f} s; "
                 f"saw {self.of(job_id)}"
             ) from None
+
+
+def drive(make: Callable[[], Any], body: Callable[[Any, Recorder], Awaitable[None]]) -> None:
+    """Run ``body(dispatcher, recorder)`` in a fresh event loop between ``start`` and ``close``."""
+
+    async def main() -> None:
+        dispatcher = make()
+        await dispatcher.start()
+        try:
+            async with Recorder(dispatcher) as rec:
+                await body(dispatcher, rec)
+        finally:
+            await dispatcher.close()
+
+    asyncio.run(main())

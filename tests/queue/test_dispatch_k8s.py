@@ -18,7 +18,7 @@ from gpufleet.queue.dispatch.k8s import KubernetesDispatcher
 from gpufleet.queue.dispatch.k8s_manifest import job_manifest, job_name, label_value
 from gpufleet.sched.job import parse_job
 from tests.queue.k8s_api import FIXTURES, FakeKubeApi, write_kubeconfig
-from tests.queue.recorder import Recorder
+from tests.queue.recorder import Recorder, drive
 
 IMAGE = "registry.example/train:1"
 NOTES = {"model_name": "resnet50", "data_size": "120", "epoch": "3"}
@@ -171,16 +171,9 @@ Body = Callable[[KubernetesDispatcher, Recorder], Awaitable[None]]
 
 
 def run(kube: tuple[FakeKubeApi, Path], body: Body) -> None:
-    async def main() -> None:
-        d = KubernetesDispatcher(namespace="ml", kubeconfig=str(kube[1]), watch_timeout_seconds=2)
-        await d.start()
-        try:
-            async with Recorder(d) as rec:
-                await body(d, rec)
-        finally:
-            await d.close()
-
-    asyncio.run(main())
+    config = str(kube[1])
+    drive(lambda: KubernetesDispatcher(namespace="ml", kubeconfig=config, watch_timeout_seconds=2),
+          body)  # fmt: skip
 
 
 def test_implements_the_dispatcher_protocol() -> None:

@@ -14,7 +14,7 @@ import pytest
 from gpufleet.queue.dispatch.base import Dispatcher, DispatchError, EventKind, HostGpus, Launch
 from gpufleet.queue.dispatch.slurm import SlurmDispatcher
 from gpufleet.queue.dispatch.slurm_script import batch_script, sbatch_args
-from tests.queue.recorder import Recorder
+from tests.queue.recorder import Recorder, drive
 from tests.queue.slurm_cluster import SlurmCluster, restart_controller, slurm_cluster
 
 pytestmark = [pytest.mark.service]
@@ -36,16 +36,7 @@ Body = Callable[[SlurmDispatcher, Recorder], Awaitable[None]]
 
 
 def run(cluster: SlurmCluster, body: Body) -> None:
-    async def main() -> None:
-        d = dispatcher(cluster)
-        await d.start()
-        try:
-            async with Recorder(d) as rec:
-                await body(d, rec)
-        finally:
-            await d.close()
-
-    asyncio.run(main())
+    drive(lambda: dispatcher(cluster), body)
 
 
 def slurm_jobs_named(cluster: SlurmCluster, name: str) -> list[str]:
