@@ -1,5 +1,7 @@
 """Read a dispatcher's events into a list, and wait for one with a generous deadline (no
-wall-clock assertion: the deadline only stops a test that would otherwise hang)."""
+wall-clock assertion: the deadline only stops a test that would otherwise hang). The same
+interface as ``tests/queue/dispatch_helpers.py`` (written in parallel for the SSH and local
+dispatchers: ``Recorder.wait``/``wait_end``/``of``/``kinds``, ``drive``), so either serves."""
 
 from __future__ import annotations
 
@@ -44,24 +46,30 @@ class Recorder:
     def kinds(self, job_id: str) -> list[EventKind]:
         return [e.kind for e in self.of(job_id)]
 
-    async def wait_for(
-        self, job_id: str, *kinds: EventKind, deadline: float = DEADLINE_SECONDS
-    ) -> DispatchEvent:
-        """The first event of ``job_id`` whose kind is one of ``kinds``."""
+    async def wait(self, job_id: str, kind: EventKind) -> DispatchEvent:
+        """The first ``kind`` event of ``job_id``."""
+        return await self._first(job_id, lambda e: e.kind is kind, kind.value)
 
+    async def wait_end(self, job_id: str) -> DispatchEvent:
+        """The ending of ``job_id``: its first event other than STARTED."""
+        return await self._first(job_id, lambda e: e.kind is not EventKind.STARTED, "ending")
+
+    async def _first(
+        self, job_id: str, match: Callable[[DispatchEvent], bool], what: str
+    ) -> DispatchEvent:
         async def seen() -> DispatchEvent:
             while True:
                 for event in self.of(job_id):
-                    if event.kind in kinds:
+                    if match(event):
                         return event
                 self._changed.clear()
                 await self._changed.wait()
 
         try:
-            return await asyncio.wait_for(seen(), deadline)
+            return await asyncio.wait_for(seen(), DEADLINE_SECONDS)
         except TimeoutError:
             raise AssertionError(
-                f"no {[k.value for k in kinds]} event for {job_id} within {deadline:.0f} s; "
+                f"no {what} event for {job_id} within {DEADLINE_SECONDS:.0f} s; "
                 f"saw {self.of(job_id)}"
             ) from None
 

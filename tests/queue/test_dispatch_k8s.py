@@ -186,7 +186,7 @@ def test_a_job_runs_to_completion_through_the_watch(kube: tuple[FakeKubeApi, Pat
     async def body(d: KubernetesDispatcher, rec: Recorder) -> None:
         handle = await d.launch(launch_of("ok-1", annotations=NOTES))
         assert handle == "gpufleet-ok-1"
-        done = await rec.wait_for("ok-1", EventKind.EXITED, EventKind.FAILED)
+        done = await rec.wait_end("ok-1")
         assert (done.kind, done.exit_code, done.handle) == (EventKind.EXITED, 0, handle)
         assert rec.kinds("ok-1") == [EventKind.STARTED, EventKind.EXITED]
         assert "epoch 3/3" in await d.logs("ok-1", handle)
@@ -221,7 +221,7 @@ def test_endings_say_what_happened(
 
     async def body(d: KubernetesDispatcher, rec: Recorder) -> None:
         await d.launch(launch_of("end-1", time_limit_seconds=60))
-        event = await rec.wait_for("end-1", EventKind.EXITED, EventKind.FAILED)
+        event = await rec.wait_end("end-1")
         assert (event.kind, event.exit_code, event.reason) == (kind, exit_code, reason)
         assert rec.kinds("end-1")[0] is EventKind.STARTED
 
@@ -236,15 +236,15 @@ def test_cancel_deletes_the_job_in_the_foreground(kube: tuple[FakeKubeApi, Path]
     async def body(d: KubernetesDispatcher, rec: Recorder) -> None:
         handle = await d.launch(launch_of("run-1"))
         await d.launch(launch_of("wait-1"))
-        await rec.wait_for("run-1", EventKind.STARTED)
+        await rec.wait("run-1", EventKind.STARTED)
         await d.cancel("run-1", handle)
         await d.cancel("wait-1", None)
         for job in ("run-1", "wait-1"):
-            event = await rec.wait_for(job, EventKind.CANCELLED, EventKind.LOST)
+            event = await rec.wait_end(job)
             assert (event.kind, event.reason) == (EventKind.CANCELLED, "cancelled")
         assert rec.kinds("wait-1") == [EventKind.CANCELLED]  # it never ran
         await d.cancel("gone-1", None)  # no such Job: nothing runs, so it is cancelled
-        assert (await rec.wait_for("gone-1", EventKind.CANCELLED)).reason == "cancelled"
+        assert (await rec.wait("gone-1", EventKind.CANCELLED)).reason == "cancelled"
 
     run(kube, body)
     deletes = [q for m, _, q, _ in api.requests if m == "DELETE"]
@@ -257,9 +257,9 @@ def test_a_job_deleted_by_someone_else_is_lost(kube: tuple[FakeKubeApi, Path]) -
 
     async def body(d: KubernetesDispatcher, rec: Recorder) -> None:
         handle = await d.launch(launch_of("del-1"))
-        await rec.wait_for("del-1", EventKind.STARTED)
+        await rec.wait("del-1", EventKind.STARTED)
         await asyncio.to_thread(api.delete_job, "ml", handle)  # kubectl delete job, by a person
-        assert (await rec.wait_for("del-1", EventKind.LOST)).handle == handle
+        assert (await rec.wait("del-1", EventKind.LOST)).handle == handle
 
     run(kube, body)
 
@@ -270,7 +270,7 @@ def test_the_watch_lists_again_after_410_gone(kube: tuple[FakeKubeApi, Path]) ->
 
     async def body(d: KubernetesDispatcher, rec: Recorder) -> None:
         handle = await d.launch(launch_of("long-1"))
-        await rec.wait_for("long-1", EventKind.STARTED)
+        await rec.wait("long-1", EventKind.STARTED)
         lists_before = len(_lists(api))
         api.compact_and_drop_watches()  # the watch ends; resuming from its version is too old
 
@@ -280,7 +280,7 @@ def test_the_watch_lists_again_after_410_gone(kube: tuple[FakeKubeApi, Path]) ->
 
         await asyncio.wait_for(listed_again(), 120)
         await d.cancel("long-1", handle)
-        assert (await rec.wait_for("long-1", EventKind.CANCELLED)).handle == handle
+        assert (await rec.wait("long-1", EventKind.CANCELLED)).handle == handle
         assert rec.kinds("long-1") == [EventKind.STARTED, EventKind.CANCELLED]  # no repeat
 
     run(kube, body)
@@ -307,7 +307,7 @@ def test_launch_is_idempotent(kube: tuple[FakeKubeApi, Path]) -> None:
             await other.close()
         assert len(api.list("jobs", "ml", "gpufleet.io/job-id=same-1")["items"]) == 1
         await d.cancel("same-1", first)
-        await rec.wait_for("same-1", EventKind.CANCELLED)
+        await rec.wait("same-1", EventKind.CANCELLED)
 
     run(kube, body)
     assert len(api.posted_jobs()) == 2  # one created, one refused with 409
@@ -321,19 +321,19 @@ def test_reattach_after_a_restart(kube: tuple[FakeKubeApi, Path]) -> None:
     async def before(d: KubernetesDispatcher, rec: Recorder) -> None:
         await d.launch(launch_of("keep-1"))
         await d.launch(launch_of("ended-1"))
-        await rec.wait_for("keep-1", EventKind.STARTED)
-        await rec.wait_for("ended-1", EventKind.STARTED)
+        await rec.wait("keep-1", EventKind.STARTED)
+        await rec.wait("ended-1", EventKind.STARTED)
 
     run(kube, before)  # gone before ended-1 necessarily ended
 
     async def after(d: KubernetesDispatcher, rec: Recorder) -> None:
         await d.reattach([("keep-1", "gpufleet-keep-1"), ("ended-1", None), ("nope-1", None)])
-        running = await rec.wait_for("keep-1", EventKind.STARTED)
-        ended = await rec.wait_for("ended-1", EventKind.EXITED)
-        lost = await rec.wait_for("nope-1", EventKind.LOST)
+        running = await rec.wait("keep-1", EventKind.STARTED)
+        ended = await rec.wait("ended-1", EventKind.EXITED)
+        lost = await rec.wait("nope-1", EventKind.LOST)
         assert running.handle == "gpufleet-keep-1" and ended.exit_code == 3 and lost.reason
         await d.cancel("keep-1", running.handle)
-        await rec.wait_for("keep-1", EventKind.CANCELLED)
+        await rec.wait("keep-1", EventKind.CANCELLED)
 
     run(kube, after)
 
@@ -347,7 +347,7 @@ def test_a_missing_rbac_rule_is_a_clear_error(kube: tuple[FakeKubeApi, Path]) ->
             await d.launch(launch_of("no-1"))
         api.forbidden.clear()
         assert await d.launch(launch_of("no-1")) == "gpufleet-no-1"  # nothing half-done before
-        await rec.wait_for("no-1", EventKind.EXITED)
+        await rec.wait("no-1", EventKind.EXITED)
 
     run(kube, body)
 
