@@ -21,6 +21,12 @@ from gpufleet.queue.dispatch.base import (
 )
 from gpufleet.queue.dispatch.slurm import SlurmDispatcher
 from gpufleet.queue.dispatch.slurm_script import batch_script, sbatch_args
+from gpufleet.queue.dispatch.slurm_state import (
+    SlurmJob,
+    from_sacct_line,
+    from_squeue_record,
+    outcome,
+)
 from tests.queue.recorder import Recorder, drive
 from tests.queue.slurm_cluster import SlurmCluster, restart_controller, slurm_cluster
 
@@ -253,3 +259,51 @@ def test_a_job_slurm_forgot_is_not_submitted_again_and_is_lost(
         assert slurm_jobs_named(slurm_cluster, "gpufleet-old1") == []
 
     run(slurm_cluster, body)
+
+
+def test_records_of_both_json_shapes_and_sacct_lines_read_alike() -> None:
+    """22.05 (the test cluster's) and the 23.02+ shape of ``squeue --json`` (written from
+    Slurm's data_parser documentation, not captured from a running 23.02), and ``sacct
+    --parsable2`` lines (accounting is off in the test cluster)."""
+    old = {"job_id": 7, "name": "gpufleet-a", "job_state": "FAILED", "exit_code": 3 << 8,
+           "start_time": 100, "end_time": 160}  # fmt: skip
+    new = {"job_id": 7, "name": "gpufleet-a", "job_state": ["FAILED"],
+           "exit_code": {"status": ["EXITED"], "return_code": {"set": True, "number": 3},
+                         "signal": {"id": {"set": False, "number": 0}, "name": ""}},
+           "start_time": {"set": True, "number": 100}, "end_time": {"set": True, "number": 160}}  # fmt: skip
+    assert from_squeue_record(old) == from_squeue_record(new)
+    job = from_squeue_record(old)
+    assert (job.state, job.exit_code, job.start_seconds, job.ended) == ("FAILED", 3, 100.0, True)
+    killed = from_squeue_record({**old, "exit_code": 9})  # the wait status of SIGKILL
+    assert killed.exit_code == 137
+    new_killed = {**new, "exit_code": {"return_code": {"set": True, "number": 0},
+                                       "signal": {"id": {"set": True, "number": 9}}}}  # fmt: skip
+    assert from_squeue_record(new_killed).exit_code == 137
+    pending = from_squeue_record({**old, "job_state": "PENDING", "start_time": 0})
+    assert pending.start_seconds is None and not pending.ended and not pending.running
+    line = from_sacct_line("12|gpufleet-b|CANCELLED by 0|0:15\n")
+    assert line is not None and (line.slurm_id, line.state, line.exit_code) == (
+        "12",
+        "CANCELLED",
+        143,
+    )
+    assert from_sacct_line("13|gpufleet-c|TIMEOUT|0:0").state == "TIMEOUT"  # type: ignore[union-attr]
+    assert from_sacct_line("garbage") is None
+
+
+@pytest.mark.parametrize(
+    ("state", "kind", "reason"),
+    [
+        ("COMPLETED", EventKind.EXITED, None),
+        ("FAILED", EventKind.EXITED, None),
+        ("CANCELLED", EventKind.CANCELLED, "cancelled"),
+        ("TIMEOUT", EventKind.FAILED, "time limit"),
+        ("OUT_OF_MEMORY", EventKind.FAILED, "oom"),
+        ("NODE_FAIL", EventKind.FAILED, "host down"),
+        ("BOOT_FAIL", EventKind.FAILED, "host down"),
+    ],
+)
+def test_slurm_states_map_to_events(state: str, kind: EventKind, reason: str | None) -> None:
+    result = outcome(SlurmJob("1", "gpufleet-x", state, exit_code=2 if state == "FAILED" else 0))
+    assert (result.kind, result.reason) == (kind, reason)
+    assert result.exit_code == (2 if state == "FAILED" else 0)
