@@ -307,3 +307,28 @@ def test_slurm_states_map_to_events(state: str, kind: EventKind, reason: str | N
     result = outcome(SlurmJob("1", "gpufleet-x", state, exit_code=2 if state == "FAILED" else 0))
     assert (result.kind, result.reason) == (kind, reason)
     assert result.exit_code == (2 if state == "FAILED" else 0)
+
+
+def test_a_node_that_goes_down_fails_its_jobs_as_host_down(slurm_cluster: SlurmCluster) -> None:
+    """An admin (or slurmctld, when slurmd stops answering) marks the node DOWN: Slurm ends the
+    jobs on it as NODE_FAIL; with --no-requeue they stay ended and the queue decides."""
+
+    async def body(d: SlurmDispatcher, rec: Recorder) -> None:
+        await d.launch(launch_of(slurm_cluster, "down1", "sleep 600"))
+        await rec.wait("down1", EventKind.STARTED)
+        node = f"nodename={slurm_cluster.node}"
+        down = slurm_cluster.run("scontrol", "update", node, "state=DOWN", "reason=test")
+        assert down.returncode == 0, down.stderr
+        try:
+            event = await rec.wait_end("down1")
+            assert (event.kind, event.reason) == (EventKind.FAILED, "host down")
+        finally:
+            slurm_cluster.run("scontrol", "update", node, "state=RESUME")
+
+        async def idle() -> None:
+            while "idle" not in slurm_cluster.run("sinfo", "-h", "-o", "%t").stdout:
+                await asyncio.sleep(0.2)
+
+        await asyncio.wait_for(idle(), 120)  # the node serves the next test
+
+    run(slurm_cluster, body)
