@@ -12,6 +12,8 @@ What a Job does once created comes from a *recorded scenario*: a JSON file in
 job controller and kubelet set them): a list of steps, each the next ``status`` of the Job's pod
 or of the Job itself, replayed in order as watch events. ``"$NOW"`` in a step becomes the current
 time. A ``{"hold": true}`` step waits for a delete (foreground: pods stop and go, then the Job).
+A pod step with ``"watch_behind": true`` changes the stored pod at once but sends its watch
+event only after the last step (the Jobs watch ahead of the Pods watch).
 """
 
 from __future__ import annotations
@@ -188,6 +190,7 @@ class FakeKubeApi:
 
     def _play(self, ns: str, name: str, scenario: dict[str, Any]) -> None:
         pod: dict[str, Any] | None = None
+        late: dict[str, Any] | None = None  # a pod update whose watch event is held back
         for step in scenario["steps"]:
             time.sleep(STEP_PAUSE_SECONDS)
             with self.cond:
@@ -203,13 +206,23 @@ class FakeKubeApi:
                     pod = pod or self._pod_for(ns, job)
                     pod["status"] = _fill(step["status"])
                     self.logs[pod["metadata"]["name"]] = scenario.get("log", "")
-                    self._record("pods", "ADDED" if first else "MODIFIED", copy.deepcopy(pod))
+                    if step.get("watch_behind"):  # stored, but its watch event comes last
+                        self.version += 1
+                        pod["metadata"]["resourceVersion"] = str(self.version)
+                        self.objects[("pods", ns, pod["metadata"]["name"])] = copy.deepcopy(pod)
+                        late = copy.deepcopy(pod)
+                    else:
+                        self._record("pods", "ADDED" if first else "MODIFIED", copy.deepcopy(pod))
                 elif step["object"] == "pod-deleted" and pod is not None:
                     self._record("pods", "DELETED", copy.deepcopy(pod))
                 else:
                     job = copy.deepcopy(job)
                     job["status"] = _fill(step["status"])
                     self._record("jobs", "MODIFIED", job)
+        if late is not None:
+            time.sleep(STEP_PAUSE_SECONDS)
+            with self.cond:
+                self._record("pods", "MODIFIED", late)
 
     def delete_job(self, ns: str, name: str) -> tuple[int, dict[str, Any]]:
         """Foreground deletion: the Job gets a deletionTimestamp, its pods stop and go, then it

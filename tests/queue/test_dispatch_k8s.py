@@ -207,6 +207,7 @@ def test_a_job_runs_to_completion_through_the_watch(kube: tuple[FakeKubeApi, Pat
     [
         ("failed-exit-3", EventKind.EXITED, 3, None),
         ("oom-killed", EventKind.FAILED, 137, "oom"),
+        ("oom-killed-pod-event-late", EventKind.FAILED, 137, "oom"),
         ("cuda-oom", EventKind.FAILED, 1, "oom"),
         ("deadline", EventKind.FAILED, None, "time limit"),
         ("node-lost", EventKind.FAILED, None, "host down"),

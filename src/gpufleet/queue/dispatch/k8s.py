@@ -43,7 +43,13 @@ from gpufleet.queue.dispatch.k8s_manifest import (
     job_name,
     job_selector,
 )
-from gpufleet.queue.dispatch.k8s_state import job_ending, pod_started_at, timestamp
+from gpufleet.queue.dispatch.k8s_state import (
+    job_condition,
+    job_ending,
+    pod_ended,
+    pod_started_at,
+    timestamp,
+)
 from gpufleet.queue.dispatch.k8s_watch import ResourceWatch, call_json
 from gpufleet.queue.dispatch.oom import looks_like_cuda_oom
 
@@ -305,11 +311,12 @@ class KubernetesDispatcher:
         if tracked.cancel_asked:
             return  # the DELETED event ends it
         pods = list(tracked.pods.values())
-        if not pods and (job.get("status") or {}).get("conditions"):
+        if job_condition(job) is not None and not any(map(pod_ended, pods)):
+            # the Pods watch may be behind the Jobs watch: ask for the pods' final state
             listed = await self._acall(f"list Pods of {tracked.job_id}",
                                        self._core.list_namespaced_pod, self.namespace,
                                        label_selector=job_selector(tracked.job_id))  # fmt: skip
-            pods = listed.get("items") or []
+            pods = listed.get("items") or pods
         ending = job_ending(job, pods)
         if ending is None:
             return

@@ -46,6 +46,13 @@ def pod_started_at(pod: Obj) -> float | None:
     return None
 
 
+def pod_ended(pod: Obj) -> bool:
+    """The pod has finished: a terminal phase, or a container that terminated."""
+    if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        return True
+    return any((c.get("state") or {}).get("terminated") for c in _statuses(pod))
+
+
 def job_condition(job: Obj) -> Obj | None:
     """The Job's terminal condition (``Complete`` or ``Failed`` with status True), if any."""
     for condition in (job.get("status") or {}).get("conditions") or []:
