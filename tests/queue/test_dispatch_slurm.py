@@ -332,3 +332,12 @@ def test_a_node_that_goes_down_fails_its_jobs_as_host_down(slurm_cluster: SlurmC
         await asyncio.wait_for(idle(), 120)  # the node serves the next test
 
     run(slurm_cluster, body)
+
+
+def test_missing_slurm_commands_fail_start_naming_them(tmp_path: Path) -> None:
+    async def main() -> None:
+        d = SlurmDispatcher(tmp_path / "jobs", bin_dir=tmp_path / "no-slurm-here")
+        with pytest.raises(DispatchError, match="cannot run squeue"):
+            await d.start()
+
+    asyncio.run(main())
