@@ -290,9 +290,7 @@ class GpufleetPolicy(Policy):
         """Running and waiting jobs in the order of the pass, produced lazily: starving waiting
         jobs first, then the running jobs merged with the waiting queue (whose order, by a
         static key, is the pass's order among waiting jobs that do not starve)."""
-        running = sorted(
-            ((self._running_key(j, now), j) for j in ctx.running.values()), key=_first
-        )
+        running = sorted(((self._running_key(j, now), j) for j in ctx.running.values()), key=_first)
         seen: set[int] = set()
         if self._any_starving(now):
             starving = []
