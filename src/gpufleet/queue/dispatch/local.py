@@ -59,8 +59,19 @@ class _ProcessChannel:
         if self._proc.stdin is not None and not self._proc.stdin.is_closing():
             self._proc.stdin.close()
 
+    async def wait_closed(self) -> None:
+        """Reap the agent (it exits when its stdin closes; killed if it does not)."""
+        self.close()
+        try:
+            async with asyncio.timeout(5):
+                await self._proc.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+            await self._proc.wait()
 
-async def open_local_agent(root: Path, python: str) -> AgentChannel:
+
+async def open_local_agent(root: Path, python: str) -> _ProcessChannel:
     """Start ``supervisor.py agent ROOT`` here and return its channel."""
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -95,6 +106,7 @@ class LocalDispatcher(SupervisedDispatcher):
         self.root = Path(root).expanduser()
         self.hosts = frozenset(hosts) if hosts is not None else None
         self.python = python
+        self._agents: list[_ProcessChannel] = []
 
     def _link_name(self, host: str) -> str:
         if self.hosts is not None and host not in self.hosts:
@@ -107,4 +119,14 @@ class LocalDispatcher(SupervisedDispatcher):
         return [LINK]
 
     def _opener(self, link_name: str) -> Opener:
-        return lambda: open_local_agent(self.root, self.python)
+        async def open_agent() -> AgentChannel:
+            channel = await open_local_agent(self.root, self.python)
+            self._agents.append(channel)
+            return channel
+
+        return open_agent
+
+    async def close(self) -> None:
+        await super().close()
+        agents, self._agents = self._agents, []
+        await asyncio.gather(*(a.wait_closed() for a in agents))

@@ -212,10 +212,10 @@ class SupervisedDispatcher:
         r = job.ranks[rank]
         r.known = True
         kind = state.get("state")
+        if state.get("pid") is not None:
+            r.pid = int(state["pid"])
         if kind == "exited" and r.record is None:
             r.record = state["record"]
-        elif kind == "running" and state.get("pid") is not None:
-            r.pid = int(state["pid"])
         elif kind == "vanished":
             r.lost = str(state.get("reason"))
         elif kind == "missing":

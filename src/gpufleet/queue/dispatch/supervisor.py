@@ -292,10 +292,10 @@ def rank_status(directory: str, job: str, rank: int) -> Json:
     launching, vanished (no exit record and nothing alive: the reason says why) or missing."""
     spec = read_json(os.path.join(directory, "spec.json")) or {}
     base: Json = {"job": job, "rank": rank, "fleet_host": spec.get("host")}
+    started = read_json(os.path.join(directory, "started.json"))
     record = read_json(os.path.join(directory, "exit.json"))
     if record is not None:
-        return {**base, "state": "exited", "record": record}
-    started = read_json(os.path.join(directory, "started.json"))
+        return {**base, **(started or {}), "state": "exited", "record": record}
     if started is None:
         try:
             age = time.time() - os.stat(directory).st_mtime
@@ -309,7 +309,7 @@ def rank_status(directory: str, job: str, rank: int) -> Json:
     )
     record = read_json(os.path.join(directory, "exit.json"))  # it may have ended meanwhile
     if record is not None:
-        return {**base, "state": "exited", "record": record}
+        return {**base, **started, "state": "exited", "record": record}
     if running:
         return {**base, "state": "running", **started}
     if started.get("boot_id") and started.get("boot_id") != boot_id():

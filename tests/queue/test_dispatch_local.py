@@ -1,0 +1,214 @@
+"""The local dispatcher: real processes under the real supervisor, state directories on disk,
+a dispatcher process killed mid-job and another one re-attaching."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from gpufleet.queue.dispatch.base import Dispatcher, DispatchError, EventKind
+from gpufleet.queue.dispatch.local import LocalDispatcher
+
+from . import dispatch_helpers as h
+
+pytestmark = pytest.mark.timeout(120)
+
+Body = Callable[[LocalDispatcher, h.Recorder], Awaitable[None]]
+
+
+def run(tmp_path: Path, body: Body, **kw: object) -> None:
+    async def main() -> None:
+        d = LocalDispatcher(tmp_path / "jobs", kill_grace_seconds=0.5, **kw)  # type: ignore[arg-type]
+        assert isinstance(d, Dispatcher)
+        await d.start()
+        rec = h.Recorder(d)
+        try:
+            await body(d, rec)
+        finally:
+            await rec.stop()
+            await d.close()
+
+    asyncio.run(main())
+
+
+def test_env_exit_code_and_logs(tmp_path: Path) -> None:
+    run(tmp_path, lambda d, rec: h.scenario_env_exit_logs(d, rec, tmp_path, "h1"))
+
+
+def test_oom_is_reported_as_oom(tmp_path: Path) -> None:
+    run(tmp_path, lambda d, rec: h.scenario_oom(d, rec, "h1"))
+
+
+def test_cancel_kills_the_process_group(tmp_path: Path) -> None:
+    run(tmp_path, lambda d, rec: h.scenario_cancel(d, rec, tmp_path, "h1"))
+
+
+def test_second_launch_returns_the_existing_handle(tmp_path: Path) -> None:
+    run(tmp_path, lambda d, rec: h.scenario_idempotent(d, rec, tmp_path, "h1"))
+
+
+def test_launch_failures_name_the_cause(tmp_path: Path) -> None:
+    run(tmp_path, lambda d, rec: h.scenario_launch_failed(d, rec, tmp_path, "h1"))
+
+
+def test_time_limit(tmp_path: Path) -> None:
+    run(tmp_path, lambda d, rec: h.scenario_time_limit(d, rec, "h1"))
+
+
+def test_unknown_host_and_bad_job_id_start_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "runs"
+
+    async def body(d: LocalDispatcher, rec: h.Recorder) -> None:
+        with pytest.raises(DispatchError, match="'gpu-9' is not served"):
+            await d.launch(h.launch("x-1", f"echo >> {h.q(marker)}", (("gpu-9", (0,)),)))
+        with pytest.raises(DispatchError, match="job_id must be"):
+            await d.launch(h.launch("../evil", f"echo >> {h.q(marker)}", (("h1", (0,)),)))
+        with pytest.raises(DispatchError, match="only the image"):
+            from gpufleet.queue.dispatch.base import HostGpus, Launch
+
+            await d.launch(Launch("img-1", "n", "u", (HostGpus("h1", (0,)),), image="pytorch"))
+
+    run(tmp_path, body, hosts={"h1"})
+    assert not marker.exists()
+
+
+def test_a_failing_rank_stops_the_others(tmp_path: Path) -> None:
+    out = tmp_path / "ranks"
+
+    async def body(d: LocalDispatcher, rec: h.Recorder) -> None:
+        script = (
+            f'echo "$GPUFLEET_RANK $GPUFLEET_HOSTS $CUDA_VISIBLE_DEVICES" >> {h.q(out)}; '
+            'if [ "$GPUFLEET_RANK" = 1 ]; then exit 2; fi; sleep 300'
+        )
+        handle = await d.launch(h.launch("mr-1", script, (("a", (0, 1)), ("b", (3,)))))
+        assert [p.rsplit("@", 1)[1] for p in handle.split(",")] == ["a", "b"]
+        end = await rec.wait_end("mr-1")
+        assert (end.kind, end.exit_code) == (EventKind.EXITED, 2)
+        assert sorted(out.read_text().splitlines()) == ["0 a,b 0,1", "1 a,b 3"]
+        rank0 = int(handle.split(",")[0].split("@")[0])
+        await h.wait_until(lambda: not h.pid_alive(rank0), "rank 0 to be stopped")
+
+    run(tmp_path, body)
+
+
+HOLDER = """
+import asyncio, json, sys
+from gpufleet.queue.dispatch.local import LocalDispatcher
+from gpufleet.queue.dispatch.base import HostGpus, Launch
+
+async def main():
+    d = LocalDispatcher(sys.argv[1])
+    await d.start()
+    handles = {}
+    for job_id, script in json.loads(sys.argv[2]):
+        launch = Launch(job_id, "n", "u", (HostGpus("h1", (0,)),), command=(script,))
+        handles[job_id] = await d.launch(launch)
+    print(json.dumps(handles), flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+def test_killed_dispatcher_reattach_runs_nothing_twice(tmp_path: Path) -> None:
+    """A process holding the dispatcher is SIGKILLed mid-job; a new one re-attaches: the
+    running job is STARTED again (not re-run), jobs that ended meanwhile get EXITED with their
+    stored code, unknown ones LOST; every job ran exactly once."""
+    go_alive, go_ends = tmp_path / "go-alive", tmp_path / "go-ends"
+    marker = {j: tmp_path / f"{j}.runs" for j in ("alive", "ends", "fast")}
+    pids = tmp_path / "ends.pids"
+    scripts = [
+        [
+            "alive",
+            f"echo run >> {h.q(marker['alive'])}; while [ ! -e {h.q(go_alive)} ]; do sleep 0.05; done",
+        ],
+        [
+            "ends",
+            f"echo run >> {h.q(marker['ends'])}; echo $$ $PPID > {h.q(pids)}; "
+            f"while [ ! -e {h.q(go_ends)} ]; do sleep 0.05; done; exit 5",
+        ],
+        ["fast", f"echo run >> {h.q(marker['fast'])}; exit 4"],
+    ]
+    root = tmp_path / "jobs"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(root), json.dumps(scripts)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        handles = json.loads(holder.stdout.readline())
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    h.wait_until_sync(lambda: pids.exists() and bool(pids.read_text().strip()), "ends to start")
+    job_pid, supervisor_pid = map(int, pids.read_text().split())
+    go_ends.touch()  # "ends" finishes while no dispatcher watches
+    h.wait_until_sync(
+        lambda: not h.pid_alive(job_pid) and not h.pid_alive(supervisor_pid),
+        "the job and its supervisor to finish",
+    )
+    h.wait_until_sync(lambda: h.runs(marker["fast"]) == 1, "fast to have run")
+
+    async def body(d: LocalDispatcher, rec: h.Recorder) -> None:
+        await d.reattach(
+            [
+                ("alive", handles["alive"]),
+                ("ends", handles["ends"]),
+                ("fast", None),  # crashed before the handle was stored: found by searching
+                ("ghost", None),
+                ("ghost-2", "4242@h1"),
+            ]
+        )
+        assert (await rec.wait("alive", EventKind.STARTED)).handle == handles["alive"]
+        end = await rec.wait_end("ends")
+        assert (end.kind, end.exit_code) == (EventKind.EXITED, 5)
+        assert rec.kinds("ends") == [EventKind.EXITED]
+        end = await rec.wait_end("fast")
+        assert (end.kind, end.exit_code, end.handle) == (EventKind.EXITED, 4, handles["fast"])
+        assert (await rec.wait_end("ghost")).kind == EventKind.LOST
+        assert (await rec.wait_end("ghost-2")).kind == EventKind.LOST
+        # The queue retries a launch it was not sure of: nothing starts again.
+        assert await d.launch(h.launch("alive", "echo never")) == handles["alive"]
+        go_alive.touch()
+        end = await rec.wait_end("alive")
+        assert (end.kind, end.exit_code) == (EventKind.EXITED, 0)
+        assert rec.kinds("alive") == [EventKind.STARTED, EventKind.EXITED]
+
+    run(tmp_path, body)
+    assert {j: h.runs(m) for j, m in marker.items()} == {"alive": 1, "ends": 1, "fast": 1}
+
+
+def test_dead_supervisor_is_reported_lost(tmp_path: Path) -> None:
+    """A supervisor killed with its job (no exit record) is LOST, with the reason."""
+    pids = tmp_path / "pids"
+
+    async def body(d: LocalDispatcher, rec: h.Recorder) -> None:
+        handle = await d.launch(h.launch("doomed", f"echo $$ $PPID > {h.q(pids)}; sleep 300"))
+        await h.wait_until(lambda: pids.exists() and bool(pids.read_text().strip()), "pids")
+        job_pid, supervisor_pid = map(int, pids.read_text().split())
+        os.kill(supervisor_pid, signal.SIGKILL)
+        os.kill(job_pid, signal.SIGKILL)
+        await h.wait_until(lambda: not h.pid_alive(supervisor_pid), "the supervisor to die")
+        fresh = LocalDispatcher(tmp_path / "jobs")
+        await fresh.start()
+        rec2 = h.Recorder(fresh)
+        try:
+            await fresh.reattach([("doomed", handle)])
+            end = await rec2.wait_end("doomed")
+            assert end.kind == EventKind.LOST
+            assert end.reason is not None and "supervisor died" in end.reason
+        finally:
+            await rec2.stop()
+            await fresh.close()
+
+    run(tmp_path, body)
