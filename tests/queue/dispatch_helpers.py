@@ -144,6 +144,7 @@ async def scenario_env_exit_logs(d: Dispatcher, rec: Recorder, tmp: Path, host: 
     assert env["GPUFLEET_RANK"] == "0"
     assert env["GPUFLEET_HOSTS"] == host
     assert env["EXTRA"] == "x y"
+    assert "SSH_CONNECTION" not in env  # the job is not part of the session that started it
     assert lines[-1] == str(tmp)
     text = await d.logs("env-1", handle)
     assert "hello from the job\n" in text and "to stderr\n" in text

@@ -42,6 +42,7 @@ FAILED_REASONS = ("oom", "time limit")
 class _Rank:
     host: str
     pid: int | None = None
+    started_at: float | None = None
     known: bool = False  # the agent told us about it since we (re)attached
     record: Json | None = None  # the exit record once it ended
     lost: str | None = None  # why it cannot be found
@@ -186,7 +187,10 @@ class SupervisedDispatcher:
         task.add_done_callback(self._tasks.discard)
 
     def _emit(self, job: _Job, kind: EventKind, **kw: Any) -> None:
-        event = DispatchEvent(job.job_id, kind, kw.pop("at", time.time()), **kw)
+        at = time.time()
+        if kind == EventKind.STARTED:  # the job's own start time, once every rank runs
+            at = max((r.started_at for r in job.ranks if r.started_at), default=at)
+        event = DispatchEvent(job.job_id, kind, at, **kw)
         if kind != EventKind.STARTED:
             job.phase, job.final = "done", event
         self._channel.emit(event)
@@ -214,6 +218,8 @@ class SupervisedDispatcher:
         kind = state.get("state")
         if state.get("pid") is not None:
             r.pid = int(state["pid"])
+        if state.get("started_at") is not None:
+            r.started_at = float(state["started_at"])
         if kind == "exited" and r.record is None:
             r.record = state["record"]
         elif kind == "vanished":

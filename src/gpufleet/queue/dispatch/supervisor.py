@@ -54,6 +54,18 @@ OOM_MARKERS = (
 )
 OOM_SCAN_BYTES = 256 * 1024
 LAUNCH_WAIT_SECONDS = 30.0
+# The job outlives the SSH session that launched it, so it does not inherit the session's
+# variables (with SSH_CLIENT set, bash also sources ~/.bashrc for every `bash -c`).
+SSH_SESSION_VARS = frozenset(
+    (
+        "SSH_CLIENT",
+        "SSH_CONNECTION",
+        "SSH_TTY",
+        "SSH_AUTH_SOCK",
+        "SSH2_CLIENT",
+        "SSH_ORIGINAL_COMMAND",
+    )
+)
 if TYPE_CHECKING:  # annotations only: the hosts' python3 may be 3.8 (no dict[...] at run time)
     Json = dict[str, Any]
 
@@ -203,7 +215,7 @@ def supervise(directory: str, spec: Json, report_fd: int) -> None:
     waited = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, waited)
     out = os.open("output.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in SSH_SESSION_VARS}
     env.update({str(k): str(v) for k, v in spec.get("env", {}).items()})
     argv = _job_argv(spec)
     workdir = os.path.expanduser(spec.get("workdir") or "~")
