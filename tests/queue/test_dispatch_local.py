@@ -212,3 +212,30 @@ def test_dead_supervisor_is_reported_lost(tmp_path: Path) -> None:
             await fresh.close()
 
     run(tmp_path, body)
+
+
+def test_old_state_is_pruned_running_state_kept(tmp_path: Path) -> None:
+    """An agent that starts deletes the state of jobs ended longer ago than the retention
+    (it is then LOST to a reattach); a running job's state is kept."""
+    go = tmp_path / "go"
+
+    async def body(d: LocalDispatcher, rec: h.Recorder) -> None:
+        await d.launch(h.launch("old-1", "exit 0"))
+        await rec.wait_end("old-1")
+        running = await d.launch(
+            h.launch("run-1", f"while [ ! -e {h.q(go)} ]; do sleep 0.05; done")
+        )
+        fresh = LocalDispatcher(tmp_path / "jobs", keep_state_seconds=0)
+        await fresh.start()
+        rec2 = h.Recorder(fresh)
+        try:
+            await fresh.reattach([("old-1", None), ("run-1", running)])
+            assert (await rec2.wait_end("old-1")).kind == EventKind.LOST
+            assert (await rec2.wait("run-1", EventKind.STARTED)).handle == running
+            go.touch()
+            assert (await rec2.wait_end("run-1")).exit_code == 0
+        finally:
+            await rec2.stop()
+            await fresh.close()
+
+    run(tmp_path, body)

@@ -199,11 +199,12 @@ class AgentLink:
             except DispatchError:
                 pass
             since = self.down_since
-            if not reported and since is not None and self._down_long(since):
+            if not reported and since is not None and self.down_long(since):
                 reported = True
                 self._on_host_down(self, self.last_error)
 
-    def _down_long(self, since: float) -> bool:
+    def down_long(self, since: float) -> bool:
+        """Whether an outage that began at ``since`` has passed the host-down grace."""
         return time.monotonic() - since >= self.host_down_after_seconds
 
     async def close(self) -> None:

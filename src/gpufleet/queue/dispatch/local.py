@@ -71,14 +71,15 @@ class _ProcessChannel:
             await self._proc.wait()
 
 
-async def open_local_agent(root: Path, python: str) -> _ProcessChannel:
-    """Start ``supervisor.py agent ROOT`` here and return its channel."""
+async def open_local_agent(root: Path, python: str, keep_seconds: float) -> _ProcessChannel:
+    """Start ``supervisor.py agent ROOT KEEP_SECONDS`` here and return its channel."""
     try:
         proc = await asyncio.create_subprocess_exec(
             python,
             str(SUPERVISOR_PATH),
             "agent",
             str(root),
+            repr(float(keep_seconds)),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -101,8 +102,10 @@ class LocalDispatcher(SupervisedDispatcher):
         hosts: Collection[str] | None = None,
         python: str = sys.executable,
         kill_grace_seconds: float = 10.0,
+        keep_state_seconds: float = 30 * 86400,
     ) -> None:
         super().__init__(kill_grace_seconds=kill_grace_seconds)
+        self.keep_state_seconds = keep_state_seconds
         self.root = Path(root).expanduser()
         self.hosts = frozenset(hosts) if hosts is not None else None
         self.python = python
@@ -120,7 +123,7 @@ class LocalDispatcher(SupervisedDispatcher):
 
     def _opener(self, link_name: str) -> Opener:
         async def open_agent() -> AgentChannel:
-            channel = await open_local_agent(self.root, self.python)
+            channel = await open_local_agent(self.root, self.python, self.keep_state_seconds)
             self._agents.append(channel)
             return channel
 

@@ -44,12 +44,13 @@ _BOOTSTRAP = (
 )
 
 
-def agent_command(python: str, state_dir: str) -> str:
+def agent_command(python: str, state_dir: str, keep_seconds: float = 30 * 86400) -> str:
     """The remote command line that starts the agent from the source we send on stdin."""
     for what, value in (("python", python), ("state_dir", state_dir)):
         if not _SAFE_ARG.match(value):
             raise ValueError(f"{what} {value!r}: use letters, digits and '_./~+-' only")
-    return f"{python} -c '{_BOOTSTRAP}' {len(SUPERVISOR_SOURCE)} agent '{state_dir}'"
+    keep = repr(float(keep_seconds))
+    return f"{python} -c '{_BOOTSTRAP}' {len(SUPERVISOR_SOURCE)} agent '{state_dir}' {keep}"
 
 
 class _SshChannel:
@@ -102,6 +103,7 @@ class SshDispatcher(SupervisedDispatcher):
         python: str = "python3",
         kill_grace_seconds: float = 10.0,
         host_down_after_seconds: float = 60.0,
+        keep_state_seconds: float = 30 * 86400,
     ) -> None:
         super().__init__(
             kill_grace_seconds=kill_grace_seconds,
@@ -113,7 +115,7 @@ class SshDispatcher(SupervisedDispatcher):
         self._shared = dict(clients or {})
         self._own: dict[str, SshHostClient] = {}
         self._commands = {
-            name: agent_command(python, (state_dirs or {}).get(name, state_dir))
+            name: agent_command(python, (state_dirs or {}).get(name, state_dir), keep_state_seconds)
             for name in self._configs
         }
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -152,6 +153,8 @@ class SupervisedDispatcher:
         self._orphans: dict[str, set[tuple[str, int]]] = {}  # link -> ranks declared lost
         self._channel = EventChannel()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._done: deque[str] = deque()
+        self.remember_done_jobs = 10_000
 
     # ---- what a subclass provides ------------------------------------------------------
 
@@ -186,14 +189,25 @@ class SupervisedDispatcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _finish(self, job: _Job, event: DispatchEvent) -> None:
+        job.phase, job.final = "done", event
+        self._channel.emit(event)
+        self._done.append(job.job_id)
+        while len(self._done) > self.remember_done_jobs:
+            # Forgotten jobs are still found (and not re-run) through their state directory.
+            old = self._jobs.get(self._done.popleft())
+            if old is not None and old.phase == "done":
+                del self._jobs[old.job_id]
+
     def _emit(self, job: _Job, kind: EventKind, **kw: Any) -> None:
         at = time.time()
         if kind == EventKind.STARTED:  # the job's own start time, once every rank runs
             at = max((r.started_at for r in job.ranks if r.started_at), default=at)
         event = DispatchEvent(job.job_id, kind, at, **kw)
-        if kind != EventKind.STARTED:
-            job.phase, job.final = "done", event
-        self._channel.emit(event)
+        if kind == EventKind.STARTED:
+            self._channel.emit(event)
+        else:
+            self._finish(job, event)
 
     def events(self) -> AsyncIterator[DispatchEvent]:
         return self._channel.events()
@@ -261,7 +275,10 @@ class SupervisedDispatcher:
         try:
             reply = await link.request("status", jobs=[[j.job_id, i] for j, i in queries])
         except DispatchError:
-            return  # still down: the next reconnect asks again
+            since = link.down_since  # asked again on reconnect, unless down for too long
+            if since is not None and link.down_long(since):
+                self._on_host_down(link, link.last_error)
+            return
         for (job, i), state in zip(queries, reply["jobs"], strict=True):
             if job.phase != "done":
                 self._observe(job, i, state)
@@ -300,9 +317,7 @@ class SupervisedDispatcher:
             self._stop_others(job, skip=set())
             return
         if all(r.record is not None for r in job.ranks):
-            event = _terminal(job)
-            job.phase, job.final = "done", event
-            self._channel.emit(event)
+            self._finish(job, _terminal(job))
             return
         if job_failures(job) and not job.stopping:
             job.stopping = True
@@ -361,7 +376,8 @@ class SupervisedDispatcher:
             self._emit(job, EventKind.FAILED, handle=job.handle, reason=f"launch failed: {first}")
             self._stop_others(job, skip={i for i, _ in errors})
             return job.handle
-        if not any(r.record is not None and r.pid is None for r in job.ranks):
+        never_ran = any(r.record is not None and r.pid is None for r in job.ranks)
+        if not never_ran and not all(r.record is not None for r in job.ranks):
             self._emit(job, EventKind.STARTED, handle=job.handle)
         if job.cancel_requested:
             self._stop_others(job, skip=set())

@@ -20,7 +20,8 @@ When the job ends the supervisor writes ``exit.json`` and sends one datagram to 
 socket ``<root>/.agent.sock``; the agent turns it into an event line. So completion is pushed,
 never scanned for; an agent that (re)starts answers ``status`` from the state directories.
 
-Agent protocol (``supervisor.py agent ROOT``): JSON lines. In on stdin: ``{"id", "op", ...}``
+A job's state is kept ``KEEP_SECONDS`` (30 days) after it ended, then the agent deletes it
+when it starts. Agent protocol (``supervisor.py agent ROOT [KEEP_SECONDS]``): JSON lines. In on stdin: ``{"id", "op", ...}``
 with op ``launch`` / ``status`` / ``cancel`` / ``logs``; out on stdout: ``{"hello": ...}`` once,
 then ``{"id", "ok", ...}`` replies and ``{"event": "exit", "job", "rank", "record"}`` events.
 The agent exits when its stdin closes; the jobs keep running.
@@ -33,6 +34,7 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -339,9 +341,13 @@ def launch(root: str, spec: Json) -> Json:
         os.mkdir(directory)
     except FileExistsError:
         return {**rank_status(directory, job, rank), "existing": True}
-    write_json_atomic(os.path.join(directory, "spec.json"), spec)
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
+    try:
+        write_json_atomic(os.path.join(directory, "spec.json"), spec)
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+    except OSError:  # nothing started: leave no state behind, so a retry can start it
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
     if pid == 0:  # pragma: no cover - runs in the forked child
         try:
             os.close(read_fd)
@@ -433,10 +439,27 @@ def _write(line: Json) -> None:
         data = data[os.write(1, data) :]
 
 
-def agent(root: str) -> None:
+def prune(root: str, keep_seconds: float) -> int:
+    """Delete the state of jobs whose every rank ended more than ``keep_seconds`` ago."""
+    removed, now = 0, time.time()
+    for job in os.listdir(root):
+        path = os.path.join(root, job)
+        if not JOB_ID_RE.match(job) or not os.path.isdir(path):
+            continue
+        ranks = [os.path.join(path, r) for r in os.listdir(path)]
+        records = [read_json(os.path.join(r, "exit.json")) for r in ranks]
+        ended = [float(rec.get("ended_at") or now) for rec in records if rec is not None]
+        if ranks and len(ended) == len(ranks) and now - max(ended) > keep_seconds:
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def agent(root: str, keep_seconds: float = 30 * 86400) -> None:
     root = os.path.abspath(os.path.expanduser(root))
     os.makedirs(root, exist_ok=True)
     os.chdir(root)
+    prune(root, keep_seconds)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     tmp = f"{SOCK_NAME}.{os.getpid()}"
     with contextlib.suppress(OSError):
@@ -494,10 +517,10 @@ def agent(root: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) == 2 and argv[0] == "agent":
-        agent(argv[1])
+    if len(argv) in (2, 3) and argv[0] == "agent":
+        agent(argv[1], *(float(a) for a in argv[2:]))
         return 0
-    sys.stderr.write("usage: supervisor.py agent ROOT\n")
+    sys.stderr.write("usage: supervisor.py agent ROOT [KEEP_SECONDS]\n")
     return 2
 
 
