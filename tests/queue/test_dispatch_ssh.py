@@ -179,17 +179,27 @@ def test_lost_connection_reconnects_and_delivers_the_exit(
 
 
 def test_unreachable_host_starts_nothing(sshd_factory: Factory, tmp_path: Path) -> None:  # noqa: F811
-    sshd = sshd_factory(smi=False)
-    sshd.port = free_port()  # nothing listens there
-    marker = tmp_path / "runs"
+    """A launch to a host that cannot be reached starts nothing; a two-host launch that
+    reaches one host only stops the rank it started and fails the job, saying why."""
+    good, down = sshd_factory(smi=False), sshd_factory(smi=False)
+    down.port = free_port()  # nothing listens there
+    marker, pid_file = tmp_path / "runs", tmp_path / "rank0.pid"
 
     async def body(d: SshDispatcher, rec: h.Recorder) -> None:
-        with pytest.raises(DispatchError, match="down: connection refused"):
+        with pytest.raises(DispatchError, match="gpu-x down: connection refused"):
             await d.launch(h.launch("down-1", f"echo >> {h.q(marker)}", (("gpu-x", (0,)),)))
         with pytest.raises(DispatchError, match="not an SSH host"):
             await d.launch(h.launch("down-2", "true", (("nowhere", (0,)),)))
+        script = f"echo $$ > {h.q(pid_file)}; sleep 300"
+        await d.launch(h.launch("half-1", script, (("gpu-ok", (0,)), ("gpu-x", (0,)))))
+        end = await rec.wait_end("half-1")
+        assert end.kind == EventKind.FAILED and end.reason is not None
+        assert end.reason.startswith("launch failed: host gpu-x down: connection refused")
+        await h.wait_until(lambda: bool(pid_file.exists() and pid_file.read_text()), "rank 0")
+        rank0 = int(pid_file.read_text())
+        await h.wait_until(lambda: not h.pid_alive(rank0), "the started rank to be stopped")
 
-    run({"gpu-x": sshd}, tmp_path, body)
+    run({"gpu-ok": good, "gpu-x": down}, tmp_path, body)
     assert not marker.exists()
 
 
