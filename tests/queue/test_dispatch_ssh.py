@@ -203,6 +203,14 @@ def test_unreachable_host_starts_nothing(sshd_factory: Factory, tmp_path: Path) 
     assert not marker.exists()
 
 
+def test_missing_python_is_a_clear_error(one: dict[str, Sshd], tmp_path: Path) -> None:
+    async def body(d: SshDispatcher, rec: h.Recorder) -> None:
+        with pytest.raises(DispatchError, match=r"agent did not start: .*python-nope"):
+            await d.launch(h.launch("nopy-1", "true", (("gpu-a", (0,)),)))
+
+    run(one, tmp_path, body, python="python-nope")
+
+
 @pytest.mark.slow
 def test_host_down_is_lost_and_its_job_stopped_when_back(
     sshd_factory: Factory,  # noqa: F811

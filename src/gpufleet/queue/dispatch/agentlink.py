@@ -96,7 +96,7 @@ class AgentLink:
                 async with asyncio.timeout(self.connect_timeout_seconds):
                     channel = await self._opener()
                     try:
-                        hello = await channel.readline()
+                        hello = await self._hello(channel)
                     except BaseException:
                         channel.close()
                         raise
@@ -118,6 +118,17 @@ class AgentLink:
             self.down_since = None
             self._reader = asyncio.create_task(self._read(channel), name=f"agent:{self.name}")
         self._on_up(self)
+
+    @staticmethod
+    async def _hello(channel: AgentChannel) -> bytes:
+        """The agent's first line, past what a chatty login shell may print before it."""
+        noise = b""
+        for _ in range(100):
+            line = await channel.readline()
+            if not line or line.startswith(b'{"hello"'):
+                return line or noise
+            noise += line
+        return noise
 
     async def request(self, op: str, **fields: Any) -> Json:
         """Send one request and wait for its reply (a failed one raises DispatchError)."""

@@ -55,6 +55,7 @@ OOM_MARKERS = (
     b"RESOURCE_EXHAUSTED: Out of memory",
 )
 OOM_SCAN_BYTES = 256 * 1024
+MAX_LOG_BYTES = 16 * 1024 * 1024  # the most of a log one reply carries
 LAUNCH_WAIT_SECONDS = 30.0
 # The job outlives the SSH session that launched it, so it does not inherit the session's
 # variables (with SSH_CLIENT set, bash also sources ~/.bashrc for every `bash -c`).
@@ -428,7 +429,8 @@ def handle(root: str, request: Json) -> Json:
         return cancel(root, str(request["job"]), int(request["rank"]))
     if op == "logs":
         directory = job_dir(root, str(request["job"]), int(request["rank"]))
-        data = tail(os.path.join(directory, "output.log"), int(request.get("tail_bytes", 65536)))
+        size = min(int(request.get("tail_bytes", 65536)), MAX_LOG_BYTES)
+        data = tail(os.path.join(directory, "output.log"), size)
         return {"text": data.decode("utf-8", "replace"), "found": os.path.isdir(directory)}
     raise ValueError(f"unknown op {op!r}")
 
