@@ -4,10 +4,16 @@ and the job scenarios both dispatchers must pass (run the same way against eithe
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import shlex
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from gpufleet.queue.dispatch.base import Dispatcher, DispatchEvent, EventKind, HostGpus, Launch
 
@@ -69,6 +75,33 @@ class Recorder:
             await self._task
         except asyncio.CancelledError:
             pass
+
+
+D = TypeVar("D", bound=Dispatcher)
+
+
+@contextlib.asynccontextmanager
+async def started(d: Dispatcher) -> AsyncIterator[Recorder]:
+    """Start ``d`` and record its events; close both at the end."""
+    assert isinstance(d, Dispatcher)
+    await d.start()
+    rec = Recorder(d)
+    try:
+        yield rec
+    finally:
+        await rec.stop()
+        await d.close()
+
+
+def drive(make: Callable[[], D], body: Callable[[D, Recorder], Awaitable[None]]) -> None:
+    """Run ``body`` against a started dispatcher in a fresh event loop."""
+
+    async def main() -> None:
+        d = make()
+        async with started(d) as rec:
+            await body(d, rec)
+
+    asyncio.run(main())
 
 
 async def wait_until(check: Callable[[], bool], what: str) -> None:
@@ -231,3 +264,84 @@ async def scenario_time_limit(d: Dispatcher, rec: Recorder, host: str) -> None:
     await d.launch(launch("limit-1", "sleep 300", ((host, (0,)),), time_limit_seconds=0.5))
     end = await rec.wait_end("limit-1")
     assert (end.kind, end.reason) == (EventKind.FAILED, "time limit")
+
+
+# ---- a dispatcher process killed mid-job ----------------------------------------------------
+
+HOLDER = """
+import asyncio, json, sys
+from gpufleet.poller.service import SshHostConfig
+from gpufleet.queue.dispatch.base import HostGpus, Launch
+from gpufleet.queue.dispatch.local import LocalDispatcher
+from gpufleet.queue.dispatch.ssh import SshDispatcher
+
+async def main():
+    conf = json.loads(sys.argv[1])
+    if conf["kind"] == "local":
+        d = LocalDispatcher(conf["root"])
+    else:
+        d = SshDispatcher([SshHostConfig(**conf["host"])], state_dirs=conf["state_dirs"])
+    await d.start()
+    handles = {}
+    for job_id, script in conf["jobs"]:
+        gpus = (HostGpus(conf["host_name"], (0,)),)
+        handles[job_id] = await d.launch(Launch(job_id, "n", "u", gpus, command=(script,)))
+    print(json.dumps(handles), flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+class CrashJobs:
+    """Three jobs launched by a separate process that is then SIGKILLed: ``alive`` runs until
+    released, ``ends`` exits 5 once no dispatcher watches, ``fast`` exits 4 at once. Each one
+    appends to its marker file when it starts, so a second run would show."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.go_alive, self.go_ends, self.pids = tmp / "go-alive", tmp / "go-ends", tmp / "pids"
+        self.markers = {j: tmp / f"{j}.runs" for j in ("alive", "ends", "fast")}
+
+    def scripts(self) -> list[list[str]]:
+        m = self.markers
+        return [
+            ["alive", f"echo run >> {q(m['alive'])}; {wait_for_file(self.go_alive)}"],
+            [
+                "ends",
+                f"echo run >> {q(m['ends'])}; echo $$ $PPID > {q(self.pids)}; "
+                f"{wait_for_file(self.go_ends)}; exit 5",
+            ],
+            ["fast", f"echo run >> {q(m['fast'])}; exit 4"],
+        ]
+
+    def launch_and_kill(self, conf: dict[str, object]) -> dict[str, str]:
+        """Launch the jobs from a holder process, SIGKILL it, return the handles it printed."""
+        conf = {**conf, "jobs": self.scripts()}
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, json.dumps(conf)], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert holder.stdout is not None
+            handles: dict[str, str] = json.loads(holder.stdout.readline())
+        finally:
+            holder.send_signal(signal.SIGKILL)
+            holder.wait()
+        return handles
+
+    def end_unwatched(self) -> None:
+        """Let ``ends`` finish, and wait until it and its supervisor are gone."""
+        wait_until_sync(lambda: bool(self.pids.exists() and self.pids.read_text()), "ends")
+        job_pid, supervisor_pid = map(int, self.pids.read_text().split())
+        self.go_ends.touch()
+        wait_until_sync(
+            lambda: not pid_alive(job_pid) and not pid_alive(supervisor_pid),
+            "the job and its supervisor to finish",
+        )
+        wait_until_sync(lambda: runs(self.markers["fast"]) == 1, "fast to have run")
+
+    def runs(self) -> dict[str, int]:
+        return {j: runs(m) for j, m in self.markers.items()}
+
+
+def wait_for_file(path: Path) -> str:
+    return f"while [ ! -e {q(path)} ]; do sleep 0.05; done"

@@ -3,18 +3,14 @@ a dispatcher process killed mid-job and another one re-attaching."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
-from gpufleet.queue.dispatch.base import Dispatcher, DispatchError, EventKind
+from gpufleet.queue.dispatch.base import DispatchError, EventKind
 from gpufleet.queue.dispatch.local import LocalDispatcher
 
 from . import dispatch_helpers as h
@@ -25,18 +21,7 @@ Body = Callable[[LocalDispatcher, h.Recorder], Awaitable[None]]
 
 
 def run(tmp_path: Path, body: Body, **kw: object) -> None:
-    async def main() -> None:
-        d = LocalDispatcher(tmp_path / "jobs", kill_grace_seconds=0.5, **kw)  # type: ignore[arg-type]
-        assert isinstance(d, Dispatcher)
-        await d.start()
-        rec = h.Recorder(d)
-        try:
-            await body(d, rec)
-        finally:
-            await rec.stop()
-            await d.close()
-
-    asyncio.run(main())
+    h.drive(lambda: LocalDispatcher(tmp_path / "jobs", kill_grace_seconds=0.5, **kw), body)  # type: ignore[arg-type]
 
 
 def test_env_exit_code_and_logs(tmp_path: Path) -> None:
@@ -99,65 +84,16 @@ def test_a_failing_rank_stops_the_others(tmp_path: Path) -> None:
     run(tmp_path, body)
 
 
-HOLDER = """
-import asyncio, json, sys
-from gpufleet.queue.dispatch.local import LocalDispatcher
-from gpufleet.queue.dispatch.base import HostGpus, Launch
-
-async def main():
-    d = LocalDispatcher(sys.argv[1])
-    await d.start()
-    handles = {}
-    for job_id, script in json.loads(sys.argv[2]):
-        launch = Launch(job_id, "n", "u", (HostGpus("h1", (0,)),), command=(script,))
-        handles[job_id] = await d.launch(launch)
-    print(json.dumps(handles), flush=True)
-    await asyncio.sleep(3600)
-
-asyncio.run(main())
-"""
-
-
 @pytest.mark.slow
 def test_killed_dispatcher_reattach_runs_nothing_twice(tmp_path: Path) -> None:
     """A process holding the dispatcher is SIGKILLed mid-job; a new one re-attaches: the
     running job is STARTED again (not re-run), jobs that ended meanwhile get EXITED with their
     stored code, unknown ones LOST; every job ran exactly once."""
-    go_alive, go_ends = tmp_path / "go-alive", tmp_path / "go-ends"
-    marker = {j: tmp_path / f"{j}.runs" for j in ("alive", "ends", "fast")}
-    pids = tmp_path / "ends.pids"
-    scripts = [
-        [
-            "alive",
-            f"echo run >> {h.q(marker['alive'])}; while [ ! -e {h.q(go_alive)} ]; do sleep 0.05; done",
-        ],
-        [
-            "ends",
-            f"echo run >> {h.q(marker['ends'])}; echo $$ $PPID > {h.q(pids)}; "
-            f"while [ ! -e {h.q(go_ends)} ]; do sleep 0.05; done; exit 5",
-        ],
-        ["fast", f"echo run >> {h.q(marker['fast'])}; exit 4"],
-    ]
-    root = tmp_path / "jobs"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(root), json.dumps(scripts)],
-        stdout=subprocess.PIPE,
-        text=True,
+    crash = h.CrashJobs(tmp_path)
+    handles = crash.launch_and_kill(
+        {"kind": "local", "root": str(tmp_path / "jobs"), "host_name": "h1"}
     )
-    try:
-        assert holder.stdout is not None
-        handles = json.loads(holder.stdout.readline())
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
-    h.wait_until_sync(lambda: pids.exists() and bool(pids.read_text().strip()), "ends to start")
-    job_pid, supervisor_pid = map(int, pids.read_text().split())
-    go_ends.touch()  # "ends" finishes while no dispatcher watches
-    h.wait_until_sync(
-        lambda: not h.pid_alive(job_pid) and not h.pid_alive(supervisor_pid),
-        "the job and its supervisor to finish",
-    )
-    h.wait_until_sync(lambda: h.runs(marker["fast"]) == 1, "fast to have run")
+    crash.end_unwatched()
 
     async def body(d: LocalDispatcher, rec: h.Recorder) -> None:
         await d.reattach(
@@ -179,13 +115,13 @@ def test_killed_dispatcher_reattach_runs_nothing_twice(tmp_path: Path) -> None:
         assert (await rec.wait_end("ghost-2")).kind == EventKind.LOST
         # The queue retries a launch it was not sure of: nothing starts again.
         assert await d.launch(h.launch("alive", "echo never")) == handles["alive"]
-        go_alive.touch()
+        crash.go_alive.touch()
         end = await rec.wait_end("alive")
         assert (end.kind, end.exit_code) == (EventKind.EXITED, 0)
         assert rec.kinds("alive") == [EventKind.STARTED, EventKind.EXITED]
 
     run(tmp_path, body)
-    assert {j: h.runs(m) for j, m in marker.items()} == {"alive": 1, "ends": 1, "fast": 1}
+    assert crash.runs() == {"alive": 1, "ends": 1, "fast": 1}
 
 
 def test_dead_supervisor_is_reported_lost(tmp_path: Path) -> None:
@@ -200,16 +136,11 @@ def test_dead_supervisor_is_reported_lost(tmp_path: Path) -> None:
         os.kill(job_pid, signal.SIGKILL)
         await h.wait_until(lambda: not h.pid_alive(supervisor_pid), "the supervisor to die")
         fresh = LocalDispatcher(tmp_path / "jobs")
-        await fresh.start()
-        rec2 = h.Recorder(fresh)
-        try:
+        async with h.started(fresh) as rec2:
             await fresh.reattach([("doomed", handle)])
             end = await rec2.wait_end("doomed")
             assert end.kind == EventKind.LOST
             assert end.reason is not None and "supervisor died" in end.reason
-        finally:
-            await rec2.stop()
-            await fresh.close()
 
     run(tmp_path, body)
 
@@ -226,16 +157,11 @@ def test_old_state_is_pruned_running_state_kept(tmp_path: Path) -> None:
             h.launch("run-1", f"while [ ! -e {h.q(go)} ]; do sleep 0.05; done")
         )
         fresh = LocalDispatcher(tmp_path / "jobs", keep_state_seconds=0)
-        await fresh.start()
-        rec2 = h.Recorder(fresh)
-        try:
+        async with h.started(fresh) as rec2:
             await fresh.reattach([("old-1", None), ("run-1", running)])
             assert (await rec2.wait_end("old-1")).kind == EventKind.LOST
             assert (await rec2.wait("run-1", EventKind.STARTED)).handle == running
             go.touch()
             assert (await rec2.wait_end("run-1")).exit_code == 0
-        finally:
-            await rec2.stop()
-            await fresh.close()
 
     run(tmp_path, body)

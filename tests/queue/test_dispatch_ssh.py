@@ -8,14 +8,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from gpufleet.poller.service import SshHostConfig, SshPoller
-from gpufleet.queue.dispatch.base import Dispatcher, DispatchError, EventKind
+from gpufleet.queue.dispatch.base import DispatchError, EventKind
 from gpufleet.queue.dispatch.ssh import SshDispatcher
 from gpufleet.wire import Batch
 from tests.poller.conftest import SSHD, Sshd, free_port, sshd_factory  # noqa: F401
@@ -44,18 +43,7 @@ def dispatcher(servers: dict[str, Sshd], tmp: Path, **kw: object) -> SshDispatch
 
 
 def run(servers: dict[str, Sshd], tmp: Path, body: Body, **kw: object) -> None:
-    async def main() -> None:
-        d = dispatcher(servers, tmp, **kw)
-        assert isinstance(d, Dispatcher)
-        await d.start()
-        rec = h.Recorder(d)
-        try:
-            await body(d, rec)
-        finally:
-            await rec.stop()
-            await d.close()
-
-    asyncio.run(main())
+    h.drive(lambda: dispatcher(servers, tmp, **kw), body)
 
 
 def listener_pid(sshd: Sshd) -> int:
@@ -142,17 +130,14 @@ def test_shares_the_pollers_connection(one: dict[str, Sshd], tmp_path: Path) -> 
     async def main() -> None:
         poller = SshPoller([host_config("gpu-a", one["gpu-a"])], sink)
         d = dispatcher(one, tmp_path, clients={"gpu-a": poller.client("gpu-a")})
-        await d.start()
-        rec = h.Recorder(d)
         try:
-            assert await poller.poll_once("gpu-a") is not None
-            await d.launch(h.launch("shared-1", "exit 0", (("gpu-a", (0,)),)))
-            assert (await rec.wait_end("shared-1")).exit_code == 0
-            assert await poller.poll_once("gpu-a") is not None
-            assert poller.client("gpu-a").connects == 1 and len(batches) == 2
+            async with h.started(d) as rec:
+                assert await poller.poll_once("gpu-a") is not None
+                await d.launch(h.launch("shared-1", "exit 0", (("gpu-a", (0,)),)))
+                assert (await rec.wait_end("shared-1")).exit_code == 0
+                assert await poller.poll_once("gpu-a") is not None
+                assert poller.client("gpu-a").connects == 1 and len(batches) == 2
         finally:
-            await rec.stop()
-            await d.close()
             await poller.stop()
 
     asyncio.run(main())
@@ -256,83 +241,42 @@ def test_host_down_is_lost_and_its_job_stopped_when_back(
             proc.wait(10)
 
 
-HOLDER = """
-import asyncio, json, sys
-from gpufleet.poller.service import SshHostConfig
-from gpufleet.queue.dispatch.base import HostGpus, Launch
-from gpufleet.queue.dispatch.ssh import SshDispatcher
-
-async def main():
-    conf = json.loads(sys.argv[1])
-    d = SshDispatcher([SshHostConfig(**conf["host"])], state_dirs=conf["state_dirs"])
-    await d.start()
-    handles = {}
-    for job_id, script in conf["jobs"]:
-        launch = Launch(job_id, "n", "u", (HostGpus("gpu-a", (0,)),), command=(script,))
-        handles[job_id] = await d.launch(launch)
-    print(json.dumps(handles), flush=True)
-    await asyncio.sleep(3600)
-
-asyncio.run(main())
-"""
-
-
 @pytest.mark.slow
 def test_killed_dispatcher_reattach_runs_nothing_twice(
     one: dict[str, Sshd], tmp_path: Path
 ) -> None:
     """The process holding the SSH dispatcher is SIGKILLed mid-job; a new one re-attaches."""
-    go_alive, go_ends = tmp_path / "go-alive", tmp_path / "go-ends"
-    marker = {j: tmp_path / f"{j}.runs" for j in ("alive", "ends")}
-    pids = tmp_path / "ends.pids"
-    jobs = [
-        [
-            "alive",
-            f"echo run >> {h.q(marker['alive'])}; "
-            f"while [ ! -e {h.q(go_alive)} ]; do sleep 0.05; done",
-        ],
-        [
-            "ends",
-            f"echo run >> {h.q(marker['ends'])}; echo $$ $PPID > {h.q(pids)}; "
-            f"while [ ! -e {h.q(go_ends)} ]; do sleep 0.05; done; exit 5",
-        ],
-    ]
-    sshd = one["gpu-a"]
+    crash = h.CrashJobs(tmp_path)
     conf = {
-        "host": json.loads(host_config("gpu-a", sshd).model_dump_json()),
+        "kind": "ssh",
+        "host": json.loads(host_config("gpu-a", one["gpu-a"]).model_dump_json()),
         "state_dirs": {"gpu-a": str(tmp_path / "state-gpu-a")},
-        "jobs": jobs,
+        "host_name": "gpu-a",
     }
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, json.dumps(conf)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout is not None
-        handles = json.loads(holder.stdout.readline())
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
-    h.wait_until_sync(lambda: pids.exists() and bool(pids.read_text().strip()), "ends to start")
-    job_pid, supervisor_pid = map(int, pids.read_text().split())
-    go_ends.touch()
-    h.wait_until_sync(
-        lambda: not h.pid_alive(job_pid) and not h.pid_alive(supervisor_pid),
-        "the job and its supervisor to finish",
-    )
+    handles = crash.launch_and_kill(conf)
+    crash.end_unwatched()
 
     async def body(d: SshDispatcher, rec: h.Recorder) -> None:
-        await d.reattach([("alive", handles["alive"]), ("ends", None), ("ghost", "1@gpu-a")])
+        await d.reattach(
+            [
+                ("alive", handles["alive"]),
+                ("ends", None),
+                ("fast", handles["fast"]),
+                ("ghost", "1@gpu-a"),
+            ]
+        )
         assert (await rec.wait("alive", EventKind.STARTED)).handle == handles["alive"]
         end = await rec.wait_end("ends")
         assert (end.kind, end.exit_code, end.handle) == (EventKind.EXITED, 5, handles["ends"])
         assert rec.kinds("ends") == [EventKind.EXITED]
+        assert (await rec.wait_end("fast")).exit_code == 4
         assert (await rec.wait_end("ghost")).kind == EventKind.LOST
         assert (
             await d.launch(h.launch("alive", "echo never", (("gpu-a", (0,)),))) == handles["alive"]
         )
-        go_alive.touch()
+        crash.go_alive.touch()
         end = await rec.wait_end("alive")
         assert (end.kind, end.exit_code) == (EventKind.EXITED, 0)
 
     run(one, tmp_path, body)
-    assert {j: h.runs(m) for j, m in marker.items()} == {"alive": 1, "ends": 1}
+    assert crash.runs() == {"alive": 1, "ends": 1, "fast": 1}
