@@ -21,7 +21,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from gpufleet.queue.dispatch.agentlink import AgentLink, Json, Opener
@@ -32,104 +31,17 @@ from gpufleet.queue.dispatch.base import (
     EventKind,
     Launch,
 )
+from gpufleet.queue.dispatch.jobstate import (
+    Job,
+    Rank,
+    job_failures,
+    launch_spec,
+    parse_handle,
+    terminal_event,
+)
 from gpufleet.queue.dispatch.supervisor import JOB_ID_RE
 
 log = logging.getLogger(__name__)
-
-FAILED_REASONS = ("oom", "time limit")
-
-
-@dataclass
-class _Rank:
-    host: str
-    pid: int | None = None
-    started_at: float | None = None
-    known: bool = False  # the agent told us about it since we (re)attached
-    record: Json | None = None  # the exit record once it ended
-    lost: str | None = None  # why it cannot be found
-
-
-@dataclass
-class _Job:
-    job_id: str
-    ranks: list[_Rank]
-    phase: str  # launching, reattaching, running, done
-    cancel_requested: bool = False
-    stopping: bool = False
-    final: DispatchEvent | None = None
-    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
-
-    @property
-    def handle(self) -> str:
-        return ",".join(f"{r.pid if r.pid is not None else '-'}@{r.host}" for r in self.ranks)
-
-
-def parse_handle(handle: str | None) -> list[str] | None:
-    """The hosts of a handle, in rank order (``None`` when there is no handle)."""
-    if not handle:
-        return None
-    return [part.rsplit("@", 1)[-1] for part in handle.split(",")]
-
-
-def launch_spec(launch: Launch, rank: int, kill_grace_seconds: float) -> Json:
-    """What the supervisor is told to run for one rank of ``launch``."""
-    if not launch.command:
-        raise DispatchError(
-            f"launch {launch.job_id}: this dispatcher runs commands, and the job names only"
-            f" the image {launch.image!r}"
-        )
-    env = dict(launch.env)
-    env.update(
-        GPUFLEET_JOB_ID=launch.job_id,
-        GPUFLEET_HOSTS=",".join(h.host for h in launch.hosts),
-        GPUFLEET_RANK=str(rank),
-        CUDA_VISIBLE_DEVICES=",".join(str(i) for i in launch.hosts[rank].gpu_indices),
-    )
-    spec: Json = {
-        "job_id": launch.job_id,
-        "rank": rank,
-        "host": launch.hosts[rank].host,
-        "name": launch.name,
-        "user": launch.user,
-        "env": env,
-        "workdir": launch.workdir,
-        "time_limit_seconds": launch.time_limit_seconds,
-        "kill_grace_seconds": kill_grace_seconds,
-    }
-    if len(launch.command) == 1:
-        spec["shell_command"] = launch.command[0]
-    else:
-        spec["argv"] = list(launch.command)
-    return spec
-
-
-def _terminal(job: _Job) -> DispatchEvent:
-    """The one event for a job whose ranks have all ended."""
-    records = [r.record for r in job.ranks if r.record is not None]
-    ended = max(float(rec.get("ended_at") or 0) for rec in records) or time.time()
-    cancelled = [rec for rec in records if rec.get("reason") == "cancelled"]
-    failures = [rec for rec in job_failures(job) if rec.get("reason") != "cancelled"]
-    if job.cancel_requested and cancelled:
-        rec = cancelled[0]
-    else:  # the first rank that failed by itself decides; a rank we stopped does not
-        rec = (failures or cancelled or records)[0]
-    reason = rec.get("reason")
-    if reason in FAILED_REASONS or str(reason or "").startswith("launch failed"):
-        kind = EventKind.FAILED
-    elif reason == "cancelled":
-        kind = EventKind.CANCELLED
-    else:
-        kind = EventKind.EXITED
-    return DispatchEvent(job.job_id, kind, ended, job.handle, rec.get("exit_code"), reason)
-
-
-def job_failures(job: _Job) -> list[Json]:
-    """Exit records of ranks that failed, in the order the ranks are listed."""
-    return [
-        r.record
-        for r in job.ranks
-        if r.record is not None and (r.record.get("exit_code") != 0 or r.record.get("reason"))
-    ]
 
 
 class SupervisedDispatcher:
@@ -149,7 +61,7 @@ class SupervisedDispatcher:
         self.host_down_after_seconds = host_down_after_seconds
         self.request_timeout_seconds = request_timeout_seconds
         self._links: dict[str, AgentLink] = {}
-        self._jobs: dict[str, _Job] = {}
+        self._jobs: dict[str, Job] = {}
         self._orphans: dict[str, set[tuple[str, int]]] = {}  # link -> ranks declared lost
         self._channel = EventChannel()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -189,7 +101,7 @@ class SupervisedDispatcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _finish(self, job: _Job, event: DispatchEvent) -> None:
+    def _finish(self, job: Job, event: DispatchEvent) -> None:
         job.phase, job.final = "done", event
         self._channel.emit(event)
         self._done.append(job.job_id)
@@ -199,7 +111,7 @@ class SupervisedDispatcher:
             if old is not None and old.phase == "done":
                 del self._jobs[old.job_id]
 
-    def _emit(self, job: _Job, kind: EventKind, **kw: Any) -> None:
+    def _emit(self, job: Job, kind: EventKind, **kw: Any) -> None:
         at = time.time()
         if kind == EventKind.STARTED:  # the job's own start time, once every rank runs
             at = max((r.started_at for r in job.ranks if r.started_at), default=at)
@@ -226,7 +138,7 @@ class SupervisedDispatcher:
 
     # ---- what the agents tell us -------------------------------------------------------
 
-    def _observe(self, job: _Job, rank: int, state: Json) -> None:
+    def _observe(self, job: Job, rank: int, state: Json) -> None:
         r = job.ranks[rank]
         r.known = True
         kind = state.get("state")
@@ -271,7 +183,7 @@ class SupervisedDispatcher:
         if queries:
             await self._query(link, queries)
 
-    async def _query(self, link: AgentLink, queries: Sequence[tuple[_Job, int]]) -> None:
+    async def _query(self, link: AgentLink, queries: Sequence[tuple[Job, int]]) -> None:
         try:
             reply = await link.request("status", jobs=[[j.job_id, i] for j, i in queries])
         except DispatchError:
@@ -301,7 +213,7 @@ class SupervisedDispatcher:
             self._emit(job, EventKind.LOST, handle=job.handle, reason=f"host down: {why}")
             self._stop_others(job, skip=set(mine))
 
-    def _settle(self, job: _Job) -> None:
+    def _settle(self, job: Job) -> None:
         """Emit what the ranks' states now imply (at most STARTED then one terminal event)."""
         if job.phase in ("launching", "done"):
             return
@@ -317,18 +229,18 @@ class SupervisedDispatcher:
             self._stop_others(job, skip=set())
             return
         if all(r.record is not None for r in job.ranks):
-            self._finish(job, _terminal(job))
+            self._finish(job, terminal_event(job))
             return
         if job_failures(job) and not job.stopping:
             job.stopping = True
             self._stop_others(job, skip=set())
 
-    def _stop_others(self, job: _Job, skip: set[int]) -> None:
+    def _stop_others(self, job: Job, skip: set[int]) -> None:
         for i, r in enumerate(job.ranks):
             if r.record is None and i not in skip and not r.lost:
                 self._spawn(self._cancel_rank(job, i))
 
-    async def _cancel_rank(self, job: _Job, rank: int, *, quiet: bool = True) -> None:
+    async def _cancel_rank(self, job: Job, rank: int, *, quiet: bool = True) -> None:
         """Cancel one rank. ``quiet``: a host that is down gets the cancel when it is back."""
         r = job.ranks[rank]
         link = self.link(self._link_name(r.host))
@@ -356,7 +268,7 @@ class SupervisedDispatcher:
             )
         specs = [launch_spec(launch, i, self.kill_grace_seconds) for i in range(len(launch.hosts))]
         links = [self.link(self._link_name(h.host)) for h in launch.hosts]
-        job = _Job(launch.job_id, [_Rank(h.host) for h in launch.hosts], "launching")
+        job = Job(launch.job_id, [Rank(h.host) for h in launch.hosts], "launching")
         self._jobs[launch.job_id] = job
         replies = await asyncio.gather(
             *(link.request("launch", spec=spec) for link, spec in zip(links, specs, strict=True)),
@@ -406,8 +318,8 @@ class SupervisedDispatcher:
                 raise DispatchError(f"cancel {job_id}: {result}")
 
     async def reattach(self, jobs: Sequence[tuple[str, str | None]]) -> None:
-        by_link: dict[str, list[tuple[_Job, int]]] = {}
-        searches: list[_Job] = []
+        by_link: dict[str, list[tuple[Job, int]]] = {}
+        searches: list[Job] = []
         for job_id, handle in jobs:
             known = self._jobs.get(job_id)
             if known is not None and known.phase != "reattaching":
@@ -418,9 +330,9 @@ class SupervisedDispatcher:
                 continue
             hosts = parse_handle(handle)
             if hosts is None:
-                searches.append(_Job(job_id, [], "reattaching"))
+                searches.append(Job(job_id, [], "reattaching"))
                 continue
-            job = self._jobs[job_id] = _Job(job_id, [_Rank(h) for h in hosts], "reattaching")
+            job = self._jobs[job_id] = Job(job_id, [Rank(h) for h in hosts], "reattaching")
             for i, host in enumerate(hosts):
                 try:
                     name = self._link_name(host)
@@ -435,11 +347,11 @@ class SupervisedDispatcher:
         for job in {id(j): j for q in by_link.values() for j, _ in q}.values():
             self._settle(job)
 
-    async def _search(self, job: _Job) -> None:
+    async def _search(self, job: Job) -> None:
         """Find a job with no handle on every host (a crash between dispatching and storing
         the handle); hosts that cannot be reached are named in the LOST reason."""
         found, down = await self._locate(job.job_id, self._link_names())
-        job.ranks = [_Rank(host, known=True) for host, _ in found]
+        job.ranks = [Rank(host, known=True) for host, _ in found]
         self._jobs[job.job_id] = job
         for i, (_, state) in enumerate(found):
             self._observe(job, i, state)
