@@ -17,7 +17,7 @@ from gpufleet.poller.service import SshHostConfig, SshPoller
 from gpufleet.queue.dispatch.base import DispatchError, EventKind
 from gpufleet.queue.dispatch.ssh import SshDispatcher
 from gpufleet.wire import Batch
-from tests.poller.conftest import SSHD, Sshd, free_port, sshd_factory  # noqa: F401
+from tests.poller.conftest import SSHD, Sshd, free_port, new_key, sshd_factory  # noqa: F401
 
 from . import dispatch_helpers as h
 
@@ -280,3 +280,37 @@ def test_killed_dispatcher_reattach_runs_nothing_twice(
 
     run(one, tmp_path, body)
     assert crash.runs() == {"alive": 1, "ends": 1, "fast": 1}
+
+
+def test_launches_to_a_silent_host_fail_together(tmp_path: Path) -> None:
+    """Launches queued behind a connect attempt that times out fail with it, instead of each
+    waiting for a connect timeout of its own (counted: connections the host saw)."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def main() -> None:
+        async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.append(writer)  # accepts, never says a word: a hung sshd
+
+        server = await asyncio.start_server(hold, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        key = tmp_path / "key"
+        new_key(key)
+        conf = SshHostConfig(
+            name="gpu-h", host="127.0.0.1", port=port, user="x", key_file=key, timeout_seconds=1
+        )
+        d = SshDispatcher([conf], state_dirs={"gpu-h": str(tmp_path / "state")})
+        try:
+            results = await asyncio.gather(
+                *(d.launch(h.launch(f"s-{i}", "true", (("gpu-h", (0,)),))) for i in range(6)),
+                return_exceptions=True,
+            )
+            assert all(isinstance(r, DispatchError) for r in results), results
+            assert all("gpu-h down: timeout" in str(r) for r in results), results
+            assert len(accepted) <= 2  # one attempt for the burst (+ maybe one retry)
+        finally:
+            await d.close()
+            for writer in accepted:
+                writer.close()
+            server.close()
+
+    asyncio.run(main())

@@ -78,6 +78,7 @@ class AgentLink:
         self._pending: dict[int, asyncio.Future[Json]] = {}
         self._next_id = 0
         self._closed = False
+        self._failed_at: float | None = None
 
     @property
     def up(self) -> bool:
@@ -87,11 +88,16 @@ class AgentLink:
         """Open the channel unless it is open; raise :class:`DispatchError` saying why not."""
         if self._channel is not None:
             return
+        asked = time.monotonic()
         async with self._lock:
             if self._channel is not None:
                 return
             if self._closed:
                 raise DispatchError(f"host {self.name}: the dispatcher is closed")
+            if self._failed_at is not None and self._failed_at >= asked:
+                # An attempt made while we waited has just failed: say so, do not queue up
+                # behind one more connect timeout per waiting request.
+                raise DispatchError(f"host {self.name} down: {self.last_error}")
             try:
                 async with asyncio.timeout(self.connect_timeout_seconds):
                     channel = await self._opener()
@@ -193,6 +199,7 @@ class AgentLink:
 
     def _mark_down(self, why: str) -> None:
         self.last_error = why
+        self._failed_at = time.monotonic()
         if self.down_since is None:
             self.down_since = time.monotonic()
         if not self._closed and (self._retry is None or self._retry.done()):
