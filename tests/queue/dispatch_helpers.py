@@ -244,6 +244,30 @@ async def scenario_idempotent(d: Dispatcher, rec: Recorder, tmp: Path, host: str
     assert rec.kinds("idem-1") == [EventKind.STARTED, EventKind.EXITED]
 
 
+async def scenario_rerun(d: Dispatcher, rec: Recorder, tmp: Path, host: str) -> None:
+    """A job id launched again after its run ended (preempted, requeued) runs again, as a
+    new run with its own handle, log and exit; the earlier run's news does not leak into it."""
+    marker, go = tmp / "rerun.runs", tmp / "rerun.go"
+    script = f"echo run $(wc -l < {q(marker)}) >> {q(marker)}; {wait_for_file(go)}; exit 9"
+    marker.touch()
+    first = await d.launch(launch("rerun-1", script, ((host, (0,)),)))
+    await rec.wait("rerun-1", EventKind.STARTED)
+    await wait_until(lambda: runs(marker) == 1, "the first run")
+    await d.cancel("rerun-1", first)  # preempted
+    assert (await rec.wait_end("rerun-1")).kind == EventKind.CANCELLED
+    rec.events.clear()
+    second = await d.launch(launch("rerun-1", script, ((host, (1,)),)))
+    assert second != first
+    assert await d.launch(launch("rerun-1", script, ((host, (1,)),))) == second
+    await wait_until(lambda: runs(marker) == 2, "the second run")
+    go.touch()
+    end = await rec.wait_end("rerun-1")
+    assert (end.kind, end.exit_code, end.handle) == (EventKind.EXITED, 9, second)
+    assert rec.kinds("rerun-1") == [EventKind.STARTED, EventKind.EXITED]
+    assert (await d.logs("rerun-1", second)) == ""  # its own log (the job wrote to the marker)
+    assert runs(marker) == 2
+
+
 async def scenario_launch_failed(d: Dispatcher, rec: Recorder, tmp: Path, host: str) -> None:
     """A command that cannot start, or a missing working directory, fails with the reason."""
     no_cmd = Launch("nocmd-1", "n", "u", (HostGpus(host, (0,)),), command=("no-such-cmd", "x"))

@@ -40,6 +40,10 @@ def test_second_launch_returns_the_existing_handle(tmp_path: Path) -> None:
     run(tmp_path, lambda d, rec: h.scenario_idempotent(d, rec, tmp_path, "h1"))
 
 
+def test_a_job_launched_again_after_its_end_runs_again(tmp_path: Path) -> None:
+    run(tmp_path, lambda d, rec: h.scenario_rerun(d, rec, tmp_path, "h1"))
+
+
 def test_launch_failures_name_the_cause(tmp_path: Path) -> None:
     run(tmp_path, lambda d, rec: h.scenario_launch_failed(d, rec, tmp_path, "h1"))
 

@@ -30,6 +30,7 @@ The agent exits when its stdin closes; the jobs keep running.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import re
@@ -159,9 +160,10 @@ def oom_in(path: str) -> bool:
 # ---- the supervisor (one per job rank, detached) -----------------------------------------
 
 
-def fail(directory: str, report_fd: int, reason: str) -> None:
+def fail(directory: str, spec: Json, report_fd: int, reason: str) -> None:
     """The job could not start: record why, tell the launcher and the agent, and exit."""
     record = {
+        "pid": None,
         "exit_code": None,
         "signal": None,
         "reason": reason,
@@ -173,7 +175,7 @@ def fail(directory: str, report_fd: int, reason: str) -> None:
         os.write(report_fd, json.dumps({"state": "exited", "record": record}).encode())
         os.close(report_fd)
     os.chdir(directory)
-    _notify_agent()
+    _notify_agent(str(spec["job_id"]), int(spec["rank"]), None)
     os._exit(0)
 
 
@@ -187,13 +189,12 @@ def _killpg(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
-def _notify_agent() -> None:
-    """Tell the agent (if one listens) that this job dir has an exit record. We are chdir'd
-    into ``<root>/<job>/<rank>``: a relative path keeps clear of the 108-byte socket limit."""
-    rank = os.path.basename(os.getcwd())
-    job = os.path.basename(os.path.dirname(os.getcwd()))
+def _notify_agent(job: str, rank: int, pid: int | None) -> None:
+    """Tell the agent (if one listens) that this rank has an exit record. We are chdir'd into
+    ``<root>/<job>/<rank>``: a relative path keeps clear of the 108-byte socket limit."""
+    note = json.dumps({"job": job, "rank": rank, "pid": pid}).encode()
     with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.sendto(json.dumps({"job": job, "rank": int(rank)}).encode(), f"../../{SOCK_NAME}")
+        s.sendto(note, f"../../{SOCK_NAME}")
 
 
 def _job_argv(spec: Json) -> list[str]:
@@ -237,7 +238,7 @@ def supervise(directory: str, spec: Json, report_fd: int) -> None:
     except OSError as exc:
         what = exc.strerror or str(exc)
         where = workdir if exc.filename == workdir else argv[0]
-        fail(directory, report_fd, f"launch failed: {what}: {where}")
+        fail(directory, spec, report_fd, f"launch failed: {what}: {where}")
     os.close(out)
     started = {
         "pid": proc.pid,
@@ -288,6 +289,7 @@ def supervise(directory: str, spec: Json, report_fd: int) -> None:
         elif sig is not None:
             reason = f"killed by signal {signal.Signals(sig).name}"
     record = {
+        "pid": proc.pid,
         "exit_code": code,
         "signal": sig,
         "reason": reason,
@@ -295,7 +297,7 @@ def supervise(directory: str, spec: Json, report_fd: int) -> None:
         "ended_at": time.time(),
     }
     write_json_atomic("exit.json", record)
-    _notify_agent()
+    _notify_agent(str(spec["job_id"]), int(spec["rank"]), proc.pid)
     os._exit(0)
 
 
@@ -335,13 +337,21 @@ def rank_status(directory: str, job: str, rank: int) -> Json:
 
 
 def launch(root: str, spec: Json) -> Json:
+    """Start one rank, unless it runs already (then say so: idempotent). A rank whose previous
+    run has ended (a preempted or requeued job launched again) is archived as ``<rank>~N``
+    and a new run starts."""
     job, rank = str(spec["job_id"]), int(spec["rank"])
     directory = job_dir(root, job, rank)
     os.makedirs(os.path.dirname(directory), exist_ok=True)
-    try:
-        os.mkdir(directory)
-    except FileExistsError:
-        return {**rank_status(directory, job, rank), "existing": True}
+    while True:
+        try:
+            os.mkdir(directory)
+            break
+        except FileExistsError:
+            state = rank_status(directory, job, rank)
+            if state["state"] in ("running", "launching"):
+                return {**state, "existing": True}
+            archive(directory)
     try:
         write_json_atomic(os.path.join(directory, "spec.json"), spec)
         read_fd, write_fd = os.pipe()
@@ -357,7 +367,7 @@ def launch(root: str, spec: Json) -> Json:
                 try:
                     supervise(os.path.abspath(directory), spec, write_fd)
                 except BaseException as exc:
-                    fail(os.path.abspath(directory), write_fd, f"launch failed: {exc!r}")
+                    fail(os.path.abspath(directory), spec, write_fd, f"launch failed: {exc!r}")
         finally:
             os._exit(0)
     os.close(write_fd)
@@ -376,17 +386,42 @@ def launch(root: str, spec: Json) -> Json:
         return rank_status(directory, job, rank)
 
 
-def cancel(root: str, job: str, rank: int) -> Json:
+def archive(directory: str) -> None:
+    """Move an ended run's rank directory aside as ``<rank>~N`` (its process is gone)."""
+    base = os.path.basename(directory)
+    parent = os.path.dirname(directory)
+    taken = [n.split("~", 1)[1] for n in os.listdir(parent) if n.startswith(base + "~")]
+    number = 1 + max((int(t) for t in taken if t.isdigit()), default=0)
+    with contextlib.suppress(FileNotFoundError):
+        os.rename(directory, os.path.join(parent, f"{base}~{number}"))
+
+
+def find_run(root: str, job: str, rank: int, pid: Any) -> str:
+    """The directory of the run of ``job``/``rank`` whose process was ``pid`` (the latest run
+    when ``pid`` is None or matches it; else an archived one; else the latest)."""
     directory = job_dir(root, job, rank)
+    if pid is None:
+        return directory
+    archived = glob.glob(glob.escape(directory) + "~*")
+    for candidate in [directory, *archived]:
+        started = read_json(os.path.join(candidate, "started.json")) or {}
+        if started.get("pid") == pid:
+            return candidate
+    return directory
+
+
+def cancel(root: str, job: str, rank: int, pid: Any = None) -> Json:
+    directory = find_run(root, job, rank, pid)
     state = rank_status(directory, job, rank)
-    if state["state"] != "running":
-        return state
+    if state["state"] != "running" or (pid is not None and state.get("pid") != pid):
+        return state  # ended, or another run than the one asked about: leave it alone
     open(os.path.join(directory, "cancel"), "a").close()
     if alive(state.get("supervisor_pid"), state.get("supervisor_ticks")):
         os.kill(int(state["supervisor_pid"]), signal.SIGTERM)
     else:  # the supervisor is gone but the job is not: stop it and record why
         _killpg(int(state["pid"]), signal.SIGKILL)
         record = {
+            "pid": state.get("pid"),
             "exit_code": 128 + signal.SIGKILL,
             "signal": int(signal.SIGKILL),
             "reason": "cancelled",
@@ -403,8 +438,11 @@ def base_of(state: Json) -> Json:
 
 
 def status(root: str, jobs: list[list[Any]]) -> list[Json]:
+    """Per ``[job, rank, pid]`` (rank None: every rank of the job's latest run; pid None: the
+    latest run), what its directory says."""
     found: list[Json] = []
-    for job, rank in jobs:
+    for job, rank, *rest in jobs:
+        pid = rest[0] if rest else None
         if rank is None:
             try:
                 names = os.listdir(os.path.dirname(job_dir(root, job, 0)))
@@ -415,7 +453,10 @@ def status(root: str, jobs: list[list[Any]]) -> list[Json]:
             if not ranks:
                 found.append({"job": job, "rank": None, "state": "missing"})
         else:
-            found.append(rank_status(job_dir(root, job, int(rank)), job, int(rank)))
+            state = rank_status(find_run(root, job, int(rank), pid), job, int(rank))
+            if pid is not None and state.get("pid") not in (None, pid):
+                state = {"job": job, "rank": int(rank), "state": "missing"}
+            found.append(state)
     return found
 
 
@@ -426,9 +467,9 @@ def handle(root: str, request: Json) -> Json:
     if op == "status":
         return {"jobs": status(root, request["jobs"])}
     if op == "cancel":
-        return cancel(root, str(request["job"]), int(request["rank"]))
+        return cancel(root, str(request["job"]), int(request["rank"]), request.get("pid"))
     if op == "logs":
-        directory = job_dir(root, str(request["job"]), int(request["rank"]))
+        directory = find_run(root, str(request["job"]), int(request["rank"]), request.get("pid"))
         size = min(int(request.get("tail_bytes", 65536)), MAX_LOG_BYTES)
         data = tail(os.path.join(directory, "output.log"), size)
         return {"text": data.decode("utf-8", "replace"), "found": os.path.isdir(directory)}
@@ -448,7 +489,7 @@ def prune(root: str, keep_seconds: float) -> int:
         path = os.path.join(root, job)
         if not JOB_ID_RE.match(job) or not os.path.isdir(path):
             continue
-        ranks = [os.path.join(path, r) for r in os.listdir(path)]
+        ranks = [os.path.join(path, r) for r in os.listdir(path) if r.isdigit()]
         records = [read_json(os.path.join(r, "exit.json")) for r in ranks]
         ended = [float(rec.get("ended_at") or now) for rec in records if rec is not None]
         if ranks and len(ended) == len(ranks) and now - max(ended) > keep_seconds:
@@ -477,7 +518,8 @@ def agent(root: str, keep_seconds: float = 30 * 86400) -> None:
             if sock.fileno() in ready:
                 try:
                     note = json.loads(sock.recv(65536))
-                    directory = job_dir(root, str(note["job"]), int(note["rank"]))
+                    job, rank = str(note["job"]), int(note["rank"])
+                    directory = find_run(root, job, rank, note.get("pid"))
                     record = read_json(os.path.join(directory, "exit.json"))
                 except (ValueError, KeyError, TypeError):
                     record = None
