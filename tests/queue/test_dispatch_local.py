@@ -3,8 +3,11 @@ a dispatcher process killed mid-job and another one re-attaching."""
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
 import signal
+import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -169,3 +172,31 @@ def test_old_state_is_pruned_running_state_kept(tmp_path: Path) -> None:
             assert (await rec2.wait_end("run-1")).exit_code == 0
 
     run(tmp_path, body)
+
+
+def _old_pythons() -> list[str]:
+    """The oldest supported interpreters found here (the hosts' python3 may be old)."""
+    found = []
+    for version in ("3.7", "3.8"):
+        pattern = os.path.expanduser(f"~/.pyenv/versions/{version}.*/bin/python")
+        for path in [*sorted(glob.glob(pattern)), shutil.which(f"python{version}")]:
+            if path and subprocess.run([path, "-c", ""], capture_output=True).returncode == 0:
+                found.append(path)
+                break
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("python", _old_pythons() or ["none"])
+def test_supervisor_runs_on_old_pythons(tmp_path: Path, python: str) -> None:
+    """The supervisor needs only Python >= 3.7 on the host (not installed here: skipped)."""
+    if python == "none":
+        pytest.skip("no python3.7 or python3.8 on this machine")
+
+    async def body(d: LocalDispatcher, rec: h.Recorder) -> None:
+        await h.scenario_env_exit_logs(d, rec, tmp_path, "h1")
+        await h.scenario_oom(d, rec, "h1")
+        await h.scenario_cancel(d, rec, tmp_path, "h1")
+        await h.scenario_rerun(d, rec, tmp_path, "h1")
+
+    run(tmp_path, body, python=python)

@@ -3,7 +3,7 @@ poller's SSH connections (one per host, reused; asyncssh).
 
 Per host there is one long-lived SSH session running the supervisor's *agent*: the dispatcher
 pipes ``supervisor.py`` (standard library only) into ``python3 -c`` on it, so nothing is
-installed on the host; it needs POSIX ``sh``, ``python3`` >= 3.8 and Linux ``/proc``. Launch,
+installed on the host; it needs POSIX ``sh``, ``python3`` >= 3.7 and Linux ``/proc``. Launch,
 cancel, status and logs are JSON lines on that session; a job's exit is pushed by its
 supervisor to the agent (a datagram on ``<state_dir>/.agent.sock``) and from there to us, so
 completion costs no polling: one idle ``python3`` process and one SSH channel per host.

@@ -2,7 +2,7 @@
 jobs, and the per-job *supervisor* it forks.
 
 This file is sent as is to remote hosts (the SSH dispatcher pipes it into ``python3 -c``), so it
-uses the standard library only and needs **POSIX sh + Python >= 3.8 on Linux** (``/proc`` for
+uses the standard library only and needs **POSIX sh + Python >= 3.7 on Linux** (``/proc`` for
 process identity and the boot id; ``sigtimedwait``). Nothing is installed on the host.
 
 State of one job rank lives in ``<root>/<job_id>/<rank>/`` (root defaults to
@@ -14,17 +14,22 @@ State of one job rank lives in ``<root>/<job_id>/<rank>/`` (root defaults to
     exit.json      exit code, signal, reason, end time -- written atomically at exit
     cancel         present once a cancel was asked
 
+A launch of a rank that runs returns it (idempotent); of one whose run ended, archives that
+run as ``<rank>~N`` and starts a new one (a preempted or requeued job).
+
 The supervisor is detached (``setsid`` + double fork: it survives the agent, the SSH session
 and the dispatcher); the job runs in its own process group so a cancel can signal all of it.
 When the job ends the supervisor writes ``exit.json`` and sends one datagram to the agent's
 socket ``<root>/.agent.sock``; the agent turns it into an event line. So completion is pushed,
 never scanned for; an agent that (re)starts answers ``status`` from the state directories.
 
-A job's state is kept ``KEEP_SECONDS`` (30 days) after it ended, then the agent deletes it
-when it starts. Agent protocol (``supervisor.py agent ROOT [KEEP_SECONDS]``): JSON lines. In on stdin: ``{"id", "op", ...}``
-with op ``launch`` / ``status`` / ``cancel`` / ``logs``; out on stdout: ``{"hello": ...}`` once,
-then ``{"id", "ok", ...}`` replies and ``{"event": "exit", "job", "rank", "record"}`` events.
-The agent exits when its stdin closes; the jobs keep running.
+A job's state is kept ``KEEP_SECONDS`` (30 days) after it ended, then an agent that starts
+deletes it. Agent protocol (``supervisor.py agent ROOT [KEEP_SECONDS]``): JSON lines. In, on
+stdin: ``{"id", "op", ...}`` with op ``launch`` / ``status`` / ``cancel`` / ``logs``; out, on
+stdout: ``{"hello": ...}`` once, then ``{"id", "ok", ...}`` replies and ``{"event": "exit",
+"job", "rank", "record"}`` events. The agent exits when its stdin closes; jobs keep running.
+
+(One module past the usual size on purpose: it ships to the hosts as one program.)
 """
 
 from __future__ import annotations
@@ -70,7 +75,7 @@ SSH_SESSION_VARS = frozenset(
         "SSH_ORIGINAL_COMMAND",
     )
 )
-if TYPE_CHECKING:  # annotations only: the hosts' python3 may be 3.8 (no dict[...] at run time)
+if TYPE_CHECKING:  # annotations only: the hosts' python3 may be 3.7 (no dict[...] at run time)
     Json = dict[str, Any]
 
 
