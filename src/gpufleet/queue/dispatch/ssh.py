@@ -10,9 +10,9 @@ completion costs no polling: one idle ``python3`` process and one SSH channel pe
 
 Hosts are named as the poller names them (``SshHostConfig.name``); pass the poller's clients
 (``SshPoller.client(name)``) to share its connections. A host whose connection cannot be
-re-opened for ``host_down_after_seconds`` gets its jobs reported ``LOST`` with reason
-``host down: ...`` (docs/dispatchers.md); jobs keep running there, and if the host comes back
-those jobs are cancelled, so a requeued copy never runs beside them.
+re-opened for ``host_down_after_seconds`` gets its jobs reported ``FAILED`` with reason
+``host down`` (docs/dispatchers.md); jobs keep running there, and if the host comes back
+those runs are stopped, so a requeued copy never runs beside them.
 """
 
 from __future__ import annotations

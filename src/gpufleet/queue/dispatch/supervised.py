@@ -9,9 +9,13 @@ What it keeps per job is only what it has seen: each rank's host, pid and exit r
   otherwise ``EXITED`` with its code); a rank that fails makes the others be cancelled, as a
   distributed job cannot go on without it;
 - ``LOST`` when a rank's state directory is gone or its supervisor died without an exit record
-  (the reason says which), or when its host stayed unreachable for ``host_down_after_seconds``
-  (reason ``host down: ...``). A job declared lost for a host that comes back is cancelled
-  there, so a requeued copy never runs beside it.
+  (the reason says which);
+- ``FAILED`` with reason ``host down`` when its host stayed unreachable for
+  ``host_down_after_seconds``. A run given up so is cancelled when its host is back, and a new
+  launch of the job there first waits until it has stopped: a requeued copy never runs beside
+  it.
+
+A launch of a job that runs returns its handle; of a job whose run ended, starts a new run.
 """
 
 from __future__ import annotations
