@@ -82,16 +82,22 @@ if TYPE_CHECKING:  # annotations only: the hosts' python3 may be 3.7 (no dict[..
 # ---- files -------------------------------------------------------------------------------
 
 
-def write_json_atomic(path: str, obj: Json) -> None:
-    """Write ``obj`` so that a reader sees the whole file or none of it, even after a crash."""
+def write_json_atomic(path: str, obj: Json, durable: bool = True) -> None:
+    """Write ``obj`` so that a reader sees the whole file or none of it; ``durable``: even
+    after the host crashes (fsync; the exit record). What only matters while the host is up
+    (the spec, the start record: a crash kills the job anyway) skips the fsyncs, which are
+    most of a launch's time."""
     tmp = f"{path}.tmp.{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.write(fd, json.dumps(obj).encode())
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.rename(tmp, path)
+    if not durable:
+        return
     dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
     try:
         os.fsync(dfd)
@@ -184,11 +190,6 @@ def fail(directory: str, spec: Json, report_fd: int, reason: str) -> None:
     os._exit(0)
 
 
-def _unblock() -> None:
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
-
-
 def _killpg(pgid: int, sig: int) -> None:
     with contextlib.suppress(OSError):
         os.killpg(pgid, sig)
@@ -220,9 +221,13 @@ def supervise(directory: str, spec: Json, report_fd: int) -> None:
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # A cancel that comes before the signals are blocked (below) is remembered here. The job
+    # gets default handlers and an empty mask (exec resets caught signals; nothing is blocked
+    # yet), so Popen needs no preexec_fn and can use vfork.
+    early: list[int] = []
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda signum, _frame: early.append(signum))
     waited = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
-    signal.pthread_sigmask(signal.SIG_BLOCK, waited)
     out = os.open("output.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     env = {k: v for k, v in os.environ.items() if k not in SSH_SESSION_VARS}
     env.update({str(k): str(v) for k, v in spec.get("env", {}).items()})
@@ -238,13 +243,14 @@ def supervise(directory: str, spec: Json, report_fd: int) -> None:
             cwd=workdir,
             env=env,
             start_new_session=True,
-            preexec_fn=_unblock,
         )
     except OSError as exc:
         what = exc.strerror or str(exc)
         where = workdir if exc.filename == workdir else argv[0]
         fail(directory, spec, report_fd, f"launch failed: {what}: {where}")
     os.close(out)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, waited)  # from here on: sigtimedwait below
     started = {
         "pid": proc.pid,
         "ticks": start_ticks(proc.pid),
@@ -254,7 +260,7 @@ def supervise(directory: str, spec: Json, report_fd: int) -> None:
         "boot_id": boot_id(),
         "host": socket.gethostname(),
     }
-    write_json_atomic("started.json", started)
+    write_json_atomic("started.json", started, durable=False)
     os.write(report_fd, json.dumps({"state": "running", **started}).encode())
     os.close(report_fd)
 
@@ -269,6 +275,10 @@ def supervise(directory: str, spec: Json, report_fd: int) -> None:
         if done:
             break
         now = time.time()
+        if early and reason is None:  # cancelled (or the supervisor told to stop)
+            reason = "cancelled" if os.path.exists("cancel") else "supervisor terminated"
+            _killpg(proc.pid, signal.SIGTERM)
+            kill_at, deadline = now + grace, None
         if kill_at is not None and now >= kill_at:
             _killpg(proc.pid, signal.SIGKILL)
             kill_at = None
@@ -281,10 +291,8 @@ def supervise(directory: str, spec: Json, report_fd: int) -> None:
             info = signal.sigtimedwait(waited, max(0.001, min(wakes) - time.time()))
         else:
             info = signal.sigwaitinfo(waited)
-        if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT) and not reason:
-            reason = "cancelled" if os.path.exists("cancel") else "supervisor terminated"
-            _killpg(proc.pid, signal.SIGTERM)
-            kill_at, deadline = time.time() + grace, None
+        if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT):
+            early.append(info.si_signo)
     _killpg(proc.pid, signal.SIGKILL)  # what the job left behind in its group holds GPUs
     sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
     code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + (sig or 0)
@@ -358,7 +366,7 @@ def launch(root: str, spec: Json) -> Json:
                 return {**state, "existing": True}
             archive(directory)
     try:
-        write_json_atomic(os.path.join(directory, "spec.json"), spec)
+        write_json_atomic(os.path.join(directory, "spec.json"), spec, durable=False)
         read_fd, write_fd = os.pipe()
         pid = os.fork()
     except OSError:  # nothing started: leave no state behind, so a retry can start it
