@@ -352,7 +352,8 @@ def rank_status(directory: str, job: str, rank: int) -> Json:
 def launch(root: str, spec: Json) -> Json:
     """Start one rank, unless it runs already (then say so: idempotent). A rank whose previous
     run has ended (a preempted or requeued job launched again) is archived as ``<rank>~N``
-    and a new run starts."""
+    and a new run starts. Returns the state, or ``{"pending": fd, ...}``: the supervisor
+    reports on that pipe once the job runs (:func:`launch_result`)."""
     job, rank = str(spec["job_id"]), int(spec["rank"])
     directory = job_dir(root, job, rank)
     os.makedirs(os.path.dirname(directory), exist_ok=True)
@@ -384,19 +385,18 @@ def launch(root: str, spec: Json) -> Json:
         finally:
             os._exit(0)
     os.close(write_fd)
-    os.waitpid(pid, 0)
-    chunks = []
-    while True:
-        ready, _, _ = select.select([read_fd], [], [], LAUNCH_WAIT_SECONDS)
-        chunk = os.read(read_fd, 65536) if ready else b""
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(read_fd)
+    os.waitpid(pid, 0)  # the intermediate child exits at once
+    deadline = time.monotonic() + LAUNCH_WAIT_SECONDS
+    return {"pending": read_fd, "job": job, "rank": rank, "dir": directory, "deadline": deadline}
+
+
+def launch_result(pending: Json, report: bytes) -> Json:
+    """The reply to a launch once its supervisor has reported (or closed the pipe silently)."""
+    job, rank = pending["job"], pending["rank"]
     try:
-        return {"job": job, "rank": rank, **json.loads(b"".join(chunks))}
+        return {"job": job, "rank": rank, **json.loads(report)}
     except ValueError:
-        return rank_status(directory, job, rank)
+        return rank_status(pending["dir"], job, rank)
 
 
 def archive(directory: str) -> None:
@@ -511,6 +511,20 @@ def prune(root: str, keep_seconds: float) -> int:
     return removed
 
 
+def _answer_launches(launching: dict[int, Json], ready: list[int]) -> None:
+    """Read the supervisors' reports that arrived; answer the launches that are complete."""
+    for fd, pending in list(launching.items()):
+        chunk = os.read(fd, 65536) if fd in ready else b""
+        if chunk:
+            pending["report"] += chunk
+            continue
+        if fd not in ready and time.monotonic() < pending["deadline"]:
+            continue
+        os.close(fd)
+        del launching[fd]
+        _write({"id": pending["id"], "ok": True, **launch_result(pending, pending["report"])})
+
+
 def agent(root: str, keep_seconds: float = 30 * 86400) -> None:
     root = os.path.abspath(os.path.expanduser(root))
     os.makedirs(root, exist_ok=True)
@@ -525,9 +539,17 @@ def agent(root: str, keep_seconds: float = 30 * 86400) -> None:
     mine = os.stat(SOCK_NAME).st_ino
     _write({"hello": 1, "root": root, "boot_id": boot_id(), "host": socket.gethostname()})
     buffered = b""
+    launching: dict[int, Json] = {}  # pipe fd -> a launch waiting for its supervisor's report
     try:
         while True:
-            ready, _, _ = select.select([0, sock.fileno()], [], [])
+            wait = min((p["deadline"] for p in launching.values()), default=None)
+            ready, _, _ = select.select(
+                [*launching, 0, sock.fileno()],
+                [],
+                [],
+                None if wait is None else max(0.0, wait - time.monotonic()),
+            )
+            _answer_launches(launching, ready)  # replies before exit events
             if sock.fileno() in ready:
                 try:
                     note = json.loads(sock.recv(65536))
@@ -557,7 +579,17 @@ def agent(root: str, keep_seconds: float = 30 * 86400) -> None:
                     request: Json = {}
                     try:
                         request = json.loads(line)
-                        reply = {"id": request.get("id"), "ok": True, **handle(root, request)}
+                        result = handle(root, request)
+                        if "pending" in result:  # answered when the supervisor reports
+                            launching[result["pending"]] = {
+                                **result,
+                                "id": request.get("id"),
+                                "report": b"",
+                            }
+                            now, _, _ = select.select(list(launching), [], [], 0)
+                            _answer_launches(launching, now)  # a burst: answer as we go
+                            continue
+                        reply = {"id": request.get("id"), "ok": True, **result}
                     except Exception as exc:  # one bad request must not end the agent
                         reply = {
                             "id": request.get("id"),
