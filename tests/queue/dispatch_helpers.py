@@ -350,6 +350,8 @@ class CrashJobs:
         finally:
             holder.send_signal(signal.SIGKILL)
             holder.wait()
+            if holder.stdout is not None:
+                holder.stdout.close()
         return handles
 
     def end_unwatched(self) -> None:
