@@ -64,6 +64,20 @@ def sessions(sshd: Sshd) -> list[int]:
     return found
 
 
+def stop(sshd: Sshd) -> None:
+    """The server goes away: its listener and every open connection."""
+    for pid in [*sessions(sshd), listener_pid(sshd)]:
+        os.kill(pid, signal.SIGKILL)
+
+
+def restart(sshd: Sshd) -> subprocess.Popen[bytes]:
+    """The server is back on the same port, with the same keys (the caller stops it)."""
+    with (sshd.tmp / "sshd.log").open("ab") as log:
+        return subprocess.Popen(
+            [str(SSHD), "-D", "-e", "-f", str(sshd.tmp / "sshd_config")], stdout=log, stderr=log
+        )
+
+
 @pytest.fixture
 def one(sshd_factory: Factory) -> dict[str, Sshd]:  # noqa: F811
     return {"gpu-a": sshd_factory(smi=False)}
@@ -223,19 +237,11 @@ def test_host_down_fails_the_job_and_a_new_run_replaces_the_old(
         await rec.wait("hd-1", EventKind.STARTED)
         await h.wait_until(lambda: len(started_pids()) == 1, "the first run's pid")
         old = started_pids()[0]
-        for pid in [*sessions(sshd), listener_pid(sshd)]:
-            os.kill(pid, signal.SIGKILL)
+        stop(sshd)
         end = await rec.wait_end("hd-1")
         assert (end.kind, end.reason) == (EventKind.FAILED, "host down")
         assert h.pid_alive(old)  # the server still runs it: we cannot reach it
-        with (sshd.tmp / "sshd.log").open("ab") as log:
-            restarted.append(
-                subprocess.Popen(
-                    [str(SSHD), "-D", "-e", "-f", str(sshd.tmp / "sshd_config")],
-                    stdout=log,
-                    stderr=log,
-                )
-            )
+        restarted.append(restart(sshd))
         rec.events.clear()
         deadline = asyncio.get_running_loop().time() + h.DEADLINE_SECONDS
         while True:  # requeued: launched again once the host answers
@@ -335,3 +341,37 @@ def test_launches_to_a_silent_host_fail_together(tmp_path: Path) -> None:
             server.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.slow
+def test_reattach_while_the_host_is_away_waits_for_it(one: dict[str, Sshd], tmp_path: Path) -> None:
+    """A restarted dispatcher re-attaches while the job's host is unreachable: nothing is said
+    until the host is back; then the exit that happened meanwhile comes with its code."""
+    sshd, go = one["gpu-a"], tmp_path / "go"
+    restarted: list[subprocess.Popen[bytes]] = []
+
+    async def first(d: SshDispatcher, rec: h.Recorder) -> None:
+        handles["j"] = await d.launch(
+            h.launch("away-1", f"{h.wait_for_file(go)}; exit 4", (("gpu-a", (0,)),))
+        )
+        await rec.wait("away-1", EventKind.STARTED)
+
+    async def second(d: SshDispatcher, rec: h.Recorder) -> None:
+        stop(sshd)
+        await d.reattach([("away-1", handles["j"])])
+        go.touch()  # it ends while nobody can ask
+        await h.wait_until(lambda: d.link("gpu-a").last_error != "", "a failed connect")
+        assert rec.of("away-1") == []
+        restarted.append(restart(sshd))
+        end = await rec.wait_end("away-1")
+        assert (end.kind, end.exit_code, end.handle) == (EventKind.EXITED, 4, handles["j"])
+        assert rec.kinds("away-1") == [EventKind.EXITED]
+
+    handles: dict[str, str] = {}
+    run(one, tmp_path, first)
+    try:
+        run(one, tmp_path, second)
+    finally:
+        for proc in restarted:
+            proc.terminate()
+            proc.wait(10)
