@@ -346,7 +346,7 @@ class SupervisedDispatcher:
             self._emit(job, EventKind.FAILED, handle=job.handle, reason=f"launch failed: {first}")
             self._stop_others(job, skip={i for i, _ in errors})
             return job.handle
-        if not any(r.record is not None and r.pid is None for r in job.ranks):
+        if not any((r.record is not None and r.pid is None) or r.lost for r in job.ranks):
             # It ran (even if it has ended already: a job of a few milliseconds).
             self._emit(job, EventKind.STARTED, handle=job.handle)
         if job.cancel_requested:
