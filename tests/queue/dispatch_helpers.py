@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -306,15 +306,33 @@ async def main():
     else:
         d = SshDispatcher([SshHostConfig(**conf["host"])], state_dirs=conf["state_dirs"])
     await d.start()
-    handles = {}
-    for job_id, script in conf["jobs"]:
-        gpus = (HostGpus(conf["host_name"], (0,)),)
-        handles[job_id] = await d.launch(Launch(job_id, "n", "u", gpus, command=(script,)))
-    print(json.dumps(handles), flush=True)
+    gpus = (HostGpus(conf["host_name"], (0,)),)
+    launches = [Launch(j, "n", "u", gpus, command=(script,)) for j, script in conf["jobs"]]
+    handles = await asyncio.gather(*(d.launch(launch) for launch in launches))
+    print(json.dumps({l.job_id: h for l, h in zip(launches, handles)}), flush=True)
     await asyncio.sleep(3600)
 
 asyncio.run(main())
 """
+
+
+def launch_and_kill(conf: Mapping[str, object], jobs: list[list[str]]) -> dict[str, str]:
+    """Launch ``jobs`` ([job_id, script]) from a holder process that runs a dispatcher as
+    ``conf`` says, SIGKILL it once they all run, and return the handles it printed."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, json.dumps({**conf, "jobs": jobs})],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        handles: dict[str, str] = json.loads(holder.stdout.readline())
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+    return handles
 
 
 class CrashJobs:
@@ -338,21 +356,8 @@ class CrashJobs:
             ["fast", f"echo run >> {q(m['fast'])}; exit 4"],
         ]
 
-    def launch_and_kill(self, conf: dict[str, object]) -> dict[str, str]:
-        """Launch the jobs from a holder process, SIGKILL it, return the handles it printed."""
-        conf = {**conf, "jobs": self.scripts()}
-        holder = subprocess.Popen(
-            [sys.executable, "-c", HOLDER, json.dumps(conf)], stdout=subprocess.PIPE, text=True
-        )
-        try:
-            assert holder.stdout is not None
-            handles: dict[str, str] = json.loads(holder.stdout.readline())
-        finally:
-            holder.send_signal(signal.SIGKILL)
-            holder.wait()
-            if holder.stdout is not None:
-                holder.stdout.close()
-        return handles
+    def launch_and_kill(self, conf: Mapping[str, object]) -> dict[str, str]:
+        return launch_and_kill(conf, self.scripts())
 
     def end_unwatched(self) -> None:
         """Let ``ends`` finish, and wait until it and its supervisor are gone."""

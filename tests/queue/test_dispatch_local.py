@@ -200,3 +200,44 @@ def test_supervisor_runs_on_old_pythons(tmp_path: Path, python: str) -> None:
         await h.scenario_rerun(d, rec, tmp_path, "h1")
 
     run(tmp_path, body, python=python)
+
+
+@pytest.mark.slow
+def test_fifty_jobs_survive_a_killed_dispatcher(tmp_path: Path) -> None:
+    """50 jobs launched at once by a dispatcher process that is then SIGKILLed; half of them
+    end (exit code = their number) while nobody watches. After reattach every job's state is
+    right and each ran exactly once."""
+    go_even, go_odd = tmp_path / "go-even", tmp_path / "go-odd"
+    jobs = [
+        [
+            f"many-{i}",
+            f"echo run >> {h.q(tmp_path / f'many-{i}.runs')}; "
+            f"{h.wait_for_file(go_even if i % 2 == 0 else go_odd)}; exit {i}",
+        ]
+        for i in range(50)
+    ]
+    conf = {"kind": "local", "root": str(tmp_path / "jobs"), "host_name": "h1"}
+    handles = h.launch_and_kill(conf, jobs)
+    markers = [tmp_path / f"many-{i}.runs" for i in range(50)]
+    h.wait_until_sync(lambda: all(h.runs(m) == 1 for m in markers), "every job to start")
+    go_even.touch()  # the even ones end while no dispatcher runs
+
+    async def body(d: LocalDispatcher, rec: h.Recorder) -> None:
+        await d.reattach([(j, handles[j] if i % 3 else None) for i, (j, _) in enumerate(jobs)])
+        for i in range(0, 50, 2):  # ended meanwhile (or as we looked): EXITED, their code
+            end = await rec.wait_end(f"many-{i}")
+            assert (end.kind, end.exit_code, end.handle) == (
+                EventKind.EXITED,
+                i,
+                handles[f"many-{i}"],
+            )
+        for i in range(1, 50, 2):
+            assert (await rec.wait(f"many-{i}", EventKind.STARTED)).handle == handles[f"many-{i}"]
+        go_odd.touch()
+        for i in range(1, 50, 2):
+            end = await rec.wait_end(f"many-{i}")
+            assert (end.kind, end.exit_code) == (EventKind.EXITED, i)
+            assert rec.kinds(f"many-{i}") == [EventKind.STARTED, EventKind.EXITED]
+
+    run(tmp_path, body)
+    assert [h.runs(m) for m in markers] == [1] * 50
