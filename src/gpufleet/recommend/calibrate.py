@@ -1,0 +1,117 @@
+"""The stated chance ``p_free_for_duration``: the ranking model's chance, recalibrated. Pure.
+
+The ranking's chance (``rank.poisson_cdf``: the host sees fewer takes in the window than it
+has spare free GPUs) orders hosts well but is over-confident: the hour tier misses takes by
+jobs shorter than an hour, and "your GPUs are taken last" only holds for some habits. So the
+number an answer *states* comes from two steps fitted together on the training clusters'
+replays (tuning seeds only; docs/recommender.md, "Calibration"):
+
+1. a logistic model over what is known when the question is asked (``features``): the
+   ranking model's log-odds, the requested hours, the expected takes on the host in the
+   window, the host's spare free GPUs and taken share now, how full the fleet is now, and
+   whether the host has any history;
+2. an isotonic (monotone, piecewise-linear) map of that output to the observed share.
+
+``fit`` does both from (features, outcome) samples; ``bench/recommend_bench.py
+--fit-calibration`` prints the constants below from a fresh fit. Nothing here reads the
+outcome at answer time: the map is fixed constants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+FEATURES = ("model_log_odds", "log_hours", "log1p_expected_takes", "spare_share",
+            "taken_share", "fleet_free_share", "has_history")  # fmt: skip
+_CLIP = 1e-4
+_RIDGE = 1e-3
+
+
+@dataclass(frozen=True)
+class Calibration:
+    coef: tuple[float, ...]  # intercept, then one per FEATURES
+    knots_x: tuple[float, ...]  # isotonic map: logistic output -> stated chance
+    knots_y: tuple[float, ...]
+    fitted_on: str = ""
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Stated chances for feature rows ``x`` (n, len(FEATURES)); never 0 or 1."""
+        z = self.coef[0] + np.asarray(x, dtype=float) @ np.asarray(self.coef[1:])
+        p = 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
+        if len(self.knots_x) >= 2:
+            p = np.interp(p, self.knots_x, self.knots_y)
+        return np.clip(p, 0.005, 0.995)
+
+
+def features(p_model: np.ndarray, hours: float, expected_takes: np.ndarray,
+             spare_share: np.ndarray, taken_share: np.ndarray, fleet_free_share: float,
+             has_history: np.ndarray) -> np.ndarray:  # fmt: skip
+    """One row per answer (vectors over the answers' hosts)."""
+    p = np.clip(np.asarray(p_model, dtype=float), _CLIP, 1 - _CLIP)
+    n = p.size
+    return np.column_stack([
+        np.log(p / (1 - p)),
+        np.full(n, np.log(max(hours, 1 / 60))),
+        np.log1p(np.maximum(np.asarray(expected_takes, dtype=float), 0.0)),
+        np.asarray(spare_share, dtype=float),
+        np.asarray(taken_share, dtype=float),
+        np.full(n, fleet_free_share),
+        np.asarray(has_history, dtype=float),
+    ])  # fmt: skip
+
+
+def _logistic(x: np.ndarray, y: np.ndarray, iters: int = 50) -> np.ndarray:
+    """Maximum-likelihood logistic regression (Newton steps, a little ridge for stability)."""
+    a = np.column_stack([np.ones(len(x)), x])
+    beta = np.zeros(a.shape[1])
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-np.clip(a @ beta, -30, 30)))
+        grad = a.T @ (y - p) - _RIDGE * beta
+        hess = (a * (p * (1 - p))[:, None]).T @ a + _RIDGE * np.eye(a.shape[1])
+        step = np.linalg.solve(hess, grad)
+        beta += step
+        if np.max(np.abs(step)) < 1e-8:
+            break
+    return beta
+
+
+def _isotonic(p: np.ndarray, y: np.ndarray, bins: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """Pool-adjacent-violators over quantile bins of ``p``: (bin centre, fitted share)."""
+    order = np.argsort(p)
+    groups = [g for g in np.array_split(order, min(bins, len(order))) if g.size]
+    xs = [float(p[g].mean()) for g in groups]
+    blocks: list[list[float]] = []  # [sum y, count, sum x]
+    for g, x in zip(groups, xs, strict=True):
+        blocks.append([float(y[g].sum()), float(g.size), x * g.size])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            s, c, sx = blocks.pop()
+            blocks[-1][0] += s
+            blocks[-1][1] += c
+            blocks[-1][2] += sx
+    kx = np.asarray([b[2] / b[1] for b in blocks])
+    ky = np.asarray([b[0] / b[1] for b in blocks])
+    return kx, ky
+
+
+def fit(x: np.ndarray, ok: np.ndarray, fitted_on: str = "") -> Calibration:
+    """Fit both steps on (features, stayed free) samples."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(ok, dtype=float)
+    if len(x) < 50:
+        raise ValueError(f"calibration: {len(x)} samples are too few to fit (need 50)")
+    beta = _logistic(x, y)
+    raw = Calibration(tuple(float(b) for b in beta), (), ())
+    kx, ky = _isotonic(raw.apply(x), y)
+    return Calibration(raw.coef, tuple(float(v) for v in kx), tuple(float(v) for v in ky),
+                       fitted_on)  # fmt: skip
+
+
+# Fitted by ``bench/recommend_bench.py --fit-calibration`` (docs/recommender.md).
+DEFAULT = Calibration(
+    coef=(0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),
+    knots_x=(),
+    knots_y=(),
+    fitted_on="identity (not fitted)",
+)
