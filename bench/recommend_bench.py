@@ -117,13 +117,19 @@ def calibration(argv: list[str]) -> None:
     ap.add_argument("--samples", action="append", default=[],
                     help="read the samples from these --save files instead of replaying")
     ap.add_argument("--save", help="write the samples (JSON) here")
+    ap.add_argument("--heldout", action="append", default=[],
+                    help="fit: also apply the fitted map to these --save files (other clusters"
+                    " or seeds) and print their reliability table, pooled and per file")
     a = ap.parse_args(argv)
     trace = read_trace()
     cfg = Config(hosts=a.hosts, scored_jobs=a.scored_jobs)
     seeds = [int(x) for x in a.seeds.split(",")]
     samples: list = []
+    weight: list[float] = []  # every --samples file (a cluster) counts the same
     for path in a.samples:
-        samples += [tuple(s) for s in json.loads(Path(path).read_text())]
+        got = [tuple(s) for s in json.loads(Path(path).read_text())]
+        samples += got
+        weight += [1.0 / max(1, len(got))] * len(got)
     for vc in a.vc if not a.samples else []:
         for load in a.load or [0.8, 1.0, 1.5]:
             for habit in a.habit or list(HABITS):
@@ -134,17 +140,26 @@ def calibration(argv: list[str]) -> None:
                     samples += got
     if a.save:
         Path(a.save).write_text(json.dumps(samples))
-    x = np.asarray([s[3] for s in samples])
+    # the features the current calibrate.FEATURES knows (older files may carry more)
+    x = np.asarray([s[3][: len(calibrate.FEATURES)] for s in samples])
     ok = np.asarray([s[1] for s in samples])
     model_p = 1 / (1 + np.exp(-x[:, 0]))
     where = f"vc {', '.join(a.vc)}; loads {a.load or [0.8, 1.0, 1.5]}; seeds {a.seeds}"
-    print(reliability_text(reliability([(float(p), bool(o)) for p, o in zip(model_p, ok)]),
+    print(reliability_text(reliability([(float(p), bool(o)) for p, o in zip(model_p, ok, strict=True)]),
                            f"the ranking model's own chance ({where})"))  # fmt: skip
     if a.mode == "fit":
-        cal = calibrate.fit(x, ok, fitted_on=f"{where}; {a.hosts} hosts")
+        cal = calibrate.fit(x, ok, np.asarray(weight) if weight else None,
+                            fitted_on=f"{where}; {a.hosts} hosts")  # fmt: skip
         stated = cal.apply(x)
-        print(reliability_text(reliability([(float(p), bool(o)) for p, o in zip(stated, ok)]),
+        print(reliability_text(reliability([(float(p), bool(o)) for p, o in zip(stated, ok, strict=True)]),
                                f"stated chance, in-sample ({where})"))  # fmt: skip
+        for path in a.heldout + (["pooled"] if len(a.heldout) > 1 else []):
+            files = a.heldout if path == "pooled" else [path]
+            held = [s for f in files for s in json.loads(Path(f).read_text())]
+            hx = np.asarray([s[3][: len(calibrate.FEATURES)] for s in held])
+            hp = cal.apply(hx) if len(hx) else np.zeros(0)
+            rows = [(float(p), bool(s[1])) for p, s in zip(hp, held, strict=True)]
+            print(reliability_text(reliability(rows), f"held out: {', '.join(files)}"))
         print(f"\nDEFAULT = {cal!r}")
     else:
         print(reliability_text(reliability(samples), f"stated chance ({where})"))

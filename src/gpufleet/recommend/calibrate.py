@@ -8,8 +8,10 @@ replays (tuning seeds only; docs/recommender.md, "Calibration"):
 
 1. a logistic model over what is known when the question is asked (``features``): the
    ranking model's log-odds, the requested hours, the expected takes on the host in the
-   window, the host's spare free GPUs and taken share now, how full the fleet is now, and
-   whether the host has any history;
+   window, the host's spare free GPUs and taken share now, how full the fleet is now, the
+   fleet's takes expected in the window per free GPU, and how long holds usually last (short
+   jobs: GPUs turn over fast); a host with no history enters with the fleet's rates, as in
+   the ranking;
 2. an isotonic (monotone, piecewise-linear) map of that output to the observed share.
 
 ``fit`` does both from (features, outcome) samples; ``bench/recommend_bench.py
@@ -24,7 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 FEATURES = ("model_log_odds", "log_hours", "log1p_expected_takes", "spare_share",
-            "taken_share", "fleet_free_share", "has_history")  # fmt: skip
+            "taken_share", "fleet_free_share", "log1p_fleet_takes_per_free_gpu",
+            "log_median_hold_hours")  # fmt: skip
 _CLIP = 1e-4
 _RIDGE = 1e-3
 
@@ -47,7 +50,7 @@ class Calibration:
 
 def features(p_model: np.ndarray, hours: float, expected_takes: np.ndarray,
              spare_share: np.ndarray, taken_share: np.ndarray, fleet_free_share: float,
-             has_history: np.ndarray) -> np.ndarray:  # fmt: skip
+             fleet_takes_per_free_gpu: float, median_hold_hours: float) -> np.ndarray:  # fmt: skip
     """One row per answer (vectors over the answers' hosts)."""
     p = np.clip(np.asarray(p_model, dtype=float), _CLIP, 1 - _CLIP)
     n = p.size
@@ -58,18 +61,19 @@ def features(p_model: np.ndarray, hours: float, expected_takes: np.ndarray,
         np.asarray(spare_share, dtype=float),
         np.asarray(taken_share, dtype=float),
         np.full(n, fleet_free_share),
-        np.asarray(has_history, dtype=float),
+        np.full(n, np.log1p(max(fleet_takes_per_free_gpu, 0.0))),
+        np.full(n, np.log(max(median_hold_hours, 1 / 60))),
     ])  # fmt: skip
 
 
-def _logistic(x: np.ndarray, y: np.ndarray, iters: int = 50) -> np.ndarray:
-    """Maximum-likelihood logistic regression (Newton steps, a little ridge for stability)."""
+def _logistic(x: np.ndarray, y: np.ndarray, wt: np.ndarray, iters: int = 50) -> np.ndarray:
+    """Weighted maximum-likelihood logistic regression (Newton steps, a little ridge)."""
     a = np.column_stack([np.ones(len(x)), x])
     beta = np.zeros(a.shape[1])
     for _ in range(iters):
         p = 1.0 / (1.0 + np.exp(-np.clip(a @ beta, -30, 30)))
-        grad = a.T @ (y - p) - _RIDGE * beta
-        hess = (a * (p * (1 - p))[:, None]).T @ a + _RIDGE * np.eye(a.shape[1])
+        grad = a.T @ (wt * (y - p)) - _RIDGE * beta
+        hess = (a * (wt * p * (1 - p))[:, None]).T @ a + _RIDGE * np.eye(a.shape[1])
         step = np.linalg.solve(hess, grad)
         beta += step
         if np.max(np.abs(step)) < 1e-8:
@@ -77,14 +81,15 @@ def _logistic(x: np.ndarray, y: np.ndarray, iters: int = 50) -> np.ndarray:
     return beta
 
 
-def _isotonic(p: np.ndarray, y: np.ndarray, bins: int = 40) -> tuple[np.ndarray, np.ndarray]:
-    """Pool-adjacent-violators over quantile bins of ``p``: (bin centre, fitted share)."""
+def _isotonic(p: np.ndarray, y: np.ndarray, wt: np.ndarray, bins: int = 40
+              ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Weighted pool-adjacent-violators over quantile bins of ``p``: (bin centre, share)."""
     order = np.argsort(p)
     groups = [g for g in np.array_split(order, min(bins, len(order))) if g.size]
-    xs = [float(p[g].mean()) for g in groups]
-    blocks: list[list[float]] = []  # [sum y, count, sum x]
-    for g, x in zip(groups, xs, strict=True):
-        blocks.append([float(y[g].sum()), float(g.size), x * g.size])
+    blocks: list[list[float]] = []  # [sum w*y, sum w, sum w*x]
+    for g in groups:
+        w = wt[g]
+        blocks.append([float((w * y[g]).sum()), float(w.sum()), float((w * p[g]).sum())])
         while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
             s, c, sx = blocks.pop()
             blocks[-1][0] += s
@@ -95,22 +100,26 @@ def _isotonic(p: np.ndarray, y: np.ndarray, bins: int = 40) -> tuple[np.ndarray,
     return kx, ky
 
 
-def fit(x: np.ndarray, ok: np.ndarray, fitted_on: str = "") -> Calibration:
-    """Fit both steps on (features, stayed free) samples."""
+def fit(x: np.ndarray, ok: np.ndarray, weight: np.ndarray | None = None,
+        fitted_on: str = "") -> Calibration:  # fmt: skip
+    """Fit both steps on (features, stayed free) samples, each with a weight (e.g. so that
+    every cluster counts the same however many answers it gave)."""
     x = np.asarray(x, dtype=float)
     y = np.asarray(ok, dtype=float)
     if len(x) < 50:
         raise ValueError(f"calibration: {len(x)} samples are too few to fit (need 50)")
-    beta = _logistic(x, y)
+    wt = np.ones(len(x)) if weight is None else np.asarray(weight, dtype=float)
+    wt = wt * (len(x) / wt.sum())
+    beta = _logistic(x, y, wt)
     raw = Calibration(tuple(float(b) for b in beta), (), ())
-    kx, ky = _isotonic(raw.apply(x), y)
+    kx, ky = _isotonic(raw.apply(x), y, wt)
     return Calibration(raw.coef, tuple(float(v) for v in kx), tuple(float(v) for v in ky),
                        fitted_on)  # fmt: skip
 
 
 # Fitted by ``bench/recommend_bench.py --fit-calibration`` (docs/recommender.md).
 DEFAULT = Calibration(
-    coef=(0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),
+    coef=(0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),
     knots_x=(),
     knots_y=(),
     fitted_on="identity (not fitted)",

@@ -264,31 +264,33 @@ class FleetIndex:
         self.g_total, self.g_used, self.g_temp = a[:, 2], a[:, 3], a[:, 4]
         gsince = a[:, 5]
         self.g_name = a[:, 6].astype(np.int64)
-        h_cum, h_arr, fac = _history_arrays(history, self.hists)
+        h_cum, h_arr, fac, h_share, h_pop, h_known = _history_arrays(history, self.hists)
         idx = np.minimum(self.g_index, fac.shape[1] - 1) if fac.size else self.g_index
         self.g_factor = (np.where(self.g_index < fac.shape[1], fac[self.g_host, idx], 1.0)
                          if fac.size else np.ones(self.g_host.size))  # fmt: skip
         self.g_age = np.maximum(0.0, now - gsince) / 3600
         self._residuals: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         n = len(hosts)
-        self.h_online = np.asarray([h.online for h in hosts], dtype=bool)
-        self.h_disk = np.asarray([np.inf if h.disk_free_bytes is None else h.disk_free_bytes
-                                  for h in hosts], dtype=float)  # fmt: skip
+        per_host = [(h.status == "online",
+                     np.inf if h.disk_free_bytes is None else h.disk_free_bytes,
+                     (0.5 if h.alerts else 1.0) * (0.85 if h.load1 is not None and h.cpu_count
+                                                   and h.load1 > h.cpu_count else 1.0))
+                    for h in hosts]  # fmt: skip
+        hv = np.asarray(per_host, dtype=float).reshape(-1, 3)
+        self.h_online = hv[:, 0] > 0
+        self.h_disk = hv[:, 1]
+        self.h_health = hv[:, 2]
         self.h_names = [h.name for h in hosts]
         self.h_pos = {name: i for i, name in enumerate(self.h_names)}
         self.h_size = np.asarray(sizes, dtype=float)
         taken = np.bincount(self.g_host, weights=~self.g_free, minlength=n) if n else sizes
         self.h_taken = np.where(sizes > 0, taken / np.maximum(sizes, 1), 0.0)
-        self.h_share = np.asarray([hh.held_share for hh in self.hists])
-        self.h_pop = np.asarray([hh.popularity for hh in self.hists])
-        health = []
-        for h in hosts:
-            x = 0.5 if h.alerts else 1.0
-            if h.load1 is not None and h.cpu_count and h.load1 / h.cpu_count > 1.0:
-                x *= 0.85
-            health.append(x)
-        self.h_health = np.asarray(health)
+        self.h_share, self.h_pop, past_hours = h_share, h_pop, h_known
         self.h_cum, self.h_arr = h_cum, h_arr
+        # takes per hour over the whole fleet (hosts' weekly totals), how long holds last
+        self.fleet_takes_per_hour = float(h_arr[:, WEEK_HOURS].sum()) / WEEK_HOURS
+        runs = history.fleet_runs_hours
+        self.median_hold_hours = float(runs[runs.size // 2]) if runs.size else 1.0
         free = np.bincount(self.g_host, weights=self.g_free, minlength=n) if n else sizes
         self.h_free = np.asarray(free, dtype=float)
         on = self.h_online[self.g_host] if n else np.zeros(0, dtype=bool)
@@ -298,9 +300,7 @@ class FleetIndex:
             self.g_free, 0.0, np.maximum(0.0, fleet.now - np.maximum(gsince, history.built_at))
         )
         since = np.bincount(self.g_host, weights=held_for, minlength=n) / 3600 if n else sizes
-        past = [hh.held_share * len(h.gpus) * hh.hours_known
-                for hh, h in zip(self.hists, hosts, strict=True)]  # fmt: skip
-        self.h_gpu_hours = np.asarray(past, dtype=float) + since
+        self.h_gpu_hours = self.h_share * sizes * past_hours + since
 
     def with_reserved(self, reserved: set[tuple[str, int]]) -> FleetIndex:
         """This index with those free GPUs counted as not free (answers given a moment ago;
@@ -470,7 +470,8 @@ def recommend(
             feats = calibrate.features(
                 p_set[top], req.hours, mu[top], (ix.h_free[top] - k) / np.maximum(ix.h_size[top], 1),
                 ix.h_taken[top], ix.fleet_free_share,
-                np.asarray([ix.hists[int(h)].hours_known > 0 for h in top]),
+                ix.fleet_takes_per_hour * req.hours / max(1.0, float(ix.h_free.sum())),
+                ix.median_hold_hours,
             )  # fmt: skip
             stated = w.calibration.apply(feats)
             for at, hi in enumerate(top):
@@ -626,14 +627,14 @@ def _model_label(g: GpuSnap) -> str:
 
 # the last history (held, so its id cannot be reused), its hosts' ids, and their arrays
 _ARRAYS_CACHE: list[tuple[FleetHistory, tuple[int, ...], tuple[np.ndarray, ...]]] = []
+_HistArrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
-def _history_arrays(
-    history: FleetHistory, hists: list[HostHistory]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _history_arrays(history: FleetHistory, hists: list[HostHistory]) -> _HistArrays:
     """Per host in this order: the cumulative take rate by hour of week, the cumulative
-    arrivals, and each GPU index's take factor (1 where unknown). They change when the
-    history is rebuilt (every few minutes), not per snapshot: kept for the last one."""
+    arrivals, each GPU index's take factor (1 where unknown), the held share, popularity and
+    hours of history. They change when the history is rebuilt (every few minutes), not per
+    snapshot: kept for the last one."""
     sig = tuple(id(hh) for hh in hists)
     for h, hsig, arrays in _ARRAYS_CACHE:
         if h is history and hsig == sig:
@@ -647,8 +648,11 @@ def _history_arrays(
         for g, f in hh.gpu_factor.items():
             if g >= 0:
                 fac[i, g] = f
-    _ARRAYS_CACHE[:] = [(history, sig, (cum, arr, fac))]
-    return cum, arr, fac
+    out = (cum, arr, fac, np.asarray([hh.held_share for hh in hists], dtype=float),
+           np.asarray([hh.popularity for hh in hists], dtype=float),
+           np.asarray([hh.hours_known for hh in hists], dtype=float))  # fmt: skip
+    _ARRAYS_CACHE[:] = [(history, sig, out)]
+    return out
 
 
 # the last history (held, so its id cannot be reused), its host order, keys, ends, big
