@@ -9,8 +9,9 @@ replays (tuning seeds only; docs/recommender.md, "Calibration"):
 1. a logistic model over what is known when the question is asked (``features``): the
    ranking model's log-odds, the requested hours, the expected takes on the host in the
    window, the host's spare free GPUs and taken share now, how full the fleet is now, the
-   fleet's takes expected in the window per free GPU, and how long holds usually last (short
-   jobs: GPUs turn over fast); a host with no history enters with the fleet's rates, as in
+   fleet's takes expected in the window per free GPU, how long holds usually last (short
+   jobs: GPUs turn over fast), and the takes of the last hour (GPUs whose job started less
+   than an hour ago, fleet-wide per free GPU over the window, and on the host); a host with no history enters with the fleet's rates, as in
    the ranking;
 2. an isotonic (monotone, piecewise-linear) map of that output to the observed share.
 
@@ -27,7 +28,8 @@ import numpy as np
 
 FEATURES = ("model_log_odds", "log_hours", "log1p_expected_takes", "spare_share",
             "taken_share", "fleet_free_share", "log1p_fleet_takes_per_free_gpu",
-            "log_median_hold_hours")  # fmt: skip
+            "log_median_hold_hours", "log1p_recent_takes_per_free_gpu",
+            "log1p_host_recent_takes")  # fmt: skip
 _CLIP = 1e-4
 _RIDGE = 1e-3
 
@@ -50,7 +52,9 @@ class Calibration:
 
 def features(p_model: np.ndarray, hours: float, expected_takes: np.ndarray,
              spare_share: np.ndarray, taken_share: np.ndarray, fleet_free_share: float,
-             fleet_takes_per_free_gpu: float, median_hold_hours: float) -> np.ndarray:  # fmt: skip
+             fleet_takes_per_free_gpu: float, median_hold_hours: float,
+             recent_takes_per_free_gpu: float, host_recent_takes: np.ndarray,
+             ) -> np.ndarray:  # fmt: skip
     """One row per answer (vectors over the answers' hosts)."""
     p = np.clip(np.asarray(p_model, dtype=float), _CLIP, 1 - _CLIP)
     n = p.size
@@ -63,6 +67,8 @@ def features(p_model: np.ndarray, hours: float, expected_takes: np.ndarray,
         np.full(n, fleet_free_share),
         np.full(n, np.log1p(max(fleet_takes_per_free_gpu, 0.0))),
         np.full(n, np.log(max(median_hold_hours, 1 / 60))),
+        np.full(n, np.log1p(max(recent_takes_per_free_gpu, 0.0))),
+        np.log1p(np.asarray(host_recent_takes, dtype=float)),
     ])  # fmt: skip
 
 
@@ -119,7 +125,7 @@ def fit(x: np.ndarray, ok: np.ndarray, weight: np.ndarray | None = None,
 
 # Fitted by ``bench/recommend_bench.py --fit-calibration`` (docs/recommender.md).
 DEFAULT = Calibration(
-    coef=(0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),
+    coef=(0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),
     knots_x=(),
     knots_y=(),
     fitted_on="identity (not fitted)",

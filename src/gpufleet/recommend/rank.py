@@ -269,6 +269,9 @@ class FleetIndex:
         self.g_factor = (np.where(self.g_index < fac.shape[1], fac[self.g_host, idx], 1.0)
                          if fac.size else np.ones(self.g_host.size))  # fmt: skip
         self.g_age = np.maximum(0.0, now - gsince) / 3600
+        # takes of the last hour per host: GPUs whose oldest process started within it
+        self.h_recent = np.bincount(self.g_host, weights=self.g_taken & (self.g_age < 1.0),
+                                    minlength=len(hosts))  # fmt: skip
         self._residuals: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         n = len(hosts)
         per_host = [(h.status == "online",
@@ -472,6 +475,8 @@ def recommend(
                 ix.h_taken[top], ix.fleet_free_share,
                 ix.fleet_takes_per_hour * req.hours / max(1.0, float(ix.h_free.sum())),
                 ix.median_hold_hours,
+                float(ix.h_recent.sum()) * req.hours / max(1.0, float(ix.h_free.sum())),
+                ix.h_recent[top],
             )  # fmt: skip
             stated = w.calibration.apply(feats)
             for at, hi in enumerate(top):
