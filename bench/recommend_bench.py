@@ -117,6 +117,8 @@ def calibration(argv: list[str]) -> None:
     ap.add_argument("--samples", action="append", default=[],
                     help="read the samples from these --save files instead of replaying")
     ap.add_argument("--save", help="write the samples (JSON) here")
+    ap.add_argument("--features", default="model_log_odds,log_hours,history_stay_log_odds",
+                    help="fit: the features of calibrate.FEATURES the logistic step uses")
     ap.add_argument("--heldout", action="append", default=[],
                     help="fit: also apply the fitted map to these --save files (other clusters"
                     " or seeds) and print their reliability table, pooled and per file")
@@ -149,7 +151,8 @@ def calibration(argv: list[str]) -> None:
                            f"the ranking model's own chance ({where})"))  # fmt: skip
     if a.mode == "fit":
         cal = calibrate.fit(x, ok, np.asarray(weight) if weight else None,
-                            fitted_on=f"{where}; {a.hosts} hosts")  # fmt: skip
+                            fitted_on=f"{where}; {a.hosts} hosts",
+                            used=tuple(a.features.split(",")))  # fmt: skip
         stated = cal.apply(x)
         print(reliability_text(reliability([(float(p), bool(o)) for p, o in zip(stated, ok, strict=True)]),
                                f"stated chance, in-sample ({where})"))  # fmt: skip

