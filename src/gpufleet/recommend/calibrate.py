@@ -14,7 +14,8 @@ replays (tuning seeds only; docs/recommender.md, "Calibration"):
    than an hour ago, fleet-wide per free GPU over the window, and on the host), and the
    history's own answer: of the hours a GPU of this host was free, the share after which it
    stayed free for the window (shrunk to the fleet's; ``history.stay_free``), to the power
-   of the GPUs asked; a host with no history enters with the fleet's rates, as in
+   of the GPUs asked, and the fleet's same share over the history's last five days only; a
+   host with no history enters with the fleet's rates, as in
    the ranking;
 2. an isotonic (monotone, piecewise-linear) map of that output to the observed share.
 
@@ -32,7 +33,8 @@ import numpy as np
 FEATURES = ("model_log_odds", "log_hours", "log1p_expected_takes", "spare_share",
             "taken_share", "fleet_free_share", "log1p_fleet_takes_per_free_gpu",
             "log_median_hold_hours", "log1p_recent_takes_per_free_gpu",
-            "log1p_host_recent_takes", "history_stay_log_odds")  # fmt: skip
+            "log1p_host_recent_takes", "history_stay_log_odds",
+            "fleet_recent_stay_log_odds")  # fmt: skip
 _CLIP = 1e-4
 _RIDGE = 1e-3
 
@@ -59,7 +61,8 @@ def features(p_model: np.ndarray, hours: float, expected_takes: np.ndarray,
              spare_share: np.ndarray, taken_share: np.ndarray, fleet_free_share: float,
              fleet_takes_per_free_gpu: float, median_hold_hours: float,
              recent_takes_per_free_gpu: float, host_recent_takes: np.ndarray,
-             history_stay: np.ndarray) -> np.ndarray:  # fmt: skip
+             history_stay: np.ndarray, fleet_recent_stay: float = 0.5,
+             ) -> np.ndarray:  # fmt: skip
     """One row per answer (vectors over the answers' hosts)."""
     n = np.asarray(p_model).size
     return np.column_stack([
@@ -74,6 +77,7 @@ def features(p_model: np.ndarray, hours: float, expected_takes: np.ndarray,
         np.full(n, np.log1p(max(recent_takes_per_free_gpu, 0.0))),
         np.log1p(np.asarray(host_recent_takes, dtype=float)),
         _logit(np.asarray(history_stay, dtype=float)),
+        np.full(n, _logit(np.asarray([fleet_recent_stay], dtype=float))[0]),
     ])  # fmt: skip
 
 

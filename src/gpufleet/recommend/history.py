@@ -36,6 +36,7 @@ DEFAULT_RATE = 0.05  # per free hour, when the fleet has no history at all
 # windows (hours) at which the share of free GPU-hours that stayed free is kept (``stay_free``)
 STAY_HOURS = np.asarray([1, 2, 4, 8, 16, 32, 64, 128, 256], dtype=float)
 SHRINK_STAY = 24.0  # pseudo free-hours pulling a host's stay-free share to the fleet's
+RECENT_HOURS = 120  # the fleet's recent stay-free share: the history's last five days
 
 
 def hour_of_week(ts: float) -> int:
@@ -88,6 +89,10 @@ class FleetHistory:
     built_at: float = 0.0
     hours_known: int = 0
     stay_free: np.ndarray = field(default_factory=lambda: np.exp(-DEFAULT_RATE * STAY_HOURS))
+    # the same over the last RECENT_HOURS only (the fleet's, shrunk to the whole history's)
+    recent_stay_free: np.ndarray = field(
+        default_factory=lambda: np.exp(-DEFAULT_RATE * STAY_HOURS)
+    )
 
     def host(self, name: str) -> HostHistory:
         h = self.hosts.get(name)
@@ -204,9 +209,12 @@ def build_history(data: HourlyHeld, *, built_at: float = 0.0) -> FleetHistory:
     stayed, tried = _stay_counts(free, valid)
     prior = np.exp(-fleet_rate * STAY_HOURS)  # where the fleet has no such window yet
     fleet_stay = (stayed.sum(axis=0) + 1.0 * prior) / (tried.sum(axis=0) + 1.0)
+    cut = max(0, n_hours - RECENT_HOURS)
+    r_stayed, r_tried = _stay_counts(free[:, cut:], valid[:, cut:])
+    recent = (r_stayed.sum(axis=0) + SHRINK_STAY * fleet_stay) / (r_tried.sum(axis=0) + SHRINK_STAY)
     out = FleetHistory(
         fleet_rate=float(fleet_rate), fleet_held_share=fleet_held, fleet_runs_hours=fleet_runs,
-        built_at=built_at, hours_known=n_hours, stay_free=fleet_stay,
+        built_at=built_at, hours_known=n_hours, stay_free=fleet_stay, recent_stay_free=recent,
     )  # fmt: skip
     for host, rows in host_rows.items():
         r = np.asarray(rows)

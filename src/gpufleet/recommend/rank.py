@@ -302,14 +302,15 @@ class FleetIndex:
         since = np.bincount(self.g_host, weights=held_for, minlength=n) / 3600 if n else sizes
         self.h_gpu_hours = self.h_share * sizes * past_hours + since
 
-    def stay_free(self, hours: float) -> np.ndarray:
-        """Per host, the history's share of free GPU-hours that stayed free for ``hours``
-        (interpolated in log hours between the kept windows)."""
+    def stay_free(self, hours: float, shares: np.ndarray | None = None) -> np.ndarray:
+        """Per host (or per row of ``shares``), the history's share of free GPU-hours that
+        stayed free for ``hours`` (interpolated in log hours between the kept windows)."""
+        stay = self.h_stay if shares is None else shares
         lg = np.log(STAY_HOURS)
         x = float(np.clip(np.log(max(hours, 1e-3)), lg[0], lg[-1]))
         i = min(int(np.searchsorted(lg, x, side="right")) - 1, lg.size - 2)
         f = (x - lg[i]) / (lg[i + 1] - lg[i])
-        out: np.ndarray = self.h_stay[:, i] * (1 - f) + self.h_stay[:, i + 1] * f
+        out: np.ndarray = stay[:, i] * (1 - f) + stay[:, i + 1] * f
         return out
 
     def with_reserved(self, reserved: set[tuple[str, int]]) -> FleetIndex:
@@ -484,6 +485,7 @@ def recommend(
                 ix.median_hold_hours,
                 float(ix.h_recent.sum()) * req.hours / max(1.0, float(ix.h_free.sum())),
                 ix.h_recent[top], ix.stay_free(req.hours)[top] ** k,
+                float(ix.stay_free(req.hours, ix.history.recent_stay_free[None, :])[0]) ** k,
             )  # fmt: skip
             stated = w.calibration.apply(feats)
             for at, hi in enumerate(top):
