@@ -52,3 +52,25 @@ def test_features_are_one_row_per_answer_in_the_documented_order() -> None:
     assert x.shape == (2, len(calibrate.FEATURES))
     assert x[0, 0] == pytest.approx(0.0) and x[1, 0] == pytest.approx(np.log(9.0))
     assert x[0, 1] == pytest.approx(np.log(2.0)) and x[1, 9] == pytest.approx(np.log(3.0))
+
+
+def test_stay_free_share_from_the_hour_tier() -> None:
+    from gpufleet.recommend.history import STAY_HOURS, HourlyHeld, build_history
+
+    hours = 24 * 14
+    rng = np.random.default_rng(3)
+    keys = [("busy", g) for g in range(4)] + [("quiet", g) for g in range(4)]
+    held = np.zeros((len(keys), hours))
+    for i, (name, _) in enumerate(keys):
+        # busy: a free GPU is taken again within about two hours; quiet: within about two days
+        p = 0.5 if name == "busy" else 0.02
+        held[i] = (rng.random(hours) < p).astype(float)
+    hist = build_history(HourlyHeld(0, keys, held))
+    busy, quiet = hist.host("busy").stay_free, hist.host("quiet").stay_free
+    assert busy.shape == quiet.shape == STAY_HOURS.shape
+    assert np.all(np.diff(busy) <= 1e-12) and np.all(np.diff(quiet) <= 1e-12)  # longer: rarer
+    # the next hour free: 98% vs 50% per hour (shrunk a little to the fleet's), two: ~96% vs ~25%
+    assert quiet[0] > 0.9 and 0.4 < busy[0] < 0.6 and busy[1] < 0.35 < 0.9 < quiet[1]
+    assert np.all(busy <= hist.stay_free + 1e-12) and np.all(hist.stay_free <= quiet + 1e-12)
+    # a host never seen gets the fleet's shares
+    assert np.allclose(hist.host("new").stay_free, hist.stay_free)
