@@ -17,8 +17,8 @@ from gpufleet.queue.dispatch.base import Dispatcher, DispatchError, EventKind, H
 from gpufleet.queue.dispatch.k8s import KubernetesDispatcher
 from gpufleet.queue.dispatch.k8s_manifest import job_manifest, job_name, label_value
 from gpufleet.sched.job import parse_job
+from tests.queue.dispatch_helpers import Recorder, drive
 from tests.queue.k8s_api import FIXTURES, FakeKubeApi, write_kubeconfig
-from tests.queue.recorder import Recorder, drive
 
 IMAGE = "registry.example/train:1"
 NOTES = {"model_name": "resnet50", "data_size": "120", "epoch": "3"}

@@ -27,7 +27,7 @@ from gpufleet.queue.dispatch.slurm_state import (
     from_squeue_record,
     outcome,
 )
-from tests.queue.recorder import Recorder, drive
+from tests.queue.dispatch_helpers import Recorder, drive
 from tests.queue.slurm_cluster import SlurmCluster, restart_controller, slurm_cluster
 
 pytestmark = [pytest.mark.service]

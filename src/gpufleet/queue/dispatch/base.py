@@ -127,6 +127,17 @@ class Dispatcher(Protocol):
         ...
 
 
+async def stop_task(task: asyncio.Task[None] | None) -> None:
+    """Cancel a dispatcher's background task and wait until it has ended."""
+    if task is None:
+        return
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+
+
 class EventChannel:
     """The event plumbing most dispatchers share: ``emit`` from any task, one consumer reads
     ``events()``. Unbounded, so a slow consumer never makes a dispatcher drop an exit."""

@@ -35,6 +35,7 @@ from gpufleet.queue.dispatch.base import (
     EventChannel,
     EventKind,
     Launch,
+    stop_task,
 )
 from gpufleet.queue.dispatch.k8s_manifest import (
     JOB_ID_ANNOTATION,
@@ -171,12 +172,7 @@ class KubernetesDispatcher:
     async def close(self) -> None:
         for w in self._watches:
             await w.stop()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await stop_task(self._task)
         if self._owns_api and self._api is not None:
             self._api.close()
 

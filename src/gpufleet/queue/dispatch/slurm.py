@@ -33,6 +33,7 @@ from gpufleet.queue.dispatch.base import (
     EventChannel,
     EventKind,
     Launch,
+    stop_task,
 )
 from gpufleet.queue.dispatch.names import safe_name
 from gpufleet.queue.dispatch.oom import looks_like_cuda_oom
@@ -166,13 +167,8 @@ class SlurmDispatcher:
         self._task = asyncio.create_task(self._watch(), name="slurm-watch")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     def events(self) -> AsyncIterator[DispatchEvent]:
         return self._channel.events()
