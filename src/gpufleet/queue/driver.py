@@ -391,7 +391,7 @@ class QueueDriver:
         if job_id in self.stopping:
             return "preempted: waiting for its previous run to stop"
         job = self.jobs.get(job_id)
-        if job is None:
+        if job is None or job.status != WAITING:
             return ""
         free = self.cluster.free_by_model
         if any(free.get(m, 0) >= job.num_gpus for m in job.runtime_ratio_by_model):
