@@ -412,4 +412,3 @@ class QueueDriver:
 def num_gpus(gpus: float) -> int:
     """Whole GPUs a job is given (a fractional request gets one GPU to itself)."""
     return max(1, math.ceil(gpus))
-

@@ -81,3 +81,32 @@ class QuotaRules:
     @property
     def any(self) -> bool:
         return bool(self.users or self.groups or self.default_user != Limit())
+
+
+def quota_rules(
+    quotas: Mapping[str, Mapping[str, Mapping[str, float]]], groups: Mapping[str, list[str]]
+) -> QuotaRules:
+    """From the config's ``queue.quotas`` and ``queue.groups``; errors name the key."""
+    known = {"gpus_at_once", "gpu_hours_per_week"}
+
+    def limit(path: str, values: Mapping[str, float]) -> Limit:
+        if not isinstance(values, Mapping):
+            raise ValueError(f"{path}: must be a mapping of {', '.join(sorted(known))}")
+        for key, value in values.items():
+            if key not in known:
+                raise ValueError(f"{path}.{key}: unknown limit; use {', '.join(sorted(known))}")
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"{path}.{key}: must be a non-negative number, got {value!r}")
+        gpus = values.get("gpus_at_once")
+        hours = values.get("gpu_hours_per_week")
+        return Limit(int(gpus) if gpus is not None else None, hours)
+
+    for kind in quotas:
+        if kind not in ("users", "groups", "default"):
+            raise ValueError(f"queue.quotas.{kind}: unknown; use users, groups or default")
+    users = {n: limit(f"queue.quotas.users.{n}", v) for n, v in quotas.get("users", {}).items()}
+    grps = {n: limit(f"queue.quotas.groups.{n}", v) for n, v in quotas.get("groups", {}).items()}
+    default = quotas.get("default", {})
+    default_user = limit("queue.quotas.default.user", default.get("user", {}))  # type: ignore[arg-type]
+    members = {user: group for group, names in groups.items() for user in names}
+    return QuotaRules(users, grps, default_user, members)

@@ -24,8 +24,8 @@ from typing import Any
 
 from gpufleet.queue import store as st
 from gpufleet.queue.dispatch.base import (
-    DispatchError,
     Dispatcher,
+    DispatchError,
     DispatchEvent,
     EventKind,
     HostGpus,

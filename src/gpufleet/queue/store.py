@@ -293,7 +293,9 @@ class JobStore:
     # -- reads --------------------------------------------------------------------------------
     def get(self, job_id: int) -> JobRecord:
         with self._lock:
-            row = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = self._db.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
         if row is None:
             raise UnknownJobError(job_id)
         return _record(row)

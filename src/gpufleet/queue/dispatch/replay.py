@@ -124,8 +124,13 @@ class ReplayDispatcher:
             return
         self._save()
         self._channel.emit(
-            DispatchEvent(job_id, EventKind.EXITED, run.ends_seconds, self.handle(run),
-                          exit_code=run.exit_code)  # fmt: skip
+            DispatchEvent(
+                job_id,
+                EventKind.EXITED,
+                run.ends_seconds,
+                self.handle(run),
+                exit_code=run.exit_code,
+            )
         )
 
     @staticmethod
@@ -167,8 +172,13 @@ class ReplayDispatcher:
             run = self.runs.get(job_id)
             if run is None:
                 self._channel.emit(
-                    DispatchEvent(job_id, EventKind.LOST, now, handle,
-                                  reason="the replay fleet has no record of it")  # fmt: skip
+                    DispatchEvent(
+                        job_id,
+                        EventKind.LOST,
+                        now,
+                        handle,
+                        reason="the replay fleet has no record of it",
+                    )
                 )
             elif run.ends_seconds <= now:
                 self._finish(job_id)
