@@ -1,0 +1,112 @@
+"""The queue from the command line against a real server process on loopback (replay
+dispatcher), and the reliability test: SIGKILL the server while jobs run and wait."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from tests.conftest import gpufleet, make_batch, make_sample
+
+pytestmark = pytest.mark.slow
+
+
+def config(tmp_path, **queue) -> str:
+    path = tmp_path / "gpufleet.yaml"
+    settings = {"dispatcher": "replay", "refresh_seconds": 0.2, **queue}
+    path.write_text(json.dumps({"queue": settings}))
+    return str(path)
+
+
+class Heartbeat:
+    """Hosts that keep reporting (idle GPUs) while the test runs, as agents would."""
+
+    def __init__(self, srv, hosts: int, gpus: int) -> None:
+        self.srv, self.hosts, self.gpus = srv, hosts, gpus
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def beat(self) -> None:
+        samples = []
+        for h in range(self.hosts):
+            s = make_sample(f"node{h:02d}", ts=time.time(), gpus=self.gpus, procs=0)
+            idle = [g.model_copy(update={"memory_used_bytes": 0}) for g in s.gpus]
+            samples.append(s.model_copy(update={"gpus": idle, "interval_seconds": 1.0}))
+        try:
+            self.srv.post(make_batch(*samples))
+        except Exception:
+            pass  # the server is down for a moment (the reliability test)
+
+    def run(self) -> None:
+        while not self.stop.wait(1.0):
+            self.beat()
+
+    def __enter__(self):
+        self.beat()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(5)
+
+
+def cli(srv, *args: str, **kw):
+    r = gpufleet(*args, "--data-dir", str(srv.data_dir), **kw)
+    return r
+
+
+def wait(check, deadline: float = 120.0, step: float = 0.3):
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        got = check()
+        if got:
+            return got
+        time.sleep(step)
+    raise AssertionError("condition not met before the deadline")
+
+
+def states(srv) -> dict[int, str]:
+    r = cli(srv, "jobs", "--json")
+    assert r.returncode == 0, r.stderr
+    return {j["id"]: j["state"] for j in json.loads(r.stdout)["jobs"]}
+
+
+def test_submit_jobs_cancel_hold_release_logs(tmp_path, server_factory):
+    srv = server_factory("--config", config(tmp_path))
+    with Heartbeat(srv, hosts=1, gpus=2):
+        spec = tmp_path / "job.yaml"
+        spec.write_text("name: train\ngpus: 1\nmodel_name: resnet50\nepochs: 1\ncommand: sleep 1\n")
+        r = cli(srv, "submit", str(spec), "--user", "ann")
+        assert r.returncode == 0, r.stderr
+        first = int(r.stdout)
+        k8s = tmp_path / "k8s.yaml"
+        k8s.write_text(
+            "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: k\n  namespace: lab\n"
+            "  annotations: {model_name: bert, data_size: '2', epoch: '1'}\nspec:\n  template:\n"
+            "    spec:\n      containers:\n      - name: c\n        command: [sleep, '600']\n"
+            "        resources: {limits: {nvidia.com/gpu: 1}}\n"
+        )
+        long = int(cli(srv, "submit", str(k8s)).stdout)
+        held = int(cli(srv, "submit", str(spec), "--hold").stdout)
+        wait(lambda: states(srv).get(first) == "succeeded")
+        wait(lambda: states(srv).get(long) == "running")
+        assert states(srv)[held] == "held"
+        assert "no logs kept" in cli(srv, "logs", str(first)).stdout
+        assert cli(srv, "cancel", str(long)).returncode == 0
+        wait(lambda: states(srv).get(long) == "cancelled")
+        assert cli(srv, "release", str(held)).stdout.strip() == f"job {held}: pending"
+        wait(lambda: states(srv).get(held) == "succeeded")
+        job = json.loads(cli(srv, "job", str(long)).stdout)
+        assert job["user"] == "lab" and job["events"][-1]["state"] == "cancelled"
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("name: x\ngpus: true\nmodel_name: m\nepochs: 1\ncommand: sleep 1\n")
+        r = cli(srv, "submit", str(bad))
+        assert r.returncode != 0 and "gpus: must be a non-negative number, got true" in r.stderr
+        table = cli(srv, "jobs")
+        assert table.returncode == 0 and "policy gpufleet" in table.stdout
+        r = cli(srv, "cancel", str(first))
+        assert r.returncode != 0 and "nothing to cancel" in r.stderr
