@@ -63,72 +63,90 @@ def _require_sshd() -> None:
     pytest.skip(message)
 
 
+def start_sshd(
+    root: Path,
+    *,
+    smi: bool = True,
+    mode: str = "ok",
+    pids: tuple[int, ...] = (),
+    force_command: str | None = None,
+) -> tuple[subprocess.Popen[bytes], Sshd]:
+    """Start one sshd with its keys and config under ``root``; raise RuntimeError with its log
+    when it does not listen (the fixture turns that into a test failure; bench/ uses it too)."""
+    bindir = root / "bin"
+    bindir.mkdir(parents=True)
+    if smi:
+        shutil.copy(FIXTURES / "fake-nvidia-smi", bindir / "nvidia-smi")
+        (bindir / "nvidia-smi").chmod(0o755)
+    host_key = new_key(root / "host_ed25519")
+    client_key = new_key(root / "client_ed25519")
+    (root / "authorized_keys").write_text(client_key.with_suffix(".pub").read_text())
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation dir
+    port = free_port()
+    env = f"PATH={bindir}:/usr/bin:/bin GPUFLEET_FAKE_SMI_DIR={FIXTURES}"
+    env += (
+        f" GPUFLEET_FAKE_SMI_MODE={mode} GPUFLEET_FAKE_SMI_PIDS={','.join(map(str, pids)) or '-'}"
+    )
+    config = root / "sshd_config"
+    config.write_text(
+        f"Port {port}\n"
+        "ListenAddress 127.0.0.1\n"
+        f"HostKey {host_key}\n"
+        f"PidFile {root / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {root / 'authorized_keys'}\n"
+        "StrictModes no\n"
+        "UsePAM no\n"
+        "PermitRootLogin prohibit-password\n"
+        "PasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\n"
+        "PubkeyAuthentication yes\n"
+        "MaxStartups 100\n"
+        f"SetEnv {env}\n" + (f"ForceCommand {force_command}\n" if force_command else "")
+    )
+    log_file = root / "sshd.log"
+    with log_file.open("wb") as log:
+        proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stdout=log, stderr=log)
+    deadline = time.monotonic() + 10
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"sshd exited ({proc.returncode}): {log_file.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                raise RuntimeError(
+                    f"sshd did not listen on {port}: {log_file.read_text()}"
+                ) from None
+            time.sleep(0.02)
+    return proc, Sshd(port, getpass.getuser(), client_key, host_key, root, log_file)
+
+
+def stop_sshd(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.fixture
 def sshd_factory(tmp_path: Path) -> Iterator[Callable[..., Sshd]]:
     _require_sshd()
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(
-        *,
-        smi: bool = True,
-        mode: str = "ok",
-        pids: tuple[int, ...] = (),
-        force_command: str | None = None,
-    ) -> Sshd:
-        root = tmp_path / f"sshd{len(procs)}"
-        bindir = root / "bin"
-        bindir.mkdir(parents=True)
-        if smi:
-            shutil.copy(FIXTURES / "fake-nvidia-smi", bindir / "nvidia-smi")
-            (bindir / "nvidia-smi").chmod(0o755)
-        host_key = new_key(root / "host_ed25519")
-        client_key = new_key(root / "client_ed25519")
-        (root / "authorized_keys").write_text(client_key.with_suffix(".pub").read_text())
-        if os.geteuid() == 0:
-            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation dir
-        port = free_port()
-        env = f"PATH={bindir}:/usr/bin:/bin GPUFLEET_FAKE_SMI_DIR={FIXTURES}"
-        env += f" GPUFLEET_FAKE_SMI_MODE={mode} GPUFLEET_FAKE_SMI_PIDS={','.join(map(str, pids)) or '-'}"
-        config = root / "sshd_config"
-        config.write_text(
-            f"Port {port}\n"
-            "ListenAddress 127.0.0.1\n"
-            f"HostKey {host_key}\n"
-            f"PidFile {root / 'sshd.pid'}\n"
-            f"AuthorizedKeysFile {root / 'authorized_keys'}\n"
-            "StrictModes no\n"
-            "UsePAM no\n"
-            "PermitRootLogin prohibit-password\n"
-            "PasswordAuthentication no\n"
-            "KbdInteractiveAuthentication no\n"
-            "PubkeyAuthentication yes\n"
-            "MaxStartups 100\n"
-            f"SetEnv {env}\n" + (f"ForceCommand {force_command}\n" if force_command else "")
-        )
-        log_file = root / "sshd.log"
-        with log_file.open("wb") as log:
-            proc = subprocess.Popen(
-                [str(SSHD), "-D", "-e", "-f", str(config)], stdout=log, stderr=log
-            )
+    def start(**kw: object) -> Sshd:
+        try:
+            proc, sshd = start_sshd(tmp_path / f"sshd{len(procs)}", **kw)  # type: ignore[arg-type]
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
         procs.append(proc)
-        deadline = time.monotonic() + 10
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"sshd exited ({proc.returncode}): {log_file.read_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"sshd did not listen on {port}: {log_file.read_text()}")
-                time.sleep(0.02)
-        return Sshd(port, getpass.getuser(), client_key, host_key, root, log_file)
+        return sshd
 
     yield start
     for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_sshd(proc)

@@ -210,6 +210,10 @@ class SshPoller:
             state.task = None
             await state.client.close()
 
+    def client(self, name: str) -> SshHostClient:
+        """The SSH client (and its one connection) of a host, to share with the dispatcher."""
+        return self._hosts[name].client
+
     def status(self) -> dict[str, dict[str, Any]]:
         """Per host: ``ok`` (last poll gave a sample without errors), ``reason`` (why not),
         ``kind`` (dns, refused, auth, timeout, nvidia-smi, ...), ``reachable``, ``last_poll``,

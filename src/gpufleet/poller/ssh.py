@@ -220,6 +220,24 @@ class SshHostClient:
         self.connects += 1
         return conn
 
+    async def connection(self) -> asyncssh.SSHClientConnection:
+        """The live connection to this host, opened within the timeout if there is none (the
+        SSH job dispatcher runs its agent over the poller's connection); raises PollError."""
+        if self._conn is not None and not self._conn.is_closed():
+            return self._conn
+        self._drop()
+        try:
+            async with asyncio.timeout(self.timeout_seconds):
+                self._conn = await self._connect()
+        except TimeoutError:
+            raise PollError(
+                "timeout",
+                f"timeout: no SSH session with {self.where} within {self.timeout_seconds:g} s",
+            ) from None
+        except (asyncssh.Error, OSError) as exc:
+            raise self.classify(exc) from None
+        return self._conn
+
     async def poll(self) -> RawPoll:
         """Run the poll script once; raise :class:`PollError` when no output could be had."""
         loop = asyncio.get_running_loop()
