@@ -278,10 +278,35 @@ def families(app: FastAPI) -> list[Family]:
     return [jobs, error, decision]
 
 
+def _dispatcher(cfg: Any, settings: Any) -> Any:
+    from gpufleet.errors import ConfigError
+
+    options = dict(cfg.dispatcher_options)
+    data_dir = settings.server.data_dir
+    if cfg.dispatcher == "replay":
+        from gpufleet.queue.dispatch.replay import ReplayDispatcher
+
+        return ReplayDispatcher(data_dir / "queue-replay.json", time_scale=cfg.replay_time_scale)
+    if cfg.dispatcher == "local":
+        from gpufleet.queue.dispatch.local import LocalDispatcher
+
+        options.setdefault("root", data_dir / "jobs")
+        return LocalDispatcher(**options)
+    if cfg.dispatcher == "ssh":
+        from gpufleet.poller.service import SshHostConfig
+        from gpufleet.queue.dispatch.ssh import SshDispatcher
+
+        hosts = [SshHostConfig.model_validate(h) for h in settings.ssh.hosts]
+        return SshDispatcher(hosts, **options)
+    raise ConfigError(
+        f"queue.dispatcher: unknown dispatcher {cfg.dispatcher!r}",
+        hint="set queue.dispatcher to none, replay, local or ssh (docs/dispatchers.md)",
+    )
+
+
 async def start(app: FastAPI, settings: Any, live: Any, status_of: Any) -> QueueService | None:
     """Start the queue when ``queue.dispatcher`` is set; None when it is off."""
     from gpufleet.errors import ConfigError
-    from gpufleet.queue.dispatch.replay import ReplayDispatcher
     from gpufleet.queue.driver import QueueDriver
     from gpufleet.queue.fleet import fleet_from_live
     from gpufleet.queue.policies import policy_factory
@@ -291,16 +316,13 @@ async def start(app: FastAPI, settings: Any, live: Any, status_of: Any) -> Queue
     app.state.queue = None
     if cfg.dispatcher == "none":
         return None
-    data_dir = settings.server.data_dir
-    if cfg.dispatcher == "replay":
-        dispatcher: Any = ReplayDispatcher(
-            data_dir / "queue-replay.json", time_scale=cfg.replay_time_scale
-        )
-    else:
+    try:
+        dispatcher = _dispatcher(cfg, settings)
+    except (TypeError, ValueError) as exc:
         raise ConfigError(
-            f"queue.dispatcher: unknown dispatcher {cfg.dispatcher!r}",
-            hint="set queue.dispatcher to none or replay (docs/dispatchers.md lists the others)",
-        )
+            f"queue.dispatcher_options: {exc}",
+            hint=f"see docs/dispatchers.md for the options of the {cfg.dispatcher} dispatcher",
+        ) from None
     try:
         driver = QueueDriver(
             policy_factory(cfg.policy),
@@ -310,7 +332,7 @@ async def start(app: FastAPI, settings: Any, live: Any, status_of: Any) -> Queue
     except ValueError as exc:
         raise ConfigError(str(exc), hint="fix the setting in the queue section") from None
     svc = QueueService(
-        st.JobStore(data_dir / "queue.sqlite3"), dispatcher, driver,
+        st.JobStore(settings.server.data_dir / "queue.sqlite3"), dispatcher, driver,
         lambda: fleet_from_live(dict(live.hosts), status_of()),
         refresh_seconds=cfg.refresh_seconds,
         requeue_within_seconds=cfg.requeue_within_seconds,

@@ -7,7 +7,8 @@ On start-up every job the store says is dispatching or running is handed to the 
 running and to the dispatcher's ``reattach``: the dispatcher reports what became of each
 (STARTED, EXITED/FAILED, LOST), so no job runs twice and none is lost.
 
-Host-down rule: a job whose host went down (``FAILED`` with reason ``host down``) goes back to
+Host-down rule: a job whose host went down (``FAILED`` or ``LOST`` with a reason starting
+``host down``) goes back to
 pending when it had run less than ``requeue_within_seconds``; after that it fails with "host
 down" (a job that ran long has likely written results or side effects; rerunning it is the
 user's call: ``gpufleet submit`` again).
@@ -301,12 +302,14 @@ class QueueService:
             else:
                 why = event.reason or f"exit code {event.exit_code}"
                 await self._end(job_id, st.FAILED, why, at, event.exit_code)
-        elif event.kind == EventKind.FAILED:
+        elif event.kind == EventKind.FAILED or (
+            event.kind == EventKind.LOST and (event.reason or "").startswith("host down")
+        ):
             reason = event.reason or "failed"
             ran = at - record.start_seconds if record.start_seconds is not None else 0.0
             if reason == "oom":
                 await self._end(job_id, st.OOM, "ran out of GPU memory", at, event.exit_code)
-            elif reason == "host down" and ran < self.requeue_within_seconds:
+            elif reason.startswith("host down") and ran < self.requeue_within_seconds:
                 await asyncio.to_thread(
                     self.store.transition, job_id, st.PENDING,
                     f"host down after {ran:.0f} s: requeued", reason="host down: requeued",

@@ -204,11 +204,11 @@ class ReplayDispatcher:
         return text[-tail_bytes:]
 
     # -- for the demo's replayed hosts ----------------------------------------------------
-    def running_on(self, host: str) -> list[tuple[str, str, list[int], float, float]]:
-        """(job id, user, GPU indices, started, ends) of the jobs on ``host``."""
-        return [
-            (r.job_id, r.user, gpus, r.started_seconds, r.ends_seconds)
-            for r in list(self.runs.values())
-            for h, gpus in r.hosts
-            if h == host
-        ]
+    def running(self) -> list[ReplayRun]:
+        """The runs now (a copy: the demo's fleet reads it from another thread)."""
+        for _ in range(5):
+            try:
+                return list(self.runs.values())
+            except RuntimeError:  # changed while copied
+                continue
+        return []
