@@ -7,14 +7,14 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
-from tests.accounts.conftest import PASSWORDS, ROLES, login
-from tests.conftest import make_batch, make_sample
 
 from gpufleet.accounts.users import new_user
 from gpufleet.config import load_settings
 from gpufleet.server.app import create_app
 from gpufleet.server.local import fresh_token
 from gpufleet.store import open_store
+from tests.accounts.conftest import PASSWORDS, ROLES, login
+from tests.conftest import make_batch, make_sample
 
 SPEC = "name: t\nuser: {user}\ngpus: {gpus}\nmodel_name: resnet50\nepochs: 1\ncommand: sleep {s}\n"
 
