@@ -91,6 +91,8 @@ class QueueDriver:
         self.now_seconds = 0.0
         self._decisions = Decisions()
         self._blockers: list[int] = []
+        self._model_memory: dict[str, int] = {}
+        self._ratio_cache: dict[int | None, dict[str, float]] = {}
         self.context: PolicyContext | None = None
 
     # -- the fleet ----------------------------------------------------------------------------
@@ -118,6 +120,8 @@ class QueueDriver:
     def _rebuild(self, spec: ClusterSpec) -> None:
         old = self.cluster
         self.spec = spec
+        self._model_memory = {}
+        self._ratio_cache = {}
         self.cluster = ClusterState(spec)
         self._blockers = []
         names = {h.name: h.host_id for h in spec.hosts}
@@ -146,13 +150,21 @@ class QueueDriver:
         return int(given * (1 + self.memory_margin)) if given else None
 
     def _ratios(self, record: JobRecord) -> dict[str, float]:
+        """The GPU models whose memory holds the job's need, with their runtime ratio."""
         need = self.need_bytes(record)
-        out = {}
-        for model in self.spec.gpu_models:
-            memory = max(h.gpu_memory_bytes for h in self.spec.hosts if h.gpu_model == model)
-            if need is None or need <= memory:
-                out[model] = 1.0 / speed_of(model)
-        return out
+        cached = self._ratio_cache.get(need)
+        if cached is None:
+            if not self._model_memory:
+                for h in self.spec.hosts:
+                    memory = self._model_memory.get(h.gpu_model, 0)
+                    self._model_memory[h.gpu_model] = max(memory, h.gpu_memory_bytes)
+            cached = {
+                model: 1.0 / speed_of(model)
+                for model, memory in self._model_memory.items()
+                if need is None or need <= memory
+            }
+            self._ratio_cache[need] = cached
+        return dict(cached)
 
     def refusal(self, record: JobRecord) -> str | None:
         """Why a job can never run on this fleet (None: it can, some day)."""
@@ -340,25 +352,36 @@ class QueueDriver:
 
     def _admit(self, usage: Usage) -> None:
         assert self.policy is not None
-        held = usage.with_jobs(
-            (self.records[j].user, self.records[j].group, self.jobs[j].num_gpus)
-            for j in list(self.in_policy) + list(self.running)
-            if j in self.records
-        )
+        if not self.blocked:
+            return
+        held = dict(usage.gpus)
+        if self.quotas.any:
+            holding = list(self.in_policy) + list(self.running)
+            held = dict(
+                usage.with_jobs(self._quota_key(j) for j in holding if j in self.records).gpus
+            )
         for job_id in sorted(self.blocked, key=lambda j: self.jobs[j].arrival_seconds):
             record = self.records[job_id]
             job = self.jobs[job_id]
             reason = self.refusal(record)
             if reason is None and not job.runtime_ratio_by_model:
                 job.runtime_ratio_by_model = self._ratios(record)
-            why = reason or self.quotas.blocks(record.user, record.group, job.num_gpus, held)
-            if why is not None:
-                self.blocked[job_id] = why
+            if reason is None and self.quotas.any:
+                view = Usage(held, usage.gpu_hours)
+                reason = self.quotas.blocks(record.user, record.group, job.num_gpus, view)
+            if reason is not None:
+                self.blocked[job_id] = reason
                 continue
             del self.blocked[job_id]
-            held = held.with_jobs([(record.user, record.group, job.num_gpus)])
+            if self.quotas.any:
+                for key in (("user", record.user), ("group", record.group)):
+                    held[key] = held.get(key, 0) + job.num_gpus
             self.in_policy.add(job_id)
             self.policy.on_arrival(job, self.now_seconds)
+
+    def _quota_key(self, job_id: int) -> tuple[str, str, int]:
+        record = self.records[job_id]
+        return (record.user, record.group, self.jobs[job_id].num_gpus)
 
     def next_wakeup_seconds(self) -> float | None:
         if self.policy is None:
