@@ -57,7 +57,7 @@ def fleet(hosts: int, gpus: int, busy: set[tuple[int, int]] = frozenset()) -> li
             f"h{i:04d}",
             MODELS[i % len(MODELS)],
             tuple(FleetGpu(g, 80 * GIB, 0, (i, g) in busy) for g in range(gpus)),
-        )  # fmt: skip
+        )
         for i in range(hosts)
     ]
 
@@ -146,7 +146,7 @@ def simulate(policy: str, jobs: list[tuple[float, int, float]], hosts: int, gpus
             r.job_id: r.finish_seconds - r.arrival_seconds
             for r in result.jobs
             if r.finish_seconds is not None
-        },  # fmt: skip
+        },
         "oom": result.oom_failures,
         "unfinished": result.unfinished_jobs,
     }
