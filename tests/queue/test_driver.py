@@ -106,3 +106,20 @@ def test_priority_counts_as_an_earlier_submission(tmp_path):
     d.set_priority(store.set_priority(b.id, 2, "admin"), 2.0)
     d.set_fleet([host("h1", gpus=1)])
     assert [s.job_id for s in d.schedule(3.0).starts] == [b.id]
+
+
+def test_a_preempted_runs_gpus_stay_taken_until_it_has_stopped(tmp_path):
+    store = JobStore(tmp_path / "q.sqlite3")
+    d = driver()
+    d.set_fleet([host("h1", gpus=1)])
+    a = submit(store)
+    d.add(a, 0.0)
+    assert [s.job_id for s in d.schedule(0.0).starts] == [a.id]
+    b = submit(store)
+    d.add(b, 100.0)
+    out = d.schedule(100.0)  # least attained service first: b outranks a, which is preempted
+    assert [p.job_id for p in out.preempts] == [a.id] and out.starts == []
+    assert d.schedule(101.0).starts == []  # a's run has not stopped yet: its GPU stays taken
+    assert d.waiting_reason(a.id) == "preempted: waiting for its previous run to stop"
+    assert d.stopped(a.id) is None
+    assert [s.job_id for s in d.schedule(102.0).starts] == [b.id]

@@ -19,9 +19,10 @@ What the driver adds around the policy, all of it bookkeeping:
   for it (GPUs at once, GPU-hours this week); until then it waits with the quota's name.
 - **Priority**: an admin's priority ``p`` counts as submitting ``p`` hours earlier (every policy
   orders ties and starvation by arrival).
-- **Preemption**: a preempted job's GPUs are released at once (as in the simulator); if the
-  policy starts it again before the dispatcher has confirmed the stop, the new launch waits for
-  that confirmation (``stopped``), so one job never runs twice.
+- **Preemption**: a preempted job waits again at once (as in the simulator), but its GPUs stay
+  held until the dispatcher confirms its run has stopped (``stopped``), so nothing is placed
+  beside a run that is still exiting; if the policy starts it again before then, the new
+  launch waits for that confirmation too, so one job never runs twice.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from gpufleet.sched.predictor import OnlineRuntimePredictor
 from gpufleet.sched.simjob import RUNNING, WAITING, SimJob
 
 PRIORITY_SECONDS = 3600.0  # one step of priority = submitted one hour earlier
+STOPPING_HOLD = -(10**12)  # holder id (minus the job id) of a preempted run's GPUs
 
 
 @dataclass(frozen=True)
@@ -239,6 +241,8 @@ class QueueDriver:
     def stopped(self, job_id: int) -> Start | None:
         """The dispatcher confirmed a preempted job stopped; its deferred launch, if any."""
         self.stopping.discard(job_id)
+        if STOPPING_HOLD - job_id in self.cluster.placements:
+            self.cluster.release(STOPPING_HOLD - job_id)
         return self.deferred.pop(job_id, None)
 
     def finished(
@@ -312,9 +316,12 @@ class QueueDriver:
             raise RuntimeError(f"job {job.job_id} preempted while {job.status}")
         job.preemptions += 1
         job.restart_pending = True
+        placement = job.placement
         self._stop(job)
         self.in_policy.add(job.job_id)  # the policy keeps it waiting
         self.stopping.add(job.job_id)
+        if placement is not None:  # its GPUs stay taken until the run has really stopped
+            self.cluster.allocate(STOPPING_HOLD - job.job_id, placement)
         deferred = self.deferred.pop(job.job_id, None)
         if deferred is None:
             self._decisions.starts = [s for s in self._decisions.starts if s.job_id != job.job_id]

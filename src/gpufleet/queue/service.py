@@ -218,11 +218,12 @@ class QueueService:
             del self.decision_seconds[:-1000]
             self.passes += 1
             changed = []
-            for preempt in decisions.preempts:
+            for preempt in decisions.preempts:  # pending once the run has stopped
                 changed.append(preempt.job_id)
-                record = await asyncio.to_thread(
-                    self.store.transition, preempt.job_id, st.PENDING, "preempted by the policy",
-                    attempts=self.store.get(preempt.job_id).attempts,
+                record = self.store.get(preempt.job_id)
+                await asyncio.to_thread(
+                    self.store.transition, preempt.job_id, record.state,
+                    "preempted by the policy: stopping its run",
                 )  # fmt: skip
                 await self.dispatcher.cancel(str(preempt.job_id), record.handle)
             for start in decisions.starts:
@@ -276,13 +277,17 @@ class QueueService:
             log.warning("queue: event for unknown job %s: %s", job_id, event.kind)
             return
         if job_id in self.driver.stopping and event.kind != EventKind.STARTED:
-            deferred = self.driver.stopped(job_id)  # a preempted run has stopped
-            await asyncio.to_thread(
-                self.store.transition, job_id, record.state, "previous run stopped"
-            )
-            if deferred is not None:
-                await self._launch(deferred)
-            return
+            deferred = self.driver.stopped(job_id)
+            if event.kind == EventKind.CANCELLED and record.state in st.ACTIVE:
+                await asyncio.to_thread(
+                    self.store.transition, job_id, st.PENDING, "preempted: its run stopped",
+                    reason="preempted",
+                )  # fmt: skip
+                if deferred is not None:
+                    await self._launch(deferred)
+                return
+            # it ended by itself before the stop took effect: it ends as it ended
+            self.driver.withdraw(job_id, event.at_seconds)
         if record.state in st.FINAL or record.state not in st.ACTIVE:
             return  # late or repeated news of a job already settled
         at = event.at_seconds
@@ -310,11 +315,14 @@ class QueueService:
             if reason == "oom":
                 await self._end(job_id, st.OOM, "ran out of GPU memory", at, event.exit_code)
             elif reason.startswith("host down") and ran < self.requeue_within_seconds:
-                await asyncio.to_thread(
+                record = await asyncio.to_thread(
                     self.store.transition, job_id, st.PENDING,
                     f"host down after {ran:.0f} s: requeued", reason="host down: requeued",
                 )  # fmt: skip
-                self.driver.requeue(job_id, at, "host down")
+                if job_id in self.driver.jobs:
+                    self.driver.requeue(job_id, at, "host down")
+                else:
+                    self.driver.add(record, at)
             else:
                 await self._end(job_id, st.FAILED, reason, at, event.exit_code)
         elif event.kind == EventKind.CANCELLED:
