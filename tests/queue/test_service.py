@@ -9,7 +9,7 @@ import time
 import pytest
 
 from gpufleet.queue import store as st
-from gpufleet.queue.dispatch.base import DispatchEvent, EventKind
+from gpufleet.queue.dispatch.base import DispatchEvent, EventKind, HostGpus, Launch
 from gpufleet.queue.dispatch.replay import ReplayDispatcher, planned_run
 from gpufleet.queue.driver import QueueDriver
 from gpufleet.queue.fleet import FleetGpu, FleetHost
@@ -162,5 +162,25 @@ def test_host_down_requeues_early_and_fails_late(tmp_path):
         assert svc.store.get(late.id).reason == "host down"
         assert record.state == st.RUNNING
         await svc.stop()
+
+    asyncio.run(main())
+
+
+def test_replayed_jobs_resume_after_a_preemption(tmp_path):
+    async def main():
+        now = [0.0]
+        d = ReplayDispatcher(tmp_path / "r.json", clock=lambda: now[0])
+        await d.start()
+        launch = Launch("7", "t", "ann", (HostGpus("h0", (0,)),), ("sleep", "10"))
+        await d.launch(launch)
+        now[0] = 4.0
+        await d.cancel("7", None)
+        now[0] = 10.0
+        await d.launch(launch)
+        assert d.runs["7"].ends_seconds == 16.0  # the 6 s left, not 10 again
+        again = ReplayDispatcher(tmp_path / "r.json", clock=lambda: now[0])
+        await again.start()
+        assert again.done_seconds == {"7": 4.0} and again.runs["7"].ends_seconds == 16.0
+        await d.close()
 
     asyncio.run(main())

@@ -7,6 +7,9 @@ same), times ``time_scale`` (the benchmark scales durations down). ``running_on(
 which jobs hold which GPUs, so the demo's replayed hosts show them as GPU use and the overview's
 bars mark them.
 
+Replayed jobs checkpoint: a run that is cancelled (a preemption) keeps the work it did, and the
+job's next launch runs only the rest, as the simulator assumes of a preempted job.
+
 Its state (the jobs running and when each ends) is kept in a JSON file written before
 ``launch`` returns, so after a restart of the server ``reattach`` finds each job again: one
 that ended meanwhile is reported ``EXITED`` at its end time, one that still runs ``STARTED``
@@ -79,6 +82,7 @@ class ReplayDispatcher:
         self.median_seconds = median_seconds
         self.clock = clock
         self.runs: dict[str, ReplayRun] = {}
+        self.done_seconds: dict[str, float] = {}  # work kept from cancelled runs (checkpoints)
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._channel = EventChannel()
         self.launches = 0
@@ -88,6 +92,7 @@ class ReplayDispatcher:
         if self.state_path is None or not self.state_path.exists():
             return
         data = json.loads(self.state_path.read_text())
+        self.done_seconds = dict(data.get("done_seconds", {}))
         for item in data.get("runs", []):
             item["hosts"] = [(h, list(g)) for h, g in item["hosts"]]
             run = ReplayRun(**item)
@@ -98,7 +103,8 @@ class ReplayDispatcher:
             return
         tmp = self.state_path.with_suffix(".tmp")
         with open(tmp, "w") as f:
-            json.dump({"runs": [asdict(r) for r in self.runs.values()]}, f)
+            json.dump({"runs": [asdict(r) for r in self.runs.values()],
+                       "done_seconds": self.done_seconds}, f)  # fmt: skip
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.state_path)
@@ -122,6 +128,7 @@ class ReplayDispatcher:
         self._timers.pop(job_id, None)
         if run is None:
             return
+        self.done_seconds.pop(job_id, None)
         self._save()
         self._channel.emit(
             DispatchEvent(
@@ -142,6 +149,7 @@ class ReplayDispatcher:
         if existing is not None:  # idempotent: a retry starts nothing
             return self.handle(existing)
         seconds, code = planned_run(launch.command, launch.job_id, self.median_seconds)
+        seconds = max(0.0, seconds - self.done_seconds.get(launch.job_id, 0.0))
         now = self.clock()
         run = ReplayRun(
             launch.job_id, launch.user,
@@ -161,6 +169,8 @@ class ReplayDispatcher:
         if timer is not None:
             timer.cancel()
         if run is not None:
+            done = (self.clock() - run.started_seconds) / self.time_scale
+            self.done_seconds[job_id] = self.done_seconds.get(job_id, 0.0) + done
             self._save()
         self._channel.emit(
             DispatchEvent(job_id, EventKind.CANCELLED, self.clock(), handle, reason="cancelled")
