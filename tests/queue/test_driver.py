@@ -123,3 +123,20 @@ def test_a_preempted_runs_gpus_stay_taken_until_it_has_stopped(tmp_path):
     assert d.waiting_reason(a.id) == "preempted: waiting for its previous run to stop"
     assert d.stopped(a.id) is None
     assert [s.job_id for s in d.schedule(102.0).starts] == [b.id]
+
+
+def test_preempted_again_before_the_first_stop_is_confirmed(tmp_path):
+    store = JobStore(tmp_path / "q.sqlite3")
+    d = QueueDriver(policy_factory("tiresias"))
+    d.set_fleet([host("h1", gpus=2)])
+    a = submit(store)
+    d.add(a, 0.0)
+    d.schedule(0.0)
+    b, c = submit(store, 2), submit(store)
+    d.add(b, 1.0)
+    d.add(c, 1.0)
+    for t in range(2, 40):  # whatever the policy does, a run is never launched twice
+        out = d.schedule(float(t))
+        assert len({s.job_id for s in out.starts}) == len(out.starts)
+        for p in out.preempts:
+            d.stopped(p.job_id)

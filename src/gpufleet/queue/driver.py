@@ -320,8 +320,9 @@ class QueueDriver:
         self._stop(job)
         self.in_policy.add(job.job_id)  # the policy keeps it waiting
         self.stopping.add(job.job_id)
-        if placement is not None:  # its GPUs stay taken until the run has really stopped
-            self.cluster.allocate(STOPPING_HOLD - job.job_id, placement)
+        hold = STOPPING_HOLD - job.job_id
+        if placement is not None and hold not in self.cluster.placements:
+            self.cluster.allocate(hold, placement)  # taken until the run has really stopped
         deferred = self.deferred.pop(job.job_id, None)
         if deferred is None:
             self._decisions.starts = [s for s in self._decisions.starts if s.job_id != job.job_id]
