@@ -5,6 +5,13 @@
     .venv/bin/python bench/recommend_bench.py --json > out.json
     .venv/bin/python bench/recommend_bench.py --digest a.json b.json   # one line per scenario
     .venv/bin/python bench/recommend_bench.py --http     # POST /api/v1/recommendations, 1,000 hosts
+    .venv/bin/python bench/recommend_bench.py --calibration fit --vc 11cb48 --seeds 100,101
+    .venv/bin/python bench/recommend_bench.py --calibration report --vc ed69ec --seeds 0,1,2
+
+``--calibration fit`` replays the clusters (nobody follows the answers), fits the stated
+chance's map (recommend/calibrate.py) on every answer's features and outcome and prints the
+constants to paste as ``calibrate.DEFAULT``; ``report`` prints the reliability table of the
+stated chance (and of the ranking model's own chance beside it) on other clusters or seeds.
 
 ``--http`` starts a real ``gpufleet server`` (temp data dir), ingests one sample from each of
 1,000 8-GPU hosts (0-8 GPUs held each) and times answers over HTTP: several within one
@@ -87,6 +94,80 @@ def http_bench(hosts: int = 1000) -> None:
         log.close()
 
 
+def calibration(argv: list[str]) -> None:
+    import argparse
+    import json
+
+    import numpy as np
+
+    from gpufleet.recommend import calibrate
+    from gpufleet.recommend.evalreport import reliability_text
+    from gpufleet.recommend.evaluate import Config, calibration_samples, reliability
+    from gpufleet.recommend.lab import HABITS
+    from gpufleet.recommend.trace import read_trace
+
+    ap = argparse.ArgumentParser(prog="recommend_bench.py --calibration")
+    ap.add_argument("mode", choices=("fit", "report"))
+    ap.add_argument("--vc", action="append", required=True)
+    ap.add_argument("--load", action="append", type=float)
+    ap.add_argument("--habit", action="append", choices=HABITS)
+    ap.add_argument("--seeds", default="100,101")
+    ap.add_argument("--hosts", type=int, default=8)
+    ap.add_argument("--scored-jobs", type=int, default=300)
+    ap.add_argument("--samples", action="append", default=[],
+                    help="read the samples from these --save files instead of replaying")
+    ap.add_argument("--save", help="write the samples (JSON) here")
+    ap.add_argument("--features", default="model_log_odds,log_hours,history_stay_log_odds",
+                    help="fit: the features of calibrate.FEATURES the logistic step uses")
+    ap.add_argument("--heldout", action="append", default=[],
+                    help="fit: also apply the fitted map to these --save files (other clusters"
+                    " or seeds) and print their reliability table, pooled and per file")
+    a = ap.parse_args(argv)
+    trace = read_trace()
+    cfg = Config(hosts=a.hosts, scored_jobs=a.scored_jobs)
+    seeds = [int(x) for x in a.seeds.split(",")]
+    samples: list = []
+    weight: list[float] = []  # every --samples file (a cluster) counts the same
+    for path in a.samples:
+        got = [tuple(s) for s in json.loads(Path(path).read_text())]
+        samples += got
+        weight += [1.0 / max(1, len(got))] * len(got)
+    for vc in a.vc if not a.samples else []:
+        for load in a.load or [0.8, 1.0, 1.5]:
+            for habit in a.habit or list(HABITS):
+                for seed in seeds:
+                    got = calibration_samples(trace, cfg, vc, load, habit, seed)
+                    print(f"{vc} load {load:g} {habit} seed {seed}: {len(got)} answers",
+                          file=sys.stderr, flush=True)  # fmt: skip
+                    samples += got
+    if a.save:
+        Path(a.save).write_text(json.dumps(samples))
+    # the features the current calibrate.FEATURES knows (older files may carry more)
+    x = np.asarray([s[3][: len(calibrate.FEATURES)] for s in samples])
+    ok = np.asarray([s[1] for s in samples])
+    model_p = 1 / (1 + np.exp(-x[:, 0]))
+    where = f"vc {', '.join(a.vc)}; loads {a.load or [0.8, 1.0, 1.5]}; seeds {a.seeds}"
+    print(reliability_text(reliability([(float(p), bool(o)) for p, o in zip(model_p, ok, strict=True)]),
+                           f"the ranking model's own chance ({where})"))  # fmt: skip
+    if a.mode == "fit":
+        cal = calibrate.fit(x, ok, np.asarray(weight) if weight else None,
+                            fitted_on=f"{where}; {a.hosts} hosts",
+                            used=tuple(a.features.split(",")))  # fmt: skip
+        stated = cal.apply(x)
+        print(reliability_text(reliability([(float(p), bool(o)) for p, o in zip(stated, ok, strict=True)]),
+                               f"stated chance, in-sample ({where})"))  # fmt: skip
+        for path in a.heldout + (["pooled"] if len(a.heldout) > 1 else []):
+            files = a.heldout if path == "pooled" else [path]
+            held = [s for f in files for s in json.loads(Path(f).read_text())]
+            hx = np.asarray([s[3][: len(calibrate.FEATURES)] for s in held])
+            hp = cal.apply(hx) if len(hx) else np.zeros(0)
+            rows = [(float(p), bool(s[1])) for p, s in zip(hp, held, strict=True)]
+            print(reliability_text(reliability(rows), f"held out: {', '.join(files)}"))
+        print(f"\nDEFAULT = {cal!r}")
+    else:
+        print(reliability_text(reliability(samples), f"stated chance ({where})"))
+
+
 def digest(paths: list[str]) -> None:
     import json
 
@@ -98,6 +179,8 @@ def digest(paths: list[str]) -> None:
 if __name__ == "__main__":
     if "--http" in sys.argv[1:]:
         http_bench()
+    elif sys.argv[1:2] == ["--calibration"]:
+        calibration(sys.argv[2:])
     elif sys.argv[1:2] == ["--digest"]:
         digest(sys.argv[2:])
     else:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything gpufleet needs on a fresh Debian machine: system packages used by the tests and
-# benchmarks (sshd for agent-less tests, promtool, node_exporter and wrk for benchmarks), and a
+# benchmarks (sshd for agent-less tests, Slurm and munge for the Slurm dispatcher's tests,
+# promtool, node_exporter and wrk for benchmarks), and a
 # Python virtual environment with gpufleet installed in it. Safe to run again: it only adds
 # what is missing.
 set -euo pipefail
@@ -17,6 +18,9 @@ command -v wrk >/dev/null 2>&1 || need+=(wrk)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+# the Slurm dispatcher's tests start a real single-node Slurm (slurmctld, slurmd) and munged
+command -v slurmctld >/dev/null 2>&1 || [ -x /usr/sbin/slurmctld ] || need+=(slurm-wlm)
+command -v munged >/dev/null 2>&1 || [ -x /usr/sbin/munged ] || need+=(munge)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing ${need[*]} (Debian packages)"

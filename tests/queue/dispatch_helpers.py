@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -244,6 +244,30 @@ async def scenario_idempotent(d: Dispatcher, rec: Recorder, tmp: Path, host: str
     assert rec.kinds("idem-1") == [EventKind.STARTED, EventKind.EXITED]
 
 
+async def scenario_rerun(d: Dispatcher, rec: Recorder, tmp: Path, host: str) -> None:
+    """A job id launched again after its run ended (preempted, requeued) runs again, as a
+    new run with its own handle, log and exit; the earlier run's news does not leak into it."""
+    marker, go = tmp / "rerun.runs", tmp / "rerun.go"
+    script = f"echo run $(wc -l < {q(marker)}) >> {q(marker)}; {wait_for_file(go)}; exit 9"
+    marker.touch()
+    first = await d.launch(launch("rerun-1", script, ((host, (0,)),)))
+    await rec.wait("rerun-1", EventKind.STARTED)
+    await wait_until(lambda: runs(marker) == 1, "the first run")
+    await d.cancel("rerun-1", first)  # preempted
+    assert (await rec.wait_end("rerun-1")).kind == EventKind.CANCELLED
+    rec.events.clear()
+    second = await d.launch(launch("rerun-1", script, ((host, (1,)),)))
+    assert second != first
+    assert await d.launch(launch("rerun-1", script, ((host, (1,)),))) == second
+    await wait_until(lambda: runs(marker) == 2, "the second run")
+    go.touch()
+    end = await rec.wait_end("rerun-1")
+    assert (end.kind, end.exit_code, end.handle) == (EventKind.EXITED, 9, second)
+    assert rec.kinds("rerun-1") == [EventKind.STARTED, EventKind.EXITED]
+    assert (await d.logs("rerun-1", second)) == ""  # its own log (the job wrote to the marker)
+    assert runs(marker) == 2
+
+
 async def scenario_launch_failed(d: Dispatcher, rec: Recorder, tmp: Path, host: str) -> None:
     """A command that cannot start, or a missing working directory, fails with the reason."""
     no_cmd = Launch("nocmd-1", "n", "u", (HostGpus(host, (0,)),), command=("no-such-cmd", "x"))
@@ -282,15 +306,33 @@ async def main():
     else:
         d = SshDispatcher([SshHostConfig(**conf["host"])], state_dirs=conf["state_dirs"])
     await d.start()
-    handles = {}
-    for job_id, script in conf["jobs"]:
-        gpus = (HostGpus(conf["host_name"], (0,)),)
-        handles[job_id] = await d.launch(Launch(job_id, "n", "u", gpus, command=(script,)))
-    print(json.dumps(handles), flush=True)
+    gpus = (HostGpus(conf["host_name"], (0,)),)
+    launches = [Launch(j, "n", "u", gpus, command=(script,)) for j, script in conf["jobs"]]
+    handles = await asyncio.gather(*(d.launch(launch) for launch in launches))
+    print(json.dumps({l.job_id: h for l, h in zip(launches, handles)}), flush=True)
     await asyncio.sleep(3600)
 
 asyncio.run(main())
 """
+
+
+def launch_and_kill(conf: Mapping[str, object], jobs: list[list[str]]) -> dict[str, str]:
+    """Launch ``jobs`` ([job_id, script]) from a holder process that runs a dispatcher as
+    ``conf`` says, SIGKILL it once they all run, and return the handles it printed."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, json.dumps({**conf, "jobs": jobs})],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        handles: dict[str, str] = json.loads(holder.stdout.readline())
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+    return handles
 
 
 class CrashJobs:
@@ -314,19 +356,8 @@ class CrashJobs:
             ["fast", f"echo run >> {q(m['fast'])}; exit 4"],
         ]
 
-    def launch_and_kill(self, conf: dict[str, object]) -> dict[str, str]:
-        """Launch the jobs from a holder process, SIGKILL it, return the handles it printed."""
-        conf = {**conf, "jobs": self.scripts()}
-        holder = subprocess.Popen(
-            [sys.executable, "-c", HOLDER, json.dumps(conf)], stdout=subprocess.PIPE, text=True
-        )
-        try:
-            assert holder.stdout is not None
-            handles: dict[str, str] = json.loads(holder.stdout.readline())
-        finally:
-            holder.send_signal(signal.SIGKILL)
-            holder.wait()
-        return handles
+    def launch_and_kill(self, conf: Mapping[str, object]) -> dict[str, str]:
+        return launch_and_kill(conf, self.scripts())
 
     def end_unwatched(self) -> None:
         """Let ``ends`` finish, and wait until it and its supervisor are gone."""

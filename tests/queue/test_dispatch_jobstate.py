@@ -89,5 +89,5 @@ def test_terminal_event(
 
 
 def test_parse_handle() -> None:
-    assert parse_handle("12@gpu-1,-@gpu.b_2") == ["gpu-1", "gpu.b_2"]
+    assert parse_handle("12@gpu-1,-@gpu.b_2") == [("gpu-1", 12), ("gpu.b_2", None)]
     assert parse_handle(None) is None and parse_handle("") is None

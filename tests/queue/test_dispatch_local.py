@@ -3,8 +3,11 @@ a dispatcher process killed mid-job and another one re-attaching."""
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
 import signal
+import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -38,6 +41,10 @@ def test_cancel_kills_the_process_group(tmp_path: Path) -> None:
 
 def test_second_launch_returns_the_existing_handle(tmp_path: Path) -> None:
     run(tmp_path, lambda d, rec: h.scenario_idempotent(d, rec, tmp_path, "h1"))
+
+
+def test_a_job_launched_again_after_its_end_runs_again(tmp_path: Path) -> None:
+    run(tmp_path, lambda d, rec: h.scenario_rerun(d, rec, tmp_path, "h1"))
 
 
 def test_launch_failures_name_the_cause(tmp_path: Path) -> None:
@@ -165,3 +172,72 @@ def test_old_state_is_pruned_running_state_kept(tmp_path: Path) -> None:
             assert (await rec2.wait_end("run-1")).exit_code == 0
 
     run(tmp_path, body)
+
+
+def _old_pythons() -> list[str]:
+    """The oldest supported interpreters found here (the hosts' python3 may be old)."""
+    found = []
+    for version in ("3.7", "3.8"):
+        pattern = os.path.expanduser(f"~/.pyenv/versions/{version}.*/bin/python")
+        for path in [*sorted(glob.glob(pattern)), shutil.which(f"python{version}")]:
+            if path and subprocess.run([path, "-c", ""], capture_output=True).returncode == 0:
+                found.append(path)
+                break
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("python", _old_pythons() or ["none"])
+def test_supervisor_runs_on_old_pythons(tmp_path: Path, python: str) -> None:
+    """The supervisor needs only Python >= 3.7 on the host (not installed here: skipped)."""
+    if python == "none":
+        pytest.skip("no python3.7 or python3.8 on this machine")
+
+    async def body(d: LocalDispatcher, rec: h.Recorder) -> None:
+        await h.scenario_env_exit_logs(d, rec, tmp_path, "h1")
+        await h.scenario_oom(d, rec, "h1")
+        await h.scenario_cancel(d, rec, tmp_path, "h1")
+        await h.scenario_rerun(d, rec, tmp_path, "h1")
+
+    run(tmp_path, body, python=python)
+
+
+@pytest.mark.slow
+def test_fifty_jobs_survive_a_killed_dispatcher(tmp_path: Path) -> None:
+    """50 jobs launched at once by a dispatcher process that is then SIGKILLed; half of them
+    end (exit code = their number) while nobody watches. After reattach every job's state is
+    right and each ran exactly once."""
+    go_even, go_odd = tmp_path / "go-even", tmp_path / "go-odd"
+    jobs = [
+        [
+            f"many-{i}",
+            f"echo run >> {h.q(tmp_path / f'many-{i}.runs')}; "
+            f"{h.wait_for_file(go_even if i % 2 == 0 else go_odd)}; exit {i}",
+        ]
+        for i in range(50)
+    ]
+    conf = {"kind": "local", "root": str(tmp_path / "jobs"), "host_name": "h1"}
+    handles = h.launch_and_kill(conf, jobs)
+    markers = [tmp_path / f"many-{i}.runs" for i in range(50)]
+    h.wait_until_sync(lambda: all(h.runs(m) == 1 for m in markers), "every job to start")
+    go_even.touch()  # the even ones end while no dispatcher runs
+
+    async def body(d: LocalDispatcher, rec: h.Recorder) -> None:
+        await d.reattach([(j, handles[j] if i % 3 else None) for i, (j, _) in enumerate(jobs)])
+        for i in range(0, 50, 2):  # ended meanwhile (or as we looked): EXITED, their code
+            end = await rec.wait_end(f"many-{i}")
+            assert (end.kind, end.exit_code, end.handle) == (
+                EventKind.EXITED,
+                i,
+                handles[f"many-{i}"],
+            )
+        for i in range(1, 50, 2):
+            assert (await rec.wait(f"many-{i}", EventKind.STARTED)).handle == handles[f"many-{i}"]
+        go_odd.touch()
+        for i in range(1, 50, 2):
+            end = await rec.wait_end(f"many-{i}")
+            assert (end.kind, end.exit_code) == (EventKind.EXITED, i)
+            assert rec.kinds(f"many-{i}") == [EventKind.STARTED, EventKind.EXITED]
+
+    run(tmp_path, body)
+    assert [h.runs(m) for m in markers] == [1] * 50

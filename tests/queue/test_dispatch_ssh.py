@@ -64,6 +64,20 @@ def sessions(sshd: Sshd) -> list[int]:
     return found
 
 
+def stop(sshd: Sshd) -> None:
+    """The server goes away: its listener and every open connection."""
+    for pid in [*sessions(sshd), listener_pid(sshd)]:
+        os.kill(pid, signal.SIGKILL)
+
+
+def restart(sshd: Sshd) -> subprocess.Popen[bytes]:
+    """The server is back on the same port, with the same keys (the caller stops it)."""
+    with (sshd.tmp / "sshd.log").open("ab") as log:
+        return subprocess.Popen(
+            [str(SSHD), "-D", "-e", "-f", str(sshd.tmp / "sshd_config")], stdout=log, stderr=log
+        )
+
+
 @pytest.fixture
 def one(sshd_factory: Factory) -> dict[str, Sshd]:  # noqa: F811
     return {"gpu-a": sshd_factory(smi=False)}
@@ -83,6 +97,12 @@ def test_cancel_kills_the_process_group(one: dict[str, Sshd], tmp_path: Path) ->
 
 def test_second_launch_returns_the_existing_handle(one: dict[str, Sshd], tmp_path: Path) -> None:
     run(one, tmp_path, lambda d, rec: h.scenario_idempotent(d, rec, tmp_path, "gpu-a"))
+
+
+def test_a_job_launched_again_after_its_end_runs_again(
+    one: dict[str, Sshd], tmp_path: Path
+) -> None:
+    run(one, tmp_path, lambda d, rec: h.scenario_rerun(d, rec, tmp_path, "gpu-a"))
 
 
 def test_launch_failures_and_time_limit(one: dict[str, Sshd], tmp_path: Path) -> None:
@@ -197,41 +217,48 @@ def test_missing_python_is_a_clear_error(one: dict[str, Sshd], tmp_path: Path) -
 
 
 @pytest.mark.slow
-def test_host_down_is_lost_and_its_job_stopped_when_back(
+def test_host_down_fails_the_job_and_a_new_run_replaces_the_old(
     sshd_factory: Factory,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    """A host unreachable past the grace period: its job is LOST ("host down"); when the host
-    comes back, that job is cancelled there so a requeued copy never runs beside it."""
+    """A host unreachable past the grace period: its job FAILED, reason "host down". The
+    queue requeues it; launched again on that host as soon as it is back, the old run (still
+    going there) is stopped first and the new run is the only one left."""
     sshd = sshd_factory(smi=False)
-    pid_file = tmp_path / "job.pid"
+    pids = tmp_path / "job.pids"
     restarted: list[subprocess.Popen[bytes]] = []
+    script = f"echo $$ >> {h.q(pids)}; sleep 300"
+
+    def started_pids() -> list[int]:
+        return [int(p) for p in pids.read_text().split()] if pids.exists() else []
 
     async def body(d: SshDispatcher, rec: h.Recorder) -> None:
-        await d.launch(
-            h.launch("hd-1", f"echo $$ > {h.q(pid_file)}; sleep 300", (("gpu-a", (0,)),))
-        )
+        await d.launch(h.launch("hd-1", script, (("gpu-a", (0,)),)))
         await rec.wait("hd-1", EventKind.STARTED)
-        await h.wait_until(lambda: bool(pid_file.exists() and pid_file.read_text()), "the pid")
-        job_pid = int(pid_file.read_text())
-        listener = listener_pid(sshd)
-        for pid in [*sessions(sshd), listener]:
-            os.kill(pid, signal.SIGKILL)
+        await h.wait_until(lambda: len(started_pids()) == 1, "the first run's pid")
+        old = started_pids()[0]
+        stop(sshd)
         end = await rec.wait_end("hd-1")
-        assert end.kind == EventKind.LOST
-        assert end.reason is not None and end.reason.startswith("host down: ")
-        assert "refused" in end.reason
-        assert h.pid_alive(job_pid)  # the server still runs it: we cannot reach it
-        with (sshd.tmp / "sshd.log").open("ab") as log:
-            restarted.append(
-                subprocess.Popen(
-                    [str(SSHD), "-D", "-e", "-f", str(sshd.tmp / "sshd_config")],
-                    stdout=log,
-                    stderr=log,
-                )
-            )
-        await h.wait_until(lambda: not h.pid_alive(job_pid), "the orphaned job to be stopped")
-        assert rec.kinds("hd-1") == [EventKind.STARTED, EventKind.LOST]
+        assert (end.kind, end.reason) == (EventKind.FAILED, "host down")
+        assert h.pid_alive(old)  # the server still runs it: we cannot reach it
+        restarted.append(restart(sshd))
+        rec.events.clear()
+        deadline = asyncio.get_running_loop().time() + h.DEADLINE_SECONDS
+        while True:  # requeued: launched again once the host answers
+            try:
+                handle = await d.launch(h.launch("hd-1", script, (("gpu-a", (0,)),)))
+                break
+            except DispatchError:
+                assert asyncio.get_running_loop().time() < deadline, "sshd did not come back"
+                await asyncio.sleep(0.1)
+        assert not h.pid_alive(old)
+        await rec.wait("hd-1", EventKind.STARTED)
+        await h.wait_until(lambda: len(started_pids()) == 2, "the new run's pid")
+        new = started_pids()[1]
+        assert handle == f"{new}@gpu-a" and h.pid_alive(new)
+        await d.cancel("hd-1", handle)
+        assert (await rec.wait_end("hd-1")).kind == EventKind.CANCELLED
+        assert rec.kinds("hd-1") == [EventKind.STARTED, EventKind.CANCELLED]
 
     try:
         run({"gpu-a": sshd}, tmp_path, body, host_down_after_seconds=1.0)
@@ -314,3 +341,37 @@ def test_launches_to_a_silent_host_fail_together(tmp_path: Path) -> None:
             server.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.slow
+def test_reattach_while_the_host_is_away_waits_for_it(one: dict[str, Sshd], tmp_path: Path) -> None:
+    """A restarted dispatcher re-attaches while the job's host is unreachable: nothing is said
+    until the host is back; then the exit that happened meanwhile comes with its code."""
+    sshd, go = one["gpu-a"], tmp_path / "go"
+    restarted: list[subprocess.Popen[bytes]] = []
+
+    async def first(d: SshDispatcher, rec: h.Recorder) -> None:
+        handles["j"] = await d.launch(
+            h.launch("away-1", f"{h.wait_for_file(go)}; exit 4", (("gpu-a", (0,)),))
+        )
+        await rec.wait("away-1", EventKind.STARTED)
+
+    async def second(d: SshDispatcher, rec: h.Recorder) -> None:
+        stop(sshd)
+        await d.reattach([("away-1", handles["j"])])
+        go.touch()  # it ends while nobody can ask
+        await h.wait_until(lambda: d.link("gpu-a").last_error != "", "a failed connect")
+        assert rec.of("away-1") == []
+        restarted.append(restart(sshd))
+        end = await rec.wait_end("away-1")
+        assert (end.kind, end.exit_code, end.handle) == (EventKind.EXITED, 4, handles["j"])
+        assert rec.kinds("away-1") == [EventKind.EXITED]
+
+    handles: dict[str, str] = {}
+    run(one, tmp_path, first)
+    try:
+        run(one, tmp_path, second)
+    finally:
+        for proc in restarted:
+            proc.terminate()
+            proc.wait(10)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gpufleet.recommend.evaluate import (
+    CalSample,
     Config,
     calibration_samples,
     eta_summary,
@@ -23,7 +24,7 @@ def run_grid(trace: list[TraceJob], cfg: Config, vcs: list[str | None], loads: l
              say: Callable[[str], None] = lambda m: None) -> dict[str, Any]:  # fmt: skip
     scenarios = []
     etas: list[tuple[float, float, float, float]] = []
-    cal: list[tuple[float, bool, bool]] = []
+    cal: list[CalSample] = []
     total = len(vcs) * len(loads) * len(habits)
     n = 0
     for vc in vcs:
@@ -49,6 +50,20 @@ def run_grid(trace: list[TraceJob], cfg: Config, vcs: list[str | None], loads: l
         out["calibration"] = reliability(cal)
         out["calibration_no_history"] = reliability([c for c in cal if not c[2]])
     return out
+
+
+def reliability_text(c: dict[str, Any], label: str) -> str:
+    """A ``reliability`` result as a title line and a table by decile."""
+    if not c.get("answers"):
+        return f"calibration of p_free_for_duration ({label}): no answers"
+    out = [f"calibration of p_free_for_duration ({label}), {c['answers']} answers: Brier"
+           f" {c['brier']:.4f} vs base rate {c['brier_base_rate']:.4f} (rate"
+           f" {100 * c['base_rate']:.1f}%)",
+           "| decile | answers | stated % | observed % | error points |", "|---|---|---|---|---|"]  # fmt: skip
+    for r in c["rows"]:
+        out.append(f"| {r['decile']} | {r['answers']} | {100 * r['stated']:.1f} |"
+                   f" {100 * r['observed']:.1f} | {r['error_points']:+.1f} |")  # fmt: skip
+    return "\n".join(out)
 
 
 def _ci(x: tuple[float, float, float], scale: float = 100.0, fmt: str = "{:.1f}") -> str:
@@ -107,14 +122,7 @@ def summary_text(result: dict[str, Any]) -> str:
         c = result.get(key)
         if not c or not c["answers"]:
             continue
-        out.append(f"calibration of p_free_for_duration ({label}, a study: nobody follows the"
-                   f" answers), {c['answers']} answers: Brier {c['brier']:.4f} vs base rate"
-                   f" {c['brier_base_rate']:.4f} (rate {100 * c['base_rate']:.1f}%)")  # fmt: skip
-        out.append("| decile | answers | stated % | observed % | error points |")
-        out.append("|---|---|---|---|---|")
-        for r in c["rows"]:
-            out.append(f"| {r['decile']} | {r['answers']} | {100 * r['stated']:.1f} |"
-                       f" {100 * r['observed']:.1f} | {r['error_points']:+.1f} |")  # fmt: skip
+        out.append(reliability_text(c, f"{label}, a study: nobody follows the answers"))
     lat = result.get("latency")
     if lat:
         out.append(

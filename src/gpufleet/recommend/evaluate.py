@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,7 +28,7 @@ from gpufleet.recommend.fleet import FleetSnap
 from gpufleet.recommend.history import FleetHistory
 from gpufleet.recommend.lab import Lab, SimJob, cluster_rate, run, window_jobs
 from gpufleet.recommend.labfleet import build_lab
-from gpufleet.recommend.rank import recommend
+from gpufleet.recommend.rank import Weights, recommend
 from gpufleet.recommend.request import RecommendRequest
 from gpufleet.recommend.trace import TraceJob
 
@@ -162,21 +162,28 @@ def run_scenario(trace: list[TraceJob], cfg: Config, vc: str | None, load: float
     return out, etas
 
 
+# (stated chance, the GPUs really stayed free, the host had history, calibrate.features row)
+CalSample = tuple[float, bool, bool, tuple[float, ...]]
+
+
 def calibration_samples(trace: list[TraceJob], cfg: Config, vc: str | None, load: float,
-                        habit: str, seed: int) -> list[tuple[float, bool, bool]]:  # fmt: skip
-    """(stated p_free_for_duration, the GPUs really stayed free, the host had history) for
-    every answer gpufleet gave in a replay where nobody follows it (a study: the outcome the
-    number claims is only observable when nobody acts on it)."""
+                        habit: str, seed: int, weights: Weights | None = None,
+                        ) -> list[CalSample]:  # fmt: skip
+    """(stated p_free_for_duration, the GPUs really stayed free, the host had history, the
+    features it was computed from) for every answer gpufleet gave in a replay where nobody
+    follows it (a study: the outcome the number claims is only observable when nobody acts
+    on it)."""
     hosts, jobs, start, eval_from, end = scenario_jobs(trace, cfg, vc, load, habit, seed)
-    asked: list[tuple[float, RecommendRequest, list[tuple[int, tuple[int, ...], float, bool]]]] = []
+    Said = tuple[int, tuple[int, ...], float, bool, tuple[float, ...]]
+    asked: list[tuple[float, RecommendRequest, list[Said]]] = []
     index_of = {h.name: i for i, h in enumerate(hosts)}
 
     def observe(lab: Lab, job: SimJob, now: float, hist: FleetHistory) -> None:
         assert job.request is not None
-        ans = recommend(job.request, lab.snapshot(now), hist, reasons=False)
+        ans = recommend(job.request, lab.snapshot(now), hist, reasons=False, weights=weights)
         asked.append((now, job.request, [
-            (index_of[c.host], c.gpus, c.p_free, hist.host(c.host).hours_known > 0)
-            for c in ans.choices
+            (index_of[c.host], c.gpus, c.p_free, hist.host(c.host).hours_known > 0, c.features)
+            for c in ans.choices if not c.parts
         ]))  # fmt: skip
 
     res = run(hosts, _fresh(jobs), start, end, eval_from, chooser=None, seed=seed,
@@ -184,24 +191,24 @@ def calibration_samples(trace: list[TraceJob], cfg: Config, vc: str | None, load
     out = []
     for t, req, answers in asked:
         stop = t + req.hours * 3600
-        for h, gpus, p, known in answers:
+        for h, gpus, p, known, feats in answers:
             if stop > end:
                 continue  # the outcome is not known inside the replay
             taken = any(t < s <= stop for g in gpus for s, _ in res.holds[h][g])
-            out.append((p, not taken, known))
+            out.append((p, not taken, known, feats))
     return out
 
 
-def reliability(samples: list[tuple[float, bool, bool]]) -> dict[str, Any]:
+def reliability(samples: Sequence[tuple[Any, ...]]) -> dict[str, Any]:
     """Reliability by decile of the stated chance, Brier score, and the Brier score of the
-    base rate (always saying the overall share)."""
+    base rate (always saying the overall share). Samples: (stated chance, came true, ...)."""
     if not samples:
         return {"answers": 0, "rows": [], "brier": None, "brier_base_rate": None}
-    rate = statistics.fmean(1.0 if ok else 0.0 for _, ok, _ in samples)
+    rate = statistics.fmean(1.0 if s[1] else 0.0 for s in samples)
     rows = []
     for d in range(10):
         lo, hi = d / 10, (d + 1) / 10
-        xs = [(p, ok) for p, ok, _ in samples if lo <= p < hi or (d == 9 and p == 1.0)]
+        xs = [(s[0], s[1]) for s in samples if lo <= s[0] < hi or (d == 9 and s[0] == 1.0)]
         if xs:
             stated = statistics.fmean(p for p, _ in xs)
             seen = statistics.fmean(1.0 if ok else 0.0 for _, ok in xs)
@@ -210,10 +217,8 @@ def reliability(samples: list[tuple[float, bool, bool]]) -> dict[str, Any]:
     return {
         "answers": len(samples),
         "rows": rows,
-        "brier": statistics.fmean((p - (1.0 if ok else 0.0)) ** 2 for p, ok, _ in samples),
-        "brier_base_rate": statistics.fmean(
-            (rate - (1.0 if ok else 0.0)) ** 2 for _, ok, _ in samples
-        ),
+        "brier": statistics.fmean((s[0] - (1.0 if s[1] else 0.0)) ** 2 for s in samples),
+        "brier_base_rate": statistics.fmean((rate - (1.0 if s[1] else 0.0)) ** 2 for s in samples),
         "base_rate": rate,
     }
 

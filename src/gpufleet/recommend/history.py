@@ -33,6 +33,10 @@ SHRINK_HOUR = 6.0  # pseudo free-hours pulling an hour-of-week cell to the host'
 SHRINK_HOST = 48.0  # pseudo free-hours pulling a host to the fleet's rate
 SHRINK_GPU = 24.0  # pseudo free-hours pulling a GPU to its host's rate
 DEFAULT_RATE = 0.05  # per free hour, when the fleet has no history at all
+# windows (hours) at which the share of free GPU-hours that stayed free is kept (``stay_free``)
+STAY_HOURS = np.asarray([1, 2, 4, 8, 16, 32, 64, 128, 256], dtype=float)
+SHRINK_STAY = 24.0  # pseudo free-hours pulling a host's stay-free share to the fleet's
+RECENT_HOURS = 120  # the fleet's recent stay-free share: the history's last five days
 
 
 def hour_of_week(ts: float) -> int:
@@ -67,6 +71,9 @@ class HostHistory:
     # takes per hour on the whole host, by hour of week (cumulative, 169): how often someone
     # arrives and takes GPUs there, whatever number of GPUs is free
     arrivals_cum: np.ndarray = field(default_factory=lambda: np.zeros(WEEK_HOURS + 1))
+    # of the hours a GPU of this host was free, the share after which it stayed free for the
+    # next STAY_HOURS[i] hours (outcome known inside the history; shrunk to the fleet's)
+    stay_free: np.ndarray = field(default_factory=lambda: np.exp(-DEFAULT_RATE * STAY_HOURS))
 
     def window_hazard(self, start_ts: float, hours: float) -> float:
         """Integrated take rate of this host's GPUs over [start, start + hours]."""
@@ -81,23 +88,53 @@ class FleetHistory:
     fleet_runs_hours: np.ndarray = field(default_factory=lambda: np.zeros(0))
     built_at: float = 0.0
     hours_known: int = 0
+    stay_free: np.ndarray = field(default_factory=lambda: np.exp(-DEFAULT_RATE * STAY_HOURS))
+    # the same over the last RECENT_HOURS only (the fleet's, shrunk to the whole history's)
+    recent_stay_free: np.ndarray = field(
+        default_factory=lambda: np.exp(-DEFAULT_RATE * STAY_HOURS)
+    )
 
     def host(self, name: str) -> HostHistory:
         h = self.hosts.get(name)
         if h is None:
-            h = flat_host(self.fleet_rate, self.fleet_runs_hours)
+            h = flat_host(self.fleet_rate, self.fleet_runs_hours, self.stay_free)
             self.hosts[name] = h
         return h
 
 
-def flat_host(rate: float, runs: np.ndarray) -> HostHistory:
+def flat_host(rate: float, runs: np.ndarray, stay: np.ndarray | None = None) -> HostHistory:
     hazard = np.full(WEEK_HOURS, rate)
     # a host with no history: the fleet's take rate per free GPU-hour, and (an assumption)
     # two GPUs' worth of it as the host's takes per hour
     return HostHistory(
         hazard, _cumsum(hazard), {}, np.full(WEEK_HOURS, np.nan), 1.0, 0.0, runs, 0,
         _cumsum(hazard * 2.0),
+        np.exp(-rate * STAY_HOURS) if stay is None else stay,
     )  # fmt: skip
+
+
+def _stay_counts(free: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per GPU and window: (free hours followed by that many free hours, free hours whose
+    window ends inside the data). ``rem[:, j]``: consecutive free hours from hour j on."""
+    n_gpu, n_hours = free.shape
+    rem = np.zeros((n_gpu, n_hours + 1), dtype=np.int32)
+    for j in range(n_hours - 1, -1, -1):
+        rem[:, j] = np.where(free[:, j], rem[:, j + 1] + 1, 0)
+    rem = rem[:, :n_hours]
+    # the outcome of a start j is known when the data after it is: j + d < n_hours, and a
+    # run cut by missing data (not by a take) is left out
+    known_end = np.zeros((n_gpu, n_hours + 1), dtype=np.int32)  # first invalid hour from j
+    for j in range(n_hours - 1, -1, -1):
+        known_end[:, j] = np.where(valid[:, j], known_end[:, j + 1] + 1, 0)
+    known_end = known_end[:, :n_hours]
+    stayed = np.zeros((n_gpu, STAY_HOURS.size))
+    tried = np.zeros((n_gpu, STAY_HOURS.size))
+    for i, d in enumerate(STAY_HOURS.astype(int)):
+        ok = free & (known_end > d)
+        ok[:, max(0, n_hours - d - 1):] = False
+        tried[:, i] = ok.sum(axis=1)
+        stayed[:, i] = (ok & (rem > d)).sum(axis=1)
+    return stayed, tried
 
 
 def _cumsum(hazard: np.ndarray) -> np.ndarray:
@@ -169,9 +206,15 @@ def build_history(data: HourlyHeld, *, built_at: float = 0.0) -> FleetHistory:
         all_runs.append(runs_of[host])
     fleet_runs = np.sort(np.concatenate(all_runs)) if all_runs else np.zeros(0)
 
+    stayed, tried = _stay_counts(free, valid)
+    prior = np.exp(-fleet_rate * STAY_HOURS)  # where the fleet has no such window yet
+    fleet_stay = (stayed.sum(axis=0) + 1.0 * prior) / (tried.sum(axis=0) + 1.0)
+    cut = max(0, n_hours - RECENT_HOURS)
+    r_stayed, r_tried = _stay_counts(free[:, cut:], valid[:, cut:])
+    recent = (r_stayed.sum(axis=0) + SHRINK_STAY * fleet_stay) / (r_tried.sum(axis=0) + SHRINK_STAY)
     out = FleetHistory(
         fleet_rate=float(fleet_rate), fleet_held_share=fleet_held, fleet_runs_hours=fleet_runs,
-        built_at=built_at, hours_known=n_hours,
+        built_at=built_at, hours_known=n_hours, stay_free=fleet_stay, recent_stay_free=recent,
     )  # fmt: skip
     for host, rows in host_rows.items():
         r = np.asarray(rows)
@@ -200,6 +243,8 @@ def build_history(data: HourlyHeld, *, built_at: float = 0.0) -> FleetHistory:
         out.hosts[host] = HostHistory(
             hazard, _cumsum(hazard), factors, profile, pop, share, runs_of[host],
             int(seen.sum()), _cumsum(arr_w),
+            (stayed[r].sum(axis=0) + SHRINK_STAY * fleet_stay)
+            / (tried[r].sum(axis=0) + SHRINK_STAY),
         )  # fmt: skip
     return out
 

@@ -42,9 +42,12 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from gpufleet.recommend import calibrate
+from gpufleet.recommend.calibrate import Calibration
 from gpufleet.recommend.eta import Eta, estimate_eta, nothing_fits_reason
 from gpufleet.recommend.fleet import GIB, FleetSnap, GpuSnap, HostSnap
 from gpufleet.recommend.history import (
+    STAY_HOURS,
     WEEK_HOURS,
     FleetHistory,
     HostHistory,
@@ -79,6 +82,9 @@ class Weights:
     # start (docs/recommender.md); the stated p_free_for_duration is the same either way
     start_horizon: bool = False
     setup_hours: float = 5 / 60
+    # the stated p_free_for_duration: the ranking's chance recalibrated (calibrate.py); the
+    # ranking itself uses the model's chance
+    calibration: Calibration = calibrate.DEFAULT
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,9 @@ class Choice:
     # the least used first) or "score"
     order: str = "score"
     gpu_hours_served: float | None = None
+    # the ranking model's own chance and what the stated one was computed from (calibrate.py)
+    p_model: float | None = None
+    features: tuple[float, ...] = ()
 
     @property
     def command(self) -> str:
@@ -215,6 +224,9 @@ def _pick(ev: _HostEval, k: int, w: Weights) -> tuple[list[GpuSnap], float, floa
     return gpus, p, p * ev.factor * (0.8 if hot else 1.0)
 
 
+_STATE_CODE = {"free": 0, "taken": 1, "reserved": 2, "error": 3}
+
+
 class FleetIndex:
     """The fleet and its history as arrays, built once per snapshot and shared by every
     request asked of that snapshot (the ranking itself is then a few vector operations)."""
@@ -223,63 +235,83 @@ class FleetIndex:
         self.fleet, self.history = fleet, history
         hosts = fleet.hosts
         self.hists = [history.host(h.name) for h in hosts]
+        # one row per GPU, in one pass over the snapshot (the only per-GPU Python loop)
+        now = fleet.now
         names: dict[str, int] = {}
-        gh, gidx, gfree, gtot, gused, gname, gtemp, gfac = [], [], [], [], [], [], [], []
-        gsince: list[float] = []
-        for hi, h in enumerate(hosts):
-            fac = self.hists[hi].gpu_factor
-            for g in h.gpus:
-                gh.append(hi)
-                gidx.append(g.index)
-                gfree.append(g.state == "free")
-                gtot.append(-1.0 if g.memory_total_bytes is None else float(g.memory_total_bytes))
-                gused.append(float(g.memory_used_bytes or 0))
-                gname.append(names.setdefault(g.name, len(names)))
-                gtemp.append(g.temperature_celsius or 0.0)
-                gfac.append(fac.get(g.index, 1.0))
-                gsince.append(fleet.now if g.held_since is None else g.held_since)
+        # per GPU, one column at a time: floats and ints only (no tuple per GPU, which would
+        # set off the garbage collector's passes over every object of the process)
+        gpus = [g for h in hosts for g in h.gpus]
+        ng = len(gpus)
+        a = np.empty((ng, 7))
+        a[:, 0] = np.fromiter((g.index for g in gpus), dtype=float, count=ng)
+        a[:, 1] = np.fromiter((_STATE_CODE[g.state] for g in gpus), dtype=float, count=ng)
+        a[:, 2] = np.fromiter((g.memory_total_bytes or -1.0 for g in gpus), dtype=float, count=ng)
+        a[:, 3] = np.fromiter((g.memory_used_bytes or 0 for g in gpus), dtype=float, count=ng)
+        a[:, 4] = np.fromiter((g.temperature_celsius or 0.0 for g in gpus), dtype=float, count=ng)
+        a[:, 5] = np.fromiter((g.held_since or now for g in gpus), dtype=float, count=ng)
+        a[:, 6] = np.fromiter((names.setdefault(g.name, len(names)) for g in gpus), dtype=float,
+                              count=ng)  # fmt: skip
+        sizes = np.fromiter(map(len, (h.gpus for h in hosts)), dtype=np.int64, count=len(hosts))
         self.names = list(names)
-        self.g_host = np.asarray(gh, dtype=np.int64)
-        self.g_index = np.asarray(gidx, dtype=np.int64)
-        self.g_free = np.asarray(gfree, dtype=bool)
-        self.g_total = np.asarray(gtot)
-        self.g_used = np.asarray(gused)
-        self.g_name = np.asarray(gname, dtype=np.int64)
-        self.g_temp = np.asarray(gtemp)
-        self.g_factor = np.asarray(gfac)
-        self.g_taken = np.asarray([g.state == "taken" for h in hosts for g in h.gpus], dtype=bool)
-        self.g_age = np.maximum(0.0, fleet.now - np.asarray(gsince, dtype=float)) / 3600
+        self.g_host = np.repeat(np.arange(len(hosts), dtype=np.int64), sizes)
+        self.g_index = a[:, 0].astype(np.int64)
+        self.g_free = a[:, 1] == 0
+        self.g_taken = a[:, 1] == 1
+        self.g_total, self.g_used, self.g_temp = a[:, 2], a[:, 3], a[:, 4]
+        gsince = a[:, 5]
+        self.g_name = a[:, 6].astype(np.int64)
+        h_cum, h_arr, fac, h_share, h_pop, h_known, self.h_stay = _history_arrays(history,
+                                                                                 self.hists)
+        idx = np.minimum(self.g_index, fac.shape[1] - 1) if fac.size else self.g_index
+        self.g_factor = (np.where(self.g_index < fac.shape[1], fac[self.g_host, idx], 1.0)
+                         if fac.size else np.ones(self.g_host.size))  # fmt: skip
+        self.g_age = np.maximum(0.0, now - gsince) / 3600
+        # takes of the last hour per host: GPUs whose oldest process started within it
+        self.h_recent = np.bincount(self.g_host, weights=self.g_taken & (self.g_age < 1.0),
+                                    minlength=len(hosts))  # fmt: skip
         self._residuals: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         n = len(hosts)
-        self.h_online = np.asarray([h.online for h in hosts], dtype=bool)
-        self.h_disk = np.asarray([np.inf if h.disk_free_bytes is None else h.disk_free_bytes
-                                  for h in hosts], dtype=float)  # fmt: skip
+        per_host = [(h.status == "online",
+                     np.inf if h.disk_free_bytes is None else h.disk_free_bytes,
+                     (0.5 if h.alerts else 1.0) * (0.85 if h.load1 is not None and h.cpu_count
+                                                   and h.load1 > h.cpu_count else 1.0))
+                    for h in hosts]  # fmt: skip
+        hv = np.asarray(per_host, dtype=float).reshape(-1, 3)
+        self.h_online = hv[:, 0] > 0
+        self.h_disk = hv[:, 1]
+        self.h_health = hv[:, 2]
         self.h_names = [h.name for h in hosts]
         self.h_pos = {name: i for i, name in enumerate(self.h_names)}
-        sizes = np.bincount(self.g_host, minlength=n) if n else np.zeros(0)
+        self.h_size = np.asarray(sizes, dtype=float)
         taken = np.bincount(self.g_host, weights=~self.g_free, minlength=n) if n else sizes
         self.h_taken = np.where(sizes > 0, taken / np.maximum(sizes, 1), 0.0)
-        self.h_share = np.asarray([hh.held_share for hh in self.hists])
-        self.h_pop = np.asarray([hh.popularity for hh in self.hists])
-        health = []
-        for h in hosts:
-            x = 0.5 if h.alerts else 1.0
-            if h.load1 is not None and h.cpu_count and h.load1 / h.cpu_count > 1.0:
-                x *= 0.85
-            health.append(x)
-        self.h_health = np.asarray(health)
-        self.h_cum = np.stack([hh.cum for hh in self.hists]) if n else np.zeros((0, 169))
-        self.h_arr = np.stack([hh.arrivals_cum for hh in self.hists]) if n else self.h_cum
+        self.h_share, self.h_pop, past_hours = h_share, h_pop, h_known
+        self.h_cum, self.h_arr = h_cum, h_arr
+        # takes per hour over the whole fleet (hosts' weekly totals), how long holds last
+        self.fleet_takes_per_hour = float(h_arr[:, WEEK_HOURS].sum()) / WEEK_HOURS
+        runs = history.fleet_runs_hours
+        self.median_hold_hours = float(runs[runs.size // 2]) if runs.size else 1.0
         free = np.bincount(self.g_host, weights=self.g_free, minlength=n) if n else sizes
         self.h_free = np.asarray(free, dtype=float)
+        on = self.h_online[self.g_host] if n else np.zeros(0, dtype=bool)
+        self.fleet_free_share = float(self.g_free[on].mean()) if on.any() else 0.0
         # GPU-hours each host served: the history's window, plus the holds since it was built
         held_for = np.where(
             self.g_free, 0.0, np.maximum(0.0, fleet.now - np.maximum(gsince, history.built_at))
         )
         since = np.bincount(self.g_host, weights=held_for, minlength=n) / 3600 if n else sizes
-        past = [hh.held_share * len(h.gpus) * hh.hours_known
-                for hh, h in zip(self.hists, hosts, strict=True)]  # fmt: skip
-        self.h_gpu_hours = np.asarray(past, dtype=float) + since
+        self.h_gpu_hours = self.h_share * sizes * past_hours + since
+
+    def stay_free(self, hours: float, shares: np.ndarray | None = None) -> np.ndarray:
+        """Per host (or per row of ``shares``), the history's share of free GPU-hours that
+        stayed free for ``hours`` (interpolated in log hours between the kept windows)."""
+        stay = self.h_stay if shares is None else shares
+        lg = np.log(STAY_HOURS)
+        x = float(np.clip(np.log(max(hours, 1e-3)), lg[0], lg[-1]))
+        i = min(int(np.searchsorted(lg, x, side="right")) - 1, lg.size - 2)
+        f = (x - lg[i]) / (lg[i + 1] - lg[i])
+        out: np.ndarray = stay[:, i] * (1 - f) + stay[:, i + 1] * f
+        return out
 
     def with_reserved(self, reserved: set[tuple[str, int]]) -> FleetIndex:
         """This index with those free GPUs counted as not free (answers given a moment ago;
@@ -299,6 +331,8 @@ class FleetIndex:
         sizes = np.bincount(self.g_host, minlength=n)
         out.h_free = np.bincount(self.g_host, weights=out.g_free, minlength=n).astype(float)
         out.h_taken = np.where(sizes > 0, 1.0 - out.h_free / np.maximum(sizes, 1), 0.0)
+        on = self.h_online[self.g_host]
+        out.fleet_free_share = float(out.g_free[on].mean()) if on.any() else 0.0
         return out
 
     def residuals(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -407,7 +441,8 @@ def recommend(
                 mu = ix.window_hazard(now, req.hours, ix.h_arr)
                 p_set = poisson_cdf(ix.h_free - k, mu)
             else:
-                p_set = np.exp(-np.bincount(sel_host, weights=sel_lam, minlength=n_hosts))
+                mu = np.bincount(sel_host, weights=sel_lam, minlength=n_hosts)
+                p_set = np.exp(-mu)
             hot = np.bincount(sel_host, weights=ix.g_temp[sel] >= w.hot_celsius,
                               minlength=n_hosts) > 0  # fmt: skip
             speed_of = np.asarray([relative_speed(nm, req.family) for nm in ix.names])
@@ -443,11 +478,21 @@ def recommend(
             else:
                 top = feas[np.lexsort((names, -score[feas]))][: req.limit]
                 in_band = set()
-            for hi in top:
+            feats = calibrate.features(
+                p_set[top], req.hours, mu[top], (ix.h_free[top] - k) / np.maximum(ix.h_size[top], 1),
+                ix.h_taken[top], ix.fleet_free_share,
+                ix.fleet_takes_per_hour * req.hours / max(1.0, float(ix.h_free.sum())),
+                ix.median_hold_hours,
+                float(ix.h_recent.sum()) * req.hours / max(1.0, float(ix.h_free.sum())),
+                ix.h_recent[top], ix.stay_free(req.hours)[top] ** k,
+                float(ix.stay_free(req.hours, ix.history.recent_stay_free[None, :])[0]) ** k,
+            )  # fmt: skip
+            stated = w.calibration.apply(feats)
+            for at, hi in enumerate(top):
                 mine = sel[sel_host == hi]
                 gsnaps = {g.index: g for g in fleet.hosts[hi].gpus}
                 gpus = [gsnaps[int(i)] for i in sorted(ix.g_index[mine])]
-                p = float(p_set[hi])
+                p = float(stated[at])
                 why: tuple[str, ...] = ()
                 if reasons:
                     ev = _HostEval(fleet.hosts[hi], ix.hists[hi])
@@ -456,6 +501,7 @@ def recommend(
                     ix.h_names[hi], tuple(g.index for g in gpus), float(score[hi]), p, why,
                     order="safe band" if int(hi) in in_band else "score",
                     gpu_hours_served=float(ix.h_gpu_hours[hi]),
+                    p_model=float(p_set[hi]), features=tuple(float(v) for v in feats[at]),
                 ))  # fmt: skip
     if not choices and req.multi_host:
         evals = [e for h in fleet.hosts
@@ -591,6 +637,38 @@ def _reasons(
 
 def _model_label(g: GpuSnap) -> str:
     return g.name.removeprefix("NVIDIA ").removeprefix("Tesla ") or "GPU"
+
+
+# the last history (held, so its id cannot be reused), its hosts' ids, and their arrays
+_ARRAYS_CACHE: list[tuple[FleetHistory, tuple[int, ...], tuple[np.ndarray, ...]]] = []
+_HistArrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                    np.ndarray]
+
+
+def _history_arrays(history: FleetHistory, hists: list[HostHistory]) -> _HistArrays:
+    """Per host in this order: the cumulative take rate by hour of week, the cumulative
+    arrivals, each GPU index's take factor (1 where unknown), the held share, popularity and
+    hours of history, the stay-free shares by window. They change when the history is rebuilt (every few minutes), not per
+    snapshot: kept for the last one."""
+    sig = tuple(id(hh) for hh in hists)
+    for h, hsig, arrays in _ARRAYS_CACHE:
+        if h is history and hsig == sig:
+            return arrays  # type: ignore[return-value]
+    n = len(hists)
+    cum = np.stack([hh.cum for hh in hists]) if n else np.zeros((0, WEEK_HOURS + 1))
+    arr = np.stack([hh.arrivals_cum for hh in hists]) if n else cum
+    width = max([max(hh.gpu_factor, default=-1) + 1 for hh in hists] + [0])
+    fac = np.ones((n, width))
+    for i, hh in enumerate(hists):
+        for g, f in hh.gpu_factor.items():
+            if g >= 0:
+                fac[i, g] = f
+    out = (cum, arr, fac, np.asarray([hh.held_share for hh in hists], dtype=float),
+           np.asarray([hh.popularity for hh in hists], dtype=float),
+           np.asarray([hh.hours_known for hh in hists], dtype=float),
+           np.stack([hh.stay_free for hh in hists]) if n else np.zeros((0, STAY_HOURS.size)))  # fmt: skip
+    _ARRAYS_CACHE[:] = [(history, sig, out)]
+    return out
 
 
 # the last history (held, so its id cannot be reused), its host order, keys, ends, big

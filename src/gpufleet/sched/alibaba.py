@@ -108,22 +108,32 @@ class _Rows:
             raise self.fail(row, column, "must not be negative", text)
         return value
 
+    def count(self, row: int, values: dict[str, str], column: str) -> int:
+        """A required whole number >= 0."""
+        value = self.whole(row, values, column)
+        assert value is not None  # not optional
+        return value
+
+    def name(self, row: int, values: dict[str, str], column: str, seen: set[str], what: str) -> str:
+        """A required name, unique in the file (``what``: "node", "pod")."""
+        name = values[column].strip()
+        if not name:
+            raise self.fail(row, column, f"empty {what} name", values[column])
+        if name in seen:
+            raise self.fail(row, column, f"duplicate {what} name", name)
+        seen.add(name)
+        return name
+
 
 def read_nodes(path: str | Path) -> list[TraceNode]:
     rows = _Rows(path, NODE_COLUMNS)
     seen: set[str] = set()
     out = []
     for r, row in rows.read():
-        sn = row["sn"].strip()
-        if not sn:
-            raise rows.fail(r, "sn", "empty node name", row["sn"])
-        if sn in seen:
-            raise rows.fail(r, "sn", "duplicate node name", sn)
-        seen.add(sn)
-        cpu = rows.whole(r, row, "cpu_milli")
-        memory = rows.whole(r, row, "memory_mib")
-        gpus = rows.whole(r, row, "gpu")
-        assert cpu is not None and memory is not None and gpus is not None
+        sn = rows.name(r, row, "sn", seen, "node")
+        cpu = rows.count(r, row, "cpu_milli")
+        memory = rows.count(r, row, "memory_mib")
+        gpus = rows.count(r, row, "gpu")
         model = row["model"].strip()
         if gpus > 0 and not model:
             raise rows.fail(r, "model", "a node with GPUs needs its GPU model", row["model"])
@@ -136,20 +146,12 @@ def read_pods(path: str | Path) -> list[TracePod]:
     seen: set[str] = set()
     out = []
     for r, row in rows.read():
-        name = row["name"].strip()
-        if not name:
-            raise rows.fail(r, "name", "empty pod name", row["name"])
-        if name in seen:
-            raise rows.fail(r, "name", "duplicate pod name", name)
-        seen.add(name)
-        cpu = rows.whole(r, row, "cpu_milli")
-        memory = rows.whole(r, row, "memory_mib")
-        gpus = rows.whole(r, row, "num_gpu")
-        milli = rows.whole(r, row, "gpu_milli")
-        created = rows.whole(r, row, "creation_time")
-        assert None not in (cpu, memory, gpus, milli, created)
-        assert cpu is not None and memory is not None and gpus is not None
-        assert milli is not None and created is not None
+        name = rows.name(r, row, "name", seen, "pod")
+        cpu = rows.count(r, row, "cpu_milli")
+        memory = rows.count(r, row, "memory_mib")
+        gpus = rows.count(r, row, "num_gpu")
+        milli = rows.count(r, row, "gpu_milli")
+        created = rows.count(r, row, "creation_time")
         deleted = rows.whole(r, row, "deletion_time", optional=True)
         scheduled = rows.whole(r, row, "scheduled_time", optional=True)
         if gpus == 0 and milli != 0:

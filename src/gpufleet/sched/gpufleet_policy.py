@@ -28,7 +28,11 @@ docs/scheduler.md; in short:
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
+from collections import Counter
+from collections.abc import Iterator
+from operator import itemgetter
 
 import numpy as np
 
@@ -36,6 +40,10 @@ from gpufleet.sched.cluster import ClusterSpec, Placement
 from gpufleet.sched.policy import Policy, RuntimeEstimator, SchedulerContext, allowed_models
 from gpufleet.sched.queue import SortedQueue
 from gpufleet.sched.simjob import SimJob
+
+# (starving 0/1, -index, running-and-sticky 0/1, tie, arrival, job id): the pass's order
+_Key = tuple[float, float, float, float, float, int]
+_first = itemgetter(0)
 
 
 def gittins_table(
@@ -114,6 +122,7 @@ class GpufleetPolicy(Policy):
         self.index = np.zeros(1)
         self._grid_list: list[float] = [0.0]
         self._index_list: list[float] = [0.0]
+        self._neg_ranks: list[float] = [-0.0]
         self.waiting: dict[int, SimJob] = {}
         # waiting jobs by rank (their attained service does not change while they wait, so
         # their index changes only when the table is rebuilt), and by when they began waiting
@@ -124,6 +133,12 @@ class GpufleetPolicy(Policy):
         self.memory_of = {h.gpu_model: h.gpu_memory_bytes for h in spec.hosts}
         self._tie: dict[int, float] = {}
         self._next_wakeup = math.inf
+        self._waiting_sizes: Counter[int] = Counter()
+        self._unsettled = False  # the last pass preempted: its jobs may fit elsewhere
+        # (time it starts to starve, job id, version) of waiting jobs; stale entries skipped
+        self._starve_heap: list[tuple[float, int, int]] = []
+        # running job id -> (key, valid until, run start, attained at run start)
+        self._run_keys: dict[int, tuple[_Key, float, float, float]] = {}
 
     # -- what it learns ---------------------------------------------------------------------
     def _service(self, job: SimJob, now: float) -> float:
@@ -141,18 +156,30 @@ class GpufleetPolicy(Policy):
         self.waiting[job.job_id] = job
         self.ranked.add(job)
         self.by_wait.add(job)
+        self._waiting_sizes[job.num_gpus] += 1
+        starts = job.last_wait_from_seconds + self.starve_after_seconds
+        heapq.heappush(
+            self._starve_heap,
+            (starts + self.starve_factor * job.held_now(starts), job.job_id, job.version),
+        )
 
     def _remove_waiting(self, job: SimJob) -> None:
         del self.waiting[job.job_id]
         self.ranked.remove(job)
         self.by_wait.remove(job)
+        self._waiting_sizes[job.num_gpus] -= 1
+        if not self._waiting_sizes[job.num_gpus]:
+            del self._waiting_sizes[job.num_gpus]
 
     def _rebuild(self) -> None:
         recent = np.array(self.samples[-self.window :])
         self.grid, self.index = gittins_table(recent, self.grid_points, monotone=self.monotone)
         self._grid_list = self.grid.tolist()
         self._index_list = self.index.tolist()
+        # -(index x margin) per grid cell: a running job's rank against waiting jobs
+        self._neg_ranks = [-(x * self.preempt_margin) for x in self._index_list]
         self._built_at = len(self.samples)
+        self._run_keys.clear()
         self.ranked = SortedQueue(self._wait_key)
         for job in self.waiting.values():
             self.ranked.add(job)
@@ -192,7 +219,9 @@ class GpufleetPolicy(Policy):
         if self.estimator is not None:
             self.estimator.observe(job, job.work_seconds)
         n = len(self.samples)
-        if n >= self.min_samples and (n - self._built_at >= max(20, self._built_at // 10)):
+        if n >= self.min_samples and (
+            self._built_at == 0 or n - self._built_at >= max(20, self._built_at // 10)
+        ):
             self._rebuild()
 
     # -- helpers ------------------------------------------------------------------------------
@@ -209,16 +238,49 @@ class GpufleetPolicy(Policy):
         waited = now - job.last_wait_from_seconds
         return waited > self.starve_after_seconds + self.starve_factor * job.held_now(now)
 
-    def _key(
-        self, job: SimJob, now: float, running: bool
-    ) -> tuple[float, float, float, float, float]:
+    def _key(self, job: SimJob, now: float, running: bool) -> _Key:
         index = self.gittins(self._service(job, now))
         if running:
             index *= self.preempt_margin
         starving = 0.0 if (not running and self.starving(job, now)) else 1.0
         tie = self._tie.get(job.job_id, 0.0)
         sticky = 0.0 if (running and self.sticky) else 1.0
-        return (starving, -index, sticky, tie, job.arrival_seconds + job.job_id * 1e-9)
+        return (starving, -index, sticky, tie, job.arrival_seconds, job.job_id)
+
+    def _running_key(self, job: SimJob, now: float) -> _Key:
+        """``_key`` of a running job, remembered until its index can next change (the next grid
+        point of its attained service, or a rebuilt table): the pass ranks every running job at
+        every event, and most events change none of their indices."""
+        cached = self._run_keys.get(job.job_id)
+        if (
+            cached is not None
+            and now < cached[1]
+            and cached[2] == job.run_started_seconds
+            and cached[3] == job.attained_gpu_seconds
+        ):
+            return cached[0]
+        key = self._key(job, now, True)
+        if len(self.samples) >= self.min_samples:  # LAS before that: the index moves always
+            attained = self._service(job, now)
+            rate = job.num_gpus if self.gpu_time else 1.0
+            until = now + (self._next_crossing(attained) - attained) / rate - 1e-6
+            self._run_keys[job.job_id] = (
+                key,
+                until,
+                job.run_started_seconds,
+                job.attained_gpu_seconds,
+            )
+        return key
+
+    def _any_starving(self, now: float) -> bool:
+        """Whether a waiting job may be starving now: the earliest time any waiting job starts
+        to starve (static while it waits) has passed. Exact checks follow only then."""
+        heap = self._starve_heap
+        while heap and (
+            heap[0][1] not in self.waiting or self.waiting[heap[0][1]].version != heap[0][2]
+        ):
+            heapq.heappop(heap)
+        return bool(heap) and heap[0][0] - 1e-3 <= now
 
     def _place(self, job: SimJob, model: str, ctx: SchedulerContext) -> Placement | None:
         cluster = ctx.cluster
@@ -229,38 +291,69 @@ class GpufleetPolicy(Policy):
         return cluster.find_whole(job.num_gpus, model, prefer_host=prefer)
 
     # -- the decision -------------------------------------------------------------------------
+    def _candidates(self, ctx: SchedulerContext, now: float) -> Iterator[tuple[_Key, SimJob]]:
+        """Running and waiting jobs in the order of the pass, produced lazily: starving waiting
+        jobs first, then the running jobs merged with the waiting queue (whose order, by a
+        static key, is the pass's order among waiting jobs that do not starve)."""
+        running = sorted(((self._running_key(j, now), j) for j in ctx.running.values()), key=_first)
+        seen: set[int] = set()
+        if self._any_starving(now):
+            starving = []
+            for job in self.by_wait.head(self.starve_scan):
+                if self.starving(job, now):
+                    starving.append((self._key(job, now, False), job))
+                    seen.add(job.job_id)
+            for job in self.ranked.head(self.scan_limit):
+                if job.job_id not in seen and self.starving(job, now):
+                    starving.append((self._key(job, now, False), job))
+                    seen.add(job.job_id)
+            starving.sort(key=_first)
+            yield from starving
+        i = 0
+        for ((neg_index, tie, arrival), job_id), job in self.ranked.walk(self.scan_limit):
+            if job_id in seen:
+                continue
+            key = (1.0, neg_index, 1.0, tie, arrival, job_id)
+            while i < len(running) and running[i][0] < key:
+                yield running[i]
+                i += 1
+            yield key, job
+        yield from running[i:]
+
+    # -- the decision -------------------------------------------------------------------------
     def schedule(self, ctx: SchedulerContext) -> None:
+        """One pass; a second at once if the first preempted: a job it preempted was ranked as
+        a running job (for its own GPU model only) and may fit on another model as a waiting
+        job. Then the wake-up (``_plan_wakeup``)."""
+        self._unsettled = False
+        for _ in range(2):
+            if not self.waiting or not self._pass(ctx):
+                break
+        self._plan_wakeup(ctx)
+
+    def _pass(self, ctx: SchedulerContext) -> bool:
+        """Walk the jobs in rank order, give GPUs to those that fit; True if it preempted."""
         now = ctx.now_seconds
         cluster = ctx.cluster
-        if not self.waiting:
-            self._plan_wakeup(ctx)
-            return
-        ranked = [(self._key(j, now, True), j) for j in ctx.running.values()]
-        seen: set[int] = set()
-        for job in self.by_wait.head(self.starve_scan):
-            if self.starving(job, now):
-                ranked.append((self._key(job, now, False), job))
-                seen.add(job.job_id)
-        ranked += [
-            (self._key(j, now, False), j)
-            for j in self.ranked.head(self.scan_limit)
-            if j.job_id not in seen
-        ]
-        ranked.sort(key=lambda e: e[0])
         capacity = {m: cluster.spec.gpus_of(m) for m in cluster.spec.gpu_models}
         left = sum(capacity.values())
+        smallest = min(self._waiting_sizes)
+        running_left = len(ctx.running)
         keep: set[int] = set()
         admit: list[tuple[SimJob, str]] = []
-        for _, job in ranked:
+        for _, job in self._candidates(ctx, now):
             if left <= 0:
                 break
             if job.placement is not None:
+                running_left -= 1
                 model = job.placement.gpu_model
                 if capacity[model] >= job.num_gpus:
                     capacity[model] -= job.num_gpus
                     left -= job.num_gpus
                     keep.add(job.job_id)
                 continue
+            if not running_left and max(capacity.values()) < smallest:
+                break  # only waiting jobs are left and none of them fits any more
             models = [m for m in self.usable_models(job) if capacity[m] >= job.num_gpus]
             if not models:
                 continue
@@ -268,10 +361,12 @@ class GpufleetPolicy(Policy):
             capacity[model] -= job.num_gpus
             left -= job.num_gpus
             admit.append((job, model))
+        self._unsettled = False
         if admit:
             for job in [j for j in ctx.running.values() if j.job_id not in keep]:
                 ctx.preempt(job)
                 self._add_waiting(job)
+                self._unsettled = True
         for job, model in admit:
             placement = self._place(job, model, ctx)
             if placement is None:
@@ -284,19 +379,50 @@ class GpufleetPolicy(Policy):
             self._remove_waiting(job)
             self.last_hosts[job.job_id] = placement.host_ids[0]
             ctx.start(job, placement)
-        self._plan_wakeup(ctx)
+        return self._unsettled
 
     def _plan_wakeup(self, ctx: SchedulerContext) -> None:
-        """Next time a running job's index changes (it may then lose its GPUs)."""
+        """When to run the pass again if nothing happens meanwhile.
+
+        A running job's index changes only where its attained service crosses a grid point, so
+        the pass could only change something at one of those crossings. It does not call for
+        every one: until a running job's index (times the preemption margin) falls to the best
+        waiting job's index, and until a waiting job starts to starve, a pass at a crossing keeps
+        every running job and finds the same waiting jobs that did not fit now. So the wake-up
+        is the first crossing, over the running jobs, at which a job falls to that index, or the
+        first crossing after the earliest time a waiting job starves; the passes skipped would
+        have decided nothing. If the second pass of ``schedule`` still preempted, the state is
+        not settled and the next crossing of any running job is the wake-up. (The wake-up lands a microsecond past the grid point: computed to
+        land on it, rounding could leave the job's service just short of it, and the pass would
+        then see no change and plan the same instant again, which the driver ignores.)"""
         now = ctx.now_seconds
         soonest = math.inf
-        if self.waiting:
+        entry = self.ranked.first_entry()
+        if entry is not None and len(self.samples) >= self.min_samples and ctx.running:
+            best = -entry[0][0]
+            falls = bisect.bisect_left(self._neg_ranks, -best) if self.monotone else 0
+            starve = self._starve_heap[0][0] - 1e-3 if self._any_starving(math.inf) else math.inf
+            grid = self._grid_list
             for job in ctx.running.values():
                 attained = self._service(job, now)
-                crossing = self._next_crossing(attained)
-                if math.isfinite(crossing):
-                    rate = job.num_gpus if self.gpu_time else 1.0
-                    soonest = min(soonest, now + (crossing - attained) / rate)
+                rate = job.num_gpus if self.gpu_time else 1.0
+                k = bisect.bisect_right(grid, attained)  # the next crossing
+                if k >= len(grid):
+                    continue
+                if self._unsettled:
+                    when = k
+                elif self.monotone:
+                    when = max(k, falls)
+                else:
+                    when = next(
+                        (i for i in range(k, len(grid)) if -self._neg_ranks[i] <= best),
+                        len(grid),
+                    )
+                if math.isfinite(starve):
+                    reach = attained + (starve - now) * rate
+                    when = min(when, max(k, bisect.bisect_left(grid, reach)))
+                if when < len(grid):  # a microsecond past the grid point: surely across it
+                    soonest = min(soonest, now + (grid[when] - attained) / rate + 1e-6)
         self._next_wakeup = soonest
 
     def next_wakeup_seconds(self, now_seconds: float) -> float | None:

@@ -79,6 +79,15 @@ class BlockList:
             out.extend(block)
         return out
 
+    def walk(self, count: int) -> Iterator[Any]:
+        """The first ``count`` items, in order, produced lazily."""
+        for block in self._blocks:
+            for item in block:
+                if count <= 0:
+                    return
+                count -= 1
+                yield item
+
     def at(self, index: int) -> Any:
         """The item at a position (0 is the first)."""
         for block in self._blocks:
@@ -131,6 +140,11 @@ class SortedQueue:
         entry = self._keys.first()
         return self._jobs[entry[1]] if entry is not None else None
 
+    def first_entry(self) -> tuple[Any, int] | None:
+        """The first (key, job id), or None when empty."""
+        entry: tuple[Any, int] | None = self._keys.first()
+        return entry
+
     def __iter__(self) -> Iterator[SimJob]:
         """Jobs in key order; a snapshot, so the caller may remove jobs while iterating."""
         jobs = self._jobs
@@ -139,3 +153,11 @@ class SortedQueue:
     def head(self, count: int) -> list[SimJob]:
         jobs = self._jobs
         return [jobs[j] for _, j in self._keys.head(count)]
+
+    def walk(self, count: int) -> Iterator[tuple[tuple[Any, int], SimJob]]:
+        """The first ``count`` entries (key, job id) with their jobs, in order, produced lazily
+        (a caller that stops early pays only for what it read). Do not add or remove while
+        walking."""
+        jobs = self._jobs
+        for entry in self._keys.walk(count):
+            yield entry, jobs[entry[1]]

@@ -137,12 +137,13 @@ def simulate_shares(
                 }
                 bar.update(task, advance=1, description=name)
         if plots_dir:
-            directory = Path(plots_dir)
-            directory.mkdir(parents=True, exist_ok=True)
-            lines = ["policy,time_s,allocated_share"]
-            for rr in replays:
-                lines += [f"{rr.policy},{t},{a:.5f}" for t, a in rr.allocation]
-            (directory / "allocation_over_time.csv").write_text("\n".join(lines) + "\n")
+            directory = _curves_csv(
+                plots_dir,
+                "allocation_over_time",
+                "time_s",
+                [(rr.policy, rr.allocation) for rr in replays],
+                x_format="{}",
+            )
             summary["plots"] = [
                 str(directory / "allocation_over_time.csv"),
                 plot_allocation_over_time(replays, directory / "allocation_over_time.png"),
@@ -170,12 +171,9 @@ def simulate_shares(
                     k: v for k, v in r.as_dict().items() if k not in ("curve", "policy")
                 }
         if plots_dir:
-            directory = Path(plots_dir)
-            directory.mkdir(parents=True, exist_ok=True)
-            lines = ["policy,arrived_share,allocated_share"]
-            for r in results:
-                lines += [f"{r.policy},{a:.5f},{b:.5f}" for a, b in r.curve]
-            (directory / "allocation.csv").write_text("\n".join(lines) + "\n")
+            directory = _curves_csv(
+                plots_dir, "allocation", "arrived_share", [(r.policy, r.curve) for r in results]
+            )
             summary["plots"] = [
                 str(directory / "allocation.csv"),
                 plot_allocation(results, directory / "allocation.png"),
@@ -184,6 +182,23 @@ def simulate_shares(
         click.echo(json.dumps(summary, indent=2))
     else:
         print_share_table(summary)
+
+
+def _curves_csv(
+    plots_dir: str,
+    stem: str,
+    x_name: str,
+    curves: list[tuple[str, list[tuple[float, float]]]],
+    x_format: str = "{:.5f}",
+) -> Path:
+    """Write ``<stem>.csv`` (policy, x, allocated share) under ``plots_dir``; return the dir."""
+    directory = Path(plots_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = [f"policy,{x_name},allocated_share"]
+    for policy, points in curves:
+        lines += [f"{policy},{x_format.format(x)},{y:.5f}" for x, y in points]
+    (directory / f"{stem}.csv").write_text("\n".join(lines) + "\n")
+    return directory
 
 
 def _pct(value: object) -> str:

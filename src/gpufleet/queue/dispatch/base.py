@@ -53,6 +53,10 @@ class Launch:
     workdir: str | None = None
     gpu_memory_bytes: int | None = None  # per GPU, as placed (a limit where the runtime has one)
     time_limit_seconds: float | None = None
+    # the job's own metadata, kept where the backend has a place for it (a Kubernetes Job's
+    # metadata.annotations: model_name, data_size, epoch, ...); added for the Kubernetes
+    # dispatcher, ignored by the others
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.job_id:

@@ -4,7 +4,7 @@ data and pure functions (no I/O), used by :mod:`gpufleet.queue.dispatch.supervis
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gpufleet.queue.dispatch.base import DispatchError, DispatchEvent, EventKind, Launch
@@ -21,6 +21,7 @@ class Rank:
     started_at: float | None = None
     known: bool = False  # the agent told us about it since we (re)attached
     record: Json | None = None  # the exit record once it ended
+    early: list[Json] = field(default_factory=list)  # exit records seen before its pid
     lost: str | None = None  # why it cannot be found
 
 
@@ -38,11 +39,15 @@ class Job:
         return ",".join(f"{r.pid if r.pid is not None else '-'}@{r.host}" for r in self.ranks)
 
 
-def parse_handle(handle: str | None) -> list[str] | None:
-    """The hosts of a handle, in rank order (``None`` when there is no handle)."""
+def parse_handle(handle: str | None) -> list[tuple[str, int | None]] | None:
+    """The ``(host, pid)`` of each rank of a handle, in rank order (``None``: no handle)."""
     if not handle:
         return None
-    return [part.rsplit("@", 1)[-1] for part in handle.split(",")]
+    ranks: list[tuple[str, int | None]] = []
+    for part in handle.split(","):
+        pid, _, host = part.rpartition("@")
+        ranks.append((host, int(pid) if pid.isdigit() else None))
+    return ranks
 
 
 def launch_spec(launch: Launch, rank: int, kill_grace_seconds: float) -> Json:

@@ -3,16 +3,16 @@ poller's SSH connections (one per host, reused; asyncssh).
 
 Per host there is one long-lived SSH session running the supervisor's *agent*: the dispatcher
 pipes ``supervisor.py`` (standard library only) into ``python3 -c`` on it, so nothing is
-installed on the host; it needs POSIX ``sh``, ``python3`` >= 3.8 and Linux ``/proc``. Launch,
+installed on the host; it needs POSIX ``sh``, ``python3`` >= 3.7 and Linux ``/proc``. Launch,
 cancel, status and logs are JSON lines on that session; a job's exit is pushed by its
 supervisor to the agent (a datagram on ``<state_dir>/.agent.sock``) and from there to us, so
 completion costs no polling: one idle ``python3`` process and one SSH channel per host.
 
 Hosts are named as the poller names them (``SshHostConfig.name``); pass the poller's clients
 (``SshPoller.client(name)``) to share its connections. A host whose connection cannot be
-re-opened for ``host_down_after_seconds`` gets its jobs reported ``LOST`` with reason
-``host down: ...`` (docs/dispatchers.md); jobs keep running there, and if the host comes back
-those jobs are cancelled, so a requeued copy never runs beside them.
+re-opened for ``host_down_after_seconds`` gets its jobs reported ``FAILED`` with reason
+``host down`` (docs/dispatchers.md); jobs keep running there, and if the host comes back
+those runs are stopped, so a requeued copy never runs beside them.
 """
 
 from __future__ import annotations

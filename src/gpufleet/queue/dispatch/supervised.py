@@ -9,9 +9,13 @@ What it keeps per job is only what it has seen: each rank's host, pid and exit r
   otherwise ``EXITED`` with its code); a rank that fails makes the others be cancelled, as a
   distributed job cannot go on without it;
 - ``LOST`` when a rank's state directory is gone or its supervisor died without an exit record
-  (the reason says which), or when its host stayed unreachable for ``host_down_after_seconds``
-  (reason ``host down: ...``). A job declared lost for a host that comes back is cancelled
-  there, so a requeued copy never runs beside it.
+  (the reason says which);
+- ``FAILED`` with reason ``host down`` when its host stayed unreachable for
+  ``host_down_after_seconds``. A run given up so is cancelled when its host is back, and a new
+  launch of the job there first waits until it has stopped: a requeued copy never runs beside
+  it.
+
+A launch of a job that runs returns its handle; of a job whose run ended, starts a new run.
 """
 
 from __future__ import annotations
@@ -62,7 +66,8 @@ class SupervisedDispatcher:
         self.request_timeout_seconds = request_timeout_seconds
         self._links: dict[str, AgentLink] = {}
         self._jobs: dict[str, Job] = {}
-        self._orphans: dict[str, set[tuple[str, int]]] = {}  # link -> ranks declared lost
+        self._orphans: dict[str, set[tuple[str, int, int | None]]] = {}  # lost (job, rank, pid)
+        self._launching: dict[str, asyncio.Future[str]] = {}
         self._channel = EventChannel()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._done: deque[str] = deque()
@@ -146,6 +151,10 @@ class SupervisedDispatcher:
             r.pid = int(state["pid"])
         if state.get("started_at") is not None:
             r.started_at = float(state["started_at"])
+        if r.pid is not None and r.early:
+            if r.record is None:
+                r.record = next((rec for rec in r.early if rec.get("pid") == r.pid), None)
+            r.early.clear()
         if kind == "exited" and r.record is None:
             r.record = state["record"]
         elif kind == "vanished":
@@ -158,8 +167,13 @@ class SupervisedDispatcher:
         rank = message.get("rank")
         if job is None or job.phase == "done" or not isinstance(rank, int):
             return
-        if 0 <= rank < len(job.ranks) and self._serves(link, job.ranks[rank].host):
-            self._observe(job, rank, {"state": "exited", "record": message["record"]})
+        if not 0 <= rank < len(job.ranks) or not self._serves(link, job.ranks[rank].host):
+            return
+        r, record = job.ranks[rank], message["record"]
+        if r.pid is None:  # the reply that names its pid is on its way: match it then
+            r.early.append(record)
+        elif record.get("pid") == r.pid:  # (else: an earlier run of this job id)
+            self._observe(job, rank, {"state": "exited", "record": record})
             self._settle(job)
 
     def _on_up(self, link: AgentLink) -> None:
@@ -168,11 +182,11 @@ class SupervisedDispatcher:
     async def _refresh(self, link: AgentLink) -> None:
         """After (re)connecting: what happened to our jobs there while nobody watched."""
         orphans = self._orphans.pop(link.name, set())
-        for job_id, rank in orphans:
+        for job_id, rank, pid in orphans:
             try:
-                await link.request("cancel", job=job_id, rank=rank)
+                await link.request("cancel", job=job_id, rank=rank, pid=pid)
             except DispatchError:
-                self._orphans.setdefault(link.name, set()).add((job_id, rank))
+                self._orphans.setdefault(link.name, set()).add((job_id, rank, pid))
         queries = [
             (job, i)
             for job in self._jobs.values()
@@ -185,7 +199,8 @@ class SupervisedDispatcher:
 
     async def _query(self, link: AgentLink, queries: Sequence[tuple[Job, int]]) -> None:
         try:
-            reply = await link.request("status", jobs=[[j.job_id, i] for j, i in queries])
+            jobs = [[j.job_id, i, j.ranks[i].pid] for j, i in queries]
+            reply = await link.request("status", jobs=jobs)
         except DispatchError:
             since = link.down_since  # asked again on reconnect, unless down for too long
             if since is not None and link.down_long(since):
@@ -209,8 +224,11 @@ class SupervisedDispatcher:
             if not mine:
                 continue
             for i in mine:
-                self._orphans.setdefault(link.name, set()).add((job.job_id, i))
-            self._emit(job, EventKind.LOST, handle=job.handle, reason=f"host down: {why}")
+                self._orphans.setdefault(link.name, set()).add((job.job_id, i, job.ranks[i].pid))
+            log.warning(
+                "%s: host %s down (%s): job %s failed", self.name, link.name, why, job.job_id
+            )
+            self._emit(job, EventKind.FAILED, handle=job.handle, reason="host down")
             self._stop_others(job, skip=set(mine))
 
     def _settle(self, job: Job) -> None:
@@ -240,16 +258,34 @@ class SupervisedDispatcher:
             if r.record is None and i not in skip and not r.lost:
                 self._spawn(self._cancel_rank(job, i))
 
+    async def _stop_orphans(self, link: AgentLink, job_id: str) -> None:
+        """Before a new run of ``job_id``: stop what is left of a run we declared failed when
+        its host went down, and wait until it has ended (a rare path, so it polls)."""
+        mine = {o for o in self._orphans.get(link.name, set()) if o[0] == job_id}
+        deadline = time.monotonic() + self.kill_grace_seconds + 30.0
+        for orphan in mine:
+            _, rank, pid = orphan
+            state = await link.request("cancel", job=job_id, rank=rank, pid=pid)
+            while state.get("state") in ("running", "launching") and state.get("pid") == pid:
+                if time.monotonic() > deadline:
+                    raise DispatchError(
+                        f"launch {job_id}: its previous run on {link.name} (pid {pid}) does not stop"
+                    )
+                await asyncio.sleep(0.2)
+                reply = await link.request("status", jobs=[[job_id, rank, pid]])
+                state = reply["jobs"][0]
+            self._orphans.get(link.name, set()).discard(orphan)
+
     async def _cancel_rank(self, job: Job, rank: int, *, quiet: bool = True) -> None:
         """Cancel one rank. ``quiet``: a host that is down gets the cancel when it is back."""
         r = job.ranks[rank]
         link = self.link(self._link_name(r.host))
         try:
-            reply = await link.request("cancel", job=job.job_id, rank=rank)
+            reply = await link.request("cancel", job=job.job_id, rank=rank, pid=r.pid)
         except DispatchError:
             if not quiet:
                 raise
-            self._orphans.setdefault(link.name, set()).add((job.job_id, rank))
+            self._orphans.setdefault(link.name, set()).add((job.job_id, rank, r.pid))
             return
         if job.phase != "done":
             self._observe(job, rank, reply)
@@ -258,9 +294,29 @@ class SupervisedDispatcher:
     # ---- the Dispatcher interface ------------------------------------------------------
 
     async def launch(self, launch: Launch) -> str:
+        """Start the job; if it runs (or is being started) already, return its handle and
+        start nothing. A job id whose previous run has ended starts a new run."""
+        in_flight = self._launching.get(launch.job_id)
+        if in_flight is not None:
+            return await asyncio.shield(in_flight)
         existing = self._jobs.get(launch.job_id)
-        if existing is not None:
+        if existing is not None and existing.phase != "done":
             return existing.handle
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._launching[launch.job_id] = future
+        try:
+            handle = await self._launch(launch)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning without waiters
+            raise
+        else:
+            future.set_result(handle)
+            return handle
+        finally:
+            del self._launching[launch.job_id]
+
+    async def _launch(self, launch: Launch) -> str:
         if not JOB_ID_RE.match(launch.job_id):
             raise DispatchError(
                 f"launch {launch.job_id!r}: job_id must be letters, digits, '_', '.' or '-'"
@@ -268,28 +324,30 @@ class SupervisedDispatcher:
             )
         specs = [launch_spec(launch, i, self.kill_grace_seconds) for i in range(len(launch.hosts))]
         links = [self.link(self._link_name(h.host)) for h in launch.hosts]
+        for link in {id(link): link for link in links}.values():
+            await self._stop_orphans(link, launch.job_id)
         job = Job(launch.job_id, [Rank(h.host) for h in launch.hosts], "launching")
         self._jobs[launch.job_id] = job
+
+        async def start_rank(i: int) -> None:
+            self._observe(job, i, await links[i].request("launch", spec=specs[i]))
+
         replies = await asyncio.gather(
-            *(link.request("launch", spec=spec) for link, spec in zip(links, specs, strict=True)),
-            return_exceptions=True,
+            *(start_rank(i) for i in range(len(specs))), return_exceptions=True
         )
         errors = [(i, r) for i, r in enumerate(replies) if isinstance(r, BaseException)]
         if len(errors) == len(replies):
             del self._jobs[launch.job_id]
             i, first = errors[0]
             raise DispatchError(f"launch {launch.job_id} on {launch.hosts[i].host}: {first}")
-        for i, reply in enumerate(replies):
-            if isinstance(reply, dict):
-                self._observe(job, i, reply)
         job.phase = "running"
         if errors:
             i, first = errors[0]
             self._emit(job, EventKind.FAILED, handle=job.handle, reason=f"launch failed: {first}")
             self._stop_others(job, skip={i for i, _ in errors})
             return job.handle
-        never_ran = any(r.record is not None and r.pid is None for r in job.ranks)
-        if not never_ran and not all(r.record is not None for r in job.ranks):
+        if not any((r.record is not None and r.pid is None) or r.lost for r in job.ranks):
+            # It ran (even if it has ended already: a job of a few milliseconds).
             self._emit(job, EventKind.STARTED, handle=job.handle)
         if job.cancel_requested:
             self._stop_others(job, skip=set())
@@ -328,12 +386,13 @@ class SupervisedDispatcher:
                 elif known.phase == "running":
                     self._emit(known, EventKind.STARTED, handle=known.handle)
                 continue
-            hosts = parse_handle(handle)
-            if hosts is None:
+            ranks = parse_handle(handle)
+            if ranks is None:
                 searches.append(Job(job_id, [], "reattaching"))
                 continue
-            job = self._jobs[job_id] = Job(job_id, [Rank(h) for h in hosts], "reattaching")
-            for i, host in enumerate(hosts):
+            job = Job(job_id, [Rank(h, pid=p) for h, p in ranks], "reattaching")
+            self._jobs[job_id] = job
+            for i, (host, _) in enumerate(ranks):
                 try:
                     name = self._link_name(host)
                 except DispatchError as exc:
@@ -395,17 +454,20 @@ class SupervisedDispatcher:
 
     async def logs(self, job_id: str, handle: str | None, tail_bytes: int = 65536) -> str:
         job = self._jobs.get(job_id)
-        hosts = [r.host for r in job.ranks] if job is not None and job.ranks else None
-        hosts = hosts or parse_handle(handle)
-        if hosts is None:
+        ranks = [(r.host, r.pid) for r in job.ranks] if job is not None and job.ranks else None
+        ranks = ranks or parse_handle(handle)
+        if ranks is None:
             found, _ = await self._locate(job_id, self._link_names())
-            hosts = [host for host, _ in found]
-        if not hosts:
+            ranks = [(host, None) for host, _ in found]
+        if not ranks:
             raise DispatchError(f"logs {job_id}: the job is not found on any host")
+        hosts = [host for host, _ in ranks]
         texts = []
-        for rank, host in enumerate(hosts):
+        for rank, (host, pid) in enumerate(ranks):
             link = self.link(self._link_name(host))
-            reply = await link.request("logs", job=job_id, rank=rank, tail_bytes=tail_bytes)
+            reply = await link.request(
+                "logs", job=job_id, rank=rank, pid=pid, tail_bytes=tail_bytes
+            )
             if not reply.get("found"):
                 raise DispatchError(f"logs {job_id}: no state directory on {host}")
             texts.append(str(reply["text"]))

@@ -2,7 +2,7 @@
 jobs, and the per-job *supervisor* it forks.
 
 This file is sent as is to remote hosts (the SSH dispatcher pipes it into ``python3 -c``), so it
-uses the standard library only and needs **POSIX sh + Python >= 3.8 on Linux** (``/proc`` for
+uses the standard library only and needs **POSIX sh + Python >= 3.7 on Linux** (``/proc`` for
 process identity and the boot id; ``sigtimedwait``). Nothing is installed on the host.
 
 State of one job rank lives in ``<root>/<job_id>/<rank>/`` (root defaults to
@@ -14,22 +14,28 @@ State of one job rank lives in ``<root>/<job_id>/<rank>/`` (root defaults to
     exit.json      exit code, signal, reason, end time -- written atomically at exit
     cancel         present once a cancel was asked
 
+A launch of a rank that runs returns it (idempotent); of one whose run ended, archives that
+run as ``<rank>~N`` and starts a new one (a preempted or requeued job).
+
 The supervisor is detached (``setsid`` + double fork: it survives the agent, the SSH session
 and the dispatcher); the job runs in its own process group so a cancel can signal all of it.
 When the job ends the supervisor writes ``exit.json`` and sends one datagram to the agent's
 socket ``<root>/.agent.sock``; the agent turns it into an event line. So completion is pushed,
 never scanned for; an agent that (re)starts answers ``status`` from the state directories.
 
-A job's state is kept ``KEEP_SECONDS`` (30 days) after it ended, then the agent deletes it
-when it starts. Agent protocol (``supervisor.py agent ROOT [KEEP_SECONDS]``): JSON lines. In on stdin: ``{"id", "op", ...}``
-with op ``launch`` / ``status`` / ``cancel`` / ``logs``; out on stdout: ``{"hello": ...}`` once,
-then ``{"id", "ok", ...}`` replies and ``{"event": "exit", "job", "rank", "record"}`` events.
-The agent exits when its stdin closes; the jobs keep running.
+A job's state is kept ``KEEP_SECONDS`` (30 days) after it ended, then an agent that starts
+deletes it. Agent protocol (``supervisor.py agent ROOT [KEEP_SECONDS]``): JSON lines. In, on
+stdin: ``{"id", "op", ...}`` with op ``launch`` / ``status`` / ``cancel`` / ``logs``; out, on
+stdout: ``{"hello": ...}`` once, then ``{"id", "ok", ...}`` replies and ``{"event": "exit",
+"job", "rank", "record"}`` events. The agent exits when its stdin closes; jobs keep running.
+
+(One module past the usual size on purpose: it ships to the hosts as one program.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import re
@@ -69,23 +75,29 @@ SSH_SESSION_VARS = frozenset(
         "SSH_ORIGINAL_COMMAND",
     )
 )
-if TYPE_CHECKING:  # annotations only: the hosts' python3 may be 3.8 (no dict[...] at run time)
+if TYPE_CHECKING:  # annotations only: the hosts' python3 may be 3.7 (no dict[...] at run time)
     Json = dict[str, Any]
 
 
 # ---- files -------------------------------------------------------------------------------
 
 
-def write_json_atomic(path: str, obj: Json) -> None:
-    """Write ``obj`` so that a reader sees the whole file or none of it, even after a crash."""
+def write_json_atomic(path: str, obj: Json, durable: bool = True) -> None:
+    """Write ``obj`` so that a reader sees the whole file or none of it; ``durable``: even
+    after the host crashes (fsync; the exit record). What only matters while the host is up
+    (the spec, the start record: a crash kills the job anyway) skips the fsyncs, which are
+    most of a launch's time."""
     tmp = f"{path}.tmp.{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.write(fd, json.dumps(obj).encode())
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.rename(tmp, path)
+    if not durable:
+        return
     dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
     try:
         os.fsync(dfd)
@@ -159,9 +171,10 @@ def oom_in(path: str) -> bool:
 # ---- the supervisor (one per job rank, detached) -----------------------------------------
 
 
-def fail(directory: str, report_fd: int, reason: str) -> None:
+def fail(directory: str, spec: Json, report_fd: int, reason: str) -> None:
     """The job could not start: record why, tell the launcher and the agent, and exit."""
     record = {
+        "pid": None,
         "exit_code": None,
         "signal": None,
         "reason": reason,
@@ -173,13 +186,8 @@ def fail(directory: str, report_fd: int, reason: str) -> None:
         os.write(report_fd, json.dumps({"state": "exited", "record": record}).encode())
         os.close(report_fd)
     os.chdir(directory)
-    _notify_agent()
+    _notify_agent(str(spec["job_id"]), int(spec["rank"]), None)
     os._exit(0)
-
-
-def _unblock() -> None:
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def _killpg(pgid: int, sig: int) -> None:
@@ -187,13 +195,12 @@ def _killpg(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
-def _notify_agent() -> None:
-    """Tell the agent (if one listens) that this job dir has an exit record. We are chdir'd
-    into ``<root>/<job>/<rank>``: a relative path keeps clear of the 108-byte socket limit."""
-    rank = os.path.basename(os.getcwd())
-    job = os.path.basename(os.path.dirname(os.getcwd()))
+def _notify_agent(job: str, rank: int, pid: int | None) -> None:
+    """Tell the agent (if one listens) that this rank has an exit record. We are chdir'd into
+    ``<root>/<job>/<rank>``: a relative path keeps clear of the 108-byte socket limit."""
+    note = json.dumps({"job": job, "rank": rank, "pid": pid}).encode()
     with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.sendto(json.dumps({"job": job, "rank": int(rank)}).encode(), f"../../{SOCK_NAME}")
+        s.sendto(note, f"../../{SOCK_NAME}")
 
 
 def _job_argv(spec: Json) -> list[str]:
@@ -214,9 +221,13 @@ def supervise(directory: str, spec: Json, report_fd: int) -> None:
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # A cancel that comes before the signals are blocked (below) is remembered here. The job
+    # gets default handlers and an empty mask (exec resets caught signals; nothing is blocked
+    # yet), so Popen needs no preexec_fn and can use vfork.
+    early: list[int] = []
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda signum, _frame: early.append(signum))
     waited = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
-    signal.pthread_sigmask(signal.SIG_BLOCK, waited)
     out = os.open("output.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     env = {k: v for k, v in os.environ.items() if k not in SSH_SESSION_VARS}
     env.update({str(k): str(v) for k, v in spec.get("env", {}).items()})
@@ -232,13 +243,14 @@ def supervise(directory: str, spec: Json, report_fd: int) -> None:
             cwd=workdir,
             env=env,
             start_new_session=True,
-            preexec_fn=_unblock,
         )
     except OSError as exc:
         what = exc.strerror or str(exc)
         where = workdir if exc.filename == workdir else argv[0]
-        fail(directory, report_fd, f"launch failed: {what}: {where}")
+        fail(directory, spec, report_fd, f"launch failed: {what}: {where}")
     os.close(out)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, waited)  # from here on: sigtimedwait below
     started = {
         "pid": proc.pid,
         "ticks": start_ticks(proc.pid),
@@ -248,7 +260,7 @@ def supervise(directory: str, spec: Json, report_fd: int) -> None:
         "boot_id": boot_id(),
         "host": socket.gethostname(),
     }
-    write_json_atomic("started.json", started)
+    write_json_atomic("started.json", started, durable=False)
     os.write(report_fd, json.dumps({"state": "running", **started}).encode())
     os.close(report_fd)
 
@@ -263,6 +275,10 @@ def supervise(directory: str, spec: Json, report_fd: int) -> None:
         if done:
             break
         now = time.time()
+        if early and reason is None:  # cancelled (or the supervisor told to stop)
+            reason = "cancelled" if os.path.exists("cancel") else "supervisor terminated"
+            _killpg(proc.pid, signal.SIGTERM)
+            kill_at, deadline = now + grace, None
         if kill_at is not None and now >= kill_at:
             _killpg(proc.pid, signal.SIGKILL)
             kill_at = None
@@ -275,10 +291,8 @@ def supervise(directory: str, spec: Json, report_fd: int) -> None:
             info = signal.sigtimedwait(waited, max(0.001, min(wakes) - time.time()))
         else:
             info = signal.sigwaitinfo(waited)
-        if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT) and not reason:
-            reason = "cancelled" if os.path.exists("cancel") else "supervisor terminated"
-            _killpg(proc.pid, signal.SIGTERM)
-            kill_at, deadline = time.time() + grace, None
+        if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT):
+            early.append(info.si_signo)
     _killpg(proc.pid, signal.SIGKILL)  # what the job left behind in its group holds GPUs
     sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
     code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + (sig or 0)
@@ -288,6 +302,7 @@ def supervise(directory: str, spec: Json, report_fd: int) -> None:
         elif sig is not None:
             reason = f"killed by signal {signal.Signals(sig).name}"
     record = {
+        "pid": proc.pid,
         "exit_code": code,
         "signal": sig,
         "reason": reason,
@@ -295,7 +310,7 @@ def supervise(directory: str, spec: Json, report_fd: int) -> None:
         "ended_at": time.time(),
     }
     write_json_atomic("exit.json", record)
-    _notify_agent()
+    _notify_agent(str(spec["job_id"]), int(spec["rank"]), proc.pid)
     os._exit(0)
 
 
@@ -335,15 +350,24 @@ def rank_status(directory: str, job: str, rank: int) -> Json:
 
 
 def launch(root: str, spec: Json) -> Json:
+    """Start one rank, unless it runs already (then say so: idempotent). A rank whose previous
+    run has ended (a preempted or requeued job launched again) is archived as ``<rank>~N``
+    and a new run starts. Returns the state, or ``{"pending": fd, ...}``: the supervisor
+    reports on that pipe once the job runs (:func:`launch_result`)."""
     job, rank = str(spec["job_id"]), int(spec["rank"])
     directory = job_dir(root, job, rank)
     os.makedirs(os.path.dirname(directory), exist_ok=True)
+    while True:
+        try:
+            os.mkdir(directory)
+            break
+        except FileExistsError:
+            state = rank_status(directory, job, rank)
+            if state["state"] in ("running", "launching"):
+                return {**state, "existing": True}
+            archive(directory)
     try:
-        os.mkdir(directory)
-    except FileExistsError:
-        return {**rank_status(directory, job, rank), "existing": True}
-    try:
-        write_json_atomic(os.path.join(directory, "spec.json"), spec)
+        write_json_atomic(os.path.join(directory, "spec.json"), spec, durable=False)
         read_fd, write_fd = os.pipe()
         pid = os.fork()
     except OSError:  # nothing started: leave no state behind, so a retry can start it
@@ -357,36 +381,60 @@ def launch(root: str, spec: Json) -> Json:
                 try:
                     supervise(os.path.abspath(directory), spec, write_fd)
                 except BaseException as exc:
-                    fail(os.path.abspath(directory), write_fd, f"launch failed: {exc!r}")
+                    fail(os.path.abspath(directory), spec, write_fd, f"launch failed: {exc!r}")
         finally:
             os._exit(0)
     os.close(write_fd)
-    os.waitpid(pid, 0)
-    chunks = []
-    while True:
-        ready, _, _ = select.select([read_fd], [], [], LAUNCH_WAIT_SECONDS)
-        chunk = os.read(read_fd, 65536) if ready else b""
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(read_fd)
+    os.waitpid(pid, 0)  # the intermediate child exits at once
+    deadline = time.monotonic() + LAUNCH_WAIT_SECONDS
+    return {"pending": read_fd, "job": job, "rank": rank, "dir": directory, "deadline": deadline}
+
+
+def launch_result(pending: Json, report: bytes) -> Json:
+    """The reply to a launch once its supervisor has reported (or closed the pipe silently)."""
+    job, rank = pending["job"], pending["rank"]
     try:
-        return {"job": job, "rank": rank, **json.loads(b"".join(chunks))}
+        return {"job": job, "rank": rank, **json.loads(report)}
     except ValueError:
-        return rank_status(directory, job, rank)
+        return rank_status(pending["dir"], job, rank)
 
 
-def cancel(root: str, job: str, rank: int) -> Json:
+def archive(directory: str) -> None:
+    """Move an ended run's rank directory aside as ``<rank>~N`` (its process is gone)."""
+    base = os.path.basename(directory)
+    parent = os.path.dirname(directory)
+    taken = [n.split("~", 1)[1] for n in os.listdir(parent) if n.startswith(base + "~")]
+    number = 1 + max((int(t) for t in taken if t.isdigit()), default=0)
+    with contextlib.suppress(FileNotFoundError):
+        os.rename(directory, os.path.join(parent, f"{base}~{number}"))
+
+
+def find_run(root: str, job: str, rank: int, pid: Any) -> str:
+    """The directory of the run of ``job``/``rank`` whose process was ``pid`` (the latest run
+    when ``pid`` is None or matches it; else an archived one; else the latest)."""
     directory = job_dir(root, job, rank)
+    if pid is None:
+        return directory
+    archived = glob.glob(glob.escape(directory) + "~*")
+    for candidate in [directory, *archived]:
+        started = read_json(os.path.join(candidate, "started.json")) or {}
+        if started.get("pid") == pid:
+            return candidate
+    return directory
+
+
+def cancel(root: str, job: str, rank: int, pid: Any = None) -> Json:
+    directory = find_run(root, job, rank, pid)
     state = rank_status(directory, job, rank)
-    if state["state"] != "running":
-        return state
+    if state["state"] != "running" or (pid is not None and state.get("pid") != pid):
+        return state  # ended, or another run than the one asked about: leave it alone
     open(os.path.join(directory, "cancel"), "a").close()
     if alive(state.get("supervisor_pid"), state.get("supervisor_ticks")):
         os.kill(int(state["supervisor_pid"]), signal.SIGTERM)
     else:  # the supervisor is gone but the job is not: stop it and record why
         _killpg(int(state["pid"]), signal.SIGKILL)
         record = {
+            "pid": state.get("pid"),
             "exit_code": 128 + signal.SIGKILL,
             "signal": int(signal.SIGKILL),
             "reason": "cancelled",
@@ -403,8 +451,11 @@ def base_of(state: Json) -> Json:
 
 
 def status(root: str, jobs: list[list[Any]]) -> list[Json]:
+    """Per ``[job, rank, pid]`` (rank None: every rank of the job's latest run; pid None: the
+    latest run), what its directory says."""
     found: list[Json] = []
-    for job, rank in jobs:
+    for job, rank, *rest in jobs:
+        pid = rest[0] if rest else None
         if rank is None:
             try:
                 names = os.listdir(os.path.dirname(job_dir(root, job, 0)))
@@ -415,7 +466,10 @@ def status(root: str, jobs: list[list[Any]]) -> list[Json]:
             if not ranks:
                 found.append({"job": job, "rank": None, "state": "missing"})
         else:
-            found.append(rank_status(job_dir(root, job, int(rank)), job, int(rank)))
+            state = rank_status(find_run(root, job, int(rank), pid), job, int(rank))
+            if pid is not None and state.get("pid") not in (None, pid):
+                state = {"job": job, "rank": int(rank), "state": "missing"}
+            found.append(state)
     return found
 
 
@@ -426,9 +480,9 @@ def handle(root: str, request: Json) -> Json:
     if op == "status":
         return {"jobs": status(root, request["jobs"])}
     if op == "cancel":
-        return cancel(root, str(request["job"]), int(request["rank"]))
+        return cancel(root, str(request["job"]), int(request["rank"]), request.get("pid"))
     if op == "logs":
-        directory = job_dir(root, str(request["job"]), int(request["rank"]))
+        directory = find_run(root, str(request["job"]), int(request["rank"]), request.get("pid"))
         size = min(int(request.get("tail_bytes", 65536)), MAX_LOG_BYTES)
         data = tail(os.path.join(directory, "output.log"), size)
         return {"text": data.decode("utf-8", "replace"), "found": os.path.isdir(directory)}
@@ -448,13 +502,27 @@ def prune(root: str, keep_seconds: float) -> int:
         path = os.path.join(root, job)
         if not JOB_ID_RE.match(job) or not os.path.isdir(path):
             continue
-        ranks = [os.path.join(path, r) for r in os.listdir(path)]
+        ranks = [os.path.join(path, r) for r in os.listdir(path) if r.isdigit()]
         records = [read_json(os.path.join(r, "exit.json")) for r in ranks]
         ended = [float(rec.get("ended_at") or now) for rec in records if rec is not None]
         if ranks and len(ended) == len(ranks) and now - max(ended) > keep_seconds:
             shutil.rmtree(path, ignore_errors=True)
             removed += 1
     return removed
+
+
+def _answer_launches(launching: dict[int, Json], ready: list[int]) -> None:
+    """Read the supervisors' reports that arrived; answer the launches that are complete."""
+    for fd, pending in list(launching.items()):
+        chunk = os.read(fd, 65536) if fd in ready else b""
+        if chunk:
+            pending["report"] += chunk
+            continue
+        if fd not in ready and time.monotonic() < pending["deadline"]:
+            continue
+        os.close(fd)
+        del launching[fd]
+        _write({"id": pending["id"], "ok": True, **launch_result(pending, pending["report"])})
 
 
 def agent(root: str, keep_seconds: float = 30 * 86400) -> None:
@@ -471,13 +539,22 @@ def agent(root: str, keep_seconds: float = 30 * 86400) -> None:
     mine = os.stat(SOCK_NAME).st_ino
     _write({"hello": 1, "root": root, "boot_id": boot_id(), "host": socket.gethostname()})
     buffered = b""
+    launching: dict[int, Json] = {}  # pipe fd -> a launch waiting for its supervisor's report
     try:
         while True:
-            ready, _, _ = select.select([0, sock.fileno()], [], [])
+            wait = min((p["deadline"] for p in launching.values()), default=None)
+            ready, _, _ = select.select(
+                [*launching, 0, sock.fileno()],
+                [],
+                [],
+                None if wait is None else max(0.0, wait - time.monotonic()),
+            )
+            _answer_launches(launching, ready)  # replies before exit events
             if sock.fileno() in ready:
                 try:
                     note = json.loads(sock.recv(65536))
-                    directory = job_dir(root, str(note["job"]), int(note["rank"]))
+                    job, rank = str(note["job"]), int(note["rank"])
+                    directory = find_run(root, job, rank, note.get("pid"))
                     record = read_json(os.path.join(directory, "exit.json"))
                 except (ValueError, KeyError, TypeError):
                     record = None
@@ -502,7 +579,17 @@ def agent(root: str, keep_seconds: float = 30 * 86400) -> None:
                     request: Json = {}
                     try:
                         request = json.loads(line)
-                        reply = {"id": request.get("id"), "ok": True, **handle(root, request)}
+                        result = handle(root, request)
+                        if "pending" in result:  # answered when the supervisor reports
+                            launching[result["pending"]] = {
+                                **result,
+                                "id": request.get("id"),
+                                "report": b"",
+                            }
+                            now, _, _ = select.select(list(launching), [], [], 0)
+                            _answer_launches(launching, now)  # a burst: answer as we go
+                            continue
+                        reply = {"id": request.get("id"), "ok": True, **result}
                     except Exception as exc:  # one bad request must not end the agent
                         reply = {
                             "id": request.get("id"),
