@@ -38,6 +38,7 @@ bench: setup
 	.venv/bin/python bench/sched_bench.py
 	.venv/bin/python bench/frag_bench.py
 	.venv/bin/python bench/recommend_bench.py
+	.venv/bin/python bench/queue_bench.py --seeds 0 1 2
 
 clean:
 	rm -rf .venv .pytest_cache .ruff_cache .mypy_cache

@@ -80,6 +80,18 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "usermap",
         "Map Unix users to people and groups (reports by person and by group).",
     ),
+    "submit": (
+        "gpufleet.queue.cli",
+        "submit",
+        "Submit a job to the queue (spec or Kubernetes Job).",
+    ),
+    "jobs": ("gpufleet.queue.cli", "jobs", "The job queue: waiting (and why), running, history."),
+    "job": ("gpufleet.queue.cli", "job", "One queued job with its event log."),
+    "cancel": ("gpufleet.queue.cli", "cancel", "Cancel a queued or running job."),
+    "hold": ("gpufleet.queue.cli", "hold", "Hold a pending job."),
+    "release": ("gpufleet.queue.cli", "release", "Release a held job."),
+    "logs": ("gpufleet.queue.cli", "logs", "The end of a job's output."),
+    "priority": ("gpufleet.queue.cli", "priority", "Set a queued job's priority (admins)."),
 }
 
 

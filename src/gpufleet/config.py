@@ -95,7 +95,8 @@ class WebSection(_Section):
         "state always needs one).",
     )
     idle_gpu_minutes: Annotated[float, Field(gt=0)] = Field(
-        30.0, description="A GPU holding memory but under idle_util_percent this long is marked idle."
+        30.0,
+        description="A GPU holding memory but under idle_util_percent this long is marked idle.",
     )
     idle_util_percent: Annotated[float, Field(ge=0, le=100)] = Field(
         5.0, description="Utilisation below which a GPU counts as idle."
@@ -355,6 +356,42 @@ class AlertsSection(_Section):
     )
 
 
+class QueueSection(_Section):
+    dispatcher: str = Field(
+        "none",
+        description="Where the job queue runs jobs: none (the queue is off), replay (the demo's "
+        "simulated servers), or a dispatcher of docs/dispatchers.md.",
+    )
+    dispatcher_options: dict[str, Any] = Field(
+        default_factory=dict, description="Settings of the chosen dispatcher (docs/dispatchers.md)."
+    )
+    policy: str = Field(
+        "gpufleet", description="Scheduling policy: gpufleet, fifo, tiresias or dlas."
+    )
+    memory_margin: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.1, description="Margin on a job's stated GPU memory when placing it (0.1: 10%)."
+    )
+    refresh_seconds: Annotated[float, Field(gt=0, le=300)] = Field(
+        5.0, description="Longest wait between scheduling passes (they also run on each event)."
+    )
+    requeue_within_seconds: Annotated[float, Field(ge=0)] = Field(
+        600.0,
+        description="A job whose host goes down before it ran this long goes back to pending; "
+        "after that it fails with 'host down'.",
+    )
+    groups: dict[str, list[str]] = Field(
+        default_factory=dict, description="Quota groups: group name -> its users."
+    )
+    quotas: dict[str, dict[str, dict[str, float]]] = Field(
+        default_factory=dict,
+        description="Limits per user and group: {users|groups: {NAME: {gpus_at_once, "
+        "gpu_hours_per_week}}, default: {user: {...}}} (docs/queue.md).",
+    )
+    replay_time_scale: Annotated[float, Field(gt=0)] = Field(
+        1.0, description="Replay dispatcher: a job's duration is multiplied by this."
+    )
+
+
 class Settings(_Section):
     server: ServerSection = ServerSection()
     ingest: IngestSection = IngestSection()
@@ -367,6 +404,7 @@ class Settings(_Section):
     mail: MailSection = MailSection()
     recommend: RecommendSection = RecommendSection()
     alerts: AlertsSection = AlertsSection()
+    queue: QueueSection = QueueSection()
 
     @property
     def database_url(self) -> str:

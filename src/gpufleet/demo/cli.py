@@ -214,6 +214,7 @@ def _demo(specs, trace, *, port: int, bind: str, data_dir: Path | None, speed: f
     import uvicorn
 
     from gpufleet.config import load_settings
+    from gpufleet.demo import queued
     from gpufleet.demo.engine import FleetEngine
     from gpufleet.server.app import create_app
     from gpufleet.server.local import (
@@ -226,7 +227,8 @@ def _demo(specs, trace, *, port: int, bind: str, data_dir: Path | None, speed: f
     from gpufleet.server.workers.pool import protocol_class
 
     settings = load_settings(None, overrides={"server": {"data_dir": data_dir, "host": bind,
-                                                         "port": port}})  # fmt: skip
+                                                         "port": port},
+                                              "queue": {"dispatcher": "replay"}})  # fmt: skip
     data = settings.server.data_dir
     data.mkdir(parents=True, exist_ok=True)
     _check_port(settings.server.host, settings.server.port)
@@ -252,11 +254,14 @@ def _demo(specs, trace, *, port: int, bind: str, data_dir: Path | None, speed: f
             http=protocol_class(app) if workers else "auto",
         )  # fmt: skip
         lock = threading.Lock()
+        stoppers: list = []
 
         def stop_others() -> None:
             nonlocal agent_proc
             with lock:
                 log.info("stopping: replay fleet, local agent, server")
+                for stop in stoppers:
+                    stop()
                 if engine is not None:
                     engine.stop()
                 if agent_proc is not None:
@@ -276,6 +281,11 @@ def _demo(specs, trace, *, port: int, bind: str, data_dir: Path | None, speed: f
                     return
                 assert engine is not None
                 engine.start()
+                if queued.connect(app, engine):  # the live queue runs on the replayed fleet
+                    users = sorted({u.name for us in engine.replay.users.values() for u in us})
+                    trickle = queued.Trickle(url, app.state.ctx.admin_key, users, seed=seed)
+                    trickle.start()
+                    stoppers.append(trickle.stop.set)
                 if agent_token is not None:
                     agent_proc = spawn_agent(url, agent_token, data / "agent-spool")
             log.info("gpufleet demo is up in %.1f s: open %s/ (hosts: %s/api/v1/hosts, API "

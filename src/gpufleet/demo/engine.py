@@ -20,10 +20,12 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from gpufleet import __version__
 from gpufleet.agent.push import Sender
@@ -114,6 +116,8 @@ class FleetEngine:
             thread_name_prefix="replay-host",
         )
         self._run_id = secrets.token_hex(4)
+        self.queued: Callable[[], list[Any]] | None = None  # the live queue's replay runs
+        self._queued_keys: set[str] = set()
         self.wall0 = now
 
     # -- time ---------------------------------------------------------------------------
@@ -180,6 +184,8 @@ class FleetEngine:
             heapq.heapreplace(heap, (self.wall0 + (k + 1 + i / n) * self.interval, i, k + 1))
             now = time.time()
             with self._lock:
+                if self.queued is not None:
+                    self._sync_queued()
                 self.replay.advance(self.trace_time(now))
             slot = self.slots[i]
             with slot.lock:
@@ -191,6 +197,25 @@ class FleetEngine:
             if now >= next_log:
                 next_log = now + self.log_every
                 self._log_progress()
+
+    def _sync_queued(self) -> None:
+        """Jobs of the live queue (the replay dispatcher's runs) hold GPUs of the replayed
+        hosts like replayed jobs do, so the overview shows them (called under the lock)."""
+        assert self.queued is not None
+        now = self.trace_time(time.time())
+        live = set()
+        for run in self.queued():
+            for rank, (host, gpus) in enumerate(run.hosts):
+                key = f"queue-{run.job_id}-{rank}"
+                live.add(key)
+                if key not in self._queued_keys:
+                    self._queued_keys.add(key)
+                    self.replay.admit(key, host, gpus, run.user,
+                                      self.trace_time(run.started_seconds),
+                                      self.trace_time(run.ends_seconds))  # fmt: skip
+        for key in self._queued_keys - live:
+            self._queued_keys.discard(key)
+            self.replay.withdraw(key, now)
 
     def _round(self, slot: _Slot, wall: float) -> None:
         try:

@@ -197,7 +197,9 @@ class Replay:
             if min(arrival, end) > t:
                 break
             if end <= arrival:
-                self._finish(heapq.heappop(self._ends)[2], end)
+                key = heapq.heappop(self._ends)[2]
+                if key in self.jobs:  # a queued job may have been withdrawn before its end
+                    self._finish(key, end)
             else:
                 self._arrive(arrival)
         self.now = max(self.now, t)
@@ -333,6 +335,40 @@ class Replay:
             self.on_start(job)
 
     # -- views --------------------------------------------------------------------------
+
+    # -- jobs of the live queue (gpufleet.queue's replay dispatcher) ----------------------
+    def admit(self, key: str, host_name: str, gpus: list[int], user: str, start: float,
+              end: float) -> bool:  # fmt: skip
+        """A job the live queue placed on a replayed host's GPUs (trace times): it holds them
+        (taken from the free ones) until ``end``, and shows as GPU use like any replayed job."""
+        index = next((i for i, h in enumerate(self.hosts) if h.spec.name == host_name), None)
+        if index is None or key in self.jobs:
+            return False
+        host = self.hosts[index]
+        taken = [g for g in gpus if g in host.free]
+        for g in taken:
+            host.free.remove(g)
+        self.free -= len(taken)
+        if not host.free:
+            self._open.discard(index)
+        rng = random.Random(f"queued:{key}")
+        kind = next(k for k in JOB_TYPES if k.name == "resnet50")
+        trace = TraceJob(-1, start, max(end - start, 1.0), len(gpus), "queue")
+        job = Job(key=key, trace=trace, group=host.spec.group, user=User(user, 2000, "queue", 1.0),
+                  kind=kind, seed=rng.getrandbits(32), submit=start, start=start, host=index,
+                  gpus=tuple(taken))  # fmt: skip
+        job.pids = tuple(host.next_pid + k for k in range(len(taken)))
+        host.next_pid += len(taken) + 1
+        host.jobs[key] = job
+        self.jobs[key] = job
+        self._seq += 1
+        heapq.heappush(self._ends, (job.end, self._seq, key))
+        return True
+
+    def withdraw(self, key: str, when: float) -> None:
+        """A queued job that ended before its planned end (cancelled, preempted)."""
+        if key in self.jobs:
+            self._finish(key, when)
 
     def jobs_on(self, host: int) -> list[Job]:
         return list(self.hosts[host].jobs.values())

@@ -40,6 +40,10 @@ class Fifo(Policy):
     def on_failure(self, job: SimJob, now_seconds: float, reason: str) -> None:
         self.queue.add(job)
 
+    def on_withdraw(self, job: SimJob, now_seconds: float) -> None:
+        if job.job_id in self.queue:
+            self.queue.remove(job)
+
     def schedule(self, ctx: SchedulerContext) -> None:
         models = ctx.cluster.spec.gpu_models
         while (job := self.queue.first()) is not None:

@@ -207,6 +207,11 @@ class GpufleetPolicy(Policy):
     def on_failure(self, job: SimJob, now_seconds: float, reason: str) -> None:
         self._add_waiting(job)
 
+    def on_withdraw(self, job: SimJob, now_seconds: float) -> None:
+        if job.job_id in self.waiting:
+            self._remove_waiting(job)
+        self._tie.pop(job.job_id, None)
+
     def on_finish(self, job: SimJob, now_seconds: float) -> None:
         self.samples.append(self._service(job, now_seconds))
         self._tie.pop(job.job_id, None)

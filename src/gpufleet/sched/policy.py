@@ -98,6 +98,11 @@ class Policy(ABC):
     def next_wakeup_seconds(self, now_seconds: float) -> float | None:
         return None
 
+    def on_withdraw(self, job: SimJob, now_seconds: float) -> None:
+        """A waiting job leaves before it runs again (a live queue: cancelled or held). The
+        simulator never calls it; a policy that cannot forget a job says so."""
+        raise NotImplementedError(f"policy {self.name} cannot withdraw a waiting job")
+
 
 def allowed_models(job: SimJob, gpu_models: Iterable[str]) -> list[str]:
     """GPU models a job may be placed on: listed for it and not excluded after an OOM."""

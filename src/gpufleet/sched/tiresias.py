@@ -67,6 +67,10 @@ class Tiresias(Policy):
         self.offset.pop(job.job_id, None)
         self.pending_for.pop(job.job_id, None)
 
+    def on_withdraw(self, job: SimJob, now_seconds: float) -> None:
+        if job.job_id in self.active:
+            self.on_finish(job, now_seconds)
+
     def on_failure(self, job: SimJob, now_seconds: float, reason: str) -> None:
         """An OOM: the job stays in its queue, pending (the simulator excludes the GPU model)."""
 

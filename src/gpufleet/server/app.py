@@ -18,6 +18,7 @@ from gpufleet.accounts import web as account_web
 from gpufleet.alerts import api as alerts_api
 from gpufleet.alerts import service as alerts_service
 from gpufleet.config import Settings
+from gpufleet.queue import api as queue_api
 from gpufleet.recommend import api as recommend_api
 from gpufleet.recommend import service as recommend_service
 from gpufleet.reports import api as report_api
@@ -97,6 +98,21 @@ def _start_alerts(app: FastAPI, ctx: Context) -> asyncio.Task[None]:
     return asyncio.create_task(alerts_service.run_forever(svc, ctx))
 
 
+async def _start_queue(app: FastAPI, ctx: Context, hub: stream.StreamHub) -> None:
+    """The job queue sees the fleet's live state; the overview's bars and the queue page hear
+    of its changes over the live stream."""
+    cfg = ctx.live.status_cfg
+
+    def statuses() -> dict[str, str]:
+        now = time.time()
+        return {n: s.summary(now, cfg)["status"] for n, s in ctx.live.hosts.items()}
+
+    svc = await queue_api.start(app, ctx.settings, ctx.live, statuses)
+    if svc is not None:
+        hub.queue_gpus = svc.driver.held_gpus
+        svc.listeners.append(hub.on_queue_change)
+
+
 def create_app(
     settings: Settings, store: Store | None = None, ingest_workers: int = 0, log_level: str = "INFO"
 ) -> FastAPI:
@@ -130,6 +146,7 @@ def create_app(
         mailer = report_mail.attach(app, ctx)  # scheduled e-mail reports
         await _start_poller(ctx)
         alerter = _start_alerts(app, ctx)  # alert rules, life cycle, channels (gpufleet.alerts)
+        await _start_queue(app, ctx, hub)  # the job queue, when queue.dispatcher is set
         from gpufleet.server.workers.pool import WorkerPool, move_leftovers
 
         workers_dir = settings.server.data_dir / "ingest-workers"
@@ -150,6 +167,7 @@ def create_app(
             if pool is not None:
                 app.state.ingest_workers = ctx.ingest_workers = None
                 await pool.stop()
+            await queue_api.stop(app)
             background = (pruner, collector, roller, recommender, mailer, alerter)
             for task in background:
                 task.cancel()
@@ -186,6 +204,8 @@ def create_app(
     app.include_router(recommend_api.pages)  # /recommend
     app.include_router(alerts_api.router)  # /api/v1/alerts, /api/v1/silences, /api/v1/rules
     app.include_router(alerts_api.pages)  # /alerts
+    app.include_router(queue_api.router)  # /api/v1/jobs (gpufleet.queue)
+    app.include_router(queue_api.pages)  # /queue
     report_web.install(app)  # /reports, /me/usage, /admin/reports, report subscriptions API
     web.install(app)  # web UI: pages, /api/v1/stream, /api/v1/overview, /static
 

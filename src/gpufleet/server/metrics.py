@@ -87,6 +87,9 @@ def server_families(ctx: Context, now: float, xids: XidTotals | None = None) -> 
     response_class=PlainTextResponse,
 )  # fmt: skip
 def metrics(request: Request) -> PlainTextResponse:
+    from gpufleet.queue.api import families as queue_families
+
     xids = getattr(request.app.state, "xid_totals", None)
-    text = exposition(server_families(request.app.state.ctx, time.time(), xids))
+    families = server_families(request.app.state.ctx, time.time(), xids)
+    text = exposition([*families, *queue_families(request.app)])
     return PlainTextResponse(text, media_type=CONTENT_TYPE)

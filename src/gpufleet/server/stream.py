@@ -91,6 +91,7 @@ class StreamHub:
         self._wake: asyncio.Event | None = None
         self._tasks: list[asyncio.Task] = []
         self._seq = 0
+        self.queue_gpus: Any = None  # () -> {host: [GPU indices running queued jobs]}
         for st in list(ctx.live.hosts.values()):
             self.idle.observe(st.sample)
 
@@ -119,7 +120,23 @@ class StreamHub:
         sample = st.sample if st is not None else None
         with self._lock:
             idle = self.idle.of_host(summary["name"])
-        return host_view(summary, sample, idle, idle_after_seconds=self.idle_after_seconds)
+        view = host_view(summary, sample, idle, idle_after_seconds=self.idle_after_seconds)
+        if self.queue_gpus is not None:
+            view["queue_gpus"] = sorted(self.queue_gpus().get(summary["name"], []))
+        return view
+
+    def on_queue_change(self, job_ids: list[int]) -> None:
+        """The job queue changed: overview clients hear ``queue`` (the queue page re-reads
+        /api/v1/jobs) and every host's bars are redrawn with the GPUs queued jobs hold."""
+        self._seq += 1
+        message = sse("queue", {"now": time.time(), "jobs": job_ids}, self._seq)
+        for c in list(self.clients):
+            if c.host is None:
+                c.put(message)
+        with self._lock:
+            self._dirty |= set(self.ctx.live.hosts)
+        if self._wake is not None:
+            self._wake.set()
 
     def overview(self, now: float | None = None) -> dict[str, Any]:
         """Every host's view and the fleet totals (the snapshot and ``/api/v1/overview``)."""
@@ -132,7 +149,9 @@ class StreamHub:
         st = self.ctx.live.hosts.get(name)
         if st is None:
             return None
-        summary = self._summaries(now, {name}).get(name) or st.summary(now, self.ctx.live.status_cfg)
+        summary = self._summaries(now, {name}).get(name) or st.summary(
+            now, self.ctx.live.status_cfg
+        )
         return {
             "now": now,
             "view": self._view(summary),

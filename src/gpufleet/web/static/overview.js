@@ -72,7 +72,7 @@
   }
 
   // ---- rendering -------------------------------------------------------------------------
-  function gpuCell(g) {
+  function gpuCell(g, queued) {
     const util = g.utilization_gpu_percent;
     const mem = ratio(g.memory_used_bytes, g.memory_total_bytes);
     const cls = g.error ? "err" : g.idle ? "idle" : g.free ? "free" : "";
@@ -95,8 +95,9 @@
       g.idle ? `held but idle since ${new Date(g.idle_since * 1000).toLocaleTimeString()}` : "",
       g.error ? `error: ${g.error}` : "",
     ].filter(Boolean).join("\n");
-    return `<div class="gpu ${cls}" data-gpu="${g.index}" title="${esc(title)}">`
-      + `<div class="top"><b>${g.index}</b><span>${temp} ${power}</span></div>`
+    const q = queued ? ` queued" data-queued="1` : "";
+    return `<div class="gpu ${cls}${q}" data-gpu="${g.index}" title="${esc(title)}${queued ? "\nrunning a job of the gpufleet queue (/queue)" : ""}">`
+      + `<div class="top"><b>${g.index}${queued ? ' <span class="qmark">Q</span>' : ""}</b><span>${temp} ${power}</span></div>`
       + `<div class="bar u${util !== null && util >= 90 ? " hi" : ""}" data-util="${util ?? ""}"><i style="width:${util ?? 0}%"></i></div>`
       + `<div class="bar m" data-mem="${mem === null ? "" : mem.toFixed(1)}"><i style="width:${mem ?? 0}%"></i></div>`
       + who + `</div>`;
@@ -136,7 +137,7 @@
       + mini("Mem", ratio(memUsed, memTot), memTot ? `${gShort(memUsed)}/${gShort(memTot)}` : "N/A")
       + mini("Disk", ratio(v.disk_used_bytes, v.disk_total_bytes), pct(ratio(v.disk_used_bytes, v.disk_total_bytes)))
       + `</div>`
-      + `<div class="gpus">${v.gpus.map(gpuCell).join("")}</div>`;
+      + `<div class="gpus">${v.gpus.map((g) => gpuCell(g, (v.queue_gpus || []).includes(g.index))).join("")}</div>`;
   }
 
   function renderRow(name) {

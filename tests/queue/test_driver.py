@@ -1,0 +1,142 @@
+"""The live driver: the simulator's policy objects, a live fleet, memory and quotas."""
+
+from __future__ import annotations
+
+from gpufleet.queue.driver import QueueDriver
+from gpufleet.queue.fleet import FleetGpu, FleetHost
+from gpufleet.queue.policies import policy_factory
+from gpufleet.queue.quota import Limit, QuotaRules, Usage
+from gpufleet.queue.store import JobStore
+from gpufleet.sched.gpufleet_policy import GpufleetPolicy
+from gpufleet.sched.job import parse_job
+
+GIB = 2**30
+
+
+def host(name: str, gpus: int = 4, busy: tuple[int, ...] = (), online: bool = True) -> FleetHost:
+    return FleetHost(
+        name, "a100",
+        tuple(FleetGpu(i, 80 * GIB, 0, i in busy) for i in range(gpus)), online,
+    )  # fmt: skip
+
+
+def submit(store: JobStore, gpus: int = 1, user: str = "alice", memory: str | None = None):
+    text = f"name: j\nuser: {user}\ngpus: {gpus}\nmodel_name: m\nepochs: 1\ncommand: sleep 5\n"
+    if memory:
+        text += f"gpu_memory: {memory}\n"
+    return store.submit(parse_job(text))
+
+
+def driver(**kw) -> QueueDriver:
+    return QueueDriver(policy_factory("gpufleet"), **kw)
+
+
+def test_the_policy_is_the_simulators_and_places_on_free_gpus(tmp_path):
+    store = JobStore(tmp_path / "q.sqlite3")
+    d = driver()
+    d.set_fleet([host("h1", busy=(0, 1)), host("h2", online=False)])
+    assert isinstance(d.policy, GpufleetPolicy)
+    jobs = [submit(store, 2), submit(store, 2)]
+    for r in jobs:
+        d.add(r, 100.0)
+    out = d.schedule(100.0)
+    # h1's GPUs 0 and 1 are busy with outside work; h2 is offline: one job fits
+    assert [(s.job_id, s.hosts) for s in out.starts] == [(jobs[0].id, (("h1", (2, 3)),))]
+    assert "resources" in d.waiting_reason(jobs[1].id)
+    d.finished(jobs[0].id, 160.0, 60.0)
+    d.set_fleet([host("h1"), host("h2", online=False)])
+    out = d.schedule(160.0)
+    assert [s.job_id for s in out.starts] == [jobs[1].id]
+    assert d.predictor.observed == 1  # the finished job taught the predictor
+
+
+def test_memory_beyond_every_gpu_is_refused_with_the_field(tmp_path):
+    store = JobStore(tmp_path / "q.sqlite3")
+    d = driver(memory_margin=0.1)
+    d.set_fleet([host("h1")])
+    ok = submit(store, memory="70GiB")
+    too_big = submit(store, memory="75GiB")  # + 10% margin > 80 GiB
+    assert d.refusal(ok) is None
+    assert d.refusal(too_big).startswith("gpu_memory: needs 82.5 GiB")
+    assert d.refusal(submit(store, gpus=8)) == "gpus: asks for 8; the largest usable GPU pool has 4"
+
+
+def test_quota_keeps_a_job_from_the_policy_and_names_the_quota(tmp_path):
+    store = JobStore(tmp_path / "q.sqlite3")
+    d = driver(quotas=QuotaRules(users={"alice": Limit(gpus_at_once=2)}))
+    d.set_fleet([host("h1")])
+    a, b, c = submit(store, 2), submit(store, 1), submit(store, 1, user="bob")
+    for r in (a, b, c):
+        d.add(r, 10.0)
+    out = d.schedule(10.0)
+    assert sorted(s.job_id for s in out.starts) == [a.id, c.id]
+    assert d.waiting_reason(b.id) == (
+        "quota: user alice may hold 2 GPUs at once; holds 2, this job needs 1"
+    )
+    hours = Usage(gpu_hours={("user", "bob"): 5.0})
+    d2 = driver(quotas=QuotaRules(users={"bob": Limit(gpu_hours_per_week=5)}))
+    d2.set_fleet([host("h1")])
+    d2.add(c, 10.0)
+    assert d2.schedule(10.0, hours).starts == []
+    assert "used 5.0 of 5 GPU-hours" in d2.waiting_reason(c.id)
+
+
+def test_withdrawn_jobs_never_start(tmp_path):
+    store = JobStore(tmp_path / "q.sqlite3")
+    d = driver()
+    d.set_fleet([host("h1", gpus=1)])
+    a, b = submit(store), submit(store)
+    d.add(a, 1.0)
+    d.add(b, 2.0)
+    assert [s.job_id for s in d.schedule(2.0).starts] == [a.id]
+    d.withdraw(b.id, 3.0)
+    d.finished(a.id, 4.0, 3.0)
+    d.set_fleet([host("h1", gpus=1)])
+    assert d.schedule(4.0).starts == []
+
+
+def test_priority_counts_as_an_earlier_submission(tmp_path):
+    store = JobStore(tmp_path / "q.sqlite3")
+    d = QueueDriver(policy_factory("fifo"))
+    d.set_fleet([host("h1", gpus=1, busy=(0,))])
+    a, b = submit(store), submit(store)
+    d.add(a, 1.0)
+    d.add(b, 1.0)
+    d.schedule(1.0)
+    d.set_priority(store.set_priority(b.id, 2, "admin"), 2.0)
+    d.set_fleet([host("h1", gpus=1)])
+    assert [s.job_id for s in d.schedule(3.0).starts] == [b.id]
+
+
+def test_a_preempted_runs_gpus_stay_taken_until_it_has_stopped(tmp_path):
+    store = JobStore(tmp_path / "q.sqlite3")
+    d = driver()
+    d.set_fleet([host("h1", gpus=1)])
+    a = submit(store)
+    d.add(a, 0.0)
+    assert [s.job_id for s in d.schedule(0.0).starts] == [a.id]
+    b = submit(store)
+    d.add(b, 100.0)
+    out = d.schedule(100.0)  # least attained service first: b outranks a, which is preempted
+    assert [p.job_id for p in out.preempts] == [a.id] and out.starts == []
+    assert d.schedule(101.0).starts == []  # a's run has not stopped yet: its GPU stays taken
+    assert d.waiting_reason(a.id) == "preempted: waiting for its previous run to stop"
+    assert d.stopped(a.id) is None
+    assert [s.job_id for s in d.schedule(102.0).starts] == [b.id]
+
+
+def test_preempted_again_before_the_first_stop_is_confirmed(tmp_path):
+    store = JobStore(tmp_path / "q.sqlite3")
+    d = QueueDriver(policy_factory("tiresias"))
+    d.set_fleet([host("h1", gpus=2)])
+    a = submit(store)
+    d.add(a, 0.0)
+    d.schedule(0.0)
+    b, c = submit(store, 2), submit(store)
+    d.add(b, 1.0)
+    d.add(c, 1.0)
+    for t in range(2, 40):  # whatever the policy does, a run is never launched twice
+        out = d.schedule(float(t))
+        assert len({s.job_id for s in out.starts}) == len(out.starts)
+        for p in out.preempts:
+            d.stopped(p.job_id)

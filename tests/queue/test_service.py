@@ -1,0 +1,186 @@
+"""The queue service with the replay dispatcher: submit -> place -> run -> finish, cancel,
+restart with jobs running (re-attach: none lost, none run twice), the host-down rule."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from gpufleet.queue import store as st
+from gpufleet.queue.dispatch.base import DispatchEvent, EventKind, HostGpus, Launch
+from gpufleet.queue.dispatch.replay import ReplayDispatcher, planned_run
+from gpufleet.queue.driver import QueueDriver
+from gpufleet.queue.fleet import FleetGpu, FleetHost
+from gpufleet.queue.policies import policy_factory
+from gpufleet.queue.service import QueueService, SubmitError
+from gpufleet.queue.store import JobStore
+from gpufleet.sched.job import parse_job
+
+GIB = 2**30
+FLEET = [
+    FleetHost(f"h{i}", "a100", tuple(FleetGpu(g, 80 * GIB, 0) for g in range(2))) for i in range(2)
+]
+
+
+def spec(seconds: float = 0.2, gpus: int = 1, extra: str = ""):
+    return parse_job(
+        f"name: t\nuser: alice\ngpus: {gpus}\nmodel_name: m\nepochs: 1\n"
+        f"command: sleep {seconds}{extra}\n"
+    )
+
+
+def service(tmp_path, **kw) -> QueueService:
+    return QueueService(
+        JobStore(tmp_path / "q.sqlite3"),
+        ReplayDispatcher(tmp_path / "replay.json"),
+        QueueDriver(policy_factory("gpufleet")),
+        lambda: FLEET,
+        refresh_seconds=0.05,
+        **kw,
+    )
+
+
+async def until(check, deadline: float = 20.0):
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not met before the deadline")
+
+
+def test_planned_run_reads_sleep_and_exit():
+    assert planned_run(("sleep", "30"), "1", 300.0) == (30.0, 0)
+    assert planned_run(("sleep 5; exit 3",), "1", 300.0) == (5.0, 3)
+    drawn, code = planned_run(("python", "train.py"), "7", 300.0)
+    assert drawn > 0 and code == 0 and planned_run(("python",), "7", 300.0)[0] == drawn
+
+
+def test_jobs_run_and_finish_and_teach_the_predictor(tmp_path):
+    async def main():
+        svc = service(tmp_path)
+        await svc.start()
+        ok = await svc.submit(spec(0.2))
+        bad = await svc.submit(spec(0.2, extra="; exit 2"))
+        store = svc.store
+        await until(
+            lambda: store.get(ok.id).state in st.FINAL and store.get(bad.id).state in st.FINAL
+        )
+        done, failed = store.get(ok.id), store.get(bad.id)
+        assert (done.state, done.exit_code) == (st.SUCCEEDED, 0)
+        assert (failed.state, failed.exit_code, failed.reason) == (st.FAILED, 2, "exit code 2")
+        assert done.runtime_seconds == pytest.approx(0.2, abs=0.15)
+        assert [e["state"] for e in store.events(ok.id)] == [
+            "pending", "dispatching", "dispatching", "running", "succeeded",
+        ]  # fmt: skip
+        await until(lambda: svc.driver.predictor.observed == 2)  # stored first, then learnt
+        assert svc.status()["predictor_recent_error"] is not None
+        await svc.stop()
+
+    asyncio.run(main())
+
+
+def test_cancel_hold_release_and_refusals(tmp_path):
+    async def main():
+        svc = service(tmp_path)
+        await svc.start()
+        long = await svc.submit(spec(60, gpus=2))
+        held = await svc.submit(spec(0.1), held=True)
+        await until(lambda: svc.store.get(long.id).state == st.RUNNING)
+        await svc.cancel(long.id, "alice")
+        await until(lambda: svc.store.get(long.id).state == st.CANCELLED)
+        assert svc.store.get(held.id).state == st.HELD
+        await svc.release(held.id, "alice")
+        await until(lambda: svc.store.get(held.id).state == st.SUCCEEDED)
+        with pytest.raises(st.TransitionError, match="succeeded: nothing to cancel"):
+            await svc.cancel(held.id, "alice")
+        with pytest.raises(
+            SubmitError, match="gpus: asks for 8; the largest usable GPU pool has 4"
+        ):
+            await svc.submit(spec(1, gpus=8))
+        with pytest.raises(SubmitError, match="command: is required"):
+            await svc.submit(parse_job("name: t\nuser: a\ngpus: 1\nmodel_name: m\nepochs: 1\n"))
+        assert len(svc.store.jobs()) == 2
+        await svc.stop()
+
+    asyncio.run(main())
+
+
+def test_restart_reattaches_running_jobs_none_lost_none_twice(tmp_path):
+    async def first():
+        svc = service(tmp_path)
+        await svc.start()
+        ids = [(await svc.submit(spec(s))).id for s in (0.3, 30.0, 30.0, 30.0, 30.0)]
+        await until(lambda: sum(svc.store.get(i).state == st.RUNNING for i in ids) == 4)
+        launches = svc.dispatcher.launches
+        await svc.stop()  # as if killed: the jobs keep "running" on the replay fleet
+        return ids, launches
+
+    ids, launches = asyncio.run(first())
+    time.sleep(0.4)  # the short job ends while no server watches
+
+    async def second():
+        svc = service(tmp_path)
+        await svc.start()
+        await until(lambda: svc.store.get(ids[0]).state == st.SUCCEEDED)
+        await until(lambda: all(svc.store.get(i).state == st.RUNNING for i in ids[1:]))
+        assert svc.dispatcher.launches == 1  # only the job that waited is launched now
+        assert [e["state"] for e in svc.store.events(ids[0])].count("running") == 1
+        await svc.stop()
+
+    asyncio.run(second())
+    assert launches == 4
+
+
+def test_host_down_requeues_early_and_fails_late(tmp_path):
+    async def main():
+        svc = service(tmp_path, requeue_within_seconds=600)
+        await svc.start()
+        job = await svc.submit(spec(60))
+        await until(lambda: svc.store.get(job.id).state == st.RUNNING)
+        record = svc.store.get(job.id)
+        await svc.dispatcher.cancel(str(job.id), None)  # the replay fleet forgets it...
+        await until(lambda: svc.store.get(job.id).state == st.CANCELLED)
+        other = await svc.submit(spec(60))
+        await until(lambda: svc.store.get(other.id).state == st.RUNNING)
+        started = svc.store.get(other.id).start_seconds
+        svc.dispatcher.runs.pop(str(other.id))
+        svc.dispatcher._channel.emit(
+            DispatchEvent(str(other.id), EventKind.FAILED, started + 5, reason="host down")
+        )
+        await until(lambda: svc.store.get(other.id).reason == "host down: requeued")
+        late = await svc.submit(spec(60))
+        await until(lambda: svc.store.get(late.id).state == st.RUNNING)
+        t = svc.store.get(late.id).start_seconds
+        svc.dispatcher.runs.pop(str(late.id))
+        svc.dispatcher._channel.emit(
+            DispatchEvent(str(late.id), EventKind.FAILED, t + 3600, reason="host down")
+        )
+        await until(lambda: svc.store.get(late.id).state == st.FAILED)
+        assert svc.store.get(late.id).reason == "host down"
+        assert record.state == st.RUNNING
+        await svc.stop()
+
+    asyncio.run(main())
+
+
+def test_replayed_jobs_resume_after_a_preemption(tmp_path):
+    async def main():
+        now = [0.0]
+        d = ReplayDispatcher(tmp_path / "r.json", clock=lambda: now[0])
+        await d.start()
+        launch = Launch("7", "t", "ann", (HostGpus("h0", (0,)),), ("sleep", "10"))
+        await d.launch(launch)
+        now[0] = 4.0
+        await d.cancel("7", None)
+        now[0] = 10.0
+        await d.launch(launch)
+        assert d.runs["7"].ends_seconds == 16.0  # the 6 s left, not 10 again
+        again = ReplayDispatcher(tmp_path / "r.json", clock=lambda: now[0])
+        await again.start()
+        assert again.done_seconds == {"7": 4.0} and again.runs["7"].ends_seconds == 16.0
+        await d.close()
+
+    asyncio.run(main())
