@@ -157,3 +157,21 @@ def test_quota_refusal_names_the_quota(app_client):
             break
         time.sleep(0.05)
     assert reason == "quota: user ann may hold 2 GPUs at once; holds 2, this job needs 1"
+
+
+@pytest.mark.parametrize("dispatcher", ["slurm", "kubernetes", "local"])
+def test_a_dispatcher_option_it_does_not_have_is_a_config_error(app_client, dispatcher):
+    from gpufleet.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        app_client(dispatcher=dispatcher, dispatcher_options={"no_such_option": 1})
+    assert "queue.dispatcher_options" in str(err.value) and "no_such_option" in str(err.value)
+
+
+def test_an_unknown_dispatcher_is_a_config_error_that_lists_the_known_ones(app_client):
+    from gpufleet.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        app_client(dispatcher="pbs")
+    assert "'pbs'" in str(err.value)
+    assert "slurm or kubernetes" in (err.value.hint or "")

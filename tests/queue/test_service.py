@@ -184,3 +184,17 @@ def test_replayed_jobs_resume_after_a_preemption(tmp_path):
         await d.close()
 
     asyncio.run(main())
+
+
+def test_a_kubernetes_jobs_annotations_travel_with_its_launch():
+    from gpufleet.queue.service import _annotations
+    from gpufleet.sched.job import parse_job
+
+    spec = parse_job(
+        "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: bert\n  annotations:\n"
+        "    model_name: bert\n    data_size: '12.5'\n    epoch: '3'\n"
+        "spec:\n  template:\n    spec:\n      containers:\n      - name: c\n"
+        "        image: pytorch\n        command: [python, train.py]\n"
+        "        resources:\n          limits:\n            nvidia.com/gpu: 2\n"
+    )
+    assert _annotations(spec) == {"model_name": "bert", "epoch": "3", "data_size": "12.5"}

@@ -298,9 +298,20 @@ def _dispatcher(cfg: Any, settings: Any) -> Any:
 
         hosts = [SshHostConfig.model_validate(h) for h in settings.ssh.hosts]
         return SshDispatcher(hosts, **options)
+    if cfg.dispatcher == "slurm":
+        from gpufleet.queue.dispatch.slurm import SlurmDispatcher
+
+        # job logs: a directory the compute nodes write to (shared storage on a real cluster)
+        options.setdefault("log_dir", data_dir / "slurm-logs")
+        return SlurmDispatcher(**options)
+    if cfg.dispatcher == "kubernetes":
+        from gpufleet.queue.dispatch.k8s import KubernetesDispatcher
+
+        return KubernetesDispatcher(**options)
     raise ConfigError(
         f"queue.dispatcher: unknown dispatcher {cfg.dispatcher!r}",
-        hint="set queue.dispatcher to none, replay, local or ssh (docs/dispatchers.md)",
+        hint="set queue.dispatcher to none, replay, local, ssh, slurm or kubernetes "
+        "(docs/dispatchers.md)",
     )
 
 

@@ -36,7 +36,7 @@ from gpufleet.queue.driver import QueueDriver, Start
 from gpufleet.queue.fleet import FleetHost
 from gpufleet.queue.quota import WEEK_SECONDS, Usage
 from gpufleet.queue.store import JobRecord, JobStore
-from gpufleet.sched.job import JobSpec
+from gpufleet.sched.job import GB, JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +248,7 @@ class QueueService:
             hosts=tuple(HostGpus(h, g) for h, g in start.hosts),
             command=spec.command,
             gpu_memory_bytes=start.memory_bytes,
+            annotations=_annotations(spec),
         )
         try:
             handle = await self.dispatcher.launch(launch)
@@ -372,3 +373,14 @@ def draft_record(spec: JobSpec, group: str) -> JobRecord:
         0, spec.name, spec.user, group, st.spec_json(spec), spec.gpus, spec.priority, st.PENDING,
         None, None, None, 0.0, None, None, None, None, None, None, 0,
     )  # fmt: skip
+
+
+def _annotations(spec: JobSpec) -> dict[str, str]:
+    """The job's own metadata, as the Kubernetes Job annotations it may have come from
+    (``model_name``, ``epoch``, ``data_size`` in GB): kept by dispatchers that have a place."""
+    out = {"model_name": spec.model_name}
+    if spec.epochs is not None:
+        out["epoch"] = str(spec.epochs)
+    if spec.data_size_bytes:
+        out["data_size"] = f"{spec.data_size_bytes / GB:g}"
+    return out
