@@ -282,6 +282,22 @@ def test_server_runs_on_postgresql_end_to_end(server_factory, postgres_url, monk
     store.close()
 
 
+def test_a_new_host_is_listed_as_soon_as_its_first_sample_is_acknowledged(
+    server_factory, postgres_url, monkeypatch
+):
+    """The hosts table is derived and flushed at most once a second, but a host's first row is
+    written with its first sample: a server killed right after the acknowledgement still lists
+    the host (before, a SIGKILL, or a worker killed at a slow shutdown, lost it)."""
+    monkeypatch.setenv("GPUFLEET_DATABASE", postgres_url)
+    server = server_factory("--ingest-workers", "0")
+    assert server.post(make_batch(make_sample("first-light"))).json()["status"] == "stored"
+    server.proc.kill()
+    server.proc.wait()
+    store = open_store(postgres_url)
+    assert [h.name for h in store.hosts()] == ["first-light"]
+    store.close()
+
+
 def test_writer_reconnects_after_its_connection_is_lost(postgres_url):
     store = open_store(postgres_url)
     assert store.submit(item(make_batch(make_sample("h")))).result() is True

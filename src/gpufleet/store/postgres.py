@@ -160,6 +160,10 @@ class PostgresStore(warehouse.WarehouseMixin, SqlReads, Store):
         self._queue = WriterQueue()
         self._pending_hosts: dict[str, list[Any]] = {}  # as in duck.py; writer thread only
         self._hosts_due = 0.0
+        # hosts with a row: a new host's row is written with its first sample, in the same
+        # transaction, so that a crash before the next flush cannot leave a stored, acknowledged
+        # sample whose host is missing from the hosts list (later updates wait for the flush)
+        self._known_hosts = {r[0] for r in self._con.execute("SELECT name FROM hosts")}
         self.commits = 0
         self.batches_stored = 0
         self.batches_duplicate = 0
@@ -335,9 +339,17 @@ class PostgresStore(warehouse.WarehouseMixin, SqlReads, Store):
             )
             fresh = [key in inserted and first[key] == n for n, key in enumerate(keys)]
             new_items = [item for item, f in zip(items, fresh, strict=True) if f]
+            added: dict[str, list[Any]] = {}
             if new_items:
                 self._copy_rows(cur, new_items)
                 self._warehouse_note_late(cur, new_items)
+                for item in new_items:
+                    for smp in item.batch.samples:
+                        if smp.host not in self._known_hosts:
+                            note_host(added, item, smp)
+                if added:
+                    _upsert_hosts(cur, list(added.values()))
+        self._known_hosts.update(added)
         self.commits += 1
         self.batches_stored += len(new_items)
         self.batches_duplicate += len(items) - len(new_items)
@@ -356,10 +368,7 @@ class PostgresStore(warehouse.WarehouseMixin, SqlReads, Store):
 
     def _flush_hosts(self, cur: psycopg.Cursor) -> None:
         """Upsert the hosts seen since the last flush, in one statement."""
-        rows = list(self._pending_hosts.values())
-        columns = [list(c) for c in zip(*rows, strict=True)]
-        columns[-1] = [smp.model_dump_json() for smp in columns[-1]]
-        cur.execute(_UPSERT_HOSTS, columns)
+        _upsert_hosts(cur, list(self._pending_hosts.values()))
         self._pending_hosts.clear()
         self._hosts_due = time.monotonic() + HOSTS_FLUSH_SECONDS
 
@@ -472,3 +481,10 @@ class PostgresStore(warehouse.WarehouseMixin, SqlReads, Store):
         late = {int(s.ts // 3600) * 3600 for i in items for s in i.batch.samples if s.ts < wm}
         if late:
             warehouse.mark_dirty(cur, sorted(late), warehouse.POSTGRES)
+
+
+def _upsert_hosts(cur: psycopg.Cursor, rows: list[list[Any]]) -> None:
+    """Upsert ``hosts`` rows (as ``rows.note_host`` builds them) in one statement."""
+    columns = [list(c) for c in zip(*rows, strict=True)]
+    columns[-1] = [smp.model_dump_json() for smp in columns[-1]]
+    cur.execute(_UPSERT_HOSTS, columns)
