@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import hashlib
 import logging
 import threading
 import time
@@ -71,6 +72,9 @@ class AlertService:
         self._lock = threading.Lock()
         self.busy_seconds = 0.0  # CPU time spent evaluating (thread time)
         self.observed = 0
+        # the live stream's publish (server/stream.py): ``alerts`` events when badges change
+        self.publish: Callable[[str, Any], None] | None = None
+        self._published: str | None = None
 
     # -- rules ----------------------------------------------------------------------------
 
@@ -204,6 +208,35 @@ class AlertService:
                 "rule_errors": self.rule_errors, "channel_errors": self.channel_errors}  # fmt: skip
 
 
+    def badges(self, now: float | None = None) -> dict[str, Any]:
+        """Firing, not muted alerts counted by severity, for the fleet and per host (the
+        ``alerts`` event of the live stream); ``version`` changes whenever /alerts would."""
+        v = self.view(self.clock() if now is None else now)
+        zero = {"critical": 0, "warning": 0, "info": 0}
+        fleet = dict(zero)
+        hosts: dict[str, dict[str, int]] = {}
+        digest = hashlib.sha1()
+        for d in v["alerts"]:
+            digest.update(f"{d['fingerprint']}{d['state']}{d['muted']}{d['acked_by']}".encode())
+            if d["state"] != "firing" or d["muted"]:
+                continue
+            fleet[d["severity"]] += 1
+            host = d["labels"].get("host")
+            if host:
+                hosts.setdefault(host, dict(zero))[d["severity"]] += 1
+        return {"now": v["now"], "firing": fleet, "hosts": hosts, "counts": v["counts"],
+                "version": digest.hexdigest()[:16]}  # fmt: skip
+
+    def announce(self) -> None:
+        """Publish the badges on the live stream if anything /alerts shows has changed."""
+        if self.publish is None:
+            return
+        b = self.badges()
+        if b["version"] != self._published:
+            self._published = b["version"]
+            self.publish("alerts", b)
+
+
 def open_service(settings: Settings, data_dir: Path | None = None) -> AlertService:
     db = AlertDB((data_dir or settings.server.data_dir) / DB_FILE)
     return AlertService(settings, db)
@@ -231,6 +264,7 @@ async def run_forever(service: AlertService, ctx: Any) -> None:
                 [h for h in hosts if h.name not in polled and now - h.last_received > offline]
             )
             messages = await asyncio.to_thread(service.tick, hosts)
+            service.announce()
             if messages:
                 await asyncio.to_thread(service.deliver, messages)
         except asyncio.CancelledError:

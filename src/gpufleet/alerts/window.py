@@ -23,7 +23,7 @@ Cond = Callable[[float], bool]
 
 
 class Window:
-    __slots__ = ("span", "width", "buckets", "total")
+    __slots__ = ("buckets", "span", "total", "width")
 
     def __init__(self, span: float) -> None:
         self.span = span
