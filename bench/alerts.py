@@ -41,6 +41,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -67,10 +69,11 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 def run_quality(n_hosts: int, interval: float, quiet_hours: float, seed: int,
-                spacing: float, natural: list[dict[str, Any]] | None = None,
+                spacing: float, natural: Callable[[], list[dict[str, Any]]] | None = None,
                 ) -> dict[str, Any]:  # fmt: skip
-    """One closed-loop run. ``natural``: the firings of the same replay without faults (the
-    trace's own incidents); None: this *is* that fault-free baseline run."""
+    """One closed-loop run. ``natural``: gives the firings of the same replay without faults
+    (the trace's own incidents; asked for at the end, so that run can go on meanwhile in
+    another process); None: this *is* that fault-free baseline run."""
     specs = [replace(s, flaky_gpu=None, goes_offline=False) for s in build_fleet(n_hosts, seed)]
     trace = load_trace()
     replay = Replay(specs, trace, seed=seed, load=0.6)
@@ -148,7 +151,7 @@ def run_quality(n_hosts: int, interval: float, quiet_hours: float, seed: int,
                             for a in fired], "cpu_seconds": cpu}  # fmt: skip
     slack = 2 * interval + engine.config.resolve_hold_seconds
     spans: dict[str, list[tuple[float, float]]] = {}
-    for n in natural:
+    for n in natural():
         spans.setdefault(n["fingerprint"], []).append((n["fired_at"] - slack, n["until"] + slack))
     known = [i for i, a in enumerate(fired) if any(
         lo <= (a.fired_at or 0) <= hi for lo, hi in spans.get(a.fingerprint, ()))]
@@ -491,9 +494,12 @@ def main() -> None:
         for seed in args.seeds:
             print(f"quality: seed {seed}, {args.hosts} hosts, {args.interval:g} s interval",
                   file=sys.stderr)  # fmt: skip
-            base = run_quality(args.hosts, args.interval, args.quiet_hours, seed, args.spacing)
-            q = run_quality(args.hosts, args.interval, args.quiet_hours, seed, args.spacing,
-                            natural=base["natural"])  # fmt: skip
+            with ProcessPoolExecutor(1) as pool:  # the fault-free run alongside, on a core
+                job = pool.submit(run_quality, args.hosts, args.interval, args.quiet_hours,
+                                  seed, args.spacing)  # fmt: skip
+                q = run_quality(args.hosts, args.interval, args.quiet_hours, seed,
+                                args.spacing, natural=lambda job=job: job.result()["natural"])
+                base = job.result()
             q["baseline_by_rule"] = _count(n["rule"] for n in base["natural"])
             q["baseline_cpu_seconds"] = base["cpu_seconds"]
             out["quality"].append(q)

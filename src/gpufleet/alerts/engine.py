@@ -91,7 +91,8 @@ class AlertEngine:
         self.by_metric: dict[str, list[Rule]] = {}
         self.alerts: dict[str, Alert] = {}  # pending and firing, by fingerprint
         self.events: list[dict[str, Any]] = []  # state changes not yet taken by the service
-        self._windows: dict[tuple[str, float, Labels], Window] = {}  # (metric, span, series)
+        # series -> metric -> its windows, one per span of plan.spans (same order)
+        self._windows: dict[Labels, dict[str, list[Window]]] = {}
         self._key_alerts: dict[Labels, int] = {}  # series -> its pending and firing alerts
         self._host_keys: dict[str, set[Labels]] = {}  # series the host's last sample had
         self._host_alerts: dict[str, set[str]] = {}  # host -> fingerprints
@@ -201,6 +202,8 @@ class AlertEngine:
                 self._resolve(a, now) if a.state == "firing" else self._drop(fp)
         for d in (self._host_keys, self._user_share, self._free_gpus, self._last_ts):
             d.pop(host, None)
+        for key in [k for k in self._windows if ("host", host) in k]:
+            del self._windows[key]
 
     # -- evaluation ---------------------------------------------------------------------
 
@@ -213,6 +216,7 @@ class AlertEngine:
         the same metric and span; labels and text are made only when an alert is new."""
         plans = self._plan
         has_alerts = key in self._key_alerts
+        series_windows = None
         for metric, raw in values.items():
             plan = plans.get(metric)
             if plan is None:
@@ -222,14 +226,15 @@ class AlertEngine:
                 for name, holds, still, rule in plan.plain:
                     self._check(name, holds, still, rule, key, raw, now, extra)
             if plan.windowed:
-                windows = self._windows
-                for span in plan.spans:
-                    w = windows.get((metric, span, key))
-                    if w is None:
-                        w = windows[(metric, span, key)] = Window(span)
+                if series_windows is None:
+                    series_windows = self._windows.setdefault(key, {})
+                ws = series_windows.get(metric)
+                if ws is None:
+                    ws = series_windows[metric] = [Window(span) for span in plan.spans]
+                for w in ws:
                     w.add(now, raw)
-                for (span, kind), sub in plan.windowed.items():
-                    value = windows[(metric, span, key)].value(kind, now, raw)
+                for (i, kind), sub in plan.windowed.items():
+                    value = ws[i].value(kind, now, raw)
                     if has_alerts or not sub.quiet(value):
                         self.evaluations += len(sub.plain)
                         for name, holds, still, rule in sub.plain:

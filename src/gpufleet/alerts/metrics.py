@@ -106,6 +106,14 @@ def sample_series(
         out[_key(host, group, "gpu", g.index)] = m
         if not derived:
             continue
+        if not procs:  # the common case: nothing listed, nothing held by a user
+            if g.error is None:
+                if g.utilization_gpu_percent is not None:
+                    m["held_idle"] = 0.0
+                if g.memory_used_bytes is not None:
+                    used = g.memory_used_bytes
+                    m["ghost_memory_bytes"] = float(used) if used >= th.ghost_min_bytes else 0.0
+            continue
         users = sorted({p.user for p in procs if p.user})
         if g.error is None and g.utilization_gpu_percent is not None:
             held = sum(p.gpu_memory_bytes or 0 for p in procs if p.uid is not None or p.user)
@@ -116,10 +124,7 @@ def sample_series(
             )
         if g.error is None and g.memory_used_bytes is not None:
             gone = sum(p.gpu_memory_bytes or 0 for p in procs if p.uid is None and not p.user)
-            ghost = float(gone)
-            if not procs and g.memory_used_bytes >= th.ghost_min_bytes:
-                ghost = float(g.memory_used_bytes)
-            m["ghost_memory_bytes"] = ghost
+            m["ghost_memory_bytes"] = float(gone)
         # the user label is kept only on the held-but-idle series (so the alert names them)
         if users and "held_idle" in m:
             hkey = _user_key(host, group, g.index, ",".join(users))

@@ -75,6 +75,8 @@ class AlertService:
         # the live stream's publish (server/stream.py): ``alerts`` events when badges change
         self.publish: Callable[[str, Any], None] | None = None
         self._published: str | None = None
+        self._changed = True  # something /alerts shows may differ from what was published
+        self._muting: tuple[str, ...] = ()
 
     # -- rules ----------------------------------------------------------------------------
 
@@ -150,8 +152,11 @@ class AlertService:
                     from gpufleet.alerts.engine import Alert
 
                     self.dispatcher.resolved(Alert.from_dict(e["alert"]))
-            messages = self.dispatcher.flush(list(self.engine.alerts.values()),
-                                             self.silences(now), now)  # fmt: skip
+            silences = self.silences(now)
+            messages = self.dispatcher.flush(list(self.engine.alerts.values()), silences, now)
+            muting = tuple(sorted(str(s.id) for s in silences))
+            if events or muting != self._muting:
+                self._muting, self._changed = muting, True
             changed_groups = bool(messages) or any(e["event"] == "resolved" for e in events)
             groups = self.dispatcher.snapshot() if changed_groups else None
         if events or groups is not None:
@@ -186,6 +191,7 @@ class AlertService:
             a = self.engine.acknowledge(fp, who, self.clock())
             if a is None:
                 return None
+            self._changed = True
         return a.to_dict()  # the next tick saves it with the other changes
 
     def view(self, now: float) -> dict[str, Any]:
@@ -229,8 +235,9 @@ class AlertService:
 
     def announce(self) -> None:
         """Publish the badges on the live stream if anything /alerts shows has changed."""
-        if self.publish is None:
+        if self.publish is None or not self._changed:
             return
+        self._changed = False
         b = self.badges()
         if b["version"] != self._published:
             self._published = b["version"]

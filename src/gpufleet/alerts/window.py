@@ -59,8 +59,8 @@ class MetricPlan:
     threshold rule can hold (the common case, skipped without looking at the rules)."""
 
     plain: list[tuple[str, Cond, Cond | None, Rule]] = field(default_factory=list)
-    # (span, kind) -> the rules on that value (a plan of their own, for its shortcut)
-    windowed: dict[tuple[float, str], MetricPlan] = field(default_factory=dict)
+    # (index in spans, kind) -> the rules on that value (a plan of their own, for its shortcut)
+    windowed: dict[tuple[int, str], MetricPlan] = field(default_factory=dict)
     spans: tuple[float, ...] = ()
     gt: float = math.inf  # the lowest threshold of the '>' rules
     ge: float = math.inf
@@ -85,11 +85,12 @@ class MetricPlan:
             else:
                 self.exact = True
         else:
-            sub = self.windowed.setdefault((rule.window_seconds, rule.kind), MetricPlan())
-            sub.add(rule.model_copy(update={"kind": "threshold"}))
-            sub.plain[-1] = (*sub.plain[-1][:3], rule)
             if rule.window_seconds not in self.spans:
                 self.spans += (rule.window_seconds,)
+            i = self.spans.index(rule.window_seconds)
+            sub = self.windowed.setdefault((i, rule.kind), MetricPlan())
+            sub.add(rule.model_copy(update={"kind": "threshold"}))
+            sub.plain[-1] = (*sub.plain[-1][:3], rule)
 
     def quiet(self, v: float) -> bool:
         """No plain rule can hold at ``v`` (an ``== t`` rule counts as ``>= t``, so a flag's
