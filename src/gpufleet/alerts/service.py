@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gpufleet.alerts.alertmanager import Forwarder
 from gpufleet.alerts.channels import channels_from, send, user_targets
 from gpufleet.alerts.engine import AlertEngine, EngineConfig, HostSeen
 from gpufleet.alerts.metrics import Thresholds
@@ -75,6 +76,7 @@ class AlertService:
         # the live stream's publish (server/stream.py): ``alerts`` events when badges change
         self.publish: Callable[[str, Any], None] | None = None
         self._published: str | None = None
+        self.forwarder = Forwarder(cfg.alertmanager_url) if cfg.alertmanager_url else None
         self._changed = True  # something /alerts shows may differ from what was published
         self._muting: tuple[str, ...] = ()
 
@@ -151,7 +153,10 @@ class AlertService:
                 if e["event"] == "resolved":
                     from gpufleet.alerts.engine import Alert
 
-                    self.dispatcher.resolved(Alert.from_dict(e["alert"]))
+                    resolved = Alert.from_dict(e["alert"])
+                    self.dispatcher.resolved(resolved)
+                    if self.forwarder is not None:
+                        self.forwarder.note_resolved(resolved)
             silences = self.silences(now)
             messages = self.dispatcher.flush(list(self.engine.alerts.values()), silences, now)
             muting = tuple(sorted(str(s.id) for s in silences))
@@ -163,6 +168,14 @@ class AlertService:
             self.db.save(events, groups)
         self.busy_seconds += time.thread_time() - t0
         return messages
+
+    def forward(self) -> None:
+        """Tell the Alertmanager (if one is configured) what fires and what resolved."""
+        if self.forwarder is None:
+            return
+        with self._lock:
+            firing = [a for a in self.engine.alerts.values() if a.state == "firing"]
+        self.forwarder.send(firing, self.clock())
 
     def deliver(self, messages: list[Message]) -> None:
         """Send messages to the channels that want them (blocking: run in a thread)."""
@@ -272,6 +285,8 @@ async def run_forever(service: AlertService, ctx: Any) -> None:
             )
             messages = await asyncio.to_thread(service.tick, hosts)
             service.announce()
+            if service.forwarder is not None:
+                await asyncio.to_thread(service.forward)
             if messages:
                 await asyncio.to_thread(service.deliver, messages)
         except asyncio.CancelledError:
