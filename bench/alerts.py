@@ -331,18 +331,24 @@ def run_cost(n_hosts: int, rounds: int, seed: int) -> dict[str, Any]:
     engine = AlertEngine(fifty_rules())
     seen = {f"h{i:04d}": HostSeen(f"h{i:04d}", T0, 5.0) for i in range(n_hosts)}
     c0 = time.process_time()
+    first_cpu = 0.0
     for r in range(rounds):
         for i in range(n_hosts):
             b = batches[r * n_hosts + i]
             engine.observe(b.samples[0], now=T0 + 5 * r + 0.1)
             seen[b.samples[0].host].last_received = T0 + 5 * r + 0.1
         engine.tick(T0 + 5 * r + 5, seen.values())
+        if r == 0:  # every series, window and pending alert is new in the first round
+            first_cpu = time.process_time() - c0
     alert_cpu = time.process_time() - c0
     n = len(bodies)
+    warm = 1000 * (alert_cpu - first_cpu) / max(1, n - n_hosts)
     return {"hosts": n_hosts, "rounds": rounds, "rules": len(engine.rules), "batches": n,
             "ingest_ms_per_batch": 1000 * ingest_cpu / n,
             "alert_ms_per_batch": 1000 * alert_cpu / n,
-            "ratio": alert_cpu / ingest_cpu, "evaluations_per_batch": engine.evaluations / n}  # fmt: skip
+            "ratio": alert_cpu / ingest_cpu, "evaluations_per_batch": engine.evaluations / n,
+            "alert_ms_per_batch_after_first_round": warm,
+            "ratio_after_first_round": warm / (1000 * ingest_cpu / n)}  # fmt: skip
 
 
 def _server_cpu(bodies: list[bytes], alerts_cfg: dict[str, Any]) -> float:
@@ -557,10 +563,12 @@ def print_tables(out: dict[str, Any]) -> None:
     for c in out.get("cost", []):
         print(f"\n## Evaluation cost: {c['rules']} rules, {c['hosts']} hosts x {c['rounds']} "
               f"rounds ({c['batches']} batches)\n")  # fmt: skip
-        print("| ingest ms/batch (validate + store) | alerts ms/batch (observe + tick) | ratio |")
-        print("|---|---|---|")
+        print("| ingest ms/batch (validate + store) | alerts ms/batch (observe + tick) | ratio "
+              "| alerts ms/batch after the first round | ratio |")
+        print("|---|---|---|---|---|")
         print(f"| {c['ingest_ms_per_batch']:.3f} | {c['alert_ms_per_batch']:.3f} | "
-              f"{100 * c['ratio']:.1f}% |")  # fmt: skip
+              f"{100 * c['ratio']:.1f}% | {c['alert_ms_per_batch_after_first_round']:.3f} | "
+              f"{100 * c['ratio_after_first_round']:.1f}% |")  # fmt: skip
     for c in out.get("server_cost", []):
         print(f"\n## Server CPU per batch over HTTP ({c['batches']} batches; alerts on: 50 "
               "rules)\n")  # fmt: skip
