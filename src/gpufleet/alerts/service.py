@@ -250,8 +250,10 @@ class AlertService:
         """Publish the badges on the live stream if anything /alerts shows has changed."""
         if self.publish is None or not self._changed:
             return
+        t0 = time.thread_time()
         self._changed = False
         b = self.badges()
+        self.busy_seconds += time.thread_time() - t0
         if b["version"] != self._published:
             self._published = b["version"]
             self.publish("alerts", b)
