@@ -110,12 +110,15 @@ def run_quality(n_hosts: int, interval: float, quiet_hours: float, seed: int,
             now = T0 + t_rel
             name = sim.spec.name
             inj.begin(sim, t_rel)
-            if not inj.sends(name, t_rel):
-                continue
+            # the simulated host runs on and is read even when nothing is sent (its sample is
+            # dropped): its random draws stay the same as in the fault-free run, so the trace's
+            # own incidents on it happen at the same times in both (see "natural" below)
             sim.apply(replay, replay.jobs_on(sim.spec.index), replay.start + t_rel, now,
                       lambda tt: T0 + (tt - replay.start))  # fmt: skip
             inj.hold(sim, t_rel)
             sample = sim.collect()
+            if not inj.sends(name, t_rel):
+                continue
             skew = inj.clock_offset(name, t_rel)
             sample = sample.model_copy(update={"ts": now + skew})
             spool[name].append(sample)
