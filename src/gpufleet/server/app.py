@@ -85,7 +85,7 @@ async def _start_poller(ctx: Context) -> None:
     log.info("agent-less: polling %d host(s) over SSH", len(hosts))
 
 
-def _start_alerts(app: FastAPI, ctx: Context) -> asyncio.Task[None]:
+def _start_alerts(app: FastAPI, ctx: Context, hub: stream.StreamHub) -> asyncio.Task[None]:
     """Alerts hear every host's newest sample from live state and tick on their own task."""
     if not ctx.settings.alerts.enabled:
         app.state.alerts = None
@@ -94,6 +94,8 @@ def _start_alerts(app: FastAPI, ctx: Context) -> asyncio.Task[None]:
     if ctx.poller is not None:
         svc.poll_status = ctx.poller.status
     ctx.live.listeners.append(svc.on_host)
+    svc.publish = hub.publish  # badges and /alerts follow the live stream
+    hub.extra_snapshots["alerts"] = svc.badges
     app.state.alerts = svc
     return asyncio.create_task(alerts_service.run_forever(svc, ctx))
 
@@ -145,7 +147,7 @@ def create_app(
         recommender = asyncio.create_task(recommend_service.refresh_forever(app))  # history
         mailer = report_mail.attach(app, ctx)  # scheduled e-mail reports
         await _start_poller(ctx)
-        alerter = _start_alerts(app, ctx)  # alert rules, life cycle, channels (gpufleet.alerts)
+        alerter = _start_alerts(app, ctx, hub)  # alert rules, life cycle, channels (gpufleet.alerts)
         await _start_queue(app, ctx, hub)  # the job queue, when queue.dispatcher is set
         from gpufleet.server.workers.pool import WorkerPool, move_leftovers
 
