@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from gpufleet.server.errors import ApiError
 from gpufleet.store import StoreError
-from gpufleet.usermap.core import MAX_IMPORT, MappingError, from_store, make, to_csv
+from gpufleet.usermap.core import MAX_IMPORT, UNIX_USER, MappingError, from_store, make, to_csv
 
 router = APIRouter(prefix="/api/v1/admin/usermap", tags=["admin"])
 
@@ -33,12 +33,12 @@ class MappingBody(BaseModel):
 
 
 class ImportItem(MappingBody):
-    user: Annotated[str, Field(max_length=1024)]
+    user: Annotated[str, Field(max_length=1024, pattern=UNIX_USER)]
 
 
 class ImportBody(BaseModel):
     mappings: Annotated[list[ImportItem], Field(max_length=MAX_IMPORT)]
-    replace: bool = False
+    replace: Annotated[bool, Field(strict=True)] = False
 
 
 async def _admin(request: Request, authorization: str | None, change: bool) -> None:
@@ -65,7 +65,10 @@ def _mappings(request: Request) -> list[Any]:
         raise ApiError(503, "store_unavailable", str(exc)) from None
 
 
-@router.get("", summary="Every Unix user -> person/group mapping")
+@router.get(
+    "", summary="Every Unix user -> person/group mapping",
+    responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
+)
 async def list_mappings(
     request: Request,
     authorization: Annotated[str | None, Header()] = None,
