@@ -53,6 +53,7 @@ def live(tmp_path_factory) -> Live:
 # fleet, names already taken): a schema-valid request may be refused there with the status
 # named, and only there. Every other check keeps its defaults.
 SEMANTIC = {
+    "/api/v1/hosts/{name}/series": ["400"],  # since/until: Unix seconds, ISO 8601 or -1h
     "/api/v1/reports": ["400"],  # from after to, over 20 years, unknown keys or fields
     "/api/v1/recommendations": ["422"],  # a request that can never fit this fleet
     "/api/v1/silences": ["422"],  # matcher patterns that do not compile

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from gpufleet.server.errors import ApiError
 from gpufleet.store import StoreError
-from gpufleet.usermap.core import MAX_IMPORT, UNIX_USER, MappingError, from_store, make, to_csv
+from gpufleet.usermap.core import MAX_IMPORT, MappingError, from_store, make, to_csv
 
 router = APIRouter(prefix="/api/v1/admin/usermap", tags=["admin"])
 
@@ -33,7 +33,7 @@ class MappingBody(BaseModel):
 
 
 class ImportItem(MappingBody):
-    user: Annotated[str, Field(max_length=1024, pattern=UNIX_USER)]
+    user: Annotated[str, Field(max_length=1024)]
 
 
 class ImportBody(BaseModel):
