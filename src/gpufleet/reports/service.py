@@ -131,7 +131,7 @@ def compute_report(
         buckets = []
         host_buckets = []
         for d, lab in labels:
-            a, b = cal.day_start_ts(d, zone), cal.day_start_ts(d + timedelta(1), zone)
+            a, b = cal.day_first_hour_ts(d, zone), cal.day_first_hour_ts(d + timedelta(1), zone)
             buckets += [(h, lab) for h in range(a, b, 3600)]
             if d >= first:
                 host_buckets += [(h, "range") for h in range(a, b, 3600)]
