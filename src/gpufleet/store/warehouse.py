@@ -414,6 +414,9 @@ def rollup_hours(con: Any, h0: int, h1: int, busy_util_percent: float, d: Dialec
         con.execute(d.sql("SELECT set_config('enable_nestloop', ?, true)"), [nestloop])
 
 
+DAY_KEYS = "|exact-midnight"  # how day-tier rows are keyed (see rollup's day_tz state)
+
+
 def _prefixed(cols: str) -> str:
     return ", ".join(f"t.{c.strip()}" for c in cols.split(","))
 
@@ -784,14 +787,16 @@ class WarehouseMixin:
             self._rollup_lock(con)
             state = get_state(con)
             rebuilt = 0
-            if state.get("day_tz") != tz:  # the day tier follows the configured time zone
+            # the day tier follows the configured time zone (and is rebuilt once by a version
+            # that keys days differently: exact midnights since the half-hour zones' fix)
+            if state.get("day_tz") != f"{tz}{DAY_KEYS}":
                 lo, hi = hour_span(con)
                 if lo is not None and hi is not None:
                     hours = list(range(int(lo), int(hi) + 1, 3600))
                     days = sorted(days_touched(hours, tzinfo))
                     rollup_days(con, [day_range(day, tzinfo) for day in days], d)
                     rebuilt = len(days)
-                set_state(con, "day_tz", tz, d)
+                set_state(con, "day_tz", f"{tz}{DAY_KEYS}", d)
             kept = float(state.get("raw_kept_from_ts", "-inf"))
             raw_lo, raw_hi = raw_span(con)
             if raw_lo is None or raw_hi is None:
