@@ -116,7 +116,7 @@ def build(app: FastAPI) -> dict[str, Any]:
     for route in iter_route_contexts(app.routes):  # routes of included routers, as served
         if not isinstance(route.original_route, APIRoute) or not route.include_in_schema:
             continue
-        for method in route.methods:
+        for method in route.methods or ():
             op = schema["paths"].get(route.path_format, {}).get(method.lower())
             if op is not None:
                 _contract(route, op)
