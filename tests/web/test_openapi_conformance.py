@@ -36,7 +36,9 @@ def live(tmp_path_factory) -> Live:
     r = run_cli("user", "create", "root", "--role", "admin", "--password-stdin",
                 "--data-dir", str(data), input=PASSWORD + "\n")  # fmt: skip
     assert r.returncode == 0, r.stderr
-    srv = ServerProc(data, free_port(), token)
+    config = data.parent / "gpufleet.yaml"  # the job queue on, so that its API is checked too
+    config.write_text("queue:\n  dispatcher: replay\n")
+    srv = ServerProc(data, free_port(), token, extra_args=("--config", str(config)))
     srv.start()
     try:
         assert srv.post(make_batch(make_sample("gpu01"), make_sample("gpu02"))).status_code == 200
@@ -62,6 +64,7 @@ SEMANTIC = {
     "/api/v1/admin/usermap/import": ["422"],  # a user listed twice; a person or a group each
     "/api/v1/reports/subscriptions": ["422"],  # e-mail addresses, report periods
     "/api/v1/ingest": ["422"],  # a process on a GPU its sample lists; timestamps in order
+    "/api/v1/jobs": ["422"],  # a job spec (YAML or JSON text, or a Kubernetes Job): parse_job
 }
 ACCEPTED = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
 

@@ -10,6 +10,7 @@ are added (schemathesis checks it in tests/web/test_openapi_conformance.py):
   too low; ``csrf_protected`` adds the ``X-CSRF-Token`` header (``csrfToken``) and 403;
 - the routers in ``SESSION_TOO`` take the admin key or a logged-in admin (their handlers decide);
 - a path parameter names a thing that may not exist: 404;
+- the routers in ``MAY_BE_OFF`` answer 503 while their capability is off in the config;
 - every error answer has the one shape of gpufleet.server.errors (``Error``), the 422 included.
 """
 
@@ -28,7 +29,9 @@ from gpufleet.server.errors import ERROR_SCHEMA
 from gpufleet.wire import Batch, IngestAck
 
 # handlers that check "the admin key, or a logged-in admin (with the CSRF token for a change)"
-SESSION_TOO = ("gpufleet.alerts.api", "gpufleet.usermap.api")
+SESSION_TOO = ("gpufleet.alerts.api", "gpufleet.usermap.api", "gpufleet.queue.api")
+# routers of a capability that can be switched off: 503 while it is (the job queue)
+MAY_BE_OFF = ("gpufleet.queue.api",)
 
 SECURITY_SCHEMES = {
     "agentToken": {"type": "http", "scheme": "bearer", "description": "agent token (gft_...)"},
@@ -52,6 +55,7 @@ REASONS = {
     403: "the role is too low, or the CSRF token is missing or wrong",
     404: "no such thing",
     422: "a parameter or the body is invalid; the message and details name the field",
+    503: "this capability is switched off in the config (the message names the setting)",
 }
 
 
@@ -98,6 +102,8 @@ def _contract(route: Any, op: dict[str, Any]) -> None:
         op["security"] = security
     if "{" in route.path_format:
         statuses.add(404)
+    if route.endpoint.__module__ in MAY_BE_OFF:
+        statuses.add(503)
     if op.get("requestBody") is not None:
         statuses.add(400)  # a body that cannot be parsed as its content type
     responses = op.setdefault("responses", {})
