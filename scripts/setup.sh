@@ -12,6 +12,8 @@ command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need+=(openssh-serve
 command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 [ -x /usr/bin/prometheus-node-exporter ] || need+=(prometheus-node-exporter)
+# alerts: forwarding is tested against the real Alertmanager on loopback
+command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 # web UI: Chromium for the browser tests and benchmark (Playwright drives the system's build and
 # never downloads one); npm fetches the UI's JavaScript dependencies (web-assets/) at build time

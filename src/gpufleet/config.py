@@ -335,6 +335,11 @@ class AlertsSection(_Section):
     channels: list[AlertChannelSection] = Field(
         default_factory=list, description="Where alert messages go (Apprise URLs), with routing."
     )
+    alertmanager_url: str | None = Field(
+        None,
+        description="Also forward firing and resolved alerts to this Prometheus Alertmanager "
+        "(v2 API), e.g. http://127.0.0.1:9093.",
+    )
     user_notice_url: str | None = Field(
         None,
         description="Apprise URL for notices to the Unix user an alert is about (held-but-idle "

@@ -14,6 +14,7 @@ from typing import Any
 class HookReceiver:
     def __init__(self) -> None:
         self.posts: list[dict[str, Any]] = []
+        self.reply = b"ok"  # what the service answers (Feishu wants JSON with "code": 0)
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -26,9 +27,9 @@ class HookReceiver:
                 receiver.posts.append({"path": self.path, "body": data,
                                        "auth": self.headers.get("Authorization")})  # fmt: skip
                 self.send_response(200)
-                self.send_header("Content-Length", "2")
+                self.send_header("Content-Length", str(len(receiver.reply)))
                 self.end_headers()
-                self.wfile.write(b"ok")
+                self.wfile.write(receiver.reply)
 
             def log_message(self, *args: Any) -> None:
                 pass

@@ -31,3 +31,29 @@ def test_alerts_page_follows_new_alerts(tmp_path, server_factory, page):  # noqa
     text = page.locator("#alert-table").inner_text()
     assert "gpu_too_hot" in text and "dgx-01" in text
     assert "pa55word" not in page.content()
+
+
+def test_badges_appear_with_a_fault_and_clear_when_it_resolves(tmp_path, server_factory,
+                                                               page):  # noqa: F811
+    """Two GPUs of dgx-01 overheat (93 C in the agent's sample): the host page's badge shows
+    2 warnings without a reload, the overview's fleet badge too; the GPUs cool down and the
+    overview's badge goes away, live."""
+    from playwright.sync_api import expect
+
+    srv = server_factory("--config", str(_config(tmp_path, 9)))
+    _post(srv, hot=False)
+    page.goto(srv.url + "/hosts/dgx-01")
+    badge = page.locator("#alert-badges")
+    expect(badge).to_be_hidden()
+    expect(page.locator("#live")).to_have_attribute("data-state", "live", timeout=30_000)
+    _post(srv, hot=True)  # the fault
+    expect(badge.locator("[data-severity='warning']")).to_have_text("2 warning", timeout=60_000)
+    assert badge.get_attribute("href") == "/alerts?q=dgx-01"
+
+    page.goto(srv.url + "/")
+    fleet = page.locator("#alert-badges")
+    expect(fleet.locator("[data-severity='warning']")).to_have_text("2 warning", timeout=60_000)
+    expect(page.locator("#live")).to_have_attribute("data-state", "live", timeout=30_000)
+    _post(srv, hot=False)  # the fault resolves (resolve_hold_seconds: 0 in this config)
+    expect(fleet).to_be_hidden(timeout=60_000)
+    assert fleet.get_attribute("data-total") == "0"

@@ -65,6 +65,9 @@ def test_restart_while_firing_no_second_page_and_resolve_still_sent(tmp_path, ho
 
     first = wait_for(fired, what="the firing message")
     assert len(first) == 1 and "2 firing" in first[0]["body"]["title"], first
+    stats = httpx.get(srv.url + "/api/v1/alerts/stats").json()
+    assert stats["samples_observed"] >= 1 and stats["busy_seconds"] > 0, stats
+    assert stats["rules"] == 15 and stats["rule_evaluations"] > 0, stats
     view = httpx.get(srv.url + "/api/v1/alerts").json()
     hot = [a for a in view["alerts"] if a["rule"] == "gpu_too_hot"]
     assert {a["labels"]["gpu"] for a in hot} == {"0", "1"} and all(

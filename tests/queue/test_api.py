@@ -44,6 +44,10 @@ def app_client(tmp_path):
                         headers={"Authorization": f"Bearer {token}"})  # fmt: skip
         assert r.status_code == 200, r.text
         admin = {"Authorization": f"Bearer {client.app.state.ctx.admin_key}"}
+        end = time.monotonic() + 60.0  # generous: the queue sees the fleet at its next refresh
+        while client.get("/api/v1/jobs").json()["status"]["fleet_gpus"] < 4:
+            assert time.monotonic() < end, "the queue never saw gpu01's 4 GPUs"
+            time.sleep(0.05)
         return client, admin
 
     yield make

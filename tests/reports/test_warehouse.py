@@ -84,7 +84,12 @@ def build_warehouse(url, samples, tz):
     return store
 
 
-WAREHOUSES = [("duckdb", "Asia/Shanghai"), ("duckdb", "UTC"), ("postgresql", "Asia/Shanghai")]
+OFF_THE_HOUR = ("Asia/Kolkata", "Asia/Kathmandu", "Australia/Adelaide")
+WAREHOUSES = [
+    ("duckdb", "Asia/Shanghai"), ("duckdb", "UTC"), ("postgresql", "Asia/Shanghai"),
+    # offsets of +5:30, +5:45 and +10:30/+9:30 (DST): the hour over midnight is split
+    ("duckdb", "Asia/Kolkata"), ("duckdb", "Asia/Kathmandu"), ("postgresql", "Australia/Adelaide"),
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module", params=WAREHOUSES, ids=["-".join(w) for w in WAREHOUSES])
@@ -127,8 +132,13 @@ def check(report, brute):
 
 @pytest.mark.parametrize("period", ["day", "week", "month", "year", "custom"])
 @pytest.mark.parametrize("by", ["fleet", "host", "gpu_model", "gpu", "user"])
-def test_report_equals_brute_force(warehouse, samples, period, by):
+def test_report_equals_brute_force(warehouse, samples, period, by, request):
     store, tz = warehouse
+    if by == "user" and period != "custom" and tz in OFF_THE_HOUR:
+        # Known limit: per-user facts are kept per UTC hour, so in these zones the hour over
+        # midnight counts for the day it starts in (docs/warehouse.md). Strict: when the
+        # user tier splits it too, this starts passing and the marker must go.
+        request.applymarker(pytest.mark.xfail(strict=True, reason="user facts are per hour"))
     report = compute_report(
         store, period=period, by=by, first=FIRST, last=LAST, tz=tz, busy_util_percent=BUSY
     )
@@ -139,10 +149,13 @@ def test_report_equals_brute_force(warehouse, samples, period, by):
 @pytest.mark.parametrize("by", ["host", "user"])
 def test_raw_and_hour_tiers_agree_with_the_day_tier(warehouse, by):
     store, tz = warehouse
+    # hour and raw tiers count the hour over midnight whole; in zones off the hour they agree
+    # with the (split) day tier over the whole range only
+    period = "custom" if tz in OFF_THE_HOUR else "day"
     reports = {
         tier: compute_report(
             store,
-            period="day",
+            period=period,
             by=by,
             first=FIRST,
             last=LAST,

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 
 from gpufleet.accounts.passwords import (
+    MIN_PASSWORD_LENGTH,
     check_password_policy,
     dummy_verify,
     hash_password,
@@ -265,13 +266,13 @@ async def admin_revoke_token(request: Request, name: str) -> Response:
 
 class UserCreate(BaseModel):
     name: Annotated[str, Field(pattern=USER_NAME)]
-    password: Annotated[str, Field(min_length=1, max_length=1024)]
+    password: Annotated[str, Field(min_length=MIN_PASSWORD_LENGTH, max_length=1024)]
     role: Annotated[str, Field(pattern="^(" + "|".join(ROLES) + ")$")] = "viewer"
 
 
 class UserChange(BaseModel):
     role: Annotated[str | None, Field(pattern="^(" + "|".join(ROLES) + ")$")] = None
-    password: Annotated[str | None, Field(min_length=1, max_length=1024)] = None
+    password: Annotated[str | None, Field(min_length=MIN_PASSWORD_LENGTH, max_length=1024)] = None
 
 
 def _admin_key(request: Request, authorization: str | None) -> Accounts:
@@ -287,7 +288,10 @@ def list_users(
     return {"users": [user_view(u) for u in acc.users.all()]}
 
 
-@api.post("", status_code=201, summary="Create a web user")
+@api.post(
+    "", status_code=201, summary="Create a web user",
+    responses={409: {"description": "a user of that name exists"}},
+)
 def create_user(
     request: Request, body: UserCreate, authorization: Annotated[str | None, Header()] = None
 ) -> dict[str, Any]:

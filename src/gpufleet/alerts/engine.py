@@ -18,17 +18,18 @@ metric does not page on every flap. Every state change is appended to ``events``
 from __future__ import annotations
 
 import hashlib
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from gpufleet.alerts.metrics import Labels, Thresholds, labels_of, sample_series
 from gpufleet.alerts.rules import Rule, render
+from gpufleet.alerts.window import MetricPlan, Window, compile_plans
 from gpufleet.wire import Sample, gpu_is_free
 
 USER_METRICS = ("user_gpus_held", "user_gpus_held_idle")
 CLOCK_METRICS = ("silent_seconds", "host_down", "agent_down")
+FLEET_METRICS = ("fleet_hosts_silent_ratio", "fleet_gpus_free")
 
 
 def fingerprint(rule: str, labels: dict[str, str]) -> str:
@@ -83,29 +84,16 @@ class EngineConfig:
     thresholds: Thresholds = field(default_factory=Thresholds)
 
 
-@dataclass
-class _Window:
-    """Values of one series' metric over a rule's window (for rate / increase / sum)."""
-
-    points: deque[tuple[float, float]] = field(default_factory=deque)
-    total: float = 0.0
-
-    def add(self, t: float, v: float, window: float) -> None:
-        self.points.append((t, v))
-        self.total += v
-        while self.points and self.points[0][0] < t - window:
-            self.total -= self.points.popleft()[1]
-
-
 class AlertEngine:
     def __init__(self, rules: Iterable[Rule], config: EngineConfig | None = None) -> None:
         self.config = config or EngineConfig()
         self.rules: dict[str, Rule] = {}
         self.by_metric: dict[str, list[Rule]] = {}
-        self.set_rules(rules)
         self.alerts: dict[str, Alert] = {}  # pending and firing, by fingerprint
         self.events: list[dict[str, Any]] = []  # state changes not yet taken by the service
-        self._windows: dict[tuple[str, Labels], _Window] = {}
+        # series -> metric -> its windows, one per span of plan.spans (same order)
+        self._windows: dict[Labels, dict[str, list[Window]]] = {}
+        self._key_alerts: dict[Labels, int] = {}  # series -> its pending and firing alerts
         self._host_keys: dict[str, set[Labels]] = {}  # series the host's last sample had
         self._host_alerts: dict[str, set[str]] = {}  # host -> fingerprints
         self._user_share: dict[str, dict[str, tuple[int, int]]] = {}  # host -> user -> (held, idle)
@@ -113,19 +101,16 @@ class AlertEngine:
         self._last_ts: dict[str, float] = {}
         self._active: dict[tuple[str, Labels], str] = {}  # (rule, series) -> fingerprint
         self.evaluations = 0
+        self.set_rules(rules)
 
     def set_rules(self, rules: Iterable[Rule]) -> None:
         self.rules = {r.name: r for r in rules if r.enabled}
         self.by_metric = {}
         for r in self.rules.values():
             self.by_metric.setdefault(r.metric, []).append(r)
-        # per metric: (rule, windowed?, condition, not cleared yet, rule): plain tuples
-        Cond = Callable[[float], bool]
-        self._plan: dict[str, list[tuple[str, bool, Cond, Cond | None, Rule]]] = {
-            m: [(r.name, r.kind not in ("threshold", "absent"), r.condition(), r.still_firing(),
-                 r) for r in rs]
-            for m, rs in self.by_metric.items()
-        }  # fmt: skip
+        self._plan: dict[str, MetricPlan] = compile_plans(list(self.rules.values()))
+        self.metrics = frozenset(self._plan)  # what samples are turned into (nothing else)
+        self._users_wanted = any(m in self._plan for m in USER_METRICS + FLEET_METRICS)
         for fp in [fp for fp, a in getattr(self, "alerts", {}).items() if a.rule not in self.rules]:
             self._drop(fp)
 
@@ -142,7 +127,8 @@ class AlertEngine:
             return
         self._last_ts[host] = sample.ts
         series = sample_series(
-            sample, skew_seconds=skew_seconds, group=group, th=self.config.thresholds
+            sample, skew_seconds=skew_seconds, group=group, th=self.config.thresholds,
+            wanted=self.metrics,
         )
         before = self._host_keys.get(host, set())
         self._host_keys[host] = set(series)
@@ -153,7 +139,8 @@ class AlertEngine:
                 a = self.alerts.get(fp)
                 if a is not None and labels_of(**a.series) == key:
                     self._condition_false(a, now)
-        self._account_users(sample)
+        if self._users_wanted:
+            self._account_users(sample)
 
     def observe_poll(self, host: str, status: dict[str, Any], *, now: float,
                      group: str | None = None) -> None:  # fmt: skip
@@ -215,6 +202,8 @@ class AlertEngine:
                 self._resolve(a, now) if a.state == "firing" else self._drop(fp)
         for d in (self._host_keys, self._user_share, self._free_gpus, self._last_ts):
             d.pop(host, None)
+        for key in [k for k in self._windows if ("host", host) in k]:
+            del self._windows[key]
 
     # -- evaluation ---------------------------------------------------------------------
 
@@ -222,47 +211,57 @@ class AlertEngine:
         self, key: Labels, values: dict[str, float], now: float,
         extra: dict[str, str] | None = None,
     ) -> None:  # fmt: skip
-        """The hot path: per metric, its rules; labels, fingerprints and text are made only
-        when a rule holds and no alert exists for it yet."""
-        active = self._active
+        """The hot path: per metric, its compiled plan. A series without alerts whose value
+        no plain rule can hold costs a few comparisons; windows are shared by the rules on
+        the same metric and span; labels and text are made only when an alert is new."""
+        plans = self._plan
+        has_alerts = key in self._key_alerts
+        series_windows = None
         for metric, raw in values.items():
-            plan = self._plan.get(metric)
+            plan = plans.get(metric)
             if plan is None:
                 continue
-            self.evaluations += len(plan)
-            for name, windowed, holds, still, rule in plan:
-                value = self._value(rule, key, raw, now) if windowed else raw
-                fp = active.get((name, key))
-                if holds(value) or (
-                    still is not None and fp is not None and still(value)
-                    and self.alerts[fp].state == "firing"
-                ):  # fmt: skip
-                    if fp is None:
-                        labels = dict(key)
-                        if extra:
-                            labels.update(extra)
-                        labels["rule"] = name
-                        labels.update(rule.labels)
-                        self._new_alert(rule, key, labels, value, now)
-                    else:
-                        self._condition_true(self.alerts[fp], rule, value, now)
-                elif fp is not None:
-                    a = self.alerts[fp]
-                    a.value = value
-                    self._condition_false(a, now)
+            if plan.plain and (has_alerts or not plan.quiet(raw)):
+                self.evaluations += len(plan.plain)
+                for name, holds, still, rule in plan.plain:
+                    self._check(name, holds, still, rule, key, raw, now, extra)
+            if plan.windowed:
+                if series_windows is None:
+                    series_windows = self._windows.setdefault(key, {})
+                ws = series_windows.get(metric)
+                if ws is None:
+                    ws = series_windows[metric] = [Window(span) for span in plan.spans]
+                for w in ws:
+                    w.add(now, raw)
+                for (i, kind), sub in plan.windowed.items():
+                    value = ws[i].value(kind, now, raw)
+                    if has_alerts or not sub.quiet(value):
+                        self.evaluations += len(sub.plain)
+                        for name, holds, still, rule in sub.plain:
+                            self._check(name, holds, still, rule, key, value, now, extra)
 
-    def _value(self, rule: Rule, key: Labels, raw: float, now: float) -> float:
-        w = self._windows.get((rule.name, key))
-        if w is None:
-            w = self._windows[(rule.name, key)] = _Window()
-        w.add(now, raw, rule.window_seconds)
-        if rule.kind == "sum":
-            return w.total
-        first_t, first_v = w.points[0]
-        change = max(0.0, raw - first_v)  # a counter reset (driver reload) is not a drop
-        if rule.kind == "increase":
-            return change
-        return change / (now - first_t) if now > first_t else 0.0
+    def _check(
+        self, name: str, holds: Any, still: Any, rule: Rule, key: Labels, value: float,
+        now: float, extra: dict[str, str] | None,
+    ) -> None:  # fmt: skip
+        fp = self._active.get((name, key))
+        if holds(value) or (
+            still is not None and fp is not None and still(value)
+            and self.alerts[fp].state == "firing"
+        ):  # fmt: skip
+            if fp is None:
+                labels = dict(key)
+                if extra:
+                    labels.update(extra)
+                labels["rule"] = name
+                labels.update(rule.labels)
+                self._new_alert(rule, key, labels, value, now)
+            else:
+                self._condition_true(self.alerts[fp], rule, value, now)
+        elif fp is not None:
+            a = self.alerts[fp]
+            a.value = value
+            self._condition_false(a, now)
 
     def _new_alert(
         self, rule: Rule, key: Labels, labels: dict[str, str], value: float, now: float
@@ -275,6 +274,7 @@ class AlertEngine:
         )  # fmt: skip
         self.alerts[fp] = a
         self._active[(rule.name, key)] = fp
+        self._key_alerts[key] = self._key_alerts.get(key, 0) + 1
         if "host" in labels:
             self._host_alerts.setdefault(labels["host"], set()).add(fp)
         self._event(a, "pending", now)
@@ -308,7 +308,11 @@ class AlertEngine:
         a = self.alerts.pop(fp, None)
         if a is None:
             return
-        self._active.pop((a.rule, labels_of(**a.series)), None)
+        key = labels_of(**a.series)
+        if self._active.pop((a.rule, key), None) is not None:
+            n = self._key_alerts.pop(key, 0) - 1
+            if n > 0:
+                self._key_alerts[key] = n
         if "host" in a.labels:
             self._host_alerts.get(a.labels["host"], set()).discard(fp)
 
@@ -353,6 +357,9 @@ class AlertEngine:
             if a.rule not in self.rules:
                 continue
             self.alerts[a.fingerprint] = a
-            self._active[(a.rule, labels_of(**a.series))] = a.fingerprint
+            key = labels_of(**a.series)
+            if (a.rule, key) not in self._active:
+                self._key_alerts[key] = self._key_alerts.get(key, 0) + 1
+            self._active[(a.rule, key)] = a.fingerprint
             if "host" in a.labels:
                 self._host_alerts.setdefault(a.labels["host"], set()).add(a.fingerprint)

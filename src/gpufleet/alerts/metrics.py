@@ -40,11 +40,20 @@ def _key(host: str, group: str | None, what: str, value: object) -> Labels:
     return got
 
 
+_ALL: frozenset[str] = frozenset()  # "every metric" (the default of ``wanted``)
+GPU_DERIVED = frozenset({"held_idle", "ghost_memory_bytes"})
+_EVERY = GPU_DERIVED | {"disk_used_ratio"}  # the metrics ``wanted`` can leave out
+
+
 def sample_series(
-    sample: Sample, *, skew_seconds: float | None, group: str | None, th: Thresholds
+    sample: Sample, *, skew_seconds: float | None, group: str | None, th: Thresholds,
+    wanted: frozenset[str] = _ALL,
 ) -> dict[Labels, dict[str, float]]:
     """Series labels -> metric values, for one sample. Missing data gives no value (a rule
-    on it neither fires nor resolves)."""
+    on it neither fires nor resolves). ``wanted``: the metrics some rule reads (the per-GPU
+    process sums are skipped when no rule needs them); empty: all."""
+    if not wanted:
+        wanted = _EVERY
     host = sample.host
     out: dict[Labels, dict[str, float]] = {}
     hm = sample.host_metrics
@@ -63,16 +72,17 @@ def sample_series(
     if skew_seconds is not None:
         h["clock_skew_abs_seconds"] = abs(skew_seconds)
     out[_key(host, group, "host", host)] = h
-    for disk in hm.disks:
+    for disk in hm.disks if "disk_used_ratio" in wanted else ():
         if disk.total_bytes > 0:
             key = _key(host, group, "mount", disk.mount)
             out[key] = {"disk_used_ratio": disk.used_bytes / disk.total_bytes}
+    derived = not GPU_DERIVED.isdisjoint(wanted)
     procs_by_gpu: dict[int, list] = {}
-    for p in sample.processes:
-        procs_by_gpu.setdefault(p.gpu_index, []).append(p)
+    if derived:
+        for p in sample.processes:
+            procs_by_gpu.setdefault(p.gpu_index, []).append(p)
     for g in sample.gpus:
         procs = procs_by_gpu.get(g.index, [])
-        users = sorted({p.user for p in procs if p.user})
         m: dict[str, float] = {
             "gpu_error": float(g.error is not None),
             "xid_events": float(len(g.xid_events)),
@@ -93,6 +103,18 @@ def sample_series(
             m["power_cap_ratio"] = g.power_watts / g.power_limit_watts
         if g.ecc_uncorrected_volatile is not None:
             m["ecc_uncorrected_volatile"] = float(g.ecc_uncorrected_volatile)
+        out[_key(host, group, "gpu", g.index)] = m
+        if not derived:
+            continue
+        if not procs:  # the common case: nothing listed, nothing held by a user
+            if g.error is None:
+                if g.utilization_gpu_percent is not None:
+                    m["held_idle"] = 0.0
+                if g.memory_used_bytes is not None:
+                    used = g.memory_used_bytes
+                    m["ghost_memory_bytes"] = float(used) if used >= th.ghost_min_bytes else 0.0
+            continue
+        users = sorted({p.user for p in procs if p.user})
         if g.error is None and g.utilization_gpu_percent is not None:
             held = sum(p.gpu_memory_bytes or 0 for p in procs if p.uid is not None or p.user)
             m["held_idle"] = float(
@@ -102,14 +124,17 @@ def sample_series(
             )
         if g.error is None and g.memory_used_bytes is not None:
             gone = sum(p.gpu_memory_bytes or 0 for p in procs if p.uid is None and not p.user)
-            ghost = float(gone)
-            if not procs and g.memory_used_bytes >= th.ghost_min_bytes:
-                ghost = float(g.memory_used_bytes)
-            m["ghost_memory_bytes"] = ghost
-        user = users[0] if len(users) == 1 else (",".join(users) if users else None)
+            m["ghost_memory_bytes"] = float(gone)
         # the user label is kept only on the held-but-idle series (so the alert names them)
-        out[_key(host, group, "gpu", g.index)] = m
-        if user is not None and "held_idle" in m:
-            hkey = labels_of(host=host, group=group, gpu=g.index, user=user)
+        if users and "held_idle" in m:
+            hkey = _user_key(host, group, g.index, ",".join(users))
             out[hkey] = {"held_idle": m.pop("held_idle")}
     return out
+
+
+def _user_key(host: str, group: str | None, gpu: int, user: str) -> Labels:
+    k = (host, group, f"gpu{gpu}", user)
+    got = _KEYS.get(k)
+    if got is None:
+        got = _KEYS[k] = labels_of(host=host, group=group, gpu=gpu, user=user)
+    return got

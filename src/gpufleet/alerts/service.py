@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import hashlib
 import logging
 import threading
 import time
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gpufleet.alerts.alertmanager import Forwarder
 from gpufleet.alerts.channels import channels_from, send, user_targets
 from gpufleet.alerts.engine import AlertEngine, EngineConfig, HostSeen
 from gpufleet.alerts.metrics import Thresholds
@@ -71,6 +73,12 @@ class AlertService:
         self._lock = threading.Lock()
         self.busy_seconds = 0.0  # CPU time spent evaluating (thread time)
         self.observed = 0
+        # the live stream's publish (server/stream.py): ``alerts`` events when badges change
+        self.publish: Callable[[str, Any], None] | None = None
+        self._published: str | None = None
+        self.forwarder = Forwarder(cfg.alertmanager_url) if cfg.alertmanager_url else None
+        self._changed = True  # something /alerts shows may differ from what was published
+        self._muting: tuple[str, ...] = ()
 
     # -- rules ----------------------------------------------------------------------------
 
@@ -145,15 +153,29 @@ class AlertService:
                 if e["event"] == "resolved":
                     from gpufleet.alerts.engine import Alert
 
-                    self.dispatcher.resolved(Alert.from_dict(e["alert"]))
-            messages = self.dispatcher.flush(list(self.engine.alerts.values()),
-                                             self.silences(now), now)  # fmt: skip
+                    resolved = Alert.from_dict(e["alert"])
+                    self.dispatcher.resolved(resolved)
+                    if self.forwarder is not None:
+                        self.forwarder.note_resolved(resolved)
+            silences = self.silences(now)
+            messages = self.dispatcher.flush(list(self.engine.alerts.values()), silences, now)
+            muting = tuple(sorted(str(s.id) for s in silences))
+            if events or muting != self._muting:
+                self._muting, self._changed = muting, True
             changed_groups = bool(messages) or any(e["event"] == "resolved" for e in events)
             groups = self.dispatcher.snapshot() if changed_groups else None
         if events or groups is not None:
             self.db.save(events, groups)
         self.busy_seconds += time.thread_time() - t0
         return messages
+
+    def forward(self) -> None:
+        """Tell the Alertmanager (if one is configured) what fires and what resolved."""
+        if self.forwarder is None:
+            return
+        with self._lock:
+            firing = [a for a in self.engine.alerts.values() if a.state == "firing"]
+        self.forwarder.send(firing, self.clock())
 
     def deliver(self, messages: list[Message]) -> None:
         """Send messages to the channels that want them (blocking: run in a thread)."""
@@ -182,6 +204,7 @@ class AlertService:
             a = self.engine.acknowledge(fp, who, self.clock())
             if a is None:
                 return None
+            self._changed = True
         return a.to_dict()  # the next tick saves it with the other changes
 
     def view(self, now: float) -> dict[str, Any]:
@@ -202,6 +225,38 @@ class AlertService:
                 counts[d["muted"]] += 1
         return {"now": now, "counts": counts, "alerts": rows,
                 "rule_errors": self.rule_errors, "channel_errors": self.channel_errors}  # fmt: skip
+
+
+    def badges(self, now: float | None = None) -> dict[str, Any]:
+        """Firing, not muted alerts counted by severity, for the fleet and per host (the
+        ``alerts`` event of the live stream); ``version`` changes whenever /alerts would."""
+        v = self.view(self.clock() if now is None else now)
+        zero = {"critical": 0, "warning": 0, "info": 0}
+        fleet = dict(zero)
+        hosts: dict[str, dict[str, int]] = {}
+        digest = hashlib.sha1()
+        for d in v["alerts"]:
+            digest.update(f"{d['fingerprint']}{d['state']}{d['muted']}{d['acked_by']}".encode())
+            if d["state"] != "firing" or d["muted"]:
+                continue
+            fleet[d["severity"]] += 1
+            host = d["labels"].get("host")
+            if host:
+                hosts.setdefault(host, dict(zero))[d["severity"]] += 1
+        return {"now": v["now"], "firing": fleet, "hosts": hosts, "counts": v["counts"],
+                "version": digest.hexdigest()[:16]}  # fmt: skip
+
+    def announce(self) -> None:
+        """Publish the badges on the live stream if anything /alerts shows has changed."""
+        if self.publish is None or not self._changed:
+            return
+        t0 = time.thread_time()
+        self._changed = False
+        b = self.badges()
+        self.busy_seconds += time.thread_time() - t0
+        if b["version"] != self._published:
+            self._published = b["version"]
+            self.publish("alerts", b)
 
 
 def open_service(settings: Settings, data_dir: Path | None = None) -> AlertService:
@@ -231,6 +286,9 @@ async def run_forever(service: AlertService, ctx: Any) -> None:
                 [h for h in hosts if h.name not in polled and now - h.last_received > offline]
             )
             messages = await asyncio.to_thread(service.tick, hosts)
+            service.announce()
+            if service.forwarder is not None:
+                await asyncio.to_thread(service.forward)
             if messages:
                 await asyncio.to_thread(service.deliver, messages)
         except asyncio.CancelledError:

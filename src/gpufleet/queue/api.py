@@ -72,13 +72,24 @@ def _paths(path: str) -> list[str]:
     return [f"/api/v1{path}", f"/api/v1/admin{path}"]
 
 
-def _route(method: str, path: str, summary: str, status_code: int = 200) -> Any:
+def _route(
+    method: str, path: str, summary: str, status_code: int = 200, body: Any = None
+) -> Any:
+    """The route at /api/v1/<path> (in the schema) and /api/v1/admin/<path> (the CLI's);
+    ``body``: the JSON schema of a body the handler reads itself."""
+    extra = (
+        {"requestBody": {"required": True, "content": {"application/json": {"schema": body}}}}
+        if body is not None
+        else None
+    )
+
     def deco(fn: Any) -> Any:
         router.api_route(_paths(path)[1], methods=[method], summary=summary,
                          include_in_schema=False, status_code=status_code)(fn)  # fmt: skip
         return router.api_route(
-            _paths(path)[0], methods=[method], summary=summary, status_code=status_code
-        )(fn)
+            _paths(path)[0], methods=[method], summary=summary, status_code=status_code,
+            openapi_extra=extra,
+        )(fn)  # fmt: skip
 
     return deco
 
@@ -132,8 +143,8 @@ async def submit(
     hold: Annotated[bool, Query(description="Submit it held")] = False,
     authorization: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
+    actor = await who(request, authorization)  # credentials first, then "is the queue on"
     svc = service_of(request)
-    actor = await who(request, authorization)
     try:
         spec = await _read_spec(request, actor)
         record = await svc.submit(spec, held=hold)
@@ -158,7 +169,7 @@ def jobs_json(
 @router.get("/api/v1/admin/jobs", include_in_schema=False)
 def list_jobs(
     request: Request,
-    state: Annotated[str | None, Query(description="Only jobs in this state")] = None,
+    state: Annotated[st.State | None, Query(description="Only jobs in this state")] = None,
     user: Annotated[str | None, Query(description="Only this user's jobs")] = None,
 ) -> dict[str, Any]:
     return jobs_json(request, state, user)
@@ -193,8 +204,8 @@ async def job_logs(
 
 
 async def _act(request: Request, job_id: int, authorization: str | None, action: str) -> Any:
-    svc = service_of(request)
     actor = await who(request, authorization)
+    svc = service_of(request)
     record = _job(svc, job_id)
     if not actor.admin and record.user != actor.name:
         raise ApiError(403, "forbidden", f"job {job_id} is {record.user}'s; you may change yours")
@@ -227,12 +238,16 @@ async def release(
     return await _act(request, job_id, authorization, "release")
 
 
-@_route("PUT", "/jobs/{job_id}/priority", "Set a job's priority (admins)")
+@_route(
+    "PUT", "/jobs/{job_id}/priority", "Set a job's priority (admins)",
+    body={"type": "object", "required": ["priority"],
+          "properties": {"priority": {"type": "integer"}}},
+)  # fmt: skip
 async def priority(
     request: Request, job_id: int, authorization: Annotated[str | None, Header()] = None
 ) -> Any:
-    svc = service_of(request)
     actor = await who(request, authorization)
+    svc = service_of(request)
     if not actor.admin:
         raise ApiError(403, "forbidden", "priority: only an admin sets priorities")
     try:

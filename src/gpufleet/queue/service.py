@@ -350,6 +350,9 @@ class QueueService:
             "dispatcher": self.dispatcher.name,
             "policy": self.driver.policy.name if self.driver.policy else None,
             "passes": self.passes,
+            # the fleet as the scheduler last saw it (a job is judged against this)
+            "fleet_hosts": len(self.driver.fleet),
+            "fleet_gpus": sum(len(h.gpus) for h in self.driver.fleet),
             "decision_p99_seconds": p99,
             "predictor_recent_error": self.driver.recent_error(),
             "predictor_observed": self.driver.predictor.observed,

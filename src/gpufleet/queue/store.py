@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from gpufleet.sched.job import JobSpec
 
@@ -32,6 +32,10 @@ SUCCEEDED, FAILED, OOM, CANCELLED, LOST = "succeeded", "failed", "oom", "cancell
 FINAL = frozenset({SUCCEEDED, FAILED, OOM, CANCELLED, LOST})
 ACTIVE = frozenset({DISPATCHING, RUNNING})
 STATES = (PENDING, HELD, DISPATCHING, RUNNING, SUCCEEDED, FAILED, OOM, CANCELLED, LOST)
+State = Literal[
+    "pending", "held", "dispatching", "running", "succeeded", "failed", "oom", "cancelled", "lost"
+]
+assert get_args(State) == STATES
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     PENDING: frozenset({HELD, DISPATCHING, CANCELLED}),

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from pydantic import ValidationError
 
+from gpufleet.recommend.request import RecommendRequest
 from gpufleet.recommend.service import service_of
 from gpufleet.recommend.speeds import known_models
 from gpufleet.server.errors import ApiError, summarise, validation_details
@@ -20,6 +21,8 @@ router = APIRouter()
 pages = APIRouter(include_in_schema=False)
 
 EXAMPLE = {"gpus": 2, "gpu_mem_gb": 40, "hours": 6, "model": "resnet50"}
+# the body's schema, inlined: the handler validates it itself (a 422 naming the field)
+REQUEST_SCHEMA = RecommendRequest.model_json_schema()
 
 
 def recommend_json(request: Request, body: Any) -> dict[str, Any]:
@@ -51,8 +54,12 @@ def recommend_json(request: Request, body: Any) -> dict[str, Any]:
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"example": EXAMPLE, "schema": {"type": "object"}}},
-        }
+            "content": {"application/json": {"example": EXAMPLE, "schema": REQUEST_SCHEMA}},
+        },
+        "responses": {
+            "400": {"description": "the body is not JSON"},
+            "422": {"description": "a field is invalid, or the request can never fit this fleet"},
+        },
     },
 )
 async def recommendations(request: Request) -> dict[str, Any]:

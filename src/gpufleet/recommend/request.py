@@ -42,7 +42,9 @@ class RecommendRequest(BaseModel):
     data_host: Annotated[
         str | None, Field(max_length=253, description="host the data is on now")
     ] = None
-    multi_host: Annotated[bool, Field(description="may the GPUs span several hosts")] = False
+    multi_host: Annotated[
+        bool, Field(strict=True, description="may the GPUs span several hosts")
+    ] = False
     limit: Annotated[int, Field(ge=1, le=50, description="how many answers")] = 5
 
     @field_validator("gpus", "gpu_mem_gb", "hours", "data_gb", "limit", mode="before")

@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from gpufleet.reports.calendar import PERIODS
 from gpufleet.reports.core import BY
 from gpufleet.reports.service import (
+    DATE_PATTERN,
     ReportError,
     compute_report,
     parse_date,
@@ -26,6 +27,7 @@ from gpufleet.store import StoreError
 
 log = logging.getLogger(__name__)
 router = APIRouter()
+DATE: dict[str, Any] = {"pattern": DATE_PATTERN}  # empty: not given; a wrong day: 400
 
 
 @router.get(
@@ -38,24 +40,34 @@ router = APIRouter()
         "last few periods. Rows carry the change against the previous period. "
         "p95_util is within p95_error_bound_percent (5 points) of the exact value."
     ),
+    responses={
+        200: {"content": {"text/csv": {"schema": {"type": "string"}}}},
+        400: {"description": "a range the report cannot cover (from after to, over 20 "
+                      "years, a custom period without both dates), or unknown keys or fields"},
+    },
 )
 def reports(
     request: Request,
-    period: Annotated[str, Query(description=" | ".join(PERIODS))] = "month",
-    by: Annotated[str, Query(description=" | ".join(BY))] = "fleet",
-    from_: Annotated[str | None, Query(alias="from", description="YYYY-MM-DD")] = None,
-    to: Annotated[str | None, Query(description="YYYY-MM-DD (included)")] = None,
+    period: Annotated[str, Query(json_schema_extra={"enum": list(PERIODS)})] = "month",
+    by: Annotated[str, Query(json_schema_extra={"enum": list(BY)})] = "fleet",
+    from_: Annotated[
+        str | None, Query(alias="from", description="YYYY-MM-DD", json_schema_extra=DATE)
+    ] = None,
+    to: Annotated[
+        str | None, Query(description="YYYY-MM-DD (included)", json_schema_extra=DATE)
+    ] = None,
     format: Annotated[Literal["json", "csv"], Query()] = "json",
     tier: Annotated[
         Literal["auto", "day", "hour", "raw"],
         Query(description="auto: the day tier; raw: straight from raw samples (slow, checks)"),
     ] = "auto",
     key: Annotated[
-        str | None, Query(description="only these keys, comma-separated (e.g. key=alice,bob)")
+        str | None,
+        Query(min_length=1, description="only these keys, comma-separated (e.g. key=alice,bob)"),
     ] = None,
     fields: Annotated[
         str | None,
-        Query(description="only these row columns, comma-separated (e.g. key,gpu_hours)"),
+        Query(min_length=1, description="only these row columns, comma-separated (e.g. key,gpu_hours)"),
     ] = None,
 ) -> Any:
     from gpufleet.server.errors import ApiError

@@ -1,10 +1,12 @@
 """Report periods in the lab's time zone. Pure (zoneinfo only).
 
 Days are local days: a day starts at local midnight, so in Asia/Shanghai (UTC+8) the day
-2024-01-01 runs from 2023-12-31T16:00Z to 2024-01-01T16:00Z. Hour buckets are UTC-aligned and
-belong to the local day of their start (exact for zones whose offset is a whole number of
-hours, DST included; in a zone with a half-hour offset the hour that straddles local
-midnight belongs to the later day).
+2024-01-01 runs from 2023-12-31T16:00Z to 2024-01-01T16:00Z. Hour buckets are UTC-aligned.
+The day tier is exact in every zone: in one with a half-hour or 45-minute offset
+(Asia/Kolkata, Asia/Kathmandu, Australia/Adelaide) the GPU facts of the hour that straddles
+local midnight are split minute by minute between the two days; per-user facts, kept per
+hour, count that hour for the day it starts in. Reports from the hour or raw tier
+(``tier=hour|raw``) count it for the day it ends in.
 Weeks start on Monday (ISO 8601).
 """
 
@@ -29,8 +31,14 @@ def zone(name: str) -> ZoneInfo:
 
 
 def day_start_ts(day: date, tz: ZoneInfo) -> int:
-    """Unix seconds of local midnight starting ``day``, floored to the hour."""
-    ts = int(datetime(day.year, day.month, day.day, tzinfo=tz).timestamp())
+    """Unix seconds of local midnight starting ``day`` (the day tier's key)."""
+    return int(datetime(day.year, day.month, day.day, tzinfo=tz).timestamp())
+
+
+def day_first_hour_ts(day: date, tz: ZoneInfo) -> int:
+    """The UTC hour bucket that holds local midnight starting ``day``: the hour tier's days
+    (in a zone with a half-hour offset that hour counts for the day it ends in)."""
+    ts = day_start_ts(day, tz)
     return ts - ts % 3600
 
 
@@ -107,7 +115,7 @@ def hour_buckets(first: date, last: date, period: str, tz: ZoneInfo) -> list[tup
     out = []
     for d in days(first, last):
         label = period_start(d, period, first).isoformat()
-        start, end = day_start_ts(d, tz), day_start_ts(d + timedelta(1), tz)
+        start, end = day_first_hour_ts(d, tz), day_first_hour_ts(d + timedelta(1), tz)
         out += [(h, label) for h in range(start, end, 3600)]
     return out
 
@@ -118,6 +126,12 @@ def hours_to_days(hour_ts: list[int], tz: ZoneInfo) -> dict[int, int]:
     for h in hour_ts:
         out[h] = day_start_ts(local_date(h + 3599, tz), tz)  # see the module docstring
     return out
+
+
+def days_touched(hour_ts: list[int], tz: ZoneInfo) -> set[int]:
+    """The start ts of every local day that some part of these UTC hours falls in: one day per
+    hour, two for the hour that straddles midnight in a zone with a half-hour offset."""
+    return {day_start_ts(local_date(t, tz), tz) for h in hour_ts for t in (h, h + 3599)}
 
 
 def day_range(day_ts: int, tz: ZoneInfo) -> tuple[int, int]:

@@ -3,6 +3,7 @@ Shared by the API route, the CLI and (later) the web page and the e-mailed repor
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -43,10 +44,15 @@ class ReportError(ValueError):
         self.code = code
 
 
+DATE_PATTERN = r"^(\d{4}-\d{2}-\d{2})?$"  # YYYY-MM-DD, or empty for "not given"
+
+
 def parse_date(text: str | None, what: str) -> date | None:
     if text is None or text == "":
         return None
     try:
+        if not re.match(DATE_PATTERN, text):  # fromisoformat also takes 20260101, 2026-W01
+            raise ValueError(text)
         return date.fromisoformat(text)
     except ValueError:
         raise ReportError(
@@ -125,7 +131,7 @@ def compute_report(
         buckets = []
         host_buckets = []
         for d, lab in labels:
-            a, b = cal.day_start_ts(d, zone), cal.day_start_ts(d + timedelta(1), zone)
+            a, b = cal.day_first_hour_ts(d, zone), cal.day_first_hour_ts(d + timedelta(1), zone)
             buckets += [(h, lab) for h in range(a, b, 3600)]
             if d >= first:
                 host_buckets += [(h, "range") for h in range(a, b, 3600)]

@@ -31,7 +31,10 @@ def token_view(t) -> dict[str, Any]:
     return {"id": t.id, "name": t.name, "created_at": t.created_at, "revoked_at": t.revoked_at}
 
 
-@router.post("/tokens", status_code=201, summary="Create an agent token (shown once)")
+@router.post(
+    "/tokens", status_code=201, summary="Create an agent token (shown once)",
+    responses={409: {"description": "a token of that name exists"}},
+)
 def create_token(
     request: Request, body: TokenCreate, authorization: Annotated[str | None, Header()] = None
 ) -> dict[str, Any]:

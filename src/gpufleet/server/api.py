@@ -89,11 +89,15 @@ def host(request: Request, name: str) -> dict[str, Any]:
     "/api/v1/hosts/{name}/series",
     tags=["hosts"],
     summary="Recent raw history of one metric (GPU metrics: one series per GPU)",
+    responses={400: {"description": "an unknown metric, or since after until"}},
 )
 def series(
     request: Request,
     name: str,
-    metric: Annotated[str, Query(description="e.g. gpu.utilization_gpu_percent, host.cpu_percent")],
+    metric: Annotated[
+        str, Query(description="e.g. gpu.utilization_gpu_percent, host.cpu_percent",
+                   json_schema_extra={"enum": sorted(SERIES_METRICS)})
+    ],
     since: Annotated[
         str | None, Query(description="Unix s, ISO 8601, or -1h (default -1h)")
     ] = None,

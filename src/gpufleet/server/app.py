@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 
 from gpufleet import __version__, web
 from gpufleet.accounts import routes as account_routes
@@ -25,13 +24,13 @@ from gpufleet.reports import api as report_api
 from gpufleet.reports import mail as report_mail
 from gpufleet.reports import web as report_web
 from gpufleet.server import admin, api, errors, gcpolicy, ingest, metrics, stream
+from gpufleet.server import openapi as openapi_schema
 from gpufleet.server.auth import TokenCache, ensure_admin_key
 from gpufleet.server.context import Context
-from gpufleet.server.errors import ERROR_SCHEMA
 from gpufleet.server.live import LiveState
 from gpufleet.store import Store, open_store
 from gpufleet.usermap import api as usermap_api
-from gpufleet.wire import Batch, IngestAck
+from gpufleet.wire import Batch
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +84,7 @@ async def _start_poller(ctx: Context) -> None:
     log.info("agent-less: polling %d host(s) over SSH", len(hosts))
 
 
-def _start_alerts(app: FastAPI, ctx: Context) -> asyncio.Task[None]:
+def _start_alerts(app: FastAPI, ctx: Context, hub: stream.StreamHub) -> asyncio.Task[None]:
     """Alerts hear every host's newest sample from live state and tick on their own task."""
     if not ctx.settings.alerts.enabled:
         app.state.alerts = None
@@ -94,6 +93,8 @@ def _start_alerts(app: FastAPI, ctx: Context) -> asyncio.Task[None]:
     if ctx.poller is not None:
         svc.poll_status = ctx.poller.status
     ctx.live.listeners.append(svc.on_host)
+    svc.publish = hub.publish  # badges and /alerts follow the live stream
+    hub.extra_snapshots["alerts"] = svc.badges
     app.state.alerts = svc
     return asyncio.create_task(alerts_service.run_forever(svc, ctx))
 
@@ -145,7 +146,7 @@ def create_app(
         recommender = asyncio.create_task(recommend_service.refresh_forever(app))  # history
         mailer = report_mail.attach(app, ctx)  # scheduled e-mail reports
         await _start_poller(ctx)
-        alerter = _start_alerts(app, ctx)  # alert rules, life cycle, channels (gpufleet.alerts)
+        alerter = _start_alerts(app, ctx, hub)  # alert rules, life cycle, channels (gpufleet.alerts)
         await _start_queue(app, ctx, hub)  # the job queue, when queue.dispatcher is set
         from gpufleet.server.workers.pool import WorkerPool, move_leftovers
 
@@ -211,20 +212,7 @@ def create_app(
 
     def openapi() -> dict:
         if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title, version=app.version, description=app.description, routes=app.routes
-            )
-            batch = Batch.model_json_schema(ref_template="#/components/schemas/{model}")
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.update(batch.pop("$defs", {}))
-            components["Batch"] = batch
-            components["IngestAck"] = IngestAck.model_json_schema()
-            components["Error"] = ERROR_SCHEMA
-            schema["paths"]["/api/v1/ingest"] = ingest.OPENAPI
-            schema.setdefault("components", {}).setdefault("securitySchemes", {})["agentToken"] = {
-                "type": "http", "scheme": "bearer", "description": "agent token (gft_...)",
-            }  # fmt: skip
-            app.openapi_schema = schema
+            app.openapi_schema = openapi_schema.build(app)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -97,6 +97,20 @@ def summarise(details: list[dict[str, Any]]) -> str:
     return first + more
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """The methods served at the request's path (one path may have many routes)."""
+    from fastapi.routing import iter_route_contexts
+
+    exact: set[str] = set()  # as in OpenAPI, /x/import is not /x/{name} with name="import"
+    templated: set[str] = set()
+    for route in iter_route_contexts(request.app.routes):
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(request.url.path):
+            methods = exact if route.path_format == request.url.path else templated
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(exact or templated)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:
@@ -111,6 +125,8 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         headers = dict(exc.headers) if exc.headers else None
+        if exc.status_code == 405:  # Starlette names the methods of one route of the path
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
         return error_response(exc.status_code, code, str(exc.detail), headers=headers)
 
     @app.exception_handler(Exception)

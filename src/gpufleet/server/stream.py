@@ -11,6 +11,8 @@ Messages (``event:`` name, ``data:`` JSON):
 - ``snapshot``: ``{now, hosts: [view...], totals}``, first on every connection;
 - ``hosts``: ``{now, hosts: [changed views], totals}``;
 - ``host`` (a client that asked for ``?host=NAME``): ``{now, view, summary, sample}``;
+- other events other parts publish (:meth:`StreamHub.publish`; e.g. ``alerts``: badge counts,
+  gpufleet.alerts.service), to every client, and sent after the first message on connecting;
 - ``ping``: ``{now}`` after ``KEEPALIVE_SECONDS`` of quiet (the page reconnects when even
   these stop: a half-open connection after a network drop).
 """
@@ -22,7 +24,7 @@ import contextlib
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -92,6 +94,8 @@ class StreamHub:
         self._tasks: list[asyncio.Task] = []
         self._seq = 0
         self.queue_gpus: Any = None  # () -> {host: [GPU indices running queued jobs]}
+        # event name -> its current data: sent after the first message of every connection
+        self.extra_snapshots: dict[str, Callable[[], Any]] = {}
         for st in list(ctx.live.hosts.values()):
             self.idle.observe(st.sample)
 
@@ -183,6 +187,8 @@ class StreamHub:
             first = sse("snapshot", self.overview(now), self._seq)
         else:
             first = sse("host", self.host_detail(host, now), self._seq)
+        for event, current in self.extra_snapshots.items():
+            first += sse(event, current(), self._seq)
         self.clients.add(client)
         return client, first
 
@@ -192,6 +198,16 @@ class StreamHub:
     def close_all(self) -> None:
         for c in list(self.clients):
             c.put(None)
+
+    def publish(self, event: str, data: Any) -> None:
+        """Send one event to every client (call on the event loop's thread)."""
+        if not self.clients:
+            return
+        self._seq += 1
+        message = sse(event, data, self._seq)
+        for c in list(self.clients):
+            c.put(message)
+            self.messages_sent += 1
 
     # -- the coalescing flush ----------------------------------------------------------------
     def flush(self) -> int:

@@ -414,6 +414,13 @@ def rollup_hours(con: Any, h0: int, h1: int, busy_util_percent: float, d: Dialec
         con.execute(d.sql("SELECT set_config('enable_nestloop', ?, true)"), [nestloop])
 
 
+DAY_KEYS = "|exact-midnight"  # how day-tier rows are keyed (see rollup's day_tz state)
+
+
+def _prefixed(cols: str) -> str:
+    return ", ".join(f"t.{c.strip()}" for c in cols.split(","))
+
+
 def rollup_days(con: Any, day_ranges: Sequence[tuple[int, int]], d: Dialect = DUCKDB) -> None:
     """Recompute the day tier for local days given as [start ts, next day's start ts)."""
     if not day_ranges:
@@ -429,12 +436,27 @@ def rollup_days(con: Any, day_ranges: Sequence[tuple[int, int]], d: Dialect = DU
             d.sql(f"DELETE FROM {table} WHERE bucket_ts IN (SELECT unnest(?::BIGINT[]))"),
             [starts],
         )
+    # GPU facts: the hours inside the day from the hour tier; in a zone whose offset is not a
+    # whole number of hours (Asia/Kolkata, Asia/Kathmandu), the hour that straddles midnight
+    # from the minute tier, minute by minute on each side of it
+    cols = ", ".join(GPU_TIER_COLUMNS)
+    inside = "t.bucket_ts >= d.day_ts AND t.bucket_ts + 3600 <= d.end_ts"
+    source = f"SELECT d.day_ts AS day_ts, {_prefixed(cols)} FROM gpu_hour t JOIN {days} d ON {inside} {where}"
+    args = [starts, ends]
+    if any(a % 3600 or b % 3600 for a, b in zip(starts, ends, strict=True)):
+        hour = "(t.bucket_ts - mod(t.bucket_ts, 3600))"
+        edge = f"({hour} < d.day_ts OR {hour} + 3600 > d.end_ts)"
+        source += (
+            f" UNION ALL SELECT d.day_ts AS day_ts, {_prefixed(cols)} FROM gpu_minute t "
+            f"{join} {where} AND {edge}"
+        )
+        args = [starts, ends, starts, ends]
     con.execute(
-        d.sql(f"""INSERT INTO gpu_day ({", ".join(GPU_TIER_COLUMNS)})
-        SELECT t.host, t.gpu_index, d.day_ts, max(t.gpu_uuid), max(t.gpu_model),
+        d.sql(f"""INSERT INTO gpu_day ({cols})
+        SELECT t.host, t.gpu_index, t.day_ts, max(t.gpu_uuid), max(t.gpu_model),
             {_merge_aggs(GPU_SUM_FACTS, GPU_MAX_FACTS)}
-        FROM gpu_hour t {join} {where} GROUP BY t.host, t.gpu_index, d.day_ts"""),
-        [starts, ends],
+        FROM ({source}) t GROUP BY t.host, t.gpu_index, t.day_ts"""),
+        args,
     )
     con.execute(
         d.sql(f"""INSERT INTO user_day ({", ".join(USER_TIER_COLUMNS)})
@@ -753,7 +775,7 @@ class WarehouseMixin:
         to_ts: float | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> dict[str, Any]:
-        from gpufleet.reports.calendar import day_range, hours_to_days, zone
+        from gpufleet.reports.calendar import day_range, days_touched, zone
 
         tzinfo = zone(tz)
         d = self.DIALECT
@@ -765,14 +787,16 @@ class WarehouseMixin:
             self._rollup_lock(con)
             state = get_state(con)
             rebuilt = 0
-            if state.get("day_tz") != tz:  # the day tier follows the configured time zone
+            # the day tier follows the configured time zone (and is rebuilt once by a version
+            # that keys days differently: exact midnights since the half-hour zones' fix)
+            if state.get("day_tz") != f"{tz}{DAY_KEYS}":
                 lo, hi = hour_span(con)
                 if lo is not None and hi is not None:
                     hours = list(range(int(lo), int(hi) + 1, 3600))
-                    days = sorted(set(hours_to_days(hours, tzinfo).values()))
+                    days = sorted(days_touched(hours, tzinfo))
                     rollup_days(con, [day_range(day, tzinfo) for day in days], d)
                     rebuilt = len(days)
-                set_state(con, "day_tz", tz, d)
+                set_state(con, "day_tz", f"{tz}{DAY_KEYS}", d)
             kept = float(state.get("raw_kept_from_ts", "-inf"))
             raw_lo, raw_hi = raw_span(con)
             if raw_lo is None or raw_hi is None:
@@ -819,7 +843,7 @@ class WarehouseMixin:
             def run(con: Any, a: int = a, b: int = b) -> tuple[set[int], float | None]:
                 self._rollup_lock(con)
                 rollup_hours(con, a, b, busy_util_percent, d)
-                days = set(hours_to_days(list(range(a, b, 3600)), tzinfo).values())
+                days = days_touched(list(range(a, b, 3600)), tzinfo)
                 rollup_days(con, [day_range(day, tzinfo) for day in sorted(days)], d)
                 clear_dirty(con, a, b)
                 new_wm = None

@@ -38,7 +38,7 @@ class ImportItem(MappingBody):
 
 class ImportBody(BaseModel):
     mappings: Annotated[list[ImportItem], Field(max_length=MAX_IMPORT)]
-    replace: bool = False
+    replace: Annotated[bool, Field(strict=True)] = False
 
 
 async def _admin(request: Request, authorization: str | None, change: bool) -> None:
@@ -65,7 +65,10 @@ def _mappings(request: Request) -> list[Any]:
         raise ApiError(503, "store_unavailable", str(exc)) from None
 
 
-@router.get("", summary="Every Unix user -> person/group mapping")
+@router.get(
+    "", summary="Every Unix user -> person/group mapping",
+    responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
+)
 async def list_mappings(
     request: Request,
     authorization: Annotated[str | None, Header()] = None,

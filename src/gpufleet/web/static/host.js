@@ -172,6 +172,8 @@
 
   renderNow(null, initial.sample);
   renderProcs(initial.sample);
-  load().then(() => GF.connect(`/api/v1/stream?host=${encodeURIComponent(name)}`, { host: onHost }));
+  const onAlerts = (d) => GFAlerts.render(document.getElementById("alert-badges"), d.hosts[name]);
+  load().then(() => GF.connect(`/api/v1/stream?host=${encodeURIComponent(name)}`,
+    { host: onHost, alerts: onAlerts }));
   window.GF_HOST = { charts, seriesData };
 })();

@@ -274,5 +274,6 @@
   form.addEventListener("change", applyFilters);
   form.addEventListener("submit", (e) => { e.preventDefault(); applyFilters(); });
   window.GF_OVERVIEW = { views, rows }; // for tests and the benchmark
-  GF.connect("/api/v1/stream", { snapshot: onSnapshot, hosts: onHosts });
+  const onAlerts = (d) => GFAlerts.render(document.getElementById("alert-badges"), d.firing);
+  GF.connect("/api/v1/stream", { snapshot: onSnapshot, hosts: onHosts, alerts: onAlerts });
 })();

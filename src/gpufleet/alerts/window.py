@@ -1,0 +1,107 @@
+"""Windows of rate / increase / sum rules, and the per-metric evaluation plan.
+
+A window keeps *buckets* of ``span / BUCKETS`` seconds (first value, sum), not every sample:
+adding a sample is a comparison and an addition, and the memory per series is bounded. The
+window it reports covers the buckets that start inside the last ``span`` seconds, so it is
+between ``span - span / BUCKETS`` and ``span`` long (an increase or sum is never counted from
+older data than the rule says). Several rules on the same metric and span share one window.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gpufleet.alerts.rules import Rule
+
+BUCKETS = 16
+Cond = Callable[[float], bool]
+
+
+class Window:
+    __slots__ = ("buckets", "span", "total", "width")
+
+    def __init__(self, span: float) -> None:
+        self.span = span
+        self.width = span / BUCKETS
+        self.buckets: deque[list[float]] = deque()  # [start, first value, sum]
+        self.total = 0.0
+
+    def add(self, t: float, v: float) -> None:
+        b = self.buckets
+        if b and t - b[-1][0] < self.width:
+            b[-1][2] += v
+        else:
+            b.append([t, v, v])
+        self.total += v
+        horizon = t - self.span
+        while b[0][0] < horizon:
+            self.total -= b.popleft()[2]
+
+    def value(self, kind: str, t: float, v: float) -> float:
+        """The rule's value now (``v``: the newest sample's value, already added)."""
+        if kind == "sum":
+            return self.total
+        start, first, _ = self.buckets[0]
+        change = max(0.0, v - first)  # a counter reset (driver reload) is not a drop
+        if kind == "increase":
+            return change
+        return change / (t - start) if t > start else 0.0
+
+
+@dataclass
+class MetricPlan:
+    """The rules on one metric, compiled: ``quiet`` tells in a few comparisons that no plain
+    threshold rule can hold (the common case, skipped without looking at the rules)."""
+
+    plain: list[tuple[str, Cond, Cond | None, Rule]] = field(default_factory=list)
+    # (index in spans, kind) -> the rules on that value (a plan of their own, for its shortcut)
+    windowed: dict[tuple[int, str], MetricPlan] = field(default_factory=dict)
+    spans: tuple[float, ...] = ()
+    gt: float = math.inf  # the lowest threshold of the '>' rules
+    ge: float = math.inf
+    lt: float = -math.inf  # the highest threshold of the '<' rules
+    le: float = -math.inf
+    exact: bool = False  # an '==' or '!=' rule: no shortcut
+
+    def add(self, rule: Rule) -> None:
+        if rule.kind in ("threshold", "absent"):
+            self.plain.append((rule.name, rule.condition(), rule.still_firing(), rule))
+            t = rule.threshold
+            if rule.op == ">":
+                self.gt = min(self.gt, t)
+            elif rule.op == ">=":
+                self.ge = min(self.ge, t)
+            elif rule.op == "<":
+                self.lt = max(self.lt, t)
+            elif rule.op == "<=":
+                self.le = max(self.le, t)
+            elif rule.op == "==":  # holds only at t, so never below it
+                self.ge = min(self.ge, t)
+            else:
+                self.exact = True
+        else:
+            if rule.window_seconds not in self.spans:
+                self.spans += (rule.window_seconds,)
+            i = self.spans.index(rule.window_seconds)
+            sub = self.windowed.setdefault((i, rule.kind), MetricPlan())
+            sub.add(rule.model_copy(update={"kind": "threshold"}))
+            sub.plain[-1] = (*sub.plain[-1][:3], rule)
+
+    def quiet(self, v: float) -> bool:
+        """No plain rule can hold at ``v`` (an ``== t`` rule counts as ``>= t``, so a flag's
+        0 is quiet; past the shortcut the rules themselves decide)."""
+        return not (
+            self.exact or v > self.gt or v >= self.ge or v < self.lt or v <= self.le
+        )  # fmt: skip
+
+
+def compile_plans(rules: list[Rule]) -> dict[str, MetricPlan]:
+    plans: dict[str, MetricPlan] = {}
+    for r in rules:
+        plans.setdefault(r.metric, MetricPlan()).add(r)
+    return plans
