@@ -316,7 +316,8 @@ class KubernetesDispatcher:
         ending = job_ending(job, pods)
         if ending is None:
             return
-        if ending.kind is EventKind.EXITED and not tracked.started:  # it ran: started first
+        ran = ending.exit_code is not None or any(pod_started_at(p) is not None for p in pods)
+        if ran and not tracked.started:  # it ran (the Pods watch may lag): STARTED first
             started = timestamp((job.get("status") or {}).get("startTime"))
             tracked.started = True
             self._emit(tracked.job_id, EventKind.STARTED, tracked.name, at=started)
