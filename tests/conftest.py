@@ -43,6 +43,34 @@ def need_file(path: Path, what: str) -> Path:
     pytest.skip(message)
 
 
+def wait_for(check, timeout: float = 20.0, what: str = "condition", step: float = 0.2):
+    """``check()``'s first truthy value, asked every ``step`` s; HTTP errors (a server still
+    starting) count as "not yet". A generous deadline, never a speed claim."""
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last: {last!r}")
+
+
+def stop_demo(proc: subprocess.Popen, wait: float = 30.0) -> int | str:
+    """Ctrl-C a ``gpufleet demo`` process as a user would; kill it if it does not stop in
+    ``wait`` s. Its exit code, or ``"killed"``."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(wait)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return "killed"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
@@ -14,7 +12,7 @@ import pytest
 from gpufleet.demo.engine import FleetEngine
 from gpufleet.demo.fleet import build_fleet
 from gpufleet.demo.trace import default_trace_path, load_trace
-from tests.conftest import free_port, need_file
+from tests.conftest import free_port, need_file, stop_demo, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -24,20 +22,6 @@ def trace_path():
     path = default_trace_path()
     need_file(path, "the Philly trace")
     return path
-
-
-def wait_for(check, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.time() + timeout
-    last = None
-    while time.time() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 def test_engine_pushes_through_the_ingest_api(server, trace_path, tmp_path):
@@ -109,12 +93,7 @@ def test_demo_command(tmp_path, trace_path):
         # pushes may come before it, and are served by the main process meanwhile)
         wait_for(workers_took_pushes, timeout=120, what="a push handed over to the worker")
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            rc = proc.wait(25)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = "killed"
+        rc = stop_demo(proc, 25)
         log.close()
     text = (tmp_path / "demo.log").read_text()
     assert rc == 0, text

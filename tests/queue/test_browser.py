@@ -4,7 +4,6 @@ form, the job is placed on a replayed host (the overview marks its GPU), runs, a
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,8 +12,8 @@ import httpx
 import pytest
 
 from tests.accounts.test_browser import add_user, log_in
-from tests.conftest import free_port
-from tests.demo.test_demo_e2e import trace_path, wait_for  # noqa: F401
+from tests.conftest import free_port, stop_demo, wait_for
+from tests.demo.test_demo_e2e import trace_path  # noqa: F401
 from tests.web.conftest import page  # noqa: F401  (Chromium page, fails on JS errors)
 
 pytestmark = pytest.mark.slow
@@ -65,9 +64,5 @@ def test_submit_through_the_form_and_see_it_run_and_finish(tmp_path, trace_path,
         assert info["user"] == "ann" and info["runtime_seconds"] == pytest.approx(25, abs=3)
         assert time.time() > info["end_seconds"]
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_demo(proc)
         log.close()

@@ -9,7 +9,6 @@ time it took is printed, never asserted."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, stop_demo, wait_for
 
 pytestmark = pytest.mark.slow
 PASSWORD = "first hour pw"
@@ -47,20 +46,6 @@ OVERFLOW = """() => [...document.querySelectorAll('body *')]
                         + ` (right edge ${Math.round(e.getBoundingClientRect().right)} px)`)"""
 
 
-def wait_until(check, timeout: float, what: str):
-    deadline = time.time() + timeout
-    last = None
-    while time.time() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except httpx.HTTPError as exc:
-            last = exc
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last: {last!r}")
-
-
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """``make run``: ``gpufleet demo --data-dir gpufleet-data --port PORT`` in a fresh folder."""
@@ -85,16 +70,11 @@ def demo(tmp_path_factory):
                           timeout=30)  # fmt: skip
             return r.status_code == 200 and [x for x in r.json()["rows"] if x["gpu_hours"]]
 
-        rows = wait_until(history, 900, "the demo's history in the month-by-user report")
+        rows = wait_for(history, 900, "the demo's history in the month-by-user report", step=1.0)
         print(f"history there {time.time() - started:.0f} s after the demo started")
         yield url, root, rows
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_demo(proc)
 
 
 def _pages(url: str, root: Path, rows: list[dict]) -> list[str]:
