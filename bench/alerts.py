@@ -172,7 +172,7 @@ def _matches(f: Fault, a: Alert) -> bool:
 
 
 def offline_limit(interval: float) -> float:
-    """When a silent host counts as offline (the server's status rule, server/live.py)."""
+    """When a silent host counts as offline (the server's status rule, live/state.py)."""
     stale = max(3 * interval, 10.0)
     return max(OFFLINE_SECONDS, 2 * stale)
 

@@ -31,12 +31,12 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from gpufleet.reports import calendar as cal
-from gpufleet.reports.facts import HIST_COLUMNS
 from gpufleet.reports.service import compute_report
 from gpufleet.store import open_store, pg_schema
 from gpufleet.store import warehouse as wh
 from gpufleet.store.schema import RAW_TABLES
+from gpufleet.warehouse import calendar as cal
+from gpufleet.warehouse.facts import HIST_COLUMNS
 
 TZ = "Asia/Shanghai"
 USERS = 30

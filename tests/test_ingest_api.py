@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gpufleet.config import load_settings
+from gpufleet.http.auth import new_token
 from gpufleet.server.app import create_app
-from gpufleet.server.auth import new_token
 from gpufleet.store import open_store
 from tests.conftest import make_batch, make_sample
 

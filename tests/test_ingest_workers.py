@@ -20,9 +20,9 @@ import psutil
 import pytest
 
 from gpufleet.config import IngestSection, Settings
-from gpufleet.server.auth import TokenCache
-from gpufleet.server.context import Context
-from gpufleet.server.live import LiveState
+from gpufleet.http.auth import TokenCache
+from gpufleet.http.context import Context
+from gpufleet.live.state import LiveState
 from gpufleet.server.workers import channel, logwriter
 from gpufleet.server.workers.logwriter import LogWriter
 from gpufleet.server.workers.pool import Tailer

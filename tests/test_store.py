@@ -9,7 +9,7 @@ import time
 import duckdb
 import pytest
 
-from gpufleet.server.live import host_status
+from gpufleet.live.state import host_status
 from gpufleet.store import IngestItem, StoreError, open_store
 from gpufleet.store.schema import SCHEMA_VERSION
 from tests.conftest import make_batch, make_sample
@@ -179,7 +179,7 @@ def test_series_downsamples_to_max_points(store_url):
 
 
 def test_tokens_and_revocation(store_url):
-    from gpufleet.server.auth import new_token
+    from gpufleet.http.auth import new_token
 
     store = open_store(store_url)
     _, rec = new_token("rack")

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import yaml
 
-from gpufleet.server.auth import ensure_admin_key
+from gpufleet.http.auth import ensure_admin_key
 from tests.alerts.receivers import HookReceiver, wait_for
 from tests.conftest import gpufleet, make_batch, make_sample
 

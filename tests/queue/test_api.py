@@ -10,8 +10,8 @@ from fastapi.testclient import TestClient
 
 from gpufleet.accounts.users import new_user
 from gpufleet.config import load_settings
+from gpufleet.http.local import fresh_token
 from gpufleet.server.app import create_app
-from gpufleet.server.local import fresh_token
 from gpufleet.store import open_store
 from tests.accounts.conftest import PASSWORDS, ROLES, login
 from tests.conftest import make_batch, make_sample

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from gpufleet.http.errors import validation_details
 from gpufleet.recommend.fleet import GIB, FleetSnap, GpuSnap, HostSnap
 from gpufleet.recommend.history import FleetHistory, HourlyHeld, build_history
 from gpufleet.recommend.rank import Weights, recommend
 from gpufleet.recommend.request import RecommendRequest, request_from_any
-from gpufleet.server.errors import validation_details
 
 NOW = 1_795_000_000.0
 MODELS = [("NVIDIA A100-SXM4-80GB", 80), ("Tesla V100-SXM2-32GB", 32), ("Tesla T4", 15)]

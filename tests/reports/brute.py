@@ -8,7 +8,7 @@ from collections import defaultdict
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
-from gpufleet.reports import calendar as cal
+from gpufleet.warehouse import calendar as cal
 from gpufleet.wire import Gpu, GpuProcess, Sample
 
 USERS = ["alice", "bob", "carol", None]

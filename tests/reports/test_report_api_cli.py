@@ -13,9 +13,9 @@ from fastapi.testclient import TestClient
 
 from gpufleet.config import load_settings
 from gpufleet.reports.core import COLUMNS, gini, long_tail
-from gpufleet.reports.facts import percentile_from_hist
 from gpufleet.server.app import create_app
 from gpufleet.store import open_store
+from gpufleet.warehouse.facts import percentile_from_hist
 from tests.conftest import gpufleet
 from tests.reports.brute import generate
 from tests.reports.test_warehouse import ingest

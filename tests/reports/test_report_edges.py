@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpufleet.config import load_settings
-from gpufleet.reports.calendar import PERIODS
 from gpufleet.reports.service import compute_report
 from gpufleet.server.app import create_app
 from gpufleet.store import open_store
+from gpufleet.warehouse.calendar import PERIODS
 from tests.reports.brute import generate
 from tests.reports.test_warehouse import ingest
 

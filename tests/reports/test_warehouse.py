@@ -11,10 +11,10 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from gpufleet.reports.facts import P95_ERROR_BOUND_PERCENT
 from gpufleet.reports.service import compute_report
 from gpufleet.store import IngestItem, open_store
 from gpufleet.store.schema import TIER_TABLES
+from gpufleet.warehouse.facts import P95_ERROR_BOUND_PERCENT
 from gpufleet.wire import Gpu, GpuProcess, Sample
 from tests.conftest import make_batch, need_postgres
 from tests.reports.brute import brute_report, generate

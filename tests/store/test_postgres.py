@@ -197,7 +197,7 @@ def test_sigkill_of_a_server_on_postgresql_loses_no_acknowledged_batch(
 
 
 def _fill_duckdb(path) -> list:
-    from gpufleet.server.auth import new_token
+    from gpufleet.http.auth import new_token
 
     store = open_store(path)
     _, tok = new_token("rack1")

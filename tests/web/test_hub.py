@@ -8,9 +8,9 @@ import time
 import orjson
 
 from gpufleet.config import load_settings
-from gpufleet.server.context import Context
-from gpufleet.server.live import LiveState
-from gpufleet.server.stream import CLIENT_QUEUE, StreamHub
+from gpufleet.http.context import Context
+from gpufleet.live.state import LiveState
+from gpufleet.web.stream import CLIENT_QUEUE, StreamHub
 from tests.web.conftest import fleet_sample
 
 

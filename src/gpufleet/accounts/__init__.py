@@ -2,7 +2,7 @@
 sessions in signed cookies, CSRF tokens for forms, and login rate limiting.
 
 Agent tokens (ingest) and the local admin key (the CLI on the server's machine) live in
-``gpufleet.server.auth``; this package is about people using the web UI and the API.
+``gpufleet.http.auth``; this package is about people using the web UI and the API.
 """
 
 from __future__ import annotations

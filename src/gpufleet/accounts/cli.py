@@ -17,7 +17,7 @@ import click
 from gpufleet.accounts.passwords import check_password_policy, hash_password
 from gpufleet.accounts.users import ROLES, new_user, user_view
 from gpufleet.errors import GpufleetError
-from gpufleet.server.local import (
+from gpufleet.http.local import (
     LocalAdmin,
     config_option,
     data_dir_option,

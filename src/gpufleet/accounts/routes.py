@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 
+from gpufleet.accounts.admin import TOKEN_NAME, token_view
 from gpufleet.accounts.passwords import (
     MIN_PASSWORD_LENGTH,
     check_password_policy,
@@ -38,10 +39,9 @@ from gpufleet.accounts.web import (
     page_context,
     require_role,
 )
-from gpufleet.server.admin import TOKEN_NAME, token_view
-from gpufleet.server.auth import check_admin, new_token
-from gpufleet.server.context import Context
-from gpufleet.server.errors import ApiError
+from gpufleet.http.auth import check_admin, new_token
+from gpufleet.http.context import Context
+from gpufleet.http.errors import ApiError
 from gpufleet.store import StoreError, UserRecord
 
 router = APIRouter(include_in_schema=False)
@@ -70,7 +70,7 @@ def _safe_next(target: str | None) -> str:
 
 def _render(request: Request, name: str, status: int = 200, **data: Any) -> Response:
     # The web UI's templates (base.html with its filters); login.html and admin.html extend it.
-    from gpufleet.web.routes import templates
+    from gpufleet.http.templates import templates
 
     context = {**page_context(request), **data}
     response = templates.TemplateResponse(request, name, context, status_code=status)

@@ -31,7 +31,7 @@ from gpufleet.accounts.sessions import (
 )
 from gpufleet.accounts.users import UserDirectory, has_role
 from gpufleet.config import Settings
-from gpufleet.server.errors import ApiError, error_response
+from gpufleet.http.errors import ApiError, error_response
 from gpufleet.store import Store, UserRecord
 
 MAX_FORM_BYTES = 64 * 1024

@@ -33,7 +33,7 @@ from gpufleet.alerts.rules import (
     tuned,
 )
 from gpufleet.alerts.service import AlertService
-from gpufleet.server.errors import ApiError
+from gpufleet.http.errors import ApiError
 
 router = APIRouter(tags=["alerts"])
 pages = APIRouter(include_in_schema=False)
@@ -48,7 +48,7 @@ def service_of(request: Request) -> AlertService:
 
 async def _who(request: Request, authorization: str | None, role: str) -> str:
     from gpufleet.accounts.web import csrf_protected, require_role
-    from gpufleet.server.auth import check_admin
+    from gpufleet.http.auth import check_admin
 
     if authorization is not None:
         check_admin(authorization, request.app.state.ctx.admin_key)
@@ -268,7 +268,7 @@ def alerts_page(
     request: Request, q: Annotated[str | None, Query(max_length=200)] = None
 ) -> HTMLResponse:
     from gpufleet.accounts.web import page_context
-    from gpufleet.web.routes import templates
+    from gpufleet.http.templates import templates
 
     svc = service_of(request)
     view = alerts_json(request)

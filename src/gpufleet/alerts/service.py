@@ -73,7 +73,7 @@ class AlertService:
         self._lock = threading.Lock()
         self.busy_seconds = 0.0  # CPU time spent evaluating (thread time)
         self.observed = 0
-        # the live stream's publish (server/stream.py): ``alerts`` events when badges change
+        # the live stream's publish (web/stream.py): ``alerts`` events when badges change
         self.publish: Callable[[str, Any], None] | None = None
         self._published: str | None = None
         self.forwarder = Forwarder(cfg.alertmanager_url) if cfg.alertmanager_url else None

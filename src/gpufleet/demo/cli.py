@@ -216,14 +216,14 @@ def _demo(specs, trace, *, port: int, bind: str, data_dir: Path | None, speed: f
     from gpufleet.config import load_settings
     from gpufleet.demo import queued
     from gpufleet.demo.engine import FleetEngine
-    from gpufleet.server.app import create_app
-    from gpufleet.server.local import (
+    from gpufleet.http.local import (
         fresh_token,
         open_store_or_explain,
         server_file,
         spawn_agent,
         stop_process,
     )
+    from gpufleet.server.app import create_app
     from gpufleet.server.workers.pool import protocol_class
 
     settings = load_settings(None, overrides={"server": {"data_dir": data_dir, "host": bind,

@@ -21,12 +21,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, FastAPI, Header, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
+from gpufleet.http.errors import ApiError
 from gpufleet.promtext import Family
 from gpufleet.queue import store as st
 from gpufleet.queue.service import QueueService, SubmitError
 from gpufleet.queue.view import queue_view, row
 from gpufleet.sched.job import JobSpec, JobSpecError, parse_job, parse_plain
-from gpufleet.server.errors import ApiError
 
 router = APIRouter(tags=["queue"])
 pages = APIRouter(include_in_schema=False)
@@ -50,7 +50,7 @@ class Who:
 
 async def who(request: Request, authorization: str | None) -> Who:
     from gpufleet.accounts.web import auth, csrf_protected
-    from gpufleet.server.auth import check_admin
+    from gpufleet.http.auth import check_admin
 
     if authorization is not None:
         check_admin(authorization, request.app.state.ctx.admin_key)
@@ -265,7 +265,7 @@ async def priority(
 @pages.get("/queue", response_class=HTMLResponse)
 def queue_page(request: Request) -> Response:
     from gpufleet.accounts.web import page_context
-    from gpufleet.web.routes import templates
+    from gpufleet.http.templates import templates
 
     svc = getattr(request.app.state, "queue", None)
     view = jobs_json(request) if svc is not None else None

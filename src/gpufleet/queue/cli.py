@@ -14,14 +14,14 @@ import click
 import yaml
 
 from gpufleet.errors import GpufleetError
-from gpufleet.server.local import config_option, data_dir_option, print_rows, settings_from
+from gpufleet.http.local import config_option, data_dir_option, print_rows, settings_from
 
 API = "/api/v1/admin/jobs"
 
 
 class _Server:
     def __init__(self, config_path: str | None, data_dir: Path | None) -> None:
-        from gpufleet.server.local import running_server
+        from gpufleet.http.local import running_server
 
         settings = settings_from(config_path, data_dir=data_dir)
         found = running_server(settings.server.data_dir)

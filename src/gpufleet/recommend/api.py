@@ -12,10 +12,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from pydantic import ValidationError
 
+from gpufleet.http.errors import ApiError, summarise, validation_details
 from gpufleet.recommend.request import RecommendRequest
 from gpufleet.recommend.service import service_of
 from gpufleet.recommend.speeds import known_models
-from gpufleet.server.errors import ApiError, summarise, validation_details
 
 router = APIRouter()
 pages = APIRouter(include_in_schema=False)
@@ -96,7 +96,7 @@ def form_body(q: Any) -> dict[str, Any]:
 @pages.get("/recommend", response_class=HTMLResponse)
 def recommend_page(request: Request) -> HTMLResponse:
     from gpufleet.accounts.web import page_context
-    from gpufleet.web.routes import templates
+    from gpufleet.http.templates import templates
 
     q = request.query_params
     body = form_body(q)

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from gpufleet.errors import GpufleetError
-from gpufleet.server.local import SERVER_FILE, config_option, data_dir_option, settings_from
+from gpufleet.http.local import SERVER_FILE, config_option, data_dir_option, settings_from
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.I)
 
@@ -90,11 +90,11 @@ def _ask_local(settings: Any, body: dict) -> dict:
     """No server: the store's last sample of every host and its hour tier."""
     from pydantic import ValidationError
 
+    from gpufleet.http.errors import summarise, validation_details
+    from gpufleet.live.state import LiveState
     from gpufleet.recommend.rank import FleetIndex, Weights, recommend
     from gpufleet.recommend.request import request_from_any
     from gpufleet.recommend.service import load_history, snapshot_from_live
-    from gpufleet.server.errors import summarise, validation_details
-    from gpufleet.server.live import LiveState
     from gpufleet.store import StoreError, open_store
 
     try:

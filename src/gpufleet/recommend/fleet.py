@@ -34,7 +34,7 @@ class GpuSnap:
 class HostSnap:
     name: str
     gpus: tuple[GpuSnap, ...]
-    status: str = "online"  # online | stale | offline (gpufleet.server.live.host_status)
+    status: str = "online"  # online | stale | offline (gpufleet.live.state.host_status)
     load1: float | None = None
     cpu_count: int | None = None
     disk_free_bytes: int | None = None  # the largest data mount's free space

@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from gpufleet.live.state import LiveState, host_status
 from gpufleet.recommend.fleet import FleetSnap, GpuSnap, HostSnap, RecentAnswers
 from gpufleet.recommend.history import FleetHistory, HourlyHeld, build_history
 from gpufleet.recommend.rank import FleetIndex, Weights, copy_hours, recommend
 from gpufleet.recommend.request import RecommendRequest, request_from_any
-from gpufleet.server.live import LiveState, host_status
 from gpufleet.store import Store, StoreError
 from gpufleet.wire import GpuProcess, Sample, gpu_is_free
 

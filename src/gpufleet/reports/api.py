@@ -11,7 +11,6 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from gpufleet.reports.calendar import PERIODS
 from gpufleet.reports.core import BY
 from gpufleet.reports.service import (
     DATE_PATTERN,
@@ -24,6 +23,7 @@ from gpufleet.reports.service import (
     to_csv,
 )
 from gpufleet.store import StoreError
+from gpufleet.warehouse.calendar import PERIODS
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -70,7 +70,7 @@ def reports(
         Query(min_length=1, description="only these row columns, comma-separated (e.g. key,gpu_hours)"),
     ] = None,
 ) -> Any:
-    from gpufleet.server.errors import ApiError
+    from gpufleet.http.errors import ApiError
 
     ctx = request.app.state.ctx
     wh = ctx.settings.warehouse

@@ -13,9 +13,9 @@ from typing import Any
 import click
 
 from gpufleet.errors import GpufleetError
-from gpufleet.reports.calendar import PERIODS
+from gpufleet.http.local import config_option, data_dir_option, settings_from
 from gpufleet.reports.core import BY
-from gpufleet.server.local import config_option, data_dir_option, settings_from
+from gpufleet.warehouse.calendar import PERIODS
 
 
 def _open_local(settings) -> Any:
@@ -79,8 +79,8 @@ def report(
 
       gpufleet report --period year --by host --from 2024-01-01 --to 2024-12-31 --format csv
     """
+    from gpufleet.http.local import running_server
     from gpufleet.reports.service import ReportError, compute_report, parse_date, to_csv
-    from gpufleet.server.local import running_server
 
     key = None
     settings = None
@@ -287,7 +287,7 @@ def rollup(
     samples touched (what the server does every warehouse.rollup_interval_seconds). With
     them: recompute that range (a backfill). Idempotent: re-running gives the same tiers.
     """
-    from gpufleet.server.local import running_server
+    from gpufleet.http.local import running_server
 
     settings = settings_from(config_path, data_dir=data_dir)
     wh = settings.warehouse

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from gpufleet.reports.facts import (
+from gpufleet.warehouse.facts import (
     GPU_MAX_FACTS,
     GPU_SUM_FACTS,
     HIST_COLUMNS,

@@ -36,10 +36,10 @@ from typing import Any
 from urllib.parse import urlencode
 
 from gpufleet.config import Settings
-from gpufleet.reports import calendar as cal
 from gpufleet.reports.core import BY
 from gpufleet.reports.service import compute_report, to_csv
 from gpufleet.store.base import Store
+from gpufleet.warehouse import calendar as cal
 
 log = logging.getLogger(__name__)
 
@@ -352,7 +352,7 @@ def build_message(
 ) -> EmailMessage:
     """The report e-mail for local days ``first``..``last``: HTML with three charts as inline
     PNG images, a plain-text twin, and the report's CSV attached."""
-    from gpufleet.web import TEMPLATE_DIR
+    from gpufleet.http.templates import TEMPLATE_DIR
 
     report = fetch(period, by, first, last)
     sub = _subperiod(period)

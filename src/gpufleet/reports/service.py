@@ -9,7 +9,6 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from gpufleet.reports import calendar as cal
 from gpufleet.reports.core import (
     BY,
     LONG_TAIL_FACTS,
@@ -18,6 +17,7 @@ from gpufleet.reports.core import (
     select_keys,
 )
 from gpufleet.store.base import Store
+from gpufleet.warehouse import calendar as cal
 
 TIERS = ("auto", "day", "hour", "raw")
 # The days a report can cover: its previous period and the day after its last must exist in

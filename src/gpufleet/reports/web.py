@@ -24,9 +24,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 
 from gpufleet.accounts.web import auth, csrf_protected, form_data, page_context, require_role
+from gpufleet.http.errors import ApiError
 from gpufleet.reports.mail import SCHEDULES, ReportMailer, SubscriptionError
 from gpufleet.reports.service import report_options
-from gpufleet.server.errors import ApiError
 from gpufleet.store import UserRecord
 
 router = APIRouter(include_in_schema=False)
@@ -36,13 +36,13 @@ DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 def _templates() -> Any:
-    from gpufleet.web.routes import templates
+    from gpufleet.http.templates import templates
 
     return templates
 
 
 def _has_echarts() -> bool:
-    from gpufleet.web.routes import VENDOR_ECHARTS
+    from gpufleet.http.templates import VENDOR_ECHARTS
 
     return VENDOR_ECHARTS.exists()
 

@@ -12,24 +12,27 @@ from typing import Any
 from fastapi import FastAPI
 
 from gpufleet import __version__, web
+from gpufleet.accounts import admin
 from gpufleet.accounts import routes as account_routes
 from gpufleet.accounts import web as account_web
 from gpufleet.alerts import api as alerts_api
 from gpufleet.alerts import service as alerts_service
 from gpufleet.config import Settings
+from gpufleet.http import errors
+from gpufleet.http.auth import TokenCache, ensure_admin_key
+from gpufleet.http.context import Context
+from gpufleet.live.state import LiveState
 from gpufleet.queue import api as queue_api
 from gpufleet.recommend import api as recommend_api
 from gpufleet.recommend import service as recommend_service
 from gpufleet.reports import api as report_api
 from gpufleet.reports import mail as report_mail
 from gpufleet.reports import web as report_web
-from gpufleet.server import admin, api, errors, gcpolicy, ingest, metrics, stream
+from gpufleet.server import gcpolicy, ingest, metrics
 from gpufleet.server import openapi as openapi_schema
-from gpufleet.server.auth import TokenCache, ensure_admin_key
-from gpufleet.server.context import Context
-from gpufleet.server.live import LiveState
 from gpufleet.store import Store, open_store
 from gpufleet.usermap import api as usermap_api
+from gpufleet.web import api, stream
 from gpufleet.wire import Batch
 
 log = logging.getLogger(__name__)
@@ -137,7 +140,7 @@ def create_app(
             settings, st, live, TokenCache(st), ensure_admin_key(settings.server.data_dir)
         )
         app.state.ctx = ctx
-        hub = stream.attach(app, ctx)  # web UI: live updates over SSE (gpufleet.server.stream)
+        hub = stream.attach(app, ctx)  # web UI: live updates over SSE (gpufleet.web.stream)
         metrics.attach(app, ctx)  # /metrics: the XID counter follows every sample
         app.state.accounts = account_web.Accounts(settings, st)
         collector = asyncio.create_task(gcpolicy.run())  # see gcpolicy: no GC stalls

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from gpufleet.errors import GpufleetError
-from gpufleet.server.local import (
+from gpufleet.http.local import (
     LocalAdmin,
     config_option,
     data_dir_option,
@@ -115,7 +115,7 @@ def token_create(name: str, config_path: str | None, data_dir: Path | None) -> N
     """Create a token named NAME (e.g. the host or group it is for) and print it."""
     import re
 
-    from gpufleet.server.admin import TOKEN_NAME
+    from gpufleet.accounts.admin import TOKEN_NAME
 
     if not re.fullmatch(TOKEN_NAME, name):
         raise GpufleetError(
@@ -126,7 +126,7 @@ def token_create(name: str, config_path: str | None, data_dir: Path | None) -> N
         if admin.url:
             token_text = admin.call("POST", "/api/v1/admin/tokens", json={"name": name})["token"]
         else:
-            from gpufleet.server.auth import new_token
+            from gpufleet.http.auth import new_token
             from gpufleet.store import StoreError
 
             token_text, record = new_token(name)
@@ -148,7 +148,7 @@ def token_create(name: str, config_path: str | None, data_dir: Path | None) -> N
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def token_list(config_path: str | None, data_dir: Path | None, as_json: bool) -> None:
     """List tokens (names and dates, never secrets)."""
-    from gpufleet.server.admin import token_view
+    from gpufleet.accounts.admin import token_view
 
     admin = LocalAdmin(settings_from(config_path, data_dir=data_dir))
     try:

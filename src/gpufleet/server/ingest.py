@@ -25,9 +25,9 @@ from pydantic import ValidationError
 from starlette.routing import Route
 
 from gpufleet.config import Settings
-from gpufleet.server.auth import TokenCache
-from gpufleet.server.context import Histogram
-from gpufleet.server.errors import ApiError, error_body, summarise, validation_details
+from gpufleet.http.auth import TokenCache
+from gpufleet.http.context import Histogram
+from gpufleet.http.errors import ApiError, error_body, summarise, validation_details
 from gpufleet.store import IngestItem, StoreError
 from gpufleet.wire import Batch, IngestAck, future_timestamps
 

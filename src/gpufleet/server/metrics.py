@@ -13,8 +13,8 @@ from fastapi.responses import PlainTextResponse
 
 from gpufleet import __version__
 from gpufleet.agent.prom import XidTotals, sample_families
+from gpufleet.http.context import Context, Histogram
 from gpufleet.promtext import CONTENT_TYPE, Family, exposition
-from gpufleet.server.context import Context, Histogram
 from gpufleet.wire import gpu_is_free
 
 router = APIRouter()

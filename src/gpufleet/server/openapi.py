@@ -11,7 +11,7 @@ are added (schemathesis checks it in tests/web/test_openapi_conformance.py):
 - the routers in ``SESSION_TOO`` take the admin key or a logged-in admin (their handlers decide);
 - a path parameter names a thing that may not exist: 404;
 - the routers in ``MAY_BE_OFF`` answer 503 while their capability is off in the config;
-- every error answer has the one shape of gpufleet.server.errors (``Error``), the 422 included.
+- every error answer has the one shape of gpufleet.http.errors (``Error``), the 422 included.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute, iter_route_contexts
 
 from gpufleet.accounts.sessions import SESSION_COOKIE
+from gpufleet.http.errors import ERROR_SCHEMA
 from gpufleet.server import ingest
-from gpufleet.server.errors import ERROR_SCHEMA
 from gpufleet.wire import Batch, IngestAck
 
 # handlers that check "the admin key, or a logged-in admin (with the CSRF token for a change)"

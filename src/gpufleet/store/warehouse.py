@@ -1,6 +1,6 @@
 """The warehouse on both backends: rolling raw samples up into the minute/hour/day tiers, and
 the fact queries reports are computed from. SQL only; what the facts mean is in
-gpufleet.reports.facts, how days and periods fall in gpufleet.reports.calendar.
+gpufleet.warehouse.facts, how days and periods fall in gpufleet.warehouse.calendar.
 
 The SQL is written once for DuckDB and PostgreSQL: it keeps to what both dialects share
 (``FILTER``, ``unnest`` of array parameters, ``ON CONFLICT``, positional ``GROUP BY``, casts
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from gpufleet.reports.facts import (
+from gpufleet.warehouse.facts import (
     GPU_MAX_FACTS,
     GPU_SUM_FACTS,
     HIST_BUCKETS,
@@ -775,7 +775,7 @@ class WarehouseMixin:
         to_ts: float | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> dict[str, Any]:
-        from gpufleet.reports.calendar import day_range, days_touched, zone
+        from gpufleet.warehouse.calendar import day_range, days_touched, zone
 
         tzinfo = zone(tz)
         d = self.DIALECT

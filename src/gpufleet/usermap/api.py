@@ -20,7 +20,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from gpufleet.server.errors import ApiError
+from gpufleet.http.errors import ApiError
 from gpufleet.store import StoreError
 from gpufleet.usermap.core import MAX_IMPORT, MappingError, from_store, make, to_csv
 
@@ -44,7 +44,7 @@ class ImportBody(BaseModel):
 async def _admin(request: Request, authorization: str | None, change: bool) -> None:
     """The local admin key, or a logged-in admin (with the CSRF token for a change)."""
     from gpufleet.accounts.web import csrf_protected, require_role
-    from gpufleet.server.auth import check_admin
+    from gpufleet.http.auth import check_admin
 
     if authorization is not None:
         check_admin(authorization, request.app.state.ctx.admin_key)

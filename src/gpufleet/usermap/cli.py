@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from gpufleet.errors import GpufleetError
-from gpufleet.server.local import (
+from gpufleet.http.local import (
     LocalAdmin,
     config_option,
     data_dir_option,

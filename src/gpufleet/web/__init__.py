@@ -6,18 +6,16 @@ pages draw what ``/api/v1/overview``, ``/api/v1/hosts/{name}`` and ``/api/v1/str
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-STATIC_DIR = Path(__file__).parent / "static"
-TEMPLATE_DIR = Path(__file__).parent / "templates"
+from gpufleet.http.templates import STATIC_DIR, TEMPLATE_DIR
+
+__all__ = ["STATIC_DIR", "TEMPLATE_DIR", "install"]
 
 
 def install(app: FastAPI) -> None:
-    from gpufleet.server import stream
-    from gpufleet.web import apidocs, routes
+    from gpufleet.web import apidocs, routes, stream
 
     app.include_router(stream.router)
     app.include_router(routes.router)

@@ -4,40 +4,20 @@ the overview from ``/api/v1/stream`` / ``/api/v1/overview``, a host page from
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
-from fastapi.templating import Jinja2Templates
 
-from gpufleet import __version__
 from gpufleet.accounts.web import page_context
-from gpufleet.server import api
-from gpufleet.server.errors import ApiError
-from gpufleet.web import STATIC_DIR, TEMPLATE_DIR
-from gpufleet.web.format import register_filters
+from gpufleet.http.errors import ApiError
+from gpufleet.http.templates import VENDOR_ECHARTS, templates
+from gpufleet.web import api
 
 router = APIRouter(include_in_schema=False)
-templates = Jinja2Templates(directory=str(TEMPLATE_DIR))
-register_filters(templates.env)
-templates.env.globals["version"] = __version__
-VENDOR_ECHARTS = STATIC_DIR / "vendor" / "echarts.min.js"
 
 SORTS = {"name": "name", "free": "free GPUs", "util": "GPU utilisation"}
-
-
-def _asset_version(path: Path) -> str:
-    try:
-        return str(int(path.stat().st_mtime))
-    except OSError:
-        return "0"
-
-
-templates.env.globals["asset"] = lambda name: (
-    f"/static/{name}?v={_asset_version(STATIC_DIR / name)}"
-)
 
 
 @router.get("/", response_class=HTMLResponse)

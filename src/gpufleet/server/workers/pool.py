@@ -35,8 +35,8 @@ from typing import Any
 
 import orjson
 
+from gpufleet.http.context import Context
 from gpufleet.server import ingest
-from gpufleet.server.context import Context
 from gpufleet.server.workers import channel
 from gpufleet.server.workers.logwriter import lock_folder
 from gpufleet.server.workers.worker import SETTINGS_ENV

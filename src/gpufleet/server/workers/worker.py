@@ -30,9 +30,9 @@ from typing import Any
 import orjson
 
 from gpufleet.config import IngestSection, Settings
+from gpufleet.http.auth import TokenCache
+from gpufleet.http.context import Histogram
 from gpufleet.server import ingest
-from gpufleet.server.auth import TokenCache
-from gpufleet.server.context import Histogram
 from gpufleet.server.workers import channel
 from gpufleet.server.workers.logwriter import LogWriter, lock_folder
 from gpufleet.store import TokenRecord

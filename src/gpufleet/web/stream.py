@@ -32,9 +32,9 @@ import orjson
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import StreamingResponse
 
-from gpufleet.server.context import Context
-from gpufleet.server.errors import ApiError
-from gpufleet.server.live import HostState
+from gpufleet.http.context import Context
+from gpufleet.http.errors import ApiError
+from gpufleet.live.state import HostState
 from gpufleet.web.view import IdleTracker, fleet_totals, host_view
 
 router = APIRouter()

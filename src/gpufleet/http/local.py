@@ -75,7 +75,7 @@ def server_file(data_dir: Path, url: str) -> Iterator[None]:
 
 def fresh_token(store: Store, name: str) -> str:
     """A new agent token named ``name``; a live earlier one of that name is revoked."""
-    from gpufleet.server.auth import new_token
+    from gpufleet.http.auth import new_token
 
     now = time.time()
     for t in store.tokens():

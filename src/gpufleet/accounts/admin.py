@@ -7,9 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, Field
 
-from gpufleet.server.auth import check_admin, new_token
-from gpufleet.server.context import Context
-from gpufleet.server.errors import ApiError
+from gpufleet.http.auth import check_admin, new_token
+from gpufleet.http.context import Context
+from gpufleet.http.errors import ApiError
 from gpufleet.store import StoreError
 
 router = APIRouter(prefix="/api/v1/admin", tags=["admin"])

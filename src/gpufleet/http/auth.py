@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from gpufleet.server.errors import ApiError
+from gpufleet.http.errors import ApiError
 from gpufleet.store import Store, TokenRecord
 
 TOKEN_PREFIX = "gft_"

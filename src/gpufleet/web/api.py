@@ -10,8 +10,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from gpufleet import __version__
-from gpufleet.server.context import Context
-from gpufleet.server.errors import ApiError
+from gpufleet.http.context import Context
+from gpufleet.http.errors import ApiError
 from gpufleet.store.base import SERIES_METRICS
 
 router = APIRouter()

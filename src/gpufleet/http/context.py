@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpufleet.config import Settings
-from gpufleet.server.auth import TokenCache
-from gpufleet.server.live import LiveState
+from gpufleet.http.auth import TokenCache
+from gpufleet.live.state import LiveState
 from gpufleet.store import Store
 
 
