@@ -100,11 +100,11 @@ def calibration(argv: list[str]) -> None:
 
     import numpy as np
 
+    from gpufleet.philly import load_trace as read_trace
     from gpufleet.recommend import calibrate
     from gpufleet.recommend.evalreport import reliability_text
     from gpufleet.recommend.evaluate import Config, calibration_samples, reliability
     from gpufleet.recommend.lab import HABITS
-    from gpufleet.recommend.trace import read_trace
 
     ap = argparse.ArgumentParser(prog="recommend_bench.py --calibration")
     ap.add_argument("mode", choices=("fit", "report"))

@@ -7,8 +7,10 @@ Every setting is listed, with its meaning, in docs/configuration.md (a test keep
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -163,6 +165,19 @@ class HostsSection(_Section):
                 if not p.strip() or len(p) > 256 or not p.isprintable():
                     raise ValueError(f"{name}[{i}]: a pattern is 1 to 256 printable characters")
         return groups
+
+    def group_of(self, host: str) -> str | None:
+        """The host's group (see ``groups``); None when no pattern matches."""
+        return host_group(host, self.groups)
+
+
+def host_group(host: str, groups: Mapping[str, Sequence[str]]) -> str | None:
+    """The first group (in order) with a shell-style pattern matching the host name, else None:
+    the one rule for host groups (reports by host group, alert labels)."""
+    for name, patterns in groups.items():
+        if any(fnmatch.fnmatchcase(host, p) for p in patterns):
+            return name
+    return None
 
 
 class WarehouseSection(_Section):

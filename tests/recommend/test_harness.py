@@ -9,13 +9,14 @@ import sys
 
 import pytest
 
+from gpufleet.philly import TraceJob, default_trace_path
+from gpufleet.philly import load_trace as read_trace
 from gpufleet.recommend.baselines import all_recommenders
 from gpufleet.recommend.evaluate import Config, interval, scenario_jobs
 from gpufleet.recommend.fleet import FleetSnap
 from gpufleet.recommend.history import FleetHistory
 from gpufleet.recommend.lab import HABITS, run
 from gpufleet.recommend.request import RecommendRequest
-from gpufleet.recommend.trace import TraceJob, default_trace_path, read_trace
 from tests.conftest import need_file
 
 

@@ -12,7 +12,6 @@ Inputs, all already in memory (nothing is read back from the store):
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import hashlib
 import logging
 import threading
@@ -101,10 +100,7 @@ class AlertService:
     # -- inputs ---------------------------------------------------------------------------
 
     def group_of(self, host: str) -> str | None:
-        for name, patterns in self.settings.hosts.groups.items():
-            if any(fnmatch.fnmatchcase(host, p) for p in patterns):
-                return name
-        return None
+        return self.settings.hosts.group_of(host)
 
     def on_host(self, state: Any) -> None:
         """Live-state listener: a host's newest sample (``HostState``)."""

@@ -291,11 +291,11 @@ def evaluate_recommender(vcs: tuple[str, ...], loads: tuple[float, ...], habits:
 
       gpufleet evaluate-recommender --vc 11cb48 --load 0.8 --habit lowest --seeds 3
     """
+    from gpufleet.philly import load_trace as read_trace
     from gpufleet.recommend.evalreport import run_grid, summary_text
     from gpufleet.recommend.evaluate import TRAINING_VCS, Config
     from gpufleet.recommend.evaluate import latency as time_latency
     from gpufleet.recommend.lab import HABITS
-    from gpufleet.recommend.trace import read_trace
 
     cfg = Config.quick() if quick else Config()
     if hosts is not None:

@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from gpufleet.philly import TraceJob
 from gpufleet.recommend.evaluate import (
     CalSample,
     Config,
@@ -16,7 +17,6 @@ from gpufleet.recommend.evaluate import (
     run_scenario,
     summarise,
 )
-from gpufleet.recommend.trace import TraceJob
 
 
 def run_grid(trace: list[TraceJob], cfg: Config, vcs: list[str | None], loads: list[float],

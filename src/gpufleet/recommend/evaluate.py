@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from gpufleet.philly import TraceJob
 from gpufleet.recommend.baselines import Recommender, all_recommenders
 from gpufleet.recommend.fleet import FleetSnap
 from gpufleet.recommend.history import FleetHistory
@@ -30,7 +31,6 @@ from gpufleet.recommend.lab import Lab, SimJob, cluster_rate, run, window_jobs
 from gpufleet.recommend.labfleet import build_lab
 from gpufleet.recommend.rank import Weights, recommend
 from gpufleet.recommend.request import RecommendRequest
-from gpufleet.recommend.trace import TraceJob
 
 TAIL_SHARE = 0.2
 # t quantiles (0.975) by degrees of freedom, for the intervals over seeds

@@ -38,12 +38,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gpufleet.philly import TraceJob
 from gpufleet.recommend.fleet import FleetSnap, GpuSnap, HostSnap
 from gpufleet.recommend.history import FleetHistory, HourlyHeld, build_history
 from gpufleet.recommend.labfleet import LabHost, group_names, group_weights
 from gpufleet.recommend.request import RecommendRequest
 from gpufleet.recommend.speeds import MODEL_FAMILIES
-from gpufleet.recommend.trace import TraceJob
 
 HABITS = ("lowest", "highest", "random", "popular", "mixed")
 HISTORY_HOURS = 28 * 24  # what the recommender reads: at most the last four weeks

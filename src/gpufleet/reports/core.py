@@ -4,7 +4,6 @@ change and the fleet's long-tail measures. Pure: plain data in, plain data out.
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import operator
 from collections.abc import Mapping, Sequence
@@ -12,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from gpufleet.config import host_group
 from gpufleet.warehouse.facts import (
     GPU_MAX_FACTS,
     GPU_SUM_FACTS,
@@ -201,11 +201,8 @@ UNGROUPED = "(ungrouped)"
 
 
 def host_group_of(host: str, groups: Mapping[str, Sequence[str]]) -> str:
-    """The first group (in order) with a pattern matching the host name, else UNGROUPED."""
-    for name, patterns in groups.items():
-        if any(fnmatch.fnmatchcase(host, p) for p in patterns):
-            return name
-    return UNGROUPED
+    """The host's group (``config.host_group``), else UNGROUPED."""
+    return host_group(host, groups) or UNGROUPED
 
 
 def regroup_hosts(
