@@ -1,5 +1,5 @@
 # The README's commands. Each one sets up what it needs first (scripts/setup.sh).
-.PHONY: setup run test test-fast lint bench clean
+.PHONY: setup run test test-fast lint bench bench-prometheus clean
 
 PORT ?= 8000
 DATA ?= gpufleet-data
@@ -39,6 +39,10 @@ bench: setup
 	.venv/bin/python bench/frag_bench.py
 	.venv/bin/python bench/recommend_bench.py
 	.venv/bin/python bench/queue_bench.py --seeds 0 1 2
+
+## bench-prometheus: the usage reports beside PromQL on the same 30 days (about 25 minutes)
+bench-prometheus: setup
+	.venv/bin/python bench/vs_prometheus.py
 
 clean:
 	rm -rf .venv .pytest_cache .ruff_cache .mypy_cache

@@ -153,6 +153,8 @@ def _measure_columns(m: np.ndarray, names: Sequence[str], *, user: bool) -> dict
 def _listed(values: np.ndarray) -> list[Any]:
     """Rounded Python floats, None for NaN."""
     r = np.round(values, DIGITS)
+    if not np.isnan(r).any():
+        return r.tolist()
     return [None if v != v else v for v in r.tolist()]
 
 
