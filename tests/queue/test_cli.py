@@ -115,8 +115,11 @@ def test_submit_jobs_cancel_hold_release_logs(tmp_path, server_factory):
 def test_sigkill_the_server_while_jobs_run_and_wait(tmp_path, server_factory):
     """50 jobs run and 200 wait (local dispatcher: each job a real process under its detached
     supervisor, which outlives the server); SIGKILL the server; after the restart every job
-    ends succeeded, each ran exactly once (the jobs write their id to a file), none is lost."""
+    ends succeeded, each ran exactly once (the jobs write their id to a file), none is lost.
+    The first 50 run until the test opens a gate after the restart (a file they wait for), so
+    they are running across the kill however long the restart takes, and no longer."""
     ran = tmp_path / "ran.txt"
+    gate = tmp_path / "gate"
     srv = server_factory("--config", config(tmp_path, dispatcher="local", policy="fifo"))
     with Heartbeat(srv, hosts=25, gpus=2):
         wait(lambda: cli(srv, "jobs", "--json").returncode == 0)
@@ -124,9 +127,9 @@ def test_sigkill_the_server_while_jobs_run_and_wait(tmp_path, server_factory):
         import httpx
 
         ids = []
-        for k in range(250):  # FIFO: the first 50 run 90 s, the 200 behind them wait
-            seconds = 90 if k < 50 else 3
-            command = ["sh", "-c", f'echo "$GPUFLEET_JOB_ID" >> {ran}; sleep {seconds}']
+        for k in range(250):  # FIFO: the first 50 run until the gate opens, 200 wait
+            until = f"while [ ! -e {gate} ]; do sleep 0.5; done" if k < 50 else "sleep 1"
+            command = ["sh", "-c", f'echo "$GPUFLEET_JOB_ID" >> {ran}; {until}']
             spec = {"name": f"w{k}", "user": "ann", "gpus": 1, "model_name": "m", "epochs": 1,
                     "command": command}  # fmt: skip
             r = httpx.post(srv.url + "/api/v1/admin/jobs", json=spec, headers=admin, timeout=30)
@@ -141,6 +144,9 @@ def test_sigkill_the_server_while_jobs_run_and_wait(tmp_path, server_factory):
         assert seen == {"running": 50, "pending": 200}, seen
         srv.kill()
         srv.start()
+        seen = wait(lambda: (c := counts()).get("running") == 50 and c, deadline=300, step=1.0)
+        assert seen == {"running": 50, "pending": 200}, seen  # nothing started twice or lost
+        gate.touch()
 
         def succeeded() -> list[int]:
             r = cli(srv, "jobs", "--state", "succeeded", "--json")
