@@ -121,11 +121,20 @@ def test_sigkill_the_server_while_jobs_run_and_wait(tmp_path, server_factory):
     ran = tmp_path / "ran.txt"
     gate = tmp_path / "gate"
     srv = server_factory("--config", config(tmp_path, dispatcher="local", policy="fifo"))
-    with Heartbeat(srv, hosts=25, gpus=2):
-        wait(lambda: cli(srv, "jobs", "--json").returncode == 0)
-        admin = {"Authorization": f"Bearer {(srv.data_dir / 'admin.key').read_text().strip()}"}
-        import httpx
+    import httpx
 
+    def jobs(**params) -> list[dict]:  # what `gpufleet jobs --json` prints, without a process
+        admin = {"Authorization": f"Bearer {(srv.data_dir / 'admin.key').read_text().strip()}"}
+        r = httpx.get(srv.url + "/api/v1/admin/jobs", params=params, headers=admin, timeout=30)
+        r.raise_for_status()
+        return r.json()["jobs"]
+
+    def counts() -> dict[str, int]:
+        got = [j["state"] for j in jobs()]
+        return {k: got.count(k) for k in set(got)}
+
+    with Heartbeat(srv, hosts=25, gpus=2):
+        admin = {"Authorization": f"Bearer {(srv.data_dir / 'admin.key').read_text().strip()}"}
         ids = []
         for k in range(250):  # FIFO: the first 50 run until the gate opens, 200 wait
             until = f"while [ ! -e {gate} ]; do sleep 0.5; done" if k < 50 else "sleep 1"
@@ -136,23 +145,17 @@ def test_sigkill_the_server_while_jobs_run_and_wait(tmp_path, server_factory):
             assert r.status_code == 201, r.text
             ids.append(r.json()["id"])
 
-        def counts() -> dict[str, int]:
-            got = list(states(srv).values())
-            return {k: got.count(k) for k in set(got)}
-
-        seen = wait(lambda: (c := counts()).get("running") == 50 and c, deadline=300, step=1.0)
+        seen = wait(lambda: (c := counts()).get("running") == 50 and c, deadline=300, step=0.5)
         assert seen == {"running": 50, "pending": 200}, seen
         srv.kill()
         srv.start()
-        seen = wait(lambda: (c := counts()).get("running") == 50 and c, deadline=300, step=1.0)
+        seen = wait(lambda: (c := counts()).get("running") == 50 and c, deadline=300, step=0.5)
         assert seen == {"running": 50, "pending": 200}, seen  # nothing started twice or lost
         gate.touch()
-
-        def succeeded() -> list[int]:
-            r = cli(srv, "jobs", "--state", "succeeded", "--json")
-            return [j["id"] for j in json.loads(r.stdout)["jobs"]] if r.returncode == 0 else []
-
-        final = wait(lambda: len(done := succeeded()) == len(ids) and done, deadline=600, step=2)
+        wait(lambda: len(jobs(state="succeeded")) == len(ids), deadline=600, step=1.0)
+    r = cli(srv, "jobs", "--state", "succeeded", "--json")  # and as the command line says it
+    assert r.returncode == 0, r.stderr
+    final = [j["id"] for j in json.loads(r.stdout)["jobs"]]
     assert sorted(final) == sorted(ids)
     lines = ran.read_text().split()
     assert sorted(int(x) for x in lines) == sorted(ids), "every job ran exactly once"
