@@ -21,6 +21,38 @@ from gpufleet.wire import Batch, Disk, Gpu, GpuProcess, HostMetrics, Sample
 REQUIRE_SERVICES = os.environ.get("GPUFLEET_REQUIRE_SERVICES") == "1"
 
 
+# -- the order of the files: the longest first -------------------------------------------------
+# `make test` runs whole files on two workers (-n 2 --dist loadfile). xdist's own order (the
+# files with the most tests first) leaves the long end-to-end files, each a test or two, for
+# the end, where one worker runs them alone while the other is idle. So (with
+# --no-loadscope-reorder in pyproject's addopts) the files run in this order: the longest
+# measured ones, then the other files with slow tests, then the rest, as collected. Only the
+# order changes, never what runs. The figures: `pytest --durations=0` (docs/testing.md).
+LONGEST_FIRST = (
+    "tests/web/test_first_hour.py",
+    "tests/test_reliability.py",
+    "tests/queue/test_cli.py",
+    "tests/queue/test_dispatch_slurm.py",
+    "tests/alerts/test_server.py",
+    "tests/test_ingest_workers.py",
+    "tests/recommend/test_server.py",
+    "tests/accounts/test_browser.py",
+    "tests/demo/test_demo_e2e.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    slow_files = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+
+    def rank(item) -> tuple[int, int]:
+        path = item.nodeid.split("::")[0]
+        if path in LONGEST_FIRST:
+            return (0, LONGEST_FIRST.index(path))
+        return (1, 0) if path in slow_files else (2, 0)
+
+    items.sort(key=rank)  # stable: the collection's order within each rank
+
+
 def need_binary(path: str, what: str) -> str:
     """The path of a binary a test needs; in CI a missing one fails the test, else it skips."""
     found = shutil.which(path) or (path if os.path.exists(path) else None)
@@ -210,8 +242,15 @@ class ServerProc:
 
 
 def create_token(data_dir: Path, name: str) -> str:
-    r = gpufleet("token", "create", name, "--data-dir", str(data_dir))
-    assert r.returncode == 0, r.stderr
+    """``gpufleet token create NAME --data-dir DATA_DIR``, run in this process (click's runner:
+    the same command and environment; a process of its own cost a second of imports for every
+    server a test starts). tests/test_config_cli.py runs the command as a process."""
+    from click.testing import CliRunner
+
+    from gpufleet.cli import cli
+
+    r = CliRunner().invoke(cli, ["token", "create", name, "--data-dir", str(data_dir)])
+    assert r.exit_code == 0, (r.output, r.exception)
     return r.stdout.strip()
 
 

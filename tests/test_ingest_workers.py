@@ -356,21 +356,32 @@ def test_a_killed_worker_is_replaced_and_loses_nothing_acknowledged(served):
     assert stored_ids(served) == keys(acked) and len(acked) == 30
 
 
-def test_a_batch_the_server_stored_itself_is_a_duplicate_through_a_worker(server_factory):
+def test_a_connection_the_server_kept_goes_to_a_worker_once_one_is_up(server_factory):
+    """An agent connected while no worker was up (here: the only one killed) is served by the
+    server; once a worker is back, the server's next answer closes that connection, and the
+    agent's next batch, on a new connection, goes to the worker, which knows that the server
+    stored the first one."""
     srv = server_factory("--ingest-workers", "1")
     wait_until(lambda: health(srv)["ingest_workers"]["up"] == 1, 30, "the worker up")
     os.kill(worker_pids(srv)[0], signal.SIGKILL)
     wait_until(lambda: health(srv)["ingest_workers"]["up"] == 0, 10, "the worker seen gone")
     batch = make_batch(make_sample("kept"))
     handed = health(srv)["ingest_workers"]["connections_handed_over"]
-    with httpx.Client(base_url=srv.url, timeout=10) as client:  # no worker: the server keeps it
-        assert post(client, srv, batch).json()["status"] == "stored"
-    wait_until(lambda: health(srv)["ingest_workers"]["up"] == 1, 30, "the worker replaced")
-    with httpx.Client(base_url=srv.url, timeout=10) as client:  # handed to the new worker
-        assert post(client, srv, batch).json()["status"] == "duplicate"
+    with httpx.Client(base_url=srv.url, timeout=10) as client:  # one agent, keep-alive
+        kept = post(client, srv, batch)  # no worker: the server keeps the connection
+        assert kept.json()["status"] == "stored"
+        assert kept.headers.get("connection") != "close"
+        wait_until(lambda: health(srv)["ingest_workers"]["up"] == 1, 30, "the worker replaced")
+        later = make_batch(make_sample("kept"))
+        last = post(client, srv, later)  # still on the kept connection: the server's answer
+        assert last.json()["status"] == "stored" and last.headers["connection"] == "close"
+        assert health(srv)["ingest_workers"]["connections_handed_over"] == handed
+        again = post(client, srv, batch)  # a new connection: handed to the new worker
+        assert again.json()["status"] == "duplicate"
+        assert "connection" not in again.headers  # the worker keeps it
     assert health(srv)["ingest_workers"]["connections_handed_over"] == handed + 1
     srv.stop()
-    assert stored_ids(srv) == keys([batch.batch_id])
+    assert stored_ids(srv) == keys([batch.batch_id, later.batch_id])
 
 
 @pytest.mark.slow

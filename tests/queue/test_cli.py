@@ -7,6 +7,7 @@ import json
 import threading
 import time
 
+import httpx
 import pytest
 
 from tests.conftest import gpufleet, make_batch, make_sample
@@ -75,6 +76,19 @@ def states(srv) -> dict[int, str]:
     return {j["id"]: j["state"] for j in json.loads(r.stdout)["jobs"]}
 
 
+def api_jobs(srv, **params) -> list[dict]:
+    """The JSON ``gpufleet jobs --json`` prints, from the API: for the waits, which would
+    otherwise start a CLI process (a second of CPU) every poll."""
+    admin = {"Authorization": f"Bearer {(srv.data_dir / 'admin.key').read_text().strip()}"}
+    r = httpx.get(srv.url + "/api/v1/admin/jobs", params=params, headers=admin, timeout=30)
+    r.raise_for_status()
+    return r.json()["jobs"]
+
+
+def api_states(srv) -> dict[int, str]:
+    return {j["id"]: j["state"] for j in api_jobs(srv)}
+
+
 def test_submit_jobs_cancel_hold_release_logs(tmp_path, server_factory):
     srv = server_factory("--config", config(tmp_path))
     with Heartbeat(srv, hosts=1, gpus=2):
@@ -92,14 +106,14 @@ def test_submit_jobs_cancel_hold_release_logs(tmp_path, server_factory):
         )
         long = int(cli(srv, "submit", str(k8s)).stdout)
         held = int(cli(srv, "submit", str(spec), "--hold").stdout)
-        wait(lambda: states(srv).get(first) == "succeeded")
-        wait(lambda: states(srv).get(long) == "running")
+        wait(lambda: api_states(srv).get(first) == "succeeded")
+        wait(lambda: api_states(srv).get(long) == "running")
         assert states(srv)[held] == "held"
         assert "no logs kept" in cli(srv, "logs", str(first)).stdout
         assert cli(srv, "cancel", str(long)).returncode == 0
-        wait(lambda: states(srv).get(long) == "cancelled")
+        wait(lambda: api_states(srv).get(long) == "cancelled")
         assert cli(srv, "release", str(held)).stdout.strip() == f"job {held}: pending"
-        wait(lambda: states(srv).get(held) == "succeeded")
+        wait(lambda: api_states(srv).get(held) == "succeeded")
         job = json.loads(cli(srv, "job", str(long)).stdout)
         assert job["user"] == "lab" and job["events"][-1]["state"] == "cancelled"
         bad = tmp_path / "bad.yaml"
@@ -115,38 +129,40 @@ def test_submit_jobs_cancel_hold_release_logs(tmp_path, server_factory):
 def test_sigkill_the_server_while_jobs_run_and_wait(tmp_path, server_factory):
     """50 jobs run and 200 wait (local dispatcher: each job a real process under its detached
     supervisor, which outlives the server); SIGKILL the server; after the restart every job
-    ends succeeded, each ran exactly once (the jobs write their id to a file), none is lost."""
+    ends succeeded, each ran exactly once (the jobs write their id to a file), none is lost.
+    The first 50 run until the test opens a gate after the restart (a file they wait for), so
+    they are running across the kill however long the restart takes, and no longer."""
     ran = tmp_path / "ran.txt"
+    gate = tmp_path / "gate"
     srv = server_factory("--config", config(tmp_path, dispatcher="local", policy="fifo"))
-    with Heartbeat(srv, hosts=25, gpus=2):
-        wait(lambda: cli(srv, "jobs", "--json").returncode == 0)
-        admin = {"Authorization": f"Bearer {(srv.data_dir / 'admin.key').read_text().strip()}"}
-        import httpx
 
+    def counts() -> dict[str, int]:
+        got = [j["state"] for j in api_jobs(srv)]
+        return {k: got.count(k) for k in set(got)}
+
+    with Heartbeat(srv, hosts=25, gpus=2):
+        admin = {"Authorization": f"Bearer {(srv.data_dir / 'admin.key').read_text().strip()}"}
         ids = []
-        for k in range(250):  # FIFO: the first 50 run 90 s, the 200 behind them wait
-            seconds = 90 if k < 50 else 3
-            command = ["sh", "-c", f'echo "$GPUFLEET_JOB_ID" >> {ran}; sleep {seconds}']
+        for k in range(250):  # FIFO: the first 50 run until the gate opens, 200 wait
+            until = f"while [ ! -e {gate} ]; do sleep 0.5; done" if k < 50 else "sleep 1"
+            command = ["sh", "-c", f'echo "$GPUFLEET_JOB_ID" >> {ran}; {until}']
             spec = {"name": f"w{k}", "user": "ann", "gpus": 1, "model_name": "m", "epochs": 1,
                     "command": command}  # fmt: skip
             r = httpx.post(srv.url + "/api/v1/admin/jobs", json=spec, headers=admin, timeout=30)
             assert r.status_code == 201, r.text
             ids.append(r.json()["id"])
 
-        def counts() -> dict[str, int]:
-            got = list(states(srv).values())
-            return {k: got.count(k) for k in set(got)}
-
-        seen = wait(lambda: (c := counts()).get("running") == 50 and c, deadline=300, step=1.0)
+        seen = wait(lambda: (c := counts()).get("running") == 50 and c, deadline=300, step=0.5)
         assert seen == {"running": 50, "pending": 200}, seen
         srv.kill()
         srv.start()
-
-        def succeeded() -> list[int]:
-            r = cli(srv, "jobs", "--state", "succeeded", "--json")
-            return [j["id"] for j in json.loads(r.stdout)["jobs"]] if r.returncode == 0 else []
-
-        final = wait(lambda: len(done := succeeded()) == len(ids) and done, deadline=600, step=2)
+        seen = wait(lambda: (c := counts()).get("running") == 50 and c, deadline=300, step=0.5)
+        assert seen == {"running": 50, "pending": 200}, seen  # nothing started twice or lost
+        gate.touch()
+        wait(lambda: len(api_jobs(srv, state="succeeded")) == len(ids), deadline=600, step=1.0)
+    r = cli(srv, "jobs", "--state", "succeeded", "--json")  # and as the command line says it
+    assert r.returncode == 0, r.stderr
+    final = [j["id"] for j in json.loads(r.stdout)["jobs"]]
     assert sorted(final) == sorted(ids)
     lines = ran.read_text().split()
     assert sorted(int(x) for x in lines) == sorted(ids), "every job ran exactly once"

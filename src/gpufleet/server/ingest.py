@@ -183,6 +183,11 @@ async def serve(ctx: IngestContext, scope: dict[str, Any], receive: Any, send: A
         (b"content-length", str(len(body)).encode()),
         *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()),
     ]
+    pool = ctx.ingest_workers  # the server's (a worker has none)
+    if pool is not None and pool.takes_connections():
+        # a connection the server kept while no worker was up: the agent's next batch comes
+        # on a new connection, which is handed to a worker (see workers/pool.py)
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

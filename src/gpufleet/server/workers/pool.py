@@ -5,7 +5,12 @@ Handing over: the server's HTTP protocol (``protocol_class``) looks at the first
 each new connection. One that starts with ``POST /api/v1/ingest`` goes, socket and the bytes
 already read, to a worker (round robin among those up); everything else, and every
 connection while no worker is up, is served by the server as before. An agent keeps its
-connection open, so this happens once per agent, not once per batch.
+connection open, so this happens once per agent, not once per batch. A connection the server
+kept for ingest (made before any worker was up, e.g. by agents that start with the server, or
+while the only worker was being restarted) would stay with it for as long as the agent
+pushes; so once a worker is up (``takes_connections``), the server answers an ingest request
+on it with ``Connection: close`` (``server/ingest.py``) and the agent's next batch comes on a
+new connection, which is handed over.
 
 Moving: a ``Tailer`` per worker folder reads the records a worker has fsync'd (complete ones
 only; the last file may be mid-write), submits them to the store like any batch (the store's
@@ -402,6 +407,10 @@ class WorkerPool:
                 self.handed_over += 1
                 return True
         return False
+
+    def takes_connections(self) -> bool:
+        """Whether a new connection would be handed to a worker (one is up)."""
+        return any(w.up and w.channel is not None for w in self.workers)
 
     def status(self) -> dict[str, Any]:
         return {
