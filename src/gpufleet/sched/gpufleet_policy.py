@@ -78,6 +78,69 @@ def gittins_table(
     return grid, index
 
 
+# seconds: a wake-up heap entry is within rounding (nanoseconds) of the exact figure it bounds
+_WAKE_SLACK = 1e-3
+
+
+class _RunningOrder:
+    """The running jobs as the pass sees them, kept between passes instead of rebuilt per pass.
+
+    - ``order``: their keys (``GpufleetPolicy._running_key``), sorted. A key is valid until the
+      job's attained service reaches its next grid crossing (``expiry``, a heap of those times):
+      a pass re-ranks only the jobs whose key expired and those started since the last pass.
+    - ``held``: GPUs held per GPU model by the running jobs.
+    - ``wake``: per kind of wake-up (``"fall"``, ``"cross"``), a heap of (time, stamp, job id):
+      the time computed for the job when it was last evaluated, a lower bound (up to rounding)
+      of its exact time now, as long as ``wake_for`` (what the times were computed for: the
+      best waiting index, the table) is unchanged: the job's next crossing only moves on.
+
+    Entries of jobs that stopped are left in the heaps and skipped (``stamp`` differs)."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[int, SimJob] = {}
+        self.stamp: dict[int, int] = {}
+        self.gpus: dict[int, tuple[str, int]] = {}  # job id -> (GPU model, GPUs); None placed
+        self.key: dict[int, _Key] = {}
+        self.order: list[_Key] = []
+        self.held: dict[str, int] = {}
+        self.unranked: list[int] = []
+        self.expiry: list[tuple[float, int, int]] = []
+        self.version = -1  # the table version the keys were computed with (-1: rebuild)
+        self.placeless = 0  # running jobs without a placement (a live queue's adopted ones)
+        self.wake: dict[str, list[tuple[float, int, int]]] = {"fall": [], "cross": []}
+        self.wake_for: dict[str, object] = {"fall": None, "cross": None}
+        self.unwoken: dict[str, list[int]] = {"fall": [], "cross": []}
+        self._stamps = 0
+
+    def add(self, job: SimJob) -> None:
+        self._stamps += 1
+        jid = job.job_id
+        self.jobs[jid] = job
+        self.stamp[jid] = self._stamps
+        if job.placement is None:
+            self.placeless += 1
+        else:
+            model = job.placement.gpu_model
+            self.gpus[jid] = (model, job.num_gpus)
+            self.held[model] = self.held.get(model, 0) + job.num_gpus
+        self.unranked.append(jid)
+        self.unwoken["fall"].append(jid)
+        self.unwoken["cross"].append(jid)
+
+    def discard(self, job_id: int) -> None:
+        if self.jobs.pop(job_id, None) is None:
+            return
+        del self.stamp[job_id]
+        gpus = self.gpus.pop(job_id, None)
+        if gpus is None:
+            self.placeless -= 1
+        else:
+            self.held[gpus[0]] -= gpus[1]
+        key = self.key.pop(job_id, None)
+        if key is not None:
+            del self.order[bisect.bisect_left(self.order, key)]
+
+
 class GpufleetPolicy(Policy):
     name = "gpufleet"
     uses_memory = True
@@ -139,6 +202,8 @@ class GpufleetPolicy(Policy):
         self._starve_heap: list[tuple[float, int, int]] = []
         # running job id -> (key, valid until, run start, attained at run start)
         self._run_keys: dict[int, tuple[_Key, float, float, float]] = {}
+        self._table_version = 0  # bumped by every _rebuild
+        self._run = _RunningOrder()
 
     # -- what it learns ---------------------------------------------------------------------
     def _service(self, job: SimJob, now: float) -> float:
@@ -180,6 +245,7 @@ class GpufleetPolicy(Policy):
         self._neg_ranks = [-(x * self.preempt_margin) for x in self._index_list]
         self._built_at = len(self.samples)
         self._run_keys.clear()
+        self._table_version += 1
         self.ranked = SortedQueue(self._wait_key)
         for job in self.waiting.values():
             self.ranked.add(job)
@@ -198,6 +264,32 @@ class GpufleetPolicy(Policy):
         i = bisect.bisect_right(self._grid_list, attained)
         return self._grid_list[i] if i < len(self._grid_list) else math.inf
 
+    def _fall_point(self, attained: float, best: float) -> float:
+        """Attained service at which a running job's rank (its index x the preemption margin)
+        has fallen to ``best`` or below: the first grid point from its next crossing on where it
+        has (inf: none, or no crossing left)."""
+        grid = self._grid_list
+        k = bisect.bisect_right(grid, attained)  # the next crossing
+        if k >= len(grid):
+            return math.inf
+        if self.monotone:
+            when = max(k, bisect.bisect_left(self._neg_ranks, -best))
+        else:
+            when = next(
+                (i for i in range(k, len(grid)) if -self._neg_ranks[i] <= best), len(grid)
+            )
+        return grid[when] if when < len(grid) else math.inf
+
+    def _crossing_from(self, attained: float, reach: float) -> float:
+        """The first grid point at or above ``reach`` that is not before the job's next crossing
+        (inf: none, or no crossing left)."""
+        grid = self._grid_list
+        k = bisect.bisect_right(grid, attained)
+        if k >= len(grid):
+            return math.inf
+        when = max(k, bisect.bisect_left(grid, reach))
+        return grid[when] if when < len(grid) else math.inf
+
     # -- events -------------------------------------------------------------------------------
     def on_arrival(self, job: SimJob, now_seconds: float) -> None:
         if self.predictor_ties and self.estimator is not None:
@@ -205,6 +297,7 @@ class GpufleetPolicy(Policy):
         self._add_waiting(job)
 
     def on_failure(self, job: SimJob, now_seconds: float, reason: str) -> None:
+        self._run.discard(job.job_id)
         self._add_waiting(job)
 
     def on_withdraw(self, job: SimJob, now_seconds: float) -> None:
@@ -213,6 +306,7 @@ class GpufleetPolicy(Policy):
         self._tie.pop(job.job_id, None)
 
     def on_finish(self, job: SimJob, now_seconds: float) -> None:
+        self._run.discard(job.job_id)
         self.samples.append(self._service(job, now_seconds))
         self._tie.pop(job.job_id, None)
         self.last_hosts.pop(job.job_id, None)
@@ -290,14 +384,55 @@ class GpufleetPolicy(Policy):
             prefer = None
         return cluster.find_whole(job.num_gpus, model, prefer_host=prefer)
 
+    # -- the running jobs' order, kept between passes -------------------------------------------
+    def _sync_running(self, ctx: SchedulerContext, now: float) -> None:
+        """Bring ``self._run`` up to date with ``ctx.running`` at ``now``: rank the jobs started
+        since the last pass and re-rank those whose key expired (their index may have changed);
+        everything again (as a fresh sort would) after a rebuilt table, under LAS (whose keys
+        move all the time), or when the running set changed behind the policy's back (a live
+        queue adopting a running job, a job refused after an OOM)."""
+        run = self._run
+        running = ctx.running
+        las = len(self.samples) < self.min_samples
+        if las or run.version != self._table_version or running.keys() != run.jobs.keys():
+            run = self._run = _RunningOrder()
+            for job in running.values():
+                run.add(job)
+            run.version = self._table_version
+        order, keys, jobs = run.order, run.key, run.jobs
+        for jid in run.unranked:
+            if jid in jobs and jid not in keys:
+                self._rank_running(jobs[jid], now)
+        run.unranked.clear()
+        expiry = run.expiry
+        expired = []
+        while expiry and expiry[0][0] <= now:
+            _, stamp, jid = heapq.heappop(expiry)
+            if run.stamp.get(jid) == stamp:
+                expired.append(jid)
+        for jid in expired:  # (a key computed now may be valid until now: not re-ranked twice)
+            del order[bisect.bisect_left(order, keys.pop(jid))]
+            self._rank_running(jobs[jid], now)
+
+    def _rank_running(self, job: SimJob, now: float) -> None:
+        run = self._run
+        key = self._running_key(job, now)
+        bisect.insort(run.order, key)
+        run.key[job.job_id] = key
+        cached = self._run_keys.get(job.job_id)
+        if cached is not None and cached[0] is key:
+            heapq.heappush(run.expiry, (cached[1], run.stamp[job.job_id], job.job_id))
+
     # -- the decision -------------------------------------------------------------------------
-    def _candidates(self, ctx: SchedulerContext, now: float) -> Iterator[tuple[_Key, SimJob]]:
+    def _candidates(
+        self, now: float, running: list[tuple[_Key, SimJob]], starving_now: bool
+    ) -> Iterator[tuple[_Key, SimJob]]:
         """Running and waiting jobs in the order of the pass, produced lazily: starving waiting
-        jobs first, then the running jobs merged with the waiting queue (whose order, by a
-        static key, is the pass's order among waiting jobs that do not starve)."""
-        running = sorted(((self._running_key(j, now), j) for j in ctx.running.values()), key=_first)
+        jobs first, then the running jobs (``running``, sorted) merged with the waiting queue
+        (whose order, by a static key, is the pass's order among waiting jobs that do not
+        starve)."""
         seen: set[int] = set()
-        if self._any_starving(now):
+        if starving_now:
             starving = []
             for job in self.by_wait.head(self.starve_scan):
                 if self.starving(job, now):
@@ -320,7 +455,6 @@ class GpufleetPolicy(Policy):
             yield key, job
         yield from running[i:]
 
-    # -- the decision -------------------------------------------------------------------------
     def schedule(self, ctx: SchedulerContext) -> None:
         """One pass; a second at once if the first preempted: a job it preempted was ranked as
         a running job (for its own GPU model only) and may fit on another model as a waiting
@@ -332,16 +466,47 @@ class GpufleetPolicy(Policy):
         self._plan_wakeup(ctx)
 
     def _pass(self, ctx: SchedulerContext) -> bool:
-        """Walk the jobs in rank order, give GPUs to those that fit; True if it preempted."""
+        """Walk the jobs in rank order, give GPUs to those that fit; True if it preempted.
+
+        The running jobs ranked before every waiting job keep their GPUs whatever happens (they
+        fit together, and nothing is admitted before them), so when no waiting job starves the
+        walk starts at the first waiting job, with the GPUs those running jobs hold taken."""
         now = ctx.now_seconds
         cluster = ctx.cluster
+        self._sync_running(ctx, now)
+        run = self._run
+        jobs = run.jobs
         capacity = {m: cluster.spec.gpus_of(m) for m in cluster.spec.gpu_models}
+        starving_now = self._any_starving(now)
+        held = run.held
+        order = run.order
+        entry = self.ranked.first_entry()
+        if (
+            not starving_now
+            and entry is not None
+            and not run.placeless
+            and all(held.get(m, 0) <= c for m, c in capacity.items())
+        ):
+            (neg_index, tie, arrival), first_id = entry
+            p = bisect.bisect_left(order, (1.0, neg_index, 1.0, tie, arrival, first_id))
+            rest = order[p:]
+            for m, n in held.items():
+                capacity[m] -= n
+            gpus = run.gpus
+            for key in rest:
+                m, n = gpus[key[5]]
+                capacity[m] += n
+            walked = [key[5] for key in rest]
+        else:
+            rest = order
+            walked = list(ctx.running)
+        candidates = self._candidates(now, [(k, jobs[k[5]]) for k in rest], starving_now)
         left = sum(capacity.values())
         smallest = min(self._waiting_sizes)
-        running_left = len(ctx.running)
+        running_left = len(rest)
         keep: set[int] = set()
         admit: list[tuple[SimJob, str]] = []
-        for _, job in self._candidates(ctx, now):
+        for _, job in candidates:
             if left <= 0:
                 break
             if job.placement is not None:
@@ -363,8 +528,10 @@ class GpufleetPolicy(Policy):
             admit.append((job, model))
         self._unsettled = False
         if admit:
-            for job in [j for j in ctx.running.values() if j.job_id not in keep]:
+            drop = {j for j in walked if j not in keep}
+            for job in [j for j in ctx.running.values() if j.job_id in drop]:
                 ctx.preempt(job)
+                run.discard(job.job_id)
                 self._add_waiting(job)
                 self._unsettled = True
         for job, model in admit:
@@ -379,6 +546,7 @@ class GpufleetPolicy(Policy):
             self._remove_waiting(job)
             self.last_hosts[job.job_id] = placement.host_ids[0]
             ctx.start(job, placement)
+            run.add(job)
         return self._unsettled
 
     def _plan_wakeup(self, ctx: SchedulerContext) -> None:
@@ -389,41 +557,91 @@ class GpufleetPolicy(Policy):
         every one: until a running job's index (times the preemption margin) falls to the best
         waiting job's index, and until a waiting job starts to starve, a pass at a crossing keeps
         every running job and finds the same waiting jobs that did not fit now. So the wake-up
-        is the first crossing, over the running jobs, at which a job falls to that index, or the
-        first crossing after the earliest time a waiting job starves; the passes skipped would
-        have decided nothing. If the second pass of ``schedule`` still preempted, the state is
-        not settled and the next crossing of any running job is the wake-up. (The wake-up lands a microsecond past the grid point: computed to
-        land on it, rounding could leave the job's service just short of it, and the pass would
-        then see no change and plan the same instant again, which the driver ignores.)"""
+        is the first crossing, over the running jobs, at which a job falls to that index
+        (``_fall_point``), or the first crossing after the earliest time a waiting job starves
+        (``_crossing_from``); the passes skipped would have decided nothing. If the second pass
+        of ``schedule`` still preempted, the state is not settled and the next crossing of any
+        running job is the wake-up. (The wake-up lands a microsecond past the grid point:
+        computed to land on it, rounding could leave the job's service just short of it, and
+        the pass would then see no change and plan the same instant again, which the driver
+        ignores.)
+
+        The first term is found from a heap per kind (``_RunningOrder.wake``) without visiting
+        every running job; the starving term only when it may come first (its time is at least
+        the starving time), by visiting them all."""
         now = ctx.now_seconds
         soonest = math.inf
         entry = self.ranked.first_entry()
         if entry is not None and len(self.samples) >= self.min_samples and ctx.running:
             best = -entry[0][0]
-            falls = bisect.bisect_left(self._neg_ranks, -best) if self.monotone else 0
             starve = self._starve_heap[0][0] - 1e-3 if self._any_starving(math.inf) else math.inf
-            grid = self._grid_list
-            for job in ctx.running.values():
-                attained = self._service(job, now)
-                rate = job.num_gpus if self.gpu_time else 1.0
-                k = bisect.bisect_right(grid, attained)  # the next crossing
-                if k >= len(grid):
-                    continue
-                if self._unsettled:
-                    when = k
-                elif self.monotone:
-                    when = max(k, falls)
-                else:
-                    when = next(
-                        (i for i in range(k, len(grid)) if -self._neg_ranks[i] <= best),
-                        len(grid),
-                    )
-                if math.isfinite(starve):
-                    reach = attained + (starve - now) * rate
-                    when = min(when, max(k, bisect.bisect_left(grid, reach)))
-                if when < len(grid):  # a microsecond past the grid point: surely across it
-                    soonest = min(soonest, now + (grid[when] - attained) / rate + 1e-6)
+            run = self._run
+            if run.jobs.keys() == ctx.running.keys() and run.version == self._table_version:
+                soonest = self._wake_from_heap(now, best)
+                if soonest < starve - _WAKE_SLACK:
+                    self._next_wakeup = soonest
+                    return
+            soonest = min(
+                (self._wake_of(job, now, best, starve) for job in ctx.running.values()),
+                default=math.inf,
+            )
         self._next_wakeup = soonest
+
+    def _wake_of(self, job: SimJob, now: float, best: float, starve: float) -> float:
+        """When the pass should next run for this running job (inf: never): at its next crossing
+        if the last pass was unsettled, else where it falls to ``best``; and the first crossing
+        after ``starve`` if that is sooner."""
+        attained = self._service(job, now)
+        rate = job.num_gpus if self.gpu_time else 1.0
+        if self._unsettled:
+            target = self._next_crossing(attained)
+        else:
+            target = self._fall_point(attained, best)
+        if math.isfinite(starve):
+            reach = attained + (starve - now) * rate
+            target = min(target, self._crossing_from(attained, reach))
+        if target == math.inf:
+            return math.inf
+        return now + (target - attained) / rate + 1e-6  # a microsecond past: surely across it
+
+    def _wake_from_heap(self, now: float, best: float) -> float:
+        """min over the running jobs of ``_wake_of`` without the starving term, from the heap of
+        the kind that applies: entries whose (lower-bound) time can still be the least are
+        evaluated exactly and put back with their exact time."""
+        run = self._run
+        kind = "cross" if self._unsettled else "fall"
+        tag = (self._table_version, None if self._unsettled else best)
+        heap = run.wake[kind]
+        if run.wake_for[kind] != tag:
+            heap = run.wake[kind] = [
+                (self._wake_of(job, now, best, math.inf), run.stamp[jid], jid)
+                for jid, job in run.jobs.items()
+            ]
+            heapq.heapify(heap)
+            run.wake_for[kind] = tag
+        else:
+            for jid in run.unwoken[kind]:
+                job = run.jobs.get(jid)
+                if job is not None:
+                    when = self._wake_of(job, now, best, math.inf)
+                    heapq.heappush(heap, (when, run.stamp[jid], jid))
+        run.unwoken[kind].clear()
+        soonest = math.inf
+        evaluated: list[tuple[float, int, int]] = []
+        while heap:
+            bound, stamp, jid = heap[0]
+            if run.stamp.get(jid) != stamp:
+                heapq.heappop(heap)
+                continue
+            if bound == math.inf or bound > soonest + _WAKE_SLACK:
+                break
+            heapq.heappop(heap)
+            when = self._wake_of(run.jobs[jid], now, best, math.inf)
+            evaluated.append((when, stamp, jid))
+            soonest = min(soonest, when)
+        for item in evaluated:
+            heapq.heappush(heap, item)
+        return soonest
 
     def next_wakeup_seconds(self, now_seconds: float) -> float | None:
         return self._next_wakeup if math.isfinite(self._next_wakeup) else None
