@@ -200,6 +200,10 @@ class GpufleetPolicy(Policy):
         self._unsettled = False  # the last pass preempted: its jobs may fit elsewhere
         # (time it starts to starve, job id, version) of waiting jobs; stale entries skipped
         self._starve_heap: list[tuple[float, int, int]] = []
+        # the same entries, popped once due: the waiting jobs then found starving (a waiting
+        # job's starving time is fixed, so it starves until it runs again), by job id
+        self._starve_due: list[tuple[float, int, int]] = []
+        self._starving_jobs: dict[int, SimJob] = {}
         # running job id -> (key, valid until, run start, attained at run start)
         self._run_keys: dict[int, tuple[_Key, float, float, float]] = {}
         self._table_version = 0  # bumped by every _rebuild
@@ -223,15 +227,15 @@ class GpufleetPolicy(Policy):
         self.by_wait.add(job)
         self._waiting_sizes[job.num_gpus] += 1
         starts = job.last_wait_from_seconds + self.starve_after_seconds
-        heapq.heappush(
-            self._starve_heap,
-            (starts + self.starve_factor * job.held_now(starts), job.job_id, job.version),
-        )
+        entry = (starts + self.starve_factor * job.held_now(starts), job.job_id, job.version)
+        heapq.heappush(self._starve_heap, entry)
+        heapq.heappush(self._starve_due, entry)
 
     def _remove_waiting(self, job: SimJob) -> None:
         del self.waiting[job.job_id]
         self.ranked.remove(job)
         self.by_wait.remove(job)
+        self._starving_jobs.pop(job.job_id, None)
         self._waiting_sizes[job.num_gpus] -= 1
         if not self._waiting_sizes[job.num_gpus]:
             del self._waiting_sizes[job.num_gpus]
@@ -366,6 +370,49 @@ class GpufleetPolicy(Policy):
             )
         return key
 
+    def _starving_in_scan(self, now: float) -> list[tuple[_Key, SimJob]]:
+        """The waiting jobs that starve now among the first ``starve_scan`` by waiting time and
+        the first ``scan_limit`` by rank, with their keys, in the pass's order. Read from the
+        jobs found starving so far (a job stays starving while it waits), after moving in those
+        due by now; their keys sort like their entries in ``ranked`` (the index of a waiting job
+        is static), which is how they are sorted."""
+        due = self._starve_due
+        later = []
+        while due and due[0][0] - 1e-3 <= now:
+            entry = heapq.heappop(due)
+            job = self.waiting.get(entry[1])
+            if job is None or job.version != entry[2]:
+                continue
+            if self.starving(job, now):
+                self._starving_jobs[job.job_id] = job
+            else:  # (rounding) not quite yet
+                later.append(entry)
+        for entry in later:
+            heapq.heappush(due, entry)
+        if not self._starving_jobs:
+            return []
+        ranked, by_wait = self.ranked, self.by_wait
+        rank_limit = ranked.entry_at(self.scan_limit - 1) if len(ranked) > self.scan_limit else None
+        wait_limit = (
+            by_wait.entry_at(self.starve_scan - 1) if len(by_wait) > self.starve_scan else None
+        )
+        out: list[tuple[tuple[float, float, float], int]] = []
+        for jid in self._starving_jobs:
+            rank_entry = ranked.entry(jid)
+            if (
+                rank_limit is None
+                or wait_limit is None
+                or rank_entry <= rank_limit
+                or by_wait.entry(jid) <= wait_limit
+            ):
+                out.append(rank_entry)
+        out.sort()
+        jobs = self._starving_jobs
+        return [
+            ((0.0, neg_index, 1.0, tie, arrival, jid), jobs[jid])
+            for (neg_index, tie, arrival), jid in out
+        ]
+
     def _any_starving(self, now: float) -> bool:
         """Whether a waiting job may be starving now: the earliest time any waiting job starts
         to starve (static while it waits) has passed. Exact checks follow only then."""
@@ -433,16 +480,8 @@ class GpufleetPolicy(Policy):
         starve)."""
         seen: set[int] = set()
         if starving_now:
-            starving = []
-            for job in self.by_wait.head(self.starve_scan):
-                if self.starving(job, now):
-                    starving.append((self._key(job, now, False), job))
-                    seen.add(job.job_id)
-            for job in self.ranked.head(self.scan_limit):
-                if job.job_id not in seen and self.starving(job, now):
-                    starving.append((self._key(job, now, False), job))
-                    seen.add(job.job_id)
-            starving.sort(key=_first)
+            starving = self._starving_in_scan(now)
+            seen.update(job.job_id for _, job in starving)
             yield from starving
         i = 0
         for ((neg_index, tie, arrival), job_id), job in self.ranked.walk(self.scan_limit):
@@ -577,7 +616,10 @@ class GpufleetPolicy(Policy):
             starve = self._starve_heap[0][0] - 1e-3 if self._any_starving(math.inf) else math.inf
             run = self._run
             if run.jobs.keys() == ctx.running.keys() and run.version == self._table_version:
-                soonest = self._wake_from_heap(now, best)
+                if starve <= now:  # a job starves already: each job's next crossing counts
+                    self._next_wakeup = self._wake_from_heap(now, best, "cross")
+                    return
+                soonest = self._wake_from_heap(now, best, "cross" if self._unsettled else "fall")
                 if soonest < starve - _WAKE_SLACK:
                     self._next_wakeup = soonest
                     return
@@ -587,13 +629,15 @@ class GpufleetPolicy(Policy):
             )
         self._next_wakeup = soonest
 
-    def _wake_of(self, job: SimJob, now: float, best: float, starve: float) -> float:
+    def _wake_of(
+        self, job: SimJob, now: float, best: float, starve: float, kind: str | None = None
+    ) -> float:
         """When the pass should next run for this running job (inf: never): at its next crossing
-        if the last pass was unsettled, else where it falls to ``best``; and the first crossing
-        after ``starve`` if that is sooner."""
+        if the last pass was unsettled (or ``kind`` is ``"cross"``), else where it falls to
+        ``best``; and the first crossing after ``starve`` if that is sooner."""
         attained = self._service(job, now)
         rate = job.num_gpus if self.gpu_time else 1.0
-        if self._unsettled:
+        if kind == "cross" or (kind is None and self._unsettled):
             target = self._next_crossing(attained)
         else:
             target = self._fall_point(attained, best)
@@ -604,17 +648,16 @@ class GpufleetPolicy(Policy):
             return math.inf
         return now + (target - attained) / rate + 1e-6  # a microsecond past: surely across it
 
-    def _wake_from_heap(self, now: float, best: float) -> float:
-        """min over the running jobs of ``_wake_of`` without the starving term, from the heap of
-        the kind that applies: entries whose (lower-bound) time can still be the least are
-        evaluated exactly and put back with their exact time."""
+    def _wake_from_heap(self, now: float, best: float, kind: str) -> float:
+        """min over the running jobs of ``_wake_of`` of that kind without the starving term, from
+        the kind's heap: entries whose (lower-bound) time can still be the least are evaluated
+        exactly and put back with their exact time."""
         run = self._run
-        kind = "cross" if self._unsettled else "fall"
-        tag = (self._table_version, None if self._unsettled else best)
+        tag = (self._table_version, None if kind == "cross" else best)
         heap = run.wake[kind]
         if run.wake_for[kind] != tag:
             heap = run.wake[kind] = [
-                (self._wake_of(job, now, best, math.inf), run.stamp[jid], jid)
+                (self._wake_of(job, now, best, math.inf, kind), run.stamp[jid], jid)
                 for jid, job in run.jobs.items()
             ]
             heapq.heapify(heap)
@@ -623,7 +666,7 @@ class GpufleetPolicy(Policy):
             for jid in run.unwoken[kind]:
                 job = run.jobs.get(jid)
                 if job is not None:
-                    when = self._wake_of(job, now, best, math.inf)
+                    when = self._wake_of(job, now, best, math.inf, kind)
                     heapq.heappush(heap, (when, run.stamp[jid], jid))
         run.unwoken[kind].clear()
         soonest = math.inf
@@ -636,7 +679,7 @@ class GpufleetPolicy(Policy):
             if bound == math.inf or bound > soonest + _WAKE_SLACK:
                 break
             heapq.heappop(heap)
-            when = self._wake_of(run.jobs[jid], now, best, math.inf)
+            when = self._wake_of(run.jobs[jid], now, best, math.inf, kind)
             evaluated.append((when, stamp, jid))
             soonest = min(soonest, when)
         for item in evaluated:
