@@ -207,6 +207,10 @@ class GpufleetPolicy(Policy):
         # running job id -> (key, valid until, run start, attained at run start)
         self._run_keys: dict[int, tuple[_Key, float, float, float]] = {}
         self._table_version = 0  # bumped by every _rebuild
+        self._events = 0  # arrivals, finishes, failures, withdrawals told so far
+        self._changed = False  # the current schedule started or preempted a job
+        # (events, table version) when the last schedule changed nothing; None: it changed
+        self._quiet: tuple[int, int] | None = None
         self._run = _RunningOrder()
 
     # -- what it learns ---------------------------------------------------------------------
@@ -296,20 +300,24 @@ class GpufleetPolicy(Policy):
 
     # -- events -------------------------------------------------------------------------------
     def on_arrival(self, job: SimJob, now_seconds: float) -> None:
+        self._events += 1
         if self.predictor_ties and self.estimator is not None:
             self._tie[job.job_id] = self.estimator.predict_seconds(job) * job.num_gpus
         self._add_waiting(job)
 
     def on_failure(self, job: SimJob, now_seconds: float, reason: str) -> None:
+        self._events += 1
         self._run.discard(job.job_id)
         self._add_waiting(job)
 
     def on_withdraw(self, job: SimJob, now_seconds: float) -> None:
+        self._events += 1
         if job.job_id in self.waiting:
             self._remove_waiting(job)
         self._tie.pop(job.job_id, None)
 
     def on_finish(self, job: SimJob, now_seconds: float) -> None:
+        self._events += 1
         self._run.discard(job.job_id)
         self.samples.append(self._service(job, now_seconds))
         self._tie.pop(job.job_id, None)
@@ -370,14 +378,12 @@ class GpufleetPolicy(Policy):
             )
         return key
 
-    def _starving_in_scan(self, now: float) -> list[tuple[_Key, SimJob]]:
-        """The waiting jobs that starve now among the first ``starve_scan`` by waiting time and
-        the first ``scan_limit`` by rank, with their keys, in the pass's order. Read from the
-        jobs found starving so far (a job stays starving while it waits), after moving in those
-        due by now; their keys sort like their entries in ``ranked`` (the index of a waiting job
-        is static), which is how they are sorted."""
+    def _update_starving(self, now: float) -> bool:
+        """Move the waiting jobs due to starve by now into ``_starving_jobs`` (exact check; a
+        job stays starving while it waits). True if one was added."""
         due = self._starve_due
         later = []
+        added = False
         while due and due[0][0] - 1e-3 <= now:
             entry = heapq.heappop(due)
             job = self.waiting.get(entry[1])
@@ -385,10 +391,19 @@ class GpufleetPolicy(Policy):
                 continue
             if self.starving(job, now):
                 self._starving_jobs[job.job_id] = job
+                added = True
             else:  # (rounding) not quite yet
                 later.append(entry)
         for entry in later:
             heapq.heappush(due, entry)
+        return added
+
+    def _starving_in_scan(self, now: float) -> list[tuple[_Key, SimJob]]:
+        """The waiting jobs that starve now among the first ``starve_scan`` by waiting time and
+        the first ``scan_limit`` by rank, with their keys, in the pass's order. Read from the
+        jobs found starving so far (``_update_starving``); their keys sort like their entries
+        in ``ranked`` (the index of a waiting job is static), which is how they are sorted."""
+        self._update_starving(now)
         if not self._starving_jobs:
             return []
         ranked, by_wait = self.ranked, self.by_wait
@@ -432,12 +447,16 @@ class GpufleetPolicy(Policy):
         return cluster.find_whole(job.num_gpus, model, prefer_host=prefer)
 
     # -- the running jobs' order, kept between passes -------------------------------------------
-    def _sync_running(self, ctx: SchedulerContext, now: float) -> None:
+    def _sync_running(self, ctx: SchedulerContext, now: float) -> bool:
         """Bring ``self._run`` up to date with ``ctx.running`` at ``now``: rank the jobs started
         since the last pass and re-rank those whose key expired (their index may have changed);
         everything again (as a fresh sort would) after a rebuilt table, under LAS (whose keys
         move all the time), or when the running set changed behind the policy's back (a live
-        queue adopting a running job, a job refused after an OOM)."""
+        queue adopting a running job, a job refused after an OOM).
+
+        True if a job was ranked or everything was, or if a re-ranked job moved past a waiting
+        job (the number of waiting jobs ranked before it changed)."""
+        moved = False
         run = self._run
         running = ctx.running
         las = len(self.samples) < self.min_samples
@@ -450,6 +469,7 @@ class GpufleetPolicy(Policy):
         for jid in run.unranked:
             if jid in jobs and jid not in keys:
                 self._rank_running(jobs[jid], now)
+                moved = True
         run.unranked.clear()
         expiry = run.expiry
         expired = []
@@ -458,10 +478,19 @@ class GpufleetPolicy(Policy):
             if run.stamp.get(jid) == stamp:
                 expired.append(jid)
         for jid in expired:  # (a key computed now may be valid until now: not re-ranked twice)
-            del order[bisect.bisect_left(order, keys.pop(jid))]
-            self._rank_running(jobs[jid], now)
+            old = keys.pop(jid)
+            del order[bisect.bisect_left(order, old)]
+            new = self._rank_running(jobs[jid], now)
+            if not moved and old[1] != new[1]:
+                moved = self._waiting_before(old) != self._waiting_before(new)
+        return moved
 
-    def _rank_running(self, job: SimJob, now: float) -> None:
+    def _waiting_before(self, key: _Key) -> int:
+        """How many waiting jobs a running job of this key comes after in the pass (those
+        whose -index is below its -index x margin; at equality the running job comes first)."""
+        return self.ranked.count_below(((key[1], -math.inf, -math.inf), -1))
+
+    def _rank_running(self, job: SimJob, now: float) -> _Key:
         run = self._run
         key = self._running_key(job, now)
         bisect.insort(run.order, key)
@@ -469,6 +498,7 @@ class GpufleetPolicy(Policy):
         cached = self._run_keys.get(job.job_id)
         if cached is not None and cached[0] is key:
             heapq.heappush(run.expiry, (cached[1], run.stamp[job.job_id], job.job_id))
+        return key
 
     # -- the decision -------------------------------------------------------------------------
     def _candidates(
@@ -498,11 +528,41 @@ class GpufleetPolicy(Policy):
         """One pass; a second at once if the first preempted: a job it preempted was ranked as
         a running job (for its own GPU model only) and may fit on another model as a waiting
         job. Then the wake-up (``_plan_wakeup``)."""
+        if self._quiet_still(ctx):
+            self._unsettled = False  # what the pass, deciding nothing, would have left
+            self._plan_wakeup(ctx)
+            return
         self._unsettled = False
+        self._changed = False
         for _ in range(2):
             if not self.waiting or not self._pass(ctx):
                 break
+        self._quiet = None if self._changed else (self._events, self._table_version)
         self._plan_wakeup(ctx)
+
+    def _quiet_still(self, ctx: SchedulerContext) -> bool:
+        """Whether a pass now would decide nothing, known without walking: the last schedule
+        decided nothing, and since then nothing happened (no arrival, finish, failure or
+        withdrawal, the same table, the same running jobs), no waiting job began to starve, and
+        no running job's rank moved past a waiting job's (their keys re-ranked here, as the
+        pass would). Then the pass would walk the same jobs in an order that differs only among
+        running jobs between the same waiting jobs: every running job kept (as last time), the
+        same waiting jobs admitted with the same GPUs free, and their placements failing as
+        they did (the cluster is unchanged)."""
+        quiet = self._quiet
+        if (
+            quiet is None
+            or quiet != (self._events, self._table_version)
+            or not self.waiting
+            or len(self.samples) < self.min_samples
+            or ctx.running.keys() != self._run.jobs.keys()
+            or self._run.version != self._table_version
+        ):
+            return False
+        now = ctx.now_seconds
+        moved = self._sync_running(ctx, now)
+        starving = self._update_starving(now)
+        return not moved and not starving
 
     def _pass(self, ctx: SchedulerContext) -> bool:
         """Walk the jobs in rank order, give GPUs to those that fit; True if it preempted.
@@ -570,6 +630,7 @@ class GpufleetPolicy(Policy):
             drop = {j for j in walked if j not in keep}
             for job in [j for j in ctx.running.values() if j.job_id in drop]:
                 ctx.preempt(job)
+                self._changed = True
                 run.discard(job.job_id)
                 self._add_waiting(job)
                 self._unsettled = True
@@ -585,6 +646,7 @@ class GpufleetPolicy(Policy):
             self._remove_waiting(job)
             self.last_hosts[job.job_id] = placement.host_ids[0]
             ctx.start(job, placement)
+            self._changed = True
             run.add(job)
         return self._unsettled
 

@@ -136,6 +136,10 @@ class SortedQueue:
         self._keys.remove(self._job_key.pop(job.job_id))
         del self._jobs[job.job_id]
 
+    def count_below(self, entry: tuple[Any, int]) -> int:
+        """How many queued (key, job id) entries sort before ``entry`` (one not queued)."""
+        return self._keys.count_upto(entry)
+
     def entry(self, job_id: int) -> tuple[Any, int]:
         """The (key, job id) a queued job sorts by."""
         return self._job_key[job_id]
