@@ -144,6 +144,10 @@ class _RunningOrder:
 class GpufleetPolicy(Policy):
     name = "gpufleet"
     uses_memory = True
+    # False: every pass sorts the running jobs afresh and walks them all, every schedule runs
+    # its pass, every wake-up visits every running job (what the shortcuts must decide like;
+    # tests/sched/test_policies.py compares the two)
+    shortcuts = True
 
     def __init__(
         self,
@@ -460,7 +464,7 @@ class GpufleetPolicy(Policy):
         run = self._run
         running = ctx.running
         las = len(self.samples) < self.min_samples
-        if las or run.version != self._table_version or running.keys() != run.jobs.keys():
+        if las or not self.shortcuts or run.version != self._table_version or running.keys() != run.jobs.keys():
             run = self._run = _RunningOrder()
             for job in running.values():
                 run.add(job)
@@ -528,7 +532,7 @@ class GpufleetPolicy(Policy):
         """One pass; a second at once if the first preempted: a job it preempted was ranked as
         a running job (for its own GPU model only) and may fit on another model as a waiting
         job. Then the wake-up (``_plan_wakeup``)."""
-        if self._quiet_still(ctx):
+        if self.shortcuts and self._quiet_still(ctx):
             self._unsettled = False  # what the pass, deciding nothing, would have left
             self._plan_wakeup(ctx)
             return
@@ -581,7 +585,8 @@ class GpufleetPolicy(Policy):
         order = run.order
         entry = self.ranked.first_entry()
         if (
-            not starving_now
+            self.shortcuts
+            and not starving_now
             and entry is not None
             and not run.placeless
             and all(held.get(m, 0) <= c for m, c in capacity.items())
@@ -677,7 +682,11 @@ class GpufleetPolicy(Policy):
             best = -entry[0][0]
             starve = self._starve_heap[0][0] - 1e-3 if self._any_starving(math.inf) else math.inf
             run = self._run
-            if run.jobs.keys() == ctx.running.keys() and run.version == self._table_version:
+            if (
+                self.shortcuts
+                and run.jobs.keys() == ctx.running.keys()
+                and run.version == self._table_version
+            ):
                 if starve <= now:  # a job starves already: each job's next crossing counts
                     self._next_wakeup = self._wake_from_heap(now, best, "cross")
                     return
