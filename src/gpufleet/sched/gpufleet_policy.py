@@ -287,9 +287,7 @@ class GpufleetPolicy(Policy):
         if self.monotone:
             when = max(k, bisect.bisect_left(self._neg_ranks, -best))
         else:
-            when = next(
-                (i for i in range(k, len(grid)) if -self._neg_ranks[i] <= best), len(grid)
-            )
+            when = next((i for i in range(k, len(grid)) if -self._neg_ranks[i] <= best), len(grid))
         return grid[when] if when < len(grid) else math.inf
 
     def _crossing_from(self, attained: float, reach: float) -> float:
@@ -464,7 +462,12 @@ class GpufleetPolicy(Policy):
         run = self._run
         running = ctx.running
         las = len(self.samples) < self.min_samples
-        if las or not self.shortcuts or run.version != self._table_version or running.keys() != run.jobs.keys():
+        if (
+            las
+            or not self.shortcuts
+            or run.version != self._table_version
+            or running.keys() != run.jobs.keys()
+        ):
             run = self._run = _RunningOrder()
             for job in running.values():
                 run.add(job)
