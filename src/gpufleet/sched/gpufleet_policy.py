@@ -78,9 +78,76 @@ def gittins_table(
     return grid, index
 
 
+# seconds: a wake-up heap entry is within rounding (nanoseconds) of the exact figure it bounds
+_WAKE_SLACK = 1e-3
+
+
+class _RunningOrder:
+    """The running jobs as the pass sees them, kept between passes instead of rebuilt per pass.
+
+    - ``order``: their keys (``GpufleetPolicy._running_key``), sorted. A key is valid until the
+      job's attained service reaches its next grid crossing (``expiry``, a heap of those times):
+      a pass re-ranks only the jobs whose key expired and those started since the last pass.
+    - ``held``: GPUs held per GPU model by the running jobs.
+    - ``wake``: per kind of wake-up (``"fall"``, ``"cross"``), a heap of (time, stamp, job id):
+      the time computed for the job when it was last evaluated, a lower bound (up to rounding)
+      of its exact time now, as long as ``wake_for`` (what the times were computed for: the
+      best waiting index, the table) is unchanged: the job's next crossing only moves on.
+
+    Entries of jobs that stopped are left in the heaps and skipped (``stamp`` differs)."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[int, SimJob] = {}
+        self.stamp: dict[int, int] = {}
+        self.gpus: dict[int, tuple[str, int]] = {}  # job id -> (GPU model, GPUs); None placed
+        self.key: dict[int, _Key] = {}
+        self.order: list[_Key] = []
+        self.held: dict[str, int] = {}
+        self.unranked: list[int] = []
+        self.expiry: list[tuple[float, int, int]] = []
+        self.version = -1  # the table version the keys were computed with (-1: rebuild)
+        self.placeless = 0  # running jobs without a placement (a live queue's adopted ones)
+        self.wake: dict[str, list[tuple[float, int, int]]] = {"fall": [], "cross": []}
+        self.wake_for: dict[str, object] = {"fall": None, "cross": None}
+        self.unwoken: dict[str, list[int]] = {"fall": [], "cross": []}
+        self._stamps = 0
+
+    def add(self, job: SimJob) -> None:
+        self._stamps += 1
+        jid = job.job_id
+        self.jobs[jid] = job
+        self.stamp[jid] = self._stamps
+        if job.placement is None:
+            self.placeless += 1
+        else:
+            model = job.placement.gpu_model
+            self.gpus[jid] = (model, job.num_gpus)
+            self.held[model] = self.held.get(model, 0) + job.num_gpus
+        self.unranked.append(jid)
+        self.unwoken["fall"].append(jid)
+        self.unwoken["cross"].append(jid)
+
+    def discard(self, job_id: int) -> None:
+        if self.jobs.pop(job_id, None) is None:
+            return
+        del self.stamp[job_id]
+        gpus = self.gpus.pop(job_id, None)
+        if gpus is None:
+            self.placeless -= 1
+        else:
+            self.held[gpus[0]] -= gpus[1]
+        key = self.key.pop(job_id, None)
+        if key is not None:
+            del self.order[bisect.bisect_left(self.order, key)]
+
+
 class GpufleetPolicy(Policy):
     name = "gpufleet"
     uses_memory = True
+    # False: every pass sorts the running jobs afresh and walks them all, every schedule runs
+    # its pass, every wake-up visits every running job (what the shortcuts must decide like;
+    # tests/sched/test_policies.py compares the two)
+    shortcuts = True
 
     def __init__(
         self,
@@ -137,8 +204,18 @@ class GpufleetPolicy(Policy):
         self._unsettled = False  # the last pass preempted: its jobs may fit elsewhere
         # (time it starts to starve, job id, version) of waiting jobs; stale entries skipped
         self._starve_heap: list[tuple[float, int, int]] = []
+        # the same entries, popped once due: the waiting jobs then found starving (a waiting
+        # job's starving time is fixed, so it starves until it runs again), by job id
+        self._starve_due: list[tuple[float, int, int]] = []
+        self._starving_jobs: dict[int, SimJob] = {}
         # running job id -> (key, valid until, run start, attained at run start)
         self._run_keys: dict[int, tuple[_Key, float, float, float]] = {}
+        self._table_version = 0  # bumped by every _rebuild
+        self._events = 0  # arrivals, finishes, failures, withdrawals told so far
+        self._changed = False  # the current schedule started or preempted a job
+        # (events, table version) when the last schedule changed nothing; None: it changed
+        self._quiet: tuple[int, int] | None = None
+        self._run = _RunningOrder()
 
     # -- what it learns ---------------------------------------------------------------------
     def _service(self, job: SimJob, now: float) -> float:
@@ -158,15 +235,15 @@ class GpufleetPolicy(Policy):
         self.by_wait.add(job)
         self._waiting_sizes[job.num_gpus] += 1
         starts = job.last_wait_from_seconds + self.starve_after_seconds
-        heapq.heappush(
-            self._starve_heap,
-            (starts + self.starve_factor * job.held_now(starts), job.job_id, job.version),
-        )
+        entry = (starts + self.starve_factor * job.held_now(starts), job.job_id, job.version)
+        heapq.heappush(self._starve_heap, entry)
+        heapq.heappush(self._starve_due, entry)
 
     def _remove_waiting(self, job: SimJob) -> None:
         del self.waiting[job.job_id]
         self.ranked.remove(job)
         self.by_wait.remove(job)
+        self._starving_jobs.pop(job.job_id, None)
         self._waiting_sizes[job.num_gpus] -= 1
         if not self._waiting_sizes[job.num_gpus]:
             del self._waiting_sizes[job.num_gpus]
@@ -180,6 +257,7 @@ class GpufleetPolicy(Policy):
         self._neg_ranks = [-(x * self.preempt_margin) for x in self._index_list]
         self._built_at = len(self.samples)
         self._run_keys.clear()
+        self._table_version += 1
         self.ranked = SortedQueue(self._wait_key)
         for job in self.waiting.values():
             self.ranked.add(job)
@@ -198,21 +276,51 @@ class GpufleetPolicy(Policy):
         i = bisect.bisect_right(self._grid_list, attained)
         return self._grid_list[i] if i < len(self._grid_list) else math.inf
 
+    def _fall_point(self, attained: float, best: float) -> float:
+        """Attained service at which a running job's rank (its index x the preemption margin)
+        has fallen to ``best`` or below: the first grid point from its next crossing on where it
+        has (inf: none, or no crossing left)."""
+        grid = self._grid_list
+        k = bisect.bisect_right(grid, attained)  # the next crossing
+        if k >= len(grid):
+            return math.inf
+        if self.monotone:
+            when = max(k, bisect.bisect_left(self._neg_ranks, -best))
+        else:
+            when = next((i for i in range(k, len(grid)) if -self._neg_ranks[i] <= best), len(grid))
+        return grid[when] if when < len(grid) else math.inf
+
+    def _crossing_from(self, attained: float, reach: float) -> float:
+        """The first grid point at or above ``reach`` that is not before the job's next crossing
+        (inf: none, or no crossing left)."""
+        grid = self._grid_list
+        k = bisect.bisect_right(grid, attained)
+        if k >= len(grid):
+            return math.inf
+        when = max(k, bisect.bisect_left(grid, reach))
+        return grid[when] if when < len(grid) else math.inf
+
     # -- events -------------------------------------------------------------------------------
     def on_arrival(self, job: SimJob, now_seconds: float) -> None:
+        self._events += 1
         if self.predictor_ties and self.estimator is not None:
             self._tie[job.job_id] = self.estimator.predict_seconds(job) * job.num_gpus
         self._add_waiting(job)
 
     def on_failure(self, job: SimJob, now_seconds: float, reason: str) -> None:
+        self._events += 1
+        self._run.discard(job.job_id)
         self._add_waiting(job)
 
     def on_withdraw(self, job: SimJob, now_seconds: float) -> None:
+        self._events += 1
         if job.job_id in self.waiting:
             self._remove_waiting(job)
         self._tie.pop(job.job_id, None)
 
     def on_finish(self, job: SimJob, now_seconds: float) -> None:
+        self._events += 1
+        self._run.discard(job.job_id)
         self.samples.append(self._service(job, now_seconds))
         self._tie.pop(job.job_id, None)
         self.last_hosts.pop(job.job_id, None)
@@ -272,6 +380,56 @@ class GpufleetPolicy(Policy):
             )
         return key
 
+    def _update_starving(self, now: float) -> bool:
+        """Move the waiting jobs due to starve by now into ``_starving_jobs`` (exact check; a
+        job stays starving while it waits). True if one was added."""
+        due = self._starve_due
+        later = []
+        added = False
+        while due and due[0][0] - 1e-3 <= now:
+            entry = heapq.heappop(due)
+            job = self.waiting.get(entry[1])
+            if job is None or job.version != entry[2]:
+                continue
+            if self.starving(job, now):
+                self._starving_jobs[job.job_id] = job
+                added = True
+            else:  # (rounding) not quite yet
+                later.append(entry)
+        for entry in later:
+            heapq.heappush(due, entry)
+        return added
+
+    def _starving_in_scan(self, now: float) -> list[tuple[_Key, SimJob]]:
+        """The waiting jobs that starve now among the first ``starve_scan`` by waiting time and
+        the first ``scan_limit`` by rank, with their keys, in the pass's order. Read from the
+        jobs found starving so far (``_update_starving``); their keys sort like their entries
+        in ``ranked`` (the index of a waiting job is static), which is how they are sorted."""
+        self._update_starving(now)
+        if not self._starving_jobs:
+            return []
+        ranked, by_wait = self.ranked, self.by_wait
+        rank_limit = ranked.entry_at(self.scan_limit - 1) if len(ranked) > self.scan_limit else None
+        wait_limit = (
+            by_wait.entry_at(self.starve_scan - 1) if len(by_wait) > self.starve_scan else None
+        )
+        out: list[tuple[tuple[float, float, float], int]] = []
+        for jid in self._starving_jobs:
+            rank_entry = ranked.entry(jid)
+            if (
+                rank_limit is None
+                or wait_limit is None
+                or rank_entry <= rank_limit
+                or by_wait.entry(jid) <= wait_limit
+            ):
+                out.append(rank_entry)
+        out.sort()
+        jobs = self._starving_jobs
+        return [
+            ((0.0, neg_index, 1.0, tie, arrival, jid), jobs[jid])
+            for (neg_index, tie, arrival), jid in out
+        ]
+
     def _any_starving(self, now: float) -> bool:
         """Whether a waiting job may be starving now: the earliest time any waiting job starts
         to starve (static while it waits) has passed. Exact checks follow only then."""
@@ -290,24 +448,77 @@ class GpufleetPolicy(Policy):
             prefer = None
         return cluster.find_whole(job.num_gpus, model, prefer_host=prefer)
 
+    # -- the running jobs' order, kept between passes -------------------------------------------
+    def _sync_running(self, ctx: SchedulerContext, now: float) -> bool:
+        """Bring ``self._run`` up to date with ``ctx.running`` at ``now``: rank the jobs started
+        since the last pass and re-rank those whose key expired (their index may have changed);
+        everything again (as a fresh sort would) after a rebuilt table, under LAS (whose keys
+        move all the time), or when the running set changed behind the policy's back (a live
+        queue adopting a running job, a job refused after an OOM).
+
+        True if a job was ranked or everything was, or if a re-ranked job moved past a waiting
+        job (the number of waiting jobs ranked before it changed)."""
+        moved = False
+        run = self._run
+        running = ctx.running
+        las = len(self.samples) < self.min_samples
+        if (
+            las
+            or not self.shortcuts
+            or run.version != self._table_version
+            or running.keys() != run.jobs.keys()
+        ):
+            run = self._run = _RunningOrder()
+            for job in running.values():
+                run.add(job)
+            run.version = self._table_version
+        order, keys, jobs = run.order, run.key, run.jobs
+        for jid in run.unranked:
+            if jid in jobs and jid not in keys:
+                self._rank_running(jobs[jid], now)
+                moved = True
+        run.unranked.clear()
+        expiry = run.expiry
+        expired = []
+        while expiry and expiry[0][0] <= now:
+            _, stamp, jid = heapq.heappop(expiry)
+            if run.stamp.get(jid) == stamp:
+                expired.append(jid)
+        for jid in expired:  # (a key computed now may be valid until now: not re-ranked twice)
+            old = keys.pop(jid)
+            del order[bisect.bisect_left(order, old)]
+            new = self._rank_running(jobs[jid], now)
+            if not moved and old[1] != new[1]:
+                moved = self._waiting_before(old) != self._waiting_before(new)
+        return moved
+
+    def _waiting_before(self, key: _Key) -> int:
+        """How many waiting jobs a running job of this key comes after in the pass (those
+        whose -index is below its -index x margin; at equality the running job comes first)."""
+        return self.ranked.count_below(((key[1], -math.inf, -math.inf), -1))
+
+    def _rank_running(self, job: SimJob, now: float) -> _Key:
+        run = self._run
+        key = self._running_key(job, now)
+        bisect.insort(run.order, key)
+        run.key[job.job_id] = key
+        cached = self._run_keys.get(job.job_id)
+        if cached is not None and cached[0] is key:
+            heapq.heappush(run.expiry, (cached[1], run.stamp[job.job_id], job.job_id))
+        return key
+
     # -- the decision -------------------------------------------------------------------------
-    def _candidates(self, ctx: SchedulerContext, now: float) -> Iterator[tuple[_Key, SimJob]]:
+    def _candidates(
+        self, now: float, running: list[tuple[_Key, SimJob]], starving_now: bool
+    ) -> Iterator[tuple[_Key, SimJob]]:
         """Running and waiting jobs in the order of the pass, produced lazily: starving waiting
-        jobs first, then the running jobs merged with the waiting queue (whose order, by a
-        static key, is the pass's order among waiting jobs that do not starve)."""
-        running = sorted(((self._running_key(j, now), j) for j in ctx.running.values()), key=_first)
+        jobs first, then the running jobs (``running``, sorted) merged with the waiting queue
+        (whose order, by a static key, is the pass's order among waiting jobs that do not
+        starve)."""
         seen: set[int] = set()
-        if self._any_starving(now):
-            starving = []
-            for job in self.by_wait.head(self.starve_scan):
-                if self.starving(job, now):
-                    starving.append((self._key(job, now, False), job))
-                    seen.add(job.job_id)
-            for job in self.ranked.head(self.scan_limit):
-                if job.job_id not in seen and self.starving(job, now):
-                    starving.append((self._key(job, now, False), job))
-                    seen.add(job.job_id)
-            starving.sort(key=_first)
+        if starving_now:
+            starving = self._starving_in_scan(now)
+            seen.update(job.job_id for _, job in starving)
             yield from starving
         i = 0
         for ((neg_index, tie, arrival), job_id), job in self.ranked.walk(self.scan_limit):
@@ -320,28 +531,89 @@ class GpufleetPolicy(Policy):
             yield key, job
         yield from running[i:]
 
-    # -- the decision -------------------------------------------------------------------------
     def schedule(self, ctx: SchedulerContext) -> None:
         """One pass; a second at once if the first preempted: a job it preempted was ranked as
         a running job (for its own GPU model only) and may fit on another model as a waiting
         job. Then the wake-up (``_plan_wakeup``)."""
+        if self.shortcuts and self._quiet_still(ctx):
+            self._unsettled = False  # what the pass, deciding nothing, would have left
+            self._plan_wakeup(ctx)
+            return
         self._unsettled = False
+        self._changed = False
         for _ in range(2):
             if not self.waiting or not self._pass(ctx):
                 break
+        self._quiet = None if self._changed else (self._events, self._table_version)
         self._plan_wakeup(ctx)
 
+    def _quiet_still(self, ctx: SchedulerContext) -> bool:
+        """Whether a pass now would decide nothing, known without walking: the last schedule
+        decided nothing, and since then nothing happened (no arrival, finish, failure or
+        withdrawal, the same table, the same running jobs), no waiting job began to starve, and
+        no running job's rank moved past a waiting job's (their keys re-ranked here, as the
+        pass would). Then the pass would walk the same jobs in an order that differs only among
+        running jobs between the same waiting jobs: every running job kept (as last time), the
+        same waiting jobs admitted with the same GPUs free, and their placements failing as
+        they did (the cluster is unchanged)."""
+        quiet = self._quiet
+        if (
+            quiet is None
+            or quiet != (self._events, self._table_version)
+            or not self.waiting
+            or len(self.samples) < self.min_samples
+            or ctx.running.keys() != self._run.jobs.keys()
+            or self._run.version != self._table_version
+        ):
+            return False
+        now = ctx.now_seconds
+        moved = self._sync_running(ctx, now)
+        starving = self._update_starving(now)
+        return not moved and not starving
+
     def _pass(self, ctx: SchedulerContext) -> bool:
-        """Walk the jobs in rank order, give GPUs to those that fit; True if it preempted."""
+        """Walk the jobs in rank order, give GPUs to those that fit; True if it preempted.
+
+        The running jobs ranked before every waiting job keep their GPUs whatever happens (they
+        fit together, and nothing is admitted before them), so when no waiting job starves the
+        walk starts at the first waiting job, with the GPUs those running jobs hold taken."""
         now = ctx.now_seconds
         cluster = ctx.cluster
+        self._sync_running(ctx, now)
+        run = self._run
+        jobs = run.jobs
         capacity = {m: cluster.spec.gpus_of(m) for m in cluster.spec.gpu_models}
+        starving_now = self._any_starving(now)
+        held = run.held
+        order = run.order
+        entry = self.ranked.first_entry()
+        if (
+            self.shortcuts
+            and not starving_now
+            and entry is not None
+            and not run.placeless
+            and all(held.get(m, 0) <= c for m, c in capacity.items())
+        ):
+            (neg_index, tie, arrival), first_id = entry
+            p = bisect.bisect_left(order, (1.0, neg_index, 1.0, tie, arrival, first_id))
+            rest = order[p:]
+            for m, n in held.items():
+                capacity[m] -= n
+            gpus = run.gpus
+            for key in rest:
+                m, n = gpus[key[5]]
+                capacity[m] += n
+            walked = [key[5] for key in rest]
+        else:
+            rest = order
+            walked = list(ctx.running)
+        candidates = self._candidates(now, [(k, jobs[k[5]]) for k in rest], starving_now)
         left = sum(capacity.values())
         smallest = min(self._waiting_sizes)
-        running_left = len(ctx.running)
+        running_left = len(rest)
         keep: set[int] = set()
         admit: list[tuple[SimJob, str]] = []
-        for _, job in self._candidates(ctx, now):
+        for _, job in candidates:
             if left <= 0:
                 break
             if job.placement is not None:
@@ -363,8 +635,11 @@ class GpufleetPolicy(Policy):
             admit.append((job, model))
         self._unsettled = False
         if admit:
-            for job in [j for j in ctx.running.values() if j.job_id not in keep]:
+            drop = {j for j in walked if j not in keep}
+            for job in [j for j in ctx.running.values() if j.job_id in drop]:
                 ctx.preempt(job)
+                self._changed = True
+                run.discard(job.job_id)
                 self._add_waiting(job)
                 self._unsettled = True
         for job, model in admit:
@@ -379,6 +654,8 @@ class GpufleetPolicy(Policy):
             self._remove_waiting(job)
             self.last_hosts[job.job_id] = placement.host_ids[0]
             ctx.start(job, placement)
+            self._changed = True
+            run.add(job)
         return self._unsettled
 
     def _plan_wakeup(self, ctx: SchedulerContext) -> None:
@@ -389,41 +666,99 @@ class GpufleetPolicy(Policy):
         every one: until a running job's index (times the preemption margin) falls to the best
         waiting job's index, and until a waiting job starts to starve, a pass at a crossing keeps
         every running job and finds the same waiting jobs that did not fit now. So the wake-up
-        is the first crossing, over the running jobs, at which a job falls to that index, or the
-        first crossing after the earliest time a waiting job starves; the passes skipped would
-        have decided nothing. If the second pass of ``schedule`` still preempted, the state is
-        not settled and the next crossing of any running job is the wake-up. (The wake-up lands a microsecond past the grid point: computed to
-        land on it, rounding could leave the job's service just short of it, and the pass would
-        then see no change and plan the same instant again, which the driver ignores.)"""
+        is the first crossing, over the running jobs, at which a job falls to that index
+        (``_fall_point``), or the first crossing after the earliest time a waiting job starves
+        (``_crossing_from``); the passes skipped would have decided nothing. If the second pass
+        of ``schedule`` still preempted, the state is not settled and the next crossing of any
+        running job is the wake-up. (The wake-up lands a microsecond past the grid point:
+        computed to land on it, rounding could leave the job's service just short of it, and
+        the pass would then see no change and plan the same instant again, which the driver
+        ignores.)
+
+        The first term is found from a heap per kind (``_RunningOrder.wake``) without visiting
+        every running job; the starving term only when it may come first (its time is at least
+        the starving time), by visiting them all."""
         now = ctx.now_seconds
         soonest = math.inf
         entry = self.ranked.first_entry()
         if entry is not None and len(self.samples) >= self.min_samples and ctx.running:
             best = -entry[0][0]
-            falls = bisect.bisect_left(self._neg_ranks, -best) if self.monotone else 0
             starve = self._starve_heap[0][0] - 1e-3 if self._any_starving(math.inf) else math.inf
-            grid = self._grid_list
-            for job in ctx.running.values():
-                attained = self._service(job, now)
-                rate = job.num_gpus if self.gpu_time else 1.0
-                k = bisect.bisect_right(grid, attained)  # the next crossing
-                if k >= len(grid):
-                    continue
-                if self._unsettled:
-                    when = k
-                elif self.monotone:
-                    when = max(k, falls)
-                else:
-                    when = next(
-                        (i for i in range(k, len(grid)) if -self._neg_ranks[i] <= best),
-                        len(grid),
-                    )
-                if math.isfinite(starve):
-                    reach = attained + (starve - now) * rate
-                    when = min(when, max(k, bisect.bisect_left(grid, reach)))
-                if when < len(grid):  # a microsecond past the grid point: surely across it
-                    soonest = min(soonest, now + (grid[when] - attained) / rate + 1e-6)
+            run = self._run
+            if (
+                self.shortcuts
+                and run.jobs.keys() == ctx.running.keys()
+                and run.version == self._table_version
+            ):
+                if starve <= now:  # a job starves already: each job's next crossing counts
+                    self._next_wakeup = self._wake_from_heap(now, best, "cross")
+                    return
+                soonest = self._wake_from_heap(now, best, "cross" if self._unsettled else "fall")
+                if soonest < starve - _WAKE_SLACK:
+                    self._next_wakeup = soonest
+                    return
+            soonest = min(
+                (self._wake_of(job, now, best, starve) for job in ctx.running.values()),
+                default=math.inf,
+            )
         self._next_wakeup = soonest
+
+    def _wake_of(
+        self, job: SimJob, now: float, best: float, starve: float, kind: str | None = None
+    ) -> float:
+        """When the pass should next run for this running job (inf: never): at its next crossing
+        if the last pass was unsettled (or ``kind`` is ``"cross"``), else where it falls to
+        ``best``; and the first crossing after ``starve`` if that is sooner."""
+        attained = self._service(job, now)
+        rate = job.num_gpus if self.gpu_time else 1.0
+        if kind == "cross" or (kind is None and self._unsettled):
+            target = self._next_crossing(attained)
+        else:
+            target = self._fall_point(attained, best)
+        if math.isfinite(starve):
+            reach = attained + (starve - now) * rate
+            target = min(target, self._crossing_from(attained, reach))
+        if target == math.inf:
+            return math.inf
+        return now + (target - attained) / rate + 1e-6  # a microsecond past: surely across it
+
+    def _wake_from_heap(self, now: float, best: float, kind: str) -> float:
+        """min over the running jobs of ``_wake_of`` of that kind without the starving term, from
+        the kind's heap: entries whose (lower-bound) time can still be the least are evaluated
+        exactly and put back with their exact time."""
+        run = self._run
+        tag = (self._table_version, None if kind == "cross" else best)
+        heap = run.wake[kind]
+        if run.wake_for[kind] != tag:
+            heap = run.wake[kind] = [
+                (self._wake_of(job, now, best, math.inf, kind), run.stamp[jid], jid)
+                for jid, job in run.jobs.items()
+            ]
+            heapq.heapify(heap)
+            run.wake_for[kind] = tag
+        else:
+            for jid in run.unwoken[kind]:
+                job = run.jobs.get(jid)
+                if job is not None:
+                    when = self._wake_of(job, now, best, math.inf, kind)
+                    heapq.heappush(heap, (when, run.stamp[jid], jid))
+        run.unwoken[kind].clear()
+        soonest = math.inf
+        evaluated: list[tuple[float, int, int]] = []
+        while heap:
+            bound, stamp, jid = heap[0]
+            if run.stamp.get(jid) != stamp:
+                heapq.heappop(heap)
+                continue
+            if bound == math.inf or bound > soonest + _WAKE_SLACK:
+                break
+            heapq.heappop(heap)
+            when = self._wake_of(run.jobs[jid], now, best, math.inf, kind)
+            evaluated.append((when, stamp, jid))
+            soonest = min(soonest, when)
+        for item in evaluated:
+            heapq.heappush(heap, item)
+        return soonest
 
     def next_wakeup_seconds(self, now_seconds: float) -> float | None:
         return self._next_wakeup if math.isfinite(self._next_wakeup) else None

@@ -136,6 +136,19 @@ class SortedQueue:
         self._keys.remove(self._job_key.pop(job.job_id))
         del self._jobs[job.job_id]
 
+    def count_below(self, entry: tuple[Any, int]) -> int:
+        """How many queued (key, job id) entries sort before ``entry`` (one not queued)."""
+        return self._keys.count_upto(entry)
+
+    def entry(self, job_id: int) -> tuple[Any, int]:
+        """The (key, job id) a queued job sorts by."""
+        return self._job_key[job_id]
+
+    def entry_at(self, index: int) -> tuple[Any, int]:
+        """The (key, job id) at a position (0 is the first)."""
+        entry: tuple[Any, int] = self._keys.at(index)
+        return entry
+
     def first(self) -> SimJob | None:
         entry = self._keys.first()
         return self._jobs[entry[1]] if entry is not None else None
