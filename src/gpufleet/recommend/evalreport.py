@@ -23,7 +23,7 @@ def run_grid(trace: list[TraceJob], cfg: Config, vcs: list[str | None], loads: l
              habits: list[str], seeds: list[int], *, calibration: bool = True,
              say: Callable[[str], None] = lambda m: None) -> dict[str, Any]:  # fmt: skip
     scenarios = []
-    etas: list[tuple[float, float, float, float]] = []
+    etas: list[tuple[float, ...]] = []
     cal: list[CalSample] = []
     total = len(vcs) * len(loads) * len(habits)
     n = 0

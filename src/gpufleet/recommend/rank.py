@@ -43,7 +43,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from gpufleet.recommend import calibrate
-from gpufleet.recommend.calibrate import Calibration
+from gpufleet.recommend.calibrate import StatedChance
 from gpufleet.recommend.eta import Eta, estimate_eta, nothing_fits_reason
 from gpufleet.recommend.fleet import GIB, FleetSnap, GpuSnap, HostSnap
 from gpufleet.recommend.history import (
@@ -84,7 +84,9 @@ class Weights:
     setup_hours: float = 5 / 60
     # the stated p_free_for_duration: the ranking's chance recalibrated (calibrate.py); the
     # ranking itself uses the model's chance
-    calibration: Calibration = calibrate.DEFAULT
+    # (the server and the harness pass ``online.Recalibrated``: refitted on the fleet's own
+    # past answers)
+    calibration: StatedChance = calibrate.DEFAULT
 
 
 @dataclass(frozen=True)
