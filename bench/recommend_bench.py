@@ -285,9 +285,10 @@ def eta_table(argv: list[str]) -> None:
     cfg = Config(hosts=a.hosts, scored_jobs=a.scored_jobs)
     seeds = [int(x) for x in a.seeds.split(",")]
     print("| cluster | load | estimates | abs. error median h | p90 h | predicted median h |"
-          " actual median h | inside the range from past holds | inside the stated range"
-          " (past estimates) | below it | range high/low, median |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          " actual median h | inside the range from past holds | inside the stated range |"
+          " below it | stated high/low, median | range from past estimates | inside then:"
+          " stated / past holds |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     every: list[tuple[float, ...]] = []
     for vc in a.vc:
         for load in a.load or [0.8, 1.0, 1.5]:
@@ -304,12 +305,14 @@ def eta_table(argv: list[str]) -> None:
 
 def _eta_row(vc: str, load: str, e: dict) -> str:
     if not e.get("estimates"):
-        return f"| {vc} | {load} | 0 | | | | | | | | |"
+        return f"| {vc} | {load} | 0 | | | | | | | | | | |"
     return (f"| {vc} | {load} | {e['estimates']} | {e['abs_error_median_hours']:.2f} |"
             f" {e['abs_error_p90_hours']:.2f} | {e['predicted_median_hours']:.2f} |"
             f" {e['actual_median_hours']:.2f} | {100 * e['inside_own_interval']:.0f}% |"
             f" {100 * e['inside_interval']:.0f}% | {100 * e['below_interval']:.0f}% |"
-            f" {e['range_width_median_ratio']:.1f}x |")  # fmt: skip
+            f" {e['range_width_median_ratio']:.1f}x | {100 * e['from_past_estimates']:.0f}% |"
+            + (f" {100 * e['inside_when_from_past']:.0f}% / {100 * e['inside_own_when_from_past']:.0f}% |"
+               if e["from_past_estimates"] else " - |"))  # fmt: skip
 
 
 def digest(paths: list[str]) -> None:

@@ -72,6 +72,8 @@ def test_answers_are_settled_from_live_state_and_survive_a_restart(ctx) -> None:
     again.settle(t0 + 3800)
     out = ask(again, {"gpus": 1, "gpu_mem_gb": 20, "hours": 1}, t0 + 3800)
     assert out["calibrated_on_answers"] == 2
+    assert any("checked against 2 of this fleet's past answers" in why
+               for why in out["recommendations"][0]["reasons"])  # fmt: skip
     again.close()
 
 

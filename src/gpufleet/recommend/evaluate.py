@@ -154,8 +154,9 @@ class GpufleetEta:
     are settled. Settled like on the server: after every change of the lab (a job's end),
     each waiting estimate whose request fits now is settled at that moment.
 
-    Returns (estimate, low, high, the estimate's own low, its own high) hours: the stated
-    range and the one from past holds, to report both."""
+    Returns (estimate, low, high, the estimate's own low, its own high) hours and how many
+    settled past estimates the stated range came from (0: it is the estimate's own range,
+    from past holds), to report both."""
 
     def __init__(self, params: EtaParams | None = EtaParams()) -> None:
         self.ledger = EtaLedger(params) if params is not None else None
@@ -169,13 +170,13 @@ class GpufleetEta:
         if ans.choices or e is None:
             return None
         if self.ledger is None:
-            return e.in_hours, e.low_hours, e.high_hours, e.low_hours, e.high_hours
-        lo, hi, _ = self.ledger.range(e.in_hours, e.low_hours, e.high_hours, snap.now)
+            return e.in_hours, e.low_hours, e.high_hours, e.low_hours, e.high_hours, 0
+        lo, hi, n = self.ledger.range(e.in_hours, e.low_hours, e.high_hours, snap.now)
         key = self.asked
         self.asked += 1
         self.ledger.record(key, snap.now, e.in_hours)
         self.waiting[key] = req
-        return e.in_hours, lo, hi, e.low_hours, e.high_hours
+        return e.in_hours, lo, hi, e.low_hours, e.high_hours, n
 
     def on_release(self, lab: Lab, now: float) -> None:
         if self.ledger is None:
@@ -193,9 +194,10 @@ def run_scenario(trace: list[TraceJob], cfg: Config, vc: str | None, load: float
                  eta: EtaParams | None = EtaParams(),
                  ) -> tuple[dict[str, dict[str, float]], list[tuple[float, ...]]]:  # fmt: skip
     """Every recommender's closed-loop figures for one scenario and seed; gpufleet's
-    time-to-free errors (predicted, low, high, the estimate's own low and high, actual
-    hours; low-high is the stated range: from past estimates' errors, or with ``eta`` None,
-    from past holds)."""
+    time-to-free errors (predicted, low, high, the estimate's own low and high, the past
+    estimates the range came from, actual hours; low-high is the stated range: from past
+    estimates' errors once there are enough, else (and with ``eta`` None) from past
+    holds)."""
     hosts, jobs, start, eval_from, end = scenario_jobs(trace, cfg, vc, load, habit, seed)
     recs = recs or all_recommenders(seed)
     out: dict[str, dict[str, float]] = {}
@@ -342,9 +344,11 @@ def reliability(samples: Sequence[tuple[Any, ...]]) -> dict[str, Any]:
 
 
 def eta_summary(errors: Sequence[Sequence[float]]) -> dict[str, Any]:
-    """Errors: (predicted, low, high, [the estimate's own low, its own high,] actual) hours;
-    ``inside_interval``: the share of actual times inside the stated range (low-high),
-    ``inside_own_interval``: inside the estimate's own range (from past holds)."""
+    """Errors: (predicted, low, high, [the estimate's own low, its own high, past estimates
+    used,] actual) hours; ``inside_interval``: the share of actual times inside the stated
+    range (low-high), ``inside_own_interval``: inside the estimate's own range (from past
+    holds); ``from_past_estimates``: the share of estimates whose stated range came from
+    past estimates, and the two shares inside among those."""
     if not errors:
         return {"estimates": 0}
     abs_err = sorted(abs(e[0] - e[-1]) for e in errors)
@@ -364,6 +368,12 @@ def eta_summary(errors: Sequence[Sequence[float]]) -> dict[str, Any]:
             (e[2] + 1 / 60) / (e[1] + 1 / 60) for e in own), 0.5)  # fmt: skip
         out["own_range_width_median_ratio"] = _q(sorted(
             (e[4] + 1 / 60) / (e[3] + 1 / 60) for e in own), 0.5)  # fmt: skip
+    online = [e for e in errors if len(e) >= 7 and e[5] > 0]
+    out["from_past_estimates"] = len(online) / len(errors)
+    if online:
+        out["inside_when_from_past"] = sum(1 for e in online if e[1] <= e[-1] <= e[2]) / len(online)
+        out["inside_own_when_from_past"] = sum(1 for e in online
+                                               if e[3] <= e[-1] <= e[4]) / len(online)  # fmt: skip
     return out
 
 

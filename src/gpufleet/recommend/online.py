@@ -215,7 +215,7 @@ class ChanceLedger:
 
 @dataclass(frozen=True)
 class EtaParams:
-    min_settled: int = 20  # settled estimates before the range is this fleet's own
+    min_settled: int = 10  # settled estimates before the range is this fleet's own
     max_kept: int = 400  # the latest estimates kept (waiting and settled)
     eps_hours: float = 1 / 60  # a minute: the actual time is often 0 (freed within it)
     coverage: float = 0.8
@@ -276,7 +276,10 @@ class EtaLedger:
         if n < self.params.min_settled:
             return low, high, 0
         tail = (1 - self.params.coverage) / 2
-        qlo, qhi = km_quantiles(vals, events, (tail, 1 - tail))
+        # split-conformal's finite-sample levels: with n errors, the k-th smallest and
+        # largest for k = (n + 1) x tail (n = 10: the smallest and the largest)
+        qlo, qhi = km_quantiles(vals, events, (max(0.0, ((n + 1) * tail - 1) / n),
+                                               min(1.0, (n + 1) * (1 - tail) / n)))  # fmt: skip
         eps = self.params.eps_hours
         base = max(0.0, hours) + eps
         return max(0.0, base * math.exp(qlo) - eps), max(0.0, base * math.exp(qhi) - eps), n
@@ -293,6 +296,9 @@ def km_quantiles(values: np.ndarray, events: np.ndarray, qs: Iterable[float]) ->
     cdf = 1.0 - surv
     out = []
     for q in qs:
+        if q <= 0:
+            out.append(float(v[ev][0]) if ev.any() else float(v.min()))
+            continue
         hit = np.flatnonzero(ev & (cdf >= q - 1e-12))
         out.append(float(v[hit[0]]) if hit.size else float(v.max()))
     return out

@@ -590,15 +590,17 @@ def _reasons(
 ) -> tuple[str, ...]:
     host, hist = ev.host, ev.hist
     n, free = len(host.gpus), host.free_count()
+    settled = getattr(w.calibration, "answers", 0)  # online.Recalibrated: outcomes used
+    own = f", checked against {settled} of this fleet's past answers" if settled else ""
     out = [
         f"{free} of {n} GPUs free now; GPU{'s' if len(gpus) > 1 else ''} "
         f"{', '.join(str(g.index) for g in gpus)} ({_model_label(gpus[0])},"
         f" {(gpus[0].memory_total_bytes or 0) / GIB:.0f} GB)",
         f"{pct(p)} chance none of them is taken in the next {_hours(req.hours)}"
-        f" (from {hist.hours_known} h of history)"
+        f" (from {hist.hours_known} h of history{own})"
         if hist.hours_known
         else f"no history for this host: {pct(p)} chance they stay free for"
-        f" {_hours(req.hours)} at the fleet's usual rate",
+        f" {_hours(req.hours)} at the fleet's usual rate{own}",
     ]
     prof = hist.busy_profile
     if hist.hours_known >= 48 and not np.all(np.isnan(prof)):
