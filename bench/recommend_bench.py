@@ -134,13 +134,16 @@ def calibration(argv: list[str]) -> None:
     ap.add_argument("--save-runs", help="report: every answer of every replay (JSON), for tune")
     ap.add_argument("--runs", nargs="*", default=[], help="tune: --save-runs files")
     ap.add_argument("--prior", default="10,30,100", help="tune: prior weights to try")
-    ap.add_argument("--half-life", default="24,72,240", help="tune: half-lives (h) to try")
+    ap.add_argument("--half-life", default="24,168", help="tune: half-lives (h) to try")
+    ap.add_argument("--top", default="false,true", help="tune: learn from top answers too")
+    ap.add_argument("--slope", default="false,true", help="tune: fit the slope too")
     ap.add_argument("--no-online", action="store_true",
                     help="report: the offline map alone (no recalibration on the fleet's answers)")
     a = ap.parse_args(argv)
     if a.mode == "tune":
         tune(a.runs, [float(x) for x in a.prior.split(",")],
-             [float(x) for x in a.half_life.split(",")])
+             [float(x) for x in a.half_life.split(",")],
+             [x == "true" for x in a.top.split(",")], [x == "true" for x in a.slope.split(",")])
         return
     if a.mode == "report":
         report(a)
@@ -238,9 +241,11 @@ def report(a) -> None:  # type: ignore[no-untyped-def]
         print()
 
 
-def tune(paths: list[str], priors: list[float], half_lives: list[float]) -> None:
+def tune(paths: list[str], priors: list[float], half_lives: list[float], tops: list[bool],
+         slopes: list[bool]) -> None:  # fmt: skip
     """The online map with other parameters, replayed on saved runs (each run its own
     fleet and ledger): one line per parameter set."""
+    import itertools
     import json
 
     from gpufleet.recommend.evaluate import Answered, reliability, replay_online
@@ -253,16 +258,15 @@ def tune(paths: list[str], priors: list[float], half_lives: list[float]) -> None
     scored = [(x.p0, x.ok) for run in said for x in run if x.scored]
     print(f"{len(runs)} runs, {len(scored)} scored answers")
     print("offline map alone:", _worst(reliability(scored)))
-    for slope in (False, True):
-        for prior in priors:
-            for hl in half_lives:
-                params = OnlineParams(prior_weight=prior, half_life_hours=hl, slope=slope)
-                rows = []
-                for run in said:
-                    stated = replay_online(run, params)
-                    rows += [(p, x.ok) for p, x in zip(stated, run, strict=True) if x.scored]
-                print(f"slope {slope!s:5} prior {prior:5g} half-life {hl:5g} h:",
-                      _worst(reliability(rows)), flush=True)  # fmt: skip
+    for top, slope, prior, hl in itertools.product(tops, slopes, priors, half_lives):
+        params = OnlineParams(prior_weight=prior, half_life_hours=hl, slope=slope,
+                              top_answers=top)  # fmt: skip
+        rows = []
+        for run in said:
+            stated = replay_online(run, params)
+            rows += [(p, x.ok) for p, x in zip(stated, run, strict=True) if x.scored]
+        print(f"top {top!s:5} slope {slope!s:5} prior {prior:5g} half-life {hl:5g} h:",
+              _worst(reliability(rows)), flush=True)  # fmt: skip
 
 
 def eta_table(argv: list[str]) -> None:

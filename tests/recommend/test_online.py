@@ -131,6 +131,11 @@ def test_a_top_answer_the_asker_took_has_no_outcome() -> None:
     assert got == {"followed": (None, True), "partly": (None, False), "not top": (False, False)}
     ledger.settle(1000, takes.first_take)
     assert ledger.answers["partly"].outcome is False
+    # by default the map learns from the answers below the top only; with top answers, the
+    # followed one is still left out
+    assert ledger.recalibration(7 * HOUR, calibrate.DEFAULT).answers == 1
+    ledger.params = OnlineParams(top_answers=True)
+    assert ledger.recalibration(7 * HOUR, calibrate.DEFAULT).answers == 2
 
 
 def test_the_ledger_is_bounded() -> None:

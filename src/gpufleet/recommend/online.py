@@ -52,9 +52,16 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class OnlineParams:
-    prior_weight: float = 30.0  # pseudo-answers at the offline map's chance
-    half_life_hours: float = 72.0  # an outcome this old counts half
+    """Chosen on the training clusters' tuning seeds (100, 101) with ``bench/recommend_bench.py
+    --calibration tune`` (docs/recommender.md, "Online calibration")."""
+
+    prior_weight: float = 50.0  # pseudo-answers at the offline map's chance
+    half_life_hours: float = 12.0  # an outcome this old (since its window ended) counts half
     slope: bool = True  # fit a and b (False: the intercept a only)
+    # learn from the top answers too (those whose GPUs were all taken within follow_seconds
+    # left out as followed); False: only from the answers below the top, which people are
+    # not sent to (no follow rule needed, fewer outcomes)
+    top_answers: bool = False
     max_answers: int = 5000  # answers kept (waiting and settled together), the oldest dropped
 
 
@@ -148,10 +155,10 @@ class Said:
     outcome: bool | None = None  # stayed free (None: not known yet)
     followed: bool = False  # no outcome: the asker took it
     settled_at: float | None = None
+    ends: float = field(init=False)  # when the window is over
 
-    @property
-    def ends(self) -> float:
-        return self.at + self.hours * 3600
+    def __post_init__(self) -> None:
+        self.ends = self.at + self.hours * 3600
 
 
 @dataclass
@@ -195,16 +202,17 @@ class ChanceLedger:
 
     def counted(self, now: float) -> list[Said]:
         """The outcomes the map may use at ``now``: settled, and their window over."""
+        top = self.params.top_answers
         return [s for s in self.answers.values()
-                if s.outcome is not None and s.ends <= now]  # fmt: skip
+                if s.outcome is not None and s.ends <= now and (top or not s.top)]  # fmt: skip
 
     def recalibration(self, now: float, base: StatedChance) -> Recalibrated:
         use = self.counted(now)
         if not use:
             return Recalibrated(base)
-        p0 = np.asarray([s.p0 for s in use])
-        ok = np.asarray([s.outcome for s in use], dtype=float)
-        age = np.asarray([(now - s.ends) / 3600 for s in use])
+        p0 = np.fromiter((s.p0 for s in use), float, len(use))
+        ok = np.fromiter((s.outcome for s in use), float, len(use))
+        age = (now - np.fromiter((s.ends for s in use), float, len(use))) / 3600
         w = 0.5 ** (np.maximum(age, 0.0) / self.params.half_life_hours)
         a, b = fit_recalibration(p0, ok, w, self.params)
         return Recalibrated(base, a, b, len(use), float(w.sum()))
