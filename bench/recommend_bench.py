@@ -225,6 +225,10 @@ def report(a) -> None:  # type: ignore[no-untyped-def]
                                  "answers": [dataclasses.asdict(x) for x in said]})  # fmt: skip
     if a.save_runs:
         Path(a.save_runs).write_text(json.dumps(runs))
+    if a.save:  # the scored answers as --samples / --heldout files of ``fit`` read them
+        Path(a.save).write_text(json.dumps(
+            [(x["stated"], x["ok"], x["known"], x["features"], x["p0"])
+             for r in runs for x in r["answers"] if x["scored"]]))  # fmt: skip
     where = f"vc {', '.join(a.vc)}; loads {a.load or [0.8, 1.0, 1.5]}; seeds {a.seeds}"
     scored = [x for r in runs for x in r["answers"] if x["scored"]]
     for label, key in (("offline map alone", "p0"), ("stated: recalibrated online", "stated")):
