@@ -13,9 +13,10 @@ its store; the evaluation harness, from its simulated lab) in exactly the same w
   ``logit p = a + b logit p0``, fitted on those outcomes (recent ones weighted more, half-life
   ``half_life_hours``) and shrunk to the offline map: ``prior_weight`` pseudo-answers that
   come true at exactly the offline chance. With no settled outcome it *is* the offline map.
-  The top answer is the one people follow: when all its GPUs are taken within
-  ``follow_seconds`` of the answer (the asker starting there, as the server expects), the
-  answer has no outcome (the chance is about *other* people taking them).
+  The top answer is the one people follow, and the chance is about *other* people taking
+  the GPUs: by default the map learns only from the answers below the top
+  (``OnlineParams.top_answers``); with top answers, one whose GPUs are all taken within
+  ``follow_seconds`` of the answer (the asker starting there) has no outcome.
 - ``EtaLedger``: every "nothing fits" estimate of the time until a fitting set is free, and,
   once a fitting set was seen free, the actual time. The stated 80% range then comes from
   the errors of this fleet's past estimates (split-conformal on log((actual + 1 min) /
