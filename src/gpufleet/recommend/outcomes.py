@@ -1,6 +1,8 @@
 """The recommender's own past answers and their outcomes, kept across restarts: one SQLite
-file in the data dir (``recommend.sqlite3``), owned by the server process, written when an
-answer is given or settled (small rows, off the store's writer). The ledgers of
+file in the data dir (``recommend.sqlite3``), owned by the server process, written at each
+settling (``recommend.settle_seconds``) and at shutdown: what was answered or settled since
+(small rows, off the store's writer and off the answer's path; a crash loses at most the
+answers of the last settling interval). The ledgers of
 ``recommend.online`` are rebuilt from it at start; it holds at most what they keep.
 """
 
@@ -38,6 +40,7 @@ class OutcomeDB:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # no fsync per commit (WAL: still safe)
         self._lock = threading.Lock()
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         for i, script in enumerate(SCHEMA[version:], start=version + 1):

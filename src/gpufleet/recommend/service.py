@@ -162,6 +162,9 @@ class RecommendService:
         self.eta_requests: dict[str, RecommendRequest] = {}
         self.map = Recalibrated(calibrate.DEFAULT)
         self.db: OutcomeDB | None = None
+        # written at the next settling (or at close), not in the answer's path
+        self._unsaved: list[Said] = []
+        self._unsaved_etas: list[tuple[str, float, float, str]] = []
         if self.online:
             data_dir = getattr(getattr(ctx.settings, "server", None), "data_dir", None)
             self.db = OutcomeDB(Path(data_dir) / DB_FILE if data_dir else ":memory:")
@@ -174,7 +177,19 @@ class RecommendService:
 
     def close(self) -> None:
         if self.db is not None:
+            self._save([], [])
             self.db.close()
+
+    def _save(self, settled: list[Said], etas_settled: list[tuple[str, float]]) -> None:
+        assert self.db is not None
+        with self._lock:
+            new, self._unsaved = self._unsaved, []
+            new_etas, self._unsaved_etas = self._unsaved_etas, []
+        self.db.save_answers(new + settled)
+        for row in new_etas:
+            self.db.save_eta(*row)
+        self.db.settle_etas(etas_settled)
+        self.db.trim(self.chance.params.max_answers, self.etas.params.max_kept)
 
     def settle(self, now: float | None = None) -> dict[str, int]:
         """Settle what the live state shows now, refit the stated chance's map, and save."""
@@ -200,9 +215,7 @@ class RecommendService:
                     settled.append((key, e.actual or 0.0))
             self.map = self.chance.recalibration(now, calibrate.DEFAULT)
         if self.db is not None:
-            self.db.save_answers(done)
-            self.db.settle_etas(settled)
-            self.db.trim(self.chance.params.max_answers, self.etas.params.max_kept)
+            self._save(done, settled)
         return {"answers_settled": len(done), "estimates_settled": len(settled),
                 "calibrated_on": self.map.answers}  # fmt: skip
 
@@ -281,16 +294,14 @@ class RecommendService:
         with self._lock:
             for s in new:
                 self.chance.record(s)
+            self._unsaved += new
             if eta is not None:
                 lo, hi, n = self.etas.range(eta.in_hours, eta.low_hours, eta.high_hours, snap.now)
                 if n:
                     eta = eta.with_range(lo, hi, n)
-                self.etas.record(key, snap.now, ans.eta.in_hours)
+                self.etas.record(key, snap.now, eta.in_hours)
                 self.eta_requests[key] = req
-        if self.db is not None:
-            self.db.save_answers(new)
-            if ans.eta is not None:
-                self.db.save_eta(key, snap.now, ans.eta.in_hours, req.model_dump_json())
+                self._unsaved_etas.append((key, snap.now, eta.in_hours, req.model_dump_json()))
         return dataclasses.replace(ans, eta=eta) if eta is not ans.eta else ans
 
 
