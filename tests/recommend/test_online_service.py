@@ -55,11 +55,9 @@ def test_answers_are_settled_from_live_state_and_survive_a_restart(ctx) -> None:
     g = other["gpus"][0]
     show(ctx, other["host"], 5, t0 + 1200, {g: t0 + 1100})
     show(ctx, top["host"], 5, t0 + 1200)
-    svc._snap = None  # a new look at the live state
     got = svc.settle(t0 + 1200)
     assert got["answers_settled"] == 1  # the taken one; the other's window is not over
     assert got["calibrated_on"] == 0  # and even a failure counts only once its window is over
-    svc._snap = None
     got = svc.settle(t0 + 3700)
     # both settled; the map learns from the answers below the top only (people follow the
     # top one: online.OnlineParams.top_answers)
@@ -70,7 +68,6 @@ def test_answers_are_settled_from_live_state_and_survive_a_restart(ctx) -> None:
     kept = sorted((s.host, s.gpus, s.outcome) for s in again.chance.answers.values())
     assert kept == sorted([(top["host"], tuple(top["gpus"]), True),
                            (other["host"], tuple(other["gpus"]), False)])  # fmt: skip
-    again._snap = None
     again.settle(t0 + 3800)
     out = ask(again, {"gpus": 1, "gpu_mem_gb": 20, "hours": 1}, t0 + 3800)
     assert out["calibrated_on_answers"] == 1
@@ -88,10 +85,8 @@ def test_a_nothing_fits_estimate_is_settled_when_a_set_fits_and_kept_across_a_re
     svc.close()
     svc = RecommendService(ctx)  # restarted while it waits
     assert list(svc.eta_requests) == list(svc.etas.estimates)
-    svc._snap = None
     assert svc.settle(t0 + 600)["estimates_settled"] == 0
     show(ctx, "a100-01", 2, t0 + 1800)  # four GPUs freed
-    svc._snap = None
     assert svc.settle(t0 + 1800)["estimates_settled"] == 1
     (e,) = svc.etas.estimates.values()
     assert e.actual == pytest.approx(0.5)

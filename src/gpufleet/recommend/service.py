@@ -196,16 +196,19 @@ class RecommendService:
         if not self.online:
             return {}
         now = time.time() if now is None else now
-        snap, index = self.current(now)
+        # its own look at the live state (not the answers' cached snapshot: a look taken here
+        # must not be what the next asker gets for a second)
+        snap = snapshot_from_live(self.ctx.live, now, cache=self._hosts)
         with self._lock:
             done = self.chance.settle(now, first_take_in(snap))
             waiting = list(self.eta_requests.items())
         freed: list[tuple[str, float | None]] = []
+        index = FleetIndex(snap, self.history or self.refresh_history(now)) if waiting else None
         for key, req in waiting:
             if key not in self.etas.estimates:
                 freed.append((key, None))
-            elif recommend(req, snap, index.history, weights=self.weights, reasons=False,
-                           index=index).choices:  # fmt: skip
+            elif index is not None and recommend(req, snap, index.history, weights=self.weights,
+                                                 reasons=False, index=index).choices:  # fmt: skip
                 freed.append((key, now))
         with self._lock:
             settled: list[tuple[str, float]] = []
