@@ -288,6 +288,14 @@ class RecommendSection(_Section):
     copy_gbit_per_second: Annotated[float, Field(gt=0)] = Field(
         1.0, description="Effective bandwidth for copying a data set between hosts (Gbit/s)."
     )
+    calibrate_online: bool = Field(
+        True,
+        description="Recalibrate the stated chance and the time-to-free range on this fleet's "
+        "own past answers (kept in recommend.sqlite3 in the data dir).",
+    )
+    settle_seconds: Annotated[float, Field(ge=1, le=3600)] = Field(
+        30.0, description="How often past answers are settled against the live state."
+    )
 
 
 class AlertChannelSection(_Section):

@@ -27,6 +27,7 @@ outcome at answer time: the map is fixed constants.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -37,6 +38,13 @@ FEATURES = ("model_log_odds", "log_hours", "log1p_expected_takes", "spare_share"
             "fleet_recent_stay_log_odds")  # fmt: skip
 _CLIP = 1e-4
 _RIDGE = 1e-3
+
+
+class StatedChance(Protocol):
+    """What turns feature rows into stated chances: ``Calibration`` (the offline map) or
+    ``online.Recalibrated`` (that map refitted on the fleet's own past answers)."""
+
+    def apply(self, x: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)

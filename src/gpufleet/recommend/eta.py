@@ -4,7 +4,7 @@ Pure: a request and the fleet's arrays (``rank.FleetIndex``) in, a reason and an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -27,13 +27,26 @@ class Eta:
     reason: str
     low_hours: float = 0.0  # an 80% range: the 10th and 90th percentiles of past holds
     high_hours: float = 0.0
+    # where the range comes from: "past holds", or "N past estimates" (online.EtaLedger)
+    range_from: str = "past holds"
+
+    def with_range(self, low: float, high: float, estimates: int) -> Eta:
+        """The same estimate with the 80% range from the errors of ``estimates`` past
+        estimates of this fleet (online.EtaLedger)."""
+        _, sep, tail = self.reason.partition("; likeliest on ")
+        reason = (f"likely free in ~{self.in_hours:.1f} h somewhere (80% range {low:.1f}-"
+                  f"{high:.1f} h, from how far off this fleet's last {estimates} estimates"
+                  f" were)") + sep + tail  # fmt: skip
+        return replace(self, low_hours=low, high_hours=high, reason=reason,
+                       range_from=f"{estimates} past estimates")  # fmt: skip
 
     def as_json(self) -> dict:
         return {
             "host": self.host, "gpus": list(self.gpus), "at": round(self.at, 1),
             "at_iso": datetime.fromtimestamp(self.at, UTC).isoformat(timespec="minutes"),
             "in_hours": round(self.in_hours, 2), "low_hours": round(self.low_hours, 2),
-            "high_hours": round(self.high_hours, 2), "reason": self.reason,
+            "high_hours": round(self.high_hours, 2), "range_from": self.range_from,
+            "reason": self.reason,
         }  # fmt: skip
 
 

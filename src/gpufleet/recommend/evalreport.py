@@ -23,7 +23,7 @@ def run_grid(trace: list[TraceJob], cfg: Config, vcs: list[str | None], loads: l
              habits: list[str], seeds: list[int], *, calibration: bool = True,
              say: Callable[[str], None] = lambda m: None) -> dict[str, Any]:  # fmt: skip
     scenarios = []
-    etas: list[tuple[float, float, float, float]] = []
+    etas: list[tuple[float, ...]] = []
     cal: list[CalSample] = []
     total = len(vcs) * len(loads) * len(habits)
     n = 0
@@ -116,7 +116,10 @@ def summary_text(result: dict[str, Any]) -> str:
                    f" {e['abs_error_p90_hours']:.2f} h; predicted median"
                    f" {e['predicted_median_hours']:.2f} h, actual median"
                    f" {e['actual_median_hours']:.2f} h; actual inside the stated 80% range:"
-                   f" {100 * e['inside_interval']:.0f}%")  # fmt: skip
+                   f" {100 * e['inside_interval']:.0f}% (the range from past holds:"
+                   f" {100 * e.get('inside_own_interval', e['inside_interval']):.0f}%; the"
+                   f" stated one came from past estimates for"
+                   f" {100 * e.get('from_past_estimates', 0.0):.0f}% of them)")  # fmt: skip
     for key, label in (("calibration", "all answers"),
                        ("calibration_no_history", "hosts with no history")):  # fmt: skip
         c = result.get(key)

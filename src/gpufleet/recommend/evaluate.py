@@ -23,12 +23,25 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+
 from gpufleet.philly import TraceJob
+from gpufleet.recommend import calibrate
 from gpufleet.recommend.baselines import Recommender, all_recommenders
 from gpufleet.recommend.fleet import FleetSnap
 from gpufleet.recommend.history import FleetHistory
-from gpufleet.recommend.lab import Lab, SimJob, cluster_rate, run, window_jobs
+from gpufleet.recommend.lab import Lab, SimJob, cluster_rate, copy_seconds, run, window_jobs
 from gpufleet.recommend.labfleet import build_lab
+from gpufleet.recommend.online import (
+    DEFAULT_PARAMS,
+    FOLLOW_SECONDS,
+    ChanceLedger,
+    EtaLedger,
+    EtaParams,
+    OnlineParams,
+    Said,
+    offline,
+)
 from gpufleet.recommend.rank import Weights, recommend
 from gpufleet.recommend.request import RecommendRequest
 
@@ -135,68 +148,175 @@ def measure(res: Any, eval_from: float, end: float) -> dict[str, float]:
     }
 
 
-def gpufleet_eta(req: RecommendRequest, snap: FleetSnap, hist: FleetHistory
-                 ) -> tuple[float, float, float] | None:  # fmt: skip
-    ans = recommend(req, snap, hist, reasons=False)
-    if ans.choices or ans.eta is None:
-        return None
-    return ans.eta.in_hours, ans.eta.low_hours, ans.eta.high_hours
+class GpufleetEta:
+    """gpufleet's "when will something fit" as the server states it: the estimate, and its
+    80% range from this fleet's own past estimates (``online.EtaLedger``) once enough of them
+    are settled. Settled like on the server: after every change of the lab (a job's end),
+    each waiting estimate whose request fits now is settled at that moment.
+
+    Returns (estimate, low, high, the estimate's own low, its own high) hours and how many
+    settled past estimates the stated range came from (0: it is the estimate's own range,
+    from past holds), to report both."""
+
+    def __init__(self, params: EtaParams | None = EtaParams()) -> None:
+        self.ledger = EtaLedger(params) if params is not None else None
+        self.waiting: dict[int, RecommendRequest] = {}
+        self.asked = 0
+
+    def __call__(self, req: RecommendRequest, snap: FleetSnap, hist: FleetHistory
+                 ) -> tuple[float, ...] | None:  # fmt: skip
+        ans = recommend(req, snap, hist, reasons=False)
+        e = ans.eta
+        if ans.choices or e is None:
+            return None
+        if self.ledger is None:
+            return e.in_hours, e.low_hours, e.high_hours, e.low_hours, e.high_hours, 0
+        lo, hi, n = self.ledger.range(e.in_hours, e.low_hours, e.high_hours, snap.now)
+        key = self.asked
+        self.asked += 1
+        self.ledger.record(key, snap.now, e.in_hours)
+        self.waiting[key] = req
+        return e.in_hours, lo, hi, e.low_hours, e.high_hours, n
+
+    def on_release(self, lab: Lab, now: float) -> None:
+        if self.ledger is None:
+            return
+        for key, req in list(self.waiting.items()):
+            if key not in self.ledger.estimates:
+                del self.waiting[key]  # dropped from the ledger (too old)
+            elif lab.fits_anywhere(req):
+                self.ledger.settle(key, now)
+                del self.waiting[key]
 
 
 def run_scenario(trace: list[TraceJob], cfg: Config, vc: str | None, load: float, habit: str,
                  seed: int, recs: dict[str, Recommender] | None = None,
-                 ) -> tuple[dict[str, dict[str, float]], list[tuple[float, float, float, float]]]:  # fmt: skip
+                 eta: EtaParams | None = EtaParams(),
+                 ) -> tuple[dict[str, dict[str, float]], list[tuple[float, ...]]]:  # fmt: skip
     """Every recommender's closed-loop figures for one scenario and seed; gpufleet's
-    time-to-free errors (predicted, low, high, actual hours)."""
+    time-to-free errors (predicted, low, high, the estimate's own low and high, the past
+    estimates the range came from, actual hours; low-high is the stated range: from past
+    estimates' errors once there are enough, else (and with ``eta`` None) from past
+    holds)."""
     hosts, jobs, start, eval_from, end = scenario_jobs(trace, cfg, vc, load, habit, seed)
     recs = recs or all_recommenders(seed)
     out: dict[str, dict[str, float]] = {}
-    etas: list[tuple[float, float, float, float]] = []
+    etas: list[tuple[float, ...]] = []
     for name, rec in recs.items():
-        probe = gpufleet_eta if name == "gpufleet" else None
+        probe = GpufleetEta(eta) if name == "gpufleet" else None
         res = run(hosts, _fresh(jobs), start, end, eval_from, chooser=rec, seed=seed,
-                  eta_probe=probe)  # fmt: skip
+                  eta_probe=probe, on_release=probe.on_release if probe else None)  # fmt: skip
         out[name] = measure(res, eval_from, end)
         if probe is not None:
             etas += res.eta_errors
     return out, etas
 
 
-# (stated chance, the GPUs really stayed free, the host had history, calibrate.features row)
-CalSample = tuple[float, bool, bool, tuple[float, ...]]
+# (stated chance, the GPUs really stayed free, the host had history, calibrate.features row,
+# the offline map's chance)
+CalSample = tuple[Any, ...]
+
+
+@dataclasses.dataclass
+class Answered:
+    """One single-host answer of the calibration study: what was said, and (after the
+    replay) what happened."""
+
+    at: float
+    host: str
+    gpus: tuple[int, ...]
+    hours: float
+    p0: float  # the offline map's chance
+    stated: float  # what the answer said: the online map's chance (or p0 without it)
+    top: bool
+    follow_seconds: float
+    known: bool  # the host had history
+    features: tuple[float, ...]
+    # filled in after the replay: each GPU's first take after ``at`` (None: none), whether
+    # none was taken in the window (None: the window ends after the replay), scored (asked
+    # in the scored days, the window over inside them)
+    first_takes: tuple[float | None, ...] = ()
+    ok: bool | None = None
+    scored: bool = False
+
+
+def calibration_study(trace: list[TraceJob], cfg: Config, vc: str | None, load: float,
+                      habit: str, seed: int, weights: Weights | None = None,
+                      online: OnlineParams | None = DEFAULT_PARAMS) -> list[Answered]:  # fmt: skip
+    """Every single-host answer gpufleet gave in a replay where nobody follows it (a study:
+    the outcome the number claims is only observable when nobody acts on it), warm-up days
+    included (a server would have answered those too).
+
+    With ``online``, the stated chance is the offline map recalibrated on this fleet's own
+    past answers as the server does it: before each answer the ledger settles what the lab
+    has shown by then (``Lab.first_take``: takes so far) and refits on the outcomes whose
+    window is over; the answer is then recorded. Nothing later reaches it."""
+    hosts, jobs, start, eval_from, end = scenario_jobs(trace, cfg, vc, load, habit, seed)
+    w = weights or Weights()
+    base = offline(w.calibration)
+    ledger = ChanceLedger(online) if online is not None else None
+    said: list[Answered] = []
+
+    def observe(lab: Lab, job: SimJob, now: float, hist: FleetHistory) -> None:
+        assert job.request is not None
+        ww = w
+        if ledger is not None:
+            ledger.settle(now, lab.first_take)
+            ww = dataclasses.replace(w, calibration=ledger.recalibration(now, base))
+        ans = recommend(job.request, lab.snapshot(now), hist, reasons=False, weights=ww)
+        for rank_, c in enumerate(ans.choices):
+            if c.parts:
+                continue
+            p0 = float(base.apply(np.asarray([c.features]))[0])
+            follow = FOLLOW_SECONDS + copy_seconds(job.request, c.host)
+            a = Answered(now, c.host, c.gpus, job.request.hours, p0, c.p_free, rank_ == 0,
+                         follow, hist.host(c.host).hours_known > 0, c.features)  # fmt: skip
+            if ledger is not None:
+                ledger.record(Said(len(said), now, c.host, c.gpus, a.hours, p0, a.top,
+                                   follow))  # fmt: skip
+            said.append(a)
+
+    res = run(hosts, _fresh(jobs), start, end, eval_from, chooser=None, seed=seed,
+              observe=observe)  # fmt: skip
+    index_of = {h.name: i for i, h in enumerate(hosts)}
+    for a in said:
+        spans = [res.holds[index_of[a.host]][g] for g in a.gpus]
+        a.first_takes = tuple(min((s for s, _ in sp if s > a.at), default=None) for sp in spans)
+        stop = a.at + a.hours * 3600
+        if stop <= end:
+            a.ok = not any(t is not None and t <= stop for t in a.first_takes)
+            a.scored = a.at >= eval_from
+    return said
+
+
+def replay_online(said: Sequence[Answered], params: OnlineParams) -> list[float]:
+    """The stated chances an online map with ``params`` would have given, from a saved
+    study (its answers in the order they were given): the same ledger, fed the same takes,
+    each only once it has happened (for tuning ``OnlineParams`` without replaying the lab)."""
+    takes = {(a.host, g, a.at): t for a in said for g, t in zip(a.gpus, a.first_takes, strict=True)}
+    ledger = ChanceLedger(params)
+    out = []
+    now = -math.inf
+    rec = None
+    for i, a in enumerate(said):
+        if a.at != now or rec is None:
+            now = a.at
+            ledger.settle(now, lambda h, g, after: takes.get((h, g, after)))
+            rec = ledger.recalibration(now, calibrate.DEFAULT)
+        out.append(float(rec.map(np.asarray([a.p0]))[0]))
+        ledger.record(Said(i, a.at, a.host, a.gpus, a.hours, a.p0, a.top, a.follow_seconds))
+    return out
 
 
 def calibration_samples(trace: list[TraceJob], cfg: Config, vc: str | None, load: float,
                         habit: str, seed: int, weights: Weights | None = None,
-                        ) -> list[CalSample]:  # fmt: skip
+                        online: OnlineParams | None = DEFAULT_PARAMS) -> list[CalSample]:  # fmt: skip
     """(stated p_free_for_duration, the GPUs really stayed free, the host had history, the
-    features it was computed from) for every answer gpufleet gave in a replay where nobody
-    follows it (a study: the outcome the number claims is only observable when nobody acts
-    on it)."""
-    hosts, jobs, start, eval_from, end = scenario_jobs(trace, cfg, vc, load, habit, seed)
-    Said = tuple[int, tuple[int, ...], float, bool, tuple[float, ...]]
-    asked: list[tuple[float, RecommendRequest, list[Said]]] = []
-    index_of = {h.name: i for i, h in enumerate(hosts)}
-
-    def observe(lab: Lab, job: SimJob, now: float, hist: FleetHistory) -> None:
-        assert job.request is not None
-        ans = recommend(job.request, lab.snapshot(now), hist, reasons=False, weights=weights)
-        asked.append((now, job.request, [
-            (index_of[c.host], c.gpus, c.p_free, hist.host(c.host).hours_known > 0, c.features)
-            for c in ans.choices if not c.parts
-        ]))  # fmt: skip
-
-    res = run(hosts, _fresh(jobs), start, end, eval_from, chooser=None, seed=seed,
-              observe=observe)  # fmt: skip
-    out = []
-    for t, req, answers in asked:
-        stop = t + req.hours * 3600
-        for h, gpus, p, known, feats in answers:
-            if stop > end:
-                continue  # the outcome is not known inside the replay
-            taken = any(t < s <= stop for g in gpus for s, _ in res.holds[h][g])
-            out.append((p, not taken, known, feats))
-    return out
+    features it was computed from, the offline map's chance) for every scored answer of
+    ``calibration_study``."""
+    return [(a.stated, a.ok, a.known, a.features, a.p0)
+            for a in calibration_study(trace, cfg, vc, load, habit, seed, weights, online)
+            if a.scored]  # fmt: skip
 
 
 def reliability(samples: Sequence[tuple[Any, ...]]) -> dict[str, Any]:
@@ -223,19 +343,38 @@ def reliability(samples: Sequence[tuple[Any, ...]]) -> dict[str, Any]:
     }
 
 
-def eta_summary(errors: list[tuple[float, float, float, float]]) -> dict[str, Any]:
+def eta_summary(errors: Sequence[Sequence[float]]) -> dict[str, Any]:
+    """Errors: (predicted, low, high, [the estimate's own low, its own high, past estimates
+    used,] actual) hours; ``inside_interval``: the share of actual times inside the stated
+    range (low-high), ``inside_own_interval``: inside the estimate's own range (from past
+    holds); ``from_past_estimates``: the share of estimates whose stated range came from
+    past estimates, and the two shares inside among those."""
     if not errors:
         return {"estimates": 0}
-    abs_err = sorted(abs(p - a) for p, _, _, a in errors)
-    inside = sum(1 for _, lo, hi, a in errors if lo <= a <= hi) / len(errors)
-    return {
+    abs_err = sorted(abs(e[0] - e[-1]) for e in errors)
+    out = {
         "estimates": len(errors),
         "abs_error_median_hours": _q(abs_err, 0.5),
         "abs_error_p90_hours": _q(abs_err, 0.9),
-        "predicted_median_hours": _q(sorted(p for p, *_ in errors), 0.5),
-        "actual_median_hours": _q(sorted(a for *_, a in errors), 0.5),
-        "inside_interval": inside,
+        "predicted_median_hours": _q(sorted(e[0] for e in errors), 0.5),
+        "actual_median_hours": _q(sorted(e[-1] for e in errors), 0.5),
+        "inside_interval": sum(1 for e in errors if e[1] <= e[-1] <= e[2]) / len(errors),
+        "below_interval": sum(1 for e in errors if e[-1] < e[1]) / len(errors),
     }
+    own = [e for e in errors if len(e) >= 6]
+    if own:
+        out["inside_own_interval"] = sum(1 for e in own if e[3] <= e[-1] <= e[4]) / len(own)
+        out["range_width_median_ratio"] = _q(sorted(
+            (e[2] + 1 / 60) / (e[1] + 1 / 60) for e in own), 0.5)  # fmt: skip
+        out["own_range_width_median_ratio"] = _q(sorted(
+            (e[4] + 1 / 60) / (e[3] + 1 / 60) for e in own), 0.5)  # fmt: skip
+    online = [e for e in errors if len(e) >= 7 and e[5] > 0]
+    out["from_past_estimates"] = len(online) / len(errors)
+    if online:
+        out["inside_when_from_past"] = sum(1 for e in online if e[1] <= e[-1] <= e[2]) / len(online)
+        out["inside_own_when_from_past"] = sum(1 for e in online
+                                               if e[3] <= e[-1] <= e[4]) / len(online)  # fmt: skip
+    return out
 
 
 def _q(xs: list[float], q: float) -> float:

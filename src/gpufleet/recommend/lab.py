@@ -30,6 +30,7 @@ the hour tier of the hours before now. The job records with their true durations
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 import random
@@ -157,9 +158,7 @@ def cluster_rate(trace: list[TraceJob], vc: str | None, hosts: list[LabHost],
 
 
 Chooser = Callable[[RecommendRequest, FleetSnap, FleetHistory], "object | None"]
-EtaProbe = Callable[
-    [RecommendRequest, FleetSnap, FleetHistory], "tuple[float, float, float] | None"
-]
+EtaProbe = Callable[[RecommendRequest, FleetSnap, FleetHistory], "tuple[float, ...] | None"]
 
 
 @dataclass
@@ -178,9 +177,13 @@ class Lab:
     familiar: list[float] = field(default_factory=list)
     fame: list[float] = field(default_factory=list)
     free_n: list[int] = field(default_factory=list)  # free GPUs per host
+    takes: list[list[list[float]]] = field(default_factory=list)  # host -> GPU -> start times
+    pos: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.owner = [[-1] * h.gpu_count for h in self.hosts]
+        self.takes = [[[] for _ in range(h.gpu_count)] for h in self.hosts]
+        self.pos = {h.name: i for i, h in enumerate(self.hosts)}
         self.free_n = [h.gpu_count for h in self.hosts]
         self.since = [[0.0] * h.gpu_count for h in self.hosts]
         rows = 0
@@ -211,9 +214,17 @@ class Lab:
         for g in gpus:
             self.owner[h][g] = job.idx
             self.since[h][g] = now
+            self.takes[h][g].append(now)
             self._record(self.row[h] + g, now, now + job.duration)
         self.free_n[h] -= len(gpus)
         self._snap[h] = None
+
+    def first_take(self, host: str, gpu: int, after: float) -> float | None:
+        """When the GPU was first taken after ``after`` (starts so far: what a server that
+        watches the GPUs has seen by now)."""
+        ts = self.takes[self.pos[host]][gpu]
+        i = bisect.bisect_right(ts, after)
+        return ts[i] if i < len(ts) else None
 
     def release(self, job: SimJob) -> None:
         for g in job.gpu_idx:
@@ -295,16 +306,22 @@ class RunResult:
     lab: Lab
     jobs: list[SimJob]
     holds: list[list[list[tuple[float, float]]]]  # host -> GPU -> [(start, end)]
-    eta_errors: list[tuple[float, float, float, float]]  # (predicted, lo, hi, actual) hours
+    # (predicted, lo, hi, actual, ...) hours: what the probe returned, the actual time last
+    eta_errors: list[tuple[float, ...]]
 
 
 def run(hosts: list[LabHost], jobs: list[SimJob], start: float, end: float, eval_from: float,
         *, chooser: Chooser | None, seed: int = 0,
         observe: Callable[[Lab, SimJob, float, FleetHistory], None] | None = None,
-        eta_probe: EtaProbe | None = None) -> RunResult:  # fmt: skip
+        eta_probe: EtaProbe | None = None,
+        on_release: Callable[[Lab, float], None] | None = None) -> RunResult:  # fmt: skip
     """Replay ``jobs``; requesters submitted from ``eval_from`` follow ``chooser`` (None: they
-    go by habit like everyone else, and ``observe`` sees each of them arrive). The clock runs
-    until every requester has started (or given up) after ``end``."""
+    go by habit like everyone else, and ``observe`` sees each of them arrive, warm-up days
+    included). ``eta_probe`` is asked whenever a following requester finds nothing (scored:
+    its estimates against the actual time are ``eta_errors``) and, in the warm-up days,
+    whenever any requester would find nothing (not scored: a server would have answered
+    them too). ``on_release`` sees the lab after every job's end. The clock runs until every
+    requester has started (or given up) after ``end``."""
     t0 = math.floor(start / 3600) * 3600
     n_hours = math.ceil((end - t0) / 3600) + 24 * 10
     lab = Lab(hosts, t0, n_hours, seed)
@@ -323,8 +340,8 @@ def run(hosts: list[LabHost], jobs: list[SimJob], start: float, end: float, eval
     queues: dict[int, list[int]] = {}  # habit jobs waiting, per GPU count, in arrival order
     hist: FleetHistory | None = None
     hist_at = -math.inf
-    eta_open: list[tuple[SimJob, float, tuple[float, float, float]]] = []
-    eta_done: list[tuple[float, float, float, float]] = []
+    eta_open: list[tuple[SimJob, float, tuple[float, ...]]] = []
+    eta_done: list[tuple[float, ...]] = []
     pending_requests = 0
     waiting_req: dict[int, int] = {}  # requesters waiting (insertion order = arrival order)
 
@@ -405,7 +422,7 @@ def run(hosts: list[LabHost], jobs: list[SimJob], start: float, end: float, eval
         for job, asked, est in eta_open:
             assert job.request is not None
             if lab.fits_anywhere(job.request):
-                eta_done.append((est[0], est[1], est[2], (now - asked) / 3600))
+                eta_done.append((*est, (now - asked) / 3600))
             elif now - asked < GIVE_UP_SECONDS:
                 still.append((job, asked, est))
         eta_open[:] = still
@@ -419,14 +436,19 @@ def run(hosts: list[LabHost], jobs: list[SimJob], start: float, end: float, eval
             lab.release(job)
             if eta_open:
                 check_eta(now)
+            if on_release is not None:
+                on_release(lab, now)
             drain(now)
         elif kind == _ARRIVE:
             if follows(job):
                 pending_requests += 1
                 ask(job, now)
                 continue
-            if job.request is not None and observe is not None and now >= eval_from:
+            if job.request is not None and observe is not None:
                 observe(lab, job, now, history(now))
+            if (job.request is not None and eta_probe is not None and now < eval_from
+                    and not lab.fits_anywhere(job.request)):  # fmt: skip
+                eta_probe(job.request, lab.snapshot(now), history(now))
             found = lab.habit_place(job, rng)
             if found is None:
                 queues.setdefault(job.gpus, []).append(ji)

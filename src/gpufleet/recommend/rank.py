@@ -43,7 +43,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from gpufleet.recommend import calibrate
-from gpufleet.recommend.calibrate import Calibration
+from gpufleet.recommend.calibrate import StatedChance
 from gpufleet.recommend.eta import Eta, estimate_eta, nothing_fits_reason
 from gpufleet.recommend.fleet import GIB, FleetSnap, GpuSnap, HostSnap
 from gpufleet.recommend.history import (
@@ -84,7 +84,9 @@ class Weights:
     setup_hours: float = 5 / 60
     # the stated p_free_for_duration: the ranking's chance recalibrated (calibrate.py); the
     # ranking itself uses the model's chance
-    calibration: Calibration = calibrate.DEFAULT
+    # (the server and the harness pass ``online.Recalibrated``: refitted on the fleet's own
+    # past answers)
+    calibration: StatedChance = calibrate.DEFAULT
 
 
 @dataclass(frozen=True)
@@ -588,15 +590,17 @@ def _reasons(
 ) -> tuple[str, ...]:
     host, hist = ev.host, ev.hist
     n, free = len(host.gpus), host.free_count()
+    settled = getattr(w.calibration, "answers", 0)  # online.Recalibrated: outcomes used
+    own = f", checked against {settled} of this fleet's past answers" if settled else ""
     out = [
         f"{free} of {n} GPUs free now; GPU{'s' if len(gpus) > 1 else ''} "
         f"{', '.join(str(g.index) for g in gpus)} ({_model_label(gpus[0])},"
         f" {(gpus[0].memory_total_bytes or 0) / GIB:.0f} GB)",
         f"{pct(p)} chance none of them is taken in the next {_hours(req.hours)}"
-        f" (from {hist.hours_known} h of history)"
+        f" (from {hist.hours_known} h of history{own})"
         if hist.hours_known
         else f"no history for this host: {pct(p)} chance they stay free for"
-        f" {_hours(req.hours)} at the fleet's usual rate",
+        f" {_hours(req.hours)} at the fleet's usual rate{own}",
     ]
     prof = hist.busy_profile
     if hist.hours_known >= 48 and not np.all(np.isnan(prof)):

@@ -147,6 +147,7 @@ def create_app(
         pruner = asyncio.create_task(_prune_forever(ctx))
         roller = asyncio.create_task(report_api.rollup_forever(ctx))  # usage warehouse
         recommender = asyncio.create_task(recommend_service.refresh_forever(app))  # history
+        settler = asyncio.create_task(recommend_service.settle_forever(app))  # its answers
         mailer = report_mail.attach(app, ctx)  # scheduled e-mail reports
         await _start_poller(ctx)
         alerter = _start_alerts(app, ctx, hub)  # alert rules, life cycle, channels (gpufleet.alerts)
@@ -172,7 +173,7 @@ def create_app(
                 app.state.ingest_workers = ctx.ingest_workers = None
                 await pool.stop()
             await queue_api.stop(app)
-            background = (pruner, collector, roller, recommender, mailer, alerter)
+            background = (pruner, collector, roller, recommender, settler, mailer, alerter)
             for task in background:
                 task.cancel()
             # A cancelled task's store call may still run on its thread; it finishes before
@@ -185,6 +186,8 @@ def create_app(
                 st.close()
             if getattr(app.state, "alerts", None) is not None:
                 app.state.alerts.db.close()
+            if getattr(app.state, "recommend", None) is not None:
+                app.state.recommend.close()
 
     app = GpufleetAPI(
         title="gpufleet",
