@@ -392,15 +392,24 @@ class GpufleetPolicy(Policy):
         """Realistic model: a running job moves to a faster GPU model that still has GPUs free
         after the pass (no waiting job took them) when the time it is expected to save (its
         expected remaining time x the speed-up) exceeds ``migrate_gain_seconds`` (a restart and
-        maybe a data copy are paid). Largest expected saving first."""
+        maybe a data copy are paid), and when it ranks (index x margin) above every waiting
+        job and none starves: a job a waiting one ranks with would be preempted by the next
+        pass that finds room for that one, and moving it would only add restarts (that churn
+        made an overloaded VC run 200,000 moves). Largest expected saving first."""
         cluster = ctx.cluster
         free = dict(cluster.free_by_model)
         if not ctx.running or not any(free.values()):
             return
         now = ctx.now_seconds
+        entry = self.ranked.first_entry()
+        if entry is not None and self._any_starving(now):
+            return  # a starving job outranks every running one
+        best_waiting = -entry[0][0] if entry is not None else -math.inf
         moves: list[tuple[float, int, str]] = []
         for job in ctx.running.values():
             assert job.placement is not None
+            if self._running_key(job, now)[1] >= -best_waiting:
+                continue  # a waiting job ranks as high: a pass may take its GPUs, don't move it
             ratios = job.runtime_ratio_by_model
             here = ratios.get(job.placement.gpu_model, 1.0)
             faster = [
