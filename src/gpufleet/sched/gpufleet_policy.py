@@ -12,13 +12,20 @@ docs/scheduler.md; in short:
    ``predictor_ties``, shortest predicted runtime first). Until ``min_samples`` jobs have
    finished, least attained service first (LAS), which is where the Gittins index of a
    distribution with a decreasing hazard rate lands anyway. The table is kept on a grid of
-   attained-service values (sample quantiles) and rebuilt as finished jobs accumulate.
+   attained-service values (sample quantiles) and rebuilt as finished jobs accumulate
+   (``sched.gittins``). With ``classes`` (default) each GPU-count class (1, 2, 3-4, 5-8, 9+,
+   known at submission) has its own table, from its own finished jobs pooled with
+   ``class_prior`` pseudo-jobs of the global distribution. With ``censored`` the jobs still in
+   the system count as right-censored sizes (Kaplan-Meier); off by default: it lost.
 3. **Preemptive passes** like 2D-LAS: at each event the jobs are walked in index order and the
    GPUs go to those that fit (a job that does not fit is skipped); a running job that lost its
    place is preempted (its progress kept). Under the realistic cost model a running job keeps its
    GPUs unless the waiting job's index beats its index by ``preempt_margin`` (a restart and maybe
-   a data copy is paid), and a job is placed on its data host or the hosts it last ran on when it
-   can be.
+   a data copy is paid; ``reference_margin`` under the reference model, where it damps the churn
+   between jobs submitted together), and a job is placed on its data host or the hosts it last
+   ran on when it can be. After the passes, a running job moves to a faster GPU model left idle
+   when its expected remaining time (the mean residual size of its class) times the speed-up
+   beats ``migrate_gain_seconds``.
 4. **No starvation.** A job that has waited longer than ``starve_after_seconds`` plus
    ``starve_factor`` x its time held so far (since arrival or since it last ran) ranks before every
    job that is not starving (oldest first), so a big job behind a stream of small ones gets its
