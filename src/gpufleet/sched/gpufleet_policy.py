@@ -413,17 +413,18 @@ class GpufleetPolicy(Policy):
             return  # a starving job outranks every running one
         best_waiting = -entry[0][0] if entry is not None else -math.inf
         moves: list[tuple[float, int, str]] = []
+        idle = [m for m, n in free.items() if n > 0]
         for job in ctx.running.values():
             assert job.placement is not None
-            if self._running_key(job, now)[1] >= -best_waiting:
-                continue  # a waiting job ranks as high: a pass may take its GPUs, don't move it
             ratios = job.runtime_ratio_by_model
             here = ratios.get(job.placement.gpu_model, 1.0)
+            if all(ratios.get(m, math.inf) >= here for m in idle):
+                continue  # the cheap test first: no faster GPU model has GPUs idle
             faster = [
                 m for m in self.usable_models(job) if free[m] >= job.num_gpus and ratios[m] < here
             ]
-            if not faster:
-                continue
+            if not faster or self._running_key(job, now)[1] >= -best_waiting:
+                continue  # (a waiting job ranks as high: a pass may take its GPUs, keep it)
             best = min(faster, key=ratios.__getitem__)
             gain = self.expected_remaining(job, now) * (1.0 - ratios[best] / here)
             if gain > (self.migrate_gain_seconds or 0.0):
