@@ -12,13 +12,20 @@ docs/scheduler.md; in short:
    ``predictor_ties``, shortest predicted runtime first). Until ``min_samples`` jobs have
    finished, least attained service first (LAS), which is where the Gittins index of a
    distribution with a decreasing hazard rate lands anyway. The table is kept on a grid of
-   attained-service values (sample quantiles) and rebuilt as finished jobs accumulate.
+   attained-service values (sample quantiles) and rebuilt as finished jobs accumulate
+   (``sched.gittins``). With ``classes`` (default) each GPU-count class (1, 2, 3-4, 5-8, 9+,
+   known at submission) has its own table, from its own finished jobs pooled with
+   ``class_prior`` pseudo-jobs of the global distribution. With ``censored`` the jobs still in
+   the system count as right-censored sizes (Kaplan-Meier); off by default: it lost.
 3. **Preemptive passes** like 2D-LAS: at each event the jobs are walked in index order and the
    GPUs go to those that fit (a job that does not fit is skipped); a running job that lost its
    place is preempted (its progress kept). Under the realistic cost model a running job keeps its
    GPUs unless the waiting job's index beats its index by ``preempt_margin`` (a restart and maybe
-   a data copy is paid), and a job is placed on its data host or the hosts it last ran on when it
-   can be.
+   a data copy is paid; ``reference_margin`` under the reference model, where it damps the churn
+   between jobs submitted together), and a job is placed on its data host or the hosts it last
+   ran on when it can be. After the passes, a running job moves to a faster GPU model left idle
+   when its expected remaining time (the mean residual size of its class) times the speed-up
+   beats ``migrate_gain_seconds``.
 4. **No starvation.** A job that has waited longer than ``starve_after_seconds`` plus
    ``starve_factor`` x its time held so far (since arrival or since it last ran) ranks before every
    job that is not starving (oldest first), so a big job behind a stream of small ones gets its
@@ -31,12 +38,21 @@ import bisect
 import heapq
 import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from operator import itemgetter
 
 import numpy as np
 
 from gpufleet.sched.cluster import ClusterSpec, Placement
+from gpufleet.sched.gittins import (
+    SizeDistribution,
+    empirical,
+    gittins_table,
+    index_table,
+    kaplan_meier,
+    mean_residual,
+    mixture,
+)
 from gpufleet.sched.policy import Policy, RuntimeEstimator, SchedulerContext, allowed_models
 from gpufleet.sched.queue import SortedQueue
 from gpufleet.sched.simjob import SimJob
@@ -44,38 +60,10 @@ from gpufleet.sched.simjob import SimJob
 # (starving 0/1, -index, running-and-sticky 0/1, tie, arrival, job id): the pass's order
 _Key = tuple[float, float, float, float, float, int]
 _first = itemgetter(0)
+# grid, index, -(index x margin), mean residual size (NaN: unknown) per grid cell
+_Table = tuple[list[float], list[float], list[float], list[float]]
 
-
-def gittins_table(
-    samples: np.ndarray, grid_points: int = 64, min_quantum: float = 60.0, monotone: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
-    """Grid of attained service values (0 and sample quantiles) and the Gittins index at each.
-
-    ``index[i]`` is for attained service in ``[grid[i], grid[i+1])``. A job is served at least
-    until the next grid point (decisions are only revisited there), so the quanta ``D`` considered
-    are at least that step (and ``min_quantum``); past the largest sample the index is 0 (nothing
-    is known beyond it)."""
-    x = np.sort(np.asarray(samples, dtype=float))
-    qs = np.quantile(x, np.linspace(0.0, 1.0, grid_points)) if x.size else np.zeros(1)
-    grid = np.unique(np.concatenate(([0.0], qs)))
-    index = np.zeros(grid.size)
-    for i, a in enumerate(grid):
-        rest = x[x > a] - a
-        n = rest.size
-        if n == 0:
-            continue
-        step = max(min_quantum, (grid[i + 1] - a) if i + 1 < grid.size else 0.0)
-        total = np.cumsum(rest)
-        k = np.arange(1, n + 1, dtype=float)
-        spent = total + (n - k) * rest
-        ok = rest >= step
-        best = float(np.max(k[ok] / spent[ok])) if ok.any() else 0.0
-        c = int(np.searchsorted(rest, step, side="right"))  # done within one step
-        first = (float(total[c - 1]) if c else 0.0) + (n - c) * step
-        index[i] = max(best, c / first if first > 0 else 0.0)
-    if monotone:
-        index = np.minimum.accumulate(index)
-    return grid, index
+__all__ = ["GpufleetPolicy", "gittins_table"]
 
 
 # seconds: a wake-up heap entry is within rounding (nanoseconds) of the exact figure it bounds
@@ -159,6 +147,11 @@ class GpufleetPolicy(Policy):
         window: int = 4000,
         grid_points: int = 128,
         preempt_margin: float = 1.5,
+        reference_margin: float = 3.0,
+        censored: bool = False,
+        classes: bool = True,
+        class_prior: float = 50.0,
+        migrate_gain_seconds: float | None = 300.0,
         starve_after_seconds: float = 24 * 3600.0,
         starve_factor: float = 4.0,
         predictor_ties: bool = False,
@@ -178,7 +171,15 @@ class GpufleetPolicy(Policy):
         self.min_samples = min_samples
         self.window = window
         self.grid_points = grid_points
-        self.preempt_margin = preempt_margin if realistic else 1.0
+        self.preempt_margin = preempt_margin if realistic else reference_margin
+        self.censored = censored
+        self.classes = classes
+        self.class_prior = class_prior
+        self.migrate_gain_seconds = migrate_gain_seconds if realistic else None
+        self._residual_list: list[float] = [math.nan]
+        self._sample_class: list[int] = []
+        self._class_tables: dict[int, _Table] = {}
+        self._running: Mapping[int, SimJob] = {}
         self.starve_after_seconds = starve_after_seconds
         self.starve_factor = starve_factor
         self.predictor_ties = predictor_ties and estimator is not None
@@ -224,7 +225,7 @@ class GpufleetPolicy(Policy):
 
     def _wait_key(self, job: SimJob) -> tuple[float, float, float]:
         return (
-            -self.gittins(self._service(job, job.last_wait_from_seconds)),
+            -self.gittins(self._service(job, job.last_wait_from_seconds), job),
             self._tie.get(job.job_id, 0.0),
             job.arrival_seconds,
         )
@@ -248,11 +249,45 @@ class GpufleetPolicy(Policy):
         if not self._waiting_sizes[job.num_gpus]:
             del self._waiting_sizes[job.num_gpus]
 
-    def _rebuild(self) -> None:
+    def class_of(self, job: SimJob) -> int:
+        """The job's class, known at submission: its GPU count bucket (1, 2, 3-4, 5-8, 9+);
+        always 0 without ``classes``."""
+        if not self.classes:
+            return 0
+        n = job.num_gpus
+        return 0 if n <= 1 else 1 if n == 2 else 2 if n <= 4 else 3 if n <= 8 else 4
+
+    def _table_of(self, dist: SizeDistribution) -> _Table:
+        grid, index = index_table(dist, self.grid_points, monotone=self.monotone)
+        index_list = index.tolist()
+        neg_ranks = [-(x * self.preempt_margin) for x in index_list]
+        return grid.tolist(), index_list, neg_ranks, mean_residual(dist, grid).tolist()
+
+    def _rebuild(self, now: float = 0.0) -> None:
+        """The index tables from the latest ``window`` finished jobs (and, with ``censored``,
+        the attained service of the jobs still in the system, as right-censored sizes): one
+        global table, and with ``classes`` one per class seen, shrunk towards the global one
+        (``class_prior`` pseudo-observations of it)."""
         recent = np.array(self.samples[-self.window :])
-        self.grid, self.index = gittins_table(recent, self.grid_points, monotone=self.monotone)
-        self._grid_list = self.grid.tolist()
-        self._index_list = self.index.tolist()
+        self._class_tables = {}
+        if not self.censored and not self.classes:
+            self.grid, self.index = gittins_table(recent, self.grid_points, monotone=self.monotone)
+            self._grid_list = self.grid.tolist()
+            self._index_list = self.index.tolist()
+            self._residual_list = mean_residual(empirical(recent), self.grid).tolist()
+        else:
+            kinds = np.array(self._sample_class[-self.window :])
+            alive = [*self.waiting.values(), *self._running.values()] if self.censored else []
+            open_sizes = np.array([self._service(j, now) for j in alive], dtype=float)
+            open_kinds = np.array([self.class_of(j) for j in alive], dtype=int)
+            overall = kaplan_meier(recent, open_sizes)
+            self._grid_list, self._index_list, _, self._residual_list = self._table_of(overall)
+            self.grid, self.index = np.array(self._grid_list), np.array(self._index_list)
+            for c in np.unique(kinds).tolist() if self.classes else []:
+                mine = recent[kinds == c]
+                own = kaplan_meier(mine, open_sizes[open_kinds == c])
+                dist = mixture(own, float(mine.size), overall, self.class_prior)
+                self._class_tables[c] = self._table_of(dist)
         # -(index x margin) per grid cell: a running job's rank against waiting jobs
         self._neg_ranks = [-(x * self.preempt_margin) for x in self._index_list]
         self._built_at = len(self.samples)
@@ -262,38 +297,63 @@ class GpufleetPolicy(Policy):
         for job in self.waiting.values():
             self.ranked.add(job)
 
-    def gittins(self, attained: float) -> float:
-        """The job's Gittins index (LAS before enough jobs have finished)."""
+    def _tables(self, job: SimJob | None) -> _Table:
+        """The table a job is ranked by: its class's, else the global one."""
+        if job is not None and self._class_tables:
+            table = self._class_tables.get(self.class_of(job))
+            if table is not None:
+                return table
+        return self._grid_list, self._index_list, self._neg_ranks, self._residual_list
+
+    def gittins(self, attained: float, job: SimJob | None = None) -> float:
+        """The job's Gittins index (LAS before enough jobs have finished); ``job`` picks its
+        class's table (the global one without it)."""
         if len(self.samples) < self.min_samples:
             return 1.0 / (1.0 + attained)
-        i = bisect.bisect_right(self._grid_list, attained) - 1
-        return self._index_list[max(i, 0)]
+        grid, index, _, _ = self._tables(job)
+        i = bisect.bisect_right(grid, attained) - 1
+        return index[max(i, 0)]
 
-    def _next_crossing(self, attained: float) -> float:
+    def expected_remaining(self, job: SimJob, now: float) -> float:
+        """Expected seconds the job still holds its GPUs: the mean residual size of its class
+        at its attained service (per GPU when service is counted in GPU-seconds); beyond every
+        finished size, as long again as it has had (heavy tails)."""
+        attained = self._service(job, now)
+        if len(self.samples) < self.min_samples:
+            rest = attained
+        else:
+            grid, _, _, residual = self._tables(job)
+            rest = residual[max(bisect.bisect_right(grid, attained) - 1, 0)]
+            if math.isnan(rest):
+                rest = attained
+        return rest / job.num_gpus if self.gpu_time else rest
+
+    def _next_crossing(self, attained: float, job: SimJob | None = None) -> float:
         """Attained service at which the job's index next changes (inf: never)."""
         if len(self.samples) < self.min_samples:
             return math.inf  # LAS: the order between running jobs does not change
-        i = bisect.bisect_right(self._grid_list, attained)
-        return self._grid_list[i] if i < len(self._grid_list) else math.inf
+        grid = self._tables(job)[0]
+        i = bisect.bisect_right(grid, attained)
+        return grid[i] if i < len(grid) else math.inf
 
-    def _fall_point(self, attained: float, best: float) -> float:
+    def _fall_point(self, attained: float, best: float, job: SimJob | None = None) -> float:
         """Attained service at which a running job's rank (its index x the preemption margin)
         has fallen to ``best`` or below: the first grid point from its next crossing on where it
-        has (inf: none, or no crossing left)."""
-        grid = self._grid_list
+        has (inf: none, or no crossing left); ``job`` picks its class's table."""
+        grid, _, neg_ranks, _ = self._tables(job)
         k = bisect.bisect_right(grid, attained)  # the next crossing
         if k >= len(grid):
             return math.inf
         if self.monotone:
-            when = max(k, bisect.bisect_left(self._neg_ranks, -best))
+            when = max(k, bisect.bisect_left(neg_ranks, -best))
         else:
-            when = next((i for i in range(k, len(grid)) if -self._neg_ranks[i] <= best), len(grid))
+            when = next((i for i in range(k, len(grid)) if -neg_ranks[i] <= best), len(grid))
         return grid[when] if when < len(grid) else math.inf
 
-    def _crossing_from(self, attained: float, reach: float) -> float:
+    def _crossing_from(self, attained: float, reach: float, job: SimJob | None = None) -> float:
         """The first grid point at or above ``reach`` that is not before the job's next crossing
-        (inf: none, or no crossing left)."""
-        grid = self._grid_list
+        (inf: none, or no crossing left); ``job`` picks its class's table."""
+        grid = self._tables(job)[0]
         k = bisect.bisect_right(grid, attained)
         if k >= len(grid):
             return math.inf
@@ -322,6 +382,7 @@ class GpufleetPolicy(Policy):
         self._events += 1
         self._run.discard(job.job_id)
         self.samples.append(self._service(job, now_seconds))
+        self._sample_class.append(self.class_of(job))
         self._tie.pop(job.job_id, None)
         self.last_hosts.pop(job.job_id, None)
         if self.estimator is not None:
@@ -330,7 +391,7 @@ class GpufleetPolicy(Policy):
         if n >= self.min_samples and (
             self._built_at == 0 or n - self._built_at >= max(20, self._built_at // 10)
         ):
-            self._rebuild()
+            self._rebuild(now_seconds)
 
     # -- helpers ------------------------------------------------------------------------------
     def usable_models(self, job: SimJob) -> list[str]:
@@ -347,7 +408,7 @@ class GpufleetPolicy(Policy):
         return waited > self.starve_after_seconds + self.starve_factor * job.held_now(now)
 
     def _key(self, job: SimJob, now: float, running: bool) -> _Key:
-        index = self.gittins(self._service(job, now))
+        index = self.gittins(self._service(job, now), job)
         if running:
             index *= self.preempt_margin
         starving = 0.0 if (not running and self.starving(job, now)) else 1.0
@@ -371,7 +432,7 @@ class GpufleetPolicy(Policy):
         if len(self.samples) >= self.min_samples:  # LAS before that: the index moves always
             attained = self._service(job, now)
             rate = job.num_gpus if self.gpu_time else 1.0
-            until = now + (self._next_crossing(attained) - attained) / rate - 1e-6
+            until = now + (self._next_crossing(attained, job) - attained) / rate - 1e-6
             self._run_keys[job.job_id] = (
                 key,
                 until,
@@ -537,13 +598,19 @@ class GpufleetPolicy(Policy):
         job. Then the wake-up (``_plan_wakeup``)."""
         if self.shortcuts and self._quiet_still(ctx):
             self._unsettled = False  # what the pass, deciding nothing, would have left
+            self._running = ctx.running
+            if self.migrate_gain_seconds is not None and self._migrate(ctx):
+                self._quiet = None  # (the passes decided nothing; the move is a change)
             self._plan_wakeup(ctx)
             return
         self._unsettled = False
         self._changed = False
+        self._running = ctx.running
         for _ in range(2):
             if not self.waiting or not self._pass(ctx):
                 break
+        if self.migrate_gain_seconds is not None and self._migrate(ctx):
+            self._changed = True
         self._quiet = None if self._changed else (self._events, self._table_version)
         self._plan_wakeup(ctx)
 
@@ -570,6 +637,60 @@ class GpufleetPolicy(Policy):
         moved = self._sync_running(ctx, now)
         starving = self._update_starving(now)
         return not moved and not starving
+
+    def _migrate(self, ctx: SchedulerContext) -> bool:
+        """Realistic model: a running job moves to a faster GPU model that still has GPUs free
+        after the pass (no waiting job took them) when the time it is expected to save (its
+        expected remaining time x the speed-up) exceeds ``migrate_gain_seconds`` (a restart and
+        maybe a data copy are paid), and when it ranks (index x margin) above every waiting
+        job and none starves: a job a waiting one ranks with would be preempted by the next
+        pass that finds room for that one, and moving it would only add restarts (that churn
+        made an overloaded VC run 200,000 moves). Largest expected saving first. True if a job
+        moved."""
+        cluster = ctx.cluster
+        free = dict(cluster.free_by_model)
+        if not ctx.running or not any(free.values()):
+            return False
+        now = ctx.now_seconds
+        entry = self.ranked.first_entry()
+        if entry is not None and self._any_starving(now):
+            return False  # a starving job outranks every running one
+        best_waiting = -entry[0][0] if entry is not None else -math.inf
+        moves: list[tuple[float, int, str]] = []
+        idle = [m for m, n in free.items() if n > 0]
+        for job in ctx.running.values():
+            assert job.placement is not None
+            ratios = job.runtime_ratio_by_model
+            here = ratios.get(job.placement.gpu_model, 1.0)
+            if all(ratios.get(m, math.inf) >= here for m in idle):
+                continue  # the cheap test first: no faster GPU model has GPUs idle
+            faster = [
+                m for m in self.usable_models(job) if free[m] >= job.num_gpus and ratios[m] < here
+            ]
+            if not faster or self._running_key(job, now)[1] >= -best_waiting:
+                continue  # (a waiting job ranks as high: a pass may take its GPUs, keep it)
+            best = min(faster, key=ratios.__getitem__)
+            gain = self.expected_remaining(job, now) * (1.0 - ratios[best] / here)
+            if gain > (self.migrate_gain_seconds or 0.0):
+                moves.append((gain, job.job_id, best))
+        moved = False
+        for _, job_id, model in sorted(moves, reverse=True):
+            job = ctx.running[job_id]
+            if free[model] < job.num_gpus:
+                continue
+            placement = self._place(job, model, ctx)
+            if placement is None:
+                continue
+            assert job.placement is not None
+            free[job.placement.gpu_model] += job.num_gpus
+            free[model] -= job.num_gpus
+            ctx.preempt(job)
+            self._run.discard(job_id)
+            self.last_hosts[job.job_id] = placement.host_ids[0]
+            ctx.start(job, placement)
+            self._run.add(job)
+            moved = True
+        return moved
 
     def _pass(self, ctx: SchedulerContext) -> bool:
         """Walk the jobs in rank order, give GPUs to those that fit; True if it preempted.
@@ -712,12 +833,12 @@ class GpufleetPolicy(Policy):
         attained = self._service(job, now)
         rate = job.num_gpus if self.gpu_time else 1.0
         if kind == "cross" or (kind is None and self._unsettled):
-            target = self._next_crossing(attained)
+            target = self._next_crossing(attained, job)
         else:
-            target = self._fall_point(attained, best)
+            target = self._fall_point(attained, best, job)
         if math.isfinite(starve):
             reach = attained + (starve - now) * rate
-            target = min(target, self._crossing_from(attained, reach))
+            target = min(target, self._crossing_from(attained, reach, job))
         if target == math.inf:
             return math.inf
         return now + (target - attained) / rate + 1e-6  # a microsecond past: surely across it
