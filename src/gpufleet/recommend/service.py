@@ -176,9 +176,11 @@ class RecommendService:
             self.map = self.chance.recalibration(time.time(), calibrate.DEFAULT)
 
     def close(self) -> None:
+        """Write what is not written yet and close the file (once; later calls do nothing)."""
         if self.db is not None:
             self._save([], [])
             self.db.close()
+            self.db = None
 
     def _save(self, settled: list[Said], etas_settled: list[tuple[str, float]]) -> None:
         assert self.db is not None

@@ -188,6 +188,7 @@ def create_app(
                 app.state.alerts.db.close()
             if getattr(app.state, "recommend", None) is not None:
                 app.state.recommend.close()
+                app.state.recommend = None
 
     app = GpufleetAPI(
         title="gpufleet",
