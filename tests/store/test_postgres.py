@@ -109,6 +109,26 @@ def test_concurrent_submits_from_threads_store_each_batch_once(postgres_url):
     store.close()
 
 
+def test_a_write_whose_waiter_gave_up_does_not_stop_the_writer(postgres_url):
+    # an ingest request that timed out cancels its future; the writer, committing the batch
+    # anyway, must not die resolving it (it did: every later write then hung, and acknowledged
+    # batches of the ingest workers' logs were applied only after a restart)
+    store = open_store(postgres_url)
+    try:
+        given_up = [store.submit(item(make_batch(make_sample(f"gone{i}", gpus=1, procs=1))))
+                    for i in range(20)]  # fmt: skip
+        for fut in given_up:
+            fut.cancel()
+        later = store.submit(item(make_batch(make_sample("later", gpus=1, procs=1))))
+        assert later.result(timeout=120) is True
+        assert store.write(lambda cur: 1) == 1
+        # the abandoned batches were committed all the same (the agent's resend is a duplicate)
+        assert all(f.cancelled() for f in given_up)
+        assert store.count("host_samples") == 21
+    finally:
+        store.close()
+
+
 def test_dedupe_across_restarts_and_between_processes(postgres_url):
     batch = make_batch(make_sample("h"))
     first = open_store(postgres_url)

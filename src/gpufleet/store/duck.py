@@ -51,7 +51,7 @@ from gpufleet.store.rows import (
 )
 from gpufleet.store.schema import MIGRATIONS, RAW_TABLES
 from gpufleet.store.sqlreads import SqlReads
-from gpufleet.store.waiters import Waiter, settle
+from gpufleet.store.waiters import Waiter, resolve, settle
 
 log = logging.getLogger(__name__)
 
@@ -361,9 +361,9 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
             con.execute("COMMIT")
         except BaseException as exc:
             con.execute("ROLLBACK")
-            fut.set_exception(exc)
+            resolve(fut, None, exc)
         else:
-            fut.set_result(result)
+            resolve(fut, result, None)
 
     def _ingest_group(self, con, group) -> None:
         if self._log is not None:

@@ -45,6 +45,7 @@ from gpufleet.store.rows import (
 )
 from gpufleet.store.schema import RAW_TABLES
 from gpufleet.store.sqlreads import SqlReads
+from gpufleet.store.waiters import resolve
 
 log = logging.getLogger(__name__)
 
@@ -281,9 +282,9 @@ class PostgresStore(warehouse.WarehouseMixin, SqlReads, Store):
                 if self._pending_hosts:
                     self._flush_hosts(cur)
         except BaseException as exc:
-            fut.set_exception(exc)
+            resolve(fut, None, exc)
         else:
-            fut.set_result(result)
+            resolve(fut, result, None)
 
     def _ingest_group(self, group) -> None:
         try:
@@ -294,13 +295,13 @@ class PostgresStore(warehouse.WarehouseMixin, SqlReads, Store):
                 # and retry), rather than one connection attempt per batch.
                 log.error("store: %d batch(es) not stored: %s", len(group), exc)
                 for _, fut in group:
-                    fut.set_exception(StoreError(f"store write failed: {exc}"))
+                    resolve(fut, None, StoreError(f"store write failed: {exc}"))
                 return
             with contextlib.suppress(Exception):  # another process may have dropped some
                 self._parts = self._load_partitions(self._writer_con())
             if len(group) == 1:
                 log.exception("store: batch %s not stored", group[0][0].batch.batch_id)
-                group[0][1].set_exception(StoreError(f"store write failed: {exc}"))
+                resolve(group[0][1], None, StoreError(f"store write failed: {exc}"))
                 return
             for one in group:  # one bad batch must not sink the others: retry each alone
                 self._ingest_group([one])
@@ -309,7 +310,7 @@ class PostgresStore(warehouse.WarehouseMixin, SqlReads, Store):
             if stored:  # noted after the commit, so the hosts table never shows a lost sample
                 for smp in item.batch.samples:
                     note_host(self._pending_hosts, item, smp)
-            fut.set_result(stored)
+            resolve(fut, stored, None)
 
     def _ingest_txn(self, items: list[IngestItem]) -> list[bool]:
         con = self._writer_con()

@@ -8,6 +8,7 @@ future and a call into the loop per batch.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 from typing import Any
 
@@ -34,13 +35,22 @@ def settle(outcomes: list[tuple[Any, Any, BaseException | None]]) -> None:
     for waiter, value, error in outcomes:
         if isinstance(waiter, Waiter):
             per_loop.setdefault(waiter.loop, []).append((waiter.future, value, error))
-        elif error is not None:
-            waiter.set_exception(error)
         else:
-            waiter.set_result(value)
+            resolve(waiter, value, error)
     for loop, items in per_loop.items():
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
             loop.call_soon_threadsafe(_settle_in_loop, items)
+
+
+def resolve(future: concurrent.futures.Future, value: Any, error: BaseException | None) -> None:
+    """Resolve a thread-safe future from a writer thread. One its waiter gave up on (cancelled:
+    the request timed out, the client went away) is left as it is: raising here would kill the
+    writer thread, and with it every later write."""
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
 
 
 def _settle_in_loop(items: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
