@@ -26,8 +26,9 @@ PACKAGE = ROOT / "src" / "gpufleet"
 LEVELS: list[tuple[str, ...]] = [
     # 0: the error types every layer raises
     ("errors", "__init__"),
-    # 1: leaves: the wire schema, pure helpers, the Philly trace, the warehouse's pure core
-    ("wire", "promtext", "hostfilter", "containers", "philly", "warehouse"),
+    # 1: leaves: the wire schema, pure helpers, the Philly trace, the warehouse's pure core,
+    # capabilities' own SQLite files
+    ("wire", "promtext", "hostfilter", "containers", "philly", "warehouse", "sidefile"),
     # 2: collectors and the pure scheduling core
     ("agent", "poller", "sched"),
     # 3: settings (validates the poller's host list)

@@ -7,13 +7,13 @@ and written at most once per evaluation tick, so it stays off the store's writer
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
 from gpufleet.alerts.notify import Silence
+from gpufleet.sidefile import open_sidefile
 
 SCHEMA = [
     # version 1
@@ -41,15 +41,8 @@ SCHEMA = [
 class AlertDB:
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = open_sidefile(self.path, SCHEMA)
         self._lock = threading.Lock()
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        for i, script in enumerate(SCHEMA[version:], start=version + 1):
-            with self._lock:
-                self._db.executescript(f"BEGIN; {script}; PRAGMA user_version={i}; COMMIT;")
 
     def close(self) -> None:
         with self._lock:

@@ -9,12 +9,12 @@ answers of the last settling interval). The ledgers of
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 
 from gpufleet.recommend.online import ChanceLedger, EtaLedger, Said
+from gpufleet.sidefile import open_sidefile
 
 DB_FILE = "recommend.sqlite3"
 
@@ -36,16 +36,8 @@ SCHEMA = [
 class OutcomeDB:
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # no fsync per commit (WAL: still safe)
+        self._db = open_sidefile(self.path, SCHEMA, fsync_each_commit=False)
         self._lock = threading.Lock()
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        for i, script in enumerate(SCHEMA[version:], start=version + 1):
-            with self._lock:
-                self._db.executescript(f"BEGIN; {script}; PRAGMA user_version={i}; COMMIT;")
 
     def close(self) -> None:
         with self._lock:
