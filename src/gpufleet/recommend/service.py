@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -310,33 +311,34 @@ class RecommendService:
         return dataclasses.replace(ans, eta=eta) if eta is not ans.eta else ans
 
 
+async def _every(app: Any, what: str, work: Callable[[RecommendService], object],
+                 interval: Callable[[Any], float | None]) -> None:  # fmt: skip
+    """Run ``work`` on the app's service in a thread, again ``interval(settings)`` seconds later
+    (None: not now, look again in a second); a failure is logged and retried."""
+    while True:
+        ctx = getattr(app.state, "ctx", None)
+        seconds = interval(ctx.settings) if ctx is not None else None
+        if seconds is None:
+            await asyncio.sleep(1.0)
+            continue
+        try:
+            await asyncio.to_thread(work, service_of(app))
+        except Exception:
+            log.exception("recommend: %s failed; will try again", what)
+        await asyncio.sleep(seconds)
+
+
 async def settle_forever(app: Any) -> None:
     """Settle the recommender's past answers against the live state every
     ``recommend.settle_seconds`` (and refit what it states)."""
-    while True:
-        ctx = getattr(app.state, "ctx", None)
-        if ctx is not None and ctx.settings.recommend.calibrate_online:
-            try:
-                await asyncio.to_thread(service_of(app).settle)
-            except Exception:
-                log.exception("recommend: settling past answers failed; will try again")
-            await asyncio.sleep(ctx.settings.recommend.settle_seconds)
-        else:
-            await asyncio.sleep(1.0)
+    await _every(app, "settling past answers", RecommendService.settle,
+                 lambda s: s.recommend.settle_seconds if s.recommend.calibrate_online else None)
 
 
 async def refresh_forever(app: Any) -> None:
     """Rebuild the history features every ``recommend.history_refresh_seconds``."""
-    while True:
-        ctx = getattr(app.state, "ctx", None)
-        if ctx is not None:
-            try:
-                await asyncio.to_thread(service_of(app).refresh_history)
-            except Exception:
-                log.exception("recommend: history refresh failed; will try again")
-            await asyncio.sleep(ctx.settings.recommend.history_refresh_seconds)
-        else:
-            await asyncio.sleep(1.0)
+    await _every(app, "history refresh", RecommendService.refresh_history,
+                 lambda s: s.recommend.history_refresh_seconds)
 
 
 def service_of(app: Any) -> RecommendService:
