@@ -136,7 +136,14 @@ def _vc_run(task: tuple[str, float, int, list[str], str, int]) -> dict[str, Any]
     gavel = load_gavel(DATA / "gavel_throughputs.json")
     trace = read_philly(DATA / "philly_jobs.csv", [vc])[:max_jobs]
     experiment = Experiment(trace, parse_cluster(cluster), gavel, load=load, seed=seed)
+    cpu = time.process_time()
     results = experiment.run(policies, Predictor(bench_rows(gavel)))
+    print(
+        f"  [{vc} load {load:g} seed {seed} {','.join(policies)}: "
+        f"{time.process_time() - cpu:.1f} CPU s]",
+        file=sys.stderr,
+        flush=True,
+    )
     return {
         "vc": vc,
         "load": load,
