@@ -38,7 +38,7 @@ def errors_of(body: dict, f: FleetSnap) -> list[dict]:
     return validation_details(exc.value)
 
 
-BASE = {"gpus": 2, "gpu_mem_gb": 40, "hours": 6}
+BASE = {"gpus": 2, "gpu_mem_gib": 40, "hours": 6}
 
 
 @pytest.mark.parametrize(
@@ -46,19 +46,21 @@ BASE = {"gpus": 2, "gpu_mem_gb": 40, "hours": 6}
     [
         ({"gpus": 0}, "gpus", "greater than or equal to 1"),
         ({"gpus": "two"}, "gpus", "valid integer"),
-        ({"gpu_mem_gb": 0}, "gpu_mem_gb", "greater than 0"),
-        ({"gpu_mem_gb": -5}, "gpu_mem_gb", "greater than 0"),
-        ({"gpu_mem_gb": 200}, "gpu_mem_gb", "more than the largest GPU in the fleet (80 GB)"),
+        ({"gpu_mem_gib": 0}, "gpu_mem_gib", "greater than 0"),
+        ({"gpu_mem_gib": -5}, "gpu_mem_gib", "greater than 0"),
+        ({"gpu_mem_gib": 200}, "gpu_mem_gib", "more than the largest GPU in the fleet (80 GiB)"),
         ({"hours": 0}, "hours", "greater than 0"),
         ({"hours": float("nan")}, "hours", "finite"),
         ({"gpu_models": ["H100"]}, "gpu_models[0]", "no GPU in the fleet is a 'H100'"),
         ({"gpu_models": ["A100", "K80"]}, "gpu_models[1]", "no GPU in the fleet is a 'K80'"),
         ({"model": "llama-9000"}, "model", "unknown model type"),
-        ({"data_gb": -1}, "data_gb", "greater than or equal to 0"),
-        ({"data_gb": 10, "data_host": "nowhere"}, "data_host", "no host named 'nowhere'"),
+        ({"data_gib": -1}, "data_gib", "greater than or equal to 0"),
+        ({"data_gib": 10, "data_host": "nowhere"}, "data_host", "no host named 'nowhere'"),
         ({"gpus": 9}, "gpus", "can never fit: at most 8 such GPUs on any one host"),
-        ({"gpus": 2, "gpu_models": ["V100"]}, "gpu_mem_gb", "largest matching GPU"),
+        ({"gpus": 2, "gpu_models": ["V100"]}, "gpu_mem_gib", "largest matching GPU"),
         ({"colour": "red"}, "colour", "Extra inputs are not permitted"),
+        ({"gpu_mem_gb": 40}, "gpu_mem_gb", "renamed to gpu_mem_gib"),
+        ({"data_gb": 10}, "data_gb", "renamed to data_gib"),
     ],
 )
 def test_invalid_requests_name_the_field(change: dict, loc: str, words: str) -> None:
@@ -82,7 +84,7 @@ def test_multi_host_allows_more_than_one_host_holds() -> None:
 def test_model_names_and_gpu_models_are_forgiving() -> None:
     f = fleet(host("a100-1"), host("v100-1", model=1))
     r = request_from_any(
-        {**BASE, "gpu_mem_gb": 16, "gpu_models": ["v100"], "model": "ResNet-50"}, f
+        {**BASE, "gpu_mem_gib": 16, "gpu_models": ["v100"], "model": "ResNet-50"}, f
     )
     ans = recommend(r, f, FleetHistory())
     assert [c.host for c in ans.choices] == ["v100-1"]
@@ -121,7 +123,7 @@ def test_never_recommends_a_taken_reserved_offline_or_small_gpu() -> None:
         hist = random_history(f, rng)
         body = {
             "gpus": rng.choice([1, 1, 2, 3, 4, 8]),
-            "gpu_mem_gb": rng.choice([4, 14, 16, 30, 40, 79]),
+            "gpu_mem_gib": rng.choice([4, 14, 16, 30, 40, 79]),
             "hours": rng.choice([0.5, 3, 24, 200]),
             "multi_host": rng.random() < 0.3,
             "limit": 50,
@@ -177,7 +179,7 @@ def test_history_steers_to_quiet_hosts_and_explains() -> None:
         p = 0.5 if name == "busy-1" else 0.02
         held[i] = (rng.random(hours) < p).astype(float)
     hist = build_history(HourlyHeld(int(NOW // 3600) * 3600 - hours * 3600, keys, held))
-    req = request_from_any({**BASE, "gpu_mem_gb": 10, "model": "resnet50"}, f)
+    req = request_from_any({**BASE, "gpu_mem_gib": 10, "model": "resnet50"}, f)
     ans = recommend(req, f, hist)
     assert [c.host for c in ans.choices] == ["quiet-1", "busy-1"]
     best = ans.choices[0]
@@ -193,16 +195,16 @@ def test_history_steers_to_quiet_hosts_and_explains() -> None:
 
 def test_data_location_and_eta_when_nothing_fits() -> None:
     f = fleet(host("a", n=4), host("b", n=4))
-    req = request_from_any({**BASE, "gpu_mem_gb": 10, "data_gb": 500, "data_host": "b"}, f)
+    req = request_from_any({**BASE, "gpu_mem_gib": 10, "data_gib": 500, "data_host": "b"}, f)
     ans = recommend(req, f, FleetHistory())
     assert ans.choices[0].host == "b"
     assert 0.0 < ans.choices[0].p_free < 1.0  # no history: the fleet's default rate, not "never"
     assert "already here" in " ".join(ans.choices[0].reasons)
-    assert "copying 500 GB from b" in " ".join(ans.choices[1].reasons)
+    assert "copying 500 GiB from b takes ~1.2 h" in " ".join(ans.choices[1].reasons)
 
     full = fleet(host("a", n=4, taken=(0, 1, 2, 3)), host("b", n=4, taken=(0, 1, 2)),
                  host("c", n=4, status="offline"))  # fmt: skip
-    req = request_from_any({**BASE, "gpu_mem_gb": 10}, full)
+    req = request_from_any({**BASE, "gpu_mem_gib": 10}, full)
     ans = recommend(req, full, FleetHistory())
     assert ans.choices == ()
     assert "no online host has 2 free GPUs" in (ans.note or "")
@@ -214,7 +216,7 @@ def test_data_location_and_eta_when_nothing_fits() -> None:
     assert "likeliest on a: GPU 0 held for 1.0 h" in ans.eta.reason
     # one GPU held for 1 h, needed alone: the median is that GPU's own, 1 h
     one = fleet(host("a", n=1, taken=(0,)))
-    req1 = request_from_any({**BASE, "gpus": 1, "gpu_mem_gb": 10}, one)
+    req1 = request_from_any({**BASE, "gpus": 1, "gpu_mem_gib": 10}, one)
     eta1 = recommend(req1, one, FleetHistory()).eta
     assert eta1 is not None and eta1.in_hours == pytest.approx(1.0, rel=0.05)
     assert eta1.high_hours == pytest.approx(9.0, rel=0.1)
@@ -223,8 +225,8 @@ def test_data_location_and_eta_when_nothing_fits() -> None:
 
 def test_request_model_alone_checks_sizes() -> None:
     with pytest.raises(ValidationError):
-        RecommendRequest(gpus=1, gpu_mem_gb=0, hours=1)
-    r = RecommendRequest(gpus=1, gpu_mem_gb=40, hours=1)
+        RecommendRequest(gpus=1, gpu_mem_gib=0, hours=1)
+    r = RecommendRequest(gpus=1, gpu_mem_gib=40, hours=1)
     assert r.gpu_mem_bytes == 40 * GIB
 
 
@@ -259,16 +261,16 @@ def test_strict_numbers_and_memory_a_card_never_has_free() -> None:
         GpuSnap(i, MODELS[0][0], 80 * GIB, "free", memory_used_bytes=300 * 2**20) for i in range(8)
     )
     f = fleet(HostSnap("a100-1", used))
-    (d,) = errors_of({**BASE, "gpu_mem_gb": 80}, f)
-    assert d["loc"] == "gpu_mem_gb" and "can never fit" in d["msg"] and "79.7 GB" in d["msg"]
-    assert request_from_any({**BASE, "gpu_mem_gb": 79}, f).gpu_mem_gb == 79
+    (d,) = errors_of({**BASE, "gpu_mem_gib": 80}, f)
+    assert d["loc"] == "gpu_mem_gib" and "can never fit" in d["msg"] and "79.7 GiB" in d["msg"]
+    assert request_from_any({**BASE, "gpu_mem_gib": 79}, f).gpu_mem_gib == 79
 
 
 @pytest.mark.parametrize(
     "hosts, body, words",
     [
         ([host("a", taken=(0, 1, 2, 3, 4, 5, 6))], {}, "GPUs: at most 1 of them free"),
-        ([host("a", model=2), host("b", status="offline")], {"gpu_mem_gb": 20}, "hosts offline"),
+        ([host("a", model=2), host("b", status="offline")], {"gpu_mem_gib": 20}, "hosts offline"),
         (
             [host("a"), host("b", model=2, status="offline")],
             {"gpu_models": ["T4"]},
@@ -276,15 +278,15 @@ def test_strict_numbers_and_memory_a_card_never_has_free() -> None:
         ),
         (
             [host("a", disk_free_bytes=10**9), host("b", disk_free_bytes=10**9)],
-            {"data_gb": 50, "data_host": "a"},
+            {"data_gib": 50, "data_host": "a"},
             None,
         ),
-        ([host("a", disk_free_bytes=10**9)], {"data_gb": 50}, "disk: the hosts with 2 free GPUs"),
+        ([host("a", disk_free_bytes=10**9)], {"data_gib": 50}, "disk: the hosts with 2 free GPUs"),
     ],
 )
 def test_nothing_fits_names_the_limit(hosts, body, words) -> None:
     f = fleet(*hosts)
-    req = request_from_any({**BASE, "gpu_mem_gb": 10} | body, f)
+    req = request_from_any({**BASE, "gpu_mem_gib": 10} | body, f)
     ans = recommend(req, f, FleetHistory())
     if words is None:  # the data is on "a": no copy needed there, so it fits
         assert ans.choices and ans.choices[0].host == "a"
@@ -302,7 +304,7 @@ def test_memory_in_use_is_named_and_eta_has_a_range() -> None:
         for i in range(4, 8)
     )  # fmt: skip
     f = fleet(HostSnap("a", half))
-    req = request_from_any({**BASE, "gpu_mem_gb": 40}, f)
+    req = request_from_any({**BASE, "gpu_mem_gib": 40}, f)
     ans = recommend(req, f, FleetHistory())
     assert "GPU memory in use" in (ans.note or "")
     assert ans.eta is not None and ans.eta.gpus == (4, 5)
@@ -334,7 +336,7 @@ def test_remembered_answers_are_not_offered_again_until_they_expire() -> None:
     from gpufleet.recommend.rank import FleetIndex
 
     f = fleet(host("a", n=2), host("b", n=2))
-    req = request_from_any({**BASE, "gpus": 2, "gpu_mem_gb": 10, "hours": 1}, f)
+    req = request_from_any({**BASE, "gpus": 2, "gpu_mem_gib": 10, "hours": 1}, f)
     top = GpufleetTop(remember_seconds=600)
     first = top(req, f, FleetHistory())
     second = top(req, f, FleetHistory())

@@ -48,7 +48,7 @@ def test_answers_are_settled_from_live_state_and_survive_a_restart(ctx) -> None:
     show(ctx, "a100-01", 5, t0)
     show(ctx, "a100-02", 5, t0)
     svc = RecommendService(ctx)
-    out = ask(svc, {"gpus": 1, "gpu_mem_gb": 20, "hours": 1, "limit": 2}, t0)
+    out = ask(svc, {"gpus": 1, "gpu_mem_gib": 20, "hours": 1, "limit": 2}, t0)
     assert out["calibrated_on_answers"] == 0 and len(out["recommendations"]) == 2
     top, other = out["recommendations"]
     # someone else takes the second answer's GPU 20 minutes later
@@ -69,7 +69,7 @@ def test_answers_are_settled_from_live_state_and_survive_a_restart(ctx) -> None:
     assert kept == sorted([(top["host"], tuple(top["gpus"]), True),
                            (other["host"], tuple(other["gpus"]), False)])  # fmt: skip
     again.settle(t0 + 3800)
-    out = ask(again, {"gpus": 1, "gpu_mem_gb": 20, "hours": 1}, t0 + 3800)
+    out = ask(again, {"gpus": 1, "gpu_mem_gib": 20, "hours": 1}, t0 + 3800)
     assert out["calibrated_on_answers"] == 1
     assert any("checked against 1 of this fleet's past answers" in why
                for why in out["recommendations"][0]["reasons"])  # fmt: skip
@@ -80,7 +80,7 @@ def test_a_nothing_fits_estimate_is_settled_when_a_set_fits_and_kept_across_a_re
     t0 = time.time()
     show(ctx, "a100-01", 6, t0)
     svc = RecommendService(ctx)
-    out = ask(svc, {"gpus": 4, "gpu_mem_gb": 20, "hours": 2}, t0)
+    out = ask(svc, {"gpus": 4, "gpu_mem_gib": 20, "hours": 2}, t0)
     assert out["recommendations"] == [] and out["eta"]["range_from"] == "past holds"
     svc.close()
     svc = RecommendService(ctx)  # restarted while it waits
@@ -98,6 +98,36 @@ def test_switched_off_it_states_the_offline_map(ctx, tmp_path) -> None:
     t0 = time.time()
     show(ctx, "a100-01", 5, t0)
     svc = RecommendService(ctx)
-    out = ask(svc, {"gpus": 1, "gpu_mem_gb": 20, "hours": 1}, t0)
+    out = ask(svc, {"gpus": 1, "gpu_mem_gib": 20, "hours": 1}, t0)
     assert out["calibrated_on_answers"] == 0 and svc.settle(t0 + 60) == {}
     assert not (tmp_path / "recommend.sqlite3").exists()
+
+
+def test_an_estimate_saved_under_the_old_field_names_is_still_settled(ctx) -> None:
+    """a recommend.sqlite3 written earlier holds requests with ``gpu_mem_gb``/``data_gb``:
+    they are read in today's names (GiB), not dropped."""
+    import json
+    import sqlite3
+    from pathlib import Path
+
+    from gpufleet.recommend.outcomes import DB_FILE
+
+    t0 = time.time()
+    show(ctx, "a100-01", 6, t0)
+    svc = RecommendService(ctx)
+    out = ask(svc, {"gpus": 4, "gpu_mem_gib": 20, "hours": 2}, t0)
+    assert out["recommendations"] == [] and out["eta"] is not None
+    svc.close()
+    db = sqlite3.connect(Path(ctx.settings.server.data_dir) / DB_FILE)
+    ((key, body),) = db.execute("SELECT key, request FROM etas").fetchall()
+    old = json.loads(body)
+    old["gpu_mem_gb"] = old.pop("gpu_mem_gib")
+    old["data_gb"] = 2**30 / 10**9 * old.pop("data_gib", 0.0)
+    db.execute("UPDATE etas SET request = ? WHERE key = ?", (json.dumps(old), key))
+    db.commit()
+    db.close()
+    svc = RecommendService(ctx)
+    assert svc.eta_requests[key].gpu_mem_gib == 20
+    show(ctx, "a100-01", 2, t0 + 1800)  # four GPUs freed
+    assert svc.settle(t0 + 1800)["estimates_settled"] == 1
+    svc.close()

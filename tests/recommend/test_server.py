@@ -40,7 +40,7 @@ def fed(server):
 
 
 def test_api_ranks_free_gpus_with_reasons_and_command(fed) -> None:
-    r = post(fed, {"gpus": 2, "gpu_mem_gb": 40, "hours": 6, "model": "resnet50"})
+    r = post(fed, {"gpus": 2, "gpu_mem_gib": 40, "hours": 6, "model": "resnet50"})
     assert r.status_code == 200, r.text
     data = r.json()
     recs = data["recommendations"]
@@ -56,7 +56,7 @@ def test_api_ranks_free_gpus_with_reasons_and_command(fed) -> None:
     assert data["eta"] is None
     # the next asker is not sent to the set just recommended (the server remembers its
     # answers until that job had time to start): another host here
-    again = post(fed, {"gpus": 2, "gpu_mem_gb": 40, "hours": 6, "model": "resnet50"}).json()
+    again = post(fed, {"gpus": 2, "gpu_mem_gib": 40, "hours": 6, "model": "resnet50"}).json()
     top, nxt = recs[0], again["recommendations"][0]
     assert nxt["host"] != top["host"] or not set(nxt["gpus"]) & set(top["gpus"])
     assert all(
@@ -64,7 +64,7 @@ def test_api_ranks_free_gpus_with_reasons_and_command(fed) -> None:
         for r in again["recommendations"]
     )
     # nothing fits now: when and where it likely will
-    r = post(fed, {"gpus": 4, "gpu_mem_gb": 60, "hours": 2})
+    r = post(fed, {"gpus": 4, "gpu_mem_gib": 60, "hours": 2})
     assert r.status_code == 200, r.text
     data = r.json()
     assert data["recommendations"] == []
@@ -73,14 +73,14 @@ def test_api_ranks_free_gpus_with_reasons_and_command(fed) -> None:
 
 
 ERRORS = [
-    ({"gpus": 0, "gpu_mem_gb": 8, "hours": 1}, "gpus", "greater than or equal to 1"),
-    ({"gpus": 1, "gpu_mem_gb": 100, "hours": 1}, "gpu_mem_gb", "largest GPU in the fleet"),
-    ({"gpus": 1, "gpu_mem_gb": 8, "hours": -1}, "hours", "greater than 0"),
-    ({"gpus": 1, "gpu_mem_gb": 8, "hours": 1, "gpu_models": ["H100"]}, "gpu_models[0]", "H100"),
-    ({"gpus": 1, "gpu_mem_gb": 8, "hours": 1, "model": "foo"}, "model", "unknown model type"),
-    ({"gpus": 9, "gpu_mem_gb": 8, "hours": 1}, "gpus", "can never fit"),
-    ({"gpu_mem_gb": 8, "hours": 1}, "gpus", "Field required"),
-    ({"gpus": 1, "gpu_mem_gb": 8, "hours": 1, "data_host": "x"}, "data_host", "no host named"),
+    ({"gpus": 0, "gpu_mem_gib": 8, "hours": 1}, "gpus", "greater than or equal to 1"),
+    ({"gpus": 1, "gpu_mem_gib": 100, "hours": 1}, "gpu_mem_gib", "largest GPU in the fleet"),
+    ({"gpus": 1, "gpu_mem_gib": 8, "hours": -1}, "hours", "greater than 0"),
+    ({"gpus": 1, "gpu_mem_gib": 8, "hours": 1, "gpu_models": ["H100"]}, "gpu_models[0]", "H100"),
+    ({"gpus": 1, "gpu_mem_gib": 8, "hours": 1, "model": "foo"}, "model", "unknown model type"),
+    ({"gpus": 9, "gpu_mem_gib": 8, "hours": 1}, "gpus", "can never fit"),
+    ({"gpu_mem_gib": 8, "hours": 1}, "gpus", "Field required"),
+    ({"gpus": 1, "gpu_mem_gib": 8, "hours": 1, "data_host": "x"}, "data_host", "no host named"),
 ]
 
 
@@ -116,6 +116,12 @@ def test_cli_against_the_server_and_wait(fed) -> None:
     assert "error: --gpu-model: no GPU in the fleet is a 'K80'" in bad.stderr
     bad = gpufleet(*args[:5], "--gpu-mem", "lots", "--hours", "6")
     assert bad.returncode != 0 and "--gpu-mem" in bad.stderr and "40G" in bad.stderr
+    bad = gpufleet(*args, "--data-size", "huge")
+    assert bad.returncode != 0 and "--data-size" in bad.stderr and "40G" in bad.stderr
+    r = gpufleet(*args, "--data-size", "100G", "--data-host", "nlp-v100-01", "--json")
+    assert r.returncode == 0, r.stderr
+    reasons = " ".join(x for rec in json.loads(r.stdout)["recommendations"] for x in rec["reasons"])
+    assert "copying 100 GiB from nlp-v100-01" in reasons
 
     feed(fed)  # fresh samples: on a loaded machine the steps above can outlast "online"
     args = ["recommend", "--server", fed.url, "--gpus", "4", "--gpu-mem", "60G", "--hours", "1",
@@ -147,7 +153,7 @@ def test_web_form_shows_the_ranked_answer(fed, browser) -> None:
         page.click("nav >> text=Recommend")
         page.wait_for_url("**/recommend")
         page.fill("input[name=gpus]", "2")
-        page.fill("input[name=gpu_mem_gb]", "40")
+        page.fill("input[name=gpu_mem_gib]", "40")
         page.fill("input[name=hours]", "6")
         page.select_option("select[name=model]", "resnet50")
         page.click("#rec-submit")
@@ -158,7 +164,7 @@ def test_web_form_shows_the_ranked_answer(fed, browser) -> None:
         assert "3 of 8 GPUs free now" in page.locator("li.rec").first.inner_text()
         # the page shows what the API answers (the same function); the API, asked right
         # after, leaves out the set it just gave the page (it remembers its answers)
-        api = post(fed, {"gpus": "2", "gpu_mem_gb": "40", "hours": "6", "model": "resnet50"})
+        api = post(fed, {"gpus": "2", "gpu_mem_gib": "40", "hours": "6", "model": "resnet50"})
         first_gpus = page.locator("li.rec .rec-gpus").first.inner_text()
         answers = api.json()["recommendations"]
         assert answers and {x["host"] for x in answers} <= set(hosts)
@@ -166,10 +172,10 @@ def test_web_form_shows_the_ranked_answer(fed, browser) -> None:
                    for x in answers)  # fmt: skip
         assert "Listed in this order" in page.locator("#rec-order").inner_text()
         assert "#1:" in page.locator("li.rec .rec-why-here").first.inner_text()
-        page.fill("input[name=gpu_mem_gb]", "500")
+        page.fill("input[name=gpu_mem_gib]", "500")
         page.click("#rec-submit")
         page.wait_for_selector("#rec-error")
-        assert "gpu_mem_gb" in page.locator("#rec-error").inner_text()
+        assert "gpu_mem_gib" in page.locator("#rec-error").inner_text()
     finally:
         ctx.close()
     assert not js_errors

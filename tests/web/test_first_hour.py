@@ -84,7 +84,7 @@ def _pages(url: str, root: Path, rows: list[dict]) -> list[str]:
     return [
         "/", f"/hosts/{replay[0]}?range=1w", f"/hosts/{replay[-1]}?range=1d",
         "/reports", "/reports?period=year&by=host", "/reports?period=week&by=user",
-        f"/me/usage?user={user}", "/recommend", "/recommend?gpus=2&gpu_mem_gb=16&hours=4",
+        f"/me/usage?user={user}", "/recommend", "/recommend?gpus=2&gpu_mem_gib=16&hours=4",
         "/alerts", "/admin", "/admin/reports", "/docs",
     ]  # fmt: skip
 
@@ -106,7 +106,9 @@ def test_every_page_at_desk_and_phone_width(demo, browser):
         try:
             page.goto(url + "/login")
             page.screenshot(path=shots / f"login-{width}.png", full_page=True)
-            login = page.request.post(url + "/login", data={"username": "ops", "password": PASSWORD})
+            login = page.request.post(
+                url + "/login", data={"username": "ops", "password": PASSWORD}
+            )
             assert login.status == 200, login.text()
             for path in _pages(url, root, rows):
                 page.goto(url + path)

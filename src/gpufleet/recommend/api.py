@@ -20,7 +20,7 @@ from gpufleet.recommend.speeds import known_models
 router = APIRouter()
 pages = APIRouter(include_in_schema=False)
 
-EXAMPLE = {"gpus": 2, "gpu_mem_gb": 40, "hours": 6, "model": "resnet50"}
+EXAMPLE = {"gpus": 2, "gpu_mem_gib": 40, "hours": 6, "model": "resnet50"}
 # the body's schema, inlined: the handler validates it itself (a 422 naming the field)
 REQUEST_SCHEMA = RecommendRequest.model_json_schema()
 
@@ -41,8 +41,8 @@ def recommend_json(request: Request, body: Any) -> dict[str, Any]:
     tags=["recommend"],
     summary="Where to run now: ranked GPU sets with reasons (or when something frees up)",
     description=(
-        "Body: `gpus` (>= 1), `gpu_mem_gb` (per GPU, 1 GB = 2^30 bytes), `hours`, optional "
-        '`gpu_models` (any of, e.g. ["A100"]), `model` (e.g. resnet50, bert, lstm), `data_gb` '
+        "Body: `gpus` (>= 1), `gpu_mem_gib` (per GPU, GiB = 2^30 bytes), `hours`, optional "
+        '`gpu_models` (any of, e.g. ["A100"]), `model` (e.g. resnet50, bert, lstm), `data_gib` (GiB) '
         "and `data_host` (where the data is now), `multi_host` (may span hosts), `limit`. "
         "Numbers must be numbers (`true` is refused). "
         "Answer: `recommendations` (in the listed order: host, gpus, `hosts` (every host of the "
@@ -77,7 +77,7 @@ async def recommendations(request: Request) -> dict[str, Any]:
     return await asyncio.to_thread(recommend_json, request, body)
 
 
-FORM_FIELDS = ("gpus", "gpu_mem_gb", "hours", "gpu_models", "model", "data_gb", "data_host")
+FORM_FIELDS = ("gpus", "gpu_mem_gib", "hours", "gpu_models", "model", "data_gib", "data_host")
 
 
 def form_body(q: Any) -> dict[str, Any]:

@@ -19,9 +19,9 @@ from gpufleet.http.local import SERVER_FILE, config_option, data_dir_option, set
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.I)
 
 
-def parse_gb(text: str, flag: str = "--gpu-mem") -> float:
-    """``40G``, ``40GB``, ``40GiB``, ``40`` (GB), ``512M``, ``1T`` -> GB (1 GB = 2^30 bytes, as
-    GPU memory is counted)."""
+def parse_gib(text: str, flag: str = "--gpu-mem") -> float:
+    """``40G``, ``40GB``, ``40GiB``, ``40`` (GiB), ``512M``, ``1T`` -> GiB: a "G" is 2^30 bytes
+    here, as GPU makers count memory (an "80GB" A100 holds 80 GiB)."""
     m = _SIZE_RE.match(text)
     if not m:
         raise click.BadParameter(f"{text!r} is not a size; write it like 40G, 40GB or 512M",
@@ -32,15 +32,15 @@ def parse_gb(text: str, flag: str = "--gpu-mem") -> float:
 
 
 def _body(gpus: int, gpu_mem: str, hours: float, gpu_model: tuple[str, ...], model: str | None,
-          data_gb: float | None, data_host: str | None, multi_host: bool, limit: int) -> dict:  # fmt: skip
-    body: dict[str, Any] = {"gpus": gpus, "gpu_mem_gb": parse_gb(gpu_mem), "hours": hours,
+          data_size: str | None, data_host: str | None, multi_host: bool, limit: int) -> dict:  # fmt: skip
+    body: dict[str, Any] = {"gpus": gpus, "gpu_mem_gib": parse_gib(gpu_mem), "hours": hours,
                             "limit": limit}  # fmt: skip
     if gpu_model:
         body["gpu_models"] = [m for g in gpu_model for m in g.split(",") if m.strip()]
     if model:
         body["model"] = model
-    if data_gb is not None:
-        body["data_gb"] = data_gb
+    if data_size is not None:
+        body["data_gib"] = parse_gib(data_size, "--data-size")
     if data_host:
         body["data_host"] = data_host
     if multi_host:
@@ -48,8 +48,8 @@ def _body(gpus: int, gpu_mem: str, hours: float, gpu_model: tuple[str, ...], mod
     return body
 
 
-FLAG_OF = {"gpus": "--gpus", "gpu_mem_gb": "--gpu-mem", "hours": "--hours",
-           "gpu_models": "--gpu-model", "model": "--model", "data_gb": "--data-gb",
+FLAG_OF = {"gpus": "--gpus", "gpu_mem_gib": "--gpu-mem", "hours": "--hours",
+           "gpu_models": "--gpu-model", "model": "--model", "data_gib": "--data-size",
            "data_host": "--data-host", "multi_host": "--multi-host", "limit": "--limit"}  # fmt: skip
 
 
@@ -177,7 +177,11 @@ def _print_answer(data: dict) -> None:
     metavar="TYPE",
     help="Model type (resnet50, bert, lstm, ...): prefer GPUs fast for it.",
 )
-@click.option("--data-gb", type=click.FloatRange(min=0), help="Size of the data set in GB.")
+@click.option(
+    "--data-size",
+    metavar="SIZE",
+    help="Size of the data set: 120G, 1.5T, 800M (G = GiB, as --gpu-mem).",
+)
 @click.option("--data-host", metavar="HOST", help="The host the data set is on now.")
 @click.option("--multi-host", is_flag=True, help="The GPUs may be on several hosts.")
 @click.option("--limit", type=click.IntRange(1, 50), default=5, show_default=True)
@@ -203,7 +207,7 @@ def _print_answer(data: dict) -> None:
 @config_option
 @data_dir_option
 def recommend(gpus: int, gpu_mem: str, hours: float, gpu_model: tuple[str, ...], model: str | None,
-              data_gb: float | None, data_host: str | None, multi_host: bool, limit: int,
+              data_size: str | None, data_host: str | None, multi_host: bool, limit: int,
               as_json: bool, server: str | None, wait: bool, poll: float, timeout: float,
               config_path: str | None, data_dir: Path | None) -> None:  # fmt: skip
     """Where should a job run now? Ranked GPU sets with the reasons and a copy-paste
@@ -214,7 +218,7 @@ def recommend(gpus: int, gpu_mem: str, hours: float, gpu_model: tuple[str, ...],
       gpufleet recommend --gpus 1 --gpu-mem 24G --hours 2 --wait --timeout 1800
     """
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll is noise
-    body = _body(gpus, gpu_mem, hours, gpu_model, model, data_gb, data_host, multi_host, limit)
+    body = _body(gpus, gpu_mem, hours, gpu_model, model, data_size, data_host, multi_host, limit)
     settings = settings_from(config_path, data_dir=data_dir)
     if not server:
         announced = Path(settings.server.data_dir) / SERVER_FILE

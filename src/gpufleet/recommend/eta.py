@@ -66,7 +66,7 @@ def nothing_fits_reason(req: RecommendRequest, ix: FleetIndex) -> str:
     card, or in use now), free GPUs, disk, or hosts offline."""
     k, n = req.gpus, len(ix.h_names)
     s = "s" if k > 1 else ""
-    what = f"{k} free GPU{s} with {req.gpu_mem_gb:g} GB" + (
+    what = f"{k} free GPU{s} with {req.gpu_mem_gib:g} GiB" + (
         f" of model {', '.join(req.gpu_models)}" if req.gpu_models else ""
     )
     head = f"no online host has {what} right now"
@@ -85,17 +85,17 @@ def nothing_fits_reason(req: RecommendRequest, ix: FleetIndex) -> str:
         if most(big) >= k:
             return head + f" (hosts offline: only offline hosts have {k} such GPU{s})"
         return head + (f" (GPU memory: at most {most(big & online)} GPU{s} of"
-                       f" {req.gpu_mem_gb:g} GB or more on one online host)")  # fmt: skip
+                       f" {req.gpu_mem_gib:g} GiB or more on one online host)")  # fmt: skip
     free = big & online & ix.g_free
     if most(free) < k:
         return head + f" (GPUs: at most {most(free)} of them free on one host now)"
     roomy = free & (ix.g_used + float(req.gpu_mem_bytes) <= ix.g_total)
     if most(roomy) < k:
         return head + (f" (GPU memory in use: {most(free)} free on one host, but only"
-                       f" {most(roomy)} with {req.gpu_mem_gb:g} GB unused)")  # fmt: skip
-    if req.data_gb > 0:
+                       f" {most(roomy)} with {req.gpu_mem_gib:g} GiB unused)")  # fmt: skip
+    if req.data_gib > 0:
         return head + (f" (disk: the hosts with {k} free GPU{s} have less than"
-                       f" {req.data_gb:g} GB of free disk for the data)")  # fmt: skip
+                       f" {req.data_gib:g} GiB of free disk for the data)")  # fmt: skip
     return head
 
 

@@ -81,22 +81,22 @@ class SimJob:
 def make_request(rng: random.Random, tj: TraceJob, hosts: list[LabHost]) -> RecommendRequest:
     """The requester's stated needs: its GPU count, its run time as the user guesses it (the
     real one x a log-normal error, sigma 0.5), a drawn GPU memory need, model type and data
-    set (log-normal, median 20 GB, on a random host 70% of the time)."""
+    set (log-normal, median 20 GiB, on a random host 70% of the time)."""
     mems = [m for m, _ in MEM_CHOICES if m * 2**30 <= max(h.shape.gpu_memory_bytes for h in hosts)]
     mem = rng.choices(mems, weights=[w for m, w in MEM_CHOICES if m in mems])[0]
     guess = tj.duration / 3600 * math.exp(rng.gauss(0.0, 0.5))
     data = min(2000.0, 20.0 * math.exp(rng.gauss(0.0, 1.0)))
     data_host = hosts[rng.randrange(len(hosts))].name if rng.random() < 0.7 else None
     return RecommendRequest(
-        gpus=tj.num_gpus, gpu_mem_gb=mem, hours=min(MAX_REQUEST_HOURS, max(guess, 0.25)),
-        model=rng.choice(sorted(MODEL_FAMILIES)), data_gb=round(data, 1), data_host=data_host,
+        gpus=tj.num_gpus, gpu_mem_gib=mem, hours=min(MAX_REQUEST_HOURS, max(guess, 0.25)),
+        model=rng.choice(sorted(MODEL_FAMILIES)), data_gib=round(data, 1), data_host=data_host,
     )  # fmt: skip
 
 
 def copy_seconds(req: RecommendRequest, host: str) -> float:
-    if req.data_gb <= 0 or req.data_host is None or req.data_host == host:
+    if req.data_gib <= 0 or req.data_host is None or req.data_host == host:
         return 0.0
-    return req.data_gb * 8 / COPY_GBIT_PER_SECOND
+    return req.data_bytes * 8 / (COPY_GBIT_PER_SECOND * 1e9)
 
 
 def window_jobs(trace: list[TraceJob], vc: str | None, hosts: list[LabHost], load: float,

@@ -62,13 +62,13 @@ def _requests(rng: random.Random, n: int, big: bool) -> list[RecommendRequest]:
     out = []
     for _ in range(n):
         if big:  # 8 x 70 GB: only the 8-GPU A100 hosts could hold it
-            out.append(RecommendRequest(gpus=8, gpu_mem_gb=70, hours=rng.choice([2, 6, 24]),
+            out.append(RecommendRequest(gpus=8, gpu_mem_gib=70, hours=rng.choice([2, 6, 24]),
                                         model="bert"))  # fmt: skip
         else:
             out.append(RecommendRequest(
-                gpus=rng.choice([1, 1, 2, 4]), gpu_mem_gb=rng.choice([8, 16, 24, 40]),
+                gpus=rng.choice([1, 1, 2, 4]), gpu_mem_gib=rng.choice([8, 16, 24, 40]),
                 hours=rng.choice([0.5, 2, 6, 24]), model="resnet50",
-                data_gb=rng.choice([0, 20, 200]), data_host=None,
+                data_gib=rng.choice([0, 20, 200]), data_host=None,
             ))  # fmt: skip
     return out
 

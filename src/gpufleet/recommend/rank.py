@@ -55,8 +55,6 @@ from gpufleet.recommend.history import (
 from gpufleet.recommend.request import RecommendRequest, gpu_model_matches
 from gpufleet.recommend.speeds import gpu_class, relative_speed
 
-DATA_GB = 10**9
-
 
 @dataclass(frozen=True)
 class Weights:
@@ -176,15 +174,15 @@ def usable(req: RecommendRequest, gpu: GpuSnap) -> bool:
 
 
 def disk_ok(req: RecommendRequest, host: HostSnap) -> bool:
-    if req.data_gb <= 0 or req.data_host == host.name or host.disk_free_bytes is None:
+    if req.data_gib <= 0 or req.data_host == host.name or host.disk_free_bytes is None:
         return True
-    return host.disk_free_bytes >= req.data_gb * DATA_GB
+    return host.disk_free_bytes >= req.data_bytes
 
 
 def copy_hours(req: RecommendRequest, host: str, w: Weights) -> float:
-    if req.data_gb <= 0 or req.data_host is None or req.data_host == host:
+    if req.data_gib <= 0 or req.data_host is None or req.data_host == host:
         return 0.0
-    return req.data_gb * 8 / w.copy_gbit_per_second / 3600
+    return req.data_bytes * 8 / (w.copy_gbit_per_second * 1e9) / 3600
 
 
 def _evaluate_host(
@@ -262,8 +260,9 @@ class FleetIndex:
         self.g_total, self.g_used, self.g_temp = a[:, 2], a[:, 3], a[:, 4]
         gsince = a[:, 5]
         self.g_name = a[:, 6].astype(np.int64)
-        h_cum, h_arr, fac, h_share, h_pop, h_known, self.h_stay = _history_arrays(history,
-                                                                                 self.hists)
+        h_cum, h_arr, fac, h_share, h_pop, h_known, self.h_stay = _history_arrays(
+            history, self.hists
+        )
         idx = np.minimum(self.g_index, fac.shape[1] - 1) if fac.size else self.g_index
         self.g_factor = (np.where(self.g_index < fac.shape[1], fac[self.g_host, idx], 1.0)
                          if fac.size else np.ones(self.g_host.size))  # fmt: skip
@@ -419,8 +418,8 @@ def recommend(
         name_ok = np.asarray([_name_ok(req, name) for name in ix.names], dtype=bool)
         need = float(req.gpu_mem_bytes)
         host_ok = ix.h_online.copy()
-        if req.data_gb > 0:
-            room = ix.h_disk >= req.data_gb * DATA_GB
+        if req.data_gib > 0:
+            room = ix.h_disk >= req.data_bytes
             if req.data_host is not None and req.data_host in ix.h_pos:
                 room[ix.h_pos[req.data_host]] = True
             host_ok &= room
@@ -451,7 +450,7 @@ def recommend(
             speed = np.ones(n_hosts)
             speed[sel_host] = speed_of[ix.g_name[sel]]
             copy = np.zeros(n_hosts)
-            if req.data_gb > 0 and req.data_host is not None:
+            if req.data_gib > 0 and req.data_host is not None:
                 copy[:] = copy_hours(req, "", w)
                 if req.data_host in ix.h_pos:
                     copy[ix.h_pos[req.data_host]] = 0.0
@@ -566,7 +565,7 @@ def pct(p: float) -> str:
 
 
 def _hours(h: float) -> str:
-    return f"{h:g} h" if h >= 1 else f"{round(h * 60)} min"
+    return f"{round(h, 1):g} h" if h >= 1 else f"{round(h * 60)} min"
 
 
 _PARTS = ((0, "night"), (6, "morning"), (12, "afternoon"), (18, "evening"))
@@ -595,7 +594,7 @@ def _reasons(
     out = [
         f"{free} of {n} GPUs free now; GPU{'s' if len(gpus) > 1 else ''} "
         f"{', '.join(str(g.index) for g in gpus)} ({_model_label(gpus[0])},"
-        f" {(gpus[0].memory_total_bytes or 0) / GIB:.0f} GB)",
+        f" {(gpus[0].memory_total_bytes or 0) / GIB:.0f} GiB)",
         f"{pct(p)} chance none of them is taken in the next {_hours(req.hours)}"
         f" (from {hist.hours_known} h of history{own})"
         if hist.hours_known
@@ -623,12 +622,12 @@ def _reasons(
         if cls != "v100" and abs(s - 1) >= 0.05:
             rel = f"{s:.1f}x faster" if s > 1 else f"{s:.2f}x the speed"
             out.append(f"{rel} for {req.family} than a V100")
-    if req.data_gb > 0 and req.data_host is not None:
+    if req.data_gib > 0 and req.data_host is not None:
         if req.data_host == host.name:
-            out.append(f"the data ({req.data_gb:g} GB) is already here")
+            out.append(f"the data ({req.data_gib:g} GiB) is already here")
         else:
             ch = copy_hours(req, host.name, w)
-            out.append(f"copying {req.data_gb:g} GB from {req.data_host} takes ~{_hours(ch)}")
+            out.append(f"copying {req.data_gib:g} GiB from {req.data_host} takes ~{_hours(ch)}")
     hot = [g.index for g in gpus if (g.temperature_celsius or 0) >= w.hot_celsius]
     if hot:
         out.append(f"GPU {', '.join(map(str, hot))} running hot (>= {w.hot_celsius:.0f} °C)")
@@ -645,8 +644,9 @@ def _model_label(g: GpuSnap) -> str:
 
 # the last history (held, so its id cannot be reused), its hosts' ids, and their arrays
 _ARRAYS_CACHE: list[tuple[FleetHistory, tuple[int, ...], tuple[np.ndarray, ...]]] = []
-_HistArrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
-                    np.ndarray]
+_HistArrays = tuple[
+    np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray
+]
 
 
 def _history_arrays(history: FleetHistory, hists: list[HostHistory]) -> _HistArrays:

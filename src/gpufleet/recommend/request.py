@@ -20,16 +20,24 @@ from gpufleet.recommend.fleet import GIB, FleetSnap
 from gpufleet.recommend.speeds import gpu_class, known_models, model_family
 
 MAX_HOURS = 24 * 90
+RENAMED = {  # the earlier names, refused with a message that says what to send instead
+    "gpu_mem_gb": "renamed to gpu_mem_gib (the same number: it was GiB already)",
+    "data_gb": "renamed to data_gib, in GiB (2^30 bytes; data_gb was 10^9 bytes)",
+}
 
 
 class RecommendRequest(BaseModel):
-    """``gpu_mem_gb`` is per GPU, in GB as GPU makers count them (1 GB = 2^30 bytes, so an
-    "80GB" A100 has 80)."""
+    """Sizes are in GiB (2^30 bytes), the unit GPU makers mean by "GB" for memory: an "80GB"
+    A100 has ``gpu_mem_gib`` 80. ``data_gib`` is in GiB too, one unit for the whole request.
+    The earlier names (``gpu_mem_gb``, ``data_gb``) are refused with a message that names
+    the new field."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     gpus: Annotated[int, Field(ge=1, le=512, description="how many GPUs")]
-    gpu_mem_gb: Annotated[float, Field(gt=0, le=4096, description="GPU memory per GPU, GB")]
+    gpu_mem_gib: Annotated[
+        float, Field(gt=0, le=4096, description="GPU memory per GPU, GiB (2^30 bytes)")
+    ]
     hours: Annotated[float, Field(gt=0, le=MAX_HOURS, description="expected run time")]
     gpu_models: Annotated[
         list[Annotated[str, Field(min_length=1, max_length=128)]],
@@ -38,7 +46,9 @@ class RecommendRequest(BaseModel):
     model: Annotated[
         str | None, Field(max_length=64, description="model type, e.g. resnet50, bert, lstm")
     ] = None
-    data_gb: Annotated[float, Field(ge=0, le=1e7, description="data set size, GB")] = 0.0
+    data_gib: Annotated[
+        float, Field(ge=0, le=1e7, description="data set size, GiB (2^30 bytes)")
+    ] = 0.0
     data_host: Annotated[
         str | None, Field(max_length=253, description="host the data is on now")
     ] = None
@@ -47,7 +57,7 @@ class RecommendRequest(BaseModel):
     ] = False
     limit: Annotated[int, Field(ge=1, le=50, description="how many answers")] = 5
 
-    @field_validator("gpus", "gpu_mem_gb", "hours", "data_gb", "limit", mode="before")
+    @field_validator("gpus", "gpu_mem_gib", "hours", "data_gib", "limit", mode="before")
     @classmethod
     def _no_bool(cls, v: Any) -> Any:
         if isinstance(v, bool):  # JSON true is not 1
@@ -72,9 +82,22 @@ class RecommendRequest(BaseModel):
     def family(self) -> str | None:
         return model_family(self.model) if self.model else None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for old, why in RENAMED.items():
+                if old in data:
+                    raise ValueError(f"{old}: {why}")
+        return data
+
     @property
     def gpu_mem_bytes(self) -> int:
-        return int(self.gpu_mem_gb * GIB)
+        return int(self.gpu_mem_gib * GIB)
+
+    @property
+    def data_bytes(self) -> int:
+        return int(self.data_gib * GIB)
 
     @model_validator(mode="after")
     def _against_fleet(self, info: ValidationInfo) -> RecommendRequest:
@@ -82,6 +105,19 @@ class RecommendRequest(BaseModel):
         if isinstance(fleet, FleetSnap):
             check_against_fleet(self, fleet)
         return self
+
+
+def upgrade_stored(body: dict[str, Any]) -> dict[str, Any]:
+    """A request saved under the earlier names (``recommend.sqlite3``) in today's names: ``gpu_mem_gb`` was
+    already GiB; ``data_gb`` was 10^9 bytes."""
+    out = dict(body)
+    if "gpu_mem_gb" in out:
+        out.setdefault("gpu_mem_gib", out.pop("gpu_mem_gb"))
+    if "data_gb" in out:
+        old = out.pop("data_gb")
+        if isinstance(old, int | float) and not isinstance(old, bool):
+            out.setdefault("data_gib", old * 10**9 / GIB)
+    return out
 
 
 @lru_cache(maxsize=4096)
@@ -113,8 +149,8 @@ def check_against_fleet(req: RecommendRequest, fleet: FleetSnap) -> None:
     )
     if req.gpu_mem_bytes > largest:
         raise ValueError(
-            f"gpu_mem_gb: {req.gpu_mem_gb:g} GB is more than the largest"
-            f"{' matching' if req.gpu_models else ''} GPU in the fleet ({largest / GIB:.0f} GB)"
+            f"gpu_mem_gib: {req.gpu_mem_gib:g} GiB is more than the largest"
+            f"{' matching' if req.gpu_models else ''} GPU in the fleet ({largest / GIB:.0f} GiB)"
         )
     usable = max(
         (mem - fleet.floor_used.get((name, mem), 0)
@@ -124,9 +160,9 @@ def check_against_fleet(req: RecommendRequest, fleet: FleetSnap) -> None:
     )  # fmt: skip
     if req.gpu_mem_bytes > usable:
         raise ValueError(
-            f"gpu_mem_gb: {req.gpu_mem_gb:g} GB can never fit: the most any"
+            f"gpu_mem_gib: {req.gpu_mem_gib:g} GiB can never fit: the most any"
             f"{' matching' if req.gpu_models else ''} GPU in the fleet has unused is"
-            f" {usable / GIB:.1f} GB (the driver and context always hold some of the card)"
+            f" {usable / GIB:.1f} GiB (the driver and context always hold some of the card)"
         )
     if req.data_host is not None and req.data_host not in shapes:
         raise ValueError(f"data_host: no host named {req.data_host!r} in the fleet")
@@ -143,7 +179,7 @@ def check_against_fleet(req: RecommendRequest, fleet: FleetSnap) -> None:
         where = "in the whole fleet" if req.multi_host else "on any one host"
         hint = "" if req.multi_host else " (set multi_host to allow several hosts)"
         raise ValueError(
-            f"gpus: {req.gpus} GPUs of {req.gpu_mem_gb:g} GB can never fit: at most {room}"
+            f"gpus: {req.gpus} GPUs of {req.gpu_mem_gib:g} GiB can never fit: at most {room}"
             f" such GPUs {where}{hint}"
         )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import threading
 import time
@@ -35,7 +36,7 @@ from gpufleet.recommend.online import (
 )
 from gpufleet.recommend.outcomes import DB_FILE, OutcomeDB
 from gpufleet.recommend.rank import FleetIndex, Weights, copy_hours, recommend
-from gpufleet.recommend.request import RecommendRequest, request_from_any
+from gpufleet.recommend.request import RecommendRequest, request_from_any, upgrade_stored
 from gpufleet.store import Store, StoreError
 from gpufleet.wire import GpuProcess, Sample, gpu_is_free
 
@@ -171,8 +172,9 @@ class RecommendService:
             self.db = OutcomeDB(Path(data_dir) / DB_FILE if data_dir else ":memory:")
             for key, body in self.db.load(self.chance, self.etas).items():
                 try:
-                    self.eta_requests[key] = RecommendRequest.model_validate_json(body)
-                except ValueError:
+                    stored = upgrade_stored(json.loads(body))
+                    self.eta_requests[key] = RecommendRequest.model_validate(stored)
+                except (ValueError, TypeError):
                     continue
             self.map = self.chance.recalibration(time.time(), calibrate.DEFAULT)
 
@@ -283,7 +285,6 @@ class RecommendService:
         out["answered_in_ms"] = round((time.perf_counter() - t) * 1000, 2)
         return out
 
-
     def _remember_outcomes(self, req: RecommendRequest, snap: FleetSnap, ans: Any) -> Any:
         """Record the answers (to settle later); a "nothing fits" estimate gets its range
         from this fleet's past estimates once there are enough of them."""
@@ -331,14 +332,22 @@ async def _every(app: Any, what: str, work: Callable[[RecommendService], object]
 async def settle_forever(app: Any) -> None:
     """Settle the recommender's past answers against the live state every
     ``recommend.settle_seconds`` (and refit what it states)."""
-    await _every(app, "settling past answers", RecommendService.settle,
-                 lambda s: s.recommend.settle_seconds if s.recommend.calibrate_online else None)
+    await _every(
+        app,
+        "settling past answers",
+        RecommendService.settle,
+        lambda s: s.recommend.settle_seconds if s.recommend.calibrate_online else None,
+    )
 
 
 async def refresh_forever(app: Any) -> None:
     """Rebuild the history features every ``recommend.history_refresh_seconds``."""
-    await _every(app, "history refresh", RecommendService.refresh_history,
-                 lambda s: s.recommend.history_refresh_seconds)
+    await _every(
+        app,
+        "history refresh",
+        RecommendService.refresh_history,
+        lambda s: s.recommend.history_refresh_seconds,
+    )
 
 
 def service_of(app: Any) -> RecommendService:
