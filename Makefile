@@ -19,6 +19,7 @@ run: setup
 ## test: the whole suite, slow end-to-end tests included (what CI runs)
 test: setup
 	.venv/bin/ruff check src tests bench
+	.venv/bin/ruff format --check src tests bench scripts
 	.venv/bin/mypy
 	.venv/bin/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
@@ -28,6 +29,7 @@ test-fast: setup
 
 lint: setup
 	.venv/bin/ruff check src tests bench
+	.venv/bin/ruff format --check src tests bench scripts
 	.venv/bin/mypy
 
 ## bench: print the performance figures (docs/benchmarks.md records them)

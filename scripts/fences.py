@@ -54,7 +54,10 @@ LEVEL = {name: i for i, names in enumerate(LEVELS) for name in names}
 
 # third-party modules only one place may import
 GATES = {
-    "pynvml": ("agent", "NVML goes through gpufleet.agent.nvml (the one gate); nothing else imports pynvml."),
+    "pynvml": (
+        "agent",
+        "NVML goes through gpufleet.agent.nvml (the one gate); nothing else imports pynvml.",
+    ),
     "duckdb": ("store", "Only gpufleet.store talks to the database driver."),
 }
 
