@@ -139,6 +139,52 @@ def test_reference_model_counts_gpus_and_preempts_for_free() -> None:
     assert sim.jobs[2].first_start_seconds == 1000.0  # on whole hosts it waits
 
 
+class PreemptAtTen(Policy):
+    """Starts every job; at t=10 stops job 0 and starts it again; records when it is asked."""
+
+    name = "probe"
+
+    def __init__(self) -> None:
+        self.waiting: list[SimJob] = []
+        self.passes: list[float] = []
+
+    def on_arrival(self, job: SimJob, now_seconds: float) -> None:
+        self.waiting.append(job)
+
+    def on_finish(self, job: SimJob, now_seconds: float) -> None:
+        pass
+
+    def on_failure(self, job: SimJob, now_seconds: float, reason: str) -> None:
+        self.waiting.append(job)
+
+    def schedule(self, ctx: SchedulerContext) -> None:
+        self.passes.append(ctx.now_seconds)
+        if ctx.now_seconds == 10.0 and 0 in ctx.running:
+            job = ctx.running[0]
+            ctx.preempt(job)
+            self.waiting.append(job)
+        for job in list(self.waiting):
+            placement = ctx.cluster.find_whole(job.num_gpus, "v100")
+            if placement is not None:
+                ctx.start(job, placement)
+                self.waiting.remove(job)
+
+    def next_wakeup_seconds(self, now_seconds: float) -> float | None:
+        return 10.0 if now_seconds < 10.0 else None
+
+
+def test_no_scheduling_pass_where_only_superseded_events_fall() -> None:
+    """Job 0's first finish (t=100) is superseded by its restart at t=10 (which costs the
+    restart): nothing happens at t=100, so no pass (a pass there let Tiresias flip two jobs at
+    every such event, each flip leaving more of them behind: a run that never ended)."""
+    spec = parse_cluster("v100:4x4")
+    policy = PreemptAtTen()
+    sim, _ = run("probe", spec, [make_job(0, 0.0, 100.0)], policy=policy, config=REALISTIC)
+    finish = sim.jobs[0].finish_seconds
+    assert finish == 100.0 + REALISTIC.restart_cost_seconds > 100.0
+    assert policy.passes == [0.0, 10.0, finish]
+
+
 def test_data_is_copied_once_per_host() -> None:
     spec = parse_cluster("v100:1x1", bandwidth_bytes_per_second=1e9)
 
