@@ -24,8 +24,10 @@ PACKAGE = ROOT / "src" / "gpufleet"
 
 # bottom to top; modules (top-level .py files) and packages alike
 LEVELS: list[tuple[str, ...]] = [
-    # 0: the error types every layer raises; the languages people are spoken to in
-    ("errors", "__init__", "i18n"),
+    # below everything: the languages people are spoken to in (imports nothing of ours)
+    ("i18n",),
+    # 0: the error types every layer raises
+    ("errors", "__init__"),
     # 1: leaves: the wire schema, pure helpers, the Philly trace, the warehouse's pure core,
     # capabilities' own SQLite files
     ("wire", "promtext", "hostfilter", "containers", "philly", "warehouse", "sidefile"),

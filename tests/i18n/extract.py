@@ -3,7 +3,8 @@
 - templates: the Jinja AST's calls to ``_("...")`` and ``ngettext("...", "...", n)``, and
   ``t("...")`` / ``GF.t("...")`` in inline scripts;
 - the pages' scripts (``web/static/*.js``): ``t("...")`` and ``GF.t("...")``;
-- Python: calls to ``_``, ``N_``, ``translate``, ``plural`` and ``i18n.*`` of those, with a
+- Python: calls to ``_``, ``N_``, ``translate``, ``plural``, ``tr`` (a translator bound to a
+  language, as in the e-mailed report) and ``i18n.*`` of those, with a
   string literal first argument (``ast``).
 
 Run as a script it prints the messages the zh-CN catalogue lacks (to translate them)."""
@@ -24,7 +25,7 @@ STATIC = SRC / "web" / "static"
 
 # t("...") or GF.t("...") with a double-quoted literal (the scripts' one style)
 JS_CALL = re.compile(r'(?<![\w$])(?:GF\.)?t\(\s*"((?:[^"\\]|\\.)*)"')
-PY_FUNCS = {"_", "N_", "translate", "plural"}
+PY_FUNCS = {"_", "N_", "translate", "plural", "tr"}  # tr: a translator bound to a language
 
 
 def _js_unescape(s: str) -> str:
@@ -40,8 +41,7 @@ def from_template(text: str, env: Environment | None = None) -> set[str]:
     found: set[str] = set()
     for call in env.parse(text).find_all(nodes.Call):
         if isinstance(call.node, nodes.Name) and call.node.name in ("_", "ngettext"):
-            n = 2 if call.node.name == "ngettext" else 1
-            for arg in call.args[:n]:
+            for arg in call.args[:1]:  # ngettext's plural: English only (Chinese has one form)
                 if isinstance(arg, nodes.Const) and isinstance(arg.value, str):
                     found.add(arg.value)
     for script in re.findall(r"<script>(.*?)</script>", text, re.S):
@@ -58,8 +58,7 @@ def from_python(text: str) -> set[str]:
         name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
         if name not in PY_FUNCS:
             continue
-        n = 2 if name == "plural" else 1
-        for arg in node.args[:n]:
+        for arg in node.args[:1]:  # plural's "other" form: English only
             if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
                 found.add(arg.value)
     return found

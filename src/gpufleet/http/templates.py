@@ -14,6 +14,7 @@ cookie), the cookie, ``Accept-Language``, the config's ``ui.language``, English.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,15 @@ def _markup(text: str, params: dict[str, Any]) -> Markup:
     # the message escaped, then its placeholders filled with escaped values (Markup ones, such
     # as "<code>make setup</code>"|safe, as they are)
     return Markup(escape(text)).format(**params) if params else Markup(escape(text))
+
+
+def translator(lang: str) -> Callable[..., Markup]:
+    """``_`` for a template rendered outside a request (the e-mailed report): ``lang`` fixed."""
+
+    def translate(msgid: str, /, **params: Any) -> Markup:
+        return _markup(i18n.translate(msgid, lang), params)
+
+    return translate
 
 
 @pass_context

@@ -38,8 +38,9 @@ current: ContextVar[str] = ContextVar("gpufleet_language", default=ENGLISH)
 
 
 # The catalogue file's sections: where the messages are used ("js": the pages' scripts, which
-# get that section shipped with each page; the others are only for finding one's way).
-SECTIONS = ("pages", "js", "cli", "mail")
+# get that section shipped with each page; "click": click's own messages, which
+# i18n.clickhelp routes here; the others are only for finding one's way).
+SECTIONS = ("pages", "js", "cli", "click", "mail")
 
 
 @cache

@@ -1,0 +1,89 @@
+"""The command line in the current language (``gpufleet.i18n.current``).
+
+- Help texts: ``TranslatingFormatter`` (click's ``Context.formatter_class``) looks each
+  paragraph of a command's help and each option's help up in the catalogue when the help is
+  printed (the msgid is the English text, whitespace folded to single spaces), so the
+  ``help=`` strings and docstrings stay plain English in the code.
+- click's own messages ("Usage:", "Options", "Error: ...", "'x' is not one of ...") are marked
+  for gettext inside click; ``install`` points click's modules' ``_`` and ``ngettext`` at the
+  catalogue's ``click`` section instead of the (absent) system .mo files.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import click
+
+from gpufleet.i18n import ENGLISH, catalogue, current, sections
+
+
+def fold(text: str) -> str:
+    """The msgid of a help paragraph: its words, single-spaced."""
+    return " ".join(text.split())
+
+
+def translate_help(text: str) -> str:
+    """Each paragraph of ``text`` translated when the catalogue has it, else left as is."""
+    lang = current.get()
+    if lang == ENGLISH or not text:
+        return text
+    cat = catalogue(lang)
+    parts = re.split(r"(\n\s*\n)", text)
+    return "".join(cat.get(fold(p), p) if p.strip() else p for p in parts)
+
+
+_EXTRAS = re.compile(r"^(.*?)(\s\s\[[^\[\]]*\])?$", re.S)
+
+
+class TranslatingFormatter(click.HelpFormatter):
+    def write_heading(self, heading: str) -> None:
+        super().write_heading(_gettext(heading))  # "Commands" of gpufleet's own command list
+
+    def write_text(self, text: str) -> None:
+        super().write_text(translate_help(text))
+
+    def write_dl(
+        self, rows: Sequence[tuple[str, str]], col_max: int = 30, col_spacing: int = 2
+    ) -> None:
+        out = []
+        for term, desc in rows:
+            m = _EXTRAS.match(desc)
+            if m and m.group(1):  # "help text  [default: x]": the [...] came through click's _
+                desc = translate_help(m.group(1)) + (m.group(2) or "")
+            out.append((term, desc))
+        super().write_dl(out, col_max, col_spacing)
+
+
+def _gettext(message: str) -> str:
+    lang = current.get()
+    if lang == ENGLISH:
+        return message
+    return sections(lang)["click"].get(message, message)
+
+
+def _ngettext(singular: str, plural: str, n: int) -> str:
+    lang = current.get()
+    form = singular if n == 1 else plural
+    if lang != ENGLISH:  # one form in Chinese, but click's two differ in meaning ("one of")
+        cat = sections(lang)["click"]
+        return cat.get(form) or cat.get(singular) or form
+    return form
+
+
+CLICK_MODULES = ("core", "decorators", "exceptions", "formatting", "parser", "types", "termui")
+
+
+def install(modules: Iterable[str] = CLICK_MODULES) -> None:
+    """Route click's gettext calls to the catalogue, and its help through the formatter."""
+    import importlib
+
+    for name in modules:
+        mod: Any = importlib.import_module(f"click.{name}")
+        if hasattr(mod, "_"):
+            mod._ = _gettext
+        if hasattr(mod, "ngettext"):
+            mod.ngettext = _ngettext
+    click.Context.formatter_class = TranslatingFormatter
