@@ -262,7 +262,7 @@ class _ChartWords:
     def __call__(self, msgid: str, **params: Any) -> str:
         return i18n.translate(msgid, self.lang, **params)
 
-    def style(self) -> dict[str, Any]:
+    def style(self) -> Any:  # matplotlib rc settings (its stubs want literal keys)
         return {"font.family": [self.font, "sans-serif"]} if self.font else {}
 
 
