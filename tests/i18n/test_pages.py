@@ -111,3 +111,18 @@ def test_a_bad_config_language_names_the_key(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_settings(cfg, environ={})
     assert "ui.language" in e.value.message and str(cfg) in e.value.message
+
+
+def test_a_failed_login_says_so_in_the_page_language(fleet_server):
+    with httpx.Client(base_url=fleet_server.url, timeout=30) as c:
+        page = c.get("/login", headers={"Accept-Language": "zh-CN"}).text
+        m = re.search(r'name="csrf_token" value="([^"]+)"', page)
+        assert m and "用户名" in page and "密码" in page
+        form = {"csrf_token": m.group(1), "username": "nobody", "password": "not-the-password"}
+        r = c.post("/login", data=form, headers={"Accept-Language": "zh-CN"})
+        assert r.status_code == 401 and "用户名或密码错误" in r.text
+        # a script's JSON login gets the API's English message (docs/i18n.md)
+        r = c.post("/login", json={"username": "nobody", "password": "not-the-password"},
+                   headers={"Accept-Language": "zh-CN"})  # fmt: skip
+        assert r.status_code == 401
+        assert r.json()["error"]["message"].startswith("wrong user name or password")
