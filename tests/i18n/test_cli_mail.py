@@ -118,3 +118,24 @@ def test_report_send_to_in_the_cli_language(data_dir, tmp_path, smtp):  # noqa: 
     assert "已将按用户统计的周报表" in r.stdout
     ((_, msg),) = smtp.messages
     assert msg["Subject"].startswith("gpufleet 报表：按用户统计的 GPU 使用情况，2024-02-26 当周")
+
+
+def test_a_subscription_may_choose_its_own_language(data_dir, tmp_path, smtp):  # noqa: F811
+    from tests.reports.test_mail import settings_for
+
+    settings = settings_for(data_dir, tmp_path, smtp.port)  # ui.language: en (the default)
+    store = open_store(settings.database_url)
+    try:
+        now = at("2024-02-28T12:00:00")
+        mailer = ReportMailer(settings, store, clock=lambda: now)
+        mailer.subscriptions.add("chen@lab.example", "monthly", "user", now, "zh-CN")
+        mailer.subscriptions.add("pi@lab.example", "monthly", "user", now)
+        with pytest.raises(ValueError, match=r"^language: 'fr'"):
+            mailer.subscriptions.add("x@lab.example", "monthly", "user", now, "fr")
+        sent = mailer.check(at("2024-03-02T12:00:00"))
+        assert [s["sent"] for s in sent] == [True, True]
+    finally:
+        store.close()
+    subjects = {rcpt[0]: msg["Subject"] for rcpt, msg in smtp.messages}
+    assert subjects["chen@lab.example"].startswith("gpufleet 月报：按用户统计的 GPU 使用情况")
+    assert subjects["pi@lab.example"].startswith("gpufleet monthly report: GPU usage by user")

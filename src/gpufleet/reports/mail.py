@@ -73,10 +73,24 @@ class Subscription:
     schedule: str  # weekly | monthly | yearly
     by: str
     created_at: float
+    language: str | None = None  # en | zh-CN; None: the server's ui.language
 
     @property
     def period(self) -> str:
         return SCHEDULES[self.schedule]
+
+
+def check_language(language: Any) -> str | None:
+    """A subscription's language: en, zh-CN, or None/"" for the server's ``ui.language``."""
+    if language is None or language == "":
+        return None
+    if language not in i18n.LANGUAGES:
+        raise SubscriptionError(
+            422, "invalid_subscription",
+            f"language: {str(language)[:40]!r}; use one of {', '.join(i18n.LANGUAGES)} "
+            "(or leave it out for the server's ui.language)",
+        )  # fmt: skip
+    return str(language)
 
 
 def check_subscription(email: Any, schedule: Any, by: Any) -> tuple[str, str, str]:
@@ -142,8 +156,11 @@ class SubscriptionStore:
                 return s
         raise SubscriptionError(404, "unknown_subscription", f"no subscription {sub_id!r}")
 
-    def add(self, email: Any, schedule: Any, by: Any, now: float) -> Subscription:
+    def add(
+        self, email: Any, schedule: Any, by: Any, now: float, language: Any = None
+    ) -> Subscription:
         email, schedule, by = check_subscription(email, schedule, by)
+        lang = check_language(language)
         with self._lock:
             data = self._load()
             subs = data["subscriptions"]
@@ -156,7 +173,7 @@ class SubscriptionStore:
                 raise SubscriptionError(
                     409, "conflict", f"at most {MAX_SUBSCRIPTIONS} subscriptions"
                 )
-            sub = Subscription(f"sub_{secrets.token_hex(6)}", email, schedule, by, now)
+            sub = Subscription(f"sub_{secrets.token_hex(6)}", email, schedule, by, now, lang)
             subs.append(asdict(sub))
             self._save(data)
             return sub
@@ -665,7 +682,7 @@ class ReportMailer:
         return build_message(
             self.fetch, to=sub.email, period=sub.period, by=sub.by, first=first, last=last,
             from_address=cfg.from_address, public_url=cfg.public_url, schedule=sub.schedule,
-            lang=self.settings.ui.language,
+            lang=sub.language or self.settings.ui.language,
         )  # fmt: skip
 
     def check(self, now: float | None = None) -> list[dict[str, Any]]:

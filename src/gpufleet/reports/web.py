@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 import orjson
@@ -193,8 +193,9 @@ async def add_subscription_form(
     mailer = _mailer(request)
     try:
         sub = mailer.subscriptions.add(
-            form.get("email", ""), form.get("schedule", ""), form.get("by", ""), mailer.clock()
-        )
+            form.get("email", ""), form.get("schedule", ""), form.get("by", ""), mailer.clock(),
+            form.get("language") or None,
+        )  # fmt: skip
     except SubscriptionError as exc:
         return _back(error=str(exc))
     return _back(translate("{email} gets the {schedule} report by {by}",
@@ -235,11 +236,15 @@ class SubscriptionIn(BaseModel):
     email: str = Field(description="Who gets the report")
     schedule: str = Field(description=" | ".join(SCHEDULES))
     by: str = Field("user", description="The report's grouping (as in GET /api/v1/reports)")
+    language: Literal["en", "zh-CN"] | None = Field(
+        None, description="The e-mail's language; default: the server's ui.language"
+    )
 
 
 def _view(sub: Any) -> dict[str, Any]:
     return {"id": sub.id, "email": sub.email, "schedule": sub.schedule, "by": sub.by,
-            "period": sub.period, "created_at": sub.created_at}  # fmt: skip
+            "period": sub.period, "created_at": sub.created_at,
+            "language": sub.language}  # fmt: skip
 
 
 def _api_error(exc: SubscriptionError) -> ApiError:
@@ -269,7 +274,11 @@ def add_subscription(
 ) -> dict[str, Any]:  # fmt: skip
     mailer = _mailer(request)
     try:
-        return _view(mailer.subscriptions.add(body.email, body.schedule, body.by, mailer.clock()))
+        return _view(
+            mailer.subscriptions.add(
+                body.email, body.schedule, body.by, mailer.clock(), body.language
+            )
+        )
     except SubscriptionError as exc:
         raise _api_error(exc) from None
 
