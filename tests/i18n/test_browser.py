@@ -72,3 +72,25 @@ def test_zh_overview_host_and_reports_in_chromium(server, zh_page):
     page.wait_for_selector("body[data-ready='1']", timeout=20_000)
     assert page.get_attribute("html", "lang") == "en"
     assert page.inner_text("#shown") == "3 of 3 hosts"
+
+
+def test_zh_pages_fit_a_phone(server, browser):
+    """The Chinese top bar (with the language switch) and pages fit 390 px, like English."""
+    for k in range(2):
+        assert server.post(make_batch(fleet_sample(f"gpu{k + 1:02d}", k))).status_code == 200
+    context = browser.new_context(locale="zh-CN", viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        for path in ("/", "/hosts/gpu01", "/reports", "/alerts", "/recommend", "/login"):
+            page.goto(server.url + path)
+            page.wait_for_load_state("load")
+            page.wait_for_timeout(300)
+            assert page.get_attribute("html", "lang") == "zh-CN"
+            assert page.is_visible("#lang-switch"), path
+            wide = page.evaluate("document.scrollingElement.scrollWidth")
+            assert wide <= 390, (path, wide)
+    finally:
+        context.close()
+    assert not errors, errors
