@@ -27,6 +27,8 @@ def test_help_and_a_bad_argument_in_chinese():
     r = gpufleet("report", "--help", env=ZH)
     assert "使用报表" in r.stdout and "显示此帮助并退出。" in r.stdout
     assert "默认：month" in r.stdout  # click's "[default: month]"
+    r = gpufleet("token", "--help", env=ZH)  # a group's list: each sub-command's first sentence
+    assert "创建一个名为 NAME 的令牌（例如它所用于的主机或组）并打印出来。" in r.stdout
     r = gpufleet("report", "--period", "fortnight", env=ZH)
     assert r.returncode == 2
     assert "错误：'--period' 的值无效：'fortnight' 不是" in r.stderr, r.stderr

@@ -4,6 +4,7 @@
   paragraph of a command's help and each option's help up in the catalogue when the help is
   printed (the msgid is the English text, whitespace folded to single spaces), so the
   ``help=`` strings and docstrings stay plain English in the code.
+- A group's list of sub-commands shows each one's translated first sentence (``short_help``).
 - click's own messages ("Usage:", "Options", "Error: ...", "'x' is not one of ...") are marked
   for gettext inside click; ``install`` points click's modules' ``_`` and ``ngettext`` at the
   catalogue's ``click`` section instead of the (absent) system .mo files.
@@ -11,6 +12,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -73,6 +75,22 @@ def _ngettext(singular: str, plural: str, n: int) -> str:
     return form
 
 
+def short_help(command: click.Command, limit: int = 45) -> str:
+    """A sub-command's line in its group's command list: click cuts the English help to a
+    sentence; here the first paragraph is translated first, then cut at its first full
+    stop (。) or at ``limit`` characters."""
+    text = command.short_help or command.help or ""
+    if current.get() == ENGLISH or not text or command.short_help:
+        return _ORIGINAL_SHORT_HELP(command, limit)
+    first = inspect.cleandoc(text).split("\f")[0].split("\n\n")[0]
+    translated = translate_help(first)
+    if translated == first:  # not in the catalogue: click's English line
+        return _ORIGINAL_SHORT_HELP(command, limit)
+    line = fold(translated).split("。")[0] + "。" if "。" in translated else fold(translated)
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+_ORIGINAL_SHORT_HELP = click.Command.get_short_help_str
 CLICK_MODULES = ("core", "decorators", "exceptions", "formatting", "parser", "types", "termui")
 
 
@@ -87,3 +105,4 @@ def install(modules: Iterable[str] = CLICK_MODULES) -> None:
         if hasattr(mod, "ngettext"):
             mod.ngettext = _ngettext
     click.Context.formatter_class = TranslatingFormatter
+    click.Command.get_short_help_str = short_help  # type: ignore[method-assign,assignment]
