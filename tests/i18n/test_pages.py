@@ -74,6 +74,7 @@ def test_the_switch_sets_a_cookie_that_wins_over_the_header(fleet_server):
         assert r.status_code == 200 and _lang(r.text) == "zh-CN"
         assert "lang=zh-CN" in r.headers["set-cookie"] and "Max-Age" in r.headers["set-cookie"]
         assert "使用报表" in r.text
+        assert "Accept-Language" in r.headers["vary"]  # a cache keeps the languages apart
         # the cookie now chooses, over the browser's header, on every page
         r = c.get("/alerts", headers={"Accept-Language": "en-GB,en"})
         assert _lang(r.text) == "zh-CN" and "没有正在触发或待定的告警。" in r.text

@@ -180,33 +180,39 @@ templates.env.globals.update(
 
 
 class LanguageCookie:
-    """ASGI middleware: a request with ``?lang=en`` or ``?lang=zh-CN`` (the page's language
-    switch) keeps that choice in the ``lang`` cookie for a year, so every later page follows."""
+    """ASGI middleware for the pages' language: a request with ``?lang=en`` or ``?lang=zh-CN``
+    (the page's language switch) keeps that choice in the ``lang`` cookie for a year, so every
+    later page follows; an HTML answer says it varies with ``Accept-Language`` and the cookie
+    (a shared cache must not hand one reader's language to another)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or b"lang=" not in scope.get("query_string", b""):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        query = parse_qs(scope["query_string"].decode("latin-1"))
-        lang = i18n.normalize((query.get("lang") or [""])[0])
-        if lang is None:
-            await self.app(scope, receive, send)
-            return
-        cookie = SimpleCookie()
-        cookie[i18n.COOKIE] = lang
-        morsel = cookie[i18n.COOKIE]
-        morsel["path"] = "/"
-        morsel["max-age"] = 365 * 86400
-        morsel["samesite"] = "Lax"
-        header = morsel.OutputString().encode("latin-1")
+        extra: list[tuple[bytes, bytes]] = []
+        if b"lang=" in scope.get("query_string", b""):
+            query = parse_qs(scope["query_string"].decode("latin-1"))
+            lang = i18n.normalize((query.get("lang") or [""])[0])
+            if lang is not None:
+                cookie: SimpleCookie = SimpleCookie()
+                cookie[i18n.COOKIE] = lang
+                morsel = cookie[i18n.COOKIE]
+                morsel["path"] = "/"
+                morsel["max-age"] = 365 * 86400
+                morsel["samesite"] = "Lax"
+                extra.append((b"set-cookie", morsel.OutputString().encode("latin-1")))
 
-        async def with_cookie(message: Message) -> None:
+        async def send_with(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"set-cookie", header)]
+                headers = list(message.get("headers", []))
+                html = any(k.lower() == b"content-type" and v.startswith(b"text/html")
+                           for k, v in headers)  # fmt: skip
+                if html:
+                    headers.append((b"vary", b"Accept-Language, Cookie"))
+                message["headers"] = headers + extra
             await send(message)
 
-        await self.app(scope, receive, with_cookie)
+        await self.app(scope, receive, send_with)
