@@ -24,8 +24,10 @@ def test_help_and_a_bad_argument_in_chinese():
     assert r.returncode == 0, r.stderr
     assert "用法：" in r.stdout and "命令" in r.stdout and "选项" in r.stdout
     assert "运行 gpufleet 服务器" in r.stdout  # the commands' one-line help
-    r = gpufleet("report", "--help", env=ZH)
+    r = gpufleet("report", "--help", env={**ZH, "COLUMNS": "80"})
     assert "使用报表" in r.stdout and "显示此帮助并退出。" in r.stdout
+    # wrapped by display width: a Chinese character takes two columns of the 80
+    assert max(i18n.width(line) for line in r.stdout.splitlines()) <= 80
     assert "默认：month" in r.stdout  # click's "[default: month]"
     r = gpufleet("token", "--help", env=ZH)  # a group's list: each sub-command's first sentence
     assert "创建一个名为 NAME 的令牌（例如它所用于的主机或组）并打印出来。" in r.stdout
