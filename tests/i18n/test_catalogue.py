@@ -116,3 +116,15 @@ def test_translate_plural_and_width():
     assert i18n.width("GPU 利用率") == 10 and i18n.width("abc") == 3
     with pytest.raises(ValueError, match="fr"):
         i18n.catalogue("fr")
+
+
+def test_wrapping_by_display_width():
+    from gpufleet.i18n.clickhelp import wrap_wide
+
+    text = "通过电子邮件发送报表（HTML 含图表，附 CSV；使用邮件设置中的 SMTP 服务器），而不是打印。"
+    for columns in (12, 20, 33):
+        lines = wrap_wide(text, columns, "  ", "  ")
+        assert all(i18n.width(line) <= columns for line in lines), lines
+        assert not any(line.strip()[0] in "，。；）" for line in lines), lines  # no line starts so
+        assert "".join(x.strip() for x in lines).replace(" ", "") == text.replace(" ", "")
+    assert wrap_wide("plain english words here", 12) == ["plain", "english", "words here"]
