@@ -110,7 +110,7 @@
   function rowHTML(v) {
     const models = v.gpu_models.length ? v.gpu_models.map(shortModel).join(", ") : t("no GPU");
     const badge = v.source === "replay"
-      ? `<span class="badge replay" title="${esc(t("simulated host replaying a recorded trace"))}">replay</span>`
+      ? `<span class="badge replay" title="${esc(t("simulated host replaying a recorded trace"))}">${esc(t("replay"))}</span>`
       : v.source === "ssh" ? `<span class="badge src" title="${esc(t("agent-less, polled over SSH"))}">ssh</span>` : "";
     const sub = v.status === "online" ? t("online") : `${t(v.status === "stale" ? "stale" : "offline")} · ${t("last seen {ago}", { ago: ago(v.last_received) })}`;
     // A host with no GPU whose only "errors" say there is no NVIDIA driver is fine: say so calmly.
