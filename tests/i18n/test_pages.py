@@ -77,7 +77,7 @@ def test_the_switch_sets_a_cookie_that_wins_over_the_header(fleet_server):
         assert "Accept-Language" in r.headers["vary"]  # a cache keeps the languages apart
         # the cookie now chooses, over the browser's header, on every page
         r = c.get("/alerts", headers={"Accept-Language": "en-GB,en"})
-        assert _lang(r.text) == "zh-CN" and "没有正在触发或待定的告警。" in r.text
+        assert _lang(r.text) == "zh-CN" and "没有正在触发或等待中的告警。" in r.text
         # and the switch back to English sticks too
         r = c.get("/alerts?lang=en", headers={"Accept-Language": "zh-CN"})
         assert _lang(r.text) == "en"
