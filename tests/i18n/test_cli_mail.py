@@ -44,6 +44,12 @@ def test_our_own_errors_and_the_report_table_in_chinese(data_dir, tmp_path):  # 
     assert r.returncode == 2
     assert "错误：无法识别 'yesterday-ish'" in r.stderr
     assert "提示：请使用 YYYY-MM-DD 或 ISO 8601 时间" in r.stderr
+    r = gpufleet("report", "--data-dir", str(data_dir), "--from", "2024-13-45", env=ZH)
+    assert r.returncode == 2
+    assert "错误：--from='2024-13-45' 不是日期；请使用 YYYY-MM-DD" in r.stderr, r.stderr
+    r = gpufleet("report", "--data-dir", str(data_dir), "--period", "custom", "--from",
+                 "2024-03-02", "--to", "2024-03-01", env=ZH)  # fmt: skip
+    assert "开始日期（2024-03-02）晚于结束日期（2024-03-01）" in r.stderr, r.stderr
     args = ["report", "--data-dir", str(data_dir), "--period", "week", "--by", "host",
             "--from", "2024-02-26", "--to", "2024-03-03"]  # fmt: skip
     r = gpufleet(*args, env={**ZH, "COLUMNS": "80"})

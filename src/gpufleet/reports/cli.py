@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from datetime import datetime
@@ -121,7 +122,9 @@ def report(
                 host_groups=settings.hosts.groups,
             )  # fmt: skip
         except ReportError as exc:
-            raise GpufleetError(str(exc), hint=_("see `gpufleet report --help`")) from None
+            raise GpufleetError(
+                report_message(str(exc)), hint=_("see `gpufleet report --help`")
+            ) from None
         finally:
             store.close()
     if fmt == "json":
@@ -159,9 +162,30 @@ def _fetch(
         except Exception:
             msg = r.text[:200]
         raise GpufleetError(
-            f"{url}: {r.status_code}: {msg}", hint=_("see `gpufleet report --help`")
+            f"{url}: {r.status_code}: {report_message(msg)}",
+            hint=_("see `gpufleet report --help`"),
         )
     return r.json()
+
+
+# The report's own refusals (reports.service, the API's English) as the CLI words them
+REPORT_MESSAGES = (
+    (re.compile(r"(?P<what>\S+)=(?P<text>'.*') is not a date; use YYYY-MM-DD"),
+     N_("{what}={text} is not a date; use YYYY-MM-DD")),
+    (re.compile(r"from \((?P<first>[^)]*)\) is after to \((?P<last>[^)]*)\)"),
+     N_("from ({first}) is after to ({last})")),
+    (re.compile(r"a custom period needs both from and to"),
+     N_("a custom period needs both from and to")),
+    (re.compile(r"a report covers at most 20 years"), N_("a report covers at most 20 years")),
+)  # fmt: skip
+
+
+def report_message(message: str) -> str:
+    """A refusal of the report service in the CLI's language (unknown ones as they are)."""
+    for pattern, msgid in REPORT_MESSAGES:
+        if m := pattern.fullmatch(message):
+            return _(msgid, **m.groupdict())
+    return message
 
 
 def _num(v: Any, digits: int = 1) -> str:
