@@ -9,7 +9,8 @@ Which language: pages by ``?lang=`` / the ``lang`` cookie, then ``Accept-Languag
 (``negotiate``), then the config default ``ui.language``; the CLI by ``GPUFLEET_LANG``, then
 the config default, then ``LC_ALL`` / ``LC_MESSAGES`` / ``LANG`` (``from_locale``). Every
 Chinese tag (zh, zh-CN, zh-Hans, zh-SG, and also zh-TW, zh-HK, zh-Hant: Traditional readers
-read Simplified better than English) means zh-CN; anything else English (docs/i18n.md).
+read Simplified better than English) means zh-CN, every en tag en; other tags leave the
+choice to the next rule (docs/i18n.md).
 
 A bottom-level package: it imports nothing from gpufleet, so every layer can use it.
 """
