@@ -281,10 +281,12 @@ def _print_summary(sample) -> None:
     console = Console()
     m = sample.host_metrics
     gib = 2**30
+    mem = f"{(m.memory_used_bytes or 0) / gib:.1f}/{(m.memory_total_bytes or 0) / gib:.1f}"
     console.print(
-        f"[bold]{sample.host}[/]  cpu {m.cpu_percent}%  load {m.load1}/{m.load5}/{m.load15}"
-        f"  mem {(m.memory_used_bytes or 0) / gib:.1f}/{(m.memory_total_bytes or 0) / gib:.1f} GiB"
-    )
+        f"[bold]{sample.host}[/]  "
+        + _("cpu {cpu}%  load {load}  mem {mem} GiB", cpu=m.cpu_percent,
+            load=f"{m.load1}/{m.load5}/{m.load15}", mem=mem)
+    )  # fmt: skip
     table = Table(
         "GPU", _("name"), _("util %"), _("mem GiB"), _("temp °C"), _("power W"), _("error")
     )
