@@ -23,8 +23,10 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "gpufleet"
 TEMPLATES = SRC / "web" / "templates"
 STATIC = SRC / "web" / "static"
 
-# t("...") or GF.t("...") with a double-quoted literal (the scripts' one style)
+# t("...") or GF.t("...") with a double-quoted literal (the scripts' one style); tc("context",
+# "...") for a word with two meanings, catalogued as "context\x04msgid" (gettext's pgettext)
 JS_CALL = re.compile(r'(?<![\w$])(?:GF\.)?t\(\s*"((?:[^"\\]|\\.)*)"')
+JS_CONTEXT_CALL = re.compile(r'(?<![\w$])(?:GF\.)?tc\(\s*"([^"]*)"\s*,\s*"((?:[^"\\]|\\.)*)"')
 PY_FUNCS = {"_", "N_", "translate", "plural", "tr"}  # tr: a translator bound to a language
 
 
@@ -33,7 +35,8 @@ def _js_unescape(s: str) -> str:
 
 
 def from_js(text: str) -> set[str]:
-    return {_js_unescape(m) for m in JS_CALL.findall(text)}
+    found = {_js_unescape(m) for m in JS_CALL.findall(text)}
+    return found | {f"{c}\x04{_js_unescape(m)}" for c, m in JS_CONTEXT_CALL.findall(text)}
 
 
 def from_template(text: str, env: Environment | None = None) -> set[str]:

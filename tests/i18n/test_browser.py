@@ -43,6 +43,8 @@ def test_zh_overview_host_and_reports_in_chromium(server, zh_page):
     title = page.get_attribute('[data-host="gpu01"] [data-gpu="0"]', "title")
     assert "利用率" in title and "显存" in title  # the GPU cell's tooltip
     assert page.inner_text(".nav a[href='/']") == "总览"
+    # one English word, two meanings: a GPU "held" and a job "held" (the queue's states)
+    assert page.evaluate("[GF.t('held'), GF.tc('job state', 'held')]") == ["被占用", "挂起"]
 
     # a host page: the charts' titles, and the series names the script gives the legends
     page.goto(server.url + "/hosts/gpu01")

@@ -10,10 +10,15 @@ const GF = (() => {
     try { return JSON.parse(document.getElementById("gf-messages").textContent) || {}; }
     catch (e) { return {}; }
   })();
-  function t(msgid, params) {
-    const text = Object.prototype.hasOwnProperty.call(MESSAGES, msgid) ? MESSAGES[msgid] : msgid;
-    if (!params) return text;
-    return text.replace(/\{(\w+)\}/g, (m, k) => (k in params ? String(params[k]) : m));
+  const has = (key) => Object.prototype.hasOwnProperty.call(MESSAGES, key);
+  const fill = (text, params) => (params
+    ? text.replace(/\{(\w+)\}/g, (m, k) => (k in params ? String(params[k]) : m)) : text);
+  function t(msgid, params) { return fill(has(msgid) ? MESSAGES[msgid] : msgid, params); }
+  // the same English word with two meanings ("held": a GPU held, a job held) gets a context:
+  // tc(context, msgid) looks up "context\u0004msgid" (gettext's pgettext convention)
+  function tc(context, msgid, params) {
+    const key = `${context}\u0004${msgid}`;
+    return fill(has(key) ? MESSAGES[key] : msgid, params);
   }
   const lang = document.documentElement.lang || "en";
   const GiB = 1024 ** 3;
@@ -110,5 +115,5 @@ const GF = (() => {
     return { reopen: open };
   }
 
-  return { t, lang, NA, GiB, esc, bytes, gShort, duration, pct, ratio, shortModel, serverNow, ago, connect };
+  return { t, tc, lang, NA, GiB, esc, bytes, gShort, duration, pct, ratio, shortModel, serverNow, ago, connect };
 })();

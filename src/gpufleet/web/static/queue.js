@@ -1,7 +1,14 @@
 // The queue page: drawn from /api/v1/jobs (the same function serves the JSON), redrawn when the
 // live stream says the queue changed; the form submits through the API.
 (function () {
-  const { t, esc, duration, connect } = GF;
+  const { t, tc, esc, duration, connect } = GF;
+  const STATES = {
+    pending: tc("job state", "pending"), held: tc("job state", "held"),
+    dispatching: tc("job state", "dispatching"), running: tc("job state", "running"),
+    succeeded: tc("job state", "succeeded"), failed: tc("job state", "failed"),
+    oom: tc("job state", "oom"), cancelled: tc("job state", "cancelled"), lost: tc("job state", "lost"),
+  };
+  const state = (s) => esc(STATES[s] || s);
   const span = (s) => (s === null || s === undefined ? "-" : duration(Math.max(0, s)));
   const when = (at, now) => (at === null || at === undefined ? "-" : at <= now ? t("now") : t("in {duration}", { duration: duration(at - now) }));
   const PENDING = ["pending", "held"], ACTIVE = ["dispatching", "running"];
@@ -18,14 +25,14 @@
     const now = v.now;
     const id = (j) => `<td><a href="/api/v1/jobs/${j.id}">${j.id}</a></td>`;
     const pending = v.jobs.filter((j) => PENDING.includes(j.state)).map((j) =>
-      `<tr data-job="${j.id}" data-state="${j.state}">${id(j)}<td>${esc(j.name)}</td><td>${esc(j.user)}</td><td>${j.gpus}</td><td>${j.state}</td>`
+      `<tr data-job="${j.id}" data-state="${j.state}">${id(j)}<td>${esc(j.name)}</td><td>${esc(j.user)}</td><td>${j.gpus}</td><td>${state(j.state)}</td>`
       + `<td class="reason">${esc(j.waiting_reason)}</td><td>${span(j.waited_seconds)}</td><td>${when(j.projected_start_seconds, now)}</td><td>${span(j.predicted_runtime_seconds)}</td></tr>`);
     const running = v.jobs.filter((j) => ACTIVE.includes(j.state)).map((j) =>
       `<tr data-job="${j.id}" data-state="${j.state}">${id(j)}<td>${esc(j.name)}</td><td>${esc(j.user)}</td>`
       + `<td>${(j.placement || []).map((p) => `<a href="/hosts/${encodeURIComponent(p.host)}">${esc(p.host)}</a>: ${p.gpu_indices.join(",")}`).join("; ")}</td>`
-      + `<td>${j.state}</td><td>${span(j.elapsed_seconds)}</td><td>${when(j.predicted_end_seconds, now)}</td></tr>`);
+      + `<td>${state(j.state)}</td><td>${span(j.elapsed_seconds)}</td><td>${when(j.predicted_end_seconds, now)}</td></tr>`);
     const history = v.jobs.filter((j) => !PENDING.includes(j.state) && !ACTIVE.includes(j.state)).map((j) =>
-      `<tr data-job="${j.id}" data-state="${j.state}">${id(j)}<td>${esc(j.name)}</td><td>${esc(j.user)}</td><td>${j.state}</td><td>${esc(j.reason)}</td>`
+      `<tr data-job="${j.id}" data-state="${j.state}">${id(j)}<td>${esc(j.name)}</td><td>${esc(j.user)}</td><td>${state(j.state)}</td><td>${esc(j.reason)}</td>`
       + `<td>${span(j.runtime_seconds)}</td><td>${span(j.predicted_runtime_seconds)}</td><td>${j.end_seconds ? esc(t("{duration} ago", { duration: duration(now - j.end_seconds) })) : "-"}</td></tr>`);
     const fill = (sel, rows, empty, cols) => {
       document.querySelector(`${sel} tbody`).innerHTML = rows.join("") || `<tr><td colspan="${cols}" class="muted">${esc(empty)}</td></tr>`;
