@@ -59,6 +59,11 @@ def from_python(text: str) -> set[str]:
             continue
         f = node.func
         name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+        if name == "pgettext":  # pgettext("job state", "held"): "job state\x04held"
+            a = node.args
+            if len(a) >= 2 and all(isinstance(x, ast.Constant) for x in a[:2]):
+                found.add(f"{a[0].value}\x04{a[1].value}")  # type: ignore[attr-defined]
+            continue
         if name not in PY_FUNCS:
             continue
         for arg in node.args[:1]:  # plural's "other" form: English only

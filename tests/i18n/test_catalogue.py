@@ -28,9 +28,8 @@ def test_the_extractors_find_what_the_code_marks(found):
     # a test that finds nothing would pass for nothing
     assert {"Overview", "Where should my job run?", "holds memory, under the idle threshold "
             "for {minutes} min"} <= found["other"]  # fmt: skip
-    assert {"connecting…", "{n} free", "GPU-hours held per {period}, stacked by {by}"} <= found[
-        "js"
-    ]
+    assert {"connecting…", "{n} free", "GPU-hours held per {period}, stacked by {by}",
+            "job state\x04held"} <= found["js"]  # fmt: skip
     assert {"error: {message}", "free GPUs", "gpufleet {what}: GPU usage by {by}, {label} "
             "({first} to {last})"} <= found["other"]  # fmt: skip
     assert (
@@ -114,6 +113,10 @@ def test_translate_plural_and_width():
     assert i18n.plural(one, other, 3, "en").startswith("3 hours of")
     assert i18n.plural(one, other, 3, "zh-CN").startswith("有 3 小时")
     assert i18n.width("GPU 利用率") == 10 and i18n.width("abc") == 3
+    # one English word, two senses
+    assert i18n.translate("held", "zh-CN") == "被占用"
+    assert i18n.pgettext("job state", "held", "zh-CN") == "挂起"
+    assert i18n.pgettext("job state", "held", "en") == "held"
     with pytest.raises(ValueError, match="fr"):
         i18n.catalogue("fr")
 

@@ -87,6 +87,15 @@ def plural(one: str, other: str, n: float, lang: str | None = None, /, **params:
     return _fill(one if n == 1 else other, params)
 
 
+def pgettext(context: str, msgid: str, lang: str | None = None, /, **params: Any) -> str:
+    """``msgid`` in the sense ``context`` gives it (a held job, not a held GPU): catalogued as
+    ``"context\\x04msgid"`` (gettext's convention); English is the msgid."""
+    lang = lang or current.get()
+    key = f"{context}\x04{msgid}"
+    text = catalogue(lang).get(key, msgid) if lang != ENGLISH else msgid
+    return _fill(text, params)
+
+
 def _(msgid: str, /, **params: Any) -> str:
     """``translate`` in the current language: the short form code marks its messages with."""
     return translate(msgid, None, **params)

@@ -15,7 +15,7 @@ import yaml
 
 from gpufleet.errors import GpufleetError
 from gpufleet.http.local import config_option, data_dir_option, print_rows, settings_from
-from gpufleet.i18n import N_, _
+from gpufleet.i18n import N_, _, pgettext
 
 API = "/api/v1/admin/jobs"
 
@@ -126,7 +126,8 @@ def jobs(state: str | None, user: str | None, as_json: bool, config_path: str | 
                           for p in j.get("placement") or [])  # fmt: skip
         note = j.get("waiting_reason") or where or j.get("reason") or ""
         elapsed = j.get("elapsed_seconds") or j.get("runtime_seconds") or j.get("waited_seconds")
-        rows.append([j["id"], j["name"], j["user"], f"{j['gpus']:g}", j["state"], _span(elapsed),
+        state = pgettext("job state", j["state"])
+        rows.append([j["id"], j["name"], j["user"], f"{j['gpus']:g}", state, _span(elapsed),
                      _span(j.get("predicted_runtime_seconds")), note])  # fmt: skip
     if not rows:
         click.echo(_("no jobs"))
