@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 import time
 
@@ -127,3 +128,26 @@ def test_a_failed_login_says_so_in_the_page_language(fleet_server):
                    headers={"Accept-Language": "zh-CN"})  # fmt: skip
         assert r.status_code == 401
         assert r.json()["error"]["message"].startswith("wrong user name or password")
+
+
+def test_the_admin_pages_in_chinese(fleet_server):
+    from tests.conftest import gpufleet
+
+    r = gpufleet("user", "create", "root", "--role", "admin", "--password-stdin",
+                 "--data-dir", str(fleet_server.data_dir), input="admin pw 123\n")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    zh = {"Accept-Language": "zh-CN"}
+    with httpx.Client(base_url=fleet_server.url, timeout=30, headers=zh) as c:
+        r = c.post("/login", json={"username": "root", "password": "admin pw 123"})
+        assert r.status_code == 200, r.text
+        admin = c.get("/admin")
+        assert admin.status_code == 200 and _lang(admin.text) == "zh-CN"
+        assert "代理令牌" in admin.text and "创建令牌" in admin.text and "最后登录" in admin.text
+        assert "gpu01" in admin.text  # the host, with its "last contact" in Chinese words
+        mail = c.get("/admin/reports")
+        assert mail.status_code == 200 and "定时邮件报表" in mail.text
+        assert "邮件功能未开启" in mail.text and "服务器默认" in mail.text
+        # a notice built by the server for this request, in the page's language
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', mail.text).group(1)
+        r = c.post("/admin/tokens", data={"csrf_token": csrf, "name": "bad name!"})
+        assert r.status_code == 400 and "令牌名称 'bad name!' 无效" in html.unescape(r.text)
