@@ -24,6 +24,8 @@ PACKAGE = ROOT / "src" / "gpufleet"
 
 # bottom to top; modules (top-level .py files) and packages alike
 LEVELS: list[tuple[str, ...]] = [
+    # below everything: the languages people are spoken to in (imports nothing of ours)
+    ("i18n",),
     # 0: the error types every layer raises
     ("errors", "__init__"),
     # 1: leaves: the wire schema, pure helpers, the Philly trace, the warehouse's pure core,

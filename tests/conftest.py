@@ -20,6 +20,10 @@ from gpufleet.wire import Batch, Disk, Gpu, GpuProcess, HostMetrics, Sample
 
 REQUIRE_SERVICES = os.environ.get("GPUFLEET_REQUIRE_SERVICES") == "1"
 
+# The tests read English output: a developer's Chinese locale (LANG=zh_CN.UTF-8) must not turn
+# the `gpufleet` processes they start Chinese. tests/i18n sets the language it tests.
+os.environ["GPUFLEET_LANG"] = "en"
+
 
 # -- the order of the files: the longest first -------------------------------------------------
 # `make test` runs whole files on two workers (-n 2 --dist loadfile). xdist's own order (the

@@ -6,92 +6,99 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
+from collections.abc import Mapping, Sequence
 
 import click
 
-from gpufleet import __version__
+from gpufleet import __version__, i18n
+from gpufleet.i18n import N_, clickhelp
 
 # name -> (module, attribute, one-line help shown in `gpufleet --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "server": (
         "gpufleet.server.cli",
         "server",
-        "Run the gpufleet server (ingest, API, SSH poller).",
+        N_("Run the gpufleet server (ingest, API, SSH poller)."),
     ),
-    "token": ("gpufleet.server.cli", "token", "Create, list and revoke agent tokens."),
-    "user": ("gpufleet.accounts.cli", "user", "Create, list, change and delete web users."),
+    "token": ("gpufleet.server.cli", "token", N_("Create, list and revoke agent tokens.")),
+    "user": ("gpufleet.accounts.cli", "user", N_("Create, list, change and delete web users.")),
     "migrate-store": (
         "gpufleet.store.cli",
         "migrate_store",
-        "Copy an embedded (DuckDB) store into PostgreSQL without loss.",
+        N_("Copy an embedded (DuckDB) store into PostgreSQL without loss."),
     ),
     "agent": (
         "gpufleet.agent.cli",
         "agent",
-        "Collect this machine's GPU and host metrics and push them.",
+        N_("Collect this machine's GPU and host metrics and push them."),
     ),
     "demo": (
         "gpufleet.demo.cli",
         "demo",
-        "Start a server, a local agent and a replayed fleet of GPU servers.",
+        N_("Start a server, a local agent and a replayed fleet of GPU servers."),
     ),
     "simulate": (
         "gpufleet.sched.cli",
         "simulate",
-        "Replay a job trace through scheduling policies.",
+        N_("Replay a job trace through scheduling policies."),
     ),
     "predictor": (
         "gpufleet.sched.cli",
         "predictor",
-        "Train and evaluate the job runtime/memory predictor.",
+        N_("Train and evaluate the job runtime/memory predictor."),
     ),
     "report": (
         "gpufleet.reports.cli",
         "report",
-        "Usage report (GPU-hours, utilisation, energy, idle) by period and user/host/GPU.",
+        N_("Usage report (GPU-hours, utilisation, energy, idle) by period and user/host/GPU."),
     ),
     "recommend": (
         "gpufleet.recommend.cli",
         "recommend",
-        "Where to run a job now: ranked GPUs with reasons (or when something frees up).",
+        N_("Where to run a job now: ranked GPUs with reasons (or when something frees up)."),
     ),
     "evaluate-recommender": (
         "gpufleet.recommend.cli",
         "evaluate_recommender",
-        "Score the recommender against simple rules on the replayed Philly trace.",
+        N_("Score the recommender against simple rules on the replayed Philly trace."),
     ),
     "rollup": (
         "gpufleet.reports.cli",
         "rollup",
-        "Roll raw samples up into the warehouse tiers (backfill; the server does it itself).",
+        N_("Roll raw samples up into the warehouse tiers (backfill; the server does it itself)."),
     ),
     "alerts": (
         "gpufleet.alerts.cli",
         "alerts",
-        "Firing and pending alerts (and --history), with what mutes them.",
+        N_("Firing and pending alerts (and --history), with what mutes them."),
     ),
     "silence": (
         "gpufleet.alerts.cli",
         "silence",
-        "Silence alerts for a while: add, list, expire.",
+        N_("Silence alerts for a while: add, list, expire."),
     ),
     "usermap": (
         "gpufleet.usermap.cli",
         "usermap",
-        "Map Unix users to people and groups (reports by person and by group).",
+        N_("Map Unix users to people and groups (reports by person and by group)."),
     ),
     "submit": (
         "gpufleet.queue.cli",
         "submit",
-        "Submit a job to the queue (spec or Kubernetes Job).",
+        N_("Submit a job to the queue (spec or Kubernetes Job)."),
     ),
-    "jobs": ("gpufleet.queue.cli", "jobs", "The job queue: waiting (and why), running, history."),
-    "job": ("gpufleet.queue.cli", "job", "One queued job with its event log."),
-    "cancel": ("gpufleet.queue.cli", "cancel", "Cancel a queued or running job."),
-    "hold": ("gpufleet.queue.cli", "hold", "Hold a pending job."),
-    "release": ("gpufleet.queue.cli", "release", "Release a held job."),
-    "logs": ("gpufleet.queue.cli", "logs", "The end of a job's output."),
-    "priority": ("gpufleet.queue.cli", "priority", "Set a queued job's priority (admins)."),
+    "jobs": (
+        "gpufleet.queue.cli",
+        "jobs",
+        N_("The job queue: waiting (and why), running, history."),
+    ),
+    "job": ("gpufleet.queue.cli", "job", N_("One queued job with its event log.")),
+    "cancel": ("gpufleet.queue.cli", "cancel", N_("Cancel a queued or running job.")),
+    "hold": ("gpufleet.queue.cli", "hold", N_("Hold a pending job.")),
+    "release": ("gpufleet.queue.cli", "release", N_("Release a held job.")),
+    "logs": ("gpufleet.queue.cli", "logs", N_("The end of a job's output.")),
+    "priority": ("gpufleet.queue.cli", "priority", N_("Set a queued job's priority (admins).")),
 }
 
 
@@ -137,5 +144,34 @@ def cli(log_level: str) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def configured_language(argv: Sequence[str], environ: Mapping[str, str]) -> str | None:
+    """``ui.language`` of the config file the command will read (``--config``/``-c`` or
+    ``$GPUFLEET_CONFIG``), or None. Read before the command runs, so that its ``--help`` and
+    usage errors are already in that language; a broken file is left for the command to
+    report (in English, then)."""
+    path = environ.get("GPUFLEET_CONFIG")
+    for i, arg in enumerate(argv):
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+    if not path:
+        return None
+    try:
+        import yaml
+
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+        value = data["ui"]["language"]
+    except Exception:
+        return None
+    return i18n.normalize(value) if isinstance(value, str) else None
+
+
 def main() -> None:
+    """``gpufleet``: in the language of ``$GPUFLEET_LANG``, the config's ``ui.language``, or
+    the locale (``LC_ALL``, ``LC_MESSAGES``, ``LANG``), docs/i18n.md."""
+    environ = os.environ
+    i18n.current.set(i18n.cli_language(environ, configured_language(sys.argv[1:], environ)))
+    clickhelp.install()
     cli(prog_name="gpufleet")

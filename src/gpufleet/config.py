@@ -420,6 +420,15 @@ class QueueSection(_Section):
     )
 
 
+class UiSection(_Section):
+    language: Literal["en", "zh-CN"] = Field(
+        "en",
+        description="Language of the pages, the CLI and the e-mailed reports when nothing "
+        "else chooses one: en or zh-CN (a page's switch and the browser's Accept-Language, "
+        "and GPUFLEET_LANG for the CLI, come first; docs/i18n.md).",
+    )
+
+
 class Settings(_Section):
     server: ServerSection = ServerSection()
     ingest: IngestSection = IngestSection()
@@ -433,6 +442,7 @@ class Settings(_Section):
     recommend: RecommendSection = RecommendSection()
     alerts: AlertsSection = AlertsSection()
     queue: QueueSection = QueueSection()
+    ui: UiSection = UiSection()
 
     @property
     def database_url(self) -> str:

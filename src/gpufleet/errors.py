@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from gpufleet.i18n import _
+
 
 class GpufleetError(click.ClickException):
     """A user-facing error: what is wrong, and the exact command or setting that fixes it."""
@@ -15,9 +17,9 @@ class GpufleetError(click.ClickException):
         self.hint = hint
 
     def show(self, file=None) -> None:  # type: ignore[override]
-        click.echo(f"error: {self.format_message()}", err=True)
+        click.echo(_("error: {message}", message=self.format_message()), err=True)
         if self.hint:
-            click.echo(f"hint: {self.hint}", err=True)
+            click.echo(_("hint: {hint}", hint=self.hint), err=True)
 
 
 class ConfigError(GpufleetError):

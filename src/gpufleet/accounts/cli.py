@@ -24,6 +24,7 @@ from gpufleet.http.local import (
     print_rows,
     settings_from,
 )
+from gpufleet.i18n import _
 
 role_choice = click.Choice(ROLES)
 
@@ -32,11 +33,11 @@ def _read_password(password_stdin: bool) -> str:
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
-        password = click.prompt("Password", hide_input=True, confirmation_prompt="Repeat it")
+        password = click.prompt(_("Password"), hide_input=True, confirmation_prompt=_("Repeat it"))
     try:
         check_password_policy(password)
     except ValueError as exc:
-        raise GpufleetError(str(exc), hint="choose a longer password") from None
+        raise GpufleetError(str(exc), hint=_("choose a longer password")) from None
     return password
 
 
@@ -90,11 +91,11 @@ def user_create(
                 admin.store.create_user(new_user(name, password, role))
             except StoreError as exc:
                 raise _store_error(
-                    exc, f"gpufleet user delete {name}, or pick another name"
+                    exc, _("gpufleet user delete {name}, or pick another name", name=name)
                 ) from None
     finally:
         admin.close()
-    click.echo(f"created {role} {name!r}; log in at /login", err=True)
+    click.echo(_("created {role} {name!r}; log in at /login", role=role, name=name), err=True)
 
 
 @user.command("list")
@@ -116,7 +117,7 @@ def user_list(config_path: str | None, data_dir: Path | None, as_json: bool) -> 
         click.echo(json.dumps(rows, indent=2))
         return
     print_rows(
-        ["name", "role", "created", "last login"],
+        [_("name"), _("role"), _("created"), _("last login")],
         [[r["name"], r["role"], r["created_at"], r["last_login"]] for r in rows],
         time_columns={2, 3},
     )
@@ -149,7 +150,7 @@ def _change(config_path, data_dir, name: str, **changes: Any) -> None:
 def user_set_role(name: str, role: str, config_path: str | None, data_dir: Path | None) -> None:
     """Give the user NAME the ROLE (viewer, user or admin); takes effect on their next request."""
     _change(config_path, data_dir, name, role=role)
-    click.echo(f"{name!r} is now a {role}", err=True)
+    click.echo(_("{name!r} is now a {role}", name=name, role=role), err=True)
 
 
 @user.command("set-password")
@@ -162,7 +163,7 @@ def user_set_password(
 ) -> None:
     """Set a new password for NAME; their other sessions end."""
     _change(config_path, data_dir, name, password=_read_password(password_stdin))
-    click.echo(f"password of {name!r} changed", err=True)
+    click.echo(_("password of {name!r} changed", name=name), err=True)
 
 
 @user.command("delete")
@@ -184,4 +185,4 @@ def user_delete(name: str, config_path: str | None, data_dir: Path | None) -> No
                 raise _store_error(exc, "gpufleet user list shows the names") from None
     finally:
         admin.close()
-    click.echo(f"deleted {name!r}", err=True)
+    click.echo(_("deleted {name!r}", name=name), err=True)

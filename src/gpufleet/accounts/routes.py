@@ -42,6 +42,8 @@ from gpufleet.accounts.web import (
 from gpufleet.http.auth import check_admin, new_token
 from gpufleet.http.context import Context
 from gpufleet.http.errors import ApiError
+from gpufleet.http.templates import request_language
+from gpufleet.i18n import translate
 from gpufleet.store import StoreError, UserRecord
 
 router = APIRouter(include_in_schema=False)
@@ -106,6 +108,20 @@ def login_form(request: Request) -> Response:
     return _login_page(request)
 
 
+def _login_error(request: Request, exc: ApiError) -> str:
+    """A failed login's message on the page, in the page's language (the API's stays English)."""
+    lang = request_language(request)
+    if m := re.fullmatch(r"too many failed logins; try again in (\d+) s", exc.message):
+        return translate("too many failed logins; try again in {n} s", lang, n=m.group(1))
+    if m := re.fullmatch(r"wrong user name or password(?:; too many failures, locked out for "
+                         r"(\d+) s)?", exc.message):  # fmt: skip
+        text = translate("wrong user name or password", lang)
+        if m.group(1):
+            text += translate("; too many failures, locked out for {n} s", lang, n=m.group(1))
+        return text
+    return exc.message
+
+
 async def _check_login(request: Request, username: str, password: str) -> UserRecord:
     """The user when the password is right; ApiError 401 or 429 (locked out) otherwise."""
     acc = accounts_of(request)
@@ -158,13 +174,16 @@ async def login(request: Request) -> Response:
     if not acc.signer.check_csrf(auth(request).session, form.get("csrf_token")):
         request.scope["gpufleet.auth"] = None
         return _login_page(
-            request, 403, "the login form expired; please log in again", next=nxt,
-            username=username,
+            request, 403,
+            translate("the login form expired; please log in again", request_language(request)),
+            next=nxt, username=username,
         )  # fmt: skip
     try:
         user = await _check_login(request, username, form.get("password", ""))
     except ApiError as exc:
-        response = _login_page(request, exc.status, exc.message, next=nxt, username=username)
+        response = _login_page(
+            request, exc.status, _login_error(request, exc), next=nxt, username=username
+        )
         response.headers.update(exc.headers or {})
         return response
     session = Session.for_user(user.name, user.password_hash, acc.clock(), acc.max_age)
@@ -224,7 +243,9 @@ def _admin_page(
 @router.get("/admin", dependencies=[Depends(require_role("admin"))])
 def admin_page(request: Request) -> Response:
     revoked = request.query_params.get("revoked")
-    return _admin_page(request, message=f"revoked token {revoked!r}" if revoked else None)
+    lang = request_language(request)
+    message = translate("revoked token {name!r}", lang, name=revoked) if revoked else None
+    return _admin_page(request, message=message)
 
 
 @router.post(
@@ -235,14 +256,20 @@ async def admin_create_token(request: Request) -> Response:
     name = (await form_data(request)).get("name", "").strip()
     if not re.fullmatch(TOKEN_NAME, name):
         return _admin_page(
-            request, 400, error=f"invalid token name {name!r}: use letters, digits, '.', '_' "
-            "and '-' (at most 64)",
+            request, 400, error=translate(
+                "invalid token name {name!r}: use letters, digits, '.', '_' and '-' (at most 64)",
+                request_language(request), name=name,
+            ),
         )  # fmt: skip
     token, record = new_token(name)
     try:
         await asyncio.to_thread(ctx.store.create_token, record)
     except StoreError as exc:
-        return _admin_page(request, 409, error=f"{exc}; revoke it or pick another name")
+        return _admin_page(
+            request, 409,
+            error=translate("{error}; revoke it or pick another name", request_language(request),
+                            error=exc),
+        )  # fmt: skip
     ctx.tokens.put(record)
     return _admin_page(request, 201, created={**token_view(record), "token": token})
 

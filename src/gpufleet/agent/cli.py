@@ -16,6 +16,7 @@ import click
 
 from gpufleet import __version__
 from gpufleet.errors import GpufleetError
+from gpufleet.i18n import _
 
 log = logging.getLogger("gpufleet.agent")
 
@@ -26,14 +27,16 @@ AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 def parse_size(text: str) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]?)i?b?\s*", text.lower())
     if not m:
-        raise click.BadParameter(f"{text!r} is not a size; use e.g. 256M or 1G")
+        raise click.BadParameter(_("{text!r} is not a size; use e.g. 256M or 1G", text=text))
     return int(float(m.group(1)) * SIZE_UNITS[m.group(2)])
 
 
 def parse_age(text: str) -> float:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text.lower())
     if not m:
-        raise click.BadParameter(f"{text!r} is not a duration; use e.g. 90s, 12h or 7d")
+        raise click.BadParameter(
+            _("{text!r} is not a duration; use e.g. 90s, 12h or 7d", text=text)
+        )
     return float(m.group(1)) * AGE_UNITS[m.group(2) or "s"]
 
 
@@ -138,7 +141,7 @@ def agent(
     try:
         collector = Collector(host_name=host_name, interval_seconds=interval, nvml=nvml)
     except ValueError as exc:
-        raise GpufleetError(str(exc), hint="pass --host-name NAME") from None
+        raise GpufleetError(str(exc), hint=_("pass --host-name NAME")) from None
     if once:
         collector.collect()  # rates (CPU %, network) need two readings
         time.sleep(0.5)
@@ -153,12 +156,12 @@ def agent(
         token = Path(token_file).read_text().strip()
     if not server:
         raise GpufleetError(
-            "no server given", hint="gpufleet agent --server http://HOST:8000 --token TOKEN"
+            _("no server given"), hint="gpufleet agent --server http://HOST:8000 --token TOKEN"
         )
     if not token:
         raise GpufleetError(
-            "no agent token given",
-            hint="create one on the server with `gpufleet token create NAME`, then pass --token",
+            _("no agent token given"),
+            hint=_("create one on the server with `gpufleet token create NAME`, then pass --token"),
         )
     run_agent(
         collector, server, token, interval=interval,
@@ -181,8 +184,8 @@ def run_agent(
         spool = Spool(spool_dir, max_bytes=spool_max_bytes, max_age_seconds=spool_max_age)
     except OSError as exc:
         raise GpufleetError(
-            f"cannot use spool dir {spool_dir}: {exc.strerror}",
-            hint="pass --spool-dir with a folder you can write",
+            _("cannot use spool dir {dir}: {error}", dir=spool_dir, error=exc.strerror),
+            hint=_("pass --spool-dir with a folder you can write"),
         ) from None
     try:
         sender = Sender(spool, server, token, timeout_seconds=timeout)
@@ -278,11 +281,15 @@ def _print_summary(sample) -> None:
     console = Console()
     m = sample.host_metrics
     gib = 2**30
+    mem = f"{(m.memory_used_bytes or 0) / gib:.1f}/{(m.memory_total_bytes or 0) / gib:.1f}"
     console.print(
-        f"[bold]{sample.host}[/]  cpu {m.cpu_percent}%  load {m.load1}/{m.load5}/{m.load15}"
-        f"  mem {(m.memory_used_bytes or 0) / gib:.1f}/{(m.memory_total_bytes or 0) / gib:.1f} GiB"
+        f"[bold]{sample.host}[/]  "
+        + _("cpu {cpu}%  load {load}  mem {mem} GiB", cpu=m.cpu_percent,
+            load=f"{m.load1}/{m.load5}/{m.load15}", mem=mem)
+    )  # fmt: skip
+    table = Table(
+        "GPU", _("name"), _("util %"), _("mem GiB"), _("temp °C"), _("power W"), _("error")
     )
-    table = Table("gpu", "name", "util %", "mem GiB", "temp °C", "power W", "error")
     for g in sample.gpus:
         mem = f"{(g.memory_used_bytes or 0) / gib:.1f}/{(g.memory_total_bytes or 0) / gib:.1f}"
         table.add_row(
@@ -301,5 +308,5 @@ def _print_summary(sample) -> None:
             + (f" [{p.container_name or p.container_id[:12]}]" if p.container_id else "")
         )
     for e in sample.errors:
-        console.print(f"[yellow]note:[/] {e}")
+        console.print(f"[yellow]{_('note:')}[/] {e}")
     sys.stdout.flush()

@@ -21,6 +21,7 @@ from gpufleet.http.local import (
     print_rows,
     settings_from,
 )
+from gpufleet.i18n import _
 
 API = "/api/v1/admin"
 SPAN_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
@@ -29,7 +30,7 @@ SPAN_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 def parse_span(text: str) -> float:
     m = SPAN_RE.fullmatch(text.strip())
     if not m:
-        raise click.BadParameter(f"{text!r}: write a span like 30m, 2h, 1d")
+        raise click.BadParameter(_("{text!r}: write a span like 30m, 2h, 1d", text=text))
     return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
 
 
@@ -37,7 +38,9 @@ def parse_matchers(items: tuple[str, ...]) -> dict[str, str]:
     out = {}
     for item in items:
         if "=" not in item:
-            raise click.BadParameter(f"{item!r}: write LABEL=PATTERN, e.g. host=dgx-0*")
+            raise click.BadParameter(
+                _("{item!r}: write LABEL=PATTERN, e.g. host=dgx-0*", item=item)
+            )
         k, v = item.split("=", 1)
         out[k.strip()] = v.strip()
     return out
@@ -63,8 +66,11 @@ class _Conn:
             path = settings.server.data_dir / DB_FILE
             if not path.exists():
                 raise GpufleetError(
-                    f"no alert state in {settings.server.data_dir} and no server running",
-                    hint="start the server (gpufleet server) or pass --data-dir",
+                    _(
+                        "no alert state in {data_dir} and no server running",
+                        data_dir=settings.server.data_dir,
+                    ),
+                    hint=_("start the server (gpufleet server) or pass --data-dir"),
                 )
             self.db = AlertDB(path)
 
@@ -126,15 +132,16 @@ def alerts(history: bool, search: str | None, as_json: bool, config_path: str | 
     if history:
         rows = [[e["at"], e["event"], e["alert"]["rule"], e["alert"]["summary"]]
                 for e in data["events"]]  # fmt: skip
-        print_rows(["when", "event", "rule", "summary"], rows, time_columns={0})
+        print_rows([_("when"), _("event"), _("rule"), _("summary")], rows, time_columns={0})
         return
     if not data["alerts"]:
-        click.echo("nothing is firing or pending")
+        click.echo(_("nothing is firing or pending"))
         return
     rows = [[a["state"], a["severity"], a["rule"], a["summary"], _fmt_age(now - a["active_since"]),
              a.get("muted") or "", a.get("acked_by") or "", a["fingerprint"]]
             for a in data["alerts"]]  # fmt: skip
-    print_rows(["state", "severity", "rule", "summary", "for", "muted", "ack", "id"], rows)
+    print_rows([_("state"), _("severity"), _("rule"), _("summary"), _("for"), _("muted"),
+                _("ack"), "id"], rows)  # fmt: skip
 
 
 @click.group("silence")
@@ -176,8 +183,8 @@ def silence_add(matchers: tuple[str, ...], span: str, reason: str, config_path: 
     finally:
         conn.close()
     until = time.strftime("%Y-%m-%d %H:%M", time.localtime(s["ends_at"]))
-    click.echo(f"silence {s['id']} until {until}: " + " ".join(
-        f"{k}={v}" for k, v in s["matchers"].items()))  # fmt: skip
+    click.echo(_("silence {id} until {until}: {matchers}", id=s["id"], until=until,
+                 matchers=" ".join(f"{k}={v}" for k, v in s["matchers"].items())))  # fmt: skip
 
 
 @silence.command("list")
@@ -197,11 +204,11 @@ def silence_list(show_all: bool, config_path: str | None, data_dir: Path | None)
     finally:
         conn.close()
     if not items:
-        click.echo("no silences")
+        click.echo(_("no silences"))
         return
     rows = [[s["id"], " ".join(f"{k}={v}" for k, v in s["matchers"].items()), s["ends_at"],
              s["reason"], s["created_by"]] for s in items]  # fmt: skip
-    print_rows(["id", "matchers", "until", "reason", "by"], rows, time_columns={2})
+    print_rows(["id", _("matchers"), _("until"), _("reason"), _("by")], rows, time_columns={2})
 
 
 @silence.command("expire")
@@ -215,7 +222,7 @@ def silence_expire(silence_id: str, config_path: str | None, data_dir: Path | No
         if conn.url:
             conn.call("DELETE", f"{API}/silences/{silence_id}")
         elif conn.db.expire_silence(silence_id, time.time()) is None:
-            raise GpufleetError(f"no silence {silence_id!r}", hint="gpufleet silence list")
+            raise GpufleetError(_("no silence {id!r}", id=silence_id), hint="gpufleet silence list")
     finally:
         conn.close()
-    click.echo(f"silence {silence_id} expired")
+    click.echo(_("silence {id} expired", id=silence_id))

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from gpufleet.errors import GpufleetError
+from gpufleet.i18n import _
 
 log = logging.getLogger("gpufleet.demo")
 
@@ -151,8 +152,8 @@ def demo(
     faults = _faults(faults_path, specs, seed)
     if server_url:
         if not token:
-            raise GpufleetError("--server needs an agent token",
-                                hint="gpufleet token create replay, then pass --token")  # fmt: skip
+            raise GpufleetError(_("--server needs an agent token"),
+                                hint=_("gpufleet token create replay, then pass --token"))  # fmt: skip
         _fleet_only(specs, trace, server_url, token, speed=speed, seed=seed,
                     interval=interval, load=load, faults=faults)  # fmt: skip
         return
@@ -359,8 +360,9 @@ def _check_port(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as exc:
-            raise GpufleetError(f"cannot listen on {host}:{port}: {exc.strerror}",
-                                hint="pass --port with a free port") from None  # fmt: skip
+            raise GpufleetError(_("cannot listen on {host}:{port}: {error}", host=host, port=port,
+                                  error=exc.strerror),
+                                hint=_("pass --port with a free port")) from None  # fmt: skip
 
 
 def _client_host(host: str) -> str:

@@ -28,6 +28,7 @@ import click
 
 from gpufleet.config import Settings, load_settings
 from gpufleet.errors import GpufleetError
+from gpufleet.i18n import _
 from gpufleet.store import Store
 
 log = logging.getLogger("gpufleet.server")
@@ -57,8 +58,10 @@ def open_store_or_explain(settings: Settings) -> Store:
     except StoreError as exc:
         raise GpufleetError(
             str(exc),
-            hint=f"is another gpufleet server using {settings.server.data_dir}? "
-            "stop it or pass --data-dir",
+            hint=_(
+                "is another gpufleet server using {data_dir}? stop it or pass --data-dir",
+                data_dir=settings.server.data_dir,
+            ),
         ) from None
 
 
@@ -132,8 +135,11 @@ class LocalAdmin:
                 self.store = open_store(settings.database_url)
             except StoreError as exc:
                 raise GpufleetError(
-                    str(exc), hint="is a gpufleet server running with this data dir? "
-                    f"its {SERVER_FILE} is missing from {settings.server.data_dir}",
+                    str(exc), hint=_(
+                        "is a gpufleet server running with this data dir? its {file} is "
+                        "missing from {data_dir}", file=SERVER_FILE,
+                        data_dir=settings.server.data_dir,
+                    ),
                 ) from None  # fmt: skip
 
     def _running_server(self) -> tuple[str | None, str | None]:
@@ -153,7 +159,9 @@ class LocalAdmin:
                 **kw,
             )
         except httpx.HTTPError as exc:
-            raise GpufleetError(f"cannot reach the server at {self.url}: {exc}") from None
+            raise GpufleetError(
+                _("cannot reach the server at {url}: {error}", url=self.url, error=exc)
+            ) from None
         if r.status_code >= 400:
             raise GpufleetError(r.json().get("error", {}).get("message", r.text))
         return r.json()

@@ -15,6 +15,7 @@ import yaml
 
 from gpufleet.errors import GpufleetError
 from gpufleet.http.local import config_option, data_dir_option, print_rows, settings_from
+from gpufleet.i18n import N_, _, pgettext
 
 API = "/api/v1/admin/jobs"
 
@@ -27,8 +28,11 @@ class _Server:
         found = running_server(settings.server.data_dir)
         if found is None:
             raise GpufleetError(
-                f"no gpufleet server is running with data dir {settings.server.data_dir}",
-                hint="start it (gpufleet server, with queue.dispatcher set) or pass --data-dir",
+                _(
+                    "no gpufleet server is running with data dir {data_dir}",
+                    data_dir=settings.server.data_dir,
+                ),
+                hint=_("start it (gpufleet server, with queue.dispatcher set) or pass --data-dir"),
             )
         self.url, self.key = found
 
@@ -39,15 +43,17 @@ class _Server:
             r = httpx.request(method, self.url + path, timeout=30,
                               headers={"Authorization": f"Bearer {self.key}"}, **kw)  # fmt: skip
         except httpx.HTTPError as exc:
-            raise GpufleetError(f"cannot reach the server at {self.url}: {exc}") from None
+            raise GpufleetError(
+                _("cannot reach the server at {url}: {error}", url=self.url, error=exc)
+            ) from None
         if r.status_code >= 400:
             try:
                 message = r.json()["error"]["message"]
             except (ValueError, KeyError, TypeError):
                 message = r.text
-            hint = "gpufleet jobs lists the jobs" if r.status_code == 404 else None
+            hint = _("gpufleet jobs lists the jobs") if r.status_code == 404 else None
             if r.status_code == 503:
-                hint = "set queue.dispatcher in the server's config (docs/queue.md)"
+                hint = _("set queue.dispatcher in the server's config (docs/queue.md)")
             raise GpufleetError(message, hint=hint)
         return (
             r.json() if r.headers.get("content-type", "").startswith("application/json") else r.text
@@ -120,14 +126,17 @@ def jobs(state: str | None, user: str | None, as_json: bool, config_path: str | 
                           for p in j.get("placement") or [])  # fmt: skip
         note = j.get("waiting_reason") or where or j.get("reason") or ""
         elapsed = j.get("elapsed_seconds") or j.get("runtime_seconds") or j.get("waited_seconds")
-        rows.append([j["id"], j["name"], j["user"], f"{j['gpus']:g}", j["state"], _span(elapsed),
+        state = pgettext("job state", j["state"])
+        rows.append([j["id"], j["name"], j["user"], f"{j['gpus']:g}", state, _span(elapsed),
                      _span(j.get("predicted_runtime_seconds")), note])  # fmt: skip
     if not rows:
-        click.echo("no jobs")
+        click.echo(_("no jobs"))
         return
-    print_rows(["id", "name", "user", "GPUs", "state", "time", "predicted", "where / why"], rows)
+    print_rows(["id", _("name"), _("user"), _("GPUs"), _("state"), _("time"), _("predicted"),
+                _("where / why")], rows)  # fmt: skip
     s = data["status"]
-    click.echo(f"policy {s['policy']}, dispatcher {s['dispatcher']}; at {time.ctime(now)}")
+    click.echo(_("policy {policy}, dispatcher {dispatcher}; at {when}", policy=s["policy"],
+                 dispatcher=s["dispatcher"], when=time.ctime(now)))  # fmt: skip
 
 
 @click.command("job")
@@ -146,14 +155,14 @@ def _action(name: str, doc: str) -> click.Command:
     @data_dir_option
     def command(job_id: int, config_path: str | None, data_dir: Path | None) -> None:
         done = _Server(config_path, data_dir).call("POST", f"{API}/{job_id}/{name}")
-        click.echo(f"job {job_id}: {done['state']}")
+        click.echo(_("job {id}: {state}", id=job_id, state=done["state"]))
 
     return command
 
 
-cancel = _action("cancel", "Cancel a job (a running one is stopped; CANCELLED follows).")
-hold = _action("hold", "Hold a pending job: it waits until released.")
-release = _action("release", "Release a held job.")
+cancel = _action("cancel", N_("Cancel a job (a running one is stopped; CANCELLED follows)."))
+hold = _action("hold", N_("Hold a pending job: it waits until released."))
+release = _action("release", N_("Release a held job."))
 
 
 @click.command("logs")

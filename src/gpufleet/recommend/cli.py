@@ -15,6 +15,7 @@ import click
 
 from gpufleet.errors import GpufleetError
 from gpufleet.http.local import SERVER_FILE, config_option, data_dir_option, settings_from
+from gpufleet.i18n import _
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.I)
 
@@ -24,8 +25,8 @@ def parse_gib(text: str, flag: str = "--gpu-mem") -> float:
     here, as GPU makers count memory (an "80GB" A100 holds 80 GiB)."""
     m = _SIZE_RE.match(text)
     if not m:
-        raise click.BadParameter(f"{text!r} is not a size; write it like 40G, 40GB or 512M",
-                                 param_hint=flag)  # fmt: skip
+        raise click.BadParameter(_("{text!r} is not a size; write it like 40G, 40GB or 512M",
+                                   text=text), param_hint=flag)  # fmt: skip
     value = float(m.group(1))
     unit = (m.group(2) or "g").lower()
     return value * {"k": 2**-20, "m": 2**-10, "g": 1.0, "t": 1024.0}[unit]
@@ -58,7 +59,7 @@ def _raise_invalid(details: list[dict], message: str) -> None:
     field = re.split(r"[.\[]", str(first.get("loc", "")))[0]
     flag = FLAG_OF.get(field, field or "request")
     raise GpufleetError(
-        f"{flag}: {first.get('msg', message)}", hint="see `gpufleet recommend --help`"
+        f"{flag}: {first.get('msg', message)}", hint=_("see `gpufleet recommend --help`")
     )
 
 
@@ -70,7 +71,8 @@ def _ask_server(server: str, body: dict) -> dict:
         r = httpx.post(url, json=body, timeout=30)
     except httpx.HTTPError as exc:
         raise GpufleetError(
-            f"cannot reach {url}: {exc}", hint="is the server running? check --server"
+            _("cannot reach {url}: {error}", url=url, error=exc),
+            hint=_("is the server running? check --server"),
         ) from None
     if r.status_code == 422:
         err = r.json()["error"]
@@ -81,7 +83,7 @@ def _ask_server(server: str, body: dict) -> dict:
         except Exception:
             msg = r.text[:200]
         raise GpufleetError(
-            f"{url}: {r.status_code}: {msg}", hint="see `gpufleet recommend --help`"
+            f"{url}: {r.status_code}: {msg}", hint=_("see `gpufleet recommend --help`")
         )
     return r.json()
 
@@ -100,8 +102,9 @@ def _ask_local(settings: Any, body: dict) -> dict:
     try:
         store = open_store(settings.database_url)
     except StoreError as exc:
-        raise GpufleetError(str(exc), hint="a gpufleet server owns this store: ask it with "
-                            "--server http://HOST:PORT (or set GPUFLEET_SERVER)") from None  # fmt: skip
+        raise GpufleetError(str(exc), hint=_(
+            "a gpufleet server owns this store: ask it instead with "
+            "--server http://HOST:PORT (or set GPUFLEET_SERVER)")) from None  # fmt: skip
     try:
         now = time.time()
         live = LiveState(status_cfg={
@@ -135,21 +138,31 @@ def _print_answer(data: dict) -> None:
 
     recs = data.get("recommendations") or []
     if not recs:
-        click.echo(f"nothing fits now: {data.get('note') or ''}")
+        click.echo(_("nothing fits now: {note}", note=data.get("note") or ""))
         eta = data.get("eta")
         if eta:
-            click.echo(f"most likely soonest: {eta['host']} GPU {','.join(map(str, eta['gpus']))}"
-                       f" in ~{eta['in_hours']} h (80% range {eta['low_hours']}-"
-                       f"{eta['high_hours']} h; {eta['at_iso']})")  # fmt: skip
+            click.echo(_(
+                "most likely soonest: {host} GPU {gpus} in ~{hours} h (80% range {low}-{high} h;"
+                " {at})", host=eta["host"], gpus=",".join(map(str, eta["gpus"])),
+                hours=eta["in_hours"], low=eta["low_hours"], high=eta["high_hours"],
+                at=eta["at_iso"],
+            ))  # fmt: skip
             click.echo(f"  {eta['reason']}")
         return
-    click.echo("(order: the places about as safe as the safest first, the least used host"
-               " first; then by score)")  # fmt: skip
+    click.echo(_("(order: the places about as safe as the safest first, the least used host"
+                 " first; then by score)"))  # fmt: skip
     for i, r in enumerate(recs, 1):
         where = " + ".join(f"{p['host']}  GPU {','.join(map(str, p['gpus']))}" for p in r["hosts"])
-        why = (f"about as safe as the safest, {r['gpu_hours_served'] or 0:.0f} GPU-h served"
-               if r.get("order") == "safe band" else f"score {r['score']:.3f}")  # fmt: skip
-        click.echo(f"{i}. {where}  {pct(r['p_free_for_duration'])} stays free  ({why})")
+        why = (
+            _(
+                "about as safe as the safest, {hours} GPU-h served",
+                hours=f"{r['gpu_hours_served'] or 0:.0f}",
+            )
+            if r.get("order") == "safe band"
+            else _("score {score}", score=f"{r['score']:.3f}")
+        )
+        free = _("{percent} stays free", percent=pct(r["p_free_for_duration"]))
+        click.echo(f"{i}. {where}  {free}  ({why})")  # fmt: skip
         for why in r["reasons"]:
             click.echo(f"     - {why}")
         click.echo(f"     {r['command']}")
@@ -237,14 +250,15 @@ def recommend(gpus: int, gpu_mem: str, hours: float, gpu_model: tuple[str, ...],
     while wait and not data.get("recommendations"):
         if not said and not as_json:
             _print_answer(data)
-            click.echo(f"waiting (asking every {poll:g} s, up to {timeout:g} s)...", err=True)
+            click.echo(_("waiting (asking every {poll} s, up to {timeout} s)...",
+                         poll=f"{poll:g}", timeout=f"{timeout:g}"), err=True)  # fmt: skip
             said = True
         if time.monotonic() + poll > deadline:
             if as_json:
                 click.echo(json.dumps(data, indent=2))
             raise GpufleetError(
-                f"nothing fitting freed up within {timeout:g} s",
-                hint="raise --timeout, or relax --gpu-mem / --gpu-model / --gpus",
+                _("nothing fitting freed up within {timeout} s", timeout=f"{timeout:g}"),
+                hint=_("raise --timeout, or relax --gpu-mem / --gpu-model / --gpus"),
             )
         time.sleep(poll)
         data = ask()

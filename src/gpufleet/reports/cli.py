@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from datetime import datetime
@@ -14,6 +15,7 @@ import click
 
 from gpufleet.errors import GpufleetError
 from gpufleet.http.local import config_option, data_dir_option, settings_from
+from gpufleet.i18n import N_, _, plural, width
 from gpufleet.reports.core import BY
 from gpufleet.warehouse.calendar import PERIODS
 
@@ -26,8 +28,10 @@ def _open_local(settings) -> Any:
     except StoreError as exc:
         raise GpufleetError(
             str(exc),
-            hint="a gpufleet server owns this store: ask it instead with "
-            "--server http://HOST:PORT (or set GPUFLEET_SERVER)",
+            hint=_(
+                "a gpufleet server owns this store: ask it instead with "
+                "--server http://HOST:PORT (or set GPUFLEET_SERVER)"
+            ),
         ) from None
 
 
@@ -118,7 +122,9 @@ def report(
                 host_groups=settings.hosts.groups,
             )  # fmt: skip
         except ReportError as exc:
-            raise GpufleetError(str(exc), hint="see `gpufleet report --help`") from None
+            raise GpufleetError(
+                report_message(str(exc)), hint=_("see `gpufleet report --help`")
+            ) from None
         finally:
             store.close()
     if fmt == "json":
@@ -146,7 +152,8 @@ def _fetch(
         r = httpx.get(url, params=params, headers=headers, timeout=120)
     except httpx.HTTPError as exc:
         raise GpufleetError(
-            f"cannot reach {url}: {exc}", hint="is the server running? check --server"
+            _("cannot reach {url}: {error}", url=url, error=exc),
+            hint=_("is the server running? check --server"),
         ) from None
     if r.status_code != 200:
         try:
@@ -154,8 +161,31 @@ def _fetch(
             msg = err["message"]
         except Exception:
             msg = r.text[:200]
-        raise GpufleetError(f"{url}: {r.status_code}: {msg}", hint="see `gpufleet report --help`")
+        raise GpufleetError(
+            f"{url}: {r.status_code}: {report_message(msg)}",
+            hint=_("see `gpufleet report --help`"),
+        )
     return r.json()
+
+
+# The report's own refusals (reports.service, the API's English) as the CLI words them
+REPORT_MESSAGES = (
+    (re.compile(r"(?P<what>\S+)=(?P<text>'.*') is not a date; use YYYY-MM-DD"),
+     N_("{what}={text} is not a date; use YYYY-MM-DD")),
+    (re.compile(r"from \((?P<first>[^)]*)\) is after to \((?P<last>[^)]*)\)"),
+     N_("from ({first}) is after to ({last})")),
+    (re.compile(r"a custom period needs both from and to"),
+     N_("a custom period needs both from and to")),
+    (re.compile(r"a report covers at most 20 years"), N_("a report covers at most 20 years")),
+)  # fmt: skip
+
+
+def report_message(message: str) -> str:
+    """A refusal of the report service in the CLI's language (unknown ones as they are)."""
+    for pattern, msgid in REPORT_MESSAGES:
+        if m := pattern.fullmatch(message):
+            return _(msgid, **m.groupdict())
+    return message
 
 
 def _num(v: Any, digits: int = 1) -> str:
@@ -167,12 +197,13 @@ def _num(v: Any, digits: int = 1) -> str:
 # The table's columns (header, field, digits; None: text), in the order they are shown, and
 # the order they are kept in when the terminal is too narrow for all of them.
 COLUMNS = (
-    ("period", "period_start", None), ("{by}", "key", None),
-    ("GPU-h held", "gpu_hours", 1), ("GPU-h busy", "busy_gpu_hours", 1),
-    ("idle-held h", "idle_held_hours", 1), ("avg util %", "avg_util", 1),
-    ("p95 util %", "p95_util", 0), ("mem GB-h", "mem_gb_hours", 0),
-    ("energy kWh", "energy_kwh", 1), ("avail GPU-h", "availability_hours", 1),
-    ("peak GPUs", "peak_concurrent_gpus", 0), ("held vs prev %", "gpu_hours_change_percent", 0),
+    (N_("period"), "period_start", None), ("{by}", "key", None),
+    (N_("GPU-h held"), "gpu_hours", 1), (N_("GPU-h busy"), "busy_gpu_hours", 1),
+    (N_("idle-held h"), "idle_held_hours", 1), (N_("avg util %"), "avg_util", 1),
+    (N_("p95 util %"), "p95_util", 0), (N_("mem GB-h"), "mem_gb_hours", 0),
+    (N_("energy kWh"), "energy_kwh", 1), (N_("avail GPU-h"), "availability_hours", 1),
+    (N_("peak GPUs"), "peak_concurrent_gpus", 0),
+    (N_("held vs prev %"), "gpu_hours_change_percent", 0),
 )  # fmt: skip
 PRIORITY = (
     "key", "period_start", "gpu_hours", "avg_util", "idle_held_hours", "busy_gpu_hours",
@@ -181,9 +212,22 @@ PRIORITY = (
 )  # fmt: skip
 
 
+# how the table's title and first column name a grouping
+BY_WORDS = {
+    "fleet": N_("fleet"), "host": N_("host"), "gpu_model": N_("GPU model"), "gpu": N_("GPU"),
+    "user": N_("user"), "group": N_("group"), "person": N_("person"),
+    "host_group": N_("host group"),
+}  # fmt: skip
+PERIOD_WORDS = {
+    "day": N_("day"), "week": N_("week"), "month": N_("month"), "quarter": N_("quarter"),
+    "year": N_("year"), "custom": N_("custom range"),
+}  # fmt: skip
+
+
 def fit_columns(widths: dict[str, int], room: int) -> list[str]:
-    """The fields that fit in ``room`` characters, taken by PRIORITY (a column costs its
-    width plus 3 for borders and padding), in the table's order."""
+    """The fields that fit in ``room`` terminal columns, taken by PRIORITY (a column costs its
+    width plus 3 for borders and padding), in the table's order. Widths are in terminal
+    columns: a Chinese header's characters take two each (``i18n.width``)."""
     kept: set[str] = set()
     used = 1
     for field in PRIORITY:
@@ -197,18 +241,20 @@ def _table(data: dict, wide: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    title = (
-        f"GPU usage by {data['by']}, per {data['period']}: {data['from']} .. {data['to']}"
-        f" ({data['timezone']})"
-    )
+    by_word = _(BY_WORDS.get(data["by"], data["by"]))
+    title = _(
+        "GPU usage by {by}, per {period}: {first} .. {last} ({timezone})",
+        by=by_word, period=_(PERIOD_WORDS.get(data["period"], data["period"])),
+        first=data["from"], last=data["to"], timezone=data["timezone"],
+    )  # fmt: skip
     tot = data["totals"]
     cells: dict[str, list[str]] = {}
     for _name, k, d in COLUMNS:
         values = [str(r[k]) if d is None else _num(r.get(k), d) for r in data["rows"]]
-        total = "total" if k == "period_start" else "" if d is None else _num(tot.get(k), d or 0)
+        total = _("total") if k == "period_start" else "" if d is None else _num(tot.get(k), d or 0)
         cells[k] = [*values, total]
-    headers = {k: name.format(by=data["by"]) for name, k, _ in COLUMNS}
-    widths = {k: max(len(headers[k]), *(len(v) for v in cells[k])) for k in cells}
+    headers = {k: by_word if k == "key" else _(name) for name, k, _d in COLUMNS}
+    widths = {k: max(width(headers[k]), *(width(v) for v in cells[k])) for k in cells}
     console = Console()
     shown = [k for _, k, _ in COLUMNS] if wide else fit_columns(widths, console.width)
     if wide:
@@ -223,31 +269,43 @@ def _table(data: dict, wide: bool = False) -> None:
     t.add_section()
     t.add_row(*[cells[k][n] for k in shown])
     console.print(t)
-    left_out = [headers[k] for _, k, _ in COLUMNS if k not in shown]
+    left_out = [headers[k] for _n, k, _d in COLUMNS if k not in shown]
     if left_out:
-        console.print(f"not shown (too narrow): {', '.join(left_out)}; --wide for all",
-                      style="dim")  # fmt: skip
+        console.print(_("not shown (too narrow): {columns}; --wide for all",
+                        columns=", ".join(left_out)), style="dim")  # fmt: skip
     lt = data["long_tail"]
     if lt["hosts"]:
         share = lt["busiest_hosts_gpu_hours_share"]
         console.print(
-            f"long tail: {lt['hosts']} hosts; busiest 20% hold "
-            f"{'-' if share is None else f'{share * 100:.0f}%'} of GPU-hours; "
-            f"Gini of host utilisation {_num(lt['host_util_gini'], 2)}; "
-            f"idle GPU-hours {_num(lt['idle_gpu_hours'])}, of which on the least-used hosts "
-            f"({', '.join(lt['least_used_hosts'][:5])}) {_num(lt['least_used_idle_gpu_hours'])}"
-        )
+            _(
+                "long tail: {hosts} hosts; busiest 20% hold {share} of GPU-hours; Gini of "
+                "host utilisation {gini}; idle GPU-hours {idle}, of which on the least-used "
+                "hosts ({least}) {least_idle}",
+                hosts=lt["hosts"], share="-" if share is None else f"{share * 100:.0f}%",
+                gini=_num(lt["host_util_gini"], 2), idle=_num(lt["idle_gpu_hours"]),
+                least=", ".join(lt["least_used_hosts"][:5]),
+                least_idle=_num(lt["least_used_idle_gpu_hours"]),
+            )
+        )  # fmt: skip
     console.print(
-        f"p95 within {data['p95_error_bound_percent']:g} points; tier {data['tier']}; "
-        f"rolled up until {data.get('rolled_up_until') or '-'}; avg util over "
-        f"{data.get('avg_util_over', '-')}",
+        _(
+            "p95 within {points} points; tier {tier}; rolled up until {until}; avg util over "
+            "{over}",
+            points=f"{data['p95_error_bound_percent']:g}", tier=data["tier"],
+            until=data.get("rolled_up_until") or "-", over=data.get("avg_util_over", "-"),
+        ),
         style="dim",
-    )
+    )  # fmt: skip
     if data.get("late_hours_waiting"):
         console.print(
-            f"{data['late_hours_waiting']} hour(s) of late samples wait for the next rollup: "
-            "their periods will still change", style="yellow",
-        )  # fmt: skip
+            plural(
+                "{n} hour of late samples waits for the next rollup: its periods will still change",
+                "{n} hours of late samples wait for the next rollup: their periods will "
+                "still change",
+                data["late_hours_waiting"],
+            ),
+            style="yellow",
+        )
 
 
 def _when(text: str | None, tz: str) -> float | None:
@@ -259,7 +317,7 @@ def _when(text: str | None, tz: str) -> float | None:
         dt = datetime.fromisoformat(text)
     except ValueError:
         raise GpufleetError(
-            f"cannot read {text!r}", hint="use YYYY-MM-DD or an ISO 8601 time"
+            _("cannot read {text!r}", text=text), hint=_("use YYYY-MM-DD or an ISO 8601 time")
         ) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=ZoneInfo(tz))
@@ -294,11 +352,16 @@ def rollup(
     found = running_server(settings.server.data_dir)
     if found is not None:
         raise GpufleetError(
-            f"the server at {found[0]} owns this store and rolls it up by itself every "
-            f"{wh.rollup_interval_seconds:g} s",
-            hint="to recompute a range (--from/--to), stop the server first, then run "
-            "`gpufleet rollup` again",
-        )
+            _(
+                "the server at {url} owns this store and rolls it up by itself every "
+                "{seconds} s",
+                url=found[0], seconds=f"{wh.rollup_interval_seconds:g}",
+            ),
+            hint=_(
+                "to recompute a range (--from/--to), stop the server first, then run "
+                "`gpufleet rollup` again"
+            ),
+        )  # fmt: skip
     store = _open_local(settings)
     try:
         kw: dict[str, Any] = {
@@ -309,7 +372,7 @@ def rollup(
             from rich.progress import Progress
 
             with Progress(transient=True) as bar:
-                task = bar.add_task("rolling up hours", total=None)
+                task = bar.add_task(_("rolling up hours"), total=None)
                 done = store.rollup(
                     **kw, progress=lambda d, t: bar.update(task, completed=d, total=t)
                 )
@@ -318,5 +381,8 @@ def rollup(
     finally:
         store.close()
     click.echo(
-        f"rolled up {done['hours']} hour(s), {done['days']} local day(s) in {done['seconds']} s"
-    )
+        _(
+            "rolled up {hours} hour(s), {days} local day(s) in {seconds} s",
+            hours=done["hours"], days=done["days"], seconds=done["seconds"],
+        )
+    )  # fmt: skip

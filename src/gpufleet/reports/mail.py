@@ -31,11 +31,14 @@ from dataclasses import asdict, dataclass
 from datetime import date, timedelta
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
+from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from gpufleet import i18n
 from gpufleet.config import Settings
+from gpufleet.i18n import N_, _
 from gpufleet.reports.core import BY
 from gpufleet.reports.service import compute_report, to_csv
 from gpufleet.store.base import Store
@@ -70,10 +73,24 @@ class Subscription:
     schedule: str  # weekly | monthly | yearly
     by: str
     created_at: float
+    language: str | None = None  # en | zh-CN; None: the server's ui.language
 
     @property
     def period(self) -> str:
         return SCHEDULES[self.schedule]
+
+
+def check_language(language: Any) -> str | None:
+    """A subscription's language: en, zh-CN, or None/"" for the server's ``ui.language``."""
+    if language is None or language == "":
+        return None
+    if language not in i18n.LANGUAGES:
+        raise SubscriptionError(
+            422, "invalid_subscription",
+            f"language: {str(language)[:40]!r}; use one of {', '.join(i18n.LANGUAGES)} "
+            "(or leave it out for the server's ui.language)",
+        )  # fmt: skip
+    return str(language)
 
 
 def check_subscription(email: Any, schedule: Any, by: Any) -> tuple[str, str, str]:
@@ -139,8 +156,11 @@ class SubscriptionStore:
                 return s
         raise SubscriptionError(404, "unknown_subscription", f"no subscription {sub_id!r}")
 
-    def add(self, email: Any, schedule: Any, by: Any, now: float) -> Subscription:
+    def add(
+        self, email: Any, schedule: Any, by: Any, now: float, language: Any = None
+    ) -> Subscription:
         email, schedule, by = check_subscription(email, schedule, by)
+        lang = check_language(language)
         with self._lock:
             data = self._load()
             subs = data["subscriptions"]
@@ -153,7 +173,7 @@ class SubscriptionStore:
                 raise SubscriptionError(
                     409, "conflict", f"at most {MAX_SUBSCRIPTIONS} subscriptions"
                 )
-            sub = Subscription(f"sub_{secrets.token_hex(6)}", email, schedule, by, now)
+            sub = Subscription(f"sub_{secrets.token_hex(6)}", email, schedule, by, now, lang)
             subs.append(asdict(sub))
             self._save(data)
             return sub
@@ -199,6 +219,14 @@ def last_complete_period(period: str, now: float, tz: str) -> tuple[date, date, 
 # -- the e-mail ------------------------------------------------------------------------------
 
 
+def _pad(text: str, columns: int, right: bool = False) -> str:
+    """``text`` cut and padded to ``columns`` terminal columns (a Chinese character takes 2)."""
+    while i18n.width(text) > columns:
+        text = text[:-1]
+    fill = " " * (columns - i18n.width(text))
+    return fill + text if right else text + fill
+
+
 def _num(v: Any, digits: int = 1) -> str:
     return "–" if v is None else f"{v:,.{digits}f}"
 
@@ -229,8 +257,42 @@ def _style(ax: Any) -> None:
     ax.set_axisbelow(True)
 
 
-def chart_stacked(series: dict[str, Any], by: str) -> bytes:
+@cache
+def cjk_font() -> str | None:
+    """A font family with Chinese glyphs that matplotlib can use, or None (then the charts'
+    own words stay English: matplotlib would draw boxes; the mail around them is Chinese)."""
+    from matplotlib import font_manager
+
+    wanted = ("Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Zen Hei",
+              "WenQuanYi Micro Hei", "Droid Sans Fallback", "AR PL UMing CN", "SimHei")  # fmt: skip
+    names = {f.name for f in font_manager.fontManager.ttflist}
+    return next((w for w in wanted if w in names), None)
+
+
+class _ChartWords:
+    """The charts' words: in ``lang`` when a font can draw them, else English."""
+
+    def __init__(self, lang: str) -> None:
+        self.font = cjk_font() if lang != i18n.ENGLISH else None
+        self.lang = lang if self.font or lang == i18n.ENGLISH else i18n.ENGLISH
+
+    def __call__(self, msgid: str, **params: Any) -> str:
+        return i18n.translate(msgid, self.lang, **params)
+
+    def style(self) -> Any:  # matplotlib rc settings (its stubs want literal keys)
+        return {"font.family": [self.font, "sans-serif"]} if self.font else {}
+
+
+def chart_stacked(series: dict[str, Any], by: str, lang: str = i18n.ENGLISH) -> bytes:
     """Stacked GPU-hours per key over the report's sub-periods (top keys, the rest 'other')."""
+    tr = _ChartWords(lang)
+    from matplotlib import rc_context
+
+    with rc_context(tr.style()):
+        return _chart_stacked(series, by, tr)
+
+
+def _chart_stacked(series: dict[str, Any], by: str, tr: _ChartWords) -> bytes:
     rows = series["rows"]
     labels = sorted({r["period_start"] for r in rows})
     totals: dict[str, float] = {}
@@ -244,7 +306,7 @@ def chart_stacked(series: dict[str, Any], by: str) -> bytes:
         target = stacks.get(r["key"], other)
         target[idx[r["period_start"]]] += r["gpu_hours"] or 0.0
     if any(other):
-        stacks["other"] = other
+        stacks[tr("other")] = other
     fig = _figure(7.2, 3.0)
     ax = fig.add_subplot()
     bottom = [0.0] * len(labels)
@@ -254,16 +316,24 @@ def chart_stacked(series: dict[str, Any], by: str) -> bytes:
         bottom = [a + b for a, b in zip(bottom, ys, strict=True)]
     step = max(1, len(labels) // 12)
     ax.set_xticks(x[::step], [lab[5:] if len(labels) > 6 else lab for lab in labels][::step])
-    ax.set_ylabel("GPU-hours held", fontsize=8)
-    ax.set_title(f"GPU-hours by {by}", fontsize=10, loc="left")
+    ax.set_ylabel(tr("GPU-hours held"), fontsize=8)
+    ax.set_title(tr("GPU-hours by {by}", by=tr(BY_WORDS.get(by, by))), fontsize=10, loc="left")
     _style(ax)
     if stacks:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     return _png(fig)
 
 
-def chart_heatmap(grid: dict[str, Any]) -> bytes:
+def chart_heatmap(grid: dict[str, Any], lang: str = i18n.ENGLISH) -> bytes:
     """Average utilisation, host x sub-period."""
+    tr = _ChartWords(lang)
+    from matplotlib import rc_context
+
+    with rc_context(tr.style()):
+        return _chart_heatmap(grid, tr)
+
+
+def _chart_heatmap(grid: dict[str, Any], tr: _ChartWords) -> bytes:
     rows = grid["rows"]
     labels = sorted({r["period_start"] for r in rows})
     hosts = sorted({r["key"] for r in rows})
@@ -284,15 +354,24 @@ def chart_heatmap(grid: dict[str, Any]) -> bytes:
         ax.set_xticks(range(0, len(labels), step), [lab[5:] for lab in labels][::step])
         length = min(height * 0.8, 3.0)  # inches: a slim bar, whatever the host count
         bar = fig.colorbar(im, ax=ax, shrink=length / height, aspect=length / 0.12, pad=0.02)
-        bar.set_label("avg util %", fontsize=8)
+        bar.set_label(tr("avg util %"), fontsize=8)
         bar.ax.tick_params(labelsize=7)
     ax.tick_params(labelsize=5 if many else 7)
-    ax.set_title("Utilisation, host × " + grid["period"], fontsize=10, loc="left")
+    period = tr(PERIOD_WORDS.get(grid["period"], grid["period"]))
+    ax.set_title(tr("Utilisation, host × {period}", period=period), fontsize=10, loc="left")
     return _png(fig)
 
 
-def chart_long_tail(report: dict[str, Any]) -> bytes:
+def chart_long_tail(report: dict[str, Any], lang: str = i18n.ENGLISH) -> bytes:
     """Hosts ranked by GPU-hours held (bars) with their average utilisation."""
+    tr = _ChartWords(lang)
+    from matplotlib import rc_context
+
+    with rc_context(tr.style()):
+        return _chart_long_tail(report, tr)
+
+
+def _chart_long_tail(report: dict[str, Any], tr: _ChartWords) -> bytes:
     ranked = report["long_tail"]["hosts_ranked"]
     fig = _figure(7.2, 2.8)
     ax = fig.add_subplot()
@@ -302,9 +381,9 @@ def chart_long_tail(report: dict[str, Any]) -> bytes:
         ax.set_xticks(x, [h["host"] for h in ranked], rotation=60, ha="right")
     else:
         ax.set_xticks([])
-        ax.set_xlabel(f"{len(ranked)} hosts, busiest first", fontsize=8)
-    ax.set_ylabel("GPU-hours held", fontsize=8)
-    ax.set_title("Long tail: hosts ranked by use", fontsize=10, loc="left")
+        ax.set_xlabel(tr("{n} hosts, busiest first", n=len(ranked)), fontsize=8)
+    ax.set_ylabel(tr("GPU-hours held"), fontsize=8)
+    ax.set_title(tr("Long tail: hosts ranked by use"), fontsize=10, loc="left")
     _style(ax)
     return _png(fig)
 
@@ -313,15 +392,36 @@ def _subperiod(period: str) -> str:
     return "month" if period == "year" else "day"
 
 
-def period_label(period: str, first: date) -> str:
+MONTHS = (
+    N_("January"), N_("February"), N_("March"), N_("April"), N_("May"), N_("June"),
+    N_("July"), N_("August"), N_("September"), N_("October"), N_("November"), N_("December"),
+)  # fmt: skip
+BY_WORDS = {
+    "fleet": N_("fleet"), "host": N_("host"), "gpu_model": N_("GPU model"), "gpu": N_("GPU"),
+    "user": N_("user"), "group": N_("group"), "person": N_("person"),
+    "host_group": N_("host group"),
+}  # fmt: skip
+PERIOD_WORDS = {"day": N_("day"), "month": N_("month")}  # the charts' sub-periods
+PERIOD_NAMES = {
+    "day": N_("day"), "week": N_("week"), "month": N_("month"), "quarter": N_("quarter"),
+    "year": N_("year"), "custom": N_("custom range"),
+}  # fmt: skip
+REPORT_NAMES = {
+    "weekly": N_("weekly report"), "monthly": N_("monthly report"),
+    "yearly": N_("yearly report"),
+}  # fmt: skip
+
+
+def period_label(period: str, first: date, lang: str = i18n.ENGLISH) -> str:
     if period == "week":
-        return f"week of {first.isoformat()}"
+        return i18n.translate("week of {date}", lang, date=first.isoformat())
     if period == "month":
-        return first.strftime("%B %Y")
+        month = i18n.translate(MONTHS[first.month - 1], lang)
+        return i18n.translate("{month} {year}", lang, month=month, year=first.year)
     if period == "quarter":
-        return f"Q{(first.month - 1) // 3 + 1} {first.year}"
+        return i18n.translate("Q{q} {year}", lang, q=(first.month - 1) // 3 + 1, year=first.year)
     if period == "year":
-        return str(first.year)
+        return i18n.translate("{year}", lang, year=first.year)
     return first.isoformat()
 
 
@@ -349,18 +449,27 @@ def build_message(
     from_address: str,
     public_url: str | None = None,
     schedule: str | None = None,
+    lang: str = i18n.ENGLISH,
 ) -> EmailMessage:
     """The report e-mail for local days ``first``..``last``: HTML with three charts as inline
-    PNG images, a plain-text twin, and the report's CSV attached."""
-    from gpufleet.http.templates import TEMPLATE_DIR
+    PNG images, a plain-text twin, and the report's CSV attached; in ``lang`` (the subject,
+    the text, the HTML; the charts' words too when a Chinese font is installed)."""
+    from gpufleet.http.templates import TEMPLATE_DIR, translator
+
+    def tr(msgid: str, **params: Any) -> str:
+        return i18n.translate(msgid, lang, **params)
 
     report = fetch(period, by, first, last)
     sub = _subperiod(period)
     series = fetch(sub, by, first, last) if by != "fleet" or sub != period else report
     grid = fetch(sub, "host", first, last)
-    label = period_label(period, first)
-    what = f"{schedule} report" if schedule else "report"
-    subject = f"gpufleet {what}: GPU usage by {by}, {label} ({first} to {last})"
+    label = period_label(period, first, lang)
+    what = tr(REPORT_NAMES[schedule]) if schedule in REPORT_NAMES else tr("report")
+    by_word = tr(BY_WORDS.get(by, by))
+    subject = tr(
+        "gpufleet {what}: GPU usage by {by}, {label} ({first} to {last})",
+        what=what, by=by_word, label=label, first=first, last=last,
+    )  # fmt: skip
     top = sorted(report["rows"], key=lambda r: (-(r["gpu_hours"] or 0.0), r["key"]))[:TOP_ROWS]
     link = None
     if public_url:
@@ -377,24 +486,31 @@ def build_message(
     t, lt = report["totals"], report["long_tail"]
     text = [
         subject, "",
-        f"GPU-hours held {_num(t.get('gpu_hours'))}, busy {_num(t.get('busy_gpu_hours'))}, "
-        f"held but idle {_num(t.get('idle_held_hours'))}; average utilisation "
-        f"{_num(t.get('avg_util'))}%, p95 {_num(t.get('p95_util'), 0)}%; energy "
-        f"{_num(t.get('energy_kwh'))} kWh.", "",
-        f"{'key':<24} {'GPU-h':>10} {'vs prev':>8} {'avg util':>8}",
+        tr(
+            "GPU-hours held {held}, busy {busy}, held but idle {idle}; average utilisation "
+            "{avg}%, p95 {p95}%; energy {kwh} kWh.",
+            held=_num(t.get("gpu_hours")), busy=_num(t.get("busy_gpu_hours")),
+            idle=_num(t.get("idle_held_hours")), avg=_num(t.get("avg_util")),
+            p95=_num(t.get("p95_util"), 0), kwh=_num(t.get("energy_kwh")),
+        ), "",
+        _pad(by_word, 24) + " " + " ".join(
+            _pad(tr(h), 10 if i == 0 else 8, right=True)
+            for i, h in enumerate((N_("GPU-h"), N_("vs prev"), N_("avg util")))
+        ),
     ]  # fmt: skip
     for r in top:
         text.append(
-            f"{str(r['key'])[:24]:<24} {_num(r['gpu_hours']):>10} "
+            f"{_pad(str(r['key']), 24)} {_num(r['gpu_hours']):>10} "
             f"{_change(r['gpu_hours_change_percent']):>8} {_num(r['avg_util']):>8}"
         )
-    text += ["", "All rows are in the attached CSV."] + ([f"On the web: {link}"] if link else [])
+    text += ["", tr("All rows are in the attached CSV.")]
+    text += [tr("On the web: {link}", link=link)] if link else []
     msg.set_content("\n".join(text) + "\n")
 
     charts = {
-        "stacked": chart_stacked(series, by),
-        "heatmap": chart_heatmap(grid),
-        "longtail": chart_long_tail(report),
+        "stacked": chart_stacked(series, by, lang),
+        "heatmap": chart_heatmap(grid, lang),
+        "longtail": chart_long_tail(report, lang),
     }
     cids = {name: make_msgid(f"chart-{name}", domain=domain) for name in charts}
     from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -402,8 +518,10 @@ def build_message(
     env = Environment(loader=FileSystemLoader(TEMPLATE_DIR), autoescape=select_autoescape())
     env.filters["num"] = _num
     env.filters["change"] = _change
+    env.globals["_"] = translator(lang)
     html = env.get_template("report-email.html").render(
-        subject=subject, report=report, totals=t, long_tail=lt, top=top, by=by, label=label,
+        subject=subject, report=report, totals=t, long_tail=lt, top=top, by=by_word, lang=lang,
+        label=label,
         first=first, last=last, link=link, cids={k: v[1:-1] for k, v in cids.items()},
         more=len(report["rows"]) - len(top),
     )  # fmt: skip
@@ -469,11 +587,13 @@ def send_from_cli(
         check_subscription(to, "weekly", by)
         d_first, d_last = parse_date(first, "--from"), parse_date(last, "--to")
     except (SubscriptionError, ReportError) as exc:
-        raise GpufleetError(f"--send-to: {exc}", hint="see `gpufleet report --help`") from None
+        raise GpufleetError(f"--send-to: {exc}", hint=_("see `gpufleet report --help`")) from None
     if d_first is None or d_last is None:
         if period == "custom":
-            raise GpufleetError("a custom period needs --from and --to")
-        p_first, p_last, _ = last_complete_period(period, time.time(), settings.warehouse.timezone)
+            raise GpufleetError(_("a custom period needs --from and --to"))
+        p_first, p_last, _end = last_complete_period(
+            period, time.time(), settings.warehouse.timezone
+        )
         d_first, d_last = d_first or p_first, d_last or p_last
     store = None
     fetch: Fetch
@@ -491,19 +611,24 @@ def send_from_cli(
         msg = build_message(
             fetch, to=to, period=period, by=by, first=d_first, last=d_last,
             from_address=cfg.from_address, public_url=cfg.public_url,
+            lang=i18n.current.get(),  # the CLI's language (GPUFLEET_LANG, ui.language, locale)
         )  # fmt: skip
         smtp_send(settings, msg)
     except ReportError as exc:
-        raise GpufleetError(str(exc), hint="see `gpufleet report --help`") from None
+        raise GpufleetError(str(exc), hint=_("see `gpufleet report --help`")) from None
     except (OSError, smtplib.SMTPException, RuntimeError) as exc:
         raise GpufleetError(
-            f"the report was not sent: {exc}",
-            hint="check the mail settings (mail.smtp_host, smtp_port, ...: docs/reports.md)",
+            _("the report was not sent: {error}", error=exc),
+            hint=_("check the mail settings (mail.smtp_host, smtp_port, ...: docs/reports.md)"),
         ) from None
     finally:
         if store is not None:
             store.close()
-    return f"sent the {period} report by {by} ({d_first} to {d_last}) to {to}"
+    return _(
+        "sent the {period} report by {by} ({first} to {last}) to {to}",
+        period=_(PERIOD_NAMES.get(period, period)), by=_(BY_WORDS.get(by, by)),
+        first=d_first, last=d_last, to=to,
+    )  # fmt: skip
 
 
 # -- the schedule ----------------------------------------------------------------------------
@@ -557,6 +682,7 @@ class ReportMailer:
         return build_message(
             self.fetch, to=sub.email, period=sub.period, by=sub.by, first=first, last=last,
             from_address=cfg.from_address, public_url=cfg.public_url, schedule=sub.schedule,
+            lang=sub.language or self.settings.ui.language,
         )  # fmt: skip
 
     def check(self, now: float | None = None) -> list[dict[str, Any]]:
@@ -581,7 +707,7 @@ class ReportMailer:
     def send_now(self, sub_id: str) -> dict[str, Any]:
         """A one-off send of a subscription's latest complete period (not recorded)."""
         sub = self.subscriptions.get(sub_id)
-        first, last, _ = last_complete_period(
+        first, last, _end = last_complete_period(
             sub.period, self.clock(), self.settings.warehouse.timezone
         )
         smtp_send(self.settings, self.message_for(sub, first, last))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 import orjson
@@ -25,6 +25,8 @@ from pydantic import BaseModel, Field
 
 from gpufleet.accounts.web import auth, csrf_protected, form_data, page_context, require_role
 from gpufleet.http.errors import ApiError
+from gpufleet.http.templates import request_language
+from gpufleet.i18n import translate
 from gpufleet.reports.mail import SCHEDULES, ReportMailer, SubscriptionError
 from gpufleet.reports.service import report_options
 from gpufleet.store import UserRecord
@@ -115,10 +117,12 @@ def my_usage_page(request: Request) -> Response:
     picked = q.get("user", "").strip()
     note = None
     can_pick = user is None or user.role == "admin"
+    lang = request_language(request)
     if picked and not UNIX_USER.match(picked):
-        note, picked = f"{picked[:64]!r} is not a Unix user name", ""
+        note = translate("{name!r} is not a Unix user name", lang, name=picked[:64])
+        picked = ""
     if user is not None and not can_pick and picked and picked != user.name:
-        note = "you can see only your own usage"
+        note = translate("you can see only your own usage", lang)
     who = picked if (can_pick and picked) else (user.name if user is not None else "")
     keys = unix_users_of(ctx.store, who) if who else []
     options = report_options(ctx.settings.warehouse.timezone)
@@ -189,11 +193,14 @@ async def add_subscription_form(
     mailer = _mailer(request)
     try:
         sub = mailer.subscriptions.add(
-            form.get("email", ""), form.get("schedule", ""), form.get("by", ""), mailer.clock()
-        )
+            form.get("email", ""), form.get("schedule", ""), form.get("by", ""), mailer.clock(),
+            form.get("language") or None,
+        )  # fmt: skip
     except SubscriptionError as exc:
         return _back(error=str(exc))
-    return _back(f"{sub.email} gets the {sub.schedule} report by {sub.by}")
+    return _back(translate("{email} gets the {schedule} report by {by}",
+                           request_language(request), email=sub.email, schedule=sub.schedule,
+                           by=sub.by))  # fmt: skip
 
 
 @router.post("/admin/reports/subscriptions/{sub_id}/delete", dependencies=[Depends(csrf_protected)])
@@ -204,7 +211,9 @@ def delete_subscription_form(
         sub = _mailer(request).subscriptions.delete(sub_id)
     except SubscriptionError as exc:
         return _back(error=str(exc))
-    return _back(f"{sub.email} no longer gets the {sub.schedule} report by {sub.by}")
+    return _back(translate("{email} no longer gets the {schedule} report by {by}",
+                           request_language(request), email=sub.email, schedule=sub.schedule,
+                           by=sub.by))  # fmt: skip
 
 
 @router.post("/admin/reports/subscriptions/{sub_id}/send", dependencies=[Depends(csrf_protected)])
@@ -214,8 +223,10 @@ async def send_subscription_form(
     try:
         done = await asyncio.to_thread(_mailer(request).send_now, sub_id)
     except Exception as exc:
-        return _back(error=f"not sent: {exc}")
-    return _back(f"sent the report for the period from {done['period_start']} to {done['email']}")
+        return _back(error=translate("not sent: {error}", request_language(request), error=exc))
+    return _back(translate("sent the report for the period from {start} to {email}",
+                           request_language(request), start=done["period_start"],
+                           email=done["email"]))  # fmt: skip
 
 
 # -- the subscriptions' API --------------------------------------------------------------------
@@ -225,11 +236,15 @@ class SubscriptionIn(BaseModel):
     email: str = Field(description="Who gets the report")
     schedule: str = Field(description=" | ".join(SCHEDULES))
     by: str = Field("user", description="The report's grouping (as in GET /api/v1/reports)")
+    language: Literal["en", "zh-CN"] | None = Field(
+        None, description="The e-mail's language; default: the server's ui.language"
+    )
 
 
 def _view(sub: Any) -> dict[str, Any]:
     return {"id": sub.id, "email": sub.email, "schedule": sub.schedule, "by": sub.by,
-            "period": sub.period, "created_at": sub.created_at}  # fmt: skip
+            "period": sub.period, "created_at": sub.created_at,
+            "language": sub.language}  # fmt: skip
 
 
 def _api_error(exc: SubscriptionError) -> ApiError:
@@ -259,7 +274,11 @@ def add_subscription(
 ) -> dict[str, Any]:  # fmt: skip
     mailer = _mailer(request)
     try:
-        return _view(mailer.subscriptions.add(body.email, body.schedule, body.by, mailer.clock()))
+        return _view(
+            mailer.subscriptions.add(
+                body.email, body.schedule, body.by, mailer.clock(), body.language
+            )
+        )
     except SubscriptionError as exc:
         raise _api_error(exc) from None
 

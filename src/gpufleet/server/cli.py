@@ -23,6 +23,7 @@ from gpufleet.http.local import (
     spawn_agent,
     stop_process,
 )
+from gpufleet.i18n import _
 
 log = logging.getLogger("gpufleet.server")
 
@@ -119,7 +120,8 @@ def token_create(name: str, config_path: str | None, data_dir: Path | None) -> N
 
     if not re.fullmatch(TOKEN_NAME, name):
         raise GpufleetError(
-            f"invalid token name {name!r}", hint="use letters, digits, '.', '_' and '-' (≤ 64)"
+            _("invalid token name {name!r}", name=name),
+            hint=_("use letters, digits, '.', '_' and '-' (≤ 64)"),
         )
     admin = LocalAdmin(settings_from(config_path, data_dir=data_dir))
     try:
@@ -134,12 +136,14 @@ def token_create(name: str, config_path: str | None, data_dir: Path | None) -> N
                 admin.store.create_token(record)
             except StoreError as exc:
                 raise GpufleetError(
-                    str(exc), hint=f"gpufleet token revoke {name}, or pick another name"
+                    str(exc),
+                    hint=_("gpufleet token revoke {name}, or pick another name", name=name),
                 ) from None
     finally:
         admin.close()
     click.echo(token_text)
-    click.echo(f"Start the agent with: gpufleet agent --server URL --token {token_text}", err=True)
+    click.echo(_("Start the agent with: gpufleet agent --server URL --token {token}",
+                 token=token_text), err=True)  # fmt: skip
 
 
 @token.command("list")
@@ -163,7 +167,7 @@ def token_list(config_path: str | None, data_dir: Path | None, as_json: bool) ->
         click.echo(json.dumps(rows, indent=2))
         return
     print_rows(
-        ["name", "id", "created", "revoked"],
+        [_("name"), "id", _("created"), _("revoked")],
         [[r["name"], r["id"], r["created_at"], r["revoked_at"]] for r in rows],
         time_columns={2, 3},
     )
@@ -185,7 +189,9 @@ def token_revoke(name: str, config_path: str | None, data_dir: Path | None) -> N
             try:
                 admin.store.revoke_token(name, time.time())
             except StoreError as exc:
-                raise GpufleetError(str(exc), hint="gpufleet token list shows the names") from None
+                raise GpufleetError(
+                    str(exc), hint=_("gpufleet token list shows the names")
+                ) from None
     finally:
         admin.close()
-    click.echo(f"revoked {name}", err=True)
+    click.echo(_("revoked {name}", name=name), err=True)

@@ -7,6 +7,7 @@ import sys
 import click
 
 from gpufleet.errors import GpufleetError
+from gpufleet.i18n import _
 
 
 @click.command("migrate-store")
@@ -32,8 +33,8 @@ def migrate_store(source: str, target: str) -> None:
 
     if not target.startswith(("postgresql://", "postgres://")):
         raise GpufleetError(
-            f"--to must be a PostgreSQL URL, not {target!r}",
-            hint="e.g. --to postgresql://USER@HOST/DBNAME",
+            _("--to must be a PostgreSQL URL, not {target!r}", target=target),
+            hint=_("e.g. --to postgresql://USER@HOST/DBNAME"),
         )
     bar = click.progressbar(length=1, label="copying", show_pos=True, file=sys.stderr)
     shown = 0
@@ -51,21 +52,28 @@ def migrate_store(source: str, target: str) -> None:
     except TargetNotEmpty as exc:
         raise GpufleetError(
             str(exc),
-            hint="copy into an empty database: `createdb gpufleet`, then "
-            "--to postgresql://USER@HOST/gpufleet (or drop the tables of the earlier copy)",
+            hint=_(
+                "copy into an empty database: `createdb gpufleet`, then "
+                "--to postgresql://USER@HOST/gpufleet (or drop the tables of the earlier copy)"
+            ),
         ) from None
     except StoreError as exc:
         hint = (
-            "stop the gpufleet server that uses this store, then run the command again"
+            _("stop the gpufleet server that uses this store, then run the command again")
             if "cannot open the store" in str(exc)
-            else "check the URL and that PostgreSQL is running; nothing was kept, so run it again"
+            else _(
+                "check the URL and that PostgreSQL is running; nothing was kept, so run it again"
+            )
         )
         raise GpufleetError(str(exc), hint=hint) from None
     width = max(map(len, counts), default=0)
     for table, n in counts.items():
-        click.echo(f"{table:<{width}}  {n:>12,} rows")
+        click.echo(f"{table:<{width}}  " + _("{n} rows", n=f"{n:>12,}"))
     click.echo(
-        f"copied {sum(counts.values()):,} rows into {redact(target)}; counts verified."
-        f" Start the server with: gpufleet server --database {redact(target)}",
+        _(
+            "copied {n} rows into {target}; counts verified. Start the server with: "
+            "gpufleet server --database {target}",
+            n=f"{sum(counts.values()):,}", target=redact(target),
+        ),
         err=True,
-    )
+    )  # fmt: skip

@@ -20,6 +20,7 @@ from gpufleet.http.local import (
     print_rows,
     settings_from,
 )
+from gpufleet.i18n import _
 from gpufleet.usermap.core import Mapping, MappingError, from_store, make, parse_csv, to_csv
 
 API = "/api/v1/admin/usermap"
@@ -63,7 +64,8 @@ def usermap_set(
             admin.store.set_user_mapping(m.user, m.person, m.group)
     finally:
         admin.close()
-    click.echo(f"{m.user} -> person {m.person or '-'}, group {m.group or '-'}")
+    click.echo(_("{user} -> person {person}, group {group}", user=m.user,
+                 person=m.person or "-", group=m.group or "-"))  # fmt: skip
 
 
 @usermap.command("list")
@@ -91,10 +93,11 @@ def usermap_list(fmt: str, config_path: str | None, data_dir: Path | None) -> No
     elif fmt == "csv":
         click.echo(to_csv(mappings), nl=False)
     elif not mappings:
-        click.echo("no mappings (every Unix user is reported as themselves)")
+        click.echo(_("no mappings (every Unix user is reported as themselves)"))
     else:
         print_rows(
-            ["user", "person", "group"], [[m.user, m.person or "", m.group or ""] for m in mappings]
+            [_("user"), _("person"), _("group")],
+            [[m.user, m.person or "", m.group or ""] for m in mappings],
         )
 
 
@@ -111,12 +114,12 @@ def usermap_delete(user: str, config_path: str | None, data_dir: Path | None) ->
         else:
             if user not in {u for u, _, _ in admin.store.user_mapping()}:
                 raise GpufleetError(
-                    f"no mapping for the user {user!r}", hint="gpufleet usermap list"
+                    _("no mapping for the user {user!r}", user=user), hint="gpufleet usermap list"
                 )
             admin.store.set_user_mapping(user, None, None)
     finally:
         admin.close()
-    click.echo(f"deleted the mapping of {user}")
+    click.echo(_("deleted the mapping of {user}", user=user))
 
 
 @usermap.command("import")
@@ -137,7 +140,7 @@ def usermap_import(
     try:
         text = sys.stdin.read() if csv_file == "-" else Path(csv_file).read_text("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        raise GpufleetError(f"cannot read {source}: {exc}") from None
+        raise GpufleetError(_("cannot read {source}: {error}", source=source, error=exc)) from None
     mappings = _checked(lambda: parse_csv(text, source))
     admin = _open(config_path, data_dir)
     try:
@@ -153,4 +156,5 @@ def usermap_import(
             )
     finally:
         admin.close()
-    click.echo(f"set {n_set} mapping(s)" + (f", deleted {n_deleted}" if replace else ""))
+    click.echo(_("set {n} mapping(s)", n=n_set)
+               + (_(", deleted {n}", n=n_deleted) if replace else ""))  # fmt: skip

@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from gpufleet.http.templates import STATIC_DIR, TEMPLATE_DIR
+from gpufleet.http.templates import STATIC_DIR, TEMPLATE_DIR, LanguageCookie
 
 __all__ = ["STATIC_DIR", "TEMPLATE_DIR", "install"]
 
@@ -21,3 +21,4 @@ def install(app: FastAPI) -> None:
     app.include_router(routes.router)
     app.include_router(apidocs.router)  # /docs from the package, not a CDN
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_middleware(LanguageCookie)  # the pages' language switch (?lang=) sets a cookie

@@ -13,11 +13,12 @@ from fastapi.responses import HTMLResponse
 from gpufleet.accounts.web import page_context
 from gpufleet.http.errors import ApiError
 from gpufleet.http.templates import VENDOR_ECHARTS, templates
+from gpufleet.i18n import N_
 from gpufleet.web import api
 
 router = APIRouter(include_in_schema=False)
 
-SORTS = {"name": "name", "free": "free GPUs", "util": "GPU utilisation"}
+SORTS = {"name": N_("name"), "free": N_("free GPUs"), "util": N_("GPU utilisation")}
 
 
 @router.get("/", response_class=HTMLResponse)

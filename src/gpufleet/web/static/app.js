@@ -3,6 +3,24 @@
 
 const GF = (() => {
   const NA = "N/A";
+
+  // The page's language: its catalogue slice (msgid = the English text) comes in
+  // <script id="gf-messages">; t(msgid, params) translates and fills "{name}" placeholders.
+  const MESSAGES = (() => {
+    try { return JSON.parse(document.getElementById("gf-messages").textContent) || {}; }
+    catch (e) { return {}; }
+  })();
+  const has = (key) => Object.prototype.hasOwnProperty.call(MESSAGES, key);
+  const fill = (text, params) => (params
+    ? text.replace(/\{(\w+)\}/g, (m, k) => (k in params ? String(params[k]) : m)) : text);
+  function t(msgid, params) { return fill(has(msgid) ? MESSAGES[msgid] : msgid, params); }
+  // the same English word with two meanings ("held": a GPU held, a job held) gets a context:
+  // tc(context, msgid) looks up "context\u0004msgid" (gettext's pgettext convention)
+  function tc(context, msgid, params) {
+    const key = `${context}\u0004${msgid}`;
+    return fill(has(key) ? MESSAGES[key] : msgid, params);
+  }
+  const lang = document.documentElement.lang || "en";
   const GiB = 1024 ** 3;
 
   function esc(s) {
@@ -28,10 +46,10 @@ const GF = (() => {
   function duration(s) {
     if (s === null || s === undefined) return NA;
     s = Math.max(Math.floor(s), 0);
-    if (s < 60) return `${s} s`;
-    if (s < 3600) return `${Math.floor(s / 60)} min`;
-    if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
-    return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+    if (s < 60) return t("{n} s", { n: s });
+    if (s < 3600) return t("{n} min", { n: Math.floor(s / 60) });
+    if (s < 86400) return t("{h} h {m} min", { h: Math.floor(s / 3600), m: Math.floor((s % 3600) / 60) });
+    return t("{d} d {h} h", { d: Math.floor(s / 86400), h: Math.floor((s % 86400) / 3600) });
   }
 
   function pct(v, digits = 0) {
@@ -44,14 +62,14 @@ const GF = (() => {
   }
 
   function shortModel(name) {
-    return String(name || "unknown").replace(/^NVIDIA\s+/, "").replace(/^GeForce\s+/, "");
+    return String(name || t("unknown")).replace(/^NVIDIA\s+/, "").replace(/^GeForce\s+/, "");
   }
 
   // The server's clock, estimated from the "now" of the latest message (agents and server
   // may disagree with the browser's clock; "last seen" is measured on the server's).
   let clockOffset = 0;
   function serverNow() { return Date.now() / 1000 + clockOffset; }
-  function ago(ts) { return ts ? `${duration(serverNow() - ts)} ago` : "never"; }
+  function ago(ts) { return ts ? t("{duration} ago", { duration: duration(serverNow() - ts) }) : t("never"); }
 
   // A live connection: EventSource reconnects by itself (the server sends "retry:"); each new
   // connection starts with a full snapshot, so nothing missed while away stays wrong. A watchdog
@@ -67,16 +85,16 @@ const GF = (() => {
     };
     function open() {
       if (es) es.close();
-      set("connecting", "connecting…");
+      set("connecting", t("connecting…"));
       lastOpen = lastData = Date.now();
       es = new EventSource(url);
-      es.onopen = () => { lastData = Date.now(); backoff = 1000; set("live", "live"); };
-      es.onerror = () => set("down", "reconnecting…");
+      es.onopen = () => { lastData = Date.now(); backoff = 1000; set("live", t("live")); };
+      es.onerror = () => set("down", t("reconnecting…"));
       const all = { ping: () => {}, ...handlers };
       for (const [event, fn] of Object.entries(all)) {
         es.addEventListener(event, (e) => {
           lastData = Date.now();
-          set("live", "live");
+          set("live", t("live"));
           const data = JSON.parse(e.data);
           if (data && data.now) clockOffset = data.now - Date.now() / 1000;
           fn(data);
@@ -97,5 +115,5 @@ const GF = (() => {
     return { reopen: open };
   }
 
-  return { NA, GiB, esc, bytes, gShort, duration, pct, ratio, shortModel, serverNow, ago, connect };
+  return { t, tc, lang, NA, GiB, esc, bytes, gShort, duration, pct, ratio, shortModel, serverNow, ago, connect };
 })();

@@ -2,7 +2,7 @@
 "use strict";
 
 (() => {
-  const { esc, bytes, gShort, pct, ratio, GiB } = GF;
+  const { t, esc, bytes, gShort, pct, ratio, GiB } = GF;
   const initial = JSON.parse(document.getElementById("host-state").textContent);
   const name = initial.name;
   const RANGES = { "1h": 3600, "6h": 6 * 3600, "1d": 86400, "1w": 7 * 86400 };
@@ -16,9 +16,9 @@
     gpu_temp: [["gpu.temperature_celsius", 1]],
     gpu_power: [["gpu.power_watts", 1]],
     cpu: [["host.cpu_percent", 1, "CPU"]],
-    mem: [["host.memory_used_bytes", GiB, "used"]],
-    disk: [["host.disk_used_bytes", GiB, "used"]],
-    net: [["host.net_rx_bytes_per_second", 1e6, "receive"], ["host.net_tx_bytes_per_second", 1e6, "send"]],
+    mem: [["host.memory_used_bytes", GiB, t("used")]],
+    disk: [["host.disk_used_bytes", GiB, t("used")]],
+    net: [["host.net_rx_bytes_per_second", 1e6, t("receive")], ["host.net_tx_bytes_per_second", 1e6, t("send")]],
   };
   const PALETTE = ["#2f6fde", "#2f9e6e", "#d9822b", "#c2413a", "#7b4bc4", "#1b9aaa", "#b7791f", "#5b6478",
     "#e05297", "#6a994e", "#386fa4", "#bc6c25"];
@@ -94,12 +94,12 @@
   function appendLive(sample) {
     if (!window.echarts || sample.ts <= lastLiveTs || !Object.keys(seriesData).length) return;
     lastLiveTs = sample.ts;
-    const t = sample.ts * 1000;
+    const ms = sample.ts * 1000;
     const cut = Date.now() - RANGES[range] * 1000;
     const push = (id, seriesName, v) => {
       let s = seriesData[id].find((x) => x.name === seriesName);
       if (!s) { s = { name: seriesName, data: [] }; seriesData[id].push(s); }
-      s.data.push([t, v]);
+      s.data.push([ms, v]);
       while (s.data.length && s.data[0][0] < cut) s.data.shift();
     };
     for (const [id, fn] of Object.entries(LIVE)) {
@@ -107,9 +107,9 @@
     }
     const hm = sample.host_metrics;
     push("cpu", "CPU", hm.cpu_percent);
-    push("mem", "used", hm.memory_used_bytes === null ? null : hm.memory_used_bytes / GiB);
-    push("net", "receive", hm.net_rx_bytes_per_second === null ? null : hm.net_rx_bytes_per_second / 1e6);
-    push("net", "send", hm.net_tx_bytes_per_second === null ? null : hm.net_tx_bytes_per_second / 1e6);
+    push("mem", t("used"), hm.memory_used_bytes === null ? null : hm.memory_used_bytes / GiB);
+    push("net", t("receive"), hm.net_rx_bytes_per_second === null ? null : hm.net_rx_bytes_per_second / 1e6);
+    push("net", t("send"), hm.net_tx_bytes_per_second === null ? null : hm.net_tx_bytes_per_second / 1e6);
     for (const id of Object.keys(CHARTS)) draw(id);
   }
 
@@ -118,16 +118,16 @@
     el.innerHTML = (view ? view.gpus : sample.gpus.map((g) => ({ ...g, users: [] }))).map((g) => {
       const mem = ratio(g.memory_used_bytes, g.memory_total_bytes);
       const cls = g.error ? "err" : g.idle ? "idle" : g.free ? "free" : "";
-      const who = g.users && g.users.length ? g.users.map((u) => `${u.user} ${gShort(u.gpu_memory_bytes)}`).join(", ") : g.free ? "free" : "";
+      const who = g.users && g.users.length ? g.users.map((u) => `${u.user} ${gShort(u.gpu_memory_bytes)}`).join(", ") : g.free ? t("free") : "";
       return `<div class="gpu ${cls}" data-gpu="${g.index}"><div class="top"><b>GPU ${g.index}</b>`
         + `<span>${g.temperature_celsius === null ? "N/A" : Math.round(g.temperature_celsius)} °C · ${g.power_watts === null ? "N/A" : Math.round(g.power_watts)} W</span></div>`
-        + `<div>util ${pct(g.utilization_gpu_percent)} · mem ${gShort(g.memory_used_bytes) || "N/A"}/${gShort(g.memory_total_bytes) || "N/A"}</div>`
+        + `<div>${esc(t("util {util} · mem {used}/{total}", { util: pct(g.utilization_gpu_percent), used: gShort(g.memory_used_bytes) || "N/A", total: gShort(g.memory_total_bytes) || "N/A" }))}</div>`
         + `<div class="bar u"><i style="width:${g.utilization_gpu_percent ?? 0}%"></i></div>`
         + `<div class="bar m"><i style="width:${mem ?? 0}%"></i></div>`
-        + `<div class="who">${g.idle ? '<span class="idle-t">idle</span> ' : ""}${esc(who)}</div>`
-        + (g.error ? `<div class="who">error: ${esc(g.error)}</div>` : "")
+        + `<div class="who">${g.idle ? `<span class="idle-t">${esc(t("idle"))}</span> ` : ""}${esc(who)}</div>`
+        + (g.error ? `<div class="who">${esc(t("error: {error}", { error: g.error }))}</div>` : "")
         + `</div>`;
-    }).join("") || "<p>No GPU.</p>";
+    }).join("") || `<p>${esc(t("No GPU."))}</p>`;
   }
 
   function renderProcs(sample) {
@@ -139,13 +139,13 @@
       const since = p.started_at ? `${new Date(p.started_at * 1000).toLocaleString()} (${GF.duration(sample.ts - p.started_at)})` : "N/A";
       return `<tr><td>${esc(user)}</td><td>${p.gpu_index}</td><td class="num">${bytes(p.gpu_memory_bytes)}</td>`
         + `<td class="cmd" title="${esc(p.command)}">${esc(p.command)}</td><td>${container}</td><td class="num">${p.pid}</td><td>${since}</td></tr>`;
-    }).join("") || `<tr><td colspan="7">No GPU process.</td></tr>`;
+    }).join("") || `<tr><td colspan="7">${esc(t("No GPU process."))}</td></tr>`;
   }
 
   function renderStatus(summary) {
     document.getElementById("h-status-dot").className = `dot st-${summary.status}`;
-    let text = summary.status;
-    if (summary.status !== "online") text += ` · last seen ${GF.ago(summary.last_received)}`;
+    let text = t({ online: "online", stale: "stale", offline: "offline" }[summary.status] || summary.status);
+    if (summary.status !== "online") text += ` · ${t("last seen {ago}", { ago: GF.ago(summary.last_received) })}`;
     if (summary.reason) text += ` · ${summary.reason}`;
     document.getElementById("h-status").textContent = text;
   }

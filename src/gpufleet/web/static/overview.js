@@ -2,7 +2,7 @@
 "use strict";
 
 (() => {
-  const { esc, gShort, pct, ratio, shortModel, ago, bytes } = GF;
+  const { t, esc, gShort, pct, ratio, shortModel, ago, bytes } = GF;
   const hostsEl = document.getElementById("hosts");
   const form = document.getElementById("filters");
   const views = new Map(); // name -> latest view (from the server)
@@ -80,23 +80,23 @@
     const temp = g.temperature_celsius === null ? "" : `${Math.round(g.temperature_celsius)}°`;
     const power = g.power_watts === null ? "" : `${Math.round(g.power_watts)}W`;
     let who;
-    if (g.error) who = `<div class="who">error</div>`;
+    if (g.error) who = `<div class="who">${esc(t("error"))}</div>`;
     else if (users.length) {
-      const idle = g.idle ? `<span class="idle-t">idle</span> ` : "";
+      const idle = g.idle ? `<span class="idle-t">${esc(t("idle"))}</span> ` : "";
       who = `<div class="who">${idle}${esc(users.join(", "))}</div>`;
-    } else if (g.free) who = `<div class="who nobody">free</div>`;
-    else who = `<div class="who nobody">${g.idle ? '<span class="idle-t">idle</span> ' : ""}held</div>`;
+    } else if (g.free) who = `<div class="who nobody">${esc(t("free"))}</div>`;
+    else who = `<div class="who nobody">${g.idle ? `<span class="idle-t">${esc(t("idle"))}</span> ` : ""}${esc(t("held"))}</div>`;
     const title = [
-      `GPU ${g.index} · ${g.name || "unknown"}`,
-      `utilisation ${pct(util)} · memory ${bytes(g.memory_used_bytes)} / ${bytes(g.memory_total_bytes)}`,
-      `${temp || "N/A"} C · ${power || "N/A"}${g.power_limit_watts ? ` of ${Math.round(g.power_limit_watts)}W` : ""}`,
-      g.users.length ? `held by ${g.users.map((u) => `${u.user} (${bytes(u.gpu_memory_bytes)})`).join(", ")}`
-        : !g.free && !g.error ? "held: no process seen (driver/context memory, or a process in another container or PID namespace)" : "",
-      g.idle ? `held but idle since ${new Date(g.idle_since * 1000).toLocaleTimeString()}` : "",
-      g.error ? `error: ${g.error}` : "",
+      `GPU ${g.index} · ${g.name || t("unknown")}`,
+      t("utilisation {util} · memory {used} / {total}", { util: pct(util), used: bytes(g.memory_used_bytes), total: bytes(g.memory_total_bytes) }),
+      `${temp || "N/A"} C · ${power || "N/A"}${g.power_limit_watts ? t(" of {watts}W", { watts: Math.round(g.power_limit_watts) }) : ""}`,
+      g.users.length ? t("held by {users}", { users: g.users.map((u) => `${u.user} (${bytes(u.gpu_memory_bytes)})`).join(", ") })
+        : !g.free && !g.error ? t("held: no process seen (driver/context memory, or a process in another container or PID namespace)") : "",
+      g.idle ? t("held but idle since {time}", { time: new Date(g.idle_since * 1000).toLocaleTimeString() }) : "",
+      g.error ? t("error: {error}", { error: g.error }) : "",
     ].filter(Boolean).join("\n");
     const q = queued ? ` queued" data-queued="1` : "";
-    return `<div class="gpu ${cls}${q}" data-gpu="${g.index}" title="${esc(title)}${queued ? "\nrunning a job of the gpufleet queue (/queue)" : ""}">`
+    return `<div class="gpu ${cls}${q}" data-gpu="${g.index}" title="${esc(title)}${queued ? `\n${esc(t("running a job of the gpufleet queue (/queue)"))}` : ""}">`
       + `<div class="top"><b>${g.index}${queued ? ' <span class="qmark">Q</span>' : ""}</b><span>${temp} ${power}</span></div>`
       + `<div class="bar u${util !== null && util >= 90 ? " hi" : ""}" data-util="${util ?? ""}"><i style="width:${util ?? 0}%"></i></div>`
       + `<div class="bar m" data-mem="${mem === null ? "" : mem.toFixed(1)}"><i style="width:${mem ?? 0}%"></i></div>`
@@ -108,16 +108,16 @@
   }
 
   function rowHTML(v) {
-    const models = v.gpu_models.length ? v.gpu_models.map(shortModel).join(", ") : "no GPU";
+    const models = v.gpu_models.length ? v.gpu_models.map(shortModel).join(", ") : t("no GPU");
     const badge = v.source === "replay"
-      ? `<span class="badge replay" title="simulated host replaying a recorded trace">replay</span>`
-      : v.source === "ssh" ? `<span class="badge src" title="agent-less, polled over SSH">ssh</span>` : "";
-    const sub = v.status === "online" ? "online" : `${v.status} · last seen ${ago(v.last_received)}`;
+      ? `<span class="badge replay" title="${esc(t("simulated host replaying a recorded trace"))}">${esc(t("replay"))}</span>`
+      : v.source === "ssh" ? `<span class="badge src" title="${esc(t("agent-less, polled over SSH"))}">ssh</span>` : "";
+    const sub = v.status === "online" ? t("online") : `${t(v.status === "stale" ? "stale" : "offline")} · ${t("last seen {ago}", { ago: ago(v.last_received) })}`;
     // A host with no GPU whose only "errors" say there is no NVIDIA driver is fine: say so calmly.
     const noDriver = !v.gpu_count && v.errors && v.errors.length
       && v.errors.every((e) => /NVML|nvidia-smi|driver/i.test(e));
     const why = v.reason ? `<span class="why">${esc(v.reason)}</span>`
-      : noDriver ? `<span class="calm" title="${esc(v.errors.join("\n"))}">no NVIDIA GPU or driver: host metrics only</span>`
+      : noDriver ? `<span class="calm" title="${esc(v.errors.join("\n"))}">${esc(t("no NVIDIA GPU or driver: host metrics only"))}</span>`
       : v.errors && v.errors.length ? `<span class="why" title="${esc(v.errors.join("\n"))}">${esc(v.errors[0])}</span>` : "";
     const memUsed = v.memory_used_bytes, memTot = v.memory_total_bytes;
     const load = v.load1 === null ? "N/A" : v.load1.toFixed(1);
@@ -128,14 +128,14 @@
       + `<span class="sub" title="${esc(sub)}">${esc(sub)}</span>${why}</div>`
       + `<div class="hgpu"><div class="model" title="${esc(v.gpu_models.join(", "))}">${v.gpu_count ? `${v.gpu_count} × ` : ""}${esc(models)}</div>`
       + (v.gpu_count ? (v.status === "offline"
-        ? `<div><span class="free none">down</span> (${v.gpu_count} GPUs)</div>`
-        : `<div><span class="free${free ? "" : " none"}">${free} free</span> of ${v.gpu_count}</div>`) : "")
+        ? `<div><span class="free none">${esc(t("down"))}</span> (${esc(t("{n} GPUs", { n: v.gpu_count }))})</div>`
+        : `<div><span class="free${free ? "" : " none"}">${esc(t("{n} free", { n: free }))}</span> ${esc(t("of {total}", { total: v.gpu_count }))}</div>`) : "")
       + `</div>`
       + `<div class="hres">`
       + mini("CPU", v.cpu_percent, pct(v.cpu_percent))
-      + mini("Load", loadPct, load)
-      + mini("Mem", ratio(memUsed, memTot), memTot ? `${gShort(memUsed)}/${gShort(memTot)}` : "N/A")
-      + mini("Disk", ratio(v.disk_used_bytes, v.disk_total_bytes), pct(ratio(v.disk_used_bytes, v.disk_total_bytes)))
+      + mini(esc(t("Load")), loadPct, load)
+      + mini(esc(t("Mem")), ratio(memUsed, memTot), memTot ? `${gShort(memUsed)}/${gShort(memTot)}` : "N/A")
+      + mini(esc(t("Disk")), ratio(v.disk_used_bytes, v.disk_total_bytes), pct(ratio(v.disk_used_bytes, v.disk_total_bytes)))
       + `</div>`
       + `<div class="gpus">${v.gpus.map((g) => gpuCell(g, (v.queue_gpus || []).includes(g.index))).join("")}</div>`;
   }
@@ -172,31 +172,31 @@
   function refreshCount() {
     let shown = 0;
     for (const r of rows.values()) if (!r.hidden) shown++;
-    document.getElementById("shown").textContent = `${shown} of ${views.size} hosts`;
+    document.getElementById("shown").textContent = t("{shown} of {total} hosts", { shown, total: views.size });
     const empty = document.getElementById("empty");
     if (empty) {
       empty.hidden = shown > 0;
-      empty.textContent = views.size ? "No host matches these filters." : "No host has reported yet.";
+      empty.textContent = views.size ? t("No host matches these filters.") : t("No host has reported yet.");
       hostsEl.appendChild(empty);
     }
   }
 
-  function renderTotals(t) {
-    const h = t.hosts, g = t.gpus;
+  function renderTotals(tot) {
+    const h = tot.hosts, g = tot.gpus;
     document.querySelector("#tot-hosts .v").innerHTML =
-      `<span class="n"><span class="big">${h.online}</span> online</span>`
-      + `<span class="n">${h.stale} stale</span><span class="n">${h.offline} offline</span>`;
+      `<span class="n"><span class="big">${h.online}</span> ${esc(t("online"))}</span>`
+      + `<span class="n">${h.stale} ${esc(t("stale"))}</span><span class="n">${h.offline} ${esc(t("offline"))}</span>`;
     document.querySelector("#tot-gpus .v").innerHTML =
-      `<span class="n"><span class="big" id="gpus-in-use">${g.in_use}</span> in use</span>`
-      + `<span class="n"><span class="big" id="gpus-free">${g.free}</span> free</span>`
-      + `<span class="n">${g.down} down</span><span class="n" title="held but idle">${g.idle} idle</span>`;
-    const models = t.by_model.slice(0, 6).map((m) =>
+      `<span class="n"><span class="big" id="gpus-in-use">${g.in_use}</span> ${esc(t("in use"))}</span>`
+      + `<span class="n"><span class="big" id="gpus-free">${g.free}</span> ${esc(t("free"))}</span>`
+      + `<span class="n">${g.down} ${esc(t("down"))}</span><span class="n" title="${esc(t("held but idle"))}">${g.idle} ${esc(t("idle"))}</span>`;
+    const models = tot.by_model.slice(0, 6).map((m) =>
       `<tr><td title="${esc(m.model)}">${esc(shortModel(m.model))}</td><td>${m.in_use}</td><td>${m.free}</td><td>${m.down}</td><td>${m.total}</td></tr>`).join("");
-    document.querySelector("#tot-models .v").innerHTML = t.by_model.length
-      ? `<table><tr><th></th><th>in use</th><th>free</th><th>down</th><th>total</th></tr>${models}</table>` : "—";
-    document.querySelector("#tot-users .v").innerHTML = t.top_users.length
-      ? `<div class="chips">${t.top_users.map((u) => `<a class="chip" href="?user=${encodeURIComponent(u.user)}" data-user="${esc(u.user)}">${esc(u.user)} <b>${u.gpus}</b></a>`).join("")}</div>`
-      : "nobody";
+    document.querySelector("#tot-models .v").innerHTML = tot.by_model.length
+      ? `<table><tr><th></th><th>${esc(t("in use"))}</th><th>${esc(t("free"))}</th><th>${esc(t("down"))}</th><th>${esc(t("total"))}</th></tr>${models}</table>` : "—";
+    document.querySelector("#tot-users .v").innerHTML = tot.top_users.length
+      ? `<div class="chips">${tot.top_users.map((u) => `<a class="chip" href="?user=${encodeURIComponent(u.user)}" data-user="${esc(u.user)}">${esc(u.user)} <b>${u.gpus}</b></a>`).join("")}</div>`
+      : esc(t("nobody"));
   }
 
   // Choices for the model / user / group selects, from what the fleet reports now.

@@ -1,37 +1,45 @@
 // The queue page: drawn from /api/v1/jobs (the same function serves the JSON), redrawn when the
 // live stream says the queue changed; the form submits through the API.
 (function () {
-  const { esc, duration, connect } = GF;
+  const { t, tc, esc, duration, connect } = GF;
+  const STATES = {
+    pending: tc("job state", "pending"), held: tc("job state", "held"),
+    dispatching: tc("job state", "dispatching"), running: tc("job state", "running"),
+    succeeded: tc("job state", "succeeded"), failed: tc("job state", "failed"),
+    oom: tc("job state", "oom"), cancelled: tc("job state", "cancelled"), lost: tc("job state", "lost"),
+  };
+  const state = (s) => esc(STATES[s] || s);
   const span = (s) => (s === null || s === undefined ? "-" : duration(Math.max(0, s)));
-  const when = (t, now) => (t === null || t === undefined ? "-" : t <= now ? "now" : `in ${duration(t - now)}`);
+  const when = (at, now) => (at === null || at === undefined ? "-" : at <= now ? t("now") : t("in {duration}", { duration: duration(at - now) }));
   const PENDING = ["pending", "held"], ACTIVE = ["dispatching", "running"];
 
   function draw(v) {
     const c = v.counts;
     document.getElementById("queue-counts").textContent =
-      `${c.pending} pending · ${c.held} held · ${c.dispatching + c.running} running · ${c.succeeded} succeeded · ${c.failed + c.oom + c.lost} failed · ${c.cancelled} cancelled`;
+      t("{pending} pending · {held} held · {running} running · {succeeded} succeeded · {failed} failed · {cancelled} cancelled",
+        { pending: c.pending, held: c.held, running: c.dispatching + c.running, succeeded: c.succeeded, failed: c.failed + c.oom + c.lost, cancelled: c.cancelled });
     const s = v.status;
-    const err = s.predictor_recent_error === null ? "no finished job yet" : `${(100 * s.predictor_recent_error).toFixed(0)}% mean error on recent jobs`;
+    const err = s.predictor_recent_error === null ? t("no finished job yet") : t("{percent}% mean error on recent jobs", { percent: (100 * s.predictor_recent_error).toFixed(0) });
     document.getElementById("queue-status").textContent =
-      `policy ${s.policy} · dispatcher ${s.dispatcher} · runtime predictor: ${err} (${s.predictor_observed} jobs learnt)`;
+      t("policy {policy} · dispatcher {dispatcher} · runtime predictor: {error} ({n} jobs learnt)", { policy: s.policy, dispatcher: s.dispatcher, error: err, n: s.predictor_observed });
     const now = v.now;
     const id = (j) => `<td><a href="/api/v1/jobs/${j.id}">${j.id}</a></td>`;
     const pending = v.jobs.filter((j) => PENDING.includes(j.state)).map((j) =>
-      `<tr data-job="${j.id}" data-state="${j.state}">${id(j)}<td>${esc(j.name)}</td><td>${esc(j.user)}</td><td>${j.gpus}</td><td>${j.state}</td>`
+      `<tr data-job="${j.id}" data-state="${j.state}">${id(j)}<td>${esc(j.name)}</td><td>${esc(j.user)}</td><td>${j.gpus}</td><td>${state(j.state)}</td>`
       + `<td class="reason">${esc(j.waiting_reason)}</td><td>${span(j.waited_seconds)}</td><td>${when(j.projected_start_seconds, now)}</td><td>${span(j.predicted_runtime_seconds)}</td></tr>`);
     const running = v.jobs.filter((j) => ACTIVE.includes(j.state)).map((j) =>
       `<tr data-job="${j.id}" data-state="${j.state}">${id(j)}<td>${esc(j.name)}</td><td>${esc(j.user)}</td>`
       + `<td>${(j.placement || []).map((p) => `<a href="/hosts/${encodeURIComponent(p.host)}">${esc(p.host)}</a>: ${p.gpu_indices.join(",")}`).join("; ")}</td>`
-      + `<td>${j.state}</td><td>${span(j.elapsed_seconds)}</td><td>${when(j.predicted_end_seconds, now)}</td></tr>`);
+      + `<td>${state(j.state)}</td><td>${span(j.elapsed_seconds)}</td><td>${when(j.predicted_end_seconds, now)}</td></tr>`);
     const history = v.jobs.filter((j) => !PENDING.includes(j.state) && !ACTIVE.includes(j.state)).map((j) =>
-      `<tr data-job="${j.id}" data-state="${j.state}">${id(j)}<td>${esc(j.name)}</td><td>${esc(j.user)}</td><td>${j.state}</td><td>${esc(j.reason)}</td>`
-      + `<td>${span(j.runtime_seconds)}</td><td>${span(j.predicted_runtime_seconds)}</td><td>${j.end_seconds ? `${duration(now - j.end_seconds)} ago` : "-"}</td></tr>`);
+      `<tr data-job="${j.id}" data-state="${j.state}">${id(j)}<td>${esc(j.name)}</td><td>${esc(j.user)}</td><td>${state(j.state)}</td><td>${esc(j.reason)}</td>`
+      + `<td>${span(j.runtime_seconds)}</td><td>${span(j.predicted_runtime_seconds)}</td><td>${j.end_seconds ? esc(t("{duration} ago", { duration: duration(now - j.end_seconds) })) : "-"}</td></tr>`);
     const fill = (sel, rows, empty, cols) => {
-      document.querySelector(`${sel} tbody`).innerHTML = rows.join("") || `<tr><td colspan="${cols}" class="muted">${empty}</td></tr>`;
+      document.querySelector(`${sel} tbody`).innerHTML = rows.join("") || `<tr><td colspan="${cols}" class="muted">${esc(empty)}</td></tr>`;
     };
-    fill("#pending-table", pending, "Nothing waits.", 9);
-    fill("#running-table", running, "Nothing runs.", 7);
-    fill("#history-table", history, "No job has finished yet.", 8);
+    fill("#pending-table", pending, t("Nothing waits."), 9);
+    fill("#running-table", running, t("Nothing runs."), 7);
+    fill("#history-table", history, t("No job has finished yet."), 8);
   }
 
   let pending = null;
@@ -57,7 +65,7 @@
       const out = document.getElementById("submit-result");
       const r = await fetch("/api/v1/jobs", { method: "POST", body: new URLSearchParams(new FormData(form)) });
       const body = await r.json();
-      out.textContent = r.ok ? `submitted job ${body.id}` : `error: ${body.error.message}`;
+      out.textContent = r.ok ? t("submitted job {id}", { id: body.id }) : t("error: {error}", { error: body.error.message });
       out.dataset.ok = r.ok ? "1" : "0";
       if (r.ok) out.dataset.job = body.id;
       refresh();

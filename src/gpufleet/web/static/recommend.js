@@ -5,7 +5,7 @@
   document.querySelectorAll("button.copy").forEach(function (btn) {
     btn.addEventListener("click", function () {
       var text = btn.getAttribute("data-copy") || "";
-      var done = function () { btn.textContent = "copied"; setTimeout(function () { btn.textContent = "copy"; }, 1500); };
+      var done = function () { btn.textContent = GF.t("copied"); setTimeout(function () { btn.textContent = GF.t("copy"); }, 1500); };
       if (navigator.clipboard && window.isSecureContext) {
         navigator.clipboard.writeText(text).then(done, function () {});
       } else {

@@ -4,7 +4,7 @@
 "use strict";
 
 (() => {
-  const { esc } = GF;
+  const { t, esc } = GF;
   const root = document.getElementById("report");
   const form = document.getElementById("report-form");
   const meta = document.getElementById("r-meta");
@@ -61,13 +61,14 @@
     const other = periods.map(() => 0);
     for (const r of rep.rows) (data[r.key] || other)[idx[r.period_start]] += r.gpu_hours || 0;
     const names = [...top];
-    if (keys.length > TOP) { names.push("other"); data.other = other; }
+    const otherName = t("other");
+    if (keys.length > TOP) { names.push(otherName); data[otherName] = other; }
     const el = document.getElementById("chart-stacked");
     el.dataset.series = names.join(",");
     el.dataset.periods = periods.join(",");
     document.getElementById("cap-stacked").textContent =
-      `GPU-hours held per ${rep.period === "custom" ? "range" : rep.period}, stacked by ${label(rep.by)}` +
-      (keys.length > TOP ? ` (top ${TOP}, the rest as “other”)` : "");
+      t("GPU-hours held per {period}, stacked by {by}", { period: rep.period === "custom" ? t("range") : periodLabel(rep.period), by: label(rep.by) }) +
+      (keys.length > TOP ? t(" (top {n}, the rest as “other”)", { n: TOP }) : "");
     const c = chart("stacked");
     if (!c) return;
     c.setOption({
@@ -107,7 +108,7 @@
     const hosts = [...new Set(grid.rows.map((r) => r.key))].sort().reverse();
     el.dataset.hosts = hosts.length;
     el.dataset.periods = periods.length;
-    document.getElementById("cap-heatmap").textContent = `Average utilisation, host × ${period}`;
+    document.getElementById("cap-heatmap").textContent = t("Average utilisation, host × {period}", { period: periodLabel(period) });
     const cell = Math.max(6, Math.min(22, Math.floor(600 / Math.max(hosts.length, 1))));
     el.style.height = `${Math.max(140, hosts.length * cell + 56)}px`;
     const c = chart("heatmap");
@@ -123,7 +124,7 @@
     c.setOption({
       animation: false,
       grid: { left: 130, right: 16, top: 8, bottom: 40 },
-      tooltip: { formatter: (p) => `${esc(hosts[p.value[1]])} · ${esc(periods[p.value[0]])}<br>avg util ${num(p.value[2])}% · ${num(p.value[3])} GPU-h held` },
+      tooltip: { formatter: (p) => `${esc(hosts[p.value[1]])} · ${esc(periods[p.value[0]])}<br>${esc(t("avg util {util}% · {hours} GPU-h held", { util: num(p.value[2]), hours: num(p.value[3]) }))}` },
       xAxis: { type: "category", data: periods, splitLine: { show: false }, axisLabel: { fontSize: 10, hideOverlap: true } },
       yAxis: { type: "category", data: hosts, axisLabel: { fontSize: 10, hideOverlap: true } },
       series: [{ type: "scatter", symbol: "rect", symbolSize: [w, cell - 1], data }],
@@ -146,12 +147,12 @@
         axisLabel: { show: ranked.length <= 30, rotate: 50, fontSize: 10 } },
       yAxis: [
         { type: "value", name: "GPU-h", nameTextStyle: { fontSize: 10 }, axisLabel: { fontSize: 10 }, splitLine: { lineStyle: { color: "#eef0f3" } } },
-        { type: "value", name: "util %", min: 0, max: 100, nameTextStyle: { fontSize: 10 }, axisLabel: { fontSize: 10 }, splitLine: { show: false } },
+        { type: "value", name: t("util %"), min: 0, max: 100, nameTextStyle: { fontSize: 10 }, axisLabel: { fontSize: 10 }, splitLine: { show: false } },
       ],
       series: [
-        { name: "GPU-hours held", type: "bar", barMaxWidth: 36, data: ranked.map((h) => h.gpu_hours),
+        { name: t("GPU-hours held"), type: "bar", barMaxWidth: 36, data: ranked.map((h) => h.gpu_hours),
           tooltip: { valueFormatter: (v) => `${num(v)} GPU-h` } },
-        { name: "average utilisation", type: "line", yAxisIndex: 1, symbolSize: 4, data: ranked.map((h) => h.avg_util),
+        { name: t("average utilisation"), type: "line", yAxisIndex: 1, symbolSize: 4, data: ranked.map((h) => h.avg_util),
           tooltip: { valueFormatter: (v) => `${num(v)}%` } },
       ],
     }, true);
@@ -159,35 +160,41 @@
 
   // -- totals and table ----------------------------------------------------------------------------
   function label(by) {
-    return { gpu_model: "GPU model", gpu: "GPU", host_group: "host group", fleet: "fleet" }[by] || by.replace(/_/g, " ");
+    const words = { gpu_model: t("GPU model"), gpu: "GPU", host_group: t("host group"), fleet: t("fleet"),
+      host: t("host"), user: t("user"), group: t("group"), person: t("person") };
+    return words[by] || by.replace(/_/g, " ");
+  }
+  function periodLabel(p) {
+    return { day: t("day"), week: t("week"), month: t("month"), quarter: t("quarter"), year: t("year") }[p] || p;
   }
 
   function drawTotals(rep) {
-    const t = rep.totals, lt = rep.long_tail;
+    const tot = rep.totals, lt = rep.long_tail;
     const tile = (k, v, id, title = "") => `<div class="tot" id="t-${id}" title="${esc(title)}"><span class="k">${k}</span><span class="big">${v}</span></div>`;
-    let html = tile("GPU-hours held", num(t.gpu_hours), "gpu_hours")
-      + tile("busy GPU-hours", num(t.busy_gpu_hours), "busy_gpu_hours", "utilisation above the busy threshold")
-      + tile("held but idle", `${num(t.idle_held_hours)} h`, "idle_held_hours", "memory held, utilisation under the threshold")
-      + tile(`avg utilisation <small>over ${rep.avg_util_over && rep.avg_util_over.startsWith("held") ? "held" : "all"} GPU time</small>`, `${num(t.avg_util)}%`, "avg_util", `averaged over ${rep.avg_util_over || ""}`)
-      + tile("p95 utilisation", `${num(t.p95_util, 0)}%`, "p95_util", `within ${rep.p95_error_bound_percent} points`)
-      + tile("memory", `${num(t.mem_gb_hours, 0)} GB-h`, "mem_gb_hours")
-      + tile("energy", `${num(t.energy_kwh)} kWh`, "energy_kwh");
+    const held = rep.avg_util_over && rep.avg_util_over.startsWith("held");
+    let html = tile(esc(t("GPU-hours held")), num(tot.gpu_hours), "gpu_hours")
+      + tile(esc(t("busy GPU-hours")), num(tot.busy_gpu_hours), "busy_gpu_hours", t("utilisation above the busy threshold"))
+      + tile(esc(t("held but idle")), `${num(tot.idle_held_hours)} h`, "idle_held_hours", t("memory held, utilisation under the threshold"))
+      + tile(`${esc(t("avg utilisation"))} <small>${esc(held ? t("over held GPU time") : t("over all GPU time"))}</small>`, `${num(tot.avg_util)}%`, "avg_util", t("averaged over {what}", { what: rep.avg_util_over || "" }))
+      + tile(esc(t("p95 utilisation")), `${num(tot.p95_util, 0)}%`, "p95_util", t("within {n} points", { n: rep.p95_error_bound_percent }))
+      + tile(esc(t("memory")), `${num(tot.mem_gb_hours, 0)} GB-h`, "mem_gb_hours")
+      + tile(esc(t("energy")), `${num(tot.energy_kwh)} kWh`, "energy_kwh");
     if (mode !== "me" && lt.hosts) {
-      html += tile("busiest 20% of hosts hold", lt.busiest_hosts_gpu_hours_share === null ? "–" : `${num(lt.busiest_hosts_gpu_hours_share * 100, 0)}%`, "tail_share", "of the GPU-hours held")
-        + tile("Gini of host util", num(lt.host_util_gini, 2), "gini", "0: even, towards 1: concentrated")
-        + tile("idle GPU-hours", num(lt.idle_gpu_hours), "idle_gpu_hours", `least-used hosts: ${lt.least_used_hosts.join(", ")} (${num(lt.least_used_idle_gpu_hours)} h)`);
+      html += tile(esc(t("busiest 20% of hosts hold")), lt.busiest_hosts_gpu_hours_share === null ? "–" : `${num(lt.busiest_hosts_gpu_hours_share * 100, 0)}%`, "tail_share", t("of the GPU-hours held"))
+        + tile(esc(t("Gini of host util")), num(lt.host_util_gini, 2), "gini", t("0: even, towards 1: concentrated"))
+        + tile(esc(t("idle GPU-hours")), num(lt.idle_gpu_hours), "idle_gpu_hours", t("least-used hosts: {hosts} ({hours} h)", { hosts: lt.least_used_hosts.join(", "), hours: num(lt.least_used_idle_gpu_hours) }));
     }
     document.getElementById("r-totals").innerHTML = html;
   }
 
   function drawTable(rep) {
     const user = ["user", "group", "person"].includes(rep.by);
-    const cols = [["period", "period_start"], [label(rep.by), "key"], ["GPU-h held", "gpu_hours", 1],
-      ["vs prev", "gpu_hours_change_percent", "pct"], ["GPU-h busy", "busy_gpu_hours", 1],
-      ["idle-held h", "idle_held_hours", 1], ["avg util %", "avg_util", 1], ["vs prev", "avg_util_change_points", "pts"],
-      ["p95 %", "p95_util", 0], ["mem GB-h", "mem_gb_hours", 0], ["kWh", "energy_kwh", 1],
-      ["avail GPU-h", "availability_hours", 1]];
-    if (user) cols.push(["peak GPUs", "peak_concurrent_gpus", 0]);
+    const cols = [[t("period"), "period_start"], [label(rep.by), "key"], [t("GPU-h held"), "gpu_hours", 1],
+      [t("vs prev"), "gpu_hours_change_percent", "pct"], [t("GPU-h busy"), "busy_gpu_hours", 1],
+      [t("idle-held h"), "idle_held_hours", 1], [t("avg util %"), "avg_util", 1], [t("vs prev"), "avg_util_change_points", "pts"],
+      ["p95 %", "p95_util", 0], [t("mem GB-h"), "mem_gb_hours", 0], ["kWh", "energy_kwh", 1],
+      [t("avail GPU-h"), "availability_hours", 1]];
+    if (user) cols.push([t("peak GPUs"), "peak_concurrent_gpus", 0]);
     const rows = [...rep.rows].sort((a, b) => (a.period_start < b.period_start ? 1 : a.period_start > b.period_start ? -1
       : (b.gpu_hours || 0) - (a.gpu_hours || 0) || (a.key < b.key ? -1 : 1)));
     const table = document.getElementById("r-table");
@@ -201,12 +208,12 @@
     };
     table.tBodies[0].innerHTML = rows.length
       ? rows.slice(0, MAX_ROWS).map((r) => `<tr data-key="${esc(r.key)}" data-period="${esc(r.period_start)}">${cols.map((c) => cell(r, c)).join("")}</tr>`).join("")
-      : `<tr><td colspan="${cols.length}" class="empty">No usage recorded in this range${rep.rolled_up_until ? "" : " (nothing rolled up yet)"}.</td></tr>`;
-    const t = rep.totals;
-    table.tBodies[0].insertAdjacentHTML("beforeend", rows.length ? `<tr class="total-row"><td>total</td><td></td>${cols.slice(2).map((c) => (
-      c[2] === "pct" || c[2] === "pts" ? "<td></td>" : cell(t, c))).join("")}</tr>` : "");
+      : `<tr><td colspan="${cols.length}" class="empty">${esc(rep.rolled_up_until ? t("No usage recorded in this range.") : t("No usage recorded in this range (nothing rolled up yet)."))}</td></tr>`;
+    const tot = rep.totals;
+    table.tBodies[0].insertAdjacentHTML("beforeend", rows.length ? `<tr class="total-row"><td>${esc(t("total"))}</td><td></td>${cols.slice(2).map((c) => (
+      c[2] === "pct" || c[2] === "pts" ? "<td></td>" : cell(tot, c))).join("")}</tr>` : "");
     document.getElementById("r-count").textContent = rows.length > MAX_ROWS
-      ? `showing ${MAX_ROWS} of ${rows.length} rows: the CSV has them all` : `${rows.length} rows`;
+      ? t("showing {shown} of {total} rows: the CSV has them all", { shown: MAX_ROWS, total: rows.length }) : t("{n} rows", { n: rows.length });
   }
 
   // -- loading ------------------------------------------------------------------------------------
@@ -223,7 +230,7 @@
     const query = new URLSearchParams(c).toString();
     if (push) history.replaceState(null, "", `${location.pathname}?${query}`);
     root.dataset.state = "loading";
-    meta.textContent = "Loading…";
+    meta.textContent = t("Loading…");
     const url = apiUrl(c);
     document.getElementById("dl-csv").href = apiUrl(c, { format: "csv" });
     document.getElementById("dl-json").href = url;
@@ -239,10 +246,10 @@
     try {
       const rep = await getJson(url);
       if (mine !== seq) return;
-      const range = rep.period === "custom" ? "" : ` per ${rep.period}`;
-      meta.innerHTML = `${esc(rep.from)} to ${esc(rep.to)} (${esc(rep.timezone)})${range}, by ${esc(label(rep.by))} · `
-        + `tier ${esc(rep.tier)} · rolled up until ${esc(rep.rolled_up_until || "–")}`
-        + (rep.late_hours_waiting ? ` · <b class="late">${rep.late_hours_waiting} hour(s) of late data wait for the next rollup</b>` : "")
+      const range = rep.period === "custom" ? "" : t(" per {period}", { period: periodLabel(rep.period) });
+      meta.innerHTML = esc(t("{from} to {to} ({timezone}){range}, by {by}", { from: rep.from, to: rep.to, timezone: rep.timezone, range, by: label(rep.by) })) + " · "
+        + esc(t("tier {tier} · rolled up until {until}", { tier: rep.tier, until: rep.rolled_up_until || "–" }))
+        + (rep.late_hours_waiting ? ` · <b class="late">${esc(t("{n} hour(s) of late data wait for the next rollup", { n: rep.late_hours_waiting }))}</b>` : "")
         + ` · ${num(rep.query_ms, 0)} ms`;
       drawTotals(rep);
       drawStacked(rep);
