@@ -208,14 +208,17 @@ def _until(a: Alert, resolved_at: dict[str, list[float]], end: float) -> float:
 def score(faults: list[Fault], inj: FaultInjector, fired: list[Any], messages: list,
           rules: list, interval: float, natural: set[int], *, t0: float = T0,
           expected: dict[str, tuple[str, ...]] | None = None,
-          offline: float = OFFLINE_SECONDS) -> dict[str, Any]:  # fmt: skip
+          offline: float = OFFLINE_SECONDS, message_slack: float = 0.0,
+          ) -> dict[str, Any]:  # fmt: skip
     """Recall, precision, delay and messages per incident of one run against the injector's
     truth. ``fired``: firings (``rule``, ``labels``, ``fired_at``, ``fingerprint``);
     ``messages``: pages (``at``, ``firing``, ``new``: fingerprints announced first there);
     ``rules``: gpufleet's rules (their ``for`` and windows make the bounds); ``natural``:
     indices into ``fired`` of the replay's own incidents; ``t0``: the clock of fault time 0;
     ``expected``: the rules that count for each kind (default: gpufleet's ``EXPECTED``; the
-    Prometheus side passes its own alert names). bench/alerts_vs_prometheus.py scores both
+    Prometheus side passes its own alert names); ``message_slack``: how much longer than the
+    delay bound an incident's first message may come (a group announced less than a group
+    interval ago is told again only after it). bench/alerts_vs_prometheus.py scores both
     systems with this."""
     fors = {r.name: r.for_seconds for r in rules}
     windows = {r.name: r.window_seconds for r in rules}
@@ -261,7 +264,12 @@ def score(faults: list[Fault], inj: FaultInjector, fired: list[Any], messages: l
     for (kind, at), fs in incidents.items():
         # first pages: messages in which one of the incident's alerts is announced firing
         lo = t0 + at
-        hi = t0 + max(f.end_seconds for f in fs) + bound(kind, fors, interval, offline)
+        hi = (
+            t0
+            + max(f.end_seconds for f in fs)
+            + bound(kind, fors, interval, offline)
+            + message_slack
+        )
         n = sum(1 for m in messages if lo <= m.at <= hi and any(
             _matches(f, a, expected) and a.fingerprint in m.new for f in fs for a in m.firing))  # fmt: skip
         per_incident.append({"kind": kind, "faults": len(fs), "at_h": at / 3600, "messages": n,

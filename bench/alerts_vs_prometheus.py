@@ -78,7 +78,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from alerts import offline_limit, score
+from alerts import _matches, offline_limit, score
 from gpufleet.agent.prom import XidTotals, serve_metrics
 from gpufleet.alerts.engine import Alert, AlertEngine, EngineConfig, HostSeen
 from gpufleet.alerts.notify import Dispatcher, Message, Timing
@@ -435,6 +435,7 @@ class Page:
     at: float
     firing: list[Any]
     new: list[str] = field(default_factory=list)
+    resolved: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -584,6 +585,7 @@ def run(*, hosts: int = 100, minutes: float = 20.0, interval: float = 5.0, seed:
         )
         prom_fired = prom_firings(services.prom_url, t0, end, interval)
         prom_pages = am_pages(services.receiver.posts)
+        posts = list(services.receiver.posts)
     finally:
         services.stop()
         for ex in exporters.values():
@@ -594,14 +596,22 @@ def run(*, hosts: int = 100, minutes: float = 20.0, interval: float = 5.0, seed:
     slack = 2 * interval + eng.config.resolve_hold_seconds
     nat_gp = _natural_indices(fired, natural, slack, {r.name: r.name for r in rules})
     nat_prom = _natural_indices(prom_fired, natural, slack, {r.name: r.gp_rule for r in PROM_RULES})
-    common = {"t0": t0, "offline": offline}
+    common = {"t0": t0, "offline": offline, "message_slack": timing.group_interval_seconds}
     gp = score(faults, inj, fired, messages, rules, interval, nat_gp, **common)
     prom = {
         which: score(faults, inj, prom_fired, prom_pages, rules, interval, nat_prom,
                      expected=expected_map(which), **common)
         for which in ("strict", "lenient")
     }  # fmt: skip
+    for q, pages, expected in (
+        (gp, messages, None),
+        *((prom[w], prom_pages, expected_map(w)) for w in ("strict", "lenient")),
+    ):
+        q["told_only_resolved"] = _told_only_resolved(
+            q, faults, pages, t0, expected, timing.group_interval_seconds + 600
+        )
     return {
+        "am_posts": posts,
         "hosts": hosts, "interval_seconds": interval, "minutes": minutes, "seed": seed,
         "faults": len(faults), "fault_end_minutes": max((f.end_seconds for f in faults),
                                                         default=0) / 60,
@@ -616,6 +626,33 @@ def run(*, hosts: int = 100, minutes: float = 20.0, interval: float = 5.0, seed:
                          for a in prom_fired],
         "faults_list": [f.model_dump() for f in faults],
     }  # fmt: skip
+
+
+def _told_only_resolved(
+    q: dict[str, Any],
+    faults: list[Fault],
+    pages: list[Any],
+    t0: float,
+    expected: dict[str, tuple[str, ...]] | None,
+    window: float,
+) -> int:
+    """Incidents no message announced firing, but one told as resolved (the alert fired and
+    cleared between two messages of its group)."""
+    n = 0
+    for inc in q["incidents"]:
+        if inc["messages"]:
+            continue
+        fs = [
+            f
+            for f in faults
+            if f.kind == inc["kind"] and abs(f.at_seconds / 3600 - inc["at_h"]) < 1e-9
+        ]
+        lo, hi = t0 + fs[0].at_seconds, t0 + max(f.end_seconds for f in fs) + window
+        n += any(
+            lo <= m.at <= hi and any(_matches(f, a, expected) for f in fs for a in m.resolved)
+            for m in pages
+        )
+    return n
 
 
 def _sleep_until(t: float) -> None:
@@ -678,9 +715,11 @@ def am_pages(posts: list[tuple[float, dict[str, Any]]]) -> list[Page]:
     that carries it firing (its fingerprint and start)."""
     pages, seen = [], set()
     for at, body in posts:
-        firing, new = [], []
+        firing, new, resolved = [], [], []
         for a in body.get("alerts", []):
             if a.get("status") != "firing":
+                labels = {k: v for k, v in a["labels"].items() if k != "alertname"}
+                resolved.append(Firing(a["labels"]["alertname"], labels, at, ""))
                 continue
             labels = {k: v for k, v in a["labels"].items() if k != "alertname"}
             fp = (
@@ -695,7 +734,7 @@ def am_pages(posts: list[tuple[float, dict[str, Any]]]) -> list[Page]:
             if key not in seen:
                 seen.add(key)
                 new.append(key)
-        pages.append(Page(at, firing, new))
+        pages.append(Page(at, firing, new, resolved))
     return pages
 
 
@@ -756,6 +795,11 @@ def print_table(out: dict[str, Any]) -> None:
         ("messages: rack of 10 hosts down / 8 GPUs of a host hot", _multi),
     ):
         print(f"| {label} | {fn(gp)} | {fn(ps)} | {fn(pl)} |")  # fmt: skip
+    print(
+        f"| incidents told only as resolved (fired and cleared between two messages of its "
+        f"group) | {gp['told_only_resolved']} | {ps['told_only_resolved']} | "
+        f"{pl['told_only_resolved']} |"
+    )
     print(f"| messages in all | {gp['messages']} | {ps['messages']} | |")
     cpu = out["cpu"]
     print(
