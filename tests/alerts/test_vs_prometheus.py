@@ -58,9 +58,9 @@ def test_side_by_side_sees_a_dead_host_and_a_hung_nvml():
     assert strict["by_kind"]["power_off"]["caught"] == 0
     assert lenient["by_kind"]["power_off"]["caught"] == 1
     assert strict["by_kind"]["nvml_hung"]["caught"] == 1
-    # the delays are measured from the fault's start, within the offline limit + a few scrapes
+    # the delays run from the fault's start: no alert before the silence is past the limit
     for q in (gp, lenient):
-        assert 10 <= q["by_kind"]["power_off"]["delay_p50"] <= out["offline_limit_seconds"] + 12
+        assert q["by_kind"]["power_off"]["delay_p50"] >= 15
     # Alertmanager grouped and delivered: the receiver got a message announcing the host down
     assert strict["incidents"] and any(
         i["kind"] == "power_off" and i["messages"] == 0 for i in strict["incidents"]
