@@ -1,5 +1,5 @@
 # The README's commands. Each one sets up what it needs first (scripts/setup.sh).
-.PHONY: setup run test test-fast lint bench bench-prometheus clean
+.PHONY: setup run test test-fast lint bench bench-prometheus bench-alerts-prometheus clean
 
 PORT ?= 8000
 DATA ?= gpufleet-data
@@ -45,6 +45,10 @@ bench: setup
 ## bench-prometheus: the usage reports beside PromQL on the same 30 days (about 25 minutes)
 bench-prometheus: setup
 	.venv/bin/python bench/vs_prometheus.py
+
+## bench-alerts-prometheus: gpufleet's alerts beside Prometheus + Alertmanager, same faults (~22 min)
+bench-alerts-prometheus: setup
+	nice -n 10 .venv/bin/python bench/alerts_vs_prometheus.py
 
 clean:
 	rm -rf .venv .pytest_cache .ruff_cache .mypy_cache

@@ -158,6 +158,22 @@ def test_silence_tells_host_down_from_agent_down(make_driver):
     assert ("host_down", "b") not in {(a.rule, a.labels["host"]) for a in d.firing()}
 
 
+def test_a_host_back_from_power_off_is_not_agent_down_before_its_first_sample(make_driver):
+    d = make_driver()
+    d.hosts["a"] = HostSeen("a", T0, 5.0, reachable=False)  # powered off
+    d.tick(T0 + 120)
+    assert [a.rule for a in d.firing()] == ["host_down"]
+    d.hosts["a"].reachable = True  # power back: the probe answers, no sample yet
+    for t in (T0 + 125, T0 + 130):  # within the stale time (3 intervals = 15 s)
+        d.tick(t)
+        assert "agent_down" not in {a.rule for a in d.firing()}
+    d.tick(T0 + 145)  # still silent past it: its agent does not start
+    assert "agent_down" in {a.rule for a in d.firing()}
+    d.hosts["b"] = HostSeen("b", T0 + 145, 5.0, reachable=True)  # answered all along
+    d.tick(T0 + 145 + 61)
+    assert ("agent_down", "b") in {(a.rule, a.labels["host"]) for a in d.firing()}
+
+
 def test_ssh_failure_names_the_reason(make_driver):
     d = make_driver()
     for t in range(0, 120, 5):

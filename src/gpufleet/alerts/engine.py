@@ -18,6 +18,7 @@ metric does not page on every flap. Every state change is appended to ``events``
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -99,6 +100,7 @@ class AlertEngine:
         self._user_share: dict[str, dict[str, tuple[int, int]]] = {}  # host -> user -> (held, idle)
         self._free_gpus: dict[str, int] = {}
         self._last_ts: dict[str, float] = {}
+        self._unreachable_at: dict[str, float] = {}  # host -> when a probe last got no answer
         self._active: dict[tuple[str, Labels], str] = {}  # (rule, series) -> fingerprint
         self.evaluations = 0
         self.set_rules(rules)
@@ -168,10 +170,16 @@ class AlertEngine:
             offline_after = max(cfg.offline_after_seconds, 2 * stale_after)
             silent_stale += silent > stale_after
             offline = silent > offline_after
+            if h.reachable is False:
+                self._unreachable_at[h.name] = now
+            # a host that answers again after it did not (powered on, network back) is given
+            # the stale time for its agent's first sample before "agent down" (else every
+            # host back from a power cut pages once more, between its probe and its sample)
+            back = now - self._unreachable_at.get(h.name, -math.inf) < stale_after
             values = {
                 "silent_seconds": silent,
                 "host_down": float(offline and h.reachable is not True),
-                "agent_down": float(offline and h.reachable is True),
+                "agent_down": float(offline and h.reachable is True and not back),
             }
             self._evaluate_series(labels_of(host=h.name, group=h.group), values, now)
         users: dict[str, list[int]] = {}

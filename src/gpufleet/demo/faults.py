@@ -11,7 +11,8 @@ the rule that should catch them (``EXPECTED``):
 - ``power_off``: no samples, and the host does not answer a probe -> ``host_down``
 - ``agent_killed``: no samples, but the host answers a probe -> ``agent_down``
 - ``nvml_hung``: an NVML call on one GPU blocks (the fake NVML's hang) -> ``nvml_hung``
-- ``gpu_lost``: XID 79, then every NVML call on the GPU fails with GPU_IS_LOST -> ``gpu_lost``
+- ``gpu_lost``: XID 79 (read in the fault's first round), then every NVML call on the GPU fails
+  with GPU_IS_LOST -> ``gpu_lost``
 - ``ecc``: the GPU's uncorrected ECC counter rises -> ``ecc_uncorrectable``
 - ``overheat``: the GPU reads 93 C -> ``gpu_too_hot``
 - ``disk_fill``: ``/scratch`` is 97% full -> ``disk_almost_full``
@@ -144,6 +145,7 @@ class _Active:
     fault: Fault
     started: bool = False
     ended: bool = False
+    started_at: float | None = None
 
 
 @dataclass
@@ -183,6 +185,7 @@ class FaultInjector:
             f = a.fault
             if not a.started and t >= f.at_seconds:
                 a.started = True
+                a.started_at = t
                 self._start(sim, f)
                 self.truth.append({"event": "start", "t": t, **f.model_dump()})
             if a.started and not a.ended and t >= f.end_seconds:
@@ -195,7 +198,7 @@ class FaultInjector:
         what the replay would otherwise overwrite."""
         for a in self._by_host.get(sim.spec.name, ()):
             if a.started and not a.ended:
-                self._hold(sim, a.fault)
+                self._hold(sim, a.fault, first=a.started_at == t)
 
     def _start(self, sim: Any, f: Fault) -> None:
         nvml, g = sim.nvml, f.gpu if f.gpu is not None else 0
@@ -210,10 +213,10 @@ class FaultInjector:
             sim.host.disks.append(_Disk("/scratch", "/dev/sdb1", "ext4", 1000 * GIB,
                                         970.0 * GIB, False))  # fmt: skip
 
-    def _hold(self, sim: Any, f: Fault) -> None:
+    def _hold(self, sim: Any, f: Fault, first: bool = False) -> None:
         nvml, g = sim.nvml, f.gpu if f.gpu is not None else 0
-        if f.kind == "gpu_lost":
-            nvml.fail(g, "*", 15)  # NVML_ERROR_GPU_IS_LOST
+        if f.kind == "gpu_lost" and not first:  # the first round reads the XID 79 (the driver
+            nvml.fail(g, "*", 15)  # logs it as the GPU falls off), then: NVML_ERROR_GPU_IS_LOST
         elif f.kind == "overheat":
             nvml.gpus[g].temperature_celsius = 93
             sim.temps[g] = 93.0
