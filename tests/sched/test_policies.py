@@ -276,6 +276,65 @@ def test_a_big_job_is_not_starved_by_a_stream_of_small_ones() -> None:
     assert first is not None and first <= 3000.0 + 3600.0 + 60.0
 
 
+def _two_host_stream(count: int) -> list:
+    """Two 8-GPU hosts; 30 short jobs teach the policy the sizes, then a 16-GPU job (both hosts)
+    arrives into a stream of 1-GPU jobs of 600 s, one every 100 s: at every moment some GPU is
+    busy, so the big job never finds both hosts free unless GPUs are held for it."""
+    items = [make_job(i, 100.0 * i, 50.0) for i in range(30)]
+    items.append(make_job(30, 3050.0, 1000.0, 16))
+    items += [make_job(31 + i, 3001.0 + 100.0 * i, 600.0) for i in range(count)]
+    return items
+
+
+def test_a_starving_big_job_gets_hosts_reserved_and_starts_by_a_bound() -> None:
+    """Realistic model: the 16-GPU job starves after 1 h + 4 x its time held; it then gets both
+    hosts reserved (nothing new placed there unless predicted to end by the reserved start),
+    starts once the 1-GPU jobs running there end (600 s) and keeps its GPUs to the end.
+    Without a starvation limit it is preempted by every new 1-GPU job and ends after the
+    whole stream."""
+    from gpufleet.sched.predictor import OnlineRuntimePredictor
+
+    spec = parse_cluster("v100:16x8")
+    policy = GpufleetPolicy(
+        spec, OnlineRuntimePredictor(), starve_after_seconds=3600.0, reserve_estimate="predictor"
+    )
+    sim, result = run("", spec, _two_host_stream(600), policy, REALISTIC)
+    # it ran once before (new, it outranked the 1-GPU jobs) and was preempted; it then starves
+    # (1 h) and gets both hosts; started as the starving head, it keeps them to the end
+    done = sim.jobs[30].finish_seconds
+    assert done is not None and done <= 3050.0 + 1000.0 + 3600.0 + 4 * 1000.0 + 600.0 + 300.0
+    assert result.unfinished_jobs == 0
+
+    unguarded = GpufleetPolicy(spec, OnlineRuntimePredictor(), starve_after_seconds=1e12)
+    sim, _ = run("", spec, _two_host_stream(600), unguarded, REALISTIC)
+    late = sim.jobs[30].finish_seconds
+    assert late is not None and late > 3001.0 + 100.0 * 590  # behind the whole stream
+
+
+def test_only_jobs_predicted_to_end_by_the_reserved_start_backfill_its_hosts() -> None:
+    """While a 16-GPU job holds a reservation on both hosts, short jobs (predicted to end before
+    the reserved start) still start there, long ones do not."""
+    spec = parse_cluster("v100:16x8")
+    # job 0 runs 2 h on one GPU; job 1 (16 GPUs) starves at once (starve limit 0 s)
+    items = [make_job(0, 0.0, 7200.0), make_job(1, 1.0, 100.0, 16)]
+    items += [make_job(2, 10.0, 60.0), make_job(3, 20.0, 9000.0)]
+    known = KnownRuntimes({0: 7200.0, 1: 100.0, 2: 60.0, 3: 9000.0})
+    policy = GpufleetPolicy(  # (no preemption by rank: the reservation alone decides)
+        spec,
+        known,
+        starve_after_seconds=0.0,
+        starve_factor=0.0,
+        reserve_estimate="predictor",
+        preempt_margin=1e9,
+    )
+    sim, result = run("", spec, items, policy, REALISTIC)
+    assert sim.jobs[2].first_start_seconds == 10.0  # ends long before job 0 frees its GPU
+    start1, start3 = sim.jobs[1].first_start_seconds, sim.jobs[3].first_start_seconds
+    assert start1 is not None and start3 is not None
+    assert start1 >= 7200.0 and start3 >= start1  # job 3 would delay job 1: it waits
+    assert result.preemptions == 0
+
+
 class PlainGpufleet(GpufleetPolicy):
     """gpufleet's policy without its shortcuts: the running jobs sorted afresh and walked in
     full at every pass, a pass at every schedule, every running job visited for the wake-up."""

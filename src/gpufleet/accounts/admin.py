@@ -32,7 +32,9 @@ def token_view(t) -> dict[str, Any]:
 
 
 @router.post(
-    "/tokens", status_code=201, summary="Create an agent token (shown once)",
+    "/tokens",
+    status_code=201,
+    summary="Create an agent token (shown once)",
     responses={409: {"description": "a token of that name exists"}},
 )
 def create_token(
