@@ -287,25 +287,30 @@ def _two_host_stream(count: int) -> list:
 
 
 def test_a_starving_big_job_gets_hosts_reserved_and_starts_by_a_bound() -> None:
-    """Realistic model: the 16-GPU job starves after 1 h + 4 x its time held; it then gets both
-    hosts reserved (nothing new placed there unless predicted to end by the reserved start),
-    starts once the 1-GPU jobs running there end (600 s) and keeps its GPUs to the end.
-    Without a starvation limit it is preempted by every new 1-GPU job and ends after the
-    whole stream."""
+    """Realistic model: the 16-GPU job starves once it has waited 1 h in all + its time held;
+    it then gets both hosts reserved (nothing new placed there unless predicted to end by the
+    reserved start), starts once the 1-GPU jobs running there end (600 s) and keeps its GPUs
+    for its expected remaining time. Without a starvation limit it is preempted by every new
+    1-GPU job and ends after the whole stream."""
     from gpufleet.sched.predictor import OnlineRuntimePredictor
 
     spec = parse_cluster("v100:16x8")
-    policy = GpufleetPolicy(
-        spec, OnlineRuntimePredictor(), starve_after_seconds=3600.0, reserve_estimate="predictor"
-    )
+    policy = GpufleetPolicy(spec, OnlineRuntimePredictor(), reserve_size_factor=0.0)
     sim, result = run("", spec, _two_host_stream(600), policy, REALISTIC)
     # it ran once before (new, it outranked the 1-GPU jobs) and was preempted; it then starves
-    # (1 h) and gets both hosts; started as the starving head, it keeps them to the end
+    # (1 h + held, in all) and gets both hosts; started as the starving head it keeps them
+    # while it is expected to need them (its class's mean residual). A 1-GPU job may preempt
+    # it after that; its total wait being past the limit, it starves again at once and waits
+    # at most for the 600-s jobs on its hosts: a few such rounds for 1,000 s of work
+    start = sim.jobs[30].first_start_seconds
     done = sim.jobs[30].finish_seconds
-    assert done is not None and done <= 3050.0 + 1000.0 + 3600.0 + 4 * 1000.0 + 600.0 + 300.0
+    assert start is not None and done is not None
+    assert done <= 3050.0 + 3600.0 + 1000.0 + 10 * (600.0 + 100.0)
     assert result.unfinished_jobs == 0
 
-    unguarded = GpufleetPolicy(spec, OnlineRuntimePredictor(), starve_after_seconds=1e12)
+    unguarded = GpufleetPolicy(
+        spec, OnlineRuntimePredictor(), reserve_after_seconds=1e12, reserve_size_factor=0.0
+    )
     sim, _ = run("", spec, _two_host_stream(600), unguarded, REALISTIC)
     late = sim.jobs[30].finish_seconds
     assert late is not None and late > 3001.0 + 100.0 * 590  # behind the whole stream
@@ -322,9 +327,9 @@ def test_only_jobs_predicted_to_end_by_the_reserved_start_backfill_its_hosts() -
     policy = GpufleetPolicy(  # (no preemption by rank: the reservation alone decides)
         spec,
         known,
-        starve_after_seconds=0.0,
-        starve_factor=0.0,
-        reserve_estimate="predictor",
+        reserve_after_seconds=0.0,
+        reserve_size_factor=0.0,
+        reserve_held_factor=0.0,
         preempt_margin=1e9,
     )
     sim, result = run("", spec, items, policy, REALISTIC)
@@ -359,12 +364,15 @@ def heavy_mix(seed: int, count: int = 400) -> list:
 def test_gpufleet_shortcuts_decide_like_full_passes(config, seed) -> None:
     """The incremental order, the walk from the first waiting job, the skipped passes and the
     wake-up heaps change no decision: every job starts, is preempted and finishes at the same
-    instants as with full passes (starving jobs included: a 2 h starvation limit)."""
+    instants as with full passes (starving jobs included: a 2 h starvation limit in the
+    reference model; reservations for starving jobs in the realistic one)."""
     spec = parse_cluster("v100:8x4,k80:8x4")
     outcomes = []
+    heads = []
     for cls in (GpufleetPolicy, PlainGpufleet):
         policy = cls(spec, None, realistic=not config.reference, starve_after_seconds=7200.0)
         sim, result = run("", spec, heavy_mix(seed), policy, config)
+        heads.append(policy.heads_started)
         outcomes.append(
             (
                 [
@@ -375,7 +383,10 @@ def test_gpufleet_shortcuts_decide_like_full_passes(config, seed) -> None:
             )
         )
     assert outcomes[0][1] > 0, "the mix preempts (the shortcuts have work to do)"
+    if not config.reference:  # (realistic: starving jobs get reservations and start as heads)
+        assert heads[0] > 0
     assert outcomes[0] == outcomes[1]
+    assert heads[0] == heads[1]
 
 
 # -- invariants of every policy ----------------------------------------------------------------

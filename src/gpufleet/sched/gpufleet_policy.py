@@ -179,7 +179,10 @@ class GpufleetPolicy(Policy):
         starve_reserve: bool = True,
         reference_starve_reserve: bool = False,
         reserve_estimate: str = "predictor",
-        starve_total: bool = False,
+        reserve_after_seconds: float = 3600.0,
+        reserve_size_factor: float = 1.0,
+        reserve_held_factor: float = 1.0,
+        protect_factor: float = 1.0,
         predictor_ties: bool = False,
         scan_limit: int = 512,
         monotone: bool = True,
@@ -208,15 +211,25 @@ class GpufleetPolicy(Policy):
         self._running: Mapping[int, SimJob] = {}
         self.starve_after_seconds = starve_after_seconds
         self.starve_factor = starve_factor
+        self.starve_total = False  # waits counted since arrival (else since it last ran)
+        self.starve_size_factor: float | None = None
         # a starving job gets a reservation (hosts held for it, EASY backfill around them)
         # instead of ranking first and preempting (``reference_starve_reserve`` in the
         # reference model)
         self.starve_reserve = starve_reserve if realistic else reference_starve_reserve
+        if self.starve_reserve:  # (learnt limits on the total wait; see ``_starve_time``)
+            self.starve_total = True
+            self.starve_size_factor = reserve_size_factor
+            self.starve_after_seconds = reserve_after_seconds
+            self.starve_factor = reserve_held_factor
         self.reservation: Reservation | None = None
+        self.heads_started = 0  # starving heads started (counted for tests and figures)
         self.reserve_estimate = reserve_estimate
         # jobs started as a starving head: they keep their GPUs until they finish or fail
-        self._protected: set[int] = set()
-        self.starve_total = starve_total
+        # job id -> until when (seconds) it keeps its GPUs
+        self._protected: dict[int, float] = {}
+        self.protect_factor = protect_factor
+        self._starve_at: dict[int, tuple[int, float]] = {}  # job id -> (version, starves after)
         self.predictor_ties = predictor_ties and estimator is not None
         self.scan_limit = scan_limit
         self.samples: list[float] = []
@@ -270,7 +283,9 @@ class GpufleetPolicy(Policy):
         self.ranked.add(job)
         self.by_wait.add(job)
         self._waiting_sizes[job.num_gpus] += 1
-        entry = (self._starve_time(job), job.job_id, job.version)
+        when = self._starve_time(job)
+        self._starve_at[job.job_id] = (job.version, when)
+        entry = (when, job.job_id, job.version)
         heapq.heappush(self._starve_heap, entry)
         heapq.heappush(self._starve_due, entry)
 
@@ -279,6 +294,7 @@ class GpufleetPolicy(Policy):
         self.ranked.remove(job)
         self.by_wait.remove(job)
         self._starving_jobs.pop(job.job_id, None)
+        self._starve_at.pop(job.job_id, None)
         self._waiting_sizes[job.num_gpus] -= 1
         if not self._waiting_sizes[job.num_gpus]:
             del self._waiting_sizes[job.num_gpus]
@@ -403,7 +419,7 @@ class GpufleetPolicy(Policy):
 
     def on_failure(self, job: SimJob, now_seconds: float, reason: str) -> None:
         self._events += 1
-        self._protected.discard(job.job_id)
+        self._protected.pop(job.job_id, None)
         self._run.discard(job.job_id)
         self._add_waiting(job)
 
@@ -415,7 +431,7 @@ class GpufleetPolicy(Policy):
 
     def on_finish(self, job: SimJob, now_seconds: float) -> None:
         self._events += 1
-        self._protected.discard(job.job_id)
+        self._protected.pop(job.job_id, None)
         self._run.discard(job.job_id)
         self.samples.append(self._service(job, now_seconds))
         self._sample_class.append(self.class_of(job))
@@ -441,19 +457,30 @@ class GpufleetPolicy(Policy):
 
     def starving(self, job: SimJob, now: float) -> bool:
         """Waited (since it last ran; with ``starve_total``, in all since arrival) longer than
-        ``starve_after_seconds`` + ``starve_factor`` x its time held so far."""
-        held = job.held_now(now)
-        if self.starve_total:
-            waited = now - job.arrival_seconds - held
-        else:
+        its limit (``_starve_time``, fixed when it began to wait)."""
+        if self.starve_size_factor is None and not self.starve_total:
             waited = now - job.last_wait_from_seconds
-        return waited > self.starve_after_seconds + self.starve_factor * held
+            return waited > self.starve_after_seconds + self.starve_factor * job.held_now(now)
+        when = self._starve_at.get(job.job_id)
+        if when is None or when[0] != job.version:
+            return False
+        return now > when[1]
 
     def _starve_time(self, job: SimJob) -> float:
-        """When a waiting job starts to starve (fixed while it waits: its time held is)."""
+        """When a waiting job starts to starve (fixed while it waits): after
+        ``starve_after_seconds`` + ``starve_factor`` x its time held so far, or with
+        ``starve_size_factor`` after that many times its class's mean size (seconds held, the
+        learnt distribution; ``starve_after_seconds`` is then the least), + the same term;
+        counted since it last ran or, with ``starve_total``, its waits since arrival."""
         held = job.held_now(job.last_wait_from_seconds)
         since = job.arrival_seconds + held if self.starve_total else job.last_wait_from_seconds
-        return since + self.starve_after_seconds + self.starve_factor * held
+        limit = self.starve_after_seconds
+        if self.starve_size_factor is not None and len(self.samples) >= self.min_samples:
+            _, _, _, residual = self._tables(job)
+            mean = residual[0] / job.num_gpus if self.gpu_time else residual[0]
+            if not math.isnan(mean):
+                limit = max(limit, self.starve_size_factor * mean)
+        return since + limit + self.starve_factor * held
 
     def _key(self, job: SimJob, now: float, running: bool) -> _Key:
         index = self.gittins(self._service(job, now), job)
@@ -649,6 +676,12 @@ class GpufleetPolicy(Policy):
         a running job (for its own GPU model only) and may fit on another model as a waiting
         job. Then the wake-up (``_plan_wakeup``)."""
         self._running = ctx.running
+        if self._protected:
+            ended = [j for j, until in self._protected.items() if until <= ctx.now_seconds]
+            for jid in ended:
+                del self._protected[jid]
+            if ended:
+                self._quiet = None  # (the pass may now preempt them)
         head_started = self.starve_reserve and self._serve_starving(ctx)
         if (
             self.shortcuts
@@ -689,7 +722,7 @@ class GpufleetPolicy(Policy):
         self._update_starving(now)
         if not self._starving_jobs:
             return False
-        head = min(self._starving_jobs.values(), key=lambda j: (j.last_wait_from_seconds, j.job_id))
+        head = min(self._starving_jobs.values(), key=self._starved_since)
         models = self.usable_models(head)
         for model in sorted(models, key=lambda m: head.runtime_ratio_by_model[m]):
             placement = self._place(head, model, ctx)
@@ -698,10 +731,20 @@ class GpufleetPolicy(Policy):
                 self.last_hosts[head.job_id] = placement.host_ids[0]
                 ctx.start(head, placement)
                 self._run.add(head)
-                self._protected.add(head.job_id)
+                self.heads_started += 1
+                if self.protect_factor > 0:
+                    rest = self.expected_remaining(head, now)
+                    self._protected[head.job_id] = now + self.protect_factor * rest
                 return True
         self.reservation = reserve(head, ctx.cluster, ctx.running, now, models, self._estimate(now))
         return False
+
+    def _starved_since(self, job: SimJob) -> tuple[float, int]:
+        """Order of the starving jobs for the reservation: the one starving longest first."""
+        when = self._starve_at.get(job.job_id)
+        if when is not None and when[0] == job.version:
+            return when[1], job.job_id
+        return self._starve_time(job), job.job_id
 
     def _estimate(self, now: float) -> RuntimeEstimator:
         """The runtime estimate reservations use: the online predictor where the policy has one
@@ -953,6 +996,9 @@ class GpufleetPolicy(Policy):
                 heapq.heappop(due)
             if due:
                 self._next_wakeup = min(self._next_wakeup, due[0][0] + 1e-3)
+            if self._protected:
+                until = min(self._protected.values())
+                self._next_wakeup = min(self._next_wakeup, until + 1e-3)
 
     def _plan_wakeup_runs(self, ctx: SchedulerContext) -> None:
         """When to run the pass again if nothing happens meanwhile.
