@@ -156,11 +156,8 @@ def run_quality(n_hosts: int, interval: float, quiet_hours: float, seed: int,
     spans: dict[str, list[tuple[float, float]]] = {}
     for n in natural():
         spans.setdefault(n["fingerprint"], []).append((n["fired_at"] - slack, n["until"] + slack))
-    known = [
-        i
-        for i, a in enumerate(fired)
-        if any(lo <= (a.fired_at or 0) <= hi for lo, hi in spans.get(a.fingerprint, ()))
-    ]
+    known = [i for i, a in enumerate(fired) if any(
+        lo <= (a.fired_at or 0) <= hi for lo, hi in spans.get(a.fingerprint, ()))]
     return score(faults, inj, fired, messages, rules, interval, set(known)) | {
         "hosts": n_hosts, "interval_seconds": interval, "simulated_hours": total / 3600,
         "quiet_hours": quiet_hours, "faults": len(faults), "seed": seed,
@@ -515,14 +512,8 @@ def main() -> None:
             with ProcessPoolExecutor(1) as pool:  # the fault-free run alongside, on a core
                 job = pool.submit(run_quality, args.hosts, args.interval, args.quiet_hours,
                                   seed, args.spacing)  # fmt: skip
-                q = run_quality(
-                    args.hosts,
-                    args.interval,
-                    args.quiet_hours,
-                    seed,
-                    args.spacing,
-                    natural=lambda job=job: job.result()["natural"],
-                )
+                q = run_quality(args.hosts, args.interval, args.quiet_hours, seed,
+                                args.spacing, natural=lambda job=job: job.result()["natural"])
                 base = job.result()
             q["baseline_by_rule"] = _count(n["rule"] for n in base["natural"])
             q["baseline_cpu_seconds"] = base["cpu_seconds"]
@@ -558,10 +549,8 @@ def print_tables(out: dict[str, Any]) -> None:
         print(f"\nrecall {100 * q['recall']:.1f}%; precision {100 * q['precision']:.1f}% "
               f"({q['explained']} of {q['fired']} firings, {q['distinct_alerts']} distinct "
               f"alerts, explained by an injected fault)")  # fmt: skip
-        print(
-            f"the trace's own incidents (firings of the same replay without faults): "
-            f"{q['baseline_by_rule'] or 'none'}"
-        )
+        print(f"the trace's own incidents (firings of the same replay without faults): "
+              f"{q['baseline_by_rule'] or 'none'}")
         print(f"of this run's firings, natural (also in the fault-free run): "
               f"{q['natural_by_rule'] or 'none'}; precision on the firings that are not "
               f"natural incidents {100 * q['precision_not_natural']:.1f}%; unexplained (false): "
@@ -583,10 +572,8 @@ def print_tables(out: dict[str, Any]) -> None:
     for c in out.get("cost", []):
         print(f"\n## Evaluation cost: {c['rules']} rules, {c['hosts']} hosts x {c['rounds']} "
               f"rounds ({c['batches']} batches)\n")  # fmt: skip
-        print(
-            "| ingest ms/batch (validate + store) | alerts ms/batch (observe + tick) | ratio "
-            "| alerts ms/batch after the first round | ratio |"
-        )
+        print("| ingest ms/batch (validate + store) | alerts ms/batch (observe + tick) | ratio "
+              "| alerts ms/batch after the first round | ratio |")
         print("|---|---|---|---|---|")
         print(f"| {c['ingest_ms_per_batch']:.3f} | {c['alert_ms_per_batch']:.3f} | "
               f"{100 * c['ratio']:.1f}% | {c['alert_ms_per_batch_after_first_round']:.3f} | "
@@ -594,10 +581,8 @@ def print_tables(out: dict[str, Any]) -> None:
     for c in out.get("server_cost", []):
         print(f"\n## Server CPU per batch over HTTP ({c['batches']} batches; alerts on: 50 "
               "rules)\n")  # fmt: skip
-        print(
-            "| alerts off ms/batch | alerts on ms/batch | (on - off) / off | engine ms/batch "
-            "(its own thread time, in the server) | engine / rest of the server |"
-        )
+        print("| alerts off ms/batch | alerts on ms/batch | (on - off) / off | engine ms/batch "
+              "(its own thread time, in the server) | engine / rest of the server |")
         print("|---|---|---|---|---|")
         print(
             f"| {c['server_ms_per_batch_alerts_off']:.3f} | "

@@ -197,9 +197,7 @@ def write_prefixes(prefixes, folder: Path) -> tuple[Path, Path]:
 
 
 class Server:
-    def __init__(
-        self, data_dir: Path, workers: int | None = None, database: str | None = None
-    ) -> None:
+    def __init__(self, data_dir: Path, workers: int | None = None, database: str | None = None) -> None:
         self.data_dir = data_dir
         self.workers = workers
         # a PostgreSQL store: `token create` and the server both read it from the environment
@@ -483,9 +481,7 @@ def open_loop_main(argv: list[str]) -> None:
         uvloop.install()
     except ImportError:
         pass
-    coro = _open_loop(
-        a.url, a.token, a.blob, a.index, a.runid, a.rate, a.seconds, a.max_connections
-    )
+    coro = _open_loop(a.url, a.token, a.blob, a.index, a.runid, a.rate, a.seconds, a.max_connections)
     print(json.dumps(asyncio.run(coro)))
 
 
@@ -494,9 +490,7 @@ def open_loop_main(argv: list[str]) -> None:
 
 def metrics_counters(text: str) -> dict[str, float]:
     out = {}
-    for m in re.finditer(
-        r'^gpufleet_server_ingest_batches_total\{result="(\w+)"\} (\S+)$', text, re.M
-    ):
+    for m in re.finditer(r'^gpufleet_server_ingest_batches_total\{result="(\w+)"\} (\S+)$', text, re.M):
         out[m.group(1)] = float(m.group(2))
     return out
 
@@ -562,9 +556,7 @@ class ScratchDatabase:
             with psycopg.connect(admin_url, autocommit=True) as admin:
                 admin.execute(f"CREATE DATABASE {self.name}")
         except psycopg.Error as e:
-            raise SystemExit(
-                f"--database {admin_url}: cannot create a scratch database: {e}"
-            ) from None
+            raise SystemExit(f"--database {admin_url}: cannot create a scratch database: {e}") from None
         self.url = urllib.parse.urlsplit(admin_url)._replace(path=f"/{self.name}").geturl()
 
     def drop(self) -> None:
@@ -585,9 +577,7 @@ def main() -> None:
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seconds", type=float, default=20, help="length of each measured phase")
-    p.add_argument(
-        "--rate", type=float, default=TARGET_RATE, help="offered rate of the fixed-rate phase"
-    )
+    p.add_argument("--rate", type=float, default=TARGET_RATE, help="offered rate of the fixed-rate phase")
     p.add_argument("--open-loop-seconds", type=float,
                    help="length of the fixed-rate phase (default: --seconds); e.g. 700 to take in "
                    "the server's ten-minute collector sweep (gpufleet.server.gcpolicy)")  # fmt: skip
@@ -596,11 +586,8 @@ def main() -> None:
     p.add_argument("--hosts", type=int, default=5000, help="distinct hosts in the load")
     p.add_argument("--warmup", type=float, default=5, help="seconds of ingest before measuring")
     p.add_argument("--keep", action="store_true", help="keep the temp data dir")
-    p.add_argument(
-        "--ingest-workers",
-        type=int,
-        help="the server's --ingest-workers (default: its own, ingest.workers: auto)",
-    )
+    p.add_argument("--ingest-workers", type=int,
+                   help="the server's --ingest-workers (default: its own, ingest.workers: auto)")
     p.add_argument("--database", metavar="URL",
                    help="measure on PostgreSQL instead of the embedded store: a server URL such as "
                    "postgresql://postgres@127.0.0.1:5432/postgres; a scratch database is made on "
@@ -624,9 +611,7 @@ def main() -> None:
         raw_sizes = [size + 60 for _, _, size in prefixes]
         gz_sizes = [len(gzip_body(pf, b'1700000000}],"sent_at":1700000000,"batch_id":"bench1700000000-t1-123456"}')) for pf in prefixes]  # fmt: skip
         # the construction must give what the server's decoder accepts
-        sample_body = gzip_body(
-            prefixes[0], b'1700000000}],"sent_at":1700000000,"batch_id":"x1234567"}'
-        )
+        sample_body = gzip_body(prefixes[0], b'1700000000}],"sent_at":1700000000,"batch_id":"x1234567"}')
         json.loads(gzip.decompress(sample_body))
         blob, index = write_prefixes(prefixes, tmp)
         server.start()
@@ -692,10 +677,8 @@ def main() -> None:
           f"{min(raw_sizes) / 1024:.1f}-{max(raw_sizes) / 1024:.1f} KB, gzip {sum(gz_sizes) / len(gz_sizes) / 1024:.1f} KB; "
           f"unique batch_id per request; {args.seconds:.0f} s per phase")  # fmt: skip
     print()
-    hdr = (
-        f"{'phase':<46} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>8} {'max ms':>8}"
-        f" {'server':>7} {'loadgen':>7} {'other':>6} {'srv ms/req':>10}"
-    )
+    hdr = (f"{'phase':<46} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>8} {'max ms':>8}"
+           f" {'server':>7} {'loadgen':>7} {'other':>6} {'srv ms/req':>10}")
     print(hdr)
     print("-" * len(hdr))
     conns = f"{args.connections} conns"
@@ -708,29 +691,19 @@ def main() -> None:
     for label, r, c in rows_out:
         other = max(0.0, c.machine - c.server - c.loadgen)
         per_req = c.server_seconds * 1000 / max(1, r.get("answered", r["rate"] * c.wall))
-        print(
-            f"{label:<46} {r['rate']:>7.0f} {ms(r['p50_us']):>7} {ms(r['p95_us']):>7} "
-            f"{ms(r['p99_us']):>8} {ms(r['max_us']):>8} {c.server:>6.0f}% {c.loadgen:>6.0f}% {other:>5.0f}%"
-            f" {per_req:>10.2f}"
-        )
+        print(f"{label:<46} {r['rate']:>7.0f} {ms(r['p50_us']):>7} {ms(r['p95_us']):>7} "
+              f"{ms(r['p99_us']):>8} {ms(r['max_us']):>8} {c.server:>6.0f}% {c.loadgen:>6.0f}% {other:>5.0f}%"
+              f" {per_req:>10.2f}")
     print()
-    print(
-        f"CPU in % of one core ({ncpu} cores = {ncpu * 100}%): server process and its ingest workers{' and PostgreSQL' if pg else ''} (psutil), load generator"
-        " (wrk or the Python open-loop sender), other = the rest of the machine (other processes)"
-    )
-    print(
-        "srv ms/req = server CPU time per answered request: what one core's worth of server buys,"
-        f" whatever else runs (saturation: {sat['answered'] / max(1e-9, cpu_s.server_seconds):.0f} batches/s per core)"
-    )
-    print(
-        f"saturation: acknowledged {sat['rate']:.0f}/s; the store caught up {sat_drain:.1f} s after the "
-        f"phase (server CPU and srv ms/req include that): sustained, acknowledged and stored, {sustained:.0f}/s; "
-        f"{sat.get('busy', 0)} answers 503 (back-pressure: ingest.max_queue reached)"
-    )
-    print(
-        f"ingest at saturation (sustained) = {sustained / health['rate']:.2f} x the /healthz rate, "
-        f"{sustained / bare['rate']:.2f} x the bare 404 rate (the HTTP stack's ceiling)"
-    )
+    print(f"CPU in % of one core ({ncpu} cores = {ncpu * 100}%): server process and its ingest workers{' and PostgreSQL' if pg else ''} (psutil), load generator"
+          " (wrk or the Python open-loop sender), other = the rest of the machine (other processes)")
+    print("srv ms/req = server CPU time per answered request: what one core's worth of server buys,"
+          f" whatever else runs (saturation: {sat['answered'] / max(1e-9, cpu_s.server_seconds):.0f} batches/s per core)")
+    print(f"saturation: acknowledged {sat['rate']:.0f}/s; the store caught up {sat_drain:.1f} s after the "
+          f"phase (server CPU and srv ms/req include that): sustained, acknowledged and stored, {sustained:.0f}/s; "
+          f"{sat.get('busy', 0)} answers 503 (back-pressure: ingest.max_queue reached)")
+    print(f"ingest at saturation (sustained) = {sustained / health['rate']:.2f} x the /healthz rate, "
+          f"{sustained / bare['rate']:.2f} x the bare 404 rate (the HTTP stack's ceiling)")
     ok_rate = fixed["rate"] >= 0.98 * args.rate
     ok_p99 = fixed["p99_us"] / 1000 < TARGET_P99_MS
     kept_up = fixed_drain <= KEPT_UP_SECONDS
@@ -740,11 +713,9 @@ def main() -> None:
           f"({fixed['p99_us'] / 1000 / TARGET_P99_MS:.2f} x the bound), the store "
           f"{'kept up' if kept_up else 'fell behind'} -> "
           f"{'MET' if ok_rate and ok_p99 and kept_up and args.rate >= TARGET_RATE else 'NOT MET'}")  # fmt: skip
-    print(
-        f"open loop: the store caught up {fixed_drain:.1f} s after the phase; p99.9 {ms(fixed['p999_us'])} ms; p99 of its parts: the generator's own "
-        f"delay before writing a request {ms(fixed['late_p99_us'])} ms, written -> answered "
-        f"{ms(fixed['service_p99_us'])} ms"
-    )
+    print(f"open loop: the store caught up {fixed_drain:.1f} s after the phase; p99.9 {ms(fixed['p999_us'])} ms; p99 of its parts: the generator's own "
+          f"delay before writing a request {ms(fixed['late_p99_us'])} ms, written -> answered "
+          f"{ms(fixed['service_p99_us'])} ms")
     print(f"stored: {metrics.get('stored', 0):.0f} batches (/metrics), rows: {rows}")
     for text, ok, detail in checks:
         print(f"  [{'ok' if ok else 'FAIL'}] {text}: {detail}")

@@ -123,45 +123,27 @@ def calibration(argv: list[str]) -> None:
     ap.add_argument("--seeds", default="100,101")
     ap.add_argument("--hosts", type=int, default=8)
     ap.add_argument("--scored-jobs", type=int, default=300)
-    ap.add_argument(
-        "--samples",
-        action="append",
-        default=[],
-        help="read the samples from these --save files instead of replaying",
-    )
+    ap.add_argument("--samples", action="append", default=[],
+                    help="read the samples from these --save files instead of replaying")
     ap.add_argument("--save", help="write the samples (JSON) here")
-    ap.add_argument(
-        "--features",
-        default="model_log_odds,log_hours,history_stay_log_odds",
-        help="fit: the features of calibrate.FEATURES the logistic step uses",
-    )
-    ap.add_argument(
-        "--heldout",
-        action="append",
-        default=[],
-        help="fit: also apply the fitted map to these --save files (other clusters"
-        " or seeds) and print their reliability table, pooled and per file",
-    )
+    ap.add_argument("--features", default="model_log_odds,log_hours,history_stay_log_odds",
+                    help="fit: the features of calibrate.FEATURES the logistic step uses")
+    ap.add_argument("--heldout", action="append", default=[],
+                    help="fit: also apply the fitted map to these --save files (other clusters"
+                    " or seeds) and print their reliability table, pooled and per file")
     ap.add_argument("--save-runs", help="report: every answer of every replay (JSON), for tune")
     ap.add_argument("--runs", nargs="*", default=[], help="tune: --save-runs files")
     ap.add_argument("--prior", default="10,30,100", help="tune: prior weights to try")
     ap.add_argument("--half-life", default="24,168", help="tune: half-lives (h) to try")
     ap.add_argument("--top", default="false,true", help="tune: learn from top answers too")
     ap.add_argument("--slope", default="false,true", help="tune: fit the slope too")
-    ap.add_argument(
-        "--no-online",
-        action="store_true",
-        help="report: the offline map alone (no recalibration on the fleet's answers)",
-    )
+    ap.add_argument("--no-online", action="store_true",
+                    help="report: the offline map alone (no recalibration on the fleet's answers)")
     a = ap.parse_args(argv)
     if a.mode == "tune":
-        tune(
-            a.runs,
-            [float(x) for x in a.prior.split(",")],
-            [float(x) for x in a.half_life.split(",")],
-            [x == "true" for x in a.top.split(",")],
-            [x == "true" for x in a.slope.split(",")],
-        )
+        tune(a.runs, [float(x) for x in a.prior.split(",")],
+             [float(x) for x in a.half_life.split(",")],
+             [x == "true" for x in a.top.split(",")], [x == "true" for x in a.slope.split(",")])
         return
     if a.mode == "report":
         report(a)
@@ -213,10 +195,8 @@ def _worst(c: dict) -> str:
     rows = [r for r in c["rows"] if r["answers"] >= 100]
     w = max((abs(r["error_points"]) for r in rows), default=float("nan"))
     over = sum(1 for r in rows if abs(r["error_points"]) >= 5)
-    return (
-        f"Brier {c['brier']:.4f} vs base {c['brier_base_rate']:.4f}; worst decile error"
-        f" (>= 100 answers) {w:.1f} points, {over} of {len(rows)} such deciles at 5 or more"
-    )
+    return (f"Brier {c['brier']:.4f} vs base {c['brier_base_rate']:.4f}; worst decile error"
+            f" (>= 100 answers) {w:.1f} points, {over} of {len(rows)} such deciles at 5 or more")
 
 
 def report(a) -> None:  # type: ignore[no-untyped-def]

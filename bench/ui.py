@@ -151,9 +151,7 @@ def preload(url: str, token: str, hosts: int) -> None:
     now = time.time()
     with httpx.Client(timeout=60) as c:
         for i in range(0, hosts, 50):
-            samples = [
-                sample_dict(f"node{k:03d}", k, now, rnd) for k in range(i, min(i + 50, hosts))
-            ]
+            samples = [sample_dict(f"node{k:03d}", k, now, rnd) for k in range(i, min(i + 50, hosts))]
             r = c.post(url + "/api/v1/ingest", content=body(samples),
                        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})  # fmt: skip
             r.raise_for_status()

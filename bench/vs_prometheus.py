@@ -255,9 +255,7 @@ class Prometheus:
         stop(self.proc)
 
     def metric(self, name: str) -> float:
-        for line in (
-            urllib.request.urlopen(self.url + "/metrics", timeout=60).read().decode().splitlines()
-        ):
+        for line in urllib.request.urlopen(self.url + "/metrics", timeout=60).read().decode().splitlines():
             if line.startswith(name + " ") or line.startswith(name + "{"):
                 return float(line.rsplit(" ", 1)[1])
         return float("nan")
@@ -283,9 +281,7 @@ class Prometheus:
         q = urllib.parse.urlencode({"query": promql, "time": f"{at:.3f}"})
         return self._data(f"{self.url}/api/v1/query?{q}")
 
-    def query_range(
-        self, promql: str, start: float, end: float, step: float
-    ) -> list[dict[str, Any]]:
+    def query_range(self, promql: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
         q = urllib.parse.urlencode({"query": promql, "start": start, "end": end, "step": step})
         return self._data(f"{self.url}/api/v1/query_range?{q}")
 
@@ -305,9 +301,7 @@ def get_json(url: str) -> dict[str, Any]:
         return json.loads(r.read())
 
 
-def wait_http(
-    url: str, proc: subprocess.Popen[bytes], logfile: Path, deadline: float = 120
-) -> None:
+def wait_http(url: str, proc: subprocess.Popen[bytes], logfile: Path, deadline: float = 120) -> None:
     end = time.monotonic() + deadline
     while time.monotonic() < end:
         if proc.poll() is not None:
@@ -367,9 +361,7 @@ def compare(name: str, ours: dict[Any, float], theirs: dict[Any, float], tol: fl
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hosts", type=int, default=50)
     ap.add_argument("--gpus", type=int, default=8)
     ap.add_argument("--days", type=int, default=30)
@@ -415,12 +407,8 @@ def main() -> None:
 
         # 1. per-GPU daily average
         t_g, rep = timed(lambda: server.report(period="day", by="gpu", **span), args.runs)
-        t_p, res = timed(
-            lambda: prom.query_range(
-                f"avg_over_time({METRIC}[1d])", t0 + 86400 - 1, end - 1, 86400
-            ),
-            args.runs,
-        )
+        t_p, res = timed(lambda: prom.query_range(
+            f"avg_over_time({METRIC}[1d])", t0 + 86400 - 1, end - 1, 86400), args.runs)
         ours = {(*gpu_key(r["key"]), r["period_start"][:10]): r["avg_util"] for r in rep["rows"]}
         theirs = {
             (s["metric"]["host"], s["metric"]["gpu"],
@@ -432,49 +420,28 @@ def main() -> None:
 
         # 2. per-GPU p95 and 3. busy hours over the month (one gpufleet report answers both)
         t_g, rep = timed(lambda: server.report(period="month", by="gpu", **span), args.runs)
-        t_p, res = timed(
-            lambda: prom.query(f"quantile_over_time(0.95, {METRIC}[{rng}])", month_end), args.runs
-        )
+        t_p, res = timed(lambda: prom.query(
+            f"quantile_over_time(0.95, {METRIC}[{rng}])", month_end), args.runs)
         ours = {gpu_key(r["key"]): r["p95_util"] for r in rep["rows"]}
         theirs = {(s["metric"]["host"], s["metric"]["gpu"]): float(s["value"][1]) for s in res}
-        rows.append(
-            (
-                "per-GPU p95 utilisation, month",
-                t_g,
-                t_p,
-                compare("p95", ours, theirs, rep.get("p95_error_bound_percent", 5.0)),
-            )
-        )
+        rows.append(("per-GPU p95 utilisation, month", t_g, t_p,
+                     compare("p95", ours, theirs, rep.get("p95_error_bound_percent", 5.0))))
         t_p, res = timed(lambda: prom.query(
             f"sum_over_time(({METRIC} > bool {BUSY_PERCENT:g})[{rng}:{args.step}s]) "
             f"* {args.step} / 3600", month_end), args.runs)  # fmt: skip
         ours = {gpu_key(r["key"]): r["busy_gpu_hours"] for r in rep["rows"]}
         theirs = {(s["metric"]["host"], s["metric"]["gpu"]): float(s["value"][1]) for s in res}
-        rows.append(
-            (
-                "per-GPU busy hours, month (same report)",
-                t_g,
-                t_p,
-                compare("busy hours", ours, theirs, 1e-3),
-            )
-        )
+        rows.append(("per-GPU busy hours, month (same report)", t_g, t_p,
+                     compare("busy hours", ours, theirs, 1e-3)))
 
         # 4. a month by host
         t_g, rep = timed(lambda: server.report(period="month", by="host", **span), args.runs)
-        t_p, res = timed(
-            lambda: prom.query(f"avg by (host) (avg_over_time({METRIC}[{rng}]))", month_end),
-            args.runs,
-        )
+        t_p, res = timed(lambda: prom.query(
+            f"avg by (host) (avg_over_time({METRIC}[{rng}]))", month_end), args.runs)
         ours = {r["key"]: r["avg_util"] for r in rep["rows"]}
         theirs = {s["metric"]["host"]: float(s["value"][1]) for s in res}
-        rows.append(
-            (
-                "a month by host (average utilisation)",
-                t_g,
-                t_p,
-                compare("month by host", ours, theirs, 1e-3),
-            )
-        )
+        rows.append(("a month by host (average utilisation)", t_g, t_p,
+                     compare("month by host", ours, theirs, 1e-3)))
 
     print(f"\n#### gpufleet vs Prometheus {prometheus_version()}: {args.hosts} hosts x {args.gpus} "
           f"GPUs, {args.days} days at {args.step} s ({n_gpus * steps:,} GPU samples), "
@@ -489,11 +456,9 @@ def main() -> None:
     print(f"- Prometheus: {blocks} blocks after compaction; OpenMetrics text "
           f"{pm['text_bytes'] / 1e6:.0f} MB (made in {pm['text_s']:.0f} s), promtool "
           f"{pm['promtool_s']:.0f} s")  # fmt: skip
-    print(
-        f"- gpufleet: {gf['rows']:,} raw rows written in {gf['insert_s']:.0f} s; the rollup "
-        f"(paid once, as data arrives, not per question): {gf['rollup_s']:.0f} s wall, "
-        f"{gf['rollup_cpu_s']:.0f} s CPU in this process; store {gf['bytes'] / 1e6:.0f} MB"
-    )
+    print(f"- gpufleet: {gf['rows']:,} raw rows written in {gf['insert_s']:.0f} s; the rollup "
+          f"(paid once, as data arrives, not per question): {gf['rollup_s']:.0f} s wall, "
+          f"{gf['rollup_cpu_s']:.0f} s CPU in this process; store {gf['bytes'] / 1e6:.0f} MB")
     if args.keep is None:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -31,9 +31,7 @@ NonNegInt = Annotated[int, Strict(), Field(ge=0, le=2**63 - 1)]
 Bytes = Annotated[int, Strict(), Field(ge=0, le=2**62)]
 Percent = Annotated[float, Strict(), Field(ge=0, le=100)]
 Seconds = Annotated[float, Strict(), Field(ge=0, le=1e10)]
-Timestamp = Annotated[
-    float, Strict(), Field(ge=946684800, le=4102444800)
-]  # 2000-01-01 .. 2100-01-01
+Timestamp = Annotated[float, Strict(), Field(ge=946684800, le=4102444800)]  # 2000-01-01 .. 2100-01-01
 ShortText = Annotated[str, Field(max_length=256)]
 CommandText = Annotated[str, Field(max_length=1024)]
 

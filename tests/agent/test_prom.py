@@ -57,7 +57,8 @@ def test_exposition_content(sample):
     uuid0 = sample.gpus[0].uuid
     assert f'gpufleet_gpu_memory_total_bytes{{host="node-01",gpu="0"}} {80 * 2**30}' in lines
     assert (
-        f'gpufleet_gpu_info{{host="node-01",gpu="0",uuid="{uuid0}",name="NVIDIA A100-SXM4-80GB"}} 1'
+        f'gpufleet_gpu_info{{host="node-01",gpu="0",uuid="{uuid0}",'
+        f'name="NVIDIA A100-SXM4-80GB"}} 1'
     ) in lines
     assert any(
         line.startswith('gpufleet_gpu_up{host="node-01",gpu="2"') and line.endswith(" 0")

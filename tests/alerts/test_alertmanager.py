@@ -69,9 +69,7 @@ def test_forwarding_to_real_alertmanager(tmp_path, server_factory, alertmanager)
 
     def hot_in_am() -> list[dict]:
         _post(srv, hot=True)
-        return [
-            a for a in _am_alerts(alertmanager) if a["labels"].get("alertname") == "gpu_too_hot"
-        ]
+        return [a for a in _am_alerts(alertmanager) if a["labels"].get("alertname") == "gpu_too_hot"]
 
     got = wait_for(lambda: len(hot_in_am()) == 2 and hot_in_am(), what="two alerts in Alertmanager")
     for a in got:

@@ -33,7 +33,8 @@ def test_alerts_page_follows_new_alerts(tmp_path, server_factory, page):  # noqa
     assert "pa55word" not in page.content()
 
 
-def test_badges_appear_with_a_fault_and_clear_when_it_resolves(tmp_path, server_factory, page):  # noqa: F811
+def test_badges_appear_with_a_fault_and_clear_when_it_resolves(tmp_path, server_factory,
+                                                               page):  # noqa: F811
     """Two GPUs of dgx-01 overheat (93 C in the agent's sample): the host page's badge shows
     2 warnings without a reload, the overview's fleet badge too; the GPUs cool down and the
     overview's badge goes away, live."""

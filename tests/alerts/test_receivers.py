@@ -36,9 +36,7 @@ def _point(monkeypatch, module: str, cls: str, attr: str, url: str) -> None:
 
 
 def test_slack_webhook_payload(hook, monkeypatch):
-    _point(
-        monkeypatch, "slack", "NotifySlack", "webhook_url", f"http://127.0.0.1:{hook.port}/slack"
-    )
+    _point(monkeypatch, "slack", "NotifySlack", "webhook_url", f"http://127.0.0.1:{hook.port}/slack")
     send("slack://T0AAA/B0BBB/s3cretSlackToken0000000", TITLE, BODY)
     post = wait_for(lambda: hook.posts, what="the Slack post")[0]
     assert post["path"] == "/slack/T0AAA/B0BBB/s3cretSlackToken0000000"

@@ -84,7 +84,6 @@ def test_demo_command(tmp_path, trace_path):
                 assert p["user"] and p["command"] and p["gpu_memory_bytes"]
                 users.add(p["user"])
         assert users, "the replayed jobs show up as processes with users"
-
         def workers_took_pushes():
             workers = httpx.get(url + "/healthz", timeout=5).json()["ingest_workers"]
             assert workers["configured"] == 1, workers

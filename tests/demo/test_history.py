@@ -69,8 +69,8 @@ def test_history_is_rolled_up_and_reported(tmp_path, trace):
                                progress=lines.append)  # fmt: skip
         steps = math.ceil(days * 86400 / STEP)
         assert store.count("host_samples") == report.host_rows == 4 * steps
-        assert (
-            store.count("gpu_samples") == report.gpu_rows == steps * sum(s.gpu_count for s in specs)
+        assert store.count("gpu_samples") == report.gpu_rows == steps * sum(
+            s.gpu_count for s in specs
         )
         assert store.count("process_samples") == report.process_rows > 0
         assert report.total_seconds > 0 and "rolled up" in " ".join(lines)

@@ -106,9 +106,7 @@ def test_every_page_at_desk_and_phone_width(demo, browser):
         try:
             page.goto(url + "/login")
             page.screenshot(path=shots / f"login-{width}.png", full_page=True)
-            login = page.request.post(
-                url + "/login", data={"username": "ops", "password": PASSWORD}
-            )
+            login = page.request.post(url + "/login", data={"username": "ops", "password": PASSWORD})
             assert login.status == 200, login.text()
             for path in _pages(url, root, rows):
                 page.goto(url + path)

@@ -67,9 +67,7 @@ def test_snapshot_then_changed_hosts_within_a_second(server):
         s.gpus[3].utilization_gpu_percent = 61.0
         t0 = time.time()
         assert server.post(make_batch(s)).status_code == 200
-        _, d, t1 = ev.wait(
-            lambda e, d: e == "hosts" and any(h["name"] == "gpu02" for h in d["hosts"])
-        )
+        _, d, t1 = ev.wait(lambda e, d: e == "hosts" and any(h["name"] == "gpu02" for h in d["hosts"]))
         assert t1 - t0 < 1.0
         (view,) = [h for h in d["hosts"] if h["name"] == "gpu02"]
         assert view["gpus"][3]["utilization_gpu_percent"] == 61.0

@@ -32,9 +32,7 @@ def token_view(t) -> dict[str, Any]:
 
 
 @router.post(
-    "/tokens",
-    status_code=201,
-    summary="Create an agent token (shown once)",
+    "/tokens", status_code=201, summary="Create an agent token (shown once)",
     responses={409: {"description": "a token of that name exists"}},
 )
 def create_token(

@@ -289,9 +289,7 @@ def list_users(
 
 
 @api.post(
-    "",
-    status_code=201,
-    summary="Create a web user",
+    "", status_code=201, summary="Create a web user",
     responses={409: {"description": "a user of that name exists"}},
 )
 def create_user(

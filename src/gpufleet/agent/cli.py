@@ -112,12 +112,8 @@ def default_spool_dir() -> Path:
     "--once", is_flag=True, help="Collect one sample, print it and exit (no server needed)."
 )
 @click.option("--json", "as_json", is_flag=True, help="With --once: print the sample as JSON.")
-@click.option(
-    "--fake-gpus",
-    metavar="MODEL:N[,MODEL:N]",
-    hidden=True,
-    help="Simulate GPUs with the fake NVML (demos and tests on machines without GPUs).",
-)
+@click.option("--fake-gpus", metavar="MODEL:N[,MODEL:N]", hidden=True,
+              help="Simulate GPUs with the fake NVML (demos and tests on machines without GPUs).")
 def agent(
     server: str | None, token: str | None, token_file: str | None, interval: float,
     host_name: str | None, spool_dir: Path | None, spool_max: str, spool_max_age: str,
@@ -253,9 +249,8 @@ def _fake_nvml(spec: str):
     for part in spec.split(","):
         model, _, count = part.rpartition(":")
         if not model or not count.isdigit() or not 0 < int(count) <= 64:
-            raise click.BadParameter(
-                f"{part!r}: use MODEL:COUNT, e.g. A100-SXM4-80GB:8", param_hint="--fake-gpus"
-            )
+            raise click.BadParameter(f"{part!r}: use MODEL:COUNT, e.g. A100-SXM4-80GB:8",
+                                     param_hint="--fake-gpus")
         names += [model] * int(count)
     return FakeNvml.with_models(names)
 

@@ -127,10 +127,7 @@ class AlertEngine:
             return
         self._last_ts[host] = sample.ts
         series = sample_series(
-            sample,
-            skew_seconds=skew_seconds,
-            group=group,
-            th=self.config.thresholds,
+            sample, skew_seconds=skew_seconds, group=group, th=self.config.thresholds,
             wanted=self.metrics,
         )
         before = self._host_keys.get(host, set())

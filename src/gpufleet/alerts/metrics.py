@@ -46,11 +46,7 @@ _EVERY = GPU_DERIVED | {"disk_used_ratio"}  # the metrics ``wanted`` can leave o
 
 
 def sample_series(
-    sample: Sample,
-    *,
-    skew_seconds: float | None,
-    group: str | None,
-    th: Thresholds,
+    sample: Sample, *, skew_seconds: float | None, group: str | None, th: Thresholds,
     wanted: frozenset[str] = _ALL,
 ) -> dict[Labels, dict[str, float]]:
     """Series labels -> metric values, for one sample. Missing data gives no value (a rule

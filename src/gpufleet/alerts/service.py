@@ -222,6 +222,7 @@ class AlertService:
         return {"now": now, "counts": counts, "alerts": rows,
                 "rule_errors": self.rule_errors, "channel_errors": self.channel_errors}  # fmt: skip
 
+
     def badges(self, now: float | None = None) -> dict[str, Any]:
         """Firing, not muted alerts counted by severity, for the fleet and per host (the
         ``alerts`` event of the live stream); ``version`` changes whenever /alerts would."""

@@ -51,4 +51,6 @@ def or_na(value: Any) -> Any:
 
 
 def register_filters(env: Environment) -> None:
-    env.filters.update(bytes=human_bytes, duration=human_duration, ago=ago, utc=utc, na=or_na)
+    env.filters.update(
+        bytes=human_bytes, duration=human_duration, ago=ago, utc=utc, na=or_na
+    )

@@ -72,7 +72,9 @@ def _paths(path: str) -> list[str]:
     return [f"/api/v1{path}", f"/api/v1/admin{path}"]
 
 
-def _route(method: str, path: str, summary: str, status_code: int = 200, body: Any = None) -> Any:
+def _route(
+    method: str, path: str, summary: str, status_code: int = 200, body: Any = None
+) -> Any:
     """The route at /api/v1/<path> (in the schema) and /api/v1/admin/<path> (the CLI's);
     ``body``: the JSON schema of a body the handler reads itself."""
     extra = (

@@ -90,7 +90,9 @@ class FleetHistory:
     hours_known: int = 0
     stay_free: np.ndarray = field(default_factory=lambda: np.exp(-DEFAULT_RATE * STAY_HOURS))
     # the same over the last RECENT_HOURS only (the fleet's, shrunk to the whole history's)
-    recent_stay_free: np.ndarray = field(default_factory=lambda: np.exp(-DEFAULT_RATE * STAY_HOURS))
+    recent_stay_free: np.ndarray = field(
+        default_factory=lambda: np.exp(-DEFAULT_RATE * STAY_HOURS)
+    )
 
     def host(self, name: str) -> HostHistory:
         h = self.hosts.get(name)
@@ -129,7 +131,7 @@ def _stay_counts(free: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.nd
     tried = np.zeros((n_gpu, STAY_HOURS.size))
     for i, d in enumerate(STAY_HOURS.astype(int)):
         ok = free & (known_end > d)
-        ok[:, max(0, n_hours - d - 1) :] = False
+        ok[:, max(0, n_hours - d - 1):] = False
         tried[:, i] = ok.sum(axis=1)
         stayed[:, i] = (ok & (rem > d)).sum(axis=1)
     return stayed, tried

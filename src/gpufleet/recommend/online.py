@@ -316,3 +316,4 @@ def km_quantiles(values: np.ndarray, events: np.ndarray, qs: Iterable[float]) ->
 def offline(base: Calibration | StatedChance) -> StatedChance:
     """The map a ``Recalibrated`` recalibrates (or the map itself)."""
     return base.base if isinstance(base, Recalibrated) else base
+

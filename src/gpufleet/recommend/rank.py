@@ -262,9 +262,8 @@ class FleetIndex:
         self.g_total, self.g_used, self.g_temp = a[:, 2], a[:, 3], a[:, 4]
         gsince = a[:, 5]
         self.g_name = a[:, 6].astype(np.int64)
-        h_cum, h_arr, fac, h_share, h_pop, h_known, self.h_stay = _history_arrays(
-            history, self.hists
-        )
+        h_cum, h_arr, fac, h_share, h_pop, h_known, self.h_stay = _history_arrays(history,
+                                                                                 self.hists)
         idx = np.minimum(self.g_index, fac.shape[1] - 1) if fac.size else self.g_index
         self.g_factor = (np.where(self.g_index < fac.shape[1], fac[self.g_host, idx], 1.0)
                          if fac.size else np.ones(self.g_host.size))  # fmt: skip
@@ -646,9 +645,8 @@ def _model_label(g: GpuSnap) -> str:
 
 # the last history (held, so its id cannot be reused), its hosts' ids, and their arrays
 _ARRAYS_CACHE: list[tuple[FleetHistory, tuple[int, ...], tuple[np.ndarray, ...]]] = []
-_HistArrays = tuple[
-    np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray
-]
+_HistArrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                    np.ndarray]
 
 
 def _history_arrays(history: FleetHistory, hists: list[HostHistory]) -> _HistArrays:

@@ -283,6 +283,7 @@ class RecommendService:
         out["answered_in_ms"] = round((time.perf_counter() - t) * 1000, 2)
         return out
 
+
     def _remember_outcomes(self, req: RecommendRequest, snap: FleetSnap, ans: Any) -> Any:
         """Record the answers (to settle later); a "nothing fits" estimate gets its range
         from this fleet's past estimates once there are enough of them."""
@@ -330,22 +331,14 @@ async def _every(app: Any, what: str, work: Callable[[RecommendService], object]
 async def settle_forever(app: Any) -> None:
     """Settle the recommender's past answers against the live state every
     ``recommend.settle_seconds`` (and refit what it states)."""
-    await _every(
-        app,
-        "settling past answers",
-        RecommendService.settle,
-        lambda s: s.recommend.settle_seconds if s.recommend.calibrate_online else None,
-    )
+    await _every(app, "settling past answers", RecommendService.settle,
+                 lambda s: s.recommend.settle_seconds if s.recommend.calibrate_online else None)
 
 
 async def refresh_forever(app: Any) -> None:
     """Rebuild the history features every ``recommend.history_refresh_seconds``."""
-    await _every(
-        app,
-        "history refresh",
-        RecommendService.refresh_history,
-        lambda s: s.recommend.history_refresh_seconds,
-    )
+    await _every(app, "history refresh", RecommendService.refresh_history,
+                 lambda s: s.recommend.history_refresh_seconds)
 
 
 def service_of(app: Any) -> RecommendService:

@@ -42,10 +42,8 @@ DATE: dict[str, Any] = {"pattern": DATE_PATTERN}  # empty: not given; a wrong da
     ),
     responses={
         200: {"content": {"text/csv": {"schema": {"type": "string"}}}},
-        400: {
-            "description": "a range the report cannot cover (from after to, over 20 "
-            "years, a custom period without both dates), or unknown keys or fields"
-        },
+        400: {"description": "a range the report cannot cover (from after to, over 20 "
+                      "years, a custom period without both dates), or unknown keys or fields"},
     },
 )
 def reports(
@@ -69,9 +67,7 @@ def reports(
     ] = None,
     fields: Annotated[
         str | None,
-        Query(
-            min_length=1, description="only these row columns, comma-separated (e.g. key,gpu_hours)"
-        ),
+        Query(min_length=1, description="only these row columns, comma-separated (e.g. key,gpu_hours)"),
     ] = None,
 ) -> Any:
     from gpufleet.http.errors import ApiError

@@ -66,8 +66,7 @@ def _mappings(request: Request) -> list[Any]:
 
 
 @router.get(
-    "",
-    summary="Every Unix user -> person/group mapping",
+    "", summary="Every Unix user -> person/group mapping",
     responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
 )
 async def list_mappings(

@@ -95,11 +95,8 @@ def series(
     request: Request,
     name: str,
     metric: Annotated[
-        str,
-        Query(
-            description="e.g. gpu.utilization_gpu_percent, host.cpu_percent",
-            json_schema_extra={"enum": sorted(SERIES_METRICS)},
-        ),
+        str, Query(description="e.g. gpu.utilization_gpu_percent, host.cpu_percent",
+                   json_schema_extra={"enum": sorted(SERIES_METRICS)})
     ],
     since: Annotated[
         str | None, Query(description="Unix s, ISO 8601, or -1h (default -1h)")
