@@ -26,10 +26,18 @@ docs/scheduler.md; in short:
    ran on when it can be. After the passes, a running job moves to a faster GPU model left idle
    when its expected remaining time (the mean residual size of its class) times the speed-up
    beats ``migrate_gain_seconds``.
-4. **No starvation.** A job that has waited longer than ``starve_after_seconds`` plus
-   ``starve_factor`` x its time held so far (since arrival or since it last ran) ranks before every
-   job that is not starving (oldest first), so a big job behind a stream of small ones gets its
-   GPUs in bounded time.
+4. **No starvation.** Realistic model (``starve_reserve``): a job starves once its waits since
+   arrival exceed ``reserve_after_seconds`` (1 h) or ``reserve_size_factor`` (1) x its class's
+   mean size (seconds held, from the learnt distribution), whichever is longer, plus
+   ``reserve_held_factor`` (1) x its time held so far. The job starving longest (the head) starts
+   at once if it fits anywhere; else it gets a reservation, EASY-style: the hosts where it can
+   start soonest and the time, from the running jobs' *predicted* ends (the online predictor,
+   ``reserve_estimate``). The pass then places nothing on those hosts and preempts nothing there;
+   only waiting jobs predicted to end by that time backfill them. A head that starts keeps its
+   GPUs for ``protect_factor`` x its expected remaining time (its class's mean residual), then
+   is ranked by its index again. Reference model: a job that has waited longer than
+   ``starve_after_seconds`` plus ``starve_factor`` x its time held (since it last ran) ranks
+   before every job that is not starving and preempts (the previous rule).
 """
 
 from __future__ import annotations
@@ -225,8 +233,8 @@ class GpufleetPolicy(Policy):
         self.reservation: Reservation | None = None
         self.heads_started = 0  # starving heads started (counted for tests and figures)
         self.reserve_estimate = reserve_estimate
-        # jobs started as a starving head: they keep their GPUs until they finish or fail
-        # job id -> until when (seconds) it keeps its GPUs
+        # jobs started as a starving head -> until when they keep their GPUs whatever the
+        # index says (``protect_factor`` x their expected remaining time when they started)
         self._protected: dict[int, float] = {}
         self.protect_factor = protect_factor
         self._starve_at: dict[int, tuple[int, float]] = {}  # job id -> (version, starves after)
