@@ -242,6 +242,21 @@ def test_reservation_of_a_multi_host_job_is_where_it_can_start() -> None:
     assert res is not None and res.start_seconds == 9000.0 and len(res.host_ids) == 1
 
 
+def test_a_reservation_counts_gpus_held_by_unscheduled_work_as_never_free() -> None:
+    # a live queue marks GPUs busy with work it does not schedule under ids no running job has:
+    # the reservation must go where scheduled jobs end, not fail on the unknown holder
+    spec = parse_cluster("v100:8x4")
+    cluster = ClusterState(spec)
+    cluster.allocate(-1, Placement(((0, 0),), "v100"))  # unscheduled work on host 0
+    job = make_job(1, 0.0, 500.0, 4).job
+    job.placement = Placement(tuple((1, g) for g in range(4)), "v100")
+    job.status = "running"
+    cluster.allocate(1, job.placement)
+    waiting = make_job(2, 0.0, 100.0, 4).job
+    res = reserve(waiting, cluster, {1: job}, 0.0, ["v100"], KnownRuntimes({1: 500.0, 2: 100.0}))
+    assert res is not None and (res.start_seconds, set(res.host_ids)) == (500.0, {1})
+
+
 # -- gpufleet --------------------------------------------------------------------------------------
 def test_gittins_index_of_a_known_distribution() -> None:
     # half the jobs take 100 GPU-s, half 10,000: a new job is worth serving first (it may be

@@ -744,7 +744,9 @@ class GpufleetPolicy(Policy):
                     rest = self.expected_remaining(head, now)
                     self._protected[head.job_id] = now + self.protect_factor * rest
                 return True
-        self.reservation = reserve(head, ctx.cluster, ctx.running, now, models, self._estimate(now))
+        res = reserve(head, ctx.cluster, ctx.running, now, models, self._estimate(now))
+        # (no time at which it could start: GPUs held by what the policy does not schedule)
+        self.reservation = res if res is not None and math.isfinite(res.start_seconds) else None
         return False
 
     def _starved_since(self, job: SimJob) -> tuple[float, int]:
