@@ -315,8 +315,8 @@ def test_a_starving_big_job_gets_hosts_reserved_and_starts_by_a_bound() -> None:
     # it ran once before (new, it outranked the 1-GPU jobs) and was preempted; it then starves
     # (1 h + held, in all) and gets both hosts; started as the starving head it keeps them
     # while it is expected to need them (its class's mean residual). A 1-GPU job may preempt
-    # it after that; its total wait being past the limit, it starves again at once and waits
-    # at most for the 600-s jobs on its hosts: a few such rounds for 1,000 s of work
+    # it after that; it starves again once its waits pass its limit (grown by the time it ran)
+    # and then waits at most for the 600-s jobs on its hosts: a few rounds for 1,000 s of work
     start = sim.jobs[30].first_start_seconds
     done = sim.jobs[30].finish_seconds
     assert start is not None and done is not None
