@@ -189,7 +189,7 @@ class GpufleetPolicy(Policy):
         reserve_estimate: str = "predictor",
         reserve_after_seconds: float = 3600.0,
         reserve_size_factor: float = 1.0,
-        reserve_held_factor: float = 1.0,
+        reserve_held_factor: float = 0.0,
         protect_factor: float = 1.0,
         predictor_ties: bool = False,
         scan_limit: int = 512,
