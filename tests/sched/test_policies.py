@@ -302,7 +302,7 @@ def _two_host_stream(count: int) -> list:
 
 
 def test_a_starving_big_job_gets_hosts_reserved_and_starts_by_a_bound() -> None:
-    """Realistic model: the 16-GPU job starves once it has waited 1 h in all + its time held;
+    """Realistic model: the 16-GPU job starves once it has waited 1 h in all;
     it then gets both hosts reserved (nothing new placed there unless predicted to end by the
     reserved start), starts once the 1-GPU jobs running there end (600 s) and keeps its GPUs
     for its expected remaining time. Without a starvation limit it is preempted by every new
@@ -313,10 +313,10 @@ def test_a_starving_big_job_gets_hosts_reserved_and_starts_by_a_bound() -> None:
     policy = GpufleetPolicy(spec, OnlineRuntimePredictor(), reserve_size_factor=0.0)
     sim, result = run("", spec, _two_host_stream(600), policy, REALISTIC)
     # it ran once before (new, it outranked the 1-GPU jobs) and was preempted; it then starves
-    # (1 h + held, in all) and gets both hosts; started as the starving head it keeps them
+    # (1 h of waits in all) and gets both hosts; started as the starving head it keeps them
     # while it is expected to need them (its class's mean residual). A 1-GPU job may preempt
-    # it after that; it starves again once its waits pass its limit (grown by the time it ran)
-    # and then waits at most for the 600-s jobs on its hosts: a few rounds for 1,000 s of work
+    # it after that; its waits being past the limit it starves again at once and then waits
+    # at most for the 600-s jobs on its hosts: a few rounds for 1,000 s of work
     start = sim.jobs[30].first_start_seconds
     done = sim.jobs[30].finish_seconds
     assert start is not None and done is not None
