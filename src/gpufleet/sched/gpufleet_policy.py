@@ -30,9 +30,9 @@ docs/scheduler.md; in short:
    arrival exceed ``reserve_after_seconds`` (1 h) or ``reserve_size_factor`` (1) x its class's
    mean size (seconds held, from the learnt distribution), whichever is longer (plus
    ``reserve_held_factor``, default 0, x its time held so far). The job starving longest (the
-   head) starts at once if it fits anywhere; else it gets a reservation, EASY-style: the hosts where it can
-   start soonest and the time, from the running jobs' *predicted* ends (the online predictor,
-   ``reserve_estimate``). The pass then places nothing on those hosts and preempts nothing there;
+   head) starts at once if it fits anywhere; else it gets a reservation, EASY-style: the hosts
+   where it can start soonest and the time, from the running jobs' *predicted* ends (the online
+   predictor, ``reserve_estimate``). The pass then places nothing on those hosts and preempts nothing there;
    only waiting jobs predicted to end by that time backfill them. A head that starts keeps its
    GPUs for ``protect_factor`` x its expected remaining time (its class's mean residual), then
    is ranked by its index again. Reference model: a job that has waited longer than
