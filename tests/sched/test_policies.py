@@ -288,6 +288,21 @@ def test_reservation_of_a_multi_host_job_is_where_it_can_start() -> None:
     assert res is not None and res.start_seconds == 9000.0 and len(res.host_ids) == 1
 
 
+def test_a_reservation_counts_gpus_held_by_unscheduled_work_as_never_free() -> None:
+    # a live queue marks GPUs busy with work it does not schedule under ids no running job has:
+    # the reservation must go where scheduled jobs end, not fail on the unknown holder
+    spec = parse_cluster("v100:8x4")
+    cluster = ClusterState(spec)
+    cluster.allocate(-1, Placement(((0, 0),), "v100"))  # unscheduled work on host 0
+    job = make_job(1, 0.0, 500.0, 4).job
+    job.placement = Placement(tuple((1, g) for g in range(4)), "v100")
+    job.status = "running"
+    cluster.allocate(1, job.placement)
+    waiting = make_job(2, 0.0, 100.0, 4).job
+    res = reserve(waiting, cluster, {1: job}, 0.0, ["v100"], KnownRuntimes({1: 500.0, 2: 100.0}))
+    assert res is not None and (res.start_seconds, set(res.host_ids)) == (500.0, {1})
+
+
 # -- gpufleet --------------------------------------------------------------------------------------
 def test_gittins_index_of_a_known_distribution() -> None:
     # half the jobs take 100 GPU-s, half 10,000: a new job is worth serving first (it may be
@@ -322,6 +337,70 @@ def test_a_big_job_is_not_starved_by_a_stream_of_small_ones() -> None:
     assert first is not None and first <= 3000.0 + 3600.0 + 60.0
 
 
+def _two_host_stream(count: int) -> list:
+    """Two 8-GPU hosts; 30 short jobs teach the policy the sizes, then a 16-GPU job (both hosts)
+    arrives into a stream of 1-GPU jobs of 600 s, one every 100 s: at every moment some GPU is
+    busy, so the big job never finds both hosts free unless GPUs are held for it."""
+    items = [make_job(i, 100.0 * i, 50.0) for i in range(30)]
+    items.append(make_job(30, 3050.0, 1000.0, 16))
+    items += [make_job(31 + i, 3001.0 + 100.0 * i, 600.0) for i in range(count)]
+    return items
+
+
+def test_a_starving_big_job_gets_hosts_reserved_and_starts_by_a_bound() -> None:
+    """Realistic model: the 16-GPU job starves once it has waited 1 h in all;
+    it then gets both hosts reserved (nothing new placed there unless predicted to end by the
+    reserved start), starts once the 1-GPU jobs running there end (600 s) and keeps its GPUs
+    for its expected remaining time. Without a starvation limit it is preempted by every new
+    1-GPU job and ends after the whole stream."""
+    from gpufleet.sched.predictor import OnlineRuntimePredictor
+
+    spec = parse_cluster("v100:16x8")
+    policy = GpufleetPolicy(spec, OnlineRuntimePredictor(), reserve_size_factor=0.0)
+    sim, result = run("", spec, _two_host_stream(600), policy, REALISTIC)
+    # it ran once before (new, it outranked the 1-GPU jobs) and was preempted; it then starves
+    # (1 h of waits in all) and gets both hosts; started as the starving head it keeps them
+    # while it is expected to need them (its class's mean residual). A 1-GPU job may preempt
+    # it after that; its waits being past the limit it starves again at once and then waits
+    # at most for the 600-s jobs on its hosts: a few rounds for 1,000 s of work
+    start = sim.jobs[30].first_start_seconds
+    done = sim.jobs[30].finish_seconds
+    assert start is not None and done is not None
+    assert done <= 3050.0 + 3600.0 + 1000.0 + 10 * (600.0 + 100.0)
+    assert result.unfinished_jobs == 0
+
+    unguarded = GpufleetPolicy(
+        spec, OnlineRuntimePredictor(), reserve_after_seconds=1e12, reserve_size_factor=0.0
+    )
+    sim, _ = run("", spec, _two_host_stream(600), unguarded, REALISTIC)
+    late = sim.jobs[30].finish_seconds
+    assert late is not None and late > 3001.0 + 100.0 * 590  # behind the whole stream
+
+
+def test_only_jobs_predicted_to_end_by_the_reserved_start_backfill_its_hosts() -> None:
+    """While a 16-GPU job holds a reservation on both hosts, short jobs (predicted to end before
+    the reserved start) still start there, long ones do not."""
+    spec = parse_cluster("v100:16x8")
+    # job 0 runs 2 h on one GPU; job 1 (16 GPUs) starves at once (starve limit 0 s)
+    items = [make_job(0, 0.0, 7200.0), make_job(1, 1.0, 100.0, 16)]
+    items += [make_job(2, 10.0, 60.0), make_job(3, 20.0, 9000.0)]
+    known = KnownRuntimes({0: 7200.0, 1: 100.0, 2: 60.0, 3: 9000.0})
+    policy = GpufleetPolicy(  # (no preemption by rank: the reservation alone decides)
+        spec,
+        known,
+        reserve_after_seconds=0.0,
+        reserve_size_factor=0.0,
+        reserve_held_factor=0.0,
+        preempt_margin=1e9,
+    )
+    sim, result = run("", spec, items, policy, REALISTIC)
+    assert sim.jobs[2].first_start_seconds == 10.0  # ends long before job 0 frees its GPU
+    start1, start3 = sim.jobs[1].first_start_seconds, sim.jobs[3].first_start_seconds
+    assert start1 is not None and start3 is not None
+    assert start1 >= 7200.0 and start3 >= start1  # job 3 would delay job 1: it waits
+    assert result.preemptions == 0
+
+
 class PlainGpufleet(GpufleetPolicy):
     """gpufleet's policy without its shortcuts: the running jobs sorted afresh and walked in
     full at every pass, a pass at every schedule, every running job visited for the wake-up."""
@@ -346,12 +425,15 @@ def heavy_mix(seed: int, count: int = 400) -> list:
 def test_gpufleet_shortcuts_decide_like_full_passes(config, seed) -> None:
     """The incremental order, the walk from the first waiting job, the skipped passes and the
     wake-up heaps change no decision: every job starts, is preempted and finishes at the same
-    instants as with full passes (starving jobs included: a 2 h starvation limit)."""
+    instants as with full passes (starving jobs included: a 2 h starvation limit in the
+    reference model; reservations for starving jobs in the realistic one)."""
     spec = parse_cluster("v100:8x4,k80:8x4")
     outcomes = []
+    heads = []
     for cls in (GpufleetPolicy, PlainGpufleet):
         policy = cls(spec, None, realistic=not config.reference, starve_after_seconds=7200.0)
         sim, result = run("", spec, heavy_mix(seed), policy, config)
+        heads.append(policy.heads_started)
         outcomes.append(
             (
                 [
@@ -362,7 +444,10 @@ def test_gpufleet_shortcuts_decide_like_full_passes(config, seed) -> None:
             )
         )
     assert outcomes[0][1] > 0, "the mix preempts (the shortcuts have work to do)"
+    if not config.reference:  # (realistic: starving jobs get reservations and start as heads)
+        assert heads[0] > 0
     assert outcomes[0] == outcomes[1]
+    assert heads[0] == heads[1]
 
 
 # -- invariants of every policy ----------------------------------------------------------------

@@ -26,10 +26,18 @@ docs/scheduler.md; in short:
    ran on when it can be. After the passes, a running job moves to a faster GPU model left idle
    when its expected remaining time (the mean residual size of its class) times the speed-up
    beats ``migrate_gain_seconds``.
-4. **No starvation.** A job that has waited longer than ``starve_after_seconds`` plus
-   ``starve_factor`` x its time held so far (since arrival or since it last ran) ranks before every
-   job that is not starving (oldest first), so a big job behind a stream of small ones gets its
-   GPUs in bounded time.
+4. **No starvation.** Realistic model (``starve_reserve``): a job starves once its waits since
+   arrival exceed ``reserve_after_seconds`` (1 h) or ``reserve_size_factor`` (1) x its class's
+   mean size (seconds held, from the learnt distribution), whichever is longer (plus
+   ``reserve_held_factor``, default 0, x its time held so far). The job starving longest (the
+   head) starts at once if it fits anywhere; else it gets a reservation, EASY-style: the hosts
+   where it can start soonest and the time, from the running jobs' *predicted* ends (the online
+   predictor, ``reserve_estimate``). The pass then places nothing on those hosts and preempts nothing there;
+   only waiting jobs predicted to end by that time backfill them. A head that starts keeps its
+   GPUs for ``protect_factor`` x its expected remaining time (its class's mean residual), then
+   is ranked by its index again. Reference model: a job that has waited longer than
+   ``starve_after_seconds`` plus ``starve_factor`` x its time held (since it last ran) ranks
+   before every job that is not starving and preempts (the previous rule).
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ from gpufleet.sched.gittins import (
 )
 from gpufleet.sched.policy import Policy, RuntimeEstimator, SchedulerContext, allowed_models
 from gpufleet.sched.queue import SortedQueue
+from gpufleet.sched.reservation import Reservation, predicted_remaining, reserve
 from gpufleet.sched.simjob import SimJob
 
 # (starving 0/1, -index, running-and-sticky 0/1, tie, arrival, job id): the pass's order
@@ -129,6 +138,27 @@ class _RunningOrder:
             del self.order[bisect.bisect_left(self.order, key)]
 
 
+class _ResidualEstimate:
+    """A ``RuntimeEstimator`` from the policy's learnt size distributions, at time ``now``: a
+    job's work so far (reference seconds) plus the mean residual of its class at its attained
+    service (seconds held, taken on the reference GPU model)."""
+
+    def __init__(self, policy: GpufleetPolicy, now: float) -> None:
+        self.policy = policy
+        self.now = now
+
+    def predict_seconds(self, job: SimJob) -> float:
+        done = job.work_seconds
+        if job.placement is not None and self.now > job.computing_since_seconds:
+            ratio = job.runtime_ratio_by_model.get(job.placement.gpu_model, 1.0)
+            done += (self.now - job.computing_since_seconds) / ratio
+        rest = self.policy.expected_remaining(job, self.now)
+        return done + (rest if rest > 0 else math.inf)  # (nothing learnt yet: unknown)
+
+    def observe(self, job: SimJob, seconds: float) -> None:
+        pass
+
+
 class GpufleetPolicy(Policy):
     name = "gpufleet"
     uses_memory = True
@@ -154,6 +184,13 @@ class GpufleetPolicy(Policy):
         migrate_gain_seconds: float | None = 300.0,
         starve_after_seconds: float = 24 * 3600.0,
         starve_factor: float = 4.0,
+        starve_reserve: bool = True,
+        reference_starve_reserve: bool = False,
+        reserve_estimate: str = "predictor",
+        reserve_after_seconds: float = 3600.0,
+        reserve_size_factor: float = 1.0,
+        reserve_held_factor: float = 0.0,
+        protect_factor: float = 1.0,
         predictor_ties: bool = False,
         scan_limit: int = 512,
         monotone: bool = True,
@@ -182,6 +219,25 @@ class GpufleetPolicy(Policy):
         self._running: Mapping[int, SimJob] = {}
         self.starve_after_seconds = starve_after_seconds
         self.starve_factor = starve_factor
+        self.starve_total = False  # waits counted since arrival (else since it last ran)
+        self.starve_size_factor: float | None = None
+        # a starving job gets a reservation (hosts held for it, EASY backfill around them)
+        # instead of ranking first and preempting (``reference_starve_reserve`` in the
+        # reference model)
+        self.starve_reserve = starve_reserve if realistic else reference_starve_reserve
+        if self.starve_reserve:  # (learnt limits on the total wait; see ``_starve_time``)
+            self.starve_total = True
+            self.starve_size_factor = reserve_size_factor
+            self.starve_after_seconds = reserve_after_seconds
+            self.starve_factor = reserve_held_factor
+        self.reservation: Reservation | None = None
+        self.heads_started = 0  # starving heads started (counted for tests and figures)
+        self.reserve_estimate = reserve_estimate
+        # jobs started as a starving head -> until when they keep their GPUs whatever the
+        # index says (``protect_factor`` x their expected remaining time when they started)
+        self._protected: dict[int, float] = {}
+        self.protect_factor = protect_factor
+        self._starve_at: dict[int, tuple[int, float]] = {}  # job id -> (version, starves after)
         self.predictor_ties = predictor_ties and estimator is not None
         self.scan_limit = scan_limit
         self.samples: list[float] = []
@@ -235,8 +291,9 @@ class GpufleetPolicy(Policy):
         self.ranked.add(job)
         self.by_wait.add(job)
         self._waiting_sizes[job.num_gpus] += 1
-        starts = job.last_wait_from_seconds + self.starve_after_seconds
-        entry = (starts + self.starve_factor * job.held_now(starts), job.job_id, job.version)
+        when = self._starve_time(job)
+        self._starve_at[job.job_id] = (job.version, when)
+        entry = (when, job.job_id, job.version)
         heapq.heappush(self._starve_heap, entry)
         heapq.heappush(self._starve_due, entry)
 
@@ -245,6 +302,7 @@ class GpufleetPolicy(Policy):
         self.ranked.remove(job)
         self.by_wait.remove(job)
         self._starving_jobs.pop(job.job_id, None)
+        self._starve_at.pop(job.job_id, None)
         self._waiting_sizes[job.num_gpus] -= 1
         if not self._waiting_sizes[job.num_gpus]:
             del self._waiting_sizes[job.num_gpus]
@@ -369,6 +427,7 @@ class GpufleetPolicy(Policy):
 
     def on_failure(self, job: SimJob, now_seconds: float, reason: str) -> None:
         self._events += 1
+        self._protected.pop(job.job_id, None)
         self._run.discard(job.job_id)
         self._add_waiting(job)
 
@@ -380,6 +439,7 @@ class GpufleetPolicy(Policy):
 
     def on_finish(self, job: SimJob, now_seconds: float) -> None:
         self._events += 1
+        self._protected.pop(job.job_id, None)
         self._run.discard(job.job_id)
         self.samples.append(self._service(job, now_seconds))
         self._sample_class.append(self.class_of(job))
@@ -404,8 +464,31 @@ class GpufleetPolicy(Policy):
         ]
 
     def starving(self, job: SimJob, now: float) -> bool:
-        waited = now - job.last_wait_from_seconds
-        return waited > self.starve_after_seconds + self.starve_factor * job.held_now(now)
+        """Waited (since it last ran; with ``starve_total``, in all since arrival) longer than
+        its limit (``_starve_time``, fixed when it began to wait)."""
+        if self.starve_size_factor is None and not self.starve_total:
+            waited = now - job.last_wait_from_seconds
+            return waited > self.starve_after_seconds + self.starve_factor * job.held_now(now)
+        when = self._starve_at.get(job.job_id)
+        if when is None or when[0] != job.version:
+            return False
+        return now > when[1]
+
+    def _starve_time(self, job: SimJob) -> float:
+        """When a waiting job starts to starve (fixed while it waits): after
+        ``starve_after_seconds`` + ``starve_factor`` x its time held so far, or with
+        ``starve_size_factor`` after that many times its class's mean size (seconds held, the
+        learnt distribution; ``starve_after_seconds`` is then the least), + the same term;
+        counted since it last ran or, with ``starve_total``, its waits since arrival."""
+        held = job.held_now(job.last_wait_from_seconds)
+        since = job.arrival_seconds + held if self.starve_total else job.last_wait_from_seconds
+        limit = self.starve_after_seconds
+        if self.starve_size_factor is not None and len(self.samples) >= self.min_samples:
+            _, _, _, residual = self._tables(job)
+            mean = residual[0] / job.num_gpus if self.gpu_time else residual[0]
+            if not math.isnan(mean):
+                limit = max(limit, self.starve_size_factor * mean)
+        return since + limit + self.starve_factor * held
 
     def _key(self, job: SimJob, now: float, running: bool) -> _Key:
         index = self.gittins(self._service(job, now), job)
@@ -502,12 +585,16 @@ class GpufleetPolicy(Policy):
         return bool(heap) and heap[0][0] - 1e-3 <= now
 
     def _place(self, job: SimJob, model: str, ctx: SchedulerContext) -> Placement | None:
+        """Whole GPUs on ``model``, its data host or last host first; never on hosts reserved
+        for another job."""
         cluster = ctx.cluster
         hosts = cluster.hosts_by_model[model]
         prefer = self.last_hosts.get(job.job_id, job.data_host)
         if prefer is not None and prefer not in hosts:
             prefer = None
-        return cluster.find_whole(job.num_gpus, model, prefer_host=prefer)
+        res = self.reservation
+        avoid = res.host_ids if res is not None and res.gpu_model == model else ()
+        return cluster.find_whole(job.num_gpus, model, prefer_host=prefer, avoid_hosts=avoid)
 
     # -- the running jobs' order, kept between passes -------------------------------------------
     def _sync_running(self, ctx: SchedulerContext, now: float) -> bool:
@@ -596,23 +683,131 @@ class GpufleetPolicy(Policy):
         """One pass; a second at once if the first preempted: a job it preempted was ranked as
         a running job (for its own GPU model only) and may fit on another model as a waiting
         job. Then the wake-up (``_plan_wakeup``)."""
-        if self.shortcuts and self._quiet_still(ctx):
+        self._running = ctx.running
+        if self._protected:
+            ended = [j for j, until in self._protected.items() if until <= ctx.now_seconds]
+            for jid in ended:
+                del self._protected[jid]
+            if ended:
+                self._quiet = None  # (the pass may now preempt them)
+        head_started = self.starve_reserve and self._serve_starving(ctx)
+        if (
+            self.shortcuts
+            and not head_started
+            and self.reservation is None
+            and self._quiet_still(ctx)
+        ):
             self._unsettled = False  # what the pass, deciding nothing, would have left
-            self._running = ctx.running
             if self.migrate_gain_seconds is not None and self._migrate(ctx):
                 self._quiet = None  # (the passes decided nothing; the move is a change)
             self._plan_wakeup(ctx)
             return
         self._unsettled = False
-        self._changed = False
-        self._running = ctx.running
+        self._changed = head_started
         for _ in range(2):
             if not self.waiting or not self._pass(ctx):
                 break
+        if self.reservation is not None:
+            self._backfill_reserved(ctx)
         if self.migrate_gain_seconds is not None and self._migrate(ctx):
             self._changed = True
-        self._quiet = None if self._changed else (self._events, self._table_version)
+        quiet = not self._changed and self.reservation is None
+        self._quiet = (self._events, self._table_version) if quiet else None
         self._plan_wakeup(ctx)
+
+    # -- a starving job's reservation ---------------------------------------------------------
+    def _serve_starving(self, ctx: SchedulerContext) -> bool:
+        """``starve_reserve``: the starving job that has waited longest (the head) starts now if
+        it fits anywhere; else it gets a reservation (``self.reservation``): the hosts where it
+        can start soonest and the predicted time (the running jobs' *predicted* ends, EASY's
+        shadow time). The pass then leaves those hosts alone (nothing placed there, nothing
+        preempted there), and ``_backfill_reserved`` lets onto them only jobs predicted to end
+        by then. True if the head started."""
+        self.reservation = None
+        if not self.waiting:
+            return False
+        now = ctx.now_seconds
+        self._update_starving(now)
+        if not self._starving_jobs:
+            return False
+        head = min(self._starving_jobs.values(), key=self._starved_since)
+        models = self.usable_models(head)
+        for model in sorted(models, key=lambda m: head.runtime_ratio_by_model[m]):
+            placement = self._place(head, model, ctx)
+            if placement is not None:
+                self._remove_waiting(head)
+                self.last_hosts[head.job_id] = placement.host_ids[0]
+                ctx.start(head, placement)
+                self._run.add(head)
+                self.heads_started += 1
+                if self.protect_factor > 0:
+                    rest = self.expected_remaining(head, now)
+                    self._protected[head.job_id] = now + self.protect_factor * rest
+                return True
+        res = reserve(head, ctx.cluster, ctx.running, now, models, self._estimate(now))
+        # (no time at which it could start: GPUs held by what the policy does not schedule)
+        self.reservation = res if res is not None and math.isfinite(res.start_seconds) else None
+        return False
+
+    def _starved_since(self, job: SimJob) -> tuple[float, int]:
+        """Order of the starving jobs for the reservation: the one starving longest first."""
+        when = self._starve_at.get(job.job_id)
+        if when is not None and when[0] == job.version:
+            return when[1], job.job_id
+        return self._starve_time(job), job.job_id
+
+    def _estimate(self, now: float) -> RuntimeEstimator:
+        """The runtime estimate reservations use: the online predictor where the policy has one
+        (``reserve_estimate == "predictor"``), else each job's expected total from its class's
+        learnt size distribution (work so far + the mean residual at its attained service)."""
+        if self.reserve_estimate == "predictor" and self.estimator is not None:
+            return self.estimator
+        return _ResidualEstimate(self, now)
+
+    def _on_reserved(self, job: SimJob) -> int:
+        """GPUs of a running job that lie outside the reserved hosts, -1 if it has none there
+        (not touching them)."""
+        res = self.reservation
+        placement = job.placement
+        if res is None or placement is None or placement.gpu_model != res.gpu_model:
+            return -1
+        if res.host_ids.isdisjoint(placement.host_ids):
+            return -1
+        return sum(1 for h, _ in placement.gpus if h not in res.host_ids)
+
+    def _backfill_reserved(self, ctx: SchedulerContext) -> None:
+        """EASY's backfill onto the reserved hosts: waiting jobs, in rank order, that fit in the
+        GPUs free there now and are predicted to end by the reserved start."""
+        res = self.reservation
+        assert res is not None
+        cluster = ctx.cluster
+        free = sum(cluster.free_count[h] for h in res.host_ids)
+        if not free:
+            return
+        now = ctx.now_seconds
+        estimate = self._estimate(now)
+        others = [h for h in cluster.hosts_by_model[res.gpu_model] if h not in res.host_ids]
+        chosen = []
+        for _, job in self.ranked.walk(self.scan_limit):
+            if job.job_id == res.job_id or job.num_gpus > free:
+                continue
+            if res.gpu_model not in self.usable_models(job):
+                continue
+            end = now + predicted_remaining(job, res.gpu_model, now, estimate)
+            if end <= res.start_seconds:
+                chosen.append(job)
+        for job in chosen:
+            placement = cluster.find_whole(job.num_gpus, res.gpu_model, avoid_hosts=others)
+            if placement is None:
+                continue
+            self._remove_waiting(job)
+            self.last_hosts[job.job_id] = placement.host_ids[0]
+            ctx.start(job, placement)
+            self._changed = True
+            self._run.add(job)
+            free = sum(cluster.free_count[h] for h in res.host_ids)
+            if not free:
+                return
 
     def _quiet_still(self, ctx: SchedulerContext) -> bool:
         """Whether a pass now would decide nothing, known without walking: the last schedule
@@ -653,7 +848,9 @@ class GpufleetPolicy(Policy):
             return False
         now = ctx.now_seconds
         entry = self.ranked.first_entry()
-        if entry is not None and self._any_starving(now):
+        if self.reservation is not None:
+            return False  # (GPUs are held for a starving job)
+        if not self.starve_reserve and entry is not None and self._any_starving(now):
             return False  # a starving job outranks every running one
         best_waiting = -entry[0][0] if entry is not None else -math.inf
         moves: list[tuple[float, int, str]] = []
@@ -704,13 +901,15 @@ class GpufleetPolicy(Policy):
         run = self._run
         jobs = run.jobs
         capacity = {m: cluster.spec.gpus_of(m) for m in cluster.spec.gpu_models}
-        starving_now = self._any_starving(now)
+        starving_now = not self.starve_reserve and self._any_starving(now)
+        res = self.reservation
         held = run.held
         order = run.order
         entry = self.ranked.first_entry()
         if (
             self.shortcuts
             and not starving_now
+            and res is None
             and entry is not None
             and not run.placeless
             and all(held.get(m, 0) <= c for m, c in capacity.items())
@@ -728,11 +927,25 @@ class GpufleetPolicy(Policy):
         else:
             rest = order
             walked = list(ctx.running)
+        keep: set[int] = set()
+        if res is not None:  # the reserved hosts are out of the pass
+            capacity[res.gpu_model] -= sum(cluster.hosts[h].num_gpus for h in res.host_ids)
+        if res is not None or self._protected:
+            # kept whatever the order: the jobs on the reserved hosts (their other GPUs taken)
+            # and the protected ones (started as a starving head)
+            for jid in walked:
+                job = jobs[jid] if jid in jobs else ctx.running[jid]
+                outside = self._on_reserved(job) if res is not None else -1
+                if jid in self._protected and job.placement is not None:
+                    outside = job.num_gpus if outside < 0 else outside
+                if outside >= 0:
+                    assert job.placement is not None
+                    capacity[job.placement.gpu_model] -= outside
+                    keep.add(jid)
         candidates = self._candidates(now, [(k, jobs[k[5]]) for k in rest], starving_now)
         left = sum(capacity.values())
         smallest = min(self._waiting_sizes)
         running_left = len(rest)
-        keep: set[int] = set()
         admit: list[tuple[SimJob, str]] = []
         for _, job in candidates:
             if left <= 0:
@@ -740,6 +953,8 @@ class GpufleetPolicy(Policy):
             if job.placement is not None:
                 running_left -= 1
                 model = job.placement.gpu_model
+                if job.job_id in keep:
+                    continue  # (kept above)
                 if capacity[model] >= job.num_gpus:
                     capacity[model] -= job.num_gpus
                     left -= job.num_gpus
@@ -780,6 +995,22 @@ class GpufleetPolicy(Policy):
         return self._unsettled
 
     def _plan_wakeup(self, ctx: SchedulerContext) -> None:
+        """``_plan_wakeup_runs``; with ``starve_reserve``, no later than the next time a waiting
+        job starts to starve (a millisecond past it), when it may get a reservation."""
+        self._plan_wakeup_runs(ctx)
+        if self.starve_reserve:
+            due = self._starve_due
+            while due and (
+                due[0][1] not in self.waiting or self.waiting[due[0][1]].version != due[0][2]
+            ):
+                heapq.heappop(due)
+            if due:
+                self._next_wakeup = min(self._next_wakeup, due[0][0] + 1e-3)
+            if self._protected:
+                until = min(self._protected.values())
+                self._next_wakeup = min(self._next_wakeup, until + 1e-3)
+
+    def _plan_wakeup_runs(self, ctx: SchedulerContext) -> None:
         """When to run the pass again if nothing happens meanwhile.
 
         A running job's index changes only where its attained service crosses a grid point, so
@@ -804,7 +1035,11 @@ class GpufleetPolicy(Policy):
         entry = self.ranked.first_entry()
         if entry is not None and len(self.samples) >= self.min_samples and ctx.running:
             best = -entry[0][0]
-            starve = self._starve_heap[0][0] - 1e-3 if self._any_starving(math.inf) else math.inf
+            starve = (
+                self._starve_heap[0][0] - 1e-3
+                if not self.starve_reserve and self._any_starving(math.inf)
+                else math.inf
+            )
             run = self._run
             if (
                 self.shortcuts

@@ -68,8 +68,13 @@ def reserve(
     ends_of: dict[int, float] = {}
 
     def end_of(job_id: int) -> float:
+        """Predicted end of a holder; never, for one the caller does not list as running (a
+        live queue's GPUs held by something it does not schedule)."""
         if job_id not in ends_of:
-            ends_of[job_id] = predicted_end(running[job_id], now_seconds, estimator)
+            holder = running.get(job_id)
+            ends_of[job_id] = (
+                math.inf if holder is None else predicted_end(holder, now_seconds, estimator)
+            )
         return ends_of[job_id]
 
     for model in gpu_models:
