@@ -126,3 +126,65 @@ def test_gpufleet_recommend_prints_the_reasons_in_the_clis_language(fed):
     assert "目前没有在线主机有 4 块 60 GiB 的空闲 GPU" in r.stdout and "最可能在" in r.stdout, (
         r.stdout
     )
+
+
+def test_a_quota_names_itself_in_each_language():
+    from gpufleet.queue.quota import Limit, QuotaRules, Usage
+
+    rules = QuotaRules(users={"ann": Limit(gpus_at_once=2, gpu_hours_per_week=5)})
+    m = rules.blocks_msg("ann", "", 1, Usage(gpus={("user", "ann"): 2}))
+    assert m is not None
+    assert m.render("en") == "quota: user ann may hold 2 GPUs at once; holds 2, this job needs 1"
+    assert rules.blocks("ann", "", 1, Usage(gpus={("user", "ann"): 2})) == m.render("en")
+    assert Msg.from_json(m.as_json()).render("zh-CN") == (
+        "配额：用户 ann 同时最多占用 2 块 GPU；已占用 2 块，此作业需要 2 块".replace(
+            "需要 2", "需要 1"
+        )
+    )
+    used = rules.blocks_msg("ann", "", 1, Usage(gpu_hours={("user", "ann"): 5.0}))
+    assert used is not None and "已用 5.0 / 5 GPU 时" in used.render("zh-CN")
+    assert "has used 5.0 of 5 GPU-hours" in used.render("en")
+
+
+def test_why_a_job_waits_in_the_clis_and_the_pages_language(tmp_path, server_factory, browser):
+    from tests.queue.test_cli import Heartbeat, api_jobs, cli, config, wait
+
+    srv = server_factory("--config", config(tmp_path, policy="fifo"))  # FIFO: no preemption
+    admin = {"Authorization": f"Bearer {(srv.data_dir / 'admin.key').read_text().strip()}"}
+    with Heartbeat(srv, hosts=1, gpus=1):
+        ids = []
+        for name in ("first", "second"):  # one GPU: the second waits for the first
+            spec = {"name": name, "user": "ann", "gpus": 1, "model_name": "resnet50",
+                    "epochs": 1, "command": ["sleep", "600"]}  # fmt: skip
+            r = httpx.post(srv.url + "/api/v1/admin/jobs", json=spec, headers=admin, timeout=30)
+            assert r.status_code == 201, r.text
+            ids.append(r.json()["id"])
+
+        def second_waits_for_resources() -> dict | None:
+            jobs = {j["id"]: j for j in api_jobs(srv)}
+            j = jobs.get(ids[1])
+            ok = j and j["state"] == "pending" and j["waiting_reason"].startswith("resources")
+            return j if ok and jobs[ids[0]]["state"] == "running" else None
+
+        job = wait(second_waits_for_resources)
+        assert i18n.render(job["waiting_reason_i18n"], "en") == job["waiting_reason"]
+        assert job["waiting_reason"] == "resources: 1 GPU(s) not free on a usable GPU model"
+        r = cli(srv, "jobs", env={"GPUFLEET_LANG": "zh-CN", "COLUMNS": "250"})
+        assert r.returncode == 0, r.stderr
+        assert "资源：可用的 GPU 型号上没有 1 块空闲 GPU" in r.stdout, r.stdout
+        assert "not free on a usable" not in r.stdout
+        r = cli(srv, "jobs", env={"GPUFLEET_LANG": "en", "COLUMNS": "250"})
+        assert "resources: 1 GPU(s) not free on a usable GPU model" in r.stdout, r.stdout
+        # the queue page's script renders the same message in the page's language
+        context = browser.new_context(locale="zh-CN")
+        try:
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(srv.url + "/queue")
+            cell = f"#pending-table tr[data-job='{job['id']}'] td.reason"
+            page.wait_for_selector(cell, timeout=30_000)
+            assert page.inner_text(cell) == "资源：可用的 GPU 型号上没有 1 块空闲 GPU"
+            assert not errors, errors
+        finally:
+            context.close()
