@@ -4,8 +4,9 @@
   ``t("...")`` / ``GF.t("...")`` in inline scripts;
 - the pages' scripts (``web/static/*.js``): ``t("...")`` and ``GF.t("...")``;
 - Python: calls to ``_``, ``N_``, ``translate``, ``plural``, ``tr`` (a translator bound to a
-  language, as in the e-mailed report) and ``i18n.*`` of those, with a
-  string literal first argument (``ast``).
+  language, as in the e-mailed report), ``msg`` and ``nmsg`` (an ``i18n.Msg`` rendered later)
+  and ``i18n.*`` of those, with a string literal first argument; ``pgettext`` and ``pmsg``
+  with two (``ast``).
 
 Run as a script it prints the messages the zh-CN catalogue lacks (to translate them)."""
 
@@ -27,7 +28,8 @@ STATIC = SRC / "web" / "static"
 # "...") for a word with two meanings, catalogued as "context\x04msgid" (gettext's pgettext)
 JS_CALL = re.compile(r'(?<![\w$])(?:GF\.)?t\(\s*"((?:[^"\\]|\\.)*)"')
 JS_CONTEXT_CALL = re.compile(r'(?<![\w$])(?:GF\.)?tc\(\s*"([^"]*)"\s*,\s*"((?:[^"\\]|\\.)*)"')
-PY_FUNCS = {"_", "N_", "translate", "plural", "tr"}  # tr: a translator bound to a language
+# tr: a translator bound to a language; msg / nmsg: a message rendered later (i18n.Msg)
+PY_FUNCS = {"_", "N_", "translate", "plural", "tr", "msg", "nmsg"}
 
 
 def _js_unescape(s: str) -> str:
@@ -59,7 +61,7 @@ def from_python(text: str) -> set[str]:
             continue
         f = node.func
         name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
-        if name == "pgettext":  # pgettext("job state", "held"): "job state\x04held"
+        if name in ("pgettext", "pmsg"):  # pgettext("job state", "held"): "job state\x04held"
             a = node.args
             if len(a) >= 2 and all(isinstance(x, ast.Constant) for x in a[:2]):
                 found.add(f"{a[0].value}\x04{a[1].value}")  # type: ignore[attr-defined]

@@ -22,6 +22,7 @@ import string
 import unicodedata
 from collections.abc import Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -41,7 +42,7 @@ current: ContextVar[str] = ContextVar("gpufleet_language", default=ENGLISH)
 # The catalogue file's sections: where the messages are used ("js": the pages' scripts, which
 # get that section shipped with each page; "click": click's own messages, which
 # i18n.clickhelp routes here; the others are only for finding one's way).
-SECTIONS = ("pages", "js", "cli", "click", "mail")
+SECTIONS = ("pages", "js", "cli", "click", "mail", "cores")
 
 
 @cache
@@ -105,6 +106,117 @@ def N_(msgid: str) -> str:
     """Mark a message for the catalogue without translating it here (click help texts, which
     are translated when the help is printed)."""
     return msgid
+
+
+# how a list parameter of a message is joined (the parts of an estimate's detail)
+LIST_SEPARATOR = {ENGLISH: "; ", CHINESE: "；"}
+
+
+@dataclass(frozen=True)
+class Msg:
+    """A message not yet in a language: a core builds its sentences as ``Msg`` (``msg``,
+    ``nmsg``, ``pmsg``) and each reader renders them in theirs; the English is
+    ``msg.render("en")`` of the same template, never a second copy.
+
+    ``params`` hold values (numbers stay numbers: the template's format spec, ``{p:.1f}``,
+    formats them alike in every language), nested messages (rendered in the same language)
+    and lists of either (joined with ``LIST_SEPARATOR``). ``other`` is the English plural
+    form, chosen by ``params["n"]`` (``plural``); ``context`` a pgettext context.
+    ``as_json`` / ``from_json``: ``{"id": ..., "params": {...}}`` (plus ``other`` /
+    ``context`` where set), what an API puts beside its English text."""
+
+    id: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    other: str | None = None
+    context: str | None = None
+
+    def render(self, lang: str | None = None) -> str:
+        lang = lang or current.get()
+        values = {k: _render_param(v, lang) for k, v in self.params.items()}
+        if self.other is not None:
+            return plural(self.id, self.other, values.get("n", 0), lang, **values)
+        if self.context is not None:
+            return pgettext(self.context, self.id, lang, **values)
+        return translate(self.id, lang, **values)
+
+    def __str__(self) -> str:
+        return self.render(ENGLISH)
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "params": {k: _param_json(v) for k, v in self.params.items()},
+        }
+        if self.other is not None:
+            out["other"] = self.other
+        if self.context is not None:
+            out["context"] = self.context
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any) -> Msg:
+        """The inverse of ``as_json``; ValueError naming what is wrong."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("id"), str):
+            raise ValueError(f"a message is an object with a string 'id', not {data!r}")
+        params = data.get("params") or {}
+        if not isinstance(params, Mapping):
+            raise ValueError(f"message {data['id']!r}: 'params' must be an object")
+        other, context = data.get("other"), data.get("context")
+        for name, v in (("other", other), ("context", context)):
+            if v is not None and not isinstance(v, str):
+                raise ValueError(f"message {data['id']!r}: {name!r} must be a string")
+        return cls(data["id"], {k: _param_from_json(v) for k, v in params.items()}, other,
+                   context)  # fmt: skip
+
+
+def _render_param(v: Any, lang: str) -> Any:
+    if isinstance(v, Msg):
+        return v.render(lang)
+    if isinstance(v, list | tuple):
+        return LIST_SEPARATOR.get(lang, "; ").join(str(_render_param(x, lang)) for x in v)
+    return v
+
+
+def _param_json(v: Any) -> Any:
+    if isinstance(v, Msg):
+        return v.as_json()
+    if isinstance(v, list | tuple):
+        return [_param_json(x) for x in v]
+    if type(v).__module__ == "numpy" and hasattr(v, "item"):
+        return v.item()  # a numpy number: its Python value
+    return v
+
+
+def _param_from_json(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return Msg.from_json(v)
+    if isinstance(v, list):
+        return [_param_from_json(x) for x in v]
+    return v
+
+
+def msg(msgid: str, /, **params: Any) -> Msg:
+    """A message to render later (marked for the catalogue like ``_``)."""
+    return Msg(msgid, params)
+
+
+def nmsg(one: str, other: str, n: float, /, **params: Any) -> Msg:
+    """A plural message to render later: English ``one`` or ``other`` by ``n`` (``plural``)."""
+    return Msg(one, {"n": n, **params}, other=other)
+
+
+def pmsg(context: str, msgid: str, /, **params: Any) -> Msg:
+    """A message with a context (``pgettext``) to render later."""
+    return Msg(msgid, params, context=context)
+
+
+def render(message: Any, lang: str | None = None) -> str:
+    """A message in ``lang``: a ``Msg``, its JSON form, or plain text (shown as it is)."""
+    if isinstance(message, Msg):
+        return message.render(lang)
+    if isinstance(message, Mapping):
+        return Msg.from_json(message).render(lang)
+    return "" if message is None else str(message)
 
 
 def placeholders(text: str) -> set[str]:

@@ -15,7 +15,7 @@ import yaml
 
 from gpufleet.errors import GpufleetError
 from gpufleet.http.local import config_option, data_dir_option, print_rows, settings_from
-from gpufleet.i18n import N_, _, pgettext
+from gpufleet.i18n import N_, _, pgettext, render
 
 API = "/api/v1/admin/jobs"
 
@@ -124,7 +124,9 @@ def jobs(state: str | None, user: str | None, as_json: bool, config_path: str | 
     for j in data["jobs"]:
         where = "; ".join(f"{p['host']}:{','.join(map(str, p['gpu_indices']))}"
                           for p in j.get("placement") or [])  # fmt: skip
-        note = j.get("waiting_reason") or where or j.get("reason") or ""
+        # why it waits, in the CLI's language (a server without the message: its English)
+        waits = render(j.get("waiting_reason_i18n") or j.get("waiting_reason"))
+        note = waits or where or j.get("reason") or ""
         elapsed = j.get("elapsed_seconds") or j.get("runtime_seconds") or j.get("waited_seconds")
         state = pgettext("job state", j["state"])
         rows.append([j["id"], j["name"], j["user"], f"{j['gpus']:g}", state, _span(elapsed),

@@ -31,6 +31,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from gpufleet.i18n import ENGLISH, Msg, msg
 from gpufleet.queue.fleet import FleetHost, cluster_spec, shape, speed_of
 from gpufleet.queue.quota import QuotaRules, Usage
 from gpufleet.queue.store import JobRecord
@@ -86,7 +87,7 @@ class QueueDriver:
         self.records: dict[int, JobRecord] = {}
         self.running: dict[int, SimJob] = {}
         self.in_policy: set[int] = set()  # waiting jobs the policy holds
-        self.blocked: dict[int, str] = {}  # waiting jobs kept from the policy, and why
+        self.blocked: dict[int, Msg] = {}  # waiting jobs kept from the policy, and why
         self.stopping: set[int] = set()  # preempted; the dispatcher has not confirmed the stop
         self.deferred: dict[int, Start] = {}  # started again while still stopping
         self.recent_errors: list[float] = []  # |predicted - true| / true of finished jobs
@@ -169,7 +170,13 @@ class QueueDriver:
         return dict(cached)
 
     def refusal(self, record: JobRecord) -> str | None:
-        """Why a job can never run on this fleet (None: it can, some day)."""
+        """Why a job can never run on this fleet, in English (None: it can, some day)."""
+        m = self.refusal_msg(record)
+        return None if m is None else m.render(ENGLISH)
+
+    def refusal_msg(self, record: JobRecord) -> Msg | None:
+        """``refusal`` as a message (numbers formatted here: the pages' scripts fill plain
+        ``{name}`` placeholders)."""
         if not self.spec.hosts:
             return None  # no fleet known yet: nothing to judge by
         gpus = num_gpus(record.gpus)
@@ -177,13 +184,13 @@ class QueueDriver:
         if not ratios:
             need = self.need_bytes(record) or 0
             most = max(h.gpu_memory_bytes for h in self.spec.hosts)
-            return (
-                f"gpu_memory: needs {need / 2**30:.1f} GiB per GPU with the "
-                f"{self.memory_margin:.0%} margin; the largest GPU holds {most / 2**30:.1f} GiB"
-            )
+            return msg("gpu_memory: needs {need} GiB per GPU with the {margin} margin; the"
+                       " largest GPU holds {most} GiB", need=f"{need / 2**30:.1f}",
+                       margin=f"{self.memory_margin:.0%}", most=f"{most / 2**30:.1f}")  # fmt: skip
         most = max(self.spec.gpus_of(m) for m in ratios)
         if gpus > most:
-            return f"gpus: asks for {gpus}; the largest usable GPU pool has {most}"
+            return msg("gpus: asks for {gpus}; the largest usable GPU pool has {most}",
+                       gpus=gpus, most=most)  # fmt: skip
         return None
 
     # -- events from the service --------------------------------------------------------------
@@ -204,7 +211,7 @@ class QueueDriver:
             synthetic=False,
         )
         self.jobs[record.id].last_wait_from_seconds = self.jobs[record.id].arrival_seconds
-        self.blocked[record.id] = "waiting for the scheduler"
+        self.blocked[record.id] = msg("waiting for the scheduler")
 
     def adopt_running(self, record: JobRecord, start: Start, now_seconds: float) -> None:
         """A job the store says is dispatching or running (after a restart of the server)."""
@@ -371,12 +378,12 @@ class QueueDriver:
         for job_id in sorted(self.blocked, key=lambda j: self.jobs[j].arrival_seconds):
             record = self.records[job_id]
             job = self.jobs[job_id]
-            reason = self.refusal(record)
+            reason = self.refusal_msg(record)
             if reason is None and not job.runtime_ratio_by_model:
                 job.runtime_ratio_by_model = self._ratios(record)
             if reason is None and self.quotas.any:
                 view = Usage(held, usage.gpu_hours)
-                reason = self.quotas.blocks(record.user, record.group, job.num_gpus, view)
+                reason = self.quotas.blocks_msg(record.user, record.group, job.num_gpus, view)
             if reason is not None:
                 self.blocked[job_id] = reason
                 continue
@@ -417,17 +424,25 @@ class QueueDriver:
         return job.attained_now(self.now_seconds) if job is not None else 0.0
 
     def waiting_reason(self, job_id: int) -> str:
+        """Why a waiting job waits, in English ("": it does not wait)."""
+        m = self.waiting_reason_msg(job_id)
+        return "" if m is None else m.render(ENGLISH)
+
+    def waiting_reason_msg(self, job_id: int) -> Msg | None:
+        """``waiting_reason`` as a message: the queue page and ``gpufleet jobs`` render it in
+        their reader's language (the API sends both)."""
         if job_id in self.blocked:
             return self.blocked[job_id]
         if job_id in self.stopping:
-            return "preempted: waiting for its previous run to stop"
+            return msg("preempted: waiting for its previous run to stop")
         job = self.jobs.get(job_id)
         if job is None or job.status != WAITING:
-            return ""
+            return None
         free = self.cluster.free_by_model
         if any(free.get(m, 0) >= job.num_gpus for m in job.runtime_ratio_by_model):
-            return f"resources: {job.num_gpus} free GPUs exist but the policy ranks others first"
-        return f"resources: {job.num_gpus} GPU(s) not free on a usable GPU model"
+            return msg("resources: {gpus} free GPUs exist but the policy ranks others first",
+                       gpus=job.num_gpus)  # fmt: skip
+        return msg("resources: {gpus} GPU(s) not free on a usable GPU model", gpus=job.num_gpus)
 
     def held_gpus(self) -> Mapping[str, list[int]]:
         """Host name -> GPU indices the queue's jobs hold."""

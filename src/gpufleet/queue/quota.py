@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from gpufleet.i18n import ENGLISH, N_, Msg, msg
+
 WEEK_SECONDS = 7 * 86400.0
 
 
@@ -34,6 +36,10 @@ class Usage:
             if group:
                 gpus[("group", group)] = gpus.get(("group", group), 0) + count
         return Usage(gpus, self.gpu_hours)
+
+
+# a quota's holder, as the messages name it
+_KINDS = {"user": N_("user"), "group": N_("group")}
 
 
 @dataclass(frozen=True)
@@ -63,19 +69,25 @@ class QuotaRules:
         return None
 
     def blocks(self, user: str, group: str, gpus: int, usage: Usage) -> str | None:
+        """Why a quota keeps the job waiting now, in English (None: it does not)."""
+        m = self.blocks_msg(user, group, gpus, usage)
+        return None if m is None else m.render(ENGLISH)
+
+    def blocks_msg(self, user: str, group: str, gpus: int, usage: Usage) -> Msg | None:
+        """``blocks`` as a message, for the queue page and ``gpufleet jobs`` to render in
+        their reader's language (numbers formatted here: the pages' scripts fill plain
+        ``{name}`` placeholders)."""
         for kind, name, limit in self.limits(user, group):
             held = usage.gpus.get((kind, name), 0)
             if limit.gpus_at_once is not None and held + gpus > limit.gpus_at_once:
-                return (
-                    f"quota: {kind} {name} may hold {limit.gpus_at_once} GPUs at once; "
-                    f"holds {held}, this job needs {gpus}"
-                )
+                return msg("quota: {kind} {name} may hold {limit} GPUs at once; holds {held},"
+                           " this job needs {gpus}", kind=msg(_KINDS[kind]), name=name,
+                           limit=limit.gpus_at_once, held=held, gpus=gpus)  # fmt: skip
             used = usage.gpu_hours.get((kind, name), 0.0)
             if limit.gpu_hours_per_week is not None and used >= limit.gpu_hours_per_week:
-                return (
-                    f"quota: {kind} {name} has used {used:.1f} of {limit.gpu_hours_per_week:g} "
-                    "GPU-hours this week (rolling 7 days)"
-                )
+                return msg("quota: {kind} {name} has used {used} of {limit} GPU-hours this week"
+                           " (rolling 7 days)", kind=msg(_KINDS[kind]), name=name,
+                           used=f"{used:.1f}", limit=f"{limit.gpu_hours_per_week:g}")  # fmt: skip
         return None
 
     @property

@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
+from gpufleet.i18n import ENGLISH, pmsg
 from gpufleet.queue import store as st
 from gpufleet.queue.driver import PRIORITY_SECONDS, QueueDriver, num_gpus
 from gpufleet.queue.store import JobRecord
@@ -73,9 +74,14 @@ def row(record: JobRecord, driver: QueueDriver, now: float) -> dict[str, Any]:
     out = record.to_json()
     out["spec"] = {k: v for k, v in record.spec.items() if v not in (None, [], "")}
     if record.state in (st.PENDING, st.HELD):
-        out["waiting_reason"] = (
-            "held" if record.state == st.HELD else driver.waiting_reason(record.id)
+        # English for programs, and the same as a message (i18n.Msg) for the page and the CLI
+        why = (
+            pmsg("job state", "held")
+            if record.state == st.HELD
+            else driver.waiting_reason_msg(record.id)
         )
+        out["waiting_reason"] = why.render(ENGLISH) if why is not None else ""
+        out["waiting_reason_i18n"] = why.as_json() if why is not None else None
         out["waited_seconds"] = now - record.submit_seconds
     if record.state in st.ACTIVE and record.start_seconds is not None:
         out["elapsed_seconds"] = now - record.start_seconds

@@ -4,6 +4,7 @@ the page shows exactly what the API answers."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import Any
 
@@ -12,6 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from pydantic import ValidationError
 
+from gpufleet import i18n
 from gpufleet.http.errors import ApiError, summarise, validation_details
 from gpufleet.recommend.request import RecommendRequest
 from gpufleet.recommend.service import service_of
@@ -47,8 +49,10 @@ def recommend_json(request: Request, body: Any) -> dict[str, Any]:
         "Numbers must be numbers (`true` is refused). "
         "Answer: `recommendations` (in the listed order: host, gpus, `hosts` (every host of the "
         "answer), score, `order` (why it is at its place: 'safe band' or 'score'), "
-        "p_free_for_duration, reasons, command), and when nothing fits now a `note` naming the "
-        "limit and `eta` (median `in_hours` with an 80% range `low_hours`-`high_hours`). "
+        "p_free_for_duration, reasons (English), reasons_i18n (the same as messages: `id` = the "
+        "English template, `params`, for a client that shows them in another language), "
+        "command), and when nothing fits now a `note` naming the limit (`note_i18n`) and `eta` "
+        "(median `in_hours` with an 80% range `low_hours`-`high_hours`). "
         "Errors: 422 with the field path, also for a request that can never fit on this fleet."
     ),
     openapi_extra={
@@ -96,7 +100,7 @@ def form_body(q: Any) -> dict[str, Any]:
 @pages.get("/recommend", response_class=HTMLResponse)
 def recommend_page(request: Request) -> HTMLResponse:
     from gpufleet.accounts.web import page_context
-    from gpufleet.http.templates import templates
+    from gpufleet.http.templates import request_language, templates
 
     q = request.query_params
     body = form_body(q)
@@ -121,6 +125,9 @@ def recommend_page(request: Request) -> HTMLResponse:
             "host_names": sorted(snap.host_names()),
             "models": known_models(),
             "api_body": orjson.dumps(body).decode() if body else "",
+            # the answer's reasons, note and estimate in the page's language (their *_i18n
+            # form; plain English text as it is)
+            "say": functools.partial(i18n.render, lang=request_language(request)),
         },
         status_code=422 if error is not None and error.status == 422 else 200,
     )

@@ -15,7 +15,7 @@ import click
 
 from gpufleet.errors import GpufleetError
 from gpufleet.http.local import SERVER_FILE, config_option, data_dir_option, settings_from
-from gpufleet.i18n import _
+from gpufleet.i18n import _, render
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.I)
 
@@ -138,7 +138,8 @@ def _print_answer(data: dict) -> None:
 
     recs = data.get("recommendations") or []
     if not recs:
-        click.echo(_("nothing fits now: {note}", note=data.get("note") or ""))
+        note = render(data.get("note_i18n") or data.get("note"))  # the CLI's language
+        click.echo(_("nothing fits now: {note}", note=note))
         eta = data.get("eta")
         if eta:
             click.echo(_(
@@ -147,7 +148,7 @@ def _print_answer(data: dict) -> None:
                 hours=eta["in_hours"], low=eta["low_hours"], high=eta["high_hours"],
                 at=eta["at_iso"],
             ))  # fmt: skip
-            click.echo(f"  {eta['reason']}")
+            click.echo(f"  {render(eta.get('reason_i18n') or eta['reason'])}")
         return
     click.echo(_("(order: the places about as safe as the safest first, the least used host"
                  " first; then by score)"))  # fmt: skip
@@ -163,8 +164,9 @@ def _print_answer(data: dict) -> None:
         )
         free = _("{percent} stays free", percent=pct(r["p_free_for_duration"]))
         click.echo(f"{i}. {where}  {free}  ({why})")  # fmt: skip
-        for why in r["reasons"]:
-            click.echo(f"     - {why}")
+        # the reasons in the CLI's language (a server without reasons_i18n: its English)
+        for why in r.get("reasons_i18n") or r["reasons"]:
+            click.echo(f"     - {render(why)}")
         click.echo(f"     {r['command']}")
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from gpufleet.i18n import ENGLISH, Msg, msg, nmsg
 from gpufleet.recommend.request import RecommendRequest, model_matches
 
 if TYPE_CHECKING:
@@ -29,16 +30,20 @@ class Eta:
     high_hours: float = 0.0
     # where the range comes from: "past holds", or "N past estimates" (online.EtaLedger)
     range_from: str = "past holds"
+    # ``reason`` as a message (``reason`` is its English), for the page and the CLI
+    reason_msg: Msg | None = None
 
     def with_range(self, low: float, high: float, estimates: int) -> Eta:
         """The same estimate with the 80% range from the errors of ``estimates`` past
         estimates of this fleet (online.EtaLedger)."""
-        _, sep, tail = self.reason.partition("; likeliest on ")
-        reason = (f"likely free in ~{self.in_hours:.1f} h somewhere (80% range {low:.1f}-"
-                  f"{high:.1f} h, from how far off this fleet's last {estimates} estimates"
-                  f" were)") + sep + tail  # fmt: skip
-        return replace(self, low_hours=low, high_hours=high, reason=reason,
-                       range_from=f"{estimates} past estimates")  # fmt: skip
+        params = dict(self.reason_msg.params) if self.reason_msg is not None else {}
+        m = msg("likely free in ~{hours:.1f} h somewhere (80% range {low:.1f}-{high:.1f} h, from"
+                " how far off this fleet's last {estimates} estimates were); likeliest on"
+                " {host}: {detail}", hours=self.in_hours, low=low, high=high,
+                estimates=estimates, host=params.get("host", self.host),
+                detail=params.get("detail", []))  # fmt: skip
+        return replace(self, low_hours=low, high_hours=high, reason=m.render(ENGLISH),
+                       reason_msg=m, range_from=f"{estimates} past estimates")  # fmt: skip
 
     def as_json(self) -> dict:
         return {
@@ -47,6 +52,7 @@ class Eta:
             "in_hours": round(self.in_hours, 2), "low_hours": round(self.low_hours, 2),
             "high_hours": round(self.high_hours, 2), "range_from": self.range_from,
             "reason": self.reason,
+            "reason_i18n": self.reason_msg.as_json() if self.reason_msg else None,
         }  # fmt: skip
 
 
@@ -61,17 +67,22 @@ def _need(req: RecommendRequest, ix: FleetIndex) -> tuple[np.ndarray, np.ndarray
     return big, ix.h_online
 
 
-def nothing_fits_reason(req: RecommendRequest, ix: FleetIndex) -> str:
+def nothing_fits_reason(req: RecommendRequest, ix: FleetIndex) -> Msg:
     """Why no single host fits now, naming the limit that binds: GPU model, GPU memory (per
-    card, or in use now), free GPUs, disk, or hosts offline."""
+    card, or in use now), free GPUs, disk, or hosts offline (a message: its English is the
+    API's ``note``)."""
     k, n = req.gpus, len(ix.h_names)
-    s = "s" if k > 1 else ""
-    what = f"{k} free GPU{s} with {req.gpu_mem_gib:g} GiB" + (
-        f" of model {', '.join(req.gpu_models)}" if req.gpu_models else ""
-    )
-    head = f"no online host has {what} right now"
+    mem = req.gpu_mem_gib
+    what = (
+        nmsg("{n} free GPU with {gib:g} GiB of model {models}",
+             "{n} free GPUs with {gib:g} GiB of model {models}", k, gib=mem,
+             models=", ".join(req.gpu_models))
+        if req.gpu_models
+        else nmsg("{n} free GPU with {gib:g} GiB", "{n} free GPUs with {gib:g} GiB", k, gib=mem)
+    )  # fmt: skip
+    head = msg("no online host has {what} right now", what=what)
     if n == 0 or ix.g_host.size == 0:
-        return head + ": the fleet has no hosts"
+        return msg("{head}: the fleet has no hosts", head=head)
     name_ok = np.asarray([model_matches(req, name) for name in ix.names], dtype=bool)[ix.g_name]
     online = ix.h_online[ix.g_host]
 
@@ -79,23 +90,32 @@ def nothing_fits_reason(req: RecommendRequest, ix: FleetIndex) -> str:
         return int(np.bincount(ix.g_host[mask], minlength=n).max()) if mask.any() else 0
 
     if req.gpu_models and not (name_ok & online).any():
-        return head + f" (GPU model: no online host has a {', '.join(req.gpu_models)})"
+        return msg("{head} (GPU model: no online host has a {models})", head=head,
+                   models=", ".join(req.gpu_models))  # fmt: skip
     big = name_ok & (ix.g_total >= float(req.gpu_mem_bytes))
     if most(big & online) < k:
         if most(big) >= k:
-            return head + f" (hosts offline: only offline hosts have {k} such GPU{s})"
-        return head + (f" (GPU memory: at most {most(big & online)} GPU{s} of"
-                       f" {req.gpu_mem_gib:g} GiB or more on one online host)")  # fmt: skip
+            return nmsg("{head} (hosts offline: only offline hosts have {n} such GPU)",
+                        "{head} (hosts offline: only offline hosts have {n} such GPUs)", k,
+                        head=head)  # fmt: skip
+        return nmsg("{head} (GPU memory: at most {most} GPU of {gib:g} GiB or more on one"
+                    " online host)", "{head} (GPU memory: at most {most} GPUs of {gib:g} GiB or"
+                    " more on one online host)", k, head=head, most=most(big & online),
+                    gib=mem)  # fmt: skip
     free = big & online & ix.g_free
     if most(free) < k:
-        return head + f" (GPUs: at most {most(free)} of them free on one host now)"
+        return msg("{head} (GPUs: at most {most} of them free on one host now)", head=head,
+                   most=most(free))  # fmt: skip
     roomy = free & (ix.g_used + float(req.gpu_mem_bytes) <= ix.g_total)
     if most(roomy) < k:
-        return head + (f" (GPU memory in use: {most(free)} free on one host, but only"
-                       f" {most(roomy)} with {req.gpu_mem_gib:g} GiB unused)")  # fmt: skip
+        return msg("{head} (GPU memory in use: {free} free on one host, but only {roomy} with"
+                   " {gib:g} GiB unused)", head=head, free=most(free), roomy=most(roomy),
+                   gib=mem)  # fmt: skip
     if req.data_gib > 0:
-        return head + (f" (disk: the hosts with {k} free GPU{s} have less than"
-                       f" {req.data_gib:g} GiB of free disk for the data)")  # fmt: skip
+        return nmsg("{head} (disk: the hosts with {n} free GPU have less than {gib:g} GiB of"
+                    " free disk for the data)", "{head} (disk: the hosts with {n} free GPUs have"
+                    " less than {gib:g} GiB of free disk for the data)", k, head=head,
+                    gib=req.data_gib)  # fmt: skip
     return head
 
 
@@ -146,18 +166,19 @@ def estimate_eta(req: RecommendRequest, ix: FleetIndex) -> Eta | None:
         ready, low, high = anywhere
     busy = [(int(ix.g_index[g]), ix.g_age[g]) for g in mine if not usable_now[g]]
     busy.sort()
-    parts = [f"GPU {i} held for {a:.1f} h" for i, a in busy[:3]] + (
-        ["..."] if len(busy) > 3 else []
-    )
+    parts: list[Msg | str] = [msg("GPU {gpu} held for {hours:.1f} h", gpu=i, hours=float(a))
+                              for i, a in busy[:3]]  # fmt: skip
+    if len(busy) > 3:
+        parts.append("...")
     now_free = sorted(int(ix.g_index[g]) for g in mine if usable_now[g])
     if now_free:
-        parts.append(f"GPU {', '.join(map(str, now_free))} free now")
-    reason = (
-        f"likely free in ~{ready:.1f} h somewhere (80% range {low:.1f}-{high:.1f} h), judging"
-        f" by how long holds lasted before; likeliest on {ix.h_names[h]}: " + "; ".join(parts)
-    )  # fmt: skip
+        parts.append(msg("GPU {gpus} free now", gpus=", ".join(map(str, now_free))))
+    reason = msg("likely free in ~{hours:.1f} h somewhere (80% range {low:.1f}-{high:.1f} h),"
+                 " judging by how long holds lasted before; likeliest on {host}: {detail}",
+                 hours=ready, low=low, high=high, host=ix.h_names[h], detail=parts)  # fmt: skip
     now = ix.fleet.now
-    return Eta(ix.h_names[h], gpus, now + ready * 3600, ready, reason, low, high)
+    return Eta(ix.h_names[h], gpus, now + ready * 3600, ready, reason.render(ENGLISH), low, high,
+               reason_msg=reason)  # fmt: skip
 
 
 _T_HOURS = np.geomspace(1 / 60, 24 * 90, 36)  # 1 min .. 90 days, steps of ~1.4x

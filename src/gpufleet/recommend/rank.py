@@ -38,10 +38,12 @@ import copy
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from gpufleet.i18n import ENGLISH, N_, Msg, msg, nmsg
 from gpufleet.recommend import calibrate
 from gpufleet.recommend.calibrate import StatedChance
 from gpufleet.recommend.eta import Eta, estimate_eta, nothing_fits_reason
@@ -102,6 +104,9 @@ class Choice:
     # the ranking model's own chance and what the stated one was computed from (calibrate.py)
     p_model: float | None = None
     features: tuple[float, ...] = ()
+    # the reasons as messages (``reasons`` is their English): the page and the CLI render
+    # them in their reader's language; the API sends them as ``reasons_i18n``
+    reason_msgs: tuple[Msg, ...] = ()
 
     @property
     def command(self) -> str:
@@ -123,6 +128,7 @@ class Choice:
             else round(self.gpu_hours_served, 1),
             "p_free_for_duration": round(self.p_free, 4),
             "reasons": list(self.reasons),
+            "reasons_i18n": [m.as_json() for m in self.reason_msgs],
             "command": self.command,
             "ssh": self.command,
         }
@@ -136,16 +142,25 @@ def _command(host: str, gpus: tuple[int, ...]) -> str:
 class Answer:
     choices: tuple[Choice, ...]
     eta: Eta | None = None
-    note: str | None = None  # why nothing fits now
+    note: str | None = None  # why nothing fits now (English: ``note_msg`` rendered)
     considered_hosts: int = 0
+    note_msg: Msg | None = None
 
     def as_json(self) -> dict:
         return {
             "recommendations": [c.as_json() for c in self.choices],
             "eta": self.eta.as_json() if self.eta else None,
             "note": self.note,
+            "note_i18n": self.note_msg.as_json() if self.note_msg else None,
             "considered_hosts": self.considered_hosts,
         }
+
+
+def _choice(host: str, gpus: tuple[int, ...], score: float, p_free: float,
+            msgs: tuple[Msg, ...], **kw: Any) -> Choice:  # fmt: skip
+    """A Choice whose English ``reasons`` are its messages rendered in English."""
+    english = tuple(m.render(ENGLISH) for m in msgs)
+    return Choice(host, gpus, score, p_free, english, reason_msgs=msgs, **kw)
 
 
 @dataclass
@@ -494,11 +509,11 @@ def recommend(
                 gsnaps = {g.index: g for g in fleet.hosts[hi].gpus}
                 gpus = [gsnaps[int(i)] for i in sorted(ix.g_index[mine])]
                 p = float(stated[at])
-                why: tuple[str, ...] = ()
+                why: tuple[Msg, ...] = ()
                 if reasons:
                     ev = _HostEval(fleet.hosts[hi], ix.hists[hi])
                     why = _reasons(req, ev, gpus, p, history, now, w, tz)
-                choices.append(Choice(
+                choices.append(_choice(
                     ix.h_names[hi], tuple(g.index for g in gpus), float(score[hi]), p, why,
                     order="safe band" if int(hi) in in_band else "score",
                     gpu_hours_served=float(ix.h_gpu_hours[hi]),
@@ -512,7 +527,8 @@ def recommend(
             choices = [multi]
     if choices:
         return Answer(tuple(choices), considered_hosts=n_hosts)
-    return Answer((), estimate_eta(req, ix), nothing_fits_reason(req, ix), n_hosts)
+    note = nothing_fits_reason(req, ix)
+    return Answer((), estimate_eta(req, ix), note.render(ENGLISH), n_hosts, note)
 
 
 def poisson_cdf(m: np.ndarray, mu: np.ndarray) -> np.ndarray:
@@ -549,10 +565,12 @@ def _multi_host(req: RecommendRequest, evals: list[_HostEval], w: Weights) -> Ch
     if need > 0:
         return None
     reasons = (
-        f"no single host has {req.gpus} free GPUs that fit; spread over {len(parts)} hosts",
-        f"{pct(p_all)} chance none of them is taken in the next {_hours(req.hours)}",
-    )
-    return Choice(parts[0][0], parts[0][1], score_all, p_all, reasons, tuple(parts))
+        msg("no single host has {gpus} free GPUs that fit; spread over {hosts} hosts",
+            gpus=req.gpus, hosts=len(parts)),
+        msg("{chance} chance none of them is taken in the next {hours}", chance=pct(p_all),
+            hours=_hours(req.hours)),
+    )  # fmt: skip
+    return _choice(parts[0][0], parts[0][1], score_all, p_all, reasons, parts=tuple(parts))
 
 
 def pct(p: float) -> str:
@@ -565,16 +583,20 @@ def pct(p: float) -> str:
 
 
 def _hours(h: float) -> str:
+    """A duration with its unit (units stay as they are in every language: docs/i18n.md)."""
     return f"{round(h, 1):g} h" if h >= 1 else f"{round(h * 60)} min"
 
 
-_PARTS = ((0, "night"), (6, "morning"), (12, "afternoon"), (18, "evening"))
+_PARTS = ((0, N_("nights")), (6, N_("mornings")), (12, N_("afternoons")), (18, N_("evenings")))
+_WEEKDAYS = (N_("Monday"), N_("Tuesday"), N_("Wednesday"), N_("Thursday"), N_("Friday"),
+             N_("Saturday"), N_("Sunday"))  # fmt: skip
 
 
-def _when(ts: float, tz: str) -> str:
+def _when(ts: float, tz: str) -> Msg:
+    """The day of the week and the part of the day ("Thursday evenings"), in ``tz``."""
     dt = datetime.fromtimestamp(ts, UTC).astimezone(ZoneInfo(tz))
     part = [name for start, name in _PARTS if dt.hour >= start][-1]
-    return f"{dt.strftime('%A')} {part}s"
+    return msg("{weekday} {part}", weekday=msg(_WEEKDAYS[dt.weekday()]), part=msg(part))
 
 
 def _reasons(
@@ -586,21 +608,29 @@ def _reasons(
     now: float,
     w: Weights,
     tz: str,
-) -> tuple[str, ...]:
+) -> tuple[Msg, ...]:
+    """Why this place, as messages (one template each: the English reasons are these
+    rendered in English, the page and the CLI render them in their reader's language)."""
     host, hist = ev.host, ev.hist
     n, free = len(host.gpus), host.free_count()
     settled = getattr(w.calibration, "answers", 0)  # online.Recalibrated: outcomes used
-    own = f", checked against {settled} of this fleet's past answers" if settled else ""
+    own: Msg | str = (
+        msg(", checked against {answers} of this fleet's past answers", answers=settled)
+        if settled
+        else ""
+    )
     out = [
-        f"{free} of {n} GPUs free now; GPU{'s' if len(gpus) > 1 else ''} "
-        f"{', '.join(str(g.index) for g in gpus)} ({_model_label(gpus[0])},"
-        f" {(gpus[0].memory_total_bytes or 0) / GIB:.0f} GiB)",
-        f"{pct(p)} chance none of them is taken in the next {_hours(req.hours)}"
-        f" (from {hist.hours_known} h of history{own})"
+        nmsg("{free} of {total} GPUs free now; GPU {gpus} ({model}, {gib:.0f} GiB)",
+             "{free} of {total} GPUs free now; GPUs {gpus} ({model}, {gib:.0f} GiB)",
+             len(gpus), free=free, total=n, gpus=", ".join(str(g.index) for g in gpus),
+             model=_model_label(gpus[0]), gib=(gpus[0].memory_total_bytes or 0) / GIB),
+        msg("{chance} chance none of them is taken in the next {hours} (from {known} h of"
+            " history{own})", chance=pct(p), hours=_hours(req.hours), known=hist.hours_known,
+            own=own)
         if hist.hours_known
-        else f"no history for this host: {pct(p)} chance they stay free for"
-        f" {_hours(req.hours)} at the fleet's usual rate{own}",
-    ]
+        else msg("no history for this host: {chance} chance they stay free for {hours} at the"
+                 " fleet's usual rate{own}", chance=pct(p), hours=_hours(req.hours), own=own),
+    ]  # fmt: skip
     prof = hist.busy_profile
     if hist.hours_known >= 48 and not np.all(np.isnan(prof)):
         span = int(min(max(req.hours, 1), 168))
@@ -608,33 +638,42 @@ def _reasons(
         window = np.nanmean(prof[hw]) if not np.all(np.isnan(prof[hw])) else np.nan
         usual = np.nanmean(prof)
         if not np.isnan(window) and window < 0.8 * usual:
-            out.append(f"this host is usually quiet on {_when(now, tz)}")
+            out.append(msg("this host is usually quiet on {when}", when=_when(now, tz)))
         elif not np.isnan(window) and window > 1.2 * usual and window > 0.3:
-            out.append(f"this host is usually busier than now on {_when(now, tz)}")
+            out.append(msg("this host is usually busier than now on {when}", when=_when(now, tz)))
     if hist.hours_known:
         if hist.popularity <= 0.8:
-            out.append(f"less used than most hosts ({hist.popularity:.1f}x the fleet's average)")
+            out.append(msg("less used than most hosts ({times:.1f}x the fleet's average)",
+                           times=hist.popularity))  # fmt: skip
         elif hist.popularity >= 1.25:
-            out.append(f"a crowded host ({hist.popularity:.1f}x the fleet's average use)")
+            out.append(msg("a crowded host ({times:.1f}x the fleet's average use)",
+                           times=hist.popularity))  # fmt: skip
     if req.family is not None:
         s = relative_speed(gpus[0].name, req.family)
         cls = gpu_class(gpus[0].name)
         if cls != "v100" and abs(s - 1) >= 0.05:
-            rel = f"{s:.1f}x faster" if s > 1 else f"{s:.2f}x the speed"
-            out.append(f"{rel} for {req.family} than a V100")
+            out.append(
+                msg("{times:.1f}x faster for {model} than a V100", times=s, model=req.family)
+                if s > 1
+                else msg("{times:.2f}x the speed for {model} than a V100", times=s,
+                         model=req.family)
+            )  # fmt: skip
     if req.data_gib > 0 and req.data_host is not None:
         if req.data_host == host.name:
-            out.append(f"the data ({req.data_gib:g} GiB) is already here")
+            out.append(msg("the data ({gib:g} GiB) is already here", gib=req.data_gib))
         else:
             ch = copy_hours(req, host.name, w)
-            out.append(f"copying {req.data_gib:g} GiB from {req.data_host} takes ~{_hours(ch)}")
+            out.append(msg("copying {gib:g} GiB from {host} takes ~{hours}", gib=req.data_gib,
+                           host=req.data_host, hours=_hours(ch)))  # fmt: skip
     hot = [g.index for g in gpus if (g.temperature_celsius or 0) >= w.hot_celsius]
     if hot:
-        out.append(f"GPU {', '.join(map(str, hot))} running hot (>= {w.hot_celsius:.0f} °C)")
+        out.append(msg("GPU {gpus} running hot (>= {limit:.0f} °C)",
+                       gpus=", ".join(map(str, hot)), limit=w.hot_celsius))  # fmt: skip
     if host.load1 is not None and host.cpu_count and host.load1 / host.cpu_count > 1.0:
-        out.append(f"CPU busy (load {host.load1:.0f} on {host.cpu_count} cores)")
+        out.append(msg("CPU busy (load {load:.0f} on {cores} cores)", load=host.load1,
+                       cores=host.cpu_count))  # fmt: skip
     for a in host.alerts[:2]:
-        out.append(f"open problem: {a}")
+        out.append(msg("open problem: {problem}", problem=a))
     return tuple(out)
 
 

@@ -12,6 +12,18 @@
   const span = (s) => (s === null || s === undefined ? "-" : duration(Math.max(0, s)));
   const when = (at, now) => (at === null || at === undefined ? "-" : at <= now ? t("now") : t("in {duration}", { duration: duration(at - now) }));
   const PENDING = ["pending", "held"], ACTIVE = ["dispatching", "running"];
+  // a message the server sends beside its English (waiting_reason_i18n: {id, params, other?,
+  // context?}; docs/i18n.md) in the page's language; plain text as it is
+  const say = (m) => {
+    if (m === null || m === undefined) return "";
+    if (typeof m !== "object") return String(m);
+    const p = {};
+    for (const [k, v] of Object.entries(m.params || {})) {
+      p[k] = Array.isArray(v) ? v.map(say).join(GF.lang === "en" ? "; " : "；") : v !== null && typeof v === "object" ? say(v) : v;
+    }
+    if (m.context) return tc(m.context, m.id, p);
+    return t(m.other && GF.lang === "en" && p.n !== 1 ? m.other : m.id, p);
+  };
 
   function draw(v) {
     const c = v.counts;
@@ -26,7 +38,7 @@
     const id = (j) => `<td><a href="/api/v1/jobs/${j.id}">${j.id}</a></td>`;
     const pending = v.jobs.filter((j) => PENDING.includes(j.state)).map((j) =>
       `<tr data-job="${j.id}" data-state="${j.state}">${id(j)}<td>${esc(j.name)}</td><td>${esc(j.user)}</td><td>${j.gpus}</td><td>${state(j.state)}</td>`
-      + `<td class="reason">${esc(j.waiting_reason)}</td><td>${span(j.waited_seconds)}</td><td>${when(j.projected_start_seconds, now)}</td><td>${span(j.predicted_runtime_seconds)}</td></tr>`);
+      + `<td class="reason">${esc(say(j.waiting_reason_i18n || j.waiting_reason))}</td><td>${span(j.waited_seconds)}</td><td>${when(j.projected_start_seconds, now)}</td><td>${span(j.predicted_runtime_seconds)}</td></tr>`);
     const running = v.jobs.filter((j) => ACTIVE.includes(j.state)).map((j) =>
       `<tr data-job="${j.id}" data-state="${j.state}">${id(j)}<td>${esc(j.name)}</td><td>${esc(j.user)}</td>`
       + `<td>${(j.placement || []).map((p) => `<a href="/hosts/${encodeURIComponent(p.host)}">${esc(p.host)}</a>: ${p.gpu_indices.join(",")}`).join("; ")}</td>`
