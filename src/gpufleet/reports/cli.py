@@ -17,6 +17,7 @@ from gpufleet.errors import GpufleetError
 from gpufleet.http.local import config_option, data_dir_option, settings_from
 from gpufleet.i18n import N_, _, plural, width
 from gpufleet.reports.core import BY
+from gpufleet.reports.words import BY_WORDS, PERIOD_NAMES
 from gpufleet.warehouse.calendar import PERIODS
 
 
@@ -212,18 +213,6 @@ PRIORITY = (
 )  # fmt: skip
 
 
-# how the table's title and first column name a grouping
-BY_WORDS = {
-    "fleet": N_("fleet"), "host": N_("host"), "gpu_model": N_("GPU model"), "gpu": N_("GPU"),
-    "user": N_("user"), "group": N_("group"), "person": N_("person"),
-    "host_group": N_("host group"),
-}  # fmt: skip
-PERIOD_WORDS = {
-    "day": N_("day"), "week": N_("week"), "month": N_("month"), "quarter": N_("quarter"),
-    "year": N_("year"), "custom": N_("custom range"),
-}  # fmt: skip
-
-
 def fit_columns(widths: dict[str, int], room: int) -> list[str]:
     """The fields that fit in ``room`` terminal columns, taken by PRIORITY (a column costs its
     width plus 3 for borders and padding), in the table's order. Widths are in terminal
@@ -244,7 +233,7 @@ def _table(data: dict, wide: bool = False) -> None:
     by_word = _(BY_WORDS.get(data["by"], data["by"]))
     title = _(
         "GPU usage by {by}, per {period}: {first} .. {last} ({timezone})",
-        by=by_word, period=_(PERIOD_WORDS.get(data["period"], data["period"])),
+        by=by_word, period=_(PERIOD_NAMES.get(data["period"], data["period"])),
         first=data["from"], last=data["to"], timezone=data["timezone"],
     )  # fmt: skip
     tot = data["totals"]

@@ -41,6 +41,7 @@ from gpufleet.config import Settings
 from gpufleet.i18n import N_, _
 from gpufleet.reports.core import BY
 from gpufleet.reports.service import compute_report, to_csv
+from gpufleet.reports.words import BY_WORDS, PERIOD_NAMES
 from gpufleet.store.base import Store
 from gpufleet.warehouse import calendar as cal
 
@@ -396,16 +397,7 @@ MONTHS = (
     N_("January"), N_("February"), N_("March"), N_("April"), N_("May"), N_("June"),
     N_("July"), N_("August"), N_("September"), N_("October"), N_("November"), N_("December"),
 )  # fmt: skip
-BY_WORDS = {
-    "fleet": N_("fleet"), "host": N_("host"), "gpu_model": N_("GPU model"), "gpu": N_("GPU"),
-    "user": N_("user"), "group": N_("group"), "person": N_("person"),
-    "host_group": N_("host group"),
-}  # fmt: skip
 PERIOD_WORDS = {"day": N_("day"), "month": N_("month")}  # the charts' sub-periods
-PERIOD_NAMES = {
-    "day": N_("day"), "week": N_("week"), "month": N_("month"), "quarter": N_("quarter"),
-    "year": N_("year"), "custom": N_("custom range"),
-}  # fmt: skip
 REPORT_NAMES = {
     "weekly": N_("weekly report"), "monthly": N_("monthly report"),
     "yearly": N_("yearly report"),
