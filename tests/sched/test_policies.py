@@ -356,7 +356,9 @@ def test_a_starving_big_job_gets_hosts_reserved_and_starts_by_a_bound() -> None:
     from gpufleet.sched.predictor import OnlineRuntimePredictor
 
     spec = parse_cluster("v100:16x8")
-    policy = GpufleetPolicy(spec, OnlineRuntimePredictor(), reserve_size_factor=0.0)
+    policy = GpufleetPolicy(
+        spec, OnlineRuntimePredictor(), starve_reserve=True, reserve_size_factor=0.0
+    )
     sim, result = run("", spec, _two_host_stream(600), policy, REALISTIC)
     # it ran once before (new, it outranked the 1-GPU jobs) and was preempted; it then starves
     # (1 h of waits in all) and gets both hosts; started as the starving head it keeps them
@@ -388,6 +390,7 @@ def test_only_jobs_predicted_to_end_by_the_reserved_start_backfill_its_hosts() -
     policy = GpufleetPolicy(  # (no preemption by rank: the reservation alone decides)
         spec,
         known,
+        starve_reserve=True,
         reserve_after_seconds=0.0,
         reserve_size_factor=0.0,
         reserve_held_factor=0.0,
@@ -420,18 +423,28 @@ def heavy_mix(seed: int, count: int = 400) -> list:
     return items
 
 
-@pytest.mark.parametrize("config", [REALISTIC, REFERENCE], ids=["realistic", "reference"])
+@pytest.mark.parametrize(
+    "config, reserve",
+    [(REALISTIC, False), (REALISTIC, True), (REFERENCE, False)],
+    ids=["realistic", "realistic-reserve", "reference"],
+)
 @pytest.mark.parametrize("seed", [1, 2])
-def test_gpufleet_shortcuts_decide_like_full_passes(config, seed) -> None:
+def test_gpufleet_shortcuts_decide_like_full_passes(config, reserve, seed) -> None:
     """The incremental order, the walk from the first waiting job, the skipped passes and the
     wake-up heaps change no decision: every job starts, is preempted and finishes at the same
-    instants as with full passes (starving jobs included: a 2 h starvation limit in the
-    reference model; reservations for starving jobs in the realistic one)."""
+    instants as with full passes (starving jobs included: a 2 h starvation limit by default;
+    reservations for starving jobs with ``starve_reserve``)."""
     spec = parse_cluster("v100:8x4,k80:8x4")
     outcomes = []
     heads = []
     for cls in (GpufleetPolicy, PlainGpufleet):
-        policy = cls(spec, None, realistic=not config.reference, starve_after_seconds=7200.0)
+        policy = cls(
+            spec,
+            None,
+            realistic=not config.reference,
+            starve_after_seconds=7200.0,
+            starve_reserve=reserve,
+        )
         sim, result = run("", spec, heavy_mix(seed), policy, config)
         heads.append(policy.heads_started)
         outcomes.append(
@@ -444,7 +457,7 @@ def test_gpufleet_shortcuts_decide_like_full_passes(config, seed) -> None:
             )
         )
     assert outcomes[0][1] > 0, "the mix preempts (the shortcuts have work to do)"
-    if not config.reference:  # (realistic: starving jobs get reservations and start as heads)
+    if reserve:  # starving jobs get reservations and start as heads
         assert heads[0] > 0
     assert outcomes[0] == outcomes[1]
     assert heads[0] == heads[1]
