@@ -738,10 +738,7 @@ class GpufleetPolicy(Policy):
         for model in sorted(models, key=lambda m: head.runtime_ratio_by_model[m]):
             placement = self._place(head, model, ctx)
             if placement is not None:
-                self._remove_waiting(head)
-                self.last_hosts[head.job_id] = placement.host_ids[0]
-                ctx.start(head, placement)
-                self._run.add(head)
+                self._start_waiting(ctx, head, placement)
                 self.heads_started += 1
                 if self.protect_factor > 0:
                     rest = self.expected_remaining(head, now)
@@ -751,6 +748,14 @@ class GpufleetPolicy(Policy):
         # (no time at which it could start: GPUs held by what the policy does not schedule)
         self.reservation = res if res is not None and math.isfinite(res.start_seconds) else None
         return False
+
+    def _start_waiting(self, ctx: SchedulerContext, job: SimJob, placement: Placement) -> None:
+        """Start a waiting job at ``placement`` (its host is remembered: placement prefers the
+        hosts a job last ran on)."""
+        self._remove_waiting(job)
+        self.last_hosts[job.job_id] = placement.host_ids[0]
+        ctx.start(job, placement)
+        self._run.add(job)
 
     def _starved_since(self, job: SimJob) -> tuple[float, int]:
         """Order of the starving jobs for the reservation: the one starving longest first."""
@@ -803,11 +808,8 @@ class GpufleetPolicy(Policy):
             placement = cluster.find_whole(job.num_gpus, res.gpu_model, avoid_hosts=others)
             if placement is None:
                 continue
-            self._remove_waiting(job)
-            self.last_hosts[job.job_id] = placement.host_ids[0]
-            ctx.start(job, placement)
+            self._start_waiting(ctx, job, placement)
             self._changed = True
-            self._run.add(job)
             free = sum(cluster.free_count[h] for h in res.host_ids)
             if not free:
                 return
@@ -990,11 +992,8 @@ class GpufleetPolicy(Policy):
                         break
             if placement is None:
                 continue
-            self._remove_waiting(job)
-            self.last_hosts[job.job_id] = placement.host_ids[0]
-            ctx.start(job, placement)
+            self._start_waiting(ctx, job, placement)
             self._changed = True
-            run.add(job)
         return self._unsettled
 
     def _plan_wakeup(self, ctx: SchedulerContext) -> None:
