@@ -150,9 +150,8 @@ def create_app(
         settler = asyncio.create_task(recommend_service.settle_forever(app))  # its answers
         mailer = report_mail.attach(app, ctx)  # scheduled e-mail reports
         await _start_poller(ctx)
-        alerter = _start_alerts(
-            app, ctx, hub
-        )  # alert rules, life cycle, channels (gpufleet.alerts)
+        # alert rules, life cycle, channels (gpufleet.alerts)
+        alerter = _start_alerts(app, ctx, hub)
         await _start_queue(app, ctx, hub)  # the job queue, when queue.dispatcher is set
         from gpufleet.server.workers.pool import WorkerPool, move_leftovers
 
