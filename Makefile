@@ -18,7 +18,7 @@ run: setup
 
 ## test: the whole suite, slow end-to-end tests included (what CI runs)
 test: setup
-	.venv/bin/ruff check src tests bench
+	.venv/bin/ruff check src tests bench scripts
 	.venv/bin/ruff format --check src tests bench scripts
 	.venv/bin/mypy
 	.venv/bin/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
@@ -28,7 +28,7 @@ test-fast: setup
 	.venv/bin/python -m pytest -n 2 --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 lint: setup
-	.venv/bin/ruff check src tests bench
+	.venv/bin/ruff check src tests bench scripts
 	.venv/bin/ruff format --check src tests bench scripts
 	.venv/bin/mypy
 

@@ -347,3 +347,29 @@ def test_store_failures_answer_503_or_500_in_the_error_shape(api, monkeypatch):
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "stored"
     assert api.store.count("batches") == 1
+
+
+def test_samples_read_on_a_real_h200_are_stored_and_shown_as_nvidia_smi_showed_them(api):
+    """The agent's samples from a real H200 (tests/agent/fixtures/h200), moved to now: idle it
+    is free at 0 bytes used; under load it is held by the recorded process, 25,459 MiB."""
+    import json
+    from pathlib import Path
+
+    from gpufleet.wire import Sample
+
+    rec = json.loads((Path(__file__).parent / "agent/fixtures/h200/samples.json").read_text())
+    now = time.time()
+    for offset, phase in ((-10.0, "idle"), (0.0, "load")):
+        sample = Sample.model_validate(rec[phase]["sample"])
+        shift = now + offset - sample.ts
+        sample.ts += shift
+        sample.host = "h200"
+        for p in sample.processes:
+            p.started_at = p.started_at + shift if p.started_at else None
+        assert post(api, make_batch(sample)).status_code == 200
+        (h,) = [h for h in api.get("/api/v1/hosts").json()["hosts"] if h["name"] == "h200"]
+        assert h["free_gpu_count"] == (1 if phase == "idle" else 0), phase
+        detail = api.get("/api/v1/hosts/h200").json()
+        assert round(detail["sample"]["gpus"][0]["memory_used_bytes"] / 2**20) == int(
+            rec[phase]["smi"]["gpus"][0]["memory.used"]
+        )

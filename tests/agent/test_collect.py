@@ -32,7 +32,7 @@ def test_sample_validates_against_the_wire_schema(fake, make_collector):
     gpu0 = second.gpus[0]
     assert gpu0.error is None
     assert gpu0.memory_total_bytes == 80 * 2**30
-    assert gpu0.memory_used_bytes == 4 * 2**30 + 512 * 2**20
+    assert gpu0.memory_used_bytes == 4 * 2**30  # the processes' memory, not the driver's
     assert gpu0.power_limit_watts == 400.0 and gpu0.power_watts == 60.0
     assert gpu0.sm_clock_hertz == 210e6 and gpu0.pstate == 8
     assert gpu0.ecc_uncorrected_volatile == 0

@@ -47,6 +47,7 @@ _ERROR_CODES = {
     "NVML_ERROR_IN_USE": 19,
     "NVML_ERROR_MEMORY": 20,
     "NVML_ERROR_NO_DATA": 21,
+    "NVML_ERROR_ARGUMENT_VERSION_MISMATCH": 25,
     "NVML_ERROR_UNKNOWN": 999,
 }
 _ERROR_TEXT = {
@@ -100,6 +101,8 @@ for _const, _code in _ERROR_CODES.items():
     globals()[_cls_name] = _cls
 
 
+_MEMORY_V2 = 0x02000028  # the struct version pynvml passes: sizeof(nvmlMemory_v2_t) | 2 << 24
+
 # -- data returned by the calls (attribute names as in pynvml's structures) -----------------
 
 
@@ -112,6 +115,17 @@ class Utilization:
 @dataclass
 class Memory:
     total: int
+    free: int
+    used: int
+
+
+@dataclass
+class MemoryV2:
+    """``nvmlDeviceGetMemoryInfo(handle, nvmlMemory_v2)``: ``used`` leaves out ``reserved``."""
+
+    version: int
+    total: int
+    reserved: int
     free: int
     used: int
 
@@ -145,8 +159,10 @@ class EventSet:
 
 # -- the simulated GPUs ----------------------------------------------------------------------
 
-# name -> (memory bytes, power limit milliwatts, max SM clock MHz)
+# name -> (memory bytes, power limit milliwatts, max SM clock MHz). The H200's figures are as
+# read through NVML on a real one (driver 580.159.04; docs/agent.md, "Checked on a real GPU").
 MODELS: dict[str, tuple[int, int, int]] = {
+    "NVIDIA H200": (150_754_820_096, 700_000, 1980),
     "NVIDIA A100-SXM4-80GB": (80 * 2**30, 400_000, 1410),
     "NVIDIA A100-PCIE-40GB": (40 * 2**30, 250_000, 1410),
     "NVIDIA H100 80GB HBM3": (80 * 2**30, 700_000, 1980),
@@ -165,7 +181,9 @@ class FakeGpu:
     name: str = "NVIDIA A100-SXM4-80GB"
     uuid: str = ""
     memory_total_bytes: int = 80 * 2**30
-    memory_reserved_bytes: int = 512 * 2**20  # driver overhead, counted as used
+    # Memory the driver sets aside: counted as used by the v1 memory call only (as on a real
+    # GPU, where nvidia-smi, reading v2, shows an idle GPU at 0 MiB).
+    memory_reserved_bytes: int = 512 * 2**20
     utilization_gpu_percent: int = 0
     utilization_memory_percent: int = 0
     temperature_celsius: int = 35
@@ -191,10 +209,16 @@ class FakeGpu:
 
     @property
     def memory_used_bytes(self) -> int:
-        used = self.memory_reserved_bytes + sum(
+        """Used memory as the v1 call reports it: the processes' and the reserved memory."""
+        return min(self.memory_reserved_bytes + self.memory_held_bytes, self.memory_total_bytes)
+
+    @property
+    def memory_held_bytes(self) -> int:
+        """Memory the processes hold (what the v2 call reports as used)."""
+        held = sum(
             b or 0 for b in (*self.compute_processes.values(), *self.graphics_processes.values())
         )
-        return min(used, self.memory_total_bytes)
+        return min(held, self.memory_total_bytes)
 
 
 class FakeNvml:
@@ -211,6 +235,7 @@ class FakeNvml:
     NVML_AGGREGATE_ECC = 1
     NVML_PSTATE_UNKNOWN = 32
     NVML_VALUE_NOT_AVAILABLE = 0xFFFFFFFFFFFFFFFF
+    nvmlMemory_v2 = _MEMORY_V2
     nvmlEventTypeXidCriticalError = 0x0000000000000008
     nvmlEventTypeNone = 0
     NVMLError = NVMLError
@@ -224,6 +249,7 @@ class FakeNvml:
         nvml_version: str = "12.550.54.15",
         init_error: int | None = None,
         return_bytes: bool = False,
+        memory_v2: bool = True,
     ) -> None:
         self.gpus: list[FakeGpu] = list(gpus or [])
         self.driver_version = driver_version
@@ -231,6 +257,7 @@ class FakeNvml:
         self.nvml_version = nvml_version
         self.init_error = init_error  # e.g. NVML_ERROR_DRIVER_NOT_LOADED: nvmlInit fails
         self.return_bytes = return_bytes  # old pynvml returned bytes for strings
+        self.memory_v2 = memory_v2  # False: a driver older than R510 (no _v2 memory call)
         self.initialized = False
         self.calls: Counter[str] = Counter()  # function name -> number of calls
         # (gpu index or None for any, function name or "*") -> error code
@@ -359,11 +386,22 @@ class FakeNvml:
         assert gpu is not None
         return Utilization(gpu.utilization_gpu_percent, gpu.utilization_memory_percent)
 
-    def nvmlDeviceGetMemoryInfo(self, handle: Handle) -> Memory:
+    def nvmlDeviceGetMemoryInfo(self, handle: Handle, version: int | None = None) -> Any:
+        """v1 (``version`` None): ``used`` counts the driver's reserved memory, as NVML does;
+        v2: ``used`` leaves it out and ``reserved`` tells it apart, as nvidia-smi shows it."""
         gpu = self._enter("nvmlDeviceGetMemoryInfo", handle)
         assert gpu is not None
-        used = gpu.memory_used_bytes
-        return Memory(gpu.memory_total_bytes, gpu.memory_total_bytes - used, used)
+        total = gpu.memory_total_bytes
+        if not version:
+            used = gpu.memory_used_bytes
+            return Memory(total, total - used, used)
+        if not self.memory_v2:
+            raise NVMLError(_ERROR_CODES["NVML_ERROR_FUNCTION_NOT_FOUND"])
+        if version != _MEMORY_V2:
+            raise NVMLError(_ERROR_CODES["NVML_ERROR_ARGUMENT_VERSION_MISMATCH"])
+        reserved = min(gpu.memory_reserved_bytes, total)
+        used = min(gpu.memory_held_bytes, total - reserved)
+        return MemoryV2(version, total, reserved, total - reserved - used, used)
 
     def nvmlDeviceGetTemperature(self, handle: Handle, sensor: int) -> int:
         gpu = self._enter("nvmlDeviceGetTemperature", handle)

@@ -66,6 +66,8 @@ class GpuCollector:
         self._by_uuid: dict[str, int] = {}
         self._event_set: Any = None
         self.facts = GpuFacts()
+        # Whether the driver answers the v2 memory call (R510 and later); None: not tried yet.
+        self._memory_v2: bool | None = None
 
     # -- opening --------------------------------------------------------------------------
 
@@ -211,7 +213,9 @@ class GpuCollector:
         if util is not None:
             gpu["utilization_gpu_percent"] = _clamp(util.gpu, 0, 100)
             gpu["utilization_memory_percent"] = _clamp(util.memory, 0, 100)
-        mem = q("nvmlDeviceGetMemoryInfo")
+        mem = self._memory_info(handle, errors)
+        if mem is None and not errors:
+            mem = q("nvmlDeviceGetMemoryInfo")
         if mem is not None:
             gpu["memory_used_bytes"] = _bytes(mem.used)
             gpu["memory_total_bytes"] = _bytes(mem.total)
@@ -244,6 +248,32 @@ class GpuCollector:
 
         error = "; ".join(dict.fromkeys(errors))[:1024] if errors else None
         return Gpu(index=dev.index, uuid=dev.uuid, name=dev.name, error=error, **gpu), procs
+
+    def _memory_info(self, handle: Any, errors: list[str]) -> Any:
+        """The v2 memory answer, whose ``used`` leaves out the memory the driver reserves (615
+        MiB on an idle H200: with v1 an idle GPU looks held, and nvidia-smi, which reads v2,
+        says 0 MiB). ``None`` where the driver has no v2 call; it is then not asked again."""
+        version = getattr(self.nvml.module, "nvmlMemory_v2", None)
+        if self._memory_v2 is False or version is None:
+            return None
+        try:
+            mem = self.nvml.query("nvmlDeviceGetMemoryInfo", handle, version)
+        except NvmlCallError as exc:
+            if any(f in str(exc) for f in _FATAL_TEXT):
+                errors.append(str(exc))
+                return None
+            if self.nvml.is_error(exc, "ArgumentVersionMismatch"):
+                mem = None
+            else:
+                errors.append(str(exc))
+                return None
+        if mem is None:
+            log.info("NVML has no v2 memory call (driver older than R510): used memory "
+                     "includes what the driver reserves")  # fmt: skip
+            self._memory_v2 = False
+            return None
+        self._memory_v2 = True
+        return mem
 
     def close(self) -> None:
         if self._event_set is not None:

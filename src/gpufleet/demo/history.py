@@ -129,6 +129,8 @@ class _HostState:
         rng = np.random.default_rng([seed, spec.index, 7])
         py = random.Random(f"history:{seed}:{spec.name}")
         self.spec = spec
+        # What the driver reserves: drawn as the live simulated host does (it keeps the draws
+        # in step), but not used memory, as the agent reads it (NVML's v2 call).
         self.reserved = np.array(idle_memory_bytes(py, spec.gpu_count), dtype=np.int64)
         self.uuids = [gpu_uuid(seed, spec.name, i) for i in range(spec.gpu_count)]
         self.ambient = float(rng.uniform(24, 34))
@@ -216,7 +218,7 @@ class HistoryWriter:
         n, g_count, step = len(wall), spec.gpu_count, self.step
         rng = np.random.default_rng([self.seed, spec.index, k0])
         util = np.zeros((g_count, n))
-        mem = np.repeat(h.reserved[:, None], n, axis=1)
+        mem = np.zeros((g_count, n), dtype=np.int64)
         nproc = np.zeros((g_count, n), dtype=np.int32)
         cores = 1.5 + rng.uniform(0, 1, n)
         host_mem = 9 * GIB + rng.uniform(0, GIB, n)

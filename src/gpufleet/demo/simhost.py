@@ -258,9 +258,9 @@ class SimHost:
 
 
 def idle_memory_bytes(rng: random.Random, count: int) -> list[int]:
-    """Memory each of ``count`` GPUs reports with no process on it (driver and persistence
-    context): 2 to 300 MiB, under the 512 MiB a GPU may hold and still count as free
-    (``wire.gpu_is_free``), as on real idle GPUs."""
+    """Memory the driver reserves on each of ``count`` GPUs: 2 to 300 MiB (615 MiB on a real
+    H200). NVML's v1 memory call counts it as used, the v2 call the agent makes does not
+    (docs/agent.md), so a simulated idle GPU shows 0 bytes used, as nvidia-smi does."""
     return [int(rng.uniform(2, 300) * 2**20) for _ in range(count)]
 
 
