@@ -12,6 +12,8 @@ It writes, under ``--out``:
 - ``samples.json``: the agent's own samples (``Collector.collect``) idle and under load, each
   next to what ``nvidia-smi --query-gpu`` / ``--query-compute-apps`` printed at the same moment,
   and the time each collection round took.
+- with each of a few samples, the agent-less poller's script (what ``gpufleet server`` runs
+  over SSH on a host without the agent) run on this machine, its output and its time.
 - ``agent.json``: ``gpufleet agent`` run as a process for a few rounds (pushing to a server
   that is not there, so batches spool) with its RSS and CPU time, and its ``/metrics`` page.
 
@@ -174,9 +176,21 @@ def smi() -> dict[str, Any]:
     }
 
 
-def collect_rounds(collector: Any, n: int, pause: float) -> list[dict[str, Any]]:
+def poll(script: Path | None) -> dict[str, Any] | None:
+    """The agent-less poller's script run here (no SSH), its whole output and wall time."""
+    if script is None:
+        return None
+    start = time.perf_counter()
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
+    took = time.perf_counter() - start
+    return {"ms": round(took * 1000, 1), "rc": done.returncode, "output": done.stdout}
+
+
+def collect_rounds(
+    collector: Any, n: int, pause: float, script: Path | None = None
+) -> list[dict[str, Any]]:
     rounds = []
-    for _ in range(n):
+    for i in range(n):
         start = time.perf_counter()
         sample = collector.collect()
         took = time.perf_counter() - start
@@ -185,6 +199,7 @@ def collect_rounds(collector: Any, n: int, pause: float) -> list[dict[str, Any]]
                 "collect_ms": round(took * 1000, 2),
                 "sample": sample.model_dump(mode="json"),
                 "smi": smi(),
+                "poll": poll(script) if i in (1, n - 1) else None,
             }
         )
         time.sleep(pause)
@@ -253,6 +268,11 @@ def main() -> int:
     ap.add_argument("--load-seconds", type=float, default=40)
     ap.add_argument("--load-gib", type=float, default=24)
     ap.add_argument("--agent-seconds", type=float, default=12)
+    ap.add_argument(
+        "--poll-script",
+        type=Path,
+        help="the agent-less poller's script (gpufleet.poller.ssh.poll_script) to run too",
+    )
     args = ap.parse_args()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -262,12 +282,21 @@ def main() -> int:
 
     from gpufleet.agent.collect import Collector
 
+    if args.poll_script is None:
+        try:
+            from gpufleet.poller.ssh import poll_script
+        except ImportError as exc:  # asyncssh missing: the agent alone is checked
+            print(f"agent-less poll skipped ({exc})", flush=True)
+        else:
+            args.poll_script = out / "poll.sh"
+            args.poll_script.write_text(poll_script(10))
+
     raw: dict[str, Any] = {"idle": raw_nvml()}
     save("nvml_raw.json", raw)
     print("raw NVML idle: recorded", flush=True)
 
     collector = Collector(host_name="probe")
-    samples: dict[str, Any] = {"idle": collect_rounds(collector, 6, 0.5)}
+    samples: dict[str, Any] = {"idle": collect_rounds(collector, 6, 0.5, args.poll_script)}
     save("samples.json", samples)
     print("samples idle:", [r["collect_ms"] for r in samples["idle"]], flush=True)
 
@@ -287,7 +316,7 @@ def main() -> int:
         print("no PyTorch: load steps skipped", flush=True)
     if load is not None:
         samples["load_pid"] = load.pid
-        samples["load"] = collect_rounds(collector, 10, 1.0)
+        samples["load"] = collect_rounds(collector, 10, 1.0, args.poll_script)
         save("samples.json", samples)
         print("samples under load:", [r["collect_ms"] for r in samples["load"]], flush=True)
         raw["load"] = raw_nvml()

@@ -8,7 +8,7 @@ import pytest
 
 from gpufleet.poller import parse
 from gpufleet.poller.parse import SECTION_MARK, Counters, parse_poll
-from gpufleet.wire import Batch
+from gpufleet.wire import Batch, Sample
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TS = 1714500000.0
@@ -295,3 +295,29 @@ def test_output_cut_short_in_nvidia_smi() -> None:
     sample, _ = parse_poll(text, host="h1", ts=TS)
     assert sample.errors == ["poll output was cut short (last section: loadavg)"]
     assert sample.host_metrics.memory_total_bytes is None
+
+
+@pytest.mark.parametrize("phase", ["idle", "load"])
+def test_a_real_h200_polled_without_the_agent_reads_as_the_agent_read_it(phase):
+    """The poll script run on a real H200 (scripts/nvml_probe.py; tests/agent/fixtures/h200)
+    right after the agent's own sample: the same GPU, memory to nvidia-smi's MiB, the same
+    process and user. Only what moved in between (power, clock, temperature) may differ."""
+    import json
+
+    path = Path(__file__).parent.parent / "agent" / "fixtures" / "h200" / "samples.json"
+    rec = json.loads(path.read_text())[phase]
+    agent = Sample.model_validate(rec["sample"])
+    polled, _ = parse_poll(rec["poll"]["output"], host=agent.host, ts=agent.ts)
+    assert rec["poll"]["rc"] == 0 and polled.errors == []
+    (g,) = polled.gpus
+    (a,) = agent.gpus
+    for f in ("name", "uuid", "memory_total_bytes", "power_limit_watts", "fan_percent",
+              "pstate", "ecc_uncorrected_volatile"):  # fmt: skip
+        assert getattr(g, f) == getattr(a, f), f
+    assert abs(g.memory_used_bytes - a.memory_used_bytes) < MIB
+    assert g.utilization_gpu_percent == pytest.approx(a.utilization_gpu_percent, abs=2)
+    assert g.power_watts == pytest.approx(a.power_watts, abs=5)
+    assert [(p.pid, p.user, p.gpu_memory_bytes) for p in polled.processes] == [
+        (p.pid, p.user, p.gpu_memory_bytes) for p in agent.processes
+    ]
+    assert polled.facts.driver_version == agent.facts.driver_version
