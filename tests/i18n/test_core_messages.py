@@ -120,6 +120,9 @@ def test_gpufleet_recommend_prints_the_reasons_in_the_clis_language(fed):
     assert "GPUs free now" not in r.stdout and "copying" not in r.stdout
     r = gpufleet(*args, env={"GPUFLEET_LANG": "en"})
     assert "3 of 8 GPUs free now" in r.stdout and "copying 100 GiB from nlp-v100-01" in r.stdout
+    # fresh samples: on a busy machine the CLI calls above can outlast the hosts' 60 s online
+    # window, and an offline fleet gives another note (no estimate)
+    feed(fed)
     r = gpufleet("recommend", "--server", fed.url, "--gpus", "4", "--gpu-mem", "60G", "--hours",
                  "2", env={"GPUFLEET_LANG": "zh-CN"})  # fmt: skip
     assert r.returncode == 3, r.stderr

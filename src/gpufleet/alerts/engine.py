@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from gpufleet.alerts.metrics import Labels, Thresholds, labels_of, sample_series
-from gpufleet.alerts.rules import Rule, render
+from gpufleet.alerts.rules import Rule, render, render_message
 from gpufleet.alerts.window import MetricPlan, Window, compile_plans
 from gpufleet.wire import Sample, gpu_is_free
 
@@ -57,6 +57,10 @@ class Alert:
     acked_at: float | None = None
     notify_user: bool = False
     series: dict[str, str] = field(default_factory=dict)  # the labels that identify the series
+    # summary and runbook as messages each reader renders in their language (i18n.Msg JSON),
+    # where they are a built-in rule's own text; None: show ``summary`` / ``runbook`` as is
+    summary_i18n: dict[str, Any] | None = None
+    runbook_i18n: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,6 +68,14 @@ class Alert:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Alert:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def _set_texts(a: Alert, rule: Rule, value: float | None) -> None:
+    a.summary = render(rule.summary, a.labels, value)
+    a.runbook = render(rule.runbook, a.labels, value)
+    summary, runbook = (render_message(t, a.labels, value) for t in (rule.summary, rule.runbook))
+    a.summary_i18n = summary.as_json() if summary else None
+    a.runbook_i18n = runbook.as_json() if runbook else None
 
 
 @dataclass
@@ -283,6 +295,7 @@ class AlertEngine:
             render(rule.summary, labels, value), render(rule.runbook, labels, value),
             notify_user=rule.notify_user, series=dict(key),
         )  # fmt: skip
+        _set_texts(a, rule, value)
         self.alerts[fp] = a
         self._active[(rule.name, key)] = fp
         self._key_alerts[key] = self._key_alerts.get(key, 0) + 1
@@ -298,7 +311,7 @@ class AlertEngine:
             a.flaps += 1
         if a.state == "pending" and now - a.active_since >= rule.for_seconds:
             a.state, a.fired_at = "firing", now
-            a.summary = render(rule.summary, a.labels, value)  # the value it fired with
+            _set_texts(a, rule, value)  # the value it fired with
             self._event(a, "firing", now)
 
     def _condition_false(self, a: Alert, now: float) -> None:

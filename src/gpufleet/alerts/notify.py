@@ -22,6 +22,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from gpufleet import i18n
 from gpufleet.alerts.engine import Alert
 
 LABEL_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -97,19 +98,28 @@ class Message:
 
     @property
     def title(self) -> str:
+        return self.title_in(i18n.ENGLISH)
+
+    def title_in(self, lang: str) -> str:
         what = ", ".join(f"{k}={v}" for k, v in self.group.items())
         if self.firing:
-            return f"[{self.severity.upper()}] {len(self.firing)} firing: {what}"
-        return f"[RESOLVED] {what}"
+            return i18n.translate("[{severity}] {n} firing: {what}", lang,
+                                  severity=self.severity.upper(), n=len(self.firing), what=what)  # fmt: skip
+        return i18n.translate("[RESOLVED] {what}", lang, what=what)
 
-    def body(self) -> str:
+    def body(self, lang: str = i18n.ENGLISH) -> str:
         lines = []
         for a in self.firing:
-            lines.append(f"FIRING {a.summary}")
+            lines.append(
+                i18n.translate("FIRING {summary}", lang, summary=_text(a, "summary", lang))
+            )
             if a.runbook:
-                lines.append(f"  what to do: {a.runbook}")
+                lines.append(i18n.translate("  what to do: {runbook}", lang,
+                                            runbook=_text(a, "runbook", lang)))  # fmt: skip
         for a in self.resolved:
-            lines.append(f"RESOLVED {a.summary}")
+            lines.append(
+                i18n.translate("RESOLVED {summary}", lang, summary=_text(a, "summary", lang))
+            )
         return "\n".join(lines)
 
     def labels(self) -> dict[str, str]:
@@ -119,6 +129,17 @@ class Message:
         for a in alerts[1:]:
             common = {k: v for k, v in common.items() if a.labels.get(k) == v}
         return common
+
+
+def _text(a: Alert, what: str, lang: str) -> str:
+    """An alert's summary or runbook in ``lang`` (a built-in rule's text), else as written."""
+    message = getattr(a, f"{what}_i18n")
+    if message and lang != i18n.ENGLISH:
+        try:
+            return i18n.Msg.from_json(message).render(lang)
+        except (ValueError, KeyError, IndexError):  # a stored message this version cannot fill
+            pass
+    return str(getattr(a, what))
 
 
 @dataclass

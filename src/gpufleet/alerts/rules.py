@@ -33,6 +33,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from gpufleet.i18n import N_, Msg
+
 Scope = Literal["host", "gpu", "user", "fleet"]
 Kind = Literal["threshold", "rate", "increase", "sum", "absent"]
 Severity = Literal["critical", "warning", "info"]
@@ -218,12 +220,25 @@ def _compare(value: float, op: str, threshold: float) -> bool:
     return value != threshold
 
 
-def render(template: str, labels: dict[str, str], value: float | None) -> str:
-    """Fill ``{host}``, ``{gpu}``, ``{value}``, ... (a missing label is shown as ``-``)."""
+def _fields(labels: dict[str, str], value: float | None) -> dict[str, str]:
     fields = {k: "-" for k in TEMPLATE_FIELDS}
     fields.update({k: v for k, v in labels.items() if k in TEMPLATE_FIELDS})
     fields["value"] = "-" if value is None else f"{value:.4g}"
-    return template.format(**fields)
+    return fields
+
+
+def render(template: str, labels: dict[str, str], value: float | None) -> str:
+    """Fill ``{host}``, ``{gpu}``, ``{value}``, ... (a missing label is shown as ``-``)."""
+    return template.format(**_fields(labels, value))
+
+
+def render_message(template: str, labels: dict[str, str], value: float | None) -> Msg | None:
+    """The filled template as an :class:`~gpufleet.i18n.Msg` each reader renders in their
+    language, where it is a built-in rule's own text (the catalogue has it); ``None`` for text a
+    user wrote (a custom rule, or a built-in's summary or runbook changed): that stays as written."""
+    if template not in builtin_texts():
+        return None
+    return Msg(template, _fields(labels, value))
 
 
 def parse_rule(data: Any, where: str = "rule") -> Rule:
@@ -252,62 +267,68 @@ def builtin_rules() -> list[Rule]:
     rack = ["rule", "group"]
     return [
         _b("host_down", "host_down", "host", op="==", threshold=1, severity="critical",
-           group_by=rack, summary="{host} is down: no data and it does not answer",
-           runbook="check power and network of {host} (IPMI/BMC console); its GPU alerts "
-                   "are held back while it is down"),
+           group_by=rack, summary=N_("{host} is down: no data and it does not answer"),
+           runbook=N_("check power and network of {host} (IPMI/BMC console); its GPU alerts "
+                   "are held back while it is down")),
         _b("agent_down", "agent_down", "host", op="==", threshold=1, severity="warning",
-           summary="{host} answers but its agent sends nothing",
-           runbook="on {host}: systemctl status gpufleet-agent; journalctl -u gpufleet-agent"),
+           summary=N_("{host} answers but its agent sends nothing"),
+           runbook=N_("on {host}: systemctl status gpufleet-agent; journalctl -u gpufleet-agent")),
         _b("nvml_hung", "nvml_hung", "host", op="==", threshold=1, for_seconds=30,
-           severity="critical", summary="{host}: NVML calls hang (driver or GPU stuck)",
-           runbook="on {host}: nvidia-smi (does it hang?), dmesg | grep -i nvrm; a reboot "
-                   "or a GPU reset usually clears it"),
+           severity="critical", summary=N_("{host}: NVML calls hang (driver or GPU stuck)"),
+           runbook=N_("on {host}: nvidia-smi (does it hang?), dmesg | grep -i nvrm; a reboot "
+                   "or a GPU reset usually clears it")),
         _b("ssh_unreachable", "ssh_failed", "host", op="==", threshold=1, for_seconds=30,
-           severity="warning", summary="{host}: SSH poll fails ({failure})",
-           runbook="gpufleet hosts shows the poller's reason; check the key, known_hosts "
-                   "and that {host} is up"),
+           severity="warning", summary=N_("{host}: SSH poll fails ({failure})"),
+           runbook=N_("gpufleet hosts shows the poller's reason; check the key, known_hosts "
+                   "and that {host} is up")),
         _b("gpu_lost", "gpu_lost", "gpu", op="==", threshold=1, severity="critical",
-           summary="{host} GPU {gpu} fell off the bus (XID 79 / GPU is lost)",
-           runbook="drain {host}, then reboot it; if it recurs, reseat or replace GPU {gpu}"),
+           summary=N_("{host} GPU {gpu} fell off the bus (XID 79 / GPU is lost)"),
+           runbook=N_("drain {host}, then reboot it; if it recurs, reseat or replace GPU {gpu}")),
         _b("ecc_uncorrectable", "ecc_uncorrected_volatile", "gpu", kind="increase", op=">",
            threshold=0, window_seconds=3600, severity="critical",
-           summary="{host} GPU {gpu}: {value} new uncorrectable ECC error(s) in the last hour",
-           runbook="jobs on GPU {gpu} may have wrong results; drain and reset the GPU, and "
-                   "check for page retirement (nvidia-smi -q -d PAGE_RETIREMENT)"),
+           summary=N_("{host} GPU {gpu}: {value} new uncorrectable ECC error(s) in the last hour"),
+           runbook=N_("jobs on GPU {gpu} may have wrong results; drain and reset the GPU, and "
+                   "check for page retirement (nvidia-smi -q -d PAGE_RETIREMENT)")),
         _b("xid_storm", "xid_events", "gpu", kind="sum", op=">=", threshold=5,
            window_seconds=600, severity="warning",
-           summary="{host} GPU {gpu}: {value} XID events in 10 minutes",
-           runbook="dmesg | grep -i xid on {host} says which codes; see NVIDIA's XID table"),
+           summary=N_("{host} GPU {gpu}: {value} XID events in 10 minutes"),
+           runbook=N_("dmesg | grep -i xid on {host} says which codes; see NVIDIA's XID table")),
         _b("gpu_too_hot", "temperature_celsius", "gpu", op=">=", threshold=88,
-           clear_threshold=85, for_seconds=120, severity="warning", summary="{host} GPU {gpu} at {value} C",
-           runbook="check fans and airflow of {host}; the GPU throttles past ~90 C"),
+           clear_threshold=85, for_seconds=120, severity="warning", summary=N_("{host} GPU {gpu} at {value} C"),
+           runbook=N_("check fans and airflow of {host}; the GPU throttles past ~90 C")),
         _b("power_at_cap", "power_cap_ratio", "gpu", op=">=", threshold=0.98,
            for_seconds=1800, severity="info",
-           summary="{host} GPU {gpu} at its power cap for 30 minutes",
-           runbook="the job is power-limited; check the power limit (nvidia-smi -q -d POWER)"),
+           summary=N_("{host} GPU {gpu} at its power cap for 30 minutes"),
+           runbook=N_("the job is power-limited; check the power limit (nvidia-smi -q -d POWER)")),
         _b("disk_almost_full", "disk_used_ratio", "host", op=">=", threshold=0.92,
-           clear_threshold=0.9, for_seconds=300, severity="warning", summary="{host}: {mount} is {value} full",
-           runbook="du -xh --max-depth=2 {mount} | sort -h on {host}; old checkpoints?"),
+           clear_threshold=0.9, for_seconds=300, severity="warning", summary=N_("{host}: {mount} is {value} full"),
+           runbook=N_("du -xh --max-depth=2 {mount} | sort -h on {host}; old checkpoints?")),
         _b("memory_pressure", "memory_used_ratio", "host", op=">=", threshold=0.95,
            clear_threshold=0.9, for_seconds=300, severity="warning",
-           summary="{host}: {value} of memory in use",
-           runbook="ps aux --sort=-rss | head on {host}; data loaders with too many workers?"),
+           summary=N_("{host}: {value} of memory in use"),
+           runbook=N_("ps aux --sort=-rss | head on {host}; data loaders with too many workers?")),
         _b("swapping", "swap_used_ratio", "host", op=">=", threshold=0.5, for_seconds=300,
-           severity="warning", summary="{host}: {value} of swap in use",
-           runbook="a process on {host} outgrew memory; see memory_pressure"),
+           severity="warning", summary=N_("{host}: {value} of swap in use"),
+           runbook=N_("a process on {host} outgrew memory; see memory_pressure")),
         _b("clock_skew", "clock_skew_abs_seconds", "host", op=">", threshold=30,
-           for_seconds=60, severity="warning", summary="{host}: clock off by {value} s",
-           runbook="on {host}: timedatectl; enable NTP (chrony or systemd-timesyncd)"),
+           for_seconds=60, severity="warning", summary=N_("{host}: clock off by {value} s"),
+           runbook=N_("on {host}: timedatectl; enable NTP (chrony or systemd-timesyncd)")),
         _b("gpu_held_idle", "held_idle", "gpu", op="==", threshold=1, for_seconds=4 * 3600,
            severity="info", notify_user=True, group_by=["rule", "user"],
-           summary="{user} holds GPU {gpu} on {host} without using it",
-           runbook="if the job is finished, stop it so others can use GPU {gpu} on {host}"),
+           summary=N_("{user} holds GPU {gpu} on {host} without using it"),
+           runbook=N_("if the job is finished, stop it so others can use GPU {gpu} on {host}")),
         _b("ghost_memory", "ghost_memory_bytes", "gpu", op=">", threshold=2**30,
            for_seconds=120, severity="warning",
-           summary="{host} GPU {gpu}: {value} bytes held by processes that no longer exist",
-           runbook="nvidia-smi on {host}; a zombie or a container's process; fuser -v "
-                   "/dev/nvidia*; a GPU reset frees it"),
+           summary=N_("{host} GPU {gpu}: {value} bytes held by processes that no longer exist"),
+           runbook=N_("nvidia-smi on {host}; a zombie or a container's process; fuser -v "
+                   "/dev/nvidia*; a GPU reset frees it")),
     ]  # fmt: skip
+
+
+@functools.cache
+def builtin_texts() -> frozenset[str]:
+    """The built-in rules' summaries and runbooks (the zh-CN catalogue translates them)."""
+    return frozenset(t for r in builtin_rules() for t in (r.summary, r.runbook) if t)
 
 
 BUILTIN_TUNABLE = ("threshold", "clear_threshold", "for_seconds", "window_seconds", "severity", "enabled",

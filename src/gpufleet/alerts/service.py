@@ -176,6 +176,7 @@ class AlertService:
     def deliver(self, messages: list[Message]) -> None:
         """Send messages to the channels that want them (blocking: run in a thread)."""
         template = self.settings.alerts.user_notice_url
+        lang = self.settings.ui.language  # the channels' language (docs/i18n.md)
         for msg in messages:
             targets: list[tuple[str, str]] = [
                 (c.name, c.url) for c in self.channels if c.wants(msg)
@@ -184,11 +185,11 @@ class AlertService:
             for name, url in targets:
                 error = None
                 try:
-                    self.sender(url, msg.title, msg.body())
+                    self.sender(url, msg.title_in(lang), msg.body(lang))
                 except Exception as exc:  # one channel failing never stops the others
                     error = f"{type(exc).__name__}: {exc}".replace(url, "***")[:500]
                     log.warning("alerts: channel %s: %s", name, error)
-                self.db.log_message(msg.at, name, msg.title, error)
+                self.db.log_message(msg.at, name, msg.title_in(lang), error)
 
     # -- actions --------------------------------------------------------------------------
 

@@ -22,6 +22,18 @@ const GF = (() => {
   }
   const lang = document.documentElement.lang || "en";
   const GiB = 1024 ** 3;
+  // a message the server sends beside its English (e.g. waiting_reason_i18n, summary_i18n:
+  // {id, params, other?, context?}; docs/i18n.md) in the page's language; plain text as it is
+  function say(m) {
+    if (m === null || m === undefined) return "";
+    if (typeof m !== "object") return String(m);
+    const p = {};
+    for (const [k, v] of Object.entries(m.params || {})) {
+      p[k] = Array.isArray(v) ? v.map(say).join(lang === "en" ? "; " : "；") : v !== null && typeof v === "object" ? say(v) : v;
+    }
+    if (m.context) return tc(m.context, m.id, p);
+    return t(m.other && lang === "en" && p.n !== 1 ? m.other : m.id, p);
+  }
 
   function esc(s) {
     return String(s ?? "").replace(/[&<>"']/g, (c) => (
@@ -115,5 +127,5 @@ const GF = (() => {
     return { reopen: open };
   }
 
-  return { t, tc, lang, NA, GiB, esc, bytes, gShort, duration, pct, ratio, shortModel, serverNow, ago, connect };
+  return { t, tc, say, lang, NA, GiB, esc, bytes, gShort, duration, pct, ratio, shortModel, serverNow, ago, connect };
 })();

@@ -12,18 +12,7 @@
   const span = (s) => (s === null || s === undefined ? "-" : duration(Math.max(0, s)));
   const when = (at, now) => (at === null || at === undefined ? "-" : at <= now ? t("now") : t("in {duration}", { duration: duration(at - now) }));
   const PENDING = ["pending", "held"], ACTIVE = ["dispatching", "running"];
-  // a message the server sends beside its English (waiting_reason_i18n: {id, params, other?,
-  // context?}; docs/i18n.md) in the page's language; plain text as it is
-  const say = (m) => {
-    if (m === null || m === undefined) return "";
-    if (typeof m !== "object") return String(m);
-    const p = {};
-    for (const [k, v] of Object.entries(m.params || {})) {
-      p[k] = Array.isArray(v) ? v.map(say).join(GF.lang === "en" ? "; " : "；") : v !== null && typeof v === "object" ? say(v) : v;
-    }
-    if (m.context) return tc(m.context, m.id, p);
-    return t(m.other && GF.lang === "en" && p.n !== 1 ? m.other : m.id, p);
-  };
+  const say = GF.say;
 
   function draw(v) {
     const c = v.counts;
