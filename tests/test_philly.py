@@ -10,6 +10,7 @@ import pytest
 from gpufleet.errors import GpufleetError
 from gpufleet.philly import PACKAGED_TRACE, default_trace_path, load_trace, read_rows
 from gpufleet.sched.trace import read_philly
+from tests.conftest import need_file
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "philly_jobs.csv"
 
@@ -27,8 +28,7 @@ def test_packaged_trace_is_the_default_and_complete(monkeypatch) -> None:
 
 
 def test_packaged_trace_matches_the_shared_csv() -> None:
-    if not SHARED.is_file():
-        pytest.skip(f"{SHARED} is not there (the packaged trace is checked on its own above)")
+    need_file(SHARED, "the shared Philly trace (the packaged one is checked on its own above)")
     assert list(read_rows(SHARED)) == list(read_rows(PACKAGED_TRACE))
 
 

@@ -6,9 +6,14 @@ import pytest
 from click.testing import CliRunner
 
 from gpufleet.sched.cli import predictor, simulate
+from tests.conftest import need_file
 from tests.sched.conftest import GAVEL_JSON, PHILLY_CSV
 
-pytestmark = pytest.mark.skipif(not PHILLY_CSV.exists(), reason="shared data not present")
+
+@pytest.fixture(autouse=True)
+def _shared_data() -> None:
+    """Every test here reads the shared Philly trace: under CI a missing one fails them."""
+    need_file(PHILLY_CSV, "the Philly trace")
 
 
 def test_simulate_json() -> None:

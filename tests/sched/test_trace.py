@@ -6,6 +6,7 @@ from gpufleet.sched.cluster import parse_cluster
 from gpufleet.sched.metrics import summarize
 from gpufleet.sched.runner import Experiment
 from gpufleet.sched.trace import TraceJob, build_jobs, natural_load, read_philly
+from tests.conftest import need_file
 from tests.sched.conftest import PHILLY_CSV
 
 
@@ -48,8 +49,8 @@ def test_load_scaling(gavel_table) -> None:
     assert jobs[-1].job.arrival_seconds == pytest.approx(300 * 39 / 2)
 
 
-@pytest.mark.skipif(not PHILLY_CSV.exists(), reason="shared data not present")
 def test_read_philly_filters() -> None:
+    need_file(PHILLY_CSV, "the Philly trace")
     rows = read_philly(PHILLY_CSV, ["2869ce"])
     assert len(rows) == 422 and all(r.vc == "2869ce" for r in rows)
     assert rows == sorted(rows, key=lambda r: r.submit_seconds)
