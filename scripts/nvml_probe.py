@@ -14,6 +14,10 @@ It writes, under ``--out``:
   and the time each collection round took.
 - with each of a few samples, the agent-less poller's script (what ``gpufleet server`` runs
   over SSH on a host without the agent) run on this machine, its output and its time.
+- ``jobs.json`` (with ``--jobs``): real GPU jobs run under the job queue's supervisor
+  (``queue/dispatch/supervisor.py``, what the SSH and local dispatchers start on a host): one
+  that fits, and PyTorch, JAX and CuPy jobs that ask for more memory than the GPU has, each
+  with its exit record (is it reported as ``oom``?) and the end of its output.
 - ``agent.json``: ``gpufleet agent`` run as a process for a few rounds (pushing to a server
   that is not there, so batches spool) with its RSS and CPU time, and its ``/metrics`` page.
 
@@ -206,6 +210,52 @@ def collect_rounds(
     return rounds
 
 
+JOBS = {
+    "torch_fits": "import torch; x = torch.ones(2**28, device='cuda'); print('sum', x.sum().item(),"
+    " 'devices', torch.cuda.device_count())",
+    "torch_oom": "import torch; torch.empty(400 * 2**30, dtype=torch.uint8, device='cuda')",
+    "jax_oom": "import jax.numpy as jnp; jnp.zeros((100 * 2**30,), jnp.float32).block_until_ready()",
+    "cupy_oom": "import cupy; cupy.empty(400 * 2**30, dtype=cupy.uint8)",
+    "plain_failure": "raise SystemExit(3)",
+}
+
+
+def run_jobs(seconds: float = 180.0) -> dict[str, Any]:
+    """Each of JOBS launched through the supervisor's agent protocol; their exit records."""
+    import select
+
+    root = tempfile.mkdtemp(prefix="gpufleet-probe-jobs-")
+    sup = ROOT / "src" / "gpufleet" / "queue" / "dispatch" / "supervisor.py"
+    agent = subprocess.Popen([sys.executable, str(sup), "agent", root], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, bufsize=1)  # fmt: skip
+    assert agent.stdin is not None and agent.stdout is not None
+    env = {"CUDA_VISIBLE_DEVICES": "0", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    for i, (name, code) in enumerate(JOBS.items()):
+        spec = {"job_id": name, "rank": 0, "argv": [sys.executable, "-c", code], "env": env,
+                "workdir": root, "host": "probe"}  # fmt: skip
+        agent.stdin.write(json.dumps({"id": i, "op": "launch", "spec": spec}) + "\n")
+    records: dict[str, Any] = {}
+    deadline = time.time() + seconds
+    while len(records) < len(JOBS) and time.time() < deadline:
+        ready, _, _ = select.select([agent.stdout], [], [], 1.0)
+        if not ready:
+            continue
+        line = agent.stdout.readline()
+        if not line:
+            break
+        msg = json.loads(line)
+        if msg.get("event") == "exit":
+            records[msg["job"]] = msg.get("record")
+    out: dict[str, Any] = {}
+    for name in JOBS:
+        log = Path(root) / name / "0" / "output.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        out[name] = {"record": records.get(name), "output_tail": text[-3000:]}
+    agent.stdin.close()
+    agent.wait(timeout=30)
+    return out
+
+
 def run_agent(out: Path, seconds: float) -> dict[str, Any]:
     import urllib.request
 
@@ -268,6 +318,7 @@ def main() -> int:
     ap.add_argument("--load-seconds", type=float, default=40)
     ap.add_argument("--load-gib", type=float, default=24)
     ap.add_argument("--agent-seconds", type=float, default=12)
+    ap.add_argument("--jobs", action="store_true", help="also run the GPU jobs (jobs.json)")
     ap.add_argument(
         "--poll-script",
         type=Path,
@@ -324,6 +375,10 @@ def main() -> int:
         print("raw NVML under load: recorded", flush=True)
     collector.close()
 
+    if args.jobs:
+        save("jobs.json", run_jobs())
+        print("jobs:", {k: (v["record"] or {}).get("reason") for k, v in
+                        json.loads((out / "jobs.json").read_text()).items()}, flush=True)  # fmt: skip
     save("agent.json", run_agent(out, args.agent_seconds))
     print("agent run: recorded", flush=True)
     if load is not None:

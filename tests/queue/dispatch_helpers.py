@@ -197,9 +197,14 @@ async def scenario_oom(d: Dispatcher, rec: Recorder, host: str) -> None:
     )
     await d.launch(launch("oom-1", oom, ((host, (0,)),)))
     await d.launch(launch("oom-2", "echo CUDA_ERROR_OUT_OF_MEMORY; exit 7", ((host, (0,)),)))
+    cupy = (
+        "echo 'cupy.cuda.memory.OutOfMemoryError: Out of memory allocating 429,496,729,600"
+        " bytes (allocated so far: 0 bytes).' >&2; exit 1"
+    )  # as CuPy said it on an H200
+    await d.launch(launch("oom-3", cupy, ((host, (0,)),)))
     await d.launch(launch("oom-ok", "echo 'CUDA out of memory, retrying smaller'", ((host, (0,)),)))
     await d.launch(launch("plain-fail", "echo ValueError; exit 1", ((host, (0,)),)))
-    for job_id, code in (("oom-1", 1), ("oom-2", 7)):
+    for job_id, code in (("oom-1", 1), ("oom-2", 7), ("oom-3", 1)):
         end = await rec.wait_end(job_id)
         assert (end.kind, end.exit_code, end.reason) == (EventKind.FAILED, code, "oom")
     end = await rec.wait_end("oom-ok")

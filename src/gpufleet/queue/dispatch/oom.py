@@ -1,24 +1,18 @@
 """Is this log the story of a job that ran out of GPU memory? One rule for every dispatcher, so a
-CUDA OOM is reported as ``"oom"`` and not as a mystery non-zero exit."""
+CUDA OOM is reported as ``"oom"`` and not as a mystery non-zero exit.
+
+The words are the supervisor's ``OOM_MARKERS`` (the program the SSH and local dispatchers run on
+a host; it ships as one standard-library file, so the list lives there); the Slurm and
+Kubernetes dispatchers read a job's log with the same list here."""
 
 from __future__ import annotations
 
 import re
 
-# What the common frameworks print when an allocation on the GPU fails: PyTorch
-# ("CUDA out of memory", torch.OutOfMemoryError), the CUDA runtime ("CUDA error: out of memory",
-# cudaErrorMemoryAllocation), cuBLAS/cuDNN allocation failures, TensorFlow/JAX/XLA
-# ("RESOURCE_EXHAUSTED: Out of memory", "OOM when allocating tensor").
+from gpufleet.queue.dispatch.supervisor import OOM_MARKERS
+
 _CUDA_OOM = re.compile(
-    r"CUDA out of memory"
-    r"|CUDA error: out of memory"
-    r"|cudaErrorMemoryAllocation"
-    r"|torch\.(?:cuda\.)?OutOfMemoryError"
-    r"|CUBLAS_STATUS_ALLOC_FAILED"
-    r"|CUDNN_STATUS_ALLOC_FAILED"
-    r"|RESOURCE_EXHAUSTED:\s*Out of memory"
-    r"|OOM when allocating tensor",
-    re.IGNORECASE,
+    "|".join(re.escape(m.decode()).replace(r"\ ", r"\s+") for m in OOM_MARKERS), re.IGNORECASE
 )
 
 

@@ -50,15 +50,25 @@ from typing import TYPE_CHECKING, Any
 
 SOCK_NAME = ".agent.sock"
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+# What the common frameworks print when an allocation on the GPU fails (the one list: the
+# other dispatchers read job logs with ``dispatch/oom.py``, built from it), each as seen from
+# a real job on an H200 where marked (docs/agent.md): PyTorch ("torch.OutOfMemoryError: CUDA out
+# of memory", seen), the CUDA runtime and driver, cuBLAS/cuDNN allocation failures, JAX/XLA and
+# TensorFlow ("RESOURCE_EXHAUSTED: Out of memory", seen; "OOM when allocating tensor"), CuPy
+# ("cupy.cuda.memory.OutOfMemoryError: Out of memory allocating", seen).
 OOM_MARKERS = (
     b"CUDA out of memory",
+    b"CUDA error: out of memory",
     b"CUDA_ERROR_OUT_OF_MEMORY",
     b"cudaErrorMemoryAllocation",
     b"OutOfMemoryError: CUDA",
     b"torch.OutOfMemoryError",
     b"torch.cuda.OutOfMemoryError",
     b"CUBLAS_STATUS_ALLOC_FAILED",
+    b"CUDNN_STATUS_ALLOC_FAILED",
     b"RESOURCE_EXHAUSTED: Out of memory",
+    b"OOM when allocating tensor",
+    b"cupy.cuda.memory.OutOfMemoryError",
 )
 OOM_SCAN_BYTES = 256 * 1024
 MAX_LOG_BYTES = 16 * 1024 * 1024  # the most of a log one reply carries
