@@ -288,6 +288,8 @@ class CpuMeter:
         self.wall = time.monotonic() - self.wall0
         now = self._server_cpu()
         self.server_seconds = sum(t - self.server0.get(pid, 0.0) for pid, t in now.items())
+        # the server process alone (without its ingest workers and PostgreSQL)
+        self.main_seconds = now.get(self.proc.pid, 0.0) - self.server0.get(self.proc.pid, 0.0)
         self.server = self.server_seconds / self.wall * 100
         c = resource.getrusage(resource.RUSAGE_CHILDREN)
         self.loadgen = (c.ru_utime + c.ru_stime - self.children0) / self.wall * 100
@@ -722,6 +724,13 @@ def main() -> None:
         "srv ms/req = server CPU time per answered request: what one core's worth of server buys,"
         f" whatever else runs (saturation: {sat['answered'] / max(1e-9, cpu_s.server_seconds):.0f} batches/s per core)"
     )
+    for label, r, c in rows_out[2:]:
+        n = max(1, r.get("answered", r["rate"] * c.wall))
+        print(
+            f"{label.split(',')[1].strip()}: srv ms/req split: server process "
+            f"{c.main_seconds * 1000 / n:.3f} + ingest workers{' and PostgreSQL' if pg else ''} "
+            f"{(c.server_seconds - c.main_seconds) * 1000 / n:.3f} ms"
+        )
     print(
         f"saturation: acknowledged {sat['rate']:.0f}/s; the store caught up {sat_drain:.1f} s after the "
         f"phase (server CPU and srv ms/req include that): sustained, acknowledged and stored, {sustained:.0f}/s; "
