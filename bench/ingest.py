@@ -509,7 +509,10 @@ def settled_counters(server: Server, limit: float = 120) -> dict[str, float]:
     previous: dict[str, float] | None = None
     deadline = time.time() + limit
     while True:
-        current = metrics_counters(server.get("/metrics"))
+        # /metrics (thousands of hosts' series) is rendered on a thread of the server's pool,
+        # which runs 10 nice levels below the ingest workers: on a machine busy with other work
+        # it can take minutes to come
+        current = metrics_counters(server.get("/metrics", timeout=900))
         if current == previous or time.time() > deadline:
             return current
         previous = current
