@@ -57,12 +57,8 @@ log = logging.getLogger("gpufleet.server.workers")
 INGEST_REQUEST = (b"POST /api/v1/ingest ", b"POST /api/v1/ingest?")
 # The workers' logs are read when a worker says it logged something, at most every
 # TAIL_GAP_SECONDS (so a pass takes what a busy worker logged meanwhile), and at least every
-# TAIL_SECONDS. Live state and the store lag acknowledgements by about that gap. 50 ms, not
-# 20: a pass no longer waits for the store's writer (the batches are durable in the worker's
-# log), so passes came as often as the gap allows, each with its fixed costs in the server and
-# a KEYS frame for every worker; at 20 ms the fixed-rate bench cost more CPU per batch than
-# before (docs/benchmarks.md, "One ingest path").
-TAIL_GAP_SECONDS = 0.05
+# TAIL_SECONDS. Live state and the store lag acknowledgements by about that gap.
+TAIL_GAP_SECONDS = 0.02
 TAIL_SECONDS = 1.0
 SUPERVISE_SECONDS = 0.5
 RESTART_SECONDS = 1.0
