@@ -1,6 +1,8 @@
 """Benchmark: ingest throughput and latency of a real ``gpufleet server`` on loopback.
 
     .venv/bin/python bench/ingest.py [--seconds 20] [--rate 1000] [--connections 64]
+    .venv/bin/python bench/ingest.py --move N [ROUNDS]    # see move_main
+    .venv/bin/python bench/ingest.py --decode N [ROUNDS]  # see decode_main
 
 What it does, in one run:
 
@@ -39,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
+import gc
 import gzip
 import json
 import os
@@ -288,6 +291,8 @@ class CpuMeter:
         self.wall = time.monotonic() - self.wall0
         now = self._server_cpu()
         self.server_seconds = sum(t - self.server0.get(pid, 0.0) for pid, t in now.items())
+        # the server process alone (without its ingest workers and PostgreSQL)
+        self.main_seconds = now.get(self.proc.pid, 0.0) - self.server0.get(self.proc.pid, 0.0)
         self.server = self.server_seconds / self.wall * 100
         c = resource.getrusage(resource.RUSAGE_CHILDREN)
         self.loadgen = (c.ru_utime + c.ru_stime - self.children0) / self.wall * 100
@@ -507,7 +512,10 @@ def settled_counters(server: Server, limit: float = 120) -> dict[str, float]:
     previous: dict[str, float] | None = None
     deadline = time.time() + limit
     while True:
-        current = metrics_counters(server.get("/metrics"))
+        # /metrics (thousands of hosts' series) is rendered on a thread of the server's pool,
+        # which runs 10 nice levels below the ingest workers: on a machine busy with other work
+        # it can take minutes to come
+        current = metrics_counters(server.get("/metrics", timeout=900))
         if current == previous or time.time() > deadline:
             return current
         previous = current
@@ -579,9 +587,92 @@ def ms(us: float) -> str:
     return f"{us / 1000:.1f}"
 
 
+def move_main(batches: int, rounds: int) -> None:
+    """``--move N``: the server's share of a batch that came through an ingest worker, in
+    process and without HTTP: N realistic batches (as above, ~7 KB of JSON each) logged as
+    a worker logs them, then moved into a fresh embedded store and live state the way the
+    server does (``Tailer.move``), until the store has committed them; CPU seconds of the
+    whole process (every thread: the event loop, the store's writer and applier, DuckDB's)
+    per batch. The machine's other load affects it far less than the HTTP phases above."""
+    from gpufleet.config import Settings
+    from gpufleet.http.auth import TokenCache
+    from gpufleet.http.context import Context
+    from gpufleet.live.state import LiveState
+    from gpufleet.server.workers.pool import Tailer
+    from gpufleet.store import IngestItem, ingestlog
+    from gpufleet.store.duck import DuckDBStore
+    from gpufleet.wire import Batch
+
+    rng = random.Random(7)
+    now = time.time()
+    records = []
+    for n in range(batches):
+        data = make_batch_dict(f"node{n % 5000:05d}", now - batches + n, rng)
+        data["samples"][0]["ts"] = now - batches + n
+        data.update(batch_id=f"move-{n:09d}", sent_at=now - batches + n)
+        raw = json.dumps(data, separators=(",", ":")).encode()
+        item = IngestItem(Batch.model_validate_json(raw), "bench", now, 0.0, raw)
+        records.append(ingestlog.encode(item))
+    print(f"moving {batches} batches from a worker's log into the store, {rounds} rounds",
+          file=sys.stderr)  # fmt: skip
+    for r in range(rounds):
+        tmp = Path(tempfile.mkdtemp(prefix="gpufleet-bench-move-"))
+        try:
+            folder = tmp / "ingest-workers" / "0"
+            folder.mkdir(parents=True)
+            (folder / "000000000001.log").write_bytes(b"".join(records))
+            store = DuckDBStore(tmp / "gpufleet.duckdb")
+            ctx = Context(Settings(), store, LiveState(), TokenCache(store), "bench")
+            cpu, wall = time.process_time(), time.perf_counter()
+            asyncio.run(Tailer(ctx, folder).move(final=True))
+            stored = store.count("host_samples")  # a read: waits until all is committed
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            store.close()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        assert stored == batches, (stored, batches)
+        print(f"round {r + 1}: {cpu * 1000 / batches:.3f} ms of CPU per batch "
+              f"({cpu:.2f} s CPU, {wall:.2f} s wall, {stored} batches stored)")  # fmt: skip
+
+
+def decode_main(batches: int, rounds: int) -> None:
+    """``--decode N``: CPU per batch of reading N bench batches' JSON into ``Batch`` objects,
+    validated (``Batch.model_validate_json``, what an ingest request pays) and trusted
+    (``wire.trusted_batch``, what the server pays for a batch read back from a log),
+    alternating."""
+    from gpufleet.wire import Batch, trusted_batch
+
+    rng = random.Random(7)
+    now = time.time()
+    bodies = []
+    for n in range(batches):
+        data = make_batch_dict(f"node{n:05d}", now, rng)
+        data["samples"][0]["ts"] = now
+        data.update(batch_id=f"decode-{n:09d}", sent_at=now)
+        bodies.append(json.dumps(data, separators=(",", ":")).encode())
+    for r in range(rounds):
+        out = []
+        for name, decode in (("validated", Batch.model_validate_json), ("trusted", trusted_batch)):
+            gc.collect()
+            gc.disable()  # the collector's passes are the server's business (gcpolicy), not this
+            cpu = time.process_time()
+            for body in bodies:
+                decode(body)
+            cpu_end = time.process_time()
+            gc.enable()
+            out.append(f"{name} {(cpu_end - cpu) * 1e6 / batches:.1f} us")
+        print(f"round {r + 1}: " + ", ".join(out) + " per batch")
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--decode":
+        decode_main(int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 3)
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "--_open-loop":
         open_loop_main(sys.argv[2:])
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--move":
+        move_main(int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 3)
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seconds", type=float, default=20, help="length of each measured phase")
@@ -722,6 +813,13 @@ def main() -> None:
         "srv ms/req = server CPU time per answered request: what one core's worth of server buys,"
         f" whatever else runs (saturation: {sat['answered'] / max(1e-9, cpu_s.server_seconds):.0f} batches/s per core)"
     )
+    for label, r, c in rows_out[2:]:
+        n = max(1, r.get("answered", r["rate"] * c.wall))
+        print(
+            f"{label.split(',')[1].strip()}: srv ms/req split: server process "
+            f"{c.main_seconds * 1000 / n:.3f} + ingest workers{' and PostgreSQL' if pg else ''} "
+            f"{(c.server_seconds - c.main_seconds) * 1000 / n:.3f} ms"
+        )
     print(
         f"saturation: acknowledged {sat['rate']:.0f}/s; the store caught up {sat_drain:.1f} s after the "
         f"phase (server CPU and srv ms/req include that): sustained, acknowledged and stored, {sustained:.0f}/s; "

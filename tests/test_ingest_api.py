@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import time
+from datetime import UTC, datetime
 
 import orjson
 import pytest
@@ -12,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from gpufleet.config import load_settings
 from gpufleet.http.auth import new_token
+from gpufleet.reports.service import compute_report
 from gpufleet.server.app import create_app
 from gpufleet.store import open_store
 from tests.conftest import make_batch, make_sample
@@ -373,3 +375,31 @@ def test_samples_read_on_a_real_h200_are_stored_and_shown_as_nvidia_smi_showed_t
         assert round(detail["sample"]["gpus"][0]["memory_used_bytes"] / 2**20) == int(
             rec[phase]["smi"]["gpus"][0]["memory.used"]
         )
+
+
+def test_a_sample_posted_again_under_a_new_batch_id_is_counted_once_everywhere(api):
+    """An agent that re-made a batch (a new batch_id) around samples already stored: both
+    posts are stored, but the raw tiers keep one copy of each (host, sample time), so every
+    tier and report counts host "twice" (each sample posted twice) as host "once"."""
+    hour = (int(time.time()) // 3600 - 30) * 3600  # a completed hour, rolled up below
+    for host, copies in (("once", 1), ("twice", 2)):
+        samples = [make_sample(host, hour + 300 * i) for i in range(12)]
+        for _ in range(copies):
+            for smp in samples:
+                r = post(api, make_batch(smp))
+                assert r.status_code == 200 and r.json()["status"] == "stored", r.text
+    assert stored_rows(api) == {
+        "batches": 36, "host_samples": 24, "gpu_samples": 24 * 8, "process_samples": 24 * 8,
+    }  # fmt: skip
+    api.store.rollup(now=time.time(), tz="UTC", busy_util_percent=5.0)
+    day = datetime.fromtimestamp(hour, UTC).date()
+
+    def gpu_hours(by: str, tier: str) -> dict[str, float]:
+        report = compute_report(api.store, period="day", by=by, first=day, last=day, tier=tier)
+        return {r["key"]: r["gpu_hours"] for r in report["rows"]}
+
+    once = gpu_hours("host", "raw")["once"]
+    assert once > 0
+    for tier in ("raw", "hour", "day"):
+        assert gpu_hours("host", tier) == pytest.approx({"once": once, "twice": once}), tier
+    assert sum(gpu_hours("fleet", "day").values()) == pytest.approx(2 * once)

@@ -26,7 +26,7 @@ from gpufleet.live.state import LiveState
 from gpufleet.server.workers import channel, logwriter
 from gpufleet.server.workers.logwriter import LogWriter
 from gpufleet.server.workers.pool import Tailer
-from gpufleet.store import IngestItem, ingestlog
+from gpufleet.store import IngestItem, StoreError, ingestlog
 from gpufleet.store.duck import DuckDBStore
 from gpufleet.store.rows import batch_key
 from tests.conftest import create_token, gpufleet, make_batch, make_sample
@@ -159,19 +159,76 @@ def test_tailer_moves_complete_records_and_deletes_finished_files(ctx, tmp_path)
     cur.write_bytes(records[0] + records[1] + records[2][:30])  # the third is mid-write
     moved: list = []
     tailer = Tailer(ctx, folder, moved.extend)
-    assert asyncio.run(tailer.move()) == 2
-    assert ctx.store.count("batches") == 2
-    assert {"h0", "h1"} <= set(ctx.live.hosts) and "h2" not in ctx.live.hosts
-    assert len(moved) == 2 and cur.exists()  # still being written: kept
-    with open(cur, "ab") as f:
-        f.write(records[2][30:])
-    later = item("h9")
-    (folder / "000000000002.log").write_bytes(ingestlog.encode(later) + b"\x07\x00")  # torn
-    assert asyncio.run(tailer.move()) == 2  # the rest of file 1, and file 2's whole record
-    assert not cur.exists()  # the worker moved on to file 2: file 1 is done and gone
-    assert asyncio.run(tailer.move(final=True)) == 0  # no worker: the torn tail is dropped
-    assert not list(folder.glob("*.log"))
-    assert ctx.store.count("batches") == 4 and "h9" in ctx.live.hosts
+
+    async def main():
+        assert await tailer.move() == 2
+        assert {"h0", "h1"} <= set(ctx.live.hosts) and "h2" not in ctx.live.hosts
+        assert await asyncio.to_thread(ctx.store.count, "batches") == 2
+        assert len(moved) == 2 and cur.exists()  # still being written: kept
+        with open(cur, "ab") as f:
+            f.write(records[2][30:])
+        later = item("h9")
+        (folder / "000000000002.log").write_bytes(ingestlog.encode(later) + b"\x07\x00")  # torn
+        assert await tailer.move() == 2  # the rest of file 1, and file 2's whole record
+        # the worker moved on to file 2: file 1 goes once all of it is in the database
+        await asyncio.gather(*tailer.commits[cur])
+        assert await tailer.move() == 0
+        assert not cur.exists()
+        assert await tailer.move(final=True) == 0  # no worker: the torn tail is dropped
+        assert not list(folder.glob("*.log"))
+        assert await asyncio.to_thread(ctx.store.count, "batches") == 4
+        assert "h9" in ctx.live.hosts
+
+    asyncio.run(main())
+
+
+def test_tailer_keeps_a_file_until_its_batches_are_committed(ctx, tmp_path):
+    """A finished worker log stays on disk while the store has not committed what it held
+    (its batches are durable nowhere else: the store does not log them again), and a
+    commit that failed has the file read again."""
+    folder = tmp_path / "w0"
+    folder.mkdir()
+    old = folder / "000000000001.log"
+    old.write_bytes(ingestlog.encode(item("a1")) + ingestlog.encode(item("a2")))
+    (folder / "000000000002.log").write_bytes(b"")  # the worker writes here now
+    calls = []
+
+    class Flaky:
+        """The real store, but the first commit fails and the second is held back."""
+
+        def __init__(self, store):
+            self.store, self.gate = store, asyncio.Event()
+
+        def apply_durable(self, items):
+            calls.append(len(items))
+            if len(calls) == 1:
+                fut = asyncio.get_running_loop().create_future()
+                fut.set_exception(StoreError("database unreachable"))
+                return fut
+            real = self.store.apply_durable(items)
+
+            async def held():
+                await self.gate.wait()
+                return await real
+
+            return asyncio.ensure_future(held())
+
+    async def main():
+        flaky = Flaky(ctx.store)
+        tailer = Tailer(Context(ctx.settings, flaky, ctx.live, ctx.tokens, "k"), folder)
+        assert await tailer.move() == 2
+        assert old.exists()  # the commit failed
+        assert await tailer.move() == 2  # read again, from the start
+        assert old.exists()  # committing
+        flaky.gate.set()
+        await asyncio.gather(*tailer.commits[old])
+        await tailer.move()
+        assert not old.exists()
+        assert calls == [2, 2]
+        assert await asyncio.to_thread(ctx.store.count, "batches") == 2
+        assert set(ctx.live.hosts) == {"a1", "a2"}
+
+    asyncio.run(main())
 
 
 def test_tailer_stores_a_batch_logged_by_two_workers_once(ctx, tmp_path):

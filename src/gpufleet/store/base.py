@@ -133,6 +133,14 @@ class Store(abc.ABC):
         """``submit`` for a caller on an event loop: True stored, False a duplicate."""
         return await asyncio.wrap_future(self.submit(item))
 
+    def apply_durable(self, items: Sequence[IngestItem]) -> asyncio.Future[Any]:
+        """Store batches that are durable elsewhere already (an ingest worker's fsync'd log,
+        where they stay until this resolves), for a caller on an event loop; queued at once.
+        Unlike ``ingest``, no dedupe memory is asked and nothing is logged again: the
+        ``batches`` primary key keeps each batch once. Resolves (None) once they are in the
+        database; raises if the store fails (nothing partial: the caller tries again)."""
+        return asyncio.gather(*(asyncio.wrap_future(self.submit(item)) for item in items))
+
     _queue: WriterQueue  # the writer's work queue; every backend has one writer thread
 
     def queue_depth(self) -> int:

@@ -9,10 +9,19 @@ stored nothing: the writer knows the ids of the last few minutes (gpufleet.store
 asks the database only about older-looking batches; the database's primary key makes it
 exactly once whatever that answers. Reads first wait for the applier, so a read sees every
 acknowledged batch.
+
+Batches an ingest worker logged and acknowledged (``apply_durable``) take a shorter way: they
+are durable in the worker's log already and the worker has checked their ids against its own
+memory, so the writer neither logs them again (no second fsync) nor asks its memory; it stages
+them for the applier with the rest (only the ``batches`` primary key decides, in the
+transaction), remembers their ids (a re-send on a connection the server kept is then a
+duplicate), and the caller learns when they are committed, so that it deletes the worker's
+log only then.
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import logging
@@ -21,7 +30,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +139,15 @@ HOSTS_PER_FLUSH = 1000
 SAMPLES_PER_FLUSH = 250
 
 
+class _Durable:
+    """A writer task: batches durable elsewhere (``DuckDBStore.apply_durable``)."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: Sequence[IngestItem]) -> None:
+        self.items = list(items)
+
+
 @contextlib.contextmanager
 def _registered(con, name: str, table: pa.Table) -> Iterator[None]:
     """``table`` visible to SQL as ``name`` on ``con`` for the block."""
@@ -202,6 +220,7 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
         # (writer thread), then handed to the applier thread, whose queue also carries the
         # store's tasks (writes, reads' syncs) in order. _log is None for an in-memory store.
         self._staged: list[IngestItem] = []
+        self._staged_waiters: list[Waiter] = []  # settled once the staged batches are in
         self._apply_due = 0.0
         self._apply_idle = threading.Event()
         self._apply_idle.set()
@@ -298,6 +317,11 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
         self._queue.put((item, waiter))
         return await waiter.future
 
+    def apply_durable(self, items: Sequence[IngestItem]) -> asyncio.Future[Any]:
+        waiter = Waiter.here()
+        self._queue.put((_Durable(items), waiter))
+        return waiter.future
+
     def write(self, fn: Callable[[duckdb.DuckDBPyConnection], Any]) -> Any:
         """Run ``fn(con)`` on the writer thread in one transaction and return its result."""
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
@@ -330,7 +354,10 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
                     if group:
                         self._ingest_group(con, group)
                         group = []
-                    self._run_or_forward(con, task)
+                    if isinstance(task[0], _Durable):
+                        self._stage_durable(con, task[0].items, task[1])
+                    else:
+                        self._run_or_forward(con, task)
                 wait = next_commit - time.monotonic() if group else 0.0
                 try:
                     task = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
@@ -427,6 +454,26 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
         self.batches_duplicate += len(items) - len(new_items)
         settle([(fut, f, None) for (_, fut), f in zip(group, fresh, strict=True)])
 
+    def _stage_durable(self, con, items: list[IngestItem], waiter: Waiter) -> None:
+        """Batches durable in an ingest worker's log: staged for the applier as they are (see
+        the module's doc); ``waiter`` is settled once they are committed."""
+        if not items:
+            settle([(waiter, None, None)])
+            return
+        if self._log is None:  # an in-memory store: straight into the database
+            try:
+                self._ingest_txn(con, items)
+            except Exception as exc:
+                settle([(waiter, None, StoreError(f"store write failed: {exc}"))])
+            else:
+                settle([(waiter, None, None)])
+            return
+        if not self._staged:
+            self._apply_due = time.monotonic() + APPLY_INTERVAL_SECONDS
+        self._staged.extend(items)
+        self._staged_waiters.append(waiter)
+        self._recent.add(batch_key(item.batch.batch_id).bytes for item in items)
+
     def _hand_off(self, force: bool = False) -> None:
         """Give the staged batches to the applier thread. Unless ``force``d, only when it is
         idle (otherwise they go with a later, bigger hand-off); new ones are logged to a fresh
@@ -436,8 +483,8 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
         assert self._log is not None
         path = self._log.rotate()
         self._apply_idle.clear()
-        self._apply_queue.put((self._staged, path))
-        self._staged = []
+        self._apply_queue.put((self._staged, path, self._staged_waiters))
+        self._staged, self._staged_waiters = [], []
 
     def _run_or_forward(self, con, task) -> None:
         """A store task (a write, or a read's sync): with an ingest log it runs on the applier
@@ -461,7 +508,7 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
                 if self._apply_queue.empty():
                     self._apply_idle.set()
                 continue
-            items, path = job
+            items, path, waiters = job
             failures = 0
             while True:
                 try:
@@ -478,6 +525,7 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
                     time.sleep(min(30.0, 0.5 * 2**failures))  # a store problem: retry
             if path is not None:
                 path.unlink(missing_ok=True)
+            settle([(waiter, None, None) for waiter in waiters])
             if self._apply_queue.empty():
                 self._apply_idle.set()
         con.close()
@@ -619,8 +667,10 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
     # -- reads --------------------------------------------------------------------------------
 
     def _sync(self) -> None:
-        """Wait, before a read, until the applier has moved the ingest log into the database."""
-        busy = self._staged or not self._apply_idle.is_set()
+        """Wait, before a read, until the applier has moved the ingest log into the database
+        (and whatever was queued for the writer before the read: ``apply_durable`` returns
+        before its batches are staged)."""
+        busy = self._staged or not self._apply_idle.is_set() or self._queue.qsize()
         if busy and threading.current_thread() not in (self._writer, self._applier):
             self.write(lambda con: None)
 

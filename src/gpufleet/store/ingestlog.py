@@ -13,7 +13,9 @@ once).
 
 File format: ``<generation>.log`` files in the log folder, each a run of records ``<u32 length>
 <u32 crc32> payload``, the payload being ``<JSON of token name, received_at, clock skew>\\n<the
-batch as JSON>``. A torn last record (a crash mid-write, never acknowledged) fails its CRC and
+batch as JSON>``. Only batches validated before they were logged are ever written here (by the
+store's writer, or an ingest worker's), so a record is read back with ``wire.trusted_batch``
+(the same models, without validating again). A torn last record (a crash mid-write, never acknowledged) fails its CRC and
 is dropped; an unreadable record elsewhere is kept aside in ``*.unreadable`` for a human.
 """
 
@@ -28,7 +30,7 @@ from pathlib import Path
 import orjson
 
 from gpufleet.store.base import IngestItem
-from gpufleet.wire import Batch
+from gpufleet.wire import trusted_batch
 
 log = logging.getLogger("gpufleet.store.ingestlog")
 
@@ -45,7 +47,7 @@ def encode(item: IngestItem) -> bytes:
 def decode(payload: bytes) -> IngestItem:
     meta, _, body = payload.partition(b"\n")
     token_name, received_at, skew = orjson.loads(meta)
-    return IngestItem(Batch.model_validate_json(body), token_name, received_at, skew, body)
+    return IngestItem(trusted_batch(body), token_name, received_at, skew, body)
 
 
 class IngestLog:

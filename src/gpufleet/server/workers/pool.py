@@ -13,11 +13,14 @@ on it with ``Connection: close`` (``server/ingest.py``) and the agent's next bat
 new connection, which is handed over.
 
 Moving: a ``Tailer`` per worker folder reads the records a worker has fsync'd (complete ones
-only; the last file may be mid-write), submits them to the store like any batch (the store's
-own dedupe and log make that exactly-once and durable), publishes them to live state, and
-deletes a file once the worker has moved on to a newer one and everything in it is stored.
-At start-up, whatever a previous run's workers left is moved first, each folder's lock held
-so no old worker can still be writing there.
+only; the last file may be mid-write), publishes them to live state, and hands them to the
+store as durable already (``Store.apply_durable``): the worker validated them (they are read
+back with ``wire.trusted_batch``, not validated again), logged them (the store does not log
+them a second time) and checked their ids (the store's ``batches`` primary key is the only
+other check, and makes the move exactly once). A file is deleted once the worker has moved
+on to a newer one and everything in it is committed to the database. At start-up, whatever
+a previous run's workers left is moved first, each folder's lock held so no old worker can
+still be writing there.
 """
 
 from __future__ import annotations
@@ -80,20 +83,36 @@ class Tailer:
     """Moves one worker folder's log into the store (see the module's doc)."""
 
     def __init__(
-        self, ctx: Context, folder: Path, on_moved: Callable[[list[bytes]], None] | None = None
+        self,
+        ctx: Context,
+        folder: Path,
+        on_moved: Callable[[list[bytes]], None] | None = None,
+        published: Callable[[bytes], bool] | None = None,
     ) -> None:
         self.ctx, self.folder = ctx, folder
         self.on_moved = on_moved  # called with the keys of each pass's batches
+        # whether live state has a batch already (by key): the server's memory of the batches
+        # stored lately, which the workers are told (WorkerPool.recent)
+        self.published = published
         self.offsets: dict[Path, int] = {}
+        # per file, the store's commits of what was read from it (``Store.apply_durable``)
+        self.commits: dict[Path, list[asyncio.Future]] = {}
         self.moved = 0
 
     async def move(self, final: bool = False) -> int:
-        """One pass; ``final`` when no worker writes here any more. Raises if the store
-        fails (nothing is lost: the records stay, the next pass tries again)."""
+        """One pass; ``final`` when no worker writes here any more (then it waits until
+        everything read is committed). Raises, when ``final``, if the store fails; otherwise
+        a failed commit has its file read again from the start at the next pass (the
+        store's primary key keeps what was committed once). Nothing is lost either way: a
+        file goes only once all of it is committed."""
         files = sorted(self.folder.glob("*.log"))
         moved = 0
         for n, path in enumerate(files):
             finished = final or n < len(files) - 1  # the worker opens a new file last
+            commits = self.commits.setdefault(path, [])
+            if self._failed(path, commits):
+                self.offsets[path] = 0
+                commits.clear()
             offset = self.offsets.get(path, 0)
             with open(path, "rb") as f:
                 f.seek(offset)
@@ -101,40 +120,59 @@ class Tailer:
             payloads, used = ingestlog.complete_records(data)
             items = ingestlog.decode_records(path, payloads)
             if items:
-                await self._store(items)
+                commits.append(self.ctx.store.apply_durable(items))
+                self._publish(items)
                 moved += len(items)
             self.offsets[path] = offset + used
             if not finished:
                 break
+            if final:
+                await asyncio.gather(*commits)
+            elif not all(c.done() for c in commits) or self._failed(path, commits):
+                continue  # deleted at a later pass, once committed
             if used < len(data):
                 log.warning(
                     "ingest worker log %s: dropped a torn record at byte %d (written when its "
                     "worker died, never acknowledged)", path, offset + used,
                 )  # fmt: skip
             path.unlink()
-            del self.offsets[path]
+            del self.offsets[path], self.commits[path]
         self.moved += moved
         return moved
 
-    async def _store(self, items: list[IngestItem]) -> None:
-        ctx = self.ctx
-        results = await asyncio.gather(
-            *(ctx.store.ingest(item) for item in items), return_exceptions=True
-        )
-        for stored in results:
-            if isinstance(stored, BaseException):
-                raise stored
+    @staticmethod
+    def _failed(path: Path, commits: list[asyncio.Future]) -> bool:
+        for c in commits:
+            if c.done() and (c.cancelled() or c.exception() is not None):
+                log.warning(
+                    "ingest: storing batches from %s failed (%s); reading it again",
+                    path, "cancelled" if c.cancelled() else c.exception(),
+                )  # fmt: skip
+                return True
+        return False
+
+    def _publish(self, items: list[IngestItem]) -> None:
+        """Live state learns the batches it has not had yet (one logged by two workers, or
+        read again after a failed commit or a restart, is published once), and the workers
+        their ids."""
+        keys = [batch_key(item.batch.batch_id).bytes for item in items]
+        seen: set[bytes] = set()
+        for item, key in zip(items, keys, strict=True):
+            if key in seen or (self.published is not None and self.published(key)):
+                continue
+            seen.add(key)
+            ingest.publish(
+                self.ctx, item.batch, item.token_name, item.received_at, item.clock_skew_seconds
+            )
         if self.on_moved is not None:
-            self.on_moved([batch_key(item.batch.batch_id).bytes for item in items])
-        for item, stored in zip(items, results, strict=True):
-            if stored:
-                ingest.publish(
-                    ctx, item.batch, item.token_name, item.received_at, item.clock_skew_seconds
-                )
+            self.on_moved(keys)
 
 
 async def move_leftovers(
-    ctx: Context, root: Path, on_moved: Callable[[list[bytes]], None] | None = None
+    ctx: Context,
+    root: Path,
+    on_moved: Callable[[list[bytes]], None] | None = None,
+    published: Callable[[bytes], bool] | None = None,
 ) -> int:
     """Move what a previous run's workers logged under ``root`` (any slot, also when this run
     starts none), each folder locked so no old worker is still writing there."""
@@ -146,7 +184,7 @@ async def move_leftovers(
             continue
         fd = await asyncio.to_thread(lock_folder, folder)
         try:
-            moved = await Tailer(ctx, folder, on_moved).move(final=True)
+            moved = await Tailer(ctx, folder, on_moved, published).move(final=True)
         finally:
             os.close(fd)
         total += moved
@@ -158,8 +196,10 @@ class WorkerPool:
     def __init__(self, ctx: Context, count: int, root: Path, log_level: str = "INFO") -> None:
         self.ctx, self.count, self.root, self.log_level = ctx, count, root, log_level
         self.workers = [_Worker(slot, root / str(slot)) for slot in range(count)]
-        self.tailers = [Tailer(ctx, w.folder, self._moved) for w in self.workers]
         self.recent = RecentKeys()  # batches stored lately, which every worker is told
+        self.tailers = [
+            Tailer(ctx, w.folder, self._moved, self.recent.__contains__) for w in self.workers
+        ]
         self.handed_over = 0
         self._next = 0
         self._seq = 0
@@ -175,9 +215,9 @@ class WorkerPool:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.root.mkdir(parents=True, exist_ok=True)
-        await move_leftovers(self.ctx, self.root, self._moved)
         since = time.time() - self.recent.window
         self.recent.add(await asyncio.to_thread(self.ctx.store.batch_keys_since, since))
+        await move_leftovers(self.ctx, self.root, self._moved, self.recent.__contains__)
         for w in self.workers:
             w.folder.mkdir(parents=True, exist_ok=True)
             self._spawn(w)
