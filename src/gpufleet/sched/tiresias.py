@@ -256,6 +256,7 @@ class Tiresias(Policy):
         capacity = {m: cluster.spec.gpus_of(m) for m in models}
         left = sum(capacity.values())
         widest = max(capacity.values(), default=0)  # the most GPUs any one model has left
+        stale = False  # (widest is recomputed when next needed, after a change of capacity)
         keep: set[int] = set()
         admit: list[SimJob] = []
         for queue in self._queues:
@@ -269,8 +270,11 @@ class Tiresias(Policy):
                         capacity[model] -= job.num_gpus
                         left -= job.num_gpus
                         keep.add(job.job_id)
-                        widest = max(capacity.values())
+                        stale = True
                     continue
+                if stale:
+                    widest = max(capacity.values())
+                    stale = False
                 if job.num_gpus > widest:
                     continue  # fits no model's GPUs left (the check below, made cheap)
                 for model in self._allowed(job, models):
@@ -278,7 +282,7 @@ class Tiresias(Policy):
                         capacity[model] -= job.num_gpus
                         left -= job.num_gpus
                         admit.append(job)
-                        widest = max(capacity.values())
+                        stale = True
                         break
         for job in [j for j in ctx.running.values() if j.job_id not in keep]:
             ctx.preempt(job)
