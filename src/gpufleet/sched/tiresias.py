@@ -59,6 +59,29 @@ class _Queue:
         self.run: list[SimJob] = []
         self.pend = SortedQueue(lambda j: seq[j.job_id])
         self.tail: list[SimJob] = []
+        self._held: tuple[dict[str, int], int, list[int]] | None = None
+
+    def held(self) -> tuple[dict[str, int], int, list[int]] | None:
+        """The GPUs the running part holds per GPU model, in all, and its job ids; None if a job
+        of it is not on GPUs (stopped by an OOM, or running without a placement) or holds none.
+        Remembered until the running part changes (``changed``)."""
+        if self._held is None:
+            held: dict[str, int] = {}
+            for job in self.run:
+                if job.placement is None or job.num_gpus < 1:
+                    return None
+                model = job.placement.gpu_model
+                held[model] = held.get(model, 0) + job.num_gpus
+            self._held = (held, sum(held.values()), [j.job_id for j in self.run])
+        return self._held
+
+    def changed(self) -> None:
+        self._held = None
+
+    def after_run(self) -> Iterator[SimJob]:
+        for _, job in self.pend.walk(len(self.pend)):
+            yield job
+        yield from self.tail
 
     def __len__(self) -> int:
         return len(self.run) + len(self.pend) + len(self.tail)
@@ -70,6 +93,7 @@ class _Queue:
         yield from self.tail
 
     def remove(self, job: SimJob) -> None:
+        self._held = None
         if job.job_id in self.pend:
             self.pend.remove(job)
         elif job in self.run:
@@ -114,6 +138,7 @@ class Tiresias(Policy):
         self._demote_heap: list[tuple[float, int, tuple[float, float, float, int]]] = []
         self._jump_heaps: dict[int, list[tuple[float, int, tuple[float, float, float, int]]]] = {}
         self._running: Mapping[int, SimJob] = {}
+        self._dirty: set[int] = set()  # queues whose order a pass may change (``_settle``)
 
     @property
     def queues(self) -> list[list[SimJob]]:
@@ -124,9 +149,12 @@ class Tiresias(Policy):
         self.active[job.job_id] = job
         self.qid[job.job_id] = 0
         self._queues[0].tail.append(job)
+        self._dirty.add(0)
 
     def on_finish(self, job: SimJob, now_seconds: float) -> None:
-        self._queues[self.qid.pop(job.job_id)].remove(job)
+        q = self.qid.pop(job.job_id)
+        self._queues[q].remove(job)
+        self._dirty.add(q)
         self._seq.pop(job.job_id, None)
         del self.active[job.job_id]
         self._models.pop(job.job_id, None)
@@ -140,6 +168,10 @@ class Tiresias(Policy):
 
     def on_failure(self, job: SimJob, now_seconds: float, reason: str) -> None:
         """An OOM: the job stays in its queue, pending (the simulator excludes the GPU model)."""
+        q = self.qid.get(job.job_id)
+        if q is not None:
+            self._queues[q].changed()
+            self._dirty.add(q)
 
     def _allowed(self, job: SimJob, models: list[str]) -> list[str]:
         known = self._models.get(job.job_id)
@@ -229,6 +261,7 @@ class Tiresias(Policy):
                 if q < last and self._service(job, now) >= self.thresholds[q]:
                     self._queues[q].remove(job)
                     self._queues[q + 1].tail.append(job)
+                    self._dirty.update((q, q + 1))
                     self.qid[job.job_id] = q + 1
                     if job.job_id in ctx.running:
                         self._track(job)
@@ -242,6 +275,7 @@ class Tiresias(Policy):
                 self._queues[q].remove(job)
                 self._seq.pop(job.job_id, None)
                 self._queues[0].tail.append(job)
+                self._dirty.update((q, 0))
                 self.qid[job.job_id] = 0
                 self.offset[job.job_id] = job.held_now(now)
                 self.pending_for[job.job_id] = 0.0
@@ -260,7 +294,19 @@ class Tiresias(Policy):
         keep: set[int] = set()
         admit: list[SimJob] = []
         for queue in self._queues:
-            for job in queue:
+            if left <= 0:
+                break
+            rest: Iterator[SimJob] = iter(queue)
+            held = queue.held() if queue.run else None
+            if held is not None and all(capacity[m] >= n for m, n in held[0].items()):
+                # the running part fits whole: each of its jobs would be kept in turn
+                for m, n in held[0].items():
+                    capacity[m] -= n
+                left -= held[1]
+                keep.update(held[2])
+                stale = True
+                rest = queue.after_run()
+            for job in rest:
                 if left <= 0:
                     break
                 placement = job.placement
@@ -287,6 +333,9 @@ class Tiresias(Policy):
         for job in [j for j in ctx.running.values() if j.job_id not in keep]:
             ctx.preempt(job)
             self.pending_for[job.job_id] = 0.0
+            q = self.qid[job.job_id]
+            self._queues[q].changed()
+            self._dirty.add(q)
         for job in admit:
             self._place(ctx, job, models)
         self._settle(admit)
@@ -303,9 +352,10 @@ class Tiresias(Policy):
         for job in admit:
             if job.placement is not None and job.job_id in seq:
                 started.setdefault(self.qid[job.job_id], []).append(job)
+        dirty, self._dirty = self._dirty, set()
         for q, queue in enumerate(self._queues):
-            if not queue.run and not queue.tail and q not in started:
-                continue
+            if q not in dirty:
+                continue  # (nothing in it started, stopped, left or came since it was settled)
             run = [j for j in queue.run if j.placement is not None]
             stopped = [j for j in queue.run if j.placement is None]
             for job in started.get(q, ()):
@@ -325,6 +375,7 @@ class Tiresias(Policy):
                     queue.pend.add(job)
             queue.run = run
             queue.tail = []
+            queue.changed()
 
     def _place(self, ctx: SchedulerContext, job: SimJob, models: list[str]) -> bool:
         for model in self._allowed(job, models):
@@ -332,6 +383,7 @@ class Tiresias(Policy):
             if placement is not None:
                 ctx.start(job, placement)
                 self.pending_for[job.job_id] = 0.0
+                self._dirty.add(self.qid[job.job_id])
                 if job.job_id in ctx.running:
                     self._track(job)
                 return True
