@@ -65,7 +65,7 @@ from gpufleet.sched.gittins import (
     mixture,
 )
 from gpufleet.sched.policy import Policy, RuntimeEstimator, SchedulerContext, allowed_models
-from gpufleet.sched.queue import SortedQueue
+from gpufleet.sched.queue import BlockList, SortedQueue
 from gpufleet.sched.reservation import Reservation, predicted_remaining, reserve
 from gpufleet.sched.simjob import SimJob
 
@@ -268,6 +268,10 @@ class GpufleetPolicy(Policy):
         # job's starving time is fixed, so it starves until it runs again), by job id
         self._starve_due: list[tuple[float, int, int]] = []
         self._starving_jobs: dict[int, SimJob] = {}
+        # their entries in ``ranked``, sorted, and by job id: the pass reads the starving jobs
+        # of its scan from the front of the first, not by visiting every starving job
+        self._starving_ranked = BlockList()
+        self._starving_entry: dict[int, tuple[tuple[float, float, float], int]] = {}
         # running job id -> (key, valid until, run start, attained at run start)
         self._run_keys: dict[int, tuple[_Key, float, float, float]] = {}
         self._table_version = 0  # bumped by every _rebuild
@@ -276,6 +280,10 @@ class GpufleetPolicy(Policy):
         # (events, table version) when the last schedule changed nothing; None: it changed
         self._quiet: tuple[int, int] | None = None
         self._run = _RunningOrder()
+        # job id -> (exclusions, memory known, usable GPU models): ``usable_models``
+        self._usable: dict[int, tuple[int, int | None, list[str]]] = {}
+        # running job id -> (its GPU model, the GPU models faster for it): ``_migrate``
+        self._faster: dict[int, tuple[str, frozenset[str]]] = {}
 
     # -- what it learns ---------------------------------------------------------------------
     def _service(self, job: SimJob, now: float) -> float:
@@ -305,6 +313,9 @@ class GpufleetPolicy(Policy):
         self.ranked.remove(job)
         self.by_wait.remove(job)
         self._starving_jobs.pop(job.job_id, None)
+        entry = self._starving_entry.pop(job.job_id, None)
+        if entry is not None:
+            self._starving_ranked.remove(entry)
         self._starve_at.pop(job.job_id, None)
         self._waiting_sizes[job.num_gpus] -= 1
         if not self._waiting_sizes[job.num_gpus]:
@@ -357,6 +368,12 @@ class GpufleetPolicy(Policy):
         self.ranked = SortedQueue(self._wait_key)
         for job in self.waiting.values():
             self.ranked.add(job)
+        self._starving_ranked = BlockList()
+        self._starving_entry = {}
+        for jid in self._starving_jobs:
+            rank_entry = self.ranked.entry(jid)
+            self._starving_entry[jid] = rank_entry
+            self._starving_ranked.add(rank_entry)
 
     def _tables(self, job: SimJob | None) -> _Table:
         """The table a job is ranked by: its class's, else the global one."""
@@ -439,6 +456,8 @@ class GpufleetPolicy(Policy):
         if job.job_id in self.waiting:
             self._remove_waiting(job)
         self._tie.pop(job.job_id, None)
+        self._usable.pop(job.job_id, None)
+        self._faster.pop(job.job_id, None)
 
     def on_finish(self, job: SimJob, now_seconds: float) -> None:
         self._events += 1
@@ -448,6 +467,8 @@ class GpufleetPolicy(Policy):
         self._sample_class.append(self.class_of(job))
         self._tie.pop(job.job_id, None)
         self.last_hosts.pop(job.job_id, None)
+        self._usable.pop(job.job_id, None)
+        self._faster.pop(job.job_id, None)
         if self.estimator is not None:
             self.estimator.observe(job, job.work_seconds)
         n = len(self.samples)
@@ -458,13 +479,23 @@ class GpufleetPolicy(Policy):
 
     # -- helpers ------------------------------------------------------------------------------
     def usable_models(self, job: SimJob) -> list[str]:
+        """GPU models the job may be placed on (do not change the list returned): allowed, with
+        GPUs enough and memory enough as far as it is known. Remembered per job, with what it
+        follows from (the exclusions only grow, at an OOM; the memory known changes when it is
+        first measured), since the pass asks for it of every waiting job it walks."""
         memory = job.known_gpu_memory_bytes()
-        return [
+        excluded = len(job.excluded_gpu_models)
+        known = self._usable.get(job.job_id)
+        if known is not None and known[0] == excluded and known[1] == memory:
+            return known[2]
+        models = [
             m
             for m in allowed_models(job, self.spec.gpu_models)
             if self.spec.gpus_of(m) >= job.num_gpus
             and (memory is None or memory <= self.memory_of[m])
         ]
+        self._usable[job.job_id] = (excluded, memory, models)
+        return models
 
     def starving(self, job: SimJob, now: float) -> bool:
         """Waited (since it last ran; with ``starve_total``, in all since arrival) longer than
@@ -540,6 +571,10 @@ class GpufleetPolicy(Policy):
                 continue
             if self.starving(job, now):
                 self._starving_jobs[job.job_id] = job
+                if job.job_id not in self._starving_entry:
+                    rank_entry = self.ranked.entry(job.job_id)
+                    self._starving_entry[job.job_id] = rank_entry
+                    self._starving_ranked.add(rank_entry)
                 added = True
             else:  # (rounding) not quite yet
                 later.append(entry)
@@ -557,20 +592,23 @@ class GpufleetPolicy(Policy):
             return []
         ranked, by_wait = self.ranked, self.by_wait
         rank_limit = ranked.entry_at(self.scan_limit - 1) if len(ranked) > self.scan_limit else None
-        wait_limit = (
-            by_wait.entry_at(self.starve_scan - 1) if len(by_wait) > self.starve_scan else None
-        )
-        out: list[tuple[tuple[float, float, float], int]] = []
-        for jid in self._starving_jobs:
-            rank_entry = ranked.entry(jid)
-            if (
-                rank_limit is None
-                or wait_limit is None
-                or rank_entry <= rank_limit
-                or by_wait.entry(jid) <= wait_limit
-            ):
+        starving = self._starving_ranked
+        if rank_limit is None or len(by_wait) <= self.starve_scan:
+            out = list(starving)
+        else:  # those ranked up to the limit, and the starving ones of the longest waiting
+            out = []
+            for rank_entry in starving.walk(len(starving)):
+                if rank_entry > rank_limit:
+                    break
                 out.append(rank_entry)
-        out.sort()
+            entries = self._starving_entry
+            extra = [
+                entries[jid]
+                for (_, jid), _job in by_wait.walk(self.starve_scan)
+                if jid in entries and entries[jid] > rank_limit
+            ]
+            if extra:
+                out = sorted(out + extra)
         jobs = self._starving_jobs
         return [
             ((0.0, neg_index, 1.0, tie, arrival, jid), jobs[jid])
@@ -859,13 +897,22 @@ class GpufleetPolicy(Policy):
             return False  # a starving job outranks every running one
         best_waiting = -entry[0][0] if entry is not None else -math.inf
         moves: list[tuple[float, int, str]] = []
-        idle = [m for m, n in free.items() if n > 0]
+        faster_of = self._faster
+        idle = {m for m, n in free.items() if n > 0}
         for job in ctx.running.values():
             assert job.placement is not None
             ratios = job.runtime_ratio_by_model
-            here = ratios.get(job.placement.gpu_model, 1.0)
-            if all(ratios.get(m, math.inf) >= here for m in idle):
+            model_here = job.placement.gpu_model
+            known = faster_of.get(job.job_id)
+            if known is None or known[0] != model_here:
+                here = ratios.get(model_here, 1.0)
+                known = faster_of[job.job_id] = (
+                    model_here,
+                    frozenset(m for m, r in ratios.items() if r < here),
+                )
+            if idle.isdisjoint(known[1]):
                 continue  # the cheap test first: no faster GPU model has GPUs idle
+            here = ratios.get(model_here, 1.0)
             faster = [
                 m for m in self.usable_models(job) if free[m] >= job.num_gpus and ratios[m] < here
             ]
@@ -952,6 +999,7 @@ class GpufleetPolicy(Policy):
         smallest = min(self._waiting_sizes)
         running_left = len(rest)
         admit: list[tuple[SimJob, str]] = []
+        widest: int | None = None  # the most GPUs one model has left (None: to recompute)
         for _, job in candidates:
             if left <= 0:
                 break
@@ -964,9 +1012,14 @@ class GpufleetPolicy(Policy):
                     capacity[model] -= job.num_gpus
                     left -= job.num_gpus
                     keep.add(job.job_id)
+                    widest = None
                 continue
-            if not running_left and max(capacity.values()) < smallest:
+            if widest is None:
+                widest = max(capacity.values())
+            if not running_left and widest < smallest:
                 break  # only waiting jobs are left and none of them fits any more
+            if job.num_gpus > widest:
+                continue  # fits no model's GPUs left (the test below, made cheap)
             models = [m for m in self.usable_models(job) if capacity[m] >= job.num_gpus]
             if not models:
                 continue
@@ -974,6 +1027,7 @@ class GpufleetPolicy(Policy):
             capacity[model] -= job.num_gpus
             left -= job.num_gpus
             admit.append((job, model))
+            widest = None
         self._unsettled = False
         if admit:
             drop = {j for j in walked if j not in keep}
