@@ -105,6 +105,13 @@ class Tailer:
         a failed commit has its file read again from the start at the next pass (the
         store's primary key keeps what was committed once). Nothing is lost either way: a
         file goes only once all of it is committed."""
+        # One pass's commit in flight at a time, as when the store logged the batches itself:
+        # a pass every TAIL_GAP_SECONDS while the last one is still being written made many
+        # small passes at a steady rate, each with its fixed costs and a KEYS frame to every
+        # worker (docs/benchmarks.md, "One ingest path").
+        inflight = [c for cs in self.commits.values() for c in cs if not c.done()]
+        if inflight:
+            await asyncio.wait(inflight)
         files = sorted(self.folder.glob("*.log"))
         moved = 0
         for n, path in enumerate(files):
