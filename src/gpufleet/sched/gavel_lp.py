@@ -32,8 +32,9 @@ Effective throughput: ``throughput(m, X) = sum_j T[m, j] X[m, j]``.
 At a round, when a job arrived (into the window below), finished or failed since the last
 solution, the LP is solved again over the jobs in play and the time each job received is reset.
 Each job's priority on GPU model ``j`` is ``X[m, j] / (time received on j / time since the
-reset)``, or ``X[m, j] x 1e9`` if it has received none (Gavel's rule: new jobs first, in
-proportion to their allocation); ties by the deficit (``X[m, j] x elapsed - received``), then by
+reset)``, or ``X[m, j] x 1e9`` if it has received none there since the reset (Gavel uses
+``X x 1e9`` only before any time was counted on the model; see the differences below); ties by
+the deficit (``X[m, j] x elapsed - received``), then by
 ``X[m, j]``. GPU models are visited in cluster order and, within one, the (job, model) entries in
 decreasing priority; a job is taken if it is not taken yet, has throughput there and its GPUs fit
 in what is left of the model (Gavel's ``_schedule_jobs_on_workers_helper`` without its global
@@ -48,6 +49,11 @@ can wait, and a few hundred jobs per LP keep a solve in milliseconds. (2) Nothin
 rounds unless ``fill_between_rounds`` (off by default: Gavel's simulator waits for the round),
 which starts waiting jobs on free GPUs in the same priority order, without preempting. (3) No
 space sharing (Gavel's packing variant): like every other baseline here, one job per GPU.
+(4) Gavel's scheduler credits every job with half a round at each reset and when it arrives, so
+its priority is ``X / (received + 180 s)`` up to a factor common to the model; here a job that
+received nothing since the reset ranks first (``X x 1e9``), so every job with an allocation gets
+a turn before any gets a second. The two orders agree when all jobs have received time; resets
+happen at every change of the jobs in play (on Philly, every few rounds). Not measured.
 
 The policy reads only what a scheduler may: the jobs' spec and runtime ratios, the work observed
 (``work_seconds``) and, for the two predictive objectives, the online predictor's predictions
