@@ -2,7 +2,7 @@
 Used by ``gpufleet simulate`` and bench/sched_bench.py.
 
 Every policy of one ``run`` gets the same jobs, the same cluster and the same cost model. The
-non-oracle policies that use runtimes (EASY, gpufleet) each get their own fresh online runtime
+non-oracle policies that use runtimes (EASY, gpufleet, gavel-lp-jct, gavel-lp-makespan) each get their own fresh online runtime
 predictor, which learns only from the jobs that finish in their own run. The oracle studies
 (``sjf``, ``sjf-noisy``) are handed the true runtimes here, explicitly, and are flagged
 ``oracle``: they are never the "best baseline".
@@ -19,6 +19,7 @@ from typing import Any
 from gpufleet.sched.baselines import EasyBackfill, Fifo, ShortestJobFirst
 from gpufleet.sched.cluster import ClusterSpec
 from gpufleet.sched.gavel import GavelTable
+from gpufleet.sched.gavel_lp import GavelLP
 from gpufleet.sched.gavel_policy import GavelMaxMin
 from gpufleet.sched.gpufleet_policy import GpufleetPolicy
 from gpufleet.sched.metrics import summarize
@@ -29,9 +30,31 @@ from gpufleet.sched.simjob import SimInput
 from gpufleet.sched.tiresias import Tiresias
 from gpufleet.sched.trace import TraceJob, build_jobs
 
-POLICY_NAMES = ("fifo", "easy", "tiresias", "dlas", "gavel", "gpufleet", "sjf", "sjf-noisy")
+POLICY_NAMES = (
+    "fifo",
+    "easy",
+    "tiresias",
+    "dlas",
+    "gavel",
+    "gavel-lp",
+    "gavel-lp-jct",
+    "gavel-lp-makespan",
+    "gpufleet",
+    "sjf",
+    "sjf-noisy",
+)
 ORACLE_POLICIES = ("sjf", "sjf-noisy")
-NON_ORACLE_BASELINES = ("fifo", "easy", "tiresias", "dlas", "gavel")
+# ``gavel`` is the Gavel-style heuristic (no LP); the ``gavel-lp*`` ones solve the paper's LPs
+NON_ORACLE_BASELINES = (
+    "fifo",
+    "easy",
+    "tiresias",
+    "dlas",
+    "gavel",
+    "gavel-lp",
+    "gavel-lp-jct",
+    "gavel-lp-makespan",
+)
 
 
 def truth_colocation(gavel: GavelTable) -> Callable[[str, str, str], float]:
@@ -77,6 +100,9 @@ def make_policy(
         "tiresias": lambda: Tiresias(gpu_time=True),
         "dlas": lambda: _named(Tiresias(gpu_time=False), "dlas"),
         "gavel": lambda: GavelMaxMin(spec),
+        "gavel-lp": lambda: GavelLP(spec, "max_min"),
+        "gavel-lp-jct": lambda: GavelLP(spec, "min_jct", OnlineRuntimePredictor()),
+        "gavel-lp-makespan": lambda: GavelLP(spec, "makespan", OnlineRuntimePredictor()),
         "gpufleet": lambda: GpufleetPolicy(
             spec, OnlineRuntimePredictor(), realistic=not config.reference
         ),
@@ -112,6 +138,9 @@ def run_policies(
         result = sim.run()
         summary = summarize(result)
         summary["oracle"] = policy.oracle
+        stats = getattr(policy, "stats", None)  # a policy's own counters (the Gavel LPs' solves)
+        if stats is not None and hasattr(stats, "as_dict"):
+            summary.update(stats.as_dict())
         out[name] = (summary, result)
     return out
 
