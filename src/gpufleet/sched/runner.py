@@ -45,15 +45,8 @@ POLICY_NAMES = (
 )
 ORACLE_POLICIES = ("sjf", "sjf-noisy")
 # ``gavel`` is the Gavel-style heuristic (no LP); the ``gavel-lp*`` ones solve the paper's LPs
-NON_ORACLE_BASELINES = (
-    "fifo",
-    "easy",
-    "tiresias",
-    "dlas",
-    "gavel",
-    "gavel-lp",
-    "gavel-lp-jct",
-    "gavel-lp-makespan",
+NON_ORACLE_BASELINES = tuple(
+    n for n in POLICY_NAMES if n not in ORACLE_POLICIES and n != "gpufleet"
 )
 
 
