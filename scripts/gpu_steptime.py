@@ -97,7 +97,7 @@ def run_one(job: str, precision: str, warmup: int, seconds: float, start_at: flo
     }
 
 
-def child(args: list[str], _timeout: float) -> subprocess.Popen:
+def child(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE,
                             text=True)  # fmt: skip
 
@@ -132,14 +132,14 @@ def main() -> int:
         return out
 
     for job in JOBS:
-        (r,) = measured([child([*common, "--child", job, "0"], 600)])
+        (r,) = measured([child([*common, "--child", job, "0"])])
         rows.append({**r, "colocated": ""})
         print(f"{job}: {r['step_time_s'] * 1000:.2f} ms/step, {r['gpu_mem_mib']:.0f} MiB",
               file=sys.stderr, flush=True)  # fmt: skip
     if args.pairs:
         for a, b in PAIRS:
             start_at = time.time() + 35.0  # both warm up, then start timing together
-            ra, rb = measured([child([*common, "--child", j, f"{start_at}"], 600) for j in (a, b)])
+            ra, rb = measured([child([*common, "--child", j, f"{start_at}"]) for j in (a, b)])
             rows.append({**ra, "colocated": b})
             rows.append({**rb, "colocated": a})
             print(f"{a} with {b}: {ra['step_time_s'] * 1000:.2f} / "

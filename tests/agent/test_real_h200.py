@@ -72,7 +72,6 @@ def fake_from_recording(phase: str) -> tuple[FakeNvml, int | None]:
         pid = proc["pid"]
         fake.add_process(0, pid, proc["usedGpuMemory"])
     # The few MiB of context memory no process is charged with, as v2 reported them.
-    gpu.memory_reserved_bytes = mem2["reserved"]
     held = sum(p["usedGpuMemory"] for p in _value(g, "nvmlDeviceGetComputeRunningProcesses"))
     if mem2["used"] > held:
         fake.add_process(0, 999_999, mem2["used"] - held)

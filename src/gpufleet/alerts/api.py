@@ -15,7 +15,6 @@ Every path is also served under ``/api/v1/admin/...`` for the CLI (admin key).
 
 from __future__ import annotations
 
-import functools
 import time
 from typing import Annotated, Any
 
@@ -23,7 +22,6 @@ from fastapi import APIRouter, Body, Header, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field, ValidationError
 
-from gpufleet import i18n
 from gpufleet.alerts.channels import Channel
 from gpufleet.alerts.notify import Silence
 from gpufleet.alerts.quality import rule_quality
@@ -270,7 +268,7 @@ def alerts_page(
     request: Request, q: Annotated[str | None, Query(max_length=200)] = None
 ) -> HTMLResponse:
     from gpufleet.accounts.web import page_context
-    from gpufleet.http.templates import request_language, templates
+    from gpufleet.http.templates import templates
 
     svc = service_of(request)
     view = alerts_json(request)
@@ -289,7 +287,6 @@ def alerts_page(
             "messages": svc.db.messages(20),
             "quality": quality_json(svc, 28.0),
             "q": q or "",
-            "say": functools.partial(i18n.render, lang=request_language(request)),
         },
     )
 

@@ -129,9 +129,9 @@ class _HostState:
         rng = np.random.default_rng([seed, spec.index, 7])
         py = random.Random(f"history:{seed}:{spec.name}")
         self.spec = spec
-        # What the driver reserves: drawn as the live simulated host does (it keeps the draws
-        # in step), but not used memory, as the agent reads it (NVML's v2 call).
-        self.reserved = np.array(idle_memory_bytes(py, spec.gpu_count), dtype=np.int64)
+        # What the driver reserves is drawn as the live simulated host draws it (so the later
+        # draws stay in step) but not kept: it is not used memory as the agent reads it (v2).
+        idle_memory_bytes(py, spec.gpu_count)
         self.uuids = [gpu_uuid(seed, spec.name, i) for i in range(spec.gpu_count)]
         self.ambient = float(rng.uniform(24, 34))
         self.boot = wall_from - float(rng.uniform(2, 120)) * DAY

@@ -172,10 +172,16 @@ def _ago(ctx: Context, ts: float | None) -> str:
     return i18n.translate("{duration} ago", lang, duration=duration_in(lang, time.time() - ts))
 
 
+@pass_context
+def _say(ctx: Context, message: Any) -> str:
+    """A server message (``i18n.Msg``, its JSON, or plain text) in the page's language."""
+    return i18n.render(message, _lang_of(ctx))
+
+
 templates.env.filters.update(duration=_duration, ago=_ago)
 templates.env.globals.update(
     _=_translate, ngettext=_plural, page_lang=_page_lang, js_messages=_js_messages,
-    switch_url=_switch_url,
+    switch_url=_switch_url, say=_say,
 )  # fmt: skip
 
 

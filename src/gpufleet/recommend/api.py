@@ -4,7 +4,6 @@ the page shows exactly what the API answers."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from typing import Any
 
@@ -13,7 +12,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from pydantic import ValidationError
 
-from gpufleet import i18n
 from gpufleet.http.errors import ApiError, summarise, validation_details
 from gpufleet.recommend.request import RecommendRequest
 from gpufleet.recommend.service import service_of
@@ -100,7 +98,7 @@ def form_body(q: Any) -> dict[str, Any]:
 @pages.get("/recommend", response_class=HTMLResponse)
 def recommend_page(request: Request) -> HTMLResponse:
     from gpufleet.accounts.web import page_context
-    from gpufleet.http.templates import request_language, templates
+    from gpufleet.http.templates import templates
 
     q = request.query_params
     body = form_body(q)
@@ -125,9 +123,6 @@ def recommend_page(request: Request) -> HTMLResponse:
             "host_names": sorted(snap.host_names()),
             "models": known_models(),
             "api_body": orjson.dumps(body).decode() if body else "",
-            # the answer's reasons, note and estimate in the page's language (their *_i18n
-            # form; plain English text as it is)
-            "say": functools.partial(i18n.render, lang=request_language(request)),
         },
         status_code=422 if error is not None and error.status == 422 else 200,
     )

@@ -206,10 +206,11 @@ def solve_allocation(
     cost = np.zeros(n_x + 1)
     cost[-1] = -1.0
     bounds = np.column_stack([np.zeros(n_x + 1), np.concatenate([bounds_hi, [np.inf]])])
+    b_ub = np.concatenate([*b, np.zeros(len(bounded))])
     res = linprog(
         cost,
         A_ub=a,
-        b_ub=np.concatenate([*b, np.zeros(len(bounded))]),
+        b_ub=b_ub,
         bounds=bounds,
         method="highs",
     )
@@ -222,7 +223,7 @@ def solve_allocation(
         second = linprog(
             cost,
             A_ub=a,
-            b_ub=np.concatenate([*b, np.zeros(len(bounded))]),
+            b_ub=b_ub,
             bounds=bounds,
             method="highs",
         )
