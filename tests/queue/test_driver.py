@@ -140,3 +140,44 @@ def test_preempted_again_before_the_first_stop_is_confirmed(tmp_path):
         assert len({s.job_id for s in out.starts}) == len(out.starts)
         for p in out.preempts:
             d.stopped(p.job_id)
+
+
+def test_jobs_adopted_before_their_hosts_report_keep_their_gpus(tmp_path):
+    """After a restart the live state fills host by host: a running job whose host had not
+    reported yet keeps its GPUs once the host reports (nothing is started on them)."""
+    store = JobStore(tmp_path / "q.sqlite3")
+    d = QueueDriver(policy_factory("fifo"))
+    d.set_fleet([host("h1", gpus=2)])  # h2 has not reported yet
+    running = submit(store, 2)
+    running = store.transition(running.id, "dispatching", "placed", placement=[
+        {"host": "h2", "gpu_indices": [0, 1]}], gpu_model="a100")  # fmt: skip
+    from gpufleet.queue.service import start_of
+
+    d.adopt_running(running, start_of(running), 0.0)
+    waiting = [submit(store, 2), submit(store, 2)]
+    for r in waiting:
+        d.add(r, 1.0)
+    d.set_fleet([host("h1", gpus=2), host("h2", gpus=2)])
+    out = d.schedule(2.0)
+    assert [s.job_id for s in out.starts] == [waiting[0].id]  # on h1; h2 is the adopted job's
+    assert out.starts[0].hosts == (("h1", (0, 1)),)
+    d.set_fleet([host("h1", gpus=2)])  # h2 drops out of the live state and comes back
+    d.set_fleet([host("h1", gpus=2), host("h2", gpus=2)])
+    assert d.schedule(3.0).starts == []
+
+
+def test_a_stopping_runs_gpus_stay_taken_across_a_fleet_change(tmp_path):
+    store = JobStore(tmp_path / "q.sqlite3")
+    d = driver()
+    d.set_fleet([host("h1", gpus=1)])
+    a = submit(store)
+    d.add(a, 0.0)
+    assert [s.job_id for s in d.schedule(0.0).starts] == [a.id]
+    b = submit(store)
+    d.add(b, 100.0)
+    assert [p.job_id for p in d.schedule(100.0).preempts] == [a.id]
+    d.set_fleet([host("h0", gpus=1, busy=(0,)), host("h1", gpus=1)])  # a new spec
+    assert d.schedule(101.0).starts == []  # a's run has not stopped: h1's GPU stays taken
+    d.stopped(a.id)
+    out = d.schedule(102.0)
+    assert [(s.job_id, s.hosts) for s in out.starts] == [(b.id, (("h1", (0,)),))]

@@ -94,6 +94,10 @@ class QueueDriver:
         self.now_seconds = 0.0
         self._decisions = Decisions()
         self._blockers: list[int] = []
+        # every holder of GPUs (a job, a stopping run) by host name: the cluster's placements
+        # are by host number, which a new fleet renumbers, and a host may report after a job
+        # on it was adopted (a restart), so each new spec is filled again from these
+        self._named: dict[int, tuple[tuple[tuple[str, int], ...], str, int]] = {}
         self._model_memory: dict[str, int] = {}
         self._ratio_cache: dict[int | None, dict[str, float]] = {}
         self.context: PolicyContext | None = None
@@ -121,31 +125,51 @@ class QueueDriver:
                 self._blockers.append(blocker)
 
     def _rebuild(self, spec: ClusterSpec) -> None:
-        old = self.cluster
         self.spec = spec
         self._model_memory = {}
         self._ratio_cache = {}
         self.cluster = ClusterState(spec)
         self._blockers = []
-        names = {h.name: h.host_id for h in spec.hosts}
-        for job_id, job in self.running.items():  # keep what runs where it runs
-            placement = old.placements.get(job_id)
-            if placement is None or job.placement is None:
-                continue
-            moved = tuple(
-                (names[old.spec.hosts[h].name], g)
-                for h, g in placement.gpus
-                if old.spec.hosts[h].name in names
-            )
-            if moved:
-                job.placement = Placement(moved, placement.gpu_model)
-                self.cluster.allocate(job_id, job.placement)
+        for holder in self._named:  # keep what runs (or is stopping) where it runs
+            placement = self._place(holder)
+            if holder in self.running:
+                self.running[holder].placement = placement
         self.policy = self.policy_factory(spec, self.predictor)
         self.context = PolicyContext(self.cluster, self.running, self._start, self._preempt)
         for job_id in sorted(self.in_policy, key=lambda j: self.jobs[j].arrival_seconds):
             job = self.jobs[job_id]
             job.runtime_ratio_by_model = self._ratios(self.records[job_id])
             self.policy.on_arrival(job, self.now_seconds)
+
+    def _hold(
+        self, holder: int, gpus: tuple[tuple[str, int], ...], gpu_model: str, claimed: int = 0
+    ) -> Placement | None:
+        """``holder`` holds these GPUs (host name, index) from now until ``_unhold``; those on
+        hosts the fleet has now are allocated (the cluster's placement, None if none is)."""
+        self._named[holder] = (gpus, gpu_model, claimed)
+        return self._place(holder)
+
+    def _place(self, holder: int) -> Placement | None:
+        gpus, gpu_model, claimed = self._named[holder]
+        hosts = {h.name: h for h in self.spec.hosts}
+        here = tuple(
+            (hosts[name].host_id, g)
+            for name, g in gpus
+            if name in hosts and g < hosts[name].num_gpus
+        )
+        if not here:
+            return None
+        placement = Placement(here, gpu_model)
+        self.cluster.allocate(holder, placement, claimed)
+        return placement
+
+    def _unhold(self, holder: int) -> None:
+        self._named.pop(holder, None)
+        if holder in self.cluster.placements:
+            self.cluster.release(holder)
+
+    def _names(self, placement: Placement) -> tuple[tuple[str, int], ...]:
+        return tuple((self.spec.hosts[h].name, g) for h, g in placement.gpus)
 
     # -- what a job may use -------------------------------------------------------------------
     def need_bytes(self, record: JobRecord) -> int | None:
@@ -218,15 +242,12 @@ class QueueDriver:
         self.add(record, now_seconds)
         del self.blocked[record.id]
         job = self.jobs[record.id]
-        names = {h.name: h.host_id for h in self.spec.hosts}
-        gpus = tuple((names[h], g) for h, idx in start.hosts if h in names for g in idx)
+        gpus = tuple((h, g) for h, idx in start.hosts for g in idx)
         job.status = RUNNING
         job.run_started_seconds = record.start_seconds or now_seconds
         job.first_start_seconds = job.run_started_seconds
         job.computing_since_seconds = job.run_started_seconds
-        if gpus:
-            job.placement = Placement(gpus, start.gpu_model)
-            self.cluster.allocate(job.job_id, job.placement)
+        job.placement = self._hold(job.job_id, gpus, start.gpu_model)
         self.running[job.job_id] = job
 
     def withdraw(self, job_id: int, now_seconds: float) -> None:
@@ -248,8 +269,7 @@ class QueueDriver:
     def stopped(self, job_id: int) -> Start | None:
         """The dispatcher confirmed a preempted job stopped; its deferred launch, if any."""
         self.stopping.discard(job_id)
-        if STOPPING_HOLD - job_id in self.cluster.placements:
-            self.cluster.release(STOPPING_HOLD - job_id)
+        self._unhold(STOPPING_HOLD - job_id)
         return self.deferred.pop(job_id, None)
 
     def finished(
@@ -294,6 +314,8 @@ class QueueDriver:
         if job.status != WAITING:
             raise RuntimeError(f"job {job.job_id} started while {job.status}")
         now = self.now_seconds
+        self._named[job.job_id] = (self._names(placement), placement.gpu_model,
+                                   claimed_memory_bytes)  # fmt: skip
         self.cluster.allocate(job.job_id, placement, claimed_memory_bytes)
         self.in_policy.discard(job.job_id)
         job.status = RUNNING
@@ -328,8 +350,8 @@ class QueueDriver:
         self.in_policy.add(job.job_id)  # the policy keeps it waiting
         self.stopping.add(job.job_id)
         hold = STOPPING_HOLD - job.job_id
-        if placement is not None and hold not in self.cluster.placements:
-            self.cluster.allocate(hold, placement)  # taken until the run has really stopped
+        if placement is not None and hold not in self._named:  # taken until the run stops
+            self._hold(hold, self._names(placement), placement.gpu_model)
         deferred = self.deferred.pop(job.job_id, None)
         if deferred is None:
             self._decisions.starts = [s for s in self._decisions.starts if s.job_id != job.job_id]
@@ -343,8 +365,7 @@ class QueueDriver:
         if job.placement is not None:
             ratio = job.runtime_ratio_by_model.get(job.placement.gpu_model, 1.0)
             job.work_seconds += max(0.0, now - job.computing_since_seconds) / ratio
-        if job.job_id in self.cluster.placements:
-            self.cluster.release(job.job_id)
+        self._unhold(job.job_id)
         self.running.pop(job.job_id, None)
         job.placement = None
         job.version += 1

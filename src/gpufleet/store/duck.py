@@ -197,7 +197,8 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._cursor_lock = threading.Lock()
+        self._cursor_lock = threading.Condition()
+        self._readers = 0  # read cursors in use; close() waits for them
         self._closed = False
         try:
             self._db = duckdb.connect(self.path)
@@ -674,21 +675,28 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
         if busy and threading.current_thread() not in (self._writer, self._applier):
             self.write(lambda con: None)
 
-    def _cursor(self) -> duckdb.DuckDBPyConnection:
-        """A read cursor. DuckDB 2 refuses (rather than waits) a call on a connection that is
-        busy in another thread, so making cursors and closing the store take turns."""
+    @contextlib.contextmanager
+    def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read cursor. DuckDB refuses (rather than waits) to close a connection while a
+        cursor of it runs a query in another thread, so readers are counted and ``close``
+        waits for them; a read that starts after ``close`` gets a StoreError."""
         with self._cursor_lock:
             if self._closed:
                 raise StoreError(f"the store {self.path} is closed")
-            return self._db.cursor()
+            cur = self._db.cursor()
+            self._readers += 1
+        try:
+            yield cur
+        finally:
+            with self._cursor_lock:
+                cur.close()
+                self._readers -= 1
+                self._cursor_lock.notify_all()
 
     def _read(self, sql: str, params: list | None = None) -> list[tuple]:
         self._sync()
-        cur = self._cursor()
-        try:
+        with self._cursor() as cur:
             return cur.execute(sql, params or []).fetchall()
-        finally:
-            cur.close()
 
     def hosts(self) -> list[HostRecord]:
         self.write(self._flush_all_hosts)
@@ -721,6 +729,9 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
             self._writer.join()
         with self._cursor_lock:
             self._closed = True
+            if not self._cursor_lock.wait_for(lambda: self._readers == 0, timeout=60):
+                log.warning("store %s: closing with %d read(s) still running", self.path,
+                            self._readers)  # fmt: skip
             self._db.close()
 
     # -- web accounts -------------------------------------------------------------------------
@@ -748,11 +759,8 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
 
     def _reader(self, fn: Callable[[Any], Any]) -> Any:
         self._sync()
-        cur = self._cursor()
-        try:
+        with self._cursor() as cur:
             return fn(cur)
-        finally:
-            cur.close()
 
     def _watermark_changed(self, watermark: float) -> None:
         self._wh_watermark = watermark
