@@ -14,7 +14,7 @@ from gpufleet.cli import COMMANDS
 from gpufleet.config import ENV_VARS, Settings, load_settings
 from gpufleet.errors import ConfigError
 from gpufleet.wire import Sample
-from tests.conftest import gpufleet, make_batch, make_sample, need_binary
+from tests.conftest import gpufleet_here, make_batch, make_sample, need_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,9 +79,9 @@ def test_every_setting_is_documented():
 
 
 def test_every_command_has_help():
-    top = gpufleet("--help")  # the installed entry point, as a process
+    top = gpufleet_here("--help")  # the installed entry point, as a process
     assert top.returncode == 0
-    assert gpufleet("--version").stdout.startswith("gpufleet, version ")
+    assert gpufleet_here("--version").stdout.startswith("gpufleet, version ")
     from click.testing import CliRunner
 
     from gpufleet.cli import cli
@@ -94,28 +94,28 @@ def test_every_command_has_help():
 
 
 def test_cli_errors_say_error_and_hint(tmp_path):
-    r = gpufleet("agent", "--server", "http://127.0.0.1:1", env={"GPUFLEET_TOKEN": ""})
+    r = gpufleet_here("agent", "--server", "http://127.0.0.1:1", env={"GPUFLEET_TOKEN": ""})
     assert r.returncode == 2
     assert r.stderr.startswith("error: no agent token given")
     assert "hint: create one on the server with `gpufleet token create NAME`" in r.stderr
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("ingest:\n  max_batch_bytes: 10\n")
-    r = gpufleet("server", "--config", str(cfg))
+    r = gpufleet_here("server", "--config", str(cfg))
     assert r.returncode == 2
     assert f"error: {cfg}: ingest.max_batch_bytes" in r.stderr
     assert "hint:" in r.stderr
-    r = gpufleet("token", "create", "no spaces please", "--data-dir", str(tmp_path))
+    r = gpufleet_here("token", "create", "no spaces please", "--data-dir", str(tmp_path))
     assert r.returncode == 2 and "invalid token name" in r.stderr
 
 
 def test_token_cli_offline(tmp_path):
     data = str(tmp_path / "d")
-    token = gpufleet("token", "create", "rack1", "--data-dir", data)
+    token = gpufleet_here("token", "create", "rack1", "--data-dir", data)
     assert token.returncode == 0 and token.stdout.startswith("gft_")
-    again = gpufleet("token", "create", "rack1", "--data-dir", data)
+    again = gpufleet_here("token", "create", "rack1", "--data-dir", data)
     assert again.returncode == 2 and "already exists" in again.stderr
-    assert gpufleet("token", "revoke", "rack1", "--data-dir", data).returncode == 0
-    listed = json.loads(gpufleet("token", "list", "--json", "--data-dir", data).stdout)
+    assert gpufleet_here("token", "revoke", "rack1", "--data-dir", data).returncode == 0
+    listed = json.loads(gpufleet_here("token", "list", "--json", "--data-dir", data).stdout)
     assert listed[0]["name"] == "rack1" and listed[0]["revoked_at"]
     assert token.stdout.strip() not in (tmp_path / "d" / "gpufleet.duckdb").read_bytes().decode(
         errors="ignore"
@@ -123,13 +123,15 @@ def test_token_cli_offline(tmp_path):
 
 
 def test_token_cli_talks_to_running_server(server):
-    r = gpufleet("token", "create", "while-running", "--data-dir", str(server.data_dir))
+    r = gpufleet_here("token", "create", "while-running", "--data-dir", str(server.data_dir))
     assert r.returncode == 0, r.stderr
     assert (
         server.post(make_batch(make_sample("tok-host")), token=r.stdout.strip()).status_code == 200
     )
     assert (
-        gpufleet("token", "revoke", "while-running", "--data-dir", str(server.data_dir)).returncode
+        gpufleet_here(
+            "token", "revoke", "while-running", "--data-dir", str(server.data_dir)
+        ).returncode
         == 0
     )
     assert (
@@ -138,7 +140,7 @@ def test_token_cli_talks_to_running_server(server):
 
 
 def test_agent_once_json_prints_a_valid_sample():
-    r = gpufleet(
+    r = gpufleet_here(
         "agent", "--once", "--json", "--fake-gpus", "Tesla V100-SXM2-32GB:2", "--host-name", "n1"
     )
     assert r.returncode == 0, r.stderr

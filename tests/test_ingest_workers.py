@@ -29,7 +29,7 @@ from gpufleet.server.workers.pool import Tailer
 from gpufleet.store import IngestItem, StoreError, ingestlog
 from gpufleet.store.duck import DuckDBStore
 from gpufleet.store.rows import batch_key
-from tests.conftest import create_token, gpufleet, make_batch, make_sample
+from tests.conftest import create_token, gpufleet, gpufleet_here, make_batch, make_sample
 
 
 def wait_until(cond, timeout: float, what: str):
@@ -374,7 +374,7 @@ def test_a_revoked_token_is_refused_by_every_worker_at_once(served):
     ):
         for client in (a, b):  # two connections: round robin gives one to each worker
             assert post(client, served, make_batch(make_sample()), other).status_code == 200
-        r = gpufleet("token", "revoke", "second", "--data-dir", str(served.data_dir))
+        r = gpufleet_here("token", "revoke", "second", "--data-dir", str(served.data_dir))
         assert r.returncode == 0, r.stderr
         for client in (a, b):
             refused = post(client, served, make_batch(make_sample()), other)
@@ -424,7 +424,11 @@ def test_a_connection_the_server_kept_goes_to_a_worker_once_one_is_up(server_fac
     wait_until(lambda: health(srv)["ingest_workers"]["up"] == 0, 10, "the worker seen gone")
     batch = make_batch(make_sample("kept"))
     handed = health(srv)["ingest_workers"]["connections_handed_over"]
-    with httpx.Client(base_url=srv.url, timeout=10) as client:  # one agent, keep-alive
+    # one agent, keep-alive (httpx drops a connection idle for 5 s by default: on a busy
+    # machine the worker's replacement may take longer, and the next post would go out on a
+    # new connection, which is handed to the worker)
+    limits = httpx.Limits(keepalive_expiry=60)
+    with httpx.Client(base_url=srv.url, timeout=10, limits=limits) as client:
         kept = post(client, srv, batch)  # no worker: the server keeps the connection
         assert kept.json()["status"] == "stored"
         assert kept.headers.get("connection") != "close"

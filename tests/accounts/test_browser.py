@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.conftest import gpufleet, make_batch
+from tests.conftest import gpufleet_here, make_batch
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ def page(browser):
 
 
 def add_user(data_dir, name: str, role: str, password: str) -> None:
-    r = gpufleet(
+    r = gpufleet_here(
         "user", "create", name, "--role", role, "--password-stdin", "--data-dir", str(data_dir),
         input=password + "\n",
     )  # fmt: skip

@@ -7,11 +7,11 @@ import pytest
 
 from gpufleet.accounts.passwords import verify_password
 from gpufleet.store import open_store
-from tests.conftest import gpufleet
+from tests.conftest import gpufleet_here
 
 
 def user(data_dir, *args, stdin: str | None = None):
-    return gpufleet("user", *args, "--data-dir", str(data_dir), input=stdin)
+    return gpufleet_here("user", *args, "--data-dir", str(data_dir), input=stdin)
 
 
 def test_user_commands_on_the_store_file(tmp_path):

@@ -13,7 +13,7 @@ import yaml
 
 from gpufleet.http.auth import ensure_admin_key
 from tests.alerts.receivers import HookReceiver, wait_for
-from tests.conftest import gpufleet, make_batch, make_sample
+from tests.conftest import gpufleet_here, make_batch, make_sample
 
 pytestmark = pytest.mark.slow
 
@@ -143,18 +143,18 @@ def test_rules_and_silences_api_422_names_the_field_and_keeps_what_was_stored(
 
     # the CLI, through the running server (the data dir's admin key)
     d = str(srv.data_dir)
-    r = gpufleet("silence", "add", "host=dgx-0*", "rule=gpu_too_hot", "--for", "2h",
+    r = gpufleet_here("silence", "add", "host=dgx-0*", "rule=gpu_too_hot", "--for", "2h",
                  "--reason", "fan swap", "--data-dir", d)  # fmt: skip
     assert r.returncode == 0 and r.stdout.startswith("silence "), r.stderr
     sid = r.stdout.split()[1]
-    r = gpufleet("silence", "list", "--data-dir", d)
+    r = gpufleet_here("silence", "list", "--data-dir", d)
     assert sid in r.stdout and "fan swap" in r.stdout
-    r = gpufleet("alerts", "--json", "--data-dir", d)
+    r = gpufleet_here("alerts", "--json", "--data-dir", d)
     got = json.loads(r.stdout)
     assert {a["muted"] for a in got["alerts"] if a["rule"] == "gpu_too_hot"} == {"silenced"}
-    r = gpufleet("silence", "add", "host", "--for", "2h", "--reason", "x", "--data-dir", d)
+    r = gpufleet_here("silence", "add", "host", "--for", "2h", "--reason", "x", "--data-dir", d)
     assert r.returncode != 0 and "LABEL=PATTERN" in r.stderr
-    r = gpufleet("silence", "add", "Host=x", "--for", "2h", "--reason", "x", "--data-dir", d)
+    r = gpufleet_here("silence", "add", "Host=x", "--for", "2h", "--reason", "x", "--data-dir", d)
     assert r.returncode != 0 and "error:" in r.stderr and "matchers" in r.stderr
-    assert gpufleet("silence", "expire", sid, "--data-dir", d).returncode == 0
-    assert "no silences" in gpufleet("silence", "list", "--data-dir", d).stdout
+    assert gpufleet_here("silence", "expire", sid, "--data-dir", d).returncode == 0
+    assert "no silences" in gpufleet_here("silence", "list", "--data-dir", d).stdout

@@ -12,7 +12,7 @@ from gpufleet import i18n
 from gpufleet.config import load_settings
 from gpufleet.reports.mail import ReportMailer
 from gpufleet.store import open_store
-from tests.conftest import gpufleet
+from tests.conftest import gpufleet_here
 from tests.reports.test_mail import at, data_dir, parts, smtp  # noqa: F401 (fixtures)
 
 ZH = {"GPUFLEET_LANG": "zh-CN"}
@@ -20,39 +20,43 @@ HAN = re.compile(r"[\u4e00-\u9fff]")
 
 
 def test_help_and_a_bad_argument_in_chinese():
-    r = gpufleet("--help", env=ZH)
+    r = gpufleet_here("--help", env=ZH)
     assert r.returncode == 0, r.stderr
     assert "用法：" in r.stdout and "命令" in r.stdout and "选项" in r.stdout
     assert "运行 gpufleet 服务器" in r.stdout  # the commands' one-line help
-    r = gpufleet("report", "--help", env={**ZH, "COLUMNS": "80"})
+    r = gpufleet_here("report", "--help", env={**ZH, "COLUMNS": "80"})
     assert "使用报表" in r.stdout and "显示此帮助并退出。" in r.stdout
     # wrapped by display width: a Chinese character takes two columns of the 80
     assert max(i18n.width(line) for line in r.stdout.splitlines()) <= 80
     assert "默认：month" in r.stdout  # click's "[default: month]"
-    r = gpufleet("token", "--help", env=ZH)  # a group's list: each sub-command's first sentence
+    r = gpufleet_here(
+        "token", "--help", env=ZH
+    )  # a group's list: each sub-command's first sentence
     assert "创建一个名为 NAME 的令牌（例如它所用于的主机或组）并打印出来。" in r.stdout
-    r = gpufleet("report", "--period", "fortnight", env=ZH)
+    r = gpufleet_here("report", "--period", "fortnight", env=ZH)
     assert r.returncode == 2
     assert "错误：'--period' 的值无效：'fortnight' 不是" in r.stderr, r.stderr
     # the same in English without the variable (and with an English locale)
-    r = gpufleet("report", "--period", "fortnight", env={"GPUFLEET_LANG": "", "LANG": "C.UTF-8"})
+    r = gpufleet_here(
+        "report", "--period", "fortnight", env={"GPUFLEET_LANG": "", "LANG": "C.UTF-8"}
+    )
     assert "Error: Invalid value for '--period'" in r.stderr and not HAN.search(r.stderr)
 
 
 def test_our_own_errors_and_the_report_table_in_chinese(data_dir, tmp_path):  # noqa: F811
-    r = gpufleet("rollup", "--data-dir", str(data_dir), "--from", "yesterday-ish", env=ZH)
+    r = gpufleet_here("rollup", "--data-dir", str(data_dir), "--from", "yesterday-ish", env=ZH)
     assert r.returncode == 2
     assert "错误：无法识别 'yesterday-ish'" in r.stderr
     assert "提示：请使用 YYYY-MM-DD 或 ISO 8601 时间" in r.stderr
-    r = gpufleet("report", "--data-dir", str(data_dir), "--from", "2024-13-45", env=ZH)
+    r = gpufleet_here("report", "--data-dir", str(data_dir), "--from", "2024-13-45", env=ZH)
     assert r.returncode == 2
     assert "错误：--from='2024-13-45' 不是日期；请使用 YYYY-MM-DD" in r.stderr, r.stderr
-    r = gpufleet("report", "--data-dir", str(data_dir), "--period", "custom", "--from",
+    r = gpufleet_here("report", "--data-dir", str(data_dir), "--period", "custom", "--from",
                  "2024-03-02", "--to", "2024-03-01", env=ZH)  # fmt: skip
     assert "开始日期（2024-03-02）晚于结束日期（2024-03-01）" in r.stderr, r.stderr
     args = ["report", "--data-dir", str(data_dir), "--period", "week", "--by", "host",
             "--from", "2024-02-26", "--to", "2024-03-03"]  # fmt: skip
-    r = gpufleet(*args, env={**ZH, "COLUMNS": "80"})
+    r = gpufleet_here(*args, env={**ZH, "COLUMNS": "80"})
     assert r.returncode == 0, r.stderr
     assert "按主机统计的 GPU 使用情况，每周" in r.stdout
     assert "占用 GPU 时" in r.stdout and "合计" in r.stdout
@@ -76,7 +80,7 @@ def test_which_language_the_cli_speaks(tmp_path, env, config, want):
         cfg = tmp_path / "c.yaml"
         cfg.write_text(f"ui:\n  language: {config}\n")
         args += ["--config", str(cfg)]
-    r = gpufleet(*args, env={"GPUFLEET_LANG": "", "LC_ALL": "", "LC_MESSAGES": "", **env})
+    r = gpufleet_here(*args, env={"GPUFLEET_LANG": "", "LC_ALL": "", "LC_MESSAGES": "", **env})
     assert r.returncode == 2
     assert bool(HAN.search(r.stderr)) == (want == "zh-CN"), r.stderr
 
@@ -121,7 +125,7 @@ def test_report_send_to_in_the_cli_language(data_dir, tmp_path, smtp):  # noqa: 
         f"mail:\n  smtp_host: 127.0.0.1\n  smtp_port: {smtp.port}\n  starttls: false\n"
         "  from_address: gpufleet@lab.example\n"
     )
-    r = gpufleet("report", "--data-dir", str(data_dir), "--config", str(cfg), "--by", "user",
+    r = gpufleet_here("report", "--data-dir", str(data_dir), "--config", str(cfg), "--by", "user",
                  "--period", "week", "--from", "2024-02-26", "--to", "2024-03-03",
                  "--send-to", "pi@lab.example", env=ZH)  # fmt: skip
     assert r.returncode == 0, r.stderr

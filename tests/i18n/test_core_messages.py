@@ -12,7 +12,7 @@ import pytest
 
 from gpufleet import i18n
 from gpufleet.i18n import Msg, msg, nmsg
-from tests.conftest import gpufleet
+from tests.conftest import gpufleet_here
 from tests.recommend.test_server import URL, feed
 
 HAN = re.compile(r"[\u4e00-\u9fff]")
@@ -113,17 +113,17 @@ def test_the_recommend_page_shows_the_reasons_in_the_readers_language(fed):
 def test_gpufleet_recommend_prints_the_reasons_in_the_clis_language(fed):
     args = ["recommend", "--server", fed.url, "--gpus", "2", "--gpu-mem", "40G", "--hours", "6",
             "--data-size", "100G", "--data-host", "nlp-v100-01"]  # fmt: skip
-    r = gpufleet(*args, env={"GPUFLEET_LANG": "zh-CN"})
+    r = gpufleet_here(*args, env={"GPUFLEET_LANG": "zh-CN"})
     assert r.returncode == 0, r.stderr
     assert "现有 3/8 块 GPU 空闲；GPU" in r.stdout, r.stdout
     assert "从 nlp-v100-01 复制 100 GiB 约需" in r.stdout, r.stdout
     assert "GPUs free now" not in r.stdout and "copying" not in r.stdout
-    r = gpufleet(*args, env={"GPUFLEET_LANG": "en"})
+    r = gpufleet_here(*args, env={"GPUFLEET_LANG": "en"})
     assert "3 of 8 GPUs free now" in r.stdout and "copying 100 GiB from nlp-v100-01" in r.stdout
     # fresh samples: on a busy machine the CLI calls above can outlast the hosts' 60 s online
     # window, and an offline fleet gives another note (no estimate)
     feed(fed)
-    r = gpufleet("recommend", "--server", fed.url, "--gpus", "4", "--gpu-mem", "60G", "--hours",
+    r = gpufleet_here("recommend", "--server", fed.url, "--gpus", "4", "--gpu-mem", "60G", "--hours",
                  "2", env={"GPUFLEET_LANG": "zh-CN"})  # fmt: skip
     assert r.returncode == 3, r.stderr
     assert "目前没有在线主机有 4 块 60 GiB 的空闲 GPU" in r.stdout and "最可能在" in r.stdout, (

@@ -131,9 +131,9 @@ def test_a_failed_login_says_so_in_the_page_language(fleet_server):
 
 
 def test_the_admin_pages_in_chinese(fleet_server):
-    from tests.conftest import gpufleet
+    from tests.conftest import gpufleet_here
 
-    r = gpufleet("user", "create", "root", "--role", "admin", "--password-stdin",
+    r = gpufleet_here("user", "create", "root", "--role", "admin", "--password-stdin",
                  "--data-dir", str(fleet_server.data_dir), input="admin pw 123\n")  # fmt: skip
     assert r.returncode == 0, r.stderr
     zh = {"Accept-Language": "zh-CN"}

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import gpufleet, make_batch, make_sample
+from tests.conftest import gpufleet_here, make_batch, make_sample
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +56,7 @@ class Heartbeat:
 
 
 def cli(srv, *args: str, **kw):
-    r = gpufleet(*args, "--data-dir", str(srv.data_dir), **kw)
+    r = gpufleet_here(*args, "--data-dir", str(srv.data_dir), **kw)
     return r
 
 

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import gpufleet, make_batch
+from tests.conftest import gpufleet_here, make_batch
 from tests.web.conftest import fleet_sample
 
 URL = "/api/v1/recommendations"
@@ -103,22 +103,22 @@ def test_api_errors_name_the_field(fed) -> None:
 
 def test_cli_against_the_server_and_wait(fed) -> None:
     args = ["recommend", "--server", fed.url, "--gpus", "2", "--gpu-mem", "40G", "--hours", "6"]
-    r = gpufleet(*args, "--model", "resnet50", "--json")
+    r = gpufleet_here(*args, "--model", "resnet50", "--json")
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data["recommendations"][0]["host"].startswith("vision-a100-0")
-    r = gpufleet(*args, "--gpu-model", "V100", "--gpu-mem", "16G")
+    r = gpufleet_here(*args, "--gpu-model", "V100", "--gpu-mem", "16G")
     assert r.returncode == 0, r.stderr
     assert "1. nlp-v100-01  GPU 6,7" in r.stdout or "1. nlp-v100-01  GPU" in r.stdout
     assert "CUDA_VISIBLE_DEVICES=" in r.stdout and "ssh nlp-v100-01" in r.stdout
-    bad = gpufleet(*args[:-2], "--hours", "6", "--gpu-model", "K80")
+    bad = gpufleet_here(*args[:-2], "--hours", "6", "--gpu-model", "K80")
     assert bad.returncode != 0
     assert "error: --gpu-model: no GPU in the fleet is a 'K80'" in bad.stderr
-    bad = gpufleet(*args[:5], "--gpu-mem", "lots", "--hours", "6")
+    bad = gpufleet_here(*args[:5], "--gpu-mem", "lots", "--hours", "6")
     assert bad.returncode != 0 and "--gpu-mem" in bad.stderr and "40G" in bad.stderr
-    bad = gpufleet(*args, "--data-size", "huge")
+    bad = gpufleet_here(*args, "--data-size", "huge")
     assert bad.returncode != 0 and "--data-size" in bad.stderr and "40G" in bad.stderr
-    r = gpufleet(*args, "--data-size", "100G", "--data-host", "nlp-v100-01", "--json")
+    r = gpufleet_here(*args, "--data-size", "100G", "--data-host", "nlp-v100-01", "--json")
     assert r.returncode == 0, r.stderr
     reasons = " ".join(x for rec in json.loads(r.stdout)["recommendations"] for x in rec["reasons"])
     assert "copying 100 GiB from nlp-v100-01" in reasons
@@ -126,7 +126,7 @@ def test_cli_against_the_server_and_wait(fed) -> None:
     feed(fed)  # fresh samples: on a loaded machine the steps above can outlast "online"
     args = ["recommend", "--server", fed.url, "--gpus", "4", "--gpu-mem", "60G", "--hours", "1",
             "--wait", "--poll", "0.5"]  # fmt: skip
-    r = gpufleet(*args, "--timeout", "1")
+    r = gpufleet_here(*args, "--timeout", "1")
     assert r.returncode != 0 and "nothing fitting freed up within 1 s" in r.stderr
     assert "most likely soonest" in r.stdout
     import subprocess

@@ -21,7 +21,7 @@ from gpufleet.config import load_settings
 from gpufleet.reports.mail import ReportMailer, SubscriptionStore, last_complete_period
 from gpufleet.server.app import create_app
 from gpufleet.store import open_store
-from tests.conftest import ServerProc, free_port, gpufleet
+from tests.conftest import ServerProc, free_port, gpufleet_here
 from tests.reports.brute import generate
 from tests.reports.test_warehouse import ingest
 
@@ -39,7 +39,7 @@ def data_dir(tmp_path_factory):
     store = open_store(d / "gpufleet.duckdb")
     ingest(store, generate(START, END, seed=5, hosts=2))
     store.close()
-    r = gpufleet("rollup", "--data-dir", str(d), env={"GPUFLEET_CONFIG": ""})
+    r = gpufleet_here("rollup", "--data-dir", str(d), env={"GPUFLEET_CONFIG": ""})
     assert r.returncode == 0, r.stderr
     return d
 
@@ -290,7 +290,7 @@ def test_cli_send_to_mails_one_report(data_dir, tmp_path, smtp):
         "  from_address: gpufleet@lab.example\n"
     )
     args = ["report", "--data-dir", str(data_dir), "--config", str(cfg), "--by", "host"]
-    r = gpufleet(*args, "--period", "custom", "--from", "2024-02-26", "--to", "2024-02-29",
+    r = gpufleet_here(*args, "--period", "custom", "--from", "2024-02-26", "--to", "2024-02-29",
                  "--send-to", "pi@lab.example")  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "to pi@lab.example" in r.stdout
@@ -299,9 +299,9 @@ def test_cli_send_to_mails_one_report(data_dir, tmp_path, smtp):
     (att,) = list(msg.iter_attachments())
     assert att.get_filename() == "gpufleet-custom-by-host-2024-02-26-2024-02-29.csv"
     assert len(parts(msg)["image/png"]) == 3
-    r = gpufleet(*args, "--send-to", "not an address")
+    r = gpufleet_here(*args, "--send-to", "not an address")
     assert r.returncode != 0 and "--send-to: email" in r.stderr
-    r = gpufleet(*args, "--period", "week", "--send-to", "pi@lab.example",
+    r = gpufleet_here(*args, "--period", "week", "--send-to", "pi@lab.example",
                  env={"GPUFLEET_CONFIG": ""}, cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr  # the latest complete week (empty: 2024's data)
     assert len(smtp.messages) == 2

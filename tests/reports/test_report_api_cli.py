@@ -16,7 +16,7 @@ from gpufleet.reports.core import COLUMNS, gini, long_tail
 from gpufleet.server.app import create_app
 from gpufleet.store import open_store
 from gpufleet.warehouse.facts import percentile_from_hist
-from tests.conftest import gpufleet
+from tests.conftest import gpufleet_here
 from tests.reports.brute import generate
 from tests.reports.test_warehouse import ingest
 
@@ -30,7 +30,7 @@ def data_dir(tmp_path_factory):
     store = open_store(d / "gpufleet.duckdb")
     ingest(store, generate(START, END, seed=3, hosts=3))
     store.close()
-    r = gpufleet("rollup", "--data-dir", str(d), env={"GPUFLEET_CONFIG": ""})
+    r = gpufleet_here("rollup", "--data-dir", str(d), env={"GPUFLEET_CONFIG": ""})
     assert r.returncode == 0, r.stderr
     assert "rolled up" in r.stdout
     return d
@@ -81,13 +81,13 @@ def test_api_errors_have_the_one_shape(client, query, code):
 def test_cli_report_reads_the_local_store(data_dir):
     args = ["report", "--period", "custom", "--by", "host", "--from", "2024-02-27",
             "--to", "2024-02-28", "--data-dir", str(data_dir)]  # fmt: skip
-    r = gpufleet(*args, "--format", "json", env={"GPUFLEET_CONFIG": ""})
+    r = gpufleet_here(*args, "--format", "json", env={"GPUFLEET_CONFIG": ""})
     assert r.returncode == 0, r.stderr
     body = json.loads(r.stdout)
     assert [row["key"] for row in body["rows"]] == ["node0", "node1", "node2"]
-    r = gpufleet(*args, env={"GPUFLEET_CONFIG": "", "COLUMNS": "200"})
+    r = gpufleet_here(*args, env={"GPUFLEET_CONFIG": "", "COLUMNS": "200"})
     assert r.returncode == 0 and "node1" in r.stdout and "long tail" in r.stdout
-    r = gpufleet("report", "--by", "planet", "--data-dir", str(data_dir))
+    r = gpufleet_here("report", "--by", "planet", "--data-dir", str(data_dir))
     assert r.returncode != 0 and "planet" in r.stderr
 
 
@@ -129,12 +129,12 @@ def test_cli_report_finds_the_running_server_and_fits_80_columns(data_dir, tmp_p
         args = ["report", "--period", "custom", "--by", "host", "--from", "2024-02-27",
                 "--to", "2024-02-28", "--data-dir", str(data)]  # fmt: skip
         env = {"GPUFLEET_CONFIG": "", "COLUMNS": "80", "GPUFLEET_SERVER": ""}
-        r = gpufleet(*args, env=env)  # the store is the server's: only its API can answer
+        r = gpufleet_here(*args, env=env)  # the store is the server's: only its API can answer
         assert r.returncode == 0, r.stderr
         lines = r.stdout.splitlines()
         assert max(len(line) for line in lines) <= 80, r.stdout
         assert "node1" in r.stdout and "GPU-h held" in r.stdout and "--wide" in r.stdout
-        wide = gpufleet(*args, "--wide", env=env)
+        wide = gpufleet_here(*args, "--wide", env=env)
         assert wide.returncode == 0, wide.stderr
         assert "held vs prev %" in wide.stdout and "energy kWh" in wide.stdout
         assert "--wide" not in wide.stdout

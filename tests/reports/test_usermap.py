@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from gpufleet.config import load_settings
 from gpufleet.server.app import create_app
 from gpufleet.store import open_store
-from tests.conftest import gpufleet
+from tests.conftest import gpufleet_here
 from tests.reports.brute import generate
 from tests.reports.test_warehouse import ingest
 
@@ -119,36 +119,36 @@ def test_api_needs_an_admin(client):
 
 def test_cli_on_the_local_store(data_dir, tmp_path):
     d = ["--data-dir", str(data_dir)]
-    r = gpufleet(
+    r = gpufleet_here(
         "usermap", "set", "alice", "--person", "Alice A.", "--group", "vision", *d, env=ENV
     )
     assert r.returncode == 0, r.stderr
-    r = gpufleet("usermap", "set", "bad user", "--group", "x", *d, env=ENV)
+    r = gpufleet_here("usermap", "set", "bad user", "--group", "x", *d, env=ENV)
     assert r.returncode != 0 and "not a Unix user name" in r.stderr
     f = tmp_path / "map.csv"
     f.write_text("user,person,group\nbob,Bob B.,vision\n\ncarol,,nlp\n")
-    r = gpufleet("usermap", "import", str(f), *d, env=ENV)
+    r = gpufleet_here("usermap", "import", str(f), *d, env=ENV)
     assert r.returncode == 0 and "set 2 mapping(s)" in r.stdout, r.stderr
     f.write_text("user,person,group\ndave,D,\ndave,E,\n")
-    r = gpufleet("usermap", "import", str(f), *d, env=ENV)
+    r = gpufleet_here("usermap", "import", str(f), *d, env=ENV)
     assert r.returncode != 0 and "line 3: user 'dave' is already on line 2" in r.stderr
     f.write_text("login,team\nx,y\n")
-    r = gpufleet("usermap", "import", str(f), *d, env=ENV)
+    r = gpufleet_here("usermap", "import", str(f), *d, env=ENV)
     assert r.returncode != 0 and "must name the columns user,person,group" in r.stderr
-    r = gpufleet("usermap", "list", "--format", "json", *d, env=ENV)
+    r = gpufleet_here("usermap", "list", "--format", "json", *d, env=ENV)
     assert [m["user"] for m in json.loads(r.stdout)["mappings"]] == ["alice", "bob", "carol"]
-    r = gpufleet("usermap", "list", "--format", "csv", *d, env=ENV)
+    r = gpufleet_here("usermap", "list", "--format", "csv", *d, env=ENV)
     assert r.stdout.splitlines()[0] == "user,person,group"
-    r = gpufleet("report", "--period", "custom", "--by", "group", "--from", "2024-03-04",
+    r = gpufleet_here("report", "--period", "custom", "--by", "group", "--from", "2024-03-04",
                  "--to", "2024-03-04", "--format", "json", *d, env=ENV)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert {"vision", "nlp"} <= {row["key"] for row in json.loads(r.stdout)["rows"]}
-    r = gpufleet("usermap", "delete", "carol", *d, env=ENV)
+    r = gpufleet_here("usermap", "delete", "carol", *d, env=ENV)
     assert r.returncode == 0, r.stderr
-    r = gpufleet("usermap", "delete", "carol", *d, env=ENV)
+    r = gpufleet_here("usermap", "delete", "carol", *d, env=ENV)
     assert r.returncode != 0 and "no mapping for the user 'carol'" in r.stderr
     f.write_text("user,group\nalice,vision\n")
-    r = gpufleet("usermap", "import", "--replace", str(f), *d, env=ENV)
+    r = gpufleet_here("usermap", "import", "--replace", str(f), *d, env=ENV)
     assert r.returncode == 0 and "deleted 1" in r.stdout, r.stderr
 
 

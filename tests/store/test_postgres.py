@@ -17,7 +17,7 @@ from gpufleet.agent.push import Backoff, Sender
 from gpufleet.agent.spool import Spool
 from gpufleet.store import IngestItem, StoreError, UserRecord, open_store, pg_schema
 from gpufleet.store.schema import MIGRATIONS, RAW_TABLES
-from tests.conftest import free_port, gpufleet, make_batch, make_sample
+from tests.conftest import free_port, gpufleet_here, make_batch, make_sample
 from tests.test_reliability import RecordingSender, wait_until
 
 pytestmark = pytest.mark.service
@@ -256,7 +256,7 @@ def test_migrate_store_round_trip_duckdb_to_postgresql(tmp_path, postgres_url):
     expected = _answers(duck, now)
     duck.close()
 
-    r = gpufleet("migrate-store", "--from", str(path), "--to", postgres_url)
+    r = gpufleet_here("migrate-store", "--from", str(path), "--to", postgres_url)
     assert r.returncode == 0, r.stderr
     assert "counts verified" in r.stderr and "host_samples" in r.stdout
 
@@ -274,7 +274,7 @@ def test_migrate_store_round_trip_duckdb_to_postgresql(tmp_path, postgres_url):
     assert pg.submit(item(batches[0])).result() is False  # batch keys came along
     pg.close()
 
-    again = gpufleet("migrate-store", "--from", str(path), "--to", postgres_url)
+    again = gpufleet_here("migrate-store", "--from", str(path), "--to", postgres_url)
     assert again.returncode == 2
     assert "error: the target" in again.stderr and "is not empty" in again.stderr
     assert "hint: copy into an empty database" in again.stderr

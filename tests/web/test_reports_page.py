@@ -16,7 +16,7 @@ import pytest
 
 from gpufleet.accounts.users import new_user
 from gpufleet.store import open_store
-from tests.conftest import ServerProc, free_port, gpufleet
+from tests.conftest import ServerProc, free_port, gpufleet_here
 from tests.reports.brute import generate
 from tests.reports.test_warehouse import ingest
 
@@ -40,7 +40,7 @@ def server(tmp_path_factory):
     store.create_user(new_user("alice", "alice password", "user"))
     store.create_user(new_user("root", "admin password", "admin"))
     store.close()
-    r = gpufleet("rollup", "--data-dir", str(data), env={"GPUFLEET_CONFIG": ""})
+    r = gpufleet_here("rollup", "--data-dir", str(data), env={"GPUFLEET_CONFIG": ""})
     assert r.returncode == 0, r.stderr
     srv = ServerProc(data, free_port(), token="")
     srv.start()
