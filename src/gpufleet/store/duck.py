@@ -38,7 +38,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from gpufleet.store import ingestlog, warehouse
+from gpufleet.store import groupcommit, ingestlog, warehouse
 from gpufleet.store.base import (
     STOP,
     HostRecord,
@@ -331,46 +331,33 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
 
     def _write_loop(self) -> None:
         con = self._db.cursor()
-        next_commit = 0.0  # monotonic time before which the next ingest group keeps gathering
-        stop = False
-        while not stop:
-            if self._staged:
-                try:
-                    task = self._queue.get(timeout=max(0.01, self._apply_due - time.monotonic()))
-                except queue.Empty:
-                    self._hand_off()
-                    continue
+
+        def run_task(task) -> None:
+            if isinstance(task[0], _Durable):
+                self._stage_durable(con, task[0].items, task[1])
             else:
-                task = self._queue.get()
-            group = []
-            while True:
-                if task is STOP:
-                    stop = True
-                    break
-                if isinstance(task[0], IngestItem):
-                    group.append(task)
-                    if len(group) >= MAX_GROUP:
-                        break
-                else:
-                    if group:
-                        self._ingest_group(con, group)
-                        group = []
-                    if isinstance(task[0], _Durable):
-                        self._stage_durable(con, task[0].items, task[1])
-                    else:
-                        self._run_or_forward(con, task)
-                wait = next_commit - time.monotonic() if group else 0.0
-                try:
-                    task = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            if group:
-                next_commit = time.monotonic() + self._window
-                self._ingest_group(con, group)
+                self._run_or_forward(con, task)
+
+        def after_round() -> None:
             if self._staged and (
                 time.monotonic() >= self._apply_due or len(self._staged) >= APPLY_MAX_BATCHES
             ):
                 self._hand_off()
+
+        groupcommit.run(
+            self._queue,
+            is_item=lambda task: isinstance(task[0], IngestItem),
+            commit=lambda group: self._ingest_group(con, group),
+            run_task=run_task,
+            window=lambda: self._window,
+            max_group=MAX_GROUP,
+            # staged batches wait at most until they are due for the applier
+            idle_seconds=lambda: (
+                max(0.01, self._apply_due - time.monotonic()) if self._staged else None
+            ),
+            on_idle=self._hand_off,
+            after_round=after_round,
+        )
         if self._log is not None:
             self._hand_off(force=True)
             self._apply_queue.put(None)

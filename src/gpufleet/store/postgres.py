@@ -14,7 +14,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +23,7 @@ import psycopg
 from psycopg.pq import TransactionStatus
 
 from gpufleet.config import redact_url
-from gpufleet.store import pg_schema, warehouse
+from gpufleet.store import groupcommit, pg_schema, warehouse
 from gpufleet.store.base import (
     STOP,
     HostRecord,
@@ -236,34 +235,19 @@ class PostgresStore(warehouse.WarehouseMixin, SqlReads, Store):
         return fut.result()
 
     def _write_loop(self) -> None:
-        next_commit = 0.0
-        stop = False
-        while not stop:
-            task = self._queue.get()
-            group = []
-            while True:
-                if task is STOP:
-                    stop = True
-                    break
-                if isinstance(task[0], IngestItem):
-                    group.append(task)
-                    if len(group) >= MAX_GROUP:
-                        break
-                else:
-                    if group:
-                        self._ingest_group(group)
-                        group = []
-                    self._run_task(*task)
-                wait = next_commit - time.monotonic() if group else 0.0
-                try:
-                    task = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            if group:
-                next_commit = time.monotonic() + COMMIT_INTERVAL_SECONDS
-                self._ingest_group(group)
+        def after_round() -> None:
             if self._pending_hosts and time.monotonic() >= self._hosts_due:
                 self._run_task(lambda cur: None, concurrent.futures.Future())
+
+        groupcommit.run(
+            self._queue,
+            is_item=lambda task: isinstance(task[0], IngestItem),
+            commit=self._ingest_group,
+            run_task=lambda task: self._run_task(*task),
+            window=lambda: COMMIT_INTERVAL_SECONDS,
+            max_group=MAX_GROUP,
+            after_round=after_round,
+        )
         self._con.close()
 
     def _writer_con(self) -> psycopg.Connection:

@@ -25,7 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gpufleet.store import IngestItem, StoreError, ingestlog
+from gpufleet.store import IngestItem, StoreError, groupcommit, ingestlog
+from gpufleet.store.base import STOP
 from gpufleet.store.recent import RecentKeys
 from gpufleet.store.rows import batch_key
 from gpufleet.store.waiters import Waiter, settle
@@ -33,9 +34,8 @@ from gpufleet.store.waiters import Waiter, settle
 log = logging.getLogger(__name__)
 
 MAX_GROUP = 512  # batches in one append
-LOG_WINDOW_SECONDS = 0.005  # a group gathers for at most this long before its fsync
+LOG_WINDOW_SECONDS = 0.005  # a group gathers for at most this long after the last fsync
 ROTATE_SECONDS = 1.0
-_STOP = object()
 _KEYS = object()
 
 
@@ -88,44 +88,36 @@ class LogWriter:
 
     def close(self) -> None:
         """Log what is queued, close the log (a file with nothing in it is removed)."""
-        self._queue.put(_STOP)
+        self._queue.put(STOP)
         self._thread.join()
 
     def _run(self) -> None:
         opened = time.monotonic()
-        stop = False
-        while not stop:
-            try:
-                task = self._queue.get(timeout=ROTATE_SECONDS)
-            except queue.Empty:
-                task = None
-            group = []
-            deadline = time.monotonic() + LOG_WINDOW_SECONDS
-            while task is not None:
-                if task is _STOP:
-                    stop = True
-                    break
-                if task[0] is _KEYS:
-                    self._recent.add(task[1])
-                else:
-                    group.append(task)
-                wait = deadline - time.monotonic()
-                if len(group) >= MAX_GROUP:
-                    break
-                try:
-                    task = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    task = None
-            if group:
-                self._append(group)
-            if time.monotonic() - opened >= ROTATE_SECONDS:
-                records = self._log.records
-                old = self._log.rotate()  # the server deletes it once it has moved it
-                if old is not None:
-                    self._unmoved_files[old] = records
-                opened = time.monotonic()
-                self._unmoved_files = {p: n for p, n in self._unmoved_files.items() if p.exists()}
-                self._unmoved = sum(self._unmoved_files.values())
+
+        def rotate_when_due() -> None:
+            nonlocal opened
+            if time.monotonic() - opened < ROTATE_SECONDS:
+                return
+            records = self._log.records
+            old = self._log.rotate()  # the server deletes it once it has moved it
+            if old is not None:
+                self._unmoved_files[old] = records
+            opened = time.monotonic()
+            self._unmoved_files = {p: n for p, n in self._unmoved_files.items() if p.exists()}
+            self._unmoved = sum(self._unmoved_files.values())
+
+        groupcommit.run(
+            self._queue,
+            is_item=lambda task: task[0] is not _KEYS,
+            commit=self._append,
+            run_task=lambda task: self._recent.add(task[1]),
+            splits=lambda task: False,  # news of stored keys need not wait for the group
+            window=lambda: LOG_WINDOW_SECONDS,
+            max_group=MAX_GROUP,
+            idle_seconds=lambda: ROTATE_SECONDS,
+            on_idle=rotate_when_due,
+            after_round=rotate_when_due,
+        )
         self._log.close()
 
     def _append(self, group: list[tuple[IngestItem, Waiter]]) -> None:
