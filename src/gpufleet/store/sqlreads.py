@@ -90,7 +90,8 @@ class SqlReads:
             if row[0][4] is not None:
                 raise StoreError(f"token {name!r} is already revoked")
             con.execute(f"UPDATE agent_tokens SET revoked_at = {p} WHERE name = {p}", [at, name])
-            return TokenRecord(*row[0][:4], revoked_at=at)
+            tid, tname, secret, created = row[0][:4]
+            return TokenRecord(tid, tname, secret, created, revoked_at=at)
 
         return self.write(fn)
 
