@@ -1,0 +1,82 @@
+"""What a person does on /alerts in real Chromium: a logged-in user acknowledges an alert, an
+admin silences one from its row and expires the silence, and a matcher the API refuses is
+shown with the API's own message (nothing stored); a visitor who is not logged in gets the
+command line instead of buttons."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.accounts.test_browser import add_user, log_in
+from tests.alerts.test_server import _config, _post
+from tests.web.conftest import page  # noqa: F401  (Chromium page, fails on JS errors)
+
+pytestmark = pytest.mark.slow
+
+
+def test_acknowledge_silence_and_expire_from_the_page(tmp_path, server_factory, page, browser):  # noqa: F811
+    from playwright.sync_api import expect
+
+    srv = server_factory("--config", str(_config(tmp_path, 9)), start=False)
+    add_user(srv.data_dir, "root", "admin", "root password 1")
+    srv.start()
+    _post(srv, hot=True)  # two GPUs of dgx-01 at 93 C: gpu_too_hot fires on both
+    page.goto(srv.url + "/login?next=/alerts")
+    log_in(page, srv.url, "root", "root password 1")
+    rows = page.locator("#alert-table tr[data-state='firing']")
+    for _ in range(120):  # the engine evaluates every 0.3 s; the page follows live
+        if rows.count() == 2:
+            break
+        _post(srv, hot=True)
+        page.wait_for_timeout(500)
+    expect(rows).to_have_count(2)
+
+    # acknowledge the first: the API records who, the row says so (no more repeats)
+    first = rows.nth(0)
+    fingerprint = first.get_attribute("data-fingerprint")
+    first.locator("button.ack").click()
+    expect(page.locator(f"#alert-table tr[data-fingerprint='{fingerprint}']")).to_contain_text(
+        "root", timeout=30_000
+    )
+    alerts = httpx.get(srv.url + "/api/v1/alerts").json()["alerts"]
+    assert [a["acked_by"] for a in alerts if a["fingerprint"] == fingerprint] == ["root"]
+
+    # a matcher the API refuses: its message on the page, nothing stored
+    page.fill("#silence-matchers", "Host=dgx-01")
+    page.fill("#silence-reason", "fans replaced today")
+    page.click("#silence-form button[type=submit]")
+    expect(page.locator("#alert-action-error")).to_contain_text("is not a label name")
+    page.fill("#silence-matchers", "nonsense")
+    page.click("#silence-form button[type=submit]")
+    expect(page.locator("#alert-action-error")).to_contain_text("write LABEL=PATTERN")
+    assert httpx.get(srv.url + "/api/v1/silences").json()["silences"] == []
+
+    # "Silence…" on the second row fills the form with its labels; the silence mutes it
+    rows.nth(1).locator("button.silence-this").click()
+    matchers = page.input_value("#silence-matchers")
+    assert matchers.startswith("host=dgx-01 rule=gpu_too_hot gpu="), matchers
+    page.fill("#silence-matchers", "host=dgx-01 rule=gpu_too_hot")
+    page.select_option("#silence-duration", "21600")
+    page.click("#silence-form button[type=submit]")
+    silence = page.locator("#silence-rows tr[data-silence]")
+    expect(silence).to_have_count(1)
+    expect(silence).to_contain_text("fans replaced today")
+    (stored,) = httpx.get(srv.url + "/api/v1/silences").json()["silences"]
+    assert stored["matchers"] == {"host": "dgx-01", "rule": "gpu_too_hot"}
+    assert stored["created_by"] == "root"
+    assert 6 * 3600 - 120 < stored["ends_at"] - stored["starts_at"] <= 6 * 3600
+    expect(page.locator("#alert-table")).to_contain_text("silenced", timeout=30_000)
+
+    # expire it: gone from the page and from the active silences
+    silence.locator("button.expire").click()
+    expect(page.locator("#silence-rows")).to_contain_text("No active silence.")
+    assert httpx.get(srv.url + "/api/v1/silences").json()["silences"] == []
+
+    # someone not logged in sees what fires, and the command line, but no buttons
+    other = browser.new_context().new_page()
+    other.goto(srv.url + "/alerts")
+    expect(other.locator("#alert-table tr[data-state='firing']")).to_have_count(2)
+    assert other.locator("button.ack, button.silence-this, #silence-form").count() == 0
+    assert "gpufleet silence add" in other.inner_text("#alert-silences")
+    other.context.close()
