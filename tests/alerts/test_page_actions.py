@@ -5,6 +5,8 @@ command line instead of buttons."""
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 
@@ -73,6 +75,10 @@ def test_acknowledge_silence_and_expire_from_the_page(tmp_path, server_factory, 
     expect(page.locator("#silence-rows")).to_contain_text("No active silence.")
     assert httpx.get(srv.url + "/api/v1/silences").json()["silences"] == []
 
+    # the history says when in UTC, as a date and time
+    page.reload()
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d", page.inner_text("#alert-history"))
+
     # someone not logged in sees what fires, and the command line, but no buttons
     other = browser.new_context().new_page()
     other.goto(srv.url + "/alerts")
@@ -80,3 +86,26 @@ def test_acknowledge_silence_and_expire_from_the_page(tmp_path, server_factory, 
     assert other.locator("button.ack, button.silence-this, #silence-form").count() == 0
     assert "gpufleet silence add" in other.inner_text("#alert-silences")
     other.context.close()
+
+
+def test_the_overview_marks_the_host_whose_alerts_fire(tmp_path, server_factory, page):  # noqa: F811
+    """The fleet's badge in the top bar, and on the host's own row of the overview its own
+    badge (linking to its alerts); the other hosts' rows have none; live both ways."""
+    from playwright.sync_api import expect
+
+    from tests.conftest import make_batch, make_sample
+
+    srv = server_factory("--config", str(_config(tmp_path, 9)))
+    assert srv.post(make_batch(make_sample("calm-01"))).status_code == 200
+    _post(srv, hot=False)
+    page.goto(srv.url + "/")
+    hot_row = page.locator("#hosts [data-host='dgx-01'] .host-alerts")
+    calm_row = page.locator("#hosts [data-host='calm-01'] .host-alerts")
+    expect(page.locator("#live")).to_have_attribute("data-state", "live", timeout=30_000)
+    expect(hot_row).to_be_hidden()
+    _post(srv, hot=True)  # two GPUs of dgx-01 overheat
+    expect(hot_row.locator("[data-severity='warning']")).to_have_text("2 warning", timeout=60_000)
+    assert hot_row.get_attribute("href") == "/alerts?q=dgx-01"
+    expect(calm_row).to_be_hidden()
+    _post(srv, hot=False)  # they cool down (resolve_hold_seconds: 0 in this config)
+    expect(hot_row).to_be_hidden(timeout=60_000)

@@ -7,6 +7,7 @@
   const form = document.getElementById("filters");
   const views = new Map(); // name -> latest view (from the server)
   const rows = new Map(); // name -> row element
+  let hostAlerts = {}; // name -> firing alerts by severity (the stream's "alerts" event)
   let order = []; // names in display order
   let lastSort = 0;
   let sortTimer = null;
@@ -124,7 +125,8 @@
     const loadPct = v.load1 !== null && v.cpu_count ? ratio(v.load1, v.cpu_count) : null;
     const free = v.free_gpu_count;
     return `<div class="hname"><div class="line1"><span class="dot st-${v.status}" title="${v.status}"></span>`
-      + `<a href="/hosts/${encodeURIComponent(v.name)}" title="${esc(v.name)}">${esc(v.name)}</a>${badge}</div>`
+      + `<a href="/hosts/${encodeURIComponent(v.name)}" title="${esc(v.name)}">${esc(v.name)}</a>${badge}`
+      + `<a class="alert-badges host-alerts" href="/alerts?q=${encodeURIComponent(v.name)}" hidden></a></div>`
       + `<span class="sub" title="${esc(sub)}">${esc(sub)}</span>${why}</div>`
       + `<div class="hgpu"><div class="model" title="${esc(v.gpu_models.join(", "))}">${v.gpu_count ? `${v.gpu_count} × ` : ""}${esc(models)}</div>`
       + (v.gpu_count ? (v.status === "offline"
@@ -154,6 +156,7 @@
     row.className = `host st-${v.status}`;
     row.dataset.lastSeen = v.last_seen ?? "";
     row.innerHTML = rowHTML(v);
+    GFAlerts.render(row.querySelector(".host-alerts"), hostAlerts[name]);
     row.dirty = false;
   }
 
@@ -274,6 +277,10 @@
   form.addEventListener("change", applyFilters);
   form.addEventListener("submit", (e) => { e.preventDefault(); applyFilters(); });
   window.GF_OVERVIEW = { views, rows }; // for tests and the benchmark
-  const onAlerts = (d) => GFAlerts.render(document.getElementById("alert-badges"), d.firing);
+  function onAlerts(d) {
+    GFAlerts.render(document.getElementById("alert-badges"), d.firing);
+    hostAlerts = d.hosts || {};
+    for (const [name, row] of rows) GFAlerts.render(row.querySelector(".host-alerts"), hostAlerts[name]);
+  }
   GF.connect("/api/v1/stream", { snapshot: onSnapshot, hosts: onHosts, alerts: onAlerts });
 })();
