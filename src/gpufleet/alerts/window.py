@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 if TYPE_CHECKING:
     from gpufleet.alerts.rules import Rule
 
@@ -105,3 +107,81 @@ def compile_plans(rules: list[Rule]) -> dict[str, MetricPlan]:
     for r in rules:
         plans.setdefault(r.metric, MetricPlan()).add(r)
     return plans
+
+
+class WindowTable:
+    """The :class:`Window` of every series on one metric and span, as arrays (one row per
+    series id): the same buckets, the same arithmetic in the same order per series, so the
+    values are the same to the bit; :meth:`add` and :meth:`value` take many series at once
+    (each at most once per call)."""
+
+    RING = BUCKETS + 3  # a window holds at most BUCKETS + 2 buckets between add and pop
+
+    def __init__(self, span: float, capacity: int) -> None:
+        self.span = span
+        self.width = span / BUCKETS
+        self.n = np.zeros(capacity, np.int64)
+        self.head = np.zeros(capacity, np.int64)
+        self.start = np.zeros((capacity, self.RING))
+        self.first = np.zeros((capacity, self.RING))
+        self.sums = np.zeros((capacity, self.RING))
+        self.total = np.zeros(capacity)
+
+    def grow(self, capacity: int) -> None:
+        extra = capacity - len(self.n)
+        if extra <= 0:
+            return
+        self.n = np.concatenate([self.n, np.zeros(extra, np.int64)])
+        self.head = np.concatenate([self.head, np.zeros(extra, np.int64)])
+        self.total = np.concatenate([self.total, np.zeros(extra)])
+        pad = np.zeros((extra, self.RING))
+        self.start = np.concatenate([self.start, pad])
+        self.first = np.concatenate([self.first, pad])
+        self.sums = np.concatenate([self.sums, pad])
+
+    def reset(self, sids: np.ndarray) -> None:
+        self.n[sids] = 0
+        self.head[sids] = 0
+        self.total[sids] = 0.0
+
+    def add(self, sids: np.ndarray, t: np.ndarray, v: np.ndarray) -> None:
+        """:meth:`Window.add` for each series ``sids[i]`` at ``t[i]`` with ``v[i]``."""
+        ring = self.RING
+        n, head = self.n[sids], self.head[sids]
+        last = (head + n - 1) % ring
+        same = (n > 0) & ((t - self.start[sids, last]) < self.width)
+        if same.any():
+            s = sids[same]
+            self.sums[s, last[same]] += v[same]
+        new = ~same
+        if new.any():
+            s, vn = sids[new], v[new]
+            pos = (head[new] + n[new]) % ring
+            self.start[s, pos] = t[new]
+            self.first[s, pos] = vn
+            self.sums[s, pos] = vn
+            self.n[s] += 1
+        self.total[sids] += v
+        horizon = t - self.span
+        while len(sids):  # drop the buckets that start before the window (never the newest)
+            h = self.head[sids]
+            pop = self.start[sids, h] < horizon
+            if not pop.any():
+                break
+            sids, h, horizon = sids[pop], h[pop], horizon[pop]
+            self.total[sids] -= self.sums[sids, h]
+            self.head[sids] = (h + 1) % ring
+            self.n[sids] -= 1
+
+    def value(self, kind: str, sids: np.ndarray, t: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """:meth:`Window.value` for each series (``v``: its newest value, already added)."""
+        if kind == "sum":
+            return self.total[sids]
+        h = self.head[sids]
+        start = self.start[sids, h]
+        d = v - self.first[sids, h]
+        change = np.where(d > 0.0, d, 0.0)  # a counter reset (driver reload) is not a drop
+        if kind == "increase":
+            return change
+        later = t > start
+        return np.where(later, change / np.where(later, t - start, 1.0), 0.0)
