@@ -11,8 +11,8 @@ out here too. Each sample appears at most once per call (one *layer* of the buff
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import chain
-from operator import attrgetter
+from itertools import accumulate, chain
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import numpy as np
@@ -39,13 +39,6 @@ METRIC_POS = {m: i for i, m in enumerate(HOST_ORDER)} | {m: i for i, m in enumer
 METRIC_POS |= {"disk_used_ratio": 0, "silent_seconds": 0, "host_down": 1, "agent_down": 2}
 SPOS = 1024  # order = seq * SPOS + the series' place in its sample (< 1 + disks + 2 * GPUs + 1)
 
-_GPU = attrgetter("index", "error", "xid_events", "utilization_gpu_percent", "memory_used_bytes",
-                  "memory_total_bytes", "temperature_celsius", "power_watts",
-                  "power_limit_watts", "ecc_uncorrected_volatile")  # fmt: skip
-_HOST = attrgetter("cpu_percent", "load1", "cpu_count", "memory_total_bytes",
-                   "memory_available_bytes", "swap_total_bytes", "swap_used_bytes")  # fmt: skip
-_PROC = attrgetter("gpu_index", "gpu_memory_bytes", "uid", "user")
-
 
 @dataclass
 class Layout:
@@ -53,7 +46,9 @@ class Layout:
 
     group: str | None
     gpus: tuple[int, ...]
-    mounts: tuple[str, ...]
+    raw_mounts: tuple[str, ...]  # as listed (a mount listed twice: its last entry counts)
+    keep: np.ndarray  # the entries of raw_mounts that are series, in series order
+    dup: bool
     host_sid: int
     gpu_sids: np.ndarray
     disk_sids: np.ndarray
@@ -67,6 +62,7 @@ class SeriesIndex:
         self.sids: dict[Labels, int] = {}
         self.keys: list[Labels] = []
         self.layouts: dict[str, Layout] = {}
+        self.user: dict[tuple[int, str], int] = {}  # (GPU series, users) -> series
 
     def sid(self, key: Labels) -> int:
         got = self.sids.get(key)
@@ -76,42 +72,76 @@ class SeriesIndex:
         return got
 
     def layout(self, host: str, group: str | None, gpus: tuple[int, ...],
-               mounts: tuple[str, ...]) -> Layout:  # fmt: skip
+               raw_mounts: tuple[str, ...]) -> Layout:  # fmt: skip
         lay = self.layouts.get(host)
-        if lay is not None and lay.group == group and lay.gpus == gpus and lay.mounts == mounts:
+        if (lay is not None and lay.gpus == gpus and lay.raw_mounts == raw_mounts
+                and lay.group == group):  # fmt: skip
             return lay
+        last = {m: j for j, m in enumerate(raw_mounts)}  # first place, last entry (a dict)
         hs = self.sid(_key(host, group, "host", host))
         g = np.array([self.sid(_key(host, group, "gpu", i)) for i in gpus], np.int64)
-        d = np.array([self.sid(_key(host, group, "mount", m)) for m in mounts], np.int64)
-        lay = Layout(group, gpus, mounts, hs, g, d, frozenset([hs, *g.tolist(), *d.tolist()]))
+        d = np.array([self.sid(_key(host, group, "mount", m)) for m in last], np.int64)
+        lay = Layout(group, gpus, raw_mounts, np.array(list(last.values()), np.int64),
+                     len(last) < len(raw_mounts), hs, g, d,
+                     frozenset([hs, *g.tolist(), *d.tolist()]))  # fmt: skip
         self.layouts[host] = lay
         return lay
 
+    def user_sid(self, host: str, group: str | None, gpu_sid: int, gpu: int, users: str) -> int:
+        got = self.user.get((gpu_sid, users))
+        if got is None:
+            got = self.user[(gpu_sid, users)] = self.sid(_user_key(host, group, gpu, users))
+        return got
 
-@dataclass
-class Present:
-    """The series one sample had (for alerts whose series a later sample no longer has)."""
 
-    layout: Layout
-    users: frozenset[int]
+Present = tuple[Layout, tuple[int, ...]]  # the series one sample had (layout, user series)
 
-    def has(self, sid: int) -> bool:
-        return sid in self.layout.sids or sid in self.users
+
+def present_has(p: Present, sid: int) -> bool:
+    return sid in p[0].sids or sid in p[1]
 
 
 Rows = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # sids, values, times, order
 
 
-def _num(col: tuple[Any, ...]) -> tuple[np.ndarray, np.ndarray | None]:
-    """Floats, and where they are missing (None: nothing missing)."""
-    if None in col:
-        present = np.fromiter((x is not None for x in col), bool, len(col))
-        return np.fromiter((0.0 if x is None else x for x in col), float, len(col)), present
-    return np.array(col, dtype=float), None
+class _Cols:
+    """One field of many pydantic models at a time, read from their ``__dict__`` (a C-level
+    dict lookup per object; a field missing there is read as an attribute)."""
+
+    __slots__ = ("dicts", "objs")
+
+    def __init__(self, objs: list[Any]) -> None:
+        self.objs = objs
+        self.dicts: list[dict[str, Any]] | None = None
+
+    def __call__(self, name: str) -> list[Any]:
+        if self.dicts is None:
+            self.dicts = list(map(vars, self.objs))
+        try:
+            return list(map(itemgetter(name), self.dicts))
+        except KeyError:
+            return list(map(attrgetter(name), self.objs))
 
 
-def _truthy(col: tuple[Any, ...]) -> np.ndarray:
-    return np.fromiter((bool(x) for x in col), bool, len(col))
+def _num(col: list[Any]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Floats, and where they are present (None: all are). A missing value (None) is NaN
+    to numpy; validated samples hold no NaN, but a NaN is checked for, not assumed away."""
+    arr = np.array(col, dtype=float)
+    if not len(arr) or not np.isnan(arr).any():
+        return arr, None
+    present = np.fromiter((x is not None for x in col), bool, len(col))
+    return np.where(present, arr, 0.0), present
+
+
+def _truthy(col: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """A divisor column: where it is given and not zero, and the values (1 elsewhere)."""
+    arr, present = _num(col)
+    ok = arr != 0 if present is None else present & (arr != 0)
+    return ok, np.where(ok, arr, 1.0)
+
+
+def _and(a: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    return a if b is None else a & b
 
 
 def _rows(out: dict[str, Rows], metric: str, sids: np.ndarray, vals: np.ndarray,
@@ -133,185 +163,220 @@ def layer_rows(
     n = len(layer)
     out: dict[str, Rows] = {}
     samples = [e[1] for e in layer]
-    nows = np.fromiter((e[2] for e in layer), float, n)
-    base = np.fromiter((e[0] for e in layer), np.int64, n) * SPOS
-    # -- host series
-    hms = [s.host_metrics for s in samples]
-    want_disks = "disk_used_ratio" in wanted
-    disk_vals: list[float] = []
-    layouts: list[Layout] = []
-    gpu_lists = [s.gpus for s in samples]
-    counts = np.fromiter(map(len, gpu_lists), np.int64, n)
+    nows = np.array([e[2] for e in layer], float)
+    base = np.array([e[0] for e in layer], np.int64) * SPOS
+    of_sample = _Cols(samples)
+    hms = of_sample("host_metrics")
+    of_host = _Cols(hms)
+    gpu_lists = of_sample("gpus")
+    gcount = list(map(len, gpu_lists))
+    goff = [0, *accumulate(gcount)]
     gpus = list(chain.from_iterable(gpu_lists))
-    gcols = list(zip(*map(_GPU, gpus), strict=True)) if gpus else [()] * 10
-    indices: tuple[int, ...] = gcols[0]
-    offsets = np.concatenate([[0], np.cumsum(counts)]).tolist()
-    n_disks = np.zeros(n, np.int64)
-    for i, (e, hm) in enumerate(zip(layer, hms, strict=True)):
-        mounts: tuple[str, ...] = ()
-        if want_disks and hm.disks:
-            ratios: dict[str, float] = {}
-            for disk in hm.disks:
-                if disk.total_bytes > 0:
-                    ratios[disk.mount] = disk.used_bytes / disk.total_bytes
-            mounts = tuple(ratios)
-            disk_vals += ratios.values()
-            n_disks[i] = len(mounts)
-        layouts.append(index.layout(e[1].host, e[4], indices[offsets[i] : offsets[i + 1]], mounts))
-    host_sids = np.fromiter((lay.host_sid for lay in layouts), np.int64, n)
-    hwant = [m for m in HOST_ORDER if m in wanted]
-    if hwant:
-        hcols = list(zip(*map(_HOST, hms), strict=True))
-        for m in hwant:
-            order = base + 0
-            if m == "nvml_hung":
-                vals = np.fromiter((float(any(HUNG_TEXT in x for x in s.errors)) if s.errors
-                                    else 0.0 for s in samples), float, n)  # fmt: skip
-                _rows(out, m, host_sids, vals, nows, order, None)
-            elif m == "collection_errors":
-                vals = np.fromiter((float(len(s.errors)) for s in samples), float, n)
-                _rows(out, m, host_sids, vals, nows, order, None)
-            elif m == "cpu_percent":
-                vals, present = _num(hcols[0])
-                _rows(out, m, host_sids, vals, nows, order, present)
-            elif m == "load1_per_cpu":
-                load, present = _num(hcols[1])
-                ok = _truthy(hcols[2]) & (True if present is None else present)
-                cpus, _ = _num(tuple(c or 1 for c in hcols[2]))
-                _rows(out, m, host_sids, load / cpus, nows, order, ok)
-            elif m == "memory_used_ratio":
-                avail, present = _num(hcols[4])
-                ok = _truthy(hcols[3]) & (True if present is None else present)
-                total, _ = _num(tuple(c or 1 for c in hcols[3]))
-                _rows(out, m, host_sids, 1 - avail / total, nows, order, ok)
-            elif m == "swap_used_ratio":
-                used, present = _num(hcols[6])
-                ok = _truthy(hcols[5]) & (True if present is None else present)
-                total, _ = _num(tuple(c or 1 for c in hcols[5]))
-                _rows(out, m, host_sids, used / total, nows, order, ok)
-            elif m == "clock_skew_abs_seconds":
-                vals, present = _num(tuple(e[3] for e in layer))
-                _rows(out, m, host_sids, np.abs(vals), nows, order, present)
-    if want_disks and disk_vals:
+    of_gpu = _Cols(gpus)
+    gidx = of_gpu("index")
+    # -- mounts: a mount with no size is no series
+    want_disks = "disk_used_ratio" in wanted
+    dmount: list[str] = []
+    dcount = [0] * n
+    ratio = np.zeros(0)
+    if want_disks:
+        disk_lists = of_host("disks")
+        dcount = list(map(len, disk_lists))
+        disks = list(chain.from_iterable(disk_lists))
+        if disks:
+            of_disk = _Cols(disks)
+            dmount = of_disk("mount")
+            dtotal = np.array(of_disk("total_bytes"), float)
+            dused = np.array(of_disk("used_bytes"), float)
+            sized = dtotal > 0
+            if not sized.all():
+                keep = np.flatnonzero(sized)
+                dcount = np.bincount(np.repeat(np.arange(n), dcount)[keep], minlength=n).tolist()
+                dmount = [dmount[k] for k in keep.tolist()]
+                dtotal, dused = dtotal[keep], dused[keep]
+            ratio = dused / dtotal
+    doff = [0, *accumulate(dcount)]
+    lay_of = index.layout
+    layouts = [
+        lay_of(
+            s.host, e[4], tuple(gidx[goff[i] : goff[i + 1]]), tuple(dmount[doff[i] : doff[i + 1]])
+        )
+        for i, (e, s) in enumerate(zip(layer, samples, strict=True))
+    ]
+    host_sids = np.array([lay.host_sid for lay in layouts], np.int64)
+    # -- host series
+    for m in HOST_ORDER:
+        if m not in wanted:
+            continue
+        present: np.ndarray | None = None
+        if m in ("nvml_hung", "collection_errors"):
+            errs = of_sample("errors")
+            if not any(errs):
+                vals = np.zeros(n)
+            elif m == "nvml_hung":
+                vals = np.array([float(any(HUNG_TEXT in x for x in e)) for e in errs])
+            else:
+                vals = np.array(list(map(len, errs)), float)
+        elif m == "cpu_percent":
+            vals, present = _num(of_host("cpu_percent"))
+        elif m == "load1_per_cpu":
+            load, present = _num(of_host("load1"))
+            ok, cpus = _truthy(of_host("cpu_count"))
+            vals, present = load / cpus, _and(ok, present)
+        elif m == "memory_used_ratio":
+            avail, present = _num(of_host("memory_available_bytes"))
+            ok, total = _truthy(of_host("memory_total_bytes"))
+            vals, present = 1 - avail / total, _and(ok, present)
+        elif m == "swap_used_ratio":
+            used, present = _num(of_host("swap_used_bytes"))
+            ok, total = _truthy(of_host("swap_total_bytes"))
+            vals, present = used / total, _and(ok, present)
+        else:  # clock_skew_abs_seconds
+            vals, present = _num([e[3] for e in layer])
+            vals = np.abs(vals)
+        _rows(out, m, host_sids, vals, nows, base, present)
+    if len(ratio):
         dsids = np.concatenate([lay.disk_sids for lay in layouts])
-        nd = n_disks
-        sample_of = np.repeat(np.arange(n), nd)
-        within = np.arange(len(dsids)) - np.repeat(np.cumsum(nd) - nd, nd)
-        _rows(out, "disk_used_ratio", dsids, np.array(disk_vals), nows[sample_of],
-              base[sample_of] + 1 + within, None)  # fmt: skip
-    users_of: list[frozenset[int]] = [frozenset()] * n
-    if gpus:
-        users_of = _gpu_rows(out, layer, layouts, gcols, counts, n_disks, nows, base,
-                             index, wanted, th)  # fmt: skip
-    return out, [Present(lay, u) for lay, u in zip(layouts, users_of, strict=True)]
+        n_series = [len(lay.disk_sids) for lay in layouts]
+        dsample = np.repeat(np.arange(n), n_series)
+        if any(lay.dup for lay in layouts):  # a mount listed twice: its last entry counts
+            ratio = ratio[np.concatenate([doff[i] + lay.keep for i, lay in enumerate(layouts)])]
+        within = np.arange(len(dsids)) - np.repeat(np.cumsum(n_series) - n_series, n_series)
+        _rows(out, "disk_used_ratio", dsids, ratio, nows[dsample], base[dsample] + 1 + within,
+              None)  # fmt: skip
+    n_disks = np.array([len(lay.disk_sids) for lay in layouts], np.int64)
+    users_of: list[tuple[int, ...]] = [()] * n
+    if gpus and not _GPU_METRICS.isdisjoint(wanted):
+        users_of = _gpu_rows(out, layer, of_sample, layouts, of_gpu, gidx, np.array(gcount),
+                             n_disks, nows, base, index, wanted, th)  # fmt: skip
+    return out, list(zip(layouts, users_of, strict=True))
 
 
-def _gpu_rows(out: dict[str, Rows], layer: list[Any], layouts: list[Layout],
-              gcols: list[tuple[Any, ...]], counts: np.ndarray, n_disks: np.ndarray,
-              nows: np.ndarray, base: np.ndarray, index: SeriesIndex, wanted: frozenset[str],
-              th: Thresholds) -> list[frozenset[int]]:  # fmt: skip
+_GPU_METRICS = frozenset(GPU_ORDER)
+
+
+def _gpu_rows(out: dict[str, Rows], layer: list[Any], of_sample: _Cols,
+              layouts: list[Layout], of_gpu: _Cols, gidx: list[int], counts: np.ndarray,
+              n_disks: np.ndarray, nows: np.ndarray, base: np.ndarray, index: SeriesIndex,
+              wanted: frozenset[str], th: Thresholds) -> list[tuple[int, ...]]:  # fmt: skip
     n = len(layer)
-    total = int(counts.sum())
+    total = len(gidx)
     sample_of = np.repeat(np.arange(n), counts)
     within = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
     order = base[sample_of] + 1 + n_disks[sample_of] + 2 * within
     t = nows[sample_of]
     sids = np.concatenate([lay.gpu_sids for lay in layouts])
-    _, errors, xids, util_c, used_c, mtotal_c, temp_c, power_c, limit_c, ecc_c = gcols
-    err_none = None if errors.count(None) == total else np.fromiter(
-        (x is None for x in errors), bool, total)  # fmt: skip
+    derived = not GPU_DERIVED.isdisjoint(wanted)
     zeros = np.zeros(total)
+    errors: list[Any] = []
+    err_none: np.ndarray | None = None  # None: no GPU reports an error
+    if derived or "gpu_error" in wanted or "gpu_lost" in wanted:
+        errors = of_gpu("error")
+        if errors.count(None) != total:
+            err_none = np.array([x is None for x in errors])
     if "gpu_error" in wanted:
-        vals = zeros if err_none is None else (~err_none).astype(float)
-        _rows(out, "gpu_error", sids, vals, t, order, None)
+        _rows(out, "gpu_error", sids, zeros if err_none is None else (~err_none).astype(float),
+              t, order, None)  # fmt: skip
+    xids = of_gpu("xid_events") if ("xid_events" in wanted or "gpu_lost" in wanted) else []
     if "xid_events" in wanted:
-        vals = np.fromiter(map(len, xids), float, total) if any(xids) else zeros
+        vals = np.array(list(map(len, xids)), float) if any(xids) else zeros
         _rows(out, "xid_events", sids, vals, t, order, None)
     if "gpu_lost" in wanted:
         vals = zeros
         if err_none is not None or any(xids):
-            vals = np.fromiter(
-                (float(any(e.xid == 79 for e in x)
-                       or (err is not None and any(s in err for s in LOST_TEXT)))
-                 for x, err in zip(xids, errors, strict=True)), float, total)  # fmt: skip
+            vals = np.array([float(any(e.xid == 79 for e in x)
+                                   or (err is not None and any(s in err for s in LOST_TEXT)))
+                             for x, err in zip(xids, errors or [None] * total, strict=True)])  # fmt: skip
         _rows(out, "gpu_lost", sids, vals, t, order, None)
-    util, util_ok = _num(util_c)
-    used, used_ok = _num(used_c)
+    util, util_ok = np.zeros(0), None
+    if derived or "utilization_gpu_percent" in wanted:
+        util, util_ok = _num(of_gpu("utilization_gpu_percent"))
     if "utilization_gpu_percent" in wanted:
         _rows(out, "utilization_gpu_percent", sids, util, t, order, util_ok)
+    used, used_ok = np.zeros(0), None
+    if derived or "memory_used_bytes" in wanted or "gpu_memory_used_ratio" in wanted:
+        used, used_ok = _num(of_gpu("memory_used_bytes"))
     if "memory_used_bytes" in wanted:
         _rows(out, "memory_used_bytes", sids, used, t, order, used_ok)
     if "gpu_memory_used_ratio" in wanted:
-        ok = _truthy(mtotal_c) & (True if used_ok is None else used_ok)
-        mtotal, _ = _num(tuple(x or 1 for x in mtotal_c))
-        _rows(out, "gpu_memory_used_ratio", sids, used / mtotal, t, order, ok)
+        ok, mtotal = _truthy(of_gpu("memory_total_bytes"))
+        _rows(out, "gpu_memory_used_ratio", sids, used / mtotal, t, order, _and(ok, used_ok))
     if "temperature_celsius" in wanted:
-        vals, present = _num(temp_c)
+        vals, present = _num(of_gpu("temperature_celsius"))
         _rows(out, "temperature_celsius", sids, vals, t, order, present)
     if "power_cap_ratio" in wanted:
-        power, present = _num(power_c)
-        ok = _truthy(limit_c) & (True if present is None else present)
-        limit, _ = _num(tuple(x or 1.0 for x in limit_c))
-        _rows(out, "power_cap_ratio", sids, power / limit, t, order, ok)
+        power, present = _num(of_gpu("power_watts"))
+        ok, limit = _truthy(of_gpu("power_limit_watts"))
+        _rows(out, "power_cap_ratio", sids, power / limit, t, order, _and(ok, present))
     if "ecc_uncorrected_volatile" in wanted:
-        vals, present = _num(ecc_c)
+        vals, present = _num(of_gpu("ecc_uncorrected_volatile"))
         _rows(out, "ecc_uncorrected_volatile", sids, vals, t, order, present)
-    users_of: list[frozenset[int]] = [frozenset()] * n
-    if GPU_DERIVED.isdisjoint(wanted):
+    users_of: list[tuple[int, ...]] = [()] * n
+    if not derived:
         return users_of
     # processes -> their GPU's row (a process on a GPU the sample does not list is ignored)
-    procs = [(i, p) for i, e in enumerate(layer) for p in e[1].processes]
-    row_of = np.full(n * 64, -1, np.int64)
-    row_of[sample_of * 64 + np.array(gcols[0], np.int64)] = np.arange(total)
-    held: np.ndarray = np.zeros(total)
-    gone: np.ndarray = np.zeros(total)
+    plists = of_sample("processes")
+    procs = list(chain.from_iterable(plists))
+    of_proc = _Cols(procs)
+    held: np.ndarray = zeros
+    gone: np.ndarray = zeros
     has_procs = np.zeros(total, bool)
-    users: dict[int, set[str]] = {}
+    with_users = np.zeros(total, bool)
+    label: dict[int, str] = {}  # GPU row -> its users, joined
     if procs:
-        pcols = list(zip(*(_PROC(p) for _, p in procs), strict=True))
-        prow = row_of[np.fromiter((i for i, _ in procs), np.int64, len(procs)) * 64
-                      + np.array(pcols[0], np.int64)]  # fmt: skip
-        mem, _ = _num(tuple(x or 0 for x in pcols[1]))
-        owned = np.fromiter((uid is not None or bool(u) for uid, u in zip(pcols[2], pcols[3],
-                            strict=True)), bool, len(procs))  # fmt: skip
+        row_of = np.full(n * 64, -1, np.int64)
+        row_of[sample_of * 64 + np.array(gidx, np.int64)] = np.arange(total)
+        psample = np.repeat(np.arange(n), list(map(len, plists)))
+        prow = row_of[psample * 64 + np.array(of_proc("gpu_index"), np.int64)]
+        mem = np.nan_to_num(np.array(of_proc("gpu_memory_bytes"), float))
+        users = of_proc("user")
+        has_user = np.array(users, dtype=object).astype(bool)
+        owned = ~np.isnan(np.array(of_proc("uid"), float)) | has_user
         on = prow >= 0
-        prow, mem, owned = prow[on], mem[on], owned[on]
+        if not on.all():
+            prow, mem, owned, has_user = prow[on], mem[on], owned[on], has_user[on]
+            users = [users[k] for k in np.flatnonzero(on).tolist()]
         held = np.bincount(prow, weights=mem * owned, minlength=total)
         gone = np.bincount(prow, weights=mem * ~owned, minlength=total)
         has_procs = np.bincount(prow, minlength=total) > 0
-        for r, u in zip(prow.tolist(), np.array(pcols[3], object)[on].tolist(), strict=True):
-            if u:
-                users.setdefault(r, set()).add(u)
+        if has_user.any():
+            sel = np.flatnonzero(has_user)
+            urow = prow[sel]
+            names = [users[k] for k in sel.tolist()]
+            label = dict(zip(urow.tolist(), names, strict=True))
+            many = np.bincount(urow, minlength=total) > 1
+            with_users[urow] = True
+            if many.any():  # several processes: their users, sorted, once each
+                sets: dict[int, set[str]] = {}
+                for r, u in zip(urow.tolist(), names, strict=True):
+                    if many[r]:
+                        sets.setdefault(r, set()).add(u)
+                label.update({r: ",".join(sorted(us)) for r, us in sets.items()})
     ok_err = np.ones(total, bool) if err_none is None else err_none
-    with_users = np.zeros(total, bool)
-    if users:
-        with_users[list(users)] = True
-    hi_ok = ok_err & (True if util_ok is None else util_ok)
-    held_idle = np.where(
-        has_procs,
-        with_users & (held >= th.held_memory_bytes) & (util < th.idle_util_percent),
-        False,
-    ).astype(float)
     if "ghost_memory_bytes" in wanted:
-        plain_ghost = np.where(used >= th.ghost_min_bytes, used, 0.0)
-        ghost = np.where(has_procs, gone, plain_ghost)
-        _rows(out, "ghost_memory_bytes", sids, ghost, t, order,
-              ok_err & (True if used_ok is None else used_ok))  # fmt: skip
+        ghost = np.where(has_procs, gone, np.where(used >= th.ghost_min_bytes, used, 0.0))
+        _rows(out, "ghost_memory_bytes", sids, ghost, t, order, _and(ok_err, used_ok))
     if "held_idle" not in wanted:
         return users_of
+    hi_ok = _and(ok_err, util_ok)
+    held_idle = (
+        has_procs & with_users & (held >= th.held_memory_bytes) & (util < th.idle_util_percent)
+    ).astype(float)
     # the user label is kept only on the held-but-idle series (so the alert names them)
     to_user = with_users & hi_ok
     _rows(out, "held_idle", sids, held_idle, t, order, hi_ok & ~to_user)
     rows = np.flatnonzero(to_user)
     if len(rows):
-        usids = np.empty(len(rows), np.int64)
-        per_sample: dict[int, set[int]] = {}
         so = sample_of[rows].tolist()
-        for k, (r, i) in enumerate(zip(rows.tolist(), so, strict=True)):
-            host, group = layer[i][1].host, layer[i][4]
-            key = _user_key(host, group, gcols[0][r], ",".join(sorted(users[r])))
-            usids[k] = sid = index.sid(key)
-            per_sample.setdefault(i, set()).add(sid)
-        users_of = [frozenset(per_sample.get(i, ())) for i in range(n)]
-        out["held_idle@user"] = (usids, held_idle[rows], t[rows], order[rows] + 1)
+        cache, user_sid = index.user, index.user_sid
+        usids = []
+        for r, i, g_sid in zip(rows.tolist(), so, sids[rows].tolist(), strict=True):
+            got = cache.get((g_sid, label[r]))
+            if got is None:
+                got = user_sid(layer[i][1].host, layer[i][4], g_sid, gidx[r], label[r])
+            usids.append(got)
+        out["held_idle@user"] = (np.array(usids, np.int64), held_idle[rows], t[rows],
+                                 order[rows] + 1)  # fmt: skip
+        bounds = np.searchsorted(sample_of[rows], np.arange(n + 1)).tolist()
+        users_of = [tuple(usids[bounds[i] : bounds[i + 1]]) for i in range(n)]
     return users_of

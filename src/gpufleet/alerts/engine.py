@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from gpufleet.alerts.columns import METRIC_POS, SPOS, Present, SeriesIndex, layer_rows
+from gpufleet.alerts.columns import METRIC_POS, SPOS, Present, SeriesIndex, layer_rows, present_has
 from gpufleet.alerts.metrics import Labels, Thresholds, labels_of
 from gpufleet.alerts.rules import Rule, render, render_message
 from gpufleet.alerts.window import MetricPlan, Window, WindowTable, compile_plans
@@ -255,14 +255,17 @@ class AlertEngine:
             host = sample.host
             before = self._present.get(host)
             self._present[host] = here
-            if before is not None and self._host_alerts.get(host):
+            if (
+                before is not None and self._host_alerts.get(host)
+                and (before[0] is not here[0] or before[1] != here[1])
+            ):  # fmt: skip
                 # a process ended, a mount went: its series' alerts clear
                 for fp in list(self._host_alerts[host]):
                     a = self._alerts.get(fp)
                     if a is None:
                         continue
                     sid = self._index.sids.get(labels_of(**a.series))
-                    if sid is not None and before.has(sid) and not here.has(sid):
+                    if sid is not None and present_has(before, sid) and not present_has(here, sid):
                         self._order = (seq * SPOS + SPOS - 1, 0, 0)
                         self._condition_false(a, now)
             if self._users_wanted:
@@ -294,18 +297,15 @@ class AlertEngine:
                vals: np.ndarray, t: np.ndarray, order: np.ndarray, mpos: int,
                sub: int) -> None:  # fmt: skip
         keys = self._index.keys
-        listed: tuple[list[Any], list[Any], list[Any], list[Any]] | None = None
         for r, (name, holds, still, rule) in enumerate(rules):
             hit = _VOPS[rule.op](vals, rule.threshold) | self._act[name][sids]
             idx = np.flatnonzero(hit)
             if not len(idx):
                 continue
-            if listed is None:
-                listed = (sids.tolist(), vals.tolist(), t.tolist(), order.tolist())
-            ls, lv, lt, lo = listed
-            for k in idx.tolist():
-                self._order = (lo[k], mpos, sub, r)
-                self._check(name, holds, still, rule, keys[ls[k]], lv[k], lt[k], None)
+            for s, v, at, o in zip(sids[idx].tolist(), vals[idx].tolist(), t[idx].tolist(),
+                                   order[idx].tolist(), strict=True):  # fmt: skip
+                self._order = (o, mpos, sub, r)
+                self._check(name, holds, still, rule, keys[s], v, at, None)
         self._order = None
 
     def observe_poll(self, host: str, status: dict[str, Any], *, now: float,
