@@ -105,14 +105,16 @@ Rows = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # sids, values, ti
 
 
 class _Cols:
-    """One field of many pydantic models at a time, read from their ``__dict__`` (a C-level
-    dict lookup per object; a field missing there is read as an attribute)."""
+    """Fields of many pydantic models, a column at a time, read from their ``__dict__`` (a
+    C-level dict lookup per object; a field missing there is read as an attribute). Number
+    fields are read together (:meth:`prefetch`): one array of them, None as NaN."""
 
-    __slots__ = ("dicts", "objs")
+    __slots__ = ("dicts", "nums", "objs")
 
     def __init__(self, objs: list[Any]) -> None:
         self.objs = objs
         self.dicts: list[dict[str, Any]] | None = None
+        self.nums: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
 
     def __call__(self, name: str) -> list[Any]:
         if self.dicts is None:
@@ -121,6 +123,33 @@ class _Cols:
             return list(map(itemgetter(name), self.dicts))
         except KeyError:
             return list(map(attrgetter(name), self.objs))
+
+    def prefetch(self, names: list[str]) -> None:
+        names = [x for x in names if x not in self.nums]
+        if not names or not self.objs:
+            return
+        if self.dicts is None:
+            self.dicts = list(map(vars, self.objs))
+        try:  # (one name: a value per object, not a tuple; the reshape makes it a column)
+            table = np.array(list(map(itemgetter(*names), self.dicts)), float)
+        except KeyError:
+            table = np.array(list(map(attrgetter(*names), self.objs)), float)
+        table = table.reshape(len(self.objs), len(names))
+        for j, name in enumerate(names):
+            col = table[:, j]
+            if np.isnan(col).any():  # None (a validated sample holds no NaN; not assumed)
+                present = np.fromiter((x is not None for x in self(name)), bool, len(col))
+                self.nums[name] = (np.where(present, col, 0.0), present)
+            else:
+                self.nums[name] = (col, None)
+
+    def num(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """Floats, and where they are present (None: all are)."""
+        if name not in self.nums:
+            self.prefetch([name])
+        if not self.objs:
+            return np.zeros(0), None
+        return self.nums[name]
 
 
 def _num(col: list[Any]) -> tuple[np.ndarray, np.ndarray | None]:
@@ -133,9 +162,9 @@ def _num(col: list[Any]) -> tuple[np.ndarray, np.ndarray | None]:
     return np.where(present, arr, 0.0), present
 
 
-def _truthy(col: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+def _truthy(col: tuple[np.ndarray, np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
     """A divisor column: where it is given and not zero, and the values (1 elsewhere)."""
-    arr, present = _num(col)
+    arr, present = col
     ok = arr != 0 if present is None else present & (arr != 0)
     return ok, np.where(ok, arr, 1.0)
 
@@ -173,7 +202,10 @@ def layer_rows(
     goff = [0, *accumulate(gcount)]
     gpus = list(chain.from_iterable(gpu_lists))
     of_gpu = _Cols(gpus)
-    gidx = of_gpu("index")
+    derived = not GPU_DERIVED.isdisjoint(wanted)
+    of_gpu.prefetch(["index", *(f for m, fields in _GPU_FIELDS.items()
+                                if m in wanted or (derived and m == "derived") for f in fields)])  # fmt: skip
+    gidx: list[int] = of_gpu.num("index")[0].astype(np.int64).tolist()
     # -- mounts: a mount with no size is no series
     want_disks = "disk_used_ratio" in wanted
     dmount: list[str] = []
@@ -204,6 +236,7 @@ def layer_rows(
         for i, (e, s) in enumerate(zip(layer, samples, strict=True))
     ]
     host_sids = np.array([lay.host_sid for lay in layouts], np.int64)
+    of_host.prefetch([f for m, fields in _HOST_FIELDS.items() if m in wanted for f in fields])
     # -- host series
     for m in HOST_ORDER:
         if m not in wanted:
@@ -218,18 +251,18 @@ def layer_rows(
             else:
                 vals = np.array(list(map(len, errs)), float)
         elif m == "cpu_percent":
-            vals, present = _num(of_host("cpu_percent"))
+            vals, present = of_host.num("cpu_percent")
         elif m == "load1_per_cpu":
-            load, present = _num(of_host("load1"))
-            ok, cpus = _truthy(of_host("cpu_count"))
+            load, present = of_host.num("load1")
+            ok, cpus = _truthy(of_host.num("cpu_count"))
             vals, present = load / cpus, _and(ok, present)
         elif m == "memory_used_ratio":
-            avail, present = _num(of_host("memory_available_bytes"))
-            ok, total = _truthy(of_host("memory_total_bytes"))
+            avail, present = of_host.num("memory_available_bytes")
+            ok, total = _truthy(of_host.num("memory_total_bytes"))
             vals, present = 1 - avail / total, _and(ok, present)
         elif m == "swap_used_ratio":
-            used, present = _num(of_host("swap_used_bytes"))
-            ok, total = _truthy(of_host("swap_total_bytes"))
+            used, present = of_host.num("swap_used_bytes")
+            ok, total = _truthy(of_host.num("swap_total_bytes"))
             vals, present = used / total, _and(ok, present)
         else:  # clock_skew_abs_seconds
             vals, present = _num([e[3] for e in layer])
@@ -253,6 +286,21 @@ def layer_rows(
 
 
 _GPU_METRICS = frozenset(GPU_ORDER)
+# metric -> the number fields it reads ("derived": held_idle and ghost_memory_bytes)
+_HOST_FIELDS = {
+    "cpu_percent": ("cpu_percent",), "load1_per_cpu": ("load1", "cpu_count"),
+    "memory_used_ratio": ("memory_available_bytes", "memory_total_bytes"),
+    "swap_used_ratio": ("swap_used_bytes", "swap_total_bytes"),
+}  # fmt: skip
+_GPU_FIELDS = {
+    "utilization_gpu_percent": ("utilization_gpu_percent",),
+    "memory_used_bytes": ("memory_used_bytes",),
+    "gpu_memory_used_ratio": ("memory_used_bytes", "memory_total_bytes"),
+    "temperature_celsius": ("temperature_celsius",),
+    "power_cap_ratio": ("power_watts", "power_limit_watts"),
+    "ecc_uncorrected_volatile": ("ecc_uncorrected_volatile",),
+    "derived": ("utilization_gpu_percent", "memory_used_bytes"),
+}  # fmt: skip
 
 
 def _gpu_rows(out: dict[str, Rows], layer: list[Any], of_sample: _Cols,
@@ -290,26 +338,26 @@ def _gpu_rows(out: dict[str, Rows], layer: list[Any], of_sample: _Cols,
         _rows(out, "gpu_lost", sids, vals, t, order, None)
     util, util_ok = np.zeros(0), None
     if derived or "utilization_gpu_percent" in wanted:
-        util, util_ok = _num(of_gpu("utilization_gpu_percent"))
+        util, util_ok = of_gpu.num("utilization_gpu_percent")
     if "utilization_gpu_percent" in wanted:
         _rows(out, "utilization_gpu_percent", sids, util, t, order, util_ok)
     used, used_ok = np.zeros(0), None
     if derived or "memory_used_bytes" in wanted or "gpu_memory_used_ratio" in wanted:
-        used, used_ok = _num(of_gpu("memory_used_bytes"))
+        used, used_ok = of_gpu.num("memory_used_bytes")
     if "memory_used_bytes" in wanted:
         _rows(out, "memory_used_bytes", sids, used, t, order, used_ok)
     if "gpu_memory_used_ratio" in wanted:
-        ok, mtotal = _truthy(of_gpu("memory_total_bytes"))
+        ok, mtotal = _truthy(of_gpu.num("memory_total_bytes"))
         _rows(out, "gpu_memory_used_ratio", sids, used / mtotal, t, order, _and(ok, used_ok))
     if "temperature_celsius" in wanted:
-        vals, present = _num(of_gpu("temperature_celsius"))
+        vals, present = of_gpu.num("temperature_celsius")
         _rows(out, "temperature_celsius", sids, vals, t, order, present)
     if "power_cap_ratio" in wanted:
-        power, present = _num(of_gpu("power_watts"))
-        ok, limit = _truthy(of_gpu("power_limit_watts"))
+        power, present = of_gpu.num("power_watts")
+        ok, limit = _truthy(of_gpu.num("power_limit_watts"))
         _rows(out, "power_cap_ratio", sids, power / limit, t, order, _and(ok, present))
     if "ecc_uncorrected_volatile" in wanted:
-        vals, present = _num(of_gpu("ecc_uncorrected_volatile"))
+        vals, present = of_gpu.num("ecc_uncorrected_volatile")
         _rows(out, "ecc_uncorrected_volatile", sids, vals, t, order, present)
     users_of: list[tuple[int, ...]] = [()] * n
     if not derived:
@@ -327,11 +375,13 @@ def _gpu_rows(out: dict[str, Rows], layer: list[Any], of_sample: _Cols,
         row_of = np.full(n * 64, -1, np.int64)
         row_of[sample_of * 64 + np.array(gidx, np.int64)] = np.arange(total)
         psample = np.repeat(np.arange(n), list(map(len, plists)))
-        prow = row_of[psample * 64 + np.array(of_proc("gpu_index"), np.int64)]
-        mem = np.nan_to_num(np.array(of_proc("gpu_memory_bytes"), float))
+        of_proc.prefetch(["gpu_index", "gpu_memory_bytes", "uid"])
+        prow = row_of[psample * 64 + of_proc.num("gpu_index")[0].astype(np.int64)]
+        mem = of_proc.num("gpu_memory_bytes")[0]  # missing: 0
         users = of_proc("user")
         has_user = np.array(users, dtype=object).astype(bool)
-        owned = ~np.isnan(np.array(of_proc("uid"), float)) | has_user
+        uid_given = of_proc.num("uid")[1]  # None: every process has a uid
+        owned = np.ones(len(prow), bool) if uid_given is None else uid_given | has_user
         on = prow >= 0
         if not on.all():
             prow, mem, owned, has_user = prow[on], mem[on], owned[on], has_user[on]

@@ -259,8 +259,8 @@ class AlertEngine:
                 before is not None and self._host_alerts.get(host)
                 and (before[0] is not here[0] or before[1] != here[1])
             ):  # fmt: skip
-                # a process ended, a mount went: its series' alerts clear
-                for fp in list(self._host_alerts[host]):
+                # a process ended, a mount went: its series' alerts clear (in a fixed order)
+                for fp in sorted(self._host_alerts[host]):
                     a = self._alerts.get(fp)
                     if a is None:
                         continue

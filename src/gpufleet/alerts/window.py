@@ -113,7 +113,9 @@ class WindowTable:
     """The :class:`Window` of every series on one metric and span, as arrays (one row per
     series id): the same buckets, the same arithmetic in the same order per series, so the
     values are the same to the bit; :meth:`add` and :meth:`value` take many series at once
-    (each at most once per call)."""
+    (each at most once per call). Each row is a ring of buckets; the newest bucket's start
+    and the oldest's start and first value are kept apart too, so that the common add (into
+    the newest bucket, nothing to drop) reads no ring."""
 
     RING = BUCKETS + 3  # a window holds at most BUCKETS + 2 buckets between add and pop
 
@@ -121,19 +123,25 @@ class WindowTable:
         self.span = span
         self.width = span / BUCKETS
         self.n = np.zeros(capacity, np.int64)
-        self.head = np.zeros(capacity, np.int64)
+        self.head = np.zeros(capacity, np.int64)  # the oldest bucket's place in the ring
+        self.tail = np.zeros(capacity, np.int64)  # the newest's
+        self.last_start = np.zeros(capacity)
+        self.head_start = np.zeros(capacity)
+        self.head_first = np.zeros(capacity)
+        self.total = np.zeros(capacity)
         self.start = np.zeros((capacity, self.RING))
         self.first = np.zeros((capacity, self.RING))
         self.sums = np.zeros((capacity, self.RING))
-        self.total = np.zeros(capacity)
+
+    _ROWS = ("n", "head", "tail", "last_start", "head_start", "head_first", "total")
 
     def grow(self, capacity: int) -> None:
         extra = capacity - len(self.n)
         if extra <= 0:
             return
-        self.n = np.concatenate([self.n, np.zeros(extra, np.int64)])
-        self.head = np.concatenate([self.head, np.zeros(extra, np.int64)])
-        self.total = np.concatenate([self.total, np.zeros(extra)])
+        for name in self._ROWS:
+            a = getattr(self, name)
+            setattr(self, name, np.concatenate([a, np.zeros(extra, a.dtype)]))
         pad = np.zeros((extra, self.RING))
         self.start = np.concatenate([self.start, pad])
         self.first = np.concatenate([self.first, pad])
@@ -147,41 +155,51 @@ class WindowTable:
     def add(self, sids: np.ndarray, t: np.ndarray, v: np.ndarray) -> None:
         """:meth:`Window.add` for each series ``sids[i]`` at ``t[i]`` with ``v[i]``."""
         ring = self.RING
-        n, head = self.n[sids], self.head[sids]
-        last = (head + n - 1) % ring
-        same = (n > 0) & ((t - self.start[sids, last]) < self.width)
-        if same.any():
-            s = sids[same]
-            self.sums[s, last[same]] += v[same]
-        new = ~same
-        if new.any():
-            s, vn = sids[new], v[new]
-            pos = (head[new] + n[new]) % ring
-            self.start[s, pos] = t[new]
+        n = self.n[sids]
+        same = (n > 0) & ((t - self.last_start[sids]) < self.width)
+        if same.all():
+            self.sums[sids, self.tail[sids]] += v
+        else:
+            if same.any():
+                s = sids[same]
+                self.sums[s, self.tail[s]] += v[same]
+            new = ~same
+            s, vn, tn, nn = sids[new], v[new], t[new], n[new]
+            empty = nn == 0
+            pos = np.where(empty, self.head[s], (self.tail[s] + 1) % ring)
+            self.start[s, pos] = tn
             self.first[s, pos] = vn
             self.sums[s, pos] = vn
-            self.n[s] += 1
+            self.tail[s] = pos
+            self.n[s] = nn + 1
+            self.last_start[s] = tn
+            if empty.any():
+                e = s[empty]
+                self.head_start[e] = tn[empty]
+                self.head_first[e] = vn[empty]
         self.total[sids] += v
         horizon = t - self.span
         while len(sids):  # drop the buckets that start before the window (never the newest)
-            h = self.head[sids]
-            pop = self.start[sids, h] < horizon
+            pop = self.head_start[sids] < horizon
             if not pop.any():
                 break
-            sids, h, horizon = sids[pop], h[pop], horizon[pop]
+            sids, horizon = sids[pop], horizon[pop]
+            h = self.head[sids]
             self.total[sids] -= self.sums[sids, h]
-            self.head[sids] = (h + 1) % ring
+            h = (h + 1) % ring
+            self.head[sids] = h
             self.n[sids] -= 1
+            self.head_start[sids] = self.start[sids, h]
+            self.head_first[sids] = self.first[sids, h]
 
     def value(self, kind: str, sids: np.ndarray, t: np.ndarray, v: np.ndarray) -> np.ndarray:
         """:meth:`Window.value` for each series (``v``: its newest value, already added)."""
         if kind == "sum":
             return self.total[sids]
-        h = self.head[sids]
-        start = self.start[sids, h]
-        d = v - self.first[sids, h]
+        d = v - self.head_first[sids]
         change = np.where(d > 0.0, d, 0.0)  # a counter reset (driver reload) is not a drop
         if kind == "increase":
             return change
+        start = self.head_start[sids]
         later = t > start
         return np.where(later, change / np.where(later, t - start, 1.0), 0.0)
