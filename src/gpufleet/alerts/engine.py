@@ -194,8 +194,6 @@ class AlertEngine:
         cap = max(need, 2 * self._cap, 1024)
         for name, a in self._act.items():
             self._act[name] = np.concatenate([a, np.zeros(cap - len(a), bool)])
-        for t in self._tables.values():
-            t.grow(cap)
         self._cap = cap
 
     # -- input --------------------------------------------------------------------------
@@ -286,7 +284,7 @@ class AlertEngine:
             for span in plan.spans:
                 table = self._tables.get((metric, span))
                 if table is None:
-                    table = self._tables[(metric, span)] = WindowTable(span, self._cap)
+                    table = self._tables[(metric, span)] = WindowTable(span)
                 table.add(sids, t, vals)
             for n, ((i, kind), sub) in enumerate(plan.windowed.items(), 1):
                 self._evaluations += len(sub.plain) * len(sids)

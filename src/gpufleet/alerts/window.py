@@ -119,26 +119,45 @@ class WindowTable:
 
     RING = BUCKETS + 3  # a window holds at most BUCKETS + 2 buckets between add and pop
 
-    def __init__(self, span: float, capacity: int) -> None:
+    def __init__(self, span: float) -> None:
         self.span = span
         self.width = span / BUCKETS
-        self.n = np.zeros(capacity, np.int64)
-        self.head = np.zeros(capacity, np.int64)  # the oldest bucket's place in the ring
-        self.tail = np.zeros(capacity, np.int64)  # the newest's
-        self.last_start = np.zeros(capacity)
-        self.head_start = np.zeros(capacity)
-        self.head_first = np.zeros(capacity)
-        self.total = np.zeros(capacity)
-        self.start = np.zeros((capacity, self.RING))
-        self.first = np.zeros((capacity, self.RING))
-        self.sums = np.zeros((capacity, self.RING))
+        # series id -> its row here (-1: none yet): rows only for the series of this metric
+        self.row_of = np.full(0, -1, np.int64)
+        self.rows = 0
+        self.n = np.zeros(0, np.int64)
+        self.head = np.zeros(0, np.int64)  # the oldest bucket's place in the ring
+        self.tail = np.zeros(0, np.int64)  # the newest's
+        self.last_start = np.zeros(0)
+        self.head_start = np.zeros(0)
+        self.head_first = np.zeros(0)
+        self.total = np.zeros(0)
+        self.start = np.zeros((0, self.RING))
+        self.first = np.zeros((0, self.RING))
+        self.sums = np.zeros((0, self.RING))
 
     _ROWS = ("n", "head", "tail", "last_start", "head_start", "head_first", "total")
 
-    def grow(self, capacity: int) -> None:
+    def _rows_of(self, sids: np.ndarray) -> np.ndarray:
+        """The rows of these series, made for the ones new here."""
+        if len(sids) and sids.max() >= len(self.row_of):
+            size = max(int(sids.max()) + 1, 2 * len(self.row_of))
+            self.row_of = np.concatenate(
+                [self.row_of, np.full(size - len(self.row_of), -1, np.int64)]
+            )
+        rows = self.row_of[sids]
+        new = rows < 0
+        if new.any():
+            fresh = np.arange(self.rows, self.rows + int(new.sum()))
+            self.row_of[sids[new]] = fresh
+            rows[new] = fresh
+            self.rows += len(fresh)
+            if self.rows > len(self.n):
+                self._grow(max(self.rows, 2 * len(self.n), 64))
+        return rows
+
+    def _grow(self, capacity: int) -> None:
         extra = capacity - len(self.n)
-        if extra <= 0:
-            return
         for name in self._ROWS:
             a = getattr(self, name)
             setattr(self, name, np.concatenate([a, np.zeros(extra, a.dtype)]))
@@ -148,13 +167,17 @@ class WindowTable:
         self.sums = np.concatenate([self.sums, pad])
 
     def reset(self, sids: np.ndarray) -> None:
-        self.n[sids] = 0
-        self.head[sids] = 0
-        self.total[sids] = 0.0
+        sids = sids[sids < len(self.row_of)]
+        rows = self.row_of[sids]
+        rows = rows[rows >= 0]
+        self.n[rows] = 0
+        self.head[rows] = 0
+        self.total[rows] = 0.0
 
     def add(self, sids: np.ndarray, t: np.ndarray, v: np.ndarray) -> None:
         """:meth:`Window.add` for each series ``sids[i]`` at ``t[i]`` with ``v[i]``."""
         ring = self.RING
+        sids = self._rows_of(sids)  # (rows from here on)
         n = self.n[sids]
         same = (n > 0) & ((t - self.last_start[sids]) < self.width)
         if same.all():
@@ -194,6 +217,7 @@ class WindowTable:
 
     def value(self, kind: str, sids: np.ndarray, t: np.ndarray, v: np.ndarray) -> np.ndarray:
         """:meth:`Window.value` for each series (``v``: its newest value, already added)."""
+        sids = self.row_of[sids]  # (rows: the series were added first)
         if kind == "sum":
             return self.total[sids]
         d = v - self.head_first[sids]
