@@ -298,6 +298,89 @@ def score(faults: list[Fault], inj: FaultInjector, fired: list[Any], messages: l
     }  # fmt: skip
 
 
+# -- same events -----------------------------------------------------------------------------
+
+
+def dump_events(path: str, n_hosts: int, interval: float, quiet_hours: float, seed: int,
+                spacing: float) -> int:  # fmt: skip
+    """Every event of the engine on the replay with the fault schedule and the 50 cost rules
+    (the 35 extra ones given thresholds that fire), and the alerts after each tick, to a JSON
+    file: run it with two versions of gpufleet (``PYTHONPATH``) and ``--compare-events``. Uses
+    the engine's public calls only (observe, tick, take_events, alerts)."""
+    low = {"temperature_celsius": 0.01, "power_cap_ratio": 1e-4, "utilization_gpu_percent": 50,
+           "gpu_memory_used_ratio": 0.5, "memory_used_bytes": 2**33, "cpu_percent": 50,
+           "load1_per_cpu": 0.5, "memory_used_ratio": 0.5, "swap_used_ratio": 0.01}  # fmt: skip
+    rules = [r.model_copy(update={"threshold": low[r.metric]}) if r.name.startswith("extra_")
+             else r for r in fifty_rules()]  # fmt: skip
+    specs = [replace(s, flaky_gpu=None, goes_offline=False) for s in build_fleet(n_hosts, seed)]
+    replay = Replay(specs, load_trace(), seed=seed, load=0.6)
+    sims = [SimHost(s, seed=seed, interval=interval, now=T0) for s in specs]
+    faults = default_schedule([(s.name, s.group, s.gpu_count) for s in specs], seed=seed,
+                              spacing_seconds=spacing)  # fmt: skip
+    inj = FaultInjector(faults)
+    total = max(f.end_seconds for f in faults) + 1800 + quiet_hours * 3600
+    engine = AlertEngine(rules, EngineConfig(offline_after_seconds=OFFLINE_SECONDS))
+    seen = {s.name: HostSeen(s.name, T0, interval, group=s.group) for s in specs}
+    spool: dict[str, list[Sample]] = {s.name: [] for s in specs}
+    out: list[Any] = []
+    for k in range(1, int(total // interval) + 1):
+        rel = k * interval
+        replay.advance(replay.start + rel)
+        for i, sim in enumerate(sims):
+            t_rel = rel + interval * i / len(sims)
+            now = T0 + t_rel
+            name = sim.spec.name
+            inj.begin(sim, t_rel)
+            sim.apply(replay, replay.jobs_on(sim.spec.index), replay.start + t_rel, now,
+                      lambda tt: T0 + (tt - replay.start))  # fmt: skip
+            inj.hold(sim, t_rel)
+            sample = sim.collect()
+            if not inj.sends(name, t_rel):
+                continue
+            skew = inj.clock_offset(name, t_rel)
+            spool[name].append(sample.model_copy(update={"ts": now + skew}))
+            if not inj.delivers(name, t_rel):
+                continue
+            for s in spool[name]:
+                engine.observe(s, now=now, skew_seconds=skew, group=sim.spec.group)
+            spool[name].clear()
+            seen[name].last_received = now
+        for h in seen.values():
+            h.reachable = inj.reachable(h.name, rel)
+        engine.tick(T0 + rel, seen.values())
+        for e in engine.take_events():
+            a = e["alert"]
+            out.append([e["at"], e["event"], a["fingerprint"], a["rule"], a["state"], a["value"],
+                        a["fired_at"], a["clear_since"], a["flaps"],
+                        sorted(a["labels"].items()), a["summary"]])  # fmt: skip
+        out.append(["tick", sorted((a.fingerprint, a.state, a.value, a.active_since)
+                                   for a in engine.alerts.values())])  # fmt: skip
+    Path(path).write_text(json.dumps(out))
+    return len(out)
+
+
+def compare_events(a_path: str, b_path: str) -> dict[str, Any]:
+    a, b = (json.loads(Path(p).read_text()) for p in (a_path, b_path))
+
+    def ticks(rows: list[Any]) -> list[tuple[list[str], str]]:
+        out, cur = [], []
+        for r in rows:
+            if r[0] == "tick":
+                out.append((sorted(map(json.dumps, cur)), json.dumps(r)))
+                cur = []
+            else:
+                cur.append(r)
+        return out
+
+    ta, tb = ticks(a), ticks(b)
+    return {"events": [sum(r[0] != "tick" for r in x) for x in (a, b)],
+            "ticks": [len(ta), len(tb)],
+            "same_in_order": a == b,
+            "records_out_of_order_or_different": sum(x != y for x, y in zip(a, b, strict=False)),
+            "ticks_with_the_same_events_and_alerts": sum(x == y for x, y in zip(ta, tb,
+                                                                                 strict=False))}  # fmt: skip
+
+
 # -- cost ----------------------------------------------------------------------------------------
 
 
@@ -368,12 +451,14 @@ def run_cost(n_hosts: int, rounds: int, seed: int) -> dict[str, Any]:
     engine = AlertEngine(fifty_rules())
     seen = {f"h{i:04d}": HostSeen(f"h{i:04d}", T0, 5.0) for i in range(n_hosts)}
     c0 = time.process_time()
-    first_cpu = 0.0
+    first_cpu = observe_cpu = 0.0
     for r in range(rounds):
+        c1 = time.process_time()
         for i in range(n_hosts):
             b = batches[r * n_hosts + i]
             engine.observe(b.samples[0], now=T0 + 5 * r + 0.1)
             seen[b.samples[0].host].last_received = T0 + 5 * r + 0.1
+        observe_cpu += time.process_time() - c1  # the ingest path's share (the rest: the tick)
         engine.tick(T0 + 5 * r + 5, seen.values())
         if r == 0:  # every series, window and pending alert is new in the first round
             first_cpu = time.process_time() - c0
@@ -383,6 +468,7 @@ def run_cost(n_hosts: int, rounds: int, seed: int) -> dict[str, Any]:
     return {"hosts": n_hosts, "rounds": rounds, "rules": len(engine.rules), "batches": n,
             "ingest_ms_per_batch": 1000 * ingest_cpu / n,
             "alert_ms_per_batch": 1000 * alert_cpu / n,
+            "observe_ms_per_batch": 1000 * observe_cpu / n,
             "ratio": alert_cpu / ingest_cpu, "evaluations_per_batch": engine.evaluations / n,
             "alert_ms_per_batch_after_first_round": warm,
             "ratio_after_first_round": warm / (1000 * ingest_cpu / n)}  # fmt: skip
@@ -536,7 +622,24 @@ def main() -> None:
         help="also: real servers' CPU per batch over HTTP, alerts off vs on",
     )
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--dump-events", metavar="FILE",
+                    help="write every engine event on the replay (--hosts, --interval, "
+                    "--quiet-hours, --spacing, first seed) to FILE, and stop")  # fmt: skip
+    ap.add_argument(
+        "--compare-events",
+        nargs=2,
+        metavar="FILE",
+        help="compare two --dump-events files (two versions of the engine)",
+    )
     args = ap.parse_args()
+    if args.dump_events:
+        n = dump_events(args.dump_events, args.hosts, args.interval, args.quiet_hours,
+                        args.seeds[0], args.spacing)  # fmt: skip
+        print(f"{n} records written to {args.dump_events}")
+        return
+    if args.compare_events:
+        print(json.dumps(compare_events(*args.compare_events)))
+        return
     out: dict[str, Any] = {}
     if not args.cost_only:
         out["quality"] = []
@@ -616,12 +719,21 @@ def print_tables(out: dict[str, Any]) -> None:
               f"rounds ({c['batches']} batches)\n")  # fmt: skip
         print(
             "| ingest ms/batch (validate + store) | alerts ms/batch (observe + tick) | ratio "
-            "| alerts ms/batch after the first round | ratio |"
+            "| alerts ms/batch after the first round | ratio | of which observe ms/batch |"
         )
-        print("|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|")
+        observe = c.get("observe_ms_per_batch")
         print(f"| {c['ingest_ms_per_batch']:.3f} | {c['alert_ms_per_batch']:.3f} | "
               f"{100 * c['ratio']:.1f}% | {c['alert_ms_per_batch_after_first_round']:.3f} | "
-              f"{100 * c['ratio_after_first_round']:.1f}% |")  # fmt: skip
+              f"{100 * c['ratio_after_first_round']:.1f}% | "
+              f"{'-' if observe is None else f'{observe:.4f}'} |")  # fmt: skip
+    costs = out.get("cost", [])
+    if len(costs) > 1:
+        for k in ("ingest_ms_per_batch", "alert_ms_per_batch", "ratio",
+                  "alert_ms_per_batch_after_first_round", "ratio_after_first_round"):  # fmt: skip
+            xs = [c[k] for c in costs]
+            print(f"{k}: mean {statistics.mean(xs):.4f}, min {min(xs):.4f}, max {max(xs):.4f} "
+                  f"over {len(xs)} seeds")  # fmt: skip
     for c in out.get("server_cost", []):
         print(f"\n## Server CPU per batch over HTTP ({c['batches']} batches; alerts on: 50 "
               "rules)\n")  # fmt: skip
