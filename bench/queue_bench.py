@@ -2,6 +2,7 @@
 
     nice -n 10 .venv/bin/python bench/queue_bench.py --section decision
     nice -n 10 .venv/bin/python bench/queue_bench.py --section simlive --seeds 0 1 2
+    nice -n 10 .venv/bin/python bench/queue_bench.py --section simlive --dispatcher ssh
 
 Sections:
 - decision: scheduling decision time of the live driver (``QueueDriver.set_fleet`` +
@@ -15,7 +16,9 @@ Sections:
   same policy object class and no restart or transfer cost: per-job start-time difference
   live - sim (median, p95 of the absolute value), avg JCT live / sim (aim: within 5%), and the
   OOM / unfinished ("deadlock") counts of the live run and of FIFO in the simulator on the same
-  input. The replay fleet has no GPU memory model: an OOM cannot happen there, so the live OOM
+  input. ``--dispatcher ssh``: the live jobs are real ``sleep`` processes started over SSH on 8
+  loopback OpenSSH servers (one per host of the fleet, as in the tests) under gpufleet's
+  supervisor, and their ends come back as events, instead of the replay dispatcher's timers. The replay fleet has no GPU memory model: an OOM cannot happen there, so the live OOM
   count shows placement never claimed a busy GPU, not that memory was modelled.
 """
 
@@ -23,14 +26,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import random
 import statistics
+import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from tempfile import TemporaryDirectory
+from typing import Any
 
 from gpufleet.queue import store as st
+from gpufleet.queue.dispatch.base import Dispatcher
 from gpufleet.queue.dispatch.replay import ReplayDispatcher
 from gpufleet.queue.driver import QueueDriver
 from gpufleet.queue.fleet import FleetGpu, FleetHost, cluster_spec
@@ -152,13 +160,40 @@ def simulate(policy: str, jobs: list[tuple[float, int, float]], hosts: int, gpus
     }
 
 
+@contextlib.contextmanager
+def ssh_servers(names: list[str], root: Path) -> Iterator[Callable[[Path], Dispatcher]]:
+    """One real OpenSSH server on loopback per host name (the tests' set-up); yields a
+    factory of SSH dispatchers to them (a fresh state directory each time)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.poller.conftest import start_sshd, stop_sshd
+
+    from gpufleet.poller.service import SshHostConfig
+    from gpufleet.queue.dispatch.ssh import SshDispatcher
+
+    procs, configs = [], []
+    try:
+        for name in names:
+            proc, sshd = start_sshd(root / f"sshd-{name}", smi=False)
+            procs.append(proc)
+            configs.append(SshHostConfig(name=name, host="127.0.0.1", port=sshd.port,
+                                         user=sshd.user, key_file=sshd.key_file))  # fmt: skip
+
+        def make(state: Path) -> Dispatcher:
+            return SshDispatcher(configs, state_dirs={c.name: str(state / c.name) for c in configs})
+
+        yield make
+    finally:
+        for proc in procs:
+            stop_sshd(proc)
+
+
 async def live(policy: str, jobs: list[tuple[float, int, float]], hosts: int, gpus: int,
-               root: Path) -> dict:  # fmt: skip
+               root: Path, dispatcher: Dispatcher | None = None) -> dict:  # fmt: skip
     the_fleet = fleet(hosts, gpus)
     model = the_fleet[0].gpu_model
     the_fleet = [FleetHost(h.name, model, h.gpus) for h in the_fleet]
     svc = QueueService(
-        JobStore(root / "q.sqlite3"), ReplayDispatcher(root / "r.json"),
+        JobStore(root / "q.sqlite3"), dispatcher or ReplayDispatcher(root / "r.json"),
         QueueDriver(policy_factory(policy)), lambda: the_fleet, refresh_seconds=1.0,
     )  # fmt: skip
     await svc.start()
@@ -177,7 +212,7 @@ async def live(policy: str, jobs: list[tuple[float, int, float]], hosts: int, gp
         await asyncio.sleep(0.5)
     await svc.stop()
     records = {r.id: r for r in svc.store.jobs()}
-    out = {"start": {}, "jct": {}, "oom": 0, "unfinished": 0}
+    out: dict[str, Any] = {"start": {}, "jct": {}, "oom": 0, "unfinished": 0}
     for k, job_id in enumerate(ids):
         r = records[job_id]
         submit = t0 + jobs[k][0]  # the sequence's own time (a late submit counts as waiting)
@@ -193,8 +228,19 @@ async def live(policy: str, jobs: list[tuple[float, int, float]], hosts: int, gp
 
 def section_simlive(args: argparse.Namespace) -> None:
     hosts, gpus = 8, 4
+    with TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        make = None
+        if args.dispatcher == "ssh":
+            make = stack.enter_context(ssh_servers([h.name for h in fleet(hosts, gpus)], Path(tmp)))
+        _simlive(args, hosts, gpus, make)
+
+
+def _simlive(
+    args: argparse.Namespace, hosts: int, gpus: int, make: Callable[[Path], Dispatcher] | None
+) -> None:
+    what = "replay dispatcher" if make is None else f"SSH dispatcher to {hosts} loopback sshd"
     print(f"## Simulator vs live: {args.n} jobs, {hosts} hosts x {gpus} GPUs, policy "
-          f"{args.policy}, replay dispatcher (seconds)\n")  # fmt: skip
+          f"{args.policy}, {what} (seconds)\n")  # fmt: skip
     print("| seed | start diff median | start diff p95 | avg JCT live | avg JCT sim | live / sim "
           "| OOM live / sim FIFO | unfinished live / sim FIFO |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
@@ -204,7 +250,8 @@ def section_simlive(args: argparse.Namespace) -> None:
         sim = simulate(args.policy, jobs, hosts, gpus)
         fifo = simulate("fifo", jobs, hosts, gpus)
         with TemporaryDirectory() as tmp:
-            got = asyncio.run(live(args.policy, jobs, hosts, gpus, Path(tmp)))
+            d = None if make is None else make(Path(tmp) / "state")
+            got = asyncio.run(live(args.policy, jobs, hosts, gpus, Path(tmp), d))
         diffs = [abs(got["start"][k] - sim["start"][k]) for k in got["start"]
                  if sim["start"].get(k) is not None]  # fmt: skip
         both = [k for k in got["jct"] if k in sim["jct"]]
@@ -229,6 +276,12 @@ def main() -> None:
     p.add_argument("--n", type=int, default=300)
     p.add_argument("--policy", default="gpufleet")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument(
+        "--dispatcher",
+        choices=["replay", "ssh"],
+        default="replay",
+        help="simlive: who runs the live jobs (ssh: real processes, loopback sshd)",
+    )
     args = p.parse_args()
     if args.section in ("decision", "all"):
         section_decision(args)

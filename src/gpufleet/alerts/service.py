@@ -12,11 +12,13 @@ Inputs, all already in memory (nothing is read back from the store):
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,12 @@ class AlertService:
         self.reachable: dict[str, bool | None] = {}
         self.poll_status: Callable[[], dict[str, dict[str, Any]]] = dict
         self._lock = threading.Lock()
+        # samples from the live state, taken without the lock (an append): the ingest path
+        # never waits for a tick that holds the lock while it evaluates; the next holder of
+        # the lock hands them to the engine first, in arrival order
+        self._inbox: collections.deque[tuple[Any, float, float | None, str | None]] = (
+            collections.deque()
+        )
         self.busy_seconds = 0.0  # CPU time spent evaluating (thread time)
         self.observed = 0
         # the live stream's publish (web/stream.py): ``alerts`` events when badges change
@@ -103,15 +111,24 @@ class AlertService:
         return self.settings.hosts.group_of(host)
 
     def on_host(self, state: Any) -> None:
-        """Live-state listener: a host's newest sample (``HostState``)."""
-        t0 = time.thread_time()
+        """Live-state listener: a host's newest sample (``HostState``). Never waits for the
+        lock: the sample is queued and handed to the engine by the next holder of the lock."""
+        self._inbox.append((state.sample, self.clock(), state.clock_skew_seconds,
+                            self.group_of(state.name)))  # fmt: skip
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The engine's lock, with the samples received meanwhile handed to the engine."""
         with self._lock:
-            self.engine.observe(
-                state.sample, now=self.clock(), skew_seconds=state.clock_skew_seconds,
-                group=self.group_of(state.name),
-            )  # fmt: skip
-            self.observed += 1
-        self.busy_seconds += time.thread_time() - t0
+            if self._inbox:
+                t0 = time.thread_time()
+                inbox = self._inbox
+                while inbox:
+                    sample, now, skew, group = inbox.popleft()
+                    self.engine.observe(sample, now=now, skew_seconds=skew, group=group)
+                    self.observed += 1
+                self.busy_seconds += time.thread_time() - t0
+            yield
 
     def _flush(self) -> None:
         """Evaluate the samples observed since the last tick (the lock held): the engine's
@@ -122,7 +139,7 @@ class AlertService:
 
     def stats(self) -> dict[str, Any]:
         """The engine's own CPU time and work (what is queued evaluated and counted first)."""
-        with self._lock:
+        with self._locked():
             self._flush()
             return {"samples_observed": self.observed, "busy_seconds": round(self.busy_seconds, 6),
                     "rules": len(self.engine.rules),
@@ -151,7 +168,7 @@ class AlertService:
         """The clock-driven checks; returns the messages to send (state is saved)."""
         t0 = time.thread_time()
         now = self.clock()
-        with self._lock:
+        with self._locked():
             for name, st in self.poll_status().items():
                 self.engine.observe_poll(name, st, now=now, group=self.group_of(name))
             for h in hosts:
@@ -184,7 +201,7 @@ class AlertService:
         """Tell the Alertmanager (if one is configured) what fires and what resolved."""
         if self.forwarder is None:
             return
-        with self._lock:
+        with self._locked():
             self._flush()
             firing = [a for a in self.engine.alerts.values() if a.state == "firing"]
         self.forwarder.send(firing, self.clock())
@@ -213,7 +230,7 @@ class AlertService:
         return self.db.silences(now=now)
 
     def acknowledge(self, fp: str, who: str) -> dict[str, Any] | None:
-        with self._lock:
+        with self._locked():
             self._flush()
             a = self.engine.acknowledge(fp, who, self.clock())
             if a is None:
@@ -223,7 +240,7 @@ class AlertService:
 
     def view(self, now: float) -> dict[str, Any]:
         """What the /alerts page and ``GET /api/v1/alerts`` show."""
-        with self._lock:
+        with self._locked():
             self._flush()
             alerts = list(self.engine.alerts.values())
         firing_all = [a for a in alerts if a.state == "firing"]
