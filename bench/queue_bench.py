@@ -70,9 +70,23 @@ def fleet(hosts: int, gpus: int, busy: set[tuple[int, int]] = frozenset()) -> li
     ]
 
 
-def spec(k: int, gpus: int, seconds: float, user: str = "u") -> JobSpec:
+def spec(k: int, gpus: int, seconds: float, user: str = "u",
+         resume_dir: Path | None = None) -> JobSpec:  # fmt: skip
+    """A job that sleeps ``seconds``; with ``resume_dir``, one that checkpoints as the
+    simulator assumes every job does: SIGTERM (a preemption) saves the milliseconds done,
+    and a later run sleeps only what is left."""
+    command: tuple[str, ...] = ("sleep", f"{seconds:.3f}")
+    if resume_dir is not None:
+        f = resume_dir / f"j{k}.done"
+        command = ("sh", "-c", (
+            f"f={f}; total={round(seconds * 1000)}; d=$(cat $f 2>/dev/null || echo 0); "
+            "s=$(date +%s%N); "
+            "trap 'echo $((d + ($(date +%s%N) - s) / 1000000)) > $f; exit 143' TERM; "
+            "l=$((total - d)); if [ $l -gt 0 ]; then "
+            "sleep $((l / 1000)).$(printf %03d $((l % 1000))) & wait $!; fi"
+        ))  # fmt: skip
     return JobSpec(f"j{k}", f"{user}{k % 50}", float(gpus), "resnet50", epochs=1,
-                   command=("sleep", f"{seconds:.3f}"))  # fmt: skip
+                   command=command)  # fmt: skip
 
 
 # -- decision time ---------------------------------------------------------------------------
@@ -188,7 +202,8 @@ def ssh_servers(names: list[str], root: Path) -> Iterator[Callable[[Path], Dispa
 
 
 async def live(policy: str, jobs: list[tuple[float, int, float]], hosts: int, gpus: int,
-               root: Path, dispatcher: Dispatcher | None = None) -> dict:  # fmt: skip
+               root: Path, dispatcher: Dispatcher | None = None,
+               resume_dir: Path | None = None) -> dict:  # fmt: skip
     the_fleet = fleet(hosts, gpus)
     model = the_fleet[0].gpu_model
     the_fleet = [FleetHost(h.name, model, h.gpus) for h in the_fleet]
@@ -203,7 +218,7 @@ async def live(policy: str, jobs: list[tuple[float, int, float]], hosts: int, gp
         delay = t0 + t - time.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        ids.append((await svc.submit(spec(k, g, d))).id)
+        ids.append((await svc.submit(spec(k, g, d, resume_dir=resume_dir))).id)
     deadline = time.time() + 600
     while time.time() < deadline:
         counts = svc.store.counts()
@@ -238,7 +253,14 @@ def section_simlive(args: argparse.Namespace) -> None:
 def _simlive(
     args: argparse.Namespace, hosts: int, gpus: int, make: Callable[[Path], Dispatcher] | None
 ) -> None:
-    what = "replay dispatcher" if make is None else f"SSH dispatcher to {hosts} loopback sshd"
+    what = (
+        "replay dispatcher"
+        if make is None
+        else (
+            f"SSH dispatcher to {hosts} loopback sshd, jobs "
+            + ("that do not checkpoint" if args.no_checkpoint else "that checkpoint on SIGTERM")
+        )
+    )
     print(f"## Simulator vs live: {args.n} jobs, {hosts} hosts x {gpus} GPUs, policy "
           f"{args.policy}, {what} (seconds)\n")  # fmt: skip
     print("| seed | start diff median | start diff p95 | avg JCT live | avg JCT sim | live / sim "
@@ -251,7 +273,11 @@ def _simlive(
         fifo = simulate("fifo", jobs, hosts, gpus)
         with TemporaryDirectory() as tmp:
             d = None if make is None else make(Path(tmp) / "state")
-            got = asyncio.run(live(args.policy, jobs, hosts, gpus, Path(tmp), d))
+            resume = None
+            if make is not None and not args.no_checkpoint:
+                resume = Path(tmp) / "progress"
+                resume.mkdir()
+            got = asyncio.run(live(args.policy, jobs, hosts, gpus, Path(tmp), d, resume))
         diffs = [abs(got["start"][k] - sim["start"][k]) for k in got["start"]
                  if sim["start"].get(k) is not None]  # fmt: skip
         both = [k for k in got["jct"] if k in sim["jct"]]
@@ -281,6 +307,11 @@ def main() -> None:
         choices=["replay", "ssh"],
         default="replay",
         help="simlive: who runs the live jobs (ssh: real processes, loopback sshd)",
+    )
+    p.add_argument(
+        "--no-checkpoint",
+        action="store_true",
+        help="simlive over ssh: a preempted job starts again from its beginning",
     )
     args = p.parse_args()
     if args.section in ("decision", "all"):
