@@ -1,5 +1,5 @@
 """What a person does on /alerts in real Chromium: a logged-in user acknowledges an alert, an
-admin silences one from its row and expires the silence, and a matcher the API refuses is
+admin silences one from its row and expires the silence, tunes a rule and undoes it, and a matcher the API refuses is
 shown with the API's own message (nothing stored); a visitor who is not logged in gets the
 command line instead of buttons."""
 
@@ -74,6 +74,24 @@ def test_acknowledge_silence_and_expire_from_the_page(tmp_path, server_factory, 
     silence.locator("button.expire").click()
     expect(page.locator("#silence-rows")).to_contain_text("No active silence.")
     assert httpx.get(srv.url + "/api/v1/silences").json()["silences"] == []
+
+    # tune a built-in rule from its row, then undo the edit
+    page.click("#alert-rules button.tune[data-rule='gpu_too_hot']")
+    assert page.input_value("#rule-threshold") == "85.0"
+    page.fill("#rule-threshold", "99")
+    page.fill("#rule-for", "60")
+    page.click("#rule-form button[type=submit]")
+    row = page.locator("#alert-rules tr[data-rule='gpu_too_hot']")
+    expect(row).to_contain_text("(edited)")
+    expect(row).to_contain_text("99")
+    (rule,) = [r for r in httpx.get(srv.url + "/api/v1/rules").json()["rules"]
+               if r["name"] == "gpu_too_hot"]  # fmt: skip
+    assert (rule["threshold"], rule["for_seconds"], rule["edited"]) == (99.0, 60.0, True)
+    row.locator("button.untune").click()
+    expect(row).not_to_contain_text("(edited)")
+    (rule,) = [r for r in httpx.get(srv.url + "/api/v1/rules").json()["rules"]
+               if r["name"] == "gpu_too_hot"]  # fmt: skip
+    assert (rule["threshold"], rule["edited"]) == (85.0, False)
 
     # the history says when in UTC, as a date and time
     page.reload()
