@@ -198,3 +198,67 @@ def test_a_kubernetes_jobs_annotations_travel_with_its_launch():
         "        resources:\n          limits:\n            nvidia.com/gpu: 2\n"
     )
     assert _annotations(spec) == {"model_name": "bert", "epoch": "3", "data_size": "12.5"}
+
+
+class _Recording:
+    """A dispatcher that only records: the test says what happens to each run."""
+
+    def __init__(self) -> None:
+        self.launched: list[str] = []
+        self.cancelled: list[str] = []
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def launch(self, launch: Launch) -> str:
+        self.launched.append(launch.job_id)
+        return f"run-{len(self.launched)}"
+
+    async def cancel(self, job_id: str, handle: str | None) -> None:
+        self.cancelled.append(job_id)
+
+    async def reattach(self, jobs) -> None: ...
+
+    async def events(self):
+        await asyncio.Event().wait()
+        yield  # pragma: no cover
+
+    async def logs(self, job_id: str, handle: str | None, tail_bytes: int = 65536) -> str:
+        return ""
+
+
+def test_a_run_that_ends_by_itself_while_its_preemption_and_restart_wait_ends_the_job(tmp_path):
+    """a runs; b preempts it; b is cancelled, so the policy starts a again, which waits for
+    the stop of a's first run; that run then exits 0 on its own. a has succeeded: its waiting
+    restart is dropped, its GPU is free, and no later pass launches it again (the restart
+    used to stay in the scheduler's books: a pass then launched a succeeded job)."""
+    two_gpus = [FleetHost("h0", "a100", (FleetGpu(0, 80 * GIB, 0), FleetGpu(1, 80 * GIB, 0)))]
+    now = [0.0]
+
+    async def main():
+        d = _Recording()
+        svc = QueueService(JobStore(tmp_path / "q.sqlite3"), d,
+                           QueueDriver(policy_factory("gpufleet")), lambda: two_gpus,
+                           clock=lambda: now[0])  # fmt: skip
+        a = await svc.submit(spec(600))
+        await svc.run_pass()
+        await svc.on_event(DispatchEvent(str(a.id), EventKind.STARTED, 1.0, "run-1"))
+        now[0] = 100.0
+        b = await svc.submit(spec(600, gpus=2))
+        await svc.run_pass()  # least attained service first: b outranks a
+        assert d.cancelled == [str(a.id)] and svc.store.get(a.id).state == st.RUNNING
+        await svc.cancel(b.id, "alice")
+        now[0] = 101.0
+        await svc.run_pass()  # a again on the free GPU, deferred until its first run stopped
+        assert d.launched == [str(a.id)] and a.id in svc.driver.deferred
+        await svc.on_event(DispatchEvent(str(a.id), EventKind.EXITED, 102.0, "run-1", 0))
+        assert svc.store.get(a.id).state == st.SUCCEEDED
+        assert a.id not in svc.driver.running and not svc.driver.held_gpus()
+        c = await svc.submit(spec(600, gpus=2))
+        for t in (103.0, 104.0, 105.0):
+            now[0] = t
+            await svc.run_pass()
+        assert d.launched == [str(a.id), str(c.id)]  # a never again; c gets both GPUs
+
+    asyncio.run(main())

@@ -287,10 +287,13 @@ class QueueService:
                 if deferred is not None:
                     await self._launch(deferred)
                 return
-            # it ended by itself before the stop took effect: it ends as it ended
-            self.driver.withdraw(job_id, event.at_seconds)
+            # it ended by itself before the stop took effect: it ends as it ended, below
+            # (``_end`` -> ``driver.finished``, which also drops a restart the policy made
+            # meanwhile: its GPUs are released and the policy is told the job finished)
         if record.state in st.FINAL or record.state not in st.ACTIVE:
-            return  # late or repeated news of a job already settled
+            if record.state in st.FINAL and job_id in self.driver.jobs:
+                self.driver.finished(job_id, event.at_seconds)  # it holds nothing any more
+            return  # late or repeated news of a job already settled (or waiting again)
         at = event.at_seconds
         if event.kind == EventKind.STARTED:
             if record.state == st.DISPATCHING:
