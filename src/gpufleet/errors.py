@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import IO, Any
+
 import click
 
 from gpufleet.i18n import _
@@ -16,10 +18,10 @@ class GpufleetError(click.ClickException):
         super().__init__(message)
         self.hint = hint
 
-    def show(self, file=None) -> None:  # type: ignore[override]
-        click.echo(_("error: {message}", message=self.format_message()), err=True)
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(_("error: {message}", message=self.format_message()), file=file, err=True)
         if self.hint:
-            click.echo(_("hint: {hint}", hint=self.hint), err=True)
+            click.echo(_("hint: {hint}", hint=self.hint), file=file, err=True)
 
 
 class ConfigError(GpufleetError):

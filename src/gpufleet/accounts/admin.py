@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from gpufleet.http.auth import check_admin, new_token
 from gpufleet.http.context import Context
 from gpufleet.http.errors import ApiError
-from gpufleet.store import StoreError
+from gpufleet.store import StoreError, TokenRecord
 
 router = APIRouter(prefix="/api/v1/admin", tags=["admin"])
 
@@ -27,7 +27,7 @@ def _admin(request: Request, authorization: str | None) -> Context:
     return ctx
 
 
-def token_view(t) -> dict[str, Any]:
+def token_view(t: TokenRecord) -> dict[str, Any]:
     return {"id": t.id, "name": t.name, "created_at": t.created_at, "revoked_at": t.revoked_at}
 
 

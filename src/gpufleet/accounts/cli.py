@@ -123,7 +123,7 @@ def user_list(config_path: str | None, data_dir: Path | None, as_json: bool) -> 
     )
 
 
-def _change(config_path, data_dir, name: str, **changes: Any) -> None:
+def _change(config_path: str | None, data_dir: Path | None, name: str, **changes: Any) -> None:
     from gpufleet.store import StoreError
 
     admin = _open(config_path, data_dir)

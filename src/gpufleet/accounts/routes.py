@@ -83,7 +83,9 @@ def _render(request: Request, name: str, status: int = 200, **data: Any) -> Resp
 # -- log in and out ----------------------------------------------------------------------------
 
 
-def _login_page(request: Request, status: int = 200, error: str | None = None, **kw) -> Response:
+def _login_page(
+    request: Request, status: int = 200, error: str | None = None, **kw: str | None
+) -> Response:
     acc = accounts_of(request)
     session = auth(request).session
     fresh = None

@@ -79,8 +79,19 @@ class UserDirectory:
         self.store.create_user(user)
         return self._put(user)
 
-    def update(self, name: str, **changes) -> UserRecord:
-        return self._put(self.store.update_user(name, **changes))
+    def update(
+        self,
+        name: str,
+        *,
+        role: str | None = None,
+        password_hash: str | None = None,
+        last_login: float | None = None,
+    ) -> UserRecord:
+        """Change the given fields (None: unchanged), as :meth:`Store.update_user`."""
+        user = self.store.update_user(
+            name, role=role, password_hash=password_hash, last_login=last_login
+        )
+        return self._put(user)
 
     def delete(self, name: str) -> None:
         self.store.delete_user(name)

@@ -11,12 +11,18 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from gpufleet import __version__
 from gpufleet.errors import GpufleetError
 from gpufleet.i18n import _
+
+if TYPE_CHECKING:  # annotations only: the CLI imports these when a command runs
+    from gpufleet.agent.collect import Collector
+    from gpufleet.agent.fakenvml import FakeNvml
+    from gpufleet.wire import Sample
 
 log = logging.getLogger("gpufleet.agent")
 
@@ -172,7 +178,7 @@ def agent(
 
 
 def run_agent(
-    collector, server: str, token: str, *, interval: float, spool_dir: Path,
+    collector: Collector, server: str, token: str, *, interval: float, spool_dir: Path,
     spool_max_bytes: int, spool_max_age: float, metrics_port: int | None = None,
     metrics_host: str = "127.0.0.1", timeout: float = 10.0,
 ) -> None:  # fmt: skip
@@ -191,7 +197,7 @@ def run_agent(
         sender = Sender(spool, server, token, timeout_seconds=timeout)
     except ValueError as exc:
         raise GpufleetError(str(exc), hint="e.g. --server http://gpu-master:8000") from None
-    latest = {"sample": None}
+    latest: dict[str, Sample | None] = {"sample": None}
     xids = None
     if metrics_port:
         from gpufleet.agent.prom import XidTotals, serve_metrics
@@ -249,7 +255,7 @@ def run_agent(
     collector.close()
 
 
-def _fake_nvml(spec: str):
+def _fake_nvml(spec: str) -> FakeNvml:
     from gpufleet.agent.fakenvml import FakeNvml
 
     names: list[str] = []
@@ -274,7 +280,7 @@ def _agent_id(spool_dir: Path) -> str:
         return value
 
 
-def _print_summary(sample) -> None:
+def _print_summary(sample: Sample) -> None:
     from rich.console import Console
     from rich.table import Table
 

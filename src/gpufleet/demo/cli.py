@@ -10,12 +10,25 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from gpufleet.errors import GpufleetError
 from gpufleet.i18n import _
+
+if TYPE_CHECKING:  # annotations only: a command imports these when it runs
+    import uvicorn
+
+    from gpufleet.config import Settings
+    from gpufleet.demo.engine import FleetEngine
+    from gpufleet.demo.faults import FaultInjector
+    from gpufleet.demo.fleet import HostSpec
+    from gpufleet.philly import TraceJob
+    from gpufleet.store import Store
 
 log = logging.getLogger("gpufleet.demo")
 
@@ -162,7 +175,7 @@ def demo(
           history=(history_days, history_step), faults=faults)  # fmt: skip
 
 
-def _faults(path: str | None, specs, seed: int):  # type: ignore[no-untyped-def]
+def _faults(path: str | None, specs: list[HostSpec], seed: int) -> FaultInjector | None:
     """The fault injector for --faults (None without it)."""
     if path is None:
         return None
@@ -178,7 +191,7 @@ def _faults(path: str | None, specs, seed: int):  # type: ignore[no-untyped-def]
     return FaultInjector(schedule)
 
 
-def _write_truth(data: Path, engine) -> None:  # type: ignore[no-untyped-def]
+def _write_truth(data: Path, engine: FleetEngine | None) -> None:
     import json
 
     if engine is None or engine.faults is None:
@@ -188,7 +201,9 @@ def _write_truth(data: Path, engine) -> None:  # type: ignore[no-untyped-def]
             out.write(json.dumps(row) + "\n")
 
 
-def _fleet_only(specs, trace, url: str, token: str, **kw) -> None:
+def _fleet_only(
+    specs: list[HostSpec], trace: list[TraceJob], url: str, token: str, **kw: Any
+) -> None:
     from gpufleet.demo.engine import FleetEngine
 
     spool = Path(tempfile.mkdtemp(prefix="gpufleet-replay-"))
@@ -209,9 +224,10 @@ def _fleet_only(specs, trace, url: str, token: str, **kw) -> None:
         shutil.rmtree(spool, ignore_errors=True)
 
 
-def _demo(specs, trace, *, port: int, bind: str, data_dir: Path | None, speed: float,
-          seed: int, interval: float, load: float, local_agent: bool, t0: float,
-          history: tuple[float, float] = (0.0, 300.0), faults=None) -> None:  # fmt: skip
+def _demo(specs: list[HostSpec], trace: list[TraceJob], *, port: int, bind: str,
+          data_dir: Path | None, speed: float, seed: int, interval: float, load: float,
+          local_agent: bool, t0: float, history: tuple[float, float] = (0.0, 300.0),
+          faults: FaultInjector | None = None) -> None:  # fmt: skip
     import uvicorn
 
     from gpufleet.config import load_settings
@@ -306,7 +322,8 @@ def _demo(specs, trace, *, port: int, bind: str, data_dir: Path | None, speed: f
         store.close()
 
 
-def _write_history(store, settings, specs, trace, *, days: float, step: float, seed: int,
+def _write_history(store: Store, settings: Settings, specs: list[HostSpec],
+                   trace: list[TraceJob], *, days: float, step: float, seed: int,
                    load: float) -> None:  # fmt: skip
     """The fleet's past, on first start only (a store with no hosts and no samples)."""
     from gpufleet.demo.history import write_history
@@ -331,7 +348,7 @@ def _write_history(store, settings, specs, trace, *, days: float, step: float, s
     log.info("history: %s", report.line())
 
 
-def _make_server(config, before_shutdown):
+def _make_server(config: uvicorn.Config, before_shutdown: Callable[[], None]) -> uvicorn.Server:
     import asyncio
 
     import uvicorn
@@ -341,13 +358,13 @@ def _make_server(config, before_shutdown):
         last batches are delivered), and does not re-raise the signal after a graceful
         shutdown: Ctrl-C stops the demo cleanly, with exit status 0."""
 
-        def handle_exit(self, sig, frame) -> None:  # type: ignore[override]
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             if self.should_exit and sig == signal.SIGINT:
                 self.force_exit = True
             else:
                 self.should_exit = True
 
-        async def shutdown(self, sockets=None) -> None:  # type: ignore[override]
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
             await asyncio.to_thread(before_shutdown)
             await super().shutdown(sockets)
 

@@ -22,7 +22,7 @@ import math
 import random
 import time
 import uuid as uuidlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -184,7 +184,9 @@ class HistoryWriter:
     def _started(self, job: Job) -> None:
         self._new.append(job)
 
-    def chunks(self, chunk_days: float = CHUNK_DAYS):
+    def chunks(
+        self, chunk_days: float = CHUNK_DAYS
+    ) -> Iterator[tuple[dict[str, dict[str, Any]], int, int]]:
         """Yield (columns by table, steps done, total steps) for each chunk of the history."""
         per = max(1, int(chunk_days * DAY // self.step))
         for k0 in range(0, self.steps, per):

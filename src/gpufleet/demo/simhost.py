@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import random
 import uuid as uuidlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,7 +168,14 @@ class SimHost:
         self.xid_sent = False
         self.ecc = 0
 
-    def apply(self, replay: Replay, jobs: list[Job], t: float, wall: float, wall_of) -> None:
+    def apply(
+        self,
+        replay: Replay,
+        jobs: list[Job],
+        t: float,
+        wall: float,
+        wall_of: Callable[[float], float],
+    ) -> None:
         """Set GPUs, processes and host metrics for trace time ``t`` (wall clock ``wall``);
         ``wall_of(trace_time)`` maps a job's start to the wall clock."""
         rng, model = self.rng, self.spec.gpu

@@ -9,7 +9,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -20,8 +20,12 @@ from gpufleet.reports.core import BY
 from gpufleet.reports.words import BY_WORDS, PERIOD_NAMES
 from gpufleet.warehouse.calendar import PERIODS
 
+if TYPE_CHECKING:
+    from gpufleet.config import Settings
+    from gpufleet.store import Store
 
-def _open_local(settings) -> Any:
+
+def _open_local(settings: Settings) -> Store:
     from gpufleet.store import StoreError, open_store
 
     try:

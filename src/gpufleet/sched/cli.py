@@ -7,11 +7,14 @@ import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from gpufleet.errors import GpufleetError
+
+if TYPE_CHECKING:  # annotations only: rich is imported when a command runs
+    from rich.progress import Progress
 
 DEFAULT_POLICIES = "fifo,easy,tiresias,gavel,gpufleet,sjf"
 
@@ -38,7 +41,7 @@ def _date(value: str | None, option: str) -> datetime | None:
         ) from None
 
 
-def _progress(enabled: bool):  # type: ignore[no-untyped-def]
+def _progress(enabled: bool) -> Progress:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -22,11 +22,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from gpufleet.sched.frag import build_workload, fragmentation_rate, node_fragmentation
 from gpufleet.sched.share import NodeSpec, PodRequest, ShareCluster, SharePolicy
+
+if TYPE_CHECKING:  # annotations only: matplotlib is imported when a plot is drawn
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
 @dataclass
@@ -188,7 +193,7 @@ def run_replay(
     return result
 
 
-def _figure():  # type: ignore[no-untyped-def]
+def _figure() -> tuple[Figure, Axes]:
     import matplotlib
 
     matplotlib.use("Agg")

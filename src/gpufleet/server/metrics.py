@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import PlainTextResponse
 
 from gpufleet import __version__
@@ -31,7 +31,7 @@ def _histogram(fam: Family, h: Histogram) -> Family:
     return fam
 
 
-def attach(app, ctx: Context) -> XidTotals:
+def attach(app: FastAPI, ctx: Context) -> XidTotals:
     """Count every host's newest sample's XID events as they arrive (the live-state
     listener), for the ``gpu_xid_events_total`` counter."""
     xids = XidTotals()

@@ -149,7 +149,7 @@ class _Durable:
 
 
 @contextlib.contextmanager
-def _registered(con, name: str, table: pa.Table) -> Iterator[None]:
+def _registered(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> Iterator[None]:
     """``table`` visible to SQL as ``name`` on ``con`` for the block."""
     con.register(name, table)
     try:
@@ -158,7 +158,7 @@ def _registered(con, name: str, table: pa.Table) -> Iterator[None]:
         con.unregister(name)
 
 
-def _stored_sample_keys(con, keys: list[SampleKey]) -> set[SampleKey]:
+def _stored_sample_keys(con: duckdb.DuckDBPyConnection, keys: list[SampleKey]) -> set[SampleKey]:
     """Which of ``keys`` (host, sample time) ``host_samples`` already holds. Each run of
     nearby times is looked up within its time range, which DuckDB's zone maps narrow to the
     few row groups written then (no index: one would slow every insert)."""
@@ -332,7 +332,7 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
     def _write_loop(self) -> None:
         con = self._db.cursor()
 
-        def run_task(task) -> None:
+        def run_task(task: groupcommit.Task) -> None:
             if isinstance(task[0], _Durable):
                 self._stage_durable(con, task[0].items, task[1])
             else:
@@ -369,7 +369,12 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
     def _window(self) -> float:
         return COMMIT_INTERVAL_SECONDS if self._log is None else LOG_WINDOW_SECONDS
 
-    def _run_task(self, con, fn, fut) -> None:
+    def _run_task(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        fn: Callable[[duckdb.DuckDBPyConnection], Any],
+        fut: concurrent.futures.Future[Any],
+    ) -> None:
         con.execute("BEGIN")
         try:
             result = fn(con)
@@ -380,7 +385,7 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
         else:
             resolve(fut, result, None)
 
-    def _ingest_group(self, con, group) -> None:
+    def _ingest_group(self, con: duckdb.DuckDBPyConnection, group: list[groupcommit.Task]) -> None:
         if self._log is not None:
             self._log_group(con, group)
             return
@@ -397,7 +402,7 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
             return
         settle([(fut, stored, None) for (_, fut), stored in zip(group, results, strict=True)])
 
-    def _log_group(self, con, group) -> None:
+    def _log_group(self, con: duckdb.DuckDBPyConnection, group: list[groupcommit.Task]) -> None:
         """Acknowledge a group once it is in the ingest log (fsync'd); the database follows.
         A batch is a duplicate if its id was acknowledged in the last few minutes (memory,
         see gpufleet.store.recent) or, only for a batch that looks older than that, if the
@@ -442,7 +447,9 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
         self.batches_duplicate += len(items) - len(new_items)
         settle([(fut, f, None) for (_, fut), f in zip(group, fresh, strict=True)])
 
-    def _stage_durable(self, con, items: list[IngestItem], waiter: Waiter) -> None:
+    def _stage_durable(
+        self, con: duckdb.DuckDBPyConnection, items: list[IngestItem], waiter: Waiter
+    ) -> None:
         """Batches durable in an ingest worker's log: staged for the applier as they are (see
         the module's doc); ``waiter`` is settled once they are committed."""
         if not items:
@@ -474,7 +481,7 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
         self._apply_queue.put((self._staged, path, self._staged_waiters))
         self._staged, self._staged_waiters = [], []
 
-    def _run_or_forward(self, con, task) -> None:
+    def _run_or_forward(self, con: duckdb.DuckDBPyConnection, task: groupcommit.Task) -> None:
         """A store task (a write, or a read's sync): with an ingest log it runs on the applier
         thread, after every batch acknowledged so far is in the database; the writer goes on
         acknowledging ingest meanwhile, however long the task (a rollup) takes."""
@@ -518,7 +525,7 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
                 self._apply_idle.set()
         con.close()
 
-    def _apply_one_by_one(self, con, items: list[IngestItem]) -> bool:
+    def _apply_one_by_one(self, con: duckdb.DuckDBPyConnection, items: list[IngestItem]) -> bool:
         """After a failed apply: each batch in its own transaction. The ones that still fail
         are kept aside in a file next to the log (an error says where); True if any went in."""
         failed = []
@@ -537,7 +544,7 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
         log.error("store: %d batch(es) could not be stored; kept in %s", len(failed), aside)
         return True
 
-    def _ingest_txn(self, con, items: list[IngestItem]) -> list[bool]:
+    def _ingest_txn(self, con: duckdb.DuckDBPyConnection, items: list[IngestItem]) -> list[bool]:
         keys = [str(batch_key(i.batch.batch_id)) for i in items]
         first: dict[str, int] = {}  # a batch sent twice within one group: the first one counts
         for n, key in enumerate(keys):
@@ -579,7 +586,9 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
         number of rows written; roll them up with ``rollup``."""
         return self.write(lambda con: self._insert_columns(con, columns))
 
-    def _insert_columns(self, con, cols: Mapping[str, Mapping[str, Any]]) -> int:
+    def _insert_columns(
+        self, con: duckdb.DuckDBPyConnection, cols: Mapping[str, Mapping[str, Any]]
+    ) -> int:
         rows = 0
         for table, columns in cols.items():
             if not len(columns["host"]):
@@ -594,7 +603,7 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
                 con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM _incoming")
         return rows
 
-    def _insert(self, con, items: list[IngestItem]) -> None:
+    def _insert(self, con: duckdb.DuckDBPyConnection, items: list[IngestItem]) -> None:
         samples = unique_samples(items, lambda keys: _stored_sample_keys(con, keys))
         self._insert_columns(con, flatten(samples))
         now = time.monotonic()
@@ -606,7 +615,7 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
         self._warehouse_note_late(con, items)
         self._flush_hosts(con)
 
-    def _flush_hosts(self, con, everything: bool = False) -> None:
+    def _flush_hosts(self, con: duckdb.DuckDBPyConnection, everything: bool = False) -> None:
         """Upsert the hosts whose rows are due (see HOSTS_FLUSH_SECONDS), or all pending ones,
         in one statement; then the due (or all) newest full samples. A host's first row
         carries its sample (the column is NOT NULL); later ones leave it to the samples."""
@@ -648,7 +657,7 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
             with _registered(con, "_samples_in", pa.table(columns, schema=_HOST_SAMPLES_SCHEMA)):
                 con.execute(_UPDATE_HOST_SAMPLES)
 
-    def _flush_all_hosts(self, con) -> None:
+    def _flush_all_hosts(self, con: duckdb.DuckDBPyConnection) -> None:
         if self._pending_hosts or self._unsaved_samples:
             self._flush_hosts(con, everything=True)
 
@@ -752,7 +761,7 @@ class DuckDBStore(warehouse.WarehouseMixin, SqlReads, Store):
     def _watermark_changed(self, watermark: float) -> None:
         self._wh_watermark = watermark
 
-    def _warehouse_note_late(self, con, items: list[IngestItem]) -> None:
+    def _warehouse_note_late(self, con: duckdb.DuckDBPyConnection, items: list[IngestItem]) -> None:
         """Mark the hours of samples older than the rollup watermark for a re-rollup (runs in
         the ingest transaction; no SQL unless a sample is late)."""
         wm = getattr(self, "_wh_watermark", None)

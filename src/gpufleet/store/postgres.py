@@ -258,7 +258,9 @@ class PostgresStore(warehouse.WarehouseMixin, SqlReads, Store):
             self._parts = self._load_partitions(self._con)
         return self._con
 
-    def _run_task(self, fn, fut) -> None:
+    def _run_task(
+        self, fn: Callable[[psycopg.Cursor], Any], fut: concurrent.futures.Future[Any]
+    ) -> None:
         try:
             con = self._writer_con()
             with con.transaction(), con.cursor() as cur:
@@ -270,7 +272,8 @@ class PostgresStore(warehouse.WarehouseMixin, SqlReads, Store):
         else:
             resolve(fut, result, None)
 
-    def _ingest_group(self, group) -> None:
+    def _ingest_group(self, group: list[groupcommit.Task]) -> None:
+        """Commit a group of ``(IngestItem, future)`` tasks."""
         try:
             results = self._ingest_txn([item for item, _ in group])
         except Exception as exc:

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Query, Request
 from gpufleet import __version__
 from gpufleet.http.context import Context
 from gpufleet.http.errors import ApiError
+from gpufleet.live.state import HostState
 from gpufleet.store.base import SERIES_METRICS
 
 router = APIRouter()
@@ -67,7 +68,7 @@ def hosts(request: Request) -> dict[str, Any]:
     return {"hosts": ctx.host_summaries(time.time())}
 
 
-def _host(ctx: Context, name: str):
+def _host(ctx: Context, name: str) -> HostState:
     st = ctx.live.hosts.get(name)
     if st is None:
         raise ApiError(404, "unknown_host", f"no host named {name!r}; GET /api/v1/hosts lists them")
