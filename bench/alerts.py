@@ -41,7 +41,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -66,6 +66,39 @@ def _pct(xs: list[float], q: float) -> float:
         return float("nan")
     xs = sorted(xs)
     return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
+
+
+def replay_rounds(sims: list[SimHost], replay: Replay, inj: FaultInjector, interval: float,
+                  rounds: int) -> Iterator[tuple[int, float, list[tuple[SimHost, float, float, list[Sample]]]]]:  # fmt: skip
+    """The replayed fleet with its faults, one collection round at a time: yields (round,
+    seconds since the start, the hosts whose samples arrived in it, in order, each with its
+    arrival time, clock skew and the samples its spool delivered, the late ones first)."""
+    spool: dict[str, list[Sample]] = {sim.spec.name: [] for sim in sims}
+    for k in range(1, rounds + 1):
+        rel = k * interval
+        replay.advance(replay.start + rel)
+        arrived = []
+        for i, sim in enumerate(sims):
+            t_rel = rel + interval * i / len(sims)
+            now = T0 + t_rel
+            name = sim.spec.name
+            inj.begin(sim, t_rel)
+            # the simulated host runs on and is read even when nothing is sent (its sample is
+            # dropped): its random draws stay the same as in the fault-free run, so the trace's
+            # own incidents on it happen at the same times in both (see "natural" below)
+            sim.apply(replay, replay.jobs_on(sim.spec.index), replay.start + t_rel, now,
+                      lambda tt: T0 + (tt - replay.start))  # fmt: skip
+            inj.hold(sim, t_rel)
+            sample = sim.collect()
+            if not inj.sends(name, t_rel):
+                continue
+            skew = inj.clock_offset(name, t_rel)
+            spool[name].append(sample.model_copy(update={"ts": now + skew}))
+            if not inj.delivers(name, t_rel):
+                continue
+            arrived.append((sim, now, skew, spool[name]))
+            spool[name] = []
+        yield k, rel, arrived
 
 
 def run_quality(n_hosts: int, interval: float, quiet_hours: float, seed: int,
@@ -95,41 +128,19 @@ def run_quality(n_hosts: int, interval: float, quiet_hours: float, seed: int,
     disp = Dispatcher(Timing())
     disp.group_by = {r.name: r.group_by for r in rules}
     seen = {s.name: HostSeen(s.name, T0, interval, group=s.group) for s in specs}
-    spool: dict[str, list[Sample]] = {s.name: [] for s in specs}
     fired: list[Alert] = []
     resolved_at: dict[str, list[float]] = {}  # fingerprint -> resolve times
     messages = []
     rounds = int(total // interval)
     cpu0 = time.process_time()
     eval_cpu = 0.0
-    for k in range(1, rounds + 1):
-        rel = k * interval
-        replay.advance(replay.start + rel)
-        for i, sim in enumerate(sims):
-            t_rel = rel + interval * i / len(sims)
-            now = T0 + t_rel
-            name = sim.spec.name
-            inj.begin(sim, t_rel)
-            # the simulated host runs on and is read even when nothing is sent (its sample is
-            # dropped): its random draws stay the same as in the fault-free run, so the trace's
-            # own incidents on it happen at the same times in both (see "natural" below)
-            sim.apply(replay, replay.jobs_on(sim.spec.index), replay.start + t_rel, now,
-                      lambda tt: T0 + (tt - replay.start))  # fmt: skip
-            inj.hold(sim, t_rel)
-            sample = sim.collect()
-            if not inj.sends(name, t_rel):
-                continue
-            skew = inj.clock_offset(name, t_rel)
-            sample = sample.model_copy(update={"ts": now + skew})
-            spool[name].append(sample)
-            if not inj.delivers(name, t_rel):
-                continue
+    for k, rel, arrived in replay_rounds(sims, replay, inj, interval, rounds):
+        for sim, now, skew, samples in arrived:
             c = time.process_time()
-            for s in spool[name]:  # the spool delivers in order, the late ones first
+            for s in samples:
                 engine.observe(s, now=now, skew_seconds=skew, group=sim.spec.group)
             eval_cpu += time.process_time() - c
-            spool[name].clear()
-            seen[name].last_received = now
+            seen[sim.spec.name].last_received = now
         now = T0 + rel
         for h in seen.values():
             h.reachable = inj.reachable(h.name, rel)
@@ -321,30 +332,12 @@ def dump_events(path: str, n_hosts: int, interval: float, quiet_hours: float, se
     total = max(f.end_seconds for f in faults) + 1800 + quiet_hours * 3600
     engine = AlertEngine(rules, EngineConfig(offline_after_seconds=OFFLINE_SECONDS))
     seen = {s.name: HostSeen(s.name, T0, interval, group=s.group) for s in specs}
-    spool: dict[str, list[Sample]] = {s.name: [] for s in specs}
     out: list[Any] = []
-    for k in range(1, int(total // interval) + 1):
-        rel = k * interval
-        replay.advance(replay.start + rel)
-        for i, sim in enumerate(sims):
-            t_rel = rel + interval * i / len(sims)
-            now = T0 + t_rel
-            name = sim.spec.name
-            inj.begin(sim, t_rel)
-            sim.apply(replay, replay.jobs_on(sim.spec.index), replay.start + t_rel, now,
-                      lambda tt: T0 + (tt - replay.start))  # fmt: skip
-            inj.hold(sim, t_rel)
-            sample = sim.collect()
-            if not inj.sends(name, t_rel):
-                continue
-            skew = inj.clock_offset(name, t_rel)
-            spool[name].append(sample.model_copy(update={"ts": now + skew}))
-            if not inj.delivers(name, t_rel):
-                continue
-            for s in spool[name]:
+    for _k, rel, arrived in replay_rounds(sims, replay, inj, interval, int(total // interval)):
+        for sim, now, skew, samples in arrived:
+            for s in samples:
                 engine.observe(s, now=now, skew_seconds=skew, group=sim.spec.group)
-            spool[name].clear()
-            seen[name].last_received = now
+            seen[sim.spec.name].last_received = now
         for h in seen.values():
             h.reachable = inj.reachable(h.name, rel)
         engine.tick(T0 + rel, seen.values())
