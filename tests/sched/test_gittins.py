@@ -201,3 +201,20 @@ def test_the_job_that_gains_most_gets_the_fast_gpu() -> None:
     assert ends[False][1] > 9000.0  # the second job ran on the k80
     assert ends[True][1] < 2000.0 and ends[True][0] < 2000.0
     assert sum(ends[True]) < sum(ends[False]) / 3
+
+
+def test_a_wide_class_with_nothing_finished_is_ranked_by_its_width() -> None:
+    # only 1-GPU jobs of about 1,000 s have finished; a new 8-GPU job will hold 8 GPUs for as
+    # long: ranked by the global sizes in GPU-seconds it looks as short as a 1-GPU job, ranked
+    # by the sizes per GPU x 8 (``scaled_prior``) it is 8x less urgent per GPU-second
+    spec = parse_cluster("v100:8x4")
+    ratio = {}
+    for scaled in (False, True):
+        policy = GpufleetPolicy(spec, None, realistic=True, scaled_prior=scaled)
+        for i in range(40):
+            finished(policy, i, 1, 1000.0 + 10 * i)
+        one = SimJob(100, 0.0, 1, "", {"v100": 1.0})
+        eight = SimJob(101, 0.0, 8, "", {"v100": 1.0})
+        ratio[scaled] = policy.gittins(0.0, one) / policy.gittins(0.0, eight)
+    assert ratio[False] == pytest.approx(1.0)
+    assert ratio[True] == pytest.approx(8.0, rel=0.05)
