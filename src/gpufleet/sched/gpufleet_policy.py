@@ -31,7 +31,9 @@ docs/scheduler.md; in short:
    Realistic model (``hold_tail``): past the largest finished size the index keeps its last
    positive value instead of 0 (finished-only samples miss the long jobs of a deep queue for
    hundreds of hours; index 0 parked every job that reached the largest size behind all
-   newer ones).
+   newer ones). Realistic model (``scaled_prior``): a class's prior is the global sizes per
+   GPU times its GPUs, not the global sizes in GPU-seconds (where 1-GPU jobs made a new wide
+   job look short).
 4. **No starvation.** Default, both models: a job that has waited longer than
    ``starve_after_seconds`` plus ``starve_factor`` x its time held (since it last ran) ranks
    before every job that is not starving and preempts. Opt-in (``starve_reserve=True``, off by
