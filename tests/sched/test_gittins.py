@@ -14,6 +14,7 @@ from gpufleet.sched.cluster import parse_cluster
 from gpufleet.sched.gittins import (
     empirical,
     gittins_table,
+    hold_beyond_sizes,
     index_table,
     kaplan_meier,
     mean_residual,
@@ -144,3 +145,76 @@ def test_a_long_job_moves_to_a_faster_gpu_when_one_frees() -> None:
         assert all(j.finish_seconds is not None for j in sim.jobs.values())
     assert ends[None] is not None and ends[300.0] is not None
     assert ends[300.0] < ends[None] - 10_000.0
+
+
+def test_past_every_finished_size_the_index_holds_its_last_value() -> None:
+    dist = empirical([100.0, 200.0, 300.0, 300.0, 1000.0])
+    grid, zero = index_table(dist, 16)
+    _, held = index_table(dist, 16, hold_tail=True)
+    last = int(np.nonzero(zero > 0)[0][-1])
+    assert grid[last + 1] >= 1000.0 and zero[last + 1] == 0.0  # "never finishes"
+    assert np.all(held[last + 1 :] == zero[last])
+    assert np.array_equal(held[: last + 1], zero[: last + 1])
+    assert np.array_equal(hold_beyond_sizes(np.zeros(3)), np.zeros(3))
+
+
+def test_a_job_longer_than_every_finished_one_is_not_parked_behind_new_ones() -> None:
+    # 20 jobs of 1,000 s teach the policy the sizes; a job that has had 5,000 s (longer than
+    # every finished job) waits beside a newer one that has had 900 s, both on one GPU:
+    # with index 0 past every finished size the newer one runs first, with the last index held
+    # they are level and the earlier arrival runs first
+    spec = parse_cluster("v100:1x1")
+    order = {}
+    for hold in (False, True):
+        policy = GpufleetPolicy(spec, None, realistic=True, hold_tail=hold)
+        for i in range(20):
+            finished(policy, i, 1, 1000.0 + i)
+        old = SimJob(100, 0.0, 1, "", {"v100": 1.0})
+        old.attained_gpu_seconds = old.run_seconds = 5000.0
+        new = SimJob(101, 10.0, 1, "", {"v100": 1.0})
+        new.attained_gpu_seconds = new.run_seconds = 900.0
+        order[hold] = policy.gittins(5000.0, old) >= policy.gittins(900.0, new)
+        assert policy.gittins(900.0, new) > 0
+    assert order == {False: False, True: True}
+
+
+def test_the_job_that_gains_most_gets_the_fast_gpu() -> None:
+    # one v100 and one k80; two 1-GPU jobs arrive together, the first about as fast on either
+    # (k80 1.1x slower), the second 10x slower on the k80: the pass admits both; each on its
+    # own fastest model, the first takes the v100 and the second crawls on the k80; dealt
+    # out by index x speed, the second gets the v100 (no migration to faster GPUs here, which
+    # would move it once the v100 frees)
+    spec = parse_cluster("v100:1x1,k80:1x1")
+
+    def job(i: int, k80: float) -> SimInput:
+        view = SimJob(i, 0.0, 1, "", {"v100": 1.0, "k80": k80})
+        return SimInput(view, JobTruth({"v100": 1000.0, "k80": 1000.0 * k80}, 2**30))
+
+    ends = {}
+    for gain in (False, True):
+        policy = GpufleetPolicy(
+            spec, None, realistic=True, assign_by_gain=gain, migrate_gain_seconds=None
+        )
+        sim = Simulator(spec, [job(0, 1.1), job(1, 10.0)], policy, None, SimConfig())
+        sim.run()
+        ends[gain] = [sim.jobs[i].finish_seconds or math.inf for i in (0, 1)]
+    assert ends[False][1] > 9000.0  # the second job ran on the k80
+    assert ends[True][1] < 2000.0 and ends[True][0] < 2000.0
+    assert sum(ends[True]) < sum(ends[False]) / 3
+
+
+def test_a_wide_class_with_nothing_finished_is_ranked_by_its_width() -> None:
+    # only 1-GPU jobs of about 1,000 s have finished; a new 8-GPU job will hold 8 GPUs for as
+    # long: ranked by the global sizes in GPU-seconds it looks as short as a 1-GPU job, ranked
+    # by the sizes per GPU x 8 (``scaled_prior``) it is 8x less urgent per GPU-second
+    spec = parse_cluster("v100:8x4")
+    ratio = {}
+    for scaled in (False, True):
+        policy = GpufleetPolicy(spec, None, realistic=True, scaled_prior=scaled)
+        for i in range(40):
+            finished(policy, i, 1, 1000.0 + 10 * i)
+        one = SimJob(100, 0.0, 1, "", {"v100": 1.0})
+        eight = SimJob(101, 0.0, 8, "", {"v100": 1.0})
+        ratio[scaled] = policy.gittins(0.0, one) / policy.gittins(0.0, eight)
+    assert ratio[False] == pytest.approx(1.0)
+    assert ratio[True] == pytest.approx(8.0, rel=0.05)

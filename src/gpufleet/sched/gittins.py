@@ -93,17 +93,44 @@ def _grid(dist: SizeDistribution, grid_points: int) -> np.ndarray:
 
 
 def index_table(
-    dist: SizeDistribution, grid_points: int = 64, min_quantum: float = 60.0, monotone: bool = True
+    dist: SizeDistribution,
+    grid_points: int = 64,
+    min_quantum: float = 60.0,
+    monotone: bool = True,
+    hold_tail: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Grid of attained-service values and the Gittins index at each, for a distribution.
 
     ``index[i]`` is for attained service in ``[grid[i], grid[i+1])``. A job is served at least
     until the next grid point (decisions are only revisited there), so the quanta ``D``
     considered are at least that step (and ``min_quantum``); where no atom is left beyond the
-    attained service the index is 0 (nothing is known there). ``monotone``: made non-increasing
-    in the attained service (a job never outranks a newer one for having run longer)."""
+    attained service the index is 0 (nothing is known there), or with ``hold_tail`` the last
+    index that is not 0 (see ``hold_beyond_sizes``). ``monotone``: made non-increasing in the
+    attained service (a job never outranks a newer one for having run longer)."""
     grid = _grid(dist, grid_points)
-    return grid, _index_on(dist, grid, min_quantum, monotone)
+    index = _index_on(dist, grid, min_quantum, monotone)
+    return grid, hold_beyond_sizes(index) if hold_tail else index
+
+
+def hold_beyond_sizes(index: np.ndarray) -> np.ndarray:
+    """The index past the last cell where it is positive (a job that has had more service than
+    every size the distribution holds) set to that last positive value, instead of 0.
+
+    Index 0 says "this job never finishes within any quantum", which is what the empirical
+    distribution of *finished* jobs says of a job longer than all of them. Where the queue is
+    deep, the long jobs finish last, so for hundreds of hours the sample holds only the shorter
+    ones: every job that reached the largest finished size dropped to 0 and was parked behind
+    every newer job until that newer one had had as much service (on VC 2869ce, 56-105 8-GPU
+    jobs parked at exactly the largest finished size for hundreds of hours). Holding the last
+    value ranks such a job with the longest jobs known (behind new jobs whose index is higher,
+    level with the jobs of the lowest positive index, where ties go to the running job, then
+    the earlier arrival) instead of behind everything."""
+    positive = np.nonzero(index > 0)[0]
+    if not positive.size or positive[-1] == index.size - 1:
+        return index
+    out = index.copy()
+    out[positive[-1] + 1 :] = index[positive[-1]]
+    return out
 
 
 def _index_on(
