@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from gpufleet.queue.driver import QueueDriver
 from gpufleet.queue.fleet import FleetGpu, FleetHost
 from gpufleet.queue.policies import policy_factory
@@ -20,10 +22,12 @@ def host(name: str, gpus: int = 4, busy: tuple[int, ...] = (), online: bool = Tr
     )  # fmt: skip
 
 
-def submit(store: JobStore, gpus: int = 1, user: str = "alice", memory: str | None = None):
+def submit(store: JobStore, gpus: int = 1, user: str = "alice", memory: str | None = None,
+           extra: str = ""):  # fmt: skip
     text = f"name: j\nuser: {user}\ngpus: {gpus}\nmodel_name: m\nepochs: 1\ncommand: sleep 5\n"
     if memory:
         text += f"gpu_memory: {memory}\n"
+    text += extra
     return store.submit(parse_job(text))
 
 
@@ -123,6 +127,33 @@ def test_a_preempted_runs_gpus_stay_taken_until_it_has_stopped(tmp_path):
     assert d.waiting_reason(a.id) == "preempted: waiting for its previous run to stop"
     assert d.stopped(a.id) is None
     assert [s.job_id for s in d.schedule(102.0).starts] == [b.id]
+
+
+@pytest.mark.parametrize("preemptible", [True, False])
+@pytest.mark.parametrize(("policy", "later"), [("gpufleet", 100.0), ("tiresias", 5000.0),
+                                               ("dlas", 5000.0)])  # fmt: skip
+def test_a_job_that_is_not_preemptible_keeps_its_gpus(tmp_path, policy, later, preemptible):
+    store = JobStore(tmp_path / "q.sqlite3")
+    d = QueueDriver(policy_factory(policy))
+    d.set_fleet([host("h1", gpus=1)])
+    a = submit(store, extra=f"preemptible: {str(preemptible).lower()}\n")
+    d.add(a, 0.0)
+    assert [s.job_id for s in d.schedule(0.0).starts] == [a.id]
+    assert d.jobs[a.id].preemptible is preemptible
+    b = submit(store, extra="priority: 2\n")  # more urgent, and less served
+    d.add(b, later)
+    out = d.schedule(later)
+    if preemptible:
+        assert [p.job_id for p in out.preempts] == [a.id]
+        return
+    assert out.preempts == [] and out.starts == []
+    assert a.id in d.running and "resources" in d.waiting_reason(b.id)
+    with pytest.raises(RuntimeError, match=f"job {a.id} is not preemptible"):
+        assert d.context is not None
+        d.context.preempt(d.jobs[a.id])
+    assert d.schedule(later + 1000.0).preempts == []
+    d.finished(a.id, later + 2000.0, later + 2000.0)
+    assert [s.job_id for s in d.schedule(later + 2000.0).starts] == [b.id]
 
 
 def test_preempted_again_before_the_first_stop_is_confirmed(tmp_path):

@@ -89,3 +89,44 @@ def test_plain_errors_name_the_field(doc: str, field: str) -> None:
     with pytest.raises(JobSpecError) as err:
         parse_job(doc)
     assert str(err.value).startswith(f"{field}:")
+
+
+PLAIN = "{name: a, user: a, model_name: m, epochs: 1}"
+
+
+@pytest.mark.parametrize(("value", "expected"), [("false", False), ("true", True), ("", True)])
+def test_preemptible_is_a_boolean_defaulting_to_true(value: str, expected: bool) -> None:
+    doc = PLAIN if not value else PLAIN.replace("}", f", preemptible: {value}}}")
+    assert parse_job(doc).preemptible is expected
+    yaml_doc = "name: a\nuser: a\nmodel_name: m\nepochs: 1\n" + (
+        f"preemptible: {value}\n" if value else ""
+    )
+    assert parse_job(yaml_doc).preemptible is expected
+
+
+@pytest.mark.parametrize("value", ['"no"', "no", "off", "1", "0", '"false"', "null"])
+def test_preemptible_rejects_what_is_not_a_boolean(value: str) -> None:
+    # (YAML 1.1 would read a bare no/off as false: the spec reads YAML 1.2's booleans only)
+    with pytest.raises(JobSpecError, match=r"^preemptible: must be true or false, got"):
+        parse_job(PLAIN.replace("}", f", preemptible: {value}}}"))
+
+
+@pytest.mark.parametrize(("value", "expected"), [('"false"', False), ('"true"', True)])
+def test_k8s_preemptible_annotation(value: str, expected: bool) -> None:
+    doc = K8S.replace('epoch: "100"', f'epoch: "100", gpufleet.io/preemptible: {value}')
+    assert parse_job(doc).preemptible is expected
+    assert parse_job(K8S).preemptible is True
+
+
+@pytest.mark.parametrize("value", ['"no"', '"1"', "1"])
+def test_k8s_preemptible_annotation_names_the_field(value: str) -> None:
+    doc = K8S.replace('epoch: "100"', f'epoch: "100", gpufleet.io/preemptible: {value}')
+    with pytest.raises(
+        JobSpecError, match=r"^metadata.annotations.gpufleet.io/preemptible: must be true or false"
+    ):
+        parse_job(doc)
+
+
+def test_the_yaml_reader_keeps_yes_and_no_as_text() -> None:
+    spec = parse_job("name: no\nuser: yes\nmodel_name: on\nepochs: 1\n")
+    assert (spec.name, spec.user, spec.model_name) == ("no", "yes", "on")

@@ -22,7 +22,8 @@ What the driver adds around the policy, all of it bookkeeping:
 - **Preemption**: a preempted job waits again at once (as in the simulator), but its GPUs stay
   held until the dispatcher confirms its run has stopped (``stopped``), so nothing is placed
   beside a run that is still exiting; if the policy starts it again before then, the new
-  launch waits for that confirmation too, so one job never runs twice.
+  launch waits for that confirmation too, so one job never runs twice. A job whose spec says
+  ``preemptible: false`` is never preempted: ``preempt`` raises on it (the policies keep it).
 """
 
 from __future__ import annotations
@@ -233,6 +234,7 @@ class QueueDriver:
             user=record.user,
             vc=record.group,
             synthetic=False,
+            preemptible=record.spec.get("preemptible", True) is not False,
         )
         self.jobs[record.id].last_wait_from_seconds = self.jobs[record.id].arrival_seconds
         self.blocked[record.id] = msg("waiting for the scheduler")
@@ -343,6 +345,8 @@ class QueueDriver:
     def _preempt(self, job: SimJob) -> None:
         if job.status != RUNNING:
             raise RuntimeError(f"job {job.job_id} preempted while {job.status}")
+        if not job.preemptible:
+            raise RuntimeError(f"job {job.job_id} is not preemptible")
         job.preemptions += 1
         job.restart_pending = True
         placement = job.placement

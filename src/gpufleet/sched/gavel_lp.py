@@ -504,6 +504,12 @@ class GavelLP(Policy):
         ids = self._ids
         jobs = self._jobs
         taken: dict[int, int] = {}
+        if preempt:  # jobs that may not be preempted keep their GPUs: taken first
+            for job in running.values():
+                if not job.preemptible and job.placement is not None:
+                    j = self._models.index(job.placement.gpu_model)
+                    taken[job.job_id] = j
+                    left[j] -= job.num_gpus
         orders = model_orders(self._alloc, received, now - self._reset_at, usable)
         for j, rows in enumerate(orders):
             room = left[j]

@@ -168,7 +168,9 @@ class GavelMaxMin(Policy):
             window = [
                 e[2] for e in self._waiting.head(self.window_factor * cluster.spec.total_gpus)
             ]
-            running = list(ctx.running.values())
+            # jobs that may not be preempted keep their GPUs, out of the plan
+            running = [j for j in ctx.running.values() if j.preemptible]
+            pinned = [j for j in ctx.running.values() if not j.preemptible]
             n_run = len(running)
             run_slots: list[int] = []
             current: list[int] = []  # each running job's GPU model
@@ -192,6 +194,8 @@ class GavelMaxMin(Policy):
             later[:n_run] = ~np.array(leased, dtype=bool)
             order = self._rank(slots, now, served, later)
             capacity = [cluster.spec.gpus_of(m) for m in self._models]
+            for j in pinned:
+                capacity[self._model_index[j.placement.gpu_model]] -= j.num_gpus  # type: ignore[union-attr]
         else:
             fitting = self._between_rounds(cluster, free)
             if fitting is None:

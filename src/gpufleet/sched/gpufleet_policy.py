@@ -957,6 +957,8 @@ class GpufleetPolicy(Policy):
         idle = {m for m, n in free.items() if n > 0}
         for job in ctx.running.values():
             assert job.placement is not None
+            if not job.preemptible:
+                continue  # (a move is a stop and a restart)
             ratios = job.runtime_ratio_by_model
             model_here = job.placement.gpu_model
             known = faster_of.get(job.job_id)
@@ -1038,13 +1040,14 @@ class GpufleetPolicy(Policy):
         keep: set[int] = set()
         if res is not None:  # the reserved hosts are out of the pass
             capacity[res.gpu_model] -= sum(cluster.hosts[h].num_gpus for h in res.host_ids)
-        if res is not None or self._protected:
-            # kept whatever the order: the jobs on the reserved hosts (their other GPUs taken)
-            # and the protected ones (started as a starving head)
+        pinned = not all(j.preemptible for j in ctx.running.values())
+        if res is not None or self._protected or pinned:
+            # kept whatever the order: the jobs on the reserved hosts (their other GPUs taken),
+            # the protected ones (started as a starving head) and those not preemptible
             for jid in walked:
                 job = jobs[jid] if jid in jobs else ctx.running[jid]
                 outside = self._on_reserved(job) if res is not None else -1
-                if jid in self._protected and job.placement is not None:
+                if (jid in self._protected or not job.preemptible) and job.placement is not None:
                     outside = job.num_gpus if outside < 0 else outside
                 if outside >= 0:
                     assert job.placement is not None

@@ -38,6 +38,22 @@ _UNITS = {
 }
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2's booleans: only ``true``/``false`` (YAML 1.1 also reads ``no``, ``off``,
+    ``yes``, ``on`` as booleans, so ``preemptible: no`` would pass for false unseen)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
 class JobSpecError(ValueError):
     """An invalid job spec; the message starts with the field's path."""
 
@@ -56,6 +72,8 @@ class JobSpec:
     command: tuple[str, ...] = ()
     priority: int = 0
     deadline: str | None = None  # ISO 8601
+    # False: once started, the queue never preempts (nor moves) it; it holds its GPUs to the end
+    preemptible: bool = True
 
 
 def _fail(path: str, what: str, value: Any) -> JobSpecError:
@@ -91,6 +109,20 @@ def _nonneg_float(value: Any, path: str) -> float:
     return number
 
 
+def _bool(value: Any, path: str) -> bool:
+    """A real boolean (YAML ``true``/``false``); a Kubernetes annotation (always a string) may
+    be ``"true"`` or ``"false"``, which ``_annotation_bool`` reads."""
+    if not isinstance(value, bool):
+        raise _fail(path, "must be true or false", value)
+    return value
+
+
+def _annotation_bool(value: Any, path: str) -> bool:
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    return _bool(value, path)
+
+
 def _text(value: Any, path: str, required: bool = True) -> str | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         if required:
@@ -122,7 +154,7 @@ def _gpus(value: Any, path: str) -> float:
 
 def parse_plain(data: dict[str, Any]) -> JobSpec:
     """A plain spec: ``{name, user, gpus, model_name, gpu_memory, epochs|steps, data_size_gb,
-    data_location, command, priority, deadline}``."""
+    data_location, command, priority, deadline, preemptible}``."""
     if not isinstance(data, dict):
         raise JobSpecError(f"spec: must be a mapping, got {type(data).__name__}")
     known = {
@@ -138,6 +170,7 @@ def parse_plain(data: dict[str, Any]) -> JobSpec:
         "command",
         "priority",
         "deadline",
+        "preemptible",
     }
     for key in data:
         if key not in known:
@@ -171,6 +204,7 @@ def parse_plain(data: dict[str, Any]) -> JobSpec:
         command=tuple(command),
         priority=priority,
         deadline=_text(data.get("deadline"), "deadline", required=False),
+        preemptible=_bool(data.get("preemptible", True), "preemptible"),
     )
 
 
@@ -227,13 +261,16 @@ def parse_k8s_job(doc: dict[str, Any]) -> JobSpec:
         if "priority" in notes
         else 0,
         deadline=_text(notes.get("deadline"), f"{prefix}.deadline", required=False),
+        preemptible=_annotation_bool(
+            notes.get("gpufleet.io/preemptible", True), f"{prefix}.gpufleet.io/preemptible"
+        ),
     )
 
 
 def parse_job(text: str) -> JobSpec:
     """A YAML or JSON document: a Kubernetes Job when it has ``kind``, else a plain spec."""
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_Loader)  # (a SafeLoader)
     except yaml.YAMLError as exc:
         raise JobSpecError(f"spec: not valid YAML/JSON: {exc}") from None
     if isinstance(doc, dict) and ("kind" in doc or "apiVersion" in doc):

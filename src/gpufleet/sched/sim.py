@@ -203,6 +203,8 @@ class Simulator:
     def _preempt(self, job: SimJob) -> None:
         if job.status != RUNNING:
             raise RuntimeError(f"job {job.job_id} preempted while {job.status}")
+        if not job.preemptible:
+            raise RuntimeError(f"job {job.job_id} is not preemptible")
         self.preemptions += 1
         job.preemptions += 1
         job.restart_pending = True

@@ -65,6 +65,9 @@ class SimJob:
     vc: str = ""
     synthetic: bool = True
     reports_progress: bool = False  # the job reports its progress (steps done / steps)
+    # False: the spec says never preempt it (nor move it: a move is a stop and a restart); the
+    # context's ``preempt`` raises on it, and every policy counts it as holding its GPUs to the end
+    preemptible: bool = True
     # state, all of it observable
     status: str = WAITING
     placement: Placement | None = None
@@ -102,6 +105,7 @@ class SimJob:
             self.vc,
             self.synthetic,
             self.reports_progress,
+            self.preemptible,
         )
 
     def known_gpu_memory_bytes(self) -> int | None:

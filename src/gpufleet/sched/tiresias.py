@@ -293,11 +293,18 @@ class Tiresias(Policy):
         stale = False  # (widest is recomputed when next needed, after a change of capacity)
         keep: set[int] = set()
         admit: list[SimJob] = []
+        # jobs that may not be preempted hold their GPUs whatever their queue: taken first
+        for job in ctx.running.values():
+            if not job.preemptible and job.placement is not None:
+                capacity[job.placement.gpu_model] -= job.num_gpus
+                left -= job.num_gpus
+                keep.add(job.job_id)
+        pinned = bool(keep)
         for queue in self._queues:
             if left <= 0:
                 break
             rest: Iterator[SimJob] = iter(queue)
-            held = queue.held() if queue.run else None
+            held = queue.held() if queue.run and not pinned else None
             if held is not None and all(capacity[m] >= n for m, n in held[0].items()):
                 # the running part fits whole: each of its jobs would be kept in turn
                 for m, n in held[0].items():
@@ -311,6 +318,8 @@ class Tiresias(Policy):
                     break
                 placement = job.placement
                 if placement is not None:
+                    if job.job_id in keep:
+                        continue  # (not preemptible: taken above)
                     model = placement.gpu_model
                     if capacity[model] >= job.num_gpus:
                         capacity[model] -= job.num_gpus

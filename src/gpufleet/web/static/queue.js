@@ -25,11 +25,13 @@
       t("policy {policy} · dispatcher {dispatcher} · runtime predictor: {error} ({n} jobs learnt)", { policy: s.policy, dispatcher: s.dispatcher, error: err, n: s.predictor_observed });
     const now = v.now;
     const id = (j) => `<td><a href="/api/v1/jobs/${j.id}">${j.id}</a></td>`;
+    // the queue cannot take such a job's GPUs back: said beside its name while it waits or runs
+    const name = (j) => esc(j.name) + (j.spec && j.spec.preemptible === false ? ` <span class="badge pinned">${esc(t("not preemptible"))}</span>` : "");
     const pending = v.jobs.filter((j) => PENDING.includes(j.state)).map((j) =>
-      `<tr data-job="${j.id}" data-state="${j.state}">${id(j)}<td>${esc(j.name)}</td><td>${esc(j.user)}</td><td>${j.gpus}</td><td>${state(j.state)}</td>`
+      `<tr data-job="${j.id}" data-state="${j.state}">${id(j)}<td>${name(j)}</td><td>${esc(j.user)}</td><td>${j.gpus}</td><td>${state(j.state)}</td>`
       + `<td class="reason">${esc(say(j.waiting_reason_i18n || j.waiting_reason))}</td><td>${span(j.waited_seconds)}</td><td>${when(j.projected_start_seconds, now)}</td><td>${span(j.predicted_runtime_seconds)}</td></tr>`);
     const running = v.jobs.filter((j) => ACTIVE.includes(j.state)).map((j) =>
-      `<tr data-job="${j.id}" data-state="${j.state}">${id(j)}<td>${esc(j.name)}</td><td>${esc(j.user)}</td>`
+      `<tr data-job="${j.id}" data-state="${j.state}">${id(j)}<td>${name(j)}</td><td>${esc(j.user)}</td>`
       + `<td>${(j.placement || []).map((p) => `<a href="/hosts/${encodeURIComponent(p.host)}">${esc(p.host)}</a>: ${p.gpu_indices.join(",")}`).join("; ")}</td>`
       + `<td>${state(j.state)}</td><td>${span(j.elapsed_seconds)}</td><td>${when(j.predicted_end_seconds, now)}</td></tr>`);
     const history = v.jobs.filter((j) => !PENDING.includes(j.state) && !ACTIVE.includes(j.state)).map((j) =>
