@@ -3,6 +3,8 @@
     nice -n 10 .venv/bin/python bench/queue_bench.py --section decision
     nice -n 10 .venv/bin/python bench/queue_bench.py --section simlive --seeds 0 1 2
     nice -n 10 .venv/bin/python bench/queue_bench.py --section simlive --dispatcher ssh
+    nice -n 10 .venv/bin/python bench/queue_bench.py --section simlive --dispatcher ssh \
+        --no-checkpoint [--not-preemptible]
 
 Sections:
 - decision: scheduling decision time of the live driver (``QueueDriver.set_fleet`` +
@@ -71,7 +73,7 @@ def fleet(hosts: int, gpus: int, busy: set[tuple[int, int]] = frozenset()) -> li
 
 
 def spec(k: int, gpus: int, seconds: float, user: str = "u",
-         resume_dir: Path | None = None) -> JobSpec:  # fmt: skip
+         resume_dir: Path | None = None, preemptible: bool = True) -> JobSpec:  # fmt: skip
     """A job that sleeps ``seconds``; with ``resume_dir``, one that checkpoints as the
     simulator assumes every job does: SIGTERM (a preemption) saves the milliseconds done,
     and a later run sleeps only what is left."""
@@ -86,7 +88,7 @@ def spec(k: int, gpus: int, seconds: float, user: str = "u",
             "sleep $((l / 1000)).$(printf %03d $((l % 1000))) & wait $!; fi"
         ))  # fmt: skip
     return JobSpec(f"j{k}", f"{user}{k % 50}", float(gpus), "resnet50", epochs=1,
-                   command=command)  # fmt: skip
+                   command=command, preemptible=preemptible)  # fmt: skip
 
 
 # -- decision time ---------------------------------------------------------------------------
@@ -146,14 +148,24 @@ def arrivals(seed: int, n: int, hosts: int, gpus: int) -> list[tuple[float, int,
     return jobs
 
 
-def simulate(policy: str, jobs: list[tuple[float, int, float]], hosts: int, gpus: int) -> dict:
+def simulate(policy: str, jobs: list[tuple[float, int, float]], hosts: int, gpus: int,
+             preemptible: bool = True) -> dict:  # fmt: skip
     the_fleet = fleet(hosts, gpus)
     model = the_fleet[0].gpu_model
     the_fleet = [FleetHost(h.name, model, h.gpus) for h in the_fleet]
     spec_ = cluster_spec(the_fleet)
     inputs = [
         SimInput(
-            SimJob(k + 1, t, g, "resnet50", {model: 1.0}, synthetic=False, user=f"u{k % 50}"),
+            SimJob(
+                k + 1,
+                t,
+                g,
+                "resnet50",
+                {model: 1.0},
+                synthetic=False,
+                user=f"u{k % 50}",
+                preemptible=preemptible,
+            ),
             JobTruth({model: d}, 1 * GIB),
         )
         for k, (t, g, d) in enumerate(jobs)
@@ -203,7 +215,7 @@ def ssh_servers(names: list[str], root: Path) -> Iterator[Callable[[Path], Dispa
 
 async def live(policy: str, jobs: list[tuple[float, int, float]], hosts: int, gpus: int,
                root: Path, dispatcher: Dispatcher | None = None,
-               resume_dir: Path | None = None) -> dict:  # fmt: skip
+               resume_dir: Path | None = None, preemptible: bool = True) -> dict:  # fmt: skip
     the_fleet = fleet(hosts, gpus)
     model = the_fleet[0].gpu_model
     the_fleet = [FleetHost(h.name, model, h.gpus) for h in the_fleet]
@@ -218,7 +230,8 @@ async def live(policy: str, jobs: list[tuple[float, int, float]], hosts: int, gp
         delay = t0 + t - time.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        ids.append((await svc.submit(spec(k, g, d, resume_dir=resume_dir))).id)
+        job = spec(k, g, d, resume_dir=resume_dir, preemptible=preemptible)
+        ids.append((await svc.submit(job)).id)
     deadline = time.time() + 600
     while time.time() < deadline:
         counts = svc.store.counts()
@@ -260,7 +273,8 @@ def _simlive(
             f"SSH dispatcher to {hosts} loopback sshd, jobs "
             + ("that do not checkpoint" if args.no_checkpoint else "that checkpoint on SIGTERM")
         )
-    )
+    ) + (", every job preemptible: false (here and in the simulator)" if args.not_preemptible
+         else "")  # fmt: skip
     print(f"## Simulator vs live: {args.n} jobs, {hosts} hosts x {gpus} GPUs, policy "
           f"{args.policy}, {what} (seconds)\n")  # fmt: skip
     print("| seed | start diff median | start diff p95 | avg JCT live | avg JCT sim | live / sim "
@@ -269,7 +283,7 @@ def _simlive(
     ratios = []
     for seed in args.seeds:
         jobs = arrivals(seed, args.n, hosts, gpus)
-        sim = simulate(args.policy, jobs, hosts, gpus)
+        sim = simulate(args.policy, jobs, hosts, gpus, not args.not_preemptible)
         fifo = simulate("fifo", jobs, hosts, gpus)
         with TemporaryDirectory() as tmp:
             d = None if make is None else make(Path(tmp) / "state")
@@ -277,7 +291,8 @@ def _simlive(
             if make is not None and not args.no_checkpoint:
                 resume = Path(tmp) / "progress"
                 resume.mkdir()
-            got = asyncio.run(live(args.policy, jobs, hosts, gpus, Path(tmp), d, resume))
+            got = asyncio.run(live(args.policy, jobs, hosts, gpus, Path(tmp), d, resume,
+                                   not args.not_preemptible))  # fmt: skip
         diffs = [abs(got["start"][k] - sim["start"][k]) for k in got["start"]
                  if sim["start"].get(k) is not None]  # fmt: skip
         both = [k for k in got["jct"] if k in sim["jct"]]
@@ -312,6 +327,11 @@ def main() -> None:
         "--no-checkpoint",
         action="store_true",
         help="simlive over ssh: a preempted job starts again from its beginning",
+    )
+    p.add_argument(
+        "--not-preemptible",
+        action="store_true",
+        help="simlive: every job says preemptible: false (live and simulated)",
     )
     args = p.parse_args()
     if args.section in ("decision", "all"):
