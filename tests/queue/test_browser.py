@@ -46,9 +46,12 @@ def test_submit_through_the_form_and_see_it_run_and_finish(tmp_path, trace_path,
         assert page.locator("nav a[href='/queue']").get_attribute("aria-current") == "page"
         page.fill("#submit-form input[name=name]", "from-the-form")
         page.fill("#submit-form input[name=command]", "sleep 25")
+        page.select_option("#submit-form select[name=preemptible]", "false")
         page.click("#submit-form button[type=submit]")
         page.wait_for_selector("#submit-result[data-ok='1']", timeout=30_000)
         job = page.locator("#submit-result").get_attribute("data-job")
+        spec = httpx.get(f"{url}/api/v1/jobs/{job}", timeout=5).json()["spec"]
+        assert spec["preemptible"] is False  # the form's choice, a boolean in the spec
         running = f"#running-table tr[data-job='{job}'][data-state='running']"
         page.wait_for_selector(running, timeout=120_000)
         where = page.locator(running).inner_text()

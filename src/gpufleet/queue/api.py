@@ -107,7 +107,7 @@ async def _read_spec(request: Request, actor: Who) -> JobSpec:
         data: dict[str, Any] = {
             k: v for k, v in form.items() if k != "csrf_token" and k != "hold" and v != ""
         }
-        for key in ("gpus", "epochs", "steps", "priority", "data_size_gb"):
+        for key in ("gpus", "epochs", "steps", "priority", "data_size_gb", "preemptible"):
             if key in data:
                 try:
                     data[key] = json.loads(data[key])
