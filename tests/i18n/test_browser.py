@@ -38,7 +38,11 @@ def test_zh_overview_host_and_reports_in_chromium(server, zh_page):
     page.wait_for_function("document.getElementById('live').dataset.state === 'live'",
                            timeout=20_000)  # fmt: skip
     assert page.inner_text("#live") == "实时"
-    assert page.inner_text("#shown") == "显示 3 / 3 台主机"
+    # the three hosts reach live state a moment after their batches are acknowledged (through
+    # an ingest worker): the count follows live, so wait for it
+    page.wait_for_function(
+        "document.getElementById('shown').textContent === '显示 3 / 3 台主机'", timeout=20_000
+    )
     assert "使用中" in page.inner_text("#tot-gpus") and "在线" in page.inner_text("#tot-hosts")
     title = page.get_attribute('[data-host="gpu01"] [data-gpu="0"]', "title")
     assert "利用率" in title and "显存" in title  # the GPU cell's tooltip
