@@ -36,7 +36,7 @@ from gpufleet.i18n import ENGLISH, Msg, msg
 from gpufleet.queue.fleet import FleetHost, cluster_spec, shape, speed_of
 from gpufleet.queue.quota import QuotaRules, Usage
 from gpufleet.queue.store import JobRecord
-from gpufleet.sched.cluster import ClusterSpec, ClusterState, Placement
+from gpufleet.sched.cluster import ClusterSpec, ClusterState, Host, Placement
 from gpufleet.sched.policy import Policy, PolicyContext
 from gpufleet.sched.predictor import OnlineRuntimePredictor
 from gpufleet.sched.simjob import RUNNING, WAITING, SimJob
@@ -99,6 +99,7 @@ class QueueDriver:
         # are by host number, which a new fleet renumbers, and a host may report after a job
         # on it was adopted (a restart), so each new spec is filled again from these
         self._named: dict[int, tuple[tuple[tuple[str, int], ...], str, int]] = {}
+        self._host_of: dict[str, Host] = {}  # the spec's hosts by name (made with the spec)
         self._model_memory: dict[str, int] = {}
         self._ratio_cache: dict[int | None, dict[str, float]] = {}
         self.context: PolicyContext | None = None
@@ -127,6 +128,7 @@ class QueueDriver:
 
     def _rebuild(self, spec: ClusterSpec) -> None:
         self.spec = spec
+        self._host_of = {h.name: h for h in spec.hosts}
         self._model_memory = {}
         self._ratio_cache = {}
         self.cluster = ClusterState(spec)
@@ -152,7 +154,7 @@ class QueueDriver:
 
     def _place(self, holder: int) -> Placement | None:
         gpus, gpu_model, claimed = self._named[holder]
-        hosts = {h.name: h for h in self.spec.hosts}
+        hosts = self._host_of
         here = tuple(
             (hosts[name].host_id, g)
             for name, g in gpus
