@@ -221,8 +221,8 @@ class WarehouseSection(_Section):
 class MailSection(_Section):
     smtp_host: str | None = Field(
         None,
-        description="SMTP server for the scheduled e-mail reports; unset: no e-mail is sent "
-        "(subscriptions are still kept).",
+        description="SMTP server for the scheduled e-mail reports and the alert notices to "
+        "users (held-but-idle GPUs); unset: no e-mail is sent (subscriptions are still kept).",
     )
     smtp_port: Annotated[int, Field(ge=1, le=65535)] = Field(
         587, description="SMTP port (587 submission with STARTTLS, 25 plain, 465 with ssl)."
@@ -366,7 +366,9 @@ class AlertsSection(_Section):
     user_notice_url: str | None = Field(
         None,
         description="Apprise URL for notices to the Unix user an alert is about (held-but-idle "
-        "GPUs), with {user} in it, e.g. mailto://smtp.lab:25?to={user}@lab.example.",
+        "GPUs), with {user} (the Unix name) or {email} (their address in the user mapping) in "
+        "it, e.g. mailto://smtp.lab:25?to={user}@lab.example. Unset: the notice goes to the "
+        "user mapping's e-mail address through the mail settings (when smtp_host is set).",
     )
     probe_port: Annotated[int, Field(ge=1, le=65535)] | None = Field(
         None,

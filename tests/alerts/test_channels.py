@@ -97,3 +97,42 @@ def test_bad_channel_is_reported_not_fatal(tmp_path):
     assert svc.channels == []
     assert any("'typo': url: Apprise does not know" in e for e in svc.channel_errors)
     assert any("'unset': url_env: $NOT_SET_ANYWHERE is not set" in e for e in svc.channel_errors)
+
+
+def test_user_notice_url_with_email_uses_the_mapped_address(tmp_path, smtp):  # noqa: F811
+    svc = _service(tmp_path, {
+        "user_notice_url": f"mailto://127.0.0.1:{smtp.port}?from=gpufleet@lab.example"
+                           "&to={email}&mode=insecure",
+    })  # fmt: skip
+    svc.user_addresses = lambda: {"alice": "a.wang+gpu@lab.example"}
+    idle = Message({"rule": "gpu_held_idle"},
+                   [_alert("gpu_held_idle", "info", host="n-02", user="alice"),
+                    _alert("gpu_held_idle", "info", host="n-03", user="bob")], [],
+                   "info", 1.8e9)  # fmt: skip
+    svc.deliver([idle])
+    assert [rcpt for rcpt, _ in smtp.messages] == [["a.wang+gpu@lab.example"]]
+    assert {m["channel"] for m in svc.db.messages()} == {"user:alice"}  # bob has no address
+
+
+def test_without_a_url_the_mapped_address_gets_an_email_and_a_failure_is_logged(tmp_path):
+    svc = _service(tmp_path, {})
+    sent = []
+    svc.user_addresses = lambda: {"alice": "alice@lab.example", "bob": "bob@lab.example"}
+
+    def mailer(mail):
+        if mail["To"] == "bob@lab.example":
+            raise ConnectionRefusedError("smtp down")
+        sent.append(mail)
+
+    svc.mailer = mailer
+    idle = Message({"rule": "gpu_held_idle"},
+                   [_alert("gpu_held_idle", "info", host="n-02", user="alice,bob"),
+                    _alert("gpu_held_idle", "info", host="n-03", user="carol")], [],
+                   "info", 1.8e9)  # fmt: skip
+    svc.deliver([idle])
+    assert [(m["To"], m["From"]) for m in sent] == [("alice@lab.example", "gpufleet@localhost")]
+    assert "gpu_held_idle" in sent[0]["Subject"]
+    log = {m["channel"]: m for m in svc.db.messages()}
+    assert set(log) == {"user:alice", "user:bob"}  # carol: no address, not told
+    assert log["user:alice"]["ok"] and not log["user:bob"]["ok"]
+    assert "smtp down" in log["user:bob"]["error"]

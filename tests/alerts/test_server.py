@@ -11,9 +11,11 @@ import httpx
 import pytest
 import yaml
 
+from gpufleet.alerts.persist import AlertDB
 from gpufleet.http.auth import ensure_admin_key
 from tests.alerts.receivers import HookReceiver, wait_for
 from tests.conftest import gpufleet_here, make_batch, make_sample
+from tests.reports.test_mail import smtp  # noqa: F401  (the real SMTP server fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -158,3 +160,40 @@ def test_rules_and_silences_api_422_names_the_field_and_keeps_what_was_stored(
     assert r.returncode != 0 and "error:" in r.stderr and "matchers" in r.stderr
     assert gpufleet_here("silence", "expire", sid, "--data-dir", d).returncode == 0
     assert "no silences" in gpufleet_here("silence", "list", "--data-dir", d).stdout
+
+
+def test_held_idle_notice_goes_to_the_users_mapped_address(tmp_path, server_factory, smtp):  # noqa: F811
+    """No user_notice_url: the notice to the Unix user holding an idle GPU goes by e-mail to the
+    address an admin put in the user mapping, through the reports' SMTP settings."""
+    cfg = {
+        "mail": {"smtp_host": "127.0.0.1", "smtp_port": smtp.port, "starttls": False,
+                 "from_address": "gpufleet@lab.example"},
+        "alerts": {"evaluate_interval_seconds": 0.3, "group_wait_seconds": 0,
+                   "group_interval_seconds": 0,
+                   "builtin": {"gpu_held_idle": {"for_seconds": 0}}},
+    }  # fmt: skip
+    path = tmp_path / "gpufleet.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    srv = server_factory("--config", str(path))
+    admin = {"Authorization": f"Bearer {ensure_admin_key(srv.data_dir)}"}
+    r = httpx.put(srv.url + "/api/v1/admin/usermap/user0", headers=admin,
+                  json={"person": "Zhang San", "email": "zhang.san@lab.example"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    # make_sample: GPU 0 at 0% utilisation, 1 GiB held by user0's process (user1 and user2 hold
+    # busy GPUs; they are not told, and have no address anyway)
+
+    def mailed():
+        r = srv.post(make_batch(make_sample("dgx-07", ts=time.time())))
+        assert r.status_code == 200, r.text
+        return [m for m in smtp.messages if "gpu_held_idle" in str(m[1]["Subject"])]
+
+    got = wait_for(mailed, what="the e-mailed notice")
+    rcpts, msg = got[0]
+    assert rcpts == ["zhang.san@lab.example"] and msg["From"] == "gpufleet@lab.example"
+    body = msg.get_body().get_content()
+    assert "user0 holds GPU 0 on dgx-07" in body, body
+    db = AlertDB(srv.data_dir / "alerts.sqlite3")  # the server's record of what it sent
+    sent = wait_for(lambda: [m for m in db.messages() if m["channel"] == "user:user0"],
+                    what="the notice in the message log")  # fmt: skip
+    assert sent[0]["ok"], sent
+    assert all(rcpts == ["zhang.san@lab.example"] for rcpts, _ in smtp.messages)

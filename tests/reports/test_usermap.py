@@ -54,13 +54,13 @@ def test_api_sets_lists_and_deletes_and_reports_follow(client):
     assert {"alice", "bob", "carol"} <= set(users)
     r = client.put("/api/v1/admin/usermap/alice", json={"person": "Alice A.", "group": "vision"})
     assert r.status_code == 200 and r.json() == {
-        "user": "alice", "person": "Alice A.", "group": "vision",
+        "user": "alice", "person": "Alice A.", "group": "vision", "email": None,
     }  # fmt: skip
     assert client.put("/api/v1/admin/usermap/bob", json={"group": "vision"}).status_code == 200
     listed = client.get("/api/v1/admin/usermap").json()["mappings"]
     assert [m["user"] for m in listed] == ["alice", "bob"]
     rows = list(csv.DictReader(io.StringIO(client.get("/api/v1/admin/usermap?format=csv").text)))
-    assert rows[1] == {"user": "bob", "person": "", "group": "vision"}
+    assert rows[1] == {"user": "bob", "person": "", "group": "vision", "email": ""}
 
     groups = report(client, "group")
     assert groups["vision"] == pytest.approx(users["alice"] + users["bob"])
@@ -79,8 +79,10 @@ def test_api_sets_lists_and_deletes_and_reports_follow(client):
     "path, body, words",
     [
         ("/api/v1/admin/usermap/al%20ice", {"person": "A"}, "not a Unix user name"),
-        ("/api/v1/admin/usermap/alice", {}, "give a person, a group or both"),
-        ("/api/v1/admin/usermap/alice", {"person": "  "}, "give a person, a group or both"),
+        ("/api/v1/admin/usermap/alice", {}, "give a person, a group or an e-mail address"),
+        ("/api/v1/admin/usermap/alice", {"person": "  "}, "give a person, a group or an e-mail"),
+        ("/api/v1/admin/usermap/alice", {"email": "alice"}, "email: 'alice' is not one e-mail"),
+        ("/api/v1/admin/usermap/alice", {"email": "a@b.c, d@e.f"}, "is not one e-mail address"),
         ("/api/v1/admin/usermap/alice", {"group": "x" * 200}, "group: longer than 128"),
         ("/api/v1/admin/usermap/alice", {"person": "a\x00b"}, "person: contains a control"),
     ],
@@ -106,6 +108,15 @@ def test_api_import_checks_everything_first_and_can_replace(client):
     assert [(m["user"], m["person"], m["group"]) for m in listed] == [
         ("alice", None, "g"), ("bob", "B", None),
     ]  # fmt: skip
+    good = {"mappings": [{"user": "erin", "email": " erin@lab.example "}]}
+    assert client.post("/api/v1/admin/usermap/import", json=good).json()["set"] == 1
+    listed = client.get("/api/v1/admin/usermap").json()["mappings"]
+    assert listed[-1] == {
+        "user": "erin",
+        "person": None,
+        "group": None,
+        "email": "erin@lab.example",
+    }
 
 
 def test_api_needs_an_admin(client):
@@ -134,11 +145,19 @@ def test_cli_on_the_local_store(data_dir, tmp_path):
     assert r.returncode != 0 and "line 3: user 'dave' is already on line 2" in r.stderr
     f.write_text("login,team\nx,y\n")
     r = gpufleet_here("usermap", "import", str(f), *d, env=ENV)
-    assert r.returncode != 0 and "must name the columns user,person,group" in r.stderr
+    assert r.returncode != 0 and "must name the columns user,person,group,email" in r.stderr
+    f.write_text("user,group,email\nerin,nlp,erin@lab\n")
+    r = gpufleet_here("usermap", "import", str(f), *d, env=ENV)
+    assert r.returncode != 0 and "line 2: email: 'erin@lab' is not one e-mail" in r.stderr
+    r = gpufleet_here("usermap", "set", "bob", "--person", "Bob B.", "--group", "vision",
+                      "--email", "bob@lab.example", *d, env=ENV)  # fmt: skip
+    assert r.returncode == 0 and "e-mail bob@lab.example" in r.stdout, r.stderr
     r = gpufleet_here("usermap", "list", "--format", "json", *d, env=ENV)
     assert [m["user"] for m in json.loads(r.stdout)["mappings"]] == ["alice", "bob", "carol"]
     r = gpufleet_here("usermap", "list", "--format", "csv", *d, env=ENV)
-    assert r.stdout.splitlines()[0] == "user,person,group"
+    assert r.stdout.splitlines()[:3] == [
+        "user,person,group,email", "alice,Alice A.,vision,", "bob,Bob B.,vision,bob@lab.example",
+    ]  # fmt: skip
     r = gpufleet_here("report", "--period", "custom", "--by", "group", "--from", "2024-03-04",
                  "--to", "2024-03-04", "--format", "json", *d, env=ENV)  # fmt: skip
     assert r.returncode == 0, r.stderr
@@ -163,14 +182,16 @@ def test_store_mapping_on_both_backends(store_url):
     store = open_store(store_url)
     try:
         store.set_user_mapping("alice", "A", None)
-        assert store.set_user_mappings([("bob", None, "g"), ("carol", "C", "g")]) == (2, 0)
+        rows = [("bob", None, "g", None), ("carol", "C", "g", "c@lab.example")]
+        assert store.set_user_mappings(rows) == (2, 0)
         assert store.user_mapping() == [
-            ("alice", "A", None),
-            ("bob", None, "g"),
-            ("carol", "C", "g"),
+            ("alice", "A", None, None),
+            ("bob", None, "g", None),
+            ("carol", "C", "g", "c@lab.example"),
         ]
-        assert store.set_user_mappings([("bob", "B", None)], replace=True) == (1, 2)
-        assert store.user_mapping() == [("bob", "B", None)]
+        store.set_user_mapping("dave", None, None, "d@lab.example")  # an address alone is kept
+        assert store.set_user_mappings([("bob", "B", None, None)], replace=True) == (1, 3)
+        assert store.user_mapping() == [("bob", "B", None, None)]
         store.set_user_mapping("bob", None, None)
         assert store.user_mapping() == []
     finally:

@@ -13,7 +13,9 @@ import logging
 import os
 import re
 from dataclasses import dataclass
+from email.message import EmailMessage
 from typing import Any
+from urllib.parse import quote
 
 from gpufleet.alerts.notify import Message
 
@@ -89,10 +91,28 @@ def send(url: str, title: str, body: str, timeout_seconds: float = 15.0) -> None
         raise RuntimeError(f"Apprise could not deliver: {redact(last, [url])}"[:500])
 
 
-def user_targets(msg: Message, template: str | None) -> list[tuple[str, str]]:
-    """(user, URL) for each Unix user a message's ``notify_user`` alerts are about."""
-    if not template:
-        return []
-    users = sorted({u for a in msg.firing if a.notify_user
-                    for u in a.labels.get("user", "").split(",") if u})  # fmt: skip
-    return [(u, template.replace("{user}", u)) for u in users if re.fullmatch(r"[\w.-]+", u)]
+def notice_users(msg: Message) -> list[str]:
+    """The Unix users a message's ``notify_user`` alerts are about (names safe in a URL)."""
+    users = {u for a in msg.firing if a.notify_user
+             for u in a.labels.get("user", "").split(",") if u}  # fmt: skip
+    return sorted(u for u in users if re.fullmatch(r"[\w.-]+", u))
+
+
+def user_url(template: str, user: str, email: str | None) -> str | None:
+    """``alerts.user_notice_url`` with ``{user}`` and ``{email}`` filled in; None when it
+    asks for an e-mail address the user mapping does not know."""
+    if "{email}" in template:
+        if not email:
+            return None
+        template = template.replace("{email}", quote(email, safe="@"))
+    return template.replace("{user}", user)
+
+
+def user_email(msg: Message, to: str, from_address: str, lang: str) -> EmailMessage:
+    """A notice to one user as a plain-text e-mail (sent through the ``mail`` settings)."""
+    mail = EmailMessage()
+    mail["From"] = from_address
+    mail["To"] = to
+    mail["Subject"] = msg.title_in(lang)
+    mail.set_content(msg.body(lang))
+    return mail

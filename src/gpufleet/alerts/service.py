@@ -14,16 +14,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import hashlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 from gpufleet.alerts.alertmanager import Forwarder
-from gpufleet.alerts.channels import channels_from, send, user_targets
+from gpufleet.alerts.channels import channels_from, notice_users, send, user_email, user_url
 from gpufleet.alerts.engine import AlertEngine, EngineConfig, HostSeen
 from gpufleet.alerts.metrics import Thresholds
 from gpufleet.alerts.notify import Dispatcher, Message, Silence, Timing
@@ -37,6 +39,7 @@ DB_FILE = "alerts.sqlite3"
 # the SSH poller's failure kinds that mean the machine itself does not answer
 HOST_GONE = ("dns", "refused", "unreachable", "network", "timeout")
 Sender = Callable[[str, str, str], None]  # (url, title, body); raises on failure
+Mailer = Callable[[EmailMessage], None]  # hands an e-mail to the SMTP server; raises on failure
 
 
 class AlertService:
@@ -71,6 +74,10 @@ class AlertService:
             log.error("alerts: %s (left out; the server runs on)", err)
         self.reachable: dict[str, bool | None] = {}
         self.poll_status: Callable[[], dict[str, dict[str, Any]]] = dict
+        # the user mapping's e-mail addresses ({Unix user: address}) and the SMTP sender, for
+        # notices to users when no alerts.user_notice_url is set (the server sets both)
+        self.user_addresses: Callable[[], dict[str, str]] = dict
+        self.mailer: Mailer | None = None
         self._lock = threading.Lock()
         # samples from the live state, taken without the lock (an append): the ingest path
         # never waits for a tick that holds the lock while it evaluates; the next holder of
@@ -207,22 +214,61 @@ class AlertService:
         self.forwarder.send(firing, self.clock())
 
     def deliver(self, messages: list[Message]) -> None:
-        """Send messages to the channels that want them (blocking: run in a thread)."""
+        """Send messages to the channels that want them (blocking: run in a thread).
+
+        Notices to a user (``notify_user`` alerts: held-but-idle GPUs) go to
+        ``alerts.user_notice_url`` when it is set, else to the user's e-mail address in the
+        user mapping through the ``mail`` settings; a user with neither is not told."""
         template = self.settings.alerts.user_notice_url
         lang = self.settings.ui.language  # the channels' language (docs/i18n.md)
         for msg in messages:
             targets: list[tuple[str, str]] = [
                 (c.name, c.url) for c in self.channels if c.wants(msg)
             ]
-            targets += [(f"user:{u}", url) for u, url in user_targets(msg, template)]
+            mails: list[tuple[str, str]] = []
+            users = notice_users(msg)
+            addresses = self._addresses() if users else {}
+            for u in users:
+                if template:
+                    url = user_url(template, u, addresses.get(u))
+                    if url is None:
+                        log.info(
+                            "alerts: no e-mail address for %s in the user mapping: not told", u
+                        )
+                    else:
+                        targets.append((f"user:{u}", url))
+                elif u in addresses and self.mailer is not None:
+                    mails.append((f"user:{u}", addresses[u]))
+            title, body = msg.title_in(lang), msg.body(lang)
             for name, url in targets:
-                error = None
-                try:
-                    self.sender(url, msg.title_in(lang), msg.body(lang))
-                except Exception as exc:  # one channel failing never stops the others
-                    error = f"{type(exc).__name__}: {exc}".replace(url, "***")[:500]
-                    log.warning("alerts: channel %s: %s", name, error)
-                self.db.log_message(msg.at, name, msg.title_in(lang), error)
+                self._send(msg, name, functools.partial(self.sender, url, title, body), (url,))
+            if self.mailer is not None:
+                sender = self.settings.mail.from_address
+                for name, to in mails:
+                    mail = user_email(msg, to, sender, lang)
+                    self._send(msg, name, functools.partial(self.mailer, mail))
+
+    def _addresses(self) -> dict[str, str]:
+        try:
+            return self.user_addresses()
+        except Exception as exc:  # the store is down: users are not told, channels still are
+            log.warning("alerts: cannot read the user mapping's e-mail addresses: %s", exc)
+            return {}
+
+    def _send(
+        self, msg: Message, name: str, send: Callable[[], None], secrets: tuple[str, ...] = ()
+    ) -> None:
+        """One delivery, logged on the message list whether it worked or not."""
+        error = None
+        try:
+            send()
+        except Exception as exc:  # one channel failing never stops the others
+            error = f"{type(exc).__name__}: {exc}"
+            for secret in secrets:
+                error = error.replace(secret, "***")
+            error = error[:500]
+            log.warning("alerts: channel %s: %s", name, error)
+        self.db.log_message(msg.at, name, msg.title_in(self.settings.ui.language), error)
 
     # -- actions --------------------------------------------------------------------------
 

@@ -103,7 +103,7 @@ def unix_users_of(store: Any, account: str) -> list[str]:
     to the person ``account``."""
     users = {account}
     try:
-        users |= {u for u, person, _ in store.user_mapping() if person == account}
+        users |= {row[0] for row in store.user_mapping() if row[1] == account}
     except Exception:  # a store without the warehouse: the account name alone
         pass
     return sorted(users)

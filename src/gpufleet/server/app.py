@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -95,6 +96,14 @@ def _start_alerts(app: FastAPI, ctx: Context, hub: stream.StreamHub) -> asyncio.
     svc = alerts_service.open_service(ctx.settings)
     if ctx.poller is not None:
         svc.poll_status = ctx.poller.status
+    store = ctx.store
+
+    def addresses() -> dict[str, str]:  # read when a notice to a user is due (rare)
+        return {row[0]: row[3] for row in store.user_mapping() if row[3]}
+
+    svc.user_addresses = addresses
+    if ctx.settings.mail.smtp_host:  # the e-mailed reports' SMTP server
+        svc.mailer = functools.partial(report_mail.smtp_send, ctx.settings)
     ctx.live.listeners.append(svc.on_host)
     svc.publish = hub.publish  # badges and /alerts follow the live stream
     hub.extra_snapshots["alerts"] = svc.badges

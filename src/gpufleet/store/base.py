@@ -250,10 +250,12 @@ class Store(abc.ABC):
         for the next rollup late_from_ts (the first such hour) and late_hours (as text)."""
         raise StoreError("this store has no usage warehouse")
 
-    def user_mapping(self) -> list[tuple[str, str | None, str | None]]:
-        """(Unix user, person, group) for every mapped user."""
+    def user_mapping(self) -> list[tuple[str, str | None, str | None, str | None]]:
+        """(Unix user, person, group, e-mail address) for every mapped user."""
         raise StoreError("this store has no usage warehouse")
 
-    def set_user_mapping(self, user_name: str, person: str | None, group_name: str | None) -> None:
-        """Map a Unix user to a person and a group (both None: forget the mapping)."""
+    def set_user_mapping(
+        self, user_name: str, person: str | None, group_name: str | None, email: str | None = None
+    ) -> None:
+        """Map a Unix user to a person, a group and an e-mail address (all None: forget)."""
         raise StoreError("this store has no usage warehouse")

@@ -272,6 +272,14 @@ MIGRATIONS.append(
     )
 )
 
+MIGRATIONS.append(
+    Migration(
+        6,
+        "user mapping: the user's e-mail address (alert notices to the user)",
+        "ALTER TABLE user_mapping ADD COLUMN email VARCHAR;",
+    )
+)
+
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 # Raw-tier tables that retention prunes by ``ts``.

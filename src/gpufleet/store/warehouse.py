@@ -715,29 +715,38 @@ def _dicts(cur: Any) -> list[dict]:
 # -- user mapping ------------------------------------------------------------------------------
 
 
-def user_mapping(con: Any) -> list[tuple[str, str | None, str | None]]:
+MappingRow = tuple[str, str | None, str | None, str | None]  # user, person, group, e-mail
+
+
+def user_mapping(con: Any) -> list[MappingRow]:
     rows = con.execute(
-        "SELECT user_name, person, group_name FROM user_mapping ORDER BY user_name"
+        "SELECT user_name, person, group_name, email FROM user_mapping ORDER BY user_name"
     ).fetchall()
-    return [(r[0], r[1], r[2]) for r in rows]
+    return [(r[0], r[1], r[2], r[3]) for r in rows]
 
 
 def set_user_mapping(
-    con: Any, user_name: str, person: str | None, group_name: str | None, d: Dialect = DUCKDB
+    con: Any,
+    user_name: str,
+    person: str | None,
+    group_name: str | None,
+    email: str | None = None,
+    d: Dialect = DUCKDB,
 ) -> bool:
-    """Set (or with both None, forget) one user's mapping; whether a mapping existed."""
+    """Set (or with all three None, forget) one user's mapping; whether a mapping existed."""
     existed = bool(
         con.execute(d.sql("SELECT 1 FROM user_mapping WHERE user_name = ?"), [user_name]).fetchall()
     )
-    if person is None and group_name is None:
+    if person is None and group_name is None and email is None:
         con.execute(d.sql("DELETE FROM user_mapping WHERE user_name = ?"), [user_name])
         return existed
     con.execute(
         d.sql(
-            "INSERT INTO user_mapping VALUES (?, ?, ?) ON CONFLICT (user_name) DO UPDATE SET"
-            " person = excluded.person, group_name = excluded.group_name"
+            "INSERT INTO user_mapping (user_name, person, group_name, email) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (user_name) DO UPDATE SET person = excluded.person,"
+            " group_name = excluded.group_name, email = excluded.email"
         ),
-        [user_name, person, group_name],
+        [user_name, person, group_name, email],
     )
     return existed
 
@@ -919,28 +928,30 @@ class WarehouseMixin:
 
         return self._reader(read)
 
-    def user_mapping(self) -> list[tuple[str, str | None, str | None]]:
+    def user_mapping(self) -> list[MappingRow]:
         return self._reader(user_mapping)
 
-    def set_user_mapping(self, user_name: str, person: str | None, group_name: str | None) -> None:
-        """Map a Unix user to a person and a group (both None: forget the mapping)."""
+    def set_user_mapping(
+        self, user_name: str, person: str | None, group_name: str | None, email: str | None = None
+    ) -> None:
+        """Map a Unix user to a person, a group and an e-mail address (all None: forget)."""
         d = self.DIALECT
-        self.write(lambda con: set_user_mapping(con, user_name, person, group_name, d))
+        self.write(lambda con: set_user_mapping(con, user_name, person, group_name, email, d))
 
     def set_user_mappings(
-        self, rows: Sequence[tuple[str, str | None, str | None]], *, replace: bool = False
+        self, rows: Sequence[MappingRow], *, replace: bool = False
     ) -> tuple[int, int]:
         """Set many mappings in one transaction; ``replace``: also forget every user not in
         ``rows``. Returns (set, forgotten)."""
         d = self.DIALECT
 
         def fn(con: Any) -> tuple[int, int]:
-            keep = {u for u, _, _ in rows}
-            gone = [u for u, _, _ in user_mapping(con) if u not in keep] if replace else []
+            keep = {row[0] for row in rows}
+            gone = [row[0] for row in user_mapping(con) if row[0] not in keep] if replace else []
             for u in gone:
-                set_user_mapping(con, u, None, None, d)
-            for u, person, group in rows:
-                set_user_mapping(con, u, person, group, d)
+                set_user_mapping(con, u, None, None, None, d)
+            for u, person, group, email in rows:
+                set_user_mapping(con, u, person, group, email, d)
             return len(rows), len(gone)
 
         return self.write(fn)

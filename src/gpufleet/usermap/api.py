@@ -5,9 +5,10 @@ what ``gpufleet usermap`` sends) or a logged-in web user with the admin role (ch
 need the session's CSRF token, ``X-CSRF-Token``).
 
 - ``GET /api/v1/admin/usermap`` (``?format=csv`` for CSV): every mapping.
-- ``PUT /api/v1/admin/usermap/{user}`` ``{"person": ..., "group": ...}``: set one.
+- ``PUT /api/v1/admin/usermap/{user}`` ``{"person": ..., "group": ..., "email": ...}``: set
+  one (the e-mail address is where notices about this user's GPUs go: docs/alerts.md).
 - ``DELETE /api/v1/admin/usermap/{user}``: forget one (404 when there is none).
-- ``POST /api/v1/admin/usermap/import`` ``{"mappings": [{"user", "person", "group"}...],
+- ``POST /api/v1/admin/usermap/import`` ``{"mappings": [{"user", "person", "group", "email"}...],
   "replace": false}``: set many at once (all checked before any is stored); ``replace`` also
   forgets the users not in the list.
 """
@@ -30,6 +31,7 @@ router = APIRouter(prefix="/api/v1/admin/usermap", tags=["admin"])
 class MappingBody(BaseModel):
     person: Annotated[str | None, Field(max_length=1024)] = None
     group: Annotated[str | None, Field(max_length=1024)] = None
+    email: Annotated[str | None, Field(max_length=1024)] = None
 
 
 class ImportItem(MappingBody):
@@ -67,7 +69,7 @@ def _mappings(request: Request) -> list[Any]:
 
 @router.get(
     "",
-    summary="Every Unix user -> person/group mapping",
+    summary="Every Unix user -> person/group/e-mail mapping",
     responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
 )
 async def list_mappings(
@@ -82,17 +84,17 @@ async def list_mappings(
     return {"mappings": [m.view() for m in mappings]}
 
 
-@router.put("/{user}", summary="Map a Unix user to a person and/or a group")
+@router.put("/{user}", summary="Map a Unix user to a person, a group, an e-mail address")
 async def set_mapping(
     request: Request, user: str, body: MappingBody,
     authorization: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:  # fmt: skip
     await _admin(request, authorization, change=True)
     try:
-        m = make(user, body.person, body.group)
+        m = make(user, body.person, body.group, body.email)
     except MappingError as exc:
         raise ApiError(422, "invalid_mapping", str(exc)) from None
-    _store(request).set_user_mapping(m.user, m.person, m.group)
+    _store(request).set_user_mapping(*m.row())
     return m.view()
 
 
@@ -116,7 +118,7 @@ async def import_mappings(
     seen: set[str] = set()
     for i, item in enumerate(body.mappings):
         try:
-            m = make(item.user, item.person, item.group, where=f"mappings[{i}]")
+            m = make(item.user, item.person, item.group, item.email, where=f"mappings[{i}]")
         except MappingError as exc:
             raise ApiError(422, "invalid_mapping", str(exc)) from None
         if m.user in seen:
@@ -126,6 +128,6 @@ async def import_mappings(
         seen.add(m.user)
         checked.append(m)
     done, removed = _store(request).set_user_mappings(
-        [(m.user, m.person, m.group) for m in checked], replace=body.replace
+        [m.row() for m in checked], replace=body.replace
     )
     return {"set": done, "deleted": removed}

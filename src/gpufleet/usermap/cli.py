@@ -48,24 +48,30 @@ def usermap() -> None:
 @click.argument("user")
 @click.option("--person", help="The person (e.g. their web account name).")
 @click.option("--group", "group_name", help="The group (lab, team, project).")
+@click.option(
+    "--email", help="Their e-mail address: notices about GPUs they hold idle go there "
+    "(docs/alerts.md).",
+)  # fmt: skip
 @config_option
 @data_dir_option
 def usermap_set(
-    user: str, person: str | None, group_name: str | None, config_path: str | None,
-    data_dir: Path | None,
+    user: str, person: str | None, group_name: str | None, email: str | None,
+    config_path: str | None, data_dir: Path | None,
 ) -> None:  # fmt: skip
-    """Map the Unix user USER to --person and/or --group (replacing what it had)."""
-    m = _checked(lambda: make(user, person, group_name))
+    """Map the Unix user USER to --person, --group and --email (replacing what it had)."""
+    m = _checked(lambda: make(user, person, group_name, email))
     admin = _open(config_path, data_dir)
     try:
         if admin.url:
-            admin.call("PUT", f"{API}/{m.user}", json={"person": m.person, "group": m.group})
+            admin.call("PUT", f"{API}/{m.user}",
+                       json={"person": m.person, "group": m.group, "email": m.email})  # fmt: skip
         else:
-            admin.store.set_user_mapping(m.user, m.person, m.group)
+            admin.store.set_user_mapping(*m.row())
     finally:
         admin.close()
     click.echo(_("{user} -> person {person}, group {group}", user=m.user,
-                 person=m.person or "-", group=m.group or "-"))  # fmt: skip
+                 person=m.person or "-", group=m.group or "-")
+               + (_(", e-mail {email}", email=m.email) if m.email else ""))  # fmt: skip
 
 
 @usermap.command("list")
@@ -81,7 +87,7 @@ def usermap_list(fmt: str, config_path: str | None, data_dir: Path | None) -> No
     try:
         if admin.url:
             mappings = [
-                Mapping(m["user"], m["person"], m["group"])
+                Mapping(m["user"], m["person"], m["group"], m.get("email"))
                 for m in admin.call("GET", API)["mappings"]
             ]
         else:
@@ -96,8 +102,8 @@ def usermap_list(fmt: str, config_path: str | None, data_dir: Path | None) -> No
         click.echo(_("no mappings (every Unix user is reported as themselves)"))
     else:
         print_rows(
-            [_("user"), _("person"), _("group")],
-            [[m.user, m.person or "", m.group or ""] for m in mappings],
+            [_("user"), _("person"), _("group"), _("e-mail")],
+            [[m.user, m.person or "", m.group or "", m.email or ""] for m in mappings],
         )
 
 
@@ -112,7 +118,7 @@ def usermap_delete(user: str, config_path: str | None, data_dir: Path | None) ->
         if admin.url:
             admin.call("DELETE", f"{API}/{user}")
         else:
-            if user not in {u for u, _, _ in admin.store.user_mapping()}:
+            if user not in {row[0] for row in admin.store.user_mapping()}:
                 raise GpufleetError(
                     _("no mapping for the user {user!r}", user=user), hint="gpufleet usermap list"
                 )
@@ -133,9 +139,9 @@ def usermap_delete(user: str, config_path: str | None, data_dir: Path | None) ->
 def usermap_import(
     csv_file: str, replace: bool, config_path: str | None, data_dir: Path | None
 ) -> None:
-    """Set the mappings in CSV_FILE ('-': standard input): a header line user,person,group,
-    then one user per line (person or group may be empty). Every line is checked before
-    anything is stored."""
+    """Set the mappings in CSV_FILE ('-': standard input): a header line
+    user,person,group,email, then one user per line (person, group or email may be empty or
+    left out). Every line is checked before anything is stored."""
     source = "stdin" if csv_file == "-" else csv_file
     try:
         text = sys.stdin.read() if csv_file == "-" else Path(csv_file).read_text("utf-8-sig")
@@ -152,7 +158,7 @@ def usermap_import(
             n_set, n_deleted = done["set"], done["deleted"]
         else:
             n_set, n_deleted = admin.store.set_user_mappings(
-                [(m.user, m.person, m.group) for m in mappings], replace=replace
+                [m.row() for m in mappings], replace=replace
             )
     finally:
         admin.close()
