@@ -30,7 +30,16 @@ LEVELS: list[tuple[str, ...]] = [
     ("errors", "__init__"),
     # 1: leaves: the wire schema, pure helpers, the Philly trace, the warehouse's pure core,
     # capabilities' own SQLite files
-    ("wire", "promtext", "hostfilter", "containers", "philly", "warehouse", "sidefile"),
+    (
+        "wire",
+        "promtext",
+        "hostfilter",
+        "containers",
+        "philly",
+        "warehouse",
+        "sidefile",
+        "termtable",
+    ),
     # 2: collectors and the pure scheduling core
     ("agent", "poller", "sched"),
     # 3: settings (validates the poller's host list)

@@ -46,6 +46,24 @@ def test_simulate_json() -> None:
     assert data["policies"]["gpufleet"]["refused_jobs"] == 0
 
 
+def test_simulate_table_is_whole_when_piped_and_folds_on_a_narrow_screen(monkeypatch) -> None:
+    """Piped (no terminal, no COLUMNS): every column at its natural width; with COLUMNS=80
+    the cells fold instead of ending in an ellipsis. Either way every figure is there."""
+    args = ["--trace", str(PHILLY_CSV), "--vc", "23dbec", "--policies", "fifo,gpufleet"]
+    monkeypatch.delenv("COLUMNS", raising=False)
+    as_json = json.loads(CliRunner().invoke(simulate, [*args, "--json"]).stdout)
+    avg_jct = f"{as_json['policies']['fifo']['avg_jct_s'] / 3600:.2f}"
+    piped = CliRunner().invoke(simulate, args)
+    assert piped.exit_code == 0, piped.output
+    row = next(line for line in piped.stdout.splitlines() if line.startswith("│ fifo "))
+    assert "…" not in piped.stdout and avg_jct in row and "wall s" in piped.stdout
+    assert len(row) > 80
+    narrow = CliRunner(env={"COLUMNS": "80"}).invoke(simulate, args)
+    assert narrow.exit_code == 0, narrow.output
+    assert "…" not in narrow.stdout
+    assert max(len(line) for line in narrow.stdout.splitlines()) <= 80
+
+
 def test_simulate_errors() -> None:
     result = CliRunner().invoke(simulate, ["--trace", str(PHILLY_CSV), "--policies", "lottery"])
     assert result.exit_code == 2

@@ -175,8 +175,9 @@ def print_rows(
     headers: list[str], rows: list[list[Any]], time_columns: AbstractSet[int] = frozenset()
 ) -> None:
     """A tidy terminal table; Unix times in ``time_columns`` shown as local dates."""
-    from rich.console import Console
     from rich.table import Table
+
+    from gpufleet.termtable import print_table
 
     table = Table(*headers)
     for row in rows:
@@ -185,4 +186,4 @@ def print_rows(
             if i in time_columns else str(v)
             for i, v in enumerate(row)
         ])  # fmt: skip
-    Console().print(table)
+    print_table(table)

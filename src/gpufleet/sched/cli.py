@@ -313,8 +313,9 @@ def _route_through_model_table(spec: Any, measured: list[str], fallback: str | N
 
 
 def _print_table(summary: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from gpufleet.termtable import print_table
 
     table = Table(
         title=f"{summary['jobs']} jobs, cluster {summary['cluster']}, load {summary['load']}\n"
@@ -336,7 +337,7 @@ def _print_table(summary: dict[str, Any]) -> None:
         ("refused", "refused_jobs", 1),
         ("wall s", "sim_wall_s", 1),
     ]
-    table.add_column("policy")
+    table.add_column("policy", no_wrap=True)
     for title, _, _ in columns:
         table.add_column(title, justify="right")
     for name, m in summary["policies"].items():
@@ -347,7 +348,7 @@ def _print_table(summary: dict[str, Any]) -> None:
                 for _, key, div in columns
             ],
         )
-    Console().print(table)
+    print_table(table)
 
 
 @click.group("predictor")
