@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -93,9 +94,19 @@ def read_rows(path: str | os.PathLike[str] | None = None) -> Iterator[TraceRow]:
                 try:
                     submit = datetime.fromisoformat(r["timestamp"]).replace(tzinfo=UTC)
                     duration = float(r["duration"])
-                    gpus = int(float(r["num_gpus"]))
+                    gpus_read = float(r["num_gpus"])
                 except (TypeError, ValueError) as exc:
                     raise GpufleetError(f"{path}:{line}: cannot read this row ({exc})") from None
+                if not math.isfinite(duration) or duration < 0:
+                    raise GpufleetError(
+                        f"{path}:{line}: duration: {r['duration']!r} is not a number of "
+                        "seconds >= 0"
+                    )
+                if not math.isfinite(gpus_read) or gpus_read < 0 or gpus_read != int(gpus_read):
+                    raise GpufleetError(
+                        f"{path}:{line}: num_gpus: {r['num_gpus']!r} is not a whole number >= 0"
+                    )
+                gpus = int(gpus_read)
                 yield TraceRow(line, submit.timestamp(), duration, gpus, r["cluster"])
     except OSError as exc:
         raise GpufleetError(f"cannot read the job trace {path}: {exc}") from None

@@ -20,14 +20,15 @@ DEFAULT_POLICIES = "fifo,easy,tiresias,gavel,gpufleet,sjf"
 
 
 def _gavel_path(explicit: str | None, trace: str | None) -> Path:
+    """--gavel; else a gavel_throughputs.json beside the trace; else the copy gpufleet ships."""
+    from gpufleet.sched.gavel import PACKAGED_GAVEL
+
     if explicit:
         return Path(explicit)
     guess = Path(trace).with_name("gavel_throughputs.json") if trace else None
     if guess and guess.exists():
         return guess
-    raise GpufleetError(
-        "no Gavel throughput table found", hint="pass --gavel ../shared/data/gavel_throughputs.json"
-    )
+    return PACKAGED_GAVEL
 
 
 def _date(value: str | None, option: str) -> datetime | None:
@@ -61,7 +62,8 @@ def _progress(enabled: bool) -> Progress:
     "--trace",
     "trace_path",
     type=click.Path(exists=True, dir_okay=False),
-    help="Job trace CSV (timestamp,duration,num_gpus,gpu_time,cluster); with --nodes, the "
+    help="Job trace CSV (timestamp,duration,num_gpus,gpu_time,cluster; plain or .gz; default: "
+    "$GPUFLEET_TRACE, else the Philly trace shipped with gpufleet); with --nodes, the "
     "Alibaba pod list (name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,...).",
 )
 @click.option(
@@ -158,7 +160,8 @@ def _progress(enabled: bool) -> Progress:
     "--gavel",
     "gavel_path",
     type=click.Path(exists=True, dir_okay=False),
-    help="gavel_throughputs.json (default: beside the trace).",
+    help="gavel_throughputs.json (default: one beside the trace, else the copy shipped with "
+    "gpufleet).",
 )
 @click.option(
     "--plots",
@@ -218,10 +221,9 @@ def simulate(
         )
         return
     if not trace_path:
-        raise GpufleetError(
-            "--trace is required",
-            hint="gpufleet simulate --trace ../shared/data/philly_jobs.csv --vc 6214e9",
-        )
+        from gpufleet.philly import default_trace_path
+
+        trace_path = str(default_trace_path())  # $GPUFLEET_TRACE, else the shipped Philly trace
     policies = policies or DEFAULT_POLICIES
     from gpufleet.sched.cluster import parse_cluster
     from gpufleet.sched.gavel import bench_rows, load_gavel
@@ -442,7 +444,7 @@ def convert_gavel(gavel_json: str, output: str | None, synthetic_memory: bool) -
     except (ValueError, KeyError, SyntaxError) as exc:
         raise GpufleetError(
             f"{gavel_json}: not a Gavel throughput table: {exc}",
-            hint="use ../shared/data/gavel_throughputs.json",
+            hint="the table gpufleet ships: src/gpufleet/sched/gavel_throughputs.json.gz",
         ) from None
     buf = io.StringIO()
     write_bench(rows, buf)

@@ -9,6 +9,7 @@ maps to ``[own steps/s, other steps/s]``. A throughput of 0 means the run was no
 from __future__ import annotations
 
 import ast
+import gzip
 import json
 import re
 from dataclasses import dataclass, field
@@ -61,9 +62,17 @@ def _parse_key(key: str) -> tuple[str, int]:
     return str(name), int(scale)
 
 
-def load_gavel(path: str | Path) -> GavelTable:
-    """Read ``gavel_throughputs.json``; only the consolidated k80/p100/v100 tables are used."""
-    raw = json.loads(Path(path).read_text())
+# Gavel's measured throughputs (stanford-futuredata/gavel, scheduler/simulation_throughputs.json;
+# Narayanan et al., OSDI'20; MIT licence), gzip-compressed, shipped so that ``gpufleet simulate``
+# works from a plain clone and with any trace; the same bytes as the project's data folder holds.
+PACKAGED_GAVEL = Path(__file__).with_name("gavel_throughputs.json.gz")
+
+
+def load_gavel(path: str | Path = PACKAGED_GAVEL) -> GavelTable:
+    """Read ``gavel_throughputs.json`` (plain or ``.gz``); only the consolidated k80/p100/v100
+    tables are used. Default: the copy shipped with gpufleet."""
+    data = Path(path).read_bytes()
+    raw = json.loads(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data)
     table = GavelTable()
     for gpu_model in GAVEL_GPU_MODELS:
         for key, entry in raw.get(gpu_model, {}).items():
