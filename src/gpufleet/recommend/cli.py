@@ -287,8 +287,8 @@ def recommend(gpus: int, gpu_mem: str, hours: float, gpu_model: tuple[str, ...],
 @click.option("--seeds", type=click.IntRange(1, 20), default=3, show_default=True,
               help="Seeds per scenario (the intervals are over seeds).")  # fmt: skip
 @click.option("--trace", type=click.Path(dir_okay=False),
-              help="A trace CSV (timestamp,duration,num_gpus,cluster). Default: "
-              "../shared/data/philly_jobs.csv or $GPUFLEET_TRACE.")  # fmt: skip
+              help="A trace CSV (timestamp,duration,num_gpus,cluster; plain or .gz). Default: "
+              "$GPUFLEET_TRACE, else the Philly trace shipped with gpufleet.")  # fmt: skip
 @click.option("--hosts", type=click.IntRange(4, 200), help="Lab hosts (default 16).")
 @click.option("--scored-jobs", type=click.IntRange(50, 100000),
               help="Jobs in the scored days (default 1200; the days follow from it).")  # fmt: skip
