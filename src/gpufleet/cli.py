@@ -81,7 +81,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "usermap": (
         "gpufleet.usermap.cli",
         "usermap",
-        N_("Map Unix users to people and groups (reports by person and by group)."),
+        N_("Map Unix users to people, groups and e-mail addresses (reports, idle-GPU notices)."),
     ),
     "submit": (
         "gpufleet.queue.cli",

@@ -39,9 +39,10 @@ def _checked(fn: Any) -> Any:
 
 @click.group()
 def usermap() -> None:
-    """Map Unix users to a person and a group, for reports by person and by group. Users
-    without a mapping are reported as themselves. Run on the server's machine (it reads the
-    data dir); changes show in the next report."""
+    """Map Unix users to a person, a group and an e-mail address, for reports by person and by
+    group and for notices about GPUs they hold idle. Users without a mapping are reported as
+    themselves. Run on the server's machine (it reads the data dir); changes show in the next
+    report."""
 
 
 @usermap.command("set")
