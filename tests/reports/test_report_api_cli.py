@@ -141,3 +141,10 @@ def test_cli_report_finds_the_running_server_and_fits_80_columns(data_dir, tmp_p
         assert "httpx" not in r.stderr  # no log line for a successful call
     finally:
         srv.stop()
+
+
+def test_cli_report_on_an_empty_store_says_how_to_get_data(tmp_path):
+    r = gpufleet_here("report", "--data-dir", str(tmp_path / "empty"),
+                      env={"GPUFLEET_CONFIG": "", "COLUMNS": "200", "GPUFLEET_SERVER": ""})  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "no usage in this period yet" in r.stdout.lower() and "make run" in r.stdout

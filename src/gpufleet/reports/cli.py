@@ -289,6 +289,15 @@ def _table(data: dict, wide: bool = False) -> None:
         ),
         style="dim",
     )  # fmt: skip
+    if not data["rows"]:
+        console.print(
+            _(
+                "no usage in this period yet: the store has no samples for it (start `gpufleet "
+                "server` and an agent on each GPU server, or `make run` for the demo; --from/--to "
+                "for another period)"
+            ),
+            style="yellow",
+        )
     if data.get("late_hours_waiting"):
         console.print(
             plural(
