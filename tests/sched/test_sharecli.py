@@ -99,7 +99,7 @@ def test_share_options_are_checked() -> None:
     result = CliRunner().invoke(simulate, ["--synthetic", "ten"])
     assert result.exit_code == 2 and "NODES:PODS" in result.stderr
     result = CliRunner().invoke(simulate, [])
-    assert result.exit_code == 2 and "--trace is required" in result.stderr
+    assert result.exit_code == 2 and "--trace or --vc is required" in result.stderr
 
 
 def _need_philly() -> None:

@@ -223,6 +223,12 @@ def simulate(
     if not trace_path:
         from gpufleet.philly import default_trace_path
 
+        if not vcs:  # the whole shipped trace is 62,637 jobs: hours for the default policies
+            raise GpufleetError(
+                "--trace or --vc is required",
+                hint="gpufleet simulate --vc 2869ce (a virtual cluster of the Philly trace shipped "
+                "with gpufleet), or --trace FILE",
+            )
         trace_path = str(default_trace_path())  # $GPUFLEET_TRACE, else the shipped Philly trace
     policies = policies or DEFAULT_POLICIES
     from gpufleet.sched.cluster import parse_cluster
