@@ -359,9 +359,25 @@ class FragmentationAware(_Base):
         usable_only: bool = False,
         pool_weight: float = 0.0,
         name: str = "fgd",
+        weight_by: str = "pods",
+        barrier_milli: float = 0.0,
+        barrier_pods: float = 0.0,
+        class_exponent: float = 1.0,
+        prefer_used: bool = False,
+        tie_tolerance: float = 0.0,
     ) -> None:
+        if weight_by not in ("pods", "gpus"):
+            raise ValueError(f"weight_by must be 'pods' or 'gpus', not {weight_by!r}")
         self.usable_only = usable_only
         self.pool_weight = pool_weight
+        self.weight_by = weight_by
+        self.barrier_milli = barrier_milli
+        self.barrier_pods = barrier_pods
+        self.class_exponent = class_exponent
+        self.prefer_used = prefer_used
+        self.tie_tolerance = tie_tolerance
+        self._usable: np.ndarray | None = None
+        self._weight = np.zeros(0)
         self.name = name
         self._counted: np.ndarray | None = None
         self.recent: deque[PodRequest] = deque(maxlen=window)
@@ -416,6 +432,15 @@ class FragmentationAware(_Base):
             n = len(cluster.nodes)
             self._below = np.zeros((n, workload.weight.shape[0]), dtype=np.int64)
             self._frag = np.zeros((n, workload.weight.shape[0]), dtype=np.int64)
+            self._usable = np.zeros((n, workload.weight.shape[0]), dtype=np.int64)
+            if self.weight_by == "gpus":
+                gpu = workload.weight * workload.num_gpus * workload.gpu_milli
+                self._weight = gpu / max(float(gpu.sum()), 1e-12) * float(workload.weight.sum())
+            else:
+                self._weight = workload.weight
+            if self.class_exponent != 1.0:
+                w = self._weight**self.class_exponent
+                self._weight = w / max(float(w.sum()), 1e-12)
             self._below_version = cluster.version - 1  # every row is out of date
         assert self._workload is not None and self._below is not None
         assert self._below_version is not None and self._frag is not None
@@ -433,8 +458,14 @@ class FragmentationAware(_Base):
                 self._workload,
                 None if self._counted is None else self._counted[moved],
             )
+            self._usable[moved] = self._usable_of(free.sum(axis=1), self._frag[moved], moved)
             self._below_version[moved] = cluster.version[moved]
         return self._workload, self._below
+
+    def _usable_of(self, total_free: np.ndarray, frag: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """(C, K) free GPU milli of these rows that class k could use (0 where it never could)."""
+        usable = total_free[:, None] - frag
+        return usable if self._counted is None else np.where(self._counted[rows], usable, 0)
 
     def choose(self, cluster: ShareCluster, request: PodRequest) -> SharePlacement | None:
         fit = cluster.gpu_fit(request)
@@ -478,10 +509,30 @@ class FragmentationAware(_Base):
             workload,
             None if self._counted is None else self._counted[cand_node],
         )
-        growth = (after - before) @ workload.weight - workload.cpu_only_weight * gpu_drop
+        if self.barrier_milli > 0 or self.barrier_pods > 0:
+            assert self._usable is not None
+            usable_after = self._usable_of(cand_free.sum(axis=1) - gpu_drop, after, cand_node)
+            left = (
+                self._usable.sum(axis=0).astype(np.float64)
+                + self.barrier_milli
+                + self.barrier_pods * workload.num_gpus * workload.gpu_milli
+            )
+            lost = self._usable[cand_node] - usable_after
+            growth = -np.log1p(-lost / left[None, :]) @ self._weight
+        else:
+            growth = (after - before) @ self._weight - workload.cpu_only_weight * gpu_drop
         if self.pool_weight and request.num_gpus:
             growth = growth + self.pool_weight * gpu_drop * self._pool_cost(cluster)[models]
-        best = int(np.argmin(growth))
+        if self.prefer_used:
+            near = growth <= growth.min() + self.tie_tolerance * max(
+                abs(float(growth.min())), 1e-12
+            )
+            idle = (cluster.gpu_free_milli[cand_node] == cluster.gpu_exists[cand_node] * MILLI).all(
+                axis=1
+            )
+            best = int(np.argmin(np.where(near, np.where(idle, 1, 0), 2)))
+        else:
+            best = int(np.argmin(growth))
         node = int(cand_node[best])
         if request.sharing:
             return SharePlacement(node, (int(cand_gpu[best]),), request.gpu_milli)
