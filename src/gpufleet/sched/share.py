@@ -598,6 +598,7 @@ POLICIES = (
     "fgd",
     "fgd-usable",
     "fgd-pool",
+    "fgd-barrier",
 )
 
 
@@ -619,4 +620,14 @@ def make_policy(name: str, seed: int = 0) -> SharePolicy:
         return FragmentationAware(usable_only=True, name=name)
     if name == "fgd-pool":
         return FragmentationAware(usable_only=True, pool_weight=1.0, name=name)
+    if name == "fgd-barrier":
+        return FragmentationAware(
+            window=8000,
+            max_classes=128,
+            barrier_pods=1.0,
+            class_exponent=0.5,
+            prefer_used=True,
+            tie_tolerance=0.0,
+            name=name,
+        )
     raise ValueError(f"unknown share policy {name!r}; choose from {', '.join(POLICIES)}")
