@@ -358,6 +358,16 @@ class FragmentationAware(_Base):
     each distinct free share of a GPU on it) where the pod fits, the change of the node's
     fragmentation for that workload is computed from cached per-node sums; the smallest wins
     (ties: node order, then GPU order).
+
+    ``barrier_pods > 0`` swaps FGD's measure (``sum_k p_k F_k``, linear in the fragmented GPU)
+    for a log barrier on what each class ``k`` can still use over the whole cluster, ``U_k``
+    (``frag.class_usable``): the policy minimises ``-sum_k w_k log(U_k + barrier_pods x one pod
+    of k)``, ``w_k`` proportional to ``p_k ** class_exponent``. A class's loss is priced against
+    what it has left, so taking the last node an 8-GPU class (or a pod that accepts only one
+    scarce model) could use is expensive however rare the class, where FGD's measure charges it
+    ``p_k`` (2% of pods) times the GPUs it loses. ``prefer_used``: among candidates whose growth
+    is within ``tie_tolerance`` (relative) of the least, a node with GPUs in use before an idle
+    one.
     """
 
     name = "fgd"
