@@ -25,11 +25,15 @@ Sections:
   CPU seconds (target < 10 s) and the CPU ratio to first-fit measured in the same run.
 
 ``--plot PATH`` writes the allocated-vs-arrived chart of the first seed's constrained scenario.
+``--variant NAME=BASE:KEY=VALUE,...`` adds an FGD-style policy: BASE's settings
+(``share.FGD_SETTINGS``) with the keys given replaced (``FragmentationAware``'s arguments), e.g.
+``--variant no-pack=fgd-barrier:prefer_used=False``; it is compared like the FGD variants.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import statistics
 import sys
 import time
@@ -37,7 +41,14 @@ from pathlib import Path
 from typing import Any
 
 from gpufleet.sched.alibaba import generate_trace, node_specs
-from gpufleet.sched.share import POLICIES, ShareCluster, make_policy
+from gpufleet.sched.share import (
+    FGD_SETTINGS,
+    POLICIES,
+    FragmentationAware,
+    ShareCluster,
+    SharePolicy,
+    make_policy,
+)
 from gpufleet.sched.sharesim import InflationResult, inflate, plot_allocation, run_inflation
 
 BASELINES = ["first-fit", "best-fit", "gpu-packing", "gpu-clustering", "random-fit"]
@@ -49,6 +60,40 @@ METRICS = [
     ("frag 100% %", "fragmented_share_at_full"),
     ("frag rate %", "fragmentation_rate_at_full"),
 ]
+
+
+VARIANTS: dict[str, dict[str, Any]] = {}
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """``NAME=BASE:KEY=VALUE,...`` -> (NAME, settings); values are Python literals."""
+    name, sep, rest = text.partition("=")
+    base, _, overrides = rest.partition(":")
+    if not sep or not name or base not in FGD_SETTINGS:
+        raise SystemExit(
+            f"error: --variant {text!r}: expected NAME=BASE:KEY=VALUE,... with BASE one of "
+            f"{', '.join(FGD_SETTINGS)}"
+        )
+    settings = dict(FGD_SETTINGS[base])
+    for item in filter(None, overrides.split(",")):
+        key, _, value = item.partition("=")
+        try:
+            settings[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise SystemExit(
+                f"error: --variant {text!r}: {key}={value!r} is not a literal"
+            ) from None
+    try:
+        FragmentationAware(name=name, **settings)
+    except TypeError as exc:
+        raise SystemExit(f"error: --variant {text!r}: {exc}") from None
+    return name, settings
+
+
+def policy_by_name(name: str, seed: int) -> SharePolicy:
+    if name in VARIANTS:
+        return FragmentationAware(name=name, **VARIANTS[name])
+    return make_policy(name, seed)
 
 
 def _table(title: str, header: list[str], rows: list[list[str]]) -> None:
@@ -84,7 +129,7 @@ def quality(
         capacity = ShareCluster(specs).gpu_capacity_milli
         requests = inflate([p.request for p in pods], capacity, args.inflate, seed=1000 + seed)
         for policy in args.policies:
-            result = run_inflation(specs, requests, make_policy(policy, seed))
+            result = run_inflation(specs, requests, policy_by_name(policy, seed))
             runs[policy].append(result)
             print(
                 f"  [{scenario} seed {seed}] {policy}: {result.wall_seconds:.1f} s",
@@ -106,7 +151,7 @@ def quality(
     )
     baselines = [p for p in BASELINES if p in runs]
     rows = []
-    for fgd in [p for p in FGD if p in runs]:
+    for fgd in [p for p in runs if p in FGD or p in VARIANTS]:
         for _label, key in METRICS[1:3]:
             reductions = []
             for i in range(len(seeds)):
@@ -143,7 +188,7 @@ def speed(args: argparse.Namespace) -> None:
     rows = []
     for policy in args.policies:
         started, cpu = time.perf_counter(), time.process_time()
-        result = run_inflation(specs, requests, make_policy(policy, 0))
+        result = run_inflation(specs, requests, policy_by_name(policy, 0))
         cpus[policy] = time.process_time() - cpu
         wall = time.perf_counter() - started
         rows.append([policy, f"{wall:.2f}", f"{cpus[policy]:.2f}", str(result.failed_pods)])
@@ -181,8 +226,20 @@ def main() -> None:
         help="constrained, unconstrained, constrained-sorted (node list sorted by GPU model)",
     )
     parser.add_argument("--plot", type=Path, help="write the allocation chart (PNG) here")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=BASE:KEY=VALUE,...",
+        help="an FGD-style policy with BASE's settings and these replaced (repeatable)",
+    )
     args = parser.parse_args()
     args.policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    VARIANTS.update(parse_variant(v) for v in args.variant)
+    args.policies += [v for v in VARIANTS if v not in args.policies]
+    unknown = [p for p in args.policies if p not in POLICIES and p not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown policies {', '.join(unknown)}; choose from {', '.join(POLICIES)}")
     started = time.perf_counter()
     if args.section in ("quality", "all"):
         shares = {"constrained": 1 / 3, "unconstrained": 0.0, "constrained-sorted": 1 / 3}
