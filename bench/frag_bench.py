@@ -85,7 +85,7 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
             ) from None
     try:
         FragmentationAware(name=name, **settings)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise SystemExit(f"error: --variant {text!r}: {exc}") from None
     return name, settings
 

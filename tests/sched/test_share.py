@@ -334,3 +334,16 @@ def test_fgd_barrier_packs_onto_a_node_in_use_when_the_growth_ties() -> None:
         assert placement is not None
         chosen[name] = nodes[placement.node].name
     assert chosen == {"fgd": "idle", "fgd-barrier": "busy"}
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"barrier_pods": -1.0}, "fgd-x: barrier_pods must be a number >= 0, not -1.0"),
+        ({"class_exponent": float("nan")}, "class_exponent must be a number >= 0"),
+        ({"window": 0}, "fgd-x: window must be at least 1, not 0"),
+    ],
+)
+def test_fgd_settings_are_checked(setting: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        FragmentationAware(name="fgd-x", **setting)  # type: ignore[arg-type]

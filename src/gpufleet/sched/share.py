@@ -385,6 +385,21 @@ class FragmentationAware(_Base):
         prefer_used: bool = False,
         tie_tolerance: float = 0.0,
     ) -> None:
+        for key, value in (
+            ("window", window),
+            ("refresh", refresh),
+            ("max_classes", max_classes),
+        ):
+            if value < 1:
+                raise ValueError(f"{name}: {key} must be at least 1, not {value}")
+        for key, number in (
+            ("pool_weight", pool_weight),
+            ("barrier_pods", barrier_pods),
+            ("class_exponent", class_exponent),
+            ("tie_tolerance", tie_tolerance),
+        ):
+            if not number >= 0:  # NaN too
+                raise ValueError(f"{name}: {key} must be a number >= 0, not {number}")
         self.usable_only = usable_only
         self.pool_weight = pool_weight
         self.barrier_pods = barrier_pods
