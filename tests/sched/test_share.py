@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from gpufleet.sched.alibaba import generate_trace, node_specs
-from gpufleet.sched.frag import Workload, node_fragmentation
+from gpufleet.sched.frag import (
+    MILLI,
+    Workload,
+    accepted_by,
+    below_threshold_sum,
+    class_usable,
+    node_fragmentation,
+)
 from gpufleet.sched.share import (
     POLICIES,
     FragmentationAware,
@@ -220,3 +227,123 @@ def test_fgd_pool_keeps_a_scarce_pool_for_the_pods_that_can_only_run_there() -> 
     # filling it lowers the measure most; fgd-pool prices the small T4 pool (2 GPUs) for the
     # T4-only demand (30%) higher than the V100 pool (8 GPUs) for the V100-only demand
     assert chosen == {"fgd": 0, "fgd-pool": 1}
+
+
+def v100_node(name: str) -> NodeSpec:
+    return NodeSpec(name, 96000, 512 * GIB, 8, "V100M32", 32 * GIB)
+
+
+def test_fgd_breaks_the_last_free_8_gpu_node_and_fgd_barrier_does_not() -> None:
+    """One V100 node with 8 free GPUs (the only place an 8-GPU pod fits) and two free 2-GPU T4
+    nodes; the window: 2-GPU pods 60%, 1-GPU pods 38%, 8-GPU pods 2%. A 1-GPU pod arrives."""
+    nodes = [v100_node("v"), t4_node("t4-a", gpus=2), t4_node("t4-b", gpus=2)]
+    seen = (
+        [PodRequest(4000, GIB, 2, 1000)] * 30
+        + [PodRequest(4000, GIB, 1, 1000)] * 19
+        + [PodRequest(4000, GIB, 8, 1000)]
+    )
+    pod = PodRequest(4000, GIB, 1, 1000)
+    eight = PodRequest(4000, GIB, 8, 1000)
+    chosen = {}
+    for name in ("fgd", "fgd-usable", "fgd-pool", "fgd-barrier"):
+        cluster = ShareCluster(nodes)
+        policy = make_policy(name)
+        for r in seen:
+            policy.observe(r)
+        placement = policy.choose(cluster, pod)
+        assert placement is not None
+        cluster.allocate("p", pod, placement)
+        chosen[name] = (nodes[placement.node].name, bool(cluster.feasible(eight).any()))
+    # FGD weighs the 8-GPU class by its share of pods (2%): taking one of the V100's GPUs costs
+    # it 2% x 7 GPUs, less than turning a T4 node useless for the 2-GPU class (60% x 1 GPU)
+    assert chosen["fgd"] == chosen["fgd-usable"] == chosen["fgd-pool"] == ("v", False)
+    # the barrier prices what each class has left: the V100 node is all the 8-GPU class has
+    assert chosen["fgd-barrier"] == ("t4-a", True)
+
+
+def _barrier_objective(policy: FragmentationAware, cluster: ShareCluster) -> float:
+    """``-sum_k w_k log(U_k + barrier x one pod of k)`` from the cluster's state, ``U_k`` the free
+    GPU the class could use over all nodes (brute force over ``class_usable``)."""
+    workload = policy._current(cluster)[0]
+    free = cluster.gpu_free_milli
+    usable = class_usable(
+        below_threshold_sum(free, workload),
+        free.sum(axis=1),
+        (free == MILLI).sum(axis=1),
+        cluster.cpu_free_milli,
+        cluster.memory_free_bytes,
+        accepted_by(cluster.model_ids, workload),
+        workload,
+    ).sum(axis=0)
+    weight = workload.weight**policy.class_exponent
+    weight = weight / weight.sum()
+    return float(-(np.log(usable + policy.barrier_pods * workload.class_milli) @ weight))
+
+
+def test_fgd_barrier_takes_the_steepest_descent_of_its_objective() -> None:
+    """Every choice is within the tie tolerance of the brute-force least growth of the barrier
+    objective."""
+    nodes, pods = generate_trace(num_nodes=24, num_pods=300, seed=4)
+    cluster = ShareCluster(node_specs(nodes))
+    requests = inflate([p.request for p in pods], cluster.gpu_capacity_milli, 0.95, seed=5)
+    policy = make_policy("fgd-barrier")
+    assert isinstance(policy, FragmentationAware)
+    for r in requests[:40]:
+        policy.observe(r)
+    policy.refresh = 10**9
+    checked = 0
+    for i, r in enumerate(requests[40:]):
+        placement = policy.choose(cluster, r)
+        if placement is None:
+            assert not cluster.feasible(r).any()
+            continue
+        base = _barrier_objective(policy, cluster)
+        fit = cluster.gpu_fit(r)
+        options = []
+        for n in np.flatnonzero(cluster.feasible(r, fit)):
+            slots = [int(g) for g in np.flatnonzero(fit[n])]
+            for gpus in [(g,) for g in slots] if r.sharing else [tuple(slots[: r.num_gpus])]:
+                trial = copy.deepcopy(cluster)
+                trial.allocate("x", r, SharePlacement(int(n), gpus, r.gpu_milli))
+                options.append(_barrier_objective(policy, trial) - base)
+        trial = copy.deepcopy(cluster)
+        trial.allocate("x", r, placement)
+        mine = _barrier_objective(policy, trial) - base
+        low = min(options)
+        assert mine <= low + policy.tie_tolerance * abs(low) + 1e-9
+        cluster.allocate(i, r, placement)
+        checked += 1
+    assert checked > 40
+
+
+def test_fgd_barrier_packs_onto_a_node_in_use_when_the_growth_ties() -> None:
+    """Two V100 nodes, the second with two GPUs in use; 1- and 2-GPU pods seen. A 1-GPU pod
+    costs every class the same on either node: fgd takes the first node, fgd-barrier the one in
+    use, which keeps the idle node whole."""
+    nodes = [v100_node("idle"), v100_node("busy")]
+    seen = [PodRequest(4000, GIB, 1, 1000)] * 6 + [PodRequest(4000, GIB, 2, 1000)] * 4
+    pod = PodRequest(4000, GIB, 1, 1000)
+    chosen = {}
+    for name in ("fgd", "fgd-barrier"):
+        cluster = ShareCluster(nodes)
+        cluster.allocate("b", PodRequest(8000, GIB, 2, 1000), SharePlacement(1, (0, 1), 1000))
+        policy = make_policy(name)
+        for r in seen:
+            policy.observe(r)
+        placement = policy.choose(cluster, pod)
+        assert placement is not None
+        chosen[name] = nodes[placement.node].name
+    assert chosen == {"fgd": "idle", "fgd-barrier": "busy"}
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"barrier_pods": -1.0}, "fgd-x: barrier_pods must be a number >= 0, not -1.0"),
+        ({"class_exponent": float("nan")}, "class_exponent must be a number >= 0"),
+        ({"window": 0}, "fgd-x: window must be at least 1, not 0"),
+    ],
+)
+def test_fgd_settings_are_checked(setting: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        FragmentationAware(name="fgd-x", **setting)  # type: ignore[arg-type]

@@ -45,6 +45,11 @@ class Workload:
         return np.where(self.num_gpus == 1, self.gpu_milli, MILLI)
 
     @property
+    def class_milli(self) -> np.ndarray:
+        """GPU milli one pod of the class takes in all."""
+        return self.num_gpus * self.gpu_milli
+
+    @property
     def whole_gpus_needed(self) -> np.ndarray:
         """Fully free GPUs the class needs on one node (0 for a sharing class)."""
         return np.where(self.gpu_milli >= MILLI, self.num_gpus, 0)
@@ -150,14 +155,41 @@ def class_fragmentation(
 
     ``accepted`` is ``accepted_by`` for these rows. ``counted`` (C, K), when given, leaves out
     (0) the pairs it marks False; FGD's definition counts every pair."""
-    usable = (
+    usable = _fits_now(full_gpus, cpu_free_milli, memory_free_bytes, accepted, workload)
+    out = np.where(usable, below, total_free_milli[:, None])
+    return out if counted is None else np.where(counted, out, 0)
+
+
+def class_usable(
+    below: np.ndarray,
+    total_free_milli: np.ndarray,
+    full_gpus: np.ndarray,
+    cpu_free_milli: np.ndarray,
+    memory_free_bytes: np.ndarray,
+    accepted: np.ndarray,
+    workload: Workload,
+) -> np.ndarray:
+    """``U[n, k]``: the free GPU milli of node n that a pod of class k could use now, i.e. the
+    free capacity less ``F[n, k]`` (0 where the pod cannot run on n at all). (C, K)"""
+    usable = _fits_now(full_gpus, cpu_free_milli, memory_free_bytes, accepted, workload)
+    return np.where(usable, total_free_milli[:, None] - below, 0)
+
+
+def _fits_now(
+    full_gpus: np.ndarray,
+    cpu_free_milli: np.ndarray,
+    memory_free_bytes: np.ndarray,
+    accepted: np.ndarray,
+    workload: Workload,
+) -> np.ndarray:
+    """(C, K) bool: a pod of class k can run on the row now (model, CPU, memory, whole GPUs);
+    a sharing class's own share is checked through ``below``."""
+    return (
         accepted
         & (cpu_free_milli[:, None] >= workload.cpu_milli[None, :])
         & (memory_free_bytes[:, None] >= workload.memory_bytes[None, :])
         & (full_gpus[:, None] >= workload.whole_gpus_needed[None, :])
     )
-    out = np.where(usable, below, total_free_milli[:, None])
-    return out if counted is None else np.where(counted, out, 0)
 
 
 def could_ever_use(
