@@ -72,7 +72,7 @@ def _progress(enabled: bool) -> Progress:
     type=click.Path(exists=True, dir_okay=False),
     help="Alibaba GPU-sharing node list (sn,cpu_milli,memory_mib,gpu,model): simulate GPU "
     "shares and constraints on it (policies: first-fit,best-fit,gpu-packing,gpu-clustering,"
-    "random-fit,fgd,fgd-usable,fgd-pool).",
+    "random-fit,fgd,fgd-usable,fgd-pool,fgd-barrier).",
 )
 @click.option(
     "--synthetic",
@@ -113,7 +113,8 @@ def _progress(enabled: bool) -> Progress:
 @click.option(
     "--policies",
     help=f"Comma-separated policies [default: {DEFAULT_POLICIES}; Alibaba traces: all of "
-    "first-fit,best-fit,gpu-packing,gpu-clustering,random-fit,fgd,fgd-usable,fgd-pool].",
+    "first-fit,best-fit,gpu-packing,gpu-clustering,random-fit,fgd,fgd-usable,fgd-pool,"
+    "fgd-barrier].",
 )
 @click.option(
     "--load",

@@ -206,8 +206,9 @@ def _pct(value: object) -> str:
 
 
 def print_share_table(summary: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from gpufleet.termtable import print_table
 
     title = f"{summary['trace']}: {summary['nodes']} nodes, {summary['gpus']} GPUs"
     table = Table(title=title)
@@ -234,7 +235,7 @@ def print_share_table(summary: dict[str, Any]) -> None:
         table.add_column(title_, justify="right")
     for name, m in summary["policies"].items():
         table.add_row(name, *[fmt(m[key]) for _, key, fmt in columns])
-    Console().print(table)
+    print_table(table)
     if summary["mode"] != "replay":
         click.echo(
             f"{summary['arrivals']} pods drawn (seed {summary['seed']}) until the GPUs they ask "
