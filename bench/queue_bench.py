@@ -5,6 +5,7 @@
     nice -n 10 .venv/bin/python bench/queue_bench.py --section simlive --dispatcher ssh
     nice -n 10 .venv/bin/python bench/queue_bench.py --section simlive --dispatcher ssh \
         --no-checkpoint [--not-preemptible]
+    nice -n 10 .venv/bin/python bench/queue_bench.py --section simlive --memory --seeds 0 1 2
 
 Sections:
 - decision: scheduling decision time of the live driver (``QueueDriver.set_fleet`` +
@@ -20,8 +21,19 @@ Sections:
   OOM / unfinished ("deadlock") counts of the live run and of FIFO in the simulator on the same
   input. ``--dispatcher ssh``: the live jobs are real ``sleep`` processes started over SSH on 8
   loopback OpenSSH servers (one per host of the fleet, as in the tests) under gpufleet's
-  supervisor, and their ends come back as events, instead of the replay dispatcher's timers. The replay fleet has no GPU memory model: an OOM cannot happen there, so the live OOM
-  count shows placement never claimed a busy GPU, not that memory was modelled.
+  supervisor, and their ends come back as events, instead of the replay dispatcher's timers.
+  Without ``--memory`` the fleet has one GPU model and the jobs no memory figure: an OOM cannot
+  happen there, so its OOM count shows placement never claimed a busy GPU, nothing more.
+- simlive ``--memory`` (replay dispatcher only): 8 hosts x 4 GPUs, alternately 16 GiB
+  (v100-16gb) and 80 GiB (a100) GPUs, 300 jobs of 1/2/4/8 GPUs (8 spans two hosts) whose true
+  memory per GPU is log-uniform in [2, 64] GiB, half of them declaring it (``--declare``). The
+  replay dispatcher holds the truth (its GPU-memory model: a run that does not fit fails as an
+  OOM after ``--oom-after`` s); the queue and the policy see the specs. The same input through
+  the live queue and the simulator (same OOM delay, no restart cost), each with ``--policy``
+  and with FIFO: OOMs, jobs ended by an OOM, jobs not ended ``--deadline`` s after the last
+  arrival ("deadlocked"), and the start-difference / JCT columns.
+
+    nice -n 10 .venv/bin/python bench/queue_bench.py --section simlive --memory --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -35,18 +47,20 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
 from gpufleet.queue import store as st
-from gpufleet.queue.dispatch.base import Dispatcher
+from gpufleet.queue.dispatch.base import Dispatcher, Launch
 from gpufleet.queue.dispatch.replay import ReplayDispatcher
 from gpufleet.queue.driver import QueueDriver
 from gpufleet.queue.fleet import FleetGpu, FleetHost, cluster_spec
 from gpufleet.queue.policies import policy_factory
-from gpufleet.queue.service import QueueService, draft_record
+from gpufleet.queue.service import QueueService, SubmitError, draft_record
 from gpufleet.queue.store import JobStore
+from gpufleet.sched.gpumodels import default_table
 from gpufleet.sched.job import JobSpec
 from gpufleet.sched.predictor import OnlineRuntimePredictor
 from gpufleet.sched.sim import SimConfig, Simulator
@@ -215,33 +229,47 @@ def ssh_servers(names: list[str], root: Path) -> Iterator[Callable[[Path], Dispa
 
 async def live(policy: str, jobs: list[tuple[float, int, float]], hosts: int, gpus: int,
                root: Path, dispatcher: Dispatcher | None = None,
-               resume_dir: Path | None = None, preemptible: bool = True) -> dict:  # fmt: skip
-    the_fleet = fleet(hosts, gpus)
-    model = the_fleet[0].gpu_model
-    the_fleet = [FleetHost(h.name, model, h.gpus) for h in the_fleet]
+               resume_dir: Path | None = None, preemptible: bool = True,
+               the_fleet: list[FleetHost] | None = None, specs: list[JobSpec] | None = None,
+               deadline_seconds: float = 600.0) -> dict:  # fmt: skip
+    """The sequence through the live queue service; ``the_fleet`` and ``specs`` (with the
+    dispatcher) replace the default 8 x 4 one-model fleet and ``spec()``'s jobs. A job not
+    ended ``deadline_seconds`` after the last arrival counts as unfinished."""
+    if the_fleet is None:
+        the_fleet = fleet(hosts, gpus)
+        model = the_fleet[0].gpu_model
+        the_fleet = [FleetHost(h.name, model, h.gpus) for h in the_fleet]
     svc = QueueService(
         JobStore(root / "q.sqlite3"), dispatcher or ReplayDispatcher(root / "r.json"),
         QueueDriver(policy_factory(policy)), lambda: the_fleet, refresh_seconds=1.0,
     )  # fmt: skip
     await svc.start()
     t0 = time.time()
-    ids = []
+    ids: list[int | None] = []
+    out: dict[str, Any] = {"start": {}, "jct": {}, "oom": 0, "oom_restarted": 0,
+                           "unfinished": 0, "refused": 0}  # fmt: skip
     for k, (t, g, d) in enumerate(jobs):
         delay = t0 + t - time.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        job = spec(k, g, d, resume_dir=resume_dir, preemptible=preemptible)
-        ids.append((await svc.submit(job)).id)
-    deadline = time.time() + 600
+        job = specs[k] if specs is not None else spec(k, g, d, resume_dir=resume_dir,
+                                                      preemptible=preemptible)  # fmt: skip
+        try:
+            ids.append((await svc.submit(job)).id)
+        except SubmitError:
+            ids.append(None)
+            out["refused"] += 1
+    deadline = t0 + (jobs[-1][0] if jobs else 0.0) + deadline_seconds
     while time.time() < deadline:
         counts = svc.store.counts()
-        if sum(counts[s] for s in st.FINAL) == len(ids):
+        if sum(counts[s] for s in st.FINAL) == len(ids) - out["refused"]:
             break
         await asyncio.sleep(0.5)
     await svc.stop()
     records = {r.id: r for r in svc.store.jobs()}
-    out: dict[str, Any] = {"start": {}, "jct": {}, "oom": 0, "unfinished": 0}
     for k, job_id in enumerate(ids):
+        if job_id is None:
+            continue
         r = records[job_id]
         submit = t0 + jobs[k][0]  # the sequence's own time (a late submit counts as waiting)
         if r.start_seconds is not None:
@@ -249,6 +277,7 @@ async def live(policy: str, jobs: list[tuple[float, int, float]], hosts: int, gp
         if r.state == st.SUCCEEDED and r.end_seconds is not None:
             out["jct"][k + 1] = r.end_seconds - submit
         out["oom"] += r.state == st.OOM
+        out["oom_restarted"] += r.state == st.OOM and r.attempts > 1  # after a preemption
         out["unfinished"] += r.state not in st.FINAL
     svc.store.close()
     return out
@@ -308,6 +337,165 @@ def _simlive(
     print()
 
 
+# -- simulator vs live, with GPU memory ------------------------------------------------------
+MEMORY_MODELS = ("v100-16gb", "a100")  # 16 and 80 GiB per GPU (sched/gpu_models.csv)
+
+
+@dataclass(frozen=True)
+class MemoryJob:
+    submit_seconds: float
+    gpus: int
+    seconds: float
+    true_bytes: int  # what it really allocates per GPU: the replayed world's and the sim's truth
+    declared_bytes: int | None  # ``gpu_memory`` in its spec (None: the user gave none)
+
+
+def memory_fleet(hosts: int, gpus: int) -> list[FleetHost]:
+    """Hosts alternate between the models of ``MEMORY_MODELS``, the 16 GiB one first."""
+    out = []
+    for i in range(hosts):
+        model = MEMORY_MODELS[i % len(MEMORY_MODELS)]
+        memory = default_table().memory_bytes(model)
+        out.append(
+            FleetHost(f"h{i:04d}", model, tuple(FleetGpu(g, memory, 0) for g in range(gpus)))
+        )
+    return out
+
+
+def memory_arrivals(seed: int, n: int, hosts: int, gpus: int, declare: float) -> list[MemoryJob]:
+    """Load about 0.9 of the fleet: Poisson arrivals; 1/2/4/8 GPUs (weights 5/3/1/1; 8 spans
+    two hosts); durations log-normal, median 3 s, capped at 30 s; true memory per GPU
+    log-uniform in [2, 64] GiB (40% need more than a 16 GiB GPU); a job declares its memory
+    (rounded up to a whole GiB) with probability ``declare``."""
+    rng = random.Random(f"simlive-memory:{seed}")
+    sizes = [rng.choices([1, 2, 4, 8], weights=[5, 3, 1, 1])[0] for _ in range(n)]
+    durations = [min(30.0, 3.0 * math.exp(rng.gauss(0, 0.7))) for _ in range(n)]
+    needs = [int(2 * GIB * 32 ** rng.random()) for _ in range(n)]
+    declared = [math.ceil(b / GIB) * GIB if rng.random() < declare else None for b in needs]
+    work = sum(s * d for s, d in zip(sizes, durations, strict=True))
+    span = work / (0.9 * hosts * gpus)
+    t, jobs = 0.0, []
+    for k in range(n):
+        t += rng.expovariate(n / span)
+        jobs.append(MemoryJob(round(t, 3), sizes[k], round(durations[k], 3), needs[k], declared[k]))
+    return jobs
+
+
+def memory_spec(k: int, job: MemoryJob) -> JobSpec:
+    return JobSpec(f"j{k}", f"u{k % 50}", float(job.gpus), "resnet50", job.declared_bytes,
+                   epochs=1, command=("sleep", f"{job.seconds:.3f}"))  # fmt: skip
+
+
+def simulate_memory(policy: str, jobs: list[MemoryJob], the_fleet: list[FleetHost],
+                    oom_after: float, deadline: float) -> dict:  # fmt: skip
+    """The simulator on the same input: each job is the view the live driver builds from its
+    spec (GPU models its declared memory fits, with the driver's margin; runtime ratios from
+    the GPU table), the truth its real memory and duration (the same on both models, as on
+    the replay fleet)."""
+    spec_ = cluster_spec(the_fleet)
+    driver = QueueDriver(policy_factory(policy))
+    driver.set_fleet(the_fleet)
+    inputs = []
+    for k, job in enumerate(jobs):
+        draft = draft_record(memory_spec(k, job), "vc")
+        record = st.JobRecord(**{**draft.to_json(), "id": k + 1,
+                                 "submit_seconds": job.submit_seconds})  # fmt: skip
+        driver.add(record, job.submit_seconds)
+        view = driver.jobs.pop(k + 1)
+        truth = JobTruth({m: job.seconds for m in MEMORY_MODELS}, job.true_bytes)
+        inputs.append(SimInput(view, truth))
+    config = SimConfig(cost_model="realistic", restart_cost_seconds=0.0,
+                       oom_detect_seconds=oom_after)  # fmt: skip
+    sim = Simulator(spec_, inputs, policy_factory(policy)(spec_, OnlineRuntimePredictor()),
+                    config=config)  # fmt: skip
+    result = sim.run()
+    end_by = jobs[-1].submit_seconds + deadline
+    jct = {r.job_id: r.finish_seconds - r.arrival_seconds for r in result.jobs
+           if r.finish_seconds is not None and r.finish_seconds <= end_by}  # fmt: skip
+    after_oom = sum(why.startswith("ran out of GPU memory") for why in result.refused.values())
+    return {
+        "start": {r.job_id: r.first_start_seconds for r in result.jobs},
+        "jct": jct,
+        "oom": result.oom_failures,
+        "oom_ended": after_oom,
+        "refused": len(result.refused) - after_oom,
+        "unfinished": len(result.jobs) - len(jct),
+    }
+
+
+def section_memory(args: argparse.Namespace) -> None:
+    hosts, gpus = 8, 4
+    if args.dispatcher != "replay":
+        sys.exit("error: --memory runs with the replay dispatcher only (its GPU-memory model)\n"
+                 "hint: drop --dispatcher ssh")  # fmt: skip
+    the_fleet = memory_fleet(hosts, gpus)
+    memory = {h.name: min(g.memory_total_bytes for g in h.gpus) for h in the_fleet}
+    models = ", ".join(f"{hosts // 2} x {gpus} {m} ({default_table().memory_bytes(m) / GIB:.0f} "
+                       f"GiB)" for m in MEMORY_MODELS)  # fmt: skip
+    print(f"## Simulator vs live with GPU memory: {args.n} jobs, {hosts} hosts ({models}, "
+          f"alternating), replay dispatcher with its memory model, OOM detected after "
+          f"{args.oom_after:g} s, {args.declare:.0%} of jobs declare gpu_memory; unfinished = "
+          f"not ended {args.deadline:g} s after the last arrival (seconds)\n")  # fmt: skip
+    print("| seed | policy | start diff median | start diff p95 | avg JCT live | avg JCT sim "
+          "| live / sim | OOM live / sim | OOM live at a restart | ended by OOM live / sim "
+          "| unfinished live / sim "
+          "| succeeded live / sim |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    totals: dict[str, list[int]] = {}
+    inputs = []
+    for seed in args.seeds:
+        jobs = memory_arrivals(seed, args.n, hosts, gpus, args.declare)
+        big = [j for j in jobs if j.true_bytes > min(memory.values())]
+        inputs.append(
+            f"seed {seed}: {sum(j.gpus > gpus for j in jobs)} jobs span hosts, "
+            f"{sum(j.declared_bytes is not None for j in jobs)} declare their memory, "
+            f"{len(big)} need more than a 16 GiB GPU, of which "
+            f"{sum(j.declared_bytes is None for j in big)} do not say so"
+        )
+        truth = {f"j{k}": j.true_bytes for k, j in enumerate(jobs)}
+
+        def allocates(launch: Launch, truth: dict[str, int] = truth) -> int | None:
+            return truth.get(launch.name)
+
+        for policy in (args.policy, "fifo"):
+            sim = simulate_memory(policy, jobs, the_fleet, args.oom_after, args.deadline)
+            with TemporaryDirectory() as tmp:
+                world = ReplayDispatcher(
+                    Path(tmp) / "r.json", host_gpu_memory_bytes=memory,
+                    job_memory_bytes=allocates,
+                    oom_after_seconds=args.oom_after,
+                )  # fmt: skip
+                got = asyncio.run(live(
+                    policy, [(j.submit_seconds, j.gpus, j.seconds) for j in jobs], hosts, gpus,
+                    Path(tmp), world, the_fleet=the_fleet,
+                    specs=[memory_spec(k, j) for k, j in enumerate(jobs)],
+                    deadline_seconds=args.deadline,
+                ))  # fmt: skip
+            diffs = [abs(got["start"][k] - sim["start"][k]) for k in got["start"]
+                     if sim["start"].get(k) is not None]  # fmt: skip
+            both = [k for k in got["jct"] if k in sim["jct"]]
+            live_jct = statistics.mean(got["jct"][k] for k in both)
+            sim_jct = statistics.mean(sim["jct"][k] for k in both)
+            print(f"| {seed} | {policy} | {statistics.median(diffs):.2f} | {pct(diffs, 0.95):.2f} "
+                  f"| {live_jct:.2f} | {sim_jct:.2f} | {live_jct / sim_jct:.3f} | "
+                  f"**{got['oom']}** / {sim['oom']} | {got['oom_restarted']} | "
+                  f"{got['oom']} / {sim['oom_ended']} | "
+                  f"**{got['unfinished']}** / {sim['unfinished']} | "
+                  f"{len(got['jct'])} / {len(sim['jct'])} |", flush=True)  # fmt: skip
+            t = totals.setdefault(policy, [0, 0, 0, 0, 0, 0])
+            for i, v in enumerate((got["oom"], sim["oom"], got["unfinished"], sim["unfinished"],
+                                   got["refused"], sim["refused"])):  # fmt: skip
+                t[i] += v
+    print()
+    for line in inputs:
+        print(f"- {line}")
+    for policy, t in totals.items():
+        print(f"- {policy}, over {len(args.seeds)} seed(s): OOM live {t[0]}, sim {t[1]}; "
+              f"unfinished live {t[2]}, sim {t[3]}; refused at submission live {t[4]}, "
+              f"sim {t[5]}")  # fmt: skip
+    print()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--section", choices=["decision", "simlive", "all"], default="all")
@@ -333,11 +521,29 @@ def main() -> None:
         action="store_true",
         help="simlive: every job says preemptible: false (live and simulated)",
     )
+    p.add_argument(
+        "--memory",
+        action="store_true",
+        help="simlive: a 16 / 80 GiB fleet, jobs with true memory needs, some undeclared, some\n"
+        "spanning hosts; OOM and unfinished counts of the live queue and the simulator,\n"
+        "with --policy and with FIFO (replay dispatcher)",
+    )
+    p.add_argument("--declare", type=float, default=0.5,
+                   help="simlive --memory: share of jobs that declare gpu_memory")  # fmt: skip
+    p.add_argument("--oom-after", type=float, default=0.5,
+                   help="simlive --memory: seconds from a start to its OOM (live and sim)")  # fmt: skip
+    p.add_argument("--deadline", type=float, default=600.0,
+                   help="simlive: seconds after the last arrival by which a job must end")  # fmt: skip
     args = p.parse_args()
+    if not 0.0 <= args.declare <= 1.0:
+        p.error(f"--declare: a share between 0 and 1, not {args.declare}")
     if args.section in ("decision", "all"):
         section_decision(args)
     if args.section in ("simlive", "all"):
-        section_simlive(args)
+        if args.memory:
+            section_memory(args)
+        else:
+            section_simlive(args)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,20 @@ bars mark them.
 Replayed jobs checkpoint: a run that is cancelled (a preemption) keeps the work it did, and the
 job's next launch runs only the rest, as the simulator assumes of a preempted job.
 
+GPU memory, when the replayed world is given one (``host_gpu_memory_bytes``: what each GPU of a
+host holds, the hardware; ``job_memory_bytes``: what a job really allocates per GPU, the truth
+about the job that neither the queue nor its policy can read): a launch whose job needs more on
+one of its GPUs than that GPU has left (its memory less what the other replayed runs on it really
+use) runs out of GPU memory, as ``sched.sim`` models it. The run fails ``oom_after_seconds``
+(times ``time_scale``) after its start, as a CUDA OOM does at the job's first allocations: a
+``FAILED`` event with reason ``"oom"`` and exit code 1, a log that says "CUDA out of memory"
+(``dispatch.oom`` reads it as such), and no work kept for the next launch. Without a memory
+figure for the host or the job, every run fits (the demo's replay fleet).
+
 Its state (the jobs running and when each ends) is kept in a JSON file written before
 ``launch`` returns, so after a restart of the server ``reattach`` finds each job again: one
-that ended meanwhile is reported ``EXITED`` at its end time, one that still runs ``STARTED``
+that ended meanwhile is reported ``EXITED`` at its end time (``FAILED`` ``"oom"`` if it ran out
+of GPU memory), one that still runs ``STARTED``
 and keeps its end time; a job it has no record of is ``LOST``. No job runs twice.
 """
 
@@ -24,7 +35,7 @@ import math
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -44,6 +55,8 @@ class ReplayRun:
     started_seconds: float
     ends_seconds: float
     exit_code: int
+    oom: bool = False  # it ends by running out of GPU memory at ``ends_seconds``
+    memory_bytes: int | None = None  # what it really allocates on each of its GPUs (None: unknown)
 
 
 def planned_run(command: Sequence[str], job_id: str, median_seconds: float) -> tuple[float, int]:
@@ -76,11 +89,24 @@ class ReplayDispatcher:
         time_scale: float = 1.0,
         median_seconds: float = 300.0,
         clock: Callable[[], float] = time.time,
+        host_gpu_memory_bytes: Mapping[str, int] | None = None,
+        job_memory_bytes: Callable[[Launch], int | None] | None = None,
+        oom_after_seconds: float = 60.0,
     ) -> None:
+        if oom_after_seconds < 0 or not math.isfinite(oom_after_seconds):
+            raise ValueError(f"replay: oom_after_seconds must be >= 0, not {oom_after_seconds!r}")
+        for host, memory in (host_gpu_memory_bytes or {}).items():
+            if memory <= 0:
+                raise ValueError(
+                    f"replay: host {host!r}: GPU memory must be > 0 bytes, not {memory}"
+                )
         self.state_path = state_path
         self.time_scale = time_scale
         self.median_seconds = median_seconds
         self.clock = clock
+        self.host_gpu_memory_bytes = dict(host_gpu_memory_bytes or {})
+        self.job_memory_bytes = job_memory_bytes
+        self.oom_after_seconds = oom_after_seconds
         self.runs: dict[str, ReplayRun] = {}
         self.done_seconds: dict[str, float] = {}  # work kept from cancelled runs (checkpoints)
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -128,17 +154,39 @@ class ReplayDispatcher:
         self._timers.pop(job_id, None)
         if run is None:
             return
-        self.done_seconds.pop(job_id, None)
+        self.done_seconds.pop(job_id, None)  # done, or lost to an OOM (nothing saved)
         self._save()
         self._channel.emit(
             DispatchEvent(
                 job_id,
-                EventKind.EXITED,
+                EventKind.FAILED if run.oom else EventKind.EXITED,
                 run.ends_seconds,
                 self.handle(run),
                 exit_code=run.exit_code,
+                reason="oom" if run.oom else None,
             )
         )
+
+    def overflows(self, hosts: Sequence[tuple[str, Sequence[int]]], need: int | None) -> bool:
+        """Would a run that allocates ``need`` bytes on each of these GPUs (host, indices) find
+        one of them short, beside what the replayed runs on it really use? False where the
+        host's GPU memory or the job's need is not known."""
+        if need is None:
+            return False
+        wanted = {(host, g) for host, gpus in hosts for g in gpus}
+        used = dict.fromkeys(wanted, 0)
+        for run in self.runs.values():
+            if run.oom or not run.memory_bytes:
+                continue  # a run that failed its allocations holds nothing
+            for host, gpus in run.hosts:
+                for g in gpus:
+                    if (host, g) in used:
+                        used[host, g] += run.memory_bytes
+        for (host, _), in_use in used.items():
+            memory = self.host_gpu_memory_bytes.get(host)
+            if memory is not None and in_use + need > memory:
+                return True
+        return False
 
     @staticmethod
     def handle(run: ReplayRun) -> str:
@@ -150,12 +198,15 @@ class ReplayDispatcher:
             return self.handle(existing)
         seconds, code = planned_run(launch.command, launch.job_id, self.median_seconds)
         seconds = max(0.0, seconds - self.done_seconds.get(launch.job_id, 0.0))
+        hosts = [(h.host, list(h.gpu_indices)) for h in launch.hosts]
+        need = self.job_memory_bytes(launch) if self.job_memory_bytes is not None else None
+        oom = self.overflows(hosts, need)
+        if oom:
+            seconds, code = self.oom_after_seconds, 1
         now = self.clock()
         run = ReplayRun(
-            launch.job_id, launch.user,
-            [(h.host, list(h.gpu_indices)) for h in launch.hosts],
-            now, now + seconds * self.time_scale, code,
-        )  # fmt: skip
+            launch.job_id, launch.user, hosts, now, now + seconds * self.time_scale, code, oom, need
+        )
         self.runs[run.job_id] = run
         self._save()
         self.launches += 1
@@ -168,7 +219,7 @@ class ReplayDispatcher:
         timer = self._timers.pop(job_id, None)
         if timer is not None:
             timer.cancel()
-        if run is not None:
+        if run is not None and not run.oom:  # a run bound to fail on its memory did no work
             done = (self.clock() - run.started_seconds) / self.time_scale
             self.done_seconds[job_id] = self.done_seconds.get(job_id, 0.0) + done
             self._save()
@@ -207,10 +258,16 @@ class ReplayDispatcher:
         if run is None:
             return f"replay: job {job_id} is not running on the replay fleet (no logs kept)\n"
         where = ", ".join(f"{h} GPUs {g}" for h, g in run.hosts)
-        text = (
-            f"replay: job {job_id} started at {run.started_seconds:.0f} on {where}; "
-            f"ends at {run.ends_seconds:.0f} with exit code {run.exit_code}\n"
-        )
+        text = f"replay: job {job_id} started at {run.started_seconds:.0f} on {where}; "
+        if run.oom:
+            need = (run.memory_bytes or 0) / 2**30
+            text += (
+                f"torch.OutOfMemoryError: CUDA out of memory (it allocates {need:.1f} GiB per "
+                f"GPU, more than its GPUs have free); ends at {run.ends_seconds:.0f} with exit "
+                f"code {run.exit_code}\n"
+            )
+        else:
+            text += f"ends at {run.ends_seconds:.0f} with exit code {run.exit_code}\n"
         return text[-tail_bytes:]
 
     # -- for the demo's replayed hosts ----------------------------------------------------
