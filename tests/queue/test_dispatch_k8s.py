@@ -206,8 +206,8 @@ def test_a_job_runs_to_completion_through_the_watch(kube: tuple[FakeKubeApi, Pat
     ("scenario", "kind", "exit_code", "reason"),
     [
         ("failed-exit-3", EventKind.EXITED, 3, None),
-        ("oom-killed", EventKind.FAILED, 137, "oom"),
-        ("oom-killed-pod-event-late", EventKind.FAILED, 137, "oom"),
+        ("oom-killed", EventKind.FAILED, 137, "out of host memory"),
+        ("oom-killed-pod-event-late", EventKind.FAILED, 137, "out of host memory"),
         ("cuda-oom", EventKind.FAILED, 1, "oom"),
         ("deadline", EventKind.FAILED, None, "time limit"),
         ("node-lost", EventKind.FAILED, None, "host down"),

@@ -151,3 +151,84 @@ def test_the_queue_ends_a_job_that_ran_out_of_memory_as_oom_and_frees_its_gpus(t
         store.close()
 
     asyncio.run(main())
+
+
+def test_a_job_that_ran_out_of_memory_waits_for_a_larger_gpu_across_a_restart(tmp_path):
+    """Through the service: the first host's GPU holds 16 GiB, the second's 80 GiB (busy with
+    work that is not the queue's at first). The undeclared job runs out of memory on the small
+    GPU, waits (not on the small GPU any more, even after a restart of the server) and runs to
+    its end on the large one once that is free; the second OOM-free run is its last."""
+    busy = {"big": True}
+
+    def fleet() -> list[FleetHost]:
+        return [
+            FleetHost("small", "t4", (FleetGpu(0, 16 * GIB, 0),)),
+            FleetHost("big", "a100", (FleetGpu(0, 80 * GIB, 0, busy=busy["big"]),)),
+        ]
+
+    spec = "name: llm\nuser: alice\ngpus: 1\nmodel_name: m\nepochs: 1\ncommand: sleep 0.2\n"
+
+    def service() -> QueueService:
+        return QueueService(
+            JobStore(tmp_path / "q.sqlite3"),
+            replay(tmp_path, {"llm": 40 * GIB}, oom_after_seconds=0.05),
+            QueueDriver(policy_factory("fifo")),
+            fleet,
+            refresh_seconds=0.05,
+        )
+
+    async def main():
+        svc = service()
+        await svc.start()
+        job = await svc.submit(parse_job(spec))
+        store = svc.store
+        await wait_until(lambda: store.get(job.id).memory_floor_bytes is not None, "the OOM")
+        waiting = store.get(job.id)
+        assert (waiting.state, waiting.reason) == (st.PENDING, "oom: waits for a larger GPU")
+        assert waiting.memory_floor_bytes == 16 * GIB
+        log = [e["message"] for e in store.events(job.id)]
+        assert any("ran out of GPU memory on t4 (16 GiB per GPU)" in m for m in log), log
+        await asyncio.sleep(0.3)  # passes go by: the small GPU is free, the job stays off it
+        assert store.get(job.id).state == st.PENDING and store.get(job.id).attempts == 1
+        await svc.stop()
+        store.close()
+
+        svc = service()  # a restart: the floor is read back from the store
+        await svc.start()
+        await asyncio.sleep(0.3)
+        assert svc.store.get(job.id).state == st.PENDING
+        busy["big"] = False
+        await wait_until(lambda: svc.store.get(job.id).state in st.FINAL, "the job to end")
+        done = svc.store.get(job.id)
+        assert (done.state, done.gpu_model, done.attempts) == (st.SUCCEEDED, "a100", 2)
+        await svc.stop()
+        svc.store.close()
+
+    asyncio.run(main())
+
+
+def test_a_job_that_ran_out_of_memory_on_the_largest_gpu_ends_oom(tmp_path):
+    fleet = [
+        FleetHost("small", "t4", (FleetGpu(0, 16 * GIB, 0),)),
+        FleetHost("big", "a100", (FleetGpu(0, 80 * GIB, 0),)),
+    ]
+    spec = "name: huge\nuser: alice\ngpus: 1\nmodel_name: m\nepochs: 1\ncommand: sleep 0.2\n"
+
+    async def main():
+        svc = QueueService(
+            JobStore(tmp_path / "q.sqlite3"),
+            replay(tmp_path, {"huge": 100 * GIB}, oom_after_seconds=0.05),
+            QueueDriver(policy_factory("fifo")),
+            lambda: fleet,
+            refresh_seconds=0.05,
+        )
+        await svc.start()
+        job = await svc.submit(parse_job(spec))
+        await wait_until(lambda: svc.store.get(job.id).state in st.FINAL, "the job to end")
+        ended = svc.store.get(job.id)
+        assert (ended.state, ended.reason) == (st.OOM, "ran out of GPU memory")
+        assert ended.attempts == 2 and ended.memory_floor_bytes == 16 * GIB  # t4, then a100
+        await svc.stop()
+        svc.store.close()
+
+    asyncio.run(main())

@@ -298,7 +298,7 @@ def test_records_of_both_json_shapes_and_sacct_lines_read_alike() -> None:
         ("FAILED", EventKind.EXITED, None),
         ("CANCELLED", EventKind.CANCELLED, "cancelled"),
         ("TIMEOUT", EventKind.FAILED, "time limit"),
-        ("OUT_OF_MEMORY", EventKind.FAILED, "oom"),
+        ("OUT_OF_MEMORY", EventKind.FAILED, "out of host memory"),
         ("NODE_FAIL", EventKind.FAILED, "host down"),
         ("BOOT_FAIL", EventKind.FAILED, "host down"),
     ],

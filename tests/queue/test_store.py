@@ -10,6 +10,7 @@ from gpufleet.queue.store import (
     CANCELLED,
     DISPATCHING,
     HELD,
+    MIGRATIONS,
     PENDING,
     RUNNING,
     SUCCEEDED,
@@ -31,7 +32,24 @@ def test_submit_then_reopen_keeps_the_job_and_its_log(tmp_path):
     again = JobStore(tmp_path / "q.sqlite3")
     assert again.get(job.id) == job
     assert [e["state"] for e in again.events(job.id)] == [PENDING]
-    assert again.schema_version() == 1
+    assert again.schema_version() == len(MIGRATIONS) == 2
+
+
+def test_a_first_version_queue_is_upgraded_keeping_its_jobs(tmp_path):
+    db = sqlite3.connect(tmp_path / "q.sqlite3")
+    db.executescript(MIGRATIONS[0])
+    db.execute(
+        "INSERT INTO jobs (name, user, spec_json, gpus, state, submit_seconds) "
+        'VALUES (\'old\', \'bob\', \'{"name": "old", "user": "bob", "gpus": 1}\', 1, '
+        "'pending', 1.0)"
+    )
+    db.execute("PRAGMA user_version=1")
+    db.commit()
+    db.close()
+    store = JobStore(tmp_path / "q.sqlite3")
+    assert store.schema_version() == 2
+    (job,) = store.jobs()
+    assert (job.name, job.user, job.state, job.memory_floor_bytes) == ("old", "bob", PENDING, None)
 
 
 def test_durability_settings(tmp_path):

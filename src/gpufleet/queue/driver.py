@@ -15,6 +15,9 @@ What the driver adds around the policy, all of it bookkeeping:
   *blocker* so no policy can place on them (nothing overcommits memory already in use).
 - **Memory**: a job may run only on GPU models whose memory holds its known need (the user's
   ``gpu_memory`` plus ``memory_margin``); with no figure the job gets whole GPUs to itself.
+  A job that ran out of GPU memory waits again for a GPU model with more memory than the one
+  it ran out on, whole GPUs to itself (``oom_floor`` / ``retry_larger``; the store keeps that
+  floor across restarts), as the simulator retries it; with no larger model it ends ``oom``.
 - **Quotas** (``queue.quota``): a job reaches the policy only when its user and group have room
   for it (GPUs at once, GPU-hours this week); until then it waits with the quota's name.
 - **Priority**: an admin's priority ``p`` counts as submitting ``p`` hours earlier (every policy
@@ -101,7 +104,7 @@ class QueueDriver:
         self._named: dict[int, tuple[tuple[tuple[str, int], ...], str, int]] = {}
         self._host_of: dict[str, Host] = {}  # the spec's hosts by name (made with the spec)
         self._model_memory: dict[str, int] = {}
-        self._ratio_cache: dict[int | None, dict[str, float]] = {}
+        self._ratio_cache: dict[tuple[int | None, int], dict[str, float]] = {}
         self.context: PolicyContext | None = None
 
     # -- the fleet ----------------------------------------------------------------------------
@@ -179,22 +182,39 @@ class QueueDriver:
         given = record.spec.get("gpu_memory_bytes")
         return int(given * (1 + self.memory_margin)) if given else None
 
+    def _memories(self) -> dict[str, int]:
+        """Each GPU model's memory per GPU (its largest host's), from the spec."""
+        if not self._model_memory:
+            for h in self.spec.hosts:
+                memory = self._model_memory.get(h.gpu_model, 0)
+                self._model_memory[h.gpu_model] = max(memory, h.gpu_memory_bytes)
+        return self._model_memory
+
     def _ratios(self, record: JobRecord) -> dict[str, float]:
-        """The GPU models whose memory holds the job's need, with their runtime ratio."""
+        """The GPU models whose memory holds the job's need (and is more than what it ran out
+        of, after an OOM), with their runtime ratio."""
         need = self.need_bytes(record)
-        cached = self._ratio_cache.get(need)
+        floor = record.memory_floor_bytes or 0
+        cached = self._ratio_cache.get((need, floor))
         if cached is None:
-            if not self._model_memory:
-                for h in self.spec.hosts:
-                    memory = self._model_memory.get(h.gpu_model, 0)
-                    self._model_memory[h.gpu_model] = max(memory, h.gpu_memory_bytes)
             cached = {
                 model: 1.0 / speed_of(model)
-                for model, memory in self._model_memory.items()
-                if need is None or need <= memory
+                for model, memory in self._memories().items()
+                if (need is None or need <= memory) and memory > floor
             }
-            self._ratio_cache[need] = cached
+            self._ratio_cache[need, floor] = cached
         return dict(cached)
+
+    def oom_floor(self, record: JobRecord) -> tuple[int | None, list[str]]:
+        """After a job ran out of GPU memory: the memory per GPU it now needs more than (that
+        of the GPU model it ran on, or what it ran out of before) and the fleet's GPU models
+        with more (empty: none, or the model it ran on is not known)."""
+        memories = self._memories()
+        ran_on = memories.get(record.gpu_model or "")
+        if not ran_on:
+            return None, []
+        floor = max(ran_on, record.memory_floor_bytes or 0)
+        return floor, sorted(m for m, memory in memories.items() if memory > floor)
 
     def refusal(self, record: JobRecord) -> str | None:
         """Why a job can never run on this fleet, in English (None: it can, some day)."""
@@ -211,6 +231,10 @@ class QueueDriver:
         if not ratios:
             need = self.need_bytes(record) or 0
             most = max(h.gpu_memory_bytes for h in self.spec.hosts)
+            if record.memory_floor_bytes and record.memory_floor_bytes >= most:
+                return msg("ran out of GPU memory on {floor} GiB GPUs; the largest GPU holds"
+                           " {most} GiB", floor=f"{record.memory_floor_bytes / 2**30:.1f}",
+                           most=f"{most / 2**30:.1f}")  # fmt: skip
             return msg("gpu_memory: needs {need} GiB per GPU with the {margin} margin; the"
                        " largest GPU holds {most} GiB", need=f"{need / 2**30:.1f}",
                        margin=f"{self.memory_margin:.0%}", most=f"{most / 2**30:.1f}")  # fmt: skip
@@ -237,6 +261,7 @@ class QueueDriver:
             vc=record.group,
             synthetic=False,
             preemptible=record.spec.get("preemptible", True) is not False,
+            exclusive=record.memory_floor_bytes is not None,  # it ran out of memory once
         )
         self.jobs[record.id].last_wait_from_seconds = self.jobs[record.id].arrival_seconds
         self.blocked[record.id] = msg("waiting for the scheduler")
@@ -310,8 +335,32 @@ class QueueDriver:
             return
         job.preemptions += 1
         self._stop(job)
+        self.in_policy.add(job_id)  # the policy keeps it waiting (a new policy is told again)
         if self.policy is not None:
             self.policy.on_failure(job, now_seconds, reason)
+
+    def retry_larger(self, record: JobRecord, now_seconds: float) -> None:
+        """A running job ran out of GPU memory and waits again (``record``: as stored, with its
+        ``memory_floor_bytes``): only on GPU models with more memory, whole GPUs to itself,
+        from the beginning (what it did is lost), as ``sched.sim`` retries a job after an
+        OOM."""
+        self.now_seconds = now_seconds
+        job = self.jobs.get(record.id)
+        if job is None or job.status != RUNNING:
+            return
+        self.records[record.id] = record
+        job.oom_failures += 1
+        self._stop(job)
+        job.work_seconds = 0.0
+        job.exclusive = True
+        job.runtime_ratio_by_model = self._ratios(record)
+        job.excluded_gpu_models |= {
+            m for m, memory in self._memories().items()
+            if memory <= (record.memory_floor_bytes or 0)
+        }  # fmt: skip
+        self.in_policy.add(record.id)
+        if self.policy is not None:
+            self.policy.on_failure(job, now_seconds, "oom")
 
     # -- the policy's two actions -------------------------------------------------------------
     def _start(self, job: SimJob, placement: Placement, claimed_memory_bytes: int = 0) -> None:

@@ -305,7 +305,7 @@ class QueueService:
             return
         if event.kind == EventKind.EXITED:
             if event.reason == "oom":
-                await self._end(job_id, st.OOM, "ran out of GPU memory", at, event.exit_code)
+                await self._out_of_memory(record, at, event.exit_code)
             elif event.exit_code == 0:
                 await self._end(job_id, st.SUCCEEDED, "exit code 0", at, 0)
             else:
@@ -317,7 +317,7 @@ class QueueService:
             reason = event.reason or "failed"
             ran = at - record.start_seconds if record.start_seconds is not None else 0.0
             if reason == "oom":
-                await self._end(job_id, st.OOM, "ran out of GPU memory", at, event.exit_code)
+                await self._out_of_memory(record, at, event.exit_code)
             elif reason.startswith("host down") and ran < self.requeue_within_seconds:
                 record = await asyncio.to_thread(
                     self.store.transition, job_id, st.PENDING,
@@ -333,6 +333,21 @@ class QueueService:
             await self._end(job_id, st.CANCELLED, event.reason or "cancelled", at, event.exit_code)
         elif event.kind == EventKind.LOST:
             await self._end(job_id, st.LOST, event.reason or "lost by the dispatcher", at, None)
+
+    async def _out_of_memory(self, record: JobRecord, at: float, exit_code: int | None) -> None:
+        """A run ran out of GPU memory: the job waits for a GPU model with more memory if the
+        fleet has one (docs/queue.md, "Failures"), else it ends ``oom``."""
+        floor, larger = self.driver.oom_floor(record)
+        if floor is None or not larger or record.id not in self.driver.jobs:
+            await self._end(record.id, st.OOM, "ran out of GPU memory", at, exit_code)
+            return
+        where = f"{record.gpu_model} ({floor / 2**30:.0f} GiB per GPU)"
+        record = await asyncio.to_thread(
+            self.store.transition, record.id, st.PENDING,
+            f"ran out of GPU memory on {where}: waits for a larger GPU ({', '.join(larger)})",
+            reason="oom: waits for a larger GPU", memory_floor_bytes=floor,
+        )  # fmt: skip
+        self.driver.retry_larger(record, at)
 
     async def _end(
         self, job_id: int, state: str, reason: str, at: float, exit_code: int | None

@@ -6,8 +6,9 @@ A job's life (``TRANSITIONS``)::
 
     pending -> held -> pending                       (hold / release)
     pending -> dispatching -> running -> succeeded | failed | oom | cancelled | lost
-    dispatching | running -> pending                 (requeue: preempted, or its host went down
-                                                      early; see docs/queue.md)
+    dispatching | running -> pending                 (requeue: preempted, its host went down
+                                                      early, or it ran out of GPU memory and a
+                                                      larger GPU model exists; docs/queue.md)
 
 ``succeeded``, ``failed``, ``oom``, ``cancelled`` and ``lost`` are final: a finished job never
 runs again. Every transition is checked here and written with an event in the job's log, in the
@@ -79,6 +80,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX job_events_job ON job_events(job_id);
     """,
+    # 2: what an OOM taught about a job: it needs more than this much memory per GPU
+    """
+    ALTER TABLE jobs ADD COLUMN memory_floor_bytes INTEGER;
+    """,
 )
 
 
@@ -112,6 +117,8 @@ class JobRecord:
     exit_code: int | None
     reason: str | None
     attempts: int
+    # it ran out of memory on GPUs of this size: it needs more (None: no OOM seen)
+    memory_floor_bytes: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -139,7 +146,7 @@ def spec_json(spec: JobSpec) -> dict[str, Any]:
 _COLUMNS = (
     "id, name, user, grp, spec_json, gpus, priority, state, placement_json, gpu_model, handle, "
     "submit_seconds, start_seconds, end_seconds, predicted_runtime_seconds, runtime_seconds, "
-    "exit_code, reason, attempts"
+    "exit_code, reason, attempts, memory_floor_bytes"
 )
 
 
@@ -147,7 +154,7 @@ def _record(row: Sequence[Any]) -> JobRecord:
     return JobRecord(
         row[0], row[1], row[2], row[3], json.loads(row[4]), row[5], row[6], row[7],
         json.loads(row[8]) if row[8] else None, row[9], row[10], row[11], row[12], row[13],
-        row[14], row[15], row[16], row[17], row[18],
+        row[14], row[15], row[16], row[17], row[18], row[19],
     )  # fmt: skip
 
 
@@ -250,6 +257,7 @@ class JobStore:
         allowed_fields = {
             "placement", "gpu_model", "handle", "start_seconds", "end_seconds", "runtime_seconds",
             "exit_code", "reason", "attempts", "priority", "predicted_runtime_seconds",
+            "memory_floor_bytes",
         }  # fmt: skip
         bad = set(fields) - allowed_fields
         if bad:

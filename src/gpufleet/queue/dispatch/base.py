@@ -14,7 +14,9 @@ being scanned. The rules every dispatcher keeps:
   that ended (with its exit code), ``LOST`` for one it cannot find.
 - **Completion is an event** (process exit seen by the supervisor, a Slurm state change, a
   Kubernetes watch event), delivered on :meth:`Dispatcher.events`, in order per job.
-- **Failures say what happened**: ``reason`` is ``"oom"`` when the job ran out of GPU memory,
+- **Failures say what happened**: ``reason`` is ``"oom"`` when the job ran out of GPU memory
+  (the queue then retries it on a larger GPU model), ``HOST_OOM`` when the host's memory limit
+  killed it (Slurm's OUT_OF_MEMORY, Kubernetes' OOMKilled: a larger GPU would not help),
   ``"cancelled"``, ``"host down"``, ``"time limit"``, ``"launch failed: ..."``, etc., never a bare
   non-zero code where more is known.
 """
@@ -26,6 +28,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
+
+HOST_OOM = "out of host memory"  # a failure's reason: killed at the host (cgroup) memory limit
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,7 @@ class DispatchEvent:
     at_seconds: float  # Unix time the dispatcher observed it (the job's own time where known)
     handle: str | None = None  # pid@host / Slurm job id / Kubernetes Job name
     exit_code: int | None = None
-    reason: str | None = None  # "oom", "host down", "time limit", "launch failed: ...", ...
+    reason: str | None = None  # "oom", HOST_OOM, "host down", "time limit", "launch failed: ..."
 
 
 class DispatchError(RuntimeError):

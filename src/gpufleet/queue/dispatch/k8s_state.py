@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from gpufleet.queue.dispatch.base import EventKind
+from gpufleet.queue.dispatch.base import HOST_OOM, EventKind
 
 Obj = Mapping[str, Any]
 
@@ -85,7 +85,7 @@ def _pod_failure(pods: Iterable[Obj]) -> Ending | None:
             code = ended.get("exitCode")
             at = timestamp(ended.get("finishedAt"))
             if ended.get("reason") == "OOMKilled":
-                return Ending(EventKind.FAILED, code, "oom", at)
+                return Ending(EventKind.FAILED, code, HOST_OOM, at)  # host memory limit
             if isinstance(code, int) and code != 0:
                 return Ending(EventKind.EXITED, code, None, at, check_log=True)
     return None
@@ -94,7 +94,7 @@ def _pod_failure(pods: Iterable[Obj]) -> Ending | None:
 def job_ending(job: Obj, pods: Iterable[Obj]) -> Ending | None:
     """How the Job ended, or None while it has not: ``Complete`` -> EXITED 0; ``Failed`` with
     ``DeadlineExceeded`` -> FAILED "time limit"; otherwise the failed pod says why (OOMKilled ->
-    "oom", its node gone -> "host down", else EXITED with the container's exit code)."""
+    "out of host memory", its node gone -> "host down", else EXITED with the container's exit code)."""
     condition = job_condition(job)
     if condition is None:
         return None

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gpufleet.queue.dispatch.base import EventKind
+from gpufleet.queue.dispatch.base import HOST_OOM, EventKind
 
 RUNNING = frozenset({"RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT"})
 TERMINAL = frozenset(
@@ -119,7 +119,7 @@ class Outcome:
 
 def outcome(job: SlurmJob) -> Outcome:
     """COMPLETED -> EXITED 0, FAILED -> EXITED code, CANCELLED -> CANCELLED, TIMEOUT -> FAILED
-    "time limit", OUT_OF_MEMORY -> FAILED "oom" (host memory), NODE_FAIL -> FAILED "host down"."""
+    "time limit", OUT_OF_MEMORY -> FAILED "out of host memory", NODE_FAIL -> FAILED "host down"."""
     state = job.state
     if state == "COMPLETED":
         return Outcome(EventKind.EXITED, 0, None)
@@ -129,7 +129,7 @@ def outcome(job: SlurmJob) -> Outcome:
         return Outcome(EventKind.CANCELLED, job.exit_code, "cancelled")
     reasons = {
         "TIMEOUT": "time limit",
-        "OUT_OF_MEMORY": "oom",
+        "OUT_OF_MEMORY": HOST_OOM,  # the cgroup's limit on host memory, not the GPU's
         "NODE_FAIL": "host down",
         "BOOT_FAIL": "host down",
         "DEADLINE": "deadline",
