@@ -206,7 +206,7 @@ class GpufleetServer:
         headers = {"Cache-Control": "no-cache"} if fresh else {}
         url = f"{self.url}/api/v1/reports?{urllib.parse.urlencode(params)}"
         body, got = fetch(url, headers)
-        return body, got.get("X-Report-Cache", "")
+        return body, got.get("x-report-cache", "")
 
 
 # -- Prometheus's side --------------------------------------------------------------------------
@@ -323,10 +323,10 @@ def get_json(url: str) -> dict[str, Any]:
 
 
 def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[bytes, dict[str, str]]:
-    """The body, to its last byte, and the response headers."""
+    """The body, to its last byte, and the response headers (names in lower case)."""
     req = urllib.request.Request(url, headers=headers or {})
     with urllib.request.urlopen(req, timeout=3600) as r:
-        return r.read(), dict(r.headers.items())
+        return r.read(), {k.lower(): v for k, v in r.headers.items()}
 
 
 def wait_http(
@@ -521,7 +521,9 @@ def main() -> None:
             return prom.data(t.answer)
 
         # 1. per-GPU daily average
-        row = ask_gpufleet("per-GPU daily average, 30 days", {"period": "day", "by": "gpu", **span})
+        row = ask_gpufleet(
+            f"per-GPU daily average, {args.days} days", {"period": "day", "by": "gpu", **span}
+        )
         res = ask_prometheus(row, lambda: prom.query_range(
             f"avg_over_time({METRIC}[1d])", t0 + 86400 - 1, end - 1, 86400))  # fmt: skip
         ours = {(*gpu_key(r["key"]), r["period_start"][:10]): r["avg_util"]
