@@ -22,8 +22,9 @@ Then the same report questions both ways, each answer checked against the other:
 4. a month by host: average utilisation per host (``period=month&by=host`` /
    ``avg by (host) (avg_over_time(...[30d]))``).
 
-Each question is asked ``--runs`` times after one warm-up; the median (and the fastest and
-slowest run) is printed for both and the ratio. gpufleet is timed twice: "read now" (each
+Each question is asked ``--runs`` times on every side after one warm-up, the sides taking
+turns run by run (so a burst of load on a shared machine falls on all of them); the median
+(and the fastest and slowest run) is printed for each and the ratios. gpufleet is timed twice: "read now" (each
 request sends ``Cache-Control: no-cache``, so the server reads the tiers and builds the
 answer every time) and "kept" (the same request again: the answer the server kept, valid
 while no rollup changed the days it covers; see docs/reports.md). A time runs until the
@@ -357,22 +358,42 @@ def stop(proc: subprocess.Popen[bytes] | None) -> None:
 
 
 class Timing:
-    """Wall seconds of ``runs`` calls after one warm-up call: median, fastest, slowest."""
+    """Wall seconds of the timed calls of one side: median, fastest, slowest; its answers."""
 
-    def __init__(self, fn: Any, runs: int) -> None:
-        self.answer = fn()
+    def __init__(self) -> None:
         self.times: list[float] = []
-        self.answers = []
-        for _ in range(runs):
-            clock = time.perf_counter()
-            answer = fn()
-            self.times.append(time.perf_counter() - clock)
-            self.answers.append(answer)
-        self.answer = answer
-        self.median = statistics.median(self.times)
+        self.answers: list[Any] = []
+
+    def time(self, fn: Any) -> None:
+        clock = time.perf_counter()
+        answer = fn()
+        self.times.append(time.perf_counter() - clock)
+        self.answers.append(answer)
+
+    @property
+    def answer(self) -> Any:
+        return self.answers[-1]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
 
     def spread(self) -> str:
         return f"{min(self.times):.4f}-{max(self.times):.4f}"
+
+
+def interleaved(sides: dict[str, Any], runs: int) -> dict[str, Timing]:
+    """Each side's call once to warm up, then ``runs`` rounds of one timed call per side, the
+    order turned by one each round: a burst of load on the shared machine falls on every
+    side alike rather than on whichever was being timed."""
+    for fn in sides.values():
+        fn()
+    timings = {name: Timing() for name in sides}
+    names = list(sides)
+    for i in range(runs):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            timings[name].time(sides[name])
+    return timings
 
 
 def decode_seconds(body: bytes, runs: int) -> float:
@@ -493,72 +514,71 @@ def main() -> None:
         month_end = end - 1  # the instant that closes the range: (end - 30d - 1, end - 1]
         rng = f"{args.days}d"
 
-        def ask_gpufleet(name: str, params: dict[str, str]) -> dict[str, Any]:
-            """Time one report question read now, kept and (if given) on the baseline; check
-            that every answer has the same content; the row of figures, and the answer."""
-            now = Timing(lambda: server.report(fresh=True, **params), args.runs)
-            kept = Timing(lambda: server.report(**params), args.runs)
-            said = {how for _, how in now.answers}, {how for _, how in kept.answers}
+        def ask(name: str, params: dict[str, str], promql: Any) -> dict[str, Any]:
+            """Time one question on every side, interleaved: gpufleet read now and kept,
+            the baseline (if given), PromQL; check that gpufleet's answers have the same
+            content; the row of figures, with both answers."""
+            sides = {
+                "now": lambda: server.report(fresh=True, **params),
+                "kept": lambda: server.report(**params),
+                "prom": promql,
+            }
+            if base is not None:
+                sides["baseline"] = lambda: base.report(**params)
+            t = interleaved(sides, args.runs)
+            said = {how for _, how in t["now"].answers}, {how for _, how in t["kept"].answers}
             if said != ({"miss"}, {"hit"}):
                 raise SystemExit(f"{name}: the server said {said}, not read now / kept")
-            row = {"name": name, "now": now, "kept": kept, "bytes": len(now.answer[0]),
-                   "decode": decode_seconds(now.answer[0], args.runs)}  # fmt: skip
-            others = [(kept, "kept")]
-            if base is not None:
-                row["baseline"] = Timing(lambda: base.report(**params), args.runs)
-                others.append((row["baseline"], "baseline"))
-            answer = content(now.answer[0])
-            for other, what in others:
-                if content(other.answer[0]) != answer:
+            answer = content(t["now"].answer[0])
+            for what in ("kept", "baseline"):
+                if what in t and content(t[what].answer[0]) != answer:
                     raise SystemExit(f"{name}: the {what} answer differs from the one read now")
-            return row | {"answer": answer}
-
-        def ask_prometheus(row: dict[str, Any], fn: Any) -> list[dict[str, Any]]:
-            t = Timing(fn, args.runs)
-            row |= {"prom": t, "prom_bytes": len(t.answer),
-                    "prom_decode": decode_seconds(t.answer, args.runs)}  # fmt: skip
+            row = {"name": name, **t, "bytes": len(t["now"].answer[0]),
+                   "decode": decode_seconds(t["now"].answer[0], args.runs),
+                   "prom_bytes": len(t["prom"].answer),
+                   "prom_decode": decode_seconds(t["prom"].answer, args.runs)}  # fmt: skip
             rows.append(row)
-            return prom.data(t.answer)
+            return {"answer": answer, "prom": prom.data(t["prom"].answer)}
 
         # 1. per-GPU daily average
-        row = ask_gpufleet(
-            f"per-GPU daily average, {args.days} days", {"period": "day", "by": "gpu", **span}
-        )
-        res = ask_prometheus(row, lambda: prom.query_range(
-            f"avg_over_time({METRIC}[1d])", t0 + 86400 - 1, end - 1, 86400))  # fmt: skip
+        got = ask(f"per-GPU daily average, {args.days} days",
+                  {"period": "day", "by": "gpu", **span},
+                  lambda: prom.query_range(f"avg_over_time({METRIC}[1d])", t0 + 86400 - 1,
+                                           end - 1, 86400))  # fmt: skip
         ours = {(*gpu_key(r["key"]), r["period_start"][:10]): r["avg_util"]
-                for r in row["answer"]["rows"]}  # fmt: skip
+                for r in got["answer"]["rows"]}  # fmt: skip
         theirs = {
             (s["metric"]["host"], s["metric"]["gpu"],
              datetime.fromtimestamp(float(t) + 1 - 86400, UTC).date().isoformat()): float(v)
-            for s in res for t, v in s["values"]
+            for s in got["prom"] for t, v in s["values"]
         }  # fmt: skip
         checks.append(compare("daily average", ours, theirs, 1e-3))
 
-        # 2. per-GPU p95 and 3. busy hours over the month (one gpufleet report answers both)
-        month = ask_gpufleet("per-GPU p95 utilisation, month",
-                             {"period": "month", "by": "gpu", **span})  # fmt: skip
-        rep = month["answer"]
-        res = ask_prometheus(month, lambda: prom.query(
+        # 2. per-GPU p95 and 3. busy hours over the month (one gpufleet report answers both;
+        # it is timed again beside each PromQL query)
+        month = {"period": "month", "by": "gpu", **span}
+        got = ask("per-GPU p95 utilisation, month", month, lambda: prom.query(
             f"quantile_over_time(0.95, {METRIC}[{rng}])", month_end))  # fmt: skip
+        rep = got["answer"]
         ours = {gpu_key(r["key"]): r["p95_util"] for r in rep["rows"]}
-        theirs = {(s["metric"]["host"], s["metric"]["gpu"]): float(s["value"][1]) for s in res}
+        theirs = {(s["metric"]["host"], s["metric"]["gpu"]): float(s["value"][1])
+                  for s in got["prom"]}  # fmt: skip
         checks.append(compare("p95", ours, theirs, rep.get("p95_error_bound_percent", 5.0)))
-        busy = dict(month, name="per-GPU busy hours, month (same report)")
-        res = ask_prometheus(busy, lambda: prom.query(
+        got = ask("per-GPU busy hours, month (the same report)", month, lambda: prom.query(
             f"sum_over_time(({METRIC} > bool {BUSY_PERCENT:g})[{rng}:{args.step}s]) "
             f"* {args.step} / 3600", month_end))  # fmt: skip
-        ours = {gpu_key(r["key"]): r["busy_gpu_hours"] for r in rep["rows"]}
-        theirs = {(s["metric"]["host"], s["metric"]["gpu"]): float(s["value"][1]) for s in res}
+        ours = {gpu_key(r["key"]): r["busy_gpu_hours"] for r in got["answer"]["rows"]}
+        theirs = {(s["metric"]["host"], s["metric"]["gpu"]): float(s["value"][1])
+                  for s in got["prom"]}  # fmt: skip
         checks.append(compare("busy hours", ours, theirs, 1e-3))
 
         # 4. a month by host
-        row = ask_gpufleet("a month by host (average utilisation)",
-                           {"period": "month", "by": "host", **span})  # fmt: skip
-        res = ask_prometheus(row, lambda: prom.query(
-            f"avg by (host) (avg_over_time({METRIC}[{rng}]))", month_end))  # fmt: skip
-        ours = {r["key"]: r["avg_util"] for r in row["answer"]["rows"]}
-        theirs = {s["metric"]["host"]: float(s["value"][1]) for s in res}
+        got = ask("a month by host (average utilisation)",
+                  {"period": "month", "by": "host", **span},
+                  lambda: prom.query(f"avg by (host) (avg_over_time({METRIC}[{rng}]))",
+                                     month_end))  # fmt: skip
+        ours = {r["key"]: r["avg_util"] for r in got["answer"]["rows"]}
+        theirs = {s["metric"]["host"]: float(s["value"][1]) for s in got["prom"]}
         checks.append(compare("month by host", ours, theirs, 1e-3))
 
     print(f"\n#### gpufleet vs Prometheus {prometheus_version()}: {args.hosts} hosts x "

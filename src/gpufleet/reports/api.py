@@ -47,7 +47,9 @@ DATE: dict[str, Any] = {"pattern": DATE_PATTERN}  # empty: not given; a wrong da
         f"period: {', '.join(PERIODS)}; by: {', '.join(BY)}. from/to are local dates "
         "(YYYY-MM-DD, both included) in the configured warehouse.timezone; without them the "
         "last few periods. Rows carry the change against the previous period. "
-        "p95_util is within p95_error_bound_percent (5 points) of the exact value."
+        "p95_util is within p95_error_bound_percent (5 points) of the exact value. "
+        "Answers are kept while the tiers they read are unchanged (header X-Report-Cache: "
+        "hit, miss, off); a request with Cache-Control: no-cache is read anew."
     ),
     responses={
         200: {"content": {"text/csv": {"schema": {"type": "string"}}}},
