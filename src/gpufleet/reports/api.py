@@ -126,8 +126,7 @@ def reports(
         query_ms = round((time.perf_counter() - clock) * 1000, 1)
     body = entry.body
     if format != "csv":
-        # orjson straight to bytes: FastAPI's own path (jsonable_encoder over every value,
-        # then json.dumps) took most of a big report's time (12,000 rows: ~0.3 s of ~0.4 s)
+        # the kept bytes (orjson) with the members of now in front: no re-encoding
         body = answer(body, {**volatile_meta(state, plan.tier), "query_ms": query_ms})
     return Response(
         body, media_type=entry.media_type, headers={**entry.headers, CACHE_HEADER: said}
