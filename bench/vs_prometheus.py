@@ -553,6 +553,14 @@ def main() -> None:
             for s in got["prom"] for t, v in s["values"]
         }  # fmt: skip
         checks.append(compare("daily average", ours, theirs, 1e-3))
+        # the same, asking gpufleet for only the values PromQL answers with (fields=)
+        got = ask(f"per-GPU daily average, {args.days} days, fields=period_start,key,avg_util",
+                  {"period": "day", "by": "gpu", **span, "fields": "period_start,key,avg_util"},
+                  lambda: prom.query_range(f"avg_over_time({METRIC}[1d])", t0 + 86400 - 1,
+                                           end - 1, 86400))  # fmt: skip
+        ours = {(*gpu_key(r["key"]), r["period_start"][:10]): r["avg_util"]
+                for r in got["answer"]["rows"]}  # fmt: skip
+        checks.append(compare("daily average (fields)", ours, theirs, 1e-3))
 
         # 2. per-GPU p95 and 3. busy hours over the month (one gpufleet report answers both;
         # it is timed again beside each PromQL query)
