@@ -188,7 +188,7 @@ def compute_report(
     """The report for local days ``first``..``last`` (both included) in ``tz``; ``keys``:
     only these keys' rows (and totals over them), e.g. one person's Unix users;
     ``host_groups``: group -> host name patterns (the ``hosts.groups`` setting), for
-    ``by=host_group``; ``fields``: only these row columns (``select_fields``)."""
+    ``by=host_group``; ``fields``: only these row columns (``parse_fields``)."""
     plan = plan_report(
         period=period, by=by, first=first, last=last, tz=tz, tier=tier,
         busy_util_percent=busy_util_percent, today=today, keys=keys, host_groups=host_groups,
@@ -337,14 +337,6 @@ def parse_fields(text: str) -> list[str]:
             + (f" (not {', '.join(unknown[:5])})" if unknown else ""),
         )
     return [c for c in COLUMNS if c in wanted]
-
-
-def select_fields(report: dict[str, Any], text: str) -> dict[str, Any]:
-    """``fields=a,b``: the report with only these row columns (a smaller answer, e.g. for a
-    chart); ``columns`` (and so the CSV) follow."""
-    keep = [c for c in parse_fields(text) if c in report["columns"]]
-    rows = [{c: r.get(c) for c in keep} for r in report["rows"]]
-    return {**report, "columns": keep, "rows": rows}
 
 
 def report_options(tz: str) -> dict[str, Any]:
