@@ -22,17 +22,29 @@ Then the same report questions both ways, each answer checked against the other:
 4. a month by host: average utilisation per host (``period=month&by=host`` /
    ``avg by (host) (avg_over_time(...[30d]))``).
 
-Each question is asked ``--runs`` times after one warm-up; the median is printed for both and
-the ratio. Everything runs on this machine, on loopback, one question at a time.
+Each question is asked ``--runs`` times on every side after one warm-up, the sides taking
+turns run by run (so a burst of load on a shared machine falls on all of them); the median
+(and the fastest and slowest run) is printed for each and the ratios. gpufleet is timed twice: "read now" (each
+request sends ``Cache-Control: no-cache``, so the server reads the tiers and builds the
+answer every time) and "kept" (the same request again: the answer the server kept, valid
+while no rollup changed the days it covers; see docs/reports.md). A time runs until the
+last byte of the answer has arrived; decoding the JSON in this Python client is timed apart
+(it grows with the answer's size, not with the server's work). With ``--baseline-src``, a
+second gpufleet server runs the source tree given (e.g. an older commit's ``src``, made by
+``git archive``) on a copy of the same store, timed the same way in the same run, and its
+answers are checked to equal the new one's. Everything runs on this machine, on loopback,
+one question at a time.
 
     .venv/bin/python bench/vs_prometheus.py [--hosts 50] [--gpus 8] [--days 30] [--step 100]
-        [--runs 5] [--keep DIR]
+        [--runs 5] [--keep DIR [--reuse]] [--baseline-src DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shutil
 import signal
 import socket
@@ -166,18 +178,22 @@ def _columns(table: str, n: int, given: dict[str, Any]) -> dict[str, Any]:
 
 
 class GpufleetServer:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, src: Path | None = None) -> None:
         self.data_dir = data_dir
+        self.src = src  # run this source tree instead of the installed package
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> GpufleetServer:
+        env = dict(os.environ)
+        if self.src is not None:
+            env["PYTHONPATH"] = str(self.src)
         with open(self.data_dir / "server.log", "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gpufleet", "server", "--data-dir", str(self.data_dir),
                  "--host", "127.0.0.1", "--port", str(self.port)],
-                stdout=out, stderr=subprocess.STDOUT,
+                stdout=out, stderr=subprocess.STDOUT, env=env,
             )  # fmt: skip
         wait_http(self.url + "/healthz", self.proc, self.data_dir / "server.log")
         return self
@@ -185,8 +201,13 @@ class GpufleetServer:
     def __exit__(self, *exc: object) -> None:
         stop(self.proc)
 
-    def report(self, **params: str) -> dict[str, Any]:
-        return get_json(f"{self.url}/api/v1/reports?{urllib.parse.urlencode(params)}")
+    def report(self, *, fresh: bool = False, **params: str) -> tuple[bytes, str]:
+        """The answer's bytes and how the server made it (its X-Report-Cache header: hit,
+        miss; empty from a server without one). ``fresh``: ask it to read the tiers now."""
+        headers = {"Cache-Control": "no-cache"} if fresh else {}
+        url = f"{self.url}/api/v1/reports?{urllib.parse.urlencode(params)}"
+        body, got = fetch(url, headers)
+        return body, got.get("x-report-cache", "")
 
 
 # -- Prometheus's side --------------------------------------------------------------------------
@@ -279,30 +300,34 @@ class Prometheus:
             time.sleep(65)
         return int(last)
 
-    def query(self, promql: str, at: float) -> list[dict[str, Any]]:
+    def query(self, promql: str, at: float) -> bytes:
         q = urllib.parse.urlencode({"query": promql, "time": f"{at:.3f}"})
-        return self._data(f"{self.url}/api/v1/query?{q}")
+        return fetch(f"{self.url}/api/v1/query?{q}")[0]
 
-    def query_range(
-        self, promql: str, start: float, end: float, step: float
-    ) -> list[dict[str, Any]]:
+    def query_range(self, promql: str, start: float, end: float, step: float) -> bytes:
         q = urllib.parse.urlencode({"query": promql, "start": start, "end": end, "step": step})
-        return self._data(f"{self.url}/api/v1/query_range?{q}")
+        return fetch(f"{self.url}/api/v1/query_range?{q}")[0]
 
     @staticmethod
-    def _data(url: str) -> list[dict[str, Any]]:
-        body = get_json(url)
-        if body.get("status") != "success":
-            raise SystemExit(f"prometheus: {body}")
-        return list(body["data"]["result"])
+    def data(body: bytes) -> list[dict[str, Any]]:
+        answer = json.loads(body)
+        if answer.get("status") != "success":
+            raise SystemExit(f"prometheus: {answer}")
+        return list(answer["data"]["result"])
 
 
 # -- plumbing -------------------------------------------------------------------------------------
 
 
 def get_json(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=3600) as r:
-        return json.loads(r.read())
+    return dict(json.loads(fetch(url)[0]))
+
+
+def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[bytes, dict[str, str]]:
+    """The body, to its last byte, and the response headers (names in lower case)."""
+    req = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(req, timeout=3600) as r:
+        return r.read(), {k.lower(): v for k, v in r.headers.items()}
 
 
 def wait_http(
@@ -332,15 +357,53 @@ def stop(proc: subprocess.Popen[bytes] | None) -> None:
         proc.wait(10)
 
 
-def timed(fn: Any, runs: int) -> tuple[float, Any]:
-    """Median wall seconds of ``runs`` calls after one warm-up call; the last answer."""
-    answer = fn()
+class Timing:
+    """Wall seconds of the timed calls of one side: median, fastest, slowest; its answers."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.answers: list[Any] = []
+
+    def time(self, fn: Any) -> None:
+        clock = time.perf_counter()
+        answer = fn()
+        self.times.append(time.perf_counter() - clock)
+        self.answers.append(answer)
+
+    @property
+    def answer(self) -> Any:
+        return self.answers[-1]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    def spread(self) -> str:
+        return f"{min(self.times):.4f}-{max(self.times):.4f}"
+
+
+def interleaved(sides: dict[str, Any], runs: int) -> dict[str, Timing]:
+    """Each side's call once to warm up, then ``runs`` rounds of one timed call per side, the
+    order turned by one each round: a burst of load on the shared machine falls on every
+    side alike rather than on whichever was being timed."""
+    for fn in sides.values():
+        fn()
+    timings = {name: Timing() for name in sides}
+    names = list(sides)
+    for i in range(runs):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            timings[name].time(sides[name])
+    return timings
+
+
+def decode_seconds(body: bytes, runs: int) -> float:
+    """Median seconds this Python client takes to decode the answer (json.loads)."""
     times = []
     for _ in range(runs):
         clock = time.perf_counter()
-        answer = fn()
+        json.loads(body)
         times.append(time.perf_counter() - clock)
-    return statistics.median(times), answer
+    return statistics.median(times)
 
 
 # -- the questions ------------------------------------------------------------------------------
@@ -377,11 +440,23 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5, help="timed runs per question (median)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it")
+    ap.add_argument(
+        "--reuse", action="store_true",
+        help="with --keep: time the data an earlier run left there (same options) again",
+    )  # fmt: skip
+    ap.add_argument(
+        "--baseline-src", type=Path, default=None,
+        help="also time a gpufleet server run from this source tree (a 'src' folder)",
+    )  # fmt: skip
     args = ap.parse_args()
     if shutil.which("promtool") is None or shutil.which("prometheus") is None:
         raise SystemExit("needs promtool and prometheus on PATH (make setup installs them)")
     if 86400 % args.step or BLOCK_SECONDS % args.step:
         raise SystemExit("--step must divide a day and two hours")
+    if args.reuse and args.keep is None:
+        raise SystemExit("--reuse needs --keep DIR (the folder of an earlier run)")
+    if args.baseline_src is not None and not (args.baseline_src / "gpufleet").is_dir():
+        raise SystemExit(f"--baseline-src {args.baseline_src}: no gpufleet package in it")
 
     first = date(2026, 11, 1)
     last = first + timedelta(days=args.days - 1)
@@ -393,109 +468,182 @@ def main() -> None:
     work = args.keep or Path(tempfile.mkdtemp(prefix="gpufleet-vs-prom-"))
     work.mkdir(parents=True, exist_ok=True)
     n_gpus = args.hosts * args.gpus
+    gf_dir = work / "gpufleet"
+    built = work / "built.json"  # what the run that wrote the data measured, and its options
+    options = {k: getattr(args, k) for k in ("hosts", "gpus", "days", "step", "seed")}
     log(f"fleet: {args.hosts} hosts x {args.gpus} GPUs, {args.days} days at {args.step} s: "
         f"{n_gpus * steps:,} GPU samples; work in {work}")  # fmt: skip
-    util, held = make_fleet(args.hosts, args.gpus, steps, args.step, args.seed)
+    if args.reuse:
+        if not (gf_dir / "gpufleet.duckdb").exists() or not (work / "prom-data").is_dir():
+            raise SystemExit(f"--reuse: {work} holds no earlier run's data")
+        setup = json.loads(built.read_text()) if built.exists() else {"options": options}
+        if setup["options"] != options:
+            raise SystemExit(f"--reuse: {work} was written with {setup['options']}")
+        gf, pm = setup.get("gpufleet"), setup.get("prometheus")
+        log("reusing the data written earlier")
+    else:
+        util, held = make_fleet(args.hosts, args.gpus, steps, args.step, args.seed)
+        gf_dir.mkdir(exist_ok=True)
+        log("gpufleet: writing raw samples and rolling them up")
+        gf = write_gpufleet(gf_dir, util, held, args.hosts, args.gpus, t0, args.step)
+        log(f"gpufleet: {gf['rows']:,} rows in {gf['insert_s']:.0f} s, "
+            f"rollup {gf['rollup_s']:.0f} s")  # fmt: skip
+        log("prometheus: OpenMetrics text through promtool")
+        pm = write_prometheus(work, util, args.hosts, args.gpus, t0, args.step)
+        log(f"prometheus: text {pm['text_s']:.0f} s, promtool {pm['promtool_s']:.0f} s")
+        built.write_text(json.dumps({"options": options, "gpufleet": gf, "prometheus": pm}))
+    base_dir = None
+    if args.baseline_src is not None:  # its own copy: one process per DuckDB file
+        base_dir = work / "gpufleet-baseline"
+        shutil.rmtree(base_dir, ignore_errors=True)
+        base_dir.mkdir()
+        shutil.copy2(gf_dir / "gpufleet.duckdb", base_dir / "gpufleet.duckdb")
 
-    gf_dir = work / "gpufleet"
-    gf_dir.mkdir(exist_ok=True)
-    log("gpufleet: writing raw samples and rolling them up")
-    gf = write_gpufleet(gf_dir, util, held, args.hosts, args.gpus, t0, args.step)
-    log(f"gpufleet: {gf['rows']:,} rows in {gf['insert_s']:.0f} s, rollup {gf['rollup_s']:.0f} s")
-    log("prometheus: OpenMetrics text through promtool")
-    pm = write_prometheus(work, util, args.hosts, args.gpus, t0, args.step)
-    log(f"prometheus: text {pm['text_s']:.0f} s, promtool {pm['promtool_s']:.0f} s")
-
-    rows: list[tuple[str, float, float, str]] = []
-    with GpufleetServer(gf_dir) as server, Prometheus(work) as prom:
+    rows: list[dict[str, Any]] = []
+    checks: list[str] = []
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(GpufleetServer(gf_dir))
+        base = (
+            stack.enter_context(GpufleetServer(base_dir, args.baseline_src.resolve()))
+            if base_dir is not None and args.baseline_src is not None
+            else None
+        )
+        prom = stack.enter_context(Prometheus(work))
         blocks = prom.settle()
         span = {"from": first.isoformat(), "to": last.isoformat()}
         month_end = end - 1  # the instant that closes the range: (end - 30d - 1, end - 1]
         rng = f"{args.days}d"
 
+        def ask(name: str, params: dict[str, str], promql: Any) -> dict[str, Any]:
+            """Time one question on every side, interleaved: gpufleet read now and kept,
+            the baseline (if given), PromQL; check that gpufleet's answers have the same
+            content; the row of figures, with both answers."""
+            sides = {
+                "now": lambda: server.report(fresh=True, **params),
+                "kept": lambda: server.report(**params),
+                "prom": promql,
+            }
+            if base is not None:
+                sides["baseline"] = lambda: base.report(**params)
+            t = interleaved(sides, args.runs)
+            said = {how for _, how in t["now"].answers}, {how for _, how in t["kept"].answers}
+            if said != ({"miss"}, {"hit"}):
+                raise SystemExit(f"{name}: the server said {said}, not read now / kept")
+            answer = content(t["now"].answer[0])
+            for what in ("kept", "baseline"):
+                if what in t and content(t[what].answer[0]) != answer:
+                    raise SystemExit(f"{name}: the {what} answer differs from the one read now")
+            row = {"name": name, **t, "bytes": len(t["now"].answer[0]),
+                   "decode": decode_seconds(t["now"].answer[0], args.runs),
+                   "prom_bytes": len(t["prom"].answer),
+                   "prom_decode": decode_seconds(t["prom"].answer, args.runs)}  # fmt: skip
+            rows.append(row)
+            return {"answer": answer, "prom": prom.data(t["prom"].answer)}
+
         # 1. per-GPU daily average
-        t_g, rep = timed(lambda: server.report(period="day", by="gpu", **span), args.runs)
-        t_p, res = timed(
-            lambda: prom.query_range(
-                f"avg_over_time({METRIC}[1d])", t0 + 86400 - 1, end - 1, 86400
-            ),
-            args.runs,
-        )
-        ours = {(*gpu_key(r["key"]), r["period_start"][:10]): r["avg_util"] for r in rep["rows"]}
+        got = ask(f"per-GPU daily average, {args.days} days",
+                  {"period": "day", "by": "gpu", **span},
+                  lambda: prom.query_range(f"avg_over_time({METRIC}[1d])", t0 + 86400 - 1,
+                                           end - 1, 86400))  # fmt: skip
+        ours = {(*gpu_key(r["key"]), r["period_start"][:10]): r["avg_util"]
+                for r in got["answer"]["rows"]}  # fmt: skip
         theirs = {
             (s["metric"]["host"], s["metric"]["gpu"],
              datetime.fromtimestamp(float(t) + 1 - 86400, UTC).date().isoformat()): float(v)
-            for s in res for t, v in s["values"]
+            for s in got["prom"] for t, v in s["values"]
         }  # fmt: skip
-        rows.append(("per-GPU daily average, 30 days", t_g, t_p,
-                     compare("daily average", ours, theirs, 1e-3)))  # fmt: skip
+        checks.append(compare("daily average", ours, theirs, 1e-3))
+        # the same, asking gpufleet for only the values PromQL answers with (fields=)
+        got = ask(f"per-GPU daily average, {args.days} days, fields=period_start,key,avg_util",
+                  {"period": "day", "by": "gpu", **span, "fields": "period_start,key,avg_util"},
+                  lambda: prom.query_range(f"avg_over_time({METRIC}[1d])", t0 + 86400 - 1,
+                                           end - 1, 86400))  # fmt: skip
+        ours = {(*gpu_key(r["key"]), r["period_start"][:10]): r["avg_util"]
+                for r in got["answer"]["rows"]}  # fmt: skip
+        checks.append(compare("daily average (fields)", ours, theirs, 1e-3))
 
-        # 2. per-GPU p95 and 3. busy hours over the month (one gpufleet report answers both)
-        t_g, rep = timed(lambda: server.report(period="month", by="gpu", **span), args.runs)
-        t_p, res = timed(
-            lambda: prom.query(f"quantile_over_time(0.95, {METRIC}[{rng}])", month_end), args.runs
-        )
+        # 2. per-GPU p95 and 3. busy hours over the month (one gpufleet report answers both;
+        # it is timed again beside each PromQL query)
+        month = {"period": "month", "by": "gpu", **span}
+        got = ask("per-GPU p95 utilisation, month", month, lambda: prom.query(
+            f"quantile_over_time(0.95, {METRIC}[{rng}])", month_end))  # fmt: skip
+        rep = got["answer"]
         ours = {gpu_key(r["key"]): r["p95_util"] for r in rep["rows"]}
-        theirs = {(s["metric"]["host"], s["metric"]["gpu"]): float(s["value"][1]) for s in res}
-        rows.append(
-            (
-                "per-GPU p95 utilisation, month",
-                t_g,
-                t_p,
-                compare("p95", ours, theirs, rep.get("p95_error_bound_percent", 5.0)),
-            )
-        )
-        t_p, res = timed(lambda: prom.query(
+        theirs = {(s["metric"]["host"], s["metric"]["gpu"]): float(s["value"][1])
+                  for s in got["prom"]}  # fmt: skip
+        checks.append(compare("p95", ours, theirs, rep.get("p95_error_bound_percent", 5.0)))
+        got = ask("per-GPU busy hours, month (the same report)", month, lambda: prom.query(
             f"sum_over_time(({METRIC} > bool {BUSY_PERCENT:g})[{rng}:{args.step}s]) "
-            f"* {args.step} / 3600", month_end), args.runs)  # fmt: skip
-        ours = {gpu_key(r["key"]): r["busy_gpu_hours"] for r in rep["rows"]}
-        theirs = {(s["metric"]["host"], s["metric"]["gpu"]): float(s["value"][1]) for s in res}
-        rows.append(
-            (
-                "per-GPU busy hours, month (same report)",
-                t_g,
-                t_p,
-                compare("busy hours", ours, theirs, 1e-3),
-            )
-        )
+            f"* {args.step} / 3600", month_end))  # fmt: skip
+        ours = {gpu_key(r["key"]): r["busy_gpu_hours"] for r in got["answer"]["rows"]}
+        theirs = {(s["metric"]["host"], s["metric"]["gpu"]): float(s["value"][1])
+                  for s in got["prom"]}  # fmt: skip
+        checks.append(compare("busy hours", ours, theirs, 1e-3))
 
         # 4. a month by host
-        t_g, rep = timed(lambda: server.report(period="month", by="host", **span), args.runs)
-        t_p, res = timed(
-            lambda: prom.query(f"avg by (host) (avg_over_time({METRIC}[{rng}]))", month_end),
-            args.runs,
-        )
-        ours = {r["key"]: r["avg_util"] for r in rep["rows"]}
-        theirs = {s["metric"]["host"]: float(s["value"][1]) for s in res}
-        rows.append(
-            (
-                "a month by host (average utilisation)",
-                t_g,
-                t_p,
-                compare("month by host", ours, theirs, 1e-3),
-            )
-        )
+        got = ask("a month by host (average utilisation)",
+                  {"period": "month", "by": "host", **span},
+                  lambda: prom.query(f"avg by (host) (avg_over_time({METRIC}[{rng}]))",
+                                     month_end))  # fmt: skip
+        ours = {r["key"]: r["avg_util"] for r in got["answer"]["rows"]}
+        theirs = {s["metric"]["host"]: float(s["value"][1]) for s in got["prom"]}
+        checks.append(compare("month by host", ours, theirs, 1e-3))
 
-    print(f"\n#### gpufleet vs Prometheus {prometheus_version()}: {args.hosts} hosts x {args.gpus} "
-          f"GPUs, {args.days} days at {args.step} s ({n_gpus * steps:,} GPU samples), "
-          f"median of {args.runs} after a warm-up, both over HTTP on loopback\n")  # fmt: skip
-    print("| question | gpufleet s | PromQL s | PromQL / gpufleet |")
-    print("|---|---|---|---|")
-    for name, g, p, _ in rows:
-        print(f"| {name} | {g:.4f} | {p:.4f} | {p / g:.3g}x |")
+    print(f"\n#### gpufleet vs Prometheus {prometheus_version()}: {args.hosts} hosts x "
+          f"{args.gpus} GPUs, {args.days} days at {args.step} s ({n_gpus * steps:,} GPU "
+          f"samples), median of {args.runs} after a warm-up (fastest-slowest), both over HTTP "
+          "on loopback, to the answer's last byte\n")  # fmt: skip
+    head = "| question | gpufleet read now s | gpufleet kept s | PromQL s | PromQL / read now " \
+        "| PromQL / kept |"  # fmt: skip
+    if base is not None:
+        head = "| question | baseline s " + head[len("| question ") :] + " baseline / read now |"
+    print(head)
+    print("|---" * (head.count("|") - 1) + "|")
+    for r in rows:
+        now, kept, pq = r["now"], r["kept"], r["prom"]
+        cells = [r["name"]]
+        if base is not None:
+            cells.append(f"{r['baseline'].median:.4f} ({r['baseline'].spread()})")
+        cells += [f"{now.median:.4f} ({now.spread()})", f"{kept.median:.4f} ({kept.spread()})",
+                  f"{pq.median:.4f} ({pq.spread()})", f"{pq.median / now.median:.3g}x",
+                  f"{pq.median / kept.median:.3g}x"]  # fmt: skip
+        if base is not None:
+            cells.append(f"{r['baseline'].median / now.median:.3g}x")
+        print("| " + " | ".join(cells) + " |")
+    print("\nThe answers' sizes and this Python client's json.loads of them (not in the times "
+          "above):\n")  # fmt: skip
+    print("| question | gpufleet bytes | decode s | Prometheus bytes | decode s |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['name']} | {r['bytes']:,} | {r['decode']:.4f} | {r['prom_bytes']:,} | "
+              f"{r['prom_decode']:.4f} |")  # fmt: skip
     print()
-    for *_, check in rows:
+    for check in checks:
         print(f"- {check}")
-    print(f"- Prometheus: {blocks} blocks after compaction; OpenMetrics text "
-          f"{pm['text_bytes'] / 1e6:.0f} MB (made in {pm['text_s']:.0f} s), promtool "
-          f"{pm['promtool_s']:.0f} s")  # fmt: skip
-    print(
-        f"- gpufleet: {gf['rows']:,} raw rows written in {gf['insert_s']:.0f} s; the rollup "
-        f"(paid once, as data arrives, not per question): {gf['rollup_s']:.0f} s wall, "
-        f"{gf['rollup_cpu_s']:.0f} s CPU in this process; store {gf['bytes'] / 1e6:.0f} MB"
-    )
+    if base is not None:
+        print(f"- baseline ({args.baseline_src}): the same answers as gpufleet's, on a copy of "
+              "the same store")  # fmt: skip
+    if pm is not None:
+        print(f"- Prometheus: {blocks} blocks after compaction; OpenMetrics text "
+              f"{pm['text_bytes'] / 1e6:.0f} MB (made in {pm['text_s']:.0f} s), promtool "
+              f"{pm['promtool_s']:.0f} s")  # fmt: skip
+    if gf is not None:
+        print(
+            f"- gpufleet: {gf['rows']:,} raw rows written in {gf['insert_s']:.0f} s; the rollup "
+            f"(paid once, as data arrives, not per question): {gf['rollup_s']:.0f} s wall, "
+            f"{gf['rollup_cpu_s']:.0f} s CPU in this process; store {gf['bytes'] / 1e6:.0f} MB"
+        )
+    if args.reuse:
+        print(f"- data written by an earlier run in {work} (its figures above, if it kept them)")
     if args.keep is None:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def content(body: bytes) -> dict[str, Any]:
+    """A report answer without what may differ between two reads: the time it took."""
+    answer = dict(json.loads(body))
+    answer.pop("query_ms", None)
+    return answer
 
 
 def prometheus_version() -> str:

@@ -11,22 +11,31 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
+from gpufleet.reports.cache import Entry, ReportCache, answer, split
 from gpufleet.reports.core import BY
 from gpufleet.reports.service import (
     DATE_PATTERN,
     ReportError,
-    compute_report,
+    ReportPlan,
     parse_date,
+    parse_fields,
     parse_keys,
+    plan_report,
+    report_from_plan,
     report_options,
-    select_fields,
     to_csv,
+    volatile_meta,
 )
 from gpufleet.store import StoreError
+from gpufleet.store.warehouse import tiers_version
 from gpufleet.warehouse.calendar import PERIODS
 
 log = logging.getLogger(__name__)
 router = APIRouter()
+# Says how an answer was made: "hit" (kept, the tiers it read unchanged since), "miss" (read
+# now, and kept), "off" (read now, never kept: the raw tier); a request with
+# ``Cache-Control: no-cache`` is always read now (and kept).
+CACHE_HEADER = "X-Report-Cache"
 DATE: dict[str, Any] = {"pattern": DATE_PATTERN}  # empty: not given; a wrong day: 400
 
 
@@ -38,7 +47,9 @@ DATE: dict[str, Any] = {"pattern": DATE_PATTERN}  # empty: not given; a wrong da
         f"period: {', '.join(PERIODS)}; by: {', '.join(BY)}. from/to are local dates "
         "(YYYY-MM-DD, both included) in the configured warehouse.timezone; without them the "
         "last few periods. Rows carry the change against the previous period. "
-        "p95_util is within p95_error_bound_percent (5 points) of the exact value."
+        "p95_util is within p95_error_bound_percent (5 points) of the exact value. "
+        "Answers are kept while the tiers they read are unchanged (header X-Report-Cache: "
+        "hit, miss, off); a request with Cache-Control: no-cache is read anew."
     ),
     responses={
         200: {"content": {"text/csv": {"schema": {"type": "string"}}}},
@@ -76,26 +87,63 @@ def reports(
 ) -> Any:
     from gpufleet.http.errors import ApiError
 
+    clock = time.perf_counter()
     ctx = request.app.state.ctx
     wh = ctx.settings.warehouse
     try:
-        report = compute_report(
-            ctx.store, period=period, by=by, first=parse_date(from_, "from"),
-            last=parse_date(to, "to"), tz=wh.timezone, tier=tier,
-            busy_util_percent=wh.busy_util_percent, keys=parse_keys(key),
-            host_groups=ctx.settings.hosts.groups,
+        plan = plan_report(
+            period=period, by=by, first=parse_date(from_, "from"), last=parse_date(to, "to"),
+            tz=wh.timezone, tier=tier, busy_util_percent=wh.busy_util_percent,
+            keys=parse_keys(key), host_groups=ctx.settings.hosts.groups,
         )  # fmt: skip
-        if fields is not None:
-            report = select_fields(report, fields)
+        wanted = parse_fields(fields) if fields is not None else None
     except ReportError as exc:
         raise ApiError(400, exc.code, str(exc)) from None
-    if format == "csv":
-        name = f"gpufleet-{period}-by-{by}-{report['from']}-{report['to']}.csv"
-        return Response(
-            to_csv(report), media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": f'attachment; filename="{name}"'},
-        )  # fmt: skip
-    return report
+    # the state first: an answer is kept with the tiers' version it was read at (or older)
+    state = ctx.store.warehouse_state()
+    cache = _cache(request.app)
+    request_key = (_plan_key(plan), tuple(wanted) if wanted is not None else None, format)
+    fresh = "no-cache" in request.headers.get("cache-control", "").lower()
+    kept = plan.tier != "raw"  # raw samples change with every batch: never kept
+    entry = cache.get(request_key, state) if kept and not fresh else None
+    said = "hit"
+    if entry is None:
+        said = "miss" if kept else "off"
+        report = report_from_plan(ctx.store, plan, state=state, fields=wanted)
+        query_ms = report["query_ms"]
+        if format == "csv":
+            name = f"gpufleet-{period}-by-{by}-{report['from']}-{report['to']}.csv"
+            entry = Entry(
+                tiers_version(state), plan.span, to_csv(report).encode(),
+                "text/csv; charset=utf-8",
+                {"Content-Disposition": f'attachment; filename="{name}"'},
+            )  # fmt: skip
+        else:
+            entry = Entry(tiers_version(state), plan.span, split(report), "application/json", {})
+        if kept:
+            cache.put(request_key, entry)
+    else:
+        query_ms = round((time.perf_counter() - clock) * 1000, 1)
+    body = entry.body
+    if format != "csv":
+        # the kept bytes (orjson) with the members of now in front: no re-encoding
+        body = answer(body, {**volatile_meta(state, plan.tier), "query_ms": query_ms})
+    return Response(
+        body, media_type=entry.media_type, headers={**entry.headers, CACHE_HEADER: said}
+    )
+
+
+def _cache(app: Any) -> ReportCache:
+    cache = getattr(app.state, "report_cache", None)
+    if cache is None:
+        cache = app.state.report_cache = ReportCache()
+    return cache
+
+
+def _plan_key(plan: ReportPlan) -> tuple[Any, ...]:
+    """What the answer depends on besides the tiers (the buckets follow from these)."""
+    return (plan.period, plan.by, plan.first, plan.last, plan.tz, plan.tier,
+            plan.busy_util_percent, plan.keys, plan.host_groups)  # fmt: skip
 
 
 @router.get(

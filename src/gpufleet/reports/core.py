@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Mapping, Sequence
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -199,6 +200,17 @@ def fact_columns(
     return out
 
 
+def factorize(values: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values as text, sorted (an object array), and each value's index into
+    them: ``np.unique(..., return_inverse=True)`` over ``str`` values, with a dict instead of
+    sorting every value (a month of GPU days is 12,000 keys, 400 of them distinct)."""
+    texts = list(map(str, values.tolist() if isinstance(values, np.ndarray) else values))
+    distinct = sorted(set(texts))
+    index = {v: i for i, v in enumerate(distinct)}
+    codes = np.fromiter(map(index.__getitem__, texts), dtype=np.int64, count=len(texts))
+    return np.array(distinct, dtype=object), codes
+
+
 UNGROUPED = "(ungrouped)"
 
 
@@ -247,8 +259,9 @@ def build_report(
     fact_rows: Sequence[Mapping[str, Any]] | FactColumns,
     host_facts: Sequence[Mapping[str, Any]] = (),
     meta: Mapping[str, Any] | None = None,
+    fields: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """The report.
+    """The report; ``fields``: only these row columns (of ``COLUMNS``; all when None).
 
     periods: the period labels (ISO start dates) in the range, in order; previous: label ->
     the label of the period before it (whose rows, if given in ``fact_rows``, only feed the
@@ -264,8 +277,8 @@ def build_report(
     cols = fact_columns(fact_rows, names)
     # (period, key) codes: labels and keys sorted (ISO dates sort by time), so the merged rows
     # come out in the answer's order
-    labels, pcode = np.unique(np.asarray(cols["period_start"], dtype=str), return_inverse=True)
-    keyset, kcode = np.unique(np.asarray(cols["key"], dtype=str), return_inverse=True)
+    labels, pcode = factorize(cols["period_start"])
+    keyset, kcode = factorize(cols["key"])
     nk = max(len(keyset), 1)
     gids, group = np.unique(pcode.astype(np.int64) * nk + kcode, return_inverse=True)
     raw = np.column_stack([np.asarray(cols[c], dtype=float) for c in names]).reshape(
@@ -303,23 +316,28 @@ def build_report(
     prev_u = np.where(has_prev, derived["avg_util"][prev_sel], np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
         pct = np.where(has_prev & (prev_h != 0), (cur_h - prev_h) / prev_h * 100, np.nan)
-    columns: dict[str, list[Any]] = {
-        "period_start": labels[row_label[sel]].tolist(),
-        "key": keyset[gids[sel] % nk].tolist(),
-    }
-    for name in MEASURES:
-        columns[name] = _listed(derived[name][sel])
-    columns["gpu_hours_change_percent"] = _listed(pct)
-    columns["avg_util_change_points"] = _listed(cur_u - prev_u)
-    if user:  # peaks are whole GPUs
-        columns["peak_concurrent_gpus"] = [
-            None if v is None else int(v) for v in columns["peak_concurrent_gpus"]
-        ]
-    out_names = list(columns)
-    rows = [dict(zip(out_names, vals, strict=True)) for vals in zip(*columns.values(), strict=True)]
-    total_facts: dict[str, Any] = {c: float(merged[in_range, i].sum()) for i, c in enumerate(sums)}
+    keep = list(COLUMNS) if fields is None else [c for c in COLUMNS if c in fields]
+    columns: dict[str, list[Any]] = {}
+    for name in keep:
+        if name == "period_start":
+            columns[name] = labels[row_label[sel]].tolist()
+        elif name == "key":
+            columns[name] = keyset[gids[sel] % nk].tolist()
+        elif name == "gpu_hours_change_percent":
+            columns[name] = _listed(pct)
+        elif name == "avg_util_change_points":
+            columns[name] = _listed(cur_u - prev_u)
+        elif name == "peak_concurrent_gpus" and user:  # peaks are whole GPUs
+            columns[name] = [None if v is None else int(v) for v in _listed(derived[name][sel])]
+        else:
+            columns[name] = _listed(derived[name][sel])
+    # one dict per row, made by C loops (map, zip): a month by GPU per day is 12,000 of them
+    rows = list(map(dict, map(zip, repeat(keep), zip(*columns.values(), strict=True))))
+    in_facts = merged[in_range]
+    sums_by_fact = np.ascontiguousarray(in_facts[:, :ns].T).sum(axis=1)  # pairwise, per fact
+    total_facts: dict[str, Any] = dict(zip(sums, sums_by_fact.tolist(), strict=True))
     for i, c in enumerate(maxes, start=ns):
-        vals = merged[in_range, i]
+        vals = in_facts[:, i]
         vals = vals[~np.isnan(vals)]
         total_facts[c] = float(vals.max()) if vals.size else None
     if user:
@@ -329,7 +347,7 @@ def build_report(
         **(meta or {}),
         "period": period,
         "by": by,
-        "columns": list(COLUMNS),
+        "columns": keep,
         "rows": rows,
         "totals": totals,
         "long_tail": long_tail(host_facts),

@@ -492,6 +492,61 @@ def set_state(con: Any, key: str, value: str, d: Dialect = DUCKDB) -> None:
     )
 
 
+# Every write that changes what a report reads (a rollup's hours and days, tier retention, the
+# user mapping) bumps the tiers' version and notes the span of time it changed, so a cache of
+# reports can keep an answer whose span no change touched (``tiers_changed_since``). The last
+# KEPT_CHANGES changes are kept, as "version:lo:hi;..." (Unix seconds; -inf/inf: unbounded).
+TIERS_VERSION = "tiers_version"
+TIERS_CHANGES = "tiers_changes"
+KEPT_CHANGES = 64
+
+
+def note_tiers_changed(
+    con: Any, lo: float = -math.inf, hi: float = math.inf, d: Dialect = DUCKDB
+) -> int:
+    """Record, in the caller's transaction, that the tiers changed over [lo, hi); the new
+    version."""
+    state = dict(
+        con.execute(
+            d.sql("SELECT key, value FROM rollup_state WHERE key IN (?, ?)"),
+            [TIERS_VERSION, TIERS_CHANGES],
+        ).fetchall()
+    )
+    version = int(state.get(TIERS_VERSION, "0")) + 1
+    kept = [c for c in state.get(TIERS_CHANGES, "").split(";") if c][-(KEPT_CHANGES - 1) :]
+    kept.append(f"{version}:{float(lo)!r}:{float(hi)!r}")
+    set_state(con, TIERS_VERSION, str(version), d)
+    set_state(con, TIERS_CHANGES, ";".join(kept), d)
+    return version
+
+
+def tiers_version(state: dict[str, str]) -> int:
+    """The tiers' version in a ``get_state`` mapping (0: never changed since it was kept)."""
+    return int(state.get(TIERS_VERSION, "0"))
+
+
+def tiers_changed_since(state: dict[str, str], version: int, lo: float, hi: float) -> bool:
+    """Whether a change after ``version`` may have touched [lo, hi): True when one did, or
+    when the changes kept no longer reach back to ``version`` (so nothing can be said)."""
+    now = tiers_version(state)
+    if now == version:
+        return False
+    if now < version:  # another database, or state rewritten: trust nothing
+        return True
+    spans: dict[int, tuple[float, float]] = {}
+    for change in state.get(TIERS_CHANGES, "").split(";"):
+        if change:
+            v, a, b = change.split(":")
+            spans[int(v)] = (float(a), float(b))
+    for later in range(version + 1, now + 1):
+        if later not in spans:
+            return True
+        start, end = spans[later]
+        if start < hi and lo < end:
+            return True
+    return False
+
+
 def mark_dirty(con: Any, hours: Sequence[int], d: Dialect = DUCKDB) -> None:
     con.execute(
         d.sql(
@@ -547,7 +602,9 @@ def _delete(con: Any, sql: str) -> int:
     return int(cur.fetchall()[0][0])
 
 
-def prune_tiers(con: Any, minute_before: float, hour_before: float) -> dict[str, int]:
+def prune_tiers(
+    con: Any, minute_before: float, hour_before: float, d: Dialect = DUCKDB
+) -> dict[str, int]:
     deleted = {}
     for table, before in (
         ("gpu_minute", minute_before),
@@ -556,6 +613,8 @@ def prune_tiers(con: Any, minute_before: float, hour_before: float) -> dict[str,
         ("user_peak_hour", hour_before),
     ):
         deleted[table] = _delete(con, f"DELETE FROM {table} WHERE bucket_ts < {_f(before)}")
+    if any(deleted[t] for t in ("gpu_hour", "user_hour", "user_peak_hour")):
+        note_tiers_changed(con, hi=hour_before, d=d)  # the minute tier feeds no report
     return deleted
 
 
@@ -804,6 +863,7 @@ class WarehouseMixin:
                     hours = list(range(int(lo), int(hi) + 1, 3600))
                     days = sorted(days_touched(hours, tzinfo))
                     rollup_days(con, [day_range(day, tzinfo) for day in days], d)
+                    note_tiers_changed(con, d=d)
                     rebuilt = len(days)
                 set_state(con, "day_tz", f"{tz}{DAY_KEYS}", d)
             kept = float(state.get("raw_kept_from_ts", "-inf"))
@@ -853,7 +913,10 @@ class WarehouseMixin:
                 self._rollup_lock(con)
                 rollup_hours(con, a, b, busy_util_percent, d)
                 days = days_touched(list(range(a, b, 3600)), tzinfo)
-                rollup_days(con, [day_range(day, tzinfo) for day in sorted(days)], d)
+                day_ranges = [day_range(day, tzinfo) for day in sorted(days)]
+                rollup_days(con, day_ranges, d)
+                lo = min([a, *(r[0] for r in day_ranges)])
+                note_tiers_changed(con, lo, max([b, *(r[1] for r in day_ranges)]), d)
                 clear_dirty(con, a, b)
                 new_wm = None
                 if wm is not None and b > wm:
@@ -876,7 +939,8 @@ class WarehouseMixin:
         }
 
     def prune_tiers(self, minute_before: float, hour_before: float) -> dict[str, int]:
-        return self.write(lambda con: prune_tiers(con, minute_before, hour_before))
+        d = self.DIALECT
+        return self.write(lambda con: prune_tiers(con, minute_before, hour_before, d))
 
     def report_facts(
         self,
@@ -936,7 +1000,12 @@ class WarehouseMixin:
     ) -> None:
         """Map a Unix user to a person, a group and an e-mail address (all None: forget)."""
         d = self.DIALECT
-        self.write(lambda con: set_user_mapping(con, user_name, person, group_name, email, d))
+
+        def fn(con: Any) -> None:
+            set_user_mapping(con, user_name, person, group_name, email, d)
+            note_tiers_changed(con, d=d)  # users' groups and persons in every period
+
+        self.write(fn)
 
     def set_user_mappings(
         self, rows: Sequence[MappingRow], *, replace: bool = False
@@ -952,6 +1021,8 @@ class WarehouseMixin:
                 set_user_mapping(con, u, None, None, None, d)
             for u, person, group, email in rows:
                 set_user_mapping(con, u, person, group, email, d)
+            if rows or gone:
+                note_tiers_changed(con, d=d)
             return len(rows), len(gone)
 
         return self.write(fn)
