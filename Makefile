@@ -42,7 +42,7 @@ bench: setup
 	.venv/bin/python bench/recommend_bench.py
 	.venv/bin/python bench/queue_bench.py --seeds 0 1 2
 
-## bench-prometheus: the usage reports beside PromQL on the same 30 days (about 25 minutes)
+## bench-prometheus: the usage reports beside PromQL on the same 30 days (10-25 minutes)
 bench-prometheus: setup
 	.venv/bin/python bench/vs_prometheus.py
 
