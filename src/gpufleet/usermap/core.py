@@ -48,14 +48,19 @@ def check_user(user: str, where: str = "user") -> str:
     return user
 
 
-def check_label(value: str | None, where: str) -> str | None:
-    """A person or group name: trimmed, 1 to 128 printable characters; empty means none."""
+def _trimmed(value: str | None, where: str) -> str | None:
+    """Text trimmed of surrounding spaces; None or empty: None."""
     if value is None:
         return None
     if not isinstance(value, str):
         raise MappingError(f"{where}: expected text, got {type(value).__name__}")
-    value = value.strip()
-    if not value:
+    return value.strip() or None
+
+
+def check_label(value: str | None, where: str) -> str | None:
+    """A person or group name: trimmed, 1 to 128 printable characters; empty means none."""
+    value = _trimmed(value, where)
+    if value is None:
         return None
     if len(value) > MAX_LABEL:
         raise MappingError(f"{where}: longer than {MAX_LABEL} characters")
@@ -66,12 +71,8 @@ def check_label(value: str | None, where: str) -> str | None:
 
 def check_email(value: str | None, where: str) -> str | None:
     """One e-mail address (name@domain), trimmed; empty means none."""
+    value = _trimmed(value, where)
     if value is None:
-        return None
-    if not isinstance(value, str):
-        raise MappingError(f"{where}: expected text, got {type(value).__name__}")
-    value = value.strip()
-    if not value:
         return None
     if len(value) > MAX_EMAIL or not _EMAIL_RE.fullmatch(value):
         raise MappingError(f"{where}: {value[:80]!r} is not one e-mail address (name@domain)")
