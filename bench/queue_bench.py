@@ -231,7 +231,8 @@ async def live(policy: str, jobs: list[tuple[float, int, float]], hosts: int, gp
                root: Path, dispatcher: Dispatcher | None = None,
                resume_dir: Path | None = None, preemptible: bool = True,
                the_fleet: list[FleetHost] | None = None, specs: list[JobSpec] | None = None,
-               deadline_seconds: float = 600.0) -> dict:  # fmt: skip
+               deadline_seconds: float = 600.0,
+               fleet_now: Callable[[], list[FleetHost]] | None = None) -> dict:  # fmt: skip
     """The sequence through the live queue service; ``the_fleet`` and ``specs`` (with the
     dispatcher) replace the default 8 x 4 one-model fleet and ``spec()``'s jobs. A job not
     ended ``deadline_seconds`` after the last arrival counts as unfinished."""
@@ -241,7 +242,8 @@ async def live(policy: str, jobs: list[tuple[float, int, float]], hosts: int, gp
         the_fleet = [FleetHost(h.name, model, h.gpus) for h in the_fleet]
     svc = QueueService(
         JobStore(root / "q.sqlite3"), dispatcher or ReplayDispatcher(root / "r.json"),
-        QueueDriver(policy_factory(policy)), lambda: the_fleet, refresh_seconds=1.0,
+        QueueDriver(policy_factory(policy)), fleet_now or (lambda: the_fleet),
+        refresh_seconds=1.0,
     )  # fmt: skip
     await svc.start()
     t0 = time.time()
@@ -427,6 +429,26 @@ def simulate_memory(policy: str, jobs: list[MemoryJob], the_fleet: list[FleetHos
     }
 
 
+def observed(the_fleet: list[FleetHost], world: ReplayDispatcher) -> list[FleetHost]:
+    """The fleet as agents would report it: each GPU's memory in use, from what the replayed
+    runs on it really allocate (nvidia-smi's view, after the fact; the jobs' needs are not)."""
+    used: dict[tuple[str, int], int] = {}
+    for run in world.runs.values():
+        if run.oom or not run.memory_bytes:
+            continue
+        for host, indices in run.hosts:
+            for g in indices:
+                used[host, g] = used.get((host, g), 0) + run.memory_bytes
+    out = []
+    for h in the_fleet:
+        gpus = tuple(
+            FleetGpu(g.index, g.memory_total_bytes, used.get((h.name, g.index), 0), g.busy)
+            for g in h.gpus
+        )
+        out.append(FleetHost(h.name, h.gpu_model, gpus))
+    return out
+
+
 def section_memory(args: argparse.Namespace) -> None:
     hosts, gpus = 8, 4
     if args.dispatcher != "replay":
@@ -472,6 +494,7 @@ def section_memory(args: argparse.Namespace) -> None:
                 got = asyncio.run(live(
                     policy, [(j.submit_seconds, j.gpus, j.seconds) for j in jobs], hosts, gpus,
                     Path(tmp), world, the_fleet=the_fleet,
+                    fleet_now=lambda world=world: observed(the_fleet, world),
                     specs=[memory_spec(k, j) for k, j in enumerate(jobs)],
                     deadline_seconds=args.deadline,
                 ))  # fmt: skip

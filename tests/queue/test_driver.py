@@ -212,3 +212,29 @@ def test_a_stopping_runs_gpus_stay_taken_across_a_fleet_change(tmp_path):
     d.stopped(a.id)
     out = d.schedule(102.0)
     assert [(s.job_id, s.hosts) for s in out.starts] == [(b.id, (("h1", (0,)),))]
+
+
+def test_a_running_jobs_memory_seen_in_live_state_keeps_it_off_smaller_gpus(tmp_path):
+    """What agents report as used on a GPU a job has to itself is the job's measured memory
+    (as in the simulator): once seen, the policy no longer counts GPU models too small for it
+    (a restart after a preemption goes to one that holds it)."""
+    store = JobStore(tmp_path / "q.sqlite3")
+    d = driver()
+
+    def fleet(used: int) -> list[FleetHost]:
+        return [
+            FleetHost("big", "a100", (FleetGpu(0, 80 * GIB, used),)),
+            FleetHost("small", "t4", (FleetGpu(0, 16 * GIB, 0),)),
+        ]
+
+    d.set_fleet(fleet(0))
+    r = submit(store, 1)  # says nothing of its memory
+    d.add(r, 100.0)
+    out = d.schedule(100.0)
+    assert [(s.job_id, s.gpu_model) for s in out.starts] == [(r.id, "a100")]
+    job = d.jobs[r.id]
+    assert set(d.policy.usable_models(job)) == {"a100", "t4"}
+    d.set_fleet(fleet(40 * GIB))  # the next pass's live state: 40 GiB in use on its GPU
+    d.schedule(101.0)
+    assert job.measured_gpu_memory_bytes == 40 * GIB
+    assert d.policy.usable_models(job) == ["a100"]

@@ -15,6 +15,9 @@ What the driver adds around the policy, all of it bookkeeping:
   *blocker* so no policy can place on them (nothing overcommits memory already in use).
 - **Memory**: a job may run only on GPU models whose memory holds its known need (the user's
   ``gpu_memory`` plus ``memory_margin``); with no figure the job gets whole GPUs to itself.
+  While a job runs alone on its GPUs, the memory live state shows on them is its measured
+  memory (``SimJob.measured_gpu_memory_bytes``, as the simulator sets it), which the policy
+  then counts when it places the job again (after a preemption).
   A job that ran out of GPU memory waits again for a GPU model with more memory than the one
   it ran out on, whole GPUs to itself (``oom_floor`` / ``retry_larger``; the store keeps that
   floor across restarts), as the simulator retries it; with no larger model it ends ``oom``.
@@ -128,6 +131,24 @@ class QueueDriver:
                 blocker = -(host_id + 1)
                 self.cluster.allocate(blocker, Placement(tuple(busy), host.gpu_model))
                 self._blockers.append(blocker)
+        self._measure(fleet)
+
+    def _measure(self, fleet: list[FleetHost]) -> None:
+        """Each running job's GPU memory as live state shows it (the most seen on a GPU it has
+        to itself, as nvidia-smi would show it): the policy's view of the job then knows it, so
+        a preempted job restarts only on GPU models that hold it, as in the simulator."""
+        for job in self.running.values():
+            if job.placement is None:
+                continue
+            seen = job.measured_gpu_memory_bytes or 0
+            for h, g in job.placement.gpus:
+                if h >= len(fleet) or g >= len(fleet[h].gpus):
+                    continue
+                used = fleet[h].gpus[g].memory_used_bytes
+                if used and self.cluster.occupants[h][g] == [job.job_id]:
+                    seen = max(seen, used)
+            if seen:
+                job.measured_gpu_memory_bytes = seen
 
     def _rebuild(self, spec: ClusterSpec) -> None:
         self.spec = spec
