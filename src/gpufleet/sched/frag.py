@@ -171,8 +171,10 @@ def class_usable(
 ) -> np.ndarray:
     """``U[n, k]``: the free GPU milli of node n that a pod of class k could use now, i.e. the
     free capacity less ``F[n, k]`` (0 where the pod cannot run on n at all). (C, K)"""
-    usable = _fits_now(full_gpus, cpu_free_milli, memory_free_bytes, accepted, workload)
-    return np.where(usable, total_free_milli[:, None] - below, 0)
+    fragmented = class_fragmentation(
+        below, total_free_milli, full_gpus, cpu_free_milli, memory_free_bytes, accepted, workload
+    )
+    return total_free_milli[:, None] - fragmented
 
 
 def _fits_now(
