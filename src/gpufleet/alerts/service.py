@@ -241,12 +241,13 @@ class AlertService:
                     mails.append((f"user:{u}", addresses[u]))
             title, body = msg.title_in(lang), msg.body(lang)
             for name, url in targets:
-                self._send(msg, name, functools.partial(self.sender, url, title, body), (url,))
+                send = functools.partial(self.sender, url, title, body)
+                self._send(msg.at, name, title, send, (url,))
             if self.mailer is not None:
                 sender = self.settings.mail.from_address
                 for name, to in mails:
                     mail = user_email(msg, to, sender, lang)
-                    self._send(msg, name, functools.partial(self.mailer, mail))
+                    self._send(msg.at, name, title, functools.partial(self.mailer, mail))
 
     def _addresses(self) -> dict[str, str]:
         try:
@@ -256,7 +257,12 @@ class AlertService:
             return {}
 
     def _send(
-        self, msg: Message, name: str, send: Callable[[], None], secrets: tuple[str, ...] = ()
+        self,
+        at: float,
+        name: str,
+        title: str,
+        send: Callable[[], None],
+        secrets: tuple[str, ...] = (),
     ) -> None:
         """One delivery, logged on the message list whether it worked or not."""
         error = None
@@ -268,7 +274,7 @@ class AlertService:
                 error = error.replace(secret, "***")
             error = error[:500]
             log.warning("alerts: channel %s: %s", name, error)
-        self.db.log_message(msg.at, name, msg.title_in(self.settings.ui.language), error)
+        self.db.log_message(at, name, title, error)
 
     # -- actions --------------------------------------------------------------------------
 

@@ -374,7 +374,9 @@ class QueueDriver:
         self._stop(job)
         job.work_seconds = 0.0
         job.exclusive = True
-        job.runtime_ratio_by_model = self._ratios(record)
+        job.runtime_ratio_by_model = self._ratios(record)  # as ``add`` makes it after a restart
+        # and excluded, as the simulator does at an OOM: a growing exclusion set is what tells
+        # the policy that what it remembered of the job's usable models is out of date
         job.excluded_gpu_models |= {
             m for m, memory in self._memories().items()
             if memory <= (record.memory_floor_bytes or 0)
