@@ -265,6 +265,29 @@ class ServerProc:
                 self.proc.kill()
                 self.proc.wait()
 
+    def wait_seen(self, latest: dict[str, float], timeout: float = 60.0) -> None:
+        """Wait until live state shows each host's sample of time ``latest[host]``. An ingest
+        worker acknowledges a batch once it is in its log; the server moves the log into live
+        state and the store a few times a second (server/workers/pool.py), so a page opened
+        straight after the acknowledgement may not list the batch yet."""
+
+        def seen() -> bool:
+            hosts = httpx.get(self.url + "/api/v1/hosts", timeout=30).json()["hosts"]
+            got = {h["name"]: h["last_seen"] for h in hosts}
+            return all(got.get(h, float("-inf")) >= ts - 1e-3 for h, ts in latest.items())
+
+        wait_for(seen, timeout, f"the server to show {sorted(latest)}")
+
+    def post_seen(self, batch: Batch) -> httpx.Response:
+        """``post`` a batch that must be stored, then ``wait_seen`` its samples."""
+        r = self.post(batch)
+        assert r.status_code == 200, r.text
+        latest: dict[str, float] = {}
+        for s in batch.samples:
+            latest[s.host] = max(latest.get(s.host, float("-inf")), s.ts)
+        self.wait_seen(latest)
+        return r
+
     def post(self, batch: Batch | bytes | str, token: str | None = None, **kw) -> httpx.Response:
         body = batch.model_dump_json() if isinstance(batch, Batch) else batch
         headers = {"Content-Type": "application/json"}

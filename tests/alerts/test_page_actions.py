@@ -6,6 +6,7 @@ command line instead of buttons."""
 from __future__ import annotations
 
 import re
+import time
 
 import httpx
 import pytest
@@ -114,8 +115,9 @@ def test_the_overview_marks_the_host_whose_alerts_fire(tmp_path, server_factory,
     from tests.conftest import make_batch, make_sample
 
     srv = server_factory("--config", str(_config(tmp_path, 9)))
-    assert srv.post(make_batch(make_sample("calm-01"))).status_code == 200
+    srv.post_seen(make_batch(make_sample("calm-01")))
     _post(srv, hot=False)
+    srv.wait_seen({"dgx-01": time.time() - 60})
     page.goto(srv.url + "/")
     hot_row = page.locator("#hosts [data-host='dgx-01'] .host-alerts")
     calm_row = page.locator("#hosts [data-host='calm-01'] .host-alerts")

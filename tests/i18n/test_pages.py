@@ -31,7 +31,7 @@ def _get(server, path: str, **kw) -> httpx.Response:
 
 @pytest.fixture
 def fleet_server(server):
-    assert server.post(make_batch(fleet_sample("gpu01", 1, ts=time.time()))).status_code == 200
+    server.post_seen(make_batch(fleet_sample("gpu01", 1, ts=time.time())))
     return server
 
 

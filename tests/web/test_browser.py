@@ -10,9 +10,10 @@ import os
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.conftest import make_batch
+from tests.conftest import make_batch, wait_for
 from tests.web.conftest import fleet_sample
 
 IMG = Path(
@@ -37,6 +38,7 @@ def _fleet(server, n: int = 6, *, replay: tuple[str, ...] = ()) -> None:
         if name in replay:
             batch.source = "replay"
         assert server.post(batch).status_code == 200, name
+    server.wait_seen({f"gpu{k + 1:02d}": now for k in range(n)})
 
 
 def _open(page, url: str) -> None:
@@ -119,6 +121,19 @@ def test_host_page_draws_its_charts(server, page):
         samples.append(s)
     for i in range(0, 60, 20):
         assert server.post(make_batch(*samples[i : i + 20])).status_code == 200
+    server.wait_seen({"gpu01": samples[-1].ts})
+    wait_for(
+        lambda: (
+            len(
+                httpx.get(
+                    server.url + "/api/v1/hosts/gpu01/series",
+                    params={"metric": "host.cpu_percent", "since": "-2h"},
+                ).json()["series"][0]["points"]
+            )
+            >= 60
+        ),
+        what="the hour of samples in the store",
+    )
     page.goto(server.url + "/hosts/gpu01")
     page.wait_for_selector("body[data-charts='1']", timeout=10_000)
     for chart in ("gpu_util", "gpu_mem", "gpu_temp", "gpu_power", "cpu", "mem", "disk", "net"):
