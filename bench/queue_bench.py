@@ -16,7 +16,7 @@ Sections:
 - simlive: the same 300-job arrival sequence (seeded: Poisson arrivals, log-normal durations,
   median 3 s, 1/2/4 GPUs) through the live queue (the queue service, the replay dispatcher: jobs
   "run" for their duration in real time, 8 hosts x 4 GPUs) and through the simulator with the
-  same policy object class and no restart or transfer cost: per-job start-time difference
+  same policy object class and no restart or transfer cost: per-job first-start difference
   live - sim (median, p95 of the absolute value), avg JCT live / sim (aim: within 5%), and the
   OOM / unfinished ("deadlock") counts of the live run and of FIFO in the simulator on the same
   input. ``--dispatcher ssh``: the live jobs are real ``sleep`` processes started over SSH on 8
@@ -31,7 +31,7 @@ Sections:
   OOM after ``--oom-after`` s); the queue and the policy see the specs. The same input through
   the live queue and the simulator (same OOM delay, no restart cost), each with ``--policy``
   and with FIFO: OOMs, jobs ended by an OOM, jobs not ended ``--deadline`` s after the last
-  arrival ("deadlocked"), and the start-difference / JCT columns.
+  arrival ("deadlocked"), the start-difference / JCT columns and the preemptions of each.
 
     nice -n 10 .venv/bin/python bench/queue_bench.py --section simlive --memory --seeds 0 1 2
 """
@@ -249,7 +249,7 @@ async def live(policy: str, jobs: list[tuple[float, int, float]], hosts: int, gp
     t0 = time.time()
     ids: list[int | None] = []
     out: dict[str, Any] = {"start": {}, "jct": {}, "oom": 0, "oom_ended": 0,
-                           "unfinished": 0, "refused": 0}  # fmt: skip
+                           "unfinished": 0, "refused": 0, "preempted": 0}  # fmt: skip
     for k, (t, g, d) in enumerate(jobs):
         delay = t0 + t - time.time()
         if delay > 0:
@@ -274,15 +274,18 @@ async def live(policy: str, jobs: list[tuple[float, int, float]], hosts: int, gp
             continue
         r = records[job_id]
         submit = t0 + jobs[k][0]  # the sequence's own time (a late submit counts as waiting)
-        if r.start_seconds is not None:
-            out["start"][k + 1] = jobs[k][0] + (r.start_seconds - submit)
+        events = svc.store.events(job_id)
+        # its first start, as the simulator's first_start_seconds (the record's start_seconds
+        # is its last run's: a job preempted or retried after an OOM started earlier)
+        first = min((e["at_seconds"] for e in events if e["state"] == st.RUNNING), default=None)
+        if first is not None:
+            out["start"][k + 1] = jobs[k][0] + (first - submit)
         if r.state == st.SUCCEEDED and r.end_seconds is not None:
             out["jct"][k + 1] = r.end_seconds - submit
         # runs that ran out of GPU memory: a retry on a larger GPU ("ran out of GPU memory on
         # ...: waits for a larger GPU") or the end of the job ("ran out of GPU memory")
-        out["oom"] += sum(
-            e["message"].startswith("ran out of GPU memory") for e in svc.store.events(job_id)
-        )
+        out["oom"] += sum(e["message"].startswith("ran out of GPU memory") for e in events)
+        out["preempted"] += sum(e["message"].startswith("preempted by the policy") for e in events)
         out["oom_ended"] += r.state == st.OOM
         out["unfinished"] += r.state not in st.FINAL
     svc.store.close()
@@ -424,6 +427,7 @@ def simulate_memory(policy: str, jobs: list[MemoryJob], the_fleet: list[FleetHos
         "jct": jct,
         "oom": result.oom_failures,
         "oom_ended": after_oom,
+        "preempted": result.preemptions,
         "refused": len(result.refused) - after_oom,
         "unfinished": len(result.jobs) - len(jct),
     }
@@ -465,8 +469,8 @@ def section_memory(args: argparse.Namespace) -> None:
     print("| seed | policy | start diff median | start diff p95 | avg JCT live | avg JCT sim "
           "| live / sim | OOM runs live / sim | ended by OOM live / sim "
           "| unfinished live / sim "
-          "| succeeded live / sim |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| succeeded live / sim | preemptions live / sim |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     totals: dict[str, list[int]] = {}
     inputs = []
     for seed in args.seeds:
@@ -508,7 +512,8 @@ def section_memory(args: argparse.Namespace) -> None:
                   f"**{got['oom']}** / {sim['oom']} | "
                   f"{got['oom_ended']} / {sim['oom_ended']} | "
                   f"**{got['unfinished']}** / {sim['unfinished']} | "
-                  f"{len(got['jct'])} / {len(sim['jct'])} |", flush=True)  # fmt: skip
+                  f"{len(got['jct'])} / {len(sim['jct'])} | "
+                  f"{got['preempted']} / {sim['preempted']} |", flush=True)  # fmt: skip
             t = totals.setdefault(policy, [0, 0, 0, 0, 0, 0])
             for i, v in enumerate((got["oom"], sim["oom"], got["unfinished"], sim["unfinished"],
                                    got["refused"], sim["refused"])):  # fmt: skip
