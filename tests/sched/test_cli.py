@@ -71,6 +71,17 @@ def test_simulate_errors() -> None:
     assert "hint:" in result.stderr
     result = CliRunner().invoke(simulate, ["--trace", str(PHILLY_CSV), "--vc", "nope"])
     assert result.exit_code == 2 and "no jobs left" in result.stderr
+    assert "virtual clusters: 6214e9 (" in result.stderr  # what the trace does hold
+    assert "--vc 6214e9" in result.stderr
+
+
+def test_simulate_says_a_trace_without_jobs_is_empty(tmp_path) -> None:
+    empty = tmp_path / "empty.csv"
+    empty.write_text("timestamp,duration,num_gpus,gpu_time,cluster\n")
+    result = CliRunner().invoke(simulate, ["--trace", str(empty)])
+    assert result.exit_code == 2
+    assert f"{empty}: the trace holds no jobs" in result.stderr
+    assert "no jobs left after filtering" not in result.stderr
 
 
 def test_simulate_plots(tmp_path) -> None:

@@ -19,6 +19,27 @@ if TYPE_CHECKING:  # annotations only: rich is imported when a command runs
 DEFAULT_POLICIES = "fifo,easy,tiresias,gavel,gpufleet,sjf"
 
 
+def _no_jobs(trace_path: str, filtered: bool) -> GpufleetError:
+    """The error for a trace with no job left: empty, or emptied by the filters (then the
+    virtual clusters it does hold, biggest first, for the hint)."""
+    from collections import Counter
+
+    from gpufleet.sched.trace import read_philly
+
+    if not filtered:
+        return GpufleetError(
+            f"{trace_path}: the trace holds no jobs (only a header?)",
+            hint="give a trace with one job per row: timestamp,duration,num_gpus,cluster",
+        )
+    sizes = Counter(job.vc for job in read_philly(trace_path))
+    held = ", ".join(f"{vc} ({n} jobs)" for vc, n in sizes.most_common(8)) or "none"
+    example = sizes.most_common(1)[0][0] if sizes else "6214e9"
+    return GpufleetError(
+        f"no jobs left after filtering by --vc/--start/--end; the trace's virtual clusters: {held}",
+        hint=f"gpufleet simulate --trace {trace_path} --vc {example}",
+    )
+
+
 def _gavel_path(explicit: str | None, trace: str | None) -> Path:
     """--gavel; else a gavel_throughputs.json beside the trace; else the copy gpufleet ships."""
     from gpufleet.sched.gavel import PACKAGED_GAVEL
@@ -259,10 +280,7 @@ def simulate(
     except ValueError as exc:
         raise GpufleetError(str(exc), hint="check the trace file") from None
     if not trace:
-        raise GpufleetError(
-            "no jobs left after filtering by --vc/--start/--end",
-            hint=f"gpufleet simulate --trace {trace_path} --vc 6214e9",
-        )
+        raise _no_jobs(trace_path, bool(vcs or start or end))
     rows = bench_rows(gavel)
     predictor = Predictor(rows)
     config = SimConfig(cost_model=cost_model)
