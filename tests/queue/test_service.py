@@ -262,3 +262,28 @@ def test_a_run_that_ends_by_itself_while_its_preemption_and_restart_wait_ends_th
         assert d.launched == [str(a.id), str(c.id)]  # a never again; c gets both GPUs
 
     asyncio.run(main())
+
+
+def test_gpu_hour_quotas_count_a_preempted_jobs_runs_not_its_wait(tmp_path):
+    """Before, the queue counted a job's GPU time from its *last* start: a preempted job
+    counted as holding GPUs while it waited, and its earlier runs vanished once it restarted."""
+    from gpufleet.queue.quota import Limit, QuotaRules
+
+    store = JobStore(tmp_path / "q.sqlite3")
+    svc = QueueService(
+        store, ReplayDispatcher(tmp_path / "replay.json"),
+        QueueDriver(policy_factory("gpufleet"),
+                    quotas=QuotaRules(users={"alice": Limit(gpu_hours_per_week=100)})),
+        lambda: FLEET,
+    )  # fmt: skip
+    job = store.submit(spec(gpus=2), group="vision")
+    t0 = time.time() - 3 * 3600
+    for t, state in ((0, st.DISPATCHING), (0, st.RUNNING), (3600, st.PENDING),
+                     (7200, st.DISPATCHING), (7200, st.RUNNING)):  # fmt: skip
+        fields = {"start_seconds": t0 + t} if state == st.RUNNING else {}
+        store.transition(job.id, state, at_seconds=t0 + t, **fields)
+    hours = svc.usage(t0 + 3 * 3600).gpu_hours
+    # one hour run, one hour waiting (not counted), one hour running now: 2 GPUs x 2 h
+    assert hours[("user", "alice")] == pytest.approx(4.0)
+    assert hours[("group", "vision")] == pytest.approx(4.0)
+    store.close()

@@ -32,7 +32,7 @@ def test_submit_then_reopen_keeps_the_job_and_its_log(tmp_path):
     again = JobStore(tmp_path / "q.sqlite3")
     assert again.get(job.id) == job
     assert [e["state"] for e in again.events(job.id)] == [PENDING]
-    assert again.schema_version() == len(MIGRATIONS) == 2
+    assert again.schema_version() == len(MIGRATIONS) == 3
 
 
 def test_a_first_version_queue_is_upgraded_keeping_its_jobs(tmp_path):
@@ -47,7 +47,7 @@ def test_a_first_version_queue_is_upgraded_keeping_its_jobs(tmp_path):
     db.commit()
     db.close()
     store = JobStore(tmp_path / "q.sqlite3")
-    assert store.schema_version() == 2
+    assert store.schema_version() == 3
     (job,) = store.jobs()
     assert (job.name, job.user, job.state, job.memory_floor_bytes) == ("old", "bob", PENDING, None)
 
@@ -85,6 +85,55 @@ def test_the_state_machine(tmp_path):
     assert [e["state"] for e in store.events(job.id)] == [
         PENDING, HELD, PENDING, DISPATCHING, RUNNING, SUCCEEDED,
     ]  # fmt: skip
+
+
+def test_gpu_hours_count_every_run_and_not_the_wait_between(tmp_path):
+    """A job preempted and restarted held its GPUs twice: both runs count toward GPU-hour
+    quotas, the wait between them does not, and the window cuts a run at its edge."""
+    clock = [0.0]
+    store = JobStore(tmp_path / "q.sqlite3", clock=lambda: clock[0])
+    job = store.submit(parse_job(SPEC), group="vision")  # 2 GPUs
+
+    def at(t: float, state: str, **fields) -> None:
+        clock[0] = t
+        store.transition(job.id, state, **fields)
+
+    at(5.0, DISPATCHING)
+    at(10.0, RUNNING, start_seconds=10.0)
+    at(110.0, RUNNING)  # "stopping its run": still on its GPUs
+    at(130.0, PENDING, reason="preempted")  # stopped: 120 s held
+    at(1000.0, DISPATCHING)
+    at(1010.0, RUNNING, start_seconds=1010.0)
+    # running: counted until now, and only from the window's start
+    assert store.gpu_seconds_since(0.0, 1110.0) == [("alice", "vision", 2 * (120 + 100))]
+    assert store.gpu_seconds_since(50.0, 1110.0) == [("alice", "vision", 2 * (80 + 100))]
+    at(1210.0, SUCCEEDED, end_seconds=1210.0)
+    assert store.gpu_seconds_since(0.0, 5000.0) == [("alice", "vision", 2 * (120 + 200))]
+    assert store.gpu_seconds_since(1200.0, 5000.0) == [("alice", "vision", 2 * 10)]
+    assert store.gpu_seconds_since(1300.0, 5000.0) == []
+    # the record keeps only the last run's start: the runs are what counts
+    assert store.get(job.id).start_seconds == 1010.0
+
+
+def test_an_older_store_gets_its_runs_from_the_job_logs(tmp_path):
+    db = sqlite3.connect(tmp_path / "q.sqlite3")
+    for sql in MIGRATIONS[:2]:
+        db.executescript(sql)
+    db.execute(
+        "INSERT INTO jobs (name, user, grp, spec_json, gpus, state, submit_seconds) "
+        'VALUES (\'old\', \'bob\', \'nlp\', \'{"name": "old", "user": "bob", "gpus": 4}\', '
+        "4, 'running', 1.0)"
+    )
+    events = [(2.0, "dispatching"), (3.0, "running"), (50.0, "running"), (53.0, "pending"),
+              (60.0, "dispatching"), (61.0, "running")]  # fmt: skip
+    db.executemany("INSERT INTO job_events (job_id, at_seconds, state) VALUES (1, ?, ?)", events)
+    db.execute("PRAGMA user_version=2")
+    db.commit()
+    db.close()
+    store = JobStore(tmp_path / "q.sqlite3")
+    assert store.schema_version() == 3
+    # two runs: 3-53 (stopped) and 61- (running)
+    assert store.gpu_seconds_since(0.0, 71.0) == [("bob", "nlp", 4 * (50 + 10))]
 
 
 def test_expected_state_and_unknown_job(tmp_path):

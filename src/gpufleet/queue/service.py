@@ -201,10 +201,9 @@ class QueueService:
         if not self.driver.quotas.any:
             return Usage()
         hours: dict[tuple[str, str], float] = {}
-        for record in self.store.usage_since(now - WEEK_SECONDS):
-            used = record.gpu_seconds(now, now - WEEK_SECONDS) / 3600.0
-            for key in (("user", record.user), ("group", record.group)):
-                hours[key] = hours.get(key, 0.0) + used
+        for user, group, seconds in self.store.gpu_seconds_since(now - WEEK_SECONDS, now):
+            for key in (("user", user), ("group", group)):
+                hours[key] = hours.get(key, 0.0) + seconds / 3600.0
         return Usage(gpu_hours=hours)
 
     async def run_pass(self) -> None:

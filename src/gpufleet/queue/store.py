@@ -84,6 +84,29 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE jobs ADD COLUMN memory_floor_bytes INTEGER;
     """,
+    # 3: every run of a job (a preempted or retried job has several; the jobs row keeps only
+    # the last run's start), for GPU-hour quotas; filled from the job logs of older stores
+    """
+    CREATE TABLE job_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id INTEGER NOT NULL REFERENCES jobs(id),
+        start_seconds REAL NOT NULL,
+        end_seconds REAL,
+        gpus REAL NOT NULL
+    );
+    CREATE INDEX job_runs_end ON job_runs(end_seconds);
+    CREATE INDEX job_runs_job ON job_runs(job_id);
+    INSERT INTO job_runs (job_id, start_seconds, end_seconds, gpus)
+        SELECT e.job_id, e.at_seconds,
+               (SELECT MIN(x.at_seconds) FROM job_events x
+                 WHERE x.job_id = e.job_id AND x.id > e.id AND x.state != 'running'),
+               j.gpus
+          FROM job_events e JOIN jobs j ON j.id = e.job_id
+         WHERE e.state = 'running'
+           AND COALESCE((SELECT p.state FROM job_events p WHERE p.job_id = e.job_id
+                          AND p.id < e.id ORDER BY p.id DESC LIMIT 1), '') != 'running'
+         ORDER BY e.id;
+    """,
 )
 
 
@@ -127,14 +150,6 @@ class JobRecord:
         fields = dict(self.spec)
         fields["command"] = tuple(fields.get("command") or ())
         return JobSpec(**fields)
-
-    def gpu_seconds(self, now_seconds: float, since_seconds: float = 0.0) -> float:
-        """GPU-seconds held from ``since_seconds`` on (running: until now)."""
-        if self.start_seconds is None:
-            return 0.0
-        end = self.end_seconds if self.end_seconds is not None else now_seconds
-        begin = max(self.start_seconds, since_seconds)
-        return max(0.0, end - begin) * max(self.gpus, 0.0)
 
 
 def spec_json(spec: JobSpec) -> dict[str, Any]:
@@ -284,6 +299,17 @@ class JobStore:
                 "INSERT INTO job_events (job_id, at_seconds, state, message) VALUES (?,?,?,?)",
                 (job_id, now, to_state, message),
             )
+            if state == RUNNING and to_state != RUNNING:  # its run ended (its GPUs are free)
+                db.execute(
+                    "UPDATE job_runs SET end_seconds = ? WHERE job_id = ? AND end_seconds IS NULL",
+                    (now, job_id),
+                )
+            elif to_state == RUNNING and state != RUNNING:  # a run began
+                db.execute(
+                    "INSERT INTO job_runs (job_id, start_seconds, gpus) "
+                    "SELECT id, COALESCE(start_seconds, ?), gpus FROM jobs WHERE id = ?",
+                    (now, job_id),
+                )
 
         self._tx(write)
         return self.get(job_id)
@@ -352,12 +378,19 @@ class JobStore:
         out.update({r[0]: r[1] for r in rows})
         return out
 
-    def usage_since(self, since_seconds: float) -> list[JobRecord]:
-        """Jobs that held GPUs at some time after ``since_seconds`` (for GPU-hour quotas)."""
+    def gpu_seconds_since(
+        self, since_seconds: float, now_seconds: float
+    ) -> list[tuple[str, str, float]]:
+        """(user, group, GPU-seconds) held from ``since_seconds`` to ``now_seconds``, over
+        every run of every job (for GPU-hour quotas): a run still going counts until now; the
+        time a preempted job waited between its runs does not count."""
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE start_seconds IS NOT NULL "
-                "AND (end_seconds IS NULL OR end_seconds >= ?)",
-                (since_seconds,),
+                "SELECT j.user, j.grp, SUM(MAX(0.0, MIN(COALESCE(r.end_seconds, :now), :now) "
+                "- MAX(r.start_seconds, :since)) * MAX(r.gpus, 0.0)) "
+                "FROM job_runs r JOIN jobs j ON j.id = r.job_id "
+                "WHERE r.end_seconds IS NULL OR r.end_seconds >= :since "
+                "GROUP BY j.user, j.grp ORDER BY j.user, j.grp",
+                {"since": since_seconds, "now": now_seconds},
             ).fetchall()
-        return [_record(r) for r in rows]
+        return [(r[0], r[1], float(r[2] or 0.0)) for r in rows]
