@@ -287,3 +287,16 @@ def test_gpu_hour_quotas_count_a_preempted_jobs_runs_not_its_wait(tmp_path):
     assert hours[("user", "alice")] == pytest.approx(4.0)
     assert hours[("group", "vision")] == pytest.approx(4.0)
     store.close()
+
+
+def test_a_job_that_names_no_model_nor_epochs_runs(tmp_path):
+    async def main():
+        svc = service(tmp_path)
+        await svc.start()
+        try:
+            job = await svc.submit(parse_job("name: plain\nuser: bob\ncommand: sleep 0.2\n"))
+            await until(lambda: svc.store.get(job.id).state == st.SUCCEEDED)
+        finally:
+            await svc.stop()
+
+    asyncio.run(main())

@@ -78,7 +78,6 @@ def test_plain_spec() -> None:
     [
         ("{user: a, model_name: m, epochs: 1}", "name"),
         ("{name: a, user: a, model_name: m, epochs: 0}", "epochs"),
-        ("{name: a, user: a, model_name: m}", "epochs"),
         ("{name: a, user: a, model_name: m, epochs: 1, gpus: -1}", "gpus"),
         ("{name: a, user: a, model_name: m, epochs: 1, gpu_memory: lots}", "gpu_memory"),
         ("{name: a, user: a, model_name: m, epochs: 1, colour: red}", "colour"),
@@ -89,6 +88,13 @@ def test_plain_errors_name_the_field(doc: str, field: str) -> None:
     with pytest.raises(JobSpecError) as err:
         parse_job(doc)
     assert str(err.value).startswith(f"{field}:")
+
+
+def test_a_minimal_plain_spec_is_name_user_and_command() -> None:
+    """What the model trains and for how long are optional (the predictor learns without them)."""
+    spec = parse_job("name: smoke\nuser: alice\ncommand: python train.py\n")
+    assert (spec.gpus, spec.model_name, spec.epochs, spec.steps) == (1.0, "", None, None)
+    assert spec.command == ("python", "train.py")
 
 
 PLAIN = "{name: a, user: a, model_name: m, epochs: 1}"

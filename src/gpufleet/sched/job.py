@@ -154,7 +154,8 @@ def _gpus(value: Any, path: str) -> float:
 
 def parse_plain(data: dict[str, Any]) -> JobSpec:
     """A plain spec: ``{name, user, gpus, model_name, gpu_memory, epochs|steps, data_size_gb,
-    data_location, command, priority, deadline, preemptible}``."""
+    data_location, command, priority, deadline, preemptible}``; ``name`` and ``user`` are
+    required, the rest optional (``gpus`` 1)."""
     if not isinstance(data, dict):
         raise JobSpecError(f"spec: must be a mapping, got {type(data).__name__}")
     known = {
@@ -175,10 +176,10 @@ def parse_plain(data: dict[str, Any]) -> JobSpec:
     for key in data:
         if key not in known:
             raise JobSpecError(f"{key}: unknown field; expected one of {', '.join(sorted(known))}")
+    # optional: what the job trains and for how long help the runtime predictor; without them
+    # it learns from the user's and group's finished jobs, and the policy from attained service
     epochs = _positive_int(data["epochs"], "epochs") if data.get("epochs") is not None else None
     steps = _positive_int(data["steps"], "steps") if data.get("steps") is not None else None
-    if epochs is None and steps is None:
-        raise JobSpecError("epochs: is required (or steps)")
     command = data.get("command") or ()
     if isinstance(command, str):
         command = tuple(command.split())
@@ -191,7 +192,7 @@ def parse_plain(data: dict[str, Any]) -> JobSpec:
         name=_text(data.get("name"), "name") or "",
         user=_text(data.get("user"), "user") or "",
         gpus=_gpus(data.get("gpus", 1), "gpus"),
-        model_name=_text(data.get("model_name"), "model_name") or "",
+        model_name=_text(data.get("model_name"), "model_name", required=False) or "",
         gpu_memory_bytes=(
             parse_memory(data["gpu_memory"], "gpu_memory")
             if data.get("gpu_memory") is not None
