@@ -57,9 +57,7 @@ class Events:
 
 
 def test_snapshot_then_a_changed_host_is_pushed(server):
-    first = fleet_sample("gpu01", 1)
-    assert server.post(make_batch(first)).status_code == 200
-    server.wait_seen({"gpu01": first.ts})
+    server.post_seen(make_batch(fleet_sample("gpu01", 1)))
     ev = Events(server.url + "/api/v1/stream")
     try:
         _, snap, _ = ev.wait(lambda e, d: e == "snapshot")
@@ -86,9 +84,7 @@ def test_snapshot_then_a_changed_host_is_pushed(server):
 
 
 def test_one_host_stream_and_unknown_host(server):
-    first = fleet_sample("gpu01", 1)
-    assert server.post(make_batch(first)).status_code == 200
-    server.wait_seen({"gpu01": first.ts})
+    server.post_seen(make_batch(fleet_sample("gpu01", 1)))
     r = httpx.get(server.url + "/api/v1/stream", params={"host": "nope"})
     assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_host"
     ev = Events(server.url + "/api/v1/stream?host=gpu01")
